@@ -1,0 +1,64 @@
+"""Fault switches, per model, all off by default; set by flags at start-up or `POST /_sim/config`."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Faults(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    latency_ms: float = Field(0, ge=0, description="fixed delay before the answer")
+    latency_per_token_ms: float = Field(0, ge=0, description="extra delay per output token (paces stream chunks)")
+    rpm: int | None = Field(None, ge=1, description="requests per window, enforced with 429 + Retry-After")
+    tpm: int | None = Field(None, ge=1, description="tokens (prompt + max output) per window")
+    rate_window_s: float = Field(60, gt=0, description="the RPM/TPM window; shorter windows make fast tests")
+    error_rates: dict[int, float] = Field({}, description="status -> probability, e.g. {500: 0.1, 503: 0.05}")
+    fail_next: list[int] = Field([], description="the next calls fail with these statuses, in order")
+    down: bool = Field(False, description="every call gets 503 upstream_unavailable")
+    hang_s: float = Field(0, ge=0, description="sleep this long before answering (past the client timeout)")
+    cut_stream_after: int | None = Field(None, ge=0, description="drop the connection after N stream chunks")
+    malformed: bool = Field(False, description="answer 200 with a body that is not JSON")
+
+
+class FaultBook:
+    """Default faults plus per-model overrides; `fail_next` is consumed as calls arrive."""
+
+    def __init__(self, default: Faults | None = None, seed: int = 0) -> None:
+        self.default = default or Faults()
+        self.per_model: dict[str, Faults] = {}
+        self.rng = random.Random(seed)
+
+    def for_model(self, model: str) -> Faults:
+        return self.per_model.get(model, self.default)
+
+    def update(self, model: str | None, changes: dict[str, Any]) -> Faults:
+        """Merge `changes` into the faults of `model` (None or "*": the default for all)."""
+        if model in (None, "*"):
+            self.default = Faults.model_validate({**self.default.model_dump(), **changes})
+            return self.default
+        base = self.per_model.get(model, self.default).model_dump()
+        self.per_model[model] = Faults.model_validate({**base, **changes})
+        return self.per_model[model]
+
+    def reset(self) -> None:
+        self.default = Faults()
+        self.per_model.clear()
+
+    def injected_status(self, model: str) -> int | None:
+        """The error status this call must get from fail_next / down / error_rates, if any."""
+        faults = self.for_model(model)
+        if faults.fail_next:
+            return faults.fail_next.pop(0)
+        if faults.down:
+            return 503
+        for status, rate in faults.error_rates.items():
+            if self.rng.random() < rate:
+                return int(status)
+        return None
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"default": self.default.model_dump(), "models": {m: f.model_dump() for m, f in self.per_model.items()}}

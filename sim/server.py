@@ -1,0 +1,495 @@
+"""A local AIsa gateway: a real HTTP server speaking the wire format of `aisa-wire.md`.
+
+Routes:
+  POST /v1/chat/completions                      OpenAI-compatible, plain and SSE streaming
+  GET  /v1/models                                the catalog
+  POST /v1/models/{model}:generateContent        Gemini native (also under /v1beta)
+  POST /_sim/config   GET /_sim/config           fault switches, per model or "*"
+  GET  /_sim/stats    POST /_sim/reset           what it saw; forget it
+  POST /_sim/credits                             set the credits of every key
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import threading
+import time
+import uuid
+from collections import Counter, defaultdict
+from typing import Any
+
+from aiohttp import web
+
+from . import answers
+from .catalog import MODELS, ModelSpec, price
+from .faults import FaultBook, Faults
+from .limits import Window
+
+_ERROR_CODES = {
+    400: ("invalid_request_error", "invalid_request"),
+    401: ("authentication_error", "invalid_api_key"),
+    402: ("invalid_request_error", "insufficient_credits"),
+    403: ("invalid_request_error", "model_not_allowed"),
+    404: ("invalid_request_error", "model_not_found"),
+    422: ("invalid_request_error", "unsupported_parameter"),
+    429: ("rate_limit_error", "rate_limit_exceeded"),
+    500: ("api_error", "internal_error"),
+    502: ("upstream_error", "gateway_error"),
+    503: ("upstream_error", "upstream_unavailable"),
+    504: ("upstream_error", "upstream_timeout"),
+}
+_GEMINI_STATUS = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 402: "PERMISSION_DENIED",
+                  403: "PERMISSION_DENIED", 404: "NOT_FOUND", 429: "RESOURCE_EXHAUSTED",
+                  500: "INTERNAL", 502: "UNAVAILABLE", 503: "UNAVAILABLE", 504: "UNAVAILABLE"}
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, code: str | None = None,
+                 param: str | None = None, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.param = status, message, param
+        self.type, default_code = _ERROR_CODES.get(status, ("api_error", "error"))
+        self.code = code or default_code
+        self.headers = headers or {}
+
+
+class Simulator:
+    """The gateway's state: keys and credits, faults, rate windows and what it has seen."""
+
+    def __init__(self, api_keys: list[str], credits: float = 100.0, faults: Faults | None = None, seed: int = 0) -> None:
+        if not api_keys or not all(api_keys):
+            raise ValueError("the simulator needs at least one API key (--api-key or AISA_API_KEY)")
+        self.initial_credits = credits
+        self.credits = {key: credits for key in api_keys}
+        self.faults = FaultBook(faults, seed)
+        self.reset_stats()
+
+    def reset_stats(self) -> None:
+        self.windows: dict[str, Window] = defaultdict(Window)
+        self.calls: Counter[str] = Counter()
+        self.statuses: Counter[int] = Counter()
+        self.charged: dict[str, float] = defaultdict(float)
+        self.arrivals: dict[str, list[float]] = defaultdict(list)
+        self.in_flight = 0
+        self.peak_concurrency = 0
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "calls": dict(self.calls),
+            "statuses": {str(k): v for k, v in self.statuses.items()},
+            "rate_limited": self.statuses[429],
+            "charged": {m: round(v, 10) for m, v in self.charged.items()},
+            "charged_total": round(sum(self.charged.values()), 10),
+            "in_flight": self.in_flight,
+            "peak_concurrency": self.peak_concurrency,
+            "arrivals": {m: list(ts) for m, ts in self.arrivals.items()},
+        }
+
+    def authenticate(self, request: web.Request) -> str:
+        header = request.headers.get("Authorization", "")
+        if not header:
+            raise ApiError(401, "No API key provided: send Authorization: Bearer <key>", "missing_api_key")
+        key = header.removeprefix("Bearer ").strip()
+        if key not in self.credits:
+            raise ApiError(401, "The API key provided is invalid or has been revoked.", "invalid_api_key")
+        return key
+
+    def admit(self, model: str, tokens: int) -> tuple[Faults, dict[str, str]]:
+        """Count the call, apply the rate limit and injected faults; the headers to send."""
+        self.calls[model] += 1
+        self.arrivals[model].append(time.time())
+        faults = self.faults.for_model(model)
+        decision = self.windows[model].check(time.monotonic(), tokens, faults.rpm, faults.tpm, faults.rate_window_s)
+        if not decision.allowed:
+            raise ApiError(429, f"Rate limit reached for {model}: retry after {decision.retry_after:.2f}s",
+                           headers=decision.headers)
+        injected = self.faults.injected_status(model)
+        if injected:
+            raise ApiError(injected, f"Simulated upstream failure ({injected}) for {model}", headers=decision.headers)
+        return faults, decision.headers
+
+    def charge(self, key: str, model: str, spec: ModelSpec, prompt: int, completion: int) -> tuple[float, float]:
+        cost = price(spec, prompt, completion)
+        if self.credits[key] < cost:
+            raise ApiError(402, f"Insufficient credits: this call costs ${cost:.6f}, "
+                           f"${self.credits[key]:.6f} remaining", "insufficient_credits")
+        self.credits[key] = round(self.credits[key] - cost, 10)
+        self.charged[model] += cost
+        return cost, self.credits[key]
+
+
+# ---------------------------------------------------------------- request checking
+
+def _check_messages(messages: Any) -> list[dict[str, Any]]:
+    if messages is None:
+        raise ApiError(400, "'messages' is required", "missing_parameter", "messages")
+    if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
+        raise ApiError(400, "'messages' must be a non-empty array of objects", "invalid_parameter_type", "messages")
+    for i, message in enumerate(messages):
+        for part in answers._parts(message.get("content")):
+            url = answers.image_url_of(part)
+            if url is not None:
+                _check_image(url, f"messages[{i}].content")
+    return messages
+
+
+def _check_image(url: Any, param: str) -> None:
+    if not isinstance(url, str) or not url.startswith(("https://", "http://", "data:")):
+        raise ApiError(400, "image_url must be an http(s) URL or a data URL", "invalid_request", param)
+    if url.startswith("data:"):
+        header, _, data = url.partition(",")
+        if not header.endswith(";base64") or header[5:].split(";")[0] not in (
+                "image/jpeg", "image/png", "image/gif", "image/webp"):
+            raise ApiError(400, "data URL must be data:image/(jpeg|png|gif|webp);base64,...", "invalid_request", param)
+        try:
+            base64.b64decode(data, validate=True)
+        except (binascii.Error, ValueError):
+            raise ApiError(400, "Invalid base64 image data", "invalid_request", param) from None
+
+
+def _check_params(body: dict[str, Any]) -> None:
+    ranges = {"temperature": (0, 2), "top_p": (0, 1), "frequency_penalty": (-2, 2), "presence_penalty": (-2, 2)}
+    for name, (low, high) in ranges.items():
+        value = body.get(name)
+        if value is not None and (not isinstance(value, (int, float)) or not low <= value <= high):
+            raise ApiError(400, f"'{name}' must be a number between {low} and {high}", "invalid_parameter_type", name)
+    max_tokens = body.get("max_tokens")
+    if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens < 1):
+        raise ApiError(400, "'max_tokens' must be an integer >= 1", "invalid_parameter_type", "max_tokens")
+
+
+def _spec(model: Any) -> ModelSpec:
+    if not model:
+        raise ApiError(400, "'model' is required", "missing_parameter", "model")
+    spec = MODELS.get(model) if isinstance(model, str) else None
+    if spec is None:
+        raise ApiError(404, f"Model '{model}' is not available", "model_not_found", "model")
+    return spec
+
+
+async def _json_body(request: web.Request) -> dict[str, Any]:
+    try:
+        body = await request.json(loads=json.loads)
+    except ValueError:
+        raise ApiError(400, "Request body is not valid JSON", "json_parse_error") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "Request body must be a JSON object", "json_parse_error")
+    return body
+
+
+# ---------------------------------------------------------------- answers
+
+class Answer:
+    """What the model says to one request: text (maybe cut at max_tokens) or a function call."""
+
+    def __init__(self, spec: ModelSpec, body: dict[str, Any], messages: list[dict[str, Any]]) -> None:
+        self.call = answers.tool_call_for(body, messages)
+        self.legacy = self.call is not None and not body.get("tools")
+        self.prompt_tokens = answers.prompt_tokens(messages, body.get("tools") or body.get("functions"))
+        max_tokens = body.get("max_tokens")
+        if self.prompt_tokens + (max_tokens or 0) > spec.context:
+            raise ApiError(400, f"This model's maximum context length is {spec.context} tokens; "
+                           f"the request needs {self.prompt_tokens + (max_tokens or 0)}",
+                           "context_length_exceeded", "messages")
+        words = answers.reply_text(spec.id, messages).split(" ")
+        self.finish_reason = "stop"
+        if self.call:
+            self.words: list[str] = []
+            self.completion_tokens = answers.count_tokens(self.call["name"] + self.call["arguments"])
+            self.finish_reason = "function_call" if self.legacy else "tool_calls"
+            return
+        if max_tokens is not None:
+            kept = []
+            for word in words:
+                if answers.count_tokens(" ".join([*kept, word])) > max_tokens:
+                    self.finish_reason = "length"
+                    break
+                kept.append(word)
+            words = kept or words[:1]
+        self.words = words
+        self.completion_tokens = answers.count_tokens(" ".join(words))
+
+    def message(self) -> dict[str, Any]:
+        if not self.call:
+            return {"role": "assistant", "content": " ".join(self.words)}
+        if self.legacy:
+            return {"role": "assistant", "content": None, "function_call": self.call}
+        return {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "call_" + uuid.uuid4().hex[:24], "type": "function", "function": self.call}]}
+
+
+def _usage(answer: Answer, cost: float, credits: float) -> dict[str, Any]:
+    return {"prompt_tokens": answer.prompt_tokens, "completion_tokens": answer.completion_tokens,
+            "total_tokens": answer.prompt_tokens + answer.completion_tokens,
+            "cost": cost, "credits_remaining": credits}
+
+
+def _error_response(exc: ApiError, gemini: bool = False) -> web.Response:
+    if gemini:
+        error: dict[str, Any] = {"code": exc.status, "message": exc.message,
+                                 "status": _GEMINI_STATUS.get(exc.status, "UNKNOWN")}
+        if exc.status == 429 and "retry-after" in exc.headers:
+            error["details"] = [{"@type": "type.googleapis.com/google.rpc.RetryInfo",
+                                 "retryDelay": f"{exc.headers['retry-after']}s"}]
+    else:
+        error = {"message": exc.message, "type": exc.type, "code": exc.code, "param": exc.param,
+                 "request_id": "req_" + uuid.uuid4().hex[:20]}
+    return web.json_response({"error": error}, status=exc.status, headers=exc.headers)
+
+
+# ---------------------------------------------------------------- handlers
+
+class Handlers:
+    def __init__(self, sim: Simulator) -> None:
+        self.sim = sim
+
+    async def _enter(self) -> None:
+        self.sim.in_flight += 1
+        self.sim.peak_concurrency = max(self.sim.peak_concurrency, self.sim.in_flight)
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        sim = self.sim
+        await self._enter()
+        try:
+            try:
+                key = sim.authenticate(request)
+                body = await _json_body(request)
+                spec = _spec(body.get("model"))
+                messages = _check_messages(body.get("messages"))
+                _check_params(body)
+                answer = Answer(spec, body, messages)
+                faults, headers = sim.admit(spec.id, answer.prompt_tokens + (body.get("max_tokens") or 0))
+            except ApiError as exc:
+                sim.statuses[exc.status] += 1
+                return _error_response(exc)
+            response = await self._answer(request, sim, key, spec, body, answer, faults, headers)
+            return response
+        finally:
+            sim.in_flight -= 1
+
+    async def _answer(self, request: web.Request, sim: Simulator, key: str, spec: ModelSpec,
+                      body: dict[str, Any], answer: Answer, faults: Faults, headers: dict[str, str]) -> web.StreamResponse:
+        if faults.hang_s:
+            await asyncio.sleep(faults.hang_s)
+        if faults.latency_ms:
+            await asyncio.sleep(faults.latency_ms / 1000)
+        try:
+            cost, credits = sim.charge(key, spec.id, spec, answer.prompt_tokens, answer.completion_tokens)
+        except ApiError as exc:
+            exc.headers.update(headers)
+            sim.statuses[exc.status] += 1
+            return _error_response(exc)
+        sim.statuses[200] += 1
+        if body.get("stream"):
+            return await self._stream(request, spec, body, answer, faults, headers, cost, credits)
+        if faults.latency_per_token_ms:
+            await asyncio.sleep(faults.latency_per_token_ms * answer.completion_tokens / 1000)
+        if faults.malformed:
+            return web.Response(text="<html><body>502 Bad Gateway</body></html>", status=200,
+                                content_type="text/html", headers=headers)
+        return web.json_response({
+            "id": "chatcmpl-" + uuid.uuid4().hex[:24], "object": "chat.completion", "created": int(time.time()),
+            "model": spec.id,
+            "choices": [{"index": 0, "message": answer.message(), "finish_reason": answer.finish_reason}],
+            "usage": _usage(answer, cost, credits),
+        }, headers=headers)
+
+    async def _stream(self, request: web.Request, spec: ModelSpec, body: dict[str, Any], answer: Answer,
+                      faults: Faults, headers: dict[str, str], cost: float, credits: float) -> web.StreamResponse:
+        response = web.StreamResponse(headers={**headers, "Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        await response.prepare(request)
+        base = {"id": "chatcmpl-" + uuid.uuid4().hex[:24], "object": "chat.completion.chunk",
+                "created": int(time.time()), "model": spec.id}
+        for sent, chunk in enumerate(_chunks(answer, body)):
+            if faults.cut_stream_after is not None and sent >= faults.cut_stream_after:
+                request.transport.close()  # mid-stream: no [DONE], no terminating chunk
+                return response
+            if faults.malformed and sent == 1:
+                await response.write(b"data: {not json\n\n")
+                continue
+            if faults.latency_per_token_ms and chunk.get("choices"):
+                await asyncio.sleep(faults.latency_per_token_ms / 1000)
+            if chunk.get("usage") == "final":
+                chunk = {"choices": [], "usage": _usage(answer, cost, credits)}
+            await response.write(b"data: " + json.dumps({**base, **chunk}).encode() + b"\n\n")
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        return response
+
+    async def models(self, request: web.Request) -> web.Response:
+        try:
+            self.sim.authenticate(request)
+        except ApiError as exc:
+            return _error_response(exc)
+        return web.json_response({"object": "list", "data": [
+            {"id": m.id, "object": "model", "created": 1700000000, "owned_by": m.owned_by} for m in MODELS.values()]})
+
+    async def gemini(self, request: web.Request) -> web.Response:
+        model, _, method = request.match_info["spec"].partition(":")
+        try:
+            key = self.sim.authenticate(request)
+            if method != "generateContent":
+                raise ApiError(404, f"Unknown method {method!r}", "unknown_endpoint")
+            body = await _json_body(request)
+            spec = _spec(model)
+            messages = _gemini_messages(body)
+            config = body.get("generationConfig") or {}
+            openai_body = {"max_tokens": config.get("maxOutputTokens"), "temperature": config.get("temperature")}
+            _check_params(openai_body)
+            answer = Answer(spec, openai_body, _check_messages(messages))
+            self.sim.admit(spec.id, answer.prompt_tokens)
+            cost, credits = self.sim.charge(key, spec.id, spec, answer.prompt_tokens, answer.completion_tokens)
+        except ApiError as exc:
+            self.sim.statuses[exc.status] += 1
+            return _error_response(exc, gemini=True)
+        self.sim.statuses[200] += 1
+        return web.json_response({
+            "candidates": [{"content": {"role": "model", "parts": [{"text": " ".join(answer.words)}]},
+                            "finishReason": "MAX_TOKENS" if answer.finish_reason == "length" else "STOP",
+                            "index": 0}],
+            "usageMetadata": {"promptTokenCount": answer.prompt_tokens,
+                              "candidatesTokenCount": answer.completion_tokens,
+                              "totalTokenCount": answer.prompt_tokens + answer.completion_tokens},
+            "modelVersion": spec.id, "responseId": uuid.uuid4().hex[:20],
+        })
+
+    # ------------------------------------------------------------ admin
+
+    async def get_config(self, request: web.Request) -> web.Response:
+        return web.json_response(self.sim.faults.snapshot())
+
+    async def set_config(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        if body.pop("reset", False):
+            self.sim.faults.reset()
+        model = body.pop("model", None)
+        try:
+            faults = self.sim.faults.update(model, body) if body else self.sim.faults.default
+        except ValueError as exc:
+            return web.json_response({"error": {"message": str(exc)}}, status=400)
+        return web.json_response({"model": model or "*", "faults": faults.model_dump()})
+
+    async def stats(self, request: web.Request) -> web.Response:
+        return web.json_response(self.sim.stats())
+
+    async def reset(self, request: web.Request) -> web.Response:
+        self.sim.reset_stats()
+        self.sim.faults.reset()
+        self.sim.credits = {k: self.sim.initial_credits for k in self.sim.credits}
+        return web.json_response({"ok": True})
+
+    async def set_credits(self, request: web.Request) -> web.Response:
+        credits = float((await request.json())["credits"])
+        self.sim.credits = {k: credits for k in self.sim.credits}
+        return web.json_response({"credits": credits})
+
+
+def _chunks(answer: Answer, body: dict[str, Any]) -> list[dict[str, Any]]:
+    """The stream as chunk dicts: role, content words (or tool-call pieces), finish, usage."""
+    chunks: list[dict[str, Any]] = [
+        {"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}], "usage": None}]
+    if answer.call and answer.legacy:
+        deltas = [{"function_call": {"name": answer.call["name"], "arguments": ""}},
+                  {"function_call": {"arguments": answer.call["arguments"]}}]
+    elif answer.call:
+        call_id = "call_" + uuid.uuid4().hex[:24]
+        args = answer.call["arguments"]
+        half = len(args) // 2
+        deltas = [{"tool_calls": [{"index": 0, "id": call_id, "type": "function",
+                                   "function": {"name": answer.call["name"], "arguments": ""}}]},
+                  {"tool_calls": [{"index": 0, "function": {"arguments": args[:half]}}]},
+                  {"tool_calls": [{"index": 0, "function": {"arguments": args[half:]}}]}]
+    else:
+        deltas = [{"content": word if i == 0 else " " + word} for i, word in enumerate(answer.words)]
+    chunks += [{"choices": [{"index": 0, "delta": d, "finish_reason": None}], "usage": None} for d in deltas]
+    chunks.append({"choices": [{"index": 0, "delta": {}, "finish_reason": answer.finish_reason}], "usage": None})
+    if (body.get("stream_options") or {}).get("include_usage"):
+        chunks.append({"usage": "final"})
+    return chunks
+
+
+def _gemini_messages(body: dict[str, Any]) -> list[dict[str, Any]]:
+    contents = body.get("contents")
+    if not isinstance(contents, list) or not contents:
+        raise ApiError(400, "'contents' must be a non-empty array", "missing_parameter", "contents")
+    messages = []
+    system = body.get("systemInstruction") or {}
+    if system.get("parts"):
+        messages.append({"role": "system", "content": " ".join(p.get("text", "") for p in system["parts"])})
+    for content in contents:
+        parts = []
+        for part in content.get("parts") or []:
+            if "text" in part:
+                parts.append({"type": "text", "text": part["text"]})
+            inline = part.get("inline_data") or part.get("inlineData")
+            if inline:
+                mime = inline.get("mime_type") or inline.get("mimeType")
+                parts.append({"type": "image_url", "image_url": {"url": f"data:{mime};base64,{inline.get('data', '')}"}})
+        messages.append({"role": "assistant" if content.get("role") == "model" else "user", "content": parts})
+    return messages
+
+
+def create_app(sim: Simulator) -> web.Application:
+    app = web.Application(client_max_size=64 * 1024 * 1024)
+    h = Handlers(sim)
+    app["sim"] = sim
+    app.router.add_post("/v1/chat/completions", h.chat)
+    app.router.add_get("/v1/models", h.models)
+    app.router.add_post("/v1/models/{spec}", h.gemini)
+    app.router.add_post("/v1beta/models/{spec}", h.gemini)
+    app.router.add_get("/_sim/config", h.get_config)
+    app.router.add_post("/_sim/config", h.set_config)
+    app.router.add_get("/_sim/stats", h.stats)
+    app.router.add_post("/_sim/reset", h.reset)
+    app.router.add_post("/_sim/credits", h.set_credits)
+    return app
+
+
+class SimServer:
+    """The simulator on its own thread and event loop, for tests, benchmarks and the demo."""
+
+    def __init__(self, sim: Simulator, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.sim, self.host, self.port = sim, host, port
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="aisa-sim", daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}/v1"
+
+    def start(self) -> SimServer:
+        self._thread.start()
+        if not self._ready.wait(10):
+            raise RuntimeError("simulator did not start")
+        return self
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        runner = web.AppRunner(create_app(self.sim), access_log=None)
+        self._loop.run_until_complete(runner.setup())
+        site = web.TCPSite(runner, self.host, self.port)
+        self._loop.run_until_complete(site.start())
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self._runner = runner
+        self._ready.set()
+        self._loop.run_forever()
+        self._loop.run_until_complete(runner.cleanup())
+
+    def stop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+    def __enter__(self) -> SimServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def run(host: str, port: int, sim: Simulator) -> None:
+    """Serve in the foreground until interrupted (`llm-router sim`)."""
+    web.run_app(create_app(sim), host=host, port=port, access_log=None, print=None)

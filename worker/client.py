@@ -1,0 +1,294 @@
+"""The async AIsa client: one chat completion (plain or streamed) in, a `Completion` out.
+
+Transport: httpx over the `httpx-aiohttp` transport. Measured on these 2-core machines at
+50 concurrent requests: plain httpx 139 req/s, httpx over aiohttp 1,026 req/s, raw aiohttp
+2,159 req/s. Plain httpx's connection pool collapses under the concurrency a worker runs
+at; the aiohttp transport keeps the httpx API (and so any httpx-based tooling and mocking)
+at 7x the rate. `bench/dispatch.py` re-measures the client against the simulator.
+
+Every failure leaves here as a `worker.errors.AIsaError` subclass.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import httpx
+from httpx_aiohttp import AiohttpTransport
+from httpx_sse import aconnect_sse
+
+from . import errors
+from .headers import rate_limit_snapshot, retry_after
+from .models import Usage
+
+
+@dataclass
+class Completion:
+    """One successful upstream call, as the worker needs it."""
+
+    model: str
+    content: str | None
+    finish_reason: str | None
+    latency_s: float
+    usage: Usage | None = None
+    cost: float | None = None  # the gateway's bill (usage.cost); None if it did not say
+    credits_remaining: float | None = None
+    ttft_s: float | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    function_call: dict[str, Any] | None = None
+    rate_limits: dict[str, float] = field(default_factory=dict)
+
+
+class AIsaClient:
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        *,
+        timeout: float = 120.0,
+        connect_timeout: float = 10.0,
+        max_connections: int = 200,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+        self._http = httpx.AsyncClient(
+            base_url=base_url.rstrip("/") + "/",
+            headers={"Authorization": f"Bearer {api_key}"},
+            # pool=None: waiting for a free connection is queueing, not a gateway timeout.
+            timeout=httpx.Timeout(timeout, connect=connect_timeout, pool=None),
+            transport=transport or AiohttpTransport(limits=limits),
+            limits=limits,
+        )
+
+    async def __aenter__(self) -> AIsaClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def models(self) -> list[str]:
+        """The model ids the gateway lists (GET /models)."""
+        with _transport_errors():
+            response = await self._http.get("models")
+        if response.status_code != 200:
+            raise _status_error(response)
+        data = _json(response.content, "models list")
+        try:
+            return [m["id"] for m in data["data"]]
+        except (KeyError, TypeError):
+            raise errors.MalformedResponseError("models list has no data[].id") from None
+
+    async def chat(self, payload: dict[str, Any]) -> Completion:
+        """POST /chat/completions; streams when payload["stream"] is true."""
+        if payload.get("stream"):
+            return await self._chat_stream(payload)
+        started = time.perf_counter()
+        with _transport_errors():
+            response = await self._http.post("chat/completions", json=payload)
+        latency = time.perf_counter() - started
+        if response.status_code != 200:
+            raise _status_error(response)
+        return _completion(_json(response.content, "completion"), payload["model"], latency, response.headers)
+
+    async def _chat_stream(self, payload: dict[str, Any]) -> Completion:
+        payload = {**payload, "stream_options": {"include_usage": True}}
+        started = time.perf_counter()
+        with _transport_errors(streaming=True):
+            async with aconnect_sse(self._http, "POST", "chat/completions", json=payload) as source:
+                response = source.response
+                if response.status_code != 200:
+                    await response.aread()
+                    raise _status_error(response)
+                stream = _StreamAssembler(payload["model"], started)
+                async for event in source.aiter_sse():
+                    if stream.feed(event.data):
+                        break
+        return stream.finish(time.perf_counter() - started, response.headers)
+
+
+class _StreamAssembler:
+    """Joins SSE chunks into one Completion: content, tool calls by index, usage, TTFT."""
+
+    def __init__(self, model: str, started: float) -> None:
+        self.model = model
+        self.started = started
+        self.content: list[str] = []
+        self.tool_calls: dict[int, dict[str, Any]] = {}
+        self.function_call: dict[str, str] | None = None
+        self.finish_reason: str | None = None
+        self.usage: dict[str, Any] | None = None
+        self.ttft: float | None = None
+        self.done = False
+
+    def feed(self, data: str) -> bool:
+        """Take one event's data; True once the stream says [DONE]."""
+        if data.strip() == "[DONE]":
+            self.done = True
+            return True
+        chunk = _json(data, "stream chunk")
+        if not isinstance(chunk, dict):
+            raise errors.MalformedResponseError("stream chunk is not a JSON object")
+        if chunk.get("error"):
+            raise _stream_error(chunk["error"])
+        self.model = chunk.get("model") or self.model
+        if chunk.get("usage"):
+            self.usage = chunk["usage"]
+        for choice in chunk.get("choices") or []:
+            self._feed_delta(choice.get("delta") or {})
+            self.finish_reason = choice.get("finish_reason") or self.finish_reason
+        return False
+
+    def _feed_delta(self, delta: dict[str, Any]) -> None:
+        if delta.get("content"):
+            if self.ttft is None:
+                self.ttft = time.perf_counter() - self.started
+            self.content.append(delta["content"])
+        for piece in delta.get("tool_calls") or []:
+            if self.ttft is None:
+                self.ttft = time.perf_counter() - self.started
+            call = self.tool_calls.setdefault(
+                piece.get("index", 0), {"id": None, "type": "function", "function": {"name": "", "arguments": ""}}
+            )
+            call["id"] = piece.get("id") or call["id"]
+            fn = piece.get("function") or {}
+            call["function"]["name"] += fn.get("name") or ""
+            call["function"]["arguments"] += fn.get("arguments") or ""
+        if delta.get("function_call"):
+            fc = self.function_call = self.function_call or {"name": "", "arguments": ""}
+            fc["name"] += delta["function_call"].get("name") or ""
+            fc["arguments"] += delta["function_call"].get("arguments") or ""
+
+    def finish(self, latency: float, headers: httpx.Headers) -> Completion:
+        if not self.done:
+            raise errors.MalformedResponseError("stream ended before [DONE]")
+        usage, cost, credits = _usage(self.usage)
+        return Completion(
+            model=self.model,
+            content="".join(self.content) if self.content or not (self.tool_calls or self.function_call) else None,
+            finish_reason=self.finish_reason,
+            latency_s=latency,
+            usage=usage,
+            cost=cost,
+            credits_remaining=credits,
+            ttft_s=self.ttft,
+            tool_calls=[self.tool_calls[i] for i in sorted(self.tool_calls)] or None,
+            function_call=self.function_call,
+            rate_limits=rate_limit_snapshot(headers),
+        )
+
+
+def _completion(body: Any, model: str, latency: float, headers: httpx.Headers) -> Completion:
+    try:
+        choice = body["choices"][0]
+        message = choice["message"]
+    except (KeyError, IndexError, TypeError):
+        raise errors.MalformedResponseError("completion has no choices[0].message") from None
+    usage, cost, credits = _usage(body.get("usage"))
+    return Completion(
+        model=body.get("model") or model,
+        content=message.get("content"),
+        finish_reason=choice.get("finish_reason"),
+        latency_s=latency,
+        usage=usage,
+        cost=cost,
+        credits_remaining=credits,
+        tool_calls=message.get("tool_calls"),
+        function_call=message.get("function_call"),
+        rate_limits=rate_limit_snapshot(headers),
+    )
+
+
+def _usage(raw: Any) -> tuple[Usage | None, float | None, float | None]:
+    """Token counts plus AIsa's cost extensions, each None when the server left it out."""
+    if not isinstance(raw, dict):
+        return None, None, None
+    prompt = int(raw.get("prompt_tokens") or 0)
+    completion = int(raw.get("completion_tokens") or 0)
+    usage = Usage(prompt_tokens=prompt, completion_tokens=completion,
+                  total_tokens=int(raw.get("total_tokens") or prompt + completion))
+    return usage, _number(raw.get("cost")), _number(raw.get("credits_remaining"))
+
+
+def _number(value: Any) -> float | None:
+    try:
+        return None if value is None else float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _json(raw: bytes | str, what: str) -> Any:
+    try:
+        return json.loads(raw)
+    except ValueError:
+        snippet = raw[:80] if isinstance(raw, str) else raw[:80].decode("utf-8", "replace")
+        raise errors.MalformedResponseError(f"{what} is not JSON: {snippet!r}") from None
+
+
+def _status_error(response: httpx.Response) -> errors.APIStatusError:
+    """Read any of AIsa's three error shapes (or a proxy's HTML page) into a typed error."""
+    status = response.status_code
+    message, code, request_id = f"HTTP {status}", None, None
+    try:
+        err = json.loads(response.content).get("error")
+    except (ValueError, AttributeError):
+        err = None
+        text = response.content[:200].decode("utf-8", "replace").strip()
+        if text:
+            message = f"HTTP {status}, body not JSON: {text}"
+    if isinstance(err, dict):
+        message = str(err.get("message") or message)
+        raw_code = err.get("code")
+        # Gemini routes put the HTTP status in `code` and the name in `status`.
+        code = err.get("status") if isinstance(raw_code, int) else raw_code
+        request_id = err.get("request_id")
+    elif isinstance(err, str):
+        message = err
+    return errors.error_for_status(
+        status, message, code=code, request_id=request_id,
+        retry_after=retry_after(response.headers) if status == 429 else None,
+    )
+
+
+def _stream_error(err: Any) -> errors.AIsaError:
+    """An `{"error": …}` event inside a stream: the HTTP status is already 200."""
+    if not isinstance(err, dict):
+        return errors.ServerError(f"error in stream: {err}")
+    message = str(err.get("message") or "error in stream")
+    code = err.get("code") if isinstance(err.get("code"), str) else None
+    if err.get("type") == "rate_limit_error" or code in ("rate_limit_exceeded", "upstream_rate_limit"):
+        return errors.RateLimitError(message, status=429, code=code)
+    return errors.ServerError(f"error in stream: {message}", code=code)
+
+
+class _transport_errors:
+    """Map httpx/aiohttp transport failures to our errors.
+
+    The aiohttp transport maps every aiohttp connection error (a server disconnect too) to
+    httpx.ConnectTimeout, so the original aiohttp exception decides timeout vs connection.
+    After a stream has started, a dropped connection means the stream was cut.
+    """
+
+    def __init__(self, streaming: bool = False) -> None:
+        self.streaming = streaming
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
+        if exc is None or isinstance(exc, errors.AIsaError) or not isinstance(exc, (httpx.HTTPError, aiohttp.ClientError)):
+            return False
+        cause = exc.__cause__ or exc
+        if isinstance(cause, (aiohttp.ServerTimeoutError, TimeoutError)) or (
+            isinstance(exc, httpx.TimeoutException) and not isinstance(cause, aiohttp.ClientError)
+        ):
+            raise errors.TimeoutError(f"no answer in time: {type(cause).__name__}") from exc
+        if self.streaming and isinstance(cause, (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError)):
+            raise errors.MalformedResponseError(f"stream cut: {type(cause).__name__}") from exc
+        raise errors.ConnectionError(f"{type(cause).__name__}: {cause}") from exc

@@ -1,0 +1,130 @@
+"""Every way a gateway call can fail, as one exception hierarchy.
+
+Each class carries a short `error_class`: a bounded name used in results, logs and
+metric labels, and the key of the retry/fallback policy.
+
+    AIsaError
+    ├── APIStatusError            the gateway answered with an error status
+    │   ├── BadRequestError           400, 422   fix the request
+    │   │   └── ContextLengthError        400 context_length_exceeded
+    │   ├── AuthenticationError       401        stop
+    │   ├── InsufficientCreditsError  402        stop spending
+    │   ├── PermissionDeniedError     403        another model may be allowed
+    │   ├── ModelNotFoundError        404        try another model
+    │   ├── RateLimitError            429        wait retry_after, then retry
+    │   └── ServerError               5xx        back off and retry
+    ├── TimeoutError              no answer within the timeout
+    ├── ConnectionError           could not connect, or the connection dropped
+    └── MalformedResponseError    an answer we cannot read (bad JSON, stream cut or errored)
+"""
+
+from __future__ import annotations
+
+
+class AIsaError(Exception):
+    error_class = "error"
+    retryable = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        code: str | None = None,
+        request_id: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.code = code
+        self.request_id = request_id
+        self.retry_after = retry_after
+
+    def __str__(self) -> str:
+        prefix = f"{self.status} " if self.status else ""
+        code = f" ({self.code})" if self.code else ""
+        return f"{prefix}{self.error_class}{code}: {self.message}"
+
+
+class APIStatusError(AIsaError):
+    error_class = "status"
+
+
+class BadRequestError(APIStatusError):
+    error_class = "bad_request"
+
+
+class ContextLengthError(BadRequestError):
+    error_class = "context_length"
+
+
+class AuthenticationError(APIStatusError):
+    error_class = "auth"
+
+
+class InsufficientCreditsError(APIStatusError):
+    error_class = "credits"
+
+
+class PermissionDeniedError(APIStatusError):
+    error_class = "permission"
+
+
+class ModelNotFoundError(APIStatusError):
+    error_class = "not_found"
+
+
+class RateLimitError(APIStatusError):
+    error_class = "rate_limit"
+    retryable = True
+
+
+class ServerError(APIStatusError):
+    error_class = "server"
+    retryable = True
+
+
+class TimeoutError(AIsaError):  # noqa: A001 - scoped by module, like httpx.TimeoutException
+    error_class = "timeout"
+    retryable = True
+
+
+class ConnectionError(AIsaError):  # noqa: A001
+    error_class = "connection"
+    retryable = True
+
+
+class MalformedResponseError(AIsaError):
+    error_class = "malformed"
+    retryable = True
+
+
+ERROR_CLASSES = tuple(
+    cls.error_class
+    for cls in (
+        BadRequestError, ContextLengthError, AuthenticationError, InsufficientCreditsError,
+        PermissionDeniedError, ModelNotFoundError, RateLimitError, ServerError, APIStatusError,
+        TimeoutError, ConnectionError, MalformedResponseError,
+    )
+) + ("invalid_job", "internal")
+
+_BY_STATUS: dict[int, type[APIStatusError]] = {
+    400: BadRequestError,
+    401: AuthenticationError,
+    402: InsufficientCreditsError,
+    403: PermissionDeniedError,
+    404: ModelNotFoundError,
+    422: BadRequestError,
+    429: RateLimitError,
+}
+
+
+def error_for_status(status: int, message: str, code: str | None = None, **kw: object) -> APIStatusError:
+    if status == 400 and code == "context_length_exceeded":
+        cls: type[APIStatusError] = ContextLengthError
+    elif status >= 500:
+        cls = ServerError
+    else:
+        cls = _BY_STATUS.get(status, APIStatusError)
+    return cls(message, status=status, code=code, **kw)  # type: ignore[arg-type]

@@ -1,0 +1,254 @@
+"""The job contract: what producers enqueue and what workers store, as pydantic models.
+
+Producers validate with these before anything reaches Redis; workers validate the same
+payload again (another language may have produced it) and turn a failure into a failed
+`JobResult` naming the field. Everything here round-trips through JSON.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from datetime import datetime
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+JobKind = Literal["chat", "vision", "compare"]
+Status = Literal["succeeded", "failed"]
+
+IMAGE_MIME_TYPES = ("image/jpeg", "image/png", "image/gif", "image/webp")
+DEFAULT_MAX_IMAGE_BYTES = 20 * 1024 * 1024
+_DATA_URL = re.compile(r"^data:(?P<mime>[\w/+.-]+);base64,(?P<data>.*)$", re.DOTALL)
+# Labels are for metrics and logs: keep them short and tame.
+_SOURCE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+
+
+def check_image_url(url: str, max_bytes: int = DEFAULT_MAX_IMAGE_BYTES) -> str:
+    """An https/http URL, or a base64 `data:` URL of a supported type within the size limit."""
+    if url.startswith(("https://", "http://")):
+        return url
+    match = _DATA_URL.match(url)
+    if not match:
+        raise ValueError("must be an http(s) URL or a data:image/<type>;base64,<data> URL")
+    if match["mime"] not in IMAGE_MIME_TYPES:
+        raise ValueError(f"image type {match['mime']!r} is not supported; use one of {', '.join(IMAGE_MIME_TYPES)}")
+    try:
+        raw = base64.b64decode(match["data"], validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("the data URL is not valid base64") from None
+    if len(raw) > max_bytes:
+        raise ValueError(f"image is {len(raw)} bytes, over the {max_bytes}-byte limit")
+    return url
+
+
+def _non_empty_model(v: str) -> str:
+    v = v.strip()
+    if not v:
+        raise ValueError("must name a model, e.g. gpt-4.1")
+    return v
+
+
+ModelName = Annotated[str, AfterValidator(_non_empty_model)]
+ImageRef = Annotated[str, AfterValidator(check_image_url)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ImageURL(_Model):
+    url: ImageRef
+    detail: Literal["auto", "low", "high"] | None = None
+
+
+class TextPart(_Model):
+    type: Literal["text"]
+    text: str
+
+
+class ImagePart(_Model):
+    type: Literal["image_url"]
+    # AIsa's OpenAPI file also allows a bare string here.
+    image_url: ImageURL | ImageRef
+
+
+ContentPart = Annotated[Union[TextPart, ImagePart], Field(discriminator="type")]
+
+
+class Message(BaseModel):
+    # Extra keys (name, tool_calls, tool_call_id, function_call) pass through to the gateway.
+    model_config = ConfigDict(extra="allow")
+
+    role: Literal["system", "user", "assistant", "tool", "function"]
+    content: str | list[ContentPart] | None = None
+
+    @model_validator(mode="after")
+    def _content_present(self) -> Message:
+        if self.content is None and self.role in ("system", "user"):
+            raise ValueError(f"a {self.role} message needs content")
+        return self
+
+
+class ChatParams(_Model):
+    """The sampling parameters of the skill's chat call, passed through to the gateway."""
+
+    temperature: float | None = Field(None, ge=0, le=2)
+    max_tokens: int | None = Field(None, ge=1)
+    top_p: float | None = Field(None, ge=0, le=1)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    stop: str | list[str] | None = None
+    stream: bool = False
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    functions: list[dict[str, Any]] | None = None
+    function_call: str | dict[str, Any] | None = None
+
+    def request_params(self) -> dict[str, Any]:
+        """The parameters as the gateway wants them (unset ones left out)."""
+        params = self.model_dump(include=set(ChatParams.model_fields), exclude_none=True)
+        if not params.get("stream"):
+            params.pop("stream", None)
+        return params
+
+
+class _Job(ChatParams):
+    source: str | None = Field(None, description="the producing service, a short label for metrics")
+    enqueued_at: datetime | None = None
+
+    @field_validator("source")
+    @classmethod
+    def _tame_source(cls, v: str | None) -> str | None:
+        if v is not None and not _SOURCE.match(v):
+            raise ValueError("must be 1-64 characters of letters, digits and _ . : -")
+        return v
+
+
+class ChatJob(_Job):
+    kind: Literal["chat"] = "chat"
+    model: ModelName
+    messages: list[Message] = Field(min_length=1)
+
+    def build_messages(self) -> list[dict[str, Any]]:
+        return [m.model_dump(exclude_none=True) for m in self.messages]
+
+
+class VisionJob(_Job):
+    kind: Literal["vision"] = "vision"
+    model: ModelName
+    image: ImageRef = Field(description="an http(s) URL or a data:image/...;base64 URL")
+    prompt: str = Field(min_length=1)
+    system: str | None = None
+    detail: Literal["auto", "low", "high"] | None = None
+
+    def build_messages(self) -> list[dict[str, Any]]:
+        image_url: dict[str, Any] = {"url": self.image}
+        if self.detail:
+            image_url["detail"] = self.detail
+        messages: list[dict[str, Any]] = [{"role": "system", "content": self.system}] if self.system else []
+        messages.append({
+            "role": "user",
+            "content": [{"type": "text", "text": self.prompt}, {"type": "image_url", "image_url": image_url}],
+        })
+        return messages
+
+
+class CompareJob(_Job):
+    kind: Literal["compare"] = "compare"
+    models: list[ModelName] = Field(min_length=1, max_length=16)
+    messages: list[Message] = Field(min_length=1)
+
+    @field_validator("models")
+    @classmethod
+    def _distinct(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError("lists a model twice")
+        return v
+
+    def build_messages(self) -> list[dict[str, Any]]:
+        return [m.model_dump(exclude_none=True) for m in self.messages]
+
+
+Job = Annotated[Union[ChatJob, VisionJob, CompareJob], Field(discriminator="kind")]
+JOB_TYPES: dict[str, type[_Job]] = {"chat": ChatJob, "vision": VisionJob, "compare": CompareJob}
+
+
+class Usage(BaseModel):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+
+
+class ErrorInfo(BaseModel):
+    """Why a job or an attempt failed. `type` is a bounded error class (see worker.errors)."""
+
+    type: str
+    message: str
+    status: int | None = None
+    code: str | None = None
+    field: str | None = None
+
+
+class Attempt(BaseModel):
+    model: str
+    ok: bool
+    latency_s: float
+    error: ErrorInfo | None = None
+    cost: float | None = None
+
+
+class ModelAnswer(BaseModel):
+    """One model's answer: the whole result of a chat/vision job, one entry of a compare job."""
+
+    model: str
+    status: Status
+    content: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    function_call: dict[str, Any] | None = None
+    finish_reason: str | None = None
+    usage: Usage | None = None
+    cost: float | None = None
+    cost_source: Literal["gateway", "price_table", "unknown"] = "unknown"
+    credits_remaining: float | None = None
+    latency_s: float | None = None
+    ttft_s: float | None = None
+    error: ErrorInfo | None = None
+
+
+class JobResult(BaseModel):
+    """What a worker stores under `llm-router:result:<job_id>` (JSON)."""
+
+    job_id: str
+    kind: JobKind | None
+    status: Status
+    source: str | None = None
+    model: str | None = Field(None, description="the model that answered")
+    content: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    function_call: dict[str, Any] | None = None
+    finish_reason: str | None = None
+    usage: Usage | None = None
+    cost: float | None = Field(None, description="USD; None when unknown")
+    cost_source: Literal["gateway", "price_table", "unknown"] = "unknown"
+    credits_remaining: float | None = None
+    latency_s: float | None = None
+    ttft_s: float | None = None
+    attempts: list[Attempt] = []
+    answers: list[ModelAnswer] | None = Field(None, description="compare jobs: one entry per model")
+    error: ErrorInfo | None = None
+    enqueued_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
+def describe_validation_error(exc: ValidationError) -> tuple[str, str]:
+    """(field path, message) of the most specific problem, e.g. ("temperature", "Input should be <= 2")."""
+    err = max(exc.errors(), key=lambda e: len(e["loc"]))
+    # Drop pydantic's union-branch tags ("str", "list[...]", "ImageURL", "chat") from the path.
+    loc = ".".join(
+        str(p) for p in err["loc"]
+        if not (isinstance(p, str) and ("[" in p or p[:1].isupper() or p in ("str", *JOB_TYPES)))
+    )
+    return loc or "job", err["msg"].removeprefix("Value error, ")
