@@ -223,3 +223,7 @@ def _money(cost: float | None) -> str:
 
 
 _COMMANDS = {"chat": _chat, "vision": _vision, "compare": _compare, "result": _result, "models": _models}
+
+
+if __name__ == "__main__":
+    main()

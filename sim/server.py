@@ -435,7 +435,6 @@ def _gemini_messages(body: dict[str, Any]) -> list[dict[str, Any]]:
 def create_app(sim: Simulator) -> web.Application:
     app = web.Application(client_max_size=64 * 1024 * 1024)
     h = Handlers(sim)
-    app["sim"] = sim
     app.router.add_post("/v1/chat/completions", h.chat)
     app.router.add_get("/v1/models", h.models)
     app.router.add_post("/v1/models/{spec}", h.gemini)

@@ -1,0 +1,74 @@
+"""Shared fixtures: a private redis-server and the AIsa simulator, both real servers on free ports."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterator
+
+import httpx
+import pytest
+from redis import Redis
+from redis.asyncio import Redis as AsyncRedis
+
+from sim.server import Simulator, SimServer
+from worker.settings import Settings
+
+from .helpers import API_KEY, free_port
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[str]:
+    """A private redis-server for the session (not the machine's shared one)."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.fail("redis-server is not installed: run `make test` (it installs it) or apt-get install redis-server")
+    port = free_port()
+    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    client = Redis(port=port)
+    deadline = time.monotonic() + 10
+    while True:  # readiness: bounded, checked, not a guess
+        try:
+            client.ping()
+            break
+        except Exception:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                proc.kill()
+                pytest.fail("private redis-server did not start")
+            time.sleep(0.02)
+    yield f"redis://127.0.0.1:{port}/0"
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.fixture
+def redis_url(redis_server: str) -> str:
+    Redis.from_url(redis_server).flushall()
+    return redis_server
+
+
+@pytest.fixture
+async def redis(redis_url: str) -> AsyncIterator[AsyncRedis]:
+    client = AsyncRedis.from_url(redis_url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture(scope="session")
+def sim_server() -> Iterator[SimServer]:
+    with SimServer(Simulator([API_KEY], credits=100.0)) as server:
+        yield server
+
+
+@pytest.fixture
+def sim(sim_server: SimServer) -> SimServer:
+    """The simulator with its faults, counters and credits reset for this test."""
+    httpx.post(sim_server.base_url.removesuffix("/v1") + "/_sim/reset").raise_for_status()
+    return sim_server
+
+
+@pytest.fixture
+def settings(sim: SimServer, redis_url: str) -> Settings:
+    return Settings(aisa_api_key=API_KEY, aisa_base_url=sim.base_url, redis_url=redis_url,
+                    request_timeout_s=2, connect_timeout_s=2, poll_delay_s=0.01, _env_file=None)

@@ -1,0 +1,36 @@
+"""Helpers shared by the tests."""
+
+from __future__ import annotations
+
+import socket
+
+import httpx
+
+from sim.server import SimServer
+from worker.service import create_worker
+from worker.settings import Settings
+
+API_KEY = "test-key-0123456789"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def sim_admin(sim: SimServer, path: str, body: dict | None = None) -> dict:
+    url = sim.base_url.removesuffix("/v1") + path
+    response = httpx.post(url, json=body) if body is not None else httpx.get(url)
+    response.raise_for_status()
+    return response.json()
+
+
+async def run_worker(settings: Settings, **overrides: object) -> object:
+    """An arq Worker built in-process, in burst mode: runs until the queue is empty."""
+    worker = create_worker(settings, burst=True, handle_signals=False, **overrides)
+    try:
+        await worker.main()
+    finally:
+        await worker.close()
+    return worker

@@ -1,0 +1,100 @@
+"""End to end with real processes: `llm-router worker` and the CLI as subprocesses."""
+
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from tests.helpers import API_KEY, sim_admin
+
+CLI = [sys.executable, "-m", "producers.cli"]
+
+
+@pytest.fixture
+def env(sim, redis_url):
+    return {**os.environ, "AISA_API_KEY": API_KEY, "AISA_BASE_URL": sim.base_url, "REDIS_URL": redis_url,
+            "QUEUE_NAME": "llm-router:e2e", "REQUEST_TIMEOUT_S": "5", "POLL_DELAY_S": "0.01"}
+
+
+@pytest.fixture
+def worker_proc(env):
+    proc = subprocess.Popen([*CLI, "worker"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    yield proc
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=20)
+    assert proc.returncode == 0, out
+    assert API_KEY not in out  # the key never reaches the logs
+
+
+def cli(env, *args, timeout=60):
+    return subprocess.run([*CLI, *args], env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_chat_vision_compare_through_a_worker_process(env, worker_proc, sim, tmp_path):
+    out = cli(env, "chat", "--model", "gpt-4.1", "--message", "Hello, world!", "--system", "You are a poet")
+    assert out.returncode == 0, out.stderr
+    answer, cost_line = out.stdout.strip().splitlines()
+    assert answer == "[gpt-4.1] You said: Hello, world!"
+    assert cost_line.startswith("-- gpt-4.1 · 25 tokens · $")
+    cost = float(cost_line.split("$")[1].split(" ")[0])
+    assert cost == pytest.approx(sim_admin(sim, "/_sim/stats")["charged"]["gpt-4.1"], abs=1e-6)
+
+    image = tmp_path / "x.png"
+    image.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 10)
+    out = cli(env, "vision", "--model", "gpt-4o", "--image", str(image), "--prompt", "Describe this image")
+    assert out.returncode == 0 and "I see a image/png image of 18 bytes" in out.stdout
+
+    before = sim_admin(sim, "/_sim/stats")["charged_total"]
+    out = cli(env, "compare", "--models", "gpt-4.1,claude-3-sonnet,gemini-2.0-flash", "--message", "What is 2+2?")
+    assert out.returncode == 0
+    for model in ("gpt-4.1", "claude-3-sonnet", "gemini-2.0-flash"):
+        assert f"== {model} ==\n[{model}] You said: What is 2+2?" in out.stdout
+    total = float(out.stdout.strip().splitlines()[-1].removeprefix("total $"))
+    assert total == pytest.approx(sim_admin(sim, "/_sim/stats")["charged_total"] - before, abs=1e-6)
+
+
+def test_no_wait_then_result_and_json(env, worker_proc):
+    out = cli(env, "chat", "--model", "qwen-max", "--message", "later", "--no-wait")
+    job_id = out.stdout.strip()
+    assert out.returncode == 0 and len(job_id) == 32
+    out = cli(env, "result", job_id, "--wait", "30", "--json")
+    assert out.returncode == 0, out.stderr
+    assert '"content": "[qwen-max] You said: later"' in out.stdout and '"cost_source": "gateway"' in out.stdout
+
+
+def test_stream_flag_and_failed_job_exit_code(env, worker_proc):
+    out = cli(env, "chat", "--model", "deepseek-v3", "--message", "stream it", "--stream", "--json")
+    assert out.returncode == 0 and '"ttft_s"' in out.stdout
+    out = cli(env, "chat", "--model", "no-such-model", "--message", "x")
+    assert out.returncode == 1 and "not_found" in out.stderr
+
+
+@pytest.mark.parametrize(("args", "flag"), [
+    (["chat", "--model", "gpt-4.1", "--message", "x", "--temperature", "3"], "--temperature"),
+    (["chat", "--model", "gpt-4.1"], "--messages/--message"),
+    (["compare", "--models", ",", "--message", "x"], "--models"),
+    (["vision", "--model", "gpt-4o", "--image", "/nonexistent.png", "--prompt", "p"], "--image"),
+    (["vision", "--model", "gpt-4o", "--image", "data:image/png;base64,!!", "--prompt", "p"], "--image"),
+])
+def test_bad_input_is_refused_before_enqueue(env, args, flag, redis_url):
+    from redis import Redis
+
+    out = cli(env, *args)
+    assert out.returncode == 2
+    assert out.stderr.startswith(f"llm-router: invalid {flag}") and "Nothing was enqueued" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert Redis.from_url(redis_url).zcard("llm-router:e2e") == 0
+
+
+def test_worker_without_api_key_says_so_clearly(env):
+    env = {k: v for k, v in env.items() if k != "AISA_API_KEY"}
+    out = subprocess.run([*CLI, "worker"], env=env, capture_output=True, text=True, timeout=30, cwd="/")
+    assert out.returncode == 2
+    assert "AISA_API_KEY is not set" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_models_command_lists_the_gateway_models(env):
+    out = cli(env, "models")
+    assert out.returncode == 0 and "claude-3-sonnet" in out.stdout.splitlines()

@@ -1,0 +1,189 @@
+"""The whole pipeline in-process: producer -> real Redis -> arq Worker (burst) -> simulator -> result."""
+
+import base64
+import json
+
+import pytest
+from arq.constants import job_key_prefix
+from redis.asyncio import Redis
+from aiohttp import web
+
+from producers.api import JobRejected, Producer
+from tests.helpers import API_KEY, free_port, run_worker, sim_admin
+from worker.models import ChatJob
+from worker.settings import Price
+from worker.store import CREDITS, result_key
+
+PNG = b"\x89PNG\r\n\x1a\n" + b"\x01" * 64
+
+
+@pytest.fixture
+async def producer(settings):
+    async with Producer(settings.redis_url, queue_name=settings.queue_name, source="tests") as p:
+        yield p
+
+
+async def test_chat_job_end_to_end_with_cost(producer, settings, sim):
+    job_id = await producer.chat("gpt-4.1", "Hello", system="Be brief", temperature=0.2, max_tokens=50)
+    assert await producer.result(job_id) is None  # queued, not run
+    await run_worker(settings)
+    result = await producer.result(job_id)
+    assert result.status == "succeeded" and result.kind == "chat" and result.source == "tests"
+    assert result.content == "[gpt-4.1] You said: Hello" and result.model == "gpt-4.1"
+    assert result.cost == pytest.approx(sim_admin(sim, "/_sim/stats")["charged"]["gpt-4.1"])
+    assert result.cost_source == "gateway" and result.credits_remaining == pytest.approx(100 - result.cost)
+    assert result.usage.total_tokens > 0 and result.latency_s > 0
+    assert result.enqueued_at <= result.started_at <= result.finished_at
+    assert [a.model for a in result.attempts] == ["gpt-4.1"] and result.attempts[0].ok
+    assert 0 < await producer.redis.ttl(result_key(job_id)) <= settings.result_ttl_s
+
+
+async def test_streaming_job_records_ttft_and_full_text(producer, settings):
+    job_id = await producer.chat("claude-3-sonnet", "Write a poem about AI", stream=True)
+    await run_worker(settings)
+    result = await producer.result(job_id)
+    assert result.content == "[claude-3-sonnet] You said: Write a poem about AI"
+    assert result.ttft_s is not None and result.ttft_s <= result.latency_s
+    assert result.cost > 0 and result.usage.completion_tokens > 0
+
+
+async def test_vision_job_from_a_local_file(producer, settings, tmp_path):
+    image = tmp_path / "photo.png"
+    image.write_bytes(PNG)
+    job_id = await producer.vision("gpt-4o", str(image), "What is in this image?")
+    await run_worker(settings)
+    result = await producer.result(job_id)
+    assert result.status == "succeeded" and result.kind == "vision"
+    assert result.content == f"[gpt-4o] I see a image/png image of {len(PNG)} bytes. You asked: What is in this image?"
+
+
+async def test_compare_one_model_failing_does_not_fail_the_others(producer, settings, sim):
+    sim_admin(sim, "/_sim/config", {"latency_ms": 200})  # slow enough that a serial walk would show
+    sim_admin(sim, "/_sim/config", {"model": "gemini-2.0-flash", "fail_next": [503]})
+    job_id = await producer.compare(["gpt-4.1", "claude-3-sonnet", "gemini-2.0-flash", "no-such-model"], "2+2?")
+    await run_worker(settings)
+    result = await producer.result(job_id)
+    by_model = {a.model: a for a in result.answers}
+    assert result.status == "succeeded"
+    assert by_model["gpt-4.1"].content == "[gpt-4.1] You said: 2+2?"
+    assert by_model["claude-3-sonnet"].status == "succeeded"
+    assert by_model["gemini-2.0-flash"].error.type == "server" and by_model["gemini-2.0-flash"].error.status == 503
+    assert by_model["no-such-model"].error.type == "not_found"
+    charged = sim_admin(sim, "/_sim/stats")["charged"]
+    assert result.cost == pytest.approx(charged["gpt-4.1"] + charged["claude-3-sonnet"])
+    assert await producer.store.spend() == pytest.approx({"gpt-4.1": charged["gpt-4.1"],
+                                                         "claude-3-sonnet": charged["claude-3-sonnet"]})
+    assert sim_admin(sim, "/_sim/stats")["peak_concurrency"] >= 3  # fanned out at once
+    assert result.latency_s < 0.4
+
+
+async def test_upstream_failure_is_a_failed_result_not_a_crash(producer, settings, sim):
+    sim_admin(sim, "/_sim/config", {"model": "gpt-4.1", "down": True})
+    failed = await producer.chat("gpt-4.1", "hi")
+    fine = await producer.chat("gpt-4o", "hi")
+    await run_worker(settings)
+    result = await producer.result(failed)
+    assert result.status == "failed" and result.error.type == "server" and result.error.status == 503
+    assert result.cost is None and result.model is None and not result.attempts[0].ok
+    assert (await producer.result(fine)).status == "succeeded"
+
+
+async def test_invalid_payload_from_another_producer_fails_naming_the_field(producer, settings, redis):
+    # A producer in another language wrote a job by hand, in arq's JSON format, with a bad field.
+    job = {"t": 1, "f": "chat", "a": [{"model": "gpt-4.1", "messages": [{"role": "user", "content": "x"}],
+                                       "temperature": 7}], "k": {}, "et": 1}
+    await redis.set(job_key_prefix + "handmade", json.dumps(job))
+    await redis.zadd(settings.queue_name, {"handmade": 1})
+    after = await producer.chat("gpt-4.1", "still alive?")
+    worker = await run_worker(settings)
+    result = await producer.result("handmade")
+    assert result.status == "failed" and result.error.type == "invalid_job"
+    assert result.error.field == "temperature" and "less than or equal to 2" in result.error.message
+    assert (await producer.result(after)).status == "succeeded"
+    assert worker.jobs_complete == 2 and worker.jobs_failed == 0
+
+
+async def test_jobs_are_json_in_redis_never_pickle(producer, settings, redis):
+    job_id = await producer.chat("gpt-4.1", "json please", max_tokens=10)
+    raw = json.loads(await redis.get(job_key_prefix + job_id))
+    assert raw["f"] == "chat"
+    assert ChatJob.model_validate(raw["a"][0]).messages[0].content == "json please"
+    await run_worker(settings)
+    assert json.loads(await redis.get(result_key(job_id)))["status"] == "succeeded"
+
+
+async def test_caller_supplied_id_makes_enqueue_idempotent(producer, settings, sim):
+    first = await producer.chat("gpt-4.1", "once", job_id="order-42")
+    second = await producer.chat("gpt-4.1", "once", job_id="order-42")
+    assert first == second == "order-42" and await producer.queued() == 1
+    await run_worker(settings)
+    assert await producer.chat("gpt-4.1", "once", job_id="order-42") == "order-42"  # done: still a no-op
+    assert await producer.queued() == 0
+    assert sim_admin(sim, "/_sim/stats")["calls"]["gpt-4.1"] == 1
+
+
+async def test_rejected_job_enqueues_nothing(producer):
+    await producer.chat("gpt-4.1", "accepted")
+    with pytest.raises(JobRejected) as info:
+        await producer.chat("gpt-4.1", "hi", temperature=3)
+    assert info.value.field == "temperature"
+    with pytest.raises(JobRejected) as info:
+        await producer.vision("gpt-4o", "/no/such/file.png", "what?")
+    assert info.value.field == "image" and "cannot read" in info.value.message
+    assert await producer.queued() == 1  # the accepted job is still there, nothing else
+
+
+async def test_enqueue_many_in_one_round_trip(producer, settings):
+    jobs = [ChatJob(model="gpt-4o-mini", messages=[{"role": "user", "content": f"prompt {i}"}]) for i in range(25)]
+    ids = await producer.enqueue_many(jobs)
+    assert len(set(ids)) == 25 and await producer.queued() == 25
+    await run_worker(settings)
+    contents = [(await producer.result(i)).content for i in ids]
+    assert contents == [f"[gpt-4o-mini] You said: prompt {i}" for i in range(25)]
+
+
+async def test_wait_returns_when_the_worker_stores_the_result(producer, settings):
+    import asyncio
+
+    job_id = await producer.chat("gpt-4.1", "wait for me")
+    waiter = asyncio.create_task(producer.wait(job_id, timeout=10))
+    await run_worker(settings)
+    assert (await asyncio.wait_for(waiter, 10)).content == "[gpt-4.1] You said: wait for me"
+
+
+async def test_api_key_never_reaches_redis(producer, settings, redis):
+    await producer.chat("gpt-4.1", "secret?")
+    await producer.chat("nope", "fail")
+    await run_worker(settings)
+    blobs = []
+    async for key in redis.scan_iter():
+        kind = await redis.type(key)
+        if kind == b"string":
+            blobs.append(await redis.get(key))
+        elif kind == b"hash":
+            blobs.append(json.dumps({k.decode(): v.decode() for k, v in (await redis.hgetall(key)).items()}).encode())
+        blobs.append(key)
+    assert blobs and not any(API_KEY.encode() in b for b in blobs)
+    assert float(await redis.hget(CREDITS, "remaining")) < 100
+
+
+async def test_plain_openai_server_priced_from_the_table_or_unknown(producer, settings):
+    from tests.plain_openai import create_app
+
+    runner = web.AppRunner(create_app())
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        plain = settings.model_copy(update={"aisa_base_url": f"http://127.0.0.1:{port}/v1",
+                                            "prices": {"priced": Price(input=1.0, output=2.0)}})
+        priced = await producer.chat("priced", "a")
+        unpriced = await producer.chat("unpriced", "b", stream=True)
+        await run_worker(plain)
+    finally:
+        await runner.cleanup()
+    a, b = await producer.result(priced), await producer.result(unpriced)
+    assert a.status == b.status == "succeeded"
+    assert a.cost_source == "price_table" and a.cost == pytest.approx((10 * 1.0 + 5 * 2.0) / 1000)
+    assert b.cost_source == "unknown" and b.cost is None and b.content.strip() == "plain answer to b"
+    assert await producer.store.spend() == pytest.approx({"priced": 0.02})
