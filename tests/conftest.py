@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import time
 from collections.abc import AsyncIterator, Iterator
 
 import httpx
@@ -12,34 +9,21 @@ import pytest
 from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
 
+from sim.redis_server import PrivateRedis
 from sim.server import Simulator, SimServer
 from worker.settings import Settings
 
-from .helpers import API_KEY, free_port
+from .helpers import API_KEY
 
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[str]:
     """A private redis-server for the session (not the machine's shared one)."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.fail("redis-server is not installed: run `make test` (it installs it) or apt-get install redis-server")
-    port = free_port()
-    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    client = Redis(port=port)
-    deadline = time.monotonic() + 10
-    while True:  # readiness: bounded, checked, not a guess
-        try:
-            client.ping()
-            break
-        except Exception:
-            if time.monotonic() > deadline or proc.poll() is not None:
-                proc.kill()
-                pytest.fail("private redis-server did not start")
-            time.sleep(0.02)
-    yield f"redis://127.0.0.1:{port}/0"
-    proc.terminate()
-    proc.wait(10)
+    try:
+        server = PrivateRedis().start()
+    except RuntimeError as exc:
+        pytest.fail(f"{exc} (`make test` installs it)")
+    yield server.url
+    server.stop()
 
 
 @pytest.fixture

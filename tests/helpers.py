@@ -2,21 +2,14 @@
 
 from __future__ import annotations
 
-import socket
-
 import httpx
 
+from sim.redis_server import free_port  # noqa: F401 - re-exported for the tests
 from sim.server import SimServer
 from worker.service import create_worker
 from worker.settings import Settings
 
 API_KEY = "test-key-0123456789"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def sim_admin(sim: SimServer, path: str, body: dict | None = None) -> dict:

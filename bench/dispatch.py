@@ -1,0 +1,132 @@
+"""Dispatch benchmark: N chat jobs through the whole service, next to its two ceilings, in one run.
+
+  (a) arq no-op:   N jobs of an empty function through the same Worker settings
+  (b) raw client:  N AIsaClient.chat calls, `concurrency` at a time, no queue
+  (c) service:     N chat jobs: Producer -> Redis -> arq Worker -> simulator -> result store
+
+The simulator runs in its own process with zero latency, Redis is a private server, and
+the worker runs in this process (burst mode). Ratios are what matter on a noisy machine:
+(c)/(a) is the goal (>= 0.8), (c)/(b) shows what the queue costs on top of HTTP.
+
+    python -m bench.dispatch [--jobs 2000] [--concurrency 50]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import subprocess
+import sys
+import time
+
+import httpx
+
+from producers.api import Producer
+from sim.redis_server import PrivateRedis, free_port
+from worker.client import AIsaClient
+from worker.models import ChatJob
+from worker.service import create_worker
+from worker.settings import Settings
+
+KEY = "bench-key"
+
+
+async def noop(ctx: dict, job: dict) -> None:
+    return None
+
+
+def start_sim() -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "producers.cli", "sim", "--port", str(port), "--api-key", KEY,
+                             "--credits", "1000000"], stdout=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            httpx.get(url + "/_sim/stats").raise_for_status()
+            return proc, url + "/v1"
+        except httpx.HTTPError:
+            if time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError("simulator did not start") from None
+            time.sleep(0.05)
+
+
+def jobs(n: int) -> list[ChatJob]:
+    return [ChatJob(model="gpt-4o-mini", messages=[{"role": "user", "content": f"prompt {i}"}]) for i in range(n)]
+
+
+async def drain(settings: Settings, **overrides: object) -> float:
+    worker = create_worker(settings, burst=True, handle_signals=False, **overrides)
+    started = time.perf_counter()
+    try:
+        await worker.main()
+    finally:
+        await worker.close()
+    return time.perf_counter() - started
+
+
+async def arq_noop(settings: Settings, n: int) -> float:
+    from arq.worker import func
+
+    async with Producer(settings.redis_url, queue_name=settings.queue_name) as producer:
+        await producer.redis.flushdb()
+        # the same JSON job format and size as the real jobs, run by an empty function
+        await producer.enqueue_many(jobs(n))
+    return n / await drain(settings, functions=[func(noop, name=kind, keep_result=0)
+                                                for kind in ("chat", "vision", "compare")])
+
+
+async def raw_client(settings: Settings, n: int, concurrency: int) -> float:
+    semaphore = asyncio.Semaphore(concurrency)
+    async with AIsaClient(settings.aisa_base_url, KEY, max_connections=concurrency * 4) as client:
+        async def one(i: int) -> None:
+            async with semaphore:
+                await client.chat({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": f"prompt {i}"}]})
+        await one(-1)  # warm the connection pool
+        started = time.perf_counter()
+        await asyncio.gather(*(one(i) for i in range(n)))
+    return n / (time.perf_counter() - started)
+
+
+async def service(settings: Settings, n: int) -> float:
+    async with Producer(settings.redis_url, queue_name=settings.queue_name) as producer:
+        await producer.redis.flushdb()
+        ids = await producer.enqueue_many(jobs(n))
+        rate = n / await drain(settings)
+        done = [await producer.result(i) for i in ids[:: max(n // 50, 1)]]
+    assert all(r is not None and r.status == "succeeded" for r in done), "service benchmark jobs failed"
+    return rate
+
+
+async def run(n: int, concurrency: int) -> None:
+    sim, base_url = start_sim()
+    try:
+        with PrivateRedis(install=True) as redis:
+            settings = Settings(aisa_api_key=KEY, aisa_base_url=base_url, redis_url=redis.url,
+                                worker_concurrency=concurrency, poll_delay_s=0.01, _env_file=None)
+            noop_rate = await arq_noop(settings, n)
+            raw_rate = await raw_client(settings, n, concurrency)
+            service_rate = await service(settings, n)
+    finally:
+        sim.terminate()
+        sim.wait(10)
+    print(f"jobs={n} concurrency={concurrency} cores={os.cpu_count()}")
+    print(f"(a) arq no-op jobs      {noop_rate:8.0f} jobs/s")
+    print(f"(b) raw AIsa client     {raw_rate:8.0f} req/s")
+    print(f"(c) llm-router service  {service_rate:8.0f} jobs/s")
+    print(f"service / arq no-op   = {service_rate / noop_rate:.2f}   (goal >= 0.80)")
+    print(f"service / raw client  = {service_rate / raw_rate:.2f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--jobs", type=int, default=2000)
+    parser.add_argument("--concurrency", type=int, default=50)
+    args = parser.parse_args()
+    asyncio.run(run(args.jobs, args.concurrency))
+
+
+if __name__ == "__main__":
+    main()

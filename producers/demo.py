@@ -1,0 +1,95 @@
+"""`make demo`: the whole pipeline on the embedded default, then everything it started is stopped.
+
+Redis: the one at REDIS_URL if it answers, else a private redis-server (installed with
+apt-get if missing). Gateway: the local AIsa simulator, always (the demo spends nothing).
+A worker process runs `llm-router worker`; this process is the producer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import struct
+import subprocess
+import sys
+import tempfile
+import zlib
+from contextlib import ExitStack
+from pathlib import Path
+
+from sim.faults import Faults
+from sim.redis_server import PrivateRedis, reachable
+from sim.server import Simulator, SimServer
+from worker.models import JobResult
+
+from .api import Producer
+
+DEMO_KEY = "sim-demo-key"
+QUEUE = "llm-router:demo"
+
+
+def tiny_png(path: Path) -> Path:
+    """A real 2x2 PNG, written without an imaging library."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    raw = b"".join(b"\x00" + b"\xff\x00\x00" * 2 for _ in range(2))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 2, 2, 8, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+    return path
+
+
+def show(title: str, result: JobResult) -> None:
+    print(f"\n### {title}  [{result.kind}, {result.status}]")
+    if result.answers:
+        for a in result.answers:
+            text = a.content if a.status == "succeeded" else f"failed: {a.error.type}"  # type: ignore[union-attr]
+            print(f"  {a.model:<18} {text}  (${a.cost or 0:.6f}, {a.latency_s or 0:.3f}s)")
+    elif result.status == "succeeded":
+        print(f"  {result.content or result.tool_calls}")
+    if result.error:
+        print(f"  error: {result.error.type}: {result.error.message}")
+    ttft = f", first token after {result.ttft_s:.3f}s" if result.ttft_s else ""
+    print(f"  cost ${result.cost or 0:.6f} ({result.cost_source}), {result.latency_s or 0:.3f}s{ttft}")
+
+
+async def produce(redis_url: str, image: Path) -> None:
+    async with Producer(redis_url, queue_name=QUEUE, source="demo") as producer:
+        jobs = {
+            "chat": await producer.chat("gpt-4.1", "Explain quantum computing in simple terms.",
+                                        system="You are a helpful assistant.", temperature=0.7, max_tokens=1000),
+            "streamed chat": await producer.chat("claude-3-sonnet", "Write a poem about AI.", stream=True),
+            "tool call": await producer.chat("gpt-4.1", "What is the weather in Tokyo?", tools=[{
+                "type": "function", "function": {"name": "get_weather", "parameters": {
+                    "type": "object", "properties": {"location": {"type": "string"}}, "required": ["location"]}}}]),
+            "vision (local file)": await producer.vision("gpt-4o", str(image), "What is in this image?"),
+            "compare": await producer.compare(["gpt-4.1", "claude-3-sonnet", "gemini-2.0-flash"], "What is 2+2?"),
+            "unknown model (fails cleanly)": await producer.chat("no-such-model", "Hello"),
+        }
+        for title, job_id in jobs.items():
+            show(title, await producer.wait(job_id, timeout=60))
+        spend = await producer.store.spend()
+        print("\nAll-time spend in this Redis (llm-router:spend:total):")
+        for model, usd in sorted(spend.items()):
+            print(f"  {model:<18} ${usd:.6f}")
+
+
+def main() -> None:
+    with ExitStack() as stack:
+        redis_url = os.environ.get("REDIS_URL", "redis://localhost:6379/0")
+        if not reachable(redis_url):
+            redis_url = stack.enter_context(PrivateRedis(install=True)).url
+            print(f"started a private redis-server at {redis_url}")
+        sim = stack.enter_context(SimServer(Simulator([DEMO_KEY], faults=Faults(latency_ms=30, latency_per_token_ms=2))))
+        print(f"AIsa simulator at {sim.base_url}; Redis at {redis_url}")
+        env = {**os.environ, "AISA_API_KEY": DEMO_KEY, "AISA_BASE_URL": sim.base_url, "REDIS_URL": redis_url,
+               "QUEUE_NAME": QUEUE, "LOG_LEVEL": "WARNING"}
+        worker = subprocess.Popen([sys.executable, "-m", "producers.cli", "worker"], env=env)
+        stack.callback(lambda: (worker.send_signal(signal.SIGTERM), worker.wait(30)))
+        image = tiny_png(Path(stack.enter_context(tempfile.TemporaryDirectory())) / "red.png")
+        asyncio.run(produce(redis_url, image))
+    print("\ndemo done: worker, simulator and any private Redis stopped")
+
+
+if __name__ == "__main__":
+    main()
