@@ -98,3 +98,23 @@ def test_worker_without_api_key_says_so_clearly(env):
 def test_models_command_lists_the_gateway_models(env):
     out = cli(env, "models")
     assert out.returncode == 0 and "claude-3-sonnet" in out.stdout.splitlines()
+
+
+def test_arq_cli_runs_worker_settings_from_the_environment(env, redis_url):
+    job = cli(env, "chat", "--model", "grok-2", "--message", "via arq", "--no-wait").stdout.strip()
+    arq = os.path.join(os.path.dirname(sys.executable), "arq")
+    out = subprocess.run([arq, "worker.WorkerSettings", "--burst"], env=env, capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    result = cli(env, "result", job)
+    assert result.returncode == 0 and result.stdout.startswith("[grok-2] You said: via arq")
+
+
+def test_demo_runs_end_to_end(redis_url):
+    env = {**os.environ, "REDIS_URL": redis_url}
+    out = subprocess.run([sys.executable, "-m", "producers.demo"], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    for title in ("chat", "streamed chat", "tool call", "vision (local file)", "compare", "unknown model"):
+        assert f"### {title}" in out.stdout
+    assert out.stdout.count("succeeded]") == 5 and "error: not_found" in out.stdout
+    assert "demo done" in out.stdout
