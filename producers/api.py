@@ -23,7 +23,7 @@ from redis.asyncio import Redis
 
 from worker import serde
 from worker.models import ChatJob, CompareJob, JobResult, Message, VisionJob, describe_validation_error
-from worker.settings import Settings
+from worker.settings import load_settings
 from worker.store import ResultStore, result_key
 
 from .images import ImageError, resolve_image
@@ -75,7 +75,7 @@ class Producer:
     def __init__(self, redis_url: str | None = None, *, source: str | None = None,
                  queue_name: str | None = None, result_ttl_s: int | None = None,
                  max_image_bytes: int | None = None, redis: Redis | None = None) -> None:
-        settings = Settings()
+        settings = load_settings()  # defaults from the environment; a bad value is a ConfigError
         self.redis = redis or Redis.from_url(redis_url or settings.redis_url)
         self._owns_redis = redis is None
         self.source = source

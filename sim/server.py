@@ -246,13 +246,13 @@ class Handlers:
     def __init__(self, sim: Simulator) -> None:
         self.sim = sim
 
-    async def _enter(self) -> None:
+    def _enter(self) -> None:
         self.sim.in_flight += 1
         self.sim.peak_concurrency = max(self.sim.peak_concurrency, self.sim.in_flight)
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         sim = self.sim
-        await self._enter()
+        self._enter()
         try:
             try:
                 key = sim.authenticate(request)
