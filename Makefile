@@ -11,11 +11,9 @@ $(BIN)/llm-router: pyproject.toml
 	$(BIN)/pip install -q -e '.[test]'
 	touch $@
 
-# redis-server must exist for the tests' private server (and the demo's, if REDIS_URL does not answer).
-redis-server:
-	@command -v redis-server >/dev/null || { \
-	  echo "installing redis-server with apt-get"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
+# redis-server must exist for the tests' private server; sim/redis_server.py installs it with apt-get if missing.
+redis-server: $(BIN)/llm-router
+	@$(BIN)/python -c "from sim.redis_server import redis_server_binary; redis_server_binary(install=True)"
 
 demo: $(BIN)/llm-router
 	$(BIN)/python -m producers.demo

@@ -22,6 +22,7 @@ from sim.faults import Faults
 from sim.redis_server import PrivateRedis, reachable
 from sim.server import Simulator, SimServer
 from worker.models import JobResult
+from worker.settings import load_settings
 
 from .api import Producer
 
@@ -76,7 +77,7 @@ async def produce(redis_url: str, image: Path) -> None:
 
 def main() -> None:
     with ExitStack() as stack:
-        redis_url = os.environ.get("REDIS_URL", "redis://localhost:6379/0")
+        redis_url = load_settings().redis_url
         if not reachable(redis_url):
             redis_url = stack.enter_context(PrivateRedis(install=True)).url
             print(f"started a private redis-server at {redis_url}")
