@@ -111,14 +111,20 @@ class Simulator:
             raise ApiError(injected, f"Simulated upstream failure ({injected}) for {model}", headers=decision.headers)
         return faults, decision.headers
 
-    def charge(self, key: str, model: str, spec: ModelSpec, prompt: int, completion: int) -> tuple[float, float]:
+    def quote(self, key: str, spec: ModelSpec, prompt: int, completion: int) -> float:
+        """The call's cost; 402 if the key cannot pay it."""
         cost = price(spec, prompt, completion)
         if self.credits[key] < cost:
             raise ApiError(402, f"Insufficient credits: this call costs ${cost:.6f}, "
                            f"${self.credits[key]:.6f} remaining", "insufficient_credits")
+        return cost
+
+    def charge(self, key: str, model: str, cost: float) -> float:
+        """Bill a call the moment its answer is complete: a client that hung up before then,
+        a stream cut before its usage chunk or an unreadable reply is not billed."""
         self.credits[key] = round(self.credits[key] - cost, 10)
         self.charged[model] += cost
-        return cost, self.credits[key]
+        return self.credits[key]
 
 
 # ---------------------------------------------------------------- request checking
@@ -277,19 +283,20 @@ class Handlers:
         if faults.latency_ms:
             await asyncio.sleep(faults.latency_ms / 1000)
         try:
-            cost, credits = sim.charge(key, spec.id, spec, answer.prompt_tokens, answer.completion_tokens)
+            cost = sim.quote(key, spec, answer.prompt_tokens, answer.completion_tokens)
         except ApiError as exc:
             exc.headers.update(headers)
             sim.statuses[exc.status] += 1
             return _error_response(exc)
         sim.statuses[200] += 1
         if body.get("stream"):
-            return await self._stream(request, spec, body, answer, faults, headers, cost, credits)
+            return await self._stream(request, key, spec, body, answer, faults, headers, cost)
         if faults.latency_per_token_ms:
             await asyncio.sleep(faults.latency_per_token_ms * answer.completion_tokens / 1000)
         if faults.malformed:
             return web.Response(text="<html><body>502 Bad Gateway</body></html>", status=200,
                                 content_type="text/html", headers=headers)
+        credits = sim.charge(key, spec.id, cost)
         return web.json_response({
             "id": "chatcmpl-" + uuid.uuid4().hex[:24], "object": "chat.completion", "created": int(time.time()),
             "model": spec.id,
@@ -297,8 +304,8 @@ class Handlers:
             "usage": _usage(answer, cost, credits),
         }, headers=headers)
 
-    async def _stream(self, request: web.Request, spec: ModelSpec, body: dict[str, Any], answer: Answer,
-                      faults: Faults, headers: dict[str, str], cost: float, credits: float) -> web.StreamResponse:
+    async def _stream(self, request: web.Request, key: str, spec: ModelSpec, body: dict[str, Any], answer: Answer,
+                      faults: Faults, headers: dict[str, str], cost: float) -> web.StreamResponse:
         response = web.StreamResponse(headers={**headers, "Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await response.prepare(request)
         base = {"id": "chatcmpl-" + uuid.uuid4().hex[:24], "object": "chat.completion.chunk",
@@ -313,7 +320,7 @@ class Handlers:
             if faults.latency_per_token_ms and chunk.get("choices"):
                 await asyncio.sleep(faults.latency_per_token_ms / 1000)
             if chunk.get("usage") == "final":
-                chunk = {"choices": [], "usage": _usage(answer, cost, credits)}
+                chunk = {"choices": [], "usage": _usage(answer, cost, self.sim.charge(key, spec.id, cost))}
             await response.write(b"data: " + json.dumps({**base, **chunk}).encode() + b"\n\n")
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
@@ -341,7 +348,7 @@ class Handlers:
             _check_params(openai_body)
             answer = Answer(spec, openai_body, _check_messages(messages))
             self.sim.admit(spec.id, answer.prompt_tokens)
-            cost, credits = self.sim.charge(key, spec.id, spec, answer.prompt_tokens, answer.completion_tokens)
+            self.sim.charge(key, spec.id, self.sim.quote(key, spec, answer.prompt_tokens, answer.completion_tokens))
         except ApiError as exc:
             self.sim.statuses[exc.status] += 1
             return _error_response(exc, gemini=True)
@@ -468,7 +475,8 @@ class SimServer:
 
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
-        runner = web.AppRunner(create_app(self.sim), access_log=None)
+        # handler_cancellation: a client that hangs up cancels its call, which is then not billed
+        runner = web.AppRunner(create_app(self.sim), access_log=None, handler_cancellation=True)
         self._loop.run_until_complete(runner.setup())
         site = web.TCPSite(runner, self.host, self.port)
         self._loop.run_until_complete(site.start())
@@ -491,4 +499,4 @@ class SimServer:
 
 def run(host: str, port: int, sim: Simulator) -> None:
     """Serve in the foreground until interrupted (`llm-router sim`)."""
-    web.run_app(create_app(sim), host=host, port=port, access_log=None, print=None)
+    web.run_app(create_app(sim), host=host, port=port, access_log=None, print=None, handler_cancellation=True)

@@ -1,24 +1,36 @@
-"""The result store on fakeredis (fast); the worker tests run the same code on a real Redis."""
+"""The result store and call log, on fakeredis (fast) and on the real redis-server (the Lua
+and expiry must hold there too)."""
 
 import asyncio
 
 import fakeredis
 import pytest
+from redis.asyncio import Redis
 
-from worker.models import JobResult, ModelAnswer
-from worker.store import CREDITS, SPEND_TOTAL, ResultStore, result_key, spend_day_key
+from worker.models import Attempt, JobResult
+from worker.store import CREDITS, SPEND_TOTAL, ResultStore, calls_key, result_key, spend_day_key
 
 
-@pytest.fixture
-async def store():
-    redis = fakeredis.FakeAsyncRedis()
+@pytest.fixture(params=["fakeredis", "redis-server"])
+async def store(request):
+    if request.param == "fakeredis":
+        redis = fakeredis.FakeAsyncRedis()
+    else:
+        redis = Redis.from_url(request.getfixturevalue("redis_url"))
     yield ResultStore(redis, ttl_s=60)
     await redis.aclose()
 
 
-def chat_result(job_id="j1", model="gpt-4.1", cost=0.25, credits=9.5):
-    return JobResult(job_id=job_id, kind="chat", status="succeeded", model=model, content="hi",
-                     cost=cost, credits_remaining=credits)
+def chat_result(job_id="j1", model="gpt-4.1", cost=0.25):
+    return JobResult(job_id=job_id, kind="chat", status="succeeded", model=model, content="hi", cost=cost)
+
+
+async def record(store, job_id, call_id, model, cost, credits=None, at=1.0, run=1):
+    attempt = Attempt(model=model, ok=cost is not None, latency_s=0.1, cost=cost, call_id=call_id, at=at, run=run)
+    async with store.redis.pipeline(transaction=False) as pipe:
+        await store.record_call(pipe, job_id, attempt, credits)
+        (added,) = await pipe.execute()
+    return added
 
 
 async def test_save_then_get_with_ttl(store):
@@ -29,27 +41,37 @@ async def test_save_then_get_with_ttl(store):
 
 
 async def test_spend_is_summed_per_model_total_and_per_day(store):
-    await store.save(chat_result("a", "gpt-4.1", 0.25))
-    await store.save(chat_result("b", "gpt-4.1", 0.5))
-    await store.save(JobResult(job_id="c", kind="compare", status="succeeded", cost=0.3, answers=[
-        ModelAnswer(model="gpt-4.1", status="succeeded", cost=0.1),
-        ModelAnswer(model="claude-3-sonnet", status="succeeded", cost=0.2),
-        ModelAnswer(model="nope", status="failed")]))
-    await store.save(JobResult(job_id="d", kind="chat", status="failed"))
+    await record(store, "a", "c1", "gpt-4.1", 0.25)
+    await record(store, "b", "c1", "gpt-4.1", 0.5)
+    await record(store, "c", "c1", "gpt-4.1", 0.1)
+    await record(store, "c", "c2", "claude-3-sonnet", 0.2)
+    await record(store, "d", "c1", "nope", None)  # a failed call: logged, costs nothing
     assert await store.spend() == pytest.approx({"gpt-4.1": 0.85, "claude-3-sonnet": 0.2})
     assert await store.spend(spend_day_key()[-10:]) == pytest.approx({"gpt-4.1": 0.85, "claude-3-sonnet": 0.2})
     assert await store.redis.exists(SPEND_TOTAL)
 
 
+async def test_a_call_is_counted_once_however_often_it_is_recorded(store):
+    assert await record(store, "j", "call-1", "gpt-4.1", 0.5) == 1
+    assert await record(store, "j", "call-1", "gpt-4.1", 0.5) == 0  # a retried write after a lost reply
+    assert await record(store, "j", "call-2", "gpt-4.1", 0.25, run=2, at=2.0) == 1  # the re-run's own call
+    assert await store.spend() == pytest.approx({"gpt-4.1": 0.75})
+    attempts = await store.attempts("j")
+    assert [(a.call_id, a.run) for a in attempts] == [("call-1", 1), ("call-2", 2)]
+    assert 0 < await store.redis.ttl(calls_key("j")) <= 60
+
+
 async def test_credits_keep_the_latest_report(store):
-    await store.save(chat_result("a", credits=9.5))
-    await store.save(chat_result("b", credits=9.25))
+    await record(store, "a", "c1", "gpt-4.1", 0.1, credits=9.5)
+    await record(store, "b", "c1", "gpt-4.1", 0.1, credits=9.25)
+    await record(store, "c", "c1", "gpt-4.1", 0.1)  # a reply without credits leaves them alone
     assert float(await store.redis.hget(CREDITS, "remaining")) == 9.25
+    assert float(await store.redis.hget(CREDITS, "updated_at")) > 1.7e9
 
 
 async def test_wait_wakes_when_the_result_is_saved(store):
     waiter = asyncio.create_task(store.wait("late", timeout=5))
-    await asyncio.sleep(0)  # let the waiter subscribe first
+    await asyncio.sleep(0.05)  # let the waiter subscribe first (it also reads after subscribing)
     await store.save(chat_result("late"))
     assert (await asyncio.wait_for(waiter, 5)).job_id == "late"
 

@@ -67,14 +67,15 @@ async def test_compare_one_model_failing_does_not_fail_the_others(producer, sett
     assert result.status == "succeeded"
     assert by_model["gpt-4.1"].content == "[gpt-4.1] You said: 2+2?"
     assert by_model["claude-3-sonnet"].status == "succeeded"
-    assert by_model["gemini-2.0-flash"].error.type == "server" and by_model["gemini-2.0-flash"].error.status == 503
+    assert by_model["gemini-2.0-flash"].status == "succeeded"  # its 503 was retried, on gemini itself
+    assert [(a.model, a.ok) for a in result.attempts if a.model == "gemini-2.0-flash"] == [
+        ("gemini-2.0-flash", False), ("gemini-2.0-flash", True)]
     assert by_model["no-such-model"].error.type == "not_found"
-    charged = sim_admin(sim, "/_sim/stats")["charged"]
-    assert result.cost == pytest.approx(charged["gpt-4.1"] + charged["claude-3-sonnet"])
-    assert await producer.store.spend() == pytest.approx({"gpt-4.1": charged["gpt-4.1"],
-                                                         "claude-3-sonnet": charged["claude-3-sonnet"]})
-    assert sim_admin(sim, "/_sim/stats")["peak_concurrency"] >= 3  # fanned out at once
-    assert result.latency_s < 0.4
+    stats = sim_admin(sim, "/_sim/stats")
+    assert result.cost == pytest.approx(stats["charged_total"])
+    assert await producer.store.spend() == pytest.approx(stats["charged"])
+    assert stats["peak_concurrency"] >= 3  # fanned out at once
+    assert result.latency_s < 0.6  # gemini's two calls, not four models in a row
 
 
 async def test_upstream_failure_is_a_failed_result_not_a_crash(producer, settings, sim):
@@ -84,7 +85,8 @@ async def test_upstream_failure_is_a_failed_result_not_a_crash(producer, setting
     await run_worker(settings)
     result = await producer.result(failed)
     assert result.status == "failed" and result.error.type == "server" and result.error.status == 503
-    assert result.cost is None and result.model is None and not result.attempts[0].ok
+    assert result.cost is None and result.model is None
+    assert [a.ok for a in result.attempts] == [False] * settings.attempts_per_model
     assert (await producer.result(fine)).status == "succeeded"
 
 

@@ -67,9 +67,13 @@ def retry_after(headers: Mapping[str, str], now: float | None = None) -> float |
     return None
 
 
-def rate_limit_snapshot(headers: Mapping[str, str]) -> dict[str, float]:
-    """The numeric x-ratelimit-limit/remaining-* headers present, e.g. {"remaining-requests": 587}."""
+def rate_limit_snapshot(headers: Mapping[str, str], now: float | None = None) -> dict[str, float]:
+    """The numeric x-ratelimit-limit/remaining-* headers present, e.g. {"remaining-requests": 587},
+    plus `reset-in`: seconds until the later of the request and token resets."""
     snapshot: dict[str, float] = {}
+    resets = [parse_wait(headers.get(f"x-ratelimit-reset-{n}"), now) for n in ("requests", "tokens")]
+    if any(r is not None for r in resets):
+        snapshot["reset-in"] = max(r for r in resets if r is not None)
     for name in ("limit-requests", "remaining-requests", "limit-tokens", "remaining-tokens"):
         value = headers.get(f"x-ratelimit-{name}")
         if value is not None:

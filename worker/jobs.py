@@ -1,26 +1,27 @@
 """The arq job functions: `chat`, `vision`, `compare`.
 
-Each takes the job as one JSON object (a `worker.models` job), calls the gateway and
-stores a `JobResult`. A job never raises for an upstream failure or a bad payload: the
-failure is the result, so producers always get an answer naming what went wrong.
+Each takes the job as one JSON object (a `worker.models` job), walks its fallback chain
+(`worker.routing`) and stores a `JobResult`. A job never raises for an upstream failure or
+a bad payload: the failure is the result (and a dead letter), so producers always get an
+answer naming what went wrong. The one exception is arq's `Retry`: a job that can only
+wait (rate limits, a paused queue) goes back to the queue instead of holding a slot.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from datetime import datetime, timezone
 from typing import Any
 
+from arq.worker import Retry
 from pydantic import ValidationError
 
-from . import errors
-from .client import AIsaClient, Completion
-from .models import (JOB_TYPES, Attempt, CompareJob, ErrorInfo, JobResult, ModelAnswer,
-                     describe_validation_error)
-from .pricing import cost_of
-from .settings import Price
+from .dlq import DeadLetter
+from .models import JOB_TYPES, CompareJob, ErrorInfo, JobResult, ModelAnswer, describe_validation_error
+from .policy import chain
+from .routing import Call, Deferred, try_model, walk_chain
+from .settings import Settings
 from .store import ResultStore
 
 log = logging.getLogger("llm_router.jobs")
@@ -42,70 +43,79 @@ async def compare(ctx: Ctx, job: Any) -> str:
 
 async def run_job(ctx: Ctx, kind: str, payload: Any) -> str:
     """Validate, call, store; returns the status (arq logs it)."""
-    started = datetime.now(timezone.utc)
-    base = {"job_id": ctx["job_id"], "kind": kind, "started_at": started, "enqueued_at": ctx.get("enqueue_time")}
+    job_id, run = ctx["job_id"], ctx.get("job_try") or 1
+    running: set[str] = ctx.setdefault("running", set())
+    running.add(job_id)  # the heartbeat keeps this job's lease while it runs
+    try:
+        result = await _run(ctx, kind, payload, job_id, run)
+    finally:
+        running.discard(job_id)
+    store: ResultStore = ctx["store"]
+    if run > 1:  # earlier runs' calls are in the call log
+        result.attempts = await store.attempts(job_id)
+    costs = [a.cost for a in result.attempts if a.cost is not None]
+    if costs:  # the job's cost is every call it paid for, fallbacks and earlier runs included
+        result.cost = round(sum(costs), 10)
+    dead = None
+    if result.status == "failed":
+        dead = DeadLetter(job_id=job_id, kind=kind, job=payload, error=result.error, attempts=result.attempts,
+                          runs=run, dead_at=result.finished_at).model_dump_json(exclude_none=True)
+        log.warning("job %s dead-lettered: %s", job_id, result.error.message if result.error else "failed")
+    await store.save(result, dead_letter=dead)
+    return result.status
+
+
+async def _run(ctx: Ctx, kind: str, payload: Any, job_id: str, run: int) -> JobResult:
+    settings: Settings = ctx["settings"]
+    base = {"job_id": job_id, "kind": kind, "started_at": datetime.now(timezone.utc),
+            "enqueued_at": ctx.get("enqueue_time"), "runs": run}
     try:
         job = JOB_TYPES[kind].model_validate(payload)
     except ValidationError as exc:
         field, message = describe_validation_error(exc)
-        log.warning("job %s rejected: %s: %s", ctx["job_id"], field, message)
-        result = JobResult(**base, status="failed",
-                           error=ErrorInfo(type="invalid_job", message=f"{field}: {message}", field=field))
-    else:
-        base["source"] = job.source
-        if isinstance(job, CompareJob):
-            result = await _compare(ctx, job, base)
-        else:
-            result = await _single(ctx, job, base)
+        log.warning("job %s rejected: %s: %s", job_id, field, message)
+        return _finish(JobResult(**base, status="failed",
+                                 error=ErrorInfo(type="invalid_job", message=f"{field}: {message}", field=field)))
+    base["source"] = job.source
+    call = Call(ctx, job_id, {"messages": job.build_messages(), **job.request_params()},
+                max_wait_s=getattr(job, "max_wait_s", None) or settings.max_wait_s)
+    try:
+        async with asyncio.timeout(settings.job_timeout_s):
+            if isinstance(job, CompareJob):
+                result = await _compare(call, job, base)
+            else:
+                answer = await walk_chain(call, chain(job.model, job.fallbacks, settings))
+                result = JobResult(**base, **_answer_fields(answer), attempts=call.attempts)
+    except Deferred as d:
+        if run >= settings.max_job_runs:
+            return _finish(JobResult(**base, status="failed", attempts=call.attempts, error=d.error.model_copy(
+                update={"message": f"gave up after {run} runs: {d.error.message}"})))
+        log.info("job %s back to the queue for %.2fs: %s", job_id, d.wait_s, d.error.message)
+        raise Retry(defer=d.wait_s) from None
+    except TimeoutError:
+        return _finish(JobResult(**base, status="failed", attempts=call.attempts, error=ErrorInfo(
+            type="timeout", message=f"job took longer than JOB_TIMEOUT_S={settings.job_timeout_s:g}")))
+    return _finish(result)
+
+
+def _finish(result: JobResult) -> JobResult:
     result.finished_at = datetime.now(timezone.utc)
-    store: ResultStore = ctx["store"]
-    await store.save(result)
-    return result.status
+    return result
 
 
-async def _single(ctx: Ctx, job: Any, base: dict[str, Any]) -> JobResult:
-    answer = await call_model(ctx, job.model, {"model": job.model, "messages": job.build_messages(),
-                                               **job.request_params()})
-    return JobResult(**base, **_answer_fields(answer), attempts=[_attempt(answer)])
-
-
-async def _compare(ctx: Ctx, job: CompareJob, base: dict[str, Any]) -> JobResult:
-    """Every model at once; one failing does not fail the others."""
-    messages, params = job.build_messages(), job.request_params()
-    answers = await asyncio.gather(*(
-        call_model(ctx, model, {"model": model, "messages": messages, **params}) for model in job.models))
+async def _compare(call: Call, job: CompareJob, base: dict[str, Any]) -> JobResult:
+    """Every model at once, no fallbacks; one failing does not fail the others."""
+    steps = await asyncio.gather(*(try_model(call, model) for model in job.models))
+    answers = [s.answer for s in steps]
     ok = [a for a in answers if a.status == "succeeded"]
     costs = [a.cost for a in answers if a.cost is not None]
     error = None
     if not ok:
         error = ErrorInfo(type="all_failed", message="; ".join(f"{a.model}: {a.error.message}" for a in answers if a.error))
     return JobResult(
-        **base, status="succeeded" if ok else "failed", answers=answers,
-        attempts=[_attempt(a) for a in answers],
-        cost=round(sum(costs), 10) if costs else None,
-        cost_source=_combined_source(answers),
+        **base, status="succeeded" if ok else "failed", answers=answers, attempts=call.attempts,
+        cost=round(sum(costs), 10) if costs else None, cost_source=_combined_source(answers),
         latency_s=max((a.latency_s or 0.0) for a in answers), error=error,
-    )
-
-
-async def call_model(ctx: Ctx, model: str, payload: dict[str, Any]) -> ModelAnswer:
-    """One upstream call, as a ModelAnswer: succeeded with its cost, or failed with its error."""
-    client: AIsaClient = ctx["client"]
-    started = time.perf_counter()
-    try:
-        completion = await client.chat(payload)
-    except errors.AIsaError as exc:
-        return ModelAnswer(model=model, status="failed", latency_s=time.perf_counter() - started,
-                           error=ErrorInfo(type=exc.error_class, message=exc.message, status=exc.status, code=exc.code))
-    return _succeeded(model, completion, ctx["prices"])
-
-
-def _succeeded(model: str, c: Completion, prices: dict[str, Price]) -> ModelAnswer:
-    cost, source = cost_of(model, c.cost, c.usage, prices)
-    return ModelAnswer(
-        model=model, status="succeeded", content=c.content, tool_calls=c.tool_calls,
-        function_call=c.function_call, finish_reason=c.finish_reason, usage=c.usage, cost=cost,
-        cost_source=source, credits_remaining=c.credits_remaining, latency_s=c.latency_s, ttft_s=c.ttft_s,
     )
 
 
@@ -113,13 +123,9 @@ def _answer_fields(answer: ModelAnswer) -> dict[str, Any]:
     return answer.model_dump(exclude={"model"}) | {"model": answer.model if answer.status == "succeeded" else None}
 
 
-def _attempt(answer: ModelAnswer) -> Attempt:
-    return Attempt(model=answer.model, ok=answer.status == "succeeded", latency_s=answer.latency_s or 0.0,
-                   error=answer.error, cost=answer.cost)
-
-
 def _combined_source(answers: list[ModelAnswer]) -> str:
     sources = {a.cost_source for a in answers if a.status == "succeeded"}
     if not sources or "unknown" in sources:
         return "unknown"
     return "gateway" if sources == {"gateway"} else "price_table"
+

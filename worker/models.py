@@ -126,7 +126,16 @@ class _Job(ChatParams):
         return v
 
 
-class ChatJob(_Job):
+class _RoutedJob(_Job):
+    """A job answered by one model: the first of its chain that succeeds."""
+
+    fallbacks: list[ModelName] | None = Field(
+        None, max_length=16, description="models to try after `model`, in order; overrides the configured chain")
+    max_wait_s: float | None = Field(
+        None, ge=0, description="longest wait for a rate-limited model before moving on (default MAX_WAIT_S)")
+
+
+class ChatJob(_RoutedJob):
     kind: Literal["chat"] = "chat"
     model: ModelName
     messages: list[Message] = Field(min_length=1)
@@ -135,7 +144,7 @@ class ChatJob(_Job):
         return [m.model_dump(exclude_none=True) for m in self.messages]
 
 
-class VisionJob(_Job):
+class VisionJob(_RoutedJob):
     kind: Literal["vision"] = "vision"
     model: ModelName
     image: ImageRef = Field(description="an http(s) URL or a data:image/...;base64 URL")
@@ -192,11 +201,17 @@ class ErrorInfo(BaseModel):
 
 
 class Attempt(BaseModel):
+    """One real upstream call. Recorded once, under the job id and `call_id`, as soon as it ends."""
+
     model: str
     ok: bool
     latency_s: float
     error: ErrorInfo | None = None
     cost: float | None = None
+    run: int = Field(1, description="which run of the job made the call (arq's job_try)")
+    call_id: str | None = None
+    at: float | None = Field(None, description="UNIX time the call started")
+    waited_s: float = Field(0.0, description="time waited before it (shared rate limit, backoff)")
 
 
 class ModelAnswer(BaseModel):
@@ -235,7 +250,8 @@ class JobResult(BaseModel):
     credits_remaining: float | None = None
     latency_s: float | None = None
     ttft_s: float | None = None
-    attempts: list[Attempt] = []
+    attempts: list[Attempt] = Field([], description="every upstream call of every run, in order")
+    runs: int = 1
     answers: list[ModelAnswer] | None = Field(None, description="compare jobs: one entry per model")
     error: ErrorInfo | None = None
     enqueued_at: datetime | None = None

@@ -15,6 +15,13 @@ class Price(BaseModel):
     output: float = Field(ge=0)
 
 
+class RateLimit(BaseModel):
+    """A shared limit: requests and/or tokens (prompt + max output) per minute."""
+
+    rpm: float | None = Field(None, gt=0)
+    tpm: float | None = Field(None, gt=0)
+
+
 class ConfigError(Exception):
     """A setting is missing or invalid; the message says which and how to fix it."""
 
@@ -38,6 +45,30 @@ class Settings(BaseSettings):
     # Priced locally only when the gateway does not send usage.cost (e.g. a plain
     # OpenAI-compatible server). JSON in the environment: {"gpt-4.1": {"input": 0.01, "output": 0.03}}
     prices: dict[str, Price] = {}
+
+    # ---- resilience (worker.policy, worker.limiter) ----
+    # FALLBACKS='{"gpt-4.1": ["claude-3-sonnet", "gemini-2.0-flash"]}': a model's own chain;
+    # DEFAULT_FALLBACKS='["gemini-2.0-flash"]': tried after any model without one.
+    fallbacks: dict[str, list[str]] = {}
+    default_fallbacks: list[str] = []
+    # CONTEXT_FALLBACKS='{"gpt-4.1": "gemini-1.5-pro"}': where a context-length error goes.
+    context_fallbacks: dict[str, str] = {}
+    attempts_per_model: int = Field(3, ge=1, description="calls to one model before moving on")
+    backoff_base_s: float = Field(1.0, gt=0, description="first retry delay (AIsa: from 1 s, doubling)")
+    backoff_cap_s: float = Field(30.0, gt=0, description="longest retry delay (AIsa: 30 s)")
+    max_wait_s: float = Field(30.0, ge=0, description="longest a job waits for a model's rate limit in place")
+    max_job_runs: int = Field(20, ge=1, description="runs of one job (re-queues on long waits, restarts)")
+    # RATE_LIMITS='{"gpt-4.1": {"rpm": 600, "tpm": 600000}}'; GLOBAL_RATE_LIMIT='{"rpm": 3000}'.
+    rate_limits: dict[str, RateLimit] = {}
+    global_rate_limit: RateLimit = RateLimit()
+    rate_limit_headroom: float = Field(
+        0.02, ge=0, lt=1, description="run this fraction under each limit, so network jitter never trips it")
+    circuit_failures: int = Field(5, ge=1, description="failures in CIRCUIT_WINDOW_S that open a model's circuit")
+    circuit_window_s: float = Field(30, gt=0)
+    circuit_open_s: float = Field(30, gt=0, description="how long an open circuit skips its model")
+    probe_interval_s: float = Field(10, gt=0, description="how often a paused queue (401/402) probes the gateway")
+    lease_s: float = Field(15, gt=0, description="a killed worker's job runs again within this (heartbeat lease)")
+    shutdown_grace_s: float = Field(30, ge=0, description="SIGTERM: time in-flight jobs get to finish")
 
     def api_key(self) -> str:
         """The key, or a ConfigError telling the user how to set it."""

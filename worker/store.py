@@ -5,6 +5,14 @@
     llm-router:spend:total            hash model -> USD spent, all time
     llm-router:spend:day:<YYYY-MM-DD> hash model -> USD spent that UTC day (kept 400 days)
     llm-router:credits                hash remaining (USD), updated_at (UNIX time)
+    llm-router:calls:<job_id>         hash call id -> JSON Attempt: every real upstream call of
+                                      the job, written once; spend is added in the same script
+    llm-router:dlq                    hash job id -> JSON DeadLetter (see worker.dlq)
+    llm-router:dlq:index              sorted set job id -> time it was dead-lettered
+
+Spend is recorded per upstream call as soon as the call ends, not per job: a worker killed
+after a call and before the job's result still leaves the call counted, and a re-run's
+calls have their own ids, so each real call is counted exactly once.
 """
 
 from __future__ import annotations
@@ -15,7 +23,9 @@ from datetime import datetime, timezone
 
 from redis.asyncio import Redis
 
-from .models import JobResult
+from redis.asyncio.client import Pipeline
+
+from .models import Attempt, JobResult
 
 PREFIX = "llm-router:"
 RESULT_PREFIX = PREFIX + "result:"
@@ -23,7 +33,27 @@ DONE_PREFIX = PREFIX + "done:"
 SPEND_TOTAL = PREFIX + "spend:total"
 SPEND_DAY_PREFIX = PREFIX + "spend:day:"
 CREDITS = PREFIX + "credits"
+CALLS_PREFIX = PREFIX + "calls:"
+DLQ = PREFIX + "dlq"
+DLQ_INDEX = PREFIX + "dlq:index"
 SPEND_DAY_TTL_S = 400 * 24 * 3600
+
+
+# KEYS: calls hash, spend total, spend day, credits
+# ARGV: call id, attempt JSON, model, cost ('' unknown), credits remaining ('' unknown), calls TTL s, day TTL s
+_RECORD_CALL = """
+if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
+redis.call('EXPIRE', KEYS[1], ARGV[6])
+if ARGV[4] ~= '' then
+  redis.call('HINCRBYFLOAT', KEYS[2], ARGV[3], ARGV[4])
+  redis.call('HINCRBYFLOAT', KEYS[3], ARGV[3], ARGV[4])
+  redis.call('EXPIRE', KEYS[3], ARGV[7])
+end
+if ARGV[5] ~= '' then
+  redis.call('HSET', KEYS[4], 'remaining', ARGV[5], 'updated_at', redis.call('TIME')[1])
+end
+return 1
+"""
 
 
 def result_key(job_id: str) -> str:
@@ -34,34 +64,38 @@ def spend_day_key(day: str | None = None) -> str:
     return SPEND_DAY_PREFIX + (day or datetime.now(timezone.utc).strftime("%Y-%m-%d"))
 
 
-def spend_by_model(result: JobResult) -> dict[str, float]:
-    """What this result cost, per model that billed (a compare job bills several)."""
-    spend: dict[str, float] = {}
-    for answer in result.answers or []:
-        if answer.cost:
-            spend[answer.model] = spend.get(answer.model, 0.0) + answer.cost
-    if not result.answers and result.cost and result.model:
-        spend[result.model] = result.cost
-    return spend
+def calls_key(job_id: str) -> str:
+    return CALLS_PREFIX + job_id
 
 
 class ResultStore:
     def __init__(self, redis: Redis, ttl_s: int) -> None:
         self.redis = redis
         self.ttl_s = ttl_s
+        self._record_call = redis.register_script(_RECORD_CALL)
 
-    async def save(self, result: JobResult) -> None:
-        """Store the result, add its cost to the totals and wake waiters: one round trip, atomic."""
-        day = spend_day_key()
+    async def record_call(self, pipe: Pipeline, job_id: str, attempt: Attempt, credits: float | None) -> None:
+        """Queue (on `pipe`) one upstream call: into the job's call log and, the first time only, into spend."""
+        await self._record_call(
+            keys=[calls_key(job_id), SPEND_TOTAL, spend_day_key(), CREDITS],
+            args=[attempt.call_id or "", attempt.model_dump_json(exclude_none=True), attempt.model,
+                  "" if attempt.cost is None else repr(attempt.cost), "" if credits is None else repr(credits),
+                  self.ttl_s, SPEND_DAY_TTL_S],
+            client=pipe,
+        )
+
+    async def attempts(self, job_id: str) -> list[Attempt]:
+        """Every call recorded for the job, across all its runs, oldest first."""
+        raw = await self.redis.hvals(calls_key(job_id))
+        return sorted((Attempt.model_validate_json(r) for r in raw), key=lambda a: (a.at or 0.0, a.run))
+
+    async def save(self, result: JobResult, dead_letter: str | None = None) -> None:
+        """Store the result (and its dead letter, if it failed) and wake waiters: one atomic round trip."""
         async with self.redis.pipeline(transaction=True) as tx:
             tx.set(result_key(result.job_id), result.model_dump_json(exclude_none=True), ex=self.ttl_s)
-            for model, cost in spend_by_model(result).items():
-                tx.hincrbyfloat(SPEND_TOTAL, model, cost)
-                tx.hincrbyfloat(day, model, cost)
-            tx.expire(day, SPEND_DAY_TTL_S)
-            credits = _last_credits(result)
-            if credits is not None:
-                tx.hset(CREDITS, mapping={"remaining": credits, "updated_at": time.time()})
+            if dead_letter is not None:
+                tx.hset(DLQ, result.job_id, dead_letter)
+                tx.zadd(DLQ_INDEX, {result.job_id: time.time()})
             tx.publish(DONE_PREFIX + result.job_id, result.status)
             await tx.execute()
 
@@ -94,11 +128,6 @@ class ResultStore:
 async def _next_message(pubsub) -> None:  # type: ignore[no-untyped-def]
     while await pubsub.get_message(ignore_subscribe_messages=True, timeout=None) is None:
         pass
-
-
-def _last_credits(result: JobResult) -> float | None:
-    values = [a.credits_remaining for a in result.answers or [] if a.credits_remaining is not None]
-    return min(values) if values else result.credits_remaining
 
 
 def _text(value: bytes | str) -> str:

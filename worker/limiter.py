@@ -1,0 +1,190 @@
+"""What every worker process shares about the upstream, kept in Redis and changed only by Lua:
+
+    llm-router:gate               JSON {reason, message, model, since}: the whole queue is
+                                  paused (401 auth, 402 credits) until a probe passes
+    llm-router:model:<model>      hash: r / t  next free request / token slot (ms, Redis clock)
+                                       open_until, fails, fails_since, probe  circuit breaker
+    llm-router:model:_global      hash: r / t  for the optional global limit
+
+Rate limiting is GCRA in its "virtual scheduling" form rather than a sliding window: each
+model keeps the time its next request (and next token) may start. `admit` books the
+earliest slot and returns how long to sleep until it, so callers queue in Redis without
+polling, requests leave evenly spaced (a sliding-window gateway never sees a burst), and
+the state is two numbers per model whatever the rate. A 429's Retry-After, or
+`x-ratelimit-remaining-*: 0`, just moves the model's next slot to the reset time: every
+worker then waits for it, not only the one that was told.
+
+Tokens are booked from an estimate (prompt + max_tokens) and the difference is given back
+when the real usage is known (`settle`). At most one request per window over the limit
+(the one that starts at the window's edge) can be seen upstream; RATE_LIMIT_HEADROOM keeps
+network jitter from turning that into a 429.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
+
+from .settings import RateLimit, Settings
+
+GATE = "llm-router:gate"
+MODEL_PREFIX = "llm-router:model:"
+GLOBAL = MODEL_PREFIX + "_global"
+
+# KEYS: gate, model hash, global hash
+# ARGV: request interval ms, ms per token, tokens, global request interval ms, global ms per token,
+#       max wait ms, probe lease ms
+_ADMIT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local gate = redis.call('GET', KEYS[1])
+if gate then return {'gate', 0, gate} end
+local m = redis.call('HMGET', KEYS[2], 'r', 't', 'open_until', 'probe')
+local open_until = tonumber(m[3]) or 0
+local probing = false
+if open_until > 0 then
+  if open_until > now then return {'circuit', open_until - now} end
+  -- half-open: one probe call at a time across all workers
+  local probe = tonumber(m[4]) or 0
+  if probe > now then return {'circuit', probe - now} end
+  probing = true
+end
+local g = redis.call('HMGET', KEYS[3], 'r', 't')
+local tokens = tonumber(ARGV[3])
+local start = math.max(now, tonumber(m[1]) or 0, tonumber(m[2]) or 0, tonumber(g[1]) or 0, tonumber(g[2]) or 0)
+local wait = start - now
+if wait > tonumber(ARGV[6]) then return {'wait', wait} end
+local r_next = start + tonumber(ARGV[1])
+local t_next = start + math.floor(tokens * tonumber(ARGV[2]))
+redis.call('HSET', KEYS[2], 'r', r_next, 't', t_next)
+if probing then redis.call('HSET', KEYS[2], 'probe', start + tonumber(ARGV[7])) end
+redis.call('PEXPIRE', KEYS[2], math.max(r_next, t_next) - now + 3600000)
+if tonumber(ARGV[4]) > 0 or tonumber(ARGV[5]) > 0 then
+  local gr = start + tonumber(ARGV[4])
+  local gt = start + math.floor(tokens * tonumber(ARGV[5]))
+  redis.call('HSET', KEYS[3], 'r', gr, 't', gt)
+  redis.call('PEXPIRE', KEYS[3], math.max(gr, gt) - now + 3600000)
+end
+return {probing and 'probe' or 'ok', wait}
+"""
+
+# KEYS: model hash, global hash
+# ARGV: tokens to give back, ms per token, global ms per token, outcome (ok|fail|neutral),
+#       pause ms, circuit failures, circuit window ms, circuit open ms
+_SETTLE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local refund = tonumber(ARGV[1])
+if refund ~= 0 then
+  local tt = tonumber(redis.call('HGET', KEYS[1], 't'))
+  if tt then redis.call('HSET', KEYS[1], 't', tt - math.floor(refund * tonumber(ARGV[2]))) end
+  local gt = tonumber(redis.call('HGET', KEYS[2], 't'))
+  if gt and tonumber(ARGV[3]) > 0 then redis.call('HSET', KEYS[2], 't', gt - math.floor(refund * tonumber(ARGV[3]))) end
+end
+local pause = tonumber(ARGV[5])
+if pause > 0 then
+  local r = tonumber(redis.call('HGET', KEYS[1], 'r')) or 0
+  if now + pause > r then redis.call('HSET', KEYS[1], 'r', now + pause) end
+  redis.call('PEXPIRE', KEYS[1], pause + 3600000)
+end
+local outcome = ARGV[4]
+if outcome == 'ok' then
+  redis.call('HDEL', KEYS[1], 'fails', 'fails_since', 'open_until', 'probe')
+elseif outcome == 'fail' then
+  local open_until = tonumber(redis.call('HGET', KEYS[1], 'open_until')) or 0
+  local since = tonumber(redis.call('HGET', KEYS[1], 'fails_since')) or 0
+  if now - since > tonumber(ARGV[7]) then
+    redis.call('HSET', KEYS[1], 'fails', 0, 'fails_since', now)
+  end
+  local fails = redis.call('HINCRBY', KEYS[1], 'fails', 1)
+  -- a failed probe (half-open) re-opens at once
+  if fails >= tonumber(ARGV[6]) or open_until > 0 then
+    redis.call('HSET', KEYS[1], 'open_until', now + tonumber(ARGV[8]), 'fails', 0, 'fails_since', now)
+    redis.call('HDEL', KEYS[1], 'probe')
+    redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[8]) + 3600000)
+    return 1
+  end
+end
+return 0
+"""
+
+
+@dataclass
+class Admission:
+    """`ok`/`probe`: a slot is booked, sleep `wait_s` then call (`probe`: the circuit's trial call).
+    `wait`: the next slot is over the caller's limit, nothing booked. `circuit`: the model
+    is skipped. `gate`: the whole queue is paused (`gate` says why)."""
+
+    status: str
+    wait_s: float
+    gate: dict[str, Any] | None = None
+
+    @property
+    def booked(self) -> bool:
+        return self.status in ("ok", "probe")
+
+
+def _intervals(limit: RateLimit | None, headroom: float) -> tuple[float, float]:
+    """(ms between requests, ms per token) for a per-minute limit; 0 where there is none."""
+    if limit is None:
+        return 0.0, 0.0
+    scale = 60_000 / (1 - headroom)
+    return (scale / limit.rpm if limit.rpm else 0.0), (scale / limit.tpm if limit.tpm else 0.0)
+
+
+def model_key(model: str) -> str:
+    return MODEL_PREFIX + model
+
+
+class Limiter:
+    def __init__(self, redis: Redis, settings: Settings) -> None:
+        self.redis = redis
+        self.settings = settings
+        self._global = _intervals(settings.global_rate_limit, settings.rate_limit_headroom)
+        self._admit = redis.register_script(_ADMIT)
+        self._settle = redis.register_script(_SETTLE)
+
+    def intervals(self, model: str) -> tuple[float, float]:
+        return _intervals(self.settings.rate_limits.get(model), self.settings.rate_limit_headroom)
+
+    async def admit(self, model: str, tokens: int, max_wait_s: float) -> Admission:
+        """Book `model`'s next slot unless it is further off than `max_wait_s`."""
+        r_ms, t_ms = self.intervals(model)
+        status, wait_ms, *rest = await self._admit(
+            keys=[GATE, model_key(model), GLOBAL],
+            args=[r_ms, t_ms, tokens, *self._global, int(max_wait_s * 1000),
+                  int(self.settings.request_timeout_s * 1000) + 1000],
+        )
+        gate = json.loads(rest[0]) if rest else None
+        return Admission(_text(status), int(wait_ms) / 1000, gate)
+
+    async def settle(self, pipe: Pipeline, model: str, *, refund_tokens: int, outcome: str, pause_s: float) -> None:
+        """Queue (on `pipe`) what one call taught: unused tokens back, a pause, the circuit's count."""
+        s = self.settings
+        await self._settle(
+            keys=[model_key(model), GLOBAL],
+            args=[refund_tokens, self.intervals(model)[1], self._global[1], outcome, int(pause_s * 1000),
+                  s.circuit_failures, int(s.circuit_window_s * 1000), int(s.circuit_open_s * 1000)],
+            client=pipe,
+        )
+
+    async def gate(self) -> dict[str, Any] | None:
+        raw = await self.redis.get(GATE)
+        return None if raw is None else json.loads(raw)
+
+    async def close_gate(self, reason: str, message: str, model: str) -> bool:
+        """Pause the whole queue; False if it was already paused."""
+        gate = {"reason": reason, "message": message, "model": model, "since": time.time()}
+        return bool(await self.redis.set(GATE, json.dumps(gate), nx=True))
+
+    async def open_gate(self) -> bool:
+        return bool(await self.redis.delete(GATE))
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

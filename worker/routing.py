@@ -1,0 +1,219 @@
+"""Walking a job's fallback chain under the policy of `worker.policy` and the shared limits
+of `worker.limiter`. Every real upstream call is recorded (cost included) the moment it ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import errors
+from .client import AIsaClient, Completion
+from .limiter import Limiter
+from .models import Attempt, ErrorInfo, ModelAnswer
+from .policy import CIRCUIT_CLASSES, Action, action_for, backoff_delay
+from .pricing import cost_of
+from .settings import Settings
+from .store import ResultStore
+
+log = logging.getLogger("llm_router.routing")
+
+Ctx = dict[str, Any]
+# What a job without max_tokens is assumed to produce, for the token booking.
+DEFAULT_COMPLETION_ESTIMATE = 512
+
+
+class Deferred(Exception):
+    """The job cannot progress now: put it back in the queue for `wait_s` (arq's Retry)."""
+
+    def __init__(self, wait_s: float, error: ErrorInfo) -> None:
+        super().__init__(error.message)
+        self.wait_s = wait_s
+        self.error = error
+
+
+@dataclass
+class Step:
+    """How trying one model ended: `ok` (answer), `next` (try the next model), `fail` (stop the
+    job), `larger` (context too long: go to the larger-context model). `wait_s` is set when the
+    model was only unavailable for a while (rate limit, open circuit)."""
+
+    outcome: str
+    answer: ModelAnswer
+    wait_s: float | None = None
+
+
+@dataclass
+class Call:
+    """One job's calls: the payload, the job's limits, and the attempts made so far."""
+
+    ctx: Ctx
+    job_id: str
+    payload: dict[str, Any]
+    max_wait_s: float
+    attempts: list[Attempt] = field(default_factory=list)
+
+    @property
+    def settings(self) -> Settings:
+        return self.ctx["settings"]
+
+    def estimate_tokens(self) -> int:
+        prompt = len(json.dumps(self.payload["messages"], separators=(",", ":"))) // 4
+        return prompt + (self.payload.get("max_tokens") or DEFAULT_COMPLETION_ESTIMATE)
+
+
+async def walk_chain(call: Call, chain: list[str]) -> ModelAnswer:
+    """The first model of `chain` that answers; raises Deferred when all were only busy."""
+    models = list(chain)
+    answers: list[ModelAnswer] = []
+    waits: list[float] = []
+    i = 0
+    while i < len(models):
+        step = await try_model(call, models[i])
+        answers.append(step.answer)
+        if step.outcome in ("ok", "fail"):
+            return step.answer
+        if step.wait_s is not None:
+            waits.append(step.wait_s)
+        if step.outcome == "larger":
+            larger = call.settings.context_fallbacks.get(models[i])
+            if larger is None or larger in models[: i + 1]:
+                return step.answer
+            models.insert(i + 1, larger)
+        i += 1
+    if waits:
+        raise Deferred(max(min(waits), 0.05), _chain_error(answers, "rate_limit"))
+    return _exhausted(answers)
+
+
+async def try_model(call: Call, model: str) -> Step:
+    """Call one model until it answers or the policy says stop/move on."""
+    settings, limiter = call.settings, call.ctx["limiter"]
+    tokens = call.estimate_tokens()
+    failures, waited = 0, 0.0
+    while True:
+        admission = await limiter.admit(model, tokens, call.max_wait_s)
+        if admission.status == "gate":
+            gate = admission.gate or {}
+            raise Deferred(settings.probe_interval_s,
+                           ErrorInfo(type=gate.get("reason", "paused"), message=f"queue paused: {gate.get('message')}"))
+        if not admission.booked:
+            kind = "circuit_open" if admission.status == "circuit" else "rate_limit"
+            return Step("next", _skipped(model, kind, admission.wait_s), wait_s=admission.wait_s)
+        await asyncio.sleep(admission.wait_s)
+        waited += admission.wait_s
+        answer, exc = await call_once(call, model, {**call.payload, "model": model}, tokens, waited)
+        if exc is None:
+            return Step("ok", answer)
+        failures += 1
+        action = action_for(exc.error_class)
+        if action in (Action.RETRY_AFTER, Action.BACKOFF) and failures < settings.attempts_per_model:
+            if action is Action.BACKOFF:
+                delay = backoff_delay(failures - 1, settings.backoff_base_s, settings.backoff_cap_s)
+                await asyncio.sleep(delay)
+                waited = delay
+            else:
+                waited = 0.0  # the wait is booked in the limiter: admit sleeps it
+            continue
+        if action is Action.RETRY_AFTER:
+            return Step("next", answer, wait_s=exc.retry_after or settings.backoff_base_s)
+        if action is Action.STOP_QUEUE:
+            await _close_gate(limiter, "auth", exc, model)
+            return Step("fail", answer)
+        if action is Action.PAUSE_QUEUE:
+            await _close_gate(limiter, "credits", exc, model)
+            raise Deferred(settings.probe_interval_s, answer.error or ErrorInfo(type="credits", message=exc.message))
+        outcome = {Action.FAIL: "fail", Action.LARGER_CONTEXT: "larger"}.get(action, "next")
+        return Step(outcome, answer)
+
+
+async def call_once(call: Call, model: str, payload: dict[str, Any], tokens: int,
+                    waited: float) -> tuple[ModelAnswer, errors.AIsaError | None]:
+    """One upstream call, recorded with its cost and fed back to the shared limits before returning."""
+    client: AIsaClient = call.ctx["client"]
+    started_at, started = time.time(), time.perf_counter()
+    exc: errors.AIsaError | None = None
+    try:
+        completion = await client.chat(payload)
+    except errors.AIsaError as e:
+        exc = e
+        answer = ModelAnswer(model=model, status="failed", latency_s=time.perf_counter() - started,
+                             error=ErrorInfo(type=e.error_class, message=e.message, status=e.status, code=e.code))
+        log.info("job %s: %s failed: %s", call.job_id, model, e)
+    else:
+        answer = succeeded(model, completion, call.ctx["prices"])
+    attempt = Attempt(model=model, ok=exc is None, latency_s=answer.latency_s or 0.0, error=answer.error,
+                      cost=answer.cost, run=call.ctx.get("job_try") or 1, call_id=uuid.uuid4().hex[:16],
+                      at=started_at, waited_s=round(waited, 4))
+    call.attempts.append(attempt)
+    await _record(call, model, attempt, answer, tokens, exc, completion if exc is None else None)
+    return answer, exc
+
+
+async def _record(call: Call, model: str, attempt: Attempt, answer: ModelAnswer, tokens: int,
+                  exc: errors.AIsaError | None, completion: Completion | None) -> None:
+    store: ResultStore = call.ctx["store"]
+    limiter: Limiter = call.ctx["limiter"]
+    used = answer.usage.total_tokens if answer.usage else None
+    if exc is None:
+        outcome = "ok"
+    else:
+        outcome = "fail" if exc.error_class in CIRCUIT_CLASSES else "neutral"
+    pause = 0.0
+    if isinstance(exc, errors.RateLimitError):
+        # no Retry-After: still hold the model for a first backoff step, for every worker
+        pause = exc.retry_after if exc.retry_after is not None else call.settings.backoff_base_s
+    if completion is not None:
+        pause = max(pause, learned_pause(completion.rate_limits))
+    # shield: a cancelled job (SIGTERM past the grace) must still record a call that happened
+    async with call.ctx["redis"].pipeline(transaction=False) as pipe:
+        await store.record_call(pipe, call.job_id, attempt, answer.credits_remaining)
+        await limiter.settle(pipe, model, refund_tokens=(tokens - used) if used is not None else 0,
+                       outcome=outcome, pause_s=pause)
+        await asyncio.shield(pipe.execute())
+
+
+def learned_pause(rate_limits: dict[str, float]) -> float:
+    """Seconds to hold a model when the gateway says its budget is spent (remaining 0)."""
+    if rate_limits.get("remaining-requests") == 0 or rate_limits.get("remaining-tokens") == 0:
+        return rate_limits.get("reset-in", 1.0)
+    return 0.0
+
+
+def succeeded(model: str, c: Completion, prices: dict) -> ModelAnswer:
+    cost, source = cost_of(model, c.cost, c.usage, prices)
+    return ModelAnswer(
+        model=model, status="succeeded", content=c.content, tool_calls=c.tool_calls,
+        function_call=c.function_call, finish_reason=c.finish_reason, usage=c.usage, cost=cost,
+        cost_source=source, credits_remaining=c.credits_remaining, latency_s=c.latency_s, ttft_s=c.ttft_s,
+    )
+
+
+async def _close_gate(limiter: Limiter, reason: str, exc: errors.AIsaError, model: str) -> None:
+    if await limiter.close_gate(reason, exc.message, model):
+        log.error("queue paused (%s): %s; probing the gateway until it passes", reason, exc.message)
+
+
+def _skipped(model: str, kind: str, wait_s: float) -> ModelAnswer:
+    message = f"{'circuit open' if kind == 'circuit_open' else 'rate limited'} for {wait_s:.2f}s more"
+    return ModelAnswer(model=model, status="failed", error=ErrorInfo(type=kind, message=message))
+
+
+def _chain_error(answers: list[ModelAnswer], kind: str) -> ErrorInfo:
+    return ErrorInfo(type=kind, message="; ".join(f"{a.model}: {a.error.message}" for a in answers if a.error))
+
+
+def _exhausted(answers: list[ModelAnswer]) -> ModelAnswer:
+    """The last failure, its message naming every model that was tried."""
+    last = answers[-1]
+    if len(answers) > 1 and last.error is not None:
+        error = _chain_error(answers, last.error.type)
+        error = error.model_copy(update={"status": last.error.status, "code": last.error.code,
+                                         "message": "every model failed: " + error.message})
+        return last.model_copy(update={"error": error})
+    return last
