@@ -17,11 +17,11 @@ from collections.abc import Iterable
 from typing import Any
 
 from arq.constants import expires_extra_ms, job_key_prefix, result_key_prefix
-from arq.jobs import serialize_job
 from pydantic import ValidationError
 from redis.asyncio import Redis
 
 from worker import serde
+from worker.dlq import DeadLetters
 from worker.models import ChatJob, CompareJob, JobResult, Message, VisionJob, describe_validation_error
 from worker.settings import load_settings
 from worker.store import ResultStore, result_key
@@ -83,6 +83,7 @@ class Producer:
         self.max_image_bytes = max_image_bytes or settings.max_image_bytes
         self.store = ResultStore(self.redis, result_ttl_s or settings.result_ttl_s)
         self._enqueue = self.redis.register_script(_ENQUEUE)
+        self.dead_letters = DeadLetters(self.redis, self.queue_name)
 
     async def __aenter__(self) -> Producer:
         return self
@@ -136,7 +137,7 @@ class Producer:
         async with self.redis.pipeline(transaction=False) as pipe:
             for (job, _), job_id in zip(pairs, ids):
                 payload = job.model_dump(mode="json", exclude_none=True)
-                data = serialize_job(job.kind, (payload,), {}, None, now_ms, serializer=serde.dumps)
+                data = serde.job_bytes(job.kind, payload, now_ms)
                 await self._enqueue(
                     keys=[job_key_prefix + job_id, result_key_prefix + job_id, result_key(job_id), self.queue_name],
                     args=[data, expires_extra_ms, now_ms, job_id], client=pipe)

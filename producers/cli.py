@@ -1,5 +1,5 @@
 """`llm-router`: the seed's verbs (chat, vision, compare, models) through the queue, plus
-`result`, `worker` and `sim`. By default a command enqueues, waits and prints the answer
+`result`, `dlq`, `worker` and `sim`. By default a command enqueues, waits and prints the answer
 and its cost; `--no-wait` prints the job id; `--json` prints the whole record."""
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from .api import JobRejected, Producer, ResultTimeout
 _FLAGS = {"max_tokens": "--max-tokens", "top_p": "--top-p", "frequency_penalty": "--frequency-penalty",
           "presence_penalty": "--presence-penalty", "models": "--models", "messages": "--messages/--message",
           "model": "--model", "temperature": "--temperature", "image": "--image", "prompt": "--prompt",
-          "stop": "--stop", "tools": "--tools", "functions": "--functions", "source": "--source"}
+          "stop": "--stop", "tools": "--tools", "functions": "--functions", "source": "--source",
+          "fallbacks": "--fallbacks", "max_wait_s": "--max-wait"}
 
 
 def _json_arg(value: str) -> Any:
@@ -43,6 +44,11 @@ def _params(p: argparse.ArgumentParser) -> None:
     _job_flags(p)
 
 
+def _routing(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--fallbacks", help="models to try next, comma-separated (overrides FALLBACKS; '' for none)")
+    p.add_argument("--max-wait", type=float, help="longest wait in seconds for a rate-limited model")
+
+
 def _job_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--job-id", help="your own id: enqueuing the same id twice runs the job once")
     p.add_argument("--no-wait", action="store_true", help="print the job id and return")
@@ -56,6 +62,7 @@ def parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("chat", help="one chat completion")
     p.add_argument("--model", required=True)
+    _routing(p)
     p.add_argument("--message", help="the user message")
     p.add_argument("--messages", type=_json_arg, help="the whole conversation as a JSON array")
     p.add_argument("--tools", type=_json_arg, help="tools as a JSON array")
@@ -67,6 +74,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--image", required=True, help="http(s) URL, data URL or local file")
     p.add_argument("--prompt", required=True)
     p.add_argument("--detail", choices=["auto", "low", "high"])
+    _routing(p)
     _params(p)
 
     p = sub.add_parser("compare", help="the same question to several models at once")
@@ -81,6 +89,18 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("job_id")
     p.add_argument("--wait", type=float, default=0, help="seconds to wait for it (default: don't)")
     p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("dlq", help="dead-lettered jobs: list, show, replay, purge")
+    dlq = p.add_subparsers(dest="dlq_command", required=True)
+    q = dlq.add_parser("list", help="newest first")
+    q.add_argument("--limit", type=int, default=50)
+    q.add_argument("--json", action="store_true")
+    dlq.add_parser("show", help="one dead letter with every attempt").add_argument("job_id")
+    q = dlq.add_parser("replay", help="put jobs back in the queue under the same id")
+    target = q.add_mutually_exclusive_group(required=True)
+    target.add_argument("job_id", nargs="?")
+    target.add_argument("--all", action="store_true")
+    dlq.add_parser("purge", help="forget every dead letter")
 
     p = sub.add_parser("worker", help="run a worker (settings from the environment)")
     p.add_argument("--burst", action="store_true", help="stop when the queue is empty")
@@ -130,16 +150,26 @@ def _common(args: argparse.Namespace) -> dict[str, Any]:
     }.items() if v is not None}
 
 
+def _routed(args: argparse.Namespace) -> dict[str, Any]:
+    routed: dict[str, Any] = {}
+    if args.fallbacks is not None:
+        routed["fallbacks"] = [m.strip() for m in args.fallbacks.split(",") if m.strip()]
+    if args.max_wait is not None:
+        routed["max_wait_s"] = args.max_wait
+    return routed
+
+
 async def _chat(args: argparse.Namespace) -> int:
     async with Producer() as producer:
         job_id = await producer.chat(args.model, args.message, messages=args.messages, tools=args.tools,
-                                     functions=args.functions, **_common(args))
+                                     functions=args.functions, **_routed(args), **_common(args))
         return await _finish(producer, job_id, args)
 
 
 async def _vision(args: argparse.Namespace) -> int:
     async with Producer() as producer:
-        job_id = await producer.vision(args.model, args.image, args.prompt, detail=args.detail, **_common(args))
+        job_id = await producer.vision(args.model, args.image, args.prompt, detail=args.detail,
+                                       **_routed(args), **_common(args))
         return await _finish(producer, job_id, args)
 
 
@@ -175,6 +205,48 @@ async def _models(args: argparse.Namespace) -> int:
             print(f"llm-router: the gateway did not list its models: {exc}", file=sys.stderr)
             return 1
     print("\n".join(models))
+    return 0
+
+
+async def _dlq(args: argparse.Namespace) -> int:
+    async with Producer() as producer:
+        letters = producer.dead_letters
+        if args.dlq_command == "list":
+            found = await letters.list(args.limit)
+            if args.json:
+                print(json.dumps([json.loads(d.model_dump_json(exclude_none=True)) for d in found], indent=2))
+            for d in [] if args.json else found:
+                reason = f"{d.error.type}: {d.error.message}" if d.error else "failed"
+                print(f"{d.job_id}  {d.kind:<7}  {d.dead_at:%Y-%m-%d %H:%M:%S}  {len(d.attempts)} calls  {reason}")
+            if not found and not args.json:
+                print("the dead-letter list is empty")
+            return 0
+        if args.dlq_command == "show":
+            letter = await letters.get(args.job_id)
+            if letter is None:
+                print(f"llm-router: {args.job_id} is not in the dead-letter list", file=sys.stderr)
+                return 1
+            print(letter.model_dump_json(indent=2, exclude_none=True))
+            return 0
+        if args.dlq_command == "replay":
+            return await _replay(letters, args)
+        print(f"purged {await letters.purge()} dead letters")
+        return 0
+
+
+async def _replay(letters: Any, args: argparse.Namespace) -> int:
+    if args.all:
+        print(f"replayed {await letters.replay_all()} jobs")
+        return 0
+    try:
+        replayed = await letters.replay(args.job_id)
+    except ValueError as exc:
+        print(f"llm-router: {exc}", file=sys.stderr)
+        return 1
+    if not replayed:
+        print(f"llm-router: {args.job_id} is not in the dead-letter list", file=sys.stderr)
+        return 1
+    print(f"replayed {args.job_id}")
     return 0
 
 
@@ -222,7 +294,8 @@ def _money(cost: float | None) -> str:
     return "cost unknown" if cost is None else f"${cost:.6f}"
 
 
-_COMMANDS = {"chat": _chat, "vision": _vision, "compare": _compare, "result": _result, "models": _models}
+_COMMANDS = {"chat": _chat, "vision": _vision, "compare": _compare, "result": _result, "models": _models,
+             "dlq": _dlq}
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ class Faults(BaseModel):
     rate_window_s: float = Field(60, gt=0, description="the RPM/TPM window; shorter windows make fast tests")
     error_rates: dict[int, float] = Field({}, description="status -> probability, e.g. {500: 0.1, 503: 0.05}")
     fail_next: list[int] = Field([], description="the next calls fail with these statuses, in order")
+    retry_after_s: float = Field(1, ge=0, description="Retry-After sent with an injected 429")
     down: bool = Field(False, description="every call gets 503 upstream_unavailable")
     hang_s: float = Field(0, ge=0, description="sleep this long before answering (past the client timeout)")
     cut_stream_after: int | None = Field(None, ge=0, description="drop the connection after N stream chunks")

@@ -107,6 +107,9 @@ class Simulator:
             raise ApiError(429, f"Rate limit reached for {model}: retry after {decision.retry_after:.2f}s",
                            headers=decision.headers)
         injected = self.faults.injected_status(model)
+        if injected == 429:
+            raise ApiError(429, f"Simulated rate limit for {model}", "rate_limit_exceeded",
+                           headers={**decision.headers, "retry-after": f"{faults.retry_after_s:g}"})
         if injected:
             raise ApiError(injected, f"Simulated upstream failure ({injected}) for {model}", headers=decision.headers)
         return faults, decision.headers
@@ -314,9 +317,10 @@ class Handlers:
             if faults.cut_stream_after is not None and sent >= faults.cut_stream_after:
                 request.transport.close()  # mid-stream: no [DONE], no terminating chunk
                 return response
-            if faults.malformed and sent == 1:
+            if faults.malformed and sent == 1:  # then give up: an unreadable answer is not billed
                 await response.write(b"data: {not json\n\n")
-                continue
+                request.transport.close()
+                return response
             if faults.latency_per_token_ms and chunk.get("choices"):
                 await asyncio.sleep(faults.latency_per_token_ms / 1000)
             if chunk.get("usage") == "final":

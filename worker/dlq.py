@@ -14,7 +14,6 @@ from datetime import datetime
 from typing import Any
 
 from arq.constants import expires_extra_ms, job_key_prefix
-from arq.jobs import serialize_job
 from pydantic import BaseModel
 from redis.asyncio import Redis
 
@@ -78,7 +77,7 @@ class DeadLetters:
         if letter is None:
             return False
         now_ms = int(time.time() * 1000)
-        raw = serialize_job(letter.kind, (letter.job,), {}, None, now_ms, serializer=serde.dumps)
+        raw = serde.job_bytes(letter.kind, letter.job, now_ms)
         done = await self._replay(
             keys=[DLQ, DLQ_INDEX, result_key(job_id), job_key_prefix + job_id, self.queue_name],
             args=[job_id, raw, expires_extra_ms, now_ms],

@@ -3,6 +3,7 @@
     llm-router:gate               JSON {reason, message, model, since}: the whole queue is
                                   paused (401 auth, 402 credits) until a probe passes
     llm-router:model:<model>      hash: r / t  next free request / token slot (ms, Redis clock)
+                                       p            paused until (429 Retry-After, spent budget)
                                        open_until, fails, fails_since, probe  circuit breaker
     llm-router:model:_global      hash: r / t  for the optional global limit
 
@@ -44,7 +45,7 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local gate = redis.call('GET', KEYS[1])
 if gate then return {'gate', 0, gate} end
-local m = redis.call('HMGET', KEYS[2], 'r', 't', 'open_until', 'probe')
+local m = redis.call('HMGET', KEYS[2], 'r', 't', 'open_until', 'probe', 'p')
 local open_until = tonumber(m[3]) or 0
 local probing = false
 if open_until > 0 then
@@ -56,21 +57,22 @@ if open_until > 0 then
 end
 local g = redis.call('HMGET', KEYS[3], 'r', 't')
 local tokens = tonumber(ARGV[3])
-local start = math.max(now, tonumber(m[1]) or 0, tonumber(m[2]) or 0, tonumber(g[1]) or 0, tonumber(g[2]) or 0)
+local start = math.max(now, tonumber(m[1]) or 0, tonumber(m[2]) or 0, tonumber(m[5]) or 0,
+                       tonumber(g[1]) or 0, tonumber(g[2]) or 0)
 local wait = start - now
-if wait > tonumber(ARGV[6]) then return {'wait', wait} end
-local r_next = start + tonumber(ARGV[1])
-local t_next = start + math.floor(tokens * tonumber(ARGV[2]))
-redis.call('HSET', KEYS[2], 'r', r_next, 't', t_next)
-if probing then redis.call('HSET', KEYS[2], 'probe', start + tonumber(ARGV[7])) end
-redis.call('PEXPIRE', KEYS[2], math.max(r_next, t_next) - now + 3600000)
-if tonumber(ARGV[4]) > 0 or tonumber(ARGV[5]) > 0 then
-  local gr = start + tonumber(ARGV[4])
-  local gt = start + math.floor(tokens * tonumber(ARGV[5]))
-  redis.call('HSET', KEYS[3], 'r', gr, 't', gt)
-  redis.call('PEXPIRE', KEYS[3], math.max(gr, gt) - now + 3600000)
+if wait > tonumber(ARGV[6]) then return {'wait', math.ceil(wait)} end
+-- book: the next request / token may start one interval after this one
+local function book(key, r_ms, t_ms)
+  local r_next = start + r_ms
+  local t_next = start + tokens * t_ms
+  if r_ms > 0 then redis.call('HSET', key, 'r', r_next) end
+  if t_ms > 0 then redis.call('HSET', key, 't', t_next) end
+  redis.call('PEXPIRE', key, math.ceil(math.max(r_next, t_next) - now) + 3600000)
 end
-return {probing and 'probe' or 'ok', wait}
+book(KEYS[2], tonumber(ARGV[1]), tonumber(ARGV[2]))
+if probing then redis.call('HSET', KEYS[2], 'probe', start + tonumber(ARGV[7])) end
+if tonumber(ARGV[4]) > 0 or tonumber(ARGV[5]) > 0 then book(KEYS[3], tonumber(ARGV[4]), tonumber(ARGV[5])) end
+return {probing and 'probe' or 'ok', math.ceil(wait)}
 """
 
 # KEYS: model hash, global hash
@@ -82,14 +84,14 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local refund = tonumber(ARGV[1])
 if refund ~= 0 then
   local tt = tonumber(redis.call('HGET', KEYS[1], 't'))
-  if tt then redis.call('HSET', KEYS[1], 't', tt - math.floor(refund * tonumber(ARGV[2]))) end
+  if tt then redis.call('HSET', KEYS[1], 't', tt - refund * tonumber(ARGV[2])) end
   local gt = tonumber(redis.call('HGET', KEYS[2], 't'))
-  if gt and tonumber(ARGV[3]) > 0 then redis.call('HSET', KEYS[2], 't', gt - math.floor(refund * tonumber(ARGV[3]))) end
+  if gt and tonumber(ARGV[3]) > 0 then redis.call('HSET', KEYS[2], 't', gt - refund * tonumber(ARGV[3])) end
 end
 local pause = tonumber(ARGV[5])
 if pause > 0 then
-  local r = tonumber(redis.call('HGET', KEYS[1], 'r')) or 0
-  if now + pause > r then redis.call('HSET', KEYS[1], 'r', now + pause) end
+  local p = tonumber(redis.call('HGET', KEYS[1], 'p')) or 0
+  if now + pause > p then redis.call('HSET', KEYS[1], 'p', now + pause) end
   redis.call('PEXPIRE', KEYS[1], pause + 3600000)
 end
 local outcome = ARGV[4]

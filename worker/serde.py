@@ -6,6 +6,7 @@ import json
 from datetime import date, datetime
 from typing import Any
 
+from arq.jobs import serialize_job
 from pydantic import BaseModel
 
 
@@ -27,3 +28,8 @@ def dumps(obj: Any) -> bytes:
 
 def loads(raw: bytes | str) -> Any:
     return json.loads(raw)
+
+
+def job_bytes(function: str, payload: Any, enqueue_ms: int) -> bytes:
+    """One job in arq's format, `function(payload)`: what producers and replays write."""
+    return serialize_job(function, (payload,), {}, None, enqueue_ms, serializer=dumps)

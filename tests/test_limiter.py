@@ -1,0 +1,95 @@
+"""The shared limiter's Lua on the real redis-server: GCRA slots, pauses, token settling,
+the circuit breaker and the queue gate."""
+
+import pytest
+from redis.asyncio import Redis
+
+from worker.limiter import Limiter, model_key
+from worker.settings import RateLimit, Settings
+
+
+def make(redis, **kw):
+    base = dict(rate_limit_headroom=0, circuit_failures=2, circuit_window_s=10, circuit_open_s=0.3, _env_file=None)
+    return Limiter(redis, Settings(**{**base, **kw}))
+
+
+async def settle(limiter, model, **kw):
+    async with limiter.redis.pipeline(transaction=False) as pipe:
+        await limiter.settle(pipe, model, **{"refund_tokens": 0, "outcome": "neutral", "pause_s": 0, **kw})
+        return (await pipe.execute())[0]
+
+
+async def test_requests_get_evenly_spaced_slots(redis: Redis):
+    limiter = make(redis, rate_limits={"m": RateLimit(rpm=600)})  # one every 100 ms
+    waits = [(await limiter.admit("m", 0, max_wait_s=5)).wait_s for _ in range(5)]
+    assert waits[0] == 0
+    gaps = [b - a for a, b in zip(waits, waits[1:])]
+    assert all(0.09 <= g <= 0.101 for g in gaps), waits
+    assert (await limiter.admit("other", 0, 5)).wait_s == 0  # limits are per model
+
+
+async def test_headroom_runs_under_the_limit(redis: Redis):
+    limiter = make(redis, rate_limits={"m": RateLimit(rpm=600)}, rate_limit_headroom=0.1)
+    await limiter.admit("m", 0, 5)
+    assert (await limiter.admit("m", 0, 5)).wait_s == pytest.approx(0.111, abs=0.003)
+
+
+async def test_a_slot_further_than_the_limit_is_not_booked(redis: Redis):
+    limiter = make(redis, rate_limits={"m": RateLimit(rpm=60)})  # one a second
+    assert (await limiter.admit("m", 0, 0.5)).booked
+    far = await limiter.admit("m", 0, 0.5)
+    assert far.status == "wait" and 0.9 <= far.wait_s <= 1.0
+    again = await limiter.admit("m", 0, 0.5)
+    assert again.status == "wait" and again.wait_s <= far.wait_s  # nothing was booked by the refusal
+
+
+async def test_tokens_are_booked_then_settled(redis: Redis):
+    limiter = make(redis, rate_limits={"m": RateLimit(tpm=60_000)})  # 1 ms per token
+    assert (await limiter.admit("m", 500, 5)).wait_s == 0
+    assert (await limiter.admit("m", 500, 5)).wait_s == pytest.approx(0.5, abs=0.01)
+    await settle(limiter, "m", refund_tokens=900)  # both used 50 of 500: give 900 back
+    assert (await limiter.admit("m", 10, 5)).wait_s <= 0.11
+
+
+async def test_a_429_pause_holds_the_model_for_everyone(redis: Redis):
+    a, b = make(redis), make(redis)  # two workers, no configured limit at all
+    await settle(a, "m", pause_s=2.0)
+    assert (await b.admit("m", 0, 5)).wait_s == pytest.approx(2.0, abs=0.05)
+    assert (await b.admit("m", 0, 1.0)).status == "wait"
+
+
+async def test_circuit_opens_after_k_failures_then_one_probe_closes_it(redis: Redis):
+    limiter = make(redis)
+    await settle(limiter, "m", outcome="fail")
+    assert (await limiter.admit("m", 0, 5)).booked
+    assert await settle(limiter, "m", outcome="fail") == 1  # opened
+    skipped = await limiter.admit("m", 0, 5)
+    assert skipped.status == "circuit" and 0 < skipped.wait_s <= 0.3
+    assert await redis.pttl(model_key("m")) > 0  # state in Redis expires
+    import asyncio
+    await asyncio.sleep(0.35)
+    probe = await limiter.admit("m", 0, 5)
+    assert probe.status == "probe"
+    assert (await limiter.admit("m", 0, 5)).status == "circuit"  # one probe at a time
+    await settle(limiter, "m", outcome="ok")
+    assert (await limiter.admit("m", 0, 5)).status == "ok"
+
+
+async def test_a_failed_probe_reopens_at_once(redis: Redis):
+    import asyncio
+    limiter = make(redis, circuit_failures=1)
+    await settle(limiter, "m", outcome="fail")
+    await asyncio.sleep(0.35)
+    assert (await limiter.admit("m", 0, 5)).status == "probe"
+    await settle(limiter, "m", outcome="fail")
+    assert (await limiter.admit("m", 0, 5)).status == "circuit"
+
+
+async def test_the_gate_pauses_every_model(redis: Redis):
+    limiter = make(redis)
+    assert await limiter.close_gate("credits", "Insufficient credits", "gpt-4.1")
+    assert not await limiter.close_gate("auth", "again", "gpt-4.1")  # the first reason stays
+    admission = await limiter.admit("anything", 0, 5)
+    assert admission.status == "gate" and admission.gate["reason"] == "credits"
+    assert await limiter.open_gate()
+    assert (await limiter.admit("anything", 0, 5)).booked

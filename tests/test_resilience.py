@@ -1,0 +1,221 @@
+"""The retry/fallback policy end to end, one error class at a time: producer -> real Redis ->
+arq Worker (in-process, burst) -> simulator with faults switched on. After each, the spend in
+Redis equals what the simulator charged, and every job is succeeded or dead-lettered."""
+
+import asyncio
+
+import pytest
+
+from producers.api import Producer
+from tests.helpers import run_worker, sim_admin
+from worker.limiter import GATE
+
+
+@pytest.fixture
+async def producer(settings):
+    async with Producer(settings.redis_url, queue_name=settings.queue_name, source="tests") as p:
+        yield p
+
+
+async def results(producer, ids):
+    return [await producer.result(i) for i in ids]
+
+
+async def assert_books_balance(producer, sim):
+    """What Redis says was spent is exactly what the gateway charged, model by model."""
+    charged = sim_admin(sim, "/_sim/stats")["charged"]
+    assert await producer.store.spend() == pytest.approx({m: c for m, c in charged.items() if c})
+
+
+async def assert_settled(producer, ids):
+    """Every job has a result; the failed ones, and only they, are dead-lettered."""
+    rs = await results(producer, ids)
+    assert all(r is not None for r in rs)
+    failed = {r.job_id for r in rs if r.status == "failed"}
+    assert set(await producer.dead_letters.ids()) == failed
+    assert await producer.queued() == 0
+    return rs
+
+
+async def test_5xx_is_retried_on_the_same_model_with_backoff(producer, settings, sim):
+    sim_admin(sim, "/_sim/config", {"model": "gpt-4.1", "fail_next": [500, 502]})
+    job = await producer.chat("gpt-4.1", "hi", fallbacks=["claude-3-sonnet"])
+    await run_worker(settings)
+    [r] = await assert_settled(producer, [job])
+    assert r.status == "succeeded" and r.model == "gpt-4.1"
+    assert [(a.model, a.error.status if a.error else 200) for a in r.attempts] == [
+        ("gpt-4.1", 500), ("gpt-4.1", 502), ("gpt-4.1", 200)]
+    assert all(a.waited_s > 0 for a in r.attempts[1:])  # backed off before each retry
+    await assert_books_balance(producer, sim)
+
+
+async def test_a_model_down_falls_back_along_the_configured_chain(producer, settings, sim):
+    sim_admin(sim, "/_sim/config", {"model": "gpt-4.1", "down": True})
+    s = settings.model_copy(update={"fallbacks": {"gpt-4.1": ["no-such-model", "claude-3-sonnet"]}})
+    job = await producer.chat("gpt-4.1", "hi")
+    await run_worker(s)
+    [r] = await assert_settled(producer, [job])
+    assert r.status == "succeeded" and r.model == "claude-3-sonnet"
+    assert [(a.model, a.error.type if a.error else "ok") for a in r.attempts] == [
+        ("gpt-4.1", "server")] * 3 + [("no-such-model", "not_found"), ("claude-3-sonnet", "ok")]
+    assert r.cost == pytest.approx(sim_admin(sim, "/_sim/stats")["charged_total"])
+    await assert_books_balance(producer, sim)
+
+
+async def test_the_job_can_override_the_chain(producer, settings, sim):
+    s = settings.model_copy(update={"default_fallbacks": ["claude-3-sonnet"]})
+    own = await producer.chat("no-such-model", "hi", fallbacks=["gemini-2.0-flash"])
+    none = await producer.chat("no-such-model", "hi", fallbacks=[])
+    await run_worker(s)
+    a, b = await assert_settled(producer, [own, none])
+    assert a.model == "gemini-2.0-flash"
+    assert b.status == "failed" and b.error.type == "not_found" and len(b.attempts) == 1
+
+
+async def test_bad_request_fails_at_once_without_fallback(producer, settings, sim):
+    sim_admin(sim, "/_sim/config", {"model": "gpt-4.1", "fail_next": [400]})
+    job = await producer.chat("gpt-4.1", "hi", fallbacks=["claude-3-sonnet"])
+    await run_worker(settings)
+    [r] = await assert_settled(producer, [job])
+    assert r.status == "failed" and r.error.type == "bad_request" and "Simulated upstream failure" in r.error.message
+    assert sim_admin(sim, "/_sim/stats")["calls"] == {"gpt-4.1": 1}
+
+
+async def test_context_length_goes_to_the_configured_larger_model(producer, settings, sim):
+    long = "word " * 200  # over tiny-context's 64 tokens
+    s = settings.model_copy(update={"context_fallbacks": {"tiny-context": "gpt-4.1"}})
+    moved = await producer.chat("tiny-context", long, fallbacks=[])
+    await run_worker(s)
+    stuck = await producer.chat("tiny-context", long, fallbacks=[])
+    await run_worker(settings)  # no larger model configured: the error is the result
+    a, b = await assert_settled(producer, [moved, stuck])
+    assert a.status == "succeeded" and a.model == "gpt-4.1"
+    assert [x.error.type for x in a.attempts if x.error] == ["context_length"]
+    assert b.status == "failed" and b.error.type == "context_length"
+
+
+async def test_hang_past_the_timeout_then_fallback(producer, settings, sim):
+    sim_admin(sim, "/_sim/config", {"model": "gpt-4.1", "hang_s": 5})
+    s = settings.model_copy(update={"request_timeout_s": 0.3})
+    job = await producer.chat("gpt-4.1", "hi", fallbacks=["claude-3-sonnet"])
+    await run_worker(s)
+    [r] = await assert_settled(producer, [job])
+    assert r.model == "claude-3-sonnet"
+    assert [a.error.type for a in r.attempts if a.error] == ["timeout"] * 3
+    await assert_books_balance(producer, sim)  # the hung calls were never billed nor counted
+
+
+@pytest.mark.parametrize("fault", [{"cut_stream_after": 2}, {"malformed": True}])
+async def test_cut_streams_and_malformed_answers_back_off_then_fall_back(producer, settings, sim, fault):
+    sim_admin(sim, "/_sim/config", {"model": "gpt-4.1", **fault})
+    job = await producer.chat("gpt-4.1", "hi there", fallbacks=["claude-3-sonnet"], stream=True)
+    await run_worker(settings)
+    [r] = await assert_settled(producer, [job])
+    assert r.model == "claude-3-sonnet" and r.content == "[claude-3-sonnet] You said: hi there"
+    assert [a.error.type for a in r.attempts if a.error] == ["malformed"] * 3
+    await assert_books_balance(producer, sim)
+
+
+async def test_429_retry_after_is_honoured_on_every_retry_and_shared(producer, settings, sim):
+    sim_admin(sim, "/_sim/config", {"model": "gpt-4o-mini", "fail_next": [429, 429, 429], "retry_after_s": 0.6})
+    s = settings.model_copy(update={"worker_concurrency": 2})
+    ids = [await producer.chat("gpt-4o-mini", f"q{i}", fallbacks=[]) for i in range(4)]
+    await run_worker(s)
+    rs = await assert_settled(producer, ids)
+    assert all(r.status == "succeeded" for r in rs)
+    assert sim_admin(sim, "/_sim/stats")["rate_limited"] == 3
+    # Every retry after a 429 waited its Retry-After, not only the first one ...
+    retried = 0
+    for r in rs:
+        for before, after in zip(r.attempts, r.attempts[1:]):
+            assert before.error.type == "rate_limit"
+            retried += 1
+            assert after.at - (before.at + before.latency_s) >= 0.55, r.attempts
+    assert retried == 3
+    # ... and no one else called within that time either: the pause is shared.
+    calls = sorted((a.at, a.latency_s, a.error) for r in rs for a in r.attempts)
+    for at, latency, error in calls:
+        if error:
+            told = at + latency
+            assert not [c for c in calls if told + 0.01 < c[0] < told + 0.55], "a call ignored the shared pause"
+    await assert_books_balance(producer, sim)
+
+
+async def test_remaining_zero_headers_hold_the_model_before_any_429(producer, settings, sim):
+    sim_admin(sim, "/_sim/config", {"model": "gpt-4o-mini", "rpm": 2, "rate_window_s": 1})
+    ids = [await producer.chat("gpt-4o-mini", f"q{i}", fallbacks=[]) for i in range(6)]
+    await run_worker(settings)
+    rs = await assert_settled(producer, ids)
+    assert all(r.status == "succeeded" for r in rs)
+    stats = sim_admin(sim, "/_sim/stats")
+    assert stats["calls"]["gpt-4o-mini"] - stats["rate_limited"] == 6
+    # the first wave is sent blind; after that, "remaining-requests: 0" holds everyone until the reset
+    assert stats["rate_limited"] <= 4
+    await assert_books_balance(producer, sim)
+
+
+async def test_a_long_rate_limit_wait_requeues_the_job_instead_of_holding_a_slot(producer, settings, sim):
+    sim_admin(sim, "/_sim/config", {"model": "gpt-4o-mini", "fail_next": [429], "retry_after_s": 1})
+    ids = [await producer.chat("gpt-4o-mini", f"q{i}", fallbacks=[], max_wait_s=0.1) for i in range(3)]
+    worker = await run_worker(settings)
+    rs = await assert_settled(producer, ids)
+    assert all(r.status == "succeeded" for r in rs)
+    assert worker.jobs_retried >= 2 and max(r.runs for r in rs) >= 2
+
+
+async def test_circuit_opens_and_every_worker_skips_the_model(producer, settings, sim):
+    sim_admin(sim, "/_sim/config", {"model": "gpt-4.1", "down": True})
+    s = settings.model_copy(update={"circuit_failures": 2, "circuit_open_s": 30, "worker_concurrency": 1,
+                                    "fallbacks": {"gpt-4.1": ["claude-3-sonnet"]}})
+    ids = [await producer.chat("gpt-4.1", f"q{i}") for i in range(4)]
+    await run_worker(s)
+    rs = await assert_settled(producer, ids)
+    assert all(r.model == "claude-3-sonnet" for r in rs)
+    assert sim_admin(sim, "/_sim/stats")["calls"]["gpt-4.1"] == 2  # then skipped while open
+
+
+async def test_401_fails_the_job_and_pauses_the_queue_until_a_probe_passes(producer, settings, sim):
+    sim_admin(sim, "/_sim/config", {"model": "gpt-4.1", "fail_next": [401]})
+    s = settings.model_copy(update={"worker_concurrency": 1})
+    ids = [await producer.chat("gpt-4.1", f"q{i}", fallbacks=["claude-3-sonnet"]) for i in range(3)]
+    await run_worker(s)
+    first, *rest = await assert_settled(producer, ids)
+    assert first.status == "failed" and first.error.type == "auth"
+    assert [a.model for a in first.attempts] == ["gpt-4.1"]  # no fallback burnt through it
+    assert all(r.status == "succeeded" for r in rest)
+    assert rest[0].runs >= 2  # it met the closed gate and waited in the queue
+    assert sim_admin(sim, "/_sim/stats")["statuses"].get("401") == 1
+    assert not await producer.redis.exists(GATE)
+
+
+async def test_402_pauses_consuming_keeps_jobs_and_resumes_when_credits_return(producer, settings, sim):
+    sim_admin(sim, "/_sim/credits", {"credits": 0})
+    ids = [await producer.chat("gpt-4.1", f"q{i}") for i in range(3)]
+
+    async def top_up():
+        await asyncio.sleep(1.0)
+        await asyncio.to_thread(sim_admin, sim, "/_sim/credits", {"credits": 50})
+
+    refill = asyncio.create_task(top_up())
+    await run_worker(settings)
+    await refill
+    rs = await assert_settled(producer, ids)
+    assert all(r.status == "succeeded" for r in rs)
+    assert any(a.error and a.error.type == "credits" for r in rs for a in r.attempts)
+    assert sim_admin(sim, "/_sim/stats")["statuses"].get("402", 0) >= 2  # the job's, then the probes'
+    await assert_books_balance(producer, sim)  # the successful probe's cent included
+
+
+async def test_dead_letters_can_be_shown_replayed_and_purged(producer, settings, sim):
+    sim_admin(sim, "/_sim/config", {"model": "gpt-4.1", "down": True})
+    job = await producer.chat("gpt-4.1", "again", fallbacks=[])
+    await run_worker(settings)
+    [letter] = await producer.dead_letters.list()
+    assert letter.job_id == job and letter.kind == "chat" and letter.error.type == "server"
+    assert len(letter.attempts) == settings.attempts_per_model and letter.job["messages"][0]["content"] == "again"
+    sim_admin(sim, "/_sim/config", {"model": "gpt-4.1", "down": False})
+    assert await producer.dead_letters.replay(job)
+    assert await producer.result(job) is None and await producer.dead_letters.size() == 0
+    await run_worker(settings)
+    assert (await producer.result(job)).content == "[gpt-4.1] You said: again"
+    assert not await producer.dead_letters.replay(job)  # not dead any more
