@@ -1,6 +1,7 @@
 """A private, throwaway redis-server for the demo, the tests and the benchmarks.
 
-It keeps nothing on disk and listens on a free loopback port, so it never touches a
+By default it keeps nothing on disk; `extra_args` can turn persistence on (the chaos tests
+run it with `--appendonly yes`). It listens on a free loopback port, so it never touches a
 Redis someone else is using.
 """
 
@@ -63,6 +64,12 @@ class PrivateRedis:
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()
+            self.proc.wait(10)
+
+    def kill(self) -> None:
+        """A crash: SIGKILL, no shutdown save (start() again brings it back on the same port)."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
             self.proc.wait(10)
 
     def __enter__(self) -> PrivateRedis:

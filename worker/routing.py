@@ -168,7 +168,9 @@ async def _record(call: Call, model: str, attempt: Attempt, answer: ModelAnswer,
     if isinstance(exc, errors.RateLimitError):
         # no Retry-After: still hold the model for a first backoff step, for every worker
         pause = exc.retry_after if exc.retry_after is not None else call.settings.backoff_base_s
-    if completion is not None:
+    if completion is not None and model not in call.settings.rate_limits:
+        # No configured limit: the gateway's "remaining: 0" is all we know. (With one, the
+        # GCRA spacing already runs at the limit, where remaining touches 0 by design.)
         pause = max(pause, learned_pause(completion.rate_limits))
     # shield: a cancelled job (SIGTERM past the grace) must still record a call that happened
     async with call.ctx["redis"].pipeline(transaction=False) as pipe:

@@ -1,0 +1,153 @@
+"""Chaos with real processes: `llm-router worker` processes, a real redis-server (with AOF where
+it restarts), the simulator. After each scenario every job is succeeded or dead-lettered, none
+is stuck, and the spend in Redis equals what the simulator charged."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+
+import pytest
+from redis.asyncio import Redis
+
+from producers.api import Producer
+from sim.redis_server import PrivateRedis
+from sim.workers import WorkerProcess
+from tests.helpers import sim_admin
+from worker.settings import RateLimit
+
+async def wait_for(condition, timeout: float, what: str, every: float = 0.05):
+    """Poll `condition` (async) until true; fail naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not await condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(every)
+
+
+def in_flight(sim) -> int:
+    return sim_admin(sim, "/_sim/stats")["in_flight"]
+
+
+@pytest.fixture
+def chaos_settings(settings):
+    return settings.model_copy(update={"lease_s": 2.0, "poll_delay_s": 0.02, "worker_concurrency": 10})
+
+
+@pytest.fixture
+async def producer(chaos_settings):
+    async with Producer(chaos_settings.redis_url, queue_name=chaos_settings.queue_name) as p:
+        yield p
+
+
+@pytest.fixture
+def workers(tmp_path):
+    started: list[WorkerProcess] = []
+
+    def start(settings, name="w"):
+        w = WorkerProcess(settings, tmp_path / f"{name}{len(started)}.log")
+        started.append(w)
+        return w
+
+    yield start
+    for w in started:
+        w.stop()
+
+
+async def all_results(producer, ids, timeout, what="every job's result"):
+    async def done():
+        return all([await producer.redis.exists(f"llm-router:result:{i}") for i in ids])
+    await wait_for(done, timeout, what)
+    return [await producer.result(i) for i in ids]
+
+
+async def assert_books_balance(producer, sim):
+    charged = sim_admin(sim, "/_sim/stats")["charged"]
+    assert await producer.store.spend() == pytest.approx({m: c for m, c in charged.items() if c})
+
+
+async def test_sigkill_mid_call_reruns_within_the_lease_and_counts_cost_once(producer, chaos_settings, sim, workers):
+    sim_admin(sim, "/_sim/config", {"latency_ms": 1500})
+    ids = [await producer.chat("gpt-4.1", f"q{i}") for i in range(6)]
+    a = workers(chaos_settings)
+    await wait_for(lambda: asyncio.to_thread(lambda: in_flight(sim) == 6), 15, "worker A to start all six calls")
+    a.signal(signal.SIGKILL)
+    killed_at = time.time()
+    workers(chaos_settings)
+    rs = await all_results(producer, ids, 20)
+    assert all(r.status == "succeeded" and r.runs == 2 for r in rs)
+    # stated bound: LEASE_S (+ a poll, + worker B's start-up) to start again, then the call itself
+    started_again = [r.started_at.timestamp() - killed_at for r in rs]
+    assert max(started_again) <= chaos_settings.lease_s + 3.0, started_again
+    assert all(len(r.attempts) == 1 for r in rs)  # the killed calls never finished: nothing billed, nothing counted
+    assert sim_admin(sim, "/_sim/stats")["calls"]["gpt-4.1"] == 12
+    await assert_books_balance(producer, sim)
+
+
+async def test_sigterm_lets_in_flight_calls_finish_within_the_grace(producer, chaos_settings, sim, workers):
+    sim_admin(sim, "/_sim/config", {"latency_ms": 1000})
+    ids = [await producer.chat("gpt-4.1", f"q{i}") for i in range(4)]
+    a = workers(chaos_settings.model_copy(update={"shutdown_grace_s": 5}))
+    await wait_for(lambda: asyncio.to_thread(lambda: in_flight(sim) == 4), 15, "the four calls to start")
+    a.signal(signal.SIGTERM)
+    await asyncio.sleep(0.2)  # let the signal land before the next job does
+    late = await producer.chat("gpt-4.1", "enqueued during the drain")
+    assert await asyncio.to_thread(a.wait, 10) == 0
+    rs = [await producer.result(i) for i in ids]
+    assert all(r is not None and r.status == "succeeded" and r.runs == 1 for r in rs)
+    assert await producer.result(late) is None and await producer.queued() == 1  # not picked while draining
+    await assert_books_balance(producer, sim)
+
+
+async def test_sigterm_past_the_grace_puts_jobs_back_for_another_worker(producer, chaos_settings, sim, workers):
+    sim_admin(sim, "/_sim/config", {"latency_ms": 3000})
+    ids = [await producer.chat("gpt-4.1", f"q{i}") for i in range(3)]
+    a = workers(chaos_settings.model_copy(update={"shutdown_grace_s": 0.5}))
+    await wait_for(lambda: asyncio.to_thread(lambda: in_flight(sim) == 3), 15, "the three calls to start")
+    a.signal(signal.SIGTERM)
+    assert await asyncio.to_thread(a.wait, 10) == 0
+    assert await producer.queued() == 3 and not any([await producer.result(i) for i in ids])
+    sim_admin(sim, "/_sim/config", {"latency_ms": 0})
+    workers(chaos_settings)
+    rs = await all_results(producer, ids, 15)
+    assert all(r.status == "succeeded" and r.runs == 2 for r in rs)
+    await assert_books_balance(producer, sim)  # the cancelled calls were not billed
+
+
+async def test_redis_crash_and_restart_with_aof_loses_no_job(sim, chaos_settings, workers, tmp_path):
+    with PrivateRedis(extra_args=("--appendonly", "yes", "--appendfsync", "always", "--dir", str(tmp_path))) as r:
+        s = chaos_settings.model_copy(update={"redis_url": r.url, "worker_concurrency": 5})
+        sim_admin(sim, "/_sim/config", {"latency_ms": 200})
+        async with Producer(r.url, queue_name=s.queue_name) as producer:
+            ids = [await producer.chat("gpt-4o-mini", f"q{i}") for i in range(30)]
+            workers(s)
+            workers(s)
+            await wait_for(lambda: asyncio.to_thread(lambda: in_flight(sim) >= 5), 15, "calls to start")
+            r.kill()
+            await asyncio.sleep(1.0)  # Redis is down for a second: workers must ride it out
+            r.start()
+            await producer.redis.connection_pool.disconnect()
+            rs = await all_results(producer, ids, 60)
+            assert all(x.status == "succeeded" for x in rs)
+            assert await producer.queued() == 0
+            await assert_books_balance(producer, sim)
+
+
+async def test_shared_rpm_limit_across_worker_processes(producer, chaos_settings, sim, workers):
+    per_window, window = 20, 2.0  # the simulator allows 20 calls in any 2 s: 600 a minute
+    sim_admin(sim, "/_sim/config", {"model": "gpt-4o-mini", "rpm": per_window, "rate_window_s": window})
+    s = chaos_settings.model_copy(update={"rate_limits": {"gpt-4o-mini": RateLimit(rpm=per_window * 60 / window)}})
+    ids = [await producer.chat("gpt-4o-mini", f"q{i}", fallbacks=[]) for i in range(60)]
+    for _ in range(3):
+        workers(s)
+    rs = await all_results(producer, ids, 40)
+    assert all(x.status == "succeeded" for x in rs)
+    stats = sim_admin(sim, "/_sim/stats")
+    arrivals = sorted(stats["arrivals"]["gpt-4o-mini"])
+    assert stats["rate_limited"] == 0
+    worst = max(sum(1 for t in arrivals if start <= t < start + window) for start in arrivals)
+    assert worst <= per_window  # never over the limit in any window
+    achieved = (len(arrivals) - 1) / (arrivals[-1] - arrivals[0])
+    assert achieved >= 0.9 * per_window / window, achieved  # and close to it
+    await assert_books_balance(producer, sim)
