@@ -23,6 +23,7 @@ test: $(BIN)/llm-router redis-server
 
 bench: $(BIN)/llm-router redis-server
 	$(BIN)/python -m bench.dispatch
+	$(BIN)/python -m bench.ratelimit
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

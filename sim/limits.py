@@ -7,9 +7,10 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-# Sent when a model has no configured limit (AIsa's Starter tier); then nothing is enforced.
-NOMINAL_RPM = 600
-NOMINAL_TPM = 600_000
+# Sent when a model has no configured limit; then nothing is enforced, so the headers must
+# not claim a budget that runs out (clients rightly hold a model whose remaining hits 0).
+NOMINAL_RPM = 1_000_000
+NOMINAL_TPM = 1_000_000_000
 
 
 @dataclass

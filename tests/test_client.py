@@ -30,7 +30,7 @@ async def test_completion_has_content_usage_cost_and_credits(client, sim):
     stats = sim_admin(sim, "/_sim/stats")
     assert c.cost == pytest.approx(stats["charged"]["gpt-4.1"])
     assert c.credits_remaining == pytest.approx(100 - c.cost)
-    assert c.rate_limits["limit-requests"] == 600 and c.rate_limits["remaining-requests"] == 599
+    assert c.rate_limits["limit-requests"] == 1_000_000 and c.rate_limits["remaining-requests"] == 999_999
 
 
 async def test_stream_is_assembled_with_ttft_and_final_usage(client):

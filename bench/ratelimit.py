@@ -1,0 +1,145 @@
+"""Rate-limit benchmark: N jobs against a simulator enforcing R requests per minute, in one run:
+
+  (a) llm-router:  4 `llm-router worker` processes sharing RATE_LIMITS through Redis
+  (b) naive:       one asyncio process, the same concurrency, exponential backoff on 429
+                   (1 s doubling, jittered, capped at 30 s), no shared limiter
+
+For each: achieved rate / R, 429s / calls, and drain time / (N/R), where drain is from the
+moment N jobs are enqueued (workers already up) to the last result. Goals for (a):
+>= 0.97 of R, < 1 % 429s, drain <= 1.05 x N/R. The simulator's window is scaled down
+(`--window`) so a run takes seconds, not hours; the limit per minute is the same.
+
+    python -m bench.ratelimit [--jobs 300] [--rpm 600] [--window 10] [--workers 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from bench.dispatch import KEY, start_sim
+from producers.api import Producer
+from sim.redis_server import PrivateRedis
+from sim.workers import WorkerProcess
+from worker import errors
+from worker.client import AIsaClient
+from worker.models import ChatJob
+from worker.settings import RateLimit, Settings
+
+MODEL = "gpt-4o-mini"
+
+
+def admin(base_url: str, path: str, body: dict | None = None) -> dict:
+    url = base_url.removesuffix("/v1") + path
+    response = httpx.post(url, json=body) if body is not None else httpx.get(url)
+    response.raise_for_status()
+    return response.json()
+
+
+def prompts(n: int) -> list[str]:
+    return [f"overnight prompt {i}" for i in range(n)]
+
+
+async def wait_ready(procs: list[WorkerProcess], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not all("llm-router worker up" in p.log() for p in procs):
+        if time.monotonic() > deadline:
+            raise RuntimeError("workers did not start: " + procs[0].log()[-2000:])
+        await asyncio.sleep(0.1)
+
+
+async def service(settings: Settings, n: int, workers: int, logs: Path) -> float:
+    procs = [WorkerProcess(settings, logs / f"worker{i}.log") for i in range(workers)]
+    try:
+        await wait_ready(procs)
+        async with Producer(settings.redis_url, queue_name=settings.queue_name) as producer:
+            jobs = [ChatJob(model=MODEL, messages=[{"role": "user", "content": p}], fallbacks=[]) for p in prompts(n)]
+            started = time.perf_counter()
+            ids = await producer.enqueue_many(jobs)
+            pending = set(ids)
+            while pending:
+                async with producer.redis.pipeline(transaction=False) as pipe:
+                    batch = list(pending)
+                    for job_id in batch:
+                        pipe.exists(f"llm-router:result:{job_id}")
+                    found = await pipe.execute()
+                pending -= {j for j, f in zip(batch, found) if f}
+                await asyncio.sleep(0.05)
+            drain = time.perf_counter() - started
+            failed = [r for r in [await producer.result(i) for i in ids] if r.status != "succeeded"]
+        if failed:
+            raise RuntimeError(f"{len(failed)} jobs failed, e.g. {failed[0].error}")
+        return drain
+    finally:
+        for p in procs:
+            p.stop()
+
+
+async def naive(base_url: str, n: int, concurrency: int) -> float:
+    semaphore = asyncio.Semaphore(concurrency)
+    async with AIsaClient(base_url, KEY, max_connections=concurrency) as client:
+        async def one(prompt: str) -> None:
+            async with semaphore:
+                for retry in range(30):
+                    try:
+                        await client.chat({"model": MODEL, "messages": [{"role": "user", "content": prompt}]})
+                        return
+                    except errors.RateLimitError:
+                        await asyncio.sleep(min(30.0, 2.0 ** retry) * random.uniform(0.75, 1.25))
+                raise RuntimeError("gave up")
+        started = time.perf_counter()
+        await asyncio.gather(*(one(p) for p in prompts(n)))
+    return time.perf_counter() - started
+
+
+def report(name: str, n: int, rpm: float, drain: float, stats: dict) -> None:
+    calls = sum(stats["calls"].values())
+    ideal = n / (rpm / 60)
+    print(f"{name:<12} achieved/R {n / drain / (rpm / 60):5.3f}   429s/calls {stats['rate_limited'] / calls:6.2%} "
+          f"({stats['rate_limited']}/{calls})   drain/(N/R) {drain / ideal:5.3f}   ({drain:.1f}s for {n} jobs)")
+
+
+async def run(n: int, rpm: float, window: float, workers: int) -> None:
+    sim, base_url = start_sim()
+    per_window = round(rpm * window / 60)
+    try:
+        with PrivateRedis(install=True) as redis, tempfile.TemporaryDirectory() as logs:
+            settings = Settings(aisa_api_key=KEY, aisa_base_url=base_url, redis_url=redis.url,
+                                worker_concurrency=50, poll_delay_s=0.02, _env_file=None,
+                                rate_limits={MODEL: RateLimit(rpm=rpm)})
+            admin(base_url, "/_sim/config", {"model": MODEL, "rpm": per_window, "rate_window_s": window})
+            drain = await service(settings, n, workers, Path(logs))
+            ours = admin(base_url, "/_sim/stats")
+            admin(base_url, "/_sim/reset", {})
+            admin(base_url, "/_sim/config", {"model": MODEL, "rpm": per_window, "rate_window_s": window})
+            naive_drain = await naive(base_url, n, 50 * workers)
+            theirs = admin(base_url, "/_sim/stats")
+    finally:
+        sim.terminate()
+        sim.wait(10)
+    print(f"jobs={n} R={rpm:g}/min (simulator: {per_window} per {window:g}s window) workers={workers} "
+          f"cores={os.cpu_count()}")
+    report("llm-router", n, rpm, drain, ours)
+    report("naive", n, rpm, naive_drain, theirs)
+    print("goals for llm-router: achieved/R >= 0.97, 429s < 1 %, drain/(N/R) <= 1.05")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--jobs", type=int, default=300)
+    parser.add_argument("--rpm", type=float, default=600)
+    parser.add_argument("--window", type=float, default=10, help="the simulator's rate window in seconds")
+    parser.add_argument("--workers", type=int, default=4)
+    args = parser.parse_args()
+    asyncio.run(run(args.jobs, args.rpm, args.window, args.workers))
+
+
+if __name__ == "__main__":
+    main()
