@@ -93,3 +93,9 @@ async def test_the_gate_pauses_every_model(redis: Redis):
     assert admission.status == "gate" and admission.gate["reason"] == "credits"
     assert await limiter.open_gate()
     assert (await limiter.admit("anything", 0, 5)).booked
+
+
+async def test_a_global_limit_spaces_calls_across_models(redis: Redis):
+    limiter = make(redis, global_rate_limit=RateLimit(rpm=600))
+    waits = [(await limiter.admit(model, 0, 5)).wait_s for model in ("a", "b", "c")]
+    assert waits[0] == 0 and 0.09 <= waits[1] <= 0.101 and 0.19 <= waits[2] <= 0.201
