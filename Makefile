@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test bench redis-server clean
+.PHONY: demo test bench redis-server prometheus clean
 
 $(BIN)/llm-router: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -15,10 +15,14 @@ $(BIN)/llm-router: pyproject.toml
 redis-server: $(BIN)/llm-router
 	@$(BIN)/python -c "from sim.redis_server import redis_server_binary; redis_server_binary(install=True)"
 
+# Prometheus (Debian's package, with promtool) for the observability tests; installed if missing.
+prometheus: $(BIN)/llm-router
+	@$(BIN)/python -c "from sim.prometheus_server import prometheus_binaries; prometheus_binaries(install=True)"
+
 demo: $(BIN)/llm-router
 	$(BIN)/python -m producers.demo
 
-test: $(BIN)/llm-router redis-server
+test: $(BIN)/llm-router redis-server prometheus
 	$(BIN)/pytest -q
 
 bench: $(BIN)/llm-router redis-server

@@ -112,7 +112,7 @@ async def run(n: int, rpm: float, window: float, workers: int) -> None:
     try:
         with PrivateRedis(install=True) as redis, tempfile.TemporaryDirectory() as logs:
             settings = Settings(aisa_api_key=KEY, aisa_base_url=base_url, redis_url=redis.url,
-                                worker_concurrency=50, poll_delay_s=0.02, _env_file=None,
+                                worker_concurrency=50, poll_delay_s=0.02, metrics_port=0, _env_file=None,
                                 rate_limits={MODEL: RateLimit(rpm=rpm)})
             admin(base_url, "/_sim/config", {"model": MODEL, "rpm": per_window, "rate_window_s": window})
             drain = await service(settings, n, workers, Path(logs))

@@ -1,5 +1,5 @@
 """`llm-router`: the seed's verbs (chat, vision, compare, models) through the queue, plus
-`result`, `dlq`, `worker` and `sim`. By default a command enqueues, waits and prints the answer
+`result`, `dlq`, `worker`, `exporter` and `sim`. By default a command enqueues, waits and prints the answer
 and its cost; `--no-wait` prints the job id; `--json` prints the whole record."""
 
 from __future__ import annotations
@@ -105,6 +105,8 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("worker", help="run a worker (settings from the environment)")
     p.add_argument("--burst", action="store_true", help="stop when the queue is empty")
 
+    sub.add_parser("exporter", help="serve the queue-level metrics (credits, queue, dead letters) on EXPORTER_PORT")
+
     p = sub.add_parser("sim", help="run the local AIsa simulator")
     from sim.cli import add_arguments
 
@@ -117,6 +119,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if args.command == "worker":
             return _worker(args)
+        if args.command == "exporter":
+            return _exporter()
         if args.command == "sim":
             from sim.cli import serve
 
@@ -139,6 +143,18 @@ def _worker(args: argparse.Namespace) -> None:
     logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"), format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per upstream call is noise
     create_worker(load_settings(), burst=args.burst).run()
+
+
+def _exporter() -> None:
+    import logging
+
+    from worker.exporter import serve
+
+    logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"), format="%(asctime)s %(name)s %(message)s")
+    try:
+        serve(load_settings())
+    except KeyboardInterrupt:
+        pass
 
 
 def _common(args: argparse.Namespace) -> dict[str, Any]:

@@ -58,4 +58,4 @@ def settings(sim: SimServer, redis_url: str) -> Settings:
                     request_timeout_s=2, connect_timeout_s=2, poll_delay_s=0.01, _env_file=None,
                     # resilience at test speed: the same policy, shorter clocks
                     backoff_base_s=0.01, backoff_cap_s=0.05, probe_interval_s=0.2, lease_s=3,
-                    max_wait_s=2, circuit_open_s=1, shutdown_grace_s=2)
+                    max_wait_s=2, circuit_open_s=1, shutdown_grace_s=2, metrics_port=0)

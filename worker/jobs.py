@@ -17,6 +17,7 @@ from typing import Any
 from arq.worker import Retry
 from pydantic import ValidationError
 
+from . import metrics as m
 from .dlq import DeadLetter
 from .models import JOB_TYPES, CompareJob, ErrorInfo, JobResult, ModelAnswer, describe_validation_error
 from .policy import chain
@@ -48,6 +49,9 @@ async def run_job(ctx: Ctx, kind: str, payload: Any) -> str:
     running.add(job_id)  # the heartbeat keeps this job's lease while it runs
     try:
         result = await _run(ctx, kind, payload, job_id, run)
+    except Retry:
+        m.JOBS.labels(kind, "requeued").inc()
+        raise
     finally:
         running.discard(job_id)
     store: ResultStore = ctx["store"]
@@ -62,6 +66,9 @@ async def run_job(ctx: Ctx, kind: str, payload: Any) -> str:
                           runs=run, dead_at=result.finished_at).model_dump_json(exclude_none=True)
         log.warning("job %s dead-lettered: %s", job_id, result.error.message if result.error else "failed")
     await store.save(result, dead_letter=dead)
+    m.JOBS.labels(kind, result.status).inc()
+    if result.enqueued_at and result.finished_at:
+        m.JOB_DURATION.labels(kind).observe(max((result.finished_at - result.enqueued_at).total_seconds(), 0.0))
     return result.status
 
 
@@ -78,7 +85,7 @@ async def _run(ctx: Ctx, kind: str, payload: Any, job_id: str, run: int) -> JobR
                                  error=ErrorInfo(type="invalid_job", message=f"{field}: {message}", field=field)))
     base["source"] = job.source
     call = Call(ctx, job_id, {"messages": job.build_messages(), **job.request_params()},
-                max_wait_s=getattr(job, "max_wait_s", None) or settings.max_wait_s)
+                max_wait_s=getattr(job, "max_wait_s", None) or settings.max_wait_s, kind=kind, source=job.source)
     try:
         async with asyncio.timeout(settings.job_timeout_s):
             if isinstance(job, CompareJob):

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import errors
+from . import metrics as m
 from .client import AIsaClient, Completion
 from .limiter import Limiter
 from .models import Attempt, ErrorInfo, ModelAnswer
@@ -56,6 +57,8 @@ class Call:
     job_id: str
     payload: dict[str, Any]
     max_wait_s: float
+    kind: str = "chat"
+    source: str | None = None
     attempts: list[Attempt] = field(default_factory=list)
 
     @property
@@ -85,6 +88,9 @@ async def walk_chain(call: Call, chain: list[str]) -> ModelAnswer:
             if larger is None or larger in models[: i + 1]:
                 return step.answer
             models.insert(i + 1, larger)
+        if i + 1 < len(models):
+            labels = call.ctx["labels"]
+            m.FALLBACKS.labels(labels.model(models[i]), labels.model(models[i + 1])).inc()
         i += 1
     if waits:
         raise Deferred(max(min(waits), 0.05), _chain_error(answers, "rate_limit"))
@@ -113,6 +119,7 @@ async def try_model(call: Call, model: str) -> Step:
         failures += 1
         action = action_for(exc.error_class)
         if action in (Action.RETRY_AFTER, Action.BACKOFF) and failures < settings.attempts_per_model:
+            m.RETRIES.labels(call.ctx["labels"].model(model)).inc()
             if action is Action.BACKOFF:
                 delay = backoff_delay(failures - 1, settings.backoff_base_s, settings.backoff_cap_s)
                 await asyncio.sleep(delay)
@@ -136,10 +143,12 @@ async def call_once(call: Call, model: str, payload: dict[str, Any], tokens: int
                     waited: float) -> tuple[ModelAnswer, errors.AIsaError | None]:
     """One upstream call, recorded with its cost and fed back to the shared limits before returning."""
     client: AIsaClient = call.ctx["client"]
+    label = call.ctx["labels"].model(model)
     started_at, started = time.time(), time.perf_counter()
     exc: errors.AIsaError | None = None
     try:
-        completion = await client.chat(payload)
+        with m.IN_FLIGHT.labels(label).track_inprogress():
+            completion = await client.chat(payload)
     except errors.AIsaError as e:
         exc = e
         answer = ModelAnswer(model=model, status="failed", latency_s=time.perf_counter() - started,
@@ -151,12 +160,31 @@ async def call_once(call: Call, model: str, payload: dict[str, Any], tokens: int
                       cost=answer.cost, run=call.ctx.get("job_try") or 1, call_id=uuid.uuid4().hex[:16],
                       at=started_at, waited_s=round(waited, 4))
     call.attempts.append(attempt)
-    await _record(call, model, attempt, answer, tokens, exc, completion if exc is None else None)
+    first_time = await _record(call, model, attempt, answer, tokens, exc, completion if exc is None else None)
+    observe(call, label, answer, exc, counted=first_time)
     return answer, exc
 
 
+def observe(call: Call, label: str, answer: ModelAnswer, exc: errors.AIsaError | None, counted: bool) -> None:
+    """The call's metrics; spend only when this call was newly recorded, so it matches Redis."""
+    m.UPSTREAM_LATENCY.labels(label).observe(answer.latency_s or 0.0)
+    if exc is not None:
+        m.ERRORS.labels(label, exc.error_class).inc()
+        if isinstance(exc, errors.RateLimitError):
+            m.RATE_LIMITED.labels(label).inc()
+        return
+    if answer.ttft_s is not None:
+        m.TTFT.labels(label).observe(answer.ttft_s)
+    if answer.usage:
+        m.TOKENS.labels(label, "prompt").inc(answer.usage.prompt_tokens)
+        m.TOKENS.labels(label, "completion").inc(answer.usage.completion_tokens)
+    if counted and answer.cost:
+        m.SPEND.labels(label, call.kind, call.ctx["labels"].source(call.source)).inc(answer.cost)
+
+
 async def _record(call: Call, model: str, attempt: Attempt, answer: ModelAnswer, tokens: int,
-                  exc: errors.AIsaError | None, completion: Completion | None) -> None:
+                  exc: errors.AIsaError | None, completion: Completion | None) -> bool:
+    """Write the call to the call log and the shared limits; True if it was new there."""
     store: ResultStore = call.ctx["store"]
     limiter: Limiter = call.ctx["limiter"]
     used = answer.usage.total_tokens if answer.usage else None
@@ -177,7 +205,8 @@ async def _record(call: Call, model: str, attempt: Attempt, answer: ModelAnswer,
         await store.record_call(pipe, call.job_id, attempt, answer.credits_remaining)
         await limiter.settle(pipe, model, refund_tokens=(tokens - used) if used is not None else 0,
                        outcome=outcome, pause_s=pause)
-        await asyncio.shield(pipe.execute())
+        recorded, _ = await asyncio.shield(pipe.execute())
+    return bool(recorded)
 
 
 def learned_pause(rate_limits: dict[str, float]) -> float:

@@ -19,6 +19,7 @@ from typing import Any
 from arq.connections import RedisSettings
 from arq.constants import in_progress_key_prefix
 from arq.worker import Worker, func
+from prometheus_client import start_http_server
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -27,6 +28,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from . import errors, jobs, serde
 from .client import AIsaClient
 from .limiter import Limiter
+from .metrics import Labels
 from .routing import Call, call_once
 from .settings import ConfigError, Settings, exit_on_config_error, load_settings
 from .store import ResultStore
@@ -49,6 +51,8 @@ async def startup(ctx: dict[str, Any]) -> None:
     ctx["store"] = ResultStore(ctx["redis"], settings.result_ttl_s)
     ctx["limiter"] = Limiter(ctx["redis"], settings)
     ctx["prices"] = settings.prices
+    ctx["labels"] = Labels(settings)
+    serve_metrics(settings.metrics_port)
     ctx["running"] = set()
     ctx["gate"] = None
     ctx["keeper"] = asyncio.create_task(keeper(ctx), name="llm-router-keeper")
@@ -112,10 +116,27 @@ async def probe(ctx: dict[str, Any], gate: dict[str, Any]) -> bool:
             return True
     except errors.AIsaError:
         return False
-    call = Call(ctx, "_probe", {"messages": [{"role": "user", "content": "ping"}], "max_tokens": 1}, max_wait_s=0)
+    call = Call(ctx, "_probe", {"messages": [{"role": "user", "content": "ping"}], "max_tokens": 1}, max_wait_s=0,
+                kind="probe")
     _, exc = await call_once(call, gate.get("model") or "gpt-4.1", {**call.payload, "model": gate.get("model")},
                              tokens=0, waited=0.0)
     return exc is None
+
+
+_serving: set[int] = set()
+
+
+def serve_metrics(port: int) -> None:
+    """This process's /metrics, once per process; a busy port is logged, not fatal."""
+    if not port or port in _serving:
+        return
+    try:
+        start_http_server(port)
+    except OSError as exc:
+        log.error("metrics: cannot serve on port %d (%s): set METRICS_PORT to a free port, or 0", port, exc)
+        return
+    _serving.add(port)
+    log.info("metrics on http://0.0.0.0:%d/metrics", port)
 
 
 class RouterWorker(Worker):

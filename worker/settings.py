@@ -15,6 +15,15 @@ class Price(BaseModel):
     output: float = Field(ge=0)
 
 
+# The AIsa models the skill documentation names: the default set of model label values.
+AISA_MODELS = (
+    "gpt-4.1", "gpt-4o", "gpt-4o-mini", "gpt-3.5-turbo", "o1", "o1-mini", "o3-mini",
+    "claude-3-5-sonnet", "claude-3-opus", "claude-3-sonnet", "gemini-2.0-flash", "gemini-1.5-pro",
+    "gemini-1.5-flash", "qwen-max", "qwen-plus", "qwen2.5-72b-instruct", "deepseek-chat",
+    "deepseek-coder", "deepseek-v3", "deepseek-r1", "grok-2", "grok-beta",
+)
+
+
 class RateLimit(BaseModel):
     """A shared limit: requests and/or tokens (prompt + max output) per minute."""
 
@@ -69,6 +78,15 @@ class Settings(BaseSettings):
     probe_interval_s: float = Field(10, gt=0, description="how often a paused queue (401/402) probes the gateway")
     lease_s: float = Field(15, gt=0, description="a killed worker's job runs again within this (heartbeat lease)")
     shutdown_grace_s: float = Field(30, ge=0, description="SIGTERM: time in-flight jobs get to finish")
+
+    # ---- metrics (worker.metrics, worker.exporter) ----
+    metrics_port: int = Field(9464, ge=0, le=65535, description="a worker's /metrics port; 0: no metrics")
+    exporter_port: int = Field(9465, ge=1, le=65535, description="`llm-router exporter`'s /metrics port")
+    # Label values are bounded: a model outside this list (and the models the settings
+    # above name) is reported as "other".
+    metric_models: list[str] = list(AISA_MODELS)
+    # Producers' `source` labels; empty: the first 20 a worker sees, then "other".
+    metric_sources: list[str] = []
 
     def api_key(self) -> str:
         """The key, or a ConfigError telling the user how to set it."""

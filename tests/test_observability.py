@@ -1,0 +1,126 @@
+"""The metrics on a real Prometheus (Debian's package) with the shipped config and rules: two
+worker processes and the exporter run jobs with successes, failures, 429s and fallbacks; then
+every PromQL expression of the dashboard and of the rules is evaluated through the HTTP API,
+and the spend Prometheus reports must equal the spend in Redis and what the simulator charged."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from producers.api import Producer
+from sim.prometheus_server import DEPLOY, PrivatePrometheus, prometheus_binaries
+from sim.redis_server import free_port
+from sim.workers import WorkerProcess, settings_env
+from tests.helpers import sim_admin
+from worker.store import CREDITS
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(DEPLOY.parent / "grafana"))
+from build_dashboard import expressions  # noqa: E402
+
+ALERT_FORM = re.compile(r"^(?P<signal>.+?)\s*(<=|>=|==|!=|<|>)\s*-?[\d.]+$", re.DOTALL)
+
+
+async def eventually(check, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await asyncio.to_thread(check)
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.2)
+
+
+def rule_expressions() -> list[tuple[str, str]]:
+    """(name, PromQL) of every recording rule, and of every alert's signal (its left-hand side)."""
+    groups = yaml.safe_load((DEPLOY / "alerts.yml").read_text())["groups"]
+    found = []
+    for rule in (r for g in groups for r in g["rules"]):
+        if "record" in rule:
+            found += [(rule["record"], rule["expr"]), (rule["record"] + " (recorded)", rule["record"])]
+        else:
+            found.append((rule["alert"], ALERT_FORM.match(rule["expr"].strip())["signal"]))
+    return found
+
+
+@pytest.fixture
+def stack(settings, tmp_path):
+    try:
+        prometheus_binaries()
+    except RuntimeError as exc:
+        pytest.fail(f"{exc} (`make test` installs it)")
+    ports = [free_port(), free_port()]
+    exporter_port = free_port()
+    base = settings.model_copy(update={"worker_concurrency": 5, "poll_delay_s": 0.02,
+                                       "fallbacks": {"gpt-4.1": ["claude-3-sonnet"]}})
+    workers = [WorkerProcess(base.model_copy(update={"metrics_port": p}), tmp_path / f"w{i}.log")
+               for i, p in enumerate(ports)]
+    exporter = subprocess.Popen([sys.executable, "-m", "producers.cli", "exporter"], cwd=ROOT,
+                                env={**os.environ, **settings_env(base), "EXPORTER_PORT": str(exporter_port)},
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    prom = PrivatePrometheus(tmp_path / "prometheus", [f"127.0.0.1:{p}" for p in ports],
+                             f"127.0.0.1:{exporter_port}").start()
+    try:
+        yield base, prom
+    finally:
+        prom.stop()
+        exporter.terminate()
+        exporter.wait(10)
+        for w in workers:
+            w.stop()
+
+
+async def test_dashboard_and_rules_on_a_real_prometheus(stack, sim):
+    settings, prom = stack
+    await eventually(lambda: prom.query("sum(up)") and float(prom.query("sum(up)")[0]["value"][1]) == 3, 30,
+                     "Prometheus to scrape two workers and the exporter")
+    sim_admin(sim, "/_sim/config", {"model": "gpt-4.1", "fail_next": [503] * 6})      # -> fallbacks
+    sim_admin(sim, "/_sim/config", {"model": "gpt-4o-mini", "fail_next": [429, 429], "retry_after_s": 0.3})
+    async with Producer(settings.redis_url, queue_name=settings.queue_name) as producer:
+        ids = [await producer.chat("gpt-4.1", f"q{i}", source="billing") for i in range(4)]
+        ids += [await producer.chat("gpt-4o-mini", f"m{i}", source="search") for i in range(6)]
+        ids += [await producer.chat("claude-3-sonnet", f"s{i}", stream=True) for i in range(6)]
+        ids += [await producer.chat("no-such-model", "dead", fallbacks=[])]
+        ids += [await producer.compare(["gemini-2.0-flash", "qwen-max"], "both?")]
+
+        async def all_done():
+            return all([await producer.redis.exists(f"llm-router:result:{i}") for i in ids])
+        deadline = time.monotonic() + 30
+        while not await all_done():
+            assert time.monotonic() < deadline, "jobs did not finish"
+            await asyncio.sleep(0.1)
+        stored = sum((await producer.store.spend()).values())
+        credits = float(await producer.redis.hget(CREDITS, "remaining"))
+    charged = sim_admin(sim, "/_sim/stats")["charged_total"]
+    assert stored == pytest.approx(charged)
+
+    def spend_scraped():
+        result = prom.query("sum(llm_router_spend_usd_total)")
+        return result and abs(float(result[0]["value"][1]) - charged) < 1e-9
+    await eventually(spend_scraped, 15, "Prometheus to scrape the final spend")
+    # Prometheus = Redis = the simulator, summed over two processes
+    assert float(prom.query("sum(llm_router_spend_usd_total)")[0]["value"][1]) == pytest.approx(stored, abs=1e-9)
+    assert len(prom.query("sum by (instance) (llm_router_jobs_total)")) == 2  # both workers ran jobs
+    assert float(prom.query("max(llm_router_credits_remaining_usd)")[0]["value"][1]) == pytest.approx(credits)
+    assert not prom.query('llm_router_upstream_errors_total{model="no-such-model"}')  # bounded: "other"
+    assert prom.query('llm_router_upstream_errors_total{model="other", error_class="not_found"}')
+
+    await asyncio.sleep(2)  # two more evaluations of the rules after the last scrape of the run
+    empty, exprs = [], expressions() + rule_expressions()
+    for title, expr in exprs:
+        result = prom.query(expr.replace("$__rate_interval", "1m"))
+        if not result:
+            empty.append(f"{title}: {expr}")
+    assert not empty, "expressions without data:\n" + "\n".join(empty)
+    rules = [r for g in prom.get("/api/v1/rules")["groups"] for r in g["rules"]]
+    assert len(rules) == 15 and all(r["health"] == "ok" for r in rules), [r for r in rules if r["health"] != "ok"]

@@ -1,0 +1,75 @@
+"""Prometheus metrics of a worker process, defined once, here, with their labels.
+
+Each worker process serves its own `/metrics` (METRICS_PORT) and Prometheus scrapes every
+one: counters and histograms are per process, so `sum()` over instances is exact however
+many processes run, and a restarted process is a counter reset `rate()` already handles.
+Nothing non-additive lives here: credits, queue depth, dead letters and today's spend are
+read from Redis by the single `llm-router exporter` (worker/exporter.py), so they are
+reported once, never summed over copies.
+
+Label values are bounded sets: models outside the configured ones are reported as `other`,
+`source` is capped (METRIC_SOURCES, else the first few seen), error classes and job kinds
+are fixed lists.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+from .settings import Settings
+
+OTHER = "other"
+
+# From tens of milliseconds to minutes: LLM calls, queue waits.
+LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)
+JOB_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
+
+SPEND = Counter("llm_router_spend_usd", "USD spent on upstream calls, as billed", ["model", "kind", "source"])
+TOKENS = Counter("llm_router_tokens", "Tokens used upstream", ["model", "direction"])
+UPSTREAM_LATENCY = Histogram("llm_router_upstream_request_duration_seconds",
+                             "Upstream call duration, every call (failed ones too)", ["model"],
+                             buckets=LATENCY_BUCKETS)
+TTFT = Histogram("llm_router_time_to_first_token_seconds", "Streamed calls: time to the first token",
+                 ["model"], buckets=LATENCY_BUCKETS)
+JOB_DURATION = Histogram("llm_router_job_duration_seconds",
+                         "From enqueue to stored result (queue wait + run)", ["kind"], buckets=JOB_BUCKETS)
+JOBS = Counter("llm_router_jobs", "Jobs finished or sent back to the queue", ["kind", "outcome"])
+ERRORS = Counter("llm_router_upstream_errors", "Failed upstream calls", ["model", "error_class"])
+RATE_LIMITED = Counter("llm_router_rate_limited", "429 answers from upstream", ["model"])
+FALLBACKS = Counter("llm_router_fallbacks", "Moves from one model of a chain to the next", ["from_model", "to_model"])
+RETRIES = Counter("llm_router_retries", "Calls repeated on the same model", ["model"])
+IN_FLIGHT = Gauge("llm_router_upstream_in_flight", "Upstream calls in progress", ["model"])
+
+OUTCOMES = ("succeeded", "failed", "requeued")
+
+
+class Labels:
+    """Maps raw names to bounded label values."""
+
+    def __init__(self, settings: Settings, max_sources: int = 20) -> None:
+        self.models = known_models(settings)
+        self.sources: set[str] = set(settings.metric_sources)
+        self._fixed_sources = bool(settings.metric_sources)
+        self._max_sources = max_sources
+
+    def model(self, name: str | None) -> str:
+        return name if name in self.models else OTHER
+
+    def source(self, name: str | None) -> str:
+        if not name:
+            return "none"
+        if name in self.sources:
+            return name
+        if not self._fixed_sources and len(self.sources) < self._max_sources:
+            self.sources.add(name)
+            return name
+        return OTHER
+
+
+def known_models(settings: Settings) -> frozenset[str]:
+    """METRIC_MODELS plus every model the configuration names."""
+    names = set(settings.metric_models) | set(settings.default_fallbacks) | set(settings.rate_limits)
+    names |= set(settings.prices) | set(settings.context_fallbacks) | set(settings.context_fallbacks.values())
+    for model, chain in settings.fallbacks.items():
+        names |= {model, *chain}
+    return frozenset(names)
