@@ -11,6 +11,8 @@ import os
 import sys
 from typing import Any
 
+from redis.exceptions import ConnectionError as RedisConnectionError
+
 from worker.models import JobResult
 from worker.settings import ConfigError, exit_on_config_error, load_settings
 
@@ -128,6 +130,9 @@ def main(argv: list[str] | None = None) -> None:
         code = asyncio.run(_COMMANDS[args.command](args))
     except ConfigError as exc:
         exit_on_config_error(exc)
+    except RedisConnectionError as exc:
+        print(f"llm-router: cannot reach Redis ({exc}): start it, or point REDIS_URL at it", file=sys.stderr)
+        code = 1
     except JobRejected as exc:
         print(f"llm-router: invalid {_FLAGS.get(exc.field.split('.')[0], exc.field)} ({exc.field}): "
               f"{exc.message}. Nothing was enqueued.", file=sys.stderr)

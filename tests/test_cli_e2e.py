@@ -118,3 +118,33 @@ def test_demo_runs_end_to_end(redis_url):
         assert f"### {title}" in out.stdout
     assert out.stdout.count("succeeded]") == 5 and "error: not_found" in out.stdout
     assert "demo done" in out.stdout
+
+
+def test_dlq_list_show_replay_purge(env, sim):
+    env = {**env, "BACKOFF_BASE_S": "0.01", "METRICS_PORT": "0", "CIRCUIT_FAILURES": "100"}
+    sim_admin(sim, "/_sim/config", {"model": "gpt-4.1", "down": True})
+    ids = [cli(env, "chat", "--model", "gpt-4.1", "--message", m, "--fallbacks", "", "--no-wait").stdout.strip()
+           for m in ("first", "second")]
+    assert subprocess.run([*CLI, "worker", "--burst"], env=env, capture_output=True, timeout=60).returncode == 0
+    out = cli(env, "dlq", "list")
+    assert out.returncode == 0 and all(i in out.stdout for i in ids) and "server: Simulated upstream failure" in out.stdout
+    show = cli(env, "dlq", "show", ids[0])
+    assert show.returncode == 0 and '"content": "first"' in show.stdout and show.stdout.count('"model": "gpt-4.1"') >= 3
+    assert cli(env, "dlq", "show", "nope").returncode == 1
+
+    sim_admin(sim, "/_sim/config", {"model": "gpt-4.1", "down": False})
+    assert cli(env, "dlq", "replay", ids[0]).stdout.strip() == f"replayed {ids[0]}"
+    assert cli(env, "dlq", "replay", ids[0]).returncode == 1  # no longer dead
+    assert subprocess.run([*CLI, "worker", "--burst"], env=env, capture_output=True, timeout=60).returncode == 0
+    assert cli(env, "result", ids[0]).stdout.startswith("[gpt-4.1] You said: first")
+    assert ids[0] not in cli(env, "dlq", "list").stdout
+    assert cli(env, "dlq", "purge").stdout.strip() == "purged 1 dead letters"
+    assert cli(env, "dlq", "list").stdout.strip() == "the dead-letter list is empty"
+
+
+def test_unreachable_redis_is_one_clear_line(env):
+    from sim.redis_server import free_port
+
+    out = cli({**env, "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}, "dlq", "list")
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert "cannot reach Redis" in out.stderr and "REDIS_URL" in out.stderr

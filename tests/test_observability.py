@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 import yaml
 
@@ -20,7 +21,7 @@ from producers.api import Producer
 from sim.prometheus_server import DEPLOY, PrivatePrometheus, prometheus_binaries
 from sim.redis_server import free_port
 from sim.workers import WorkerProcess, settings_env
-from tests.helpers import sim_admin
+from tests.helpers import API_KEY, sim_admin
 from worker.store import CREDITS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -84,7 +85,7 @@ async def test_dashboard_and_rules_on_a_real_prometheus(stack, sim):
     settings, prom = stack
     await eventually(lambda: prom.query("sum(up)") and float(prom.query("sum(up)")[0]["value"][1]) == 3, 30,
                      "Prometheus to scrape two workers and the exporter")
-    sim_admin(sim, "/_sim/config", {"model": "gpt-4.1", "fail_next": [503] * 6})      # -> fallbacks
+    sim_admin(sim, "/_sim/config", {"model": "gpt-4.1", "down": True})  # -> retries, then fallbacks
     sim_admin(sim, "/_sim/config", {"model": "gpt-4o-mini", "fail_next": [429, 429], "retry_after_s": 0.3})
     async with Producer(settings.redis_url, queue_name=settings.queue_name) as producer:
         ids = [await producer.chat("gpt-4.1", f"q{i}", source="billing") for i in range(4)]
@@ -113,6 +114,8 @@ async def test_dashboard_and_rules_on_a_real_prometheus(stack, sim):
     assert len(prom.query("sum by (instance) (llm_router_jobs_total)")) == 2  # both workers ran jobs
     assert float(prom.query("max(llm_router_credits_remaining_usd)")[0]["value"][1]) == pytest.approx(credits)
     assert not prom.query('llm_router_upstream_errors_total{model="no-such-model"}')  # bounded: "other"
+    for target in prom.get("/api/v1/targets")["activeTargets"]:
+        assert API_KEY not in httpx.get(target["scrapeUrl"]).text  # the key never reaches metrics
     assert prom.query('llm_router_upstream_errors_total{model="other", error_class="not_found"}')
 
     await asyncio.sleep(2)  # two more evaluations of the rules after the last scrape of the run

@@ -219,3 +219,15 @@ async def test_dead_letters_can_be_shown_replayed_and_purged(producer, settings,
     await run_worker(settings)
     assert (await producer.result(job)).content == "[gpt-4.1] You said: again"
     assert not await producer.dead_letters.replay(job)  # not dead any more
+
+
+async def test_connection_errors_back_off_then_dead_letter(producer, settings):
+    from sim.redis_server import free_port
+
+    s = settings.model_copy(update={"aisa_base_url": f"http://127.0.0.1:{free_port()}/v1"})
+    job = await producer.chat("gpt-4.1", "anyone?", fallbacks=["claude-3-sonnet"])
+    await run_worker(s)
+    [r] = await assert_settled(producer, [job])
+    assert r.status == "failed" and r.error.type == "connection" and "every model failed" in r.error.message
+    assert [a.model for a in r.attempts] == ["gpt-4.1"] * 3 + ["claude-3-sonnet"] * 3
+    assert all(a.cost is None for a in r.attempts)
