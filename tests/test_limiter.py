@@ -14,9 +14,7 @@ def make(redis, **kw):
 
 
 async def settle(limiter, model, **kw):
-    async with limiter.redis.pipeline(transaction=False) as pipe:
-        await limiter.settle(pipe, model, **{"refund_tokens": 0, "outcome": "neutral", "pause_s": 0, **kw})
-        return (await pipe.execute())[0]
+    return await limiter.settle(model, **{"refund_tokens": 0, "outcome": "neutral", "pause_s": 0, **kw})
 
 
 async def test_requests_get_evenly_spaced_slots(redis: Redis):

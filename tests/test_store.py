@@ -27,10 +27,7 @@ def chat_result(job_id="j1", model="gpt-4.1", cost=0.25):
 
 async def record(store, job_id, call_id, model, cost, credits=None, at=1.0, run=1):
     attempt = Attempt(model=model, ok=cost is not None, latency_s=0.1, cost=cost, call_id=call_id, at=at, run=run)
-    async with store.redis.pipeline(transaction=False) as pipe:
-        await store.record_call(pipe, job_id, attempt, credits)
-        (added,) = await pipe.execute()
-    return added
+    return await store.record_call(job_id, attempt, credits)
 
 
 async def test_save_then_get_with_ttl(store):

@@ -29,7 +29,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
 
 from .settings import RateLimit, Settings
 
@@ -165,15 +164,14 @@ class Limiter:
         gate = json.loads(rest[0]) if rest else None
         return Admission(_text(status), int(wait_ms) / 1000, gate)
 
-    async def settle(self, pipe: Pipeline, model: str, *, refund_tokens: int, outcome: str, pause_s: float) -> None:
-        """Queue (on `pipe`) what one call taught: unused tokens back, a pause, the circuit's count."""
+    async def settle(self, model: str, *, refund_tokens: int, outcome: str, pause_s: float) -> bool:
+        """What one call taught: unused tokens back, a pause, the circuit's count. True if it opened the circuit."""
         s = self.settings
-        await self._settle(
+        return bool(await self._settle(
             keys=[model_key(model), GLOBAL],
             args=[refund_tokens, self.intervals(model)[1], self._global[1], outcome, int(pause_s * 1000),
                   s.circuit_failures, int(s.circuit_window_s * 1000), int(s.circuit_open_s * 1000)],
-            client=pipe,
-        )
+        ))
 
     async def gate(self) -> dict[str, Any] | None:
         raw = await self.redis.get(GATE)

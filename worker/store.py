@@ -23,8 +23,6 @@ from datetime import datetime, timezone
 
 from redis.asyncio import Redis
 
-from redis.asyncio.client import Pipeline
-
 from .models import Attempt, JobResult
 
 PREFIX = "llm-router:"
@@ -74,15 +72,15 @@ class ResultStore:
         self.ttl_s = ttl_s
         self._record_call = redis.register_script(_RECORD_CALL)
 
-    async def record_call(self, pipe: Pipeline, job_id: str, attempt: Attempt, credits: float | None) -> None:
-        """Queue (on `pipe`) one upstream call: into the job's call log and, the first time only, into spend."""
-        await self._record_call(
+    async def record_call(self, job_id: str, attempt: Attempt, credits: float | None) -> bool:
+        """One upstream call into the job's call log and, the first time only, into spend.
+        True if it was new."""
+        return bool(await self._record_call(
             keys=[calls_key(job_id), SPEND_TOTAL, spend_day_key(), CREDITS],
             args=[attempt.call_id or "", attempt.model_dump_json(exclude_none=True), attempt.model,
                   "" if attempt.cost is None else repr(attempt.cost), "" if credits is None else repr(credits),
                   self.ttl_s, SPEND_DAY_TTL_S],
-            client=pipe,
-        )
+        ))
 
     async def attempts(self, job_id: str) -> list[Attempt]:
         """Every call recorded for the job, across all its runs, oldest first."""
