@@ -85,6 +85,7 @@ async def test_dashboard_and_rules_on_a_real_prometheus(stack, sim):
     settings, prom = stack
     await eventually(lambda: prom.query("sum(up)") and float(prom.query("sum(up)")[0]["value"][1]) == 3, 30,
                      "Prometheus to scrape two workers and the exporter")
+    sim_admin(sim, "/_sim/config", {"latency_ms": 100})  # jobs last long enough for both workers to take some
     sim_admin(sim, "/_sim/config", {"model": "gpt-4.1", "down": True})  # -> retries, then fallbacks
     sim_admin(sim, "/_sim/config", {"model": "gpt-4o-mini", "fail_next": [429, 429], "retry_after_s": 0.3})
     async with Producer(settings.redis_url, queue_name=settings.queue_name) as producer:

@@ -189,3 +189,27 @@ async def test_plain_openai_server_priced_from_the_table_or_unknown(producer, se
     assert a.cost_source == "price_table" and a.cost == pytest.approx((10 * 1.0 + 5 * 2.0) / 1000)
     assert b.cost_source == "unknown" and b.cost is None and b.content.strip() == "plain answer to b"
     assert await producer.store.spend() == pytest.approx({"priced": 0.02})
+
+
+@pytest.mark.parametrize("raw, says", [
+    (b"\x80\x04pickled?", "the job is not JSON"),
+    (b'{"hello": "world"}', "not an arq job record"),
+    (b'{"t": 1, "f": "chatt", "a": [{}], "k": {}, "et": 1}', "unknown job kind 'chatt': use one of chat, vision, compare"),
+])
+async def test_unreadable_job_records_fail_with_a_result_not_silence(producer, settings, redis, raw, says):
+    await redis.set(job_key_prefix + "foreign", raw)
+    await redis.zadd(settings.queue_name, {"foreign": 1})
+    fine = await producer.chat("gpt-4.1", "still here")
+    await run_worker(settings)
+    result = await producer.result("foreign")
+    assert result.status == "failed" and result.error.type == "invalid_job" and says in result.error.message
+    assert await producer.dead_letters.ids() == ["foreign"]
+    assert (await producer.result(fine)).status == "succeeded"
+
+
+async def test_a_minimal_foreign_job_without_t_or_k_runs(producer, settings, redis):
+    job = {"f": "chat", "a": [{"model": "gpt-4.1", "messages": [{"role": "user", "content": "from Go"}]}]}
+    await redis.set(job_key_prefix + "go", json.dumps(job))
+    await redis.zadd(settings.queue_name, {"go": 1})
+    await run_worker(settings)
+    assert (await producer.result("go")).content == "[gpt-4.1] You said: from Go"

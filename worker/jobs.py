@@ -42,6 +42,18 @@ async def compare(ctx: Ctx, job: Any) -> str:
     return await run_job(ctx, "compare", job)
 
 
+async def invalid(ctx: Ctx, problem: str) -> str:
+    """A job record arq could not read (see worker.serde): a failed result and a dead letter."""
+    now = datetime.now(timezone.utc)
+    result = JobResult(job_id=ctx["job_id"], kind=None, status="failed", started_at=now, finished_at=now,
+                       error=ErrorInfo(type="invalid_job", message=problem, field="job"))
+    dead = DeadLetter(job_id=ctx["job_id"], kind="invalid", job=problem, error=result.error, dead_at=now)
+    log.warning("job %s rejected: %s", ctx["job_id"], problem)
+    await ctx["store"].save(result, dead_letter=dead.model_dump_json(exclude_none=True))
+    m.JOBS.labels("invalid", "failed").inc()
+    return result.status
+
+
 async def run_job(ctx: Ctx, kind: str, payload: Any) -> str:
     """Validate, call, store; returns the status (arq logs it)."""
     job_id, run = ctx["job_id"], ctx.get("job_try") or 1

@@ -236,7 +236,7 @@ class JobResult(BaseModel):
     """What a worker stores under `llm-router:result:<job_id>` (JSON)."""
 
     job_id: str
-    kind: JobKind | None
+    kind: JobKind | None = None
     status: Status
     source: str | None = None
     model: str | None = Field(None, description="the model that answered")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from datetime import date, datetime
 from typing import Any
 
@@ -26,8 +27,35 @@ def dumps(obj: Any) -> bytes:
     return json.dumps(obj, default=_default, separators=(",", ":")).encode()
 
 
+# What a job record that is not a readable arq job becomes: a call of `jobs.invalid` with the
+# problem, so the job fails with a stored result naming it instead of vanishing inside arq.
+INVALID = "invalid"
+KINDS = ("chat", "vision", "compare")
+
+
 def loads(raw: bytes | str) -> Any:
-    return json.loads(raw)
+    try:
+        record = json.loads(raw)
+    except ValueError:
+        return _invalid(f"the job is not JSON: {_snippet(raw)}")
+    if not isinstance(record, dict) or "f" not in record or not isinstance(record.get("a", []), list):
+        return _invalid(f"the job is not an arq job record ({{\"f\": kind, \"a\": [job], ...}}): {_snippet(raw)}")
+    if "s" not in record and record["f"] not in (*KINDS, INVALID):  # a job, not a result
+        return _invalid(f"unknown job kind {record['f']!r}: use one of {', '.join(KINDS)}")
+    record.setdefault("t", None)
+    record.setdefault("k", {})
+    if not isinstance(record.get("et"), int):
+        record["et"] = int(time.time() * 1000)
+    return record
+
+
+def _invalid(problem: str) -> dict[str, Any]:
+    return {"t": None, "f": INVALID, "a": [problem], "k": {}, "et": int(time.time() * 1000)}
+
+
+def _snippet(raw: bytes | str) -> str:
+    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+    return repr(text[:80])
 
 
 def job_bytes(function: str, payload: Any, enqueue_ms: int) -> bytes:

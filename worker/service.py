@@ -171,7 +171,8 @@ def worker_kwargs(settings: Settings) -> dict[str, Any]:
     settings.api_key()
     return {
         # keep_result=0: our own JSON JobResult (worker.store) is the result; arq's would duplicate it.
-        "functions": [func(f, name=f.__name__, keep_result=0) for f in (jobs.chat, jobs.vision, jobs.compare)],
+        "functions": [func(f, name=f.__name__, keep_result=0)
+                      for f in (jobs.chat, jobs.vision, jobs.compare, jobs.invalid)],
         "on_startup": startup,
         "on_shutdown": shutdown,
         "ctx": {"settings": settings},
