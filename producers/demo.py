@@ -19,7 +19,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from sim.faults import Faults
-from sim.redis_server import PrivateRedis, reachable
+from sim.redis_server import PrivateRedis, free_port, reachable
 from sim.server import Simulator, SimServer
 from worker.models import JobResult
 from worker.settings import load_settings
@@ -48,6 +48,10 @@ def show(title: str, result: JobResult) -> None:
             print(f"  {a.model:<18} {text}  (${a.cost or 0:.6f}, {a.latency_s or 0:.3f}s)")
     elif result.status == "succeeded":
         print(f"  {result.content or result.tool_calls}")
+    if len(result.attempts) > 1 and not result.answers:
+        steps = [f"{a.model} {'ok' if a.ok else a.error.type if a.error else 'failed'}"
+                 + (f" (after {a.waited_s:.2f}s)" if a.waited_s else "") for a in result.attempts]
+        print("  attempts: " + " -> ".join(steps))
     if result.error:
         print(f"  error: {result.error.type}: {result.error.message}")
     ttft = f", first token after {result.ttft_s:.3f}s" if result.ttft_s else ""
@@ -65,7 +69,11 @@ async def produce(redis_url: str, image: Path) -> None:
                     "type": "object", "properties": {"location": {"type": "string"}}, "required": ["location"]}}}]),
             "vision (local file)": await producer.vision("gpt-4o", str(image), "What is in this image?"),
             "compare": await producer.compare(["gpt-4.1", "claude-3-sonnet", "gemini-2.0-flash"], "What is 2+2?"),
-            "unknown model (fails cleanly)": await producer.chat("no-such-model", "Hello"),
+            "fallback: qwen-max is down": await producer.chat("qwen-max", "Summarise the news.",
+                                                              fallbacks=["deepseek-v3"]),
+            "429 with Retry-After, honoured": await producer.chat("gemini-1.5-flash", "Hello again."),
+            "unknown model (fails cleanly, dead-lettered)": await producer.chat("no-such-model", "Hello",
+                                                                                fallbacks=[]),
         }
         for title, job_id in jobs.items():
             show(title, await producer.wait(job_id, timeout=60))
@@ -73,6 +81,19 @@ async def produce(redis_url: str, image: Path) -> None:
         print("\nAll-time spend in this Redis (llm-router:spend:total):")
         for model, usd in sorted(spend.items()):
             print(f"  {model:<18} ${usd:.6f}")
+        print(f"Dead letters: {await producer.dead_letters.size()} (llm-router dlq list)")
+
+
+def show_metrics(port: int) -> None:
+    """A few lines of the worker's /metrics: what Prometheus scrapes."""
+    import httpx
+
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    lines = [line for line in text.splitlines() if line.startswith(("llm_router_spend_usd_total",
+                                                                     "llm_router_fallbacks_total"))]
+    print(f"\nThe worker's metrics (http://127.0.0.1:{port}/metrics), e.g.:")
+    for line in lines[:8]:
+        print("  " + line)
 
 
 def main() -> None:
@@ -82,13 +103,18 @@ def main() -> None:
             redis_url = stack.enter_context(PrivateRedis(install=True)).url
             print(f"started a private redis-server at {redis_url}")
         sim = stack.enter_context(SimServer(Simulator([DEMO_KEY], faults=Faults(latency_ms=30, latency_per_token_ms=2))))
+        sim.sim.faults.update("qwen-max", {"down": True})
+        sim.sim.faults.update("gemini-1.5-flash", {"fail_next": [429], "retry_after_s": 0.5})
         print(f"AIsa simulator at {sim.base_url}; Redis at {redis_url}")
+        metrics_port = free_port()
         env = {**os.environ, "AISA_API_KEY": DEMO_KEY, "AISA_BASE_URL": sim.base_url, "REDIS_URL": redis_url,
-               "QUEUE_NAME": QUEUE, "LOG_LEVEL": "WARNING"}
+               "QUEUE_NAME": QUEUE, "LOG_LEVEL": "WARNING", "BACKOFF_BASE_S": "0.2",
+               "METRICS_PORT": str(metrics_port)}
         worker = subprocess.Popen([sys.executable, "-m", "producers.cli", "worker"], env=env)
         stack.callback(lambda: (worker.send_signal(signal.SIGTERM), worker.wait(30)))
         image = tiny_png(Path(stack.enter_context(tempfile.TemporaryDirectory())) / "red.png")
         asyncio.run(produce(redis_url, image))
+        show_metrics(metrics_port)
     print("\ndemo done: worker, simulator and any private Redis stopped")
 
 

@@ -114,9 +114,13 @@ def test_demo_runs_end_to_end(redis_url):
     env = {**os.environ, "REDIS_URL": redis_url}
     out = subprocess.run([sys.executable, "-m", "producers.demo"], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    for title in ("chat", "streamed chat", "tool call", "vision (local file)", "compare", "unknown model"):
+    for title in ("chat", "streamed chat", "tool call", "vision (local file)", "compare", "fallback", "429",
+                  "unknown model"):
         assert f"### {title}" in out.stdout
-    assert out.stdout.count("succeeded]") == 5 and "error: not_found" in out.stdout
+    assert out.stdout.count("succeeded]") == 7 and "error: not_found" in out.stdout
+    assert "qwen-max server -> qwen-max server" in out.stdout and "-> deepseek-v3 ok" in out.stdout
+    assert "gemini-1.5-flash rate_limit -> gemini-1.5-flash ok (after 0.5" in out.stdout
+    assert 'llm_router_spend_usd_total{kind="chat"' in out.stdout and "Dead letters: 1" in out.stdout
     assert "demo done" in out.stdout
 
 
