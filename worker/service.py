@@ -116,10 +116,10 @@ async def probe(ctx: dict[str, Any], gate: dict[str, Any]) -> bool:
             return True
     except errors.AIsaError:
         return False
+    model = gate.get("model") or "gpt-4o-mini"
     call = Call(ctx, "_probe", {"messages": [{"role": "user", "content": "ping"}], "max_tokens": 1}, max_wait_s=0,
                 kind="probe")
-    _, exc = await call_once(call, gate.get("model") or "gpt-4.1", {**call.payload, "model": gate.get("model")},
-                             tokens=0, waited=0.0)
+    _, exc = await call_once(call, model, {**call.payload, "model": model}, tokens=0, waited=0.0)
     return exc is None
 
 
