@@ -14,7 +14,7 @@ class Faults(BaseModel):
     latency_ms: float = Field(0, ge=0, description="fixed delay before the answer")
     latency_per_token_ms: float = Field(0, ge=0, description="extra delay per output token (paces stream chunks)")
     rpm: int | None = Field(None, ge=1, description="requests per window, enforced with 429 + Retry-After")
-    tpm: int | None = Field(None, ge=1, description="tokens (prompt + max output) per window")
+    tpm: int | None = Field(None, ge=1, description="tokens (prompt + completion) per window")
     rate_window_s: float = Field(60, gt=0, description="the RPM/TPM window; shorter windows make fast tests")
     error_rates: dict[int, float] = Field({}, description="status -> probability, e.g. {500: 0.1, 503: 0.05}")
     fail_next: list[int] = Field([], description="the next calls fail with these statuses, in order")

@@ -270,7 +270,8 @@ class Handlers:
                 messages = _check_messages(body.get("messages"))
                 _check_params(body)
                 answer = Answer(spec, body, messages)
-                faults, headers = sim.admit(spec.id, answer.prompt_tokens + (body.get("max_tokens") or 0))
+                # TPM counts input plus output tokens (AIsa's rate-limits page): what the call uses
+                faults, headers = sim.admit(spec.id, answer.prompt_tokens + answer.completion_tokens)
             except ApiError as exc:
                 sim.statuses[exc.status] += 1
                 return _error_response(exc)

@@ -151,3 +151,22 @@ async def test_shared_rpm_limit_across_worker_processes(producer, chaos_settings
     achieved = (len(arrivals) - 1) / (arrivals[-1] - arrivals[0])
     assert achieved >= 0.9 * per_window / window, achieved  # and close to it
     await assert_books_balance(producer, sim)
+
+
+async def test_shared_tpm_limit_books_estimates_and_settles_real_usage(producer, chaos_settings, sim, workers):
+    per_window, window = 600, 2.0  # tokens (prompt + completion) in any 2 s
+    sim_admin(sim, "/_sim/config", {"model": "gpt-4o-mini", "tpm": per_window, "rate_window_s": window})
+    s = chaos_settings.model_copy(update={"rate_limits": {"gpt-4o-mini": RateLimit(tpm=per_window * 60 / window)}})
+    # max_tokens 200 is booked up front; each call really uses ~15 tokens: settling gives the rest back
+    ids = [await producer.chat("gpt-4o-mini", f"q{i}", fallbacks=[], max_tokens=200) for i in range(40)]
+    for _ in range(2):
+        workers(s)
+    rs = await all_results(producer, ids, 40)
+    assert all(x.status == "succeeded" for x in rs)
+    stats = sim_admin(sim, "/_sim/stats")
+    assert stats["rate_limited"] == 0
+    used = sum(x.usage.total_tokens for x in rs)
+    elapsed = max(x.finished_at for x in rs) - min(x.started_at for x in rs)
+    # Booked at ~210 tokens each and never given back, 40 calls at 300 tokens/s would take ~28 s;
+    # settled to what they used (~12 each), close to used / rate (measured: 2.3 s for 1.6 s).
+    assert elapsed.total_seconds() < 3 * used / (per_window / window), (used, elapsed)

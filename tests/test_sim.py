@@ -32,7 +32,7 @@ def test_gemini_native_route(sim, prefix):
 
 
 def test_tpm_limit_and_429_headers(sim):
-    sim_admin(sim, "/_sim/config", {"model": "gpt-4.1", "tpm": 30})
+    sim_admin(sim, "/_sim/config", {"model": "gpt-4.1", "tpm": 20})  # one call uses 6 + 7 tokens
     assert post(sim, "/chat/completions", {**HELLO, "max_tokens": 20}).status_code == 200
     r = post(sim, "/chat/completions", {**HELLO, "max_tokens": 20})
     assert r.status_code == 429 and r.json()["error"]["type"] == "rate_limit_error"
@@ -40,7 +40,7 @@ def test_tpm_limit_and_429_headers(sim):
     for name in ("x-ratelimit-limit", "x-ratelimit-remaining", "x-ratelimit-reset",
                  "x-ratelimit-limit-tokens", "x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens"):
         assert name in r.headers
-    assert r.headers["x-ratelimit-limit-tokens"] == "30"
+    assert r.headers["x-ratelimit-limit-tokens"] == "20"
     assert post(sim, "/chat/completions", {**HELLO, "model": "gpt-4o"}).status_code == 200  # per model
 
 

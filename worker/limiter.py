@@ -15,8 +15,10 @@ the state is two numbers per model whatever the rate. A 429's Retry-After, or
 `x-ratelimit-remaining-*: 0`, just moves the model's next slot to the reset time: every
 worker then waits for it, not only the one that was told.
 
-Tokens are booked from an estimate (prompt + max_tokens) and the difference is given back
-when the real usage is known (`settle`). At most one request per window over the limit
+Tokens are booked from an estimate (prompt + max_tokens) when a call starts and the
+difference is given back when the real usage is known (`settle`); a call that finds the
+tokens booked so far not yet paid for books nothing and asks again when they will be, so
+the tokens given back let it start sooner. At most one request per window over the limit
 (the one that starts at the window's edge) can be seen upstream; RATE_LIMIT_HEADROOM keeps
 network jitter from turning that into a 429.
 """
@@ -56,10 +58,17 @@ if open_until > 0 then
 end
 local g = redis.call('HMGET', KEYS[3], 'r', 't')
 local tokens = tonumber(ARGV[3])
-local start = math.max(now, tonumber(m[1]) or 0, tonumber(m[2]) or 0, tonumber(m[5]) or 0,
-                       tonumber(g[1]) or 0, tonumber(g[2]) or 0)
+local start = math.max(now, tonumber(m[1]) or 0, tonumber(m[5]) or 0, tonumber(g[1]) or 0)
 local wait = start - now
 if wait > tonumber(ARGV[6]) then return {'wait', math.ceil(wait)} end
+-- Tokens are not booked ahead: an estimate booked far into the future could not benefit
+-- from the unused tokens that `settle` gives back. Until the tokens booked so far are
+-- paid for, the caller sleeps and asks again ('retry'), nothing booked.
+local tokens_free = math.max(tonumber(m[2]) or 0, tonumber(g[2]) or 0)
+if tokens_free > start then
+  local until_free = tokens_free - now
+  return {until_free > tonumber(ARGV[6]) and 'wait' or 'retry', math.ceil(until_free)}
+end
 -- book: the next request / token may start one interval after this one
 local function book(key, r_ms, t_ms)
   local r_next = start + r_ms
@@ -118,8 +127,9 @@ return 0
 @dataclass
 class Admission:
     """`ok`/`probe`: a slot is booked, sleep `wait_s` then call (`probe`: the circuit's trial call).
-    `wait`: the next slot is over the caller's limit, nothing booked. `circuit`: the model
-    is skipped. `gate`: the whole queue is paused (`gate` says why)."""
+    `retry`: tokens are short, nothing booked: sleep `wait_s` and ask again. `wait`: the next
+    slot is over the caller's limit, nothing booked. `circuit`: the model is skipped. `gate`:
+    the whole queue is paused (`gate` says why)."""
 
     status: str
     wait_s: float

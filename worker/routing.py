@@ -27,6 +27,8 @@ log = logging.getLogger("llm_router.routing")
 Ctx = dict[str, Any]
 # What a job without max_tokens is assumed to produce, for the token booking.
 DEFAULT_COMPLETION_ESTIMATE = 512
+# How often a call short of tokens asks the limiter again (see worker.limiter).
+TOKEN_RECHECK_S = 0.05
 
 
 class Deferred(Exception):
@@ -101,13 +103,20 @@ async def try_model(call: Call, model: str) -> Step:
     """Call one model until it answers or the policy says stop/move on."""
     settings, limiter = call.settings, call.ctx["limiter"]
     tokens = call.estimate_tokens()
-    failures, waited = 0, 0.0
+    failures, waited, waited_for_tokens = 0, 0.0, 0.0
     while True:
-        admission = await limiter.admit(model, tokens, call.max_wait_s)
+        admission = await limiter.admit(model, tokens, max(call.max_wait_s - waited_for_tokens, 0.0))
         if admission.status == "gate":
             gate = admission.gate or {}
             raise Deferred(settings.probe_interval_s,
                            ErrorInfo(type=gate.get("reason", "paused"), message=f"queue paused: {gate.get('message')}"))
+        if admission.status == "retry":
+            # look again soon: tokens given back by calls that just finished free up earlier
+            nap = min(admission.wait_s, TOKEN_RECHECK_S)
+            await asyncio.sleep(nap)
+            waited += nap
+            waited_for_tokens += nap
+            continue
         if not admission.booked:
             kind = "circuit_open" if admission.status == "circuit" else "rate_limit"
             return Step("next", _skipped(model, kind, admission.wait_s), wait_s=admission.wait_s)
