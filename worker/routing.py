@@ -126,26 +126,35 @@ async def try_model(call: Call, model: str) -> Step:
         if exc is None:
             return Step("ok", answer)
         failures += 1
-        action = action_for(exc.error_class)
-        if action in (Action.RETRY_AFTER, Action.BACKOFF) and failures < settings.attempts_per_model:
-            m.RETRIES.labels(call.ctx["labels"].model(model)).inc()
-            if action is Action.BACKOFF:
-                delay = backoff_delay(failures - 1, settings.backoff_base_s, settings.backoff_cap_s)
-                await asyncio.sleep(delay)
-                waited = delay
-            else:
-                waited = 0.0  # the wait is booked in the limiter: admit sleeps it
-            continue
+        after = await apply_policy(call, model, answer, exc, failures)
+        if isinstance(after, Step):
+            return after
+        waited = after
+
+
+async def apply_policy(call: Call, model: str, answer: ModelAnswer, exc: errors.AIsaError,
+                       failures: int) -> Step | float:
+    """What the policy table says after a failed call: how to end this model (a Step), or
+    the time already waited before retrying it (backoff slept here; a 429's pause is slept by
+    the next `admit`, since it is booked in the shared limiter)."""
+    settings, limiter = call.settings, call.ctx["limiter"]
+    action = action_for(exc.error_class)
+    if action in (Action.RETRY_AFTER, Action.BACKOFF) and failures < settings.attempts_per_model:
+        m.RETRIES.labels(call.ctx["labels"].model(model)).inc()
         if action is Action.RETRY_AFTER:
-            return Step("next", answer, wait_s=exc.retry_after or settings.backoff_base_s)
-        if action is Action.STOP_QUEUE:
-            await _close_gate(limiter, "auth", exc, model)
-            return Step("fail", answer)
-        if action is Action.PAUSE_QUEUE:
-            await _close_gate(limiter, "credits", exc, model)
-            raise Deferred(settings.probe_interval_s, answer.error or ErrorInfo(type="credits", message=exc.message))
-        outcome = {Action.FAIL: "fail", Action.LARGER_CONTEXT: "larger"}.get(action, "next")
-        return Step(outcome, answer)
+            return 0.0
+        delay = backoff_delay(failures - 1, settings.backoff_base_s, settings.backoff_cap_s)
+        await asyncio.sleep(delay)
+        return delay
+    if action is Action.RETRY_AFTER:
+        return Step("next", answer, wait_s=exc.retry_after or settings.backoff_base_s)
+    if action is Action.STOP_QUEUE:
+        await _close_gate(limiter, "auth", exc, model)
+        return Step("fail", answer)
+    if action is Action.PAUSE_QUEUE:
+        await _close_gate(limiter, "credits", exc, model)
+        raise Deferred(settings.probe_interval_s, answer.error or ErrorInfo(type="credits", message=exc.message))
+    return Step({Action.FAIL: "fail", Action.LARGER_CONTEXT: "larger"}.get(action, "next"), answer)
 
 
 async def call_once(call: Call, model: str, payload: dict[str, Any], tokens: int,
