@@ -318,6 +318,13 @@ class Handlers:
             if faults.cut_stream_after is not None and sent >= faults.cut_stream_after:
                 request.transport.close()  # mid-stream: no [DONE], no terminating chunk
                 return response
+            if faults.stream_rate_limit_after is not None and sent >= faults.stream_rate_limit_after:
+                # the upstream provider throttled mid-answer: HTTP 200 already sent, so an error event
+                error = {"error": {"type": "rate_limit_error", "code": "upstream_rate_limit",
+                                   "message": f"Upstream rate limit reached for {spec.id} during the stream"}}
+                await response.write(b"data: " + json.dumps(error).encode() + b"\n\n")
+                await response.write_eof()
+                return response
             if faults.malformed and sent == 1:  # then give up: an unreadable answer is not billed
                 await response.write(b"data: {not json\n\n")
                 request.transport.close()

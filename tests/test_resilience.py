@@ -116,6 +116,17 @@ async def test_cut_streams_and_malformed_answers_back_off_then_fall_back(produce
     await assert_books_balance(producer, sim)
 
 
+async def test_a_429_inside_a_stream_is_retried_then_falls_back(producer, settings, sim):
+    sim_admin(sim, "/_sim/config", {"model": "gpt-4.1", "stream_rate_limit_after": 2})
+    job = await producer.chat("gpt-4.1", "stream me", stream=True, fallbacks=["claude-3-sonnet"])
+    await run_worker(settings)
+    [r] = await assert_settled(producer, [job])
+    assert r.model == "claude-3-sonnet" and r.content == "[claude-3-sonnet] You said: stream me"
+    assert [(a.model, a.error.type if a.error else "ok") for a in r.attempts] == [
+        ("gpt-4.1", "rate_limit")] * settings.attempts_per_model + [("claude-3-sonnet", "ok")]
+    await assert_books_balance(producer, sim)  # the cut-off streams were not billed
+
+
 async def test_429_retry_after_is_honoured_on_every_retry_and_shared(producer, settings, sim):
     sim_admin(sim, "/_sim/config", {"model": "gpt-4o-mini", "fail_next": [429, 429, 429], "retry_after_s": 0.6})
     s = settings.model_copy(update={"worker_concurrency": 2})
@@ -167,10 +178,14 @@ async def test_circuit_opens_and_every_worker_skips_the_model(producer, settings
     sim_admin(sim, "/_sim/config", {"model": "gpt-4.1", "down": True})
     s = settings.model_copy(update={"circuit_failures": 2, "circuit_open_s": 30, "worker_concurrency": 1,
                                     "fallbacks": {"gpt-4.1": ["claude-3-sonnet"]}})
+    from prometheus_client import REGISTRY
+
+    opened = REGISTRY.get_sample_value("llm_router_circuit_opened_total", {"model": "gpt-4.1"}) or 0
     ids = [await producer.chat("gpt-4.1", f"q{i}") for i in range(4)]
     await run_worker(s)
     rs = await assert_settled(producer, ids)
     assert all(r.model == "claude-3-sonnet" for r in rs)
+    assert REGISTRY.get_sample_value("llm_router_circuit_opened_total", {"model": "gpt-4.1"}) == opened + 1
     assert sim_admin(sim, "/_sim/stats")["calls"]["gpt-4.1"] == 2  # then skipped while open
 
 

@@ -38,6 +38,11 @@ ERRORS = Counter("llm_router_upstream_errors", "Failed upstream calls", ["model"
 RATE_LIMITED = Counter("llm_router_rate_limited", "429 answers from upstream", ["model"])
 FALLBACKS = Counter("llm_router_fallbacks", "Moves from one model of a chain to the next", ["from_model", "to_model"])
 RETRIES = Counter("llm_router_retries", "Calls repeated on the same model", ["model"])
+RATE_LIMIT_WAIT = Histogram("llm_router_rate_limit_wait_seconds",
+                            "Time a call waited for its slot in the shared rate limit (0 when none)", ["model"],
+                            buckets=(0.005, 0.025, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
+CIRCUIT_OPENED = Counter("llm_router_circuit_opened", "Times a model's circuit opened (every worker skips it)",
+                         ["model"])
 IN_FLIGHT = Gauge("llm_router_upstream_in_flight", "Upstream calls in progress", ["model"])
 
 OUTCOMES = ("succeeded", "failed", "requeued")

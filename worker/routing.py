@@ -103,7 +103,7 @@ async def try_model(call: Call, model: str) -> Step:
     """Call one model until it answers or the policy says stop/move on."""
     settings, limiter = call.settings, call.ctx["limiter"]
     tokens = call.estimate_tokens()
-    failures, waited, waited_for_tokens = 0, 0.0, 0.0
+    failures, waited, waited_for_tokens, slot_wait = 0, 0.0, 0.0, 0.0
     while True:
         admission = await limiter.admit(model, tokens, max(call.max_wait_s - waited_for_tokens, 0.0))
         if admission.status == "gate":
@@ -116,12 +116,15 @@ async def try_model(call: Call, model: str) -> Step:
             await asyncio.sleep(nap)
             waited += nap
             waited_for_tokens += nap
+            slot_wait += nap
             continue
         if not admission.booked:
             kind = "circuit_open" if admission.status == "circuit" else "rate_limit"
             return Step("next", _skipped(model, kind, admission.wait_s), wait_s=admission.wait_s)
         await asyncio.sleep(admission.wait_s)
         waited += admission.wait_s
+        m.RATE_LIMIT_WAIT.labels(call.ctx["labels"].model(model)).observe(slot_wait + admission.wait_s)
+        slot_wait = 0.0
         answer, exc = await call_once(call, model, {**call.payload, "model": model}, tokens, waited)
         if exc is None:
             return Step("ok", answer)
@@ -221,10 +224,13 @@ async def _record(call: Call, model: str, attempt: Attempt, answer: ModelAnswer,
     # Two scripts at once on two connections: one round trip of latency. (Script calls in a
     # redis-py pipeline cost an extra SCRIPT EXISTS round trip each time.) shield: a cancelled
     # job (SIGTERM past the grace) must still record a call that happened.
-    recorded, _ = await asyncio.shield(asyncio.gather(
+    recorded, opened = await asyncio.shield(asyncio.gather(
         store.record_call(call.job_id, attempt, answer.credits_remaining),
         limiter.settle(model, refund_tokens=(tokens - used) if used is not None else 0, outcome=outcome, pause_s=pause),
     ))
+    if opened:
+        m.CIRCUIT_OPENED.labels(call.ctx["labels"].model(model)).inc()
+        log.warning("circuit opened for %s: every worker skips it for %gs", model, call.settings.circuit_open_s)
     return recorded
 
 
