@@ -47,11 +47,7 @@ async def invalid(ctx: Ctx, problem: str) -> str:
     now = datetime.now(timezone.utc)
     result = JobResult(job_id=ctx["job_id"], kind=None, status="failed", started_at=now, finished_at=now,
                        error=ErrorInfo(type="invalid_job", message=problem, field="job"))
-    dead = DeadLetter(job_id=ctx["job_id"], kind="invalid", job=problem, error=result.error, dead_at=now)
-    log.warning("job %s rejected: %s", ctx["job_id"], problem)
-    await ctx["store"].save(result, dead_letter=dead.model_dump_json(exclude_none=True))
-    m.JOBS.labels("invalid", "failed").inc()
-    return result.status
+    return await finish(ctx, "invalid", problem, result)
 
 
 async def run_job(ctx: Ctx, kind: str, payload: Any) -> str:
@@ -66,17 +62,22 @@ async def run_job(ctx: Ctx, kind: str, payload: Any) -> str:
         raise
     finally:
         running.discard(job_id)
-    store: ResultStore = ctx["store"]
     if run > 1:  # earlier runs' calls are in the call log
-        result.attempts = await store.attempts(job_id)
+        result.attempts = await ctx["store"].attempts(job_id)
     costs = [a.cost for a in result.attempts if a.cost is not None]
     if costs:  # the job's cost is every call it paid for, fallbacks and earlier runs included
         result.cost = round(sum(costs), 10)
+    return await finish(ctx, kind, payload, result)
+
+
+async def finish(ctx: Ctx, kind: str, payload: Any, result: JobResult) -> str:
+    """Store the result (a failed one also as a dead letter, with its payload) and count it."""
     dead = None
     if result.status == "failed":
-        dead = DeadLetter(job_id=job_id, kind=kind, job=payload, error=result.error, attempts=result.attempts,
-                          runs=run, dead_at=result.finished_at).model_dump_json(exclude_none=True)
-        log.warning("job %s dead-lettered: %s", job_id, result.error.message if result.error else "failed")
+        dead = DeadLetter(job_id=result.job_id, kind=kind, job=payload, error=result.error, attempts=result.attempts,
+                          runs=result.runs, dead_at=result.finished_at).model_dump_json(exclude_none=True)
+        log.warning("job %s dead-lettered: %s", result.job_id, result.error.message if result.error else "failed")
+    store: ResultStore = ctx["store"]
     await store.save(result, dead_letter=dead)
     m.JOBS.labels(kind, result.status).inc()
     if result.enqueued_at and result.finished_at:
