@@ -170,3 +170,23 @@ async def test_shared_tpm_limit_books_estimates_and_settles_real_usage(producer,
     # Booked at ~210 tokens each and never given back, 40 calls at 300 tokens/s would take ~28 s;
     # settled to what they used (~12 each), close to used / rate (measured: 2.3 s for 1.6 s).
     assert elapsed.total_seconds() < 3 * used / (per_window / window), (used, elapsed)
+
+
+async def test_429_storm_and_5xx_bursts_across_processes(producer, chaos_settings, sim, workers):
+    sim_admin(sim, "/_sim/config", {"model": "gpt-4o-mini", "error_rates": {"429": 0.4}, "retry_after_s": 0.2})
+    sim_admin(sim, "/_sim/config", {"model": "qwen-max", "error_rates": {"503": 0.3, "502": 0.2}})
+    s = chaos_settings.model_copy(update={"circuit_failures": 1000})
+    ids = [await producer.chat("gpt-4o-mini", f"r{i}", fallbacks=["gemini-2.0-flash"]) for i in range(20)]
+    ids += [await producer.chat("qwen-max", f"s{i}", fallbacks=["deepseek-v3"]) for i in range(20)]
+    for _ in range(2):
+        workers(s)
+    rs = await all_results(producer, ids, 60)
+    assert all(r.status == "succeeded" for r in rs)  # every chain ends on a model that answered
+    assert not await producer.dead_letters.ids() and await producer.queued() == 0
+    stats = sim_admin(sim, "/_sim/stats")
+    assert stats["rate_limited"] > 0 and stats["statuses"].get("503", 0) > 0
+    for r in rs:  # every retry after a 429 waited its Retry-After, in whichever process
+        for before, after in zip(r.attempts, r.attempts[1:]):
+            if before.error and before.error.type == "rate_limit" and after.model == before.model:
+                assert after.at - (before.at + before.latency_s) >= 0.18, r.attempts
+    await assert_books_balance(producer, sim)
