@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test bench redis-server prometheus clean
+.PHONY: demo test bench redis-server prometheus docker-compose clean
 
 $(BIN)/llm-router: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -19,10 +19,15 @@ redis-server: $(BIN)/llm-router
 prometheus: $(BIN)/llm-router
 	@$(BIN)/python -c "from sim.prometheus_server import prometheus_binaries; prometheus_binaries(install=True)"
 
+# docker-compose (Debian's, 1.29) only validates deploy/docker-compose.yml in the tests: no daemon, no images.
+docker-compose:
+	@command -v docker-compose >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+		apt-get install -y -qq --no-install-recommends docker-compose >/dev/null)
+
 demo: $(BIN)/llm-router
 	$(BIN)/python -m producers.demo
 
-test: $(BIN)/llm-router redis-server prometheus
+test: $(BIN)/llm-router redis-server prometheus docker-compose
 	$(BIN)/pytest -q
 
 bench: $(BIN)/llm-router redis-server

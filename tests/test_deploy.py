@@ -101,6 +101,18 @@ def test_dashboard_and_rules_use_only_metrics_that_exist():
     assert "llm_router_queue_oldest_job_age_seconds" in (ROOT / "worker" / "exporter.py").read_text()
 
 
+def test_compose_file_is_valid_compose():
+    """Schema and interpolation, by docker-compose itself (these machines run no containers)."""
+    import shutil
+
+    binary = shutil.which("docker-compose")
+    if binary is None:
+        pytest.fail("docker-compose is not installed (`make test` installs it)")
+    run = subprocess.run([binary, "-f", str(DEPLOY / "docker-compose.yml"), "config", "-q"],
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+
+
 def test_compose_references_resolve():
     compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
     services = compose["services"]
