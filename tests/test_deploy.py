@@ -129,4 +129,12 @@ def test_compose_references_resolve():
     verbs = set(parser()._subparsers._group_actions[0].choices)  # noqa: SLF001
     for name in ("worker1", "exporter", "sim"):
         assert services[name]["command"][0] in verbs
-    assert (DEPLOY / "Dockerfile").exists()
+    # the image copies everything the package is built from
+    copied = {line.split()[1] for line in (DEPLOY / "Dockerfile").read_text().splitlines() if line.startswith("COPY")}
+    copied |= {w for line in (DEPLOY / "Dockerfile").read_text().splitlines() if line.startswith("COPY")
+               for w in line.split()[1:-1]}
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    packages = {p.rstrip("*") for p in project["tool"]["setuptools"]["packages"]["find"]["include"]}
+    assert packages | {"pyproject.toml", project["project"]["readme"]} <= copied
