@@ -213,3 +213,16 @@ async def test_a_minimal_foreign_job_without_t_or_k_runs(producer, settings, red
     await redis.zadd(settings.queue_name, {"go": 1})
     await run_worker(settings)
     assert (await producer.result("go")).content == "[gpt-4.1] You said: from Go"
+
+
+async def test_a_job_that_never_finishes_is_dead_lettered_not_run_forever(producer, settings, redis, sim):
+    from arq.constants import retry_key_prefix
+
+    job_id = await producer.chat("gpt-4.1", "poison")
+    # as if workers had died running it MAX_JOB_RUNS times: arq counts runs in its retry key
+    await redis.set(retry_key_prefix + job_id, settings.max_job_runs)
+    await run_worker(settings)
+    result = await producer.result(job_id)
+    assert result.status == "failed" and result.error.type == "abandoned" and "without finishing" in result.error.message
+    assert await producer.dead_letters.ids() == [job_id]
+    assert sim_admin(sim, "/_sim/stats")["calls"] == {}  # not called again

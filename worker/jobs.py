@@ -97,6 +97,12 @@ async def _run(ctx: Ctx, kind: str, payload: Any, job_id: str, run: int) -> JobR
         return _finish(JobResult(**base, status="failed",
                                  error=ErrorInfo(type="invalid_job", message=f"{field}: {message}", field=field)))
     base["source"] = job.source
+    if run > settings.max_job_runs:
+        # earlier runs never finished (a worker killed, or cancelled past its grace, each time):
+        # a poison job must not take down worker after worker
+        return _finish(JobResult(**base, status="failed", error=ErrorInfo(
+            type="abandoned", message=f"started {run - 1} times without finishing (MAX_JOB_RUNS="
+                                      f"{settings.max_job_runs}); not run again")))
     call = Call(ctx, job_id, {"messages": job.build_messages(), **job.request_params()},
                 max_wait_s=getattr(job, "max_wait_s", None) or settings.max_wait_s, kind=kind, source=job.source)
     try:
