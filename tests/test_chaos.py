@@ -91,7 +91,10 @@ async def test_sigterm_lets_in_flight_calls_finish_within_the_grace(producer, ch
     a = workers(chaos_settings.model_copy(update={"shutdown_grace_s": 5}))
     await wait_for(lambda: asyncio.to_thread(lambda: in_flight(sim) == 4), 15, "the four calls to start")
     a.signal(signal.SIGTERM)
-    await asyncio.sleep(0.2)  # let the signal land before the next job does
+
+    async def draining():
+        return "allow_pick_jobs to `False`" in a.log()  # arq's own log line on the signal
+    await wait_for(draining, 5, "worker A to start draining")
     late = await producer.chat("gpt-4.1", "enqueued during the drain")
     assert await asyncio.to_thread(a.wait, 10) == 0
     rs = [await producer.result(i) for i in ids]

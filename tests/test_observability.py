@@ -119,12 +119,15 @@ async def test_dashboard_and_rules_on_a_real_prometheus(stack, sim):
         assert API_KEY not in httpx.get(target["scrapeUrl"]).text  # the key never reaches metrics
     assert prom.query('llm_router_upstream_errors_total{model="other", error_class="not_found"}')
 
-    await asyncio.sleep(2)  # two more evaluations of the rules after the last scrape of the run
-    empty, exprs = [], expressions() + rule_expressions()
-    for title, expr in exprs:
-        result = prom.query(expr.replace("$__rate_interval", "1m"))
-        if not result:
-            empty.append(f"{title}: {expr}")
+    exprs = expressions() + rule_expressions()
+
+    def without_data():
+        return [f"{title}: {expr}" for title, expr in exprs if not prom.query(expr.replace("$__rate_interval", "1m"))]
+
+    # the rules need an evaluation or two after the last scrape; then every expression has data
+    deadline = time.monotonic() + 15
+    while (empty := await asyncio.to_thread(without_data)) and time.monotonic() < deadline:
+        await asyncio.sleep(0.5)
     assert not empty, "expressions without data:\n" + "\n".join(empty)
     rules = [r for g in prom.get("/api/v1/rules")["groups"] for r in g["rules"]]
     assert len(rules) == 15 and all(r["health"] == "ok" for r in rules), [r for r in rules if r["health"] != "ok"]
