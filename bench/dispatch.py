@@ -1,8 +1,9 @@
 """Dispatch benchmark: N chat jobs through the whole service, next to its two ceilings, in one run.
 
-  (a) arq no-op:   N jobs of an empty function through the same Worker settings
+  (a) arq no-op:   N jobs of an empty function through arq's own Worker, our settings
+  (a') no-op on llm-router's Worker (RouterWorker: batched claim, leases)
   (b) raw client:  N AIsaClient.chat calls, `concurrency` at a time, no queue
-  (c) service:     N chat jobs: Producer -> Redis -> arq Worker -> simulator -> result store
+  (c) service:     N chat jobs: Producer -> Redis -> RouterWorker -> simulator -> result store
 
 The simulator runs in its own process with zero latency, Redis is a private server, and
 the worker runs in this process (burst mode). Ratios are what matter on a noisy machine:
@@ -21,12 +22,13 @@ import sys
 import time
 
 import httpx
+from arq.worker import Worker, func
 
 from producers.api import Producer
 from sim.redis_server import PrivateRedis, free_port
 from worker.client import AIsaClient
 from worker.models import ChatJob
-from worker.service import create_worker
+from worker.service import create_worker, worker_kwargs
 from worker.settings import Settings
 
 KEY = "bench-key"
@@ -57,8 +59,11 @@ def jobs(n: int) -> list[ChatJob]:
     return [ChatJob(model="gpt-4o-mini", messages=[{"role": "user", "content": f"prompt {i}"}]) for i in range(n)]
 
 
-async def drain(settings: Settings, **overrides: object) -> float:
-    worker = create_worker(settings, burst=True, handle_signals=False, **overrides)
+async def drain(settings: Settings, stock: bool = False, **overrides: object) -> float:
+    if stock:
+        worker = Worker(**{**worker_kwargs(settings), "burst": True, "handle_signals": False, **overrides})
+    else:
+        worker = create_worker(settings, burst=True, handle_signals=False, **overrides)
     started = time.perf_counter()
     try:
         await worker.main()
@@ -67,15 +72,13 @@ async def drain(settings: Settings, **overrides: object) -> float:
     return time.perf_counter() - started
 
 
-async def arq_noop(settings: Settings, n: int) -> float:
-    from arq.worker import func
-
+async def arq_noop(settings: Settings, n: int, stock: bool = True) -> float:
     async with Producer(settings.redis_url, queue_name=settings.queue_name) as producer:
         await producer.redis.flushdb()
         # the same JSON job format and size as the real jobs, run by an empty function
         await producer.enqueue_many(jobs(n))
-    return n / await drain(settings, functions=[func(noop, name=kind, keep_result=0)
-                                                for kind in ("chat", "vision", "compare")])
+    return n / await drain(settings, stock=stock, functions=[func(noop, name=kind, keep_result=0)
+                                                             for kind in ("chat", "vision", "compare")])
 
 
 async def raw_client(settings: Settings, n: int, concurrency: int) -> float:
@@ -105,8 +108,9 @@ async def run(n: int, concurrency: int) -> None:
     try:
         with PrivateRedis(install=True) as redis:
             settings = Settings(aisa_api_key=KEY, aisa_base_url=base_url, redis_url=redis.url,
-                                worker_concurrency=concurrency, poll_delay_s=0.01, _env_file=None)
+                                worker_concurrency=concurrency, poll_delay_s=0.01, metrics_port=0, _env_file=None)
             noop_rate = await arq_noop(settings, n)
+            ours_noop = await arq_noop(settings, n, stock=False)
             raw_rate = await raw_client(settings, n, concurrency)
             service_rate = await service(settings, n)
     finally:
@@ -114,9 +118,11 @@ async def run(n: int, concurrency: int) -> None:
         sim.wait(10)
     print(f"jobs={n} concurrency={concurrency} cores={os.cpu_count()}")
     print(f"(a) arq no-op jobs      {noop_rate:8.0f} jobs/s")
+    print(f"(a') llm-router no-op   {ours_noop:8.0f} jobs/s")
     print(f"(b) raw AIsa client     {raw_rate:8.0f} req/s")
     print(f"(c) llm-router service  {service_rate:8.0f} jobs/s")
     print(f"service / arq no-op   = {service_rate / noop_rate:.2f}   (goal >= 0.80)")
+    print(f"llm-router no-op / arq no-op = {ours_noop / noop_rate:.2f}   (the batched claim)")
     print(f"service / raw client  = {service_rate / raw_rate:.2f}")
 
 

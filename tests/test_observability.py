@@ -64,13 +64,13 @@ def stack(settings, tmp_path):
     exporter_port = free_port()
     base = settings.model_copy(update={"worker_concurrency": 5, "poll_delay_s": 0.02,
                                        "fallbacks": {"gpt-4.1": ["claude-3-sonnet"]}})
+    prom = PrivatePrometheus(tmp_path / "prometheus", [f"127.0.0.1:{p}" for p in ports],
+                             f"127.0.0.1:{exporter_port}").start()
     workers = [WorkerProcess(base.model_copy(update={"metrics_port": p}), tmp_path / f"w{i}.log")
                for i, p in enumerate(ports)]
     exporter = subprocess.Popen([sys.executable, "-m", "producers.cli", "exporter"], cwd=ROOT,
                                 env={**os.environ, **settings_env(base), "EXPORTER_PORT": str(exporter_port)},
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    prom = PrivatePrometheus(tmp_path / "prometheus", [f"127.0.0.1:{p}" for p in ports],
-                             f"127.0.0.1:{exporter_port}").start()
     try:
         yield base, prom
     finally:
@@ -113,7 +113,10 @@ async def test_dashboard_and_rules_on_a_real_prometheus(stack, sim):
     # Prometheus = Redis = the simulator, summed over two processes
     assert float(prom.query("sum(llm_router_spend_usd_total)")[0]["value"][1]) == pytest.approx(stored, abs=1e-9)
     assert len(prom.query("sum by (instance) (llm_router_jobs_total)")) == 2  # both workers ran jobs
-    assert float(prom.query("max(llm_router_credits_remaining_usd)")[0]["value"][1]) == pytest.approx(credits)
+    def credits_scraped():  # the exporter's gauge, scraped after the last call
+        result = prom.query("max(llm_router_credits_remaining_usd)")
+        return result and float(result[0]["value"][1]) == pytest.approx(credits)
+    await eventually(credits_scraped, 15, "Prometheus to scrape the credits Redis holds")
     assert not prom.query('llm_router_upstream_errors_total{model="no-such-model"}')  # bounded: "other"
     for target in prom.get("/api/v1/targets")["activeTargets"]:
         assert API_KEY not in httpx.get(target["scrapeUrl"]).text  # the key never reaches metrics

@@ -226,3 +226,31 @@ async def test_a_job_that_never_finishes_is_dead_lettered_not_run_forever(produc
     assert result.status == "failed" and result.error.type == "abandoned" and "without finishing" in result.error.message
     assert await producer.dead_letters.ids() == [job_id]
     assert sim_admin(sim, "/_sim/stats")["calls"] == {}  # not called again
+
+
+async def test_two_workers_claiming_the_same_queue_run_each_job_once(producer, settings, sim):
+    import asyncio
+
+    ids = await producer.enqueue_many(
+        [ChatJob(model="gpt-4o-mini", messages=[{"role": "user", "content": f"p{i}"}]) for i in range(120)])
+    s = settings.model_copy(update={"worker_concurrency": 7})  # fewer slots than ids: claims in batches
+    await asyncio.gather(run_worker(s), run_worker(s))
+    assert all([(await producer.result(i)).status == "succeeded" for i in ids])
+    assert sim_admin(sim, "/_sim/stats")["calls"]["gpt-4o-mini"] == 120  # none ran twice
+
+
+async def test_the_claim_skips_jobs_not_due_or_in_progress(settings, redis):
+    from arq.constants import in_progress_key_prefix
+    from arq.utils import timestamp_ms
+
+    from worker.service import _CLAIM
+
+    now = timestamp_ms()
+    await redis.zadd("q", {"due": now - 5, "later": now + 60_000, "busy": now - 5})
+    await redis.set(in_progress_key_prefix + "busy", 1)
+    claim = redis.register_script(_CLAIM)
+    ids = ["due", "later", "busy", "gone"]
+    claimed = await claim(keys=["q", *(in_progress_key_prefix + i for i in ids)], args=[now, 3000, *ids])
+    assert claimed[::2] == [b"due"] and float(claimed[1]) == now - 5
+    assert 0 < await redis.pttl(in_progress_key_prefix + "due") <= 3000  # the lease, not arq's long mark
+    assert not await redis.exists(in_progress_key_prefix + "later", in_progress_key_prefix + "gone")

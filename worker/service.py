@@ -18,6 +18,7 @@ from typing import Any
 
 from arq.connections import RedisSettings
 from arq.constants import in_progress_key_prefix
+from arq.utils import timestamp_ms
 from arq.worker import Worker, func
 from prometheus_client import start_http_server
 from redis.asyncio.retry import Retry
@@ -139,14 +140,54 @@ def serve_metrics(port: int) -> None:
     log.info("metrics on http://0.0.0.0:%d/metrics", port)
 
 
+# arq's claim of one job, atomically, for a batch: not in progress elsewhere, due now.
+# KEYS: queue, in-progress key per job; ARGV: now ms, lease ms, job ids (in KEYS order)
+_CLAIM = """
+local now, lease, claimed = tonumber(ARGV[1]), ARGV[2], {}
+for i = 2, #KEYS do
+  local id = ARGV[i + 1]
+  if redis.call('EXISTS', KEYS[i]) == 0 then
+    local score = redis.call('ZSCORE', KEYS[1], id)
+    if score and tonumber(score) <= now then
+      redis.call('PSETEX', KEYS[i], lease, '1')
+      table.insert(claimed, id)
+      table.insert(claimed, score)
+    end
+  end
+end
+return claimed
+"""
+
+
 class RouterWorker(Worker):
-    """arq's Worker with a short lease on running jobs (renewed by `keeper`) and no picking
-    of jobs while the queue is paused or draining."""
+    """arq's Worker with a short lease on running jobs (renewed by `keeper`), no picking of
+    jobs while the queue is paused or draining, and one round trip to claim a batch of jobs."""
 
     def __init__(self, *args: Any, lease_s: float, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.in_progress_timeout_s = lease_s  # arq: longest job timeout + 10 s
         self._draining = False
+        self._claim: Any = None
+
+    async def start_jobs(self, job_ids: list[bytes]) -> None:
+        """arq claims each job with WATCH, EXISTS, ZSCORE and MULTI/PSETEX/EXEC: four round
+        trips per job, one job after another, inside the poll loop. The same checks in one Lua
+        call for as many jobs as there are free slots (the rest wait for the next poll):
+        measured 1.6x arq's no-op job rate."""
+        ids = [j.decode() for j in job_ids][: max(self.max_jobs - self.job_counter, 0)]
+        if not ids:
+            return
+        if self._claim is None:
+            self._claim = self.pool.register_script(_CLAIM)
+        claimed = await self._claim(keys=[self.queue_name, *(in_progress_key_prefix + i for i in ids)],
+                                    args=[timestamp_ms(), int(self.in_progress_timeout_s * 1000), *ids])
+        for raw_id, score in zip(claimed[::2], claimed[1::2]):
+            await self.sem.acquire()  # free: no more ids than slots
+            self.job_counter += 1
+            job_id = raw_id.decode()
+            task = self.loop.create_task(self.run_job(job_id, int(float(score))))
+            task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
+            self.tasks[job_id] = task
 
     async def _poll_iteration(self) -> None:
         self.allow_pick_jobs = not self._draining and self.ctx.get("gate") is None
