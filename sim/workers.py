@@ -35,7 +35,7 @@ class WorkerProcess:
         self.proc = subprocess.Popen(args, env=env, stdout=self._log, stderr=subprocess.STDOUT,
                                      cwd=Path(__file__).resolve().parent.parent)
 
-    def signal(self, sig: signal.Signals) -> None:
+    def send(self, sig: signal.Signals) -> None:
         self.proc.send_signal(sig)
 
     def wait(self, timeout: float) -> int:

@@ -9,7 +9,6 @@ import signal
 import time
 
 import pytest
-from redis.asyncio import Redis
 
 from producers.api import Producer
 from sim.redis_server import PrivateRedis
@@ -72,7 +71,7 @@ async def test_sigkill_mid_call_reruns_within_the_lease_and_counts_cost_once(pro
     ids = [await producer.chat("gpt-4.1", f"q{i}") for i in range(6)]
     a = workers(chaos_settings)
     await wait_for(lambda: asyncio.to_thread(lambda: in_flight(sim) == 6), 15, "worker A to start all six calls")
-    a.signal(signal.SIGKILL)
+    a.send(signal.SIGKILL)
     killed_at = time.time()
     workers(chaos_settings)
     rs = await all_results(producer, ids, 20)
@@ -90,7 +89,7 @@ async def test_sigterm_lets_in_flight_calls_finish_within_the_grace(producer, ch
     ids = [await producer.chat("gpt-4.1", f"q{i}") for i in range(4)]
     a = workers(chaos_settings.model_copy(update={"shutdown_grace_s": 5}))
     await wait_for(lambda: asyncio.to_thread(lambda: in_flight(sim) == 4), 15, "the four calls to start")
-    a.signal(signal.SIGTERM)
+    a.send(signal.SIGTERM)
 
     async def draining():
         return "allow_pick_jobs to `False`" in a.log()  # arq's own log line on the signal
@@ -108,7 +107,7 @@ async def test_sigterm_past_the_grace_puts_jobs_back_for_another_worker(producer
     ids = [await producer.chat("gpt-4.1", f"q{i}") for i in range(3)]
     a = workers(chaos_settings.model_copy(update={"shutdown_grace_s": 0.5}))
     await wait_for(lambda: asyncio.to_thread(lambda: in_flight(sim) == 3), 15, "the three calls to start")
-    a.signal(signal.SIGTERM)
+    a.send(signal.SIGTERM)
     assert await asyncio.to_thread(a.wait, 10) == 0
     assert await producer.queued() == 3 and not any([await producer.result(i) for i in ids])
     sim_admin(sim, "/_sim/config", {"latency_ms": 0})

@@ -83,8 +83,6 @@ def test_the_dashboard_is_well_formed():
 
 
 def test_dashboard_and_rules_use_only_metrics_that_exist():
-    import json
-
     from worker import metrics
 
     exported = {c._name for c in vars(metrics).values() if hasattr(c, "_name") and hasattr(c, "_type")}

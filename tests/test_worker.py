@@ -1,11 +1,9 @@
 """The whole pipeline in-process: producer -> real Redis -> arq Worker (burst) -> simulator -> result."""
 
-import base64
 import json
 
 import pytest
 from arq.constants import job_key_prefix
-from redis.asyncio import Redis
 from aiohttp import web
 
 from producers.api import JobRejected, Producer
