@@ -66,11 +66,17 @@ async def assert_books_balance(producer, sim):
     assert await producer.store.spend() == pytest.approx({m: c for m, c in charged.items() if c})
 
 
+async def busy_worker(producer, sim, workers, settings, jobs: int, latency_ms: int):
+    """A worker process in the middle of `jobs` slow calls: (their job ids, the worker)."""
+    sim_admin(sim, "/_sim/config", {"latency_ms": latency_ms})
+    ids = [await producer.chat("gpt-4.1", f"q{i}") for i in range(jobs)]
+    worker = workers(settings)
+    await wait_for(lambda: asyncio.to_thread(lambda: in_flight(sim) == jobs), 15, f"all {jobs} calls to start")
+    return ids, worker
+
+
 async def test_sigkill_mid_call_reruns_within_the_lease_and_counts_cost_once(producer, chaos_settings, sim, workers):
-    sim_admin(sim, "/_sim/config", {"latency_ms": 1500})
-    ids = [await producer.chat("gpt-4.1", f"q{i}") for i in range(6)]
-    a = workers(chaos_settings)
-    await wait_for(lambda: asyncio.to_thread(lambda: in_flight(sim) == 6), 15, "worker A to start all six calls")
+    ids, a = await busy_worker(producer, sim, workers, chaos_settings, jobs=6, latency_ms=1500)
     a.send(signal.SIGKILL)
     killed_at = time.time()
     workers(chaos_settings)
@@ -85,10 +91,8 @@ async def test_sigkill_mid_call_reruns_within_the_lease_and_counts_cost_once(pro
 
 
 async def test_sigterm_lets_in_flight_calls_finish_within_the_grace(producer, chaos_settings, sim, workers):
-    sim_admin(sim, "/_sim/config", {"latency_ms": 1000})
-    ids = [await producer.chat("gpt-4.1", f"q{i}") for i in range(4)]
-    a = workers(chaos_settings.model_copy(update={"shutdown_grace_s": 5}))
-    await wait_for(lambda: asyncio.to_thread(lambda: in_flight(sim) == 4), 15, "the four calls to start")
+    ids, a = await busy_worker(producer, sim, workers, chaos_settings.model_copy(update={"shutdown_grace_s": 5}),
+                               jobs=4, latency_ms=1000)
     a.send(signal.SIGTERM)
 
     async def draining():
@@ -103,10 +107,8 @@ async def test_sigterm_lets_in_flight_calls_finish_within_the_grace(producer, ch
 
 
 async def test_sigterm_past_the_grace_puts_jobs_back_for_another_worker(producer, chaos_settings, sim, workers):
-    sim_admin(sim, "/_sim/config", {"latency_ms": 3000})
-    ids = [await producer.chat("gpt-4.1", f"q{i}") for i in range(3)]
-    a = workers(chaos_settings.model_copy(update={"shutdown_grace_s": 0.5}))
-    await wait_for(lambda: asyncio.to_thread(lambda: in_flight(sim) == 3), 15, "the three calls to start")
+    ids, a = await busy_worker(producer, sim, workers, chaos_settings.model_copy(update={"shutdown_grace_s": 0.5}),
+                               jobs=3, latency_ms=3000)
     a.send(signal.SIGTERM)
     assert await asyncio.to_thread(a.wait, 10) == 0
     assert await producer.queued() == 3 and not any([await producer.result(i) for i in ids])
