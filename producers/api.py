@@ -14,21 +14,22 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, TypeVar
 
-from arq.constants import expires_extra_ms, job_key_prefix, result_key_prefix
 from pydantic import ValidationError
 from redis.asyncio import Redis
 
 from worker import serde
 from worker.dlq import DeadLetters
-from worker.models import ChatJob, CompareJob, JobResult, Message, VisionJob, describe_validation_error
+from worker.keys import JOB_EXPIRES_EXTRA_MS, arq_result_key, job_key, result_key
+from worker.lease import workers_alive
+from worker.models import ChatJob, CompareJob, JobBase, JobResult, Message, VisionJob, describe_validation_error
 from worker.settings import load_settings
-from worker.store import ResultStore, result_key
+from worker.store import ResultStore
 
 from .images import ImageError, resolve_image
 
-AnyJob = ChatJob | VisionJob | CompareJob
+J = TypeVar("J", bound=JobBase)
 
 # arq's enqueue_job checks "not queued, not running, no arq result" with WATCH and three
 # round trips. arq keeps no result of ours (keep_result=0), so the id must also be absent
@@ -64,7 +65,7 @@ def build_messages(message: str | None = None, messages: Iterable[dict[str, Any]
     return built
 
 
-def validate(cls: type[AnyJob], **fields: Any) -> AnyJob:
+def validate(cls: type[J], **fields: Any) -> J:
     try:
         return cls.model_validate({k: v for k, v in fields.items() if v is not None})
     except ValidationError as exc:
@@ -121,26 +122,28 @@ class Producer:
                        source=params.pop("source", self.source), **params)
         return await self.enqueue(job, job_id)
 
-    async def enqueue(self, job: AnyJob, job_id: str | None = None) -> str:
-        """Enqueue a validated job. With a `job_id` already queued, running or done: a no-op."""
+    async def enqueue(self, job: JobBase, job_id: str | None = None) -> str:
+        """Enqueue a validated job of any kind. With a `job_id` already queued, running or done: a no-op."""
         [(job_id, _created)] = await self._write([(job, job_id)])
         return job_id
 
-    async def enqueue_many(self, jobs: Iterable[AnyJob | tuple[AnyJob, str | None]]) -> list[str]:
+    async def enqueue_many(self, jobs: Iterable[JobBase | tuple[JobBase, str | None]]) -> list[str]:
         """Many jobs in one round trip (bulk generation). Returns their ids, in order."""
         pairs = [j if isinstance(j, tuple) else (j, None) for j in jobs]
         return [job_id for job_id, _ in await self._write(pairs)]
 
-    async def _write(self, pairs: list[tuple[AnyJob, str | None]]) -> list[tuple[str, bool]]:
+    async def _write(self, pairs: list[tuple[JobBase, str | None]]) -> list[tuple[str, bool]]:
         now_ms = int(time.time() * 1000)
-        ids = [job_id or uuid.uuid4().hex for _, job_id in pairs]
+        ids = [_job_id(job_id) for _, job_id in pairs]
         async with self.redis.pipeline(transaction=False) as pipe:
             for (job, _), job_id in zip(pairs, ids):
+                if job.source is None and self.source is not None:
+                    job = job.model_copy(update={"source": self.source})
                 payload = job.model_dump(mode="json", exclude_none=True)
                 data = serde.job_bytes(job.kind, payload, now_ms)
                 await self._enqueue(
-                    keys=[job_key_prefix + job_id, result_key_prefix + job_id, result_key(job_id), self.queue_name],
-                    args=[data, expires_extra_ms, now_ms, job_id], client=pipe)
+                    keys=[job_key(job_id), arq_result_key(job_id), result_key(job_id), self.queue_name],
+                    args=[data, JOB_EXPIRES_EXTRA_MS, now_ms, job_id], client=pipe)
             created = await pipe.execute()
         return [(job_id, bool(c)) for job_id, c in zip(ids, created)]
 
@@ -159,5 +162,17 @@ class Producer:
     async def queued(self) -> int:
         """Jobs waiting in the queue (not yet picked up)."""
         return await self.redis.zcard(self.queue_name)
+
+    async def workers(self) -> int:
+        """Workers consuming this queue now (by their heartbeat)."""
+        return await workers_alive(self.redis, self.queue_name)
+
+
+def _job_id(job_id: Any) -> str:
+    if job_id is None:
+        return uuid.uuid4().hex
+    if not isinstance(job_id, str) or not job_id:
+        raise JobRejected("job_id", f"must be a non-empty string, not {job_id!r}")
+    return job_id
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from tests.helpers import API_KEY, sim_admin
 
-CLI = [sys.executable, "-m", "producers.cli"]
+CLI = [os.path.join(os.path.dirname(sys.executable), "llm-router")]
 
 
 @pytest.fixture
@@ -152,3 +152,18 @@ def test_unreachable_redis_is_one_clear_line(env):
     out = cli({**env, "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}, "dlq", "list")
     assert out.returncode == 1 and "Traceback" not in out.stderr
     assert "cannot reach Redis" in out.stderr and "REDIS_URL" in out.stderr
+
+
+def test_waiting_with_no_worker_says_so(env):
+    out = cli(env, "chat", "--model", "gpt-4.1", "--message", "anyone?", "--timeout", "4")
+    assert out.returncode == 3
+    assert "no worker is consuming queue 'llm-router:e2e'" in out.stderr and "llm-router worker" in out.stderr
+
+
+def test_a_closed_pipe_is_not_a_traceback(env, worker_proc):
+    job_id = cli(env, "chat", "--model", "gpt-4.1", "--message", "piped", "--no-wait").stdout.strip()
+    assert cli(env, "result", job_id, "--wait", "30").returncode == 0
+    # `true` exits without reading: every write of the CLI meets a closed pipe
+    out = subprocess.run(f"{CLI[0]} result {job_id} --json | true", shell=True, env=env, capture_output=True,
+                         text=True, timeout=30)
+    assert "Traceback" not in out.stderr and "BrokenPipe" not in out.stderr, out.stderr

@@ -9,8 +9,14 @@ from aiohttp import web
 from tests.helpers import API_KEY, free_port, sim_admin
 from worker import errors
 from worker.client import AIsaClient, _StreamAssembler, _status_error
+from worker.policy import Action, action_for
 
 HELLO = [{"role": "user", "content": "Hello there"}]
+
+
+def retried(exc: errors.AIsaError) -> bool:
+    """The policy retries this error on the same model (worker.policy decides, not the error)."""
+    return action_for(exc.error_class) in (Action.RETRY_AFTER, Action.BACKOFF)
 WEATHER_TOOL = {"type": "function", "function": {
     "name": "get_weather", "parameters": {"type": "object", "properties": {"location": {"type": "string"}},
                                           "required": ["location"]}}}
@@ -74,7 +80,7 @@ async def test_wrong_key_is_authentication_error(sim):
         with pytest.raises(errors.AuthenticationError) as info:
             await c.chat({"model": "gpt-4.1", "messages": HELLO})
     assert info.value.status == 401 and info.value.code == "invalid_api_key"
-    assert not info.value.retryable
+    assert not retried(info.value)
 
 
 async def test_no_credits_is_insufficient_credits(client, sim):
@@ -114,7 +120,7 @@ async def test_rate_limit_carries_retry_after(client, sim):
     await client.chat({"model": "gpt-4.1", "messages": HELLO})
     with pytest.raises(errors.RateLimitError) as info:
         await client.chat({"model": "gpt-4.1", "messages": HELLO})
-    assert info.value.status == 429 and info.value.retryable
+    assert info.value.status == 429 and retried(info.value)
     assert 50 <= info.value.retry_after <= 60  # the one-minute window has just begun
     assert sim_admin(sim, "/_sim/stats")["rate_limited"] == 1
 
@@ -124,7 +130,7 @@ async def test_upstream_failures_are_server_errors(client, sim, status):
     sim_admin(sim, "/_sim/config", {"fail_next": [status]})
     with pytest.raises(errors.ServerError) as info:
         await client.chat({"model": "gpt-4.1", "messages": HELLO})
-    assert info.value.status == status and info.value.retryable
+    assert info.value.status == status and retried(info.value)
     assert (await client.chat({"model": "gpt-4.1", "messages": HELLO})).content  # only the next call failed
 
 

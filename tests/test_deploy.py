@@ -122,9 +122,9 @@ def test_compose_references_resolve():
                 assert (DEPLOY / source).exists(), f"{name}: {source} missing"
     targets = (DEPLOY / "prometheus" / "targets" / "workers.json").read_text()
     assert all(f"{w}:9464" in targets for w in ("worker1", "worker2"))
-    from producers.cli import parser
+    from llm_router import cli
 
-    verbs = set(parser()._subparsers._group_actions[0].choices)  # noqa: SLF001
+    verbs = set(cli.list_commands(cli.make_context("llm-router", [])))
     for name in ("worker1", "exporter", "sim"):
         assert services[name]["command"][0] in verbs
     # the image copies everything the package is built from

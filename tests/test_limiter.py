@@ -4,7 +4,9 @@ the circuit breaker and the queue gate."""
 import pytest
 from redis.asyncio import Redis
 
-from worker.limiter import Limiter, model_key
+from worker.gate import Gate
+from worker.keys import model_key
+from worker.limiter import Limiter
 from worker.settings import RateLimit, Settings
 
 
@@ -86,12 +88,12 @@ async def test_a_failed_probe_reopens_at_once(redis: Redis):
 
 
 async def test_the_gate_pauses_every_model(redis: Redis):
-    limiter = make(redis)
-    assert await limiter.close_gate("credits", "Insufficient credits", "gpt-4.1")
-    assert not await limiter.close_gate("auth", "again", "gpt-4.1")  # the first reason stays
+    limiter, gate = make(redis), Gate(redis, probe_interval_s=1)
+    assert await gate.close("credits", "Insufficient credits", "gpt-4.1")
+    assert not await gate.close("auth", "again", "gpt-4.1")  # the first reason stays
     admission = await limiter.admit("anything", 0, 5)
     assert admission.status == "gate" and admission.gate["reason"] == "credits"
-    assert await limiter.open_gate()
+    assert await gate.open()
     assert (await limiter.admit("anything", 0, 5)).booked
 
 

@@ -11,10 +11,9 @@ from prometheus_client.registry import CollectorRegistry
 from producers.api import Producer
 from tests.helpers import run_worker, sim_admin
 from worker.exporter import QueueCollector
-from worker.limiter import GATE
 from worker.metrics import OTHER, Labels
 from worker.settings import Settings
-from worker.store import CREDITS
+from worker.keys import CREDITS, GATE
 
 
 def samples(name: str) -> dict[tuple, float]:

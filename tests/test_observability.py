@@ -22,7 +22,7 @@ from sim.prometheus_server import DEPLOY, PrivatePrometheus, prometheus_binaries
 from sim.redis_server import free_port
 from sim.workers import WorkerProcess, settings_env
 from tests.helpers import API_KEY, sim_admin
-from worker.store import CREDITS
+from worker.keys import CREDITS
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(DEPLOY.parent / "grafana"))

@@ -8,7 +8,7 @@ import pytest
 
 from producers.api import Producer
 from tests.helpers import run_worker, sim_admin
-from worker.limiter import GATE
+from worker.keys import GATE
 
 
 @pytest.fixture
@@ -173,6 +173,14 @@ async def test_a_long_rate_limit_wait_requeues_the_job_instead_of_holding_a_slot
     assert all(r.status == "succeeded" for r in rs)
     # the 429 holds the model 1 s, over the jobs' 0.1 s: each goes back to the queue, none waits in a slot
     assert worker.jobs_retried >= 3 and all(r.runs >= 2 for r in rs)
+
+
+async def test_max_wait_zero_means_never_wait_in_place(producer, settings, sim):
+    sim_admin(sim, "/_sim/config", {"model": "gpt-4o-mini", "fail_next": [429], "retry_after_s": 0.5})
+    job = await producer.chat("gpt-4o-mini", "now or later", fallbacks=[], max_wait_s=0)
+    await run_worker(settings)  # MAX_WAIT_S is 2 here: a job that fell back to it would wait 0.5 s in its slot
+    [r] = await assert_settled(producer, [job])
+    assert r.status == "succeeded" and r.runs == 2  # it went back to the queue instead
 
 
 async def test_circuit_opens_and_every_worker_skips_the_model(producer, settings, sim):

@@ -8,7 +8,8 @@ import pytest
 from redis.asyncio import Redis
 
 from worker.models import Attempt, JobResult
-from worker.store import CREDITS, SPEND_TOTAL, ResultStore, calls_key, result_key, spend_day_key
+from worker.keys import CREDITS, SPEND_TOTAL, calls_key, result_key, spend_day_key
+from worker.store import ResultStore
 
 
 @pytest.fixture(params=["fakeredis", "redis-server"])

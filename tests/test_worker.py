@@ -10,7 +10,7 @@ from producers.api import JobRejected, Producer
 from tests.helpers import API_KEY, free_port, run_worker, sim_admin
 from worker.models import ChatJob
 from worker.settings import Price
-from worker.store import CREDITS, result_key
+from worker.keys import CREDITS, result_key
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x01" * 64
 
@@ -142,6 +142,21 @@ async def test_enqueue_many_in_one_round_trip(producer, settings):
     assert contents == [f"[gpt-4o-mini] You said: prompt {i}" for i in range(25)]
 
 
+async def test_enqueue_many_stamps_the_producers_source(producer, settings):
+    mine = ChatJob(model="gpt-4o-mini", messages=[{"role": "user", "content": "a"}])
+    theirs = ChatJob(model="gpt-4o-mini", messages=[{"role": "user", "content": "b"}], source="billing")
+    ids = await producer.enqueue_many([mine, theirs])
+    await run_worker(settings)
+    assert [(await producer.result(i)).source for i in ids] == ["tests", "billing"]
+
+
+async def test_a_job_id_that_is_not_a_string_is_refused(producer):
+    with pytest.raises(JobRejected) as info:
+        await producer.chat("gpt-4.1", "hi", job_id=42)
+    assert info.value.field == "job_id" and "non-empty string" in info.value.message
+    assert await producer.queued() == 0
+
+
 async def test_wait_returns_when_the_worker_stores_the_result(producer, settings):
     import asyncio
 
@@ -241,12 +256,12 @@ async def test_the_claim_skips_jobs_not_due_or_in_progress(settings, redis):
     from arq.constants import in_progress_key_prefix
     from arq.utils import timestamp_ms
 
-    from worker.service import _CLAIM
+    from worker.lease import CLAIM
 
     now = timestamp_ms()
     await redis.zadd("q", {"due": now - 5, "later": now + 60_000, "busy": now - 5})
     await redis.set(in_progress_key_prefix + "busy", 1)
-    claim = redis.register_script(_CLAIM)
+    claim = redis.register_script(CLAIM)
     ids = ["due", "later", "busy", "gone"]
     claimed = await claim(keys=["q", *(in_progress_key_prefix + i for i in ids)], args=[now, 3000, *ids])
     assert claimed[::2] == [b"due"] and float(claimed[1]) == now - 5

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
@@ -23,24 +22,15 @@ from httpx_sse import aconnect_sse
 
 from . import errors
 from .headers import rate_limit_snapshot, retry_after
-from .models import Usage
+from .models import Answer, Usage
 
 
-@dataclass
-class Completion:
-    """One successful upstream call, as the worker needs it."""
+class Completion(Answer):
+    """One successful upstream call: the answer (`cost` is the gateway's bill, `usage.cost`, or
+    None if it did not say), the model the gateway named, and its rate-limit headers."""
 
     model: str
-    content: str | None
-    finish_reason: str | None
-    latency_s: float
-    usage: Usage | None = None
-    cost: float | None = None  # the gateway's bill (usage.cost); None if it did not say
-    credits_remaining: float | None = None
-    ttft_s: float | None = None
-    tool_calls: list[dict[str, Any]] | None = None
-    function_call: dict[str, Any] | None = None
-    rate_limits: dict[str, float] = field(default_factory=dict)
+    rate_limits: dict[str, float] = {}
 
 
 class AIsaClient:
@@ -176,6 +166,7 @@ class _StreamAssembler:
             latency_s=latency,
             usage=usage,
             cost=cost,
+            cost_source="gateway" if cost is not None else "unknown",
             credits_remaining=credits,
             ttft_s=self.ttft,
             tool_calls=[self.tool_calls[i] for i in sorted(self.tool_calls)] or None,
@@ -198,6 +189,7 @@ def _completion(body: Any, model: str, latency: float, headers: httpx.Headers) -
         latency_s=latency,
         usage=usage,
         cost=cost,
+        cost_source="gateway" if cost is not None else "unknown",
         credits_remaining=credits,
         tool_calls=message.get("tool_calls"),
         function_call=message.get("function_call"),

@@ -1,7 +1,7 @@
 """The dead-letter list: jobs that failed for good, with their payload and every attempt, so a
 person can read why and replay them (`llm-router dlq list | show ID | replay ID|--all | purge`).
 
-Stored next to the results (see worker.store): `llm-router:dlq` (hash id -> JSON DeadLetter)
+Stored next to the results (keys: worker.keys): `llm-router:dlq` (hash id -> JSON DeadLetter)
 and `llm-router:dlq:index` (sorted by when). A failed job's result and its dead letter are
 written in one transaction. Replay puts the same job id back in the queue, with its
 original payload, and drops the failed result so waiters see the new one.
@@ -13,13 +13,12 @@ import time
 from datetime import datetime
 from typing import Any
 
-from arq.constants import expires_extra_ms, job_key_prefix
 from pydantic import BaseModel
 from redis.asyncio import Redis
 
 from . import serde
+from .keys import DLQ, DLQ_INDEX, JOB_EXPIRES_EXTRA_MS, job_key, result_key
 from .models import Attempt, ErrorInfo
-from .store import DLQ, DLQ_INDEX, result_key
 
 
 class DeadLetter(BaseModel):
@@ -79,8 +78,8 @@ class DeadLetters:
         now_ms = int(time.time() * 1000)
         raw = serde.job_bytes(letter.kind, letter.job, now_ms)
         done = await self._replay(
-            keys=[DLQ, DLQ_INDEX, result_key(job_id), job_key_prefix + job_id, self.queue_name],
-            args=[job_id, raw, expires_extra_ms, now_ms],
+            keys=[DLQ, DLQ_INDEX, result_key(job_id), job_key(job_id), self.queue_name],
+            args=[job_id, raw, JOB_EXPIRES_EXTRA_MS, now_ms],
         )
         if done == -1:
             raise ValueError(f"job {job_id} is already queued or running")

@@ -1,7 +1,7 @@
 """Every way a gateway call can fail, as one exception hierarchy.
 
 Each class carries a short `error_class`: a bounded name used in results, logs and
-metric labels, and the key of the retry/fallback policy.
+metric labels, and the key of the retry/fallback policy (worker.policy decides what is retried).
 
     AIsaError
     ├── APIStatusError            the gateway answered with an error status
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 class AIsaError(Exception):
     error_class = "error"
-    retryable = False
 
     def __init__(
         self,
@@ -77,27 +76,22 @@ class ModelNotFoundError(APIStatusError):
 
 class RateLimitError(APIStatusError):
     error_class = "rate_limit"
-    retryable = True
 
 
 class ServerError(APIStatusError):
     error_class = "server"
-    retryable = True
 
 
 class TimeoutError(AIsaError):  # noqa: A001 - scoped by module, like httpx.TimeoutException
     error_class = "timeout"
-    retryable = True
 
 
 class ConnectionError(AIsaError):  # noqa: A001
     error_class = "connection"
-    retryable = True
 
 
 class MalformedResponseError(AIsaError):
     error_class = "malformed"
-    retryable = True
 
 
 ERROR_CLASSES = tuple(
@@ -107,7 +101,7 @@ ERROR_CLASSES = tuple(
         PermissionDeniedError, ModelNotFoundError, RateLimitError, ServerError, APIStatusError,
         TimeoutError, ConnectionError, MalformedResponseError,
     )
-) + ("invalid_job", "internal")
+) + ("invalid_job",)
 
 _BY_STATUS: dict[int, type[APIStatusError]] = {
     400: BadRequestError,

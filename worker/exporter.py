@@ -17,10 +17,9 @@ from prometheus_client.registry import REGISTRY, Collector
 from redis import Redis
 from redis.exceptions import RedisError
 
+from .keys import CREDITS, DLQ, GATE, spend_day_key
 from .metrics import Labels
 from .settings import Settings
-from .store import CREDITS, DLQ, spend_day_key
-from .limiter import GATE
 
 log = logging.getLogger("llm_router.exporter")
 

@@ -1,16 +1,17 @@
-"""The arq job functions: `chat`, `vision`, `compare`.
+"""The arq job functions: one per registered job kind (worker.models.JOB_KINDS), plus `invalid`.
 
-Each takes the job as one JSON object (a `worker.models` job), walks its fallback chain
-(`worker.routing`) and stores a `JobResult`. A job never raises for an upstream failure or
-a bad payload: the failure is the result (and a dead letter), so producers always get an
-answer naming what went wrong. The one exception is arq's `Retry`: a job that can only
-wait (rate limits, a paused queue) goes back to the queue instead of holding a slot.
+Each takes the job as one JSON object, walks its fallback chain (worker.routing) and stores a
+`JobResult`. A job never raises for an upstream failure or a bad payload: the failure is the
+result (and a dead letter), so producers always get an answer naming what went wrong. The
+one exception is arq's `Retry`: a job that can only wait (rate limits, a paused queue) goes
+back to the queue instead of holding a slot.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
 from typing import Any
 
@@ -19,27 +20,29 @@ from pydantic import ValidationError
 
 from . import metrics as m
 from .dlq import DeadLetter
-from .models import JOB_TYPES, CompareJob, ErrorInfo, JobResult, ModelAnswer, describe_validation_error
+from .models import JOB_KINDS, CompareJob, ErrorInfo, JobBase, JobResult, ModelAnswer, RoutedJob, describe_validation_error
 from .policy import chain
+from .resources import Resources
 from .routing import Call, Deferred, try_model, walk_chain
-from .settings import Settings
-from .store import ResultStore
+from .serde import INVALID
 
 log = logging.getLogger("llm_router.jobs")
 
 Ctx = dict[str, Any]
+JobFunction = Callable[[Ctx, Any], Awaitable[str]]
 
 
-async def chat(ctx: Ctx, job: Any) -> str:
-    return await run_job(ctx, "chat", job)
+def functions() -> dict[str, JobFunction]:
+    """arq's function list: one per job kind, named after it, and `invalid`."""
+    return {**{kind: _job_function(kind) for kind in JOB_KINDS}, INVALID: invalid}
 
 
-async def vision(ctx: Ctx, job: Any) -> str:
-    return await run_job(ctx, "vision", job)
+def _job_function(kind: str) -> JobFunction:
+    async def run(ctx: Ctx, payload: Any) -> str:
+        return await run_job(ctx, kind, payload)
 
-
-async def compare(ctx: Ctx, job: Any) -> str:
-    return await run_job(ctx, "compare", job)
+    run.__qualname__ = run.__name__ = kind
+    return run
 
 
 async def invalid(ctx: Ctx, problem: str) -> str:
@@ -47,50 +50,50 @@ async def invalid(ctx: Ctx, problem: str) -> str:
     now = datetime.now(timezone.utc)
     result = JobResult(job_id=ctx["job_id"], kind=None, status="failed", started_at=now, finished_at=now,
                        error=ErrorInfo(type="invalid_job", message=problem, field="job"))
-    return await finish(ctx, "invalid", problem, result)
+    return await finish(ctx["resources"], INVALID, problem, result)
 
 
 async def run_job(ctx: Ctx, kind: str, payload: Any) -> str:
     """Validate, call, store; returns the status (arq logs it)."""
+    resources: Resources = ctx["resources"]
     job_id, run = ctx["job_id"], ctx.get("job_try") or 1
-    running: set[str] = ctx.setdefault("running", set())
-    running.add(job_id)  # the heartbeat keeps this job's lease while it runs
+    resources.running.add(job_id)  # the keeper keeps this job's lease while it runs
     try:
-        result = await _run(ctx, kind, payload, job_id, run)
+        result = await _run(resources, kind, payload, job_id, run, ctx.get("enqueue_time"))
     except Retry:
         m.JOBS.labels(kind, "requeued").inc()
         raise
     finally:
-        running.discard(job_id)
+        resources.running.discard(job_id)
     if run > 1:  # earlier runs' calls are in the call log
-        result.attempts = await ctx["store"].attempts(job_id)
+        result.attempts = await resources.store.attempts(job_id)
     costs = [a.cost for a in result.attempts if a.cost is not None]
     if costs:  # the job's cost is every call it paid for, fallbacks and earlier runs included
         result.cost = round(sum(costs), 10)
-    return await finish(ctx, kind, payload, result)
+    return await finish(resources, kind, payload, result)
 
 
-async def finish(ctx: Ctx, kind: str, payload: Any, result: JobResult) -> str:
+async def finish(resources: Resources, kind: str, payload: Any, result: JobResult) -> str:
     """Store the result (a failed one also as a dead letter, with its payload) and count it."""
     dead = None
     if result.status == "failed":
         dead = DeadLetter(job_id=result.job_id, kind=kind, job=payload, error=result.error, attempts=result.attempts,
                           runs=result.runs, dead_at=result.finished_at).model_dump_json(exclude_none=True)
         log.warning("job %s dead-lettered: %s", result.job_id, result.error.message if result.error else "failed")
-    store: ResultStore = ctx["store"]
-    await store.save(result, dead_letter=dead)
+    await resources.store.save(result, dead_letter=dead)
     m.JOBS.labels(kind, result.status).inc()
     if result.enqueued_at and result.finished_at:
         m.JOB_DURATION.labels(kind).observe(max((result.finished_at - result.enqueued_at).total_seconds(), 0.0))
     return result.status
 
 
-async def _run(ctx: Ctx, kind: str, payload: Any, job_id: str, run: int) -> JobResult:
-    settings: Settings = ctx["settings"]
-    base = {"job_id": job_id, "kind": kind, "started_at": datetime.now(timezone.utc),
-            "enqueued_at": ctx.get("enqueue_time"), "runs": run}
+async def _run(resources: Resources, kind: str, payload: Any, job_id: str, run: int,
+               enqueued_at: datetime | None) -> JobResult:
+    settings = resources.settings
+    base: dict[str, Any] = {"job_id": job_id, "kind": kind, "started_at": datetime.now(timezone.utc),
+                            "enqueued_at": enqueued_at, "runs": run}
     try:
-        job = JOB_TYPES[kind].model_validate(payload)
+        job = JOB_KINDS[kind].model_validate(payload)
     except ValidationError as exc:
         field, message = describe_validation_error(exc)
         log.warning("job %s rejected: %s: %s", job_id, field, message)
@@ -103,15 +106,11 @@ async def _run(ctx: Ctx, kind: str, payload: Any, job_id: str, run: int) -> JobR
         return _finish(JobResult(**base, status="failed", error=ErrorInfo(
             type="abandoned", message=f"started {run - 1} times without finishing (MAX_JOB_RUNS="
                                       f"{settings.max_job_runs}); not run again")))
-    call = Call(ctx, job_id, {"messages": job.build_messages(), **job.request_params()},
-                max_wait_s=getattr(job, "max_wait_s", None) or settings.max_wait_s, kind=kind, source=job.source)
+    call = Call(resources, job_id, {"messages": job.build_messages(), **job.request_params()},
+                max_wait_s=job.wait_limit(settings.max_wait_s), kind=kind, source=job.source, run=run)
     try:
         async with asyncio.timeout(settings.job_timeout_s):
-            if isinstance(job, CompareJob):
-                result = await _compare(call, job, base)
-            else:
-                answer = await walk_chain(call, chain(job.model, job.fallbacks, settings))
-                result = JobResult(**base, **_answer_fields(answer), attempts=call.attempts)
+            result = await _answer(call, job, base)
     except Deferred as d:
         if run >= settings.max_job_runs:
             return _finish(JobResult(**base, status="failed", attempts=call.attempts, error=d.error.model_copy(
@@ -122,6 +121,16 @@ async def _run(ctx: Ctx, kind: str, payload: Any, job_id: str, run: int) -> JobR
         return _finish(JobResult(**base, status="failed", attempts=call.attempts, error=ErrorInfo(
             type="timeout", message=f"job took longer than JOB_TIMEOUT_S={settings.job_timeout_s:g}")))
     return _finish(result)
+
+
+async def _answer(call: Call, job: JobBase, base: dict[str, Any]) -> JobResult:
+    if isinstance(job, RoutedJob):
+        answer = await walk_chain(call, chain(job.model, job.fallbacks, call.settings))
+        model = answer.model if answer.status == "succeeded" else None
+        return JobResult(**base, **answer.model_dump(exclude={"model"}), model=model, attempts=call.attempts)
+    if isinstance(job, CompareJob):
+        return await _compare(call, job, base)
+    raise TypeError(f"job kind {job.kind!r} must subclass RoutedJob or CompareJob")
 
 
 def _finish(result: JobResult) -> JobResult:
@@ -145,13 +154,8 @@ async def _compare(call: Call, job: CompareJob, base: dict[str, Any]) -> JobResu
     )
 
 
-def _answer_fields(answer: ModelAnswer) -> dict[str, Any]:
-    return answer.model_dump(exclude={"model"}) | {"model": answer.model if answer.status == "succeeded" else None}
-
-
 def _combined_source(answers: list[ModelAnswer]) -> str:
     sources = {a.cost_source for a in answers if a.status == "succeeded"}
     if not sources or "unknown" in sources:
         return "unknown"
     return "gateway" if sources == {"gateway"} else "price_table"
-

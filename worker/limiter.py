@@ -1,7 +1,5 @@
 """What every worker process shares about the upstream, kept in Redis and changed only by Lua:
 
-    llm-router:gate               JSON {reason, message, model, since}: the whole queue is
-                                  paused (401 auth, 402 credits) until a probe passes
     llm-router:model:<model>      hash: r / t  next free request / token slot (ms, Redis clock)
                                        p            paused until (429 Retry-After, spent budget)
                                        open_until, fails, fails_since, probe  circuit breaker
@@ -26,19 +24,15 @@ network jitter from turning that into a 429.
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
 
+from .keys import GATE, GLOBAL_LIMIT, model_key
 from .settings import RateLimit, Settings
 
-GATE = "llm-router:gate"
-MODEL_PREFIX = "llm-router:model:"
-GLOBAL = MODEL_PREFIX + "_global"
-
-# KEYS: gate, model hash, global hash
+# KEYS: gate (worker.gate: a paused queue admits nothing), model hash, global hash
 # ARGV: request interval ms, ms per token, tokens, global request interval ms, global ms per token,
 #       max wait ms, probe lease ms
 _ADMIT = """
@@ -148,10 +142,6 @@ def _intervals(limit: RateLimit | None, headroom: float) -> tuple[float, float]:
     return (scale / limit.rpm if limit.rpm else 0.0), (scale / limit.tpm if limit.tpm else 0.0)
 
 
-def model_key(model: str) -> str:
-    return MODEL_PREFIX + model
-
-
 class Limiter:
     def __init__(self, redis: Redis, settings: Settings) -> None:
         self.redis = redis
@@ -167,7 +157,7 @@ class Limiter:
         """Book `model`'s next slot unless it is further off than `max_wait_s`."""
         r_ms, t_ms = self.intervals(model)
         status, wait_ms, *rest = await self._admit(
-            keys=[GATE, model_key(model), GLOBAL],
+            keys=[GATE, model_key(model), GLOBAL_LIMIT],
             args=[r_ms, t_ms, tokens, *self._global, int(max_wait_s * 1000),
                   int(self.settings.request_timeout_s * 1000) + 1000],
         )
@@ -178,22 +168,10 @@ class Limiter:
         """What one call taught: unused tokens back, a pause, the circuit's count. True if it opened the circuit."""
         s = self.settings
         return bool(await self._settle(
-            keys=[model_key(model), GLOBAL],
+            keys=[model_key(model), GLOBAL_LIMIT],
             args=[refund_tokens, self.intervals(model)[1], self._global[1], outcome, int(pause_s * 1000),
                   s.circuit_failures, int(s.circuit_window_s * 1000), int(s.circuit_open_s * 1000)],
         ))
-
-    async def gate(self) -> dict[str, Any] | None:
-        raw = await self.redis.get(GATE)
-        return None if raw is None else json.loads(raw)
-
-    async def close_gate(self, reason: str, message: str, model: str) -> bool:
-        """Pause the whole queue; False if it was already paused."""
-        gate = {"reason": reason, "message": message, "model": model, "since": time.time()}
-        return bool(await self.redis.set(GATE, json.dumps(gate), nx=True))
-
-    async def open_gate(self) -> bool:
-        return bool(await self.redis.delete(GATE))
 
 
 def _text(value: bytes | str) -> str:

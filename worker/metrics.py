@@ -14,9 +14,13 @@ are fixed lists.
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+import logging
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 from .settings import Settings
+
+log = logging.getLogger("llm_router.metrics")
 
 OTHER = "other"
 
@@ -44,8 +48,6 @@ RATE_LIMIT_WAIT = Histogram("llm_router_rate_limit_wait_seconds",
 CIRCUIT_OPENED = Counter("llm_router_circuit_opened", "Times a model's circuit opened (every worker skips it)",
                          ["model"])
 IN_FLIGHT = Gauge("llm_router_upstream_in_flight", "Upstream calls in progress", ["model"])
-
-OUTCOMES = ("succeeded", "failed", "requeued")
 
 
 class Labels:
@@ -78,3 +80,19 @@ def known_models(settings: Settings) -> frozenset[str]:
     for model, chain in settings.fallbacks.items():
         names |= {model, *chain}
     return frozenset(names)
+
+
+_serving: set[int] = set()
+
+
+def serve_metrics(port: int) -> None:
+    """This process's /metrics, once per process; a busy port is logged, not fatal."""
+    if not port or port in _serving:
+        return
+    try:
+        start_http_server(port)
+    except OSError as exc:
+        log.error("metrics: cannot serve on port %d (%s): set METRICS_PORT to a free port, or 0", port, exc)
+        return
+    _serving.add(port)
+    log.info("metrics on http://0.0.0.0:%d/metrics", port)

@@ -3,6 +3,9 @@
 Producers validate with these before anything reaches Redis; workers validate the same
 payload again (another language may have produced it) and turn a failure into a failed
 `JobResult` naming the field. Everything here round-trips through JSON.
+
+Job kinds are registered once, in JOB_KINDS (`@job_kind`): serde's validation, the worker's
+function list, `Producer.enqueue` and the CLI's flags are all derived from these classes.
 """
 
 from __future__ import annotations
@@ -11,11 +14,10 @@ import base64
 import binascii
 import re
 from datetime import datetime
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, TypeVar, Union
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-JobKind = Literal["chat", "vision", "compare"]
 Status = Literal["succeeded", "failed"]
 
 IMAGE_MIME_TYPES = ("image/jpeg", "image/png", "image/gif", "image/webp")
@@ -99,11 +101,11 @@ class ChatParams(_Model):
     top_p: float | None = Field(None, ge=0, le=1)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
     presence_penalty: float | None = Field(None, ge=-2, le=2)
-    stop: str | list[str] | None = None
-    stream: bool = False
-    tools: list[dict[str, Any]] | None = None
+    stop: str | list[str] | None = Field(None, description="a stop sequence (repeatable)")
+    stream: bool = Field(False, description="stream from the gateway (records time-to-first-token)")
+    tools: list[dict[str, Any]] | None = Field(None, description="tools, as a JSON array")
     tool_choice: str | dict[str, Any] | None = None
-    functions: list[dict[str, Any]] | None = None
+    functions: list[dict[str, Any]] | None = Field(None, description="legacy functions, as a JSON array")
     function_call: str | dict[str, Any] | None = None
 
     def request_params(self) -> dict[str, Any]:
@@ -114,8 +116,12 @@ class ChatParams(_Model):
         return params
 
 
-class _Job(ChatParams):
-    source: str | None = Field(None, description="the producing service, a short label for metrics")
+class JobBase(ChatParams):
+    """What every job kind shares. A kind is a subclass with a `kind` literal, registered with
+    `@job_kind`: producers, the CLI, serde and the worker's function list all read JOB_KINDS."""
+
+    kind: str
+    source: str | None = Field(None, description="who is asking: a short label for spend by producer")
     enqueued_at: datetime | None = None
 
     @field_validator("source")
@@ -125,31 +131,54 @@ class _Job(ChatParams):
             raise ValueError("must be 1-64 characters of letters, digits and _ . : -")
         return v
 
+    def build_messages(self) -> list[dict[str, Any]]:
+        raise NotImplementedError
 
-class _RoutedJob(_Job):
-    """A job answered by one model: the first of its chain that succeeds."""
-
-    fallbacks: list[ModelName] | None = Field(
-        None, max_length=16, description="models to try after `model`, in order; overrides the configured chain")
-    max_wait_s: float | None = Field(
-        None, ge=0, description="longest wait for a rate-limited model before moving on (default MAX_WAIT_S)")
+    def wait_limit(self, default: float) -> float:
+        """Longest wait in place for a rate-limited model."""
+        return default
 
 
-class ChatJob(_RoutedJob):
-    kind: Literal["chat"] = "chat"
+class RoutedJob(JobBase):
+    """A job answered by one model: the first of its chain (`model`, then fallbacks) that succeeds."""
+
     model: ModelName
+    fallbacks: list[ModelName] | None = Field(
+        None, max_length=16, json_schema_extra={"cli_split": ","},
+        description="models to try next, comma-separated (overrides FALLBACKS; '' for none)")
+    max_wait_s: float | None = Field(
+        None, ge=0, json_schema_extra={"cli_flag": "--max-wait"},
+        description="longest wait in seconds for a rate-limited model (default MAX_WAIT_S)")
+
+    def wait_limit(self, default: float) -> float:
+        return default if self.max_wait_s is None else self.max_wait_s
+
+
+JOB_KINDS: dict[str, type[JobBase]] = {}
+_K = TypeVar("_K", bound=type[JobBase])
+
+
+def job_kind(cls: _K) -> _K:
+    """Register a job kind: its `kind` default is the name producers enqueue and workers run."""
+    JOB_KINDS[cls.model_fields["kind"].default] = cls
+    return cls
+
+
+@job_kind
+class ChatJob(RoutedJob):
+    kind: Literal["chat"] = "chat"
     messages: list[Message] = Field(min_length=1)
 
     def build_messages(self) -> list[dict[str, Any]]:
         return [m.model_dump(exclude_none=True) for m in self.messages]
 
 
-class VisionJob(_RoutedJob):
+@job_kind
+class VisionJob(RoutedJob):
     kind: Literal["vision"] = "vision"
-    model: ModelName
-    image: ImageRef = Field(description="an http(s) URL or a data:image/...;base64 URL")
+    image: ImageRef = Field(description="http(s) URL, data URL or local file")
     prompt: str = Field(min_length=1)
-    system: str | None = None
+    system: str | None = Field(None, description="system prompt")
     detail: Literal["auto", "low", "high"] | None = None
 
     def build_messages(self) -> list[dict[str, Any]]:
@@ -164,7 +193,10 @@ class VisionJob(_RoutedJob):
         return messages
 
 
-class CompareJob(_Job):
+@job_kind
+class CompareJob(JobBase):
+    """The same question to several models at once, no fallbacks."""
+
     kind: Literal["compare"] = "compare"
     models: list[ModelName] = Field(min_length=1, max_length=16)
     messages: list[Message] = Field(min_length=1)
@@ -178,10 +210,6 @@ class CompareJob(_Job):
 
     def build_messages(self) -> list[dict[str, Any]]:
         return [m.model_dump(exclude_none=True) for m in self.messages]
-
-
-Job = Annotated[Union[ChatJob, VisionJob, CompareJob], Field(discriminator="kind")]
-JOB_TYPES: dict[str, type[_Job]] = {"chat": ChatJob, "vision": VisionJob, "compare": CompareJob}
 
 
 class Usage(BaseModel):
@@ -198,6 +226,7 @@ class ErrorInfo(BaseModel):
     status: int | None = None
     code: str | None = None
     field: str | None = None
+    request_id: str | None = Field(None, description="the gateway's id for the failed request")
 
 
 class Attempt(BaseModel):
@@ -214,42 +243,44 @@ class Attempt(BaseModel):
     waited_s: float = Field(0.0, description="time waited before it (shared rate limit, backoff)")
 
 
-class ModelAnswer(BaseModel):
-    """One model's answer: the whole result of a chat/vision job, one entry of a compare job."""
-
-    model: str
-    status: Status
-    content: str | None = None
-    tool_calls: list[dict[str, Any]] | None = None
-    function_call: dict[str, Any] | None = None
-    finish_reason: str | None = None
-    usage: Usage | None = None
-    cost: float | None = None
-    cost_source: Literal["gateway", "price_table", "unknown"] = "unknown"
-    credits_remaining: float | None = None
-    latency_s: float | None = None
-    ttft_s: float | None = None
-    error: ErrorInfo | None = None
+CostSource = Literal["gateway", "price_table", "unknown"]
 
 
-class JobResult(BaseModel):
-    """What a worker stores under `llm-router:result:<job_id>` (JSON)."""
+class Answer(BaseModel):
+    """What a model said and what it cost: the shape shared by the client's completion, each
+    entry of a compare job and the job result."""
 
-    job_id: str
-    kind: JobKind | None = None
-    status: Status
-    source: str | None = None
-    model: str | None = Field(None, description="the model that answered")
     content: str | None = None
     tool_calls: list[dict[str, Any]] | None = None
     function_call: dict[str, Any] | None = None
     finish_reason: str | None = None
     usage: Usage | None = None
     cost: float | None = Field(None, description="USD; None when unknown")
-    cost_source: Literal["gateway", "price_table", "unknown"] = "unknown"
+    cost_source: CostSource = "unknown"
     credits_remaining: float | None = None
     latency_s: float | None = None
     ttft_s: float | None = None
+
+
+ANSWER_FIELDS = frozenset(Answer.model_fields)
+
+
+class ModelAnswer(Answer):
+    """One model's answer: the whole result of a routed job, one entry of a compare job."""
+
+    model: str
+    status: Status
+    error: ErrorInfo | None = None
+
+
+class JobResult(Answer):
+    """What a worker stores under `llm-router:result:<job_id>` (JSON)."""
+
+    job_id: str
+    kind: str | None = None
+    status: Status
+    source: str | None = None
+    model: str | None = Field(None, description="the model that answered")
     attempts: list[Attempt] = Field([], description="every upstream call of every run, in order")
     runs: int = 1
     answers: list[ModelAnswer] | None = Field(None, description="compare jobs: one entry per model")
@@ -265,6 +296,6 @@ def describe_validation_error(exc: ValidationError) -> tuple[str, str]:
     # Drop pydantic's union-branch tags ("str", "list[...]", "ImageURL", "chat") from the path.
     loc = ".".join(
         str(p) for p in err["loc"]
-        if not (isinstance(p, str) and ("[" in p or p[:1].isupper() or p in ("str", *JOB_TYPES)))
+        if not (isinstance(p, str) and ("[" in p or p[:1].isupper() or p in ("str", *JOB_KINDS)))
     )
     return loc or "job", err["msg"].removeprefix("Value error, ")

@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
-from .models import Usage
+from .models import CostSource, Usage
 from .settings import Price
-
-CostSource = Literal["gateway", "price_table", "unknown"]
 
 
 def cost_of(model: str, gateway_cost: float | None, usage: Usage | None,

@@ -10,21 +10,20 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import errors
 from . import metrics as m
-from .client import AIsaClient, Completion
-from .limiter import Limiter
-from .models import Attempt, ErrorInfo, ModelAnswer
+from .client import Completion
+from .models import ANSWER_FIELDS, Attempt, ErrorInfo, ModelAnswer
 from .policy import CIRCUIT_CLASSES, Action, action_for, backoff_delay
 from .pricing import cost_of
-from .settings import Settings
-from .store import ResultStore
+
+if TYPE_CHECKING:
+    from .resources import Resources
+    from .settings import Settings
 
 log = logging.getLogger("llm_router.routing")
-
-Ctx = dict[str, Any]
 # What a job without max_tokens is assumed to produce, for the token booking.
 DEFAULT_COMPLETION_ESTIMATE = 512
 # How often a call short of tokens asks the limiter again (see worker.limiter).
@@ -55,17 +54,18 @@ class Step:
 class Call:
     """One job's calls: the payload, the job's limits, and the attempts made so far."""
 
-    ctx: Ctx
+    resources: Resources
     job_id: str
     payload: dict[str, Any]
     max_wait_s: float
     kind: str = "chat"
     source: str | None = None
+    run: int = 1
     attempts: list[Attempt] = field(default_factory=list)
 
     @property
     def settings(self) -> Settings:
-        return self.ctx["settings"]
+        return self.resources.settings
 
     def estimate_tokens(self) -> int:
         prompt = len(json.dumps(self.payload["messages"], separators=(",", ":"))) // 4
@@ -91,7 +91,7 @@ async def walk_chain(call: Call, chain: list[str]) -> ModelAnswer:
                 return step.answer
             models.insert(i + 1, larger)
         if i + 1 < len(models):
-            labels = call.ctx["labels"]
+            labels = call.resources.labels
             m.FALLBACKS.labels(labels.model(models[i]), labels.model(models[i + 1])).inc()
         i += 1
     if waits:
@@ -101,7 +101,7 @@ async def walk_chain(call: Call, chain: list[str]) -> ModelAnswer:
 
 async def try_model(call: Call, model: str) -> Step:
     """Call one model until it answers or the policy says stop/move on."""
-    settings, limiter = call.settings, call.ctx["limiter"]
+    settings, limiter = call.settings, call.resources.limiter
     tokens = call.estimate_tokens()
     failures, waited, waited_for_tokens, slot_wait = 0, 0.0, 0.0, 0.0
     while True:
@@ -123,7 +123,7 @@ async def try_model(call: Call, model: str) -> Step:
             return Step("next", _skipped(model, kind, admission.wait_s), wait_s=admission.wait_s)
         await asyncio.sleep(admission.wait_s)
         waited += admission.wait_s
-        m.RATE_LIMIT_WAIT.labels(call.ctx["labels"].model(model)).observe(slot_wait + admission.wait_s)
+        m.RATE_LIMIT_WAIT.labels(call.resources.labels.model(model)).observe(slot_wait + admission.wait_s)
         slot_wait = 0.0
         answer, exc = await call_once(call, model, {**call.payload, "model": model}, tokens, waited)
         if exc is None:
@@ -140,10 +140,10 @@ async def apply_policy(call: Call, model: str, answer: ModelAnswer, exc: errors.
     """What the policy table says after a failed call: how to end this model (a Step), or
     the time already waited before retrying it (backoff slept here; a 429's pause is slept by
     the next `admit`, since it is booked in the shared limiter)."""
-    settings, limiter = call.settings, call.ctx["limiter"]
+    settings, gate = call.settings, call.resources.gate
     action = action_for(exc.error_class)
     if action in (Action.RETRY_AFTER, Action.BACKOFF) and failures < settings.attempts_per_model:
-        m.RETRIES.labels(call.ctx["labels"].model(model)).inc()
+        m.RETRIES.labels(call.resources.labels.model(model)).inc()
         if action is Action.RETRY_AFTER:
             return 0.0
         delay = backoff_delay(failures - 1, settings.backoff_base_s, settings.backoff_cap_s)
@@ -152,10 +152,10 @@ async def apply_policy(call: Call, model: str, answer: ModelAnswer, exc: errors.
     if action is Action.RETRY_AFTER:
         return Step("next", answer, wait_s=exc.retry_after or settings.backoff_base_s)
     if action is Action.STOP_QUEUE:
-        await _close_gate(limiter, "auth", exc, model)
+        await gate.close("auth", exc.message, model)
         return Step("fail", answer)
     if action is Action.PAUSE_QUEUE:
-        await _close_gate(limiter, "credits", exc, model)
+        await gate.close("credits", exc.message, model)
         raise Deferred(settings.probe_interval_s, answer.error or ErrorInfo(type="credits", message=exc.message))
     return Step({Action.FAIL: "fail", Action.LARGER_CONTEXT: "larger"}.get(action, "next"), answer)
 
@@ -163,22 +163,22 @@ async def apply_policy(call: Call, model: str, answer: ModelAnswer, exc: errors.
 async def call_once(call: Call, model: str, payload: dict[str, Any], tokens: int,
                     waited: float) -> tuple[ModelAnswer, errors.AIsaError | None]:
     """One upstream call, recorded with its cost and fed back to the shared limits before returning."""
-    client: AIsaClient = call.ctx["client"]
-    label = call.ctx["labels"].model(model)
+    label = call.resources.labels.model(model)
     started_at, started = time.time(), time.perf_counter()
     exc: errors.AIsaError | None = None
     try:
         with m.IN_FLIGHT.labels(label).track_inprogress():
-            completion = await client.chat(payload)
+            completion = await call.resources.client.chat(payload)
     except errors.AIsaError as e:
         exc = e
         answer = ModelAnswer(model=model, status="failed", latency_s=time.perf_counter() - started,
-                             error=ErrorInfo(type=e.error_class, message=e.message, status=e.status, code=e.code))
+                             error=ErrorInfo(type=e.error_class, message=e.message, status=e.status, code=e.code,
+                                             request_id=e.request_id))
         log.info("job %s: %s failed: %s", call.job_id, model, e)
     else:
-        answer = succeeded(model, completion, call.ctx["prices"])
+        answer = succeeded(model, completion, call.settings.prices)
     attempt = Attempt(model=model, ok=exc is None, latency_s=answer.latency_s or 0.0, error=answer.error,
-                      cost=answer.cost, run=call.ctx.get("job_try") or 1, call_id=uuid.uuid4().hex[:16],
+                      cost=answer.cost, run=call.run, call_id=uuid.uuid4().hex[:16],
                       at=started_at, waited_s=round(waited, 4))
     call.attempts.append(attempt)
     first_time = await _record(call, model, attempt, answer, tokens, exc, completion if exc is None else None)
@@ -200,14 +200,13 @@ def observe(call: Call, label: str, answer: ModelAnswer, exc: errors.AIsaError |
         m.TOKENS.labels(label, "prompt").inc(answer.usage.prompt_tokens)
         m.TOKENS.labels(label, "completion").inc(answer.usage.completion_tokens)
     if counted and answer.cost:
-        m.SPEND.labels(label, call.kind, call.ctx["labels"].source(call.source)).inc(answer.cost)
+        m.SPEND.labels(label, call.kind, call.resources.labels.source(call.source)).inc(answer.cost)
 
 
 async def _record(call: Call, model: str, attempt: Attempt, answer: ModelAnswer, tokens: int,
                   exc: errors.AIsaError | None, completion: Completion | None) -> bool:
     """Write the call to the call log and the shared limits; True if it was new there."""
-    store: ResultStore = call.ctx["store"]
-    limiter: Limiter = call.ctx["limiter"]
+    store, limiter = call.resources.store, call.resources.limiter
     used = answer.usage.total_tokens if answer.usage else None
     if exc is None:
         outcome = "ok"
@@ -229,7 +228,7 @@ async def _record(call: Call, model: str, attempt: Attempt, answer: ModelAnswer,
         limiter.settle(model, refund_tokens=(tokens - used) if used is not None else 0, outcome=outcome, pause_s=pause),
     ))
     if opened:
-        m.CIRCUIT_OPENED.labels(call.ctx["labels"].model(model)).inc()
+        m.CIRCUIT_OPENED.labels(call.resources.labels.model(model)).inc()
         log.warning("circuit opened for %s: every worker skips it for %gs", model, call.settings.circuit_open_s)
     return recorded
 
@@ -243,16 +242,8 @@ def learned_pause(rate_limits: dict[str, float]) -> float:
 
 def succeeded(model: str, c: Completion, prices: dict) -> ModelAnswer:
     cost, source = cost_of(model, c.cost, c.usage, prices)
-    return ModelAnswer(
-        model=model, status="succeeded", content=c.content, tool_calls=c.tool_calls,
-        function_call=c.function_call, finish_reason=c.finish_reason, usage=c.usage, cost=cost,
-        cost_source=source, credits_remaining=c.credits_remaining, latency_s=c.latency_s, ttft_s=c.ttft_s,
-    )
-
-
-async def _close_gate(limiter: Limiter, reason: str, exc: errors.AIsaError, model: str) -> None:
-    if await limiter.close_gate(reason, exc.message, model):
-        log.error("queue paused (%s): %s; probing the gateway until it passes", reason, exc.message)
+    fields = c.model_dump(include=ANSWER_FIELDS) | {"cost": cost, "cost_source": source}
+    return ModelAnswer(**fields, model=model, status="succeeded")
 
 
 def _skipped(model: str, kind: str, wait_s: float) -> ModelAnswer:

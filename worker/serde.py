@@ -10,6 +10,8 @@ from typing import Any
 from arq.jobs import serialize_job
 from pydantic import BaseModel
 
+from .models import JOB_KINDS
+
 
 def _default(obj: Any) -> Any:
     if isinstance(obj, BaseModel):
@@ -30,7 +32,6 @@ def dumps(obj: Any) -> bytes:
 # What a job record that is not a readable arq job becomes: a call of `jobs.invalid` with the
 # problem, so the job fails with a stored result naming it instead of vanishing inside arq.
 INVALID = "invalid"
-KINDS = ("chat", "vision", "compare")
 
 
 def loads(raw: bytes | str) -> Any:
@@ -40,8 +41,8 @@ def loads(raw: bytes | str) -> Any:
         return _invalid(f"the job is not JSON: {_snippet(raw)}")
     if not isinstance(record, dict) or "f" not in record or not isinstance(record.get("a", []), list):
         return _invalid(f"the job is not an arq job record ({{\"f\": kind, \"a\": [job], ...}}): {_snippet(raw)}")
-    if "s" not in record and record["f"] not in (*KINDS, INVALID):  # a job, not a result
-        return _invalid(f"unknown job kind {record['f']!r}: use one of {', '.join(KINDS)}")
+    if "s" not in record and record["f"] not in (*JOB_KINDS, INVALID):  # a job, not a result
+        return _invalid(f"unknown job kind {record['f']!r}: use one of {', '.join(JOB_KINDS)}")
     record.setdefault("t", None)
     record.setdefault("k", {})
     if not isinstance(record.get("et"), int):

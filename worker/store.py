@@ -1,14 +1,4 @@
-"""Results and spend in Redis. The key layout is part of the contract (see README):
-
-    llm-router:result:<job_id>        JSON JobResult, expires after RESULT_TTL_S
-    llm-router:done:<job_id>          pub/sub channel, one message when the result is stored
-    llm-router:spend:total            hash model -> USD spent, all time
-    llm-router:spend:day:<YYYY-MM-DD> hash model -> USD spent that UTC day (kept 400 days)
-    llm-router:credits                hash remaining (USD), updated_at (UNIX time)
-    llm-router:calls:<job_id>         hash call id -> JSON Attempt: every real upstream call of
-                                      the job, written once; spend is added in the same script
-    llm-router:dlq                    hash job id -> JSON DeadLetter (see worker.dlq)
-    llm-router:dlq:index              sorted set job id -> time it was dead-lettered
+"""Results, the call log and spend in Redis (keys: worker.keys).
 
 Spend is recorded per upstream call as soon as the call ends, not per job: a worker killed
 after a call and before the job's result still leaves the call counted, and a re-run's
@@ -19,22 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from datetime import datetime, timezone
 
 from redis.asyncio import Redis
 
+from .keys import CREDITS, DLQ, DLQ_INDEX, SPEND_DAY_TTL_S, SPEND_TOTAL, calls_key, done_channel, result_key, spend_day_key
 from .models import Attempt, JobResult
-
-PREFIX = "llm-router:"
-RESULT_PREFIX = PREFIX + "result:"
-DONE_PREFIX = PREFIX + "done:"
-SPEND_TOTAL = PREFIX + "spend:total"
-SPEND_DAY_PREFIX = PREFIX + "spend:day:"
-CREDITS = PREFIX + "credits"
-CALLS_PREFIX = PREFIX + "calls:"
-DLQ = PREFIX + "dlq"
-DLQ_INDEX = PREFIX + "dlq:index"
-SPEND_DAY_TTL_S = 400 * 24 * 3600
 
 
 # KEYS: calls hash, spend total, spend day, credits
@@ -52,18 +31,6 @@ if ARGV[5] ~= '' then
 end
 return 1
 """
-
-
-def result_key(job_id: str) -> str:
-    return RESULT_PREFIX + job_id
-
-
-def spend_day_key(day: str | None = None) -> str:
-    return SPEND_DAY_PREFIX + (day or datetime.now(timezone.utc).strftime("%Y-%m-%d"))
-
-
-def calls_key(job_id: str) -> str:
-    return CALLS_PREFIX + job_id
 
 
 class ResultStore:
@@ -94,7 +61,7 @@ class ResultStore:
             if dead_letter is not None:
                 tx.hset(DLQ, result.job_id, dead_letter)
                 tx.zadd(DLQ_INDEX, {result.job_id: time.time()})
-            tx.publish(DONE_PREFIX + result.job_id, result.status)
+            tx.publish(done_channel(result.job_id), result.status)
             await tx.execute()
 
     async def get(self, job_id: str) -> JobResult | None:
@@ -105,7 +72,7 @@ class ResultStore:
         """The result, waiting up to `timeout` seconds for it; None if it did not come."""
         async with self.redis.pubsub() as pubsub:
             # Subscribe before looking, so a result stored in between is not missed.
-            await pubsub.subscribe(DONE_PREFIX + job_id)
+            await pubsub.subscribe(done_channel(job_id))
             deadline = time.monotonic() + timeout
             while True:
                 result = await self.get(job_id)

@@ -1,0 +1,31 @@
+"""`llm-router`: the one command. It only gathers the verbs each part owns (arq's cli.py is the
+model): producer verbs live next to the producer API, operator verbs next to the worker, and
+`sim` next to the simulator.
+
+    producers/cli.py   chat, vision, compare, result, models
+    worker/cli.py      worker, exporter, dlq
+    sim/cli.py         sim
+"""
+
+from __future__ import annotations
+
+import click
+
+from producers.cli import cli as producer_verbs
+from sim.cli import cli as sim_verbs
+from worker.cli import cli as operator_verbs
+
+cli = click.CommandCollection(
+    name="llm-router",
+    sources=[producer_verbs, operator_verbs, sim_verbs],
+    help="Queue-driven LLM calls through the AIsa gateway. A verb enqueues, waits and prints the answer and "
+         "its cost; --no-wait prints the job id, --json the whole result record.",
+)
+
+
+def main() -> None:
+    cli(prog_name="llm-router")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,153 @@
+"""The operator verbs of `llm-router`: `worker`, `exporter` and `dlq`; and `run`, how every
+verb runs its async body and turns configuration and Redis errors into one clear line."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+from collections.abc import Coroutine
+from typing import Any, NoReturn
+
+import click
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from .settings import ConfigError, exit_on_config_error, load_settings
+
+
+def run(main: Coroutine[Any, Any, int]) -> NoReturn:
+    """Run a verb's body; exit with its status (0 ok, 1 failed, 2 refused input/settings, 3 timeout)."""
+    try:
+        code = asyncio.run(main)
+    except ConfigError as exc:
+        exit_on_config_error(exc)
+    except RedisConnectionError as exc:
+        click.echo(f"llm-router: cannot reach Redis ({exc}): start it, or point REDIS_URL at it", err=True)
+        code = 1
+    raise SystemExit(code)
+
+
+def _logging() -> None:
+    logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"), format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per upstream call is noise
+
+
+@click.group()
+def cli() -> None:
+    """Operator verbs."""
+
+
+@cli.command()
+@click.option("--burst", is_flag=True, help="stop when the queue is empty")
+def worker(burst: bool) -> None:
+    """Run a worker (settings from the environment)."""
+    from .service import create_worker
+
+    _logging()
+    try:
+        create_worker(load_settings(), burst=burst).run()
+    except ConfigError as exc:
+        exit_on_config_error(exc)
+
+
+@cli.command()
+def exporter() -> None:
+    """Serve the queue-level metrics (credits, queue, dead letters) on EXPORTER_PORT."""
+    from .exporter import serve
+
+    _logging()
+    try:
+        serve(load_settings())
+    except ConfigError as exc:
+        exit_on_config_error(exc)
+    except KeyboardInterrupt:
+        pass
+
+
+@cli.group()
+def dlq() -> None:
+    """Dead-lettered jobs: list, show, replay, purge."""
+
+
+def _dead_letters(body: Any) -> NoReturn:
+    """Run `body(DeadLetters)` against the configured Redis and queue."""
+    from redis.asyncio import Redis
+
+    from .dlq import DeadLetters
+
+    async def main() -> int:
+        settings = load_settings()
+        redis = Redis.from_url(settings.redis_url)
+        try:
+            return await body(DeadLetters(redis, settings.queue_name))
+        finally:
+            await redis.aclose()
+    run(main())
+
+
+@dlq.command("list")
+@click.option("--limit", type=int, default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def dlq_list(limit: int, as_json: bool) -> None:
+    """Newest first."""
+    async def body(letters: Any) -> int:
+        found = await letters.list(limit)
+        if as_json:
+            click.echo(json.dumps([json.loads(d.model_dump_json(exclude_none=True)) for d in found], indent=2))
+            return 0
+        for d in found:
+            reason = f"{d.error.type}: {d.error.message}" if d.error else "failed"
+            click.echo(f"{d.job_id}  {d.kind:<7}  {d.dead_at:%Y-%m-%d %H:%M:%S}  {len(d.attempts)} calls  {reason}")
+        if not found:
+            click.echo("the dead-letter list is empty")
+        return 0
+    _dead_letters(body)
+
+
+@dlq.command("show")
+@click.argument("job_id")
+def dlq_show(job_id: str) -> None:
+    """One dead letter with every attempt."""
+    async def body(letters: Any) -> int:
+        letter = await letters.get(job_id)
+        if letter is None:
+            click.echo(f"llm-router: {job_id} is not in the dead-letter list", err=True)
+            return 1
+        click.echo(letter.model_dump_json(indent=2, exclude_none=True))
+        return 0
+    _dead_letters(body)
+
+
+@dlq.command("replay")
+@click.argument("job_id", required=False)
+@click.option("--all", "replay_all", is_flag=True, help="every dead letter")
+def dlq_replay(job_id: str | None, replay_all: bool) -> None:
+    """Put jobs back in the queue under the same id."""
+    if bool(job_id) == replay_all:
+        raise click.UsageError("give a JOB_ID or --all")
+
+    async def body(letters: Any) -> int:
+        if replay_all:
+            click.echo(f"replayed {await letters.replay_all()} jobs")
+            return 0
+        try:
+            replayed = await letters.replay(job_id)
+        except ValueError as exc:
+            click.echo(f"llm-router: {exc}", err=True)
+            return 1
+        if not replayed:
+            click.echo(f"llm-router: {job_id} is not in the dead-letter list", err=True)
+            return 1
+        click.echo(f"replayed {job_id}")
+        return 0
+    _dead_letters(body)
+
+
+@dlq.command("purge")
+def dlq_purge() -> None:
+    """Forget every dead letter."""
+    async def body(letters: Any) -> int:
+        click.echo(f"purged {await letters.purge()} dead letters")
+        return 0
+    _dead_letters(body)

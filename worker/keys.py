@@ -1,0 +1,92 @@
+"""Every Redis key llm-router reads or writes: its own (`llm-router:*`) and arq's, in one place.
+
+The layout is part of the contract (producers in other languages write jobs, operators read
+results): the README's key table is checked against this module by a test.
+
+    llm-router:result:<job_id>          JSON JobResult, expires after RESULT_TTL_S
+    llm-router:done:<job_id>            pub/sub channel: one message when the result is stored
+    llm-router:calls:<job_id>           hash call id -> JSON Attempt, every upstream call of the job
+    llm-router:spend:total              hash model -> USD, all time
+    llm-router:spend:day:<YYYY-MM-DD>   hash model -> USD that UTC day (kept 400 days)
+    llm-router:credits                  hash remaining (USD), updated_at (UNIX time)
+    llm-router:dlq / llm-router:dlq:index   hash job id -> JSON DeadLetter / sorted by time
+    llm-router:gate                     JSON: the queue is paused (401/402); see worker.gate
+    llm-router:gate:probe               which worker probes a paused queue this interval
+    llm-router:model:<model>            hash: shared limiter and circuit state; see worker.limiter
+    llm-router:model:_global            hash: the optional global limit
+    llm-router:workers:<queue>          sorted set worker id -> last heartbeat (UNIX time)
+
+arq's own keys (arq.constants) for a job id: `arq:job:<id>` (the job record),
+`arq:in-progress:<id>` (claimed; our lease), `arq:retry:<id>` (runs so far), `arq:result:<id>`
+(arq's result, never kept here: keep_result=0).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from arq import constants as _arq
+
+PREFIX = "llm-router:"
+RESULT_PREFIX = PREFIX + "result:"
+DONE_PREFIX = PREFIX + "done:"
+CALLS_PREFIX = PREFIX + "calls:"
+SPEND_TOTAL = PREFIX + "spend:total"
+SPEND_DAY_PREFIX = PREFIX + "spend:day:"
+SPEND_DAY_TTL_S = 400 * 24 * 3600
+CREDITS = PREFIX + "credits"
+DLQ = PREFIX + "dlq"
+DLQ_INDEX = PREFIX + "dlq:index"
+GATE = PREFIX + "gate"
+PROBE_LOCK = PREFIX + "gate:probe"
+MODEL_PREFIX = PREFIX + "model:"
+GLOBAL_LIMIT = MODEL_PREFIX + "_global"
+WORKERS_PREFIX = PREFIX + "workers:"
+
+# arq's key knowledge, used nowhere else.
+JOB_PREFIX = _arq.job_key_prefix
+IN_PROGRESS_PREFIX = _arq.in_progress_key_prefix
+RETRY_PREFIX = _arq.retry_key_prefix
+ARQ_RESULT_PREFIX = _arq.result_key_prefix
+# arq keeps a job record this long past its due time (a record outliving its queue entry is harmless).
+JOB_EXPIRES_EXTRA_MS = _arq.expires_extra_ms
+
+
+def result_key(job_id: str) -> str:
+    return RESULT_PREFIX + job_id
+
+
+def done_channel(job_id: str) -> str:
+    return DONE_PREFIX + job_id
+
+
+def calls_key(job_id: str) -> str:
+    return CALLS_PREFIX + job_id
+
+
+def spend_day_key(day: str | None = None) -> str:
+    return SPEND_DAY_PREFIX + (day or datetime.now(timezone.utc).strftime("%Y-%m-%d"))
+
+
+def model_key(model: str) -> str:
+    return MODEL_PREFIX + model
+
+
+def workers_key(queue_name: str) -> str:
+    return WORKERS_PREFIX + queue_name
+
+
+def job_key(job_id: str) -> str:
+    return JOB_PREFIX + job_id
+
+
+def in_progress_key(job_id: str) -> str:
+    return IN_PROGRESS_PREFIX + job_id
+
+
+def retry_key(job_id: str) -> str:
+    return RETRY_PREFIX + job_id
+
+
+def arq_result_key(job_id: str) -> str:
+    return ARQ_RESULT_PREFIX + job_id

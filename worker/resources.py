@@ -1,0 +1,29 @@
+"""What one worker process shares between its jobs, built once at start-up (worker.service)
+and handed to every job as `ctx["resources"]`: typed, instead of strings looked up in ctx."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .client import AIsaClient
+    from .gate import Gate
+    from .limiter import Limiter
+    from .metrics import Labels
+    from .settings import Settings
+    from .store import ResultStore
+
+
+@dataclass
+class Resources:
+    settings: Settings
+    client: AIsaClient
+    store: ResultStore
+    limiter: Limiter
+    gate: Gate
+    labels: Labels
+    # job ids running in this process: the keeper renews their leases
+    running: set[str] = field(default_factory=set)
+    # the queue's gate as the keeper last read it (None: open); workers pick no jobs while closed
+    paused: dict[str, Any] | None = None
