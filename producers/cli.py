@@ -109,24 +109,22 @@ def parser() -> argparse.ArgumentParser:
 
     sub.add_parser("exporter", help="serve the queue-level metrics (credits, queue, dead letters) on EXPORTER_PORT")
 
-    p = sub.add_parser("sim", help="run the local AIsa simulator")
-    from sim.cli import add_arguments
-
-    add_arguments(p)
+    sub.add_parser("sim", help="run the local AIsa simulator", add_help=False)  # parsed by sim.cli (click)
     return root
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["sim"]:  # until the root command is click: `sim.cli:cli` takes its own flags
+        from sim.cli import cli
+
+        return cli.main(argv, prog_name="llm-router")
     args = parser().parse_args(argv)
     try:
         if args.command == "worker":
             return _worker(args)
         if args.command == "exporter":
             return _exporter()
-        if args.command == "sim":
-            from sim.cli import serve
-
-            return serve(args)
         code = asyncio.run(_COMMANDS[args.command](args))
     except ConfigError as exc:
         exit_on_config_error(exc)

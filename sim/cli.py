@@ -1,55 +1,62 @@
 """`llm-router sim`: flags for the simulator; fault flags set the default for every model
-(per-model faults: `POST /_sim/config {"model": "gpt-4.1", "down": true}`)."""
+(per-model faults: `POST /_sim/config {"model": "gpt-4.1", "down": true}`).
+
+`cli` is a click group holding the one command `sim`, for the root `llm-router` command to include."""
 
 from __future__ import annotations
 
-import argparse
 import os
+
+import click
 
 from .faults import Faults
 from .server import Simulator, run
 
 
-def _error_rate(value: str) -> tuple[int, float]:
-    status, _, rate = value.partition("=")
-    try:
-        return int(status), float(rate)
-    except ValueError:
-        raise argparse.ArgumentTypeError("use STATUS=RATE, e.g. 503=0.1") from None
+def _error_rates(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> list[tuple[int, float]]:
+    rates = []
+    for value in values:
+        status, _, rate = value.partition("=")
+        try:
+            rates.append((int(status), float(rate)))
+        except ValueError:
+            raise click.BadParameter("use STATUS=RATE, e.g. 503=0.1", ctx, param) from None
+    return rates
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8700)
-    p.add_argument("--api-key", action="append", help="a key it accepts (repeatable; default $AISA_API_KEY)")
-    p.add_argument("--credits", type=float, default=100.0, help="USD of credits per key (default 100)")
-    p.add_argument("--seed", type=int, default=0, help="seed for random faults")
-    p.add_argument("--latency-ms", type=float, default=0)
-    p.add_argument("--latency-per-token-ms", type=float, default=0)
-    p.add_argument("--rpm", type=int)
-    p.add_argument("--tpm", type=int)
-    p.add_argument("--rate-window-s", type=float, default=60)
-    p.add_argument("--error-rate", type=_error_rate, action="append", default=[], metavar="STATUS=RATE")
-    p.add_argument("--down", action="store_true")
-    p.add_argument("--hang-s", type=float, default=0)
-    p.add_argument("--cut-stream-after", type=int)
-    p.add_argument("--malformed", action="store_true")
+cli = click.Group()
 
 
-def build(args: argparse.Namespace) -> Simulator:
-    keys = args.api_key or [os.environ.get("AISA_API_KEY", "")]
+@cli.command("sim", help="run the local AIsa simulator")
+@click.option("--host", default="127.0.0.1")
+@click.option("--port", type=int, default=8700)
+@click.option("--api-key", "api_keys", multiple=True, help="a key it accepts (repeatable; default $AISA_API_KEY)")
+@click.option("--credits", type=float, default=100.0, help="USD of credits per key (default 100)")
+@click.option("--seed", type=int, default=0, help="seed for random faults")
+@click.option("--latency-ms", type=float, default=0)
+@click.option("--latency-per-token-ms", type=float, default=0)
+@click.option("--rpm", type=int)
+@click.option("--tpm", type=int)
+@click.option("--rate-window-s", type=float, default=60)
+@click.option("--error-rate", "error_rates", multiple=True, metavar="STATUS=RATE", callback=_error_rates,
+              help="inject this status at this rate (repeatable), e.g. 503=0.1")
+@click.option("--down", is_flag=True)
+@click.option("--hang-s", type=float, default=0)
+@click.option("--cut-stream-after", type=int)
+@click.option("--malformed", is_flag=True)
+def sim(host: str, port: int, api_keys: tuple[str, ...], credits: float, seed: int, latency_ms: float,
+        latency_per_token_ms: float, rpm: int | None, tpm: int | None, rate_window_s: float,
+        error_rates: list[tuple[int, float]], down: bool, hang_s: float, cut_stream_after: int | None,
+        malformed: bool) -> None:
+    keys = list(api_keys) or [os.environ.get("AISA_API_KEY", "")]
     faults = Faults(
-        latency_ms=args.latency_ms, latency_per_token_ms=args.latency_per_token_ms, rpm=args.rpm, tpm=args.tpm,
-        rate_window_s=args.rate_window_s, error_rates=dict(args.error_rate), down=args.down, hang_s=args.hang_s,
-        cut_stream_after=args.cut_stream_after, malformed=args.malformed,
+        latency_ms=latency_ms, latency_per_token_ms=latency_per_token_ms, rpm=rpm, tpm=tpm,
+        rate_window_s=rate_window_s, error_rates=dict(error_rates), down=down, hang_s=hang_s,
+        cut_stream_after=cut_stream_after, malformed=malformed,
     )
-    return Simulator(keys, credits=args.credits, faults=faults, seed=args.seed)
-
-
-def serve(args: argparse.Namespace) -> None:
     try:
-        sim = build(args)
+        simulator = Simulator(keys, credits=credits, faults=faults, seed=seed)
     except ValueError as exc:
-        raise SystemExit(f"llm-router sim: {exc}") from None
-    print(f"AIsa simulator on http://{args.host}:{args.port}/v1", flush=True)
-    run(args.host, args.port, sim)
+        raise click.UsageError(str(exc)) from None
+    click.echo(f"AIsa simulator on http://{host}:{port}/v1")
+    run(host, port, simulator)
