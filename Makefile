@@ -39,7 +39,7 @@ docker-compose:
 	$(call need,docker-compose,docker-compose)
 
 demo: $(BIN)/llm-router redis-server
-	$(BIN)/python -m producers.demo
+	$(BIN)/python -m harness.demo
 
 test: $(BIN)/llm-router redis-server prometheus docker-compose
 	$(BIN)/pytest -q
