@@ -11,21 +11,35 @@ $(BIN)/llm-router: pyproject.toml
 	$(BIN)/pip install -q -e '.[test]'
 	touch $@
 
-# redis-server must exist for the tests' private server; sim/redis_server.py installs it with apt-get if missing.
-redis-server: $(BIN)/llm-router
-	@$(BIN)/python -c "from sim.redis_server import redis_server_binary; redis_server_binary(install=True)"
+# $(call need,BINARIES,PACKAGE): the binaries on PATH; if missing, apt-get installs the Debian
+# package when run as root, else one line says what to install. (Only this needs root.)
+define need
+	@missing=; for b in $(1); do command -v $$b >/dev/null || missing="$$missing $$b"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" -eq 0 ]; then \
+	    echo "installing $(2) (missing:$$missing)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(2) >/dev/null; \
+	  else \
+	    echo "missing:$$missing: install the Debian package $(2) (sudo apt-get install $(2)); make test needs root only for that" >&2; \
+	    exit 1; \
+	  fi; \
+	fi
+endef
 
-# Prometheus (Debian's package, with promtool) for the observability tests; installed if missing.
-prometheus: $(BIN)/llm-router
-	@$(BIN)/python -c "from sim.prometheus_server import prometheus_binaries; prometheus_binaries(install=True)"
+# redis-server for the private servers of the demo, the tests and the benchmarks.
+redis-server:
+	$(call need,redis-server,redis-server)
+
+# Prometheus (Debian's package, with promtool) for the observability and deploy tests.
+prometheus:
+	$(call need,prometheus promtool,prometheus)
 
 # docker-compose (Debian's, 1.29) only validates deploy/docker-compose.yml in the tests: no daemon, no images.
 docker-compose:
-	@command -v docker-compose >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
-		apt-get install -y -qq --no-install-recommends docker-compose >/dev/null)
+	$(call need,docker-compose,docker-compose)
 
-demo: $(BIN)/llm-router
-	$(BIN)/python -m producers.demo
+demo: $(BIN)/llm-router redis-server
+	$(BIN)/python -m harness.demo
 
 test: $(BIN)/llm-router redis-server prometheus docker-compose
 	$(BIN)/pytest -q

@@ -17,15 +17,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import subprocess
-import sys
 import time
+from pathlib import Path
 
-import httpx
 from arq.worker import Worker, func
 
+from harness.processes import LLMRouterProcess, answers
+from harness.redis_server import PrivateRedis, free_port
 from producers.api import Producer
-from sim.redis_server import PrivateRedis, free_port
 from worker.client import AIsaClient
 from worker.models import ChatJob
 from worker.service import create_worker, worker_kwargs
@@ -38,21 +37,14 @@ async def noop(ctx: dict, job: dict) -> None:
     return None
 
 
-def start_sim() -> tuple[subprocess.Popen[bytes], str]:
+def start_sim() -> tuple[LLMRouterProcess, str]:
+    """`llm-router sim` on a free port, answering: (the process, its base URL)."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "producers.cli", "sim", "--port", str(port), "--api-key", KEY,
-                             "--credits", "1000000"], stdout=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 15
-    while True:
-        try:
-            httpx.get(url + "/_sim/stats").raise_for_status()
-            return proc, url + "/v1"
-        except httpx.HTTPError:
-            if time.monotonic() > deadline:
-                proc.kill()
-                raise RuntimeError("simulator did not start") from None
-            time.sleep(0.05)
+    proc = LLMRouterProcess("sim", "--port", str(port), "--api-key", KEY, "--credits", "1000000",
+                            log_path=Path(os.devnull))
+    proc.wait_started(lambda: answers(url + "/_sim/stats"), 15, "simulator")
+    return proc, url + "/v1"
 
 
 def jobs(n: int) -> list[ChatJob]:
@@ -106,7 +98,7 @@ async def service(settings: Settings, n: int) -> float:
 async def run(n: int, concurrency: int) -> None:
     sim, base_url = start_sim()
     try:
-        with PrivateRedis(install=True) as redis:
+        with PrivateRedis() as redis:
             settings = Settings(aisa_api_key=KEY, aisa_base_url=base_url, redis_url=redis.url,
                                 worker_concurrency=concurrency, poll_delay_s=0.01, metrics_port=0, _env_file=None)
             noop_rate = await arq_noop(settings, n)
@@ -114,8 +106,7 @@ async def run(n: int, concurrency: int) -> None:
             raw_rate = await raw_client(settings, n, concurrency)
             service_rate = await service(settings, n)
     finally:
-        sim.terminate()
-        sim.wait(10)
+        sim.stop()
     print(f"jobs={n} concurrency={concurrency} cores={os.cpu_count()}")
     print(f"(a) arq no-op jobs      {noop_rate:8.0f} jobs/s")
     print(f"(a') llm-router no-op   {ours_noop:8.0f} jobs/s")

@@ -22,12 +22,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import httpx
-
 from bench.dispatch import KEY, start_sim
+from harness.processes import WorkerProcess
+from harness.redis_server import PrivateRedis
+from harness.sim_admin import sim_admin
+from harness.wait import wait_until_async
 from producers.api import Producer
-from sim.redis_server import PrivateRedis
-from sim.workers import WorkerProcess
 from worker import errors
 from worker.client import AIsaClient
 from worker.models import ChatJob
@@ -36,23 +36,13 @@ from worker.settings import RateLimit, Settings
 MODEL = "gpt-4o-mini"
 
 
-def admin(base_url: str, path: str, body: dict | None = None) -> dict:
-    url = base_url.removesuffix("/v1") + path
-    response = httpx.post(url, json=body) if body is not None else httpx.get(url)
-    response.raise_for_status()
-    return response.json()
-
-
 def prompts(n: int) -> list[str]:
     return [f"overnight prompt {i}" for i in range(n)]
 
 
 async def wait_ready(procs: list[WorkerProcess], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not all("llm-router worker up" in p.log() for p in procs):
-        if time.monotonic() > deadline:
-            raise RuntimeError("workers did not start: " + procs[0].log()[-2000:])
-        await asyncio.sleep(0.1)
+    await wait_until_async(lambda: all("llm-router worker up" in p.log() for p in procs), timeout,
+                           lambda: "the workers to start: " + procs[0].log()[-2000:], interval=0.1)
 
 
 async def service(settings: Settings, n: int, workers: int, logs: Path) -> float:
@@ -64,14 +54,18 @@ async def service(settings: Settings, n: int, workers: int, logs: Path) -> float
             started = time.perf_counter()
             ids = await producer.enqueue_many(jobs)
             pending = set(ids)
-            while pending:
+
+            async def all_done() -> bool:  # looks up only the jobs still pending
                 async with producer.redis.pipeline(transaction=False) as pipe:
                     batch = list(pending)
                     for job_id in batch:
                         pipe.exists(f"llm-router:result:{job_id}")
                     found = await pipe.execute()
-                pending -= {j for j, f in zip(batch, found) if f}
-                await asyncio.sleep(0.05)
+                pending.difference_update(j for j, f in zip(batch, found) if f)
+                return not pending
+            # bounded at 3x the ideal drain (N/R), so a stuck job ends the run instead of hanging it
+            await wait_until_async(all_done, max(60.0, 3 * n / (settings.rate_limits[MODEL].rpm / 60)),
+                                   lambda: f"every result ({len(pending)} of {n} still pending)")
             drain = time.perf_counter() - started
             failed = [r for r in [await producer.result(i) for i in ids] if r.status != "succeeded"]
         if failed:
@@ -110,20 +104,19 @@ async def run(n: int, rpm: float, window: float, workers: int) -> None:
     sim, base_url = start_sim()
     per_window = round(rpm * window / 60)
     try:
-        with PrivateRedis(install=True) as redis, tempfile.TemporaryDirectory() as logs:
+        with PrivateRedis() as redis, tempfile.TemporaryDirectory() as logs:
             settings = Settings(aisa_api_key=KEY, aisa_base_url=base_url, redis_url=redis.url,
                                 worker_concurrency=50, poll_delay_s=0.02, metrics_port=0, _env_file=None,
                                 rate_limits={MODEL: RateLimit(rpm=rpm)})
-            admin(base_url, "/_sim/config", {"model": MODEL, "rpm": per_window, "rate_window_s": window})
+            sim_admin(base_url, "/_sim/config", {"model": MODEL, "rpm": per_window, "rate_window_s": window})
             drain = await service(settings, n, workers, Path(logs))
-            ours = admin(base_url, "/_sim/stats")
-            admin(base_url, "/_sim/reset", {})
-            admin(base_url, "/_sim/config", {"model": MODEL, "rpm": per_window, "rate_window_s": window})
+            ours = sim_admin(base_url, "/_sim/stats")
+            sim_admin(base_url, "/_sim/reset", {})
+            sim_admin(base_url, "/_sim/config", {"model": MODEL, "rpm": per_window, "rate_window_s": window})
             naive_drain = await naive(base_url, n, 50 * workers)
-            theirs = admin(base_url, "/_sim/stats")
+            theirs = sim_admin(base_url, "/_sim/stats")
     finally:
-        sim.terminate()
-        sim.wait(10)
+        sim.stop()
     print(f"jobs={n} R={rpm:g}/min (simulator: {per_window} per {window:g}s window) workers={workers} "
           f"cores={os.cpu_count()}")
     report("llm-router", n, rpm, drain, ours)

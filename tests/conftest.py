@@ -4,16 +4,15 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
 
-import httpx
 import pytest
 from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
 
-from sim.redis_server import PrivateRedis
+from harness.redis_server import PrivateRedis
 from sim.server import Simulator, SimServer
 from worker.settings import Settings
 
-from .helpers import API_KEY
+from .helpers import API_KEY, sim_admin
 
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[str]:
@@ -48,7 +47,7 @@ def sim_server() -> Iterator[SimServer]:
 @pytest.fixture
 def sim(sim_server: SimServer) -> SimServer:
     """The simulator with its faults, counters and credits reset for this test."""
-    httpx.post(sim_server.base_url.removesuffix("/v1") + "/_sim/reset").raise_for_status()
+    sim_admin(sim_server, "/_sim/reset", {})
     return sim_server
 
 

@@ -2,21 +2,12 @@
 
 from __future__ import annotations
 
-import httpx
-
-from sim.redis_server import free_port  # noqa: F401 - re-exported for the tests
-from sim.server import SimServer
+from harness.redis_server import free_port  # noqa: F401 - re-exported for the tests
+from harness.sim_admin import sim_admin  # noqa: F401 - re-exported for the tests
 from worker.service import create_worker
 from worker.settings import Settings
 
 API_KEY = "test-key-0123456789"
-
-
-def sim_admin(sim: SimServer, path: str, body: dict | None = None) -> dict:
-    url = sim.base_url.removesuffix("/v1") + path
-    response = httpx.post(url, json=body) if body is not None else httpx.get(url)
-    response.raise_for_status()
-    return response.json()
 
 
 async def run_worker(settings: Settings, **overrides: object) -> object:

@@ -10,19 +10,12 @@ import time
 
 import pytest
 
+from harness.processes import WorkerProcess
+from harness.redis_server import PrivateRedis
+from harness.wait import wait_until_async
 from producers.api import Producer
-from sim.redis_server import PrivateRedis
-from sim.workers import WorkerProcess
 from tests.helpers import sim_admin
 from worker.settings import RateLimit
-
-async def wait_for(condition, timeout: float, what: str, every: float = 0.05):
-    """Poll `condition` (async) until true; fail naming `what` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while not await condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(every)
 
 
 def in_flight(sim) -> int:
@@ -57,7 +50,7 @@ def workers(tmp_path):
 async def all_results(producer, ids, timeout, what="every job's result"):
     async def done():
         return all([await producer.redis.exists(f"llm-router:result:{i}") for i in ids])
-    await wait_for(done, timeout, what)
+    await wait_until_async(done, timeout, what)
     return [await producer.result(i) for i in ids]
 
 
@@ -71,7 +64,7 @@ async def busy_worker(producer, sim, workers, settings, jobs: int, latency_ms: i
     sim_admin(sim, "/_sim/config", {"latency_ms": latency_ms})
     ids = [await producer.chat("gpt-4.1", f"q{i}") for i in range(jobs)]
     worker = workers(settings)
-    await wait_for(lambda: asyncio.to_thread(lambda: in_flight(sim) == jobs), 15, f"all {jobs} calls to start")
+    await wait_until_async(lambda: in_flight(sim) == jobs, 15, f"all {jobs} calls to start")
     return ids, worker
 
 
@@ -95,9 +88,8 @@ async def test_sigterm_lets_in_flight_calls_finish_within_the_grace(producer, ch
                                jobs=4, latency_ms=1000)
     a.send(signal.SIGTERM)
 
-    async def draining():
-        return "allow_pick_jobs to `False`" in a.log()  # arq's own log line on the signal
-    await wait_for(draining, 5, "worker A to start draining")
+    # arq's own log line on the signal
+    await wait_until_async(lambda: "allow_pick_jobs to `False`" in a.log(), 5, "worker A to start draining")
     late = await producer.chat("gpt-4.1", "enqueued during the drain")
     assert await asyncio.to_thread(a.wait, 10) == 0
     rs = [await producer.result(i) for i in ids]
@@ -127,7 +119,7 @@ async def test_redis_crash_and_restart_with_aof_loses_no_job(sim, chaos_settings
             ids = [await producer.chat("gpt-4o-mini", f"q{i}") for i in range(30)]
             workers(s)
             workers(s)
-            await wait_for(lambda: asyncio.to_thread(lambda: in_flight(sim) >= 5), 15, "calls to start")
+            await wait_until_async(lambda: in_flight(sim) >= 5, 15, "calls to start")
             r.kill()
             await asyncio.sleep(1.0)  # Redis is down for a second: workers must ride it out
             r.start()

@@ -4,12 +4,15 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
+from harness.processes import llm_router
 from tests.helpers import API_KEY, sim_admin
 
-CLI = [os.path.join(os.path.dirname(sys.executable), "llm-router")]
+CLI = [llm_router()]
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
@@ -110,9 +113,8 @@ def test_arq_cli_runs_worker_settings_from_the_environment(env, redis_url):
     assert result.returncode == 0 and result.stdout.startswith("[grok-2] You said: via arq")
 
 
-def test_demo_runs_end_to_end(redis_url):
-    env = {**os.environ, "REDIS_URL": redis_url}
-    out = subprocess.run([sys.executable, "-m", "producers.demo"], env=env, capture_output=True, text=True, timeout=120)
+def test_demo_runs_end_to_end():
+    out = subprocess.run([sys.executable, "-m", "harness.demo"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     for title in ("chat", "streamed chat", "tool call", "vision (local file)", "compare", "fallback", "429",
                   "unknown model"):
@@ -147,7 +149,7 @@ def test_dlq_list_show_replay_purge(env, sim):
 
 
 def test_unreachable_redis_is_one_clear_line(env):
-    from sim.redis_server import free_port
+    from harness.redis_server import free_port
 
     out = cli({**env, "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}, "dlq", "list")
     assert out.returncode == 1 and "Traceback" not in out.stderr

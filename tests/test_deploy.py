@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sim.prometheus_server import prometheus_binaries
+from harness.prometheus_server import prometheus_binaries
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -122,9 +122,11 @@ def test_compose_references_resolve():
                 assert (DEPLOY / source).exists(), f"{name}: {source} missing"
     targets = (DEPLOY / "prometheus" / "targets" / "workers.json").read_text()
     assert all(f"{w}:9464" in targets for w in ("worker1", "worker2"))
+    import click
+
     from llm_router import cli
 
-    verbs = set(cli.list_commands(cli.make_context("llm-router", [])))
+    verbs = set(cli.list_commands(click.Context(cli)))
     for name in ("worker1", "exporter", "sim"):
         assert services[name]["command"][0] in verbs
     # the image copies everything the package is built from

@@ -92,7 +92,7 @@ async def test_exporter_reads_the_queue_gauges_from_redis(settings, redis):
 
 
 def test_exporter_says_when_redis_is_unreachable():
-    from sim.redis_server import free_port
+    from harness.redis_server import free_port
 
     registry = CollectorRegistry()
     registry.register(QueueCollector(Settings(redis_url=f"redis://127.0.0.1:{free_port()}/0", _env_file=None)))

@@ -5,41 +5,25 @@ and the spend Prometheus reports must equal the spend in Redis and what the simu
 
 from __future__ import annotations
 
-import asyncio
-import os
 import re
-import subprocess
 import sys
-import time
-from pathlib import Path
 
 import httpx
 import pytest
 import yaml
 
+from harness.processes import LLMRouterProcess, WorkerProcess, settings_env
+from harness.prometheus_server import DEPLOY, PrivatePrometheus, prometheus_binaries
+from harness.redis_server import free_port
+from harness.wait import wait_until_async
 from producers.api import Producer
-from sim.prometheus_server import DEPLOY, PrivatePrometheus, prometheus_binaries
-from sim.redis_server import free_port
-from sim.workers import WorkerProcess, settings_env
 from tests.helpers import API_KEY, sim_admin
 from worker.keys import CREDITS
 
-ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(DEPLOY.parent / "grafana"))
 from build_dashboard import expressions  # noqa: E402
 
 ALERT_FORM = re.compile(r"^(?P<signal>.+?)\s*(<=|>=|==|!=|<|>)\s*-?[\d.]+$", re.DOTALL)
-
-
-async def eventually(check, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await asyncio.to_thread(check)
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.2)
 
 
 def rule_expressions() -> list[tuple[str, str]]:
@@ -68,23 +52,21 @@ def stack(settings, tmp_path):
                              f"127.0.0.1:{exporter_port}").start()
     workers = [WorkerProcess(base.model_copy(update={"metrics_port": p}), tmp_path / f"w{i}.log")
                for i, p in enumerate(ports)]
-    exporter = subprocess.Popen([sys.executable, "-m", "producers.cli", "exporter"], cwd=ROOT,
-                                env={**os.environ, **settings_env(base), "EXPORTER_PORT": str(exporter_port)},
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    exporter = LLMRouterProcess("exporter", env={**settings_env(base), "EXPORTER_PORT": str(exporter_port)},
+                                log_path=tmp_path / "exporter.log")
     try:
         yield base, prom
     finally:
         prom.stop()
-        exporter.terminate()
-        exporter.wait(10)
+        exporter.stop()
         for w in workers:
             w.stop()
 
 
 async def test_dashboard_and_rules_on_a_real_prometheus(stack, sim):
     settings, prom = stack
-    await eventually(lambda: prom.query("sum(up)") and float(prom.query("sum(up)")[0]["value"][1]) == 3, 30,
-                     "Prometheus to scrape two workers and the exporter")
+    await wait_until_async(lambda: prom.query("sum(up)") and float(prom.query("sum(up)")[0]["value"][1]) == 3, 30,
+                           "Prometheus to scrape two workers and the exporter", interval=0.2)
     sim_admin(sim, "/_sim/config", {"latency_ms": 100})  # jobs last long enough for both workers to take some
     sim_admin(sim, "/_sim/config", {"model": "gpt-4.1", "down": True})  # -> retries, then fallbacks
     sim_admin(sim, "/_sim/config", {"model": "gpt-4o-mini", "fail_next": [429, 429], "retry_after_s": 0.3})
@@ -97,10 +79,7 @@ async def test_dashboard_and_rules_on_a_real_prometheus(stack, sim):
 
         async def all_done():
             return all([await producer.redis.exists(f"llm-router:result:{i}") for i in ids])
-        deadline = time.monotonic() + 30
-        while not await all_done():
-            assert time.monotonic() < deadline, "jobs did not finish"
-            await asyncio.sleep(0.1)
+        await wait_until_async(all_done, 30, "the jobs to finish", interval=0.1)
         stored = sum((await producer.store.spend()).values())
         credits = float(await producer.redis.hget(CREDITS, "remaining"))
     charged = sim_admin(sim, "/_sim/stats")["charged_total"]
@@ -109,14 +88,15 @@ async def test_dashboard_and_rules_on_a_real_prometheus(stack, sim):
     def spend_scraped():
         result = prom.query("sum(llm_router_spend_usd_total)")
         return result and abs(float(result[0]["value"][1]) - charged) < 1e-9
-    await eventually(spend_scraped, 15, "Prometheus to scrape the final spend")
+    await wait_until_async(spend_scraped, 15, "Prometheus to scrape the final spend", interval=0.2)
     # Prometheus = Redis = the simulator, summed over two processes
     assert float(prom.query("sum(llm_router_spend_usd_total)")[0]["value"][1]) == pytest.approx(stored, abs=1e-9)
     assert len(prom.query("sum by (instance) (llm_router_jobs_total)")) == 2  # both workers ran jobs
     def credits_scraped():  # the exporter's gauge, scraped after the last call
         result = prom.query("max(llm_router_credits_remaining_usd)")
         return result and float(result[0]["value"][1]) == pytest.approx(credits)
-    await eventually(credits_scraped, 15, "Prometheus to scrape the credits Redis holds")
+    await wait_until_async(credits_scraped, 15, "Prometheus to scrape the credits Redis holds",
+                           interval=0.2)
     assert not prom.query('llm_router_upstream_errors_total{model="no-such-model"}')  # bounded: "other"
     for target in prom.get("/api/v1/targets")["activeTargets"]:
         assert API_KEY not in httpx.get(target["scrapeUrl"]).text  # the key never reaches metrics
@@ -128,9 +108,12 @@ async def test_dashboard_and_rules_on_a_real_prometheus(stack, sim):
         return [f"{title}: {expr}" for title, expr in exprs if not prom.query(expr.replace("$__rate_interval", "1m"))]
 
     # the rules need an evaluation or two after the last scrape; then every expression has data
-    deadline = time.monotonic() + 15
-    while (empty := await asyncio.to_thread(without_data)) and time.monotonic() < deadline:
-        await asyncio.sleep(0.5)
-    assert not empty, "expressions without data:\n" + "\n".join(empty)
+    empty: list[str] = []
+
+    def all_have_data():
+        empty[:] = without_data()
+        return not empty
+    await wait_until_async(all_have_data, 15, lambda: "every expression to have data; without data:\n"
+                           + "\n".join(empty), interval=0.5)
     rules = [r for g in prom.get("/api/v1/rules")["groups"] for r in g["rules"]]
     assert len(rules) == 15 and all(r["health"] == "ok" for r in rules), [r for r in rules if r["health"] != "ok"]

@@ -119,12 +119,15 @@ def cli_lines() -> list[list[str]]:
 @pytest.mark.parametrize("args", cli_lines(), ids=" ".join)
 def test_cli_lines_parse(args):
     """Every `llm-router ...` line of the README is accepted by the real command."""
-    ctx = cli.make_context("llm-router", list(args))
-    command, rest = cli, ctx.protected_args + ctx.args
-    while isinstance(command, click.MultiCommand) and rest:
-        name, command, rest = command.resolve_command(ctx, rest)
-        ctx = command.make_context(name, rest, parent=ctx)
-        rest = ctx.protected_args + ctx.args if isinstance(command, click.MultiCommand) else []
+    command: click.Command = cli
+    ctx, rest = click.Context(cli, info_name="llm-router"), list(args)
+    while isinstance(command, click.Group):
+        name, *rest = rest
+        found = command.get_command(ctx, name)
+        assert found is not None, f"llm-router has no verb {name!r}"
+        command = found
+        ctx = click.Context(command, info_name=name, parent=ctx)
+    command.make_context(ctx.info_name, rest, parent=ctx.parent)  # raises on an unknown flag or a bad value
 
 
 def test_python_examples_run(settings, sim, tmp_path):

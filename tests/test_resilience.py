@@ -246,7 +246,7 @@ async def test_dead_letters_can_be_shown_replayed_and_purged(producer, settings,
 
 
 async def test_connection_errors_back_off_then_dead_letter(producer, settings):
-    from sim.redis_server import free_port
+    from harness.redis_server import free_port
 
     s = settings.model_copy(update={"aisa_base_url": f"http://127.0.0.1:{free_port()}/v1"})
     job = await producer.chat("gpt-4.1", "anyone?", fallbacks=["claude-3-sonnet"])

@@ -6,27 +6,24 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 import yaml
 
+from .processes import answers, wait_started
 from .redis_server import free_port
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy" / "prometheus"
 
 
-def prometheus_binaries(install: bool = False) -> tuple[str, str]:
-    """(prometheus, promtool); with install=True, apt-get installs them when missing."""
-    if shutil.which("prometheus") is None and install and shutil.which("apt-get"):
-        subprocess.run("apt-get update -qq && DEBIAN_FRONTEND=noninteractive "
-                       "apt-get install -y -qq --no-install-recommends prometheus",
-                       shell=True, check=False, stdout=subprocess.DEVNULL)
+def prometheus_binaries() -> tuple[str, str]:
+    """(prometheus, promtool)."""
     prometheus, promtool = shutil.which("prometheus"), shutil.which("promtool")
     if prometheus is None or promtool is None:
-        raise RuntimeError("prometheus is not installed: apt-get install --no-install-recommends prometheus")
+        raise RuntimeError("prometheus is not installed: apt-get install --no-install-recommends prometheus "
+                           "(`make` does it as root)")
     return prometheus, promtool
 
 
@@ -50,21 +47,14 @@ class PrivatePrometheus:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> PrivatePrometheus:
-        self._log = open(self.dir / "prometheus.log", "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            [self.binary, f"--config.file={self.dir / 'prometheus.yml'}", f"--storage.tsdb.path={self.dir / 'data'}",
-             f"--web.listen-address=127.0.0.1:{self.port}"], stdout=self._log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 30
-        while True:  # readiness, bounded
-            try:
-                if httpx.get(self.url + "/-/ready", timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline or self.proc.poll() is not None:
-                self.stop()
-                raise RuntimeError("prometheus did not start: " + (self.dir / "prometheus.log").read_text()[-2000:])
-            time.sleep(0.1)
+        log_path = self.dir / "prometheus.log"
+        with open(log_path, "wb") as log:  # the child keeps its own copy of the descriptor
+            self.proc = subprocess.Popen(
+                [self.binary, f"--config.file={self.dir / 'prometheus.yml'}",
+                 f"--storage.tsdb.path={self.dir / 'data'}", f"--web.listen-address=127.0.0.1:{self.port}"],
+                stdout=log, stderr=subprocess.STDOUT)
+        wait_started(self.proc, lambda: answers(self.url + "/-/ready"), 30, "prometheus", log_path)
+        return self
 
     def query(self, expr: str) -> list[dict[str, Any]]:
         response = httpx.get(self.url + "/api/v1/query", params={"query": expr}, timeout=10)
@@ -80,8 +70,6 @@ class PrivatePrometheus:
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()
             self.proc.wait(10)
-        if hasattr(self, "_log"):
-            self._log.close()
 
     def __enter__(self) -> PrivatePrometheus:
         return self.start()

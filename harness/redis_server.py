@@ -10,10 +10,11 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
-import time
 
 from redis import Redis
 from redis.exceptions import RedisError
+
+from .processes import wait_started
 
 
 def free_port() -> int:
@@ -29,21 +30,16 @@ def reachable(url: str) -> bool:
         return False
 
 
-def redis_server_binary(install: bool = False) -> str:
-    """The redis-server path; with install=True, apt-get installs it when missing."""
+def redis_server_binary() -> str:
     binary = shutil.which("redis-server")
-    if binary is None and install and shutil.which("apt-get"):
-        subprocess.run("apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server",
-                       shell=True, check=False, stdout=subprocess.DEVNULL)
-        binary = shutil.which("redis-server")
     if binary is None:
-        raise RuntimeError("redis-server is not installed: apt-get install redis-server (or set REDIS_URL)")
+        raise RuntimeError("redis-server is not installed: apt-get install redis-server (`make` does it as root)")
     return binary
 
 
 class PrivateRedis:
-    def __init__(self, install: bool = False, extra_args: tuple[str, ...] = ()) -> None:
-        self.binary = redis_server_binary(install)
+    def __init__(self, extra_args: tuple[str, ...] = ()) -> None:
+        self.binary = redis_server_binary()
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.extra_args = extra_args
@@ -53,12 +49,7 @@ class PrivateRedis:
         self.proc = subprocess.Popen(
             [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
              *self.extra_args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while not reachable(self.url):  # readiness, bounded
-            if time.monotonic() > deadline or self.proc.poll() is not None:
-                self.stop()
-                raise RuntimeError("private redis-server did not start")
-            time.sleep(0.02)
+        wait_started(self.proc, lambda: reachable(self.url), 10, f"private redis-server on port {self.port}")
         return self
 
     def stop(self) -> None:

@@ -1,30 +1,31 @@
-"""`make demo`: the whole pipeline on the embedded default, then everything it started is stopped.
+"""`make demo` (`python -m harness.demo [--redis-url URL]`): the whole pipeline on the embedded
+default, then everything it started is stopped.
 
-Redis: the one at REDIS_URL if it answers, else a private redis-server (installed with
-apt-get if missing). Gateway: the local AIsa simulator, always (the demo spends nothing).
-A worker process runs `llm-router worker`; this process is the producer.
+Redis: a private redis-server, unless `--redis-url` names one (REDIS_URL is not read).
+Gateway: the local AIsa simulator, always (the demo spends nothing). A worker process runs
+`llm-router worker`; this process is the producer.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
-import os
 import signal
 import struct
-import subprocess
-import sys
 import tempfile
 import zlib
 from contextlib import ExitStack
 from pathlib import Path
 
+import httpx
+
+from producers.api import Producer
 from sim.faults import Faults
-from sim.redis_server import PrivateRedis, free_port, reachable
 from sim.server import Simulator, SimServer
 from worker.models import JobResult
-from worker.settings import load_settings
 
-from .api import Producer
+from .processes import LLMRouterProcess
+from .redis_server import PrivateRedis, free_port
 
 DEMO_KEY = "sim-demo-key"
 QUEUE = "llm-router:demo"
@@ -86,8 +87,6 @@ async def produce(redis_url: str, image: Path) -> None:
 
 def show_metrics(port: int) -> None:
     """A few lines of the worker's /metrics: what Prometheus scrapes."""
-    import httpx
-
     text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
     lines = [line for line in text.splitlines() if line.startswith(("llm_router_spend_usd_total",
                                                                      "llm_router_fallbacks_total"))]
@@ -97,21 +96,23 @@ def show_metrics(port: int) -> None:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--redis-url", help="use this Redis instead of starting a private redis-server")
+    args = parser.parse_args()
     with ExitStack() as stack:
-        redis_url = load_settings().redis_url
-        if not reachable(redis_url):
-            redis_url = stack.enter_context(PrivateRedis(install=True)).url
+        redis_url = args.redis_url
+        if redis_url is None:
+            redis_url = stack.enter_context(PrivateRedis()).url
             print(f"started a private redis-server at {redis_url}")
         sim = stack.enter_context(SimServer(Simulator([DEMO_KEY], faults=Faults(latency_ms=30, latency_per_token_ms=2))))
         sim.sim.faults.update("qwen-max", {"down": True})
         sim.sim.faults.update("gemini-1.5-flash", {"fail_next": [429], "retry_after_s": 0.5})
         print(f"AIsa simulator at {sim.base_url}; Redis at {redis_url}")
         metrics_port = free_port()
-        env = {**os.environ, "AISA_API_KEY": DEMO_KEY, "AISA_BASE_URL": sim.base_url, "REDIS_URL": redis_url,
-               "QUEUE_NAME": QUEUE, "LOG_LEVEL": "WARNING", "BACKOFF_BASE_S": "0.2",
-               "METRICS_PORT": str(metrics_port)}
-        worker = subprocess.Popen([sys.executable, "-m", "producers.cli", "worker"], env=env)
-        stack.callback(lambda: (worker.send_signal(signal.SIGTERM), worker.wait(30)))
+        worker = LLMRouterProcess("worker", env={
+            "AISA_API_KEY": DEMO_KEY, "AISA_BASE_URL": sim.base_url, "REDIS_URL": redis_url, "QUEUE_NAME": QUEUE,
+            "LOG_LEVEL": "WARNING", "BACKOFF_BASE_S": "0.2", "METRICS_PORT": str(metrics_port)})
+        stack.callback(lambda: (worker.send(signal.SIGTERM), worker.wait(30)))
         image = tiny_png(Path(stack.enter_context(tempfile.TemporaryDirectory())) / "red.png")
         asyncio.run(produce(redis_url, image))
         show_metrics(metrics_port)
