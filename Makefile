@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test bench redis-server prometheus docker-compose clean
+.PHONY: demo test lint format bench redis-server prometheus docker-compose clean
 
 $(BIN)/llm-router: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -41,7 +41,17 @@ docker-compose:
 demo: $(BIN)/llm-router redis-server
 	$(BIN)/python -m harness.demo
 
-test: $(BIN)/llm-router redis-server prometheus docker-compose
+# ruff (format and lint) and mypy over the whole tree; `make format` applies ruff's fixes.
+lint: $(BIN)/llm-router
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+format: $(BIN)/llm-router
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+test: lint redis-server prometheus docker-compose
 	$(BIN)/pytest -q
 
 bench: $(BIN)/llm-router redis-server

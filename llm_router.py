@@ -19,7 +19,7 @@ cli = click.CommandCollection(
     name="llm-router",
     sources=[producer_verbs, operator_verbs, sim_verbs],
     help="Queue-driven LLM calls through the AIsa gateway. A verb enqueues, waits and prints the answer and "
-         "its cost; --no-wait prints the job id, --json the whole result record.",
+    "its cost; --no-wait prints the job id, --json the whole result record.",
 )
 
 

@@ -41,8 +41,9 @@ def start_sim() -> tuple[LLMRouterProcess, str]:
     """`llm-router sim` on a free port, answering: (the process, its base URL)."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    proc = LLMRouterProcess("sim", "--port", str(port), "--api-key", KEY, "--credits", "1000000",
-                            log_path=Path(os.devnull))
+    proc = LLMRouterProcess(
+        "sim", "--port", str(port), "--api-key", KEY, "--credits", "1000000", log_path=Path(os.devnull)
+    )
     proc.wait_started(lambda: answers(url + "/_sim/stats"), 15, "simulator")
     return proc, url + "/v1"
 
@@ -69,16 +70,21 @@ async def arq_noop(settings: Settings, n: int, stock: bool = True) -> float:
         await producer.redis.flushdb()
         # the same JSON job format and size as the real jobs, run by an empty function
         await producer.enqueue_many(jobs(n))
-    return n / await drain(settings, stock=stock, functions=[func(noop, name=kind, keep_result=0)
-                                                             for kind in ("chat", "vision", "compare")])
+    return n / await drain(
+        settings,
+        stock=stock,
+        functions=[func(noop, name=kind, keep_result=0) for kind in ("chat", "vision", "compare")],
+    )
 
 
 async def raw_client(settings: Settings, n: int, concurrency: int) -> float:
     semaphore = asyncio.Semaphore(concurrency)
     async with AIsaClient(settings.aisa_base_url, KEY, max_connections=concurrency * 4) as client:
+
         async def one(i: int) -> None:
             async with semaphore:
                 await client.chat({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": f"prompt {i}"}]})
+
         await one(-1)  # warm the connection pool
         started = time.perf_counter()
         await asyncio.gather(*(one(i) for i in range(n)))
@@ -99,8 +105,15 @@ async def run(n: int, concurrency: int) -> None:
     sim, base_url = start_sim()
     try:
         with PrivateRedis() as redis:
-            settings = Settings(aisa_api_key=KEY, aisa_base_url=base_url, redis_url=redis.url,
-                                worker_concurrency=concurrency, poll_delay_s=0.01, metrics_port=0, _env_file=None)
+            settings = Settings(
+                aisa_api_key=KEY,
+                aisa_base_url=base_url,
+                redis_url=redis.url,
+                worker_concurrency=concurrency,
+                poll_delay_s=0.01,
+                metrics_port=0,
+                _env_file=None,
+            )
             noop_rate = await arq_noop(settings, n)
             ours_noop = await arq_noop(settings, n, stock=False)
             raw_rate = await raw_client(settings, n, concurrency)

@@ -41,8 +41,12 @@ def prompts(n: int) -> list[str]:
 
 
 async def wait_ready(procs: list[WorkerProcess], timeout: float = 30) -> None:
-    await wait_until_async(lambda: all("llm-router worker up" in p.log() for p in procs), timeout,
-                           lambda: "the workers to start: " + procs[0].log()[-2000:], interval=0.1)
+    await wait_until_async(
+        lambda: all("llm-router worker up" in p.log() for p in procs),
+        timeout,
+        lambda: "the workers to start: " + procs[0].log()[-2000:],
+        interval=0.1,
+    )
 
 
 async def service(settings: Settings, n: int, workers: int, logs: Path) -> float:
@@ -61,11 +65,15 @@ async def service(settings: Settings, n: int, workers: int, logs: Path) -> float
                     for job_id in batch:
                         pipe.exists(f"llm-router:result:{job_id}")
                     found = await pipe.execute()
-                pending.difference_update(j for j, f in zip(batch, found) if f)
+                pending.difference_update(j for j, f in zip(batch, found, strict=True) if f)
                 return not pending
+
             # bounded at 3x the ideal drain (N/R), so a stuck job ends the run instead of hanging it
-            await wait_until_async(all_done, max(60.0, 3 * n / (settings.rate_limits[MODEL].rpm / 60)),
-                                   lambda: f"every result ({len(pending)} of {n} still pending)")
+            await wait_until_async(
+                all_done,
+                max(60.0, 3 * n / (settings.rate_limits[MODEL].rpm / 60)),
+                lambda: f"every result ({len(pending)} of {n} still pending)",
+            )
             drain = time.perf_counter() - started
             failed = [r for r in [await producer.result(i) for i in ids] if r.status != "succeeded"]
         if failed:
@@ -79,6 +87,7 @@ async def service(settings: Settings, n: int, workers: int, logs: Path) -> float
 async def naive(base_url: str, n: int, concurrency: int) -> float:
     semaphore = asyncio.Semaphore(concurrency)
     async with AIsaClient(base_url, KEY, max_connections=concurrency) as client:
+
         async def one(prompt: str) -> None:
             async with semaphore:
                 for retry in range(30):
@@ -86,8 +95,9 @@ async def naive(base_url: str, n: int, concurrency: int) -> float:
                         await client.chat({"model": MODEL, "messages": [{"role": "user", "content": prompt}]})
                         return
                     except errors.RateLimitError:
-                        await asyncio.sleep(min(30.0, 2.0 ** retry) * random.uniform(0.75, 1.25))
+                        await asyncio.sleep(min(30.0, 2.0**retry) * random.uniform(0.75, 1.25))
                 raise RuntimeError("gave up")
+
         started = time.perf_counter()
         await asyncio.gather(*(one(p) for p in prompts(n)))
     return time.perf_counter() - started
@@ -96,8 +106,10 @@ async def naive(base_url: str, n: int, concurrency: int) -> float:
 def report(name: str, n: int, rpm: float, drain: float, stats: dict) -> None:
     calls = sum(stats["calls"].values())
     ideal = n / (rpm / 60)
-    print(f"{name:<12} achieved/R {n / drain / (rpm / 60):5.3f}   429s/calls {stats['rate_limited'] / calls:6.2%} "
-          f"({stats['rate_limited']}/{calls})   drain/(N/R) {drain / ideal:5.3f}   ({drain:.1f}s for {n} jobs)")
+    print(
+        f"{name:<12} achieved/R {n / drain / (rpm / 60):5.3f}   429s/calls {stats['rate_limited'] / calls:6.2%} "
+        f"({stats['rate_limited']}/{calls})   drain/(N/R) {drain / ideal:5.3f}   ({drain:.1f}s for {n} jobs)"
+    )
 
 
 async def run(n: int, rpm: float, window: float, workers: int) -> None:
@@ -105,9 +117,16 @@ async def run(n: int, rpm: float, window: float, workers: int) -> None:
     per_window = round(rpm * window / 60)
     try:
         with PrivateRedis() as redis, tempfile.TemporaryDirectory() as logs:
-            settings = Settings(aisa_api_key=KEY, aisa_base_url=base_url, redis_url=redis.url,
-                                worker_concurrency=50, poll_delay_s=0.02, metrics_port=0, _env_file=None,
-                                rate_limits={MODEL: RateLimit(rpm=rpm)})
+            settings = Settings(
+                aisa_api_key=KEY,
+                aisa_base_url=base_url,
+                redis_url=redis.url,
+                worker_concurrency=50,
+                poll_delay_s=0.02,
+                metrics_port=0,
+                _env_file=None,
+                rate_limits={MODEL: RateLimit(rpm=rpm)},
+            )
             sim_admin(base_url, "/_sim/config", {"model": MODEL, "rpm": per_window, "rate_window_s": window})
             drain = await service(settings, n, workers, Path(logs))
             ours = sim_admin(base_url, "/_sim/stats")
@@ -117,8 +136,10 @@ async def run(n: int, rpm: float, window: float, workers: int) -> None:
             theirs = sim_admin(base_url, "/_sim/stats")
     finally:
         sim.stop()
-    print(f"jobs={n} R={rpm:g}/min (simulator: {per_window} per {window:g}s window) workers={workers} "
-          f"cores={os.cpu_count()}")
+    print(
+        f"jobs={n} R={rpm:g}/min (simulator: {per_window} per {window:g}s window) workers={workers} "
+        f"cores={os.cpu_count()}"
+    )
     report("llm-router", n, rpm, drain, ours)
     report("naive", n, rpm, naive_drain, theirs)
     print("goals for llm-router: achieved/R >= 0.97, 429s < 1 %, drain/(N/R) <= 1.05")

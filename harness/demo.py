@@ -21,7 +21,7 @@ import httpx
 
 from producers.api import Producer
 from sim.faults import Faults
-from sim.server import Simulator, SimServer
+from sim.server import SimServer, Simulator
 from worker.models import JobResult
 
 from .processes import LLMRouterProcess
@@ -33,11 +33,17 @@ QUEUE = "llm-router:demo"
 
 def tiny_png(path: Path) -> Path:
     """A real 2x2 PNG, written without an imaging library."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
     raw = b"".join(b"\x00" + b"\xff\x00\x00" * 2 for _ in range(2))
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 2, 2, 8, 2, 0, 0, 0))
-                     + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", 2, 2, 8, 2, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(raw))
+        + chunk(b"IEND", b"")
+    )
     return path
 
 
@@ -50,8 +56,11 @@ def show(title: str, result: JobResult) -> None:
     elif result.status == "succeeded":
         print(f"  {result.content or result.tool_calls}")
     if len(result.attempts) > 1 and not result.answers:
-        steps = [f"{a.model} {'ok' if a.ok else a.error.type if a.error else 'failed'}"
-                 + (f" (after {a.waited_s:.2f}s)" if a.waited_s else "") for a in result.attempts]
+        steps = [
+            f"{a.model} {'ok' if a.ok else a.error.type if a.error else 'failed'}"
+            + (f" (after {a.waited_s:.2f}s)" if a.waited_s else "")
+            for a in result.attempts
+        ]
         print("  attempts: " + " -> ".join(steps))
     if result.error:
         print(f"  error: {result.error.type}: {result.error.message}")
@@ -62,19 +71,38 @@ def show(title: str, result: JobResult) -> None:
 async def produce(redis_url: str, image: Path) -> None:
     async with Producer(redis_url, queue_name=QUEUE, source="demo") as producer:
         jobs = {
-            "chat": await producer.chat("gpt-4.1", "Explain quantum computing in simple terms.",
-                                        system="You are a helpful assistant.", temperature=0.7, max_tokens=1000),
+            "chat": await producer.chat(
+                "gpt-4.1",
+                "Explain quantum computing in simple terms.",
+                system="You are a helpful assistant.",
+                temperature=0.7,
+                max_tokens=1000,
+            ),
             "streamed chat": await producer.chat("claude-3-sonnet", "Write a poem about AI.", stream=True),
-            "tool call": await producer.chat("gpt-4.1", "What is the weather in Tokyo?", tools=[{
-                "type": "function", "function": {"name": "get_weather", "parameters": {
-                    "type": "object", "properties": {"location": {"type": "string"}}, "required": ["location"]}}}]),
+            "tool call": await producer.chat(
+                "gpt-4.1",
+                "What is the weather in Tokyo?",
+                tools=[
+                    {
+                        "type": "function",
+                        "function": {
+                            "name": "get_weather",
+                            "parameters": {
+                                "type": "object",
+                                "properties": {"location": {"type": "string"}},
+                                "required": ["location"],
+                            },
+                        },
+                    }
+                ],
+            ),
             "vision (local file)": await producer.vision("gpt-4o", str(image), "What is in this image?"),
             "compare": await producer.compare(["gpt-4.1", "claude-3-sonnet", "gemini-2.0-flash"], "What is 2+2?"),
-            "fallback: qwen-max is down": await producer.chat("qwen-max", "Summarise the news.",
-                                                              fallbacks=["deepseek-v3"]),
+            "fallback: qwen-max is down": await producer.chat(
+                "qwen-max", "Summarise the news.", fallbacks=["deepseek-v3"]
+            ),
             "429 with Retry-After, honoured": await producer.chat("gemini-1.5-flash", "Hello again."),
-            "unknown model (fails cleanly, dead-lettered)": await producer.chat("no-such-model", "Hello",
-                                                                                fallbacks=[]),
+            "unknown model (fails cleanly, dead-lettered)": await producer.chat("no-such-model", "Hello", fallbacks=[]),
         }
         for title, job_id in jobs.items():
             show(title, await producer.wait(job_id, timeout=60))
@@ -88,8 +116,11 @@ async def produce(redis_url: str, image: Path) -> None:
 def show_metrics(port: int) -> None:
     """A few lines of the worker's /metrics: what Prometheus scrapes."""
     text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
-    lines = [line for line in text.splitlines() if line.startswith(("llm_router_spend_usd_total",
-                                                                     "llm_router_fallbacks_total"))]
+    lines = [
+        line
+        for line in text.splitlines()
+        if line.startswith(("llm_router_spend_usd_total", "llm_router_fallbacks_total"))
+    ]
     print(f"\nThe worker's metrics (http://127.0.0.1:{port}/metrics), e.g.:")
     for line in lines[:8]:
         print("  " + line)
@@ -104,15 +135,27 @@ def main() -> None:
         if redis_url is None:
             redis_url = stack.enter_context(PrivateRedis()).url
             print(f"started a private redis-server at {redis_url}")
-        sim = stack.enter_context(SimServer(Simulator([DEMO_KEY], faults=Faults(latency_ms=30, latency_per_token_ms=2))))
+        sim = stack.enter_context(
+            SimServer(Simulator([DEMO_KEY], faults=Faults(latency_ms=30, latency_per_token_ms=2)))
+        )
         sim.sim.faults.update("qwen-max", {"down": True})
         sim.sim.faults.update("gemini-1.5-flash", {"fail_next": [429], "retry_after_s": 0.5})
         print(f"AIsa simulator at {sim.base_url}; Redis at {redis_url}")
         metrics_port = free_port()
-        worker = LLMRouterProcess("worker", env={
-            "AISA_API_KEY": DEMO_KEY, "AISA_BASE_URL": sim.base_url, "REDIS_URL": redis_url, "QUEUE_NAME": QUEUE,
-            "LOG_LEVEL": "WARNING", "BACKOFF_BASE_S": "0.2", "METRICS_PORT": str(metrics_port)})
-        stack.callback(lambda: (worker.send(signal.SIGTERM), worker.wait(30)))
+        worker = LLMRouterProcess(
+            "worker",
+            env={
+                "AISA_API_KEY": DEMO_KEY,
+                "AISA_BASE_URL": sim.base_url,
+                "REDIS_URL": redis_url,
+                "QUEUE_NAME": QUEUE,
+                "LOG_LEVEL": "WARNING",
+                "BACKOFF_BASE_S": "0.2",
+                "METRICS_PORT": str(metrics_port),
+            },
+        )
+        stack.callback(worker.wait, 30)
+        stack.callback(worker.send, signal.SIGTERM)
         image = tiny_png(Path(stack.enter_context(tempfile.TemporaryDirectory())) / "red.png")
         asyncio.run(produce(redis_url, image))
         show_metrics(metrics_port)

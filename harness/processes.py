@@ -49,14 +49,17 @@ def answers(url: str) -> bool:
         return False
 
 
-def wait_started(proc: subprocess.Popen[bytes], ready: Callable[[], object], timeout: float, what: str,
-                 log_path: Path | None = None) -> None:
+def wait_started(
+    proc: subprocess.Popen[bytes], ready: Callable[[], object], timeout: float, what: str, log_path: Path | None = None
+) -> None:
     """Wait until `ready()` is truthy. If `proc` exits first or `timeout` passes, kill it and raise
     RuntimeError naming `what` (with the end of its log)."""
+
     def up() -> object:
         if proc.poll() is not None:
             raise RuntimeError(f"exited with status {proc.returncode}")
         return ready()
+
     try:
         wait_until(up, timeout, f"{what} to start")
     except (RuntimeError, TimeoutError) as exc:
@@ -105,5 +108,9 @@ class WorkerProcess(LLMRouterProcess):
     """`llm-router worker [--burst]` running `settings`, its log in `log_path`."""
 
     def __init__(self, settings: Settings, log_path: Path, burst: bool = False) -> None:
-        super().__init__("worker", *(["--burst"] if burst else []), log_path=log_path,
-                         env={**settings_env(settings), "LOG_LEVEL": os.environ.get("LOG_LEVEL", "INFO")})
+        super().__init__(
+            "worker",
+            *(["--burst"] if burst else []),
+            log_path=log_path,
+            env={**settings_env(settings), "LOG_LEVEL": os.environ.get("LOG_LEVEL", "INFO")},
+        )

@@ -22,8 +22,9 @@ def prometheus_binaries() -> tuple[str, str]:
     """(prometheus, promtool)."""
     prometheus, promtool = shutil.which("prometheus"), shutil.which("promtool")
     if prometheus is None or promtool is None:
-        raise RuntimeError("prometheus is not installed: apt-get install --no-install-recommends prometheus "
-                           "(`make` does it as root)")
+        raise RuntimeError(
+            "prometheus is not installed: apt-get install --no-install-recommends prometheus (`make` does it as root)"
+        )
     return prometheus, promtool
 
 
@@ -50,9 +51,15 @@ class PrivatePrometheus:
         log_path = self.dir / "prometheus.log"
         with open(log_path, "wb") as log:  # the child keeps its own copy of the descriptor
             self.proc = subprocess.Popen(
-                [self.binary, f"--config.file={self.dir / 'prometheus.yml'}",
-                 f"--storage.tsdb.path={self.dir / 'data'}", f"--web.listen-address=127.0.0.1:{self.port}"],
-                stdout=log, stderr=subprocess.STDOUT)
+                [
+                    self.binary,
+                    f"--config.file={self.dir / 'prometheus.yml'}",
+                    f"--storage.tsdb.path={self.dir / 'data'}",
+                    f"--web.listen-address=127.0.0.1:{self.port}",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         wait_started(self.proc, lambda: answers(self.url + "/-/ready"), 30, "prometheus", log_path)
         return self
 

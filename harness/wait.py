@@ -23,8 +23,9 @@ def wait_until(condition: Callable[[], T], timeout: float, what: What, interval:
     return value
 
 
-async def wait_until_async(condition: Callable[[], T | Awaitable[T]], timeout: float, what: What,
-                           interval: float = 0.05) -> T:
+async def wait_until_async(
+    condition: Callable[[], T | Awaitable[T]], timeout: float, what: What, interval: float = 0.05
+) -> T:
     """`wait_until` for a coroutine: `condition` may be async, or sync (then run in a thread)."""
     deadline = time.monotonic() + timeout
     while not (value := await _call(condition)):
@@ -35,9 +36,9 @@ async def wait_until_async(condition: Callable[[], T | Awaitable[T]], timeout: f
 
 async def _call(condition: Callable[[], T | Awaitable[T]]) -> T:
     if inspect.iscoroutinefunction(condition):
-        return await condition()  # type: ignore[misc]
+        return await condition()
     value = await asyncio.to_thread(condition)
-    return await value if inspect.isawaitable(value) else value  # type: ignore[return-value]
+    return await value if inspect.isawaitable(value) else value
 
 
 def _check(deadline: float, timeout: float, what: What) -> None:

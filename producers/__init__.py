@@ -10,5 +10,4 @@ from worker.models import ChatJob, CompareJob, JobResult, ModelAnswer, VisionJob
 
 from .api import JobRejected, Producer, ResultTimeout
 
-__all__ = ["ChatJob", "CompareJob", "JobRejected", "JobResult", "ModelAnswer", "Producer", "ResultTimeout",
-           "VisionJob"]
+__all__ = ["ChatJob", "CompareJob", "JobRejected", "JobResult", "ModelAnswer", "Producer", "ResultTimeout", "VisionJob"]

@@ -55,8 +55,9 @@ class ResultTimeout(TimeoutError):
     """No result within the wait; the job may still finish later."""
 
 
-def build_messages(message: str | None = None, messages: Iterable[dict[str, Any] | Message] | None = None,
-                   system: str | None = None) -> list[dict[str, Any] | Message]:
+def build_messages(
+    message: str | None = None, messages: Iterable[dict[str, Any] | Message] | None = None, system: str | None = None
+) -> list[dict[str, Any] | Message]:
     """The seed's three ways to say it: one message, a system prompt, or a whole conversation."""
     built: list[dict[str, Any] | Message] = [{"role": "system", "content": system}] if system else []
     built += list(messages or [])
@@ -73,9 +74,16 @@ def validate(cls: type[J], **fields: Any) -> J:
 
 
 class Producer:
-    def __init__(self, redis_url: str | None = None, *, source: str | None = None,
-                 queue_name: str | None = None, result_ttl_s: int | None = None,
-                 max_image_bytes: int | None = None, redis: Redis | None = None) -> None:
+    def __init__(
+        self,
+        redis_url: str | None = None,
+        *,
+        source: str | None = None,
+        queue_name: str | None = None,
+        result_ttl_s: int | None = None,
+        max_image_bytes: int | None = None,
+        redis: Redis | None = None,
+    ) -> None:
         settings = load_settings()  # defaults from the environment; a bad value is a ConfigError
         self.redis = redis or Redis.from_url(redis_url or settings.redis_url)
         self._owns_redis = redis is None
@@ -98,28 +106,68 @@ class Producer:
 
     # ------------------------------------------------------------ enqueue
 
-    async def chat(self, model: str, message: str | None = None, *, messages: Iterable[Any] | None = None,
-                   system: str | None = None, job_id: str | None = None, **params: Any) -> str:
-        job = validate(ChatJob, model=model, messages=build_messages(message, messages, system),
-                       source=params.pop("source", self.source), **params)
+    async def chat(
+        self,
+        model: str,
+        message: str | None = None,
+        *,
+        messages: Iterable[Any] | None = None,
+        system: str | None = None,
+        job_id: str | None = None,
+        **params: Any,
+    ) -> str:
+        job = validate(
+            ChatJob,
+            model=model,
+            messages=build_messages(message, messages, system),
+            source=params.pop("source", self.source),
+            **params,
+        )
         return await self.enqueue(job, job_id)
 
-    async def vision(self, model: str, image: str, prompt: str, *, system: str | None = None,
-                     job_id: str | None = None, **params: Any) -> str:
+    async def vision(
+        self,
+        model: str,
+        image: str,
+        prompt: str,
+        *,
+        system: str | None = None,
+        job_id: str | None = None,
+        **params: Any,
+    ) -> str:
         """`image`: an http(s) URL, a data URL, or a local file path (sent as base64)."""
         try:
             image = resolve_image(image, self.max_image_bytes)
         except ImageError as exc:
             raise JobRejected("image", str(exc).removeprefix("image: ")) from None
-        job = validate(VisionJob, model=model, image=image, prompt=prompt, system=system,
-                       source=params.pop("source", self.source), **params)
+        job = validate(
+            VisionJob,
+            model=model,
+            image=image,
+            prompt=prompt,
+            system=system,
+            source=params.pop("source", self.source),
+            **params,
+        )
         return await self.enqueue(job, job_id)
 
-    async def compare(self, models: Iterable[str], message: str | None = None, *,
-                      messages: Iterable[Any] | None = None, system: str | None = None,
-                      job_id: str | None = None, **params: Any) -> str:
-        job = validate(CompareJob, models=list(models), messages=build_messages(message, messages, system),
-                       source=params.pop("source", self.source), **params)
+    async def compare(
+        self,
+        models: Iterable[str],
+        message: str | None = None,
+        *,
+        messages: Iterable[Any] | None = None,
+        system: str | None = None,
+        job_id: str | None = None,
+        **params: Any,
+    ) -> str:
+        job = validate(
+            CompareJob,
+            models=list(models),
+            messages=build_messages(message, messages, system),
+            source=params.pop("source", self.source),
+            **params,
+        )
         return await self.enqueue(job, job_id)
 
     async def enqueue(self, job: JobBase, job_id: str | None = None) -> str:
@@ -136,16 +184,18 @@ class Producer:
         now_ms = int(time.time() * 1000)
         ids = [_job_id(job_id) for _, job_id in pairs]
         async with self.redis.pipeline(transaction=False) as pipe:
-            for (job, _), job_id in zip(pairs, ids):
+            for (job, _), job_id in zip(pairs, ids, strict=True):
                 if job.source is None and self.source is not None:
                     job = job.model_copy(update={"source": self.source})
                 payload = job.model_dump(mode="json", exclude_none=True)
                 data = serde.job_bytes(job.kind, payload, now_ms)
                 await self._enqueue(
                     keys=[job_key(job_id), arq_result_key(job_id), result_key(job_id), self.queue_name],
-                    args=[data, JOB_EXPIRES_EXTRA_MS, now_ms, job_id], client=pipe)
+                    args=[data, JOB_EXPIRES_EXTRA_MS, now_ms, job_id],
+                    client=pipe,
+                )
             created = await pipe.execute()
-        return [(job_id, bool(c)) for job_id, c in zip(ids, created)]
+        return [(job_id, bool(c)) for job_id, c in zip(ids, created, strict=True)]
 
     # ------------------------------------------------------------ results
 
@@ -174,5 +224,3 @@ def _job_id(job_id: Any) -> str:
     if not isinstance(job_id, str) or not job_id:
         raise JobRejected("job_id", f"must be a non-empty string, not {job_id!r}")
     return job_id
-
-

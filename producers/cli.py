@@ -60,7 +60,9 @@ def _option(name: str, field: FieldInfo) -> Callable[[Any], Any]:
     if kinds == [bool]:
         options.update(is_flag=True, flag_value=True)
     elif extra.get("cli_split"):
-        options["callback"] = lambda _ctx, _param, v: None if v is None else [m.strip() for m in v.split(",") if m.strip()]
+        options["callback"] = lambda _ctx, _param, v: (
+            None if v is None else [m.strip() for m in v.split(",") if m.strip()]
+        )
     elif len(kinds) == 1 and kinds[0] in (int, float, str):
         options["type"] = kinds[0]
     elif len(kinds) == 1 and typing.get_origin(kinds[0]) is Literal:
@@ -74,11 +76,13 @@ def _option(name: str, field: FieldInfo) -> Callable[[Any], Any]:
 
 def job_options(cls: type[JobBase]) -> Callable[[Any], Any]:
     """Every field of the job model not taken by hand, as a flag."""
+
     def decorate(f: Any) -> Any:
         for name, field in reversed(list(cls.model_fields.items())):
             if name not in _BY_HAND:
                 f = _option(name, field)(f)
         return f
+
     return decorate
 
 
@@ -109,11 +113,24 @@ def cli() -> None:
 @conversation_options
 @job_options(ChatJob)
 @wait_options
-def chat(model: str, message: str | None, messages: Any, system: str | None, job_id: str | None, no_wait: bool,
-         timeout: float, as_json: bool, **params: Any) -> None:
+def chat(
+    model: str,
+    message: str | None,
+    messages: Any,
+    system: str | None,
+    job_id: str | None,
+    no_wait: bool,
+    timeout: float,
+    as_json: bool,
+    **params: Any,
+) -> None:
     """One chat completion."""
-    _enqueue(lambda p: p.chat(model, message, messages=messages, system=system, job_id=job_id, **_params(params)),
-             no_wait, timeout, as_json)
+    _enqueue(
+        lambda p: p.chat(model, message, messages=messages, system=system, job_id=job_id, **_params(params)),
+        no_wait,
+        timeout,
+        as_json,
+    )
 
 
 @cli.command()
@@ -123,11 +140,24 @@ def chat(model: str, message: str | None, messages: Any, system: str | None, job
 @click.option("--system", help="system prompt")
 @job_options(VisionJob)
 @wait_options
-def vision(model: str, image: str, prompt: str, system: str | None, job_id: str | None, no_wait: bool,
-           timeout: float, as_json: bool, **params: Any) -> None:
+def vision(
+    model: str,
+    image: str,
+    prompt: str,
+    system: str | None,
+    job_id: str | None,
+    no_wait: bool,
+    timeout: float,
+    as_json: bool,
+    **params: Any,
+) -> None:
     """Ask about an image (URL or local file)."""
-    _enqueue(lambda p: p.vision(model, image, prompt, system=system, job_id=job_id, **_params(params)),
-             no_wait, timeout, as_json)
+    _enqueue(
+        lambda p: p.vision(model, image, prompt, system=system, job_id=job_id, **_params(params)),
+        no_wait,
+        timeout,
+        as_json,
+    )
 
 
 @cli.command()
@@ -135,12 +165,25 @@ def vision(model: str, image: str, prompt: str, system: str | None, job_id: str 
 @conversation_options
 @job_options(CompareJob)
 @wait_options
-def compare(models: str, message: str | None, messages: Any, system: str | None, job_id: str | None, no_wait: bool,
-            timeout: float, as_json: bool, **params: Any) -> None:
+def compare(
+    models: str,
+    message: str | None,
+    messages: Any,
+    system: str | None,
+    job_id: str | None,
+    no_wait: bool,
+    timeout: float,
+    as_json: bool,
+    **params: Any,
+) -> None:
     """The same question to several models at once."""
     names = [m.strip() for m in models.split(",") if m.strip()]
-    _enqueue(lambda p: p.compare(names, message, messages=messages, system=system, job_id=job_id, **_params(params)),
-             no_wait, timeout, as_json)
+    _enqueue(
+        lambda p: p.compare(names, message, messages=messages, system=system, job_id=job_id, **_params(params)),
+        no_wait,
+        timeout,
+        as_json,
+    )
 
 
 @cli.command()
@@ -149,6 +192,7 @@ def compare(models: str, message: str | None, messages: Any, system: str | None,
 @click.option("--json", "as_json", is_flag=True)
 def result(job_id: str, wait: float, as_json: bool) -> None:
     """Print a job's result."""
+
     async def main() -> int:
         async with Producer() as producer:
             if wait:
@@ -158,6 +202,7 @@ def result(job_id: str, wait: float, as_json: bool) -> None:
             click.echo(f"llm-router: no result for {job_id} (queued, running, expired or unknown)", err=True)
             return 1
         return _print(found, as_json)
+
     run(main())
 
 
@@ -178,6 +223,7 @@ def models() -> None:
                 return 1
         click.echo("\n".join(names))
         return 0
+
     run(main())
 
 
@@ -187,13 +233,16 @@ def _enqueue(submit: Callable[[Producer], Awaitable[str]], no_wait: bool, timeou
             try:
                 job_id = await submit(producer)
             except JobRejected as exc:
-                click.echo(f"llm-router: invalid {_flag_of(exc.field)} ({exc.field}): {exc.message}. "
-                           "Nothing was enqueued.", err=True)
+                click.echo(
+                    f"llm-router: invalid {_flag_of(exc.field)} ({exc.field}): {exc.message}. Nothing was enqueued.",
+                    err=True,
+                )
                 return 2
             if no_wait:
                 click.echo(job_id)
                 return 0
             return await _wait_and_print(producer, job_id, timeout, as_json)
+
     run(main())
 
 
@@ -210,8 +259,11 @@ async def _wait_and_print(producer: Producer, job_id: str, timeout: float, as_js
         found = await producer.wait(job_id, first)
     except ResultTimeout:
         if timeout > first and not await producer.workers():
-            click.echo(f"llm-router: no worker is consuming queue {producer.queue_name!r}: start one with "
-                       "`llm-router worker` (still waiting)", err=True)
+            click.echo(
+                f"llm-router: no worker is consuming queue {producer.queue_name!r}: start one with "
+                "`llm-router worker` (still waiting)",
+                err=True,
+            )
         try:
             found = await producer.wait(job_id, timeout - first)
         except ResultTimeout as exc:
@@ -230,7 +282,9 @@ def _print(result: JobResult, as_json: bool) -> int:
             click.echo(_cost_line(answer.usage, answer.cost, answer.latency_s))
         click.echo(f"total {_money(result.cost)}")
     elif result.status == "succeeded":
-        click.echo(result.content if result.content is not None else json.dumps(result.tool_calls or result.function_call))
+        click.echo(
+            result.content if result.content is not None else json.dumps(result.tool_calls or result.function_call)
+        )
         click.echo(_cost_line(result.usage, result.cost, result.latency_s, result.model))
     if result.error:
         click.echo(f"llm-router: job {result.job_id} failed: {result.error.type}: {result.error.message}", err=True)

@@ -80,6 +80,6 @@ def tool_call_for(body: dict[str, Any], messages: list[dict[str, Any]]) -> dict[
         fn = next((f for f in functions if f.get("name") == wanted), fn)
     params = fn.get("parameters") or {}
     arg = (params.get("required") or list(params.get("properties") or {}) or ["input"])[0]
-    last_user = next((m for m in reversed(messages) if m.get("role") == "user"), {})
+    last_user: dict[str, Any] = next((m for m in reversed(messages) if m.get("role") == "user"), {})
     text = " ".join(str(p.get("text", "")) for p in _parts(last_user.get("content")) if p.get("type") == "text")
     return {"name": fn.get("name", "function"), "arguments": json.dumps({arg: text})}

@@ -38,21 +38,47 @@ cli = click.Group()
 @click.option("--rpm", type=int)
 @click.option("--tpm", type=int)
 @click.option("--rate-window-s", type=float, default=60)
-@click.option("--error-rate", "error_rates", multiple=True, metavar="STATUS=RATE", callback=_error_rates,
-              help="inject this status at this rate (repeatable), e.g. 503=0.1")
+@click.option(
+    "--error-rate",
+    "error_rates",
+    multiple=True,
+    metavar="STATUS=RATE",
+    callback=_error_rates,
+    help="inject this status at this rate (repeatable), e.g. 503=0.1",
+)
 @click.option("--down", is_flag=True)
 @click.option("--hang-s", type=float, default=0)
 @click.option("--cut-stream-after", type=int)
 @click.option("--malformed", is_flag=True)
-def sim(host: str, port: int, api_keys: tuple[str, ...], credits: float, seed: int, latency_ms: float,
-        latency_per_token_ms: float, rpm: int | None, tpm: int | None, rate_window_s: float,
-        error_rates: list[tuple[int, float]], down: bool, hang_s: float, cut_stream_after: int | None,
-        malformed: bool) -> None:
+def sim(
+    host: str,
+    port: int,
+    api_keys: tuple[str, ...],
+    credits: float,
+    seed: int,
+    latency_ms: float,
+    latency_per_token_ms: float,
+    rpm: int | None,
+    tpm: int | None,
+    rate_window_s: float,
+    error_rates: list[tuple[int, float]],
+    down: bool,
+    hang_s: float,
+    cut_stream_after: int | None,
+    malformed: bool,
+) -> None:
     keys = list(api_keys) or [os.environ.get("AISA_API_KEY", "")]
     faults = Faults(
-        latency_ms=latency_ms, latency_per_token_ms=latency_per_token_ms, rpm=rpm, tpm=tpm,
-        rate_window_s=rate_window_s, error_rates=dict(error_rates), down=down, hang_s=hang_s,
-        cut_stream_after=cut_stream_after, malformed=malformed,
+        latency_ms=latency_ms,
+        latency_per_token_ms=latency_per_token_ms,
+        rpm=rpm,
+        tpm=tpm,
+        rate_window_s=rate_window_s,
+        error_rates=dict(error_rates),
+        down=down,
+        hang_s=hang_s,
+        cut_stream_after=cut_stream_after,
+        malformed=malformed,
     )
     try:
         simulator = Simulator(keys, credits=credits, faults=faults, seed=seed)

@@ -23,7 +23,8 @@ class Faults(BaseModel):
     hang_s: float = Field(0, ge=0, description="sleep this long before answering (past the client timeout)")
     cut_stream_after: int | None = Field(None, ge=0, description="drop the connection after N stream chunks")
     stream_rate_limit_after: int | None = Field(
-        None, ge=0, description="streams: after N chunks, an error event (rate_limit_error) instead of the rest")
+        None, ge=0, description="streams: after N chunks, an error event (rate_limit_error) instead of the rest"
+    )
     malformed: bool = Field(False, description="answer 200 with a body that is not JSON")
 
 

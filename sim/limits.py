@@ -39,7 +39,7 @@ class Window:
             used_tokens += tokens
         # A UNIX timestamp, as AIsa sends it; `now` is monotonic.
         reset_in = (self.log[0][0] + window - now) if self.log else 0.0
-        reset = int(math.ceil(time.time() + reset_in))
+        reset = math.ceil(time.time() + reset_in)
         limit_r, limit_t = rpm or NOMINAL_RPM, tpm or NOMINAL_TPM
         headers = {
             "x-ratelimit-limit-requests": str(limit_r),
@@ -50,12 +50,14 @@ class Window:
             "x-ratelimit-reset-tokens": str(reset),
         }
         if not allowed:
-            headers.update({
-                "retry-after": str(max(1, math.ceil(wait))) if window >= 1 else f"{wait:.3f}",
-                "x-ratelimit-limit": str(limit_r),
-                "x-ratelimit-remaining": "0",
-                "x-ratelimit-reset": str(reset),
-            })
+            headers.update(
+                {
+                    "retry-after": str(max(1, math.ceil(wait))) if window >= 1 else f"{wait:.3f}",
+                    "x-ratelimit-limit": str(limit_r),
+                    "x-ratelimit-remaining": "0",
+                    "x-ratelimit-reset": str(reset),
+                }
+            )
         return Decision(allowed, headers, max(wait, 0.0))
 
     def _token_wait(self, now: float, tokens: int, tpm: int, window: float) -> float:

@@ -41,14 +41,29 @@ _ERROR_CODES = {
     503: ("upstream_error", "upstream_unavailable"),
     504: ("upstream_error", "upstream_timeout"),
 }
-_GEMINI_STATUS = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 402: "PERMISSION_DENIED",
-                  403: "PERMISSION_DENIED", 404: "NOT_FOUND", 429: "RESOURCE_EXHAUSTED",
-                  500: "INTERNAL", 502: "UNAVAILABLE", 503: "UNAVAILABLE", 504: "UNAVAILABLE"}
+_GEMINI_STATUS = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    402: "PERMISSION_DENIED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    429: "RESOURCE_EXHAUSTED",
+    500: "INTERNAL",
+    502: "UNAVAILABLE",
+    503: "UNAVAILABLE",
+    504: "UNAVAILABLE",
+}
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, message: str, code: str | None = None,
-                 param: str | None = None, headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        code: str | None = None,
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status, self.message, self.param = status, message, param
         self.type, default_code = _ERROR_CODES.get(status, ("api_error", "error"))
@@ -59,7 +74,9 @@ class ApiError(Exception):
 class Simulator:
     """The gateway's state: keys and credits, faults, rate windows and what it has seen."""
 
-    def __init__(self, api_keys: list[str], credits: float = 100.0, faults: Faults | None = None, seed: int = 0) -> None:
+    def __init__(
+        self, api_keys: list[str], credits: float = 100.0, faults: Faults | None = None, seed: int = 0
+    ) -> None:
         if not api_keys or not all(api_keys):
             raise ValueError("the simulator needs at least one API key (--api-key or AISA_API_KEY)")
         self.initial_credits = credits
@@ -104,12 +121,19 @@ class Simulator:
         faults = self.faults.for_model(model)
         decision = self.windows[model].check(time.monotonic(), tokens, faults.rpm, faults.tpm, faults.rate_window_s)
         if not decision.allowed:
-            raise ApiError(429, f"Rate limit reached for {model}: retry after {decision.retry_after:.2f}s",
-                           headers=decision.headers)
+            raise ApiError(
+                429,
+                f"Rate limit reached for {model}: retry after {decision.retry_after:.2f}s",
+                headers=decision.headers,
+            )
         injected = self.faults.injected_status(model)
         if injected == 429:
-            raise ApiError(429, f"Simulated rate limit for {model}", "rate_limit_exceeded",
-                           headers={**decision.headers, "retry-after": f"{faults.retry_after_s:g}"})
+            raise ApiError(
+                429,
+                f"Simulated rate limit for {model}",
+                "rate_limit_exceeded",
+                headers={**decision.headers, "retry-after": f"{faults.retry_after_s:g}"},
+            )
         if injected:
             raise ApiError(injected, f"Simulated upstream failure ({injected}) for {model}", headers=decision.headers)
         return faults, decision.headers
@@ -118,8 +142,11 @@ class Simulator:
         """The call's cost; 402 if the key cannot pay it."""
         cost = price(spec, prompt, completion)
         if self.credits[key] < cost:
-            raise ApiError(402, f"Insufficient credits: this call costs ${cost:.6f}, "
-                           f"${self.credits[key]:.6f} remaining", "insufficient_credits")
+            raise ApiError(
+                402,
+                f"Insufficient credits: this call costs ${cost:.6f}, ${self.credits[key]:.6f} remaining",
+                "insufficient_credits",
+            )
         return cost
 
     def charge(self, key: str, model: str, cost: float) -> float:
@@ -131,6 +158,7 @@ class Simulator:
 
 
 # ---------------------------------------------------------------- request checking
+
 
 def _check_messages(messages: Any) -> list[dict[str, Any]]:
     if messages is None:
@@ -151,7 +179,11 @@ def _check_image(url: Any, param: str) -> None:
     if url.startswith("data:"):
         header, _, data = url.partition(",")
         if not header.endswith(";base64") or header[5:].split(";")[0] not in (
-                "image/jpeg", "image/png", "image/gif", "image/webp"):
+            "image/jpeg",
+            "image/png",
+            "image/gif",
+            "image/webp",
+        ):
             raise ApiError(400, "data URL must be data:image/(jpeg|png|gif|webp);base64,...", "invalid_request", param)
         try:
             base64.b64decode(data, validate=True)
@@ -191,6 +223,7 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
 
 # ---------------------------------------------------------------- answers
 
+
 class Answer:
     """What the model says to one request: text (maybe cut at max_tokens) or a function call."""
 
@@ -200,9 +233,13 @@ class Answer:
         self.prompt_tokens = answers.prompt_tokens(messages, body.get("tools") or body.get("functions"))
         max_tokens = body.get("max_tokens")
         if self.prompt_tokens + (max_tokens or 0) > spec.context:
-            raise ApiError(400, f"This model's maximum context length is {spec.context} tokens; "
-                           f"the request needs {self.prompt_tokens + (max_tokens or 0)}",
-                           "context_length_exceeded", "messages")
+            raise ApiError(
+                400,
+                f"This model's maximum context length is {spec.context} tokens; "
+                f"the request needs {self.prompt_tokens + (max_tokens or 0)}",
+                "context_length_exceeded",
+                "messages",
+            )
         words = answers.reply_text(spec.id, messages).split(" ")
         self.finish_reason = "stop"
         if self.call:
@@ -211,7 +248,7 @@ class Answer:
             self.finish_reason = "function_call" if self.legacy else "tool_calls"
             return
         if max_tokens is not None:
-            kept = []
+            kept: list[str] = []
             for word in words:
                 if answers.count_tokens(" ".join([*kept, word])) > max_tokens:
                     self.finish_reason = "length"
@@ -226,30 +263,47 @@ class Answer:
             return {"role": "assistant", "content": " ".join(self.words)}
         if self.legacy:
             return {"role": "assistant", "content": None, "function_call": self.call}
-        return {"role": "assistant", "content": None, "tool_calls": [
-            {"id": "call_" + uuid.uuid4().hex[:24], "type": "function", "function": self.call}]}
+        return {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [{"id": "call_" + uuid.uuid4().hex[:24], "type": "function", "function": self.call}],
+        }
 
 
 def _usage(answer: Answer, cost: float, credits: float) -> dict[str, Any]:
-    return {"prompt_tokens": answer.prompt_tokens, "completion_tokens": answer.completion_tokens,
-            "total_tokens": answer.prompt_tokens + answer.completion_tokens,
-            "cost": cost, "credits_remaining": credits}
+    return {
+        "prompt_tokens": answer.prompt_tokens,
+        "completion_tokens": answer.completion_tokens,
+        "total_tokens": answer.prompt_tokens + answer.completion_tokens,
+        "cost": cost,
+        "credits_remaining": credits,
+    }
 
 
 def _error_response(exc: ApiError, gemini: bool = False) -> web.Response:
     if gemini:
-        error: dict[str, Any] = {"code": exc.status, "message": exc.message,
-                                 "status": _GEMINI_STATUS.get(exc.status, "UNKNOWN")}
+        error: dict[str, Any] = {
+            "code": exc.status,
+            "message": exc.message,
+            "status": _GEMINI_STATUS.get(exc.status, "UNKNOWN"),
+        }
         if exc.status == 429 and "retry-after" in exc.headers:
-            error["details"] = [{"@type": "type.googleapis.com/google.rpc.RetryInfo",
-                                 "retryDelay": f"{exc.headers['retry-after']}s"}]
+            error["details"] = [
+                {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": f"{exc.headers['retry-after']}s"}
+            ]
     else:
-        error = {"message": exc.message, "type": exc.type, "code": exc.code, "param": exc.param,
-                 "request_id": "req_" + uuid.uuid4().hex[:20]}
+        error = {
+            "message": exc.message,
+            "type": exc.type,
+            "code": exc.code,
+            "param": exc.param,
+            "request_id": "req_" + uuid.uuid4().hex[:20],
+        }
     return web.json_response({"error": error}, status=exc.status, headers=exc.headers)
 
 
 # ---------------------------------------------------------------- handlers
+
 
 class Handlers:
     def __init__(self, sim: Simulator) -> None:
@@ -280,8 +334,17 @@ class Handlers:
         finally:
             sim.in_flight -= 1
 
-    async def _answer(self, request: web.Request, sim: Simulator, key: str, spec: ModelSpec,
-                      body: dict[str, Any], answer: Answer, faults: Faults, headers: dict[str, str]) -> web.StreamResponse:
+    async def _answer(
+        self,
+        request: web.Request,
+        sim: Simulator,
+        key: str,
+        spec: ModelSpec,
+        body: dict[str, Any],
+        answer: Answer,
+        faults: Faults,
+        headers: dict[str, str],
+    ) -> web.StreamResponse:
         if faults.hang_s:
             await asyncio.sleep(faults.hang_s)
         if faults.latency_ms:
@@ -298,36 +361,62 @@ class Handlers:
         if faults.latency_per_token_ms:
             await asyncio.sleep(faults.latency_per_token_ms * answer.completion_tokens / 1000)
         if faults.malformed:
-            return web.Response(text="<html><body>502 Bad Gateway</body></html>", status=200,
-                                content_type="text/html", headers=headers)
+            return web.Response(
+                text="<html><body>502 Bad Gateway</body></html>", status=200, content_type="text/html", headers=headers
+            )
         credits = sim.charge(key, spec.id, cost)
-        return web.json_response({
-            "id": "chatcmpl-" + uuid.uuid4().hex[:24], "object": "chat.completion", "created": int(time.time()),
-            "model": spec.id,
-            "choices": [{"index": 0, "message": answer.message(), "finish_reason": answer.finish_reason}],
-            "usage": _usage(answer, cost, credits),
-        }, headers=headers)
+        return web.json_response(
+            {
+                "id": "chatcmpl-" + uuid.uuid4().hex[:24],
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": spec.id,
+                "choices": [{"index": 0, "message": answer.message(), "finish_reason": answer.finish_reason}],
+                "usage": _usage(answer, cost, credits),
+            },
+            headers=headers,
+        )
 
-    async def _stream(self, request: web.Request, key: str, spec: ModelSpec, body: dict[str, Any], answer: Answer,
-                      faults: Faults, headers: dict[str, str], cost: float) -> web.StreamResponse:
-        response = web.StreamResponse(headers={**headers, "Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+    async def _stream(
+        self,
+        request: web.Request,
+        key: str,
+        spec: ModelSpec,
+        body: dict[str, Any],
+        answer: Answer,
+        faults: Faults,
+        headers: dict[str, str],
+        cost: float,
+    ) -> web.StreamResponse:
+        response = web.StreamResponse(
+            headers={**headers, "Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        )
         await response.prepare(request)
-        base = {"id": "chatcmpl-" + uuid.uuid4().hex[:24], "object": "chat.completion.chunk",
-                "created": int(time.time()), "model": spec.id}
+        base = {
+            "id": "chatcmpl-" + uuid.uuid4().hex[:24],
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": spec.id,
+        }
         for sent, chunk in enumerate(_chunks(answer, body)):
             if faults.cut_stream_after is not None and sent >= faults.cut_stream_after:
-                request.transport.close()  # mid-stream: no [DONE], no terminating chunk
+                request.transport.close()  # type: ignore[union-attr]  # mid-stream: no [DONE], no terminating chunk
                 return response
             if faults.stream_rate_limit_after is not None and sent >= faults.stream_rate_limit_after:
                 # the upstream provider throttled mid-answer: HTTP 200 already sent, so an error event
-                error = {"error": {"type": "rate_limit_error", "code": "upstream_rate_limit",
-                                   "message": f"Upstream rate limit reached for {spec.id} during the stream"}}
+                error = {
+                    "error": {
+                        "type": "rate_limit_error",
+                        "code": "upstream_rate_limit",
+                        "message": f"Upstream rate limit reached for {spec.id} during the stream",
+                    }
+                }
                 await response.write(b"data: " + json.dumps(error).encode() + b"\n\n")
                 await response.write_eof()
                 return response
             if faults.malformed and sent == 1:  # then give up: an unreadable answer is not billed
                 await response.write(b"data: {not json\n\n")
-                request.transport.close()
+                request.transport.close()  # type: ignore[union-attr]
                 return response
             if faults.latency_per_token_ms and chunk.get("choices"):
                 await asyncio.sleep(faults.latency_per_token_ms / 1000)
@@ -343,8 +432,15 @@ class Handlers:
             self.sim.authenticate(request)
         except ApiError as exc:
             return _error_response(exc)
-        return web.json_response({"object": "list", "data": [
-            {"id": m.id, "object": "model", "created": 1700000000, "owned_by": m.owned_by} for m in MODELS.values()]})
+        return web.json_response(
+            {
+                "object": "list",
+                "data": [
+                    {"id": m.id, "object": "model", "created": 1700000000, "owned_by": m.owned_by}
+                    for m in MODELS.values()
+                ],
+            }
+        )
 
     async def gemini(self, request: web.Request) -> web.Response:
         model, _, method = request.match_info["spec"].partition(":")
@@ -365,15 +461,24 @@ class Handlers:
             self.sim.statuses[exc.status] += 1
             return _error_response(exc, gemini=True)
         self.sim.statuses[200] += 1
-        return web.json_response({
-            "candidates": [{"content": {"role": "model", "parts": [{"text": " ".join(answer.words)}]},
-                            "finishReason": "MAX_TOKENS" if answer.finish_reason == "length" else "STOP",
-                            "index": 0}],
-            "usageMetadata": {"promptTokenCount": answer.prompt_tokens,
-                              "candidatesTokenCount": answer.completion_tokens,
-                              "totalTokenCount": answer.prompt_tokens + answer.completion_tokens},
-            "modelVersion": spec.id, "responseId": uuid.uuid4().hex[:20],
-        })
+        return web.json_response(
+            {
+                "candidates": [
+                    {
+                        "content": {"role": "model", "parts": [{"text": " ".join(answer.words)}]},
+                        "finishReason": "MAX_TOKENS" if answer.finish_reason == "length" else "STOP",
+                        "index": 0,
+                    }
+                ],
+                "usageMetadata": {
+                    "promptTokenCount": answer.prompt_tokens,
+                    "candidatesTokenCount": answer.completion_tokens,
+                    "totalTokenCount": answer.prompt_tokens + answer.completion_tokens,
+                },
+                "modelVersion": spec.id,
+                "responseId": uuid.uuid4().hex[:20],
+            }
+        )
 
     # ------------------------------------------------------------ admin
 
@@ -409,18 +514,32 @@ class Handlers:
 def _chunks(answer: Answer, body: dict[str, Any]) -> list[dict[str, Any]]:
     """The stream as chunk dicts: role, content words (or tool-call pieces), finish, usage."""
     chunks: list[dict[str, Any]] = [
-        {"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}], "usage": None}]
+        {"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}], "usage": None}
+    ]
+    deltas: list[dict[str, Any]]
     if answer.call and answer.legacy:
-        deltas = [{"function_call": {"name": answer.call["name"], "arguments": ""}},
-                  {"function_call": {"arguments": answer.call["arguments"]}}]
+        deltas = [
+            {"function_call": {"name": answer.call["name"], "arguments": ""}},
+            {"function_call": {"arguments": answer.call["arguments"]}},
+        ]
     elif answer.call:
         call_id = "call_" + uuid.uuid4().hex[:24]
         args = answer.call["arguments"]
         half = len(args) // 2
-        deltas = [{"tool_calls": [{"index": 0, "id": call_id, "type": "function",
-                                   "function": {"name": answer.call["name"], "arguments": ""}}]},
-                  {"tool_calls": [{"index": 0, "function": {"arguments": args[:half]}}]},
-                  {"tool_calls": [{"index": 0, "function": {"arguments": args[half:]}}]}]
+        deltas = [
+            {
+                "tool_calls": [
+                    {
+                        "index": 0,
+                        "id": call_id,
+                        "type": "function",
+                        "function": {"name": answer.call["name"], "arguments": ""},
+                    }
+                ]
+            },
+            {"tool_calls": [{"index": 0, "function": {"arguments": args[:half]}}]},
+            {"tool_calls": [{"index": 0, "function": {"arguments": args[half:]}}]},
+        ]
     else:
         deltas = [{"content": word if i == 0 else " " + word} for i, word in enumerate(answer.words)]
     chunks += [{"choices": [{"index": 0, "delta": d, "finish_reason": None}], "usage": None} for d in deltas]
@@ -434,19 +553,21 @@ def _gemini_messages(body: dict[str, Any]) -> list[dict[str, Any]]:
     contents = body.get("contents")
     if not isinstance(contents, list) or not contents:
         raise ApiError(400, "'contents' must be a non-empty array", "missing_parameter", "contents")
-    messages = []
+    messages: list[dict[str, Any]] = []
     system = body.get("systemInstruction") or {}
     if system.get("parts"):
         messages.append({"role": "system", "content": " ".join(p.get("text", "") for p in system["parts"])})
     for content in contents:
-        parts = []
+        parts: list[dict[str, Any]] = []
         for part in content.get("parts") or []:
             if "text" in part:
                 parts.append({"type": "text", "text": part["text"]})
             inline = part.get("inline_data") or part.get("inlineData")
             if inline:
                 mime = inline.get("mime_type") or inline.get("mimeType")
-                parts.append({"type": "image_url", "image_url": {"url": f"data:{mime};base64,{inline.get('data', '')}"}})
+                parts.append(
+                    {"type": "image_url", "image_url": {"url": f"data:{mime};base64,{inline.get('data', '')}"}}
+                )
         messages.append({"role": "assistant" if content.get("role") == "model" else "user", "content": parts})
     return messages
 

@@ -9,10 +9,11 @@ from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
 
 from harness.redis_server import PrivateRedis
-from sim.server import Simulator, SimServer
+from sim.server import SimServer, Simulator
 from worker.settings import Settings
 
 from .helpers import API_KEY, sim_admin
+
 
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[str]:
@@ -53,8 +54,21 @@ def sim(sim_server: SimServer) -> SimServer:
 
 @pytest.fixture
 def settings(sim: SimServer, redis_url: str) -> Settings:
-    return Settings(aisa_api_key=API_KEY, aisa_base_url=sim.base_url, redis_url=redis_url,
-                    request_timeout_s=2, connect_timeout_s=2, poll_delay_s=0.01, _env_file=None,
-                    # resilience at test speed: the same policy, shorter clocks
-                    backoff_base_s=0.01, backoff_cap_s=0.05, probe_interval_s=0.2, lease_s=3,
-                    max_wait_s=2, circuit_open_s=1, shutdown_grace_s=2, metrics_port=0)
+    return Settings(
+        aisa_api_key=API_KEY,
+        aisa_base_url=sim.base_url,
+        redis_url=redis_url,
+        request_timeout_s=2,
+        connect_timeout_s=2,
+        poll_delay_s=0.01,
+        _env_file=None,
+        # resilience at test speed: the same policy, shorter clocks
+        backoff_base_s=0.01,
+        backoff_cap_s=0.05,
+        probe_interval_s=0.2,
+        lease_s=3,
+        max_wait_s=2,
+        circuit_open_s=1,
+        shutdown_grace_s=2,
+        metrics_port=0,
+    )

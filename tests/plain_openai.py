@@ -12,9 +12,12 @@ async def _chat(request: web.Request) -> web.StreamResponse:
     body = await request.json()
     text = f"plain answer to {body['messages'][-1]['content']}"
     if not body.get("stream"):
-        return web.json_response({"choices": [{"message": {"role": "assistant", "content": text},
-                                               "finish_reason": "stop"}],
-                                  "usage": {"prompt_tokens": 10, "completion_tokens": 5}})
+        return web.json_response(
+            {
+                "choices": [{"message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 10, "completion_tokens": 5},
+            }
+        )
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
     await response.prepare(request)
     for word in text.split(" "):

@@ -5,6 +5,7 @@ is stuck, and the spend in Redis equals what the simulator charged."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import signal
 import time
 
@@ -50,6 +51,7 @@ def workers(tmp_path):
 async def all_results(producer, ids, timeout, what="every job's result"):
     async def done():
         return all([await producer.redis.exists(f"llm-router:result:{i}") for i in ids])
+
     await wait_until_async(done, timeout, what)
     return [await producer.result(i) for i in ids]
 
@@ -84,8 +86,9 @@ async def test_sigkill_mid_call_reruns_within_the_lease_and_counts_cost_once(pro
 
 
 async def test_sigterm_lets_in_flight_calls_finish_within_the_grace(producer, chaos_settings, sim, workers):
-    ids, a = await busy_worker(producer, sim, workers, chaos_settings.model_copy(update={"shutdown_grace_s": 5}),
-                               jobs=4, latency_ms=1000)
+    ids, a = await busy_worker(
+        producer, sim, workers, chaos_settings.model_copy(update={"shutdown_grace_s": 5}), jobs=4, latency_ms=1000
+    )
     a.send(signal.SIGTERM)
 
     # arq's own log line on the signal
@@ -99,8 +102,9 @@ async def test_sigterm_lets_in_flight_calls_finish_within_the_grace(producer, ch
 
 
 async def test_sigterm_past_the_grace_puts_jobs_back_for_another_worker(producer, chaos_settings, sim, workers):
-    ids, a = await busy_worker(producer, sim, workers, chaos_settings.model_copy(update={"shutdown_grace_s": 0.5}),
-                               jobs=3, latency_ms=3000)
+    ids, a = await busy_worker(
+        producer, sim, workers, chaos_settings.model_copy(update={"shutdown_grace_s": 0.5}), jobs=3, latency_ms=3000
+    )
     a.send(signal.SIGTERM)
     assert await asyncio.to_thread(a.wait, 10) == 0
     assert await producer.queued() == 3 and not any([await producer.result(i) for i in ids])
@@ -182,7 +186,7 @@ async def test_429_storm_and_5xx_bursts_across_processes(producer, chaos_setting
     stats = sim_admin(sim, "/_sim/stats")
     assert stats["rate_limited"] > 0 and stats["statuses"].get("503", 0) > 0
     for r in rs:  # every retry after a 429 waited its Retry-After, in whichever process
-        for before, after in zip(r.attempts, r.attempts[1:]):
+        for before, after in itertools.pairwise(r.attempts):
             if before.error and before.error.type == "rate_limit" and after.model == before.model:
                 assert after.at - (before.at + before.latency_s) >= 0.18, r.attempts
     await assert_books_balance(producer, sim)

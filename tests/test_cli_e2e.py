@@ -17,8 +17,15 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture
 def env(sim, redis_url):
-    return {**os.environ, "AISA_API_KEY": API_KEY, "AISA_BASE_URL": sim.base_url, "REDIS_URL": redis_url,
-            "QUEUE_NAME": "llm-router:e2e", "REQUEST_TIMEOUT_S": "5", "POLL_DELAY_S": "0.01"}
+    return {
+        **os.environ,
+        "AISA_API_KEY": API_KEY,
+        "AISA_BASE_URL": sim.base_url,
+        "REDIS_URL": redis_url,
+        "QUEUE_NAME": "llm-router:e2e",
+        "REQUEST_TIMEOUT_S": "5",
+        "POLL_DELAY_S": "0.01",
+    }
 
 
 @pytest.fixture
@@ -74,13 +81,16 @@ def test_stream_flag_and_failed_job_exit_code(env, worker_proc):
     assert out.returncode == 1 and "not_found" in out.stderr
 
 
-@pytest.mark.parametrize(("args", "flag"), [
-    (["chat", "--model", "gpt-4.1", "--message", "x", "--temperature", "3"], "--temperature"),
-    (["chat", "--model", "gpt-4.1"], "--messages/--message"),
-    (["compare", "--models", ",", "--message", "x"], "--models"),
-    (["vision", "--model", "gpt-4o", "--image", "/nonexistent.png", "--prompt", "p"], "--image"),
-    (["vision", "--model", "gpt-4o", "--image", "data:image/png;base64,!!", "--prompt", "p"], "--image"),
-])
+@pytest.mark.parametrize(
+    ("args", "flag"),
+    [
+        (["chat", "--model", "gpt-4.1", "--message", "x", "--temperature", "3"], "--temperature"),
+        (["chat", "--model", "gpt-4.1"], "--messages/--message"),
+        (["compare", "--models", ",", "--message", "x"], "--models"),
+        (["vision", "--model", "gpt-4o", "--image", "/nonexistent.png", "--prompt", "p"], "--image"),
+        (["vision", "--model", "gpt-4o", "--image", "data:image/png;base64,!!", "--prompt", "p"], "--image"),
+    ],
+)
 def test_bad_input_is_refused_before_enqueue(env, args, flag, redis_url):
     from redis import Redis
 
@@ -106,8 +116,7 @@ def test_models_command_lists_the_gateway_models(env):
 def test_arq_cli_runs_worker_settings_from_the_environment(env, redis_url):
     job = cli(env, "chat", "--model", "grok-2", "--message", "via arq", "--no-wait").stdout.strip()
     arq = os.path.join(os.path.dirname(sys.executable), "arq")
-    out = subprocess.run([arq, "worker.WorkerSettings", "--burst"], env=env, capture_output=True, text=True,
-                         timeout=60)
+    out = subprocess.run([arq, "worker.WorkerSettings", "--burst"], env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     result = cli(env, "result", job)
     assert result.returncode == 0 and result.stdout.startswith("[grok-2] You said: via arq")
@@ -116,8 +125,16 @@ def test_arq_cli_runs_worker_settings_from_the_environment(env, redis_url):
 def test_demo_runs_end_to_end():
     out = subprocess.run([sys.executable, "-m", "harness.demo"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    for title in ("chat", "streamed chat", "tool call", "vision (local file)", "compare", "fallback", "429",
-                  "unknown model"):
+    for title in (
+        "chat",
+        "streamed chat",
+        "tool call",
+        "vision (local file)",
+        "compare",
+        "fallback",
+        "429",
+        "unknown model",
+    ):
         assert f"### {title}" in out.stdout
     assert out.stdout.count("succeeded]") == 7 and "error: not_found" in out.stdout
     assert "qwen-max server -> qwen-max server" in out.stdout and "-> deepseek-v3 ok" in out.stdout
@@ -129,11 +146,15 @@ def test_demo_runs_end_to_end():
 def test_dlq_list_show_replay_purge(env, sim):
     env = {**env, "BACKOFF_BASE_S": "0.01", "METRICS_PORT": "0", "CIRCUIT_FAILURES": "100"}
     sim_admin(sim, "/_sim/config", {"model": "gpt-4.1", "down": True})
-    ids = [cli(env, "chat", "--model", "gpt-4.1", "--message", m, "--fallbacks", "", "--no-wait").stdout.strip()
-           for m in ("first", "second")]
+    ids = [
+        cli(env, "chat", "--model", "gpt-4.1", "--message", m, "--fallbacks", "", "--no-wait").stdout.strip()
+        for m in ("first", "second")
+    ]
     assert subprocess.run([*CLI, "worker", "--burst"], env=env, capture_output=True, timeout=60).returncode == 0
     out = cli(env, "dlq", "list")
-    assert out.returncode == 0 and all(i in out.stdout for i in ids) and "server: Simulated upstream failure" in out.stdout
+    assert (
+        out.returncode == 0 and all(i in out.stdout for i in ids) and "server: Simulated upstream failure" in out.stdout
+    )
     show = cli(env, "dlq", "show", ids[0])
     assert show.returncode == 0 and '"content": "first"' in show.stdout and show.stdout.count('"model": "gpt-4.1"') >= 3
     assert cli(env, "dlq", "show", "nope").returncode == 1
@@ -166,6 +187,7 @@ def test_a_closed_pipe_is_not_a_traceback(env, worker_proc):
     job_id = cli(env, "chat", "--model", "gpt-4.1", "--message", "piped", "--no-wait").stdout.strip()
     assert cli(env, "result", job_id, "--wait", "30").returncode == 0
     # `true` exits without reading: every write of the CLI meets a closed pipe
-    out = subprocess.run(f"{CLI[0]} result {job_id} --json | true", shell=True, env=env, capture_output=True,
-                         text=True, timeout=30)
+    out = subprocess.run(
+        f"{CLI[0]} result {job_id} --json | true", shell=True, env=env, capture_output=True, text=True, timeout=30
+    )
     assert "Traceback" not in out.stderr and "BrokenPipe" not in out.stderr, out.stderr

@@ -8,7 +8,7 @@ from aiohttp import web
 
 from tests.helpers import API_KEY, free_port, sim_admin
 from worker import errors
-from worker.client import AIsaClient, _StreamAssembler, _status_error
+from worker.client import AIsaClient, _status_error, _StreamAssembler
 from worker.policy import Action, action_for
 
 HELLO = [{"role": "user", "content": "Hello there"}]
@@ -17,9 +17,15 @@ HELLO = [{"role": "user", "content": "Hello there"}]
 def retried(exc: errors.AIsaError) -> bool:
     """The policy retries this error on the same model (worker.policy decides, not the error)."""
     return action_for(exc.error_class) in (Action.RETRY_AFTER, Action.BACKOFF)
-WEATHER_TOOL = {"type": "function", "function": {
-    "name": "get_weather", "parameters": {"type": "object", "properties": {"location": {"type": "string"}},
-                                          "required": ["location"]}}}
+
+
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "parameters": {"type": "object", "properties": {"location": {"type": "string"}}, "required": ["location"]},
+    },
+}
 
 
 @pytest.fixture
@@ -54,8 +60,14 @@ async def test_max_tokens_cuts_the_answer(client):
 
 @pytest.mark.parametrize("stream", [False, True])
 async def test_tool_calls(client, stream):
-    c = await client.chat({"model": "gpt-4.1", "messages": [{"role": "user", "content": "Tokyo"}],
-                           "tools": [WEATHER_TOOL], "stream": stream})
+    c = await client.chat(
+        {
+            "model": "gpt-4.1",
+            "messages": [{"role": "user", "content": "Tokyo"}],
+            "tools": [WEATHER_TOOL],
+            "stream": stream,
+        }
+    )
     assert c.finish_reason == "tool_calls" and c.content is None
     (call,) = c.tool_calls
     assert call["function"] == {"name": "get_weather", "arguments": '{"location": "Tokyo"}'}
@@ -64,8 +76,15 @@ async def test_tool_calls(client, stream):
 
 @pytest.mark.parametrize("stream", [False, True])
 async def test_legacy_function_call(client, stream):
-    c = await client.chat({"model": "gpt-4.1", "messages": [{"role": "user", "content": "Tokyo"}],
-                           "functions": [WEATHER_TOOL["function"]], "function_call": "auto", "stream": stream})
+    c = await client.chat(
+        {
+            "model": "gpt-4.1",
+            "messages": [{"role": "user", "content": "Tokyo"}],
+            "functions": [WEATHER_TOOL["function"]],
+            "function_call": "auto",
+            "stream": stream,
+        }
+    )
     assert c.finish_reason == "function_call"
     assert c.function_call == {"name": "get_weather", "arguments": '{"location": "Tokyo"}'}
 
@@ -182,16 +201,40 @@ def test_stream_without_done_fails():
         stream.finish(0.1, httpx.Headers())
 
 
-@pytest.mark.parametrize(("status", "body", "cls", "code", "message"), [
-    (502, b"<html>Bad Gateway</html>", errors.ServerError, None, "HTTP 502, body not JSON: <html>Bad Gateway</html>"),
-    (401, b'{"error": {"type": "authentication_error", "code": "revoked_api_key", "message": "revoked"}}',
-     errors.AuthenticationError, "revoked_api_key", "revoked"),
-    (404, b'{"error": {"code": "model_not_found", "message": "Model \'xyz\' is not available"}}',
-     errors.ModelNotFoundError, "model_not_found", "Model 'xyz' is not available"),
-    (429, b'{"error": {"code": 429, "message": "quota", "status": "RESOURCE_EXHAUSTED"}}',
-     errors.RateLimitError, "RESOURCE_EXHAUSTED", "quota"),
-    (418, b"", errors.APIStatusError, None, "HTTP 418"),
-])
+@pytest.mark.parametrize(
+    ("status", "body", "cls", "code", "message"),
+    [
+        (
+            502,
+            b"<html>Bad Gateway</html>",
+            errors.ServerError,
+            None,
+            "HTTP 502, body not JSON: <html>Bad Gateway</html>",
+        ),
+        (
+            401,
+            b'{"error": {"type": "authentication_error", "code": "revoked_api_key", "message": "revoked"}}',
+            errors.AuthenticationError,
+            "revoked_api_key",
+            "revoked",
+        ),
+        (
+            404,
+            b'{"error": {"code": "model_not_found", "message": "Model \'xyz\' is not available"}}',
+            errors.ModelNotFoundError,
+            "model_not_found",
+            "Model 'xyz' is not available",
+        ),
+        (
+            429,
+            b'{"error": {"code": 429, "message": "quota", "status": "RESOURCE_EXHAUSTED"}}',
+            errors.RateLimitError,
+            "RESOURCE_EXHAUSTED",
+            "quota",
+        ),
+        (418, b"", errors.APIStatusError, None, "HTTP 418"),
+    ],
+)
 def test_every_documented_error_shape_is_read(status, body, cls, code, message):
     err = _status_error(httpx.Response(status, content=body, headers={"retry-after": "2"}))
     assert type(err) is cls and err.code == code and err.message == message and err.status == status
@@ -219,7 +262,8 @@ async def test_plain_openai_server_without_extensions():
 
 
 async def test_concurrent_calls_share_the_connection_pool(client, sim):
-    results = await asyncio.gather(*(client.chat({"model": "gpt-4o-mini", "messages": [
-        {"role": "user", "content": f"n{i}"}]}) for i in range(40)))
+    results = await asyncio.gather(
+        *(client.chat({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": f"n{i}"}]}) for i in range(40))
+    )
     assert sorted(r.content for r in results) == sorted(f"[gpt-4o-mini] You said: n{i}" for i in range(40))
     assert sim_admin(sim, "/_sim/stats")["calls"]["gpt-4o-mini"] == 40

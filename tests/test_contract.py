@@ -48,6 +48,14 @@ def test_an_unregistered_kind_is_refused_by_the_worker():
 
 
 def test_the_public_surface_of_producers():
-    assert sorted(producers.__all__) == ["ChatJob", "CompareJob", "JobRejected", "JobResult", "ModelAnswer",
-                                         "Producer", "ResultTimeout", "VisionJob"]
+    assert sorted(producers.__all__) == [
+        "ChatJob",
+        "CompareJob",
+        "JobRejected",
+        "JobResult",
+        "ModelAnswer",
+        "Producer",
+        "ResultTimeout",
+        "VisionJob",
+    ]
     assert all(getattr(producers, name) for name in producers.__all__)

@@ -24,8 +24,10 @@ def promtool():
         pytest.fail(f"{exc} (`make test` installs it)")
 
 
-@pytest.mark.parametrize("args", [["check", "config", "prometheus.yml"], ["check", "rules", "alerts.yml"],
-                                  ["test", "rules", "alerts_test.yml"]])
+@pytest.mark.parametrize(
+    "args",
+    [["check", "config", "prometheus.yml"], ["check", "rules", "alerts.yml"], ["test", "rules", "alerts_test.yml"]],
+)
 def test_promtool(promtool, args):
     run = subprocess.run([promtool, *args], cwd=DEPLOY / "prometheus", capture_output=True, text=True)
     assert run.returncode == 0, run.stdout + run.stderr
@@ -40,9 +42,17 @@ def alert_rules():
 def test_every_alert_compares_one_signal_with_a_threshold():
     rules = alert_rules()
     names = {r["alert"] for r in rules}
-    assert {"LLMRouterCreditsLow", "LLMRouterCreditsRunOutWithin24h", "LLMRouterSpendOverBudget",
-            "LLMRouterRateLimitedRatioHigh", "LLMRouterErrorRatioHigh", "LLMRouterQueueBacklogGrowing",
-            "LLMRouterOldestJobTooOld", "LLMRouterDeadLettersGrowing", "LLMRouterNoWorkerUp"} <= names
+    assert {
+        "LLMRouterCreditsLow",
+        "LLMRouterCreditsRunOutWithin24h",
+        "LLMRouterSpendOverBudget",
+        "LLMRouterRateLimitedRatioHigh",
+        "LLMRouterErrorRatioHigh",
+        "LLMRouterQueueBacklogGrowing",
+        "LLMRouterOldestJobTooOld",
+        "LLMRouterDeadLettersGrowing",
+        "LLMRouterNoWorkerUp",
+    } <= names
     for rule in rules:
         assert ALERT_FORM.match(rule["expr"].strip()), rule["alert"]
         assert rule["labels"]["severity"] in ("warning", "critical") and rule["annotations"]["summary"]
@@ -55,8 +65,9 @@ def test_every_alert_is_exercised_by_the_promtool_tests():
 
 
 def test_the_dashboard_json_is_what_the_code_builds():
-    run = subprocess.run([sys.executable, str(DEPLOY / "grafana" / "build_dashboard.py"), "--check"],
-                         capture_output=True, text=True)
+    run = subprocess.run(
+        [sys.executable, str(DEPLOY / "grafana" / "build_dashboard.py"), "--check"], capture_output=True, text=True
+    )
     assert run.returncode == 0, run.stderr
 
 
@@ -66,7 +77,7 @@ def test_the_dashboard_is_well_formed():
     board = json.loads((DEPLOY / "grafana" / "dashboards" / "llm-router.json").read_text())
     panels = board["panels"]
     assert len({p["id"] for p in panels}) == len(panels)
-    cells = set()
+    cells: set[tuple[int, int]] = set()
     for p in panels:
         g = p["gridPos"]
         assert g["x"] + g["w"] <= 24
@@ -76,9 +87,23 @@ def test_the_dashboard_is_well_formed():
         if p["type"] != "row":
             assert p["targets"] and p["datasource"]["uid"] == "${datasource}" and p["fieldConfig"]["defaults"]["unit"]
     titles = " ".join(p["title"] for p in panels).lower()
-    for needed in ("spend per model", "spend rate", "spent today", "credits remaining", "run out", "latency",
-                   "first token", "tokens/s", "jobs/s", "errors", "429", "fallbacks", "queue depth", "oldest",
-                   "in-flight"):
+    for needed in (
+        "spend per model",
+        "spend rate",
+        "spent today",
+        "credits remaining",
+        "run out",
+        "latency",
+        "first token",
+        "tokens/s",
+        "jobs/s",
+        "errors",
+        "429",
+        "fallbacks",
+        "queue depth",
+        "oldest",
+        "in-flight",
+    ):
         assert needed in titles, needed
 
 
@@ -86,10 +111,17 @@ def test_dashboard_and_rules_use_only_metrics_that_exist():
     from worker import metrics
 
     exported = {c._name for c in vars(metrics).values() if hasattr(c, "_name") and hasattr(c, "_type")}
-    exported |= {"llm_router_credits_remaining_usd", "llm_router_credits_updated_timestamp_seconds",
-                 "llm_router_queue_depth", "llm_router_queue_scheduled", "llm_router_queue_oldest_job_age_seconds",
-                 "llm_router_dead_letters", "llm_router_spend_today_usd", "llm_router_queue_paused",
-                 "llm_router_exporter_redis_up"}
+    exported |= {
+        "llm_router_credits_remaining_usd",
+        "llm_router_credits_updated_timestamp_seconds",
+        "llm_router_queue_depth",
+        "llm_router_queue_scheduled",
+        "llm_router_queue_oldest_job_age_seconds",
+        "llm_router_dead_letters",
+        "llm_router_spend_today_usd",
+        "llm_router_queue_paused",
+        "llm_router_exporter_redis_up",
+    }
     text = (DEPLOY / "grafana" / "dashboards" / "llm-router.json").read_text()
     text += (DEPLOY / "prometheus" / "alerts.yml").read_text()
     used = set(re.findall(r"\bllm_router_[a-z_]+", text))
@@ -106,8 +138,9 @@ def test_compose_file_is_valid_compose():
     binary = shutil.which("docker-compose")
     if binary is None:
         pytest.fail("docker-compose is not installed (`make test` installs it)")
-    run = subprocess.run([binary, "-f", str(DEPLOY / "docker-compose.yml"), "config", "-q"],
-                         capture_output=True, text=True)
+    run = subprocess.run(
+        [binary, "-f", str(DEPLOY / "docker-compose.yml"), "config", "-q"], capture_output=True, text=True
+    )
     assert run.returncode == 0, run.stderr
 
 
@@ -131,8 +164,12 @@ def test_compose_references_resolve():
         assert services[name]["command"][0] in verbs
     # the image copies everything the package is built from
     copied = {line.split()[1] for line in (DEPLOY / "Dockerfile").read_text().splitlines() if line.startswith("COPY")}
-    copied |= {w for line in (DEPLOY / "Dockerfile").read_text().splitlines() if line.startswith("COPY")
-               for w in line.split()[1:-1]}
+    copied |= {
+        w
+        for line in (DEPLOY / "Dockerfile").read_text().splitlines()
+        if line.startswith("COPY")
+        for w in line.split()[1:-1]
+    }
     import tomllib
 
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())

@@ -9,10 +9,20 @@ from worker.headers import parse_duration, parse_wait, rate_limit_snapshot, retr
 NOW = 1_745_012_000.0
 
 
-@pytest.mark.parametrize(("value", "seconds"), [
-    ("3", 3.0), ("0.5", 0.5), ("1s", 1.0), ("6m0s", 360.0), ("20ms", 0.02), ("1h2m3.5s", 3723.5),
-    (str(int(NOW) + 7), 7.0), (str(int(NOW) - 5), 0.0), (formatdate(NOW + 30, usegmt=True), 30.0),
-])
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [
+        ("3", 3.0),
+        ("0.5", 0.5),
+        ("1s", 1.0),
+        ("6m0s", 360.0),
+        ("20ms", 0.02),
+        ("1h2m3.5s", 3723.5),
+        (str(int(NOW) + 7), 7.0),
+        (str(int(NOW) - 5), 0.0),
+        (formatdate(NOW + 30, usegmt=True), 30.0),
+    ],
+)
 def test_parse_wait_every_form(value, seconds):
     assert parse_wait(value, NOW) == pytest.approx(seconds, abs=0.001)
 
@@ -36,6 +46,9 @@ def test_retry_after_prefers_milliseconds_then_seconds_then_reset():
 
 
 def test_rate_limit_snapshot_reads_the_numeric_headers():
-    headers = {"x-ratelimit-limit-requests": "600", "x-ratelimit-remaining-requests": "587",
-               "x-ratelimit-remaining-tokens": "oops"}
+    headers = {
+        "x-ratelimit-limit-requests": "600",
+        "x-ratelimit-remaining-requests": "587",
+        "x-ratelimit-remaining-tokens": "oops",
+    }
     assert rate_limit_snapshot(headers) == {"limit-requests": 600, "remaining-requests": 587}

@@ -1,6 +1,8 @@
 """The shared limiter's Lua on the real redis-server: GCRA slots, pauses, token settling,
 the circuit breaker and the queue gate."""
 
+import itertools
+
 import pytest
 from redis.asyncio import Redis
 
@@ -23,7 +25,7 @@ async def test_requests_get_evenly_spaced_slots(redis: Redis):
     limiter = make(redis, rate_limits={"m": RateLimit(rpm=600)})  # one every 100 ms
     waits = [(await limiter.admit("m", 0, max_wait_s=5)).wait_s for _ in range(5)]
     assert waits[0] == 0
-    gaps = [b - a for a, b in zip(waits, waits[1:])]
+    gaps = [b - a for a, b in itertools.pairwise(waits)]
     assert all(0.09 <= g <= 0.101 for g in gaps), waits
     assert (await limiter.admit("other", 0, 5)).wait_s == 0  # limits are per model
 
@@ -69,6 +71,7 @@ async def test_circuit_opens_after_k_failures_then_one_probe_closes_it(redis: Re
     assert skipped.status == "circuit" and 0 < skipped.wait_s <= 0.3
     assert await redis.pttl(model_key("m")) > 0  # state in Redis expires
     import asyncio
+
     await asyncio.sleep(0.35)
     probe = await limiter.admit("m", 0, 5)
     assert probe.status == "probe"
@@ -79,6 +82,7 @@ async def test_circuit_opens_after_k_failures_then_one_probe_closes_it(redis: Re
 
 async def test_a_failed_probe_reopens_at_once(redis: Redis):
     import asyncio
+
     limiter = make(redis, circuit_failures=1)
     await settle(limiter, "m", outcome="fail")
     await asyncio.sleep(0.35)

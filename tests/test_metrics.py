@@ -11,9 +11,9 @@ from prometheus_client.registry import CollectorRegistry
 from producers.api import Producer
 from tests.helpers import run_worker, sim_admin
 from worker.exporter import QueueCollector
+from worker.keys import CREDITS, GATE
 from worker.metrics import OTHER, Labels
 from worker.settings import Settings
-from worker.keys import CREDITS, GATE
 
 
 def samples(name: str) -> dict[tuple, float]:
@@ -36,15 +36,26 @@ def test_label_values_are_bounded():
     assert labels.model("gpt-4.1") == "gpt-4.1" and labels.model("claude-3-sonnet") == "claude-3-sonnet"
     assert labels.model("gpt-4.1-typo") == OTHER and labels.model("x" * 500) == OTHER
     assert [labels.source(n) for n in ("billing", "search", "third", "billing", None)] == [
-        "billing", "search", OTHER, "billing", "none"]
+        "billing",
+        "search",
+        OTHER,
+        "billing",
+        "none",
+    ]
     fixed = Labels(Settings(metric_sources=["billing"], _env_file=None))
     assert fixed.source("billing") == "billing" and fixed.source("anything") == OTHER
 
 
 async def test_a_worker_counts_spend_tokens_errors_and_fallbacks(settings, sim):
     sim_admin(sim, "/_sim/config", {"model": "gpt-4.1", "down": True})
-    names = ["llm_router_spend_usd_total", "llm_router_fallbacks_total", "llm_router_upstream_errors_total",
-             "llm_router_jobs_total", "llm_router_tokens_total", "llm_router_retries_total"]
+    names = [
+        "llm_router_spend_usd_total",
+        "llm_router_fallbacks_total",
+        "llm_router_upstream_errors_total",
+        "llm_router_jobs_total",
+        "llm_router_tokens_total",
+        "llm_router_retries_total",
+    ]
     before = {n: samples(n) for n in names}
     async with Producer(settings.redis_url, queue_name=settings.queue_name, source="billing") as producer:
         await producer.chat("gpt-4.1", "falls back", fallbacks=["claude-3-sonnet"])
@@ -63,18 +74,24 @@ async def test_a_worker_counts_spend_tokens_errors_and_fallbacks(settings, sim):
     assert errors[(("error_class", "not_found"), ("model", OTHER))] == 1  # not its raw name
     assert d["llm_router_retries_total"] == {(("model", "gpt-4.1"),): settings.attempts_per_model - 1}
     jobs = d["llm_router_jobs_total"]
-    assert jobs[(("kind", "chat"), ("outcome", "succeeded"))] == 2 and jobs[(("kind", "chat"), ("outcome", "failed"))] == 1
+    assert (
+        jobs[(("kind", "chat"), ("outcome", "succeeded"))] == 2 and jobs[(("kind", "chat"), ("outcome", "failed"))] == 1
+    )
     assert not any("no-such-model" in str(k) for n in names for k in d[n])
 
 
 async def test_exporter_reads_the_queue_gauges_from_redis(settings, redis):
     now = time.time()
     await redis.hset(CREDITS, mapping={"remaining": 42.5, "updated_at": now - 10})
-    await redis.zadd(settings.queue_name, {"ready-old": int((now - 30) * 1000), "ready-new": int(now * 1000),
-                                           "later": int((now + 600) * 1000)})
+    await redis.zadd(
+        settings.queue_name,
+        {"ready-old": int((now - 30) * 1000), "ready-new": int(now * 1000), "later": int((now + 600) * 1000)},
+    )
     await redis.hset("llm-router:dlq", mapping={"dead1": "{}", "dead2": "{}"})
-    await redis.hset(f"llm-router:spend:day:{time.strftime('%Y-%m-%d', time.gmtime())}",
-                     mapping={"gpt-4.1": 0.5, "mystery-model": 0.25, "another-mystery": 0.25})
+    await redis.hset(
+        f"llm-router:spend:day:{time.strftime('%Y-%m-%d', time.gmtime())}",
+        mapping={"gpt-4.1": 0.5, "mystery-model": 0.25, "another-mystery": 0.25},
+    )
     await redis.set(GATE, json.dumps({"reason": "credits", "message": "out", "model": "gpt-4.1", "since": now}))
     registry = CollectorRegistry()
     registry.register(QueueCollector(settings))

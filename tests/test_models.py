@@ -15,22 +15,55 @@ def png_url(data: bytes = PNG) -> str:
     return "data:image/png;base64," + base64.b64encode(data).decode()
 
 
-@pytest.mark.parametrize(("cls", "fields", "field", "words"), [
-    (ChatJob, {"model": "gpt-4.1"}, "messages", "required"),
-    (ChatJob, {"model": "gpt-4.1", "messages": []}, "messages", "at least 1"),
-    (ChatJob, {"model": "gpt-4.1", "messages": [{"role": "user", "content": "hi"}], "temperature": 3}, "temperature", "less than or equal to 2"),
-    (ChatJob, {"model": "gpt-4.1", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 0}, "max_tokens", "greater than or equal to 1"),
-    (ChatJob, {"model": " ", "messages": [{"role": "user", "content": "hi"}]}, "model", "must name a model"),
-    (ChatJob, {"model": "m", "messages": [{"role": "robot", "content": "hi"}]}, "messages.0.role", "Input should be"),
-    (ChatJob, {"model": "m", "messages": [{"role": "user"}]}, "messages.0", "needs content"),
-    (ChatJob, {"model": "m", "messages": [{"role": "user", "content": "x"}], "source": "bad source!"}, "source", "letters, digits"),
-    (CompareJob, {"models": [], "messages": [{"role": "user", "content": "hi"}]}, "models", "at least 1"),
-    (CompareJob, {"models": ["a", "a"], "messages": [{"role": "user", "content": "hi"}]}, "models", "twice"),
-    (VisionJob, {"model": "gpt-4o", "image": "data:image/png;base64,@@notbase64@@", "prompt": "p"}, "image", "not valid base64"),
-    (VisionJob, {"model": "gpt-4o", "image": "data:image/tiff;base64,AAAA", "prompt": "p"}, "image", "not supported"),
-    (VisionJob, {"model": "gpt-4o", "image": "ftp://host/x.png", "prompt": "p"}, "image", "http(s) URL"),
-    (VisionJob, {"model": "gpt-4o", "image": "https://x/y.png", "prompt": ""}, "prompt", "at least 1"),
-])
+@pytest.mark.parametrize(
+    ("cls", "fields", "field", "words"),
+    [
+        (ChatJob, {"model": "gpt-4.1"}, "messages", "required"),
+        (ChatJob, {"model": "gpt-4.1", "messages": []}, "messages", "at least 1"),
+        (
+            ChatJob,
+            {"model": "gpt-4.1", "messages": [{"role": "user", "content": "hi"}], "temperature": 3},
+            "temperature",
+            "less than or equal to 2",
+        ),
+        (
+            ChatJob,
+            {"model": "gpt-4.1", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 0},
+            "max_tokens",
+            "greater than or equal to 1",
+        ),
+        (ChatJob, {"model": " ", "messages": [{"role": "user", "content": "hi"}]}, "model", "must name a model"),
+        (
+            ChatJob,
+            {"model": "m", "messages": [{"role": "robot", "content": "hi"}]},
+            "messages.0.role",
+            "Input should be",
+        ),
+        (ChatJob, {"model": "m", "messages": [{"role": "user"}]}, "messages.0", "needs content"),
+        (
+            ChatJob,
+            {"model": "m", "messages": [{"role": "user", "content": "x"}], "source": "bad source!"},
+            "source",
+            "letters, digits",
+        ),
+        (CompareJob, {"models": [], "messages": [{"role": "user", "content": "hi"}]}, "models", "at least 1"),
+        (CompareJob, {"models": ["a", "a"], "messages": [{"role": "user", "content": "hi"}]}, "models", "twice"),
+        (
+            VisionJob,
+            {"model": "gpt-4o", "image": "data:image/png;base64,@@notbase64@@", "prompt": "p"},
+            "image",
+            "not valid base64",
+        ),
+        (
+            VisionJob,
+            {"model": "gpt-4o", "image": "data:image/tiff;base64,AAAA", "prompt": "p"},
+            "image",
+            "not supported",
+        ),
+        (VisionJob, {"model": "gpt-4o", "image": "ftp://host/x.png", "prompt": "p"}, "image", "http(s) URL"),
+        (VisionJob, {"model": "gpt-4o", "image": "https://x/y.png", "prompt": ""}, "prompt", "at least 1"),
+    ],
+)
 def test_bad_jobs_are_refused_naming_the_field(cls, fields, field, words):
     with pytest.raises(JobRejected) as info:
         validate(cls, **fields)
@@ -43,35 +76,62 @@ def test_image_part_inside_chat_messages_is_checked():
     with pytest.raises(JobRejected) as info:
         validate(ChatJob, model="gpt-4o", messages=bad)
     assert info.value.field.startswith("messages.0.content.0")
-    good = [{"role": "user", "content": [{"type": "text", "text": "what?"},
-                                         {"type": "image_url", "image_url": png_url()}]}]
+    good = [
+        {"role": "user", "content": [{"type": "text", "text": "what?"}, {"type": "image_url", "image_url": png_url()}]}
+    ]
     assert validate(ChatJob, model="gpt-4o", messages=good).messages[0].content[1].image_url == png_url()
 
 
 def test_request_params_carry_every_seed_parameter_and_nothing_unset():
-    job = ChatJob(model="gpt-4.1", messages=[{"role": "user", "content": "hi"}], temperature=0.7, max_tokens=100,
-                  top_p=0.9, frequency_penalty=0.5, presence_penalty=-0.5, stop=["END"], stream=True,
-                  tools=[{"type": "function", "function": {"name": "f"}}], tool_choice="auto")
+    job = ChatJob(
+        model="gpt-4.1",
+        messages=[{"role": "user", "content": "hi"}],
+        temperature=0.7,
+        max_tokens=100,
+        top_p=0.9,
+        frequency_penalty=0.5,
+        presence_penalty=-0.5,
+        stop=["END"],
+        stream=True,
+        tools=[{"type": "function", "function": {"name": "f"}}],
+        tool_choice="auto",
+    )
     assert job.request_params() == {
-        "temperature": 0.7, "max_tokens": 100, "top_p": 0.9, "frequency_penalty": 0.5, "presence_penalty": -0.5,
-        "stop": ["END"], "stream": True, "tools": [{"type": "function", "function": {"name": "f"}}],
-        "tool_choice": "auto"}
+        "temperature": 0.7,
+        "max_tokens": 100,
+        "top_p": 0.9,
+        "frequency_penalty": 0.5,
+        "presence_penalty": -0.5,
+        "stop": ["END"],
+        "stream": True,
+        "tools": [{"type": "function", "function": {"name": "f"}}],
+        "tool_choice": "auto",
+    }
     assert ChatJob(model="m", messages=[{"role": "user", "content": "x"}]).request_params() == {}
 
 
 def test_vision_job_builds_a_multimodal_message():
-    job = VisionJob(model="gpt-4o", image="https://example.com/cat.jpg", prompt="What is it?", system="Be brief",
-                    detail="low")
+    job = VisionJob(
+        model="gpt-4o", image="https://example.com/cat.jpg", prompt="What is it?", system="Be brief", detail="low"
+    )
     assert job.build_messages() == [
         {"role": "system", "content": "Be brief"},
-        {"role": "user", "content": [{"type": "text", "text": "What is it?"},
-                                     {"type": "image_url", "image_url": {"url": "https://example.com/cat.jpg", "detail": "low"}}]},
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "What is it?"},
+                {"type": "image_url", "image_url": {"url": "https://example.com/cat.jpg", "detail": "low"}},
+            ],
+        },
     ]
 
 
 def test_build_messages_orders_system_conversation_then_message():
     assert build_messages("q", [{"role": "assistant", "content": "a"}], "sys") == [
-        {"role": "system", "content": "sys"}, {"role": "assistant", "content": "a"}, {"role": "user", "content": "q"}]
+        {"role": "system", "content": "sys"},
+        {"role": "assistant", "content": "a"},
+        {"role": "user", "content": "q"},
+    ]
 
 
 def test_local_image_becomes_a_data_url(tmp_path):
@@ -98,6 +158,11 @@ def test_bad_local_images_are_refused_with_the_reason(tmp_path):
 
 
 def test_result_round_trips_through_json():
-    result = JobResult(job_id="j", kind="compare", status="succeeded", cost=0.5,
-                       answers=[ModelAnswer(model="a", status="succeeded", content="x", cost=0.5)])
+    result = JobResult(
+        job_id="j",
+        kind="compare",
+        status="succeeded",
+        cost=0.5,
+        answers=[ModelAnswer(model="a", status="succeeded", content="x", cost=0.5)],
+    )
     assert JobResult.model_validate_json(result.model_dump_json()) == result

@@ -21,7 +21,7 @@ from tests.helpers import API_KEY, sim_admin
 from worker.keys import CREDITS
 
 sys.path.insert(0, str(DEPLOY.parent / "grafana"))
-from build_dashboard import expressions  # noqa: E402
+from build_dashboard import expressions
 
 ALERT_FORM = re.compile(r"^(?P<signal>.+?)\s*(<=|>=|==|!=|<|>)\s*-?[\d.]+$", re.DOTALL)
 
@@ -46,14 +46,18 @@ def stack(settings, tmp_path):
         pytest.fail(f"{exc} (`make test` installs it)")
     ports = [free_port(), free_port()]
     exporter_port = free_port()
-    base = settings.model_copy(update={"worker_concurrency": 5, "poll_delay_s": 0.02,
-                                       "fallbacks": {"gpt-4.1": ["claude-3-sonnet"]}})
-    prom = PrivatePrometheus(tmp_path / "prometheus", [f"127.0.0.1:{p}" for p in ports],
-                             f"127.0.0.1:{exporter_port}").start()
-    workers = [WorkerProcess(base.model_copy(update={"metrics_port": p}), tmp_path / f"w{i}.log")
-               for i, p in enumerate(ports)]
-    exporter = LLMRouterProcess("exporter", env={**settings_env(base), "EXPORTER_PORT": str(exporter_port)},
-                                log_path=tmp_path / "exporter.log")
+    base = settings.model_copy(
+        update={"worker_concurrency": 5, "poll_delay_s": 0.02, "fallbacks": {"gpt-4.1": ["claude-3-sonnet"]}}
+    )
+    prom = PrivatePrometheus(
+        tmp_path / "prometheus", [f"127.0.0.1:{p}" for p in ports], f"127.0.0.1:{exporter_port}"
+    ).start()
+    workers = [
+        WorkerProcess(base.model_copy(update={"metrics_port": p}), tmp_path / f"w{i}.log") for i, p in enumerate(ports)
+    ]
+    exporter = LLMRouterProcess(
+        "exporter", env={**settings_env(base), "EXPORTER_PORT": str(exporter_port)}, log_path=tmp_path / "exporter.log"
+    )
     try:
         yield base, prom
     finally:
@@ -65,8 +69,12 @@ def stack(settings, tmp_path):
 
 async def test_dashboard_and_rules_on_a_real_prometheus(stack, sim):
     settings, prom = stack
-    await wait_until_async(lambda: prom.query("sum(up)") and float(prom.query("sum(up)")[0]["value"][1]) == 3, 30,
-                           "Prometheus to scrape two workers and the exporter", interval=0.2)
+    await wait_until_async(
+        lambda: prom.query("sum(up)") and float(prom.query("sum(up)")[0]["value"][1]) == 3,
+        30,
+        "Prometheus to scrape two workers and the exporter",
+        interval=0.2,
+    )
     sim_admin(sim, "/_sim/config", {"latency_ms": 100})  # jobs last long enough for both workers to take some
     sim_admin(sim, "/_sim/config", {"model": "gpt-4.1", "down": True})  # -> retries, then fallbacks
     sim_admin(sim, "/_sim/config", {"model": "gpt-4o-mini", "fail_next": [429, 429], "retry_after_s": 0.3})
@@ -79,24 +87,27 @@ async def test_dashboard_and_rules_on_a_real_prometheus(stack, sim):
 
         async def all_done():
             return all([await producer.redis.exists(f"llm-router:result:{i}") for i in ids])
+
         await wait_until_async(all_done, 30, "the jobs to finish", interval=0.1)
         stored = sum((await producer.store.spend()).values())
-        credits = float(await producer.redis.hget(CREDITS, "remaining"))
+        credits = float(await producer.redis.hget(CREDITS, "remaining"))  # type: ignore[misc]  # redis-py types commands as sync-or-async
     charged = sim_admin(sim, "/_sim/stats")["charged_total"]
     assert stored == pytest.approx(charged)
 
     def spend_scraped():
         result = prom.query("sum(llm_router_spend_usd_total)")
         return result and abs(float(result[0]["value"][1]) - charged) < 1e-9
+
     await wait_until_async(spend_scraped, 15, "Prometheus to scrape the final spend", interval=0.2)
     # Prometheus = Redis = the simulator, summed over two processes
     assert float(prom.query("sum(llm_router_spend_usd_total)")[0]["value"][1]) == pytest.approx(stored, abs=1e-9)
     assert len(prom.query("sum by (instance) (llm_router_jobs_total)")) == 2  # both workers ran jobs
+
     def credits_scraped():  # the exporter's gauge, scraped after the last call
         result = prom.query("max(llm_router_credits_remaining_usd)")
         return result and float(result[0]["value"][1]) == pytest.approx(credits)
-    await wait_until_async(credits_scraped, 15, "Prometheus to scrape the credits Redis holds",
-                           interval=0.2)
+
+    await wait_until_async(credits_scraped, 15, "Prometheus to scrape the credits Redis holds", interval=0.2)
     assert not prom.query('llm_router_upstream_errors_total{model="no-such-model"}')  # bounded: "other"
     for target in prom.get("/api/v1/targets")["activeTargets"]:
         assert API_KEY not in httpx.get(target["scrapeUrl"]).text  # the key never reaches metrics
@@ -113,7 +124,9 @@ async def test_dashboard_and_rules_on_a_real_prometheus(stack, sim):
     def all_have_data():
         empty[:] = without_data()
         return not empty
-    await wait_until_async(all_have_data, 15, lambda: "every expression to have data; without data:\n"
-                           + "\n".join(empty), interval=0.5)
+
+    await wait_until_async(
+        all_have_data, 15, lambda: "every expression to have data; without data:\n" + "\n".join(empty), interval=0.5
+    )
     rules = [r for g in prom.get("/api/v1/rules")["groups"] for r in g["rules"]]
     assert len(rules) == 15 and all(r["health"] == "ok" for r in rules), [r for r in rules if r["health"] != "ok"]

@@ -23,14 +23,17 @@ def test_every_upstream_error_class_has_a_stated_action():
 def test_backoff_doubles_with_jitter_and_is_capped(retry):
     rng = random.Random(retry)
     delays = [backoff_delay(retry, 1.0, 30.0, rng) for _ in range(200)]
-    nominal = min(30.0, 2.0 ** retry)
+    nominal = min(30.0, 2.0**retry)
     assert all(0.75 * nominal <= d <= min(30.0, 1.25 * nominal) for d in delays)
     assert max(delays) - min(delays) > 0.1 * nominal  # jittered: workers do not retry in step
 
 
 def test_chain_from_config_default_and_job_override():
-    s = Settings(fallbacks={"gpt-4.1": ["claude-3-sonnet", "gpt-4.1", "gemini-2.0-flash"]},
-                 default_fallbacks=["gemini-2.0-flash"], _env_file=None)
+    s = Settings(
+        fallbacks={"gpt-4.1": ["claude-3-sonnet", "gpt-4.1", "gemini-2.0-flash"]},
+        default_fallbacks=["gemini-2.0-flash"],
+        _env_file=None,
+    )
     assert chain("gpt-4.1", None, s) == ["gpt-4.1", "claude-3-sonnet", "gemini-2.0-flash"]  # no repeats
     assert chain("qwen-max", None, s) == ["qwen-max", "gemini-2.0-flash"]
     assert chain("gpt-4.1", ["deepseek-v3"], s) == ["gpt-4.1", "deepseek-v3"]

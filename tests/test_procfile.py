@@ -8,7 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from harness.processes import answers
 from harness.redis_server import free_port
+from harness.wait import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -16,21 +18,40 @@ BIN = Path(sys.executable).parent
 
 def test_honcho_runs_the_procfile_with_the_example_env(redis_url, tmp_path):
     sim_port = free_port()
-    local = {"SIM_PORT": str(sim_port), "AISA_BASE_URL": f"http://127.0.0.1:{sim_port}/v1", "REDIS_URL": redis_url,
-             "METRICS_PORT": str(free_port()), "EXPORTER_PORT": str(free_port())}
+    local = {
+        "SIM_PORT": str(sim_port),
+        "AISA_BASE_URL": f"http://127.0.0.1:{sim_port}/v1",
+        "REDIS_URL": redis_url,
+        "METRICS_PORT": str(free_port()),
+        "EXPORTER_PORT": str(free_port()),
+    }
     example = (ROOT / ".env.example").read_text()
     assert set(local) <= set(re.findall(r"^([A-Z_]+)=", example, re.M))  # only this machine's ports change
-    env_file = re.sub(r"^([A-Z_]+)=.*$", lambda m: f"{m[1]}={local.get(m[1], m[0].split('=', 1)[1])}", example,
-                      flags=re.M)
+    env_file = re.sub(
+        r"^([A-Z_]+)=.*$", lambda m: f"{m[1]}={local.get(m[1], m[0].split('=', 1)[1])}", example, flags=re.M
+    )
     (tmp_path / ".env").write_text(env_file)
     shutil.copy(ROOT / "Procfile", tmp_path / "Procfile")
     env = {"PATH": f"{BIN}:{os.environ['PATH']}", "HOME": str(tmp_path)}
-    stack = subprocess.Popen([str(BIN / "honcho"), "start"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    stack = subprocess.Popen(
+        [str(BIN / "honcho"), "start"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
+        wait_until(lambda: answers(f"http://127.0.0.1:{sim_port}/_sim/stats"), 30, "the simulator under honcho")
         dotenv = dict(line.split("=", 1) for line in env_file.splitlines() if re.match(r"^[A-Z_]+=", line))
-        out = subprocess.run([str(BIN / "llm-router"), "chat", "--model", "gpt-4.1", "--message", "via honcho",
-                              "--timeout", "60"], env={**env, **dotenv}, capture_output=True, text=True, timeout=90)
+        out = subprocess.run(
+            [str(BIN / "llm-router"), "chat", "--model", "gpt-4.1", "--message", "via honcho", "--timeout", "60"],
+            env={**env, **dotenv},
+            capture_output=True,
+            text=True,
+            timeout=90,
+        )
         assert out.returncode == 0, out.stderr
         assert out.stdout.startswith("[gpt-4.1] You said: via honcho")
     finally:

@@ -67,8 +67,12 @@ def test_error_table_is_every_error_class():
 
 # What the README must say for each action of the policy table.
 ACTION_WORDS = {
-    Action.RETRY_AFTER: "Retry-After", Action.BACKOFF: "backoff", Action.NEXT_MODEL: "next model",
-    Action.FAIL: "fails", Action.LARGER_CONTEXT: "CONTEXT_FALLBACKS", Action.STOP_QUEUE: "pauses",
+    Action.RETRY_AFTER: "Retry-After",
+    Action.BACKOFF: "backoff",
+    Action.NEXT_MODEL: "next model",
+    Action.FAIL: "fails",
+    Action.LARGER_CONTEXT: "CONTEXT_FALLBACKS",
+    Action.STOP_QUEUE: "pauses",
     Action.PAUSE_QUEUE: "back to the queue",
 }
 
@@ -82,8 +86,11 @@ def test_policy_table_is_the_policy():
 
 
 def test_key_table_is_every_key():
-    documented = {re.sub(r"<[^>]+>", "<>", k) for row in table(section("The result record and Redis keys"))
-                  for k in ticked(row[0])}
+    documented = {
+        re.sub(r"<[^>]+>", "<>", k)
+        for row in table(section("The result record and Redis keys"))
+        for k in ticked(row[0])
+    }
     in_code = set()
     for name, value in vars(keys).items():
         if name.isupper() and isinstance(value, str) and name != "PREFIX":
@@ -96,12 +103,14 @@ def test_metrics_table_is_every_worker_metric():
     defined = [v for v in vars(m).values() if isinstance(v, (Counter, Gauge, Histogram))]
     assert len(rows) == len(defined)
     for metric in defined:
-        name = metric._name + ("_total" if isinstance(metric, Counter) else "")  # noqa: SLF001
+        name = metric._name + ("_total" if isinstance(metric, Counter) else "")
         kind = {Counter: "counter", Gauge: "gauge", Histogram: "histogram"}[type(metric)]
         assert name in rows, name
         assert rows[name][1].startswith(kind), name
-        labels = ticked(re.sub(r"\([^)]*\)", "", rows[name][2]))  # `outcome` (`succeeded`/...): the label, not its values
-        assert labels == list(metric._labelnames), name  # noqa: SLF001
+        labels = ticked(
+            re.sub(r"\([^)]*\)", "", rows[name][2])
+        )  # `outcome` (`succeeded`/...): the label, not its values
+        assert labels == list(metric._labelnames), name
     exporter = set(re.findall(r'"(llm_router_[a-z_]+)"', (ROOT / "worker" / "exporter.py").read_text()))
     assert exporter and all(f"`{name}" in README for name in exporter)
 
@@ -137,8 +146,9 @@ def test_python_examples_run(settings, sim, tmp_path):
     env = {**os.environ, "REDIS_URL": settings.redis_url, "QUEUE_NAME": settings.queue_name}
     try:
         for block in blocks:
-            out = subprocess.run([sys.executable, "-c", block], env=env, cwd=tmp_path, capture_output=True, text=True,
-                                 timeout=60)
+            out = subprocess.run(
+                [sys.executable, "-c", block], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60
+            )
             assert out.returncode == 0, block + out.stderr
     finally:
         worker.stop()

@@ -3,6 +3,7 @@ arq Worker (in-process, burst) -> simulator with faults switched on. After each,
 Redis equals what the simulator charged, and every job is succeeded or dead-lettered."""
 
 import asyncio
+import itertools
 
 import pytest
 
@@ -44,7 +45,10 @@ async def test_5xx_is_retried_on_the_same_model_with_backoff(producer, settings,
     [r] = await assert_settled(producer, [job])
     assert r.status == "succeeded" and r.model == "gpt-4.1"
     assert [(a.model, a.error.status if a.error else 200) for a in r.attempts] == [
-        ("gpt-4.1", 500), ("gpt-4.1", 502), ("gpt-4.1", 200)]
+        ("gpt-4.1", 500),
+        ("gpt-4.1", 502),
+        ("gpt-4.1", 200),
+    ]
     assert all(a.waited_s > 0 for a in r.attempts[1:])  # backed off before each retry
     await assert_books_balance(producer, sim)
 
@@ -56,8 +60,10 @@ async def test_a_model_down_falls_back_along_the_configured_chain(producer, sett
     await run_worker(s)
     [r] = await assert_settled(producer, [job])
     assert r.status == "succeeded" and r.model == "claude-3-sonnet"
-    assert [(a.model, a.error.type if a.error else "ok") for a in r.attempts] == [
-        ("gpt-4.1", "server")] * 3 + [("no-such-model", "not_found"), ("claude-3-sonnet", "ok")]
+    assert [(a.model, a.error.type if a.error else "ok") for a in r.attempts] == [("gpt-4.1", "server")] * 3 + [
+        ("no-such-model", "not_found"),
+        ("claude-3-sonnet", "ok"),
+    ]
     assert r.cost == pytest.approx(sim_admin(sim, "/_sim/stats")["charged_total"])
     await assert_books_balance(producer, sim)
 
@@ -123,7 +129,8 @@ async def test_a_429_inside_a_stream_is_retried_then_falls_back(producer, settin
     [r] = await assert_settled(producer, [job])
     assert r.model == "claude-3-sonnet" and r.content == "[claude-3-sonnet] You said: stream me"
     assert [(a.model, a.error.type if a.error else "ok") for a in r.attempts] == [
-        ("gpt-4.1", "rate_limit")] * settings.attempts_per_model + [("claude-3-sonnet", "ok")]
+        ("gpt-4.1", "rate_limit")
+    ] * settings.attempts_per_model + [("claude-3-sonnet", "ok")]
     await assert_books_balance(producer, sim)  # the cut-off streams were not billed
 
 
@@ -138,7 +145,7 @@ async def test_429_retry_after_is_honoured_on_every_retry_and_shared(producer, s
     # Every retry after a 429 waited its Retry-After, not only the first one ...
     retried = 0
     for r in rs:
-        for before, after in zip(r.attempts, r.attempts[1:]):
+        for before, after in itertools.pairwise(r.attempts):
             assert before.error.type == "rate_limit"
             retried += 1
             assert after.at - (before.at + before.latency_s) >= 0.55, r.attempts
@@ -185,8 +192,14 @@ async def test_max_wait_zero_means_never_wait_in_place(producer, settings, sim):
 
 async def test_circuit_opens_and_every_worker_skips_the_model(producer, settings, sim):
     sim_admin(sim, "/_sim/config", {"model": "gpt-4.1", "down": True})
-    s = settings.model_copy(update={"circuit_failures": 2, "circuit_open_s": 30, "worker_concurrency": 1,
-                                    "fallbacks": {"gpt-4.1": ["claude-3-sonnet"]}})
+    s = settings.model_copy(
+        update={
+            "circuit_failures": 2,
+            "circuit_open_s": 30,
+            "worker_concurrency": 1,
+            "fallbacks": {"gpt-4.1": ["claude-3-sonnet"]},
+        }
+    )
     from prometheus_client import REGISTRY
 
     opened = REGISTRY.get_sample_value("llm_router_circuit_opened_total", {"model": "gpt-4.1"}) or 0

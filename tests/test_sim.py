@@ -18,17 +18,27 @@ def post(sim, path, body, headers=AUTH):
 @pytest.mark.parametrize("prefix", ["", "beta"])
 def test_gemini_native_route(sim, prefix):
     base = sim.base_url.removesuffix("/v1") + f"/v1{prefix}/models"
-    body = {"contents": [{"role": "user", "parts": [{"text": "Explain machine learning."}]}],
-            "systemInstruction": {"parts": [{"text": "Be brief."}]}, "generationConfig": {"maxOutputTokens": 1000}}
+    body = {
+        "contents": [{"role": "user", "parts": [{"text": "Explain machine learning."}]}],
+        "systemInstruction": {"parts": [{"text": "Be brief."}]},
+        "generationConfig": {"maxOutputTokens": 1000},
+    }
     r = httpx.post(f"{base}/gemini-2.0-flash:generateContent", json=body, headers=AUTH)
     assert r.status_code == 200
     data = r.json()
-    assert data["candidates"][0]["content"]["parts"][0]["text"] == "[gemini-2.0-flash] You said: Explain machine learning."
+    assert (
+        data["candidates"][0]["content"]["parts"][0]["text"] == "[gemini-2.0-flash] You said: Explain machine learning."
+    )
     assert data["candidates"][0]["finishReason"] == "STOP" and data["usageMetadata"]["totalTokenCount"] > 0
     missing = httpx.post(f"{base}/gemini-9:generateContent", json=body, headers=AUTH)
     assert missing.status_code == 404 and missing.json()["error"] == {
-        "code": 404, "message": "Model 'gemini-9' is not available", "status": "NOT_FOUND"}
-    assert httpx.post(f"{base}/gemini-2.0-flash:generateContent", json=body).json()["error"]["status"] == "UNAUTHENTICATED"
+        "code": 404,
+        "message": "Model 'gemini-9' is not available",
+        "status": "NOT_FOUND",
+    }
+    assert (
+        httpx.post(f"{base}/gemini-2.0-flash:generateContent", json=body).json()["error"]["status"] == "UNAUTHENTICATED"
+    )
 
 
 def test_tpm_limit_and_429_headers(sim):
@@ -37,8 +47,14 @@ def test_tpm_limit_and_429_headers(sim):
     r = post(sim, "/chat/completions", {**HELLO, "max_tokens": 20})
     assert r.status_code == 429 and r.json()["error"]["type"] == "rate_limit_error"
     assert int(r.headers["retry-after"]) >= 1
-    for name in ("x-ratelimit-limit", "x-ratelimit-remaining", "x-ratelimit-reset",
-                 "x-ratelimit-limit-tokens", "x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens"):
+    for name in (
+        "x-ratelimit-limit",
+        "x-ratelimit-remaining",
+        "x-ratelimit-reset",
+        "x-ratelimit-limit-tokens",
+        "x-ratelimit-remaining-tokens",
+        "x-ratelimit-reset-tokens",
+    ):
         assert name in r.headers
     assert r.headers["x-ratelimit-limit-tokens"] == "20"
     assert post(sim, "/chat/completions", {**HELLO, "model": "gpt-4o"}).status_code == 200  # per model

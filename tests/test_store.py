@@ -7,8 +7,8 @@ import fakeredis
 import pytest
 from redis.asyncio import Redis
 
-from worker.models import Attempt, JobResult
 from worker.keys import CREDITS, SPEND_TOTAL, calls_key, result_key, spend_day_key
+from worker.models import Attempt, JobResult
 from worker.store import ResultStore
 
 

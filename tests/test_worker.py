@@ -3,14 +3,14 @@
 import json
 
 import pytest
-from arq.constants import job_key_prefix
 from aiohttp import web
+from arq.constants import job_key_prefix
 
 from producers.api import JobRejected, Producer
 from tests.helpers import API_KEY, free_port, run_worker, sim_admin
+from worker.keys import CREDITS, result_key
 from worker.models import ChatJob
 from worker.settings import Price
-from worker.keys import CREDITS, result_key
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x01" * 64
 
@@ -67,7 +67,9 @@ async def test_compare_one_model_failing_does_not_fail_the_others(producer, sett
     assert by_model["claude-3-sonnet"].status == "succeeded"
     assert by_model["gemini-2.0-flash"].status == "succeeded"  # its 503 was retried, on gemini itself
     assert [(a.model, a.ok) for a in result.attempts if a.model == "gemini-2.0-flash"] == [
-        ("gemini-2.0-flash", False), ("gemini-2.0-flash", True)]
+        ("gemini-2.0-flash", False),
+        ("gemini-2.0-flash", True),
+    ]
     assert by_model["no-such-model"].error.type == "not_found"
     stats = sim_admin(sim, "/_sim/stats")
     assert result.cost == pytest.approx(stats["charged_total"])
@@ -90,8 +92,13 @@ async def test_upstream_failure_is_a_failed_result_not_a_crash(producer, setting
 
 async def test_invalid_payload_from_another_producer_fails_naming_the_field(producer, settings, redis):
     # A producer in another language wrote a job by hand, in arq's JSON format, with a bad field.
-    job = {"t": 1, "f": "chat", "a": [{"model": "gpt-4.1", "messages": [{"role": "user", "content": "x"}],
-                                       "temperature": 7}], "k": {}, "et": 1}
+    job = {
+        "t": 1,
+        "f": "chat",
+        "a": [{"model": "gpt-4.1", "messages": [{"role": "user", "content": "x"}], "temperature": 7}],
+        "k": {},
+        "et": 1,
+    }
     await redis.set(job_key_prefix + "handmade", json.dumps(job))
     await redis.zadd(settings.queue_name, {"handmade": 1})
     after = await producer.chat("gpt-4.1", "still alive?")
@@ -190,8 +197,9 @@ async def test_plain_openai_server_priced_from_the_table_or_unknown(producer, se
     port = free_port()
     await web.TCPSite(runner, "127.0.0.1", port).start()
     try:
-        plain = settings.model_copy(update={"aisa_base_url": f"http://127.0.0.1:{port}/v1",
-                                            "prices": {"priced": Price(input=1.0, output=2.0)}})
+        plain = settings.model_copy(
+            update={"aisa_base_url": f"http://127.0.0.1:{port}/v1", "prices": {"priced": Price(input=1.0, output=2.0)}}
+        )
         priced = await producer.chat("priced", "a")
         unpriced = await producer.chat("unpriced", "b", stream=True)
         await run_worker(plain)
@@ -204,11 +212,17 @@ async def test_plain_openai_server_priced_from_the_table_or_unknown(producer, se
     assert await producer.store.spend() == pytest.approx({"priced": 0.02})
 
 
-@pytest.mark.parametrize("raw, says", [
-    (b"\x80\x04pickled?", "the job is not JSON"),
-    (b'{"hello": "world"}', "not an arq job record"),
-    (b'{"t": 1, "f": "chatt", "a": [{}], "k": {}, "et": 1}', "unknown job kind 'chatt': use one of chat, vision, compare"),
-])
+@pytest.mark.parametrize(
+    "raw, says",
+    [
+        (b"\x80\x04pickled?", "the job is not JSON"),
+        (b'{"hello": "world"}', "not an arq job record"),
+        (
+            b'{"t": 1, "f": "chatt", "a": [{}], "k": {}, "et": 1}',
+            "unknown job kind 'chatt': use one of chat, vision, compare",
+        ),
+    ],
+)
 async def test_unreadable_job_records_fail_with_a_result_not_silence(producer, settings, redis, raw, says):
     await redis.set(job_key_prefix + "foreign", raw)
     await redis.zadd(settings.queue_name, {"foreign": 1})
@@ -236,7 +250,9 @@ async def test_a_job_that_never_finishes_is_dead_lettered_not_run_forever(produc
     await redis.set(retry_key_prefix + job_id, settings.max_job_runs)
     await run_worker(settings)
     result = await producer.result(job_id)
-    assert result.status == "failed" and result.error.type == "abandoned" and "without finishing" in result.error.message
+    assert (
+        result.status == "failed" and result.error.type == "abandoned" and "without finishing" in result.error.message
+    )
     assert await producer.dead_letters.ids() == [job_id]
     assert sim_admin(sim, "/_sim/stats")["calls"] == {}  # not called again
 
@@ -245,7 +261,8 @@ async def test_two_workers_claiming_the_same_queue_run_each_job_once(producer, s
     import asyncio
 
     ids = await producer.enqueue_many(
-        [ChatJob(model="gpt-4o-mini", messages=[{"role": "user", "content": f"p{i}"}]) for i in range(120)])
+        [ChatJob(model="gpt-4o-mini", messages=[{"role": "user", "content": f"p{i}"}]) for i in range(120)]
+    )
     s = settings.model_copy(update={"worker_concurrency": 7})  # fewer slots than ids: claims in batches
     await asyncio.gather(run_worker(s), run_worker(s))
     assert all([(await producer.result(i)).status == "succeeded" for i in ids])

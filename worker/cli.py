@@ -83,6 +83,7 @@ def _dead_letters(body: Any) -> NoReturn:
             return await body(DeadLetters(redis, settings.queue_name))
         finally:
             await redis.aclose()
+
     run(main())
 
 
@@ -91,6 +92,7 @@ def _dead_letters(body: Any) -> NoReturn:
 @click.option("--json", "as_json", is_flag=True)
 def dlq_list(limit: int, as_json: bool) -> None:
     """Newest first."""
+
     async def body(letters: Any) -> int:
         found = await letters.list(limit)
         if as_json:
@@ -102,6 +104,7 @@ def dlq_list(limit: int, as_json: bool) -> None:
         if not found:
             click.echo("the dead-letter list is empty")
         return 0
+
     _dead_letters(body)
 
 
@@ -109,6 +112,7 @@ def dlq_list(limit: int, as_json: bool) -> None:
 @click.argument("job_id")
 def dlq_show(job_id: str) -> None:
     """One dead letter with every attempt."""
+
     async def body(letters: Any) -> int:
         letter = await letters.get(job_id)
         if letter is None:
@@ -116,6 +120,7 @@ def dlq_show(job_id: str) -> None:
             return 1
         click.echo(letter.model_dump_json(indent=2, exclude_none=True))
         return 0
+
     _dead_letters(body)
 
 
@@ -141,13 +146,16 @@ def dlq_replay(job_id: str | None, replay_all: bool) -> None:
             return 1
         click.echo(f"replayed {job_id}")
         return 0
+
     _dead_letters(body)
 
 
 @dlq.command("purge")
 def dlq_purge() -> None:
     """Forget every dead letter."""
+
     async def body(letters: Any) -> int:
         click.echo(f"purged {await letters.purge()} dead letters")
         return 0
+
     _dead_letters(body)

@@ -203,8 +203,11 @@ def _usage(raw: Any) -> tuple[Usage | None, float | None, float | None]:
         return None, None, None
     prompt = int(raw.get("prompt_tokens") or 0)
     completion = int(raw.get("completion_tokens") or 0)
-    usage = Usage(prompt_tokens=prompt, completion_tokens=completion,
-                  total_tokens=int(raw.get("total_tokens") or prompt + completion))
+    usage = Usage(
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        total_tokens=int(raw.get("total_tokens") or prompt + completion),
+    )
     return usage, _number(raw.get("cost")), _number(raw.get("credits_remaining"))
 
 
@@ -243,7 +246,10 @@ def _status_error(response: httpx.Response) -> errors.APIStatusError:
     elif isinstance(err, str):
         message = err
     return errors.error_for_status(
-        status, message, code=code, request_id=request_id,
+        status,
+        message,
+        code=code,
+        request_id=request_id,
         retry_after=retry_after(response.headers) if status == 429 else None,
     )
 
@@ -273,9 +279,13 @@ class _transport_errors:
     def __enter__(self) -> None:
         return None
 
-    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
-        if exc is None or isinstance(exc, errors.AIsaError) or not isinstance(exc, (httpx.HTTPError, aiohttp.ClientError)):
-            return False
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        if (
+            exc is None
+            or isinstance(exc, errors.AIsaError)
+            or not isinstance(exc, (httpx.HTTPError, aiohttp.ClientError))
+        ):
+            return
         cause = exc.__cause__ or exc
         if isinstance(cause, (aiohttp.ServerTimeoutError, TimeoutError)) or (
             isinstance(exc, httpx.TimeoutException) and not isinstance(cause, aiohttp.ClientError)

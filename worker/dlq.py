@@ -52,7 +52,7 @@ class DeadLetters:
         self._replay = redis.register_script(_REPLAY)
 
     async def size(self) -> int:
-        return int(await self.redis.hlen(DLQ))
+        return int(await self.redis.hlen(DLQ))  # type: ignore[misc]  # redis-py types commands as sync-or-async
 
     async def ids(self, limit: int | None = None) -> list[str]:
         """Newest first."""
@@ -61,11 +61,11 @@ class DeadLetters:
 
     async def list(self, limit: int | None = 50) -> list[DeadLetter]:
         ids = await self.ids(limit)
-        raw = await self.redis.hmget(DLQ, ids) if ids else []
+        raw = await self.redis.hmget(DLQ, ids) if ids else []  # type: ignore[misc]  # redis-py types commands as sync-or-async
         return [DeadLetter.model_validate_json(r) for r in raw if r is not None]
 
     async def get(self, job_id: str) -> DeadLetter | None:
-        raw = await self.redis.hget(DLQ, job_id)
+        raw = await self.redis.hget(DLQ, job_id)  # type: ignore[misc]  # redis-py types commands as sync-or-async
         return None if raw is None else DeadLetter.model_validate_json(raw)
 
     async def replay(self, job_id: str) -> bool:

@@ -82,11 +82,11 @@ class ServerError(APIStatusError):
     error_class = "server"
 
 
-class TimeoutError(AIsaError):  # noqa: A001 - scoped by module, like httpx.TimeoutException
+class TimeoutError(AIsaError):
     error_class = "timeout"
 
 
-class ConnectionError(AIsaError):  # noqa: A001
+class ConnectionError(AIsaError):
     error_class = "connection"
 
 
@@ -94,14 +94,26 @@ class MalformedResponseError(AIsaError):
     error_class = "malformed"
 
 
-ERROR_CLASSES = tuple(
-    cls.error_class
-    for cls in (
-        BadRequestError, ContextLengthError, AuthenticationError, InsufficientCreditsError,
-        PermissionDeniedError, ModelNotFoundError, RateLimitError, ServerError, APIStatusError,
-        TimeoutError, ConnectionError, MalformedResponseError,
-    )
-) + ("invalid_job",)
+ERROR_CLASSES = (
+    *(
+        cls.error_class
+        for cls in (
+            BadRequestError,
+            ContextLengthError,
+            AuthenticationError,
+            InsufficientCreditsError,
+            PermissionDeniedError,
+            ModelNotFoundError,
+            RateLimitError,
+            ServerError,
+            APIStatusError,
+            TimeoutError,
+            ConnectionError,
+            MalformedResponseError,
+        )
+    ),
+    "invalid_job",  # not from upstream: a job record that could not be read or validated
+)
 
 _BY_STATUS: dict[int, type[APIStatusError]] = {
     400: BadRequestError,

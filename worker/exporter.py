@@ -57,14 +57,23 @@ class QueueCollector(Collector):
             credits, ready, total, oldest, dead, today, gate = pipe.execute()
 
         if credits.get(b"remaining") is not None:
-            yield _gauge("llm_router_credits_remaining_usd", "Credits left, as AIsa last reported (USD)",
-                         float(credits[b"remaining"]))
-            yield _gauge("llm_router_credits_updated_timestamp_seconds", "When AIsa last reported the credits",
-                         float(credits.get(b"updated_at") or 0))
+            yield _gauge(
+                "llm_router_credits_remaining_usd",
+                "Credits left, as AIsa last reported (USD)",
+                float(credits[b"remaining"]),
+            )
+            yield _gauge(
+                "llm_router_credits_updated_timestamp_seconds",
+                "When AIsa last reported the credits",
+                float(credits.get(b"updated_at") or 0),
+            )
         yield _gauge("llm_router_queue_depth", "Jobs waiting to run now", ready)
         yield _gauge("llm_router_queue_scheduled", "Jobs sent back to the queue for later (deferred)", total - ready)
-        yield _gauge("llm_router_queue_oldest_job_age_seconds", "How long the oldest ready job has waited",
-                     max(now - oldest[0][1] / 1000, 0.0) if oldest else 0.0)
+        yield _gauge(
+            "llm_router_queue_oldest_job_age_seconds",
+            "How long the oldest ready job has waited",
+            max(now - oldest[0][1] / 1000, 0.0) if oldest else 0.0,
+        )
         yield _gauge("llm_router_dead_letters", "Jobs in the dead-letter list", dead)
         spend = GaugeMetricFamily("llm_router_spend_today_usd", "USD spent this UTC day (from Redis)", labels=["model"])
         by_model: dict[str, float] = {}
@@ -74,8 +83,9 @@ class QueueCollector(Collector):
         for label, usd in sorted(by_model.items()):
             spend.add_metric([label], usd)
         yield spend
-        paused = GaugeMetricFamily("llm_router_queue_paused", "1 while the queue is paused (401/402)",
-                                   labels=["reason"])
+        paused = GaugeMetricFamily(
+            "llm_router_queue_paused", "1 while the queue is paused (401/402)", labels=["reason"]
+        )
         reason = json.loads(gate).get("reason") if gate else None
         for r in ("auth", "credits"):
             paused.add_metric([r], 1.0 if reason == r else 0.0)
@@ -92,7 +102,6 @@ def serve(settings: Settings) -> None:
 
     REGISTRY.register(QueueCollector(settings))
     start_http_server(settings.exporter_port)
-    log.info("llm-router exporter on http://0.0.0.0:%d/metrics (queue %s)", settings.exporter_port,
-             settings.queue_name)
+    log.info("llm-router exporter on http://0.0.0.0:%d/metrics (queue %s)", settings.exporter_port, settings.queue_name)
     while True:
         time.sleep(3600)

@@ -75,7 +75,12 @@ async def probe(resources: Resources, gate: dict[str, Any]) -> bool:
     except errors.AIsaError:
         return False
     model = gate.get("model") or PROBE_MODEL
-    call = Call(resources, "_probe", {"messages": [{"role": "user", "content": "ping"}], "max_tokens": 1},
-                max_wait_s=0, kind="probe")
+    call = Call(
+        resources,
+        "_probe",
+        {"messages": [{"role": "user", "content": "ping"}], "max_tokens": 1},
+        max_wait_s=0,
+        kind="probe",
+    )
     _, exc = await call_once(call, model, {**call.payload, "model": model}, tokens=0, waited=0.0)
     return exc is None

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
-from datetime import datetime, timezone
+from collections.abc import Callable, Coroutine
+from datetime import UTC, datetime
 from typing import Any
 
 from arq.worker import Retry
@@ -20,7 +20,16 @@ from pydantic import ValidationError
 
 from . import metrics as m
 from .dlq import DeadLetter
-from .models import JOB_KINDS, CompareJob, ErrorInfo, JobBase, JobResult, ModelAnswer, RoutedJob, describe_validation_error
+from .models import (
+    JOB_KINDS,
+    CompareJob,
+    ErrorInfo,
+    JobBase,
+    JobResult,
+    ModelAnswer,
+    RoutedJob,
+    describe_validation_error,
+)
 from .policy import chain
 from .resources import Resources
 from .routing import Call, Deferred, try_model, walk_chain
@@ -29,7 +38,7 @@ from .serde import INVALID
 log = logging.getLogger("llm_router.jobs")
 
 Ctx = dict[str, Any]
-JobFunction = Callable[[Ctx, Any], Awaitable[str]]
+JobFunction = Callable[..., Coroutine[Any, Any, str]]
 
 
 def functions() -> dict[str, JobFunction]:
@@ -47,9 +56,15 @@ def _job_function(kind: str) -> JobFunction:
 
 async def invalid(ctx: Ctx, problem: str) -> str:
     """A job record arq could not read (see worker.serde): a failed result and a dead letter."""
-    now = datetime.now(timezone.utc)
-    result = JobResult(job_id=ctx["job_id"], kind=None, status="failed", started_at=now, finished_at=now,
-                       error=ErrorInfo(type="invalid_job", message=problem, field="job"))
+    now = datetime.now(UTC)
+    result = JobResult(
+        job_id=ctx["job_id"],
+        kind=None,
+        status="failed",
+        started_at=now,
+        finished_at=now,
+        error=ErrorInfo(type="invalid_job", message=problem, field="job"),
+    )
     return await finish(ctx["resources"], INVALID, problem, result)
 
 
@@ -77,8 +92,15 @@ async def finish(resources: Resources, kind: str, payload: Any, result: JobResul
     """Store the result (a failed one also as a dead letter, with its payload) and count it."""
     dead = None
     if result.status == "failed":
-        dead = DeadLetter(job_id=result.job_id, kind=kind, job=payload, error=result.error, attempts=result.attempts,
-                          runs=result.runs, dead_at=result.finished_at).model_dump_json(exclude_none=True)
+        dead = DeadLetter(
+            job_id=result.job_id,
+            kind=kind,
+            job=payload,
+            error=result.error,
+            attempts=result.attempts,
+            runs=result.runs,
+            dead_at=result.finished_at,
+        ).model_dump_json(exclude_none=True)
         log.warning("job %s dead-lettered: %s", result.job_id, result.error.message if result.error else "failed")
     await resources.store.save(result, dead_letter=dead)
     m.JOBS.labels(kind, result.status).inc()
@@ -87,39 +109,77 @@ async def finish(resources: Resources, kind: str, payload: Any, result: JobResul
     return result.status
 
 
-async def _run(resources: Resources, kind: str, payload: Any, job_id: str, run: int,
-               enqueued_at: datetime | None) -> JobResult:
+async def _run(
+    resources: Resources, kind: str, payload: Any, job_id: str, run: int, enqueued_at: datetime | None
+) -> JobResult:
     settings = resources.settings
-    base: dict[str, Any] = {"job_id": job_id, "kind": kind, "started_at": datetime.now(timezone.utc),
-                            "enqueued_at": enqueued_at, "runs": run}
+    base: dict[str, Any] = {
+        "job_id": job_id,
+        "kind": kind,
+        "started_at": datetime.now(UTC),
+        "enqueued_at": enqueued_at,
+        "runs": run,
+    }
     try:
         job = JOB_KINDS[kind].model_validate(payload)
     except ValidationError as exc:
         field, message = describe_validation_error(exc)
         log.warning("job %s rejected: %s: %s", job_id, field, message)
-        return _finish(JobResult(**base, status="failed",
-                                 error=ErrorInfo(type="invalid_job", message=f"{field}: {message}", field=field)))
+        return _finish(
+            JobResult(
+                **base, status="failed", error=ErrorInfo(type="invalid_job", message=f"{field}: {message}", field=field)
+            )
+        )
     base["source"] = job.source
     if run > settings.max_job_runs:
         # earlier runs never finished (a worker killed, or cancelled past its grace, each time):
         # a poison job must not take down worker after worker
-        return _finish(JobResult(**base, status="failed", error=ErrorInfo(
-            type="abandoned", message=f"started {run - 1} times without finishing (MAX_JOB_RUNS="
-                                      f"{settings.max_job_runs}); not run again")))
-    call = Call(resources, job_id, {"messages": job.build_messages(), **job.request_params()},
-                max_wait_s=job.wait_limit(settings.max_wait_s), kind=kind, source=job.source, run=run)
+        return _finish(
+            JobResult(
+                **base,
+                status="failed",
+                error=ErrorInfo(
+                    type="abandoned",
+                    message=f"started {run - 1} times without finishing (MAX_JOB_RUNS="
+                    f"{settings.max_job_runs}); not run again",
+                ),
+            )
+        )
+    call = Call(
+        resources,
+        job_id,
+        {"messages": job.build_messages(), **job.request_params()},
+        max_wait_s=job.wait_limit(settings.max_wait_s),
+        kind=kind,
+        source=job.source,
+        run=run,
+    )
     try:
         async with asyncio.timeout(settings.job_timeout_s):
             result = await _answer(call, job, base)
     except Deferred as d:
         if run >= settings.max_job_runs:
-            return _finish(JobResult(**base, status="failed", attempts=call.attempts, error=d.error.model_copy(
-                update={"message": f"gave up after {run} runs: {d.error.message}"})))
+            return _finish(
+                JobResult(
+                    **base,
+                    status="failed",
+                    attempts=call.attempts,
+                    error=d.error.model_copy(update={"message": f"gave up after {run} runs: {d.error.message}"}),
+                )
+            )
         log.info("job %s back to the queue for %.2fs: %s", job_id, d.wait_s, d.error.message)
         raise Retry(defer=d.wait_s) from None
     except TimeoutError:
-        return _finish(JobResult(**base, status="failed", attempts=call.attempts, error=ErrorInfo(
-            type="timeout", message=f"job took longer than JOB_TIMEOUT_S={settings.job_timeout_s:g}")))
+        return _finish(
+            JobResult(
+                **base,
+                status="failed",
+                attempts=call.attempts,
+                error=ErrorInfo(
+                    type="timeout", message=f"job took longer than JOB_TIMEOUT_S={settings.job_timeout_s:g}"
+                ),
+            )
+        )
     return _finish(result)
 
 
@@ -134,7 +194,7 @@ async def _answer(call: Call, job: JobBase, base: dict[str, Any]) -> JobResult:
 
 
 def _finish(result: JobResult) -> JobResult:
-    result.finished_at = datetime.now(timezone.utc)
+    result.finished_at = datetime.now(UTC)
     return result
 
 
@@ -146,11 +206,18 @@ async def _compare(call: Call, job: CompareJob, base: dict[str, Any]) -> JobResu
     costs = [a.cost for a in answers if a.cost is not None]
     error = None
     if not ok:
-        error = ErrorInfo(type="all_failed", message="; ".join(f"{a.model}: {a.error.message}" for a in answers if a.error))
+        error = ErrorInfo(
+            type="all_failed", message="; ".join(f"{a.model}: {a.error.message}" for a in answers if a.error)
+        )
     return JobResult(
-        **base, status="succeeded" if ok else "failed", answers=answers, attempts=call.attempts,
-        cost=round(sum(costs), 10) if costs else None, cost_source=_combined_source(answers),
-        latency_s=max((a.latency_s or 0.0) for a in answers), error=error,
+        **base,
+        status="succeeded" if ok else "failed",
+        answers=answers,
+        attempts=call.attempts,
+        cost=round(sum(costs), 10) if costs else None,
+        cost_source=_combined_source(answers),
+        latency_s=max((a.latency_s or 0.0) for a in answers),
+        error=error,
     )
 
 

@@ -23,7 +23,7 @@ arq's own keys (arq.constants) for a job id: `arq:job:<id>` (the job record),
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from arq import constants as _arq
 
@@ -65,7 +65,7 @@ def calls_key(job_id: str) -> str:
 
 
 def spend_day_key(day: str | None = None) -> str:
-    return SPEND_DAY_PREFIX + (day or datetime.now(timezone.utc).strftime("%Y-%m-%d"))
+    return SPEND_DAY_PREFIX + (day or datetime.now(UTC).strftime("%Y-%m-%d"))
 
 
 def model_key(model: str) -> str:

@@ -47,9 +47,10 @@ class Lease:
 
     async def claim(self, job_ids: list[str], now_ms: int) -> list[tuple[str, int]]:
         """The ids among `job_ids` this worker now holds, with their queue scores (enqueue ms)."""
-        claimed = await self._claim(keys=[self.queue_name, *(in_progress_key(i) for i in job_ids)],
-                                    args=[now_ms, self.lease_ms, *job_ids])
-        return [(raw.decode(), int(float(score))) for raw, score in zip(claimed[::2], claimed[1::2])]
+        claimed = await self._claim(
+            keys=[self.queue_name, *(in_progress_key(i) for i in job_ids)], args=[now_ms, self.lease_ms, *job_ids]
+        )
+        return [(raw.decode(), int(float(score))) for raw, score in zip(claimed[::2], claimed[1::2], strict=True)]
 
     async def renew(self, job_ids: Iterable[str]) -> None:
         ids = list(job_ids)

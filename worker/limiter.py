@@ -158,8 +158,14 @@ class Limiter:
         r_ms, t_ms = self.intervals(model)
         status, wait_ms, *rest = await self._admit(
             keys=[GATE, model_key(model), GLOBAL_LIMIT],
-            args=[r_ms, t_ms, tokens, *self._global, int(max_wait_s * 1000),
-                  int(self.settings.request_timeout_s * 1000) + 1000],
+            args=[
+                r_ms,
+                t_ms,
+                tokens,
+                *self._global,
+                int(max_wait_s * 1000),
+                int(self.settings.request_timeout_s * 1000) + 1000,
+            ],
         )
         gate = json.loads(rest[0]) if rest else None
         return Admission(_text(status), int(wait_ms) / 1000, gate)
@@ -167,11 +173,21 @@ class Limiter:
     async def settle(self, model: str, *, refund_tokens: int, outcome: str, pause_s: float) -> bool:
         """What one call taught: unused tokens back, a pause, the circuit's count. True if it opened the circuit."""
         s = self.settings
-        return bool(await self._settle(
-            keys=[model_key(model), GLOBAL_LIMIT],
-            args=[refund_tokens, self.intervals(model)[1], self._global[1], outcome, int(pause_s * 1000),
-                  s.circuit_failures, int(s.circuit_window_s * 1000), int(s.circuit_open_s * 1000)],
-        ))
+        return bool(
+            await self._settle(
+                keys=[model_key(model), GLOBAL_LIMIT],
+                args=[
+                    refund_tokens,
+                    self.intervals(model)[1],
+                    self._global[1],
+                    outcome,
+                    int(pause_s * 1000),
+                    s.circuit_failures,
+                    int(s.circuit_window_s * 1000),
+                    int(s.circuit_open_s * 1000),
+                ],
+            )
+        )
 
 
 def _text(value: bytes | str) -> str:

@@ -30,23 +30,35 @@ JOB_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800,
 
 SPEND = Counter("llm_router_spend_usd", "USD spent on upstream calls, as billed", ["model", "kind", "source"])
 TOKENS = Counter("llm_router_tokens", "Tokens used upstream", ["model", "direction"])
-UPSTREAM_LATENCY = Histogram("llm_router_upstream_request_duration_seconds",
-                             "Upstream call duration, every call (failed ones too)", ["model"],
-                             buckets=LATENCY_BUCKETS)
-TTFT = Histogram("llm_router_time_to_first_token_seconds", "Streamed calls: time to the first token",
-                 ["model"], buckets=LATENCY_BUCKETS)
-JOB_DURATION = Histogram("llm_router_job_duration_seconds",
-                         "From enqueue to stored result (queue wait + run)", ["kind"], buckets=JOB_BUCKETS)
+UPSTREAM_LATENCY = Histogram(
+    "llm_router_upstream_request_duration_seconds",
+    "Upstream call duration, every call (failed ones too)",
+    ["model"],
+    buckets=LATENCY_BUCKETS,
+)
+TTFT = Histogram(
+    "llm_router_time_to_first_token_seconds",
+    "Streamed calls: time to the first token",
+    ["model"],
+    buckets=LATENCY_BUCKETS,
+)
+JOB_DURATION = Histogram(
+    "llm_router_job_duration_seconds", "From enqueue to stored result (queue wait + run)", ["kind"], buckets=JOB_BUCKETS
+)
 JOBS = Counter("llm_router_jobs", "Jobs finished or sent back to the queue", ["kind", "outcome"])
 ERRORS = Counter("llm_router_upstream_errors", "Failed upstream calls", ["model", "error_class"])
 RATE_LIMITED = Counter("llm_router_rate_limited", "429 answers from upstream", ["model"])
 FALLBACKS = Counter("llm_router_fallbacks", "Moves from one model of a chain to the next", ["from_model", "to_model"])
 RETRIES = Counter("llm_router_retries", "Calls repeated on the same model", ["model"])
-RATE_LIMIT_WAIT = Histogram("llm_router_rate_limit_wait_seconds",
-                            "Time a call waited for its slot in the shared rate limit (0 when none)", ["model"],
-                            buckets=(0.005, 0.025, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
-CIRCUIT_OPENED = Counter("llm_router_circuit_opened", "Times a model's circuit opened (every worker skips it)",
-                         ["model"])
+RATE_LIMIT_WAIT = Histogram(
+    "llm_router_rate_limit_wait_seconds",
+    "Time a call waited for its slot in the shared rate limit (0 when none)",
+    ["model"],
+    buckets=(0.005, 0.025, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+CIRCUIT_OPENED = Counter(
+    "llm_router_circuit_opened", "Times a model's circuit opened (every worker skips it)", ["model"]
+)
 IN_FLIGHT = Gauge("llm_router_upstream_in_flight", "Upstream calls in progress", ["model"])
 
 

@@ -14,7 +14,7 @@ import base64
 import binascii
 import re
 from datetime import datetime
-from typing import Annotated, Any, Literal, TypeVar, Union
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -76,7 +76,7 @@ class ImagePart(_Model):
     image_url: ImageURL | ImageRef
 
 
-ContentPart = Annotated[Union[TextPart, ImagePart], Field(discriminator="type")]
+ContentPart = Annotated[TextPart | ImagePart, Field(discriminator="type")]
 
 
 class Message(BaseModel):
@@ -144,21 +144,27 @@ class RoutedJob(JobBase):
 
     model: ModelName
     fallbacks: list[ModelName] | None = Field(
-        None, max_length=16, json_schema_extra={"cli_split": ","},
-        description="models to try next, comma-separated (overrides FALLBACKS; '' for none)")
+        None,
+        max_length=16,
+        json_schema_extra={"cli_split": ","},
+        description="models to try next, comma-separated (overrides FALLBACKS; '' for none)",
+    )
     max_wait_s: float | None = Field(
-        None, ge=0, json_schema_extra={"cli_flag": "--max-wait"},
-        description="longest wait in seconds for a rate-limited model (default MAX_WAIT_S)")
+        None,
+        ge=0,
+        json_schema_extra={"cli_flag": "--max-wait"},
+        description="longest wait in seconds for a rate-limited model (default MAX_WAIT_S)",
+    )
 
     def wait_limit(self, default: float) -> float:
         return default if self.max_wait_s is None else self.max_wait_s
 
 
 JOB_KINDS: dict[str, type[JobBase]] = {}
-_K = TypeVar("_K", bound=type[JobBase])
+_J = TypeVar("_J", bound=JobBase)
 
 
-def job_kind(cls: _K) -> _K:
+def job_kind(cls: type[_J]) -> type[_J]:
     """Register a job kind: its `kind` default is the name producers enqueue and workers run."""
     JOB_KINDS[cls.model_fields["kind"].default] = cls
     return cls
@@ -186,10 +192,12 @@ class VisionJob(RoutedJob):
         if self.detail:
             image_url["detail"] = self.detail
         messages: list[dict[str, Any]] = [{"role": "system", "content": self.system}] if self.system else []
-        messages.append({
-            "role": "user",
-            "content": [{"type": "text", "text": self.prompt}, {"type": "image_url", "image_url": image_url}],
-        })
+        messages.append(
+            {
+                "role": "user",
+                "content": [{"type": "text", "text": self.prompt}, {"type": "image_url", "image_url": image_url}],
+            }
+        )
         return messages
 
 
@@ -262,7 +270,7 @@ class Answer(BaseModel):
     ttft_s: float | None = None
 
 
-ANSWER_FIELDS = frozenset(Answer.model_fields)
+ANSWER_FIELDS: set[str] = set(Answer.model_fields)
 
 
 class ModelAnswer(Answer):
@@ -295,7 +303,8 @@ def describe_validation_error(exc: ValidationError) -> tuple[str, str]:
     err = max(exc.errors(), key=lambda e: len(e["loc"]))
     # Drop pydantic's union-branch tags ("str", "list[...]", "ImageURL", "chat") from the path.
     loc = ".".join(
-        str(p) for p in err["loc"]
+        str(p)
+        for p in err["loc"]
         if not (isinstance(p, str) and ("[" in p or p[:1].isupper() or p in ("str", *JOB_KINDS)))
     )
     return loc or "job", err["msg"].removeprefix("Value error, ")

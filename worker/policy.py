@@ -68,8 +68,8 @@ def backoff_delay(retry: int, base_s: float, cap_s: float, rng: random.Random | 
 
     Jitter keeps workers that failed together from retrying together.
     """
-    rng = rng or random
-    return min(cap_s, min(cap_s, base_s * 2 ** retry) * rng.uniform(0.75, 1.25))
+    jitter = (rng or random).uniform(0.75, 1.25)
+    return min(cap_s, min(cap_s, base_s * 2**retry) * jitter)
 
 
 def chain(model: str, job_fallbacks: list[str] | None, settings: Settings) -> list[str]:

@@ -6,8 +6,9 @@ from .models import CostSource, Usage
 from .settings import Price
 
 
-def cost_of(model: str, gateway_cost: float | None, usage: Usage | None,
-            prices: dict[str, Price]) -> tuple[float | None, CostSource]:
+def cost_of(
+    model: str, gateway_cost: float | None, usage: Usage | None, prices: dict[str, Price]
+) -> tuple[float | None, CostSource]:
     if gateway_cost is not None:
         return gateway_cost, "gateway"
     price = prices.get(model)

@@ -108,8 +108,10 @@ async def try_model(call: Call, model: str) -> Step:
         admission = await limiter.admit(model, tokens, max(call.max_wait_s - waited_for_tokens, 0.0))
         if admission.status == "gate":
             gate = admission.gate or {}
-            raise Deferred(settings.probe_interval_s,
-                           ErrorInfo(type=gate.get("reason", "paused"), message=f"queue paused: {gate.get('message')}"))
+            raise Deferred(
+                settings.probe_interval_s,
+                ErrorInfo(type=gate.get("reason", "paused"), message=f"queue paused: {gate.get('message')}"),
+            )
         if admission.status == "retry":
             # look again soon: tokens given back by calls that just finished free up earlier
             nap = min(admission.wait_s, TOKEN_RECHECK_S)
@@ -135,8 +137,9 @@ async def try_model(call: Call, model: str) -> Step:
         waited = after
 
 
-async def apply_policy(call: Call, model: str, answer: ModelAnswer, exc: errors.AIsaError,
-                       failures: int) -> Step | float:
+async def apply_policy(
+    call: Call, model: str, answer: ModelAnswer, exc: errors.AIsaError, failures: int
+) -> Step | float:
     """What the policy table says after a failed call: how to end this model (a Step), or
     the time already waited before retrying it (backoff slept here; a 429's pause is slept by
     the next `admit`, since it is booked in the shared limiter)."""
@@ -160,8 +163,9 @@ async def apply_policy(call: Call, model: str, answer: ModelAnswer, exc: errors.
     return Step({Action.FAIL: "fail", Action.LARGER_CONTEXT: "larger"}.get(action, "next"), answer)
 
 
-async def call_once(call: Call, model: str, payload: dict[str, Any], tokens: int,
-                    waited: float) -> tuple[ModelAnswer, errors.AIsaError | None]:
+async def call_once(
+    call: Call, model: str, payload: dict[str, Any], tokens: int, waited: float
+) -> tuple[ModelAnswer, errors.AIsaError | None]:
     """One upstream call, recorded with its cost and fed back to the shared limits before returning."""
     label = call.resources.labels.model(model)
     started_at, started = time.time(), time.perf_counter()
@@ -171,15 +175,28 @@ async def call_once(call: Call, model: str, payload: dict[str, Any], tokens: int
             completion = await call.resources.client.chat(payload)
     except errors.AIsaError as e:
         exc = e
-        answer = ModelAnswer(model=model, status="failed", latency_s=time.perf_counter() - started,
-                             error=ErrorInfo(type=e.error_class, message=e.message, status=e.status, code=e.code,
-                                             request_id=e.request_id))
+        answer = ModelAnswer(
+            model=model,
+            status="failed",
+            latency_s=time.perf_counter() - started,
+            error=ErrorInfo(
+                type=e.error_class, message=e.message, status=e.status, code=e.code, request_id=e.request_id
+            ),
+        )
         log.info("job %s: %s failed: %s", call.job_id, model, e)
     else:
         answer = succeeded(model, completion, call.settings.prices)
-    attempt = Attempt(model=model, ok=exc is None, latency_s=answer.latency_s or 0.0, error=answer.error,
-                      cost=answer.cost, run=call.run, call_id=uuid.uuid4().hex[:16],
-                      at=started_at, waited_s=round(waited, 4))
+    attempt = Attempt(
+        model=model,
+        ok=exc is None,
+        latency_s=answer.latency_s or 0.0,
+        error=answer.error,
+        cost=answer.cost,
+        run=call.run,
+        call_id=uuid.uuid4().hex[:16],
+        at=started_at,
+        waited_s=round(waited, 4),
+    )
     call.attempts.append(attempt)
     first_time = await _record(call, model, attempt, answer, tokens, exc, completion if exc is None else None)
     observe(call, label, answer, exc, counted=first_time)
@@ -203,8 +220,15 @@ def observe(call: Call, label: str, answer: ModelAnswer, exc: errors.AIsaError |
         m.SPEND.labels(label, call.kind, call.resources.labels.source(call.source)).inc(answer.cost)
 
 
-async def _record(call: Call, model: str, attempt: Attempt, answer: ModelAnswer, tokens: int,
-                  exc: errors.AIsaError | None, completion: Completion | None) -> bool:
+async def _record(
+    call: Call,
+    model: str,
+    attempt: Attempt,
+    answer: ModelAnswer,
+    tokens: int,
+    exc: errors.AIsaError | None,
+    completion: Completion | None,
+) -> bool:
     """Write the call to the call log and the shared limits; True if it was new there."""
     store, limiter = call.resources.store, call.resources.limiter
     used = answer.usage.total_tokens if answer.usage else None
@@ -223,10 +247,14 @@ async def _record(call: Call, model: str, attempt: Attempt, answer: ModelAnswer,
     # Two scripts at once on two connections: one round trip of latency. (Script calls in a
     # redis-py pipeline cost an extra SCRIPT EXISTS round trip each time.) shield: a cancelled
     # job (SIGTERM past the grace) must still record a call that happened.
-    recorded, opened = await asyncio.shield(asyncio.gather(
-        store.record_call(call.job_id, attempt, answer.credits_remaining),
-        limiter.settle(model, refund_tokens=(tokens - used) if used is not None else 0, outcome=outcome, pause_s=pause),
-    ))
+    recorded, opened = await asyncio.shield(
+        asyncio.gather(
+            store.record_call(call.job_id, attempt, answer.credits_remaining),
+            limiter.settle(
+                model, refund_tokens=(tokens - used) if used is not None else 0, outcome=outcome, pause_s=pause
+            ),
+        )
+    )
     if opened:
         m.CIRCUIT_OPENED.labels(call.resources.labels.model(model)).inc()
         log.warning("circuit opened for %s: every worker skips it for %gs", model, call.settings.circuit_open_s)
@@ -260,7 +288,12 @@ def _exhausted(answers: list[ModelAnswer]) -> ModelAnswer:
     last = answers[-1]
     if len(answers) > 1 and last.error is not None:
         error = _chain_error(answers, last.error.type)
-        error = error.model_copy(update={"status": last.error.status, "code": last.error.code,
-                                         "message": "every model failed: " + error.message})
+        error = error.model_copy(
+            update={
+                "status": last.error.status,
+                "code": last.error.code,
+                "message": "every model failed: " + error.message,
+            }
+        )
         return last.model_copy(update={"error": error})
     return last

@@ -40,7 +40,7 @@ def loads(raw: bytes | str) -> Any:
     except ValueError:
         return _invalid(f"the job is not JSON: {_snippet(raw)}")
     if not isinstance(record, dict) or "f" not in record or not isinstance(record.get("a", []), list):
-        return _invalid(f"the job is not an arq job record ({{\"f\": kind, \"a\": [job], ...}}): {_snippet(raw)}")
+        return _invalid(f'the job is not an arq job record ({{"f": kind, "a": [job], ...}}): {_snippet(raw)}')
     if "s" not in record and record["f"] not in (*JOB_KINDS, INVALID):  # a job, not a result
         return _invalid(f"unknown job kind {record['f']!r}: use one of {', '.join(JOB_KINDS)}")
     record.setdefault("t", None)

@@ -47,14 +47,23 @@ async def startup(ctx: dict[str, Any]) -> None:
         max_connections=settings.worker_concurrency * 4,
     )
     ctx["resources"] = Resources(
-        settings=settings, client=client, store=ResultStore(redis, settings.result_ttl_s),
-        limiter=Limiter(redis, settings), gate=Gate(redis, settings.probe_interval_s), labels=Labels(settings),
+        settings=settings,
+        client=client,
+        store=ResultStore(redis, settings.result_ttl_s),
+        limiter=Limiter(redis, settings),
+        gate=Gate(redis, settings.probe_interval_s),
+        labels=Labels(settings),
     )
     serve_metrics(settings.metrics_port)
-    ctx["keeper"] = asyncio.create_task(keeper(ctx["resources"], Lease(redis, settings.queue_name, settings.lease_s)),
-                                        name="llm-router-keeper")
-    log.info("llm-router worker up: gateway %s, queue %s, concurrency %d",
-             settings.aisa_base_url, settings.queue_name, settings.worker_concurrency)
+    ctx["keeper"] = asyncio.create_task(
+        keeper(ctx["resources"], Lease(redis, settings.queue_name, settings.lease_s)), name="llm-router-keeper"
+    )
+    log.info(
+        "llm-router worker up: gateway %s, queue %s, concurrency %d",
+        settings.aisa_base_url,
+        settings.queue_name,
+        settings.worker_concurrency,
+    )
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
@@ -75,7 +84,7 @@ async def keeper(resources: Resources, lease: Lease) -> None:
             await lease.renew(resources.running)
             await lease.beat(worker_id)
             resources.paused = await resources.gate.watch(resources)
-        except Exception:  # noqa: BLE001 - Redis restarting: keep trying, never die
+        except Exception:
             log.exception("keeper: will retry")
         await asyncio.sleep(period)
 

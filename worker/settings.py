@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 from pydantic import BaseModel, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -17,10 +18,28 @@ class Price(BaseModel):
 
 # The AIsa models the skill documentation names: the default set of model label values.
 AISA_MODELS = (
-    "gpt-4.1", "gpt-4o", "gpt-4o-mini", "gpt-3.5-turbo", "o1", "o1-mini", "o3-mini",
-    "claude-3-5-sonnet", "claude-3-opus", "claude-3-sonnet", "gemini-2.0-flash", "gemini-1.5-pro",
-    "gemini-1.5-flash", "qwen-max", "qwen-plus", "qwen2.5-72b-instruct", "deepseek-chat",
-    "deepseek-coder", "deepseek-v3", "deepseek-r1", "grok-2", "grok-beta",
+    "gpt-4.1",
+    "gpt-4o",
+    "gpt-4o-mini",
+    "gpt-3.5-turbo",
+    "o1",
+    "o1-mini",
+    "o3-mini",
+    "claude-3-5-sonnet",
+    "claude-3-opus",
+    "claude-3-sonnet",
+    "gemini-2.0-flash",
+    "gemini-1.5-pro",
+    "gemini-1.5-flash",
+    "qwen-max",
+    "qwen-plus",
+    "qwen2.5-72b-instruct",
+    "deepseek-chat",
+    "deepseek-coder",
+    "deepseek-v3",
+    "deepseek-r1",
+    "grok-2",
+    "grok-beta",
 )
 
 
@@ -71,7 +90,8 @@ class Settings(BaseSettings):
     rate_limits: dict[str, RateLimit] = {}
     global_rate_limit: RateLimit = RateLimit()
     rate_limit_headroom: float = Field(
-        0.02, ge=0, lt=1, description="run this fraction under each limit, so network jitter never trips it")
+        0.02, ge=0, lt=1, description="run this fraction under each limit, so network jitter never trips it"
+    )
     circuit_failures: int = Field(5, ge=1, description="failures in CIRCUIT_WINDOW_S that open a model's circuit")
     circuit_window_s: float = Field(30, gt=0)
     circuit_open_s: float = Field(30, gt=0, description="how long an open circuit skips its model")
@@ -98,14 +118,12 @@ class Settings(BaseSettings):
         return self.aisa_api_key.get_secret_value()
 
 
-def load_settings(**overrides: object) -> Settings:
+def load_settings(**overrides: Any) -> Settings:
     """Settings from the environment, with invalid values reported as a ConfigError naming the variable."""
     try:
         return Settings(**overrides)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}" for err in exc.errors()
-        )
+        problems = "; ".join(f"{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}" for err in exc.errors())
         raise ConfigError(f"invalid settings: {problems}") from None
 
 

@@ -11,10 +11,20 @@ import asyncio
 import time
 
 from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
 
-from .keys import CREDITS, DLQ, DLQ_INDEX, SPEND_DAY_TTL_S, SPEND_TOTAL, calls_key, done_channel, result_key, spend_day_key
+from .keys import (
+    CREDITS,
+    DLQ,
+    DLQ_INDEX,
+    SPEND_DAY_TTL_S,
+    SPEND_TOTAL,
+    calls_key,
+    done_channel,
+    result_key,
+    spend_day_key,
+)
 from .models import Attempt, JobResult
-
 
 # KEYS: calls hash, spend total, spend day, credits
 # ARGV: call id, attempt JSON, model, cost ('' unknown), credits remaining ('' unknown), calls TTL s, day TTL s
@@ -42,16 +52,24 @@ class ResultStore:
     async def record_call(self, job_id: str, attempt: Attempt, credits: float | None) -> bool:
         """One upstream call into the job's call log and, the first time only, into spend.
         True if it was new."""
-        return bool(await self._record_call(
-            keys=[calls_key(job_id), SPEND_TOTAL, spend_day_key(), CREDITS],
-            args=[attempt.call_id or "", attempt.model_dump_json(exclude_none=True), attempt.model,
-                  "" if attempt.cost is None else repr(attempt.cost), "" if credits is None else repr(credits),
-                  self.ttl_s, SPEND_DAY_TTL_S],
-        ))
+        return bool(
+            await self._record_call(
+                keys=[calls_key(job_id), SPEND_TOTAL, spend_day_key(), CREDITS],
+                args=[
+                    attempt.call_id or "",
+                    attempt.model_dump_json(exclude_none=True),
+                    attempt.model,
+                    "" if attempt.cost is None else repr(attempt.cost),
+                    "" if credits is None else repr(credits),
+                    self.ttl_s,
+                    SPEND_DAY_TTL_S,
+                ],
+            )
+        )
 
     async def attempts(self, job_id: str) -> list[Attempt]:
         """Every call recorded for the job, across all its runs, oldest first."""
-        raw = await self.redis.hvals(calls_key(job_id))
+        raw = await self.redis.hvals(calls_key(job_id))  # type: ignore[misc]  # redis-py types commands as sync-or-async
         return sorted((Attempt.model_validate_json(r) for r in raw), key=lambda a: (a.at or 0.0, a.run))
 
     async def save(self, result: JobResult, dead_letter: str | None = None) -> None:
@@ -81,16 +99,16 @@ class ResultStore:
                     return result
                 try:
                     await asyncio.wait_for(_next_message(pubsub), remaining)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     return await self.get(job_id)
 
     async def spend(self, day: str | None = None) -> dict[str, float]:
         """USD by model: all time, or for one UTC day ("YYYY-MM-DD")."""
-        raw = await self.redis.hgetall(spend_day_key(day) if day else SPEND_TOTAL)
+        raw = await self.redis.hgetall(spend_day_key(day) if day else SPEND_TOTAL)  # type: ignore[misc]  # redis-py types commands as sync-or-async
         return {_text(k): float(v) for k, v in raw.items()}
 
 
-async def _next_message(pubsub) -> None:  # type: ignore[no-untyped-def]
+async def _next_message(pubsub: PubSub) -> None:
     while await pubsub.get_message(ignore_subscribe_messages=True, timeout=None) is None:
         pass
 

@@ -23,20 +23,29 @@ def target(expr: str, legend: str = "", ref: int = 0) -> dict[str, Any]:
     return {"refId": chr(ord("A") + ref), "expr": expr, "legendFormat": legend or "__auto", "datasource": DS}
 
 
-def panel(kind: str, title: str, targets: list[tuple[str, str]], unit: str, w: int, h: int,
-          description: str = "") -> dict[str, Any]:
+def panel(
+    kind: str, title: str, targets: list[tuple[str, str]], unit: str, w: int, h: int, description: str = ""
+) -> dict[str, Any]:
     p: dict[str, Any] = {
-        "type": kind, "title": title, "description": description, "datasource": DS,
+        "type": kind,
+        "title": title,
+        "description": description,
+        "datasource": DS,
         "targets": [target(e, legend, i) for i, (e, legend) in enumerate(targets)],
         "fieldConfig": {"defaults": {"unit": unit}, "overrides": []},
         "gridPos": {"w": w, "h": h},
     }
     if kind == "stat":
-        p["options"] = {"reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
-                        "colorMode": "value", "graphMode": "area"}
+        p["options"] = {
+            "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
+            "colorMode": "value",
+            "graphMode": "area",
+        }
     else:
-        p["options"] = {"legend": {"displayMode": "table", "placement": "bottom", "calcs": ["mean", "max"]},
-                        "tooltip": {"mode": "multi"}}
+        p["options"] = {
+            "legend": {"displayMode": "table", "placement": "bottom", "calcs": ["mean", "max"]},
+            "tooltip": {"mode": "multi"},
+        }
     return p
 
 
@@ -49,8 +58,10 @@ def graph(title: str, targets: list[tuple[str, str]], unit: str, w: int = 12, de
 
 
 def quantiles(metric: str, by: str, qs: tuple[float, ...]) -> list[tuple[str, str]]:
-    return [(f"histogram_quantile({q}, sum by (le, {by}) (rate({metric}_bucket[{RATE}])))", f"p{int(q * 100)} {{{{{by}}}}}")
-            for q in qs]
+    return [
+        (f"histogram_quantile({q}, sum by (le, {by}) (rate({metric}_bucket[{RATE}])))", f"p{int(q * 100)} {{{{{by}}}}}")
+        for q in qs
+    ]
 
 
 def row(title: str) -> dict[str, Any]:
@@ -62,50 +73,125 @@ SPEND_RATE = "sum(rate(llm_router_spend_usd_total[1h])) * 3600"
 PANELS: list[dict[str, Any]] = [
     row("Spend and credits"),
     stat("Spend rate ($/h, last hour)", SPEND_RATE, "currencyUSD"),
-    stat("Spent today (UTC)", "sum(llm_router_spend_today_usd)", "currencyUSD",
-         "From Redis: every call's cost, this UTC day"),
+    stat(
+        "Spent today (UTC)",
+        "sum(llm_router_spend_today_usd)",
+        "currencyUSD",
+        "From Redis: every call's cost, this UTC day",
+    ),
     stat("Credits remaining", "max(llm_router_credits_remaining_usd)", "currencyUSD", "As AIsa last reported"),
-    stat("Credits run out in", "max(llm_router_credits_remaining_usd) / scalar(sum(rate(llm_router_spend_usd_total[1h])))",
-         "s", "At the last hour's burn rate"),
-    stat("Credits reported", "time() - max(llm_router_credits_updated_timestamp_seconds)", "s",
-         "Seconds since AIsa last reported the credits"),
+    stat(
+        "Credits run out in",
+        "max(llm_router_credits_remaining_usd) / scalar(sum(rate(llm_router_spend_usd_total[1h])))",
+        "s",
+        "At the last hour's burn rate",
+    ),
+    stat(
+        "Credits reported",
+        "time() - max(llm_router_credits_updated_timestamp_seconds)",
+        "s",
+        "Seconds since AIsa last reported the credits",
+    ),
     stat("Dead letters", "max(llm_router_dead_letters)", "short"),
-    graph("Spend per model ($/h)", [(f"sum by (model) (rate(llm_router_spend_usd_total[{RATE}])) * 3600", "{{model}}")],
-          "currencyUSD"),
-    graph("Spend per producer ($/h)", [(f"sum by (source) (rate(llm_router_spend_usd_total[{RATE}])) * 3600", "{{source}}")],
-          "currencyUSD"),
-    graph("Credits remaining, and in 24 h at this rate", [
-        ("max(llm_router_credits_remaining_usd)", "remaining"),
-        ("predict_linear(llm_router_credits_remaining_usd[1h], 86400)", "in 24 h"),
-    ], "currencyUSD", w=WIDTH),
+    graph(
+        "Spend per model ($/h)",
+        [(f"sum by (model) (rate(llm_router_spend_usd_total[{RATE}])) * 3600", "{{model}}")],
+        "currencyUSD",
+    ),
+    graph(
+        "Spend per producer ($/h)",
+        [(f"sum by (source) (rate(llm_router_spend_usd_total[{RATE}])) * 3600", "{{source}}")],
+        "currencyUSD",
+    ),
+    graph(
+        "Credits remaining, and in 24 h at this rate",
+        [
+            ("max(llm_router_credits_remaining_usd)", "remaining"),
+            ("predict_linear(llm_router_credits_remaining_usd[1h], 86400)", "in 24 h"),
+        ],
+        "currencyUSD",
+        w=WIDTH,
+    ),
     row("Latency"),
-    graph("Upstream latency by model", quantiles("llm_router_upstream_request_duration_seconds", "model", (0.5, 0.95, 0.99)), "s"),
-    graph("Time to first token by model (streams)", quantiles("llm_router_time_to_first_token_seconds", "model", (0.5, 0.95, 0.99)), "s"),
-    graph("Job duration, enqueue to result, by kind", quantiles("llm_router_job_duration_seconds", "kind", (0.5, 0.95)), "s",
-          w=WIDTH),
+    graph(
+        "Upstream latency by model",
+        quantiles("llm_router_upstream_request_duration_seconds", "model", (0.5, 0.95, 0.99)),
+        "s",
+    ),
+    graph(
+        "Time to first token by model (streams)",
+        quantiles("llm_router_time_to_first_token_seconds", "model", (0.5, 0.95, 0.99)),
+        "s",
+    ),
+    graph(
+        "Job duration, enqueue to result, by kind",
+        quantiles("llm_router_job_duration_seconds", "kind", (0.5, 0.95)),
+        "s",
+        w=WIDTH,
+    ),
     row("Throughput and errors"),
-    graph("Tokens/s by model", [(f"sum by (model, direction) (rate(llm_router_tokens_total[{RATE}]))", "{{model}} {{direction}}")],
-          "short"),
-    graph("Jobs/s by outcome", [(f"sum by (kind, outcome) (rate(llm_router_jobs_total[{RATE}]))", "{{kind}} {{outcome}}")], "reqps"),
-    graph("Upstream errors/s by model and class",
-          [(f"sum by (model, error_class) (rate(llm_router_upstream_errors_total[{RATE}]))", "{{model}} {{error_class}}")], "reqps"),
+    graph(
+        "Tokens/s by model",
+        [(f"sum by (model, direction) (rate(llm_router_tokens_total[{RATE}]))", "{{model}} {{direction}}")],
+        "short",
+    ),
+    graph(
+        "Jobs/s by outcome",
+        [(f"sum by (kind, outcome) (rate(llm_router_jobs_total[{RATE}]))", "{{kind}} {{outcome}}")],
+        "reqps",
+    ),
+    graph(
+        "Upstream errors/s by model and class",
+        [
+            (
+                f"sum by (model, error_class) (rate(llm_router_upstream_errors_total[{RATE}]))",
+                "{{model}} {{error_class}}",
+            )
+        ],
+        "reqps",
+    ),
     graph("429s/s by model", [(f"sum by (model) (rate(llm_router_rate_limited_total[{RATE}]))", "{{model}}")], "reqps"),
-    graph("Fallbacks/s", [(f"sum by (from_model, to_model) (rate(llm_router_fallbacks_total[{RATE}]))", "{{from_model}} → {{to_model}}")],
-          "reqps"),
+    graph(
+        "Fallbacks/s",
+        [
+            (
+                f"sum by (from_model, to_model) (rate(llm_router_fallbacks_total[{RATE}]))",
+                "{{from_model}} → {{to_model}}",
+            )
+        ],
+        "reqps",
+    ),
     graph("Retries/s by model", [(f"sum by (model) (rate(llm_router_retries_total[{RATE}]))", "{{model}}")], "reqps"),
-    graph("Wait for the shared rate limit by model", quantiles("llm_router_rate_limit_wait_seconds", "model", (0.5, 0.95)),
-          "s", description="Time calls wait for their slot: high means the limit, not the gateway, sets the pace"),
-    graph("Circuits opened", [(f"sum by (model) (increase(llm_router_circuit_opened_total[{RATE}]))", "{{model}}")],
-          "short", description="A model failing often is skipped by every worker for CIRCUIT_OPEN_S"),
+    graph(
+        "Wait for the shared rate limit by model",
+        quantiles("llm_router_rate_limit_wait_seconds", "model", (0.5, 0.95)),
+        "s",
+        description="Time calls wait for their slot: high means the limit, not the gateway, sets the pace",
+    ),
+    graph(
+        "Circuits opened",
+        [(f"sum by (model) (increase(llm_router_circuit_opened_total[{RATE}]))", "{{model}}")],
+        "short",
+        description="A model failing often is skipped by every worker for CIRCUIT_OPEN_S",
+    ),
     row("Queue and workers"),
-    graph("Queue depth", [("max(llm_router_queue_depth)", "ready"), ("max(llm_router_queue_scheduled)", "scheduled (deferred)")],
-          "short", w=8),
+    graph(
+        "Queue depth",
+        [("max(llm_router_queue_depth)", "ready"), ("max(llm_router_queue_scheduled)", "scheduled (deferred)")],
+        "short",
+        w=8,
+    ),
     graph("Oldest queued job", [("max(llm_router_queue_oldest_job_age_seconds)", "age")], "s", w=8),
     graph("In-flight upstream calls", [("sum by (model) (llm_router_upstream_in_flight)", "{{model}}")], "short", w=8),
-    graph("Workers up, queue paused", [
-        ('sum(up{job="llm-router-worker"})', "workers up"),
-        ("max by (reason) (llm_router_queue_paused)", "paused: {{reason}}"),
-    ], "short", w=WIDTH),
+    graph(
+        "Workers up, queue paused",
+        [
+            ('sum(up{job="llm-router-worker"})', "workers up"),
+            ("max by (reason) (llm_router_queue_paused)", "paused: {{reason}}"),
+        ],
+        "short",
+        w=WIDTH,
+    ),
 ]
 
 
@@ -124,11 +210,27 @@ def layout(panels: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def dashboard() -> dict[str, Any]:
     return {
-        "uid": "llm-router", "title": "llm-router: spend, credits, latency, queue",
-        "tags": ["llm-router", "aisa"], "timezone": "utc", "schemaVersion": 39, "version": 1,
-        "editable": True, "refresh": "30s", "time": {"from": "now-6h", "to": "now"},
-        "templating": {"list": [{"name": "datasource", "type": "datasource", "query": "prometheus",
-                                 "label": "Prometheus", "current": {}, "hide": 0}]},
+        "uid": "llm-router",
+        "title": "llm-router: spend, credits, latency, queue",
+        "tags": ["llm-router", "aisa"],
+        "timezone": "utc",
+        "schemaVersion": 39,
+        "version": 1,
+        "editable": True,
+        "refresh": "30s",
+        "time": {"from": "now-6h", "to": "now"},
+        "templating": {
+            "list": [
+                {
+                    "name": "datasource",
+                    "type": "datasource",
+                    "query": "prometheus",
+                    "label": "Prometheus",
+                    "current": {},
+                    "hide": 0,
+                }
+            ]
+        },
         "annotations": {"list": []},
         "panels": layout([json.loads(json.dumps(p)) for p in PANELS]),
     }
