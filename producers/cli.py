@@ -99,13 +99,13 @@ def conversation_options(f: Any) -> Any:
     return click.option("--message", help="the user message")(f)
 
 
-def _params(params: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in params.items() if v is not None}
-
-
 @click.group()
 def cli() -> None:
     """Producer verbs."""
+
+
+# How a verb hands its job to the producer: (producer, job id or None, the job flags set) -> job id.
+Submit = Callable[[Producer, str | None, dict[str, Any]], Awaitable[str]]
 
 
 @cli.command()
@@ -113,23 +113,11 @@ def cli() -> None:
 @conversation_options
 @job_options(ChatJob)
 @wait_options
-def chat(
-    model: str,
-    message: str | None,
-    messages: Any,
-    system: str | None,
-    job_id: str | None,
-    no_wait: bool,
-    timeout: float,
-    as_json: bool,
-    **params: Any,
-) -> None:
+def chat(model: str, message: str | None, messages: Any, system: str | None, **flags: Any) -> None:
     """One chat completion."""
     _enqueue(
-        lambda p: p.chat(model, message, messages=messages, system=system, job_id=job_id, **_params(params)),
-        no_wait,
-        timeout,
-        as_json,
+        lambda p, job_id, params: p.chat(model, message, messages=messages, system=system, job_id=job_id, **params),
+        flags,
     )
 
 
@@ -140,24 +128,9 @@ def chat(
 @click.option("--system", help="system prompt")
 @job_options(VisionJob)
 @wait_options
-def vision(
-    model: str,
-    image: str,
-    prompt: str,
-    system: str | None,
-    job_id: str | None,
-    no_wait: bool,
-    timeout: float,
-    as_json: bool,
-    **params: Any,
-) -> None:
+def vision(model: str, image: str, prompt: str, system: str | None, **flags: Any) -> None:
     """Ask about an image (URL or local file)."""
-    _enqueue(
-        lambda p: p.vision(model, image, prompt, system=system, job_id=job_id, **_params(params)),
-        no_wait,
-        timeout,
-        as_json,
-    )
+    _enqueue(lambda p, job_id, params: p.vision(model, image, prompt, system=system, job_id=job_id, **params), flags)
 
 
 @cli.command()
@@ -165,24 +138,12 @@ def vision(
 @conversation_options
 @job_options(CompareJob)
 @wait_options
-def compare(
-    models: str,
-    message: str | None,
-    messages: Any,
-    system: str | None,
-    job_id: str | None,
-    no_wait: bool,
-    timeout: float,
-    as_json: bool,
-    **params: Any,
-) -> None:
+def compare(models: str, message: str | None, messages: Any, system: str | None, **flags: Any) -> None:
     """The same question to several models at once."""
     names = [m.strip() for m in models.split(",") if m.strip()]
     _enqueue(
-        lambda p: p.compare(names, message, messages=messages, system=system, job_id=job_id, **_params(params)),
-        no_wait,
-        timeout,
-        as_json,
+        lambda p, job_id, params: p.compare(names, message, messages=messages, system=system, job_id=job_id, **params),
+        flags,
     )
 
 
@@ -227,11 +188,15 @@ def models() -> None:
     run(main())
 
 
-def _enqueue(submit: Callable[[Producer], Awaitable[str]], no_wait: bool, timeout: float, as_json: bool) -> None:
+def _enqueue(submit: Submit, flags: dict[str, Any]) -> None:
+    """Enqueue with the job flags that were given; then print the id, or wait and print the result."""
+    job_id, no_wait, timeout, as_json = (flags.pop(k) for k in ("job_id", "no_wait", "timeout", "as_json"))
+    params = {k: v for k, v in flags.items() if v is not None}
+
     async def main() -> int:
         async with Producer() as producer:
             try:
-                job_id = await submit(producer)
+                job_id_ = await submit(producer, job_id, params)
             except JobRejected as exc:
                 click.echo(
                     f"llm-router: invalid {_flag_of(exc.field)} ({exc.field}): {exc.message}. Nothing was enqueued.",
@@ -239,9 +204,9 @@ def _enqueue(submit: Callable[[Producer], Awaitable[str]], no_wait: bool, timeou
                 )
                 return 2
             if no_wait:
-                click.echo(job_id)
+                click.echo(job_id_)
                 return 0
-            return await _wait_and_print(producer, job_id, timeout, as_json)
+            return await _wait_and_print(producer, job_id_, timeout, as_json)
 
     run(main())
 
