@@ -11,6 +11,8 @@ Jobs are validated here, before anything reaches Redis, and written in arq's job
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 import uuid
 from collections.abc import Iterable
@@ -19,11 +21,20 @@ from typing import Any, TypeVar
 from pydantic import ValidationError
 from redis.asyncio import Redis
 
-from worker import serde
+from worker import bounds, serde
 from worker.dlq import DeadLetters
-from worker.keys import JOB_EXPIRES_EXTRA_MS, arq_result_key, job_key, result_key
+from worker.keys import JOB_EXPIRES_EXTRA_MS, arq_result_key, digest_key, job_key, result_key
 from worker.lease import workers_alive
-from worker.models import ChatJob, CompareJob, JobBase, JobResult, Message, VisionJob, describe_validation_error
+from worker.models import (
+    ChatJob,
+    CompareJob,
+    JobBase,
+    JobResult,
+    Message,
+    VisionJob,
+    check_job_id,
+    describe_validation_error,
+)
 from worker.settings import load_settings
 from worker.store import ResultStore
 
@@ -34,12 +45,25 @@ J = TypeVar("J", bound=JobBase)
 # arq's enqueue_job checks "not queued, not running, no arq result" with WATCH and three
 # round trips. arq keeps no result of ours (keep_result=0), so the id must also be absent
 # from our result keys for a repeated id to be a no-op: one atomic script, one round trip.
+# A caller's own id also keeps the digest of its job: the same id with another job is a
+# conflict (-1), not a silent no-op.
+# KEYS: job record, arq result, our result, queue, digest
+# ARGV: record, record TTL ms, score, job id, digest ('' for a generated id), digest TTL s
 _ENQUEUE = """
-if redis.call('EXISTS', KEYS[1], KEYS[2], KEYS[3]) > 0 then return 0 end
+if redis.call('EXISTS', KEYS[1], KEYS[2], KEYS[3]) > 0 then
+  if ARGV[5] ~= '' then
+    local known = redis.call('GET', KEYS[5])
+    if known and known ~= ARGV[5] then return -1 end
+  end
+  return 0
+end
 redis.call('PSETEX', KEYS[1], ARGV[2], ARGV[1])
 redis.call('ZADD', KEYS[4], ARGV[3], ARGV[4])
+if ARGV[5] ~= '' then redis.call('SET', KEYS[5], ARGV[5], 'EX', ARGV[6]) end
 return 1
 """
+# A digest outlives the result it guards by a day.
+DIGEST_EXTRA_S = 24 * 3600
 
 
 class JobRejected(ValueError):
@@ -49,6 +73,11 @@ class JobRejected(ValueError):
         super().__init__(f"{field}: {message}")
         self.field = field
         self.message = message
+
+
+class JobConflict(JobRejected):
+    """A job id already names a different job (queued, running or done): nothing was enqueued
+    under it. Resend the same job to get its result, or pick a new id."""
 
 
 class ResultTimeout(TimeoutError):
@@ -84,7 +113,7 @@ class Producer:
         max_image_bytes: int | None = None,
         redis: Redis | None = None,
     ) -> None:
-        settings = load_settings()  # defaults from the environment; a bad value is a ConfigError
+        settings = self.settings = load_settings()  # defaults from the environment; a bad value is a ConfigError
         self.redis = redis or Redis.from_url(redis_url or settings.redis_url)
         self._owns_redis = redis is None
         self.source = source
@@ -181,21 +210,45 @@ class Producer:
         return [job_id for job_id, _ in await self._write(pairs)]
 
     async def _write(self, pairs: list[tuple[JobBase, str | None]]) -> list[tuple[str, bool]]:
+        """Check every job, then write them all in one round trip (nothing is written if one is
+        refused; a conflicting id refuses only its own job)."""
         now_ms = int(time.time() * 1000)
-        ids = [_job_id(job_id) for _, job_id in pairs]
+        records = [self._record(job, job_id, now_ms) for job, job_id in pairs]
         async with self.redis.pipeline(transaction=False) as pipe:
-            for (job, _), job_id in zip(pairs, ids, strict=True):
-                if job.source is None and self.source is not None:
-                    job = job.model_copy(update={"source": self.source})
-                payload = job.model_dump(mode="json", exclude_none=True)
-                data = serde.job_bytes(job.kind, payload, now_ms)
+            for job_id, data, digest in records:
                 await self._enqueue(
-                    keys=[job_key(job_id), arq_result_key(job_id), result_key(job_id), self.queue_name],
-                    args=[data, JOB_EXPIRES_EXTRA_MS, now_ms, job_id],
+                    keys=[
+                        job_key(job_id),
+                        arq_result_key(job_id),
+                        result_key(job_id),
+                        self.queue_name,
+                        digest_key(job_id),
+                    ],
+                    args=[data, JOB_EXPIRES_EXTRA_MS, now_ms, job_id, digest, self.store.ttl_s + DIGEST_EXTRA_S],
                     client=pipe,
                 )
             created = await pipe.execute()
-        return [(job_id, bool(c)) for job_id, c in zip(ids, created, strict=True)]
+        conflicts = [job_id for (job_id, _, _), c in zip(records, created, strict=True) if c == -1]
+        if conflicts:
+            raise JobConflict(
+                "job_id",
+                f"{', '.join(conflicts)} already names a different job: pick a new id, "
+                "or send the same job again to get its result",
+            )
+        return [(job_id, c == 1) for (job_id, _, _), c in zip(records, created, strict=True)]
+
+    def _record(self, job: JobBase, job_id: str | None, now_ms: int) -> tuple[str, bytes, str]:
+        """(id, the arq record, digest or '' for a generated id), within the configured bounds."""
+        if job.source is None and self.source is not None:
+            job = job.model_copy(update={"source": self.source})
+        payload = job.model_dump(mode="json", exclude_none=True)
+        data = serde.job_bytes(job.kind, payload, now_ms)
+        out_of_bounds = bounds.problem(job, self.settings, bounds.text_size(data))
+        if out_of_bounds:
+            raise JobRejected(*out_of_bounds)
+        if job_id is None:
+            return uuid.uuid4().hex, data, ""
+        return _job_id(job_id), data, digest(job.kind, payload)
 
     # ------------------------------------------------------------ results
 
@@ -219,8 +272,15 @@ class Producer:
 
 
 def _job_id(job_id: Any) -> str:
-    if job_id is None:
-        return uuid.uuid4().hex
-    if not isinstance(job_id, str) or not job_id:
-        raise JobRejected("job_id", f"must be a non-empty string, not {job_id!r}")
-    return job_id
+    try:
+        return check_job_id(job_id)
+    except ValueError as exc:
+        raise JobRejected("job_id", str(exc)) from None
+
+
+def digest(kind: str, payload: dict[str, Any]) -> str:
+    """What makes two jobs the same job: kind and payload (its enqueue time aside)."""
+    canonical = json.dumps(
+        [kind, {k: v for k, v in payload.items() if k != "enqueued_at"}], sort_keys=True, separators=(",", ":")
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()

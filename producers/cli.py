@@ -55,7 +55,7 @@ def flag(name: str, field: FieldInfo | None = None) -> str:
 
 def _option(name: str, field: FieldInfo) -> Callable[[Any], Any]:
     extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
-    kinds = [a for a in typing.get_args(field.annotation) or (field.annotation,) if a is not type(None)]
+    kinds = [_bare(a) for a in typing.get_args(field.annotation) or (field.annotation,) if a is not type(None)]
     options: dict[str, Any] = {"help": field.description, "default": None}
     if kinds == [bool]:
         options.update(is_flag=True, flag_value=True)
@@ -72,6 +72,11 @@ def _option(name: str, field: FieldInfo) -> Callable[[Any], Any]:
     else:
         options["type"] = _Json(text_ok=str in kinds)
     return click.option(flag(name, field), name, **options)
+
+
+def _bare(annotation: Any) -> Any:
+    """`Annotated[int, Strict()]` -> `int`."""
+    return typing.get_args(annotation)[0] if typing.get_origin(annotation) is typing.Annotated else annotation
 
 
 def job_options(cls: type[JobBase]) -> Callable[[Any], Any]:

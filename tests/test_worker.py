@@ -160,7 +160,7 @@ async def test_enqueue_many_stamps_the_producers_source(producer, settings):
 async def test_a_job_id_that_is_not_a_string_is_refused(producer):
     with pytest.raises(JobRejected) as info:
         await producer.chat("gpt-4.1", "hi", job_id=42)
-    assert info.value.field == "job_id" and "non-empty string" in info.value.message
+    assert info.value.field == "job_id" and "1-128 characters of letters" in info.value.message
     assert await producer.queued() == 0
 
 

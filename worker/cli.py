@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
-import os
 from collections.abc import Coroutine
 from typing import Any, NoReturn
 
 import click
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from . import logs
 from .settings import ConfigError, exit_on_config_error, load_settings
 
 
@@ -28,11 +27,6 @@ def run(main: Coroutine[Any, Any, int]) -> NoReturn:
     raise SystemExit(code)
 
 
-def _logging() -> None:
-    logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO"), format="%(asctime)s %(name)s %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per upstream call is noise
-
-
 @click.group()
 def cli() -> None:
     """Operator verbs."""
@@ -44,7 +38,7 @@ def worker(burst: bool) -> None:
     """Run a worker (settings from the environment)."""
     from .service import create_worker
 
-    _logging()
+    logs.setup()
     try:
         create_worker(load_settings(), burst=burst).run()
     except ConfigError as exc:
@@ -56,7 +50,7 @@ def exporter() -> None:
     """Serve the queue-level metrics (credits, queue, dead letters) on EXPORTER_PORT."""
     from .exporter import serve
 
-    _logging()
+    logs.setup()
     try:
         serve(load_settings())
     except ConfigError as exc:

@@ -18,6 +18,7 @@ from typing import Any
 from arq.worker import Retry
 from pydantic import ValidationError
 
+from . import bounds
 from . import metrics as m
 from .dlq import DeadLetter
 from .models import (
@@ -47,15 +48,16 @@ def functions() -> dict[str, JobFunction]:
 
 
 def _job_function(kind: str) -> JobFunction:
-    async def run(ctx: Ctx, payload: Any) -> str:
-        return await run_job(ctx, kind, payload)
+    async def run(ctx: Ctx, payload: Any, size: int = 0) -> str:  # size: worker.serde
+        return await run_job(ctx, kind, payload, size)
 
     run.__qualname__ = run.__name__ = kind
     return run
 
 
-async def invalid(ctx: Ctx, problem: str) -> str:
-    """A job record arq could not read (see worker.serde): a failed result and a dead letter."""
+async def invalid(ctx: Ctx, problem: str, record: str = "") -> str:
+    """A job record arq could not read (see worker.serde): a failed result naming the problem
+    and a dead letter keeping the start of the record."""
     now = datetime.now(UTC)
     result = JobResult(
         job_id=ctx["job_id"],
@@ -65,16 +67,16 @@ async def invalid(ctx: Ctx, problem: str) -> str:
         finished_at=now,
         error=ErrorInfo(type="invalid_job", message=problem, field="job"),
     )
-    return await finish(ctx["resources"], INVALID, problem, result)
+    return await finish(ctx["resources"], INVALID, record or problem, result)
 
 
-async def run_job(ctx: Ctx, kind: str, payload: Any) -> str:
+async def run_job(ctx: Ctx, kind: str, payload: Any, size: int = 0) -> str:
     """Validate, call, store; returns the status (arq logs it)."""
     resources: Resources = ctx["resources"]
     job_id, run = ctx["job_id"], ctx.get("job_try") or 1
     resources.running.add(job_id)  # the keeper keeps this job's lease while it runs
     try:
-        result = await _run(resources, kind, payload, job_id, run, ctx.get("enqueue_time"))
+        result = await _run(resources, kind, payload, job_id, run, ctx.get("enqueue_time"), size)
     except Retry:
         m.JOBS.labels(kind, "requeued").inc()
         raise
@@ -110,7 +112,7 @@ async def finish(resources: Resources, kind: str, payload: Any, result: JobResul
 
 
 async def _run(
-    resources: Resources, kind: str, payload: Any, job_id: str, run: int, enqueued_at: datetime | None
+    resources: Resources, kind: str, payload: Any, job_id: str, run: int, enqueued_at: datetime | None, size: int
 ) -> JobResult:
     settings = resources.settings
     base: dict[str, Any] = {
@@ -123,13 +125,10 @@ async def _run(
     try:
         job = JOB_KINDS[kind].model_validate(payload)
     except ValidationError as exc:
-        field, message = describe_validation_error(exc)
-        log.warning("job %s rejected: %s: %s", job_id, field, message)
-        return _finish(
-            JobResult(
-                **base, status="failed", error=ErrorInfo(type="invalid_job", message=f"{field}: {message}", field=field)
-            )
-        )
+        return _refused(base, *describe_validation_error(exc))
+    out_of_bounds = bounds.problem(job, settings, size)
+    if out_of_bounds:
+        return _refused(base, *out_of_bounds)
     base["source"] = job.source
     if run > settings.max_job_runs:
         # earlier runs never finished (a worker killed, or cancelled past its grace, each time):
@@ -191,6 +190,14 @@ async def _answer(call: Call, job: JobBase, base: dict[str, Any]) -> JobResult:
     if isinstance(job, CompareJob):
         return await _compare(call, job, base)
     raise TypeError(f"job kind {job.kind!r} must subclass RoutedJob or CompareJob")
+
+
+def _refused(base: dict[str, Any], field: str, message: str) -> JobResult:
+    """A payload from another writer that the contract or the bounds refuse: the same words a
+    producer would have got."""
+    log.warning("job %s rejected: %s: %s", base["job_id"], field, message)
+    error = ErrorInfo(type="invalid_job", message=f"{field}: {message}", field=field)
+    return _finish(JobResult(**base, status="failed", error=error))
 
 
 def _finish(result: JobResult) -> JobResult:

@@ -15,6 +15,8 @@ results): the README's key table is checked against this module by a test.
     llm-router:model:<model>            hash: shared limiter and circuit state; see worker.limiter
     llm-router:model:_global            hash: the optional global limit
     llm-router:workers:<queue>          sorted set worker id -> last heartbeat (UNIX time)
+    llm-router:digest:<job_id>          what the job a caller's own id names is (a conflict check)
+    llm-router:quarantine               list: queue entries with no readable id (worker.quarantine)
 
 arq's own keys (arq.constants) for a job id: `arq:job:<id>` (the job record),
 `arq:in-progress:<id>` (claimed; our lease), `arq:retry:<id>` (runs so far), `arq:result:<id>`
@@ -42,6 +44,8 @@ PROBE_LOCK = PREFIX + "gate:probe"
 MODEL_PREFIX = PREFIX + "model:"
 GLOBAL_LIMIT = MODEL_PREFIX + "_global"
 WORKERS_PREFIX = PREFIX + "workers:"
+DIGEST_PREFIX = PREFIX + "digest:"
+QUARANTINE = PREFIX + "quarantine"
 
 # arq's key knowledge, used nowhere else.
 JOB_PREFIX = _arq.job_key_prefix
@@ -70,6 +74,10 @@ def spend_day_key(day: str | None = None) -> str:
 
 def model_key(model: str) -> str:
     return MODEL_PREFIX + model
+
+
+def digest_key(job_id: str) -> str:
+    return DIGEST_PREFIX + job_id
 
 
 def workers_key(queue_name: str) -> str:

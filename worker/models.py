@@ -16,7 +16,16 @@ import re
 from datetime import datetime
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    Strict,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 Status = Literal["succeeded", "failed"]
 
@@ -25,6 +34,12 @@ DEFAULT_MAX_IMAGE_BYTES = 20 * 1024 * 1024
 _DATA_URL = re.compile(r"^data:(?P<mime>[\w/+.-]+);base64,(?P<data>.*)$", re.DOTALL)
 # Labels are for metrics and logs: keep them short and tame.
 _SOURCE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+# What reaches Redis keys, logs and metrics from a producer: a documented charset and length.
+JOB_ID_CHARS = "letters, digits and _ . : - @ / + ="
+JOB_ID = re.compile(r"^[A-Za-z0-9_.:@/+=-]{1,128}$")
+MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@/+-]{0,127}$")
+# No model writes more than this in one answer; MAX_OUTPUT_TOKENS is the configured ceiling.
+MAX_TOKENS_CEILING = 2_000_000
 
 
 def check_image_url(url: str, max_bytes: int = DEFAULT_MAX_IMAGE_BYTES) -> str:
@@ -45,14 +60,40 @@ def check_image_url(url: str, max_bytes: int = DEFAULT_MAX_IMAGE_BYTES) -> str:
     return url
 
 
-def _non_empty_model(v: str) -> str:
+def check_job_id(job_id: object) -> str:
+    """A job id is 1-128 characters of JOB_ID_CHARS: it names Redis keys and appears in logs."""
+    if not isinstance(job_id, str) or not JOB_ID.match(job_id):
+        raise ValueError(f"must be 1-128 characters of {JOB_ID_CHARS}, not {shown(job_id)}")
+    return job_id
+
+
+def _model_name(v: str) -> str:
     v = v.strip()
     if not v:
         raise ValueError("must name a model, e.g. gpt-4.1")
+    if not MODEL_NAME.match(v):
+        raise ValueError(f"must be 1-128 characters of letters, digits and _ . : - @ / +, not {shown(v)}")
     return v
 
 
-ModelName = Annotated[str, AfterValidator(_non_empty_model)]
+def shown(value: object, limit: int = 40) -> str:
+    """A value quoted for an error message: escaped and cut, whatever it holds."""
+    text = ascii(value)
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def _not_blank(v: str) -> str:
+    if not v.strip():
+        raise ValueError("must not be empty")
+    return v
+
+
+# Strict scalars: no bool-as-int, no numbers or booleans from strings; a JSON type means what it says.
+Int = Annotated[int, Strict()]
+Float = Annotated[float, Strict()]  # an integer is a number too
+Bool = Annotated[bool, Strict()]
+ModelName = Annotated[str, AfterValidator(_model_name)]
+Text = Annotated[str, AfterValidator(_not_blank)]
 ImageRef = Annotated[str, AfterValidator(check_image_url)]
 
 
@@ -67,7 +108,7 @@ class ImageURL(_Model):
 
 class TextPart(_Model):
     type: Literal["text"]
-    text: str
+    text: Text
 
 
 class ImagePart(_Model):
@@ -88,21 +129,24 @@ class Message(BaseModel):
 
     @model_validator(mode="after")
     def _content_present(self) -> Message:
-        if self.content is None and self.role in ("system", "user"):
-            raise ValueError(f"a {self.role} message needs content")
+        if self.role in ("system", "user"):
+            if self.content is None:
+                raise ValueError(f"a {self.role} message needs content")
+            if not (self.content.strip() if isinstance(self.content, str) else self.content):
+                raise ValueError(f"a {self.role} message's content must not be empty")
         return self
 
 
 class ChatParams(_Model):
     """The sampling parameters of the skill's chat call, passed through to the gateway."""
 
-    temperature: float | None = Field(None, ge=0, le=2)
-    max_tokens: int | None = Field(None, ge=1)
-    top_p: float | None = Field(None, ge=0, le=1)
-    frequency_penalty: float | None = Field(None, ge=-2, le=2)
-    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    temperature: Float | None = Field(None, ge=0, le=2)
+    max_tokens: Int | None = Field(None, ge=1, le=MAX_TOKENS_CEILING)
+    top_p: Float | None = Field(None, ge=0, le=1)
+    frequency_penalty: Float | None = Field(None, ge=-2, le=2)
+    presence_penalty: Float | None = Field(None, ge=-2, le=2)
     stop: str | list[str] | None = Field(None, description="a stop sequence (repeatable)")
-    stream: bool = Field(False, description="stream from the gateway (records time-to-first-token)")
+    stream: Bool = Field(False, description="stream from the gateway (records time-to-first-token)")
     tools: list[dict[str, Any]] | None = Field(None, description="tools, as a JSON array")
     tool_choice: str | dict[str, Any] | None = None
     functions: list[dict[str, Any]] | None = Field(None, description="legacy functions, as a JSON array")
@@ -149,7 +193,7 @@ class RoutedJob(JobBase):
         json_schema_extra={"cli_split": ","},
         description="models to try next, comma-separated (overrides FALLBACKS; '' for none)",
     )
-    max_wait_s: float | None = Field(
+    max_wait_s: Float | None = Field(
         None,
         ge=0,
         json_schema_extra={"cli_flag": "--max-wait"},
@@ -183,7 +227,7 @@ class ChatJob(RoutedJob):
 class VisionJob(RoutedJob):
     kind: Literal["vision"] = "vision"
     image: ImageRef = Field(description="http(s) URL, data URL or local file")
-    prompt: str = Field(min_length=1)
+    prompt: Text = Field(min_length=1)
     system: str | None = Field(None, description="system prompt")
     detail: Literal["auto", "low", "high"] | None = None
 

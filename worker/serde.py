@@ -10,7 +10,8 @@ from typing import Any
 from arq.jobs import serialize_job
 from pydantic import BaseModel
 
-from .models import JOB_KINDS
+from .bounds import text_size
+from .models import JOB_KINDS, shown
 
 
 def _default(obj: Any) -> Any:
@@ -32,31 +33,63 @@ def dumps(obj: Any) -> bytes:
 # What a job record that is not a readable arq job becomes: a call of `jobs.invalid` with the
 # problem, so the job fails with a stored result naming it instead of vanishing inside arq.
 INVALID = "invalid"
+# arq counts runs in `t`; a record may carry a few (a re-queued job), never more than this.
+MAX_RECORD_TRIES = 10_000
 
 
-def loads(raw: bytes | str) -> Any:
+def loads(raw: bytes | str) -> dict[str, Any]:
+    """A job record, checked field by field before arq reads it: anything arq could trip on
+    (a wrong type, extra arguments) becomes an `invalid` call naming the field. The job
+    function gets the record's size (inline images left out) as its `size` argument."""
+    raw_bytes = raw.encode() if isinstance(raw, str) else raw
     try:
-        record = json.loads(raw)
-    except ValueError:
-        return _invalid(f"the job is not JSON: {_snippet(raw)}")
-    if not isinstance(record, dict) or "f" not in record or not isinstance(record.get("a", []), list):
-        return _invalid(f'the job is not an arq job record ({{"f": kind, "a": [job], ...}}): {_snippet(raw)}')
-    if "s" not in record and record["f"] not in (*JOB_KINDS, INVALID):  # a job, not a result
-        return _invalid(f"unknown job kind {record['f']!r}: use one of {', '.join(JOB_KINDS)}")
-    record.setdefault("t", None)
-    record.setdefault("k", {})
-    if not isinstance(record.get("et"), int):
-        record["et"] = int(time.time() * 1000)
-    return record
+        record = json.loads(raw_bytes)
+    except ValueError:  # UnicodeDecodeError included
+        return _invalid(f"the job is not JSON: {_snippet(raw_bytes)}", raw_bytes)
+    if not isinstance(record, dict):
+        return _invalid(f'the job is not an arq job record ({{"f": kind, "a": [job], ...}}): {_snippet(raw_bytes)}')
+    if "s" in record:  # an arq result, never ours (keep_result=0): hand it back as it is
+        return record
+    problem = _record_problem(record)
+    if problem:
+        return _invalid(problem, raw_bytes)
+    et = record.get("et")
+    return {
+        "f": record["f"],
+        "a": record["a"],
+        "k": {"size": text_size(raw_bytes)},
+        "t": record.get("t"),
+        "et": int(time.time() * 1000) if et is None else et,
+    }
 
 
-def _invalid(problem: str) -> dict[str, Any]:
-    return {"t": None, "f": INVALID, "a": [problem], "k": {}, "et": int(time.time() * 1000)}
+def _record_problem(record: dict[str, Any]) -> str | None:
+    kinds = ", ".join(JOB_KINDS)
+    f, a, k, t, et = (record.get(name) for name in ("f", "a", "k", "t", "et"))
+    if not isinstance(f, str) or f not in JOB_KINDS:
+        return f"unknown job kind {shown(f)} in `f`: use one of {kinds}"
+    if not isinstance(a, list) or len(a) != 1 or not isinstance(a[0], dict):
+        return "`a` must be a list holding exactly one job object: [{...}]"
+    if k not in (None, {}):
+        return "`k` must be empty or left out (a job takes no keyword arguments)"
+    if t is not None and (type(t) is not int or not 0 <= t <= MAX_RECORD_TRIES):
+        return f"`t` must be left out, null or an integer 0-{MAX_RECORD_TRIES}, not {shown(t)}"
+    if et is not None and (type(et) is not int or et < 0):
+        return f"`et` must be left out or the enqueue time in ms (an integer), not {shown(et)}"
+    return None
 
 
-def _snippet(raw: bytes | str) -> str:
-    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
-    return repr(text[:80])
+def _invalid(problem: str, raw: bytes = b"") -> dict[str, Any]:
+    record = raw[:RECORD_KEPT_BYTES].decode("utf-8", "replace")
+    return {"t": None, "f": INVALID, "a": [problem, record], "k": {}, "et": int(time.time() * 1000)}
+
+
+# How much of an unreadable record its dead letter keeps.
+RECORD_KEPT_BYTES = 4096
+
+
+def _snippet(raw: bytes) -> str:
+    return shown(raw[:80].decode("utf-8", "replace"), 100)
 
 
 def job_bytes(function: str, payload: Any, enqueue_ms: int) -> bytes:

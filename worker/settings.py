@@ -43,6 +43,33 @@ AISA_MODELS = (
 )
 
 
+# Context windows (tokens) of the skill's models, as their vendors publish them.
+MODEL_CONTEXT = {
+    "gpt-4.1": 1_047_576,
+    "gpt-4o": 128_000,
+    "gpt-4o-mini": 128_000,
+    "gpt-3.5-turbo": 16_385,
+    "o1": 200_000,
+    "o1-mini": 128_000,
+    "o3-mini": 200_000,
+    "claude-3-5-sonnet": 200_000,
+    "claude-3-opus": 200_000,
+    "claude-3-sonnet": 200_000,
+    "gemini-2.0-flash": 1_048_576,
+    "gemini-1.5-pro": 2_097_152,
+    "gemini-1.5-flash": 1_048_576,
+    "qwen-max": 32_768,
+    "qwen-plus": 131_072,
+    "qwen2.5-72b-instruct": 131_072,
+    "deepseek-chat": 64_000,
+    "deepseek-coder": 64_000,
+    "deepseek-v3": 64_000,
+    "deepseek-r1": 64_000,
+    "grok-2": 131_072,
+    "grok-beta": 131_072,
+}
+
+
 class RateLimit(BaseModel):
     """A shared limit: requests and/or tokens (prompt + max output) per minute."""
 
@@ -69,6 +96,11 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(120, gt=0, description="upstream read timeout (idle time between bytes)")
     connect_timeout_s: float = Field(10, gt=0)
     max_image_bytes: int = Field(20 * 1024 * 1024, ge=1)
+    # ---- bounds on a job (worker.bounds): checked by producers, and by workers for records others wrote
+    max_job_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="largest job record, its inline images left out")
+    max_output_tokens: int = Field(100_000, ge=1, description="largest max_tokens a job may ask for")
+    # MODEL_CONTEXT='{"my-model": 32768}': context windows (tokens); max_tokens must fit the model's.
+    model_context: dict[str, int] = dict(MODEL_CONTEXT)
 
     # Priced locally only when the gateway does not send usage.cost (e.g. a plain
     # OpenAI-compatible server). JSON in the environment: {"gpt-4.1": {"input": 0.01, "output": 0.03}}
@@ -97,6 +129,11 @@ class Settings(BaseSettings):
     circuit_open_s: float = Field(30, gt=0, description="how long an open circuit skips its model")
     probe_interval_s: float = Field(10, gt=0, description="how often a paused queue (401/402) probes the gateway")
     lease_s: float = Field(15, gt=0, description="a killed worker's job runs again within this (heartbeat lease)")
+    # ---- bounded storage (worker.dlq, worker.quarantine)
+    dlq_max: int = Field(10_000, ge=1, description="dead letters kept; the oldest are dropped first")
+    dlq_ttl_s: int = Field(30 * 24 * 3600, ge=60, description="how long a dead letter is kept")
+    dlq_max_payload_bytes: int = Field(64 * 1024, ge=256, description="a larger payload is kept truncated")
+    quarantine_max: int = Field(1000, ge=1, description="unreadable queue entries kept for the operator")
     shutdown_grace_s: float = Field(30, ge=0, description="SIGTERM: time in-flight jobs get to finish")
 
     # ---- metrics (worker.metrics, worker.exporter) ----
