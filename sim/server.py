@@ -455,7 +455,8 @@ class Handlers:
             openai_body = {"max_tokens": config.get("maxOutputTokens"), "temperature": config.get("temperature")}
             _check_params(openai_body)
             answer = Answer(spec, openai_body, _check_messages(messages))
-            self.sim.admit(spec.id, answer.prompt_tokens)
+            # like chat/completions: TPM counts input plus output, every answer has the headers
+            _, headers = self.sim.admit(spec.id, answer.prompt_tokens + answer.completion_tokens)
             self.sim.charge(key, spec.id, self.sim.quote(key, spec, answer.prompt_tokens, answer.completion_tokens))
         except ApiError as exc:
             self.sim.statuses[exc.status] += 1
@@ -477,7 +478,8 @@ class Handlers:
                 },
                 "modelVersion": spec.id,
                 "responseId": uuid.uuid4().hex[:20],
-            }
+            },
+            headers=headers,
         )
 
     # ------------------------------------------------------------ admin

@@ -1,13 +1,15 @@
 """The AIsa client against the simulator (a real HTTP server): answers, streams, and every error class."""
 
 import asyncio
+import base64
+import json
 
 import httpx
 import pytest
 from aiohttp import web
 
 from tests.helpers import API_KEY, free_port, sim_admin
-from worker import errors
+from worker import errors, gemini
 from worker.client import AIsaClient, _status_error, _StreamAssembler
 from worker.policy import Action, action_for
 
@@ -267,3 +269,147 @@ async def test_concurrent_calls_share_the_connection_pool(client, sim):
     )
     assert sorted(r.content for r in results) == sorted(f"[gpt-4o-mini] You said: n{i}" for i in range(40))
     assert sim_admin(sim, "/_sim/stats")["calls"]["gpt-4o-mini"] == 40
+
+
+# ---------------------------------------------------------------- Gemini native (generateContent)
+
+PIXEL = "data:image/png;base64," + base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"\x01" * 16).decode()
+
+
+def test_openai_request_translates_to_gemini_body():
+    payload = {
+        "model": "gemini-2.0-flash",
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "What is this?"},
+                    {"type": "image_url", "image_url": {"url": PIXEL, "detail": "low"}},
+                ],
+            },
+            {"role": "assistant", "content": "A pixel."},
+            {"role": "user", "content": "Sure?"},
+        ],
+        "temperature": 0.7,
+        "max_tokens": 100,
+        "top_p": 0.9,
+        "stop": "END",
+    }
+    assert gemini.request_body(payload) == {
+        "contents": [
+            {
+                "role": "user",
+                "parts": [
+                    {"text": "What is this?"},
+                    {"inline_data": {"mime_type": "image/png", "data": PIXEL.split(",")[1]}},
+                ],
+            },
+            {"role": "model", "parts": [{"text": "A pixel."}]},
+            {"role": "user", "parts": [{"text": "Sure?"}]},
+        ],
+        "systemInstruction": {"parts": [{"text": "Be brief."}]},
+        "generationConfig": {"temperature": 0.7, "maxOutputTokens": 100, "topP": 0.9, "stopSequences": ["END"]},
+    }
+
+
+@pytest.mark.parametrize(
+    ("payload", "says"),
+    [
+        (
+            {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": "https://x/y.png"}]}]},
+            "inline",
+        ),
+        ({"messages": HELLO, "tools": [WEATHER_TOOL]}, "tools"),
+        ({"messages": [*HELLO, {"role": "tool", "tool_call_id": "c", "content": "sunny"}]}, "tool results"),
+        ({"messages": [{"role": "system", "content": "only a system prompt"}]}, "user or assistant"),
+    ],
+)
+def test_what_gemini_native_cannot_say_is_refused(payload, says):
+    with pytest.raises(ValueError, match=says):
+        gemini.request_body(payload)
+
+
+@pytest.mark.parametrize(
+    ("reason", "finish"),
+    [
+        ("STOP", "stop"),
+        ("MAX_TOKENS", "length"),
+        ("SAFETY", "content_filter"),
+        ("RECITATION", "content_filter"),
+        ("OTHER", "other"),
+    ],
+)
+def test_gemini_finish_reasons_map_to_openai(reason, finish):
+    body = {"candidates": [{"content": {"parts": [{"text": "a"}, {"text": "b"}]}, "finishReason": reason}]}
+    assert gemini.answer_fields(body)["finish_reason"] == finish and gemini.answer_fields(body)["content"] == "ab"
+
+
+def test_gemini_blocked_prompt_and_thinking_tokens():
+    blocked = gemini.answer_fields(
+        {"promptFeedback": {"blockReason": "SAFETY"}, "usageMetadata": {"promptTokenCount": 4}}
+    )
+    assert blocked["content"] is None and blocked["finish_reason"] == "content_filter"
+    meta = {"promptTokenCount": 5, "candidatesTokenCount": 7, "thoughtsTokenCount": 3, "totalTokenCount": 15}
+    assert gemini.answer_fields({"candidates": [{"finishReason": "STOP"}], "usageMetadata": meta})["usage"] == {
+        "prompt_tokens": 5,
+        "completion_tokens": 10,
+        "total_tokens": 15,
+    }
+    with pytest.raises(ValueError, match="no candidates"):
+        gemini.answer_fields({})
+
+
+async def test_gemini_native_answers_like_chat_completions(client):
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Explain machine learning."}]
+    native = await client.generate_content("gemini-2.0-flash", {"model": "gemini-2.0-flash", "messages": messages})
+    chat = await client.chat({"model": "gemini-2.0-flash", "messages": messages})
+    assert native.content == chat.content == "[gemini-2.0-flash] You said: Explain machine learning."
+    assert native.model == "gemini-2.0-flash" and native.finish_reason == "stop"
+    assert (
+        native.usage == chat.usage
+        and native.usage.prompt_tokens
+        > (await client.chat({"model": "gemini-2.0-flash", "messages": messages[1:]})).usage.prompt_tokens
+    )  # the system instruction counted
+    assert native.cost is None and native.cost_source == "unknown" and native.credits_remaining is None
+    assert native.rate_limits["limit-requests"] == 1_000_000
+
+
+async def test_gemini_native_image_part_and_max_tokens(client):
+    question = [
+        {
+            "role": "user",
+            "content": [{"type": "text", "text": "What?"}, {"type": "image_url", "image_url": {"url": PIXEL}}],
+        }
+    ]
+    c = await client.generate_content("gemini-1.5-flash", {"messages": question})
+    assert c.content == "[gemini-1.5-flash] I see a image/png image of 24 bytes. You asked: What?"
+    cut = await client.generate_content("gemini-2.0-flash", {"messages": HELLO, "max_tokens": 6})
+    assert (
+        cut.finish_reason == "length" and cut.usage.completion_tokens <= 6 and cut.content == "[gemini-2.0-flash] You"
+    )
+
+
+async def test_gemini_native_errors_are_typed(client, sim):
+    with pytest.raises(errors.ModelNotFoundError) as info:
+        await client.generate_content("gemini-9", {"messages": HELLO})
+    assert info.value.status == 404 and info.value.code == "NOT_FOUND" and info.value.error_class == "not_found"
+    sim_admin(sim, "/_sim/config", {"model": "gemini-2.0-flash", "fail_next": [429], "retry_after_s": 7})
+    with pytest.raises(errors.RateLimitError) as limited:
+        await client.generate_content("gemini-2.0-flash", {"messages": HELLO})
+    assert limited.value.code == "RESOURCE_EXHAUSTED" and limited.value.retry_after == 7
+    with pytest.raises(errors.BadRequestError, match="inline"):
+        await client.generate_content(
+            "gemini-2.0-flash",
+            {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": "https://x/y.png"}]}]},
+        )
+
+
+def test_gemini_429_retry_info_is_the_retry_after():
+    retry_info = {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "34s"}
+    body = json.dumps(
+        {"error": {"code": 429, "message": "quota", "status": "RESOURCE_EXHAUSTED", "details": [retry_info]}}
+    )
+    assert _status_error(httpx.Response(429, content=body)).retry_after == 34
+    headed = _status_error(httpx.Response(429, content=body, headers={"retry-after": "2"}))
+    assert headed.retry_after == 2  # the header first

@@ -62,6 +62,23 @@ def png_url(data: bytes = PNG) -> str:
         ),
         (VisionJob, {"model": "gpt-4o", "image": "ftp://host/x.png", "prompt": "p"}, "image", "http(s) URL"),
         (VisionJob, {"model": "gpt-4o", "image": "https://x/y.png", "prompt": ""}, "prompt", "at least 1"),
+        (
+            VisionJob,
+            {"model": "gemini-2.0-flash", "image": "https://x/y.png", "prompt": "p", "gemini_native": True},
+            "gemini_native",
+            "takes images inline",
+        ),
+        (
+            ChatJob,
+            {
+                "model": "gemini-2.0-flash",
+                "messages": [{"role": "user", "content": "hi"}],
+                "tools": [{"type": "function", "function": {"name": "f"}}],
+                "gemini_native": True,
+            },
+            "gemini_native",
+            "tools cannot be sent natively",
+        ),
     ],
 )
 def test_bad_jobs_are_refused_naming_the_field(cls, fields, field, words):

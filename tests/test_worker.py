@@ -284,3 +284,46 @@ async def test_the_claim_skips_jobs_not_due_or_in_progress(settings, redis):
     assert claimed[::2] == [b"due"] and float(claimed[1]) == now - 5
     assert 0 < await redis.pttl(in_progress_key_prefix + "due") <= 3000  # the lease, not arq's long mark
     assert not await redis.exists(in_progress_key_prefix + "later", in_progress_key_prefix + "gone")
+
+
+async def test_gemini_native_job_priced_from_the_table(producer, settings, sim):
+    priced = settings.model_copy(update={"prices": {"gemini-2.0-flash": Price(input=0.1, output=0.4)}})
+    job_id = await producer.chat("gemini-2.0-flash", "Explain machine learning.", system="Be brief", gemini_native=True)
+    await run_worker(priced)
+    result = await producer.result(job_id)
+    assert result.status == "succeeded" and result.model == "gemini-2.0-flash"
+    assert result.content == "[gemini-2.0-flash] You said: Explain machine learning." and result.finish_reason == "stop"
+    usage = result.usage
+    assert usage.prompt_tokens > 0 and usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
+    # the native answer carries no usage.cost: PRICES prices it (chat/completions would say "gateway")
+    assert result.cost_source == "price_table" and result.credits_remaining is None
+    assert result.cost == pytest.approx((usage.prompt_tokens * 0.1 + usage.completion_tokens * 0.4) / 1000)
+    assert [(a.model, a.ok, a.cost) for a in result.attempts] == [("gemini-2.0-flash", True, result.cost)]
+    assert await producer.store.spend() == pytest.approx({"gemini-2.0-flash": result.cost})
+    assert not await producer.redis.exists(CREDITS)  # no balance reported: the last one stays
+    assert sim_admin(sim, "/_sim/stats")["calls"] == {"gemini-2.0-flash": 1}
+
+
+async def test_gemini_native_chain_falls_back_to_chat_completions(producer, settings, sim):
+    sim_admin(sim, "/_sim/config", {"model": "gemini-1.5-pro", "down": True})
+    job_id = await producer.chat("gemini-1.5-pro", "hi", fallbacks=["gpt-4o"], gemini_native=True)
+    await run_worker(settings)
+    result = await producer.result(job_id)
+    assert result.status == "succeeded" and result.model == "gpt-4o" and result.content == "[gpt-4o] You said: hi"
+    assert result.cost_source == "gateway" and result.credits_remaining is not None  # gpt-4o: chat/completions
+    failed = [a for a in result.attempts if not a.ok]
+    assert [a.model for a in failed] == ["gemini-1.5-pro"] * settings.attempts_per_model
+    assert {(a.error.type, a.error.status, a.error.code) for a in failed} == {("server", 503, "UNAVAILABLE")}  # native
+    assert [a.model for a in result.attempts if a.ok] == ["gpt-4o"]
+
+
+async def test_gemini_native_vision_inline_and_streams_on_chat_completions(producer, settings, tmp_path):
+    image = tmp_path / "photo.png"
+    image.write_bytes(PNG)
+    vision = await producer.vision("gemini-1.5-flash", str(image), "What is it?", gemini_native=True)
+    streamed = await producer.chat("gemini-2.0-flash", "Hello", stream=True, gemini_native=True)
+    await run_worker(settings)
+    v, s = await producer.result(vision), await producer.result(streamed)
+    assert v.content == f"[gemini-1.5-flash] I see a image/png image of {len(PNG)} bytes. You asked: What is it?"
+    assert v.cost_source == "unknown" and v.cost is None  # native, and gemini-1.5-flash is not in PRICES
+    assert s.content == "[gemini-2.0-flash] You said: Hello" and s.ttft_s is not None and s.cost_source == "gateway"

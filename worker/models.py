@@ -26,6 +26,9 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import InitErrorDetails, PydanticCustomError
+
+from . import gemini
 
 Status = Literal["succeeded", "failed"]
 
@@ -199,9 +202,30 @@ class RoutedJob(JobBase):
         json_schema_extra={"cli_flag": "--max-wait"},
         description="longest wait in seconds for a rate-limited model (default MAX_WAIT_S)",
     )
+    gemini_native: Bool = Field(
+        False,
+        description="call Gemini models (ids starting with 'gemini') of the chain on their native "
+        "generateContent endpoint; other models, and streams, use chat/completions",
+    )
 
     def wait_limit(self, default: float) -> float:
         return default if self.max_wait_s is None else self.max_wait_s
+
+    @model_validator(mode="after")
+    def _native_sendable(self) -> RoutedJob:
+        """A gemini_native job must translate to Gemini's format (no tools, images inline)."""
+        if self.gemini_native:
+            try:
+                gemini.request_body({"messages": self.build_messages(), **self.request_params()})
+            except ValueError as exc:
+                # a ValidationError raised here keeps its location: the error names the flag
+                detail = InitErrorDetails(
+                    type=PydanticCustomError("value_error", "{reason}", {"reason": str(exc)}),
+                    loc=("gemini_native",),
+                    input=True,
+                )
+                raise ValidationError.from_exception_data(type(self).__name__, [detail]) from None
+        return self
 
 
 JOB_KINDS: dict[str, type[JobBase]] = {}

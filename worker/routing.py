@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from . import errors
 from . import metrics as m
 from .client import Completion
+from .gemini import is_gemini
 from .models import ANSWER_FIELDS, Attempt, ErrorInfo, ModelAnswer
 from .policy import CIRCUIT_CLASSES, Action, action_for, backoff_delay
 from .pricing import cost_of
@@ -61,6 +62,7 @@ class Call:
     kind: str = "chat"
     source: str | None = None
     run: int = 1
+    gemini_native: bool = False
     attempts: list[Attempt] = field(default_factory=list)
 
     @property
@@ -172,7 +174,7 @@ async def call_once(
     exc: errors.AIsaError | None = None
     try:
         with m.IN_FLIGHT.labels(label).track_inprogress():
-            completion = await call.resources.client.chat(payload)
+            completion = await send(call, payload)
     except errors.AIsaError as e:
         exc = e
         answer = ModelAnswer(
@@ -201,6 +203,15 @@ async def call_once(
     first_time = await _record(call, model, attempt, answer, tokens, exc, completion if exc is None else None)
     observe(call, label, answer, exc, counted=first_time)
     return answer, exc
+
+
+async def send(call: Call, payload: dict[str, Any]) -> Completion:
+    """The upstream request: Gemini's native endpoint for a Gemini model of a `gemini_native`
+    job (unless streamed: the native stream is not served), else chat/completions."""
+    client, model = call.resources.client, payload["model"]
+    if call.gemini_native and is_gemini(model) and not payload.get("stream"):
+        return await client.generate_content(model, payload)
+    return await client.chat(payload)
 
 
 def observe(call: Call, label: str, answer: ModelAnswer, exc: errors.AIsaError | None, counted: bool) -> None:
