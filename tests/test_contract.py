@@ -51,6 +51,7 @@ def test_the_public_surface_of_producers():
     assert sorted(producers.__all__) == [
         "ChatJob",
         "CompareJob",
+        "JobConflict",
         "JobRejected",
         "JobResult",
         "ModelAnswer",

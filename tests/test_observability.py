@@ -90,7 +90,7 @@ async def test_dashboard_and_rules_on_a_real_prometheus(stack, sim):
 
         await wait_until_async(all_done, 30, "the jobs to finish", interval=0.1)
         stored = sum((await producer.store.spend()).values())
-        credits = float(await producer.redis.hget(CREDITS, "remaining"))  # type: ignore[misc]  # redis-py types commands as sync-or-async
+        credits = float(await producer.redis.hget(CREDITS, "remaining"))
     charged = sim_admin(sim, "/_sim/stats")["charged_total"]
     assert stored == pytest.approx(charged)
 

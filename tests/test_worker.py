@@ -270,20 +270,23 @@ async def test_two_workers_claiming_the_same_queue_run_each_job_once(producer, s
 
 
 async def test_the_claim_skips_jobs_not_due_or_in_progress(settings, redis):
-    from arq.constants import in_progress_key_prefix
     from arq.utils import timestamp_ms
 
-    from worker.lease import CLAIM
+    from worker.keys import in_progress_key, job_key, result_key
+    from worker.lease import Lease
 
     now = timestamp_ms()
-    await redis.zadd("q", {"due": now - 5, "later": now + 60_000, "busy": now - 5})
-    await redis.set(in_progress_key_prefix + "busy", 1)
-    claim = redis.register_script(CLAIM)
-    ids = ["due", "later", "busy", "gone"]
-    claimed = await claim(keys=["q", *(in_progress_key_prefix + i for i in ids)], args=[now, 3000, *ids])
-    assert claimed[::2] == [b"due"] and float(claimed[1]) == now - 5
-    assert 0 < await redis.pttl(in_progress_key_prefix + "due") <= 3000  # the lease, not arq's long mark
-    assert not await redis.exists(in_progress_key_prefix + "later", in_progress_key_prefix + "gone")
+    await redis.zadd("q", {i: now - 5 for i in ("due", "busy", "done", "orphan")} | {"later": now + 60_000})
+    for i in ("due", "later", "busy", "done"):
+        await redis.set(job_key(i), "{}")
+    await redis.set(in_progress_key("busy"), 1)
+    await redis.set(result_key("done"), "{}")  # finished, then queued again by another writer
+    claimed = await Lease(redis, "q", lease_s=3).claim(["due", "later", "busy", "gone", "done", "orphan"], now)
+    assert claimed == [("due", now - 5, "run"), ("done", now - 5, "done"), ("orphan", now - 5, "missing")]
+    assert 0 < await redis.pttl(in_progress_key("due")) <= 3000  # the lease, not arq's long mark
+    assert not await redis.exists(in_progress_key("later"), in_progress_key("gone"), in_progress_key("done"))
+    assert await redis.zrange("q", 0, -1) == [b"busy", b"due", b"later"]  # the copy and the orphan left the queue
+    assert not await redis.exists(job_key("done"))
 
 
 async def test_gemini_native_job_priced_from_the_table(producer, settings, sim):

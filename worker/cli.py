@@ -64,21 +64,28 @@ def dlq() -> None:
     """Dead-lettered jobs: list, show, replay, purge."""
 
 
-def _dead_letters(body: Any) -> NoReturn:
-    """Run `body(DeadLetters)` against the configured Redis and queue."""
+def _on_redis(store: str, body: Any) -> NoReturn:
+    """Run `body(store)` with `store` ("dead_letters" or "quarantine") on the configured Redis and queue."""
     from redis.asyncio import Redis
 
     from .dlq import DeadLetters
+    from .quarantine import Quarantine
 
     async def main() -> int:
         settings = load_settings()
         redis = Redis.from_url(settings.redis_url)
         try:
+            if store == "quarantine":
+                return await body(Quarantine(redis, settings.queue_name, settings.quarantine_max))
             return await body(DeadLetters(redis, settings.queue_name))
         finally:
             await redis.aclose()
 
     run(main())
+
+
+def _dead_letters(body: Any) -> NoReturn:
+    _on_redis("dead_letters", body)
 
 
 @dlq.command("list")
@@ -153,3 +160,42 @@ def dlq_purge() -> None:
         return 0
 
     _dead_letters(body)
+
+
+@cli.group()
+def quarantine() -> None:
+    """Queue entries with no usable id (not UTF-8, or outside the job-id charset): list, purge."""
+
+
+def _quarantine(body: Any) -> NoReturn:
+    _on_redis("quarantine", body)
+
+
+@quarantine.command("list")
+@click.option("--limit", type=int, default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def quarantine_list(limit: int, as_json: bool) -> None:
+    """Newest first, with the reason and the start of the record."""
+
+    async def body(entries: Any) -> int:
+        found = await entries.list(limit)
+        if as_json:
+            click.echo(json.dumps(found, indent=2))
+        for e in [] if as_json else found:
+            click.echo(f"{e['id']!r}  {e['reason']:<8}  queue {e['queue']}  record {str(e['record'])[:60]!r}")
+        if not found and not as_json:
+            click.echo("the quarantine is empty")
+        return 0
+
+    _quarantine(body)
+
+
+@quarantine.command("purge")
+def quarantine_purge() -> None:
+    """Forget every quarantined entry."""
+
+    async def body(entries: Any) -> int:
+        click.echo(f"purged {await entries.purge()} quarantined entries")
+        return 0
+
+    _quarantine(body)

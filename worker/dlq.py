@@ -9,26 +9,47 @@ original payload, and drops the failed result so waiters see the new one.
 
 from __future__ import annotations
 
+import json
 import time
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from redis.asyncio import Redis
 
 from . import serde
 from .keys import DLQ, DLQ_INDEX, JOB_EXPIRES_EXTRA_MS, job_key, result_key
-from .models import Attempt, ErrorInfo
+from .models import Attempt, ErrorInfo, JobResult
 
 
 class DeadLetter(BaseModel):
     job_id: str
     kind: str
     job: Any  # the payload as it was enqueued (it may be what made the job fail)
+    truncated_from: int | None = Field(
+        None, description="the payload's size in bytes when over DLQ_MAX_PAYLOAD_BYTES: `job` is then its start"
+    )
     error: ErrorInfo | None = None
     attempts: list[Attempt] = []
     runs: int = 1
     dead_at: datetime | None = None
+
+
+def dead_letter(result: JobResult, kind: str, payload: Any, max_payload_bytes: int) -> str:
+    """The dead letter of a failed job, as stored: a payload over the limit is kept truncated."""
+    letter = DeadLetter(
+        job_id=result.job_id,
+        kind=kind,
+        job=payload,
+        error=result.error,
+        attempts=result.attempts,
+        runs=result.runs,
+        dead_at=result.finished_at,
+    )
+    raw = json.dumps(payload, default=str)
+    if len(raw) > max_payload_bytes:
+        letter.job, letter.truncated_from = raw[:max_payload_bytes], len(raw)
+    return letter.model_dump_json(exclude_none=True)
 
 
 # KEYS: dlq hash, dlq index, result key, arq job key, queue
@@ -75,6 +96,11 @@ class DeadLetters:
         letter = await self.get(job_id)
         if letter is None:
             return False
+        if letter.truncated_from is not None:
+            raise ValueError(
+                f"job {job_id}'s payload was kept truncated ({letter.truncated_from} bytes): it cannot "
+                "be replayed; enqueue it again from its producer"
+            )
         now_ms = int(time.time() * 1000)
         raw = serde.job_bytes(letter.kind, letter.job, now_ms)
         done = await self._replay(

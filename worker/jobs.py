@@ -20,7 +20,7 @@ from pydantic import ValidationError
 
 from . import bounds
 from . import metrics as m
-from .dlq import DeadLetter
+from .dlq import dead_letter
 from .models import (
     JOB_KINDS,
     CompareJob,
@@ -56,18 +56,23 @@ def _job_function(kind: str) -> JobFunction:
 
 
 async def invalid(ctx: Ctx, problem: str, record: str = "") -> str:
-    """A job record arq could not read (see worker.serde): a failed result naming the problem
-    and a dead letter keeping the start of the record."""
+    """A job record arq could not read (see worker.serde)."""
+    return await fail_record(ctx["resources"], ctx["job_id"], problem, record)
+
+
+async def fail_record(resources: Resources, job_id: str, problem: str, record: str = "") -> str:
+    """A record that cannot run: a failed `invalid_job` result naming the problem, and a dead
+    letter keeping the start of the record."""
     now = datetime.now(UTC)
     result = JobResult(
-        job_id=ctx["job_id"],
+        job_id=job_id,
         kind=None,
         status="failed",
         started_at=now,
         finished_at=now,
         error=ErrorInfo(type="invalid_job", message=problem, field="job"),
     )
-    return await finish(ctx["resources"], INVALID, record or problem, result)
+    return await finish(resources, INVALID, record or problem, result)
 
 
 async def run_job(ctx: Ctx, kind: str, payload: Any, size: int = 0) -> str:
@@ -94,17 +99,11 @@ async def finish(resources: Resources, kind: str, payload: Any, result: JobResul
     """Store the result (a failed one also as a dead letter, with its payload) and count it."""
     dead = None
     if result.status == "failed":
-        dead = DeadLetter(
-            job_id=result.job_id,
-            kind=kind,
-            job=payload,
-            error=result.error,
-            attempts=result.attempts,
-            runs=result.runs,
-            dead_at=result.finished_at,
-        ).model_dump_json(exclude_none=True)
+        dead = dead_letter(result, kind, payload, resources.settings.dlq_max_payload_bytes)
         log.warning("job %s dead-lettered: %s", result.job_id, result.error.message if result.error else "failed")
-    await resources.store.save(result, dead_letter=dead)
+    dropped = await resources.store.save(result, dead_letter=dead)
+    if dropped:
+        m.DEAD_LETTERS_DROPPED.inc(dropped)
     m.JOBS.labels(kind, result.status).inc()
     if result.enqueued_at and result.finished_at:
         m.JOB_DURATION.labels(kind).observe(max((result.finished_at - result.enqueued_at).total_seconds(), 0.0))

@@ -14,24 +14,39 @@ from collections.abc import Iterable
 
 from redis.asyncio import Redis
 
-from .keys import in_progress_key, workers_key
+from .keys import in_progress_key, job_key, result_key, retry_key, workers_key
 
-# arq's claim of one job, atomically, for a batch: not in progress elsewhere, due now.
-# KEYS: queue, in-progress key per job; ARGV: now ms, lease ms, job ids (in KEYS order)
+# arq's claim of one job, atomically, for a batch: not in progress elsewhere, due now. For each
+# such job: its id, score and what to do: 'run' (held under the lease), 'done' (it has a result
+# already: a copy queued again is dropped, never run or billed twice) or 'missing' (no record
+# under the id: taken off the queue; the caller fails it).
+# KEYS: queue, then per job: in-progress key, job record key, result key
+# ARGV: now ms, lease ms, job ids (in KEYS order)
 CLAIM = """
-local now, lease, claimed = tonumber(ARGV[1]), ARGV[2], {}
-for i = 2, #KEYS do
-  local id = ARGV[i + 1]
-  if redis.call('EXISTS', KEYS[i]) == 0 then
+local now, lease, out = tonumber(ARGV[1]), ARGV[2], {}
+for i = 3, #ARGV do
+  local id, k = ARGV[i], 2 + (i - 3) * 3
+  if redis.call('EXISTS', KEYS[k]) == 0 then
     local score = redis.call('ZSCORE', KEYS[1], id)
     if score and tonumber(score) <= now then
-      redis.call('PSETEX', KEYS[i], lease, '1')
-      table.insert(claimed, id)
-      table.insert(claimed, score)
+      local what = 'run'
+      if redis.call('EXISTS', KEYS[k + 2]) == 1 then
+        what = 'done'
+        redis.call('ZREM', KEYS[1], id)
+        redis.call('DEL', KEYS[k + 1])
+      elseif redis.call('EXISTS', KEYS[k + 1]) == 0 then
+        what = 'missing'
+        redis.call('ZREM', KEYS[1], id)
+      else
+        redis.call('PSETEX', KEYS[k], lease, '1')
+      end
+      table.insert(out, id)
+      table.insert(out, score)
+      table.insert(out, what)
     end
   end
 end
-return claimed
+return out
 """
 
 # A worker that has not beaten for this long is not consuming the queue.
@@ -45,12 +60,19 @@ class Lease:
         self.lease_ms = int(lease_s * 1000)
         self._claim = redis.register_script(CLAIM)
 
-    async def claim(self, job_ids: list[str], now_ms: int) -> list[tuple[str, int]]:
-        """The ids among `job_ids` this worker now holds, with their queue scores (enqueue ms)."""
-        claimed = await self._claim(
-            keys=[self.queue_name, *(in_progress_key(i) for i in job_ids)], args=[now_ms, self.lease_ms, *job_ids]
-        )
-        return [(raw.decode(), int(float(score))) for raw, score in zip(claimed[::2], claimed[1::2], strict=True)]
+    async def claim(self, job_ids: list[str], now_ms: int) -> list[tuple[str, int, str]]:
+        """(id, queue score in ms, 'run' | 'done' | 'missing') for the due jobs among `job_ids`
+        that no other worker holds; this worker now holds the 'run' ones."""
+        keys = [k for i in job_ids for k in (in_progress_key(i), job_key(i), result_key(i))]
+        out = await self._claim(keys=[self.queue_name, *keys], args=[now_ms, self.lease_ms, *job_ids])
+        return [(out[i].decode(), int(float(out[i + 1])), out[i + 2].decode()) for i in range(0, len(out), 3)]
+
+    async def drop(self, job_id: str) -> None:
+        """Forget a job arq could not run: off the queue, its record and counters gone."""
+        async with self.redis.pipeline(transaction=True) as tx:
+            tx.zrem(self.queue_name, job_id)
+            tx.delete(job_key(job_id), in_progress_key(job_id), retry_key(job_id))
+            await tx.execute()
 
     async def renew(self, job_ids: Iterable[str]) -> None:
         ids = list(job_ids)

@@ -11,6 +11,7 @@ if TYPE_CHECKING:
     from .gate import Gate
     from .limiter import Limiter
     from .metrics import Labels
+    from .quarantine import Quarantine
     from .settings import Settings
     from .store import ResultStore
 
@@ -23,6 +24,7 @@ class Resources:
     limiter: Limiter
     gate: Gate
     labels: Labels
+    quarantine: Quarantine
     # job ids running in this process: the keeper renews their leases
     running: set[str] = field(default_factory=set)
     # the queue's gate as the keeper last read it (None: open); workers pick no jobs while closed

@@ -2,18 +2,27 @@
 
 - one Lua call claims a batch of due jobs under a short lease (worker.lease), where arq
   spends four round trips per job;
-- no jobs are picked while the queue is paused (worker.gate) or the worker is draining.
+- no jobs are picked while the queue is paused (worker.gate) or the worker is draining;
+- every queue entry ends somewhere: an id that cannot be used goes to the quarantine, a job
+  with no record or one arq cannot run ends as a failed `invalid_job` result, a copy of a job
+  that has a result already is dropped; nothing escapes into arq's loop to stop the worker.
 """
 
 from __future__ import annotations
 
+import logging
 from signal import Signals
 from typing import Any
 
 from arq.utils import timestamp_ms
 from arq.worker import Worker
 
+from . import jobs
 from .lease import Lease
+from .quarantine import unusable
+from .resources import Resources
+
+log = logging.getLogger("llm_router.worker")
 
 
 class RouterWorker(Worker):
@@ -27,17 +36,49 @@ class RouterWorker(Worker):
     async def start_jobs(self, job_ids: list[bytes]) -> None:
         """Claim as many due jobs as there are free slots in one call (the rest wait for the
         next poll): measured 1.6x arq's no-op job rate."""
-        ids = [j.decode() for j in job_ids][: max(self.max_jobs - self.job_counter, 0)]
+        resources: Resources = self.ctx["resources"]
+        ids = []
+        for raw in job_ids[: max(self.max_jobs - self.job_counter, 0)]:
+            reason = unusable(raw)
+            if reason:
+                await resources.quarantine.add(raw, reason)
+            else:
+                ids.append(raw.decode())
         if not ids:
             return
         if self._lease is None:
             self._lease = Lease(self.pool, self.queue_name, self.lease_s)
-        for job_id, score in await self._lease.claim(ids, timestamp_ms()):
-            await self.sem.acquire()  # free: no more ids than slots
-            self.job_counter += 1
-            task = self.loop.create_task(self.run_job(job_id, score))
-            task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
-            self.tasks[job_id] = task
+        for job_id, score, what in await self._lease.claim(ids, timestamp_ms()):
+            if what == "run":
+                await self.sem.acquire()  # free: no more ids than slots
+                self.job_counter += 1
+                task = self.loop.create_task(self.run_job(job_id, score))
+                task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
+                self.tasks[job_id] = task
+            elif what == "missing":
+                await jobs.fail_record(
+                    resources,
+                    job_id,
+                    "the queue names this job but it has no record (arq:job:<id> expired or was never written)",
+                )
+            else:
+                log.info("job %s: a copy queued after it finished was dropped, not run again", job_id)
+
+    async def run_job(self, job_id: str, score: int) -> None:
+        """arq's run, with a net: a record arq trips on fails as `invalid_job` and leaves the
+        queue, instead of killing the worker (and every worker after it)."""
+        try:
+            await super().run_job(job_id, score)
+        except Exception as exc:
+            log.error("job %s: arq could not run its record: %s: %s", job_id, type(exc).__name__, exc)
+            try:
+                await jobs.fail_record(
+                    self.ctx["resources"], job_id, f"arq could not run the record: {type(exc).__name__}: {exc}"
+                )
+                if self._lease is not None:
+                    await self._lease.drop(job_id)
+            except Exception:
+                log.exception("job %s: could not store its failure", job_id)
 
     async def _poll_iteration(self) -> None:
         resources = self.ctx.get("resources")

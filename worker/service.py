@@ -21,12 +21,13 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from . import jobs, serde
+from . import jobs, logs, serde
 from .client import AIsaClient
 from .gate import Gate
 from .lease import Lease
 from .limiter import Limiter
 from .metrics import Labels, serve_metrics
+from .quarantine import Quarantine
 from .resources import Resources
 from .runner import RouterWorker
 from .settings import ConfigError, Settings, exit_on_config_error, load_settings
@@ -37,6 +38,7 @@ log = logging.getLogger("llm_router.worker")
 
 async def startup(ctx: dict[str, Any]) -> None:
     settings: Settings = ctx["settings"]
+    logs.guard()  # also under `arq worker.WorkerSettings`, whose CLI configures its own handlers
     redis = ctx["redis"]
     client = AIsaClient(
         settings.aisa_base_url,
@@ -49,10 +51,11 @@ async def startup(ctx: dict[str, Any]) -> None:
     ctx["resources"] = Resources(
         settings=settings,
         client=client,
-        store=ResultStore(redis, settings.result_ttl_s),
+        store=ResultStore(redis, settings.result_ttl_s, settings.dlq_max, settings.dlq_ttl_s),
         limiter=Limiter(redis, settings),
         gate=Gate(redis, settings.probe_interval_s),
         labels=Labels(settings),
+        quarantine=Quarantine(redis, settings.queue_name, settings.quarantine_max),
     )
     serve_metrics(settings.metrics_port)
     ctx["keeper"] = asyncio.create_task(
@@ -113,8 +116,9 @@ def worker_kwargs(settings: Settings) -> dict[str, Any]:
         # the job enforces JOB_TIMEOUT_S itself (and stores a failed result); arq's is a backstop
         "job_timeout": settings.job_timeout_s + 30,
         "keep_result": 0,
-        # we dead-letter at MAX_JOB_RUNS; arq must not drop the job silently before that
-        "max_tries": settings.max_job_runs + 1,
+        # we dead-letter at MAX_JOB_RUNS (as `abandoned`, whatever run count a record claims);
+        # arq must never drop a job silently ("max retries exceeded") before that
+        "max_tries": serde.MAX_RECORD_TRIES + settings.max_job_runs + 1,
         # SIGTERM: stop picking, give running jobs the grace, then cancel them back to the queue
         "job_completion_wait": settings.shutdown_grace_s,
         # arq sleeps poll_delay between queue polls even when busy: 0.5 s (its default) caps a

@@ -43,11 +43,41 @@ return 1
 """
 
 
+# The result, its dead letter if any, the dead-letter list kept within its bounds (oldest
+# first: past DLQ_TTL_S, then over DLQ_MAX; at most 100 a call), and the wake-up: one round trip.
+# KEYS: result, dlq hash, dlq index
+# ARGV: result JSON, result TTL s, status, dead letter JSON ('' none), now s, dlq max, dlq TTL s, job id, channel
+_SAVE = """
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+local dropped = {}
+if ARGV[4] ~= '' then
+  redis.call('HSET', KEYS[2], ARGV[8], ARGV[4])
+  redis.call('ZADD', KEYS[3], ARGV[5], ARGV[8])
+  dropped = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', tonumber(ARGV[5]) - tonumber(ARGV[7]), 'LIMIT', 0, 100)
+  local over = redis.call('ZCARD', KEYS[3]) - #dropped - tonumber(ARGV[6])
+  if over > 0 then
+    for _, id in ipairs(redis.call('ZRANGE', KEYS[3], #dropped, #dropped + math.min(over, 100) - 1)) do
+      table.insert(dropped, id)
+    end
+  end
+  for _, id in ipairs(dropped) do
+    redis.call('HDEL', KEYS[2], id)
+    redis.call('ZREM', KEYS[3], id)
+  end
+end
+redis.call('PUBLISH', ARGV[9], ARGV[3])
+return #dropped
+"""
+
+
 class ResultStore:
-    def __init__(self, redis: Redis, ttl_s: int) -> None:
+    def __init__(self, redis: Redis, ttl_s: int, dlq_max: int = 10_000, dlq_ttl_s: int = 30 * 24 * 3600) -> None:
         self.redis = redis
         self.ttl_s = ttl_s
+        self.dlq_max = dlq_max
+        self.dlq_ttl_s = dlq_ttl_s
         self._record_call = redis.register_script(_RECORD_CALL)
+        self._save = redis.register_script(_SAVE)
 
     async def record_call(self, job_id: str, attempt: Attempt, credits: float | None) -> bool:
         """One upstream call into the job's call log and, the first time only, into spend.
@@ -72,15 +102,25 @@ class ResultStore:
         raw = await self.redis.hvals(calls_key(job_id))  # type: ignore[misc]  # redis-py types commands as sync-or-async
         return sorted((Attempt.model_validate_json(r) for r in raw), key=lambda a: (a.at or 0.0, a.run))
 
-    async def save(self, result: JobResult, dead_letter: str | None = None) -> None:
-        """Store the result (and its dead letter, if it failed) and wake waiters: one atomic round trip."""
-        async with self.redis.pipeline(transaction=True) as tx:
-            tx.set(result_key(result.job_id), result.model_dump_json(exclude_none=True), ex=self.ttl_s)
-            if dead_letter is not None:
-                tx.hset(DLQ, result.job_id, dead_letter)
-                tx.zadd(DLQ_INDEX, {result.job_id: time.time()})
-            tx.publish(done_channel(result.job_id), result.status)
-            await tx.execute()
+    async def save(self, result: JobResult, dead_letter: str | None = None) -> int:
+        """Store the result (and its dead letter, if it failed) and wake waiters, atomically.
+        Returns how many old dead letters were dropped to keep the list within its bounds."""
+        return int(
+            await self._save(
+                keys=[result_key(result.job_id), DLQ, DLQ_INDEX],
+                args=[
+                    result.model_dump_json(exclude_none=True),
+                    self.ttl_s,
+                    result.status,
+                    dead_letter or "",
+                    time.time(),
+                    self.dlq_max,
+                    self.dlq_ttl_s,
+                    result.job_id,
+                    done_channel(result.job_id),
+                ],
+            )
+        )
 
     async def get(self, job_id: str) -> JobResult | None:
         raw = await self.redis.get(result_key(job_id))
