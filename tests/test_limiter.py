@@ -76,7 +76,7 @@ async def test_circuit_opens_after_k_failures_then_one_probe_closes_it(redis: Re
     await asyncio.sleep(0.35)
     probe = await limiter.admit("m", 0, 5)
     assert probe.status == "probe"
-    assert (await limiter.admit("m", 0, 5)).status == "circuit"  # one probe at a time
+    assert (await limiter.admit("m", 0, 5)).status == "probing"  # one probe at a time
     await settle(limiter, "m", outcome="ok")
     assert (await limiter.admit("m", 0, 5)).status == "ok"
 
@@ -133,3 +133,28 @@ async def test_a_booking_over_a_whole_window_is_refused_and_books_nothing(redis:
     assert await limiter_state(redis) == before  # untouched
     await settle(limiter, "m", booked_tokens=1_000)
     assert (await limiter.admit("m", 60_000, 5)).status == "ok"  # a whole window is allowed
+
+
+async def test_callers_waiting_on_a_probe_are_told_to_ask_again_not_to_wait_its_lease(redis: Redis):
+    import asyncio
+
+    limiter = make(redis, circuit_failures=1, request_timeout_s=120)
+    await settle(limiter, "m", outcome="fail")
+    assert (await limiter.admit("m", 0, 5)).status == "circuit"  # open: skipped, as before
+    await asyncio.sleep(0.35)
+    assert (await limiter.admit("m", 0, 5)).status == "probe"
+    waiting = await limiter.admit("m", 0, 5)
+    assert waiting.status == "probing" and not waiting.booked
+    await settle(limiter, "m", outcome="ok")  # the probe succeeded: the next ask is admitted
+    assert (await limiter.admit("m", 0, 5)).status == "ok"
+
+
+async def test_a_probe_that_says_nothing_about_health_frees_the_probe_slot(redis: Redis):
+    import asyncio
+
+    limiter = make(redis, circuit_failures=1)
+    await settle(limiter, "m", outcome="fail")
+    await asyncio.sleep(0.35)
+    assert (await limiter.admit("m", 0, 5)).status == "probe"
+    await settle(limiter, "m", outcome="neutral")  # e.g. the probe met a 429
+    assert (await limiter.admit("m", 0, 5)).status == "probe"  # the next caller probes

@@ -8,9 +8,10 @@ import time
 
 import pytest
 
+from harness.wait import wait_until_async
 from producers.api import Producer
 from tests.helpers import run_worker, sim_admin
-from worker.keys import GATE
+from worker.keys import GATE, model_key
 from worker.settings import RateLimit
 
 
@@ -248,6 +249,35 @@ async def test_a_failed_call_gives_its_booked_tokens_back(producer, settings, si
     a, b = await assert_settled(producer, [failed, after])
     assert a.status == "failed" and a.error.type == "bad_request"
     assert b.status == "succeeded" and b.runs == 1 and b.attempts[0].waited_s < 0.5  # not held by a's booking
+
+
+async def test_jobs_waiting_on_a_half_open_circuit_start_as_soon_as_the_probe_succeeds(producer, settings, sim):
+    model = "gpt-4o-mini"
+    sim_admin(sim, "/_sim/config", {"model": model, "down": True})
+    s = settings.model_copy(
+        update={
+            "circuit_failures": 2,
+            "circuit_open_s": 1,
+            "request_timeout_s": 5,  # the probe's lease: 6 s, which the waiting jobs must not wait out
+            "backoff_base_s": 0.2,  # no job retries 3 times before the circuit opens
+            "backoff_cap_s": 0.2,
+            "worker_concurrency": 40,
+        }
+    )
+    ids = [await producer.chat(model, f"q{i}", fallbacks=[]) for i in range(30)]
+    worker = asyncio.create_task(run_worker(s))
+
+    async def circuit_opened():
+        return await producer.redis.hexists(model_key(model), "open_until")
+
+    await wait_until_async(circuit_opened, 5, f"{model}'s circuit to open")
+    await asyncio.to_thread(sim_admin, sim, "/_sim/config", {"model": model, "down": False})
+    await asyncio.wait_for(worker, 15)
+    rs = await assert_settled(producer, ids)
+    assert all(r.status == "succeeded" for r in rs)
+    probe_at = min(a.at for r in rs for a in r.attempts if a.ok)  # the first call that passed after the outage
+    late = sorted(r.finished_at.timestamp() - probe_at for r in rs)
+    assert late[-1] < 1.5, late  # every job resumed at once, none waited out the probe's lease
 
 
 async def test_401_fails_the_job_and_pauses_the_queue_until_a_probe_passes(producer, settings, sim):

@@ -21,6 +21,10 @@ over the TPM limit itself is refused (`too_large`) rather than booked: one booki
 a model's schedule more than a window ahead. At most one request per window over the limit
 (the one that starts at the window's edge) can be seen upstream; RATE_LIMIT_HEADROOM keeps
 network jitter from turning that into a 429.
+
+The circuit breaker: K failures in a window open the circuit (`circuit`: callers skip the
+model); once the open period ends one caller probes (`probe`) while the others ask again
+every few hundred ms (`probing`), so they start as soon as the probe's success closes it.
 """
 
 from __future__ import annotations
@@ -54,9 +58,11 @@ local open_until = tonumber(m[3]) or 0
 local probing = false
 if open_until > 0 then
   if open_until > now then return {'circuit', open_until - now} end
-  -- half-open: one probe call at a time across all workers
+  -- half-open: one probe call at a time across all workers. The others ask again soon
+  -- ('probing', nothing booked): the probe's lease is only its worst case (the request
+  -- timeout), a healthy probe settles in well under a second and closes the circuit.
   local probe = tonumber(m[4]) or 0
-  if probe > now then return {'circuit', probe - now} end
+  if probe > now then return {'probing', probe - now} end
   probing = true
 end
 local g = redis.call('HMGET', KEYS[3], 'r', 't')
@@ -107,6 +113,11 @@ end
 local outcome = ARGV[4]
 if outcome == 'ok' then
   redis.call('HDEL', KEYS[1], 'fails', 'fails_since', 'open_until', 'probe')
+elseif outcome == 'neutral' then
+  -- half-open and the call said nothing about the model's health (a 429, a 4xx): free the
+  -- probe slot, so the next caller probes instead of everyone waiting out the probe's lease
+  local open_until = tonumber(redis.call('HGET', KEYS[1], 'open_until')) or 0
+  if open_until > 0 and open_until <= now then redis.call('HDEL', KEYS[1], 'probe') end
 elseif outcome == 'fail' then
   local open_until = tonumber(redis.call('HGET', KEYS[1], 'open_until')) or 0
   local since = tonumber(redis.call('HGET', KEYS[1], 'fails_since')) or 0
@@ -130,9 +141,11 @@ return 0
 class Admission:
     """`ok`/`probe`: a slot is booked, sleep `wait_s` then call (`probe`: the circuit's trial call).
     `retry`: tokens are short, nothing booked: sleep `wait_s` and ask again. `wait`: the next
-    slot is over the caller's limit, nothing booked. `circuit`: the model is skipped. `too_large`:
-    the tokens are over what one window allows (`limit` names it): nothing booked, waiting cannot
-    help. `gate`: the whole queue is paused (`gate` says why)."""
+    slot is over the caller's limit, nothing booked. `circuit`: the circuit is open for `wait_s`,
+    the model is skipped. `probing`: half-open and another call is probing: nothing booked, ask
+    again soon (`wait_s` is only the probe's lease). `too_large`: the tokens are over what one
+    window allows (`limit` names it): nothing booked, waiting cannot help. `gate`: the whole
+    queue is paused (`gate` says why)."""
 
     status: str
     wait_s: float

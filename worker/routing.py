@@ -29,6 +29,10 @@ log = logging.getLogger("llm_router.routing")
 DEFAULT_COMPLETION_ESTIMATE = 512
 # How often a call short of tokens asks the limiter again (see worker.limiter).
 TOKEN_RECHECK_S = 0.05
+# How often a call waiting on a half-open circuit's probe asks again, and how long a job that
+# cannot wait in place goes back to the queue for (not the probe's lease: a request timeout).
+PROBE_RECHECK_S = 0.2
+PROBE_DEFER_S = 1.0
 
 
 class Deferred(Exception):
@@ -109,7 +113,8 @@ async def try_model(call: Call, model: str) -> Step:
         admission = await limiter.admit(model, tokens, max(call.max_wait_s - napped, 0.0))
         nap = _nap(admission, call.max_wait_s - napped)
         if nap:
-            # look again soon: tokens given back by calls that just finished free up earlier
+            # look again soon: tokens given back by calls that just finished, or a probe that
+            # closed the circuit, let this call start sooner than the admission's wait_s
             await asyncio.sleep(nap)
             waited, napped, slot_wait = waited + nap, napped + nap, slot_wait + nap
             continue
@@ -133,6 +138,8 @@ def _nap(admission: Admission, budget_s: float) -> float:
     """How long to sleep before asking the limiter again; 0: do not ask again."""
     if admission.status == "retry":  # the limiter already checked it is within the budget
         return min(admission.wait_s, TOKEN_RECHECK_S)
+    if admission.status == "probing":
+        return min(PROBE_RECHECK_S, admission.wait_s, max(budget_s, 0.0))
     return 0.0
 
 
@@ -149,6 +156,10 @@ def _not_admitted(call: Call, model: str, tokens: int, admission: Admission) -> 
         message = f"request needs {tokens} tokens (prompt + max_tokens), over {admission.limit}: lower max_tokens"
         error = ErrorInfo(type="over_limit", message=message)
         return Step("next", ModelAnswer(model=model, status="failed", error=error))
+    if admission.status == "probing":
+        # the job cannot wait in place: back to the queue briefly, not for the probe's whole lease
+        wait_s = min(admission.wait_s, PROBE_DEFER_S)
+        return Step("next", _skipped(model, "circuit_open", wait_s), wait_s=wait_s)
     kind = "circuit_open" if admission.status == "circuit" else "rate_limit"
     return Step("next", _skipped(model, kind, admission.wait_s), wait_s=admission.wait_s)
 
