@@ -7,7 +7,7 @@ import pytest
 from redis.asyncio import Redis
 
 from worker.gate import Gate
-from worker.keys import model_key
+from worker.keys import GLOBAL_LIMIT, model_key
 from worker.limiter import Limiter
 from worker.settings import RateLimit, Settings
 
@@ -18,7 +18,8 @@ def make(redis, **kw):
 
 
 async def settle(limiter, model, **kw):
-    return await limiter.settle(model, **{"refund_tokens": 0, "outcome": "neutral", "pause_s": 0, **kw})
+    kw = {"booked_tokens": 0, "used_tokens": None, "outcome": "neutral", "pause_s": 0, **kw}
+    return await limiter.settle(model, **kw)
 
 
 async def test_requests_get_evenly_spaced_slots(redis: Redis):
@@ -51,7 +52,7 @@ async def test_tokens_are_booked_then_settled(redis: Redis):
     second = await limiter.admit("m", 500, 5)
     assert second.status == "retry" and second.wait_s == pytest.approx(0.5, abs=0.01)  # not booked ahead
     assert (await limiter.admit("m", 500, 0.1)).status == "wait"  # longer than this caller waits
-    await settle(limiter, "m", refund_tokens=450)  # the first used 50 of 500: 450 back
+    await settle(limiter, "m", booked_tokens=500, used_tokens=50, outcome="ok")  # 450 back
     assert (await limiter.admit("m", 500, 5)).wait_s <= 0.051  # so the next starts sooner
 
 
@@ -75,7 +76,7 @@ async def test_circuit_opens_after_k_failures_then_one_probe_closes_it(redis: Re
     await asyncio.sleep(0.35)
     probe = await limiter.admit("m", 0, 5)
     assert probe.status == "probe"
-    assert (await limiter.admit("m", 0, 5)).status == "circuit"  # one probe at a time
+    assert (await limiter.admit("m", 0, 5)).status == "probing"  # one probe at a time
     await settle(limiter, "m", outcome="ok")
     assert (await limiter.admit("m", 0, 5)).status == "ok"
 
@@ -105,3 +106,55 @@ async def test_a_global_limit_spaces_calls_across_models(redis: Redis):
     limiter = make(redis, global_rate_limit=RateLimit(rpm=600))
     waits = [(await limiter.admit(model, 0, 5)).wait_s for model in ("a", "b", "c")]
     assert waits[0] == 0 and 0.09 <= waits[1] <= 0.101 and 0.19 <= waits[2] <= 0.201
+
+
+async def test_a_failed_call_gives_back_every_token_it_booked(redis: Redis):
+    limiter = make(redis, rate_limits={"m": RateLimit(tpm=60_000)})  # 1 ms per token
+    assert (await limiter.admit("m", 50_000, 5)).status == "ok"  # 50 s of the model's tokens
+    assert (await limiter.admit("m", 10, 0.1)).status == "wait"
+    await settle(limiter, "m", booked_tokens=50_000, outcome="fail")  # failed, no usage: all back
+    after = await limiter.admit("m", 10, 0.1)
+    assert after.status == "ok" and after.wait_s == 0
+
+
+async def limiter_state(redis: Redis) -> list[dict]:
+    """Model m's and the global limit's hashes, as they are in Redis."""
+    return [await redis.hgetall(key) for key in (model_key("m"), GLOBAL_LIMIT)]
+
+
+async def test_a_booking_over_a_whole_window_is_refused_and_books_nothing(redis: Redis):
+    limiter = make(redis, rate_limits={"m": RateLimit(tpm=60_000)}, global_rate_limit=RateLimit(tpm=100_000))
+    assert (await limiter.admit("n", 100_001, 5)).limit == "the global TPM limit (GLOBAL_RATE_LIMIT) of 100000"
+    assert (await limiter.admit("m", 1_000, 5)).status == "ok"
+    before = await limiter_state(redis)
+    refused = await limiter.admit("m", 10**12, 5)
+    assert refused.status == "too_large" and not refused.booked and refused.wait_s == 0
+    assert refused.limit == "m's TPM limit of 60000"
+    assert await limiter_state(redis) == before  # untouched
+    await settle(limiter, "m", booked_tokens=1_000)
+    assert (await limiter.admit("m", 60_000, 5)).status == "ok"  # a whole window is allowed
+
+
+async def test_callers_waiting_on_a_probe_are_told_to_ask_again_not_to_wait_its_lease(redis: Redis):
+    import asyncio
+
+    limiter = make(redis, circuit_failures=1, request_timeout_s=120)
+    await settle(limiter, "m", outcome="fail")
+    assert (await limiter.admit("m", 0, 5)).status == "circuit"  # open: skipped, as before
+    await asyncio.sleep(0.35)
+    assert (await limiter.admit("m", 0, 5)).status == "probe"
+    waiting = await limiter.admit("m", 0, 5)
+    assert waiting.status == "probing" and not waiting.booked
+    await settle(limiter, "m", outcome="ok")  # the probe succeeded: the next ask is admitted
+    assert (await limiter.admit("m", 0, 5)).status == "ok"
+
+
+async def test_a_probe_that_says_nothing_about_health_frees_the_probe_slot(redis: Redis):
+    import asyncio
+
+    limiter = make(redis, circuit_failures=1)
+    await settle(limiter, "m", outcome="fail")
+    await asyncio.sleep(0.35)
+    assert (await limiter.admit("m", 0, 5)).status == "probe"
+    await settle(limiter, "m", outcome="neutral")  # e.g. the probe met a 429
+    assert (await limiter.admit("m", 0, 5)).status == "probe"  # the next caller probes

@@ -4,12 +4,15 @@ Redis equals what the simulator charged, and every job is succeeded or dead-lett
 
 import asyncio
 import itertools
+import time
 
 import pytest
 
+from harness.wait import wait_until_async
 from producers.api import Producer
 from tests.helpers import run_worker, sim_admin
-from worker.keys import GATE
+from worker.keys import GATE, model_key
+from worker.settings import RateLimit
 
 
 @pytest.fixture
@@ -209,6 +212,74 @@ async def test_circuit_opens_and_every_worker_skips_the_model(producer, settings
     assert all(r.model == "claude-3-sonnet" for r in rs)
     assert REGISTRY.get_sample_value("llm_router_circuit_opened_total", {"model": "gpt-4.1"}) == opened + 1
     assert sim_admin(sim, "/_sim/stats")["calls"]["gpt-4.1"] == 2  # then skipped while open
+
+
+async def test_a_request_over_the_token_limit_fails_at_once_and_holds_no_one_up(producer, settings, sim):
+    s = settings.model_copy(update={"rate_limits": {"gpt-4o-mini": RateLimit(tpm=60_000)}})
+    # within the contract's bounds (10**12 is refused before it reaches a queue: tests/test_trust.py),
+    # over what the limiter allows the model in a whole window
+    huge = await producer.chat("gpt-4o-mini", "hi", max_tokens=90_000, fallbacks=[])
+    moved = await producer.chat("gpt-4o-mini", "hi", max_tokens=100_000, fallbacks=["gpt-4.1"])
+    await asyncio.wait_for(run_worker(s), 5)
+    a, b = await assert_settled(producer, [huge, moved])
+    assert a.status == "failed" and a.error.type == "over_limit" and a.runs == 1 and not a.attempts
+    assert a.error.message.startswith("request needs 900")  # 90,000 + the prompt's few
+    assert a.error.message.endswith(
+        "tokens (prompt + max_tokens), over gpt-4o-mini's TPM limit of 60000: lower max_tokens"
+    )
+    assert b.status == "succeeded" and b.model == "gpt-4.1"  # another model, without that limit, took it
+    assert "gpt-4o-mini" not in sim_admin(sim, "/_sim/stats")["calls"]  # nothing was sent upstream
+    # the refused booking left the model's schedule alone: later jobs run at once, in their first run
+    ids = [await producer.chat("gpt-4o-mini", f"q{i}", max_tokens=50, fallbacks=[]) for i in range(5)]
+    started = time.monotonic()
+    await asyncio.wait_for(run_worker(s), 5)
+    assert time.monotonic() - started < 2
+    rs = await results(producer, ids)
+    assert all(r.status == "succeeded" and r.runs == 1 for r in rs)
+    assert await producer.dead_letters.ids() == [huge]
+
+
+async def test_a_failed_call_gives_its_booked_tokens_back(producer, settings, sim):
+    s = settings.model_copy(update={"rate_limits": {"gpt-4o-mini": RateLimit(tpm=60_000)}})
+    sim_admin(sim, "/_sim/config", {"model": "gpt-4o-mini", "fail_next": [400]})
+    failed = await producer.chat("gpt-4o-mini", "hi", max_tokens=50_000, fallbacks=[])  # ~50 s of the limit
+    await asyncio.wait_for(run_worker(s), 5)
+    after = await producer.chat("gpt-4o-mini", "next", max_tokens=50, fallbacks=[])
+    started = time.monotonic()
+    await asyncio.wait_for(run_worker(s), 5)
+    assert time.monotonic() - started < 2
+    a, b = await assert_settled(producer, [failed, after])
+    assert a.status == "failed" and a.error.type == "bad_request"
+    assert b.status == "succeeded" and b.runs == 1 and b.attempts[0].waited_s < 0.5  # not held by a's booking
+
+
+async def test_jobs_waiting_on_a_half_open_circuit_start_as_soon_as_the_probe_succeeds(producer, settings, sim):
+    model = "gpt-4o-mini"
+    sim_admin(sim, "/_sim/config", {"model": model, "down": True})
+    s = settings.model_copy(
+        update={
+            "circuit_failures": 2,
+            "circuit_open_s": 1,
+            "request_timeout_s": 5,  # the probe's lease: 6 s, which the waiting jobs must not wait out
+            "backoff_base_s": 0.2,  # no job retries 3 times before the circuit opens
+            "backoff_cap_s": 0.2,
+            "worker_concurrency": 40,
+        }
+    )
+    ids = [await producer.chat(model, f"q{i}", fallbacks=[]) for i in range(30)]
+    worker = asyncio.create_task(run_worker(s))
+
+    async def circuit_opened():
+        return await producer.redis.hexists(model_key(model), "open_until")
+
+    await wait_until_async(circuit_opened, 5, f"{model}'s circuit to open")
+    await asyncio.to_thread(sim_admin, sim, "/_sim/config", {"model": model, "down": False})
+    await asyncio.wait_for(worker, 15)
+    rs = await assert_settled(producer, ids)
+    assert all(r.status == "succeeded" for r in rs)
+    probe_at = min(a.at for r in rs for a in r.attempts if a.ok)  # the first call that passed after the outage
+    late = sorted(r.finished_at.timestamp() - probe_at for r in rs)
+    assert late[-1] < 1.5, late  # every job resumed at once, none waited out the probe's lease
 
 
 async def test_401_fails_the_job_and_pauses_the_queue_until_a_probe_passes(producer, settings, sim):

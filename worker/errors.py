@@ -113,6 +113,7 @@ ERROR_CLASSES = (
         )
     ),
     "invalid_job",  # not from upstream: a job record that could not be read or validated
+    "over_limit",  # not from upstream: a request over a configured TPM limit (worker.limiter), never sent
 )
 
 _BY_STATUS: dict[int, type[APIStatusError]] = {

@@ -16,9 +16,15 @@ worker then waits for it, not only the one that was told.
 Tokens are booked from an estimate (prompt + max_tokens) when a call starts and the
 difference is given back when the real usage is known (`settle`); a call that finds the
 tokens booked so far not yet paid for books nothing and asks again when they will be, so
-the tokens given back let it start sooner. At most one request per window over the limit
+the tokens given back let it start sooner. A failed call gives back all it booked. A request
+over the TPM limit itself is refused (`too_large`) rather than booked: one booking never moves
+a model's schedule more than a window ahead. At most one request per window over the limit
 (the one that starts at the window's edge) can be seen upstream; RATE_LIMIT_HEADROOM keeps
 network jitter from turning that into a 429.
+
+The circuit breaker: K failures in a window open the circuit (`circuit`: callers skip the
+model); once the open period ends one caller probes (`probe`) while the others ask again
+every few hundred ms (`probing`), so they start as soon as the probe's success closes it.
 """
 
 from __future__ import annotations
@@ -34,24 +40,32 @@ from .settings import RateLimit, Settings
 
 # KEYS: gate (worker.gate: a paused queue admits nothing), model hash, global hash
 # ARGV: request interval ms, ms per token, tokens, global request interval ms, global ms per token,
-#       max wait ms, probe lease ms
+#       max wait ms, probe lease ms, TPM limit, global TPM limit (0: none)
 _ADMIT = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local gate = redis.call('GET', KEYS[1])
 if gate then return {'gate', 0, gate} end
+local tokens = tonumber(ARGV[3])
+-- A booking moves the token schedule by tokens * ms-per-token. More tokens than the TPM limit
+-- would move it more than a whole window: such a request can never fit the limit, and booking
+-- it would hold every later caller of the model that long. Refuse it at once, book nothing.
+local function over(limit) return limit > 0 and tokens > limit end
+if over(tonumber(ARGV[8])) then return {'too_large', 0, 'model'} end
+if over(tonumber(ARGV[9])) then return {'too_large', 0, 'global'} end
 local m = redis.call('HMGET', KEYS[2], 'r', 't', 'open_until', 'probe', 'p')
 local open_until = tonumber(m[3]) or 0
 local probing = false
 if open_until > 0 then
   if open_until > now then return {'circuit', open_until - now} end
-  -- half-open: one probe call at a time across all workers
+  -- half-open: one probe call at a time across all workers. The others ask again soon
+  -- ('probing', nothing booked): the probe's lease is only its worst case (the request
+  -- timeout), a healthy probe settles in well under a second and closes the circuit.
   local probe = tonumber(m[4]) or 0
-  if probe > now then return {'circuit', probe - now} end
+  if probe > now then return {'probing', probe - now} end
   probing = true
 end
 local g = redis.call('HMGET', KEYS[3], 'r', 't')
-local tokens = tonumber(ARGV[3])
 local start = math.max(now, tonumber(m[1]) or 0, tonumber(m[5]) or 0, tonumber(g[1]) or 0)
 local wait = start - now
 if wait > tonumber(ARGV[6]) then return {'wait', math.ceil(wait)} end
@@ -99,6 +113,11 @@ end
 local outcome = ARGV[4]
 if outcome == 'ok' then
   redis.call('HDEL', KEYS[1], 'fails', 'fails_since', 'open_until', 'probe')
+elseif outcome == 'neutral' then
+  -- half-open and the call said nothing about the model's health (a 429, a 4xx): free the
+  -- probe slot, so the next caller probes instead of everyone waiting out the probe's lease
+  local open_until = tonumber(redis.call('HGET', KEYS[1], 'open_until')) or 0
+  if open_until > 0 and open_until <= now then redis.call('HDEL', KEYS[1], 'probe') end
 elseif outcome == 'fail' then
   local open_until = tonumber(redis.call('HGET', KEYS[1], 'open_until')) or 0
   local since = tonumber(redis.call('HGET', KEYS[1], 'fails_since')) or 0
@@ -122,12 +141,16 @@ return 0
 class Admission:
     """`ok`/`probe`: a slot is booked, sleep `wait_s` then call (`probe`: the circuit's trial call).
     `retry`: tokens are short, nothing booked: sleep `wait_s` and ask again. `wait`: the next
-    slot is over the caller's limit, nothing booked. `circuit`: the model is skipped. `gate`:
-    the whole queue is paused (`gate` says why)."""
+    slot is over the caller's limit, nothing booked. `circuit`: the circuit is open for `wait_s`,
+    the model is skipped. `probing`: half-open and another call is probing: nothing booked, ask
+    again soon (`wait_s` is only the probe's lease). `too_large`: the tokens are over what one
+    window allows (`limit` names it): nothing booked, waiting cannot help. `gate`: the whole
+    queue is paused (`gate` says why)."""
 
     status: str
     wait_s: float
     gate: dict[str, Any] | None = None
+    limit: str | None = None
 
     @property
     def booked(self) -> bool:
@@ -165,19 +188,39 @@ class Limiter:
                 *self._global,
                 int(max_wait_s * 1000),
                 int(self.settings.request_timeout_s * 1000) + 1000,
+                _tpm(self.settings.rate_limits.get(model)),
+                _tpm(self.settings.global_rate_limit),
             ],
         )
+        status = _text(status)
+        if status == "too_large":
+            return Admission(status, 0.0, limit=self.tpm_limit(model, _text(rest[0])))
         gate = json.loads(rest[0]) if rest else None
-        return Admission(_text(status), int(wait_ms) / 1000, gate)
+        return Admission(status, int(wait_ms) / 1000, gate)
 
-    async def settle(self, model: str, *, refund_tokens: int, outcome: str, pause_s: float) -> bool:
-        """What one call taught: unused tokens back, a pause, the circuit's count. True if it opened the circuit."""
+    def tpm_limit(self, model: str, scope: str) -> str:
+        """The TPM limit a too large request is over, named for a person: "gpt-4.1's TPM limit of 600000"."""
+        if scope == "model":
+            return f"{model}'s TPM limit of {_number(self.settings.rate_limits[model].tpm)}"
+        return f"the global TPM limit (GLOBAL_RATE_LIMIT) of {_number(self.settings.global_rate_limit.tpm)}"
+
+    async def settle(
+        self, model: str, *, booked_tokens: int, used_tokens: int | None, outcome: str, pause_s: float
+    ) -> bool:
+        """What one call taught: unused tokens back, a pause, the circuit's count. True if it opened the circuit.
+
+        A call that used `used_tokens` gives back the rest of its booking; a failed one (outcome
+        `fail`/`neutral`, no usage) gives back all of it: a booking never outlives its call."""
         s = self.settings
+        if used_tokens is not None:
+            refund = booked_tokens - used_tokens
+        else:
+            refund = 0 if outcome == "ok" else booked_tokens
         return bool(
             await self._settle(
                 keys=[model_key(model), GLOBAL_LIMIT],
                 args=[
-                    refund_tokens,
+                    refund,
                     self.intervals(model)[1],
                     self._global[1],
                     outcome,
@@ -192,3 +235,11 @@ class Limiter:
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def _tpm(limit: RateLimit | None) -> float:
+    return (limit.tpm or 0) if limit else 0
+
+
+def _number(value: float | None) -> str:
+    return f"{value:.0f}" if value is not None and value == int(value) else str(value)

@@ -16,6 +16,7 @@ from . import errors
 from . import metrics as m
 from .client import Completion
 from .gemini import is_gemini
+from .limiter import Admission
 from .models import ANSWER_FIELDS, Attempt, ErrorInfo, ModelAnswer
 from .policy import CIRCUIT_CLASSES, Action, action_for, backoff_delay
 from .pricing import cost_of
@@ -29,6 +30,10 @@ log = logging.getLogger("llm_router.routing")
 DEFAULT_COMPLETION_ESTIMATE = 512
 # How often a call short of tokens asks the limiter again (see worker.limiter).
 TOKEN_RECHECK_S = 0.05
+# How often a call waiting on a half-open circuit's probe asks again, and how long a job that
+# cannot wait in place goes back to the queue for (not the probe's lease: a request timeout).
+PROBE_RECHECK_S = 0.2
+PROBE_DEFER_S = 1.0
 
 
 class Deferred(Exception):
@@ -103,28 +108,20 @@ async def walk_chain(call: Call, chain: list[str]) -> ModelAnswer:
 
 async def try_model(call: Call, model: str) -> Step:
     """Call one model until it answers or the policy says stop/move on."""
-    settings, limiter = call.settings, call.resources.limiter
+    limiter = call.resources.limiter
     tokens = call.estimate_tokens()
-    failures, waited, waited_for_tokens, slot_wait = 0, 0.0, 0.0, 0.0
+    failures, waited, napped, slot_wait = 0, 0.0, 0.0, 0.0
     while True:
-        admission = await limiter.admit(model, tokens, max(call.max_wait_s - waited_for_tokens, 0.0))
-        if admission.status == "gate":
-            gate = admission.gate or {}
-            raise Deferred(
-                settings.probe_interval_s,
-                ErrorInfo(type=gate.get("reason", "paused"), message=f"queue paused: {gate.get('message')}"),
-            )
-        if admission.status == "retry":
-            # look again soon: tokens given back by calls that just finished free up earlier
-            nap = min(admission.wait_s, TOKEN_RECHECK_S)
+        admission = await limiter.admit(model, tokens, max(call.max_wait_s - napped, 0.0))
+        nap = _nap(admission, call.max_wait_s - napped)
+        if nap:
+            # look again soon: tokens given back by calls that just finished, or a probe that
+            # closed the circuit, let this call start sooner than the admission's wait_s
             await asyncio.sleep(nap)
-            waited += nap
-            waited_for_tokens += nap
-            slot_wait += nap
+            waited, napped, slot_wait = waited + nap, napped + nap, slot_wait + nap
             continue
         if not admission.booked:
-            kind = "circuit_open" if admission.status == "circuit" else "rate_limit"
-            return Step("next", _skipped(model, kind, admission.wait_s), wait_s=admission.wait_s)
+            return _not_admitted(call, model, tokens, admission)
         await asyncio.sleep(admission.wait_s)
         waited += admission.wait_s
         m.RATE_LIMIT_WAIT.labels(call.resources.labels.model(model)).observe(slot_wait + admission.wait_s)
@@ -137,6 +134,36 @@ async def try_model(call: Call, model: str) -> Step:
         if isinstance(after, Step):
             return after
         waited = after
+
+
+def _nap(admission: Admission, budget_s: float) -> float:
+    """How long to sleep before asking the limiter again; 0: do not ask again."""
+    if admission.status == "retry":  # the limiter already checked it is within the budget
+        return min(admission.wait_s, TOKEN_RECHECK_S)
+    if admission.status == "probing":
+        return min(PROBE_RECHECK_S, admission.wait_s, max(budget_s, 0.0))
+    return 0.0
+
+
+def _not_admitted(call: Call, model: str, tokens: int, admission: Admission) -> Step:
+    """How a model ends that the limiter would not book: a deferral, the next model, or an error."""
+    if admission.status == "gate":
+        gate = admission.gate or {}
+        raise Deferred(
+            call.settings.probe_interval_s,
+            ErrorInfo(type=gate.get("reason", "paused"), message=f"queue paused: {gate.get('message')}"),
+        )
+    if admission.status == "too_large":
+        # no wait_s: waiting cannot help, only another model (with a larger limit) can
+        message = f"request needs {tokens} tokens (prompt + max_tokens), over {admission.limit}: lower max_tokens"
+        error = ErrorInfo(type="over_limit", message=message)
+        return Step("next", ModelAnswer(model=model, status="failed", error=error))
+    if admission.status == "probing":
+        # the job cannot wait in place: back to the queue briefly, not for the probe's whole lease
+        wait_s = min(admission.wait_s, PROBE_DEFER_S)
+        return Step("next", _skipped(model, "circuit_open", wait_s), wait_s=wait_s)
+    kind = "circuit_open" if admission.status == "circuit" else "rate_limit"
+    return Step("next", _skipped(model, kind, admission.wait_s), wait_s=admission.wait_s)
 
 
 async def apply_policy(
@@ -261,9 +288,7 @@ async def _record(
     recorded, opened = await asyncio.shield(
         asyncio.gather(
             store.record_call(call.job_id, attempt, answer.credits_remaining),
-            limiter.settle(
-                model, refund_tokens=(tokens - used) if used is not None else 0, outcome=outcome, pause_s=pause
-            ),
+            limiter.settle(model, booked_tokens=tokens, used_tokens=used, outcome=outcome, pause_s=pause),
         )
     )
     if opened:
