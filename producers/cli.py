@@ -16,7 +16,7 @@ import click
 from pydantic.fields import FieldInfo
 
 from worker.cli import run
-from worker.models import JOB_KINDS, ChatJob, CompareJob, JobBase, JobResult, VisionJob
+from worker.models import JOB_KINDS, Answer, ChatJob, CompareJob, JobBase, JobResult, VisionJob
 
 from .api import JobRejected, Producer, ResultTimeout
 
@@ -93,7 +93,9 @@ def job_options(cls: type[JobBase]) -> Callable[[Any], Any]:
 
 def wait_options(f: Any) -> Any:
     f = click.option("--json", "as_json", is_flag=True, help="print the whole result record as JSON")(f)
-    f = click.option("--timeout", type=float, default=120, show_default=True, help="seconds to wait for the result")(f)
+    f = click.option(
+        "--timeout", type=click.FloatRange(min=0), default=120, show_default=True, help="seconds to wait for the result"
+    )(f)
     f = click.option("--no-wait", is_flag=True, help="print the job id and return")(f)
     return click.option("--job-id", help="your own id: enqueuing the same id twice runs the job once")(f)
 
@@ -154,7 +156,7 @@ def compare(models: str, message: str | None, messages: Any, system: str | None,
 
 @cli.command()
 @click.argument("job_id")
-@click.option("--wait", type=float, default=0, help="seconds to wait for it (default: don't)")
+@click.option("--wait", type=click.FloatRange(min=0), default=0, help="seconds to wait for it (default: don't)")
 @click.option("--json", "as_json", is_flag=True)
 def result(job_id: str, wait: float, as_json: bool) -> None:
     """Print a job's result."""
@@ -166,7 +168,7 @@ def result(job_id: str, wait: float, as_json: bool) -> None:
             found = await producer.result(job_id)
         if found is None:
             click.echo(f"llm-router: no result for {job_id} (queued, running, expired or unknown)", err=True)
-            return 1
+            return 3
         return _print(found, as_json)
 
     run(main())
@@ -236,8 +238,12 @@ async def _wait_and_print(producer: Producer, job_id: str, timeout: float, as_js
             )
         try:
             found = await producer.wait(job_id, timeout - first)
-        except ResultTimeout as exc:
-            click.echo(f"llm-router: {exc}; fetch it later with: llm-router result {job_id}", err=True)
+        except ResultTimeout:
+            click.echo(
+                f"llm-router: no result for job {job_id} within {timeout:g}s (it may still finish); "
+                f"fetch it later with: llm-router result {job_id}",
+                err=True,
+            )
             return 3
     return _print(found, as_json)
 
@@ -249,25 +255,27 @@ def _print(result: JobResult, as_json: bool) -> int:
         for answer in result.answers:
             click.echo(f"== {answer.model} ==")
             click.echo(answer.content if answer.error is None else f"failed: {answer.error.message}")
-            click.echo(_cost_line(answer.usage, answer.cost, answer.latency_s))
+            click.echo(_cost_line(answer))
         click.echo(f"total {_money(result.cost)}")
     elif result.status == "succeeded":
         click.echo(
             result.content if result.content is not None else json.dumps(result.tool_calls or result.function_call)
         )
-        click.echo(_cost_line(result.usage, result.cost, result.latency_s, result.model))
+        click.echo(_cost_line(result, result.model))
     if result.error:
         click.echo(f"llm-router: job {result.job_id} failed: {result.error.type}: {result.error.message}", err=True)
     return 0 if result.status == "succeeded" else 1
 
 
-def _cost_line(usage: Any, cost: float | None, latency: float | None, model: str | None = None) -> str:
+def _cost_line(answer: Answer, model: str | None = None) -> str:
     parts = [model] if model else []
-    if usage:
-        parts.append(f"{usage.total_tokens} tokens")
-    parts.append(_money(cost))
-    if latency is not None:
-        parts.append(f"{latency:.3f}s")
+    if answer.usage:
+        parts.append(f"{answer.usage.total_tokens} tokens")
+    parts.append(_money(answer.cost))
+    if answer.latency_s is not None:
+        parts.append(f"{answer.latency_s:.3f}s")
+    if answer.ttft_s is not None:
+        parts.append(f"first token {answer.ttft_s:.3f}s")
     return "-- " + " · ".join(parts)
 
 

@@ -27,7 +27,7 @@ def _error_rates(ctx: click.Context, param: click.Parameter, values: tuple[str, 
 cli = click.Group()
 
 
-@cli.command("sim", help="run the local AIsa simulator")
+@cli.command("sim", help="Run the local AIsa simulator.")
 @click.option("--host", default="127.0.0.1")
 @click.option("--port", type=int, default=8700)
 @click.option("--api-key", "api_keys", multiple=True, help="a key it accepts (repeatable; default $AISA_API_KEY)")
