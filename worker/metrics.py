@@ -59,11 +59,14 @@ RATE_LIMIT_WAIT = Histogram(
 CIRCUIT_OPENED = Counter(
     "llm_router_circuit_opened", "Times a model's circuit opened (every worker skips it)", ["model"]
 )
+QUARANTINE_REASONS = ("not_utf8", "bad_id")
 QUARANTINED = Counter(
     "llm_router_quarantined",
     "Queue entries moved to the quarantine (an id that is not UTF-8 or outside the charset)",
     ["reason"],
 )
+for _reason in QUARANTINE_REASONS:  # every series exists from the start, so rate() and alerts see 0
+    QUARANTINED.labels(_reason)
 DEAD_LETTERS_DROPPED = Counter(
     "llm_router_dead_letters_dropped", "Dead letters dropped, oldest first, over DLQ_MAX or DLQ_TTL_S"
 )

@@ -16,13 +16,12 @@ from . import metrics as m
 from .keys import JOB_PREFIX, QUARANTINE
 from .models import JOB_ID
 
-REASONS = ("not_utf8", "bad_id")
 # How much of the record an entry keeps.
 RECORD_KEPT_BYTES = 4096
 
 
 def unusable(raw_id: bytes) -> str | None:
-    """Why a queue member cannot be a job id (a REASONS value), or None if it can."""
+    """Why a queue member cannot be a job id (one of metrics.QUARANTINE_REASONS), or None if it can."""
     try:
         text = raw_id.decode()
     except UnicodeDecodeError:

@@ -190,7 +190,16 @@ PANELS: list[dict[str, Any]] = [
             ("max by (reason) (llm_router_queue_paused)", "paused: {{reason}}"),
         ],
         "short",
-        w=WIDTH,
+    ),
+    graph(
+        "Dead letters dropped, records quarantined",
+        [
+            (f"sum(increase(llm_router_dead_letters_dropped_total[{RATE}]))", "dead letters dropped"),
+            (f"sum by (reason) (increase(llm_router_quarantined_total[{RATE}]))", "quarantined: {{reason}}"),
+        ],
+        "short",
+        description="Dropped: over DLQ_MAX or DLQ_TTL_S. Quarantined: queue entries with no usable id "
+        "(llm-router quarantine list)",
     ),
 ]
 
