@@ -23,7 +23,7 @@ from redis.asyncio import Redis
 
 from worker import bounds, serde
 from worker.dlq import DeadLetters
-from worker.keys import JOB_EXPIRES_EXTRA_MS, arq_result_key, digest_key, job_key, result_key
+from worker.keys import JOB_EXPIRES_EXTRA_MS, arq_result_key, bulk_key, digest_key, job_key, result_key
 from worker.lease import workers_alive
 from worker.models import (
     ChatJob,
@@ -64,6 +64,8 @@ return 1
 """
 # A digest outlives the result it guards by a day.
 DIGEST_EXTRA_S = 24 * 3600
+# A bulk job's record waits in Redis for a week at most (a batch's window is at most that).
+BULK_RECORD_TTL_MS = 7 * 24 * 3600 * 1000
 
 
 class JobRejected(ValueError):
@@ -214,17 +216,19 @@ class Producer:
         refused; a conflicting id refuses only its own job)."""
         now_ms = int(time.time() * 1000)
         records = [self._record(job, job_id, now_ms) for job, job_id in pairs]
+        bulk_at = await self._bulk_frontier() if any(job.bulk for job, _ in pairs) else 0.0
         async with self.redis.pipeline(transaction=False) as pipe:
-            for job_id, data, digest in records:
+            for i, ((job, _), (job_id, data, digest)) in enumerate(zip(pairs, records, strict=True)):
+                # a bulk job waits in the bulk lane (worker.lease promotes it when a slot is free),
+                # placed from the lane's front: two batches interleave, neither waits for the other
+                queue, score, ttl_ms = (
+                    (bulk_key(self.queue_name), bulk_at + i, BULK_RECORD_TTL_MS)
+                    if job.bulk
+                    else (self.queue_name, now_ms, JOB_EXPIRES_EXTRA_MS)
+                )
                 await self._enqueue(
-                    keys=[
-                        job_key(job_id),
-                        arq_result_key(job_id),
-                        result_key(job_id),
-                        self.queue_name,
-                        digest_key(job_id),
-                    ],
-                    args=[data, JOB_EXPIRES_EXTRA_MS, now_ms, job_id, digest, self.store.ttl_s + DIGEST_EXTRA_S],
+                    keys=[job_key(job_id), arq_result_key(job_id), result_key(job_id), queue, digest_key(job_id)],
+                    args=[data, ttl_ms, score, job_id, digest, self.store.ttl_s + DIGEST_EXTRA_S],
                     client=pipe,
                 )
             created = await pipe.execute()
@@ -236,6 +240,11 @@ class Producer:
                 "or send the same job again to get its result",
             )
         return [(job_id, c == 1) for (job_id, _, _), c in zip(records, created, strict=True)]
+
+    async def _bulk_frontier(self) -> float:
+        """The score at the front of the bulk lane (0 when it is empty)."""
+        front = await self.redis.zrange(bulk_key(self.queue_name), 0, 0, withscores=True)
+        return float(front[0][1]) if front else 0.0
 
     def _record(self, job: JobBase, job_id: str | None, now_ms: int) -> tuple[str, bytes, str]:
         """(id, the arq record, digest or '' for a generated id), within the configured bounds."""
@@ -263,8 +272,11 @@ class Producer:
         return result
 
     async def queued(self) -> int:
-        """Jobs waiting in the queue (not yet picked up)."""
-        return await self.redis.zcard(self.queue_name)
+        """Jobs in the queue (waiting, deferred or running) and in its bulk lane."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zcard(self.queue_name)
+            pipe.zcard(bulk_key(self.queue_name))
+            return sum(await pipe.execute())
 
     async def workers(self) -> int:
         """Workers consuming this queue now (by their heartbeat)."""

@@ -17,7 +17,7 @@ from prometheus_client.registry import REGISTRY, Collector
 from redis import Redis
 from redis.exceptions import RedisError
 
-from .keys import CREDITS, DLQ, GATE, spend_day_key
+from .keys import CREDITS, DLQ, GATE, bulk_key, spend_day_key
 from .metrics import Labels
 from .settings import Settings
 
@@ -54,7 +54,8 @@ class QueueCollector(Collector):
             pipe.hlen(DLQ)
             pipe.hgetall(spend_day_key())
             pipe.get(GATE)
-            credits, ready, total, oldest, dead, today, gate = pipe.execute()
+            pipe.zcard(bulk_key(queue))
+            credits, ready, total, oldest, dead, today, gate, bulk = pipe.execute()
 
         if credits.get(b"remaining") is not None:
             yield _gauge(
@@ -75,6 +76,7 @@ class QueueCollector(Collector):
             max(now - oldest[0][1] / 1000, 0.0) if oldest else 0.0,
         )
         yield _gauge("llm_router_dead_letters", "Jobs in the dead-letter list", dead)
+        yield _gauge("llm_router_bulk_depth", "Bulk jobs (batch lines) waiting in the bulk lane", bulk)
         spend = GaugeMetricFamily("llm_router_spend_today_usd", "USD spent this UTC day (from Redis)", labels=["model"])
         by_model: dict[str, float] = {}
         for model, usd in today.items():

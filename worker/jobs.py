@@ -152,6 +152,7 @@ async def _run(
         source=job.source,
         run=run,
         gemini_native=isinstance(job, RoutedJob) and job.gemini_native,
+        bulk=job.bulk,
     )
     try:
         async with asyncio.timeout(settings.job_timeout_s):

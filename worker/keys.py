@@ -17,6 +17,7 @@ results): the README's key table is checked against this module by a test.
     llm-router:workers:<queue>          sorted set worker id -> last heartbeat (UNIX time)
     llm-router:digest:<job_id>          what the job a caller's own id names is (a conflict check)
     llm-router:quarantine               list: queue entries with no readable id (worker.quarantine)
+    llm-router:bulk:<queue>             sorted set: bulk jobs waiting for a free slot (worker.lease)
 
 arq's own keys (arq.constants) for a job id: `arq:job:<id>` (the job record),
 `arq:in-progress:<id>` (claimed; our lease), `arq:retry:<id>` (runs so far), `arq:result:<id>`
@@ -45,6 +46,7 @@ MODEL_PREFIX = PREFIX + "model:"
 GLOBAL_LIMIT = MODEL_PREFIX + "_global"
 WORKERS_PREFIX = PREFIX + "workers:"
 DIGEST_PREFIX = PREFIX + "digest:"
+BULK_PREFIX = PREFIX + "bulk:"
 QUARANTINE = PREFIX + "quarantine"
 
 # arq's key knowledge, used nowhere else.
@@ -74,6 +76,10 @@ def spend_day_key(day: str | None = None) -> str:
 
 def model_key(model: str) -> str:
     return MODEL_PREFIX + model
+
+
+def bulk_key(queue_name: str) -> str:
+    return BULK_PREFIX + queue_name
 
 
 def digest_key(job_id: str) -> str:

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
+from typing import Any
 
 from redis.asyncio import Redis
 
-from .keys import in_progress_key, job_key, result_key, retry_key, workers_key
+from .keys import IN_PROGRESS_PREFIX, JOB_PREFIX, bulk_key, in_progress_key, job_key, result_key, retry_key, workers_key
 
 # arq's claim of one job, atomically, for a batch: not in progress elsewhere, due now. For each
 # such job: its id, score and what to do: 'run' (held under the lease), 'done' (it has a result
@@ -49,6 +50,30 @@ end
 return out
 """
 
+# Bulk jobs from the bulk lane into the queue for this worker's free slots, claimed at once:
+# held under the lease and scored at the lease's end, so they stay out of other workers' reads
+# while they run and are due again if this worker dies. ('missing': no record under the id.)
+# KEYS: bulk lane, queue; ARGV: how many, now ms, lease ms, job record prefix, in-progress prefix
+PROMOTE = """
+local out, score = {}, tonumber(ARGV[2]) + tonumber(ARGV[3])
+local popped = redis.call('ZPOPMIN', KEYS[1], ARGV[1])
+for i = 1, #popped, 2 do
+  local id = popped[i]
+  if redis.call('EXISTS', ARGV[4] .. id) == 1 then
+    redis.call('ZADD', KEYS[2], score, id)
+    redis.call('PSETEX', ARGV[5] .. id, ARGV[3], '1')
+    table.insert(out, id)
+    table.insert(out, score)
+    table.insert(out, 'run')
+  else
+    table.insert(out, id)
+    table.insert(out, score)
+    table.insert(out, 'missing')
+  end
+end
+return out
+"""
+
 # A worker that has not beaten for this long is not consuming the queue.
 HEARTBEAT_STALE_S = 5.0
 
@@ -59,13 +84,22 @@ class Lease:
         self.queue_name = queue_name
         self.lease_ms = int(lease_s * 1000)
         self._claim = redis.register_script(CLAIM)
+        self._promote = redis.register_script(PROMOTE)
 
     async def claim(self, job_ids: list[str], now_ms: int) -> list[tuple[str, int, str]]:
         """(id, queue score in ms, 'run' | 'done' | 'missing') for the due jobs among `job_ids`
         that no other worker holds; this worker now holds the 'run' ones."""
         keys = [k for i in job_ids for k in (in_progress_key(i), job_key(i), result_key(i))]
         out = await self._claim(keys=[self.queue_name, *keys], args=[now_ms, self.lease_ms, *job_ids])
-        return [(out[i].decode(), int(float(out[i + 1])), out[i + 2].decode()) for i in range(0, len(out), 3)]
+        return _triples(out)
+
+    async def promote(self, count: int, now_ms: int) -> list[tuple[str, int, str]]:
+        """Up to `count` bulk jobs, front first, now held by this worker: (id, score, 'run' | 'missing')."""
+        out = await self._promote(
+            keys=[bulk_key(self.queue_name), self.queue_name],
+            args=[count, now_ms, self.lease_ms, JOB_PREFIX, IN_PROGRESS_PREFIX],
+        )
+        return _triples(out)
 
     async def drop(self, job_id: str) -> None:
         """Forget a job arq could not run: off the queue, its record and counters gone."""
@@ -90,6 +124,10 @@ class Lease:
             pipe.zadd(workers_key(self.queue_name), {worker_id: now})
             pipe.zremrangebyscore(workers_key(self.queue_name), "-inf", now - 10 * HEARTBEAT_STALE_S)
             await pipe.execute()
+
+
+def _triples(out: list[Any]) -> list[tuple[str, int, str]]:
+    return [(out[i].decode(), int(float(out[i + 1])), out[i + 2].decode()) for i in range(0, len(out), 3)]
 
 
 async def workers_alive(redis: Redis, queue_name: str) -> int:

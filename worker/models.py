@@ -169,6 +169,11 @@ class JobBase(ChatParams):
 
     kind: str
     source: str | None = Field(None, description="who is asking: a short label for spend by producer")
+    bulk: Bool = Field(
+        False,
+        description="a bulk job (batch lines are): it waits behind interactive jobs for a worker slot and "
+        "never books rate-limit slots ahead of them",
+    )
     enqueued_at: datetime | None = None
 
     @field_validator("source")

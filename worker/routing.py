@@ -34,6 +34,8 @@ TOKEN_RECHECK_S = 0.05
 # cannot wait in place goes back to the queue for (not the probe's lease: a request timeout).
 PROBE_RECHECK_S = 0.2
 PROBE_DEFER_S = 1.0
+# A bulk job whose slot is further off than BULK_HORIZON_S looks again this often at most.
+BULK_RECHECK_S = 1.0
 
 
 class Deferred(Exception):
@@ -68,6 +70,7 @@ class Call:
     source: str | None = None
     run: int = 1
     gemini_native: bool = False
+    bulk: bool = False
     attempts: list[Attempt] = field(default_factory=list)
 
     @property
@@ -112,8 +115,11 @@ async def try_model(call: Call, model: str) -> Step:
     tokens = call.estimate_tokens()
     failures, waited, napped, slot_wait = 0, 0.0, 0.0, 0.0
     while True:
-        admission = await limiter.admit(model, tokens, max(call.max_wait_s - napped, 0.0))
-        nap = _nap(admission, call.max_wait_s - napped)
+        budget = call.max_wait_s - napped
+        # a bulk job books only near the front of the schedule: interactive jobs go first
+        reach = min(budget, call.settings.bulk_horizon_s) if call.bulk else budget
+        admission = await limiter.admit(model, tokens, max(reach, 0.0))
+        nap = _nap(admission, budget, call)
         if nap:
             # look again soon: tokens given back by calls that just finished, or a probe that
             # closed the circuit, let this call start sooner than the admission's wait_s
@@ -136,12 +142,16 @@ async def try_model(call: Call, model: str) -> Step:
         waited = after
 
 
-def _nap(admission: Admission, budget_s: float) -> float:
+def _nap(admission: Admission, budget_s: float, call: Call) -> float:
     """How long to sleep before asking the limiter again; 0: do not ask again."""
     if admission.status == "retry":  # the limiter already checked it is within the budget
         return min(admission.wait_s, TOKEN_RECHECK_S)
     if admission.status == "probing":
         return min(PROBE_RECHECK_S, admission.wait_s, max(budget_s, 0.0))
+    if call.bulk and admission.status == "wait" and admission.wait_s <= budget_s:
+        # its slot is within the job's wait but beyond the horizon: sleep until it is near
+        horizon = call.settings.bulk_horizon_s
+        return min(max(admission.wait_s - horizon, TOKEN_RECHECK_S), BULK_RECHECK_S)
     return 0.0
 
 

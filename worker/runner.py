@@ -44,11 +44,17 @@ class RouterWorker(Worker):
                 await resources.quarantine.add(raw, reason)
             else:
                 ids.append(raw.decode())
-        if not ids:
-            return
         if self._lease is None:
             self._lease = Lease(self.pool, self.queue_name, self.lease_s)
-        for job_id, score, what in await self._lease.claim(ids, timestamp_ms()):
+        claimed = await self._lease.claim(ids, timestamp_ms()) if ids else []
+        await self._start(resources, claimed)
+        # what the queue leaves free goes to the bulk lane: interactive jobs never wait behind it
+        free = self.max_jobs - self.job_counter
+        if free > 0:
+            await self._start(resources, await self._lease.promote(free, timestamp_ms()))
+
+    async def _start(self, resources: Resources, claimed: list[tuple[str, int, str]]) -> None:
+        for job_id, score, what in claimed:
             if what == "run":
                 await self.sem.acquire()  # free: no more ids than slots
                 self.job_counter += 1

@@ -129,6 +129,9 @@ class Settings(BaseSettings):
     circuit_open_s: float = Field(30, gt=0, description="how long an open circuit skips its model")
     probe_interval_s: float = Field(10, gt=0, description="how often a paused queue (401/402) probes the gateway")
     lease_s: float = Field(15, gt=0, description="a killed worker's job runs again within this (heartbeat lease)")
+    bulk_horizon_s: float = Field(
+        0.5, gt=0, description="a bulk job books a rate-limit slot only this close to now (interactive jobs go first)"
+    )
     # ---- bounded storage (worker.dlq, worker.quarantine)
     dlq_max: int = Field(10_000, ge=1, description="dead letters kept; the oldest are dropped first")
     dlq_ttl_s: int = Field(30 * 24 * 3600, ge=60, description="how long a dead letter is kept")

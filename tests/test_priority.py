@@ -1,0 +1,81 @@
+"""The bulk lane: bulk jobs (batch lines) run only in the slots interactive jobs leave free,
+never book rate-limit slots far ahead of them, and two producers' bulk jobs interleave."""
+
+from __future__ import annotations
+
+import asyncio
+
+from arq.utils import timestamp_ms
+
+from harness.wait import wait_until_async
+from producers import ChatJob, Producer
+from tests.helpers import run_worker, sim_admin
+from worker.keys import bulk_key, in_progress_key, job_key
+from worker.lease import Lease
+from worker.settings import RateLimit
+
+
+def lines(n: int, model: str = "gpt-4o-mini", tag: str = "line") -> list[ChatJob]:
+    return [ChatJob(model=model, messages=[{"role": "user", "content": f"{tag} {i}"}], bulk=True) for i in range(n)]
+
+
+async def test_promote_takes_the_front_of_the_lane_under_the_lease(redis):
+    await redis.zadd(bulk_key("q"), {"a": 1, "b": 2, "c": 3, "gone": 0})
+    for i in ("a", "b", "c"):
+        await redis.set(job_key(i), "{}")
+    now = timestamp_ms()
+    promoted = await Lease(redis, "q", lease_s=3).promote(3, now)
+    assert promoted == [("gone", now + 3000, "missing"), ("a", now + 3000, "run"), ("b", now + 3000, "run")]
+    assert await redis.zrange(bulk_key("q"), 0, -1) == [b"c"]
+    # in the queue while they run, scored at the lease's end: due again only if this worker dies
+    assert await redis.zrange("q", 0, -1, withscores=True) == [(b"a", now + 3000), (b"b", now + 3000)]
+    assert 0 < await redis.pttl(in_progress_key("a")) <= 3000
+
+
+async def test_two_producers_bulk_jobs_interleave(settings, redis):
+    async with Producer(settings.redis_url, queue_name=settings.queue_name) as producer:
+        first = await producer.enqueue_many(lines(10, tag="a"))
+        second = await producer.enqueue_many(lines(10, tag="b"))
+    front = [m.decode() for m in await redis.zrange(bulk_key(settings.queue_name), 0, 9)]
+    assert len(set(front) & set(second)) >= 4 and len(set(front) & set(first)) >= 4  # neither waits for the other
+    assert await redis.zcard(settings.queue_name) == 0  # nothing bulk in the queue itself
+
+
+async def test_interactive_jobs_go_ahead_of_queued_bulk_jobs(settings, sim):
+    sim_admin(sim, "/_sim/config", {"latency_ms": 100})
+    s = settings.model_copy(update={"worker_concurrency": 2})
+    async with Producer(s.redis_url, queue_name=s.queue_name) as producer:
+        bulk = await producer.enqueue_many(lines(30))
+        worker = asyncio.create_task(run_worker(s))
+        await wait_until_async(lambda: sim_admin(sim, "/_sim/stats")["in_flight"] == 2, 10, "the bulk jobs to start")
+        interactive = [await producer.chat("gpt-4.1", f"now {i}") for i in range(3)]
+        await asyncio.wait_for(worker, 30)
+        firsts = [await producer.result(i) for i in interactive]
+        lines_done = [await producer.result(i) for i in bulk]
+    assert all(r.status == "succeeded" for r in firsts + lines_done)
+    last_interactive = max(r.started_at for r in firsts if r.started_at)
+    # the three started within a couple of calls (100 ms each, 2 slots), ahead of the waiting lines
+    assert all((r.started_at - r.enqueued_at).total_seconds() < 0.6 for r in firsts)
+    assert sum(r.started_at > last_interactive for r in lines_done) >= 20
+
+
+async def test_bulk_jobs_never_book_the_rate_limit_far_ahead(settings, sim):
+    rpm = 240  # one call every 0.25 s
+    s = settings.model_copy(
+        update={"worker_concurrency": 30, "rate_limits": {"gpt-4o-mini": RateLimit(rpm=rpm)}, "max_wait_s": 30}
+    )
+    async with Producer(s.redis_url, queue_name=s.queue_name) as producer:
+        await producer.enqueue_many(lines(24))  # 6 s of the limit, all of them in slots at once
+        worker = asyncio.create_task(run_worker(s))
+        await wait_until_async(
+            lambda: sim_admin(sim, "/_sim/stats")["calls"].get("gpt-4o-mini", 0) >= 3, 10, "the bulk jobs to be calling"
+        )
+        urgent = await producer.chat("gpt-4o-mini", "urgent", fallbacks=[])
+        await asyncio.wait_for(worker, 30)
+        result = await producer.result(urgent)
+    interval = 60 / rpm / (1 - s.rate_limit_headroom)
+    # bulk jobs booked at most BULK_HORIZON_S ahead: the interactive job waited about that plus one slot,
+    # not behind the 20 lines still waiting (about 5 s)
+    assert (
+        result.status == "succeeded" and result.attempts[0].waited_s <= 0.5 + 2 * interval + 0.3
+    )  # BULK_HORIZON_S 0.5
