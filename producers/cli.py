@@ -16,7 +16,7 @@ import click
 from pydantic.fields import FieldInfo
 
 from worker.cli import run
-from worker.models import JOB_KINDS, Answer, ChatJob, CompareJob, JobBase, JobResult, VisionJob
+from worker.models import JOB_KINDS, Answer, ChatJob, Choice, CompareJob, JobBase, JobResult, VisionJob
 
 from .api import JobRejected, Producer, ResultTimeout
 
@@ -57,6 +57,10 @@ def _option(name: str, field: FieldInfo) -> Callable[[Any], Any]:
     extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
     kinds = [_bare(a) for a in typing.get_args(field.annotation) or (field.annotation,) if a is not type(None)]
     options: dict[str, Any] = {"help": field.description, "default": None}
+    if kinds == [bool] and field.default is None:
+        # unset by default: --x sends true, --no-x sends false, neither sends nothing
+        name_flag = flag(name, field)
+        return click.option(f"{name_flag}/--no-{name_flag[2:]}", name, **options)
     if kinds == [bool]:
         options.update(is_flag=True, flag_value=True)
     elif extra.get("cli_split"):
@@ -258,13 +262,21 @@ def _print(result: JobResult, as_json: bool) -> int:
             click.echo(_cost_line(answer))
         click.echo(f"total {_money(result.cost)}")
     elif result.status == "succeeded":
-        click.echo(
-            result.content if result.content is not None else json.dumps(result.tool_calls or result.function_call)
-        )
+        if result.choices is not None and len(result.choices) > 1:
+            for choice in result.choices:
+                click.echo(f"== choice {choice.index} ==")
+                click.echo(_said(choice))
+        else:
+            click.echo(_said(result))
         click.echo(_cost_line(result, result.model))
     if result.error:
         click.echo(f"llm-router: job {result.job_id} failed: {result.error.type}: {result.error.message}", err=True)
     return 0 if result.status == "succeeded" else 1
+
+
+def _said(answer: Answer | Choice) -> str:
+    """The text of an answer, or its tool calls as JSON."""
+    return answer.content if answer.content is not None else json.dumps(answer.tool_calls or answer.function_call)
 
 
 def _cost_line(answer: Answer, model: str | None = None) -> str:

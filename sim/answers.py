@@ -83,3 +83,20 @@ def tool_call_for(body: dict[str, Any], messages: list[dict[str, Any]]) -> dict[
     last_user: dict[str, Any] = next((m for m in reversed(messages) if m.get("role") == "user"), {})
     text = " ".join(str(p.get("text", "")) for p in _parts(last_user.get("content")) if p.get("type") == "text")
     return {"name": fn.get("name", "function"), "arguments": json.dumps({arg: text})}
+
+
+def json_reply(text: str, schema: Any = None) -> str:
+    """The reply as a JSON object (`response_format` JSON mode or a JSON schema): under the
+    schema's first string property, else under "answer"."""
+    key = "answer"
+    properties = schema.get("properties") if isinstance(schema, dict) else None
+    if isinstance(properties, dict):
+        key = next(
+            (
+                name
+                for name, sub in properties.items()
+                if isinstance(sub, dict) and str(sub.get("type", "")).lower() == "string"
+            ),
+            key,
+        )
+    return json.dumps({key: text})

@@ -6,6 +6,7 @@ Routes:
   POST /v1/models/{model}:generateContent        Gemini native (also under /v1beta)
   POST /_sim/config   GET /_sim/config           fault switches, per model or "*"
   GET  /_sim/stats    POST /_sim/reset           what it saw; forget it
+  GET  /_sim/requests                            the last request bodies, as received
   POST /_sim/credits                             set the credits of every key
 """
 
@@ -18,7 +19,7 @@ import json
 import threading
 import time
 import uuid
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, deque
 from typing import Any
 
 from aiohttp import web
@@ -53,6 +54,16 @@ _GEMINI_STATUS = {
     503: "UNAVAILABLE",
     504: "UNAVAILABLE",
 }
+# Request bodies /_sim/requests keeps, newest last.
+RECORDED_REQUESTS = 20
+# OpenAI's enumerated parameters (openai.types.chat.completion_create_params).
+_CHOICES = {
+    "service_tier": ("auto", "default", "flex", "scale", "priority", "fast"),
+    "reasoning_effort": ("none", "minimal", "low", "medium", "high", "xhigh", "max"),
+    "verbosity": ("low", "medium", "high"),
+    "prompt_cache_retention": ("in_memory", "24h"),
+}
+_OBJECTS = ("audio", "prediction", "web_search_options", "prompt_cache_options", "moderation", "stream_options")
 
 
 class ApiError(Exception):
@@ -92,6 +103,7 @@ class Simulator:
         self.arrivals: dict[str, list[float]] = defaultdict(list)
         self.in_flight = 0
         self.peak_concurrency = 0
+        self.requests: deque[dict[str, Any]] = deque(maxlen=RECORDED_REQUESTS)
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -191,15 +203,75 @@ def _check_image(url: Any, param: str) -> None:
             raise ApiError(400, "Invalid base64 image data", "invalid_request", param) from None
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _bad(name: str, what: str) -> ApiError:
+    return ApiError(400, f"'{name}' must be {what}", "invalid_parameter_type", name)
+
+
 def _check_params(body: dict[str, Any]) -> None:
+    """OpenAI's parameter checks: a 400 naming the first parameter out of its type or range."""
     ranges = {"temperature": (0, 2), "top_p": (0, 1), "frequency_penalty": (-2, 2), "presence_penalty": (-2, 2)}
     for name, (low, high) in ranges.items():
         value = body.get(name)
-        if value is not None and (not isinstance(value, (int, float)) or not low <= value <= high):
-            raise ApiError(400, f"'{name}' must be a number between {low} and {high}", "invalid_parameter_type", name)
-    max_tokens = body.get("max_tokens")
-    if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens < 1):
-        raise ApiError(400, "'max_tokens' must be an integer >= 1", "invalid_parameter_type", "max_tokens")
+        if value is not None and (
+            not isinstance(value, (int, float)) or isinstance(value, bool) or not low <= value <= high
+        ):
+            raise _bad(name, f"a number between {low} and {high}")
+    integers = {
+        "max_tokens": (1, 10**9, "an integer >= 1"),
+        "max_completion_tokens": (1, 10**9, "an integer >= 1"),
+        "n": (1, 128, "an integer between 1 and 128"),
+        "top_logprobs": (0, 20, "an integer between 0 and 20"),
+        "seed": (-(2**63), 2**63 - 1, "a 64-bit integer"),
+    }
+    for name, (low, high, what) in integers.items():
+        value = body.get(name)
+        if value is not None and (not _is_int(value) or not low <= value <= high):
+            raise _bad(name, what)
+    for name in ("stream", "logprobs", "parallel_tool_calls", "store"):
+        if body.get(name) is not None and not isinstance(body[name], bool):
+            raise _bad(name, "a boolean")
+    for name in ("user", "safety_identifier", "prompt_cache_key"):
+        if body.get(name) is not None and not isinstance(body[name], str):
+            raise _bad(name, "a string")
+    for name in _OBJECTS:
+        if body.get(name) is not None and not isinstance(body[name], dict):
+            raise _bad(name, "an object")
+    for name, allowed in _CHOICES.items():
+        if body.get(name) is not None and body[name] not in allowed:
+            raise _bad(name, "one of " + ", ".join(allowed))
+    if body.get("top_logprobs") is not None and body.get("logprobs") is not True:
+        raise ApiError(400, "'top_logprobs' requires 'logprobs' to be true", "invalid_request", "top_logprobs")
+    if body.get("stream_options") is not None and not body.get("stream"):
+        raise ApiError(
+            400, "'stream_options' is only allowed when 'stream' is true", "invalid_request", "stream_options"
+        )
+    bias = body.get("logit_bias")
+    if bias is not None and not (
+        isinstance(bias, dict) and all(_is_int(v) and -100 <= v <= 100 for v in bias.values())
+    ):
+        raise _bad("logit_bias", "an object of token ids to integers between -100 and 100")
+    metadata = body.get("metadata")
+    if metadata is not None and not (
+        isinstance(metadata, dict) and len(metadata) <= 16 and all(isinstance(v, str) for v in metadata.values())
+    ):
+        raise _bad("metadata", "an object of at most 16 string values")
+    modalities = body.get("modalities")
+    if modalities is not None and not (
+        isinstance(modalities, list) and all(m in ("text", "audio") for m in modalities)
+    ):
+        raise _bad("modalities", "an array of 'text' and 'audio'")
+    fmt = body.get("response_format")
+    if fmt is not None:
+        if not isinstance(fmt, dict) or fmt.get("type") not in ("text", "json_object", "json_schema"):
+            raise _bad("response_format", "an object whose type is text, json_object or json_schema")
+        if fmt["type"] == "json_schema" and not isinstance((fmt.get("json_schema") or {}).get("name"), str):
+            raise ApiError(
+                400, "'response_format.json_schema.name' is required", "missing_parameter", "response_format"
+            )
 
 
 def _spec(model: Any) -> ModelSpec:
@@ -225,13 +297,19 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
 
 
 class Answer:
-    """What the model says to one request: text (maybe cut at max_tokens) or a function call."""
+    """What the model says to one request: text (maybe cut at max_tokens or max_completion_tokens;
+    a JSON object under `response_format`) or a function call, `n` times (each choice the same,
+    each billed), with token log probabilities when asked (`logprobs`, `top_logprobs`)."""
 
     def __init__(self, spec: ModelSpec, body: dict[str, Any], messages: list[dict[str, Any]]) -> None:
         self.call = answers.tool_call_for(body, messages)
         self.legacy = self.call is not None and not body.get("tools")
+        self.n = body.get("n") or 1
+        self.logprobs = body.get("logprobs") is True
+        self.top_logprobs = body.get("top_logprobs") or 0
         self.prompt_tokens = answers.prompt_tokens(messages, body.get("tools") or body.get("functions"))
-        max_tokens = body.get("max_tokens")
+        caps = [t for t in (body.get("max_tokens"), body.get("max_completion_tokens")) if t is not None]
+        max_tokens = min(caps) if caps else None
         if self.prompt_tokens + (max_tokens or 0) > spec.context:
             raise ApiError(
                 400,
@@ -240,23 +318,33 @@ class Answer:
                 "context_length_exceeded",
                 "messages",
             )
-        words = answers.reply_text(spec.id, messages).split(" ")
+        text = answers.reply_text(spec.id, messages)
+        fmt = body.get("response_format") or {}
+        if fmt.get("type") in ("json_object", "json_schema"):
+            text = answers.json_reply(text, (fmt.get("json_schema") or {}).get("schema"))
+        words = text.split(" ")
         self.finish_reason = "stop"
         if self.call:
             self.words: list[str] = []
-            self.completion_tokens = answers.count_tokens(self.call["name"] + self.call["arguments"])
+            self.choice_tokens = answers.count_tokens(self.call["name"] + self.call["arguments"])
             self.finish_reason = "function_call" if self.legacy else "tool_calls"
-            return
-        if max_tokens is not None:
-            kept: list[str] = []
-            for word in words:
-                if answers.count_tokens(" ".join([*kept, word])) > max_tokens:
-                    self.finish_reason = "length"
-                    break
-                kept.append(word)
-            words = kept or words[:1]
-        self.words = words
-        self.completion_tokens = answers.count_tokens(" ".join(words))
+        else:
+            if max_tokens is not None:
+                kept: list[str] = []
+                for word in words:
+                    if answers.count_tokens(" ".join([*kept, word])) > max_tokens:
+                        self.finish_reason = "length"
+                        break
+                    kept.append(word)
+                words = kept or words[:1]
+            self.words = words
+            self.choice_tokens = answers.count_tokens(" ".join(words))
+        # OpenAI bills the tokens of every choice
+        self.completion_tokens = self.choice_tokens * self.n
+
+    def pieces(self) -> list[str]:
+        """The content as the stream sends it, one piece (token) a chunk."""
+        return [word if i == 0 else " " + word for i, word in enumerate(self.words)]
 
     def message(self) -> dict[str, Any]:
         if not self.call:
@@ -268,6 +356,31 @@ class Answer:
             "content": None,
             "tool_calls": [{"id": "call_" + uuid.uuid4().hex[:24], "type": "function", "function": self.call}],
         }
+
+    def choices(self) -> list[dict[str, Any]]:
+        logprobs = self.logprobs_of(self.pieces(), 0) if self.logprobs else None
+        return [
+            {"index": i, "message": self.message(), "logprobs": logprobs, "finish_reason": self.finish_reason}
+            for i in range(self.n)
+        ]
+
+    def logprobs_of(self, pieces: list[str], first: int) -> dict[str, Any]:
+        """OpenAI's `logprobs` for these pieces (the first at position `first`): deterministic
+        log probabilities, the piece itself the most likely of `top_logprobs` alternatives."""
+        if not pieces:
+            return {"content": None, "refusal": None}
+        content = []
+        for position, token in enumerate(pieces, first):
+            logprob = -round(0.01 * (1 + position % 7), 4)
+            top = [
+                {"token": token, "logprob": logprob, "bytes": list(token.encode())},
+                *(
+                    {"token": f"{token}~{k}", "logprob": logprob - k, "bytes": list(f"{token}~{k}".encode())}
+                    for k in range(1, self.top_logprobs)
+                ),
+            ][: self.top_logprobs]
+            content.append({"token": token, "logprob": logprob, "bytes": list(token.encode()), "top_logprobs": top})
+        return {"content": content, "refusal": None}
 
 
 def _usage(answer: Answer, cost: float, credits: float) -> dict[str, Any]:
@@ -320,6 +433,7 @@ class Handlers:
             try:
                 key = sim.authenticate(request)
                 body = await _json_body(request)
+                sim.requests.append({"path": request.path, "body": body})
                 spec = _spec(body.get("model"))
                 messages = _check_messages(body.get("messages"))
                 _check_params(body)
@@ -371,7 +485,7 @@ class Handlers:
                 "object": "chat.completion",
                 "created": int(time.time()),
                 "model": spec.id,
-                "choices": [{"index": 0, "message": answer.message(), "finish_reason": answer.finish_reason}],
+                "choices": answer.choices(),
                 "usage": _usage(answer, cost, credits),
             },
             headers=headers,
@@ -449,10 +563,23 @@ class Handlers:
             if method != "generateContent":
                 raise ApiError(404, f"Unknown method {method!r}", "unknown_endpoint")
             body = await _json_body(request)
+            self.sim.requests.append({"path": request.path, "body": body})
             spec = _spec(model)
             messages = _gemini_messages(body)
             config = body.get("generationConfig") or {}
-            openai_body = {"max_tokens": config.get("maxOutputTokens"), "temperature": config.get("temperature")}
+            openai_body: dict[str, Any] = {
+                "max_tokens": config.get("maxOutputTokens"),
+                "temperature": config.get("temperature"),
+                "n": config.get("candidateCount"),
+                "seed": config.get("seed"),
+            }
+            if config.get("responseMimeType") == "application/json":
+                schema = config.get("responseSchema")
+                openai_body["response_format"] = (
+                    {"type": "json_schema", "json_schema": {"name": "response", "schema": schema}}
+                    if schema
+                    else {"type": "json_object"}
+                )
             _check_params(openai_body)
             answer = Answer(spec, openai_body, _check_messages(messages))
             # like chat/completions: TPM counts input plus output, every answer has the headers
@@ -468,8 +595,9 @@ class Handlers:
                     {
                         "content": {"role": "model", "parts": [{"text": " ".join(answer.words)}]},
                         "finishReason": "MAX_TOKENS" if answer.finish_reason == "length" else "STOP",
-                        "index": 0,
+                        "index": i,
                     }
+                    for i in range(answer.n)
                 ],
                 "usageMetadata": {
                     "promptTokenCount": answer.prompt_tokens,
@@ -501,6 +629,9 @@ class Handlers:
     async def stats(self, request: web.Request) -> web.Response:
         return web.json_response(self.sim.stats())
 
+    async def requests(self, request: web.Request) -> web.Response:
+        return web.json_response({"requests": list(self.sim.requests)})
+
     async def reset(self, request: web.Request) -> web.Response:
         self.sim.reset_stats()
         self.sim.faults.reset()
@@ -514,10 +645,8 @@ class Handlers:
 
 
 def _chunks(answer: Answer, body: dict[str, Any]) -> list[dict[str, Any]]:
-    """The stream as chunk dicts: role, content words (or tool-call pieces), finish, usage."""
-    chunks: list[dict[str, Any]] = [
-        {"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}], "usage": None}
-    ]
+    """The stream as chunk dicts: role, content pieces (or tool-call pieces), finish, usage; each
+    chunk carries one choice (its `index`), the `n` choices interleaved piece by piece."""
     deltas: list[dict[str, Any]]
     if answer.call and answer.legacy:
         deltas = [
@@ -525,27 +654,37 @@ def _chunks(answer: Answer, body: dict[str, Any]) -> list[dict[str, Any]]:
             {"function_call": {"arguments": answer.call["arguments"]}},
         ]
     elif answer.call:
-        call_id = "call_" + uuid.uuid4().hex[:24]
         args = answer.call["arguments"]
         half = len(args) // 2
         deltas = [
             {
                 "tool_calls": [
-                    {
-                        "index": 0,
-                        "id": call_id,
-                        "type": "function",
-                        "function": {"name": answer.call["name"], "arguments": ""},
-                    }
+                    {"index": 0, "type": "function", "function": {"name": answer.call["name"], "arguments": ""}}
                 ]
             },
             {"tool_calls": [{"index": 0, "function": {"arguments": args[:half]}}]},
             {"tool_calls": [{"index": 0, "function": {"arguments": args[half:]}}]},
         ]
     else:
-        deltas = [{"content": word if i == 0 else " " + word} for i, word in enumerate(answer.words)]
-    chunks += [{"choices": [{"index": 0, "delta": d, "finish_reason": None}], "usage": None} for d in deltas]
-    chunks.append({"choices": [{"index": 0, "delta": {}, "finish_reason": answer.finish_reason}], "usage": None})
+        deltas = [{"content": piece} for piece in answer.pieces()]
+    ids = ["call_" + uuid.uuid4().hex[:24] for _ in range(answer.n)]
+
+    def chunk(
+        index: int, delta: dict[str, Any], position: int | None = None, finish: str | None = None
+    ) -> dict[str, Any]:
+        choice: dict[str, Any] = {"index": index, "delta": delta}
+        if answer.logprobs:
+            content = delta.get("content")
+            choice["logprobs"] = answer.logprobs_of([content], position) if content and position is not None else None
+        return {"choices": [choice | {"finish_reason": finish}], "usage": None}
+
+    chunks = [chunk(i, {"role": "assistant", "content": ""}) for i in range(answer.n)]
+    for position, delta in enumerate(deltas):
+        for i in range(answer.n):
+            if position == 0 and "tool_calls" in delta:  # each choice its own call id
+                delta = {"tool_calls": [{**delta["tool_calls"][0], "id": ids[i]}]}
+            chunks.append(chunk(i, delta, position))
+    chunks += [chunk(i, {}, finish=answer.finish_reason) for i in range(answer.n)]
     if (body.get("stream_options") or {}).get("include_usage"):
         chunks.append({"usage": "final"})
     return chunks
@@ -584,6 +723,7 @@ def create_app(sim: Simulator) -> web.Application:
     app.router.add_get("/_sim/config", h.get_config)
     app.router.add_post("/_sim/config", h.set_config)
     app.router.add_get("/_sim/stats", h.stats)
+    app.router.add_get("/_sim/requests", h.requests)
     app.router.add_post("/_sim/reset", h.reset)
     app.router.add_post("/_sim/credits", h.set_credits)
     return app

@@ -1,6 +1,7 @@
 """The configured bounds on a job, checked by producers before anything reaches Redis and by
-workers for records that other writers made: its size, the max_tokens ceiling and the
-model's context window. (The job contract, worker.models, bounds each field on its own.)"""
+workers for records that other writers made: its size, the max_tokens and max_completion_tokens
+ceiling and the model's context window. (The job contract, worker.models, bounds each field on
+its own.)"""
 
 from __future__ import annotations
 
@@ -25,15 +26,16 @@ def problem(job: JobBase, settings: Settings, size: int) -> tuple[str, str] | No
             f"is {size} bytes (inline images left out), over MAX_JOB_BYTES={settings.max_job_bytes}: "
             "shorten the messages or split the job"
         )
-    tokens = job.max_tokens
-    if tokens is None:
-        return None
-    if tokens > settings.max_output_tokens:
-        return "max_tokens", f"{tokens} is over MAX_OUTPUT_TOKENS={settings.max_output_tokens}: ask for fewer"
-    for model in _models(job):
-        context = settings.model_context.get(model)
-        if context is not None and tokens >= context:
-            return "max_tokens", f"{tokens} does not fit {model}'s context window of {context} tokens: ask for fewer"
+    for field in ("max_tokens", "max_completion_tokens"):
+        tokens = getattr(job, field)
+        if tokens is None:
+            continue
+        if tokens > settings.max_output_tokens:
+            return field, f"{tokens} is over MAX_OUTPUT_TOKENS={settings.max_output_tokens}: ask for fewer"
+        for model in _models(job):
+            context = settings.model_context.get(model)
+            if context is not None and tokens >= context:
+                return field, f"{tokens} does not fit {model}'s context window of {context} tokens: ask for fewer"
     return None
 
 

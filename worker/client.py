@@ -20,10 +20,11 @@ import aiohttp
 import httpx
 from httpx_aiohttp import AiohttpTransport
 from httpx_sse import aconnect_sse
+from pydantic import ValidationError
 
 from . import errors, gemini
 from .headers import parse_duration, rate_limit_snapshot, retry_after
-from .models import Answer, Usage
+from .models import Answer, Choice, Usage
 
 
 class Completion(Answer):
@@ -111,13 +112,15 @@ class AIsaClient:
             model=fields["model"] or model,
             content=fields["content"],
             finish_reason=fields["finish_reason"],
+            choices=[Choice(**c) for c in fields["choices"]] if fields.get("choices") else None,
             latency_s=latency,
             usage=usage,
             rate_limits=rate_limit_snapshot(response.headers),
         )
 
     async def _chat_stream(self, payload: dict[str, Any]) -> Completion:
-        payload = {**payload, "stream_options": {"include_usage": True}}
+        # the job's own stream options, and always the usage chunk (the call's cost)
+        payload = {**payload, "stream_options": {**(payload.get("stream_options") or {}), "include_usage": True}}
         started = time.perf_counter()
         with _transport_errors(streaming=True):
             async with aconnect_sse(self._http, "POST", "chat/completions", json=payload) as source:
@@ -133,15 +136,13 @@ class AIsaClient:
 
 
 class _StreamAssembler:
-    """Joins SSE chunks into one Completion: content, tool calls by index, usage, TTFT."""
+    """Joins SSE chunks into one Completion: each choice's content, tool calls by index and
+    log probabilities (choices by their `index`), usage, TTFT."""
 
     def __init__(self, model: str, started: float) -> None:
         self.model = model
         self.started = started
-        self.content: list[str] = []
-        self.tool_calls: dict[int, dict[str, Any]] = {}
-        self.function_call: dict[str, str] | None = None
-        self.finish_reason: str | None = None
+        self.choices: dict[int, _ChoiceState] = {}
         self.usage: dict[str, Any] | None = None
         self.ttft: float | None = None
         self.done = False
@@ -160,18 +161,54 @@ class _StreamAssembler:
         if chunk.get("usage"):
             self.usage = chunk["usage"]
         for choice in chunk.get("choices") or []:
-            self._feed_delta(choice.get("delta") or {})
-            self.finish_reason = choice.get("finish_reason") or self.finish_reason
+            index = choice.get("index", 0)
+            state = self.choices.setdefault(index if isinstance(index, int) else 0, _ChoiceState())
+            if state.feed(choice) and self.ttft is None:
+                self.ttft = time.perf_counter() - self.started
         return False
 
-    def _feed_delta(self, delta: dict[str, Any]) -> None:
+    def finish(self, latency: float, headers: httpx.Headers) -> Completion:
+        if not self.done:
+            raise errors.MalformedResponseError("stream ended before [DONE]")
+        usage, cost, credits = _usage(self.usage)
+        choices = [self.choices[i].choice(i) for i in sorted(self.choices)] or [Choice(index=0, content="")]
+        return Completion(
+            model=self.model,
+            **_answer_of(choices),
+            latency_s=latency,
+            usage=usage,
+            cost=cost,
+            cost_source="gateway" if cost is not None else "unknown",
+            credits_remaining=credits,
+            ttft_s=self.ttft,
+            rate_limits=rate_limit_snapshot(headers),
+        )
+
+
+class _ChoiceState:
+    """One streamed choice as its deltas arrive."""
+
+    def __init__(self) -> None:
+        self.content: list[str] = []
+        self.tool_calls: dict[int, dict[str, Any]] = {}
+        self.function_call: dict[str, str] | None = None
+        self.finish_reason: str | None = None
+        self.logprobs: dict[str, list[Any]] = {}
+
+    def feed(self, choice: dict[str, Any]) -> bool:
+        """Take one chunk's piece of this choice; True when it carried output (content or a call)."""
+        self.finish_reason = choice.get("finish_reason") or self.finish_reason
+        logprobs = choice.get("logprobs")
+        for key, entries in (logprobs if isinstance(logprobs, dict) else {}).items():
+            if isinstance(entries, list):
+                self.logprobs.setdefault(key, []).extend(entries)
+        delta = choice.get("delta") or {}
+        output = False
         if delta.get("content"):
-            if self.ttft is None:
-                self.ttft = time.perf_counter() - self.started
+            output = True
             self.content.append(delta["content"])
         for piece in delta.get("tool_calls") or []:
-            if self.ttft is None:
-                self.ttft = time.perf_counter() - self.started
+            output = True
             call = self.tool_calls.setdefault(
                 piece.get("index", 0), {"id": None, "type": "function", "function": {"name": "", "arguments": ""}}
             )
@@ -183,45 +220,60 @@ class _StreamAssembler:
             fc = self.function_call = self.function_call or {"name": "", "arguments": ""}
             fc["name"] += delta["function_call"].get("name") or ""
             fc["arguments"] += delta["function_call"].get("arguments") or ""
+        return output
 
-    def finish(self, latency: float, headers: httpx.Headers) -> Completion:
-        if not self.done:
-            raise errors.MalformedResponseError("stream ended before [DONE]")
-        usage, cost, credits = _usage(self.usage)
-        return Completion(
-            model=self.model,
+    def choice(self, index: int) -> Choice:
+        return Choice(
+            index=index,
             content="".join(self.content) if self.content or not (self.tool_calls or self.function_call) else None,
-            finish_reason=self.finish_reason,
-            latency_s=latency,
-            usage=usage,
-            cost=cost,
-            cost_source="gateway" if cost is not None else "unknown",
-            credits_remaining=credits,
-            ttft_s=self.ttft,
             tool_calls=[self.tool_calls[i] for i in sorted(self.tool_calls)] or None,
             function_call=self.function_call,
-            rate_limits=rate_limit_snapshot(headers),
+            finish_reason=self.finish_reason,
+            logprobs=self.logprobs or None,
         )
+
+
+def _answer_of(choices: list[Choice]) -> dict[str, Any]:
+    """Answer fields for `choices` (in index order): choice 0's content at the top, and every
+    choice under `choices` when there are several or they carry log probabilities."""
+    first = choices[0]
+    several = len(choices) > 1 or any(c.logprobs is not None for c in choices)
+    return {
+        "content": first.content,
+        "tool_calls": first.tool_calls,
+        "function_call": first.function_call,
+        "finish_reason": first.finish_reason,
+        "choices": choices if several else None,
+    }
 
 
 def _completion(body: Any, model: str, latency: float, headers: httpx.Headers) -> Completion:
     try:
-        choice = body["choices"][0]
-        message = choice["message"]
-    except (KeyError, IndexError, TypeError):
+        raw = sorted(body["choices"], key=lambda c: c.get("index", 0) if isinstance(c.get("index"), int) else 0)
+        choices = [
+            Choice(
+                index=c.get("index", i) if isinstance(c.get("index"), int) else i,
+                content=c["message"].get("content"),
+                tool_calls=c["message"].get("tool_calls"),
+                function_call=c["message"].get("function_call"),
+                finish_reason=c.get("finish_reason"),
+                logprobs=c.get("logprobs") if isinstance(c.get("logprobs"), dict) else None,
+            )
+            for i, c in enumerate(raw)
+        ]
+        if not choices:
+            raise IndexError
+    except (KeyError, IndexError, TypeError, AttributeError, ValidationError):
         raise errors.MalformedResponseError("completion has no choices[0].message") from None
     usage, cost, credits = _usage(body.get("usage"))
     return Completion(
         model=body.get("model") or model,
-        content=message.get("content"),
-        finish_reason=choice.get("finish_reason"),
+        **_answer_of(choices),
         latency_s=latency,
         usage=usage,
         cost=cost,
         cost_source="gateway" if cost is not None else "unknown",
         credits_remaining=credits,
-        tool_calls=message.get("tool_calls"),
-        function_call=message.get("function_call"),
         rate_limits=rate_limit_snapshot(headers),
     )
 

@@ -127,12 +127,12 @@ class Message(BaseModel):
     # Extra keys (name, tool_calls, tool_call_id, function_call) pass through to the gateway.
     model_config = ConfigDict(extra="allow")
 
-    role: Literal["system", "user", "assistant", "tool", "function"]
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: str | list[ContentPart] | None = None
 
     @model_validator(mode="after")
     def _content_present(self) -> Message:
-        if self.role in ("system", "user"):
+        if self.role in ("system", "developer", "user"):
             if self.content is None:
                 raise ValueError(f"a {self.role} message needs content")
             if not (self.content.strip() if isinstance(self.content, str) else self.content):
@@ -140,20 +140,107 @@ class Message(BaseModel):
         return self
 
 
+def _field_error(model: str, field: str, reason: str) -> ValidationError:
+    """A ValidationError located at `field` (raised from a model validator, it keeps the location)."""
+    detail = InitErrorDetails(
+        type=PydanticCustomError("value_error", "{reason}", {"reason": reason}), loc=(field,), input=None
+    )
+    return ValidationError.from_exception_data(model, [detail])
+
+
+def _response_format(v: dict[str, Any]) -> dict[str, Any]:
+    kind = v.get("type")
+    if kind not in ("text", "json_object", "json_schema"):
+        raise ValueError(f"type must be 'text', 'json_object' or 'json_schema', not {shown(kind)}")
+    if kind == "json_schema":
+        spec = v.get("json_schema")
+        if not isinstance(spec, dict) or not isinstance(spec.get("name"), str) or not spec["name"]:
+            raise ValueError("a json_schema response format needs json_schema: {name, schema, strict}")
+        if "schema" in spec and not isinstance(spec["schema"], dict):
+            raise ValueError("json_schema.schema must be a JSON Schema object")
+    return v
+
+
+def _metadata(v: dict[str, str]) -> dict[str, str]:
+    if len(v) > 16:
+        raise ValueError(f"has {len(v)} pairs; at most 16")
+    for key, value in v.items():
+        if len(key) > 64 or len(value) > 512:
+            raise ValueError(f"key {shown(key)}: keys are at most 64 characters, values at most 512")
+    return v
+
+
+ResponseFormat = Annotated[dict[str, Any], AfterValidator(_response_format)]
+Metadata = Annotated[dict[str, str], AfterValidator(_metadata)]
+LogitBias = dict[str, Annotated[int, Strict(), Field(ge=-100, le=100)]]
+
+
+class StreamOptions(_Model):
+    include_usage: Bool | None = None
+    include_obfuscation: Bool | None = None
+
+
 class ChatParams(_Model):
-    """The sampling parameters of the skill's chat call, passed through to the gateway."""
+    """The parameters of OpenAI's chat completions (`openai.types.chat.completion_create_params`),
+    passed through to the gateway: typed where the router reads them, objects forwarded as given."""
 
     temperature: Float | None = Field(None, ge=0, le=2)
     max_tokens: Int | None = Field(None, ge=1, le=MAX_TOKENS_CEILING)
+    max_completion_tokens: Int | None = Field(
+        None, ge=1, le=MAX_TOKENS_CEILING, description="most tokens to generate, reasoning included"
+    )
     top_p: Float | None = Field(None, ge=0, le=1)
     frequency_penalty: Float | None = Field(None, ge=-2, le=2)
     presence_penalty: Float | None = Field(None, ge=-2, le=2)
     stop: str | list[str] | None = Field(None, description="a stop sequence (repeatable)")
+    n: Int | None = Field(None, ge=1, le=128, description="choices to generate (each billed)")
+    seed: Int | None = Field(None, description="best-effort deterministic sampling")
+    response_format: ResponseFormat | None = Field(
+        None, description='{"type":"json_object"} (JSON mode) or {"type":"json_schema","json_schema":{...}}'
+    )
+    logprobs: Bool | None = Field(None, description="return the log probabilities of the output tokens")
+    top_logprobs: Int | None = Field(
+        None, ge=0, le=20, description="most likely tokens per position (0-20; needs --logprobs)"
+    )
+    logit_bias: LogitBias | None = Field(None, description='{"token id": bias from -100 to 100}')
     stream: Bool = Field(False, description="stream from the gateway (records time-to-first-token)")
+    stream_options: StreamOptions | None = Field(
+        None, description='with --stream, e.g. {"include_obfuscation":false} (usage is always asked for)'
+    )
     tools: list[dict[str, Any]] | None = Field(None, description="tools, as a JSON array")
     tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: Bool | None = Field(None, description="let the model call several tools at once")
     functions: list[dict[str, Any]] | None = Field(None, description="legacy functions, as a JSON array")
     function_call: str | dict[str, Any] | None = None
+    user: str | None = Field(None, description="an end-user id (legacy; see --safety-identifier)")
+    safety_identifier: str | None = Field(None, max_length=128, description="a stable, hashed end-user id")
+    prompt_cache_key: str | None = Field(None, description="bucket similar requests for prompt caching")
+    prompt_cache_retention: Literal["in_memory", "24h"] | None = None
+    prompt_cache_options: dict[str, Any] | None = Field(None, description='e.g. {"mode":"explicit"}')
+    metadata: Metadata | None = Field(None, description='{"key": "value"}: at most 16 string pairs')
+    store: Bool | None = Field(None, description="let the provider store the completion (distillation, evals)")
+    service_tier: Literal["auto", "default", "flex", "scale", "priority", "fast"] | None = None
+    reasoning_effort: Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"] | None = None
+    verbosity: Literal["low", "medium", "high"] | None = None
+    modalities: list[Literal["text", "audio"]] | None = Field(
+        None, json_schema_extra={"cli_split": ","}, description="output types, comma-separated: text,audio"
+    )
+    audio: dict[str, Any] | None = Field(None, description='audio output, e.g. {"voice":"alloy","format":"wav"}')
+    prediction: dict[str, Any] | None = Field(
+        None, description='predicted output, e.g. {"type":"content","content":"..."}'
+    )
+    web_search_options: dict[str, Any] | None = Field(
+        None, description='web search, e.g. {"search_context_size":"low"}'
+    )
+    moderation: dict[str, Any] | None = Field(None, description='moderation, e.g. {"model":"omni-moderation-latest"}')
+
+    @model_validator(mode="after")
+    def _paired(self) -> ChatParams:
+        if self.top_logprobs is not None and self.logprobs is not True:
+            raise _field_error(type(self).__name__, "top_logprobs", "is only allowed with logprobs: true")
+        if self.stream_options is not None and not self.stream:
+            raise _field_error(type(self).__name__, "stream_options", "is only allowed with stream: true")
+        return self
 
     def request_params(self) -> dict[str, Any]:
         """The parameters as the gateway wants them (unset ones left out)."""
@@ -161,6 +248,12 @@ class ChatParams(_Model):
         if not params.get("stream"):
             params.pop("stream", None)
         return params
+
+    def output_tokens(self) -> int | None:
+        """The most tokens one choice may produce: the smaller of max_tokens and
+        max_completion_tokens, None when neither is set."""
+        given = [t for t in (self.max_tokens, self.max_completion_tokens) if t is not None]
+        return min(given) if given else None
 
 
 class JobBase(ChatParams):
@@ -224,12 +317,7 @@ class RoutedJob(JobBase):
                 gemini.request_body({"messages": self.build_messages(), **self.request_params()})
             except ValueError as exc:
                 # a ValidationError raised here keeps its location: the error names the flag
-                detail = InitErrorDetails(
-                    type=PydanticCustomError("value_error", "{reason}", {"reason": str(exc)}),
-                    loc=("gemini_native",),
-                    input=True,
-                )
-                raise ValidationError.from_exception_data(type(self).__name__, [detail]) from None
+                raise _field_error(type(self).__name__, "gemini_native", str(exc)) from None
         return self
 
 
@@ -327,14 +415,28 @@ class Attempt(BaseModel):
 CostSource = Literal["gateway", "price_table", "unknown"]
 
 
+class Choice(BaseModel):
+    """One of the answer's choices (`n` > 1), with its token log probabilities (`logprobs`)."""
+
+    index: int
+    content: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    function_call: dict[str, Any] | None = None
+    finish_reason: str | None = None
+    logprobs: dict[str, Any] | None = Field(None, description='OpenAI\'s {"content": [{"token", "logprob", ...}]}')
+
+
 class Answer(BaseModel):
     """What a model said and what it cost: the shape shared by the client's completion, each
-    entry of a compare job and the job result."""
+    entry of a compare job and the job result. `content`, `tool_calls`, `function_call` and
+    `finish_reason` are choice 0's; `choices` holds every choice when there are several or when
+    they carry log probabilities."""
 
     content: str | None = None
     tool_calls: list[dict[str, Any]] | None = None
     function_call: dict[str, Any] | None = None
     finish_reason: str | None = None
+    choices: list[Choice] | None = None
     usage: Usage | None = None
     cost: float | None = Field(None, description="USD; None when unknown")
     cost_source: CostSource = "unknown"

@@ -78,8 +78,12 @@ class Call:
         return self.resources.settings
 
     def estimate_tokens(self) -> int:
+        """Prompt plus completion for the booking: each of the `n` choices may write up to the
+        smaller of max_tokens and max_completion_tokens (DEFAULT_COMPLETION_ESTIMATE if neither)."""
         prompt = len(json.dumps(self.payload["messages"], separators=(",", ":"))) // 4
-        return prompt + (self.payload.get("max_tokens") or DEFAULT_COMPLETION_ESTIMATE)
+        caps = [t for t in (self.payload.get("max_tokens"), self.payload.get("max_completion_tokens")) if t]
+        completion = min(caps) if caps else DEFAULT_COMPLETION_ESTIMATE
+        return prompt + completion * (self.payload.get("n") or 1)
 
 
 async def walk_chain(call: Call, chain: list[str]) -> ModelAnswer:

@@ -98,8 +98,11 @@ class Settings(BaseSettings):
     max_image_bytes: int = Field(20 * 1024 * 1024, ge=1)
     # ---- bounds on a job (worker.bounds): checked by producers, and by workers for records others wrote
     max_job_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="largest job record, its inline images left out")
-    max_output_tokens: int = Field(100_000, ge=1, description="largest max_tokens a job may ask for")
-    # MODEL_CONTEXT='{"my-model": 32768}': context windows (tokens); max_tokens must fit the model's.
+    max_output_tokens: int = Field(
+        100_000, ge=1, description="largest max_tokens (or max_completion_tokens) a job may ask for"
+    )
+    # MODEL_CONTEXT='{"my-model": 32768}': context windows (tokens); max_tokens and
+    # max_completion_tokens must fit the model's.
     model_context: dict[str, int] = dict(MODEL_CONTEXT)
 
     # Priced locally only when the gateway does not send usage.cost (e.g. a plain
