@@ -627,30 +627,40 @@ def _body(job_id: str, result: JobResult) -> dict[str, Any]:
 # ---------------------------------------------------------------- a file of prompts
 
 
-def prompt_lines(path: str | os.PathLike[str], template: str, model: str, **params: Any) -> Iterator[dict[str, Any]]:
+def prompt_lines(
+    path: str | os.PathLike[str], template: str, model: str, *, system: str | None = None, **params: Any
+) -> Iterator[dict[str, Any]]:
     """Batch lines from a CSV (a header row; `template` names its columns, e.g. "Summarise:
-    {text}") or a text file (one prompt a line: `{text}`). `custom_id` is the row's `id`
-    column, else its row number. `params`: body parameters (max_tokens, temperature, ...)."""
+    {text}") or a text file (one prompt a line, `{text}`; blank lines skipped). `custom_id` is
+    the row's `id` column, else its row number. `params`: body parameters (max_tokens, ...).
+    A template naming a column the file lacks is a ValueError here, before any line is read."""
     path = Path(path)
     names = {f for _, f, _, _ in string.Formatter().parse(template) if f}
+    if path.suffix.lower() == ".csv":
+        with path.open(newline="", encoding="utf-8") as f:
+            columns = next(csv.reader(f), [])
+        missing = names - set(columns)
+        if missing:
+            raise ValueError(
+                f"the template names {', '.join(sorted(missing))}, not a column of {path.name} "
+                f"(columns: {', '.join(columns)})"
+            )
+    elif names - {"text"}:
+        raise ValueError("a text file has one prompt a line: the template can name only {text}")
+    head = [{"role": "system", "content": system}] if system else []
+    return _prompt_lines(path, template, model, head, params)
+
+
+def _prompt_lines(
+    path: Path, template: str, model: str, head: list[dict[str, str]], params: dict[str, Any]
+) -> Iterator[dict[str, Any]]:
     with path.open(newline="", encoding="utf-8") as f:
-        if path.suffix.lower() == ".csv":
-            reader = csv.DictReader(f)
-            missing = names - set(reader.fieldnames or [])
-            if missing:
-                raise ValueError(
-                    f"the template names {', '.join(sorted(missing))}, not a column of {path.name} "
-                    f"(columns: {', '.join(reader.fieldnames or [])})"
-                )
-            rows: Iterable[dict[str, str]] = reader
-        else:
-            if names - {"text"}:
-                raise ValueError("a text file has one prompt a line: the template can name only {text}")
-            rows = ({"text": line.rstrip("\r\n")} for line in f)
+        csv_file = path.suffix.lower() == ".csv"
+        rows: Iterable[dict[str, str]] = csv.DictReader(f) if csv_file else ({"text": t.rstrip("\r\n")} for t in f)
         for number, row in enumerate(rows, start=1):
-            if set(row) == {"text"} and not row["text"].strip():
+            if not csv_file and not row["text"].strip():
                 continue  # a blank line of a text file is no prompt
             custom_id = (row.get("id") or "").strip() or str(number)
-            prompt = template.format(**row)
-            body = {"model": model, "messages": [{"role": "user", "content": prompt}], **params}
+            messages = [*head, {"role": "user", "content": template.format(**row)}]
+            body = {"model": model, "messages": messages, **params}
             yield {"custom_id": custom_id, "method": "POST", "url": wb.ENDPOINT_CHAT, "body": body}

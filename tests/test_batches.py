@@ -5,11 +5,13 @@ expiry; validation that refuses a bad file whole and leaves Redis untouched."""
 from __future__ import annotations
 
 import json
+import os
 import signal
+import subprocess
 
 import pytest
 
-from harness.processes import WorkerProcess
+from harness.processes import WorkerProcess, llm_router
 from harness.wait import wait_until_async
 from producers import BatchRejected, Producer
 from tests.helpers import run_worker, sim_admin
@@ -272,3 +274,96 @@ async def test_compare_lines_vision_parts_and_list(producer, batch_settings, sim
     assert [b.id for b in listed] == [chat_batch.id, cmp_batch.id]
     assert [b.id for b in await producer.batches.list(after=chat_batch.id)] == [cmp_batch.id]
     assert all(b.status == "completed" for b in listed)
+
+
+# ---------------------------------------------------------------- the CLI, end to end
+
+
+@pytest.fixture
+def env(batch_settings):
+    from harness.processes import settings_env
+
+    return {**os.environ, **settings_env(batch_settings)}
+
+
+def cli(env, *args, timeout=120):
+    return subprocess.run([llm_router(), *args], env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_cli_submit_wait_status_results_cancel_list(env, batch_settings, sim, workers, tmp_path):
+    sim_admin(sim, "/_sim/config", {"model": "claude-3-sonnet", "down": True})
+    requests = tmp_path / "requests.jsonl"
+    lines = [line(i) if i % 5 else line(i, "claude-3-sonnet", llm_router={"fallbacks": []}) for i in range(40)]
+    requests.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    workers(batch_settings)
+    out, errs = tmp_path / "out.jsonl", tmp_path / "errors.jsonl"
+    args = ["batch", "submit", str(requests), "--wait", "-o", str(out), "--errors", str(errs)]
+    done = cli(env, *args, "--window", "2h", "--metadata", "team=search", "--metadata", "run=7")
+    assert done.returncode == 1, done.stderr  # some lines failed
+    batch_id = done.stdout.splitlines()[0]
+    assert wb.BATCH_ID.match(batch_id) and "completed" in done.stdout.splitlines()[-1]
+    assert "/40 done" in done.stderr and "lines/min" in done.stderr and "ETA" in done.stderr  # plain progress
+    ok = [json.loads(x)["custom_id"] for x in out.read_text().splitlines()]
+    bad = [json.loads(x)["custom_id"] for x in errs.read_text().splitlines()]
+    assert ok == [f"r{i}" for i in range(40) if i % 5] and bad == [f"r{i}" for i in range(0, 40, 5)]
+
+    status = cli(env, "batch", "status", batch_id, "--json")
+    record = json.loads(status.stdout)
+    assert record["status"] == "completed" and record["request_counts"]["failed"] == 8
+    assert record["metadata"] == {"team": "search", "run": "7"} and record["completion_window"] == "2h"
+    assert record["cost_usd"] == pytest.approx(sim_admin(sim, "/_sim/stats")["charged_total"], abs=1e-6)
+    assert "40/40 done, 8 failed" in cli(env, "batch", "status", batch_id).stdout
+    every = cli(env, "batch", "results", batch_id)
+    assert [json.loads(x)["custom_id"] for x in every.stdout.splitlines()] == [f"r{i}" for i in range(40)]
+    assert cli(env, "batch", "cancel", batch_id).returncode == 1  # already ended
+    assert batch_id in cli(env, "batch", "list").stdout
+    assert cli(env, "batch", "status", "batch_" + "0" * 32).returncode == 1
+
+
+def test_cli_prompts_csv_with_a_template_and_cancel(env, batch_settings, sim, workers, tmp_path):
+    prompts = tmp_path / "prompts.csv"
+    prompts.write_text('id,text\na1,"the first, with a comma"\n,second\na3,third\n')
+    out = tmp_path / "out.jsonl"
+    args = [
+        "--prompts",
+        str(prompts),
+        "--template",
+        "Summarise: {text}",
+        "--model",
+        "gpt-4o-mini",
+        "--max-tokens",
+        "50",
+    ]
+    workers(batch_settings)
+    done = cli(env, "batch", "submit", *args, "--wait", "-o", str(out))
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [x["custom_id"] for x in lines] == ["a1", "2", "a3"]
+    assert lines[0]["response"]["body"]["choices"][0]["message"]["content"] == (
+        "[gpt-4o-mini] You said: Summarise: the first, with a comma"
+    )
+    bad = cli(env, "batch", "submit", *args[:2], "--template", "{body}", "--model", "gpt-4o-mini")
+    assert bad.returncode == 2 and "names body, not a column" in bad.stderr
+
+    sim_admin(sim, "/_sim/config", {"latency_ms": 300})
+    big = tmp_path / "many.txt"
+    big.write_text("".join(f"prompt {i}\n" for i in range(200)))
+    batch_id = cli(env, "batch", "submit", "--prompts", str(big), "--model", "gpt-4.1").stdout.strip()
+    cancelled = cli(env, "batch", "cancel", batch_id)
+    assert cancelled.returncode == 0 and cancelled.stdout.split() == [batch_id, "cancelling"]
+    follow = cli(env, "batch", "status", batch_id, "--follow")
+    assert follow.returncode == 1 and " cancelled " in follow.stdout and "cancelled)" in follow.stdout
+
+
+def test_cli_refusal_prints_every_bad_line_and_exits_2(env, redis_url, tmp_path):
+    from redis import Redis
+
+    requests = tmp_path / "bad.jsonl"
+    requests.write_text(json.dumps(line(1)) + "\n{oops\n" + json.dumps(line(1, temperature=5)) + "\n")
+    out = cli(env, "batch", "submit", str(requests))
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "line 2 (invalid_json): the line is not valid JSON" in out.stderr
+    assert "line 3 (custom_id): custom_id 'r1' is already used on line 1" in out.stderr
+    assert "Nothing was enqueued" in out.stderr and Redis.from_url(redis_url).keys("*") == []
+    skipped = cli(env, "batch", "submit", str(requests), "--skip-invalid")
+    assert skipped.returncode == 0 and "skipped line 2" in skipped.stderr
