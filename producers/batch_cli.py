@@ -47,7 +47,7 @@ def batch() -> None:
 
 
 @batch.command()
-@click.argument("file", required=False, type=click.Path(exists=True, dir_okay=False))
+@click.argument("file", required=False, type=click.Path(dir_okay=False))
 @click.option("--wait", is_flag=True, help="follow it to the end with a progress bar")
 @click.option(
     "-o", "--output", "output", type=click.Path(dir_okay=False), help="write the output JSONL here (implies --wait)"
@@ -56,9 +56,7 @@ def batch() -> None:
 @click.option("--window", default="24h", show_default=True, help="completion window: 24h, 30m, 2h, 90s...")
 @click.option("--metadata", multiple=True, help="key=value (repeatable, at most 16)")
 @click.option("--skip-invalid", is_flag=True, help="enqueue the valid lines, report and skip the others")
-@click.option(
-    "--prompts", type=click.Path(exists=True, dir_okay=False), help="a CSV (header row) or text file of prompts"
-)
+@click.option("--prompts", type=click.Path(dir_okay=False), help="a CSV (header row) or text file of prompts")
 @click.option("--template", default="{text}", show_default=True, help="--prompts: the prompt, naming CSV columns")
 @click.option("--model", help="--prompts: the model of every line")
 @click.option("--max-tokens", type=int, help="--prompts: max_tokens of every line")
@@ -97,6 +95,8 @@ def submit(
             params = {"max_tokens": max_tokens} if max_tokens else {}
             try:
                 source = prompt_lines(prompts, template, model or "", system=system, **params)
+            except OSError as exc:
+                return _unreadable("--prompts", exc)
             except ValueError as exc:
                 click.echo(f"llm-router: invalid --template: {exc}. Nothing was enqueued.", err=True)
                 return 2
@@ -107,6 +107,8 @@ def submit(
                 )
             except BatchRejected as exc:
                 return _refused(exc)
+            except OSError as exc:
+                return _unreadable("--prompts" if prompts else "FILE", exc)
             click.echo(found.model_dump_json(indent=2) if as_json and not (wait or output or errors) else found.id)
             for error in (found.errors.data if found.errors else [])[:50]:
                 click.echo(
@@ -218,6 +220,11 @@ def _refused(exc: BatchRejected) -> int:
         "fix them, or pass --skip-invalid to send the others.",
         err=True,
     )
+    return 2
+
+
+def _unreadable(what: str, exc: OSError) -> int:
+    click.echo(f"llm-router: cannot read {what} {exc.filename}: {exc.strerror}. Nothing was enqueued.", err=True)
     return 2
 
 

@@ -174,13 +174,24 @@ async def test_lines_not_started_within_the_window_expire(producer, batch_settin
     assert {e["error"]["code"] for e in err} == {"batch_expired"} and err[-1]["custom_id"] == "r59"
 
 
-async def test_a_cancelled_batch_ends_in_process_without_a_call(producer, batch_settings, sim):
+async def test_a_cancelled_batch_ends_in_process_without_a_call_and_is_exported(producer, batch_settings, sim):
+    from prometheus_client import REGISTRY, CollectorRegistry
+
+    from worker.exporter import QueueCollector
+
+    before = REGISTRY.get_sample_value("llm_router_batch_lines_total", {"outcome": "cancelled"}) or 0
     batch = await producer.batches.submit([line(i) for i in range(20)])
     await producer.batches.cancel(batch.id)
     await run_worker(batch_settings)
+    await producer.batches.submit([line(i) for i in range(2)])  # stays in_progress: no worker runs it
     batch = await producer.batches.get(batch.id)
     assert batch.status == "cancelled" and batch.request_counts.cancelled == 20
     assert sim_admin(sim, "/_sim/stats")["calls"] == {}
+    assert REGISTRY.get_sample_value("llm_router_batch_lines_total", {"outcome": "cancelled"}) == before + 20
+    registry = CollectorRegistry()
+    registry.register(QueueCollector(batch_settings))
+    exported = {s: registry.get_sample_value("llm_router_batches", {"status": s}) for s in wb.STATUSES}
+    assert exported == {s: {"cancelled": 1.0, "in_progress": 1.0}.get(s, 0.0) for s in wb.STATUSES}
 
 
 async def test_a_line_is_counted_once_whatever_runs_it_twice(producer, redis):
