@@ -1,16 +1,22 @@
-"""Producers: hand chat, vision and compare jobs to llm-router workers through Redis.
+"""Producers: hand chat, vision and compare jobs, and batches of them, to llm-router workers through Redis.
 
     from producers import ChatJob, Producer
 
 The whole public surface is `__all__` (a test pins it): the Producer, its errors, and the
-job and result models of the contract (worker.models).
+job and result models of the contract (worker.models), and batches (`producer.batches`).
 """
 
+from worker.batches import Batch, BatchError
 from worker.models import ChatJob, CompareJob, JobResult, ModelAnswer, VisionJob
 
 from .api import JobConflict, JobRejected, Producer, ResultTimeout
+from .batches import Batches, BatchRejected, prompt_lines
 
 __all__ = [
+    "Batch",
+    "BatchError",
+    "BatchRejected",
+    "Batches",
     "ChatJob",
     "CompareJob",
     "JobConflict",
@@ -20,4 +26,5 @@ __all__ = [
     "Producer",
     "ResultTimeout",
     "VisionJob",
+    "prompt_lines",
 ]

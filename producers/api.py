@@ -16,7 +16,7 @@ import json
 import time
 import uuid
 from collections.abc import Iterable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import ValidationError
 from redis.asyncio import Redis
@@ -39,6 +39,9 @@ from worker.settings import load_settings
 from worker.store import ResultStore
 
 from .images import ImageError, resolve_image
+
+if TYPE_CHECKING:
+    from .batches import Batches
 
 J = TypeVar("J", bound=JobBase)
 
@@ -248,6 +251,13 @@ class Producer:
 
     def _record(self, job: JobBase, job_id: str | None, now_ms: int) -> tuple[str, bytes, str]:
         """(id, the arq record, digest or '' for a generated id), within the configured bounds."""
+        payload, data = self._record_bytes(job, now_ms)
+        if job_id is None:
+            return uuid.uuid4().hex, data, ""
+        return _job_id(job_id), data, digest(job.kind, payload)
+
+    def _record_bytes(self, job: JobBase, now_ms: int) -> tuple[dict[str, Any], bytes]:
+        """(payload, the arq record) of a job, with the producer's source, within the configured bounds."""
         if job.source is None and self.source is not None:
             job = job.model_copy(update={"source": self.source})
         payload = job.model_dump(mode="json", exclude_none=True)
@@ -255,9 +265,7 @@ class Producer:
         out_of_bounds = bounds.problem(job, self.settings, bounds.text_size(data))
         if out_of_bounds:
             raise JobRejected(*out_of_bounds)
-        if job_id is None:
-            return uuid.uuid4().hex, data, ""
-        return _job_id(job_id), data, digest(job.kind, payload)
+        return payload, data
 
     # ------------------------------------------------------------ results
 
@@ -270,6 +278,13 @@ class Producer:
         if result is None:
             raise ResultTimeout(f"no result for job {job_id} within {timeout:g}s (it may still finish)")
         return result
+
+    @property
+    def batches(self) -> Batches:
+        """Batches in OpenAI's Batch format: submit a JSONL file, follow it, read its results."""
+        from .batches import Batches
+
+        return Batches(self)
 
     async def queued(self) -> int:
         """Jobs in the queue (waiting, deferred or running) and in its bulk lane."""

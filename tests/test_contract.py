@@ -49,6 +49,10 @@ def test_an_unregistered_kind_is_refused_by_the_worker():
 
 def test_the_public_surface_of_producers():
     assert sorted(producers.__all__) == [
+        "Batch",
+        "BatchError",
+        "BatchRejected",
+        "Batches",
         "ChatJob",
         "CompareJob",
         "JobConflict",
@@ -58,5 +62,6 @@ def test_the_public_surface_of_producers():
         "Producer",
         "ResultTimeout",
         "VisionJob",
+        "prompt_lines",
     ]
     assert all(getattr(producers, name) for name in producers.__all__)

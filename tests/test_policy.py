@@ -10,7 +10,14 @@ from worker.settings import Settings
 
 
 def test_every_upstream_error_class_has_a_stated_action():
-    upstream = set(ERROR_CLASSES) - {"invalid_job", "over_limit", "internal", "error"}
+    upstream = set(ERROR_CLASSES) - {
+        "invalid_job",
+        "over_limit",
+        "batch_cancelled",
+        "batch_expired",
+        "internal",
+        "error",
+    }
     assert upstream <= set(POLICY), upstream - set(POLICY)
     assert action_for("rate_limit") is Action.RETRY_AFTER
     assert {action_for(c) for c in ("server", "timeout", "connection", "malformed")} == {Action.BACKOFF}

@@ -17,11 +17,14 @@ from prometheus_client.registry import REGISTRY, Collector
 from redis import Redis
 from redis.exceptions import RedisError
 
-from .keys import CREDITS, DLQ, GATE, bulk_key, spend_day_key
+from .batches import STATUSES
+from .keys import BATCHES, CREDITS, DLQ, GATE, batch_key, bulk_key, spend_day_key
 from .metrics import Labels
 from .settings import Settings
 
 log = logging.getLogger("llm_router.exporter")
+# The newest batches the exporter reads the status of at each scrape.
+MAX_BATCHES_READ = 10_000
 
 
 class QueueCollector(Collector):
@@ -55,7 +58,12 @@ class QueueCollector(Collector):
             pipe.hgetall(spend_day_key())
             pipe.get(GATE)
             pipe.zcard(bulk_key(queue))
-            credits, ready, total, oldest, dead, today, gate, bulk = pipe.execute()
+            pipe.zrevrange(BATCHES, 0, MAX_BATCHES_READ - 1)
+            credits, ready, total, oldest, dead, today, gate, bulk, batch_ids = pipe.execute()
+        with self.redis.pipeline(transaction=False) as pipe:
+            for batch_id in batch_ids:
+                pipe.hget(batch_key(batch_id.decode()), "status")
+            statuses = pipe.execute() if batch_ids else []
 
         if credits.get(b"remaining") is not None:
             yield _gauge(
@@ -92,6 +100,12 @@ class QueueCollector(Collector):
         for r in ("auth", "credits"):
             paused.add_metric([r], 1.0 if reason == r else 0.0)
         yield paused
+        batches = GaugeMetricFamily(
+            "llm_router_batches", "Batches kept in Redis, by status (the newest 10,000)", labels=["status"]
+        )
+        for status in STATUSES:
+            batches.add_metric([status], float(statuses.count(status.encode())))
+        yield batches
 
 
 def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:

@@ -18,7 +18,7 @@ from typing import Any
 from arq.worker import Retry
 from pydantic import ValidationError
 
-from . import bounds
+from . import batches, bounds
 from . import metrics as m
 from .dlq import dead_letter
 from .models import (
@@ -96,7 +96,15 @@ async def run_job(ctx: Ctx, kind: str, payload: Any, size: int = 0) -> str:
 
 
 async def finish(resources: Resources, kind: str, payload: Any, result: JobResult) -> str:
-    """Store the result (a failed one also as a dead letter, with its payload) and count it."""
+    """Store the result (a failed one also as a dead letter, with its payload) and count it.
+    A batch line's result is counted in its batch instead (worker.batches), once."""
+    line = batches.line_of(result.job_id)
+    if line is not None:
+        counted = await batches.save_line(resources.store.redis, result, *line, batches.requested_model(payload))
+        if counted >= 0:
+            if counted:
+                m.BATCH_LINES.labels(batches.outcome(result)).inc()
+            return _count(kind, result)
     dead = None
     if result.status == "failed":
         dead = dead_letter(result, kind, payload, resources.settings.dlq_max_payload_bytes)
@@ -104,6 +112,10 @@ async def finish(resources: Resources, kind: str, payload: Any, result: JobResul
     dropped = await resources.store.save(result, dead_letter=dead)
     if dropped:
         m.DEAD_LETTERS_DROPPED.inc(dropped)
+    return _count(kind, result)
+
+
+def _count(kind: str, result: JobResult) -> str:
     m.JOBS.labels(kind, result.status).inc()
     if result.enqueued_at and result.finished_at:
         m.JOB_DURATION.labels(kind).observe(max((result.finished_at - result.enqueued_at).total_seconds(), 0.0))
@@ -129,6 +141,12 @@ async def _run(
     if out_of_bounds:
         return _refused(base, *out_of_bounds)
     base["source"] = job.source
+    line = batches.line_of(job_id)
+    if line is not None:
+        # the one check a batch line costs: cancelled or past its window, it ends without a call
+        ended = await batches.ended(resources.store.redis, line[0])
+        if ended is not None:
+            return _finish(JobResult(**base, status="failed", error=ended))
     if run > settings.max_job_runs:
         # earlier runs never finished (a worker killed, or cancelled past its grace, each time):
         # a poison job must not take down worker after worker

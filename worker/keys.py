@@ -18,6 +18,11 @@ results): the README's key table is checked against this module by a test.
     llm-router:digest:<job_id>          what the job a caller's own id names is (a conflict check)
     llm-router:quarantine               list: queue entries with no readable id (worker.quarantine)
     llm-router:bulk:<queue>             sorted set: bulk jobs waiting for a free slot (worker.lease)
+    llm-router:batch:<batch_id>         hash: a batch's record (worker.batches): status, counters, cost
+    llm-router:batch:lines:<batch_id>   list: [line, custom_id] of each enqueued line, in input order
+    llm-router:batch:done:<batch_id>    hash line -> outcome: each line counted once
+    llm-router:batch:staged:<batch_id>  sorted set: lines written, not yet released to the queue
+    llm-router:batches                  sorted set batch id -> created_at (the list)
 
 arq's own keys (arq.constants) for a job id: `arq:job:<id>` (the job record),
 `arq:in-progress:<id>` (claimed; our lease), `arq:retry:<id>` (runs so far), `arq:result:<id>`
@@ -48,6 +53,11 @@ WORKERS_PREFIX = PREFIX + "workers:"
 DIGEST_PREFIX = PREFIX + "digest:"
 BULK_PREFIX = PREFIX + "bulk:"
 QUARANTINE = PREFIX + "quarantine"
+BATCH_PREFIX = PREFIX + "batch:"
+BATCH_LINES_PREFIX = PREFIX + "batch:lines:"
+BATCH_DONE_PREFIX = PREFIX + "batch:done:"
+BATCH_STAGED_PREFIX = PREFIX + "batch:staged:"
+BATCHES = PREFIX + "batches"
 
 # arq's key knowledge, used nowhere else.
 JOB_PREFIX = _arq.job_key_prefix
@@ -88,6 +98,22 @@ def digest_key(job_id: str) -> str:
 
 def workers_key(queue_name: str) -> str:
     return WORKERS_PREFIX + queue_name
+
+
+def batch_key(batch_id: str) -> str:
+    return BATCH_PREFIX + batch_id
+
+
+def batch_lines_key(batch_id: str) -> str:
+    return BATCH_LINES_PREFIX + batch_id
+
+
+def batch_done_key(batch_id: str) -> str:
+    return BATCH_DONE_PREFIX + batch_id
+
+
+def batch_staged_key(batch_id: str) -> str:
+    return BATCH_STAGED_PREFIX + batch_id
 
 
 def job_key(job_id: str) -> str:

@@ -70,6 +70,11 @@ for _reason in QUARANTINE_REASONS:  # every series exists from the start, so rat
 DEAD_LETTERS_DROPPED = Counter(
     "llm_router_dead_letters_dropped", "Dead letters dropped, oldest first, over DLQ_MAX or DLQ_TTL_S"
 )
+BATCH_LINES = Counter(
+    "llm_router_batch_lines",
+    "Batch lines counted in their batch, by how they ended",
+    ["outcome"],
+)
 IN_FLIGHT = Gauge("llm_router_upstream_in_flight", "Upstream calls in progress", ["model"])
 
 

@@ -141,6 +141,15 @@ class Settings(BaseSettings):
     dlq_max_payload_bytes: int = Field(64 * 1024, ge=256, description="a larger payload is kept truncated")
     quarantine_max: int = Field(1000, ge=1, description="unreadable queue entries kept for the operator")
     shutdown_grace_s: float = Field(30, ge=0, description="SIGTERM: time in-flight jobs get to finish")
+    # ---- batches (worker.batches, producers.batches): at least OpenAI's limits
+    batch_max_lines: int = Field(50_000, ge=1, description="requests in one batch file")
+    batch_max_bytes: int = Field(200 * 1024 * 1024, ge=1, description="size of one batch file")
+    batch_max_line_bytes: int = Field(
+        32 * 1024 * 1024, ge=1024, description="one line of a batch file (a job and an inline image fit)"
+    )
+    batch_ttl_s: int = Field(
+        30 * 24 * 3600, ge=60, description="a batch and its results are kept this long past its window"
+    )
 
     # ---- metrics (worker.metrics, worker.exporter) ----
     metrics_port: int = Field(9464, ge=0, le=65535, description="a worker's /metrics port; 0: no metrics")

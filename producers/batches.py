@@ -1,0 +1,671 @@
+"""Batches in OpenAI's Batch API format: submit a JSONL file of requests, follow it, read its
+results in OpenAI's output shape, cancel it, list them.
+
+    async with Producer() as producer:
+        batch = await producer.batches.submit("requests.jsonl", completion_window="24h")
+        batch = await producer.batches.wait(batch.id)
+        async for line in producer.batches.results(batch.id):   # input order
+            print(line["custom_id"], line["error"] or line["response"]["body"]["choices"][0])
+
+A line is OpenAI's `{"custom_id", "method": "POST", "url": "/v1/chat/completions", "body"}`;
+the body is validated by the job contract (worker.models) with the same refusals and words as
+`Producer.chat`. Our own options go under `body.llm_router` (fallbacks, max_wait_s,
+gemini_native, source). `url: "/v1/llm-router/compare"` with `body.models` is a compare line.
+
+The input is read as a stream and validated whole before anything reaches Redis: a batch with
+an invalid line is refused (`BatchRejected`, every bad line with its number, param and
+message) unless `skip_invalid`. Valid lines are spooled to a temporary file, then written to
+Redis in pipelined chunks and released to the queue at once (`_release`, the one place that
+decides where batch lines are queued). The worker's side is worker.batches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import json
+import os
+import string
+import tempfile
+import time
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Iterable, Iterator
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+
+from pydantic import ValidationError
+
+from worker import batches as wb
+from worker.batches import Batch, BatchError, Errors
+from worker.keys import (
+    BATCHES,
+    JOB_EXPIRES_EXTRA_MS,
+    batch_key,
+    batch_lines_key,
+    batch_staged_key,
+    bulk_key,
+    job_key,
+    result_key,
+)
+from worker.models import JOB_KINDS, JobBase, JobResult, describe_validation_error
+
+from .api import JobRejected
+
+if TYPE_CHECKING:
+    from .api import Producer
+
+# Lines written to Redis per pipelined round trip (and at most this many bytes of records).
+CHUNK_LINES = 1000
+CHUNK_BYTES = 8 * 1024 * 1024
+# Longest custom_id; at most this many refused lines are kept in a batch record (all are reported).
+MAX_CUSTOM_ID = 512
+MAX_ERRORS_KEPT = 1000
+MAX_METADATA = 16
+# Options of ours a line may give under body.llm_router, by kind.
+EXTRAS_KEY = "llm_router"
+EXTRAS = {"chat": ("fallbacks", "max_wait_s", "gemini_native", "source"), "compare": ("source",)}
+_LINE_KEYS = ("custom_id", "method", "url", "body")
+
+Line = bytes | str | dict[str, Any]
+Source = str | os.PathLike[str] | Iterable[Line]
+
+
+class BatchRejected(ValueError):
+    """The input was refused; nothing was enqueued and nothing was written to Redis.
+    `errors` holds every bad line (OpenAI's `{code, line, message, param}`)."""
+
+    def __init__(self, errors: list[BatchError], lines: int) -> None:
+        self.errors = errors
+        self.lines = lines
+        first = errors[0]
+        where = f"line {first.line}: " if first.line else ""
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        super().__init__(f"batch refused, nothing was enqueued: {where}{first.message}{more}")
+
+
+class _LineError(Exception):
+    def __init__(self, code: str, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.code, self.message, self.param = code, message, param
+
+
+class _TooLarge:
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+
+# Move a batch's staged lines to the queue's bulk lane and start it (unless it was cancelled
+# meanwhile: its lines are queued all the same, and workers end them `batch_cancelled` without a call).
+# KEYS: batch record, staged set, bulk lane
+# ARGV: now s, now ms
+_RELEASE = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return -1 end
+local ids = redis.call('ZRANGE', KEYS[2], 0, -1)
+-- into the bulk lane from its front, in input order: two batches interleave
+local front = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
+local base = tonumber(front[2]) or 0
+for i = 1, #ids, 1000 do
+  local args = {}
+  for j = i, math.min(i + 999, #ids) do
+    args[#args + 1] = base + j
+    args[#args + 1] = ids[j]
+  end
+  redis.call('ZADD', KEYS[3], unpack(args))
+end
+redis.call('DEL', KEYS[2])
+if status == 'validating' then redis.call('HSET', KEYS[1], 'status', 'in_progress', 'in_progress_at', ARGV[1]) end
+return #ids
+"""
+
+# KEYS: batch record; ARGV: now s. Returns the status after the call (nil: no such batch).
+_CANCEL = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return false end
+if status == 'validating' or status == 'in_progress' or status == 'finalizing' then
+  redis.call('HSET', KEYS[1], 'status', 'cancelling', 'cancelling_at', ARGV[1])
+  return 'cancelling'
+end
+return status
+"""
+
+
+class Batches:
+    """`producer.batches`: batches on the producer's Redis and queue."""
+
+    def __init__(self, producer: Producer) -> None:
+        self.producer = producer
+        self.redis = producer.redis
+        self.settings = producer.settings
+
+    # ------------------------------------------------------------ submit
+
+    async def submit(
+        self,
+        source: Source,
+        *,
+        completion_window: str = "24h",
+        metadata: dict[str, str] | None = None,
+        skip_invalid: bool = False,
+        endpoint: str | None = None,
+    ) -> Batch:
+        """Validate every line, then enqueue them all as one batch; returns its record.
+
+        `source`: a path (str or Path) to a JSONL file, or an iterable of lines (bytes, str or
+        dicts). `completion_window`: OpenAI's `24h`, or `30m`, `2h`, `90s`...; lines not started
+        by then end `batch_expired`. `metadata`: up to 16 string pairs. `skip_invalid`: enqueue
+        the valid lines and keep the refused ones in the record's `errors`. Raises
+        BatchRejected (nothing written) when a line is invalid, or the input is over a limit."""
+        window_s = _window(completion_window)
+        meta = _metadata(metadata)
+        if endpoint is not None and endpoint not in wb.ENDPOINTS:
+            bad = _url_error(endpoint)
+            raise BatchRejected([BatchError(code=bad.code, message=bad.message, param="endpoint")], 0)
+        name = os.fspath(source) if isinstance(source, (str, os.PathLike)) else None
+        with tempfile.TemporaryFile() as spool:
+            checked = self._check(_lines(source, self.settings), spool, endpoint, skip_invalid)
+            spool.seek(0)
+            return await self._write(spool, checked, window_s, completion_window, meta, name)
+
+    def _check(
+        self, lines: Iterator[tuple[int, Line | _TooLarge]], spool: IO[bytes], endpoint: str | None, skip: bool
+    ) -> _Checked:
+        """Validate every line; spool the valid ones' records; refuse (BatchRejected) if any is bad."""
+        checked = _Checked(endpoint)
+        seen: dict[str, int] = {}
+        now_ms = int(time.time() * 1000)
+        number = 0
+        for number, item in lines:
+            try:
+                custom_id, job = self._parse(item, checked, seen, number)
+                _payload, record = self.producer._record_bytes(job, now_ms)
+            except _LineError as exc:
+                checked.errors.append(BatchError(code=exc.code, line=number, message=exc.message, param=exc.param))
+                continue
+            except JobRejected as exc:
+                param = "body" if exc.field == "job" else f"body.{exc.field}"
+                checked.errors.append(BatchError(code="invalid_request", line=number, message=exc.message, param=param))
+                continue
+            seen[custom_id] = number
+            model = wb.requested_model(job.model_dump(include={"model", "models"}))
+            checked.models[model] += 1
+            spool.write(json.dumps([number, custom_id, model]).encode() + b"\t" + record + b"\n")
+            checked.valid += 1
+        checked.lines = number
+        if checked.errors and not skip:
+            raise BatchRejected(checked.errors, number)
+        if not checked.valid:
+            raise BatchRejected(
+                checked.errors or [BatchError(code="empty_file", message="the input has no lines")], number
+            )
+        return checked
+
+    def _parse(
+        self, item: Line | _TooLarge, checked: _Checked, seen: dict[str, int], number: int
+    ) -> tuple[str, JobBase]:
+        """(custom_id, job) of one line, or a _LineError naming the param and the fix."""
+        if isinstance(item, _TooLarge):
+            raise _LineError(
+                "line_too_large",
+                f"the line is {item.size} bytes, over BATCH_MAX_LINE_BYTES={self.settings.batch_max_line_bytes}: "
+                "shorten it or send the image by URL",
+            )
+        obj = item if isinstance(item, dict) else _json(item)
+        if not isinstance(obj, dict):
+            raise _LineError("invalid_line", 'a line must be a JSON object {"custom_id", "method", "url", "body"}')
+        for key in obj:
+            if key not in _LINE_KEYS:
+                raise _LineError(
+                    "invalid_line", f"{key!r} is not a field of a batch line: use custom_id, method, url, body", key
+                )
+        custom_id = obj.get("custom_id")
+        if custom_id is None:
+            raise _LineError("missing_custom_id", "the line has no custom_id: give each line a unique id", "custom_id")
+        if not isinstance(custom_id, str) or not custom_id or len(custom_id) > MAX_CUSTOM_ID:
+            raise _LineError("invalid_custom_id", f"must be a string of 1-{MAX_CUSTOM_ID} characters", "custom_id")
+        if custom_id in seen:
+            raise _LineError(
+                "duplicate_custom_id",
+                f"custom_id {custom_id!r} is already used on line {seen[custom_id]}: custom_ids must be unique",
+                "custom_id",
+            )
+        if obj.get("method") != "POST":
+            raise _LineError("invalid_method", f'method must be "POST", not {obj.get("method")!r}', "method")
+        url = obj.get("url")
+        if url not in wb.ENDPOINTS:
+            raise _url_error(url)
+        if checked.endpoint is None:
+            checked.endpoint = url
+        elif url != checked.endpoint:
+            raise _LineError(
+                "invalid_url",
+                f"every line of a batch uses the same url ({checked.endpoint}), this one {url}: split the file",
+                "url",
+            )
+        kind = wb.ENDPOINTS[url]
+        body = obj.get("body")
+        if not isinstance(body, dict):
+            raise _LineError(
+                "invalid_body", "body must be a JSON object: the request's body (model, messages, ...)", "body"
+            )
+        return custom_id, _job(kind, body)
+
+    async def _write(
+        self,
+        spool: IO[bytes],
+        checked: _Checked,
+        window_s: float,
+        window: str,
+        metadata: dict[str, str] | None,
+        name: str | None,
+    ) -> Batch:
+        batch_id = f"batch_{uuid.uuid4().hex}"
+        now = time.time()
+        expires_at = int(now + window_s)
+        purge_at = expires_at + self.settings.batch_ttl_s
+        record: dict[str, Any] = {
+            "id": batch_id,
+            "endpoint": checked.endpoint or wb.ENDPOINT_CHAT,
+            "input_file_id": name or "file-" + batch_id.removeprefix("batch_"),
+            "completion_window": window,
+            "status": "validating",
+            "created_at": int(now),
+            "expires_at": expires_at,
+            "purge_at": purge_at,
+            "total": checked.valid,
+            "queue": self.producer.queue_name,
+            **{f"m.{model}.total": n for model, n in checked.models.items()},
+        }
+        if metadata:
+            record["metadata"] = json.dumps(metadata)
+        if checked.errors:
+            record["invalid_lines"] = len(checked.errors)
+            kept = Errors(data=checked.errors[:MAX_ERRORS_KEPT])
+            record["errors"] = kept.model_dump_json()
+        keys = [batch_key(batch_id), batch_lines_key(batch_id), batch_staged_key(batch_id)]
+        try:
+            async with self.redis.pipeline(transaction=True) as tx:
+                tx.hset(keys[0], mapping=record)
+                tx.expireat(keys[0], purge_at)
+                tx.zadd(BATCHES, {batch_id: now})
+                await tx.execute()
+            await self._write_lines(spool, batch_id, window_s, purge_at)
+            await self._release(batch_id)
+        except BaseException:
+            # nothing was queued: take the batch back (its job records expire unqueued)
+            await self.redis.delete(*keys)
+            await self.redis.zrem(BATCHES, batch_id)
+            raise
+        found = await self.get(batch_id)
+        assert found is not None
+        return found
+
+    async def _write_lines(self, spool: IO[bytes], batch_id: str, window_s: float, purge_at: int) -> None:
+        """The job records and the line list, in pipelined chunks: the spool is read as a stream."""
+        record_ttl_ms = int(window_s * 1000) + JOB_EXPIRES_EXTRA_MS
+        lines_key, staged = batch_lines_key(batch_id), batch_staged_key(batch_id)
+        chunk: list[tuple[bytes, bytes]] = []
+        size = 0
+        for raw in spool:
+            head, record = raw.rstrip(b"\n").split(b"\t", 1)
+            chunk.append((head, record))
+            size += len(record)
+            if len(chunk) >= CHUNK_LINES or size >= CHUNK_BYTES:
+                await self._write_chunk(chunk, batch_id, lines_key, staged, record_ttl_ms, purge_at)
+                chunk, size = [], 0
+        if chunk:
+            await self._write_chunk(chunk, batch_id, lines_key, staged, record_ttl_ms, purge_at)
+
+    async def _write_chunk(
+        self, chunk: list[tuple[bytes, bytes]], batch_id: str, lines_key: str, staged: str, ttl_ms: int, purge_at: int
+    ) -> None:
+        entries, ids = [], {}
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for head, record in chunk:
+                number, custom_id, _model = json.loads(head)
+                job_id = wb.line_job_id(batch_id, number)
+                pipe.psetex(job_key(job_id), ttl_ms, record)
+                ids[job_id] = 0
+                entries.append(json.dumps([number, custom_id]))
+            pipe.zadd(staged, ids)
+            pipe.rpush(lines_key, *entries)
+            pipe.expireat(lines_key, purge_at)
+            pipe.expireat(staged, purge_at)
+            await pipe.execute()
+
+    async def _release(self, batch_id: str) -> int:
+        """Queue a batch's lines, all at once: the one place that decides where batch lines go."""
+        now = time.time()
+        release = self.redis.register_script(_RELEASE)
+        keys = [batch_key(batch_id), batch_staged_key(batch_id), bulk_key(self.producer.queue_name)]
+        return int(await release(keys=keys, args=[int(now), int(now * 1000)]))
+
+    # ------------------------------------------------------------ read, follow, cancel, list
+
+    async def get(self, batch_id: str) -> Batch | None:
+        """The batch's record, or None if there is none (unknown, or purged BATCH_TTL_S after its window)."""
+        return await wb.get(self.redis, batch_id) if wb.BATCH_ID.match(batch_id) else None
+
+    async def wait(self, batch_id: str, timeout: float | None = None, poll_s: float = 0.5) -> Batch:
+        """The record once the batch is final (completed, expired, cancelled); TimeoutError if not within `timeout`."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            batch = await self.get(batch_id)
+            if batch is None:
+                raise KeyError(f"no batch {batch_id}")
+            if batch.final:
+                return batch
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"batch {batch_id} is still {batch.status} after {timeout:g}s")
+            await asyncio.sleep(poll_s)
+
+    async def cancel(self, batch_id: str) -> Batch | None:
+        """Cancel: queued lines end `batch_cancelled` without a call, running ones finish and are
+        counted; the batch shows `cancelling`, then `cancelled`. A final batch is left as it is."""
+        if not wb.BATCH_ID.match(batch_id):
+            return None
+        status = await self.redis.register_script(_CANCEL)(keys=[batch_key(batch_id)], args=[int(time.time())])
+        return None if status is None else await self.get(batch_id)
+
+    async def list(self, limit: int = 20, after: str | None = None) -> list[Batch]:
+        """Newest first; `after`: a batch id, to page on (OpenAI's cursor)."""
+        start = 0
+        if after is not None:
+            rank = await self.redis.zrevrank(BATCHES, after)
+            if rank is None:
+                return []
+            start = rank + 1
+        found: list[Batch] = []
+        while len(found) < limit:
+            ids = [i.decode() for i in await self.redis.zrevrange(BATCHES, start, start + limit - 1)]
+            if not ids:
+                break
+            start += len(ids)
+            for batch_id in ids:
+                batch = await self.get(batch_id)
+                if batch is None:  # purged: forget it
+                    await self.redis.zrem(BATCHES, batch_id)
+                    start -= 1
+                elif len(found) < limit:
+                    found.append(batch)
+        return found
+
+    async def results(self, batch_id: str, chunk: int = 500) -> AsyncIterator[dict[str, Any]]:
+        """Every finished line in OpenAI's output shape, in input order: `error` is None for the
+        output file's lines, set for the error file's. Lines not finished yet are left out."""
+        lines_key = batch_lines_key(batch_id)
+        start = 0
+        while True:
+            entries = await self.redis.lrange(lines_key, start, start + chunk - 1)  # type: ignore[misc]
+            if not entries:
+                return
+            start += len(entries)
+            parsed = [json.loads(e) for e in entries]
+            raws = await self.redis.mget([result_key(wb.line_job_id(batch_id, n)) for n, _ in parsed])
+            for (number, custom_id), raw in zip(parsed, raws, strict=True):
+                if raw is not None:
+                    yield output_line(wb.line_job_id(batch_id, number), custom_id, JobResult.model_validate_json(raw))
+
+    async def write_results(self, batch_id: str, output: IO[str] | None, errors: IO[str] | None) -> tuple[int, int]:
+        """Write the output and error JSONL (either may be None: left out); (lines written to each)."""
+        counts = [0, 0]
+        async for line in self.results(batch_id):
+            target = output if line["error"] is None else errors
+            counts[line["error"] is not None] += 1
+            if target is not None:
+                target.write(json.dumps(line, separators=(",", ":")) + "\n")
+        return counts[0], counts[1]
+
+
+class _Checked:
+    """What validation found: the endpoint, valid lines (and their models), refused lines."""
+
+    def __init__(self, endpoint: str | None) -> None:
+        self.endpoint = endpoint
+        self.valid = 0
+        self.lines = 0
+        self.models: Counter[str] = Counter()
+        self.errors: list[BatchError] = []
+
+
+# ---------------------------------------------------------------- reading the input
+
+
+def _lines(source: Source, settings: Any) -> Iterator[tuple[int, Line | _TooLarge]]:
+    """(line number, line) from a path (read as a stream, a line at most BATCH_MAX_LINE_BYTES
+    in memory) or an iterable; stops with a BatchRejected over BATCH_MAX_LINES / BATCH_MAX_BYTES."""
+    max_line, max_lines, max_bytes = settings.batch_max_line_bytes, settings.batch_max_lines, settings.batch_max_bytes
+    total = 0
+    items = (
+        _read_file(Path(source), max_line) if isinstance(source, (str, os.PathLike)) else _read_items(source, max_line)
+    )
+    for number, (item, size) in enumerate(items, start=1):
+        total += size
+        if number > max_lines:
+            raise BatchRejected(
+                [
+                    BatchError(
+                        code="too_many_lines", line=number, message=f"over BATCH_MAX_LINES={max_lines}: split the file"
+                    )
+                ],
+                number,
+            )
+        if total > max_bytes:
+            raise BatchRejected(
+                [
+                    BatchError(
+                        code="file_too_large", line=number, message=f"over BATCH_MAX_BYTES={max_bytes}: split the file"
+                    )
+                ],
+                number,
+            )
+        yield number, item
+
+
+def _read_file(path: Path, max_line: int) -> Iterator[tuple[Line | _TooLarge, int]]:
+    with path.open("rb") as f:
+        while raw := f.readline(max_line + 2):  # a line, its \r\n included, or the start of a longer one
+            size = len(raw)
+            if len(raw) == max_line + 2 and not raw.endswith(b"\n"):
+                while raw and not raw.endswith(b"\n"):  # skip the rest of the line, a chunk at a time
+                    raw = f.readline(1 << 20)
+                    size += len(raw)
+                yield _TooLarge(size), size
+                continue
+            content = raw.rstrip(b"\r\n")
+            yield (_TooLarge(size) if len(content) > max_line else content), size
+
+
+def _read_items(items: Iterable[Line], max_line: int) -> Iterator[tuple[Line | _TooLarge, int]]:
+    for item in items:
+        if isinstance(item, dict):
+            size = content = len(json.dumps(item))
+        else:
+            item = item.rstrip(b"\r\n") if isinstance(item, bytes) else item.rstrip("\r\n")
+            content = len(item) if isinstance(item, bytes) else len(item.encode())
+            size = content + 1
+        yield (_TooLarge(size) if content > max_line else item), size
+
+
+def _json(item: bytes | str) -> Any:
+    try:
+        text = item.decode() if isinstance(item, bytes) else item
+    except UnicodeDecodeError:
+        raise _LineError("invalid_json", "the line is not UTF-8 text") from None
+    if not text.strip():
+        raise _LineError("empty_line", "the line is blank: remove it (one request a line)")
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise _LineError("invalid_json", f"the line is not valid JSON ({exc})") from None
+
+
+def _job(kind: str, body: dict[str, Any]) -> JobBase:
+    """A line's body as a job of the contract, or a _LineError naming `body.<field>`."""
+    body = dict(body)
+    extras = body.pop(EXTRAS_KEY, None) or {}
+    if not isinstance(extras, dict):
+        raise _LineError("invalid_request", "must be an object of llm-router options", f"body.{EXTRAS_KEY}")
+    for name in extras:
+        if name not in EXTRAS[kind]:
+            raise _LineError(
+                "invalid_request",
+                f"{name!r} is not an llm-router option of a {kind} line: use {', '.join(EXTRAS[kind])}",
+                f"body.{EXTRAS_KEY}.{name}",
+            )
+    for name in ("kind", "enqueued_at", *EXTRAS[kind]):
+        if name in body:
+            where = f"body.{EXTRAS_KEY}.{name}" if name in EXTRAS[kind] else None
+            fix = f": it goes under {where}" if where else ""
+            raise _LineError("invalid_request", f"{name!r} is not a request parameter{fix}", f"body.{name}")
+    if "max_completion_tokens" in body:  # OpenAI's newer name for max_tokens
+        if "max_tokens" in body:
+            raise _LineError("invalid_request", "give max_tokens or max_completion_tokens, not both", "body.max_tokens")
+        body["max_tokens"] = body.pop("max_completion_tokens")
+    try:
+        # every line is a bulk job: it waits in the bulk lane and never holds up interactive jobs
+        return JOB_KINDS[kind].model_validate({**body, **extras, "bulk": True})
+    except ValidationError as exc:
+        field, message = describe_validation_error(exc)
+        top = field.split(".")[0]
+        param = f"body.{EXTRAS_KEY}.{field}" if top in extras else "body" if field == "job" else f"body.{field}"
+        raise _LineError("invalid_request", message, param) from None
+
+
+def _url_error(url: Any) -> _LineError:
+    return _LineError("invalid_url", f"url must be {' or '.join(wb.ENDPOINTS)}, not {url!r}", "url")
+
+
+def _window(window: str) -> float:
+    try:
+        return wb.window_seconds(window)
+    except ValueError as exc:
+        raise BatchRejected(
+            [BatchError(code="invalid_completion_window", message=str(exc), param="completion_window")], 0
+        ) from None
+
+
+def _metadata(metadata: dict[str, str] | None) -> dict[str, str] | None:
+    if not metadata:
+        return None
+    problem = None
+    if len(metadata) > MAX_METADATA:
+        problem = f"at most {MAX_METADATA} pairs, not {len(metadata)}"
+    for k, v in metadata.items():
+        if not isinstance(k, str) or not isinstance(v, str) or not 0 < len(k) <= 64 or len(v) > 512:
+            problem = f"{k!r}: keys are strings of 1-64 characters, values strings of up to 512"
+    if problem:
+        raise BatchRejected([BatchError(code="invalid_metadata", message=problem, param="metadata")], 0)
+    return dict(metadata)
+
+
+# ---------------------------------------------------------------- the output shape
+
+
+def output_line(job_id: str, custom_id: str, result: JobResult) -> dict[str, Any]:
+    """One line of OpenAI's output (succeeded) or error file (failed), plus `llm_router`: what
+    the service adds (the model that answered, calls, runs, cost, latency)."""
+    extra = {
+        "model": result.model,
+        "attempts": len(result.attempts),
+        "runs": result.runs,
+        "cost": result.cost,
+        "cost_source": result.cost_source,
+        "latency_s": result.latency_s,
+    }
+    line: dict[str, Any] = {"id": job_id, "custom_id": custom_id, "response": None, "error": None}
+    if result.status == "succeeded":
+        call_id = next((a.call_id for a in reversed(result.attempts) if a.ok), None)
+        line["response"] = {"status_code": 200, "request_id": call_id, "body": _body(job_id, result)}
+    else:
+        error = result.error
+        code, message = (error.type, error.message) if error else ("failed", "the request failed")
+        if error is not None and error.status:  # the gateway answered: its response, as OpenAI gives it
+            line["response"] = {
+                "status_code": error.status,
+                "request_id": error.request_id,
+                "body": {"error": {"message": error.message, "type": error.type, "code": error.code}},
+            }
+        line["error"] = {"code": code, "message": message}
+    line[EXTRAS_KEY] = extra
+    return line
+
+
+def _body(job_id: str, result: JobResult) -> dict[str, Any]:
+    created = int(result.finished_at.timestamp()) if result.finished_at else int(time.time())
+    prompt, completion = wb.tokens(result)
+    usage = {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "cost": result.cost,
+    }
+    if result.answers is not None:  # a compare line: our extension of the shape
+        return {
+            "id": f"cmp-{job_id}",
+            "object": "llm_router.compare",
+            "created": created,
+            "answers": [
+                a.model_dump(
+                    include={"model", "status", "content", "finish_reason", "usage", "cost", "latency_s", "error"}
+                )
+                for a in result.answers
+            ],
+            "usage": usage,
+        }
+    message: dict[str, Any] = {"role": "assistant", "content": result.content}
+    if result.tool_calls:
+        message["tool_calls"] = result.tool_calls
+    if result.function_call:
+        message["function_call"] = result.function_call
+    return {
+        "id": f"chatcmpl-{job_id}",
+        "object": "chat.completion",
+        "created": created,
+        "model": result.model,
+        "choices": [{"index": 0, "message": message, "finish_reason": result.finish_reason, "logprobs": None}],
+        "usage": usage,
+    }
+
+
+# ---------------------------------------------------------------- a file of prompts
+
+
+def prompt_lines(
+    path: str | os.PathLike[str], template: str, model: str, *, system: str | None = None, **params: Any
+) -> Iterator[dict[str, Any]]:
+    """Batch lines from a CSV (a header row; `template` names its columns, e.g. "Summarise:
+    {text}") or a text file (one prompt a line, `{text}`; blank lines skipped). `custom_id` is
+    the row's `id` column, else its row number. `params`: body parameters (max_tokens, ...).
+    A template naming a column the file lacks is a ValueError here, before any line is read."""
+    path = Path(path)
+    names = {f for _, f, _, _ in string.Formatter().parse(template) if f}
+    if path.suffix.lower() == ".csv":
+        with path.open(newline="", encoding="utf-8") as f:
+            columns = next(csv.reader(f), [])
+        missing = names - set(columns)
+        if missing:
+            raise ValueError(
+                f"the template names {', '.join(sorted(missing))}, not a column of {path.name} "
+                f"(columns: {', '.join(columns)})"
+            )
+    elif names - {"text"}:
+        raise ValueError("a text file has one prompt a line: the template can name only {text}")
+    head = [{"role": "system", "content": system}] if system else []
+    return _prompt_lines(path, template, model, head, params)
+
+
+def _prompt_lines(
+    path: Path, template: str, model: str, head: list[dict[str, str]], params: dict[str, Any]
+) -> Iterator[dict[str, Any]]:
+    with path.open(newline="", encoding="utf-8") as f:
+        csv_file = path.suffix.lower() == ".csv"
+        rows: Iterable[dict[str, str]] = csv.DictReader(f) if csv_file else ({"text": t.rstrip("\r\n")} for t in f)
+        for number, row in enumerate(rows, start=1):
+            if not csv_file and not row["text"].strip():
+                continue  # a blank line of a text file is no prompt
+            custom_id = (row.get("id") or "").strip() or str(number)
+            messages = [*head, {"role": "user", "content": template.format(**row)}]
+            body = {"model": model, "messages": messages, **params}
+            yield {"custom_id": custom_id, "method": "POST", "url": wb.ENDPOINT_CHAT, "body": body}
