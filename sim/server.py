@@ -20,6 +20,7 @@ import threading
 import time
 import uuid
 from collections import Counter, defaultdict, deque
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
@@ -418,6 +419,19 @@ def _error_response(exc: ApiError, gemini: bool = False) -> web.Response:
 # ---------------------------------------------------------------- handlers
 
 
+@dataclass
+class _Call:
+    """One chat request the simulator has accepted, on its way to an answer."""
+
+    request: web.Request
+    key: str
+    spec: ModelSpec
+    body: dict[str, Any]
+    answer: Answer
+    faults: Faults
+    headers: dict[str, str]
+
+
 class Handlers:
     def __init__(self, sim: Simulator) -> None:
         self.sim = sim
@@ -443,22 +457,20 @@ class Handlers:
             except ApiError as exc:
                 sim.statuses[exc.status] += 1
                 return _error_response(exc)
-            response = await self._answer(request, sim, key, spec, body, answer, faults, headers)
-            return response
+            return await self._answer(_Call(request, key, spec, body, answer, faults, headers))
         finally:
             sim.in_flight -= 1
 
-    async def _answer(
-        self,
-        request: web.Request,
-        sim: Simulator,
-        key: str,
-        spec: ModelSpec,
-        body: dict[str, Any],
-        answer: Answer,
-        faults: Faults,
-        headers: dict[str, str],
-    ) -> web.StreamResponse:
+    async def _answer(self, call: _Call) -> web.StreamResponse:
+        sim, key, spec, body, answer, faults, headers = (
+            self.sim,
+            call.key,
+            call.spec,
+            call.body,
+            call.answer,
+            call.faults,
+            call.headers,
+        )
         if faults.hang_s:
             await asyncio.sleep(faults.hang_s)
         if faults.latency_ms:
@@ -471,7 +483,7 @@ class Handlers:
             return _error_response(exc)
         sim.statuses[200] += 1
         if body.get("stream"):
-            return await self._stream(request, key, spec, body, answer, faults, headers, cost)
+            return await self._stream(call, cost)
         if faults.latency_per_token_ms:
             await asyncio.sleep(faults.latency_per_token_ms * answer.completion_tokens / 1000)
         if faults.malformed:
@@ -491,19 +503,10 @@ class Handlers:
             headers=headers,
         )
 
-    async def _stream(
-        self,
-        request: web.Request,
-        key: str,
-        spec: ModelSpec,
-        body: dict[str, Any],
-        answer: Answer,
-        faults: Faults,
-        headers: dict[str, str],
-        cost: float,
-    ) -> web.StreamResponse:
+    async def _stream(self, call: _Call, cost: float) -> web.StreamResponse:
+        request, key, spec, answer, faults = call.request, call.key, call.spec, call.answer, call.faults
         response = web.StreamResponse(
-            headers={**headers, "Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+            headers={**call.headers, "Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
         )
         await response.prepare(request)
         base = {
@@ -512,7 +515,7 @@ class Handlers:
             "created": int(time.time()),
             "model": spec.id,
         }
-        for sent, chunk in enumerate(_chunks(answer, body)):
+        for sent, chunk in enumerate(_chunks(answer, call.body)):
             if faults.cut_stream_after is not None and sent >= faults.cut_stream_after:
                 request.transport.close()  # type: ignore[union-attr]  # mid-stream: no [DONE], no terminating chunk
                 return response
