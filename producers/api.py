@@ -150,14 +150,9 @@ class Producer:
         job_id: str | None = None,
         **params: Any,
     ) -> str:
-        job = validate(
-            ChatJob,
-            model=model,
-            messages=build_messages(message, messages, system),
-            source=params.pop("source", self.source),
-            **params,
+        return await self._submit(
+            ChatJob, job_id, model=model, messages=build_messages(message, messages, system), **params
         )
-        return await self.enqueue(job, job_id)
 
     async def vision(
         self,
@@ -174,16 +169,7 @@ class Producer:
             image = resolve_image(image, self.max_image_bytes)
         except ImageError as exc:
             raise JobRejected("image", str(exc).removeprefix("image: ")) from None
-        job = validate(
-            VisionJob,
-            model=model,
-            image=image,
-            prompt=prompt,
-            system=system,
-            source=params.pop("source", self.source),
-            **params,
-        )
-        return await self.enqueue(job, job_id)
+        return await self._submit(VisionJob, job_id, model=model, image=image, prompt=prompt, system=system, **params)
 
     async def compare(
         self,
@@ -195,14 +181,13 @@ class Producer:
         job_id: str | None = None,
         **params: Any,
     ) -> str:
-        job = validate(
-            CompareJob,
-            models=list(models),
-            messages=build_messages(message, messages, system),
-            source=params.pop("source", self.source),
-            **params,
+        return await self._submit(
+            CompareJob, job_id, models=list(models), messages=build_messages(message, messages, system), **params
         )
-        return await self.enqueue(job, job_id)
+
+    async def _submit(self, cls: type[JobBase], job_id: str | None, **fields: Any) -> str:
+        """Validate a job of `cls` from the verbs' arguments (this producer's source by default) and enqueue it."""
+        return await self.enqueue(validate(cls, **{"source": self.source, **fields}), job_id)
 
     async def enqueue(self, job: JobBase, job_id: str | None = None) -> str:
         """Enqueue a validated job of any kind. With a `job_id` already queued, running or done: a no-op."""

@@ -8,6 +8,7 @@ import pytest
 from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
 
+from harness.processes import WorkerProcess
 from harness.redis_server import PrivateRedis
 from sim.server import SimServer, Simulator
 from worker.settings import Settings
@@ -72,3 +73,18 @@ def settings(sim: SimServer, redis_url: str) -> Settings:
         shutdown_grace_s=2,
         metrics_port=0,
     )
+
+
+@pytest.fixture
+def workers(tmp_path):
+    """Start `llm-router worker` processes: `workers(settings)`; all are stopped after the test."""
+    started: list[WorkerProcess] = []
+
+    def start(settings, name="w"):
+        w = WorkerProcess(settings, tmp_path / f"{name}{len(started)}.log")
+        started.append(w)
+        return w
+
+    yield start
+    for w in started:
+        w.stop()

@@ -11,7 +11,7 @@ import subprocess
 
 import pytest
 
-from harness.processes import WorkerProcess, llm_router
+from harness.processes import llm_router
 from harness.wait import wait_until_async
 from producers import BatchRejected, Producer
 from tests.helpers import run_worker, sim_admin
@@ -38,20 +38,6 @@ async def producer(batch_settings):
     async with Producer(batch_settings.redis_url, queue_name=batch_settings.queue_name) as p:
         p.settings = batch_settings
         yield p
-
-
-@pytest.fixture
-def workers(tmp_path):
-    started: list[WorkerProcess] = []
-
-    def start(settings, name="w"):
-        w = WorkerProcess(settings, tmp_path / f"{name}{len(started)}.log")
-        started.append(w)
-        return w
-
-    yield start
-    for w in started:
-        w.stop()
 
 
 async def final(producer, batch_id, timeout=120):

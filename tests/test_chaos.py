@@ -11,7 +11,6 @@ import time
 
 import pytest
 
-from harness.processes import WorkerProcess
 from harness.redis_server import PrivateRedis
 from harness.wait import wait_until_async
 from producers.api import Producer
@@ -32,20 +31,6 @@ def chaos_settings(settings):
 async def producer(chaos_settings):
     async with Producer(chaos_settings.redis_url, queue_name=chaos_settings.queue_name) as p:
         yield p
-
-
-@pytest.fixture
-def workers(tmp_path):
-    started: list[WorkerProcess] = []
-
-    def start(settings, name="w"):
-        w = WorkerProcess(settings, tmp_path / f"{name}{len(started)}.log")
-        started.append(w)
-        return w
-
-    yield start
-    for w in started:
-        w.stop()
 
 
 async def all_results(producer, ids, timeout, what="every job's result"):

@@ -6,6 +6,7 @@ import itertools
 import pytest
 from redis.asyncio import Redis
 
+from harness.wait import wait_until_async
 from worker.gate import Gate
 from worker.keys import GLOBAL_LIMIT, model_key
 from worker.limiter import Limiter
@@ -15,6 +16,19 @@ from worker.settings import RateLimit, Settings
 def make(redis, **kw):
     base = dict(rate_limit_headroom=0, circuit_failures=2, circuit_window_s=10, circuit_open_s=0.3, _env_file=None)
     return Limiter(redis, Settings(**{**base, **kw}))
+
+
+async def half_open_probing(redis):
+    """A limiter whose model "m" failed once, opened its circuit, and is now half-open with this
+    caller's probe in flight."""
+    limiter = make(redis, circuit_failures=1)
+    await settle(limiter, "m", outcome="fail")
+
+    async def probing() -> bool:  # 'circuit' until CIRCUIT_OPEN_S has passed, then this caller probes
+        return (await limiter.admit("m", 0, 5)).status == "probe"
+
+    await wait_until_async(probing, 5, "the circuit to go half-open", interval=0.02)
+    return limiter
 
 
 async def settle(limiter, model, **kw):
@@ -82,12 +96,8 @@ async def test_circuit_opens_after_k_failures_then_one_probe_closes_it(redis: Re
 
 
 async def test_a_failed_probe_reopens_at_once(redis: Redis):
-    import asyncio
 
-    limiter = make(redis, circuit_failures=1)
-    await settle(limiter, "m", outcome="fail")
-    await asyncio.sleep(0.35)
-    assert (await limiter.admit("m", 0, 5)).status == "probe"
+    limiter = await half_open_probing(redis)
     await settle(limiter, "m", outcome="fail")
     assert (await limiter.admit("m", 0, 5)).status == "circuit"
 
@@ -150,11 +160,7 @@ async def test_callers_waiting_on_a_probe_are_told_to_ask_again_not_to_wait_its_
 
 
 async def test_a_probe_that_says_nothing_about_health_frees_the_probe_slot(redis: Redis):
-    import asyncio
 
-    limiter = make(redis, circuit_failures=1)
-    await settle(limiter, "m", outcome="fail")
-    await asyncio.sleep(0.35)
-    assert (await limiter.admit("m", 0, 5)).status == "probe"
+    limiter = await half_open_probing(redis)
     await settle(limiter, "m", outcome="neutral")  # e.g. the probe met a 429
     assert (await limiter.admit("m", 0, 5)).status == "probe"  # the next caller probes
