@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import signal
 import struct
 import tempfile
@@ -113,6 +114,51 @@ async def produce(redis_url: str, image: Path) -> None:
         print(f"Dead letters: {await producer.dead_letters.size()} (llm-router dlq list)")
 
 
+PROMPTS = [
+    "The quarterly report shows revenue up 12% on strong cloud sales.",
+    "Minutes of the board meeting: the merger vote is postponed to May.",
+    "Customer feedback: the new app is fast but the login page confuses people.",
+    "Incident review: a cache misconfiguration caused 20 minutes of downtime.",
+    "Research note: battery costs fell 14% year on year.",
+    "Hiring update: three engineers joined the platform team this month.",
+]
+
+
+def run_batch(scratch: Path, env: dict[str, str]) -> None:
+    """A small batch from a CSV of prompts, through the CLI as a user would run it: its live
+    progress (a bar on a terminal, plain lines otherwise), then its results file."""
+    prompts = scratch / "prompts.csv"
+    prompts.write_text("id,text\n" + "".join(f'p{i},"{text}"\n' for i, text in enumerate(PROMPTS)))
+    output = scratch / "summaries.jsonl"
+    print(f"\n### batch: {len(PROMPTS)} prompts from a CSV, one result line each")
+    print(
+        "  $ llm-router batch submit --prompts prompts.csv --template 'Summarise: {text}' --model gpt-4o-mini "
+        "--wait -o summaries.jsonl",
+        flush=True,
+    )
+    submit = LLMRouterProcess(
+        "batch",
+        "submit",
+        "--prompts",
+        str(prompts),
+        "--template",
+        "Summarise: {text}",
+        "--model",
+        "gpt-4o-mini",
+        "--wait",
+        "-o",
+        str(output),
+        env=env,
+    )
+    if submit.wait(120) != 0:
+        raise SystemExit("the demo batch failed")
+    lines = [json.loads(line) for line in output.read_text().splitlines()]
+    for line in lines[:2]:
+        body = line["response"]["body"]
+        print(f"  {line['custom_id']}: {body['choices'][0]['message']['content']}  (${body['usage']['cost']:.6f})")
+    print(f"  ... {len(lines)} lines in summaries.jsonl, in input order")
+
+
 def show_metrics(port: int) -> None:
     """A few lines of the worker's /metrics: what Prometheus scrapes."""
     text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
@@ -142,22 +188,21 @@ def main() -> None:
         sim.sim.faults.update("gemini-1.5-flash", {"fail_next": [429], "retry_after_s": 0.5})
         print(f"AIsa simulator at {sim.base_url}; Redis at {redis_url}")
         metrics_port = free_port()
-        worker = LLMRouterProcess(
-            "worker",
-            env={
-                "AISA_API_KEY": DEMO_KEY,
-                "AISA_BASE_URL": sim.base_url,
-                "REDIS_URL": redis_url,
-                "QUEUE_NAME": QUEUE,
-                "LOG_LEVEL": "WARNING",
-                "BACKOFF_BASE_S": "0.2",
-                "METRICS_PORT": str(metrics_port),
-            },
-        )
+        env = {
+            "AISA_API_KEY": DEMO_KEY,
+            "AISA_BASE_URL": sim.base_url,
+            "REDIS_URL": redis_url,
+            "QUEUE_NAME": QUEUE,
+            "LOG_LEVEL": "WARNING",
+            "BACKOFF_BASE_S": "0.2",
+            "METRICS_PORT": str(metrics_port),
+        }
+        worker = LLMRouterProcess("worker", env=env)
         stack.callback(worker.wait, 30)
         stack.callback(worker.send, signal.SIGTERM)
-        image = tiny_png(Path(stack.enter_context(tempfile.TemporaryDirectory())) / "red.png")
-        asyncio.run(produce(redis_url, image))
+        scratch = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        asyncio.run(produce(redis_url, tiny_png(scratch / "red.png")))
+        run_batch(scratch, env)
         show_metrics(metrics_port)
     print("\ndemo done: worker, simulator and any private Redis stopped")
 

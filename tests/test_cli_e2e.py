@@ -140,6 +140,9 @@ def test_demo_runs_end_to_end():
     assert "qwen-max server -> qwen-max server" in out.stdout and "-> deepseek-v3 ok" in out.stdout
     assert "gemini-1.5-flash rate_limit -> gemini-1.5-flash ok (after 0.5" in out.stdout
     assert 'llm_router_spend_usd_total{kind="chat"' in out.stdout and "Dead letters: 1" in out.stdout
+    assert "### batch: 6 prompts from a CSV" in out.stdout and "completed: 6/6 done, 0 failed" in out.stderr
+    assert "p0: [gpt-4o-mini] You said: Summarise: The quarterly report" in out.stdout
+    assert "6 lines in summaries.jsonl, in input order" in out.stdout
     assert "demo done" in out.stdout
 
 
