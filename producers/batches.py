@@ -34,6 +34,7 @@ from collections.abc import AsyncIterator, Iterable, Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
+import orjson
 from pydantic import ValidationError
 
 from worker import batches as wb
@@ -190,7 +191,7 @@ class Batches:
             seen[custom_id] = number
             model = wb.requested_model(job.model_dump(include={"model", "models"}))
             checked.models[model] += 1
-            spool.write(json.dumps([number, custom_id, model]).encode() + b"\t" + record + b"\n")
+            spool.write(orjson.dumps([number, custom_id, model]) + b"\t" + record + b"\n")
             checked.valid += 1
         checked.lines = number
         if checked.errors and not skip:
@@ -323,7 +324,7 @@ class Batches:
         entries, ids = [], {}
         async with self.redis.pipeline(transaction=False) as pipe:
             for head, record in chunk:
-                number, custom_id, _model = json.loads(head)
+                number, custom_id, _model = orjson.loads(head)
                 job_id = wb.line_job_id(batch_id, number)
                 pipe.psetex(job_key(job_id), ttl_ms, record)
                 ids[job_id] = 0
@@ -496,7 +497,7 @@ def _json(item: bytes | str) -> Any:
     if not text.strip():
         raise _LineError("empty_line", "the line is blank: remove it (one request a line)")
     try:
-        return json.loads(text)
+        return orjson.loads(text)
     except ValueError as exc:
         raise _LineError("invalid_json", f"the line is not valid JSON ({exc})") from None
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import time
 from datetime import date, datetime
 from typing import Any
 
+import orjson
 from arq.jobs import serialize_job
 from pydantic import BaseModel
 
@@ -27,7 +27,7 @@ def _default(obj: Any) -> Any:
 
 
 def dumps(obj: Any) -> bytes:
-    return json.dumps(obj, default=_default, separators=(",", ":")).encode()
+    return orjson.dumps(obj, default=_default)
 
 
 # What a job record that is not a readable arq job becomes: a call of `jobs.invalid` with the
@@ -43,8 +43,8 @@ def loads(raw: bytes | str) -> dict[str, Any]:
     function gets the record's size (inline images left out) as its `size` argument."""
     raw_bytes = raw.encode() if isinstance(raw, str) else raw
     try:
-        record = json.loads(raw_bytes)
-    except ValueError:  # UnicodeDecodeError included
+        record = orjson.loads(raw_bytes)
+    except ValueError:  # orjson.JSONDecodeError is one; not UTF-8 included
         return _invalid(f"the job is not JSON: {_snippet(raw_bytes)}", raw_bytes)
     if not isinstance(record, dict):
         return _invalid(f'the job is not an arq job record ({{"f": kind, "a": [job], ...}}): {_snippet(raw_bytes)}')
