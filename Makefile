@@ -57,6 +57,7 @@ test: lint redis-server prometheus docker-compose
 bench: $(BIN)/llm-router redis-server
 	$(BIN)/python -m bench.dispatch
 	$(BIN)/python -m bench.ratelimit
+	$(BIN)/python -m bench.priority
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache
