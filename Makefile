@@ -58,6 +58,7 @@ bench: $(BIN)/llm-router redis-server
 	$(BIN)/python -m bench.dispatch
 	$(BIN)/python -m bench.ratelimit
 	$(BIN)/python -m bench.batch
+	$(BIN)/python -m bench.priority
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache
