@@ -281,12 +281,22 @@ async def test_the_claim_skips_jobs_not_due_or_in_progress(settings, redis):
         await redis.set(job_key(i), "{}")
     await redis.set(in_progress_key("busy"), 1)
     await redis.set(result_key("done"), "{}")  # finished, then queued again by another writer
-    claimed = await Lease(redis, "q", lease_s=3).claim(["due", "later", "busy", "gone", "done", "orphan"], now)
-    assert claimed == [("due", now - 5, "run"), ("done", now - 5, "done"), ("orphan", now - 5, "missing")]
+    await redis.zadd("q", {"also-due": now - 4})
+    await redis.set(job_key("also-due"), "{}")
+    ids = ["due", "later", "busy", "gone", "done", "orphan", "also-due"]
+    claimed = await Lease(redis, "q", lease_s=3).claim(ids, 1, now)  # one free slot
+    assert claimed == [(b"due", now + 3000, "run"), (b"done", now - 5, "done"), (b"orphan", now - 5, "missing")]
     assert 0 < await redis.pttl(in_progress_key("due")) <= 3000  # the lease, not arq's long mark
     assert not await redis.exists(in_progress_key("later"), in_progress_key("gone"), in_progress_key("done"))
-    assert await redis.zrange("q", 0, -1) == [b"busy", b"due", b"later"]  # the copy and the orphan left the queue
-    assert not await redis.exists(job_key("done"))
+    # the claimed job is scored at its lease's end; the copy and the orphan left the queue; the
+    # job past the free slot waits, untouched
+    assert await redis.zrange("q", 0, -1, withscores=True) == [
+        (b"busy", now - 5),
+        (b"also-due", now - 4),
+        (b"due", now + 3000),
+        (b"later", now + 60_000),
+    ]
+    assert not await redis.exists(job_key("done")) and not await redis.exists(in_progress_key("also-due"))
 
 
 async def test_gemini_native_job_priced_from_the_table(producer, settings, sim):

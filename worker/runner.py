@@ -16,8 +16,10 @@ from typing import Any
 
 from arq.utils import timestamp_ms
 from arq.worker import Worker
+from redis.exceptions import RedisError
 
 from . import jobs
+from .keys import bulk_key
 from .lease import Lease
 from .quarantine import unusable
 from .resources import Resources
@@ -33,28 +35,41 @@ class RouterWorker(Worker):
         self._draining = False
         self._lease: Lease | None = None
 
+    async def main(self) -> None:
+        """arq's loop; in burst mode it also waits for the bulk lane to empty (arq looks only
+        at the queue, and a running bulk job leaves it before its slot is free again)."""
+        while True:
+            await super().main()
+            if not self.burst or not await self.pool.zcard(bulk_key(self.queue_name)):
+                return
+
     async def start_jobs(self, job_ids: list[bytes]) -> None:
-        """Claim as many due jobs as there are free slots in one call (the rest wait for the
-        next poll): measured 1.6x arq's no-op job rate."""
+        """Claim due jobs for every free slot in one call, looking past the ones other workers
+        hold (measured 1.4x arq's no-op job rate); what the queue leaves free goes to the bulk
+        lane, so interactive jobs never wait behind it."""
         resources: Resources = self.ctx["resources"]
-        ids = []
-        for raw in job_ids[: max(self.max_jobs - self.job_counter, 0)]:
-            reason = unusable(raw)
-            if reason:
-                await resources.quarantine.add(raw, reason)
-            else:
-                ids.append(raw.decode())
         if self._lease is None:
             self._lease = Lease(self.pool, self.queue_name, self.lease_s)
-        claimed = await self._lease.claim(ids, timestamp_ms()) if ids else []
-        await self._start(resources, claimed)
-        # what the queue leaves free goes to the bulk lane: interactive jobs never wait behind it
+        ids = [raw.decode() for raw in job_ids if not await self._quarantined(resources, raw)]
+        free = self.max_jobs - self.job_counter
+        if ids and free > 0:
+            await self._start(resources, await self._lease.claim(ids, free, timestamp_ms()))
         free = self.max_jobs - self.job_counter
         if free > 0:
             await self._start(resources, await self._lease.promote(free, timestamp_ms()))
 
-    async def _start(self, resources: Resources, claimed: list[tuple[str, int, str]]) -> None:
-        for job_id, score, what in claimed:
+    async def _quarantined(self, resources: Resources, raw_id: bytes) -> bool:
+        """Move a queue (or lane) member that cannot be a job id to the quarantine."""
+        reason = unusable(raw_id)
+        if reason:
+            await resources.quarantine.add(raw_id, reason)
+        return reason is not None
+
+    async def _start(self, resources: Resources, claimed: list[tuple[bytes, int, str]]) -> None:
+        for raw_id, score, what in claimed:
+            if await self._quarantined(resources, raw_id):
+                continue
+            job_id = raw_id.decode()
             if what == "run":
                 await self.sem.acquire()  # free: no more ids than slots
                 self.job_counter += 1
@@ -72,15 +87,20 @@ class RouterWorker(Worker):
 
     async def run_job(self, job_id: str, score: int) -> None:
         """arq's run, with a net: a record arq trips on fails as `invalid_job` and leaves the
-        queue, instead of killing the worker (and every worker after it)."""
+        queue, instead of killing the worker (and every worker after it). Redis errors are not
+        the record's fault: the lease runs out and another worker runs the job again."""
         try:
             await super().run_job(job_id, score)
+        except RedisError as exc:
+            log.error("job %s: Redis failed under it (%s): its lease will run out and it runs again", job_id, exc)
         except Exception as exc:
             log.error("job %s: arq could not run its record: %s: %s", job_id, type(exc).__name__, exc)
             try:
-                await jobs.fail_record(
-                    self.ctx["resources"], job_id, f"arq could not run the record: {type(exc).__name__}: {exc}"
-                )
+                resources: Resources = self.ctx["resources"]
+                if await resources.store.get(job_id) is None:  # never overwrite a stored result
+                    await jobs.fail_record(
+                        resources, job_id, f"arq could not run the record: {type(exc).__name__}: {exc}"
+                    )
                 if self._lease is not None:
                     await self._lease.drop(job_id)
             except Exception:

@@ -48,8 +48,6 @@ def loads(raw: bytes | str) -> dict[str, Any]:
         return _invalid(f"the job is not JSON: {_snippet(raw_bytes)}", raw_bytes)
     if not isinstance(record, dict):
         return _invalid(f'the job is not an arq job record ({{"f": kind, "a": [job], ...}}): {_snippet(raw_bytes)}')
-    if "s" in record:  # an arq result, never ours (keep_result=0): hand it back as it is
-        return record
     problem = _record_problem(record)
     if problem:
         return _invalid(problem, raw_bytes)
