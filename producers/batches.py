@@ -17,6 +17,11 @@ an invalid line is refused (`BatchRejected`, every bad line with its number, par
 message) unless `skip_invalid`. Valid lines are spooled to a temporary file, then written to
 Redis in pipelined chunks and released to the queue at once (`_release`, the one place that
 decides where batch lines are queued). The worker's side is worker.batches.
+
+A batch is created atomically under its id (one script: nothing happens if the id exists), and
+every write after that is fenced by the submission's `owner` token in the record: a caller
+giving its own `batch_id` (a schedule's tick, worker.schedules) submits it at most once, and a
+submission that lost its record to another (which took over a dead one's) writes nothing more.
 """
 
 from __future__ import annotations
@@ -96,13 +101,62 @@ class _TooLarge:
         self.size = size
 
 
+# Create a batch's record, unless one exists under its id: 1 created, 0 the id is taken.
+# KEYS: batch record, the batch list
+# ARGV: purge_at, created_at, batch id, then field, value, ...
+_CREATE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 4))
+redis.call('EXPIREAT', KEYS[1], ARGV[1])
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
+return 1
+"""
+
+# Stage a chunk of lines (job records, the staged set, the line list), if the record is still
+# this submission's (its `owner`): -1 it is not (taken over, or gone), else the lines staged.
+# KEYS: batch record, staged set, line list
+# ARGV: owner, record TTL ms, purge_at, then job key, record, job id, line entry, ...
+_STAGE = """
+if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return -1 end
+local n = 0
+for i = 4, #ARGV, 4 do
+  redis.call('SET', ARGV[i], ARGV[i + 1], 'PX', ARGV[2])
+  redis.call('ZADD', KEYS[2], 0, ARGV[i + 2])
+  redis.call('RPUSH', KEYS[3], ARGV[i + 3])
+  n = n + 1
+end
+redis.call('EXPIREAT', KEYS[3], ARGV[3])
+redis.call('EXPIREAT', KEYS[2], ARGV[3])
+return n
+"""
+
+# Forget a batch that was never released (still `validating`), if `owner` is '' or its owner:
+# a failed submission taking itself back, or a schedule taking over a dead worker's tick.
+# KEYS: batch record, line list, staged set, the batch list; ARGV: batch id, owner ('' any)
+_DROP_UNRELEASED = """
+local rec = redis.call('HMGET', KEYS[1], 'status', 'owner')
+if not rec[1] then return 0 end
+if rec[1] ~= 'validating' then return -1 end
+if ARGV[2] ~= '' and rec[2] ~= ARGV[2] then return -1 end
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+redis.call('ZREM', KEYS[4], ARGV[1])
+return 1
+"""
+
+
+class BatchTakenOver(RuntimeError):
+    """The batch record is no longer this submission's (another took over the id): nothing more
+    was written."""
+
+
 # Move a batch's staged lines to the queue's bulk lane and start it (unless it was cancelled
 # meanwhile: its lines are queued all the same, and workers end them `batch_cancelled` without a call).
 # KEYS: batch record, staged set, bulk lane
-# ARGV: now s, now ms
+# ARGV: now s, now ms, owner
 _RELEASE = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return -1 end
+if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[3] then return -2 end
 local ids = redis.call('ZRANGE', KEYS[2], 0, -1)
 -- into the bulk lane from its front, in input order: two batches interleave
 local front = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
@@ -150,6 +204,7 @@ class Batches:
         metadata: dict[str, str] | None = None,
         skip_invalid: bool = False,
         endpoint: str | None = None,
+        batch_id: str | None = None,
     ) -> Batch:
         """Validate every line, then enqueue them all as one batch; returns its record.
 
@@ -157,7 +212,38 @@ class Batches:
         dicts). `completion_window`: OpenAI's `24h`, or `30m`, `2h`, `90s`...; lines not started
         by then end `batch_expired`. `metadata`: up to 16 string pairs. `skip_invalid`: enqueue
         the valid lines and keep the refused ones in the record's `errors`. Raises
-        BatchRejected (nothing written) when a line is invalid, or the input is over a limit."""
+        BatchRejected (nothing written) when a line is invalid, or the input is over a limit.
+        `batch_id`: the caller's own id (`batch_<32 hex>` or a schedule's
+        `batch_sched_<name>_<yyyymmddThhmmssZ>`); if a batch exists under it, submit is a no-op
+        and returns that batch's record (the id is claimed atomically, after validation)."""
+        batch, _created = await self.create(
+            source,
+            completion_window=completion_window,
+            metadata=metadata,
+            skip_invalid=skip_invalid,
+            endpoint=endpoint,
+            batch_id=batch_id,
+        )
+        return batch
+
+    async def create(
+        self,
+        source: Source,
+        *,
+        completion_window: str = "24h",
+        metadata: dict[str, str] | None = None,
+        skip_invalid: bool = False,
+        endpoint: str | None = None,
+        batch_id: str | None = None,
+    ) -> tuple[Batch, bool]:
+        """`submit`, also saying whether this call created the batch (False: the id existed)."""
+        if batch_id is not None:
+            if not wb.BATCH_ID.match(batch_id):
+                message = "a batch id is batch_<32 hex digits> or batch_sched_<schedule>_<yyyymmddThhmmssZ>"
+                raise BatchRejected([BatchError(code="invalid_batch_id", message=message, param="batch_id")], 0)
+            existing = await self.get(batch_id)
+            if existing is not None:  # cheap early no-op; the create below is the atomic check
+                return existing, False
         window_s = _window(completion_window)
         meta = _metadata(metadata)
         if endpoint is not None and endpoint not in wb.ENDPOINTS:
@@ -165,9 +251,10 @@ class Batches:
             raise BatchRejected([BatchError(code=bad.code, message=bad.message, param="endpoint")], 0)
         name = os.fspath(source) if isinstance(source, (str, os.PathLike)) else None
         with tempfile.TemporaryFile() as spool:
-            checked = self._check(_lines(source, self.settings), spool, endpoint, skip_invalid)
+            # validation is CPU work: in a thread, so a worker's event loop (leases, jobs) runs on
+            checked = await asyncio.to_thread(self._check, _lines(source, self.settings), spool, endpoint, skip_invalid)
             spool.seek(0)
-            return await self._write(spool, checked, window_s, completion_window, meta, name)
+            return await self._write(spool, checked, window_s, completion_window, meta, name, batch_id)
 
     def _check(
         self, lines: Iterator[tuple[int, Line | _TooLarge]], spool: IO[bytes], endpoint: str | None, skip: bool
@@ -260,8 +347,10 @@ class Batches:
         window: str,
         metadata: dict[str, str] | None,
         name: str | None,
-    ) -> Batch:
-        batch_id = f"batch_{uuid.uuid4().hex}"
+        batch_id: str | None = None,
+    ) -> tuple[Batch, bool]:
+        batch_id = batch_id or f"batch_{uuid.uuid4().hex}"
+        owner = uuid.uuid4().hex  # this submission: every later write checks it
         now = time.time()
         expires_at = int(now + window_s)
         purge_at = expires_at + self.settings.batch_ttl_s
@@ -276,6 +365,7 @@ class Batches:
             "purge_at": purge_at,
             "total": checked.valid,
             "queue": self.producer.queue_name,
+            "owner": owner,
             **{f"m.{model}.total": n for model, n in checked.models.items()},
         }
         if metadata:
@@ -284,25 +374,33 @@ class Batches:
             record["invalid_lines"] = len(checked.errors)
             kept = Errors(data=checked.errors[:MAX_ERRORS_KEPT])
             record["errors"] = kept.model_dump_json()
-        keys = [batch_key(batch_id), batch_lines_key(batch_id), batch_staged_key(batch_id)]
+        fields = [str(x) for pair in record.items() for x in pair]
+        create = self.redis.register_script(_CREATE)
+        if not await create(keys=[batch_key(batch_id), BATCHES], args=[purge_at, now, batch_id, *fields]):
+            existing = await self.get(batch_id)  # the id is taken: a no-op
+            if existing is None:
+                raise BatchTakenOver(f"batch {batch_id} was taken and is gone: submit again")
+            return existing, False
         try:
-            async with self.redis.pipeline(transaction=True) as tx:
-                tx.hset(keys[0], mapping=record)
-                tx.expireat(keys[0], purge_at)
-                tx.zadd(BATCHES, {batch_id: now})
-                await tx.execute()
-            await self._write_lines(spool, batch_id, window_s, purge_at)
-            await self._release(batch_id)
+            await self._write_lines(spool, batch_id, window_s, purge_at, owner)
+            if await self._release(batch_id, owner) < 0:
+                raise BatchTakenOver(f"batch {batch_id} is no longer this submission's: nothing was released")
         except BaseException:
-            # nothing was queued: take the batch back (its job records expire unqueued)
-            await self.redis.delete(*keys)
-            await self.redis.zrem(BATCHES, batch_id)
+            # nothing was queued: take the batch back, if still ours (its job records expire unqueued)
+            await self.drop_unreleased(batch_id, owner)
             raise
         found = await self.get(batch_id)
         assert found is not None
-        return found
+        return found, True
 
-    async def _write_lines(self, spool: IO[bytes], batch_id: str, window_s: float, purge_at: int) -> None:
+    async def drop_unreleased(self, batch_id: str, owner: str = "") -> bool:
+        """Forget a batch whose lines were never released (status `validating`), if `owner` is
+        its submission's (or ''): True if it was dropped. Its job records expire unqueued."""
+        drop = self.redis.register_script(_DROP_UNRELEASED)
+        keys = [batch_key(batch_id), batch_lines_key(batch_id), batch_staged_key(batch_id), BATCHES]
+        return int(await drop(keys=keys, args=[batch_id, owner])) == 1
+
+    async def _write_lines(self, spool: IO[bytes], batch_id: str, window_s: float, purge_at: int, owner: str) -> None:
         """The job records and the line list, in pipelined chunks: the spool is read as a stream."""
         record_ttl_ms = int(window_s * 1000) + JOB_EXPIRES_EXTRA_MS
         lines_key, staged = batch_lines_key(batch_id), batch_staged_key(batch_id)
@@ -313,34 +411,37 @@ class Batches:
             chunk.append((head, record))
             size += len(record)
             if len(chunk) >= CHUNK_LINES or size >= CHUNK_BYTES:
-                await self._write_chunk(chunk, batch_id, lines_key, staged, record_ttl_ms, purge_at)
+                await self._write_chunk(chunk, batch_id, lines_key, staged, record_ttl_ms, purge_at, owner)
                 chunk, size = [], 0
         if chunk:
-            await self._write_chunk(chunk, batch_id, lines_key, staged, record_ttl_ms, purge_at)
+            await self._write_chunk(chunk, batch_id, lines_key, staged, record_ttl_ms, purge_at, owner)
 
     async def _write_chunk(
-        self, chunk: list[tuple[bytes, bytes]], batch_id: str, lines_key: str, staged: str, ttl_ms: int, purge_at: int
+        self,
+        chunk: list[tuple[bytes, bytes]],
+        batch_id: str,
+        lines_key: str,
+        staged: str,
+        ttl_ms: int,
+        purge_at: int,
+        owner: str,
     ) -> None:
-        entries, ids = [], {}
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for head, record in chunk:
-                number, custom_id, _model = orjson.loads(head)
-                job_id = wb.line_job_id(batch_id, number)
-                pipe.psetex(job_key(job_id), ttl_ms, record)
-                ids[job_id] = 0
-                entries.append(json.dumps([number, custom_id]))
-            pipe.zadd(staged, ids)
-            pipe.rpush(lines_key, *entries)
-            pipe.expireat(lines_key, purge_at)
-            pipe.expireat(staged, purge_at)
-            await pipe.execute()
+        args: list[Any] = [owner, ttl_ms, purge_at]
+        for head, record in chunk:
+            number, custom_id, _model = orjson.loads(head)
+            job_id = wb.line_job_id(batch_id, number)
+            args += [job_key(job_id), record, job_id, json.dumps([number, custom_id])]
+        stage = self.redis.register_script(_STAGE)
+        if int(await stage(keys=[batch_key(batch_id), staged, lines_key], args=args)) < 0:
+            raise BatchTakenOver(f"batch {batch_id} is no longer this submission's: stopped writing its lines")
 
-    async def _release(self, batch_id: str) -> int:
-        """Queue a batch's lines, all at once: the one place that decides where batch lines go."""
+    async def _release(self, batch_id: str, owner: str) -> int:
+        """Queue a batch's lines, all at once: the one place that decides where batch lines go.
+        -1: no such batch, -2: not this submission's (`owner`), else the lines released."""
         now = time.time()
         release = self.redis.register_script(_RELEASE)
         keys = [batch_key(batch_id), batch_staged_key(batch_id), bulk_key(self.producer.queue_name)]
-        return int(await release(keys=keys, args=[int(now), int(now * 1000)]))
+        return int(await release(keys=keys, args=[int(now), int(now * 1000), owner]))
 
     # ------------------------------------------------------------ read, follow, cancel, list
 

@@ -103,6 +103,10 @@ def test_the_dashboard_is_well_formed():
         "queue depth",
         "oldest",
         "in-flight",
+        "batches by status",
+        "batch lines",
+        "bulk lane",
+        "schedule",
     ):
         assert needed in titles, needed
 
@@ -122,6 +126,8 @@ def test_dashboard_and_rules_use_only_metrics_that_exist():
         "llm_router_queue_paused",
         "llm_router_exporter_redis_up",
     }
+    # and every gauge the exporter defines (batches, bulk lane, schedules)
+    exported |= set(re.findall(r'"(llm_router_[a-z_]+)"', (ROOT / "worker" / "exporter.py").read_text()))
     text = (DEPLOY / "grafana" / "dashboards" / "llm-router.json").read_text()
     text += (DEPLOY / "prometheus" / "alerts.yml").read_text()
     used = set(re.findall(r"\bllm_router_[a-z_]+", text))

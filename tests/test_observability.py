@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 import sys
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
@@ -18,7 +19,7 @@ from harness.redis_server import free_port
 from harness.wait import wait_until_async
 from producers.api import Producer
 from tests.helpers import API_KEY, sim_admin
-from worker.keys import CREDITS
+from worker.keys import CREDITS, schedule_key
 
 sys.path.insert(0, str(DEPLOY.parent / "grafana"))
 from build_dashboard import expressions
@@ -46,8 +47,23 @@ def stack(settings, tmp_path):
         pytest.fail(f"{exc} (`make test` installs it)")
     ports = [free_port(), free_port()]
     exporter_port = free_port()
+    # a schedule whose latest tick (90-150 s ago) was missed: the workers run it once at start-up
+    tick = (datetime.now(UTC) - timedelta(seconds=90)).replace(second=0, microsecond=0)
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("first\nsecond\nthird\n")
+    schedules_file = tmp_path / "schedules.toml"
+    schedules_file.write_text(
+        f'[[schedule]]\nname = "nightly"\ncron = "{tick.minute} {tick.hour} * * *"\nprompts = "{prompts}"\n'
+        f'template = "Summarise: {{text}}"\nmodel = "gpt-4o-mini"\noutput = "{tmp_path}/out/{{name}}-{{date}}.jsonl"\n'
+    )
     base = settings.model_copy(
-        update={"worker_concurrency": 5, "poll_delay_s": 0.02, "fallbacks": {"gpt-4.1": ["claude-3-sonnet"]}}
+        update={
+            "worker_concurrency": 5,
+            "poll_delay_s": 0.02,
+            "fallbacks": {"gpt-4.1": ["claude-3-sonnet"]},
+            "schedules_file": str(schedules_file),
+            "schedule_grace_s": 600,
+        }
     )
     prom = PrivatePrometheus(
         tmp_path / "prometheus", [f"127.0.0.1:{p}" for p in ports], f"127.0.0.1:{exporter_port}"
@@ -86,7 +102,8 @@ async def test_dashboard_and_rules_on_a_real_prometheus(stack, sim):
         ids += [await producer.compare(["gemini-2.0-flash", "qwen-max"], "both?")]
 
         async def all_done():
-            return all([await producer.redis.exists(f"llm-router:result:{i}") for i in ids])
+            scheduled = await producer.redis.hget(schedule_key("nightly"), "last_success")  # its batch completed
+            return scheduled and all([await producer.redis.exists(f"llm-router:result:{i}") for i in ids])
 
         await wait_until_async(all_done, 30, "the jobs to finish", interval=0.1)
         stored = sum((await producer.store.spend()).values())

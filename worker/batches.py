@@ -29,8 +29,12 @@ from redis.asyncio import Redis
 from .keys import batch_done_key, batch_key, done_channel, result_key
 from .models import ErrorInfo, JobResult
 
-BATCH_ID = re.compile(r"^batch_[0-9a-f]{32}$")
-_LINE_ID = re.compile(r"^(batch_[0-9a-f]{32}):([0-9]{1,9})$")
+# `batch_<32 hex>` (submitted), or `batch_sched_<schedule>_<yyyymmddThhmmssZ>` (a schedule's tick:
+# worker.schedules). Both, and their line ids `<batch_id>:<line>`, stay within the job-id charset
+# and its 128 characters (a schedule name has at most 64).
+_BATCH_ID = r"batch_(?:[0-9a-f]{32}|sched_[A-Za-z0-9_.-]{1,64}_[0-9]{8}T[0-9]{6}Z)"
+BATCH_ID = re.compile(rf"^{_BATCH_ID}$")
+_LINE_ID = re.compile(rf"^({_BATCH_ID}):([0-9]{{1,9}})$")
 # Line numbers are zero-padded in job ids: arq takes jobs due at the same time in id order.
 LINE_DIGITS = 7
 

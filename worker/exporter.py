@@ -3,6 +3,10 @@
 Credits, queue depth, the oldest job's age, dead letters, today's spend and a paused queue
 are facts about the shared Redis, not about a worker: exported by every worker they would
 be summed into nonsense. Run one exporter per queue (it is in the Procfile).
+
+Schedules (SCHEDULES_FILE, read at start without checking the input files): per configured
+schedule, when its last batch completed (and its output was written), and how far overdue it
+is: the latest tick whose completion window has ended must have a completed batch.
 """
 
 from __future__ import annotations
@@ -18,8 +22,10 @@ from redis import Redis
 from redis.exceptions import RedisError
 
 from .batches import STATUSES
-from .keys import BATCHES, CREDITS, DLQ, GATE, batch_key, bulk_key, spend_day_key
+from .keys import BATCHES, CREDITS, DLQ, GATE, batch_key, bulk_key, schedule_key, schedule_output_key, spend_day_key
 from .metrics import Labels
+from .schedules import Schedule
+from .schedules import load as load_schedules
 from .settings import Settings
 
 log = logging.getLogger("llm_router.exporter")
@@ -32,6 +38,7 @@ class QueueCollector(Collector):
         self.settings = settings
         self.redis = redis or Redis.from_url(settings.redis_url, socket_timeout=5)
         self.labels = Labels(settings)
+        self.schedules = load_schedules(settings, check_files=False)
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         up = GaugeMetricFamily("llm_router_exporter_redis_up", "1 if the exporter could read Redis")
@@ -106,6 +113,44 @@ class QueueCollector(Collector):
         for status in STATUSES:
             batches.add_metric([status], float(statuses.count(status.encode())))
         yield batches
+        if self.schedules:
+            yield from self._schedules(now)
+
+    def _schedules(self, now: float) -> Iterator[GaugeMetricFamily]:
+        # per schedule: the latest tick whose window has ended, and the batch it must have completed
+        due: list[tuple[Schedule, float, str]] = []
+        for s in self.schedules:
+            tick = s.latest_tick(now - s.window_s)
+            due.append((s, tick.timestamp(), s.batch_id(tick)))
+        with self.redis.pipeline(transaction=False) as pipe:
+            for s, _at, batch_id in due:
+                pipe.hmget(schedule_key(s.name), ["last_success", "since"])
+                pipe.hget(batch_key(batch_id), "status")
+                pipe.get(schedule_output_key(batch_id))
+            read = pipe.execute()
+        success = GaugeMetricFamily(
+            "llm_router_schedule_last_success_timestamp_seconds",
+            "When the schedule's last batch completed (and its output was written); absent before the first",
+            labels=["schedule"],
+        )
+        overdue = GaugeMetricFamily(
+            "llm_router_schedule_overdue_seconds",
+            "Seconds the batch of the latest tick past its window has not completed (0: on time)",
+            labels=["schedule"],
+        )
+        for i, (s, at, _batch_id) in enumerate(due):
+            (last_success, since), status, marker = read[3 * i], read[3 * i + 1], read[3 * i + 2]
+            if last_success is not None:
+                success.add_metric([s.name], float(last_success))
+            deadline = at + s.window_s
+            late = 0.0
+            # ticks before a worker first applied the schedule are not owed
+            if since is not None and at >= float(since):
+                ok = status == b"completed" and marker == b"done"
+                late = 0.0 if ok else max(now - deadline, 0.0)
+            overdue.add_metric([s.name], late)
+        yield success
+        yield overdue
 
 
 def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:

@@ -23,6 +23,10 @@ results): the README's key table is checked against this module by a test.
     llm-router:batch:done:<batch_id>    hash line -> outcome: each line counted once
     llm-router:batch:staged:<batch_id>  sorted set: lines written, not yet released to the queue
     llm-router:batches                  sorted set batch id -> created_at (the list)
+    llm-router:schedule:<name>          hash: a schedule's state (worker.schedules): since, last tick, batch, success
+    llm-router:schedule:claim:<batch_id>    the worker submitting a tick's batch (a lease it renews)
+    llm-router:schedule:output:<batch_id>   the worker writing a scheduled batch's output, then `done`
+    llm-router:schedules:pending        sorted set: scheduled batches not yet seen final (output, success)
 
 arq's own keys (arq.constants) for a job id: `arq:job:<id>` (the job record),
 `arq:in-progress:<id>` (claimed; our lease), `arq:retry:<id>` (runs so far), `arq:result:<id>`
@@ -58,6 +62,10 @@ BATCH_LINES_PREFIX = PREFIX + "batch:lines:"
 BATCH_DONE_PREFIX = PREFIX + "batch:done:"
 BATCH_STAGED_PREFIX = PREFIX + "batch:staged:"
 BATCHES = PREFIX + "batches"
+SCHEDULE_PREFIX = PREFIX + "schedule:"
+SCHEDULE_CLAIM_PREFIX = PREFIX + "schedule:claim:"
+SCHEDULE_OUTPUT_PREFIX = PREFIX + "schedule:output:"
+SCHEDULES_PENDING = PREFIX + "schedules:pending"
 
 # arq's key knowledge, used nowhere else.
 JOB_PREFIX = _arq.job_key_prefix
@@ -114,6 +122,18 @@ def batch_done_key(batch_id: str) -> str:
 
 def batch_staged_key(batch_id: str) -> str:
     return BATCH_STAGED_PREFIX + batch_id
+
+
+def schedule_key(name: str) -> str:
+    return SCHEDULE_PREFIX + name
+
+
+def schedule_claim_key(batch_id: str) -> str:
+    return SCHEDULE_CLAIM_PREFIX + batch_id
+
+
+def schedule_output_key(batch_id: str) -> str:
+    return SCHEDULE_OUTPUT_PREFIX + batch_id
 
 
 def job_key(job_id: str) -> str:

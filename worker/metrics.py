@@ -18,6 +18,7 @@ import logging
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
+from .batches import OUTCOMES
 from .settings import Settings
 
 log = logging.getLogger("llm_router.metrics")
@@ -75,6 +76,8 @@ BATCH_LINES = Counter(
     "Batch lines counted in their batch, by how they ended",
     ["outcome"],
 )
+for _outcome in OUTCOMES:  # every series exists from the start
+    BATCH_LINES.labels(_outcome)
 IN_FLIGHT = Gauge("llm_router_upstream_in_flight", "Upstream calls in progress", ["model"])
 
 

@@ -1,5 +1,6 @@
 """The arq wiring: the worker's settings for arq, the shared resources built at start-up,
-and the keeper task that renews leases, beats the heartbeat and watches the gate.
+the keeper task that renews leases, beats the heartbeat and watches the gate, and the
+scheduler task that fires the schedules of SCHEDULES_FILE (worker.schedules).
 
 `arq worker.WorkerSettings` runs arq's own Worker from the same settings; `llm-router worker`
 runs RouterWorker (worker.runner), which adds the batched claim and stops picking jobs while
@@ -21,7 +22,7 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from . import jobs, logs, serde
+from . import jobs, logs, schedules, serde
 from .client import AIsaClient
 from .gate import Gate
 from .lease import Lease
@@ -61,6 +62,15 @@ async def startup(ctx: dict[str, Any]) -> None:
     ctx["keeper"] = asyncio.create_task(
         keeper(ctx["resources"], Lease(redis, settings.queue_name, settings.lease_s)), name="llm-router-keeper"
     )
+    if ctx.get("schedules"):
+        from producers.api import Producer
+
+        producer = Producer(settings.redis_url, queue_name=settings.queue_name)
+        producer.settings = settings
+        ctx["schedule_producer"] = producer
+        ctx["scheduler"] = asyncio.create_task(
+            schedules.Scheduler(producer, settings, ctx["schedules"]).run(), name="llm-router-scheduler"
+        )
     log.info(
         "llm-router worker up: gateway %s, queue %s, concurrency %d",
         settings.aisa_base_url,
@@ -70,10 +80,13 @@ async def startup(ctx: dict[str, Any]) -> None:
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
-    if "keeper" in ctx:
-        ctx["keeper"].cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await ctx["keeper"]
+    for task in ("scheduler", "keeper"):
+        if task in ctx:
+            ctx[task].cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await ctx[task]
+    if "schedule_producer" in ctx:
+        await ctx["schedule_producer"].aclose()
     if "resources" in ctx:
         await ctx["resources"].client.aclose()
 
@@ -102,14 +115,15 @@ def redis_settings(settings: Settings) -> RedisSettings:
 
 
 def worker_kwargs(settings: Settings) -> dict[str, Any]:
-    """Everything arq's Worker takes, from our settings. Checks the API key first."""
+    """Everything arq's Worker takes, from our settings. Checks the API key and the schedules
+    first (a ConfigError: the worker exits 2 with one line)."""
     settings.api_key()
     return {
         # keep_result=0: our own JSON JobResult (worker.store) is the result; arq's would duplicate it.
         "functions": [func(f, name=name, keep_result=0) for name, f in jobs.functions().items()],
         "on_startup": startup,
         "on_shutdown": shutdown,
-        "ctx": {"settings": settings},
+        "ctx": {"settings": settings, "schedules": schedules.load(settings)},
         "redis_settings": redis_settings(settings),
         "queue_name": settings.queue_name,
         "max_jobs": settings.worker_concurrency,

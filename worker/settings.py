@@ -150,6 +150,11 @@ class Settings(BaseSettings):
     batch_ttl_s: int = Field(
         30 * 24 * 3600, ge=60, description="a batch and its results are kept this long past its window"
     )
+    # ---- schedules (worker.schedules): bulk batches on a cron schedule, fired by the workers
+    schedules_file: str | None = Field(None, description="a TOML file of schedules; none: no schedules")
+    schedule_grace_s: float = Field(
+        3600, ge=0, description="a tick missed while no worker ran is still run (once) this long after it"
+    )
 
     # ---- metrics (worker.metrics, worker.exporter) ----
     metrics_port: int = Field(9464, ge=0, le=65535, description="a worker's /metrics port; 0: no metrics")

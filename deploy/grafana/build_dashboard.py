@@ -174,6 +174,34 @@ PANELS: list[dict[str, Any]] = [
         "short",
         description="A model failing often is skipped by every worker for CIRCUIT_OPEN_S",
     ),
+    row("Batches and schedules"),
+    graph("Batches by status", [("max by (status) (llm_router_batches)", "{{status}}")], "short", w=8),
+    graph(
+        "Batch lines/s by outcome",
+        [(f"sum by (outcome) (rate(llm_router_batch_lines_total[{RATE}]))", "{{outcome}}")],
+        "reqps",
+        w=8,
+    ),
+    graph(
+        "Bulk lane depth",
+        [("max(llm_router_bulk_depth)", "bulk jobs waiting")],
+        "short",
+        w=8,
+        description="Batch lines waiting for the slots interactive jobs leave free",
+    ),
+    graph(
+        "Since each schedule's last success",
+        [("time() - max by (schedule) (llm_router_schedule_last_success_timestamp_seconds)", "{{schedule}}")],
+        "s",
+        description="Time since the schedule's last batch completed and its output was written",
+    ),
+    graph(
+        "Schedules overdue",
+        [("max by (schedule) (llm_router_schedule_overdue_seconds)", "{{schedule}}")],
+        "s",
+        description="How long the batch of a schedule's latest due tick is past its window without completing "
+        "(alert: LLMRouterScheduledBatchNotCompleted)",
+    ),
     row("Queue and workers"),
     graph(
         "Queue depth",

@@ -1,0 +1,120 @@
+"""`llm-router schedule` (operator verbs, beside worker.schedules):
+
+    llm-router schedule list [--json]   each schedule: cron, next run, last batch and its status
+    llm-router schedule run NAME        a batch of it now (id: the name and the current second)
+
+Both read SCHEDULES_FILE as the workers do. `run` submits from this process, so it reads the
+schedule's input here; its output file is written by a worker when the batch completes.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import UTC, datetime
+from typing import Any, NoReturn
+
+import click
+
+from .cli import run
+from .settings import load_settings
+
+
+@click.group()
+def cli() -> None:
+    """Schedule verbs."""
+
+
+@cli.group()
+def schedule() -> None:
+    """Scheduled batches (SCHEDULES_FILE): list, run."""
+
+
+def _on_producer(body: Any) -> NoReturn:
+    from producers.api import Producer
+
+    from . import schedules
+
+    async def main() -> int:
+        settings = load_settings()
+        found = schedules.load(settings, check_files=False)
+        async with Producer(settings.redis_url, queue_name=settings.queue_name) as producer:
+            producer.settings = settings
+            return int(await body(producer, settings, found))
+
+    run(main())
+
+
+@schedule.command("list")
+@click.option("--json", "as_json", is_flag=True)
+def schedule_list(as_json: bool) -> None:
+    """Every schedule: cron, time zone, next run, last batch and its status, last success."""
+    from .keys import schedule_key
+
+    async def body(producer: Any, settings: Any, found: list[Any]) -> int:
+        now = time.time()
+        rows = []
+        for s in found:
+            state = {k.decode(): v.decode() for k, v in (await producer.redis.hgetall(schedule_key(s.name))).items()}
+            last = state.get("last_batch")
+            batch = await producer.batches.get(last) if last else None
+            success = state.get("last_success")
+            rows.append(
+                {
+                    "name": s.name,
+                    "cron": s.cron,
+                    "timezone": s.timezone,
+                    "next_run": s.next_tick(now).isoformat(),
+                    "last_batch": last,
+                    "last_status": batch.status if batch else None,
+                    "last_counts": batch.request_counts.model_dump() if batch else None,
+                    "last_success": datetime.fromtimestamp(float(success), UTC).isoformat() if success else None,
+                    "last_error": state.get("last_error"),
+                    "output": s.output,
+                }
+            )
+        if as_json:
+            click.echo(json.dumps(rows, indent=2))
+            return 0
+        if not rows:
+            click.echo("no schedules (set SCHEDULES_FILE)")
+        for r in rows:
+            last = f"{r['last_batch']} {r['last_status']}" if r["last_batch"] else "no batch yet"
+            click.echo(f"{r['name']}  {r['cron']} ({r['timezone']})  next {r['next_run']}  last {last}")
+        return 0
+
+    _on_producer(body)
+
+
+@schedule.command("run")
+@click.argument("name")
+def schedule_run(name: str) -> None:
+    """Submit a batch of schedule NAME now; prints its id (batch_sched_<name>_<now, UTC>)."""
+    from producers.batches import BatchRejected
+
+    from . import schedules
+    from .settings import ConfigError
+
+    async def body(producer: Any, settings: Any, found: list[Any]) -> int:
+        by_name = {s.name: s for s in found}
+        if name not in by_name:
+            known = ", ".join(by_name) or "none"
+            click.echo(f"llm-router: no schedule {name!r} in SCHEDULES_FILE (schedules: {known})", err=True)
+            return 2
+        s = by_name[name]
+        schedules.check_input(s, f"SCHEDULES_FILE {settings.schedules_file}: schedule {name!r}")
+        tick = datetime.now(UTC).replace(microsecond=0)
+        batch_id = s.batch_id(tick)
+        try:
+            batch, created = await schedules.submit(producer, s, batch_id, tick)
+        except BatchRejected as exc:
+            click.echo(f"llm-router: {exc}", err=True)
+            return 2
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"schedule {name!r}: {exc}") from None
+        click.echo(batch.id)
+        if not created:
+            click.echo(f"(a batch of {name} was submitted this second already: that one)", err=True)
+        return 0
+
+    _on_producer(body)
