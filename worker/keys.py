@@ -23,6 +23,9 @@ results): the README's key table is checked against this module by a test.
     llm-router:batch:done:<batch_id>    hash line -> outcome: each line counted once
     llm-router:batch:staged:<batch_id>  sorted set: lines written, not yet released to the queue
     llm-router:batches                  sorted set batch id -> created_at (the list)
+    llm-router:source-batches:<source>  sorted set batch id -> created_at: the batches an ingress token made
+    llm-router:file:<file_id>           hash: an uploaded file's record (producers.files): name, size, owner
+    llm-router:file:data:<file_id>      string: its bytes, written and read in chunks
 
 arq's own keys (arq.constants) for a job id: `arq:job:<id>` (the job record),
 `arq:in-progress:<id>` (claimed; our lease), `arq:retry:<id>` (runs so far), `arq:result:<id>`
@@ -58,6 +61,9 @@ BATCH_LINES_PREFIX = PREFIX + "batch:lines:"
 BATCH_DONE_PREFIX = PREFIX + "batch:done:"
 BATCH_STAGED_PREFIX = PREFIX + "batch:staged:"
 BATCHES = PREFIX + "batches"
+SOURCE_BATCHES_PREFIX = PREFIX + "source-batches:"
+FILE_PREFIX = PREFIX + "file:"
+FILE_DATA_PREFIX = PREFIX + "file:data:"
 
 # arq's key knowledge, used nowhere else.
 JOB_PREFIX = _arq.job_key_prefix
@@ -114,6 +120,18 @@ def batch_done_key(batch_id: str) -> str:
 
 def batch_staged_key(batch_id: str) -> str:
     return BATCH_STAGED_PREFIX + batch_id
+
+
+def source_batches_key(source: str) -> str:
+    return SOURCE_BATCHES_PREFIX + source
+
+
+def file_key(file_id: str) -> str:
+    return FILE_PREFIX + file_id
+
+
+def file_data_key(file_id: str) -> str:
+    return FILE_DATA_PREFIX + file_id
 
 
 def job_key(job_id: str) -> str:
