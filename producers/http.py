@@ -26,7 +26,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -43,6 +43,9 @@ from .waits import ResultWaits
 # A multipart upload carries a file of up to BATCH_MAX_BYTES and a little framing.
 UPLOAD_OVERHEAD = 1024 * 1024
 UPLOAD_PATH = "/v1/files"
+# Redis connections one ingress process opens for commands (requests wait for a free one);
+# every long-poll shares one more, the pub/sub of producers.waits.
+REDIS_CONNECTIONS = 64
 
 
 class ApiError(Exception):
@@ -83,7 +86,10 @@ class Ingress:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.redis = Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_keepalive=True)
+        pool = BlockingConnectionPool.from_url(
+            settings.redis_url, max_connections=REDIS_CONNECTIONS, timeout=10, socket_connect_timeout=2
+        )
+        self.redis = Redis(connection_pool=pool)
         self.store = ResultStore(self.redis, settings.result_ttl_s)
         self.waits = ResultWaits(Redis.from_url(settings.redis_url, socket_connect_timeout=2), self.store)
         self.files = Files(self.redis, settings.file_ttl_s)
