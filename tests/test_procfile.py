@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
+
 from harness.processes import answers
 from harness.redis_server import free_port
 from harness.wait import wait_until
@@ -24,6 +26,7 @@ def test_honcho_runs_the_procfile_with_the_example_env(redis_url, tmp_path):
         "REDIS_URL": redis_url,
         "METRICS_PORT": str(free_port()),
         "EXPORTER_PORT": str(free_port()),
+        "API_PORT": str(free_port()),
     }
     example = (ROOT / ".env.example").read_text()
     assert set(local) <= set(re.findall(r"^([A-Z_]+)=", example, re.M))  # only this machine's ports change
@@ -44,7 +47,10 @@ def test_honcho_runs_the_procfile_with_the_example_env(redis_url, tmp_path):
     )
     try:
         wait_until(lambda: answers(f"http://127.0.0.1:{sim_port}/_sim/stats"), 30, "the simulator under honcho")
-        dotenv = dict(line.split("=", 1) for line in env_file.splitlines() if re.match(r"^[A-Z_]+=", line))
+        dotenv = {
+            k: v.strip("'")  # honcho reads a quoted value as written
+            for k, v in (line.split("=", 1) for line in env_file.splitlines() if re.match(r"^[A-Z_]+=", line))
+        }
         out = subprocess.run(
             [str(BIN / "llm-router"), "chat", "--model", "gpt-4.1", "--message", "via honcho", "--timeout", "60"],
             env={**env, **dotenv},
@@ -54,6 +60,13 @@ def test_honcho_runs_the_procfile_with_the_example_env(redis_url, tmp_path):
         )
         assert out.returncode == 0, out.stderr
         assert out.stdout.startswith("[gpt-4.1] You said: via honcho")
+        api = f"http://127.0.0.1:{local['API_PORT']}"
+        wait_until(lambda: answers(f"{api}/readyz"), 30, "the ingress under honcho")
+        job = {"model": "gpt-4.1", "messages": [{"role": "user", "content": "via the ingress"}]}
+        answer = httpx.post(
+            f"{api}/v1/chat/completions", json=job, headers={"Authorization": "Bearer local-token"}, timeout=60
+        )
+        assert answer.json()["choices"][0]["message"]["content"] == "[gpt-4.1] You said: via the ingress"
     finally:
         os.killpg(stack.pid, signal.SIGTERM)
         log, _ = stack.communicate(timeout=30)

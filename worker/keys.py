@@ -27,6 +27,9 @@ results): the README's key table is checked against this module by a test.
     llm-router:schedule:claim:<batch_id>    the worker submitting a tick's batch (a lease it renews)
     llm-router:schedule:output:<batch_id>   the worker writing a scheduled batch's output, then `done`
     llm-router:schedules:pending        sorted set: scheduled batches not yet seen final (output, success)
+    llm-router:source-batches:<source>  sorted set batch id -> created_at: the batches an ingress token made
+    llm-router:file:<file_id>           hash: an uploaded file's record (producers.files): name, size, owner
+    llm-router:file:data:<file_id>      string: its bytes, written and read in chunks
 
 arq's own keys (arq.constants) for a job id: `arq:job:<id>` (the job record),
 `arq:in-progress:<id>` (claimed; our lease), `arq:retry:<id>` (runs so far), `arq:result:<id>`
@@ -66,6 +69,9 @@ SCHEDULE_PREFIX = PREFIX + "schedule:"
 SCHEDULE_CLAIM_PREFIX = PREFIX + "schedule:claim:"
 SCHEDULE_OUTPUT_PREFIX = PREFIX + "schedule:output:"
 SCHEDULES_PENDING = PREFIX + "schedules:pending"
+SOURCE_BATCHES_PREFIX = PREFIX + "source-batches:"
+FILE_PREFIX = PREFIX + "file:"
+FILE_DATA_PREFIX = PREFIX + "file:data:"
 
 # arq's key knowledge, used nowhere else.
 JOB_PREFIX = _arq.job_key_prefix
@@ -134,6 +140,18 @@ def schedule_claim_key(batch_id: str) -> str:
 
 def schedule_output_key(batch_id: str) -> str:
     return SCHEDULE_OUTPUT_PREFIX + batch_id
+
+
+def source_batches_key(source: str) -> str:
+    return SOURCE_BATCHES_PREFIX + source
+
+
+def file_key(file_id: str) -> str:
+    return FILE_PREFIX + file_id
+
+
+def file_data_key(file_id: str) -> str:
+    return FILE_DATA_PREFIX + file_id
 
 
 def job_key(job_id: str) -> str:

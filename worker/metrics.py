@@ -79,6 +79,17 @@ BATCH_LINES = Counter(
 for _outcome in OUTCOMES:  # every series exists from the start
     BATCH_LINES.labels(_outcome)
 IN_FLIGHT = Gauge("llm_router_upstream_in_flight", "Upstream calls in progress", ["model"])
+# The HTTP ingress (producers/http.py): `route` is the route's template (`/v1/jobs/{job_id}`, or
+# `other` for no route), `status_class` `2xx`...`5xx`: bounded whatever the clients send.
+HTTP_REQUESTS = Counter(
+    "llm_router_http_requests", "Requests the HTTP ingress answered", ["route", "method", "status_class"]
+)
+HTTP_DURATION = Histogram(
+    "llm_router_http_request_duration_seconds",
+    "HTTP ingress requests, from the first byte in to the last byte out (long-polls included)",
+    ["route", "method"],
+    buckets=LATENCY_BUCKETS,
+)
 
 
 class Labels:

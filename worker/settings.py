@@ -156,6 +156,20 @@ class Settings(BaseSettings):
         3600, ge=0, description="a tick missed while no worker ran is still run (once) this long after it"
     )
 
+    # ---- the HTTP ingress (`llm-router api`, producers/http.py)
+    # INGRESS_TOKENS='{"<token>": "billing"}': bearer tokens and the source name each one stamps on its jobs
+    ingress_tokens: dict[str, str] = {}
+    ingress_max_body_bytes: int = Field(
+        32 * 1024 * 1024, ge=1024, description="largest request body (a file upload has BATCH_MAX_BYTES)"
+    )
+    ingress_max_queue_depth: int = Field(
+        100_000, ge=0, description="queued jobs (queue and bulk lane) over which enqueues answer 429; 0: no limit"
+    )
+    ingress_wait_s: float = Field(
+        60, gt=0, description="longest /v1/chat/completions waits, and the largest ?wait= of GET /v1/jobs/{id}"
+    )
+    file_ttl_s: int = Field(30 * 24 * 3600, ge=60, description="how long an uploaded file is kept")
+
     # ---- metrics (worker.metrics, worker.exporter) ----
     metrics_port: int = Field(9464, ge=0, le=65535, description="a worker's /metrics port; 0: no metrics")
     exporter_port: int = Field(9465, ge=1, le=65535, description="`llm-router exporter`'s /metrics port")

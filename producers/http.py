@@ -1,0 +1,336 @@
+"""The HTTP ingress: `llm-router api`, an ASGI app (FastAPI) for services in any language.
+
+It only enqueues and reads, like the Python API it is built on (`Producer`, `Batches`):
+workers make every gateway call. Routes: jobs and OpenAI's chat completions and models
+(producers.http_jobs), files and batches (producers.http_batches); here the app, bearer
+auth, errors in OpenAI's shape, body limits, request metrics and the health probes.
+
+Every `/v1` path needs `Authorization: Bearer <token>`; INGRESS_TOKENS maps each token to
+the source name stamped on its jobs, and a token reads only what its source made (404 for
+another's). Job ids made here are `<source>@<key>`, so two tokens' idempotency keys never meet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+import click
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.exceptions import RedisError
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from worker.metrics import HTTP_DURATION, HTTP_REQUESTS
+from worker.models import JobBase
+from worker.settings import ConfigError, Settings, exit_on_config_error, load_settings
+from worker.store import ResultStore
+
+from .api import JobConflict, JobRejected, Producer
+from .files import Files
+from .waits import ResultWaits
+
+# A multipart upload carries a file of up to BATCH_MAX_BYTES and a little framing.
+UPLOAD_OVERHEAD = 1024 * 1024
+UPLOAD_PATH = "/v1/files"
+# Redis connections one ingress process opens for commands (requests wait for a free one);
+# every long-poll shares one more, the pub/sub of producers.waits.
+REDIS_CONNECTIONS = 64
+
+
+class ApiError(Exception):
+    """An error answered in OpenAI's shape: `{"error": {"message", "type", "param", "code"}}`."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
+
+    def response(self) -> JSONResponse:
+        body = {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+        headers = {"WWW-Authenticate": "Bearer"} if self.status == 401 else None
+        return JSONResponse(body, status_code=self.status, headers=headers)
+
+
+def not_found(what: str) -> ApiError:
+    return ApiError(404, f"no {what} (or not yours)", code="not_found")
+
+
+class TenantProducer(Producer):
+    """A Producer whose source is a token's: a job naming another source is refused."""
+
+    def _record_bytes(self, job: JobBase, now_ms: int) -> tuple[dict[str, Any], bytes]:
+        if job.source is not None and job.source != self.source:
+            raise JobRejected("source", f"is set by your token ({self.source}): leave it out")
+        return super()._record_bytes(job, now_ms)
+
+
+class Ingress:
+    """What the app's requests share: Redis, the result waits, the files, a Producer per source."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        pool = BlockingConnectionPool.from_url(
+            settings.redis_url, max_connections=REDIS_CONNECTIONS, timeout=10, socket_connect_timeout=2
+        )
+        self.redis = Redis(connection_pool=pool)
+        self.store = ResultStore(self.redis, settings.result_ttl_s)
+        self.waits = ResultWaits(Redis.from_url(settings.redis_url, socket_connect_timeout=2), self.store)
+        self.files = Files(self.redis, settings.file_ttl_s)
+        self._producers: dict[str, TenantProducer] = {}
+
+    def producer(self, source: str) -> TenantProducer:
+        if source not in self._producers:
+            producer = TenantProducer(source=source, queue_name=self.settings.queue_name, redis=self.redis)
+            producer.settings = self.settings
+            producer.store = self.store
+            self._producers[source] = producer
+        return self._producers[source]
+
+    def source_of(self, token: str) -> str | None:
+        """The token's source name, compared in constant time against every known token."""
+        found = None
+        for known, source in self.settings.ingress_tokens.items():
+            if hmac.compare_digest(known.encode(), token.encode()):
+                found = source
+        return found
+
+    async def admit(self, source: str, jobs: int = 1) -> None:
+        """429 when the queue is over INGRESS_MAX_QUEUE_DEPTH."""
+        limit = self.settings.ingress_max_queue_depth
+        if limit and await self.producer(source).queued() + jobs > limit:
+            raise ApiError(
+                429,
+                f"the queue holds over INGRESS_MAX_QUEUE_DEPTH={limit} jobs: retry later",
+                type="rate_limit_error",
+                code="queue_full",
+            )
+
+    async def aclose(self) -> None:
+        await self.waits.aclose()
+        await self.waits.redis.aclose()
+        await self.redis.aclose()
+
+
+def ingress(request: Request) -> Ingress:
+    found: Ingress = request.app.state.ingress
+    return found
+
+
+_bearer = HTTPBearer(auto_error=False, description="a token of INGRESS_TOKENS")
+
+
+def tenant(request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> str:
+    """The source name of the request's bearer token; 401 without a known one."""
+    source = ingress(request).source_of(credentials.credentials) if credentials else None
+    if source is None:
+        raise ApiError(
+            401, "missing or unknown bearer token: send Authorization: Bearer <token>", code="invalid_api_key"
+        )
+    return source
+
+
+Tenant = Annotated[str, Depends(tenant)]
+App = Annotated[Ingress, Depends(ingress)]
+
+
+async def read_json(request: Request) -> dict[str, Any]:
+    """The request's JSON object (read through the body limit), or a 400."""
+    try:
+        body = json.loads(await request.body())
+    except ValueError:
+        raise ApiError(400, "the body is not valid JSON", code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "the body must be a JSON object", code="invalid_json")
+    return body
+
+
+class BodyTooLarge(ApiError):
+    def __init__(self, limit: int, setting: str) -> None:
+        super().__init__(413, f"the body is over {setting}={limit} bytes", code="body_too_large")
+
+
+class Guard:
+    """ASGI middleware: refuses a body over its limit as it streams in (never read whole
+    first), and counts every request by route template, method and status class."""
+
+    def __init__(self, app: ASGIApp, settings: Settings) -> None:
+        self.app = app
+        self.settings = settings
+
+    def limit(self, scope: Scope) -> tuple[int, str]:
+        if scope["path"] == UPLOAD_PATH:
+            return self.settings.batch_max_bytes + UPLOAD_OVERHEAD, "BATCH_MAX_BYTES"
+        return self.settings.ingress_max_body_bytes, "INGRESS_MAX_BODY_BYTES"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started, status = time.perf_counter(), [500]
+        limit, setting = self.limit(scope)
+        received = 0
+
+        async def limited() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > limit:
+                raise BodyTooLarge(limit, setting)
+            return message
+
+        async def sending(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            declared = dict(scope["headers"]).get(b"content-length", b"0")
+            if declared.isdigit() and int(declared) > limit:
+                await BodyTooLarge(limit, setting).response()(scope, receive, sending)
+            else:
+                await self.app(scope, limited, sending)
+        finally:
+            route = getattr(scope.get("route"), "path", None) or "other"
+            HTTP_REQUESTS.labels(route, scope["method"], f"{status[0] // 100}xx").inc()
+            HTTP_DURATION.labels(route, scope["method"]).observe(time.perf_counter() - started)
+
+
+def _errors(app: FastAPI) -> None:
+    async def api_error(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ApiError)
+        return exc.response()
+
+    async def rejected(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, JobRejected)
+        if isinstance(exc, JobConflict):
+            return ApiError(409, exc.message, param="Idempotency-Key", code="idempotency_conflict").response()
+        return ApiError(422, exc.message, param=exc.field, code="invalid_value").response()
+
+    async def invalid(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        err = exc.errors()[0]
+        param = ".".join(str(p) for p in err["loc"][1:]) or None
+        return ApiError(422, str(err["msg"]), param=param, code="invalid_value").response()
+
+    async def http_error(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        code = "not_found" if exc.status_code == 404 else None
+        return ApiError(exc.status_code, str(exc.detail), code=code).response()
+
+    async def redis_down(_: Request, exc: Exception) -> Response:
+        return ApiError(503, "Redis is unavailable: retry later", type="server_error", code="unavailable").response()
+
+    app.add_exception_handler(ApiError, api_error)
+    app.add_exception_handler(JobRejected, rejected)
+    app.add_exception_handler(RequestValidationError, invalid)
+    app.add_exception_handler(HTTPException, http_error)
+    app.add_exception_handler(RedisError, redis_down)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The ingress app; `settings` default to the environment's."""
+    settings = settings or load_settings()
+    check_tokens(settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.ingress = Ingress(settings)
+        try:
+            yield
+        finally:
+            await app.state.ingress.aclose()
+
+    from .http_batches import router as batches
+    from .http_jobs import router as jobs
+
+    app = FastAPI(title="llm-router", version="0.1.0", lifespan=lifespan)
+    app.add_middleware(Guard, settings=settings)
+    _errors(app)
+    app.include_router(jobs)
+    app.include_router(batches)
+    _openapi(app)
+
+    @app.get("/healthz", tags=["health"])
+    async def healthz() -> dict[str, bool]:
+        """The process is up."""
+        return {"ok": True}
+
+    @app.get("/readyz", tags=["health"])
+    async def readyz(request: Request) -> Response:
+        """Redis answers (503 while it does not)."""
+        try:
+            ready = bool(await asyncio.wait_for(ingress(request).redis.ping(), 2))
+        except (RedisError, OSError, TimeoutError):
+            ready = False
+        return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
+
+    @app.get("/metrics", tags=["health"], include_in_schema=False)
+    async def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def _openapi(app: FastAPI) -> None:
+    """/openapi.json with the job contract's models among its components."""
+    from fastapi.openapi.utils import get_openapi
+
+    from .http_jobs import SCHEMA_DEFS
+
+    def build() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
+            schema.setdefault("components", {}).setdefault("schemas", {}).update(SCHEMA_DEFS)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = build  # type: ignore[method-assign]
+
+
+def check_tokens(settings: Settings) -> None:
+    if not settings.ingress_tokens:
+        raise ConfigError('INGRESS_TOKENS is not set: export INGRESS_TOKENS=\'{"<token>": "<source name>"}\'')
+    from worker.models import _SOURCE
+
+    for source in settings.ingress_tokens.values():
+        if not _SOURCE.match(source):
+            raise ConfigError(
+                f"INGRESS_TOKENS: source {source!r} must be 1-64 characters of letters, digits and _ . : -"
+            )
+
+
+@click.group()
+def cli() -> None:
+    """The HTTP ingress."""
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="address to listen on (0.0.0.0: all)")
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(1, 65535))
+def api(host: str, port: int) -> None:
+    """Serve the HTTP ingress (OpenAPI schema at /openapi.json); needs INGRESS_TOKENS and REDIS_URL."""
+    import uvicorn
+
+    try:
+        app = create_app()
+    except ConfigError as exc:
+        exit_on_config_error(exc)
+        return
+    uvicorn.run(app, host=host, port=port, access_log=False, timeout_graceful_shutdown=5)

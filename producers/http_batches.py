@@ -1,0 +1,208 @@
+"""Files and batches over HTTP, in OpenAI's shapes, on the batch engine (producers.batches):
+`POST /v1/files` (multipart, `purpose=batch`; spooled to a temporary file, stored in Redis by
+producers.files), `GET|DELETE /v1/files/{id}`, `GET /v1/files/{id}/content`; `POST
+/v1/batches`, `GET /v1/batches[/{id}]`, `POST /v1/batches/{id}/cancel`.
+
+A final batch names its output and error files (`file-<batch_id>-output`, `-errors`): they are
+not stored, but read from its line results in input order (`Batches.results`) when fetched.
+A token sees only its own files and batches (`llm-router:source-batches:<source>`)."""
+
+from __future__ import annotations
+
+import json
+import re
+import tempfile
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import StreamingResponse
+from starlette.datastructures import UploadFile
+
+from worker.batches import Batch
+from worker.keys import batch_key, source_batches_key
+
+from .batches import Batches, BatchRejected
+from .files import FileObject
+from .http import ApiError, App, Tenant, not_found, read_json, tenant
+
+router = APIRouter(prefix="/v1", dependencies=[Depends(tenant)])
+
+OUTPUT_FILE = re.compile(r"^file-(batch_[0-9a-f]{32})-(output|errors)$")
+# The per-source list outlives its newest batch's record by this much (purged entries are dropped when listed).
+LIST_EXTRA_S = 7 * 24 * 3600
+_UPLOAD_SCHEMA = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file", "purpose"],
+                    "properties": {"file": {"type": "string", "format": "binary"}, "purpose": {"enum": ["batch"]}},
+                }
+            }
+        },
+    }
+}
+
+
+# ---------------------------------------------------------------- files
+
+
+@router.post("/files", tags=["files"], openapi_extra=_UPLOAD_SCHEMA)
+async def upload_file(request: Request, app: App, source: Tenant) -> dict[str, Any]:
+    """Upload a JSONL file of batch requests (multipart: `file`, `purpose=batch`)."""
+    async with request.form(max_files=1, max_fields=8) as form:
+        upload, purpose = form.get("file"), form.get("purpose")
+        if purpose != "batch":
+            raise ApiError(422, f"must be 'batch', not {purpose!r}", param="purpose", code="invalid_value")
+        if not isinstance(upload, UploadFile):
+            raise ApiError(422, "a multipart field `file` holding the file is required", param="file")
+        found = await app.files.put(upload.read, upload.filename or "input.jsonl", "batch", source)
+    return found.model_dump(exclude_none=True)
+
+
+@router.get("/files/{file_id}", tags=["files"])
+async def get_file(file_id: str, app: App, source: Tenant) -> dict[str, Any]:
+    return (await _file(app, source, file_id)).model_dump(exclude_none=True)
+
+
+@router.get("/files/{file_id}/content", tags=["files"])
+async def file_content(file_id: str, app: App, source: Tenant) -> StreamingResponse:
+    """The file's bytes; a batch's output or error file is built from its results, in input order."""
+    await _file(app, source, file_id)
+    output = OUTPUT_FILE.match(file_id)
+    chunks = _output(app.producer(source).batches, output[1], output[2]) if output else app.files.chunks(file_id)
+    return StreamingResponse(chunks, media_type="application/jsonl")
+
+
+@router.delete("/files/{file_id}", tags=["files"])
+async def delete_file(file_id: str, app: App, source: Tenant) -> dict[str, Any]:
+    if not await app.files.delete(file_id, source):
+        raise not_found(f"file {file_id}")
+    return {"id": file_id, "object": "file", "deleted": True}
+
+
+async def _file(app: App, source: str, file_id: str) -> FileObject:
+    output = OUTPUT_FILE.match(file_id)
+    if output is None:
+        found = await app.files.get(file_id, source)
+        if found is None:
+            raise not_found(f"file {file_id}")
+        return found
+    batch = await _batch(app, source, output[1])
+    view = _view(batch)
+    if file_id not in (view.get("output_file_id"), view.get("error_file_id")):
+        raise not_found(f"file {file_id} (yet)")
+    size = 0
+    async for chunk in _output(app.producer(source).batches, batch.id, output[2]):
+        size += len(chunk)
+    created = batch.finalizing_at or batch.created_at
+    return FileObject(
+        id=file_id, bytes=size, created_at=created, filename=f"{batch.id}_{output[2]}.jsonl", purpose="batch_output"
+    )
+
+
+async def _output(batches: Batches, batch_id: str, which: str) -> AsyncIterator[bytes]:
+    """The output (succeeded lines) or error file (the others) as JSONL, in input order."""
+    async for line in batches.results(batch_id):
+        if (line["error"] is not None) == (which == "errors"):
+            yield (json.dumps(line, separators=(",", ":")) + "\n").encode()
+
+
+# ---------------------------------------------------------------- batches
+
+
+@router.post("/batches", tags=["batches"])
+async def create_batch(request: Request, app: App, source: Tenant) -> dict[str, Any]:
+    """`{input_file_id, endpoint, completion_window, metadata}`: the file's lines, validated
+    whole (a bad line refuses the batch: 400 naming it), then queued in the bulk lane."""
+    body = await read_json(request)
+    file_id, window = body.get("input_file_id"), body.get("completion_window", "24h")
+    endpoint, metadata = body.get("endpoint"), body.get("metadata")
+    if not isinstance(file_id, str) or not isinstance(window, str):
+        param = "completion_window" if isinstance(file_id, str) else "input_file_id"
+        raise ApiError(422, "must be a string", param=param, code="invalid_value")
+    if await app.files.get(file_id, source) is None:
+        raise ApiError(404, f"no file {file_id} (or not yours)", param="input_file_id", code="not_found")
+    await app.admit(source)
+    batches = app.producer(source).batches
+    with tempfile.NamedTemporaryFile(suffix=".jsonl") as spool:
+        await app.files.download(file_id, spool)
+        spool.flush()
+        try:
+            batch = await batches.submit(spool.name, completion_window=window, metadata=metadata, endpoint=endpoint)
+        except BatchRejected as exc:
+            raise _refused(exc) from None
+    async with app.redis.pipeline(transaction=True) as tx:
+        tx.hset(batch_key(batch.id), "input_file_id", file_id)
+        tx.zadd(source_batches_key(source), {batch.id: batch.created_at})
+        tx.expireat(source_batches_key(source), (batch.expires_at or 0) + app.settings.batch_ttl_s + LIST_EXTRA_S)
+        await tx.execute()
+    return _view(await _batch(app, source, batch.id))
+
+
+@router.get("/batches/{batch_id}", tags=["batches"])
+async def get_batch(batch_id: str, app: App, source: Tenant) -> dict[str, Any]:
+    return _view(await _batch(app, source, batch_id))
+
+
+@router.post("/batches/{batch_id}/cancel", tags=["batches"])
+async def cancel_batch(batch_id: str, app: App, source: Tenant) -> dict[str, Any]:
+    await _batch(app, source, batch_id)
+    batch = await app.producer(source).batches.cancel(batch_id)
+    if batch is None:
+        raise not_found(f"batch {batch_id}")
+    return _view(batch)
+
+
+@router.get("/batches", tags=["batches"])
+async def list_batches(
+    app: App,
+    source: Tenant,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    after: Annotated[str | None, Query(description="a batch id: the page after it")] = None,
+) -> dict[str, Any]:
+    """The token's batches, newest first (OpenAI's cursor page)."""
+    key, start = source_batches_key(source), 0
+    if after is not None:
+        rank = await app.redis.zrevrank(key, after)
+        start = -1 if rank is None else rank + 1
+    ids = [] if start < 0 else [i.decode() for i in await app.redis.zrevrange(key, start, start + limit)]
+    found: list[Batch] = []
+    for batch_id in ids[:limit]:
+        batch = await app.producer(source).batches.get(batch_id)
+        if batch is None:  # purged: forget it
+            await app.redis.zrem(key, batch_id)
+        else:
+            found.append(batch)
+    data = [_view(b) for b in found]
+    first, last = (data[0]["id"], data[-1]["id"]) if data else (None, None)
+    return {"object": "list", "data": data, "first_id": first, "last_id": last, "has_more": len(ids) > limit}
+
+
+async def _batch(app: App, source: str, batch_id: str) -> Batch:
+    batch = None
+    if await app.redis.zscore(source_batches_key(source), batch_id) is not None:
+        batch = await app.producer(source).batches.get(batch_id)
+    if batch is None:
+        raise not_found(f"batch {batch_id}")
+    return batch
+
+
+def _view(batch: Batch) -> dict[str, Any]:
+    """OpenAI's Batch object; a final batch names its output and error files (when it has lines for them)."""
+    data = batch.model_dump(mode="json")
+    if batch.final:
+        counts = batch.request_counts
+        data["output_file_id"] = f"file-{batch.id}-output" if counts.completed else None
+        data["error_file_id"] = f"file-{batch.id}-errors" if counts.failed else None
+    return data
+
+
+def _refused(exc: BatchRejected) -> ApiError:
+    first = exc.errors[0]
+    where = f"line {first.line}: " if first.line else ""
+    more = f" (and {len(exc.errors) - 1} more)" if len(exc.errors) > 1 else ""
+    return ApiError(400, f"{where}{first.message}{more}", param=first.param, code=first.code)

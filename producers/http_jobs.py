@@ -1,0 +1,139 @@
+"""Jobs over HTTP: `POST /v1/jobs` (the job contract), `GET /v1/jobs/{id}` (with `?wait=`
+long-polls), and OpenAI's `POST /v1/chat/completions` (enqueue, wait, answer the completion)
+and `GET /v1/models`. Validation is the contract's (worker.models, through the Producer and
+the batch line's parser), so the refusals name the same fields in the same words."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi.responses import JSONResponse
+
+from worker.keys import in_progress_key, job_key
+from worker.metrics import known_models
+from worker.models import JOB_KINDS, ChatJob, JobBase, JobResult
+
+from .api import validate
+from .batches import _body, _job, _LineError
+from .http import ApiError, App, Tenant, not_found, read_json, tenant
+
+router = APIRouter(prefix="/v1", dependencies=[Depends(tenant)])
+
+# The request bodies' schemas for /openapi.json: the job kinds' models (and what they use) go to
+# components.schemas, derived from JOB_KINDS like everything else about a kind.
+SCHEMA_DEFS: dict[str, Any] = {}
+for _cls in JOB_KINDS.values():
+    _schema = _cls.model_json_schema(ref_template="#/components/schemas/{model}")
+    SCHEMA_DEFS.update(_schema.pop("$defs", {}))
+    SCHEMA_DEFS[_cls.__name__] = _schema
+JOB_SCHEMA = {
+    "oneOf": [{"$ref": f"#/components/schemas/{c.__name__}"} for c in JOB_KINDS.values()],
+    "discriminator": {"propertyName": "kind"},
+}
+CHAT_SCHEMA = {"$ref": f"#/components/schemas/{ChatJob.__name__}"}
+IdempotencyKey = Annotated[str | None, Header(description="retries with the same key are the same job")]
+
+
+def _body_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
+def owned_id(source: str, key: str | None) -> str:
+    """The job id for a token's key: `<source>@<key>` (a fresh key when none is given)."""
+    key = key or uuid.uuid4().hex
+    return key if key.startswith(f"{source}@") else f"{source}@{key}"
+
+
+def owns(source: str, job_id: str) -> bool:
+    return job_id.startswith(f"{source}@")
+
+
+async def pending(app: App, job_id: str) -> str | None:
+    """`running` (a worker holds it), `queued`, or None (no such job)."""
+    running, queued = await app.redis.exists(in_progress_key(job_id)), await app.redis.exists(job_key(job_id))
+    return "running" if running else "queued" if queued else None
+
+
+def accepted(job_id: str, status: str) -> JSONResponse:
+    return JSONResponse({"id": job_id, "status": status}, status_code=202, headers={"Location": f"/v1/jobs/{job_id}"})
+
+
+async def enqueue(app: App, source: str, job: JobBase, key: str | None) -> str:
+    await app.admit(source)
+    return await app.producer(source).enqueue(job, owned_id(source, key))
+
+
+@router.post("/jobs", status_code=202, tags=["jobs"], openapi_extra=_body_schema(JOB_SCHEMA))
+async def create_job(request: Request, app: App, source: Tenant, idempotency_key: IdempotencyKey = None) -> Any:
+    """Enqueue a job of the contract (`kind`: chat, vision or compare); 202 `{id, status}`."""
+    body = await read_json(request)
+    key = idempotency_key or body.pop("job_id", None)
+    kind = body.get("kind", "chat")
+    if kind not in JOB_KINDS:
+        raise ApiError(422, f"must be one of {', '.join(JOB_KINDS)}, not {kind!r}", param="kind", code="invalid_value")
+    job = validate(JOB_KINDS[kind], **body)
+    job_id = await enqueue(app, source, job, key)
+    result = await app.store.get(job_id)
+    return accepted(job_id, result.status if result else await pending(app, job_id) or "queued")
+
+
+@router.get("/jobs/{job_id}", tags=["jobs"], response_model=None)
+async def get_job(
+    job_id: str,
+    app: App,
+    source: Tenant,
+    wait: Annotated[float, Query(ge=0, description="seconds to wait for the result (at most INGRESS_WAIT_S)")] = 0,
+) -> Any:
+    """The result record, or `{id, status: queued|running}` while the job is pending."""
+    if not owns(source, job_id):
+        raise not_found(f"job {job_id}")
+    result = await app.store.get(job_id)
+    if result is None:
+        status = await pending(app, job_id)
+        if status is None:
+            raise not_found(f"job {job_id}")
+        result = await app.waits.wait(job_id, min(wait, app.settings.ingress_wait_s)) if wait else None
+        if result is None:
+            return {"id": job_id, "status": await pending(app, job_id) or status}
+    return result.model_dump(mode="json", exclude_none=True)
+
+
+@router.post("/chat/completions", tags=["openai"], openapi_extra=_body_schema(CHAT_SCHEMA))
+async def chat_completions(request: Request, app: App, source: Tenant, idempotency_key: IdempotencyKey = None) -> Any:
+    """OpenAI's chat completion: enqueued as a chat job and waited for (INGRESS_WAIT_S); past
+    the wait, 202 `{id, status}` with a Location to fetch it. Our options ride under `llm_router`."""
+    body = await read_json(request)
+    if body.get("stream"):
+        raise ApiError(
+            400, "stream: true is not served yet: leave it out (or enqueue with POST /v1/jobs)", param="stream"
+        )
+    try:
+        job = _job("chat", body).model_copy(update={"bulk": False})
+    except _LineError as exc:
+        raise ApiError(
+            422, exc.message, param=(exc.param or "").removeprefix("body.") or None, code="invalid_value"
+        ) from None
+    job_id = await enqueue(app, source, job, idempotency_key)
+    result = await app.waits.wait(job_id, app.settings.ingress_wait_s)
+    if result is None:
+        return accepted(job_id, await pending(app, job_id) or "queued")
+    return completion(job_id, result)
+
+
+def completion(job_id: str, result: JobResult) -> Any:
+    """The completion the gateway gave (batches' builder), or its error in OpenAI's shape."""
+    if result.status == "succeeded":
+        return _body(job_id, result)
+    error = result.error
+    status = error.status if error and error.status and 400 <= error.status < 600 else 502
+    message = error.message if error else "the request failed"
+    raise ApiError(status, message, type=error.type if error else "server_error", code=error.code if error else None)
+
+
+@router.get("/models", tags=["openai"])
+async def models(app: App) -> dict[str, Any]:
+    """The models the configuration names (METRIC_MODELS, chains, limits, prices): no gateway call."""
+    names = sorted(known_models(app.settings))
+    return {"object": "list", "data": [{"id": n, "object": "model", "created": 0, "owned_by": "aisa"} for n in names]}
