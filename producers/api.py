@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from arq.jobs import SerializationError
 from pydantic import ValidationError
 from redis.asyncio import Redis
 
@@ -246,8 +247,11 @@ class Producer:
         if job.source is None and self.source is not None:
             job = job.model_copy(update={"source": self.source})
         payload = job.model_dump(mode="json", exclude_none=True)
-        data = serde.job_bytes(job.kind, payload, now_ms)
-        out_of_bounds = bounds.problem(job, self.settings, bounds.text_size(data))
+        try:
+            data = serde.job_bytes(job.kind, payload, now_ms)
+        except SerializationError as exc:  # orjson: text that is not UTF-8 (a lone surrogate), an int over 64 bits
+            raise JobRejected("job", f"cannot be written as JSON ({exc.__cause__ or exc}): fix that value") from None
+        out_of_bounds = bounds.problem(job, self.settings, len(data))
         if out_of_bounds:
             raise JobRejected(*out_of_bounds)
         return payload, data

@@ -152,11 +152,11 @@ class BatchTakenOver(RuntimeError):
 # Move a batch's staged lines to the queue's bulk lane and start it (unless it was cancelled
 # meanwhile: its lines are queued all the same, and workers end them `batch_cancelled` without a call).
 # KEYS: batch record, staged set, bulk lane
-# ARGV: now s, now ms, owner
+# ARGV: now s, owner
 _RELEASE = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return -1 end
-if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[3] then return -2 end
+if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[2] then return -2 end
 local ids = redis.call('ZRANGE', KEYS[2], 0, -1)
 -- into the bulk lane from its front, in input order: two batches interleave
 local front = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
@@ -178,7 +178,7 @@ return #ids
 _CANCEL = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return false end
-if status == 'validating' or status == 'in_progress' or status == 'finalizing' then
+if status == 'validating' or status == 'in_progress' then
   redis.call('HSET', KEYS[1], 'status', 'cancelling', 'cancelling_at', ARGV[1])
   return 'cancelling'
 end
@@ -441,7 +441,7 @@ class Batches:
         now = time.time()
         release = self.redis.register_script(_RELEASE)
         keys = [batch_key(batch_id), batch_staged_key(batch_id), bulk_key(self.producer.queue_name)]
-        return int(await release(keys=keys, args=[int(now), int(now * 1000), owner]))
+        return int(await release(keys=keys, args=[int(now), owner]))
 
     # ------------------------------------------------------------ read, follow, cancel, list
 

@@ -79,3 +79,34 @@ async def test_bulk_jobs_never_book_the_rate_limit_far_ahead(settings, sim):
     assert (
         result.status == "succeeded" and result.attempts[0].waited_s <= 0.5 + 2 * interval + 0.3
     )  # BULK_HORIZON_S 0.5
+
+
+async def test_a_burst_worker_empties_the_bulk_lane(settings, sim):
+    async with Producer(settings.redis_url, queue_name=settings.queue_name) as producer:
+        ids = await producer.enqueue_many(lines(40))
+        await run_worker(settings.model_copy(update={"worker_concurrency": 1}))
+        assert all([(await producer.result(i)) is not None for i in ids]) and await producer.queued() == 0
+
+
+async def test_a_slow_job_never_idles_the_other_slots(settings, sim):
+    """Running jobs are out of the poll's way: the free slot keeps taking the jobs behind them."""
+    sim_admin(sim, "/_sim/config", {"model": "gpt-4o", "latency_ms": 2000})
+    async with Producer(settings.redis_url, queue_name=settings.queue_name) as producer:
+        slow = await producer.chat("gpt-4o", "slow")
+        fast = [await producer.chat("gpt-4o-mini", f"fast {i}") for i in range(10)]
+        await run_worker(settings.model_copy(update={"worker_concurrency": 2}))
+        slow_done = (await producer.result(slow)).finished_at
+        assert all([(await producer.result(i)).finished_at < slow_done for i in fast])
+
+
+async def test_the_bulk_lane_is_checked_like_the_queue(settings, redis, sim):
+    async with Producer(settings.redis_url, queue_name=settings.queue_name) as producer:
+        [done] = await producer.enqueue_many(lines(1))
+        await run_worker(settings)
+        await redis.zadd(bulk_key(settings.queue_name), {b"\xff\xfe": 1, done: 2})  # garbage, and a finished job
+        await redis.set(job_key(done), b"{}")
+        fine = await producer.chat("gpt-4.1", "still here")
+        await run_worker(settings)
+        assert (await producer.result(fine)).status == "succeeded"
+    assert sim_admin(sim, "/_sim/stats")["calls"].get("gpt-4o-mini") == 1  # the finished job did not run again
+    assert await redis.llen("llm-router:quarantine") == 1 and await redis.zcard(bulk_key(settings.queue_name)) == 0

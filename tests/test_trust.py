@@ -171,3 +171,80 @@ def test_logged_values_cannot_forge_lines(caplog):
     )
     assert logs.EscapeUnsafe().filter(record)
     assert record.getMessage() == "job id rejected: x\\x0aINFO forged\\x1b[2J"
+
+
+async def test_lone_surrogates_are_refused_by_the_producer_and_the_worker(producer, settings, redis):
+    with pytest.raises(JobRejected) as refused:
+        await producer.chat("gpt-4.1", "half a pair: \ud800")
+    assert refused.value.field == "job" and "cannot be written as JSON" in refused.value.message
+    await put(
+        redis,
+        settings.queue_name,
+        "surrogate",
+        '{"f": "chat", "a": [{"model": "gpt-4.1", "messages": [{"role": "user", "content": "\\ud800"}]}]}',
+    )
+    await put(redis, settings.queue_name, "with-s", {"f": "chat", "a": [CHAT], "s": True, "k": {"zzz": 1}})
+    await run_worker(settings)
+    for job_id in ("surrogate", "with-s"):
+        result = await producer.result(job_id)
+        assert result.status == "failed" and result.error.type == "invalid_job", job_id
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        [{"type": "image_url", "image_url": "data:image/png;base64," + "A" * 4000}],  # over MAX_IMAGE_BYTES here
+        [{"type": "text", "text": "data:image/png;base64," + "A" * 9000}],  # text, whatever it starts with
+        [{"type": "image_url", "image_url": "data:image/png;base64,AAAA"}] * 17,  # too many images
+    ],
+    ids=["big image", "text posing as an image", "17 images"],
+)
+async def test_images_are_bounded_in_every_job(producer, settings, content):
+    small = settings.model_copy(update={"max_image_bytes": 1000, "max_job_bytes": 8192})
+    async with Producer(small.redis_url, queue_name=small.queue_name) as p:
+        p.settings = small
+        with pytest.raises(JobRejected) as refused:
+            await p.chat("gpt-4o", messages=[{"role": "user", "content": content}])
+    assert refused.value.field in ("job", "image")
+
+
+async def test_an_answer_the_client_cannot_read_fails_the_call_not_the_worker(producer, settings):
+    """A gateway answering nonsense in usage or in a stream chunk: `malformed`, retried, then the
+    job fails with a result and a dead letter (never a job that vanishes)."""
+    from aiohttp import web
+
+    from harness.redis_server import free_port
+
+    async def chat(request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        if not body.get("stream"):
+            return web.json_response(
+                {
+                    "choices": [{"message": {"role": "assistant", "content": "hi"}}],
+                    "usage": {"prompt_tokens": "abc", "completion_tokens": [1]},
+                }
+            )
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(b'data: {"choices": [1]}\n\ndata: [DONE]\n\n')
+        return response
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", chat)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        odd = settings.model_copy(update={"aisa_base_url": f"http://127.0.0.1:{port}/v1", "circuit_failures": 100})
+        ids = [
+            await producer.chat("odd-model", "x", fallbacks=[]),
+            await producer.chat("odd-model", "y", stream=True, fallbacks=[]),
+        ]
+        worker = await run_worker(odd)
+    finally:
+        await runner.cleanup()
+    for job_id in ids:
+        result = await producer.result(job_id)
+        assert result.status == "failed" and result.error.type == "malformed", result.error
+    assert sorted(await producer.dead_letters.ids()) == sorted(ids) and worker.jobs_failed == 0

@@ -5,22 +5,40 @@ its own.)"""
 
 from __future__ import annotations
 
-import re
-
 from .models import CompareJob, JobBase, RoutedJob
 from .settings import Settings
 
-# Inline images have their own limit (MAX_IMAGE_BYTES): they do not count towards MAX_JOB_BYTES.
-_INLINE_IMAGE = re.compile(rb"data:image/[\w+.-]+;base64,[A-Za-z0-9+/=]*")
+# Images a job may carry: each is bounded by MAX_IMAGE_BYTES, and they do not count towards
+# MAX_JOB_BYTES, so their number is bounded too.
+MAX_IMAGES = 16
 
 
-def text_size(record: bytes) -> int:
-    """A job record's size in bytes, its inline images left out."""
-    return len(record) - sum(len(m) for m in _INLINE_IMAGE.findall(record))
+def inline_images(job: JobBase) -> list[str]:
+    """The job's inline (data URL) images, as the validated messages hold them."""
+    urls = []
+    for message in job.build_messages():
+        content = message.get("content")
+        for part in content if isinstance(content, list) else []:
+            ref = part.get("image_url") if isinstance(part, dict) else None
+            url = ref.get("url") if isinstance(ref, dict) else ref
+            if isinstance(url, str) and url.startswith("data:"):
+                urls.append(url)
+    return urls
 
 
-def problem(job: JobBase, settings: Settings, size: int) -> tuple[str, str] | None:
-    """(field, what is wrong and how to fix it), or None when the job is within bounds."""
+def problem(job: JobBase, settings: Settings, record_bytes: int) -> tuple[str, str] | None:
+    """(field, what is wrong and how to fix it), or None when the job is within bounds.
+    `record_bytes`: the size of the job's record, its inline images included."""
+    images = inline_images(job)
+    if len(images) > MAX_IMAGES:
+        return "job", f"carries {len(images)} images, over {MAX_IMAGES}: split it"
+    for url in images:
+        image_bytes = _decoded_size(url)
+        if image_bytes > settings.max_image_bytes:
+            return "image", (
+                f"an image is {image_bytes} bytes, over MAX_IMAGE_BYTES={settings.max_image_bytes}: send a smaller one"
+            )
+    size = record_bytes - sum(len(u) for u in images)
     if size > settings.max_job_bytes:
         return "job", (
             f"is {size} bytes (inline images left out), over MAX_JOB_BYTES={settings.max_job_bytes}: "
@@ -45,3 +63,8 @@ def _models(job: JobBase) -> list[str]:
     if isinstance(job, CompareJob):
         return list(job.models)
     return []
+
+
+def _decoded_size(data_url: str) -> int:
+    data = data_url.partition(",")[2]
+    return len(data) * 3 // 4 - data[-2:].count("=")

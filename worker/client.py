@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import aiohttp
@@ -87,7 +89,8 @@ class AIsaClient:
         latency = time.perf_counter() - started
         if response.status_code != 200:
             raise _status_error(response)
-        return _completion(_json(response.content, "completion"), payload["model"], latency, response.headers)
+        with _reading("completion"):
+            return _completion(_json(response.content, "completion"), payload["model"], latency, response.headers)
 
     async def generate_content(self, model: str, payload: dict[str, Any]) -> Completion:
         """POST models/{model}:generateContent (Gemini native) for an OpenAI-style payload,
@@ -103,20 +106,18 @@ class AIsaClient:
         if response.status_code != 200:
             raise _status_error(response)
         answer = _json(response.content, "generateContent answer")
-        try:
+        with _reading("generateContent answer"):
             fields = gemini.answer_fields(answer)
-        except (ValueError, TypeError, AttributeError) as exc:
-            raise errors.MalformedResponseError(f"generateContent answer unreadable: {exc}") from None
-        usage, _, _ = _usage(fields["usage"])
-        return Completion(
-            model=fields["model"] or model,
-            content=fields["content"],
-            finish_reason=fields["finish_reason"],
-            choices=[Choice(**c) for c in fields["choices"]] if fields.get("choices") else None,
-            latency_s=latency,
-            usage=usage,
-            rate_limits=rate_limit_snapshot(response.headers),
-        )
+            usage, _, _ = _usage(fields["usage"])
+            return Completion(
+                model=fields["model"] or model,
+                content=fields["content"],
+                finish_reason=fields["finish_reason"],
+                choices=[Choice(**c) for c in fields["choices"]] if fields.get("choices") else None,
+                latency_s=latency,
+                usage=usage,
+                rate_limits=rate_limit_snapshot(response.headers),
+            )
 
     async def _chat_stream(self, payload: dict[str, Any]) -> Completion:
         # the job's own stream options, and always the usage chunk (the call's cost)
@@ -130,9 +131,11 @@ class AIsaClient:
                     raise _status_error(response)
                 stream = _StreamAssembler(payload["model"], started)
                 async for event in source.aiter_sse():
-                    if stream.feed(event.data):
-                        break
-        return stream.finish(time.perf_counter() - started, response.headers)
+                    with _reading("stream chunk"):
+                        if stream.feed(event.data):
+                            break
+        with _reading("stream"):
+            return stream.finish(time.perf_counter() - started, response.headers)
 
 
 class _StreamAssembler:
@@ -351,6 +354,18 @@ def _stream_error(err: Any) -> errors.AIsaError:
     if err.get("type") == "rate_limit_error" or code in ("rate_limit_exceeded", "upstream_rate_limit"):
         return errors.RateLimitError(message, status=429, code=code)
     return errors.ServerError(f"error in stream: {message}", code=code)
+
+
+@contextmanager
+def _reading(what: str) -> Iterator[None]:
+    """An answer we cannot read is a MalformedResponseError, whatever in it tripped us (a count
+    that is not a number, a choice that is not an object): never an exception of another kind."""
+    try:
+        yield
+    except errors.AIsaError:
+        raise
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
+        raise errors.MalformedResponseError(f"{what} unreadable: {type(exc).__name__}: {exc}") from None
 
 
 class _transport_errors:

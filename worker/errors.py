@@ -113,6 +113,7 @@ ERROR_CLASSES = (
         )
     ),
     "invalid_job",  # not from upstream: a job record that could not be read or validated
+    "internal",  # not from upstream: the worker itself failed on the job (a bug): dead-lettered
     "over_limit",  # not from upstream: a request over a configured TPM limit (worker.limiter), never sent
     "batch_cancelled",  # not from upstream: a batch line picked after its batch was cancelled, never sent
     "batch_expired",  # not from upstream: a batch line not started within its batch's window, never sent

@@ -85,6 +85,18 @@ async def run_job(ctx: Ctx, kind: str, payload: Any, size: int = 0) -> str:
     except Retry:
         m.JOBS.labels(kind, "requeued").inc()
         raise
+    except Exception as exc:
+        log.exception("job %s: failed inside the worker", job_id)
+        now = datetime.now(UTC)
+        result = JobResult(
+            job_id=job_id,
+            kind=kind,
+            status="failed",
+            runs=run,
+            started_at=now,
+            finished_at=now,
+            error=ErrorInfo(type="internal", message=f"{type(exc).__name__}: {exc}"),
+        )
     finally:
         resources.running.discard(job_id)
     if run > 1:  # earlier runs' calls are in the call log

@@ -36,6 +36,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from .keys import GATE, GLOBAL_LIMIT, model_key
+from .serde import as_text
 from .settings import RateLimit, Settings
 
 # KEYS: gate (worker.gate: a paused queue admits nothing), model hash, global hash
@@ -192,9 +193,9 @@ class Limiter:
                 _tpm(self.settings.global_rate_limit),
             ],
         )
-        status = _text(status)
+        status = as_text(status)
         if status == "too_large":
-            return Admission(status, 0.0, limit=self.tpm_limit(model, _text(rest[0])))
+            return Admission(status, 0.0, limit=self.tpm_limit(model, as_text(rest[0])))
         gate = json.loads(rest[0]) if rest else None
         return Admission(status, int(wait_ms) / 1000, gate)
 
@@ -231,10 +232,6 @@ class Limiter:
                 ],
             )
         )
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def _tpm(limit: RateLimit | None) -> float:

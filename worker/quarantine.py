@@ -15,9 +15,9 @@ from redis.asyncio import Redis
 from . import metrics as m
 from .keys import JOB_PREFIX, QUARANTINE
 from .models import JOB_ID
+from .serde import RECORD_KEPT_BYTES
 
 # How much of the record an entry keeps.
-RECORD_KEPT_BYTES = 4096
 
 
 def unusable(raw_id: bytes) -> str | None:

@@ -7,8 +7,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import time
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +37,9 @@ TOKEN_RECHECK_S = 0.05
 # cannot wait in place goes back to the queue for (not the probe's lease: a request timeout).
 PROBE_RECHECK_S = 0.2
 PROBE_DEFER_S = 1.0
+# What one image may cost in prompt tokens, for the booking (OpenAI: 765 at high detail, 85 low).
+IMAGE_TOKENS = 1000
+_DATA_URL = re.compile(r"data:image/[^\"]*")
 # A bulk job whose slot is further off than BULK_HORIZON_S looks again this often at most.
 BULK_RECHECK_S = 1.0
 
@@ -80,7 +86,10 @@ class Call:
     def estimate_tokens(self) -> int:
         """Prompt plus completion for the booking: each of the `n` choices may write up to the
         smaller of max_tokens and max_completion_tokens (DEFAULT_COMPLETION_ESTIMATE if neither)."""
-        prompt = len(json.dumps(self.payload["messages"], separators=(",", ":"))) // 4
+        text = json.dumps(self.payload["messages"], separators=(",", ":"))
+        # an image costs a bounded number of tokens, whatever its base64 weighs in the JSON
+        inline = sum(len(url) for url in _DATA_URL.findall(text))
+        prompt = (len(text) - inline) // 4 + IMAGE_TOKENS * text.count('"image_url"')
         caps = [t for t in (self.payload.get("max_tokens"), self.payload.get("max_completion_tokens")) if t]
         completion = min(caps) if caps else DEFAULT_COMPLETION_ESTIMATE
         return prompt + completion * (self.payload.get("n") or 1)
@@ -132,7 +141,8 @@ async def try_model(call: Call, model: str) -> Step:
             continue
         if not admission.booked:
             return _not_admitted(call, model, tokens, admission)
-        await asyncio.sleep(admission.wait_s)
+        async with _given_back_if_cancelled(call, model, tokens):
+            await asyncio.sleep(admission.wait_s)
         waited += admission.wait_s
         m.RATE_LIMIT_WAIT.labels(call.resources.labels.model(model)).observe(slot_wait + admission.wait_s)
         slot_wait = 0.0
@@ -157,6 +167,20 @@ def _nap(admission: Admission, budget_s: float, call: Call) -> float:
         horizon = call.settings.bulk_horizon_s
         return min(max(admission.wait_s - horizon, TOKEN_RECHECK_S), BULK_RECHECK_S)
     return 0.0
+
+
+@asynccontextmanager
+async def _given_back_if_cancelled(call: Call, model: str, tokens: int) -> AsyncIterator[None]:
+    """A booking never outlives its call: a job cancelled (JOB_TIMEOUT_S, SIGTERM past the grace)
+    while it waits for its slot or for the answer gives back what it booked, and a probe slot."""
+    try:
+        yield
+    except asyncio.CancelledError:
+        refund = call.resources.limiter.settle(
+            model, booked_tokens=tokens, used_tokens=None, outcome="neutral", pause_s=0
+        )
+        await asyncio.shield(refund)
+        raise
 
 
 def _not_admitted(call: Call, model: str, tokens: int, admission: Admission) -> Step:
@@ -215,7 +239,8 @@ async def call_once(
     exc: errors.AIsaError | None = None
     try:
         with m.IN_FLIGHT.labels(label).track_inprogress():
-            completion = await send(call, payload)
+            async with _given_back_if_cancelled(call, model, tokens):
+                completion = await send(call, payload)
     except errors.AIsaError as e:
         exc = e
         answer = ModelAnswer(

@@ -16,7 +16,8 @@ from typing import Any
 
 from arq.utils import timestamp_ms
 from arq.worker import Worker
-from redis.exceptions import RedisError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import jobs
 from .keys import bulk_key
@@ -87,12 +88,12 @@ class RouterWorker(Worker):
 
     async def run_job(self, job_id: str, score: int) -> None:
         """arq's run, with a net: a record arq trips on fails as `invalid_job` and leaves the
-        queue, instead of killing the worker (and every worker after it). Redis errors are not
+        queue, instead of killing the worker (and every worker after it). Redis going away is not
         the record's fault: the lease runs out and another worker runs the job again."""
         try:
             await super().run_job(job_id, score)
-        except RedisError as exc:
-            log.error("job %s: Redis failed under it (%s): its lease will run out and it runs again", job_id, exc)
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            log.error("job %s: Redis went away under it (%s): its lease runs out and it runs again", job_id, exc)
         except Exception as exc:
             log.error("job %s: arq could not run its record: %s: %s", job_id, type(exc).__name__, exc)
             try:

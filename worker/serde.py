@@ -10,7 +10,6 @@ import orjson
 from arq.jobs import serialize_job
 from pydantic import BaseModel
 
-from .bounds import text_size
 from .models import JOB_KINDS, shown
 
 
@@ -55,7 +54,7 @@ def loads(raw: bytes | str) -> dict[str, Any]:
     return {
         "f": record["f"],
         "a": record["a"],
-        "k": {"size": text_size(raw_bytes)},
+        "k": {"size": len(raw_bytes)},
         "t": record.get("t"),
         "et": int(time.time() * 1000) if et is None else et,
     }
@@ -95,3 +94,8 @@ def _snippet(raw: bytes) -> str:
 def job_bytes(function: str, payload: Any, enqueue_ms: int) -> bytes:
     """One job in arq's format, `function(payload)`: what producers and replays write."""
     return serialize_job(function, (payload,), {}, None, enqueue_ms, serializer=dumps)
+
+
+def as_text(value: bytes | str) -> str:
+    """What Redis answered, as text."""
+    return value.decode() if isinstance(value, bytes) else value

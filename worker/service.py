@@ -92,17 +92,25 @@ async def shutdown(ctx: dict[str, Any]) -> None:
 
 
 async def keeper(resources: Resources, lease: Lease) -> None:
-    """Renew the leases of this worker's running jobs, beat, and watch (and probe) the gate."""
+    """Renew the leases of this worker's running jobs, beat, and read the gate; while it is
+    closed, probe it in a task of its own (a probe may take REQUEST_TIMEOUT_S, far past a lease)."""
     worker_id = uuid.uuid4().hex[:12]
     period = min(resources.settings.lease_s / 3, 1.0)
-    while True:
-        try:
-            await lease.renew(resources.running)
-            await lease.beat(worker_id)
-            resources.paused = await resources.gate.watch(resources)
-        except Exception:
-            log.exception("keeper: will retry")
-        await asyncio.sleep(period)
+    probing: asyncio.Task[Any] | None = None
+    try:
+        while True:
+            try:
+                await lease.renew(resources.running)
+                await lease.beat(worker_id)
+                resources.paused = await resources.gate.read()
+                if resources.paused is not None and (probing is None or probing.done()):
+                    probing = asyncio.create_task(resources.gate.watch(resources), name="llm-router-probe")
+            except Exception:
+                log.exception("keeper: will retry")
+            await asyncio.sleep(period)
+    finally:
+        if probing is not None:
+            probing.cancel()
 
 
 def redis_settings(settings: Settings) -> RedisSettings:

@@ -25,6 +25,7 @@ from .keys import (
     spend_day_key,
 )
 from .models import Attempt, JobResult
+from .serde import as_text
 
 # KEYS: calls hash, spend total, spend day, credits
 # ARGV: call id, attempt JSON, model, cost ('' unknown), credits remaining ('' unknown), calls TTL s, day TTL s
@@ -145,13 +146,9 @@ class ResultStore:
     async def spend(self, day: str | None = None) -> dict[str, float]:
         """USD by model: all time, or for one UTC day ("YYYY-MM-DD")."""
         raw = await self.redis.hgetall(spend_day_key(day) if day else SPEND_TOTAL)  # type: ignore[misc]  # redis-py types commands as sync-or-async
-        return {_text(k): float(v) for k, v in raw.items()}
+        return {as_text(k): float(v) for k, v in raw.items()}
 
 
 async def _next_message(pubsub: PubSub) -> None:
     while await pubsub.get_message(ignore_subscribe_messages=True, timeout=None) is None:
         pass
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
