@@ -37,7 +37,7 @@ import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Iterable, Iterator
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, TypedDict, Unpack
 
 import orjson
 from pydantic import ValidationError
@@ -186,6 +186,16 @@ return status
 """
 
 
+class SubmitOptions(TypedDict, total=False):
+    """What `Batches.submit` and `Batches.create` take besides the source."""
+
+    completion_window: str
+    metadata: dict[str, str] | None
+    skip_invalid: bool
+    endpoint: str | None
+    batch_id: str | None
+
+
 class Batches:
     """`producer.batches`: batches on the producer's Redis and queue."""
 
@@ -196,16 +206,7 @@ class Batches:
 
     # ------------------------------------------------------------ submit
 
-    async def submit(
-        self,
-        source: Source,
-        *,
-        completion_window: str = "24h",
-        metadata: dict[str, str] | None = None,
-        skip_invalid: bool = False,
-        endpoint: str | None = None,
-        batch_id: str | None = None,
-    ) -> Batch:
+    async def submit(self, source: Source, **options: Unpack[SubmitOptions]) -> Batch:
         """Validate every line, then enqueue them all as one batch; returns its record.
 
         `source`: a path (str or Path) to a JSONL file, or an iterable of lines (bytes, str or
@@ -215,15 +216,10 @@ class Batches:
         BatchRejected (nothing written) when a line is invalid, or the input is over a limit.
         `batch_id`: the caller's own id (`batch_<32 hex>` or a schedule's
         `batch_sched_<name>_<yyyymmddThhmmssZ>`); if a batch exists under it, submit is a no-op
-        and returns that batch's record (the id is claimed atomically, after validation)."""
-        batch, _created = await self.create(
-            source,
-            completion_window=completion_window,
-            metadata=metadata,
-            skip_invalid=skip_invalid,
-            endpoint=endpoint,
-            batch_id=batch_id,
-        )
+        and returns that batch's record (the id is claimed atomically, after validation).
+        The options are `create`'s: `completion_window="24h"`, `metadata=None`,
+        `skip_invalid=False`, `endpoint=None`, `batch_id=None`."""
+        batch, _created = await self.create(source, **options)
         return batch
 
     async def create(

@@ -61,20 +61,6 @@ async def producer(sched_settings):
         yield p
 
 
-@pytest.fixture
-def workers(tmp_path):
-    started: list[WorkerProcess] = []
-
-    def start(settings, name="w"):
-        w = WorkerProcess(settings, tmp_path / f"{name}{len(started)}.log")
-        started.append(w)
-        return w
-
-    yield start
-    for w in started:
-        w.stop()
-
-
 def applied(w: WorkerProcess) -> None:
     w.wait_started(lambda: "schedules: " in w.log(), 30, "a worker to apply its schedules")
 

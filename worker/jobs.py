@@ -63,16 +63,14 @@ async def invalid(ctx: Ctx, problem: str, record: str = "") -> str:
 async def fail_record(resources: Resources, job_id: str, problem: str, record: str = "") -> str:
     """A record that cannot run: a failed `invalid_job` result naming the problem, and a dead
     letter keeping the start of the record."""
-    now = datetime.now(UTC)
-    result = JobResult(
-        job_id=job_id,
-        kind=None,
-        status="failed",
-        started_at=now,
-        finished_at=now,
-        error=ErrorInfo(type="invalid_job", message=problem, field="job"),
-    )
+    result = failed_now(job_id, None, ErrorInfo(type="invalid_job", message=problem, field="job"))
     return await finish(resources, INVALID, record or problem, result)
+
+
+def failed_now(job_id: str, kind: str | None, error: ErrorInfo, runs: int = 1) -> JobResult:
+    """A job that ended as soon as it started, with `error`."""
+    now = datetime.now(UTC)
+    return JobResult(job_id=job_id, kind=kind, status="failed", runs=runs, started_at=now, finished_at=now, error=error)
 
 
 async def run_job(ctx: Ctx, kind: str, payload: Any, size: int = 0) -> str:
@@ -87,16 +85,7 @@ async def run_job(ctx: Ctx, kind: str, payload: Any, size: int = 0) -> str:
         raise
     except Exception as exc:
         log.exception("job %s: failed inside the worker", job_id)
-        now = datetime.now(UTC)
-        result = JobResult(
-            job_id=job_id,
-            kind=kind,
-            status="failed",
-            runs=run,
-            started_at=now,
-            finished_at=now,
-            error=ErrorInfo(type="internal", message=f"{type(exc).__name__}: {exc}"),
-        )
+        result = failed_now(job_id, kind, ErrorInfo(type="internal", message=f"{type(exc).__name__}: {exc}"), run)
     finally:
         resources.running.discard(job_id)
     if run > 1:  # earlier runs' calls are in the call log
