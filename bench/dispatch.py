@@ -19,6 +19,7 @@ import asyncio
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 from arq.worker import Worker, func
 
@@ -35,6 +36,13 @@ KEY = "bench-key"
 
 async def noop(ctx: dict, job: dict) -> None:
     return None
+
+
+def bench_settings(base_url: str, redis_url: str, **overrides: Any) -> Settings:
+    """A benchmark's settings: the simulator's key and URL, a private Redis, no metrics port."""
+    return Settings(
+        aisa_api_key=KEY, aisa_base_url=base_url, redis_url=redis_url, metrics_port=0, _env_file=None, **overrides
+    )
 
 
 def start_sim() -> tuple[LLMRouterProcess, str]:
@@ -105,15 +113,7 @@ async def run(n: int, concurrency: int) -> None:
     sim, base_url = start_sim()
     try:
         with PrivateRedis() as redis:
-            settings = Settings(
-                aisa_api_key=KEY,
-                aisa_base_url=base_url,
-                redis_url=redis.url,
-                worker_concurrency=concurrency,
-                poll_delay_s=0.01,
-                metrics_port=0,
-                _env_file=None,
-            )
+            settings = bench_settings(base_url, redis.url, worker_concurrency=concurrency, poll_delay_s=0.01)
             noop_rate = await arq_noop(settings, n)
             ours_noop = await arq_noop(settings, n, stock=False)
             raw_rate = await raw_client(settings, n, concurrency)

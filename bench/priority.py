@@ -26,7 +26,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.dispatch import KEY, start_sim
+from bench.dispatch import bench_settings, start_sim
 from bench.ratelimit import wait_ready
 from harness.processes import WorkerProcess
 from harness.redis_server import PrivateRedis
@@ -146,14 +146,7 @@ async def run(n: int, plain_n: int, rpm: float, window: float, workers: int) -> 
     sim, base_url = start_sim()
     try:
         with PrivateRedis() as redis, tempfile.TemporaryDirectory() as logs:
-            settings = Settings(
-                aisa_api_key=KEY,
-                aisa_base_url=base_url,
-                redis_url=redis.url,
-                metrics_port=0,
-                _env_file=None,
-                rate_limits={MODEL: RateLimit(rpm=rpm)},
-            )
+            settings = bench_settings(base_url, redis.url, rate_limits={MODEL: RateLimit(rpm=rpm)})
             procs = [WorkerProcess(settings, Path(logs) / f"worker{i}.log") for i in range(workers)]
             try:
                 await wait_ready(procs)

@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.dispatch import KEY, start_sim
+from bench.dispatch import KEY, bench_settings, start_sim
 from harness.processes import WorkerProcess
 from harness.redis_server import PrivateRedis
 from harness.sim_admin import sim_admin
@@ -117,15 +117,8 @@ async def run(n: int, rpm: float, window: float, workers: int) -> None:
     per_window = round(rpm * window / 60)
     try:
         with PrivateRedis() as redis, tempfile.TemporaryDirectory() as logs:
-            settings = Settings(
-                aisa_api_key=KEY,
-                aisa_base_url=base_url,
-                redis_url=redis.url,
-                worker_concurrency=50,
-                poll_delay_s=0.02,
-                metrics_port=0,
-                _env_file=None,
-                rate_limits={MODEL: RateLimit(rpm=rpm)},
+            settings = bench_settings(
+                base_url, redis.url, worker_concurrency=50, poll_delay_s=0.02, rate_limits={MODEL: RateLimit(rpm=rpm)}
             )
             sim_admin(base_url, "/_sim/config", {"model": MODEL, "rpm": per_window, "rate_window_s": window})
             drain = await service(settings, n, workers, Path(logs))
