@@ -1,7 +1,8 @@
 """Files and batches over HTTP, in OpenAI's shapes, on the batch engine (producers.batches):
 `POST /v1/files` (multipart, `purpose=batch`; spooled to a temporary file, stored in Redis by
-producers.files), `GET|DELETE /v1/files/{id}`, `GET /v1/files/{id}/content`; `POST
-/v1/batches`, `GET /v1/batches[/{id}]`, `POST /v1/batches/{id}/cancel`.
+producers.files), `GET /v1/files` (the token's uploads), `GET|DELETE /v1/files/{id}`,
+`GET /v1/files/{id}/content`; `POST /v1/batches`, `GET /v1/batches[/{id}]`,
+`POST /v1/batches/{id}/cancel`.
 
 A final batch names its output and error files (`file-<batch_id>-output`, `-errors`): they are
 not stored, but read from its line results in input order (`Batches.results`) when fetched.
@@ -13,7 +14,7 @@ import json
 import re
 import tempfile
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
@@ -61,6 +62,23 @@ async def upload_file(request: Request, app: App, source: Tenant) -> dict[str, A
             raise ApiError(422, "a multipart field `file` holding the file is required", param="file")
         found = await app.files.put(upload.read, upload.filename or "input.jsonl", "batch", source)
     return found.model_dump(exclude_none=True)
+
+
+@router.get("/files", tags=["files"])
+async def list_files(
+    app: App,
+    source: Tenant,
+    limit: Annotated[int, Query(ge=1, le=10000)] = 10000,
+    after: Annotated[str | None, Query(description="a file id: the page after it")] = None,
+    order: Annotated[Literal["asc", "desc"], Query(description="by created_at")] = "desc",
+    purpose: Annotated[str | None, Query(description="only files of this purpose")] = None,
+) -> dict[str, Any]:
+    """The token's uploaded files, newest first (OpenAI's cursor page). A batch's output and
+    error files are not listed: its `output_file_id` and `error_file_id` name them."""
+    files, more = await app.files.list(source, limit=limit, after=after, descending=order == "desc", purpose=purpose)
+    data = [f.model_dump(exclude_none=True) for f in files]
+    first, last = (data[0]["id"], data[-1]["id"]) if data else (None, None)
+    return {"object": "list", "data": data, "first_id": first, "last_id": last, "has_more": more}
 
 
 @router.get("/files/{file_id}", tags=["files"])

@@ -16,7 +16,7 @@ from worker.metrics import known_models
 from worker.models import JOB_KINDS, ChatJob, JobBase, JobResult
 
 from .api import validate
-from .batches import _body, _job, _LineError
+from .batches import LineError, completion_body, request_job
 from .http import ApiError, App, Tenant, not_found, read_json, tenant
 
 router = APIRouter(prefix="/v1", dependencies=[Depends(tenant)])
@@ -110,8 +110,8 @@ async def chat_completions(request: Request, app: App, source: Tenant, idempoten
             400, "stream: true is not served yet: leave it out (or enqueue with POST /v1/jobs)", param="stream"
         )
     try:
-        job = _job("chat", body).model_copy(update={"bulk": False})
-    except _LineError as exc:
+        job = request_job("chat", body, bulk=False)
+    except LineError as exc:
         raise ApiError(
             422, exc.message, param=(exc.param or "").removeprefix("body.") or None, code="invalid_value"
         ) from None
@@ -125,7 +125,7 @@ async def chat_completions(request: Request, app: App, source: Tenant, idempoten
 def completion(job_id: str, result: JobResult) -> Any:
     """The completion the gateway gave (batches' builder), or its error in OpenAI's shape."""
     if result.status == "succeeded":
-        return _body(job_id, result)
+        return completion_body(job_id, result)
     error = result.error
     status = error.status if error and error.status and 400 <= error.status < 600 else 502
     message = error.message if error else "the request failed"

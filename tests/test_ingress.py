@@ -26,12 +26,12 @@ from harness.wait import wait_until
 from producers.api import JobRejected, validate
 from producers.http import create_app
 from tests.helpers import API_KEY, sim_admin
-from worker.keys import job_key
+from worker.keys import file_key, job_key, source_files_key
 from worker.models import ChatJob, JobResult
 from worker.settings import Settings
 from worker.store import ResultStore
 
-TOKENS = {"tok-a": "team-a", "tok-b": "team-b"}
+TOKENS = {"tok-a": "team-a", "tok-b": "team-b", "tok-c": "team-c"}
 HELLO = [{"role": "user", "content": "hello"}]
 
 
@@ -145,6 +145,35 @@ def test_openai_sdk_batch_flow_to_completion(stack, sim, tmp_path):
     assert client.files.delete(uploaded.id).deleted
     with pytest.raises(openai.NotFoundError):
         client.files.retrieve(uploaded.id)
+
+
+def test_openai_sdk_lists_only_its_own_files(stack, tmp_path):
+    """`client.files.list()`: the token's uploads, newest first, paged by the SDK's cursor."""
+    client, other = stack.client("tok-c"), stack.client("tok-a")
+    path = write_lines(tmp_path / "in.jsonl", [line(0)])
+    theirs = other.files.create(file=path.open("rb"), purpose="batch")
+    ours = [client.files.create(file=path.open("rb"), purpose="batch").id for _ in range(5)]
+    newest_first = ours[::-1]
+    assert [f.id for f in client.files.list()] == newest_first
+    page = client.files.list(limit=2)
+    assert [f.id for f in page.data] == newest_first[:2] and page.has_more
+    assert [f.id for f in client.files.list(limit=2)] == newest_first  # the SDK follows `after`
+    assert [f.id for f in client.files.list(order="asc", after=ours[1]).data] == ours[2:]
+    assert [f.id for f in client.files.list(purpose="batch")] == newest_first
+    assert list(client.files.list(purpose="batch_output")) == []
+    listed = client.files.list(limit=1).data[0]
+    assert listed == client.files.retrieve(listed.id) and listed.bytes == path.stat().st_size
+    assert theirs.id not in [f.id for f in client.files.list()]
+    assert theirs.id in [f.id for f in other.files.list()]
+
+    client.files.delete(ours[4])
+    Redis.from_url(stack.settings.redis_url).delete(file_key(ours[2]))  # as if it had expired
+    assert [f.id for f in client.files.list(limit=1)] == [ours[3], ours[1], ours[0]]
+    assert Redis.from_url(stack.settings.redis_url).zcard(source_files_key("team-c")) == 3  # the expired one forgotten
+    unknown = stack.http("tok-c").get("/v1/files", params={"after": theirs.id})
+    assert unknown.json() == {"object": "list", "data": [], "first_id": None, "last_id": None, "has_more": False}
+    refused = stack.http("tok-c").get("/v1/files", params={"order": "sideways"})
+    assert refused.status_code == 422 and refused.json()["error"]["param"] == "order"
 
 
 def test_openai_sdk_batch_cancel(stack, sim, tmp_path):

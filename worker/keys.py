@@ -28,6 +28,7 @@ results): the README's key table is checked against this module by a test.
     llm-router:schedule:output:<batch_id>   the worker writing a scheduled batch's output, then `done`
     llm-router:schedules:pending        sorted set: scheduled batches not yet seen final (output, success)
     llm-router:source-batches:<source>  sorted set batch id -> created_at: the batches an ingress token made
+    llm-router:source-files:<source>    sorted set file id -> created_at (ms): the files an ingress token uploaded
     llm-router:file:<file_id>           hash: an uploaded file's record (producers.files): name, size, owner
     llm-router:file:data:<file_id>      string: its bytes, written and read in chunks
 
@@ -70,6 +71,7 @@ SCHEDULE_CLAIM_PREFIX = PREFIX + "schedule:claim:"
 SCHEDULE_OUTPUT_PREFIX = PREFIX + "schedule:output:"
 SCHEDULES_PENDING = PREFIX + "schedules:pending"
 SOURCE_BATCHES_PREFIX = PREFIX + "source-batches:"
+SOURCE_FILES_PREFIX = PREFIX + "source-files:"
 FILE_PREFIX = PREFIX + "file:"
 FILE_DATA_PREFIX = PREFIX + "file:data:"
 
@@ -144,6 +146,10 @@ def schedule_output_key(batch_id: str) -> str:
 
 def source_batches_key(source: str) -> str:
     return SOURCE_BATCHES_PREFIX + source
+
+
+def source_files_key(source: str) -> str:
+    return SOURCE_FILES_PREFIX + source
 
 
 def file_key(file_id: str) -> str:
