@@ -635,6 +635,28 @@ def request_job(kind: str, body: dict[str, Any], *, bulk: bool = True) -> JobBas
         raise LineError("invalid_request", message, param) from None
 
 
+def request_schema(kind: str, ref_template: str = "#/$defs/{model}") -> dict[str, Any]:
+    """The JSON schema of what `request_job(kind, ...)` accepts: the job's fields as OpenAI's
+    request body (no `kind`, `enqueued_at` or `bulk`), our options under `llm_router`, and
+    max_tokens or max_completion_tokens, not both. Its `$defs` are the job model's."""
+    schema = JOB_KINDS[kind].model_json_schema(ref_template=ref_template)
+    properties = schema["properties"]
+    extras = {name: properties.pop(name) for name in EXTRAS[kind] if name in properties}
+    for name in ("kind", "enqueued_at", "bulk"):
+        properties.pop(name, None)
+    properties[EXTRAS_KEY] = {
+        "type": "object",
+        "properties": extras,
+        "additionalProperties": False,
+        "description": "llm-router's options",
+    }
+    schema["required"] = [name for name in schema.get("required", []) if name in properties]
+    schema["title"] = f"{schema.get('title', kind)}Request"
+    if "max_completion_tokens" in properties:
+        schema["not"] = {"required": ["max_tokens", "max_completion_tokens"]}
+    return schema
+
+
 def _url_error(url: Any) -> LineError:
     return LineError("invalid_url", f"url must be {' or '.join(wb.ENDPOINTS)}, not {url!r}", "url")
 

@@ -26,6 +26,7 @@ from worker.keys import batch_key, source_batches_key
 from .batches import Batches, BatchRejected
 from .files import FileObject
 from .http import ApiError, App, Tenant, not_found, read_json, tenant
+from .http_models import BatchList, FileDeleted, FileList, responses
 
 router = APIRouter(prefix="/v1", dependencies=[Depends(tenant)])
 
@@ -51,7 +52,7 @@ _UPLOAD_SCHEMA = {
 # ---------------------------------------------------------------- files
 
 
-@router.post("/files", tags=["files"], openapi_extra=_UPLOAD_SCHEMA)
+@router.post("/files", tags=["files"], openapi_extra=_UPLOAD_SCHEMA, responses=responses(400, _200=FileObject))
 async def upload_file(request: Request, app: App, source: Tenant) -> dict[str, Any]:
     """Upload a JSONL file of batch requests (multipart: `file`, `purpose=batch`)."""
     async with request.form(max_files=1, max_fields=8) as form:
@@ -64,7 +65,7 @@ async def upload_file(request: Request, app: App, source: Tenant) -> dict[str, A
     return found.model_dump(exclude_none=True)
 
 
-@router.get("/files", tags=["files"])
+@router.get("/files", tags=["files"], responses=responses(_200=FileList))
 async def list_files(
     app: App,
     source: Tenant,
@@ -81,12 +82,17 @@ async def list_files(
     return {"object": "list", "data": data, "first_id": first, "last_id": last, "has_more": more}
 
 
-@router.get("/files/{file_id}", tags=["files"])
+@router.get("/files/{file_id}", tags=["files"], responses=responses(404, _200=FileObject))
 async def get_file(file_id: str, app: App, source: Tenant) -> dict[str, Any]:
     return (await _file(app, source, file_id)).model_dump(exclude_none=True)
 
 
-@router.get("/files/{file_id}/content", tags=["files"])
+@router.get(
+    "/files/{file_id}/content",
+    tags=["files"],
+    response_class=StreamingResponse,
+    responses={**responses(404), 200: {"content": {"application/jsonl": {"schema": {"type": "string"}}}}},
+)
 async def file_content(file_id: str, app: App, source: Tenant) -> StreamingResponse:
     """The file's bytes; a batch's output or error file is built from its results, in input order."""
     await _file(app, source, file_id)
@@ -95,7 +101,7 @@ async def file_content(file_id: str, app: App, source: Tenant) -> StreamingRespo
     return StreamingResponse(chunks, media_type="application/jsonl")
 
 
-@router.delete("/files/{file_id}", tags=["files"])
+@router.delete("/files/{file_id}", tags=["files"], responses=responses(404, _200=FileDeleted))
 async def delete_file(file_id: str, app: App, source: Tenant) -> dict[str, Any]:
     if not await app.files.delete(file_id, source):
         raise not_found(f"file {file_id}")
@@ -132,7 +138,7 @@ async def _output(batches: Batches, batch_id: str, which: str) -> AsyncIterator[
 # ---------------------------------------------------------------- batches
 
 
-@router.post("/batches", tags=["batches"])
+@router.post("/batches", tags=["batches"], responses=responses(400, 404, 429, _200=Batch))
 async def create_batch(request: Request, app: App, source: Tenant) -> dict[str, Any]:
     """`{input_file_id, endpoint, completion_window, metadata}`: the file's lines, validated
     whole (a bad line refuses the batch: 400 naming it), then queued in the bulk lane."""
@@ -161,12 +167,12 @@ async def create_batch(request: Request, app: App, source: Tenant) -> dict[str, 
     return _view(await _batch(app, source, batch.id))
 
 
-@router.get("/batches/{batch_id}", tags=["batches"])
+@router.get("/batches/{batch_id}", tags=["batches"], responses=responses(404, _200=Batch))
 async def get_batch(batch_id: str, app: App, source: Tenant) -> dict[str, Any]:
     return _view(await _batch(app, source, batch_id))
 
 
-@router.post("/batches/{batch_id}/cancel", tags=["batches"])
+@router.post("/batches/{batch_id}/cancel", tags=["batches"], responses=responses(404, _200=Batch))
 async def cancel_batch(batch_id: str, app: App, source: Tenant) -> dict[str, Any]:
     await _batch(app, source, batch_id)
     batch = await app.producer(source).batches.cancel(batch_id)
@@ -175,7 +181,7 @@ async def cancel_batch(batch_id: str, app: App, source: Tenant) -> dict[str, Any
     return _view(batch)
 
 
-@router.get("/batches", tags=["batches"])
+@router.get("/batches", tags=["batches"], responses=responses(_200=BatchList))
 async def list_batches(
     app: App,
     source: Tenant,
