@@ -71,9 +71,11 @@ def accepted(job_id: str, status: str) -> JSONResponse:
     return JSONResponse({"id": job_id, "status": status}, status_code=202, headers={"Location": f"/v1/jobs/{job_id}"})
 
 
-async def enqueue(app: App, source: str, job: JobBase, key: str | None) -> str:
+async def enqueue(app: App, source: str, job: JobBase, key: str | None) -> tuple[str, bool]:
+    """(the job id, whether this call created the job)."""
     await app.admit(source)
-    return await app.producer(source).enqueue(job, owned_id(source, key))
+    job_id = owned_id(source, key)
+    return job_id, await app.producer(source).submit(job, job_id)
 
 
 @router.post(
@@ -93,7 +95,9 @@ async def create_job(request: Request, app: App, source: Tenant, idempotency_key
     if not isinstance(kind, str) or kind not in JOB_KINDS:
         raise ApiError(422, f"must be one of {', '.join(JOB_KINDS)}, not {kind!r}", param="kind", code="invalid_value")
     job = validate(JOB_KINDS[kind], **body)
-    job_id = await enqueue(app, source, job, key)
+    job_id, created = await enqueue(app, source, job, key)
+    if created:
+        return accepted(job_id, "queued")
     result = await app.store.get(job_id)
     return accepted(job_id, result.status if result else await pending(app, job_id) or "queued")
 
@@ -139,7 +143,7 @@ async def chat_completions(request: Request, app: App, source: Tenant, idempoten
         raise ApiError(
             422, exc.message, param=(exc.param or "").removeprefix("body.") or None, code="invalid_value"
         ) from None
-    job_id = await enqueue(app, source, job, idempotency_key)
+    job_id, _ = await enqueue(app, source, job, idempotency_key)
     result = await app.waits.wait(job_id, app.settings.ingress_wait_s)
     if result is None:
         return accepted(job_id, await pending(app, job_id) or "queued")
