@@ -2,7 +2,9 @@
 
   (a) enqueue rate: N chat jobs by `POST /v1/jobs` to one ingress process (an aiohttp client,
       `concurrency` requests in flight on keep-alive connections), next to N `Producer.enqueue`
-      calls from this process at the same concurrency. Goal: HTTP >= 0.5 x the Python API.
+      calls from this process at the same concurrency, interleaved rounds, the best of each, with
+      the CPU a job costs the enqueuing process (the ingress; this one for the Python API).
+      Goal: HTTP >= 0.5 x the Python API. (a') the same one request at a time (N/3 each).
   (b) added latency at light load: M sequential chat jobs through a worker running against the
       zero-latency simulator, by `Producer.enqueue` + `Producer.wait` (direct), then by
       `POST /v1/chat/completions` (the HTTP round trip, same worker). Goal: p50(HTTP) -
@@ -191,9 +193,7 @@ async def run(n: int, concurrency: int, m: int, p: int, rounds: int) -> None:
     api = worker = None
     try:
         with PrivateRedis() as redis:
-            settings = bench_settings(
-                base_url, redis.url, poll_delay_s=0.01, ingress_tokens={TOKEN: SOURCE}, ingress_max_queue_depth=0
-            )
+            settings = bench_settings(base_url, redis.url, poll_delay_s=0.01, ingress_tokens={TOKEN: SOURCE})
             port = free_port()
             url = f"http://127.0.0.1:{port}"
             api = LLMRouterProcess("api", "--port", str(port), env=settings_env(settings), log_path=Path(os.devnull))
@@ -203,9 +203,12 @@ async def run(n: int, concurrency: int, m: int, p: int, rounds: int) -> None:
             for _ in range(rounds):  # interleaved: a burst of load elsewhere on the machine hits both
                 python.append(await python_enqueue_rate(settings, n, concurrency))
                 http_.append(await http_enqueue_rate(settings, url, api.proc.pid, n, concurrency))
+            one_python = await python_enqueue_rate(settings, n // 3, 1)
+            one_http = await http_enqueue_rate(settings, url, api.proc.pid, n // 3, 1)
             await Redis.from_url(settings.redis_url).flushdb()
 
-            worker = WorkerProcess(settings, Path(os.devnull))
+            # the worker polls an idle queue every 2 ms: its poll is most of a job's latency at light load
+            worker = WorkerProcess(settings.model_copy(update={"poll_delay_s": 0.002}), Path(os.devnull))
             direct = await direct_latencies(settings, m)
             http = await http_latencies(url, m)
             worker.stop()
@@ -227,6 +230,10 @@ async def run(n: int, concurrency: int, m: int, p: int, rounds: int) -> None:
     print(
         f"    HTTP / Python API = {http_rate / python_rate:.2f}   (goal >= 0.50)"
         f"   every round: {', '.join(f'{h[0] / p[0]:.2f}' for p, h in zip(python, http_, strict=True))}"
+    )
+    print(
+        f"(a') one request at a time: Producer.enqueue {one_python[0]:6.0f} jobs/s, POST /v1/jobs {one_http[0]:6.0f}"
+        f" jobs/s: HTTP / Python API = {one_http[0] / one_python[0]:.2f}"
     )
     print(f"(b) direct job (enqueue + wait)      p50 {p50_ms(direct):6.2f} ms   p99 {p99_ms(direct):6.2f} ms")
     print(f"(b) POST /v1/chat/completions        p50 {p50_ms(http):6.2f} ms   p99 {p99_ms(http):6.2f} ms")
