@@ -15,6 +15,7 @@ import json
 import logging
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import REGISTRY, Collector
@@ -22,7 +23,18 @@ from redis import Redis
 from redis.exceptions import RedisError
 
 from .batches import STATUSES
-from .keys import BATCHES, CREDITS, DLQ, GATE, batch_key, bulk_key, schedule_key, schedule_output_key, spend_day_key
+from .keys import (
+    BATCHES,
+    CREDITS,
+    DLQ,
+    GATE,
+    batch_key,
+    bulk_key,
+    schedule_key,
+    schedule_output_key,
+    spend_by_key,
+    spend_day_key,
+)
 from .metrics import Labels
 from .schedules import Schedule
 from .schedules import load as load_schedules
@@ -66,7 +78,10 @@ class QueueCollector(Collector):
             pipe.get(GATE)
             pipe.zcard(bulk_key(queue))
             pipe.zrevrange(BATCHES, 0, MAX_BATCHES_READ - 1)
-            credits, ready, total, oldest, dead, today, gate, bulk, batch_ids = pipe.execute()
+            pipe.hgetall(spend_by_key("source", day(now)))
+            for d in month_days(now):
+                pipe.hgetall(spend_day_key(d))
+            credits, ready, total, oldest, dead, today, gate, bulk, batch_ids, sources, *month = pipe.execute()
         with self.redis.pipeline(transaction=False) as pipe:
             for batch_id in batch_ids:
                 pipe.hget(batch_key(batch_id.decode()), "status")
@@ -92,14 +107,13 @@ class QueueCollector(Collector):
         )
         yield _gauge("llm_router_dead_letters", "Jobs in the dead-letter list", dead)
         yield _gauge("llm_router_bulk_depth", "Bulk jobs (batch lines) waiting in the bulk lane", bulk)
-        spend = GaugeMetricFamily("llm_router_spend_today_usd", "USD spent this UTC day (from Redis)", labels=["model"])
-        by_model: dict[str, float] = {}
-        for model, usd in today.items():
-            label = self.labels.model(model.decode())
-            by_model[label] = by_model.get(label, 0.0) + float(usd)
-        for label, usd in sorted(by_model.items()):
-            spend.add_metric([label], usd)
-        yield spend
+        yield self._by("llm_router_spend_today_usd", "USD spent this UTC day (from Redis)", "model", [today])
+        yield self._by(
+            "llm_router_spend_today_by_source_usd", "USD spent this UTC day by source (from Redis)", "source", [sources]
+        )
+        yield self._by(
+            "llm_router_spend_month_usd", "USD spent this UTC month to date, by model (from Redis)", "model", month
+        )
         paused = GaugeMetricFamily(
             "llm_router_queue_paused", "1 while the queue is paused (401/402)", labels=["reason"]
         )
@@ -115,6 +129,19 @@ class QueueCollector(Collector):
         yield batches
         if self.schedules:
             yield from self._schedules(now)
+
+    def _by(self, name: str, documentation: str, label: str, days: list[dict[bytes, bytes]]) -> GaugeMetricFamily:
+        """A spend gauge from per-day hashes name -> USD, summed over `days`, by bounded label value."""
+        bounded = self.labels.model if label == "model" else self.labels.source
+        totals: dict[str, float] = {}
+        for hash_ in days:
+            for raw, usd in hash_.items():
+                value = bounded(raw.decode())
+                totals[value] = totals.get(value, 0.0) + float(usd)
+        family = GaugeMetricFamily(name, documentation, labels=[label])
+        for value, usd in sorted(totals.items()):
+            family.add_metric([value], usd)
+        return family
 
     def _schedules(self, now: float) -> Iterator[GaugeMetricFamily]:
         # per schedule: the latest tick whose window has ended, and the batch it must have completed
@@ -151,6 +178,16 @@ class QueueCollector(Collector):
             overdue.add_metric([s.name], late)
         yield success
         yield overdue
+
+
+def day(at: float) -> str:
+    return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%d")
+
+
+def month_days(at: float) -> list[str]:
+    """The UTC days of `at`'s month up to its day, as the spend records name them."""
+    now = datetime.fromtimestamp(at, UTC)
+    return [now.replace(day=d).strftime("%Y-%m-%d") for d in range(1, now.day + 1)]
 
 
 def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:

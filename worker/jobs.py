@@ -36,6 +36,7 @@ from .resources import Resources
 from .routing import Call, Deferred, try_model, walk_chain
 from .serde import INVALID
 
+ROUTE_PREFIX = "route:"
 log = logging.getLogger("llm_router.jobs")
 
 Ctx = dict[str, Any]
@@ -116,6 +117,12 @@ async def finish(resources: Resources, kind: str, payload: Any, result: JobResul
     return _count(kind, result)
 
 
+def route_of(job: Any) -> str | None:
+    """The route a job's model names (`route:<name>`), kept with its spend; None: a plain model."""
+    model = getattr(job, "model", None)
+    return model[len(ROUTE_PREFIX) :] if isinstance(model, str) and model.startswith(ROUTE_PREFIX) else None
+
+
 def _count(kind: str, result: JobResult) -> str:
     m.JOBS.labels(kind, result.status).inc()
     if result.enqueued_at and result.finished_at:
@@ -172,6 +179,7 @@ async def _run(
         run=run,
         gemini_native=isinstance(job, RoutedJob) and job.gemini_native,
         bulk=job.bulk,
+        route=route_of(job),
     )
     try:
         async with asyncio.timeout(settings.job_timeout_s):
