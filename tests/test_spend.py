@@ -142,7 +142,8 @@ async def test_report_metrics_exporter_and_simulator_agree(settings, sim, tmp_pa
         batch = await producer.batches.submit(lines)
         await producer.redis.hset(spend_saved_key(), mapping={"gpt-4o-mini": 0.125})  # as the cache writes it
         await run_worker(settings)
-        batch = await producer.batches.get(batch.id)
+        record = await producer.batches.get(batch.id)
+        assert record is not None
         by_model = await report(producer.redis, 1, "model")
         by_source = await report(producer.redis, 1, "source")
         by_batch = await report(producer.redis, 1, "batch")
@@ -172,8 +173,8 @@ async def test_report_metrics_exporter_and_simulator_agree(settings, sim, tmp_pa
     assert by_model.total.prompt_tokens == tokens["prompt"] and by_model.total.completion_tokens == tokens["completion"]
     assert by_model.total.saved_usd == 0.125
     # by batch: the batch's own record
-    assert [(r.name, r.calls) for r in by_batch.rows] == [(batch.id, 3)]
-    assert by_batch.rows[0].usd == pytest.approx(batch.cost_usd)
+    assert [(r.name, r.calls) for r in by_batch.rows] == [(record.id, 3)]
+    assert by_batch.rows[0].usd == pytest.approx(record.cost_usd)
 
     env = {**os.environ, **settings_env(settings)}
     run = await asyncio.to_thread(

@@ -139,8 +139,8 @@ class QueueCollector(Collector):
                 value = bounded(raw.decode())
                 totals[value] = totals.get(value, 0.0) + float(usd)
         family = GaugeMetricFamily(name, documentation, labels=[label])
-        for value, usd in sorted(totals.items()):
-            family.add_metric([value], usd)
+        for value, total in sorted(totals.items()):
+            family.add_metric([value], total)
         return family
 
     def _schedules(self, now: float) -> Iterator[GaugeMetricFamily]:

@@ -50,8 +50,13 @@ def spend(days: int, by: str, as_json: bool) -> None:
     run(main())
 
 
-COLUMNS = (("usd", "USD", "{:.6f}"), ("calls", "calls", "{}"), ("prompt_tokens", "prompt tok", "{}"))
-COLUMNS += (("completion_tokens", "completion tok", "{}"), ("saved_usd", "cache saved USD", "{:.6f}"))
+COLUMNS = (
+    ("usd", "USD", "{:.6f}"),
+    ("calls", "calls", "{}"),
+    ("prompt_tokens", "prompt tok", "{}"),
+    ("completion_tokens", "completion tok", "{}"),
+    ("saved_usd", "cache saved USD", "{:.6f}"),
+)
 
 
 def render(report: dict[str, Any]) -> str:
