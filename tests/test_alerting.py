@@ -63,9 +63,7 @@ async def test_credits_run_out_alert_reaches_the_webhook(settings, sim, tmp_path
                 await wait_until_async(all_done, 60, "the jobs to finish", interval=0.2)
 
             def delivered():
-                return [
-                    a for a in receiver.alerts() if a["labels"]["alertname"] == ALERT and a["status"] == "firing"
-                ]
+                return [a for a in receiver.alerts() if a["labels"]["alertname"] == ALERT and a["status"] == "firing"]
 
             def why() -> str:
                 return (
