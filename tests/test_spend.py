@@ -100,6 +100,15 @@ async def test_the_report_sums_days_and_keeps_the_window(redis):
     assert [d.usd for d in week.daily] == [0, 0, 0, 2.5, 0, 0, 1.0]
     two = await report(redis, 2, "model")  # the older day is outside the window
     assert two.total.usd == 1.0 and [r.name for r in two.rows] == ["gpt-4o"]
+    assert two.budgets is None  # no BUDGETS: no budget lines
+    budgets = {"daily_usd": 4, "models": {"gpt-4o": 2, "qwen-max": 1}, "sources": {"billing": 1}}
+    today_use = (await report(redis, 1, "model", budgets)).as_json()["budgets"]
+    assert [(b["scope"], b["name"], b["spent_usd"], b["used"]) for b in today_use] == [
+        ("global", "daily", 1.0, 0.25),
+        ("source", "billing", 0.0, 0.0),  # the call above was recorded without a source
+        ("model", "gpt-4o", 1.0, 0.5),
+        ("model", "qwen-max", 0.0, 0.0),  # its spend was on an older day
+    ]
 
 
 def test_budget_use_reads_each_daily_scope_of_budgets():
