@@ -110,6 +110,13 @@ async def test_the_queue_gauges_of_the_alerts_leave_batch_lines_out(settings, re
     assert (depth, interactive, bulk) == (40, 0, 500) and oldest > 3500
     assert interactive_oldest == 0  # nothing interactive waits: the backlog alerts stay quiet
     # an interactive job that has waited 20 s, behind the lines
-    await redis.zadd(queue, {"order-42": int((now - 20) * 1000), "later": int((now + 600) * 1000)})
+    await redis.zadd(
+        queue,
+        {
+            "order-42": int((now - 20) * 1000),
+            "order-43": int((now - 5) * 1000),
+            "later": int((now + 600) * 1000),
+        },
+    )
     depth, oldest, interactive, interactive_oldest, _ = gauges()
-    assert (depth, interactive) == (41, 1) and 19 <= interactive_oldest <= 30 and oldest > 3500
+    assert (depth, interactive) == (42, 2) and 19 <= interactive_oldest <= 30 and oldest > 3500

@@ -57,7 +57,7 @@ for i = 1, #ready, 2 do
   if string.match(ready[i], '^batch_[%w_.-]+:%d+$') then
     lines = lines + 1
   elseif oldest < 0 then
-    oldest = ready[i + 1]
+    oldest = tonumber(ready[i + 1])
   end
 end
 return {lines, tostring(oldest)}
