@@ -41,20 +41,26 @@ from .schedules import load as load_schedules
 from .settings import Settings
 
 log = logging.getLogger("llm_router.exporter")
-# The ready jobs the exporter looks at, oldest first, to tell batch lines from interactive jobs.
+# The ready jobs the exporter looks at, oldest first, to tell batch lines from interactive jobs,
+# in chunks (one script call each: Redis is never held for long).
 MAX_READY_SCANNED = 50_000
+READY_CHUNK = 5_000
 
-# The ready part of the queue without batch lines (ids `batch_...:<line>`): how many, and the
-# oldest one's score. A batch line leaves the bulk lane for the queue when a worker has a free
-# slot, and comes back to the queue when it is deferred (a rate limit): counted here, a normal
-# overnight batch would look like an interactive backlog. Past ARGV[2] entries the rest count
-# as interactive (the alerts err on the side of paging).
-# KEYS: queue; ARGV: now ms, most entries scanned
+# A chunk of the ready part of the queue: how many entries, how many are batch lines (ids
+# `batch_...:<line>`), and the oldest other one's score (-1: none). A batch line leaves the bulk
+# lane for the queue when a worker has a free slot, and comes back to the queue when it is
+# deferred (a rate limit): counted as a job like any other, a normal overnight batch would look
+# like an interactive backlog. Past MAX_READY_SCANNED entries the rest count as interactive
+# (the alerts err on the side of paging).
+# KEYS: queue; ARGV: now ms, first rank, last rank (the ready jobs are the lowest ranks)
 INTERACTIVE = """
-local ready = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES', 'LIMIT', 0, ARGV[2])
-local lines, oldest = 0, -1
+local ready = redis.call('ZRANGE', KEYS[1], ARGV[2], ARGV[3], 'WITHSCORES')
+local lines, oldest, now = 0, -1, tonumber(ARGV[1])
 for i = 1, #ready, 2 do
-  if string.match(ready[i], '^batch_[%w_.-]+:%d+$') then
+  local id = ready[i]
+  if tonumber(ready[i + 1]) > now then
+    break
+  elseif string.sub(id, 1, 6) == 'batch_' and string.find(id, ':', 7, true) then
     lines = lines + 1
   elseif oldest < 0 then
     oldest = tonumber(ready[i + 1])
@@ -108,8 +114,7 @@ class QueueCollector(Collector):
             for batch_id in batch_ids:
                 pipe.hget(batch_key(batch_id.decode()), "status")
             statuses = pipe.execute() if batch_ids else []
-        batch_lines, oldest_interactive = self._interactive(keys=[queue], args=[int(now * 1000), MAX_READY_SCANNED])
-        oldest_interactive = float(oldest_interactive)
+        batch_lines, oldest_interactive = self._batch_lines(queue, int(now * 1000), ready)
 
         if credits.get(b"remaining") is not None:
             yield _gauge(
@@ -163,6 +168,17 @@ class QueueCollector(Collector):
         yield batches
         if self.schedules:
             yield from self._schedules(now)
+
+    def _batch_lines(self, queue: str, now_ms: int, ready: int) -> tuple[int, float]:
+        """Batch lines among the `ready` jobs (the oldest MAX_READY_SCANNED), and the score of
+        the oldest ready job that is not one (-1: none)."""
+        lines, oldest = 0, -1.0
+        for start in range(0, min(ready, MAX_READY_SCANNED), READY_CHUNK):
+            found, first = self._interactive(keys=[queue], args=[now_ms, start, start + READY_CHUNK - 1])
+            lines += int(found)
+            if oldest < 0:
+                oldest = float(first)
+        return lines, oldest
 
     def _by(self, name: str, documentation: str, label: str, days: list[dict[bytes, bytes]]) -> GaugeMetricFamily:
         """A spend gauge from per-day hashes name -> USD, summed over `days`, by bounded label value."""

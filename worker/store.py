@@ -45,15 +45,16 @@ end
 for i = 0, (#KEYS - 3) / 2 - 1 do
   local name, spend, usage = ARGV[9 + i], KEYS[4 + 2 * i], KEYS[5 + 2 * i]
   if name ~= '' then
+    -- a day's hash gets its expiry with its first field (a field's first increment): fewer writes per call
     if ARGV[3] ~= '' then
       if i == 0 then redis.call('HINCRBYFLOAT', KEYS[2], name, ARGV[3]) end
-      redis.call('HINCRBYFLOAT', spend, name, ARGV[3])
-      redis.call('EXPIRE', spend, ARGV[6])
+      if tonumber(redis.call('HINCRBYFLOAT', spend, name, ARGV[3])) == tonumber(ARGV[3]) then
+        redis.call('EXPIRE', spend, ARGV[6])
+      end
     end
-    redis.call('HINCRBY', usage, 'calls|' .. name, 1)
+    if redis.call('HINCRBY', usage, 'calls|' .. name, 1) == 1 then redis.call('EXPIRE', usage, ARGV[6]) end
     if ARGV[7] ~= '0' then redis.call('HINCRBY', usage, 'prompt|' .. name, ARGV[7]) end
     if ARGV[8] ~= '0' then redis.call('HINCRBY', usage, 'completion|' .. name, ARGV[8]) end
-    redis.call('EXPIRE', usage, ARGV[6])
   end
 end
 return 1
