@@ -121,6 +121,10 @@ class Outbox:
         raw = await self.redis.hgetall(webhook_key(delivery))  # type: ignore[misc]  # redis-py types commands as sync-or-async
         return {k.decode(): v.decode() for k, v in raw.items()} if raw else None
 
+    async def release(self, delivery: str, now: float) -> None:
+        """A claimed delivery whose try was cut (the worker stops): due again at `now`."""
+        await self.redis.zadd(WEBHOOKS, {delivery: now}, xx=True)
+
     async def drop(self, delivery: str) -> None:
         """Out of the outbox: its record is gone (expired), or it is no longer pending."""
         await self.redis.zrem(WEBHOOKS, delivery)

@@ -19,6 +19,7 @@ another at enqueue, and the sender checks again before every try.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import logging
@@ -42,9 +43,10 @@ log = logging.getLogger("llm_router.webhooks")
 SIGNATURE_HEADER = "LLM-Router-Signature"
 DELIVERY_HEADER = "LLM-Router-Delivery"
 EVENT_HEADER = "LLM-Router-Event"
-# Deliveries one worker sends at once, and how long a claimed one is held before another may try it.
+# Deliveries one worker sends at once, and how long past WEBHOOK_TIMEOUT_S a claimed one is held
+# before another worker may try it (a try is cut at the timeout; the margin is for Redis).
 CONCURRENCY = 16
-LEASE_EXTRA_S = 30
+LEASE_EXTRA_S = 5
 IDLE_POLL_S = 0.5
 
 
@@ -131,6 +133,7 @@ class Sender:
         self.outbox = Outbox(redis)
         self.client = client or httpx.AsyncClient(timeout=settings.webhook_timeout_s, follow_redirects=False)
         self.sending: set[asyncio.Task[None]] = set()
+        self.wake = asyncio.Event()  # a try ended: its retry may be due before the next poll
 
     async def run(self) -> None:
         try:
@@ -144,7 +147,9 @@ class Sender:
                 except Exception:
                     log.exception("webhooks: will retry")
                     wait = IDLE_POLL_S
-                await asyncio.sleep(max(wait, 0.01))
+                self.wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.wake.wait(), max(wait, 0.01))
         finally:
             for task in self.sending:
                 task.cancel()  # a try cut here is tried again when its claim runs out
@@ -160,8 +165,12 @@ class Sender:
         for delivery in claimed:
             task = asyncio.create_task(self.send(delivery), name=f"llm-router-webhook-{delivery}")
             self.sending.add(task)
-            task.add_done_callback(self.sending.discard)
+            task.add_done_callback(self._sent)
         return len(claimed) == free
+
+    def _sent(self, task: asyncio.Task[None]) -> None:
+        self.sending.discard(task)
+        self.wake.set()
 
     async def _idle(self) -> float:
         due = await self.outbox.next_due()
@@ -175,6 +184,9 @@ class Sender:
                 await self.outbox.drop(delivery)
                 return
             await self._try(delivery, record)
+        except asyncio.CancelledError:  # the worker is stopping: due again now, for the next one
+            await self.outbox.release(delivery, time.time())
+            raise
         except Exception:
             log.exception("webhook %s: the try failed inside the worker; tried again later", delivery)
 
@@ -195,9 +207,12 @@ class Sender:
                 DELIVERY_HEADER: f"{delivery}#{n}",
                 EVENT_HEADER: event,
             }
-            answer = await self.client.post(url, content=body, headers=headers)
+            async with asyncio.timeout(self.settings.webhook_timeout_s):  # the whole try, not each read
+                answer = await self.client.post(url, content=body, headers=headers)
             status = answer.status_code
             error = "" if answer.is_success else f"the receiver answered HTTP {status}"
+        except TimeoutError:
+            error = f"no answer within WEBHOOK_TIMEOUT_S={self.settings.webhook_timeout_s:g}"
         except httpx.HTTPError as exc:
             error = (f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)[:300]
         if not error:
