@@ -29,9 +29,12 @@ from producers import JobRejected, Producer
 from producers.batches import BatchRejected
 from producers.http import create_app
 from worker import metrics as m
+from worker import webhooks
 from worker.keys import WEBHOOKS, result_key
 from worker.service import create_worker
-from worker.settings import Settings
+from worker.settings import ConfigError, Settings
+
+from .helpers import sim_admin
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "whsec-test-7f3a9c0e1b2d4f6a8c0e"
@@ -198,6 +201,46 @@ async def test_receiver_never_answering_is_recorded_failed_and_the_result_kept(h
     assert result.status == "succeeded" and result.content
     after = counts()
     assert (after["retried"] - before["retried"], after["failed"] - before["failed"]) == (2, 1)
+
+
+async def test_a_replayed_job_sends_its_new_result_as_a_new_delivery(hooks, receiver, sim):
+    """A failed job's webhook carries the failure; replayed from the dead letters, its new result
+    is a new delivery (generation 2: a new id, so the receiver does not drop it as a duplicate)."""
+    hook = receiver()
+    sim_admin(sim, "/_sim/config", {"model": "gpt-4.1", "down": True})
+    async with producer_of(hooks) as producer, running_worker(hooks):
+        job_id = await producer.chat("gpt-4.1", "Again", callback_url=hook.url, fallbacks=[])
+        first = await delivered(producer, job_id)
+        sim_admin(sim, "/_sim/config", {"model": "gpt-4.1", "down": False})
+        assert await producer.dead_letters.replay(job_id)
+        await wait_until_async(lambda: len(hook.got) == 2, 20, "the replayed job's delivery")
+        second = await delivered(producer, job_id)
+    events = [orjson.loads(body) for _, _, body in hook.got]
+    assert [e["type"] for e in events] == ["job.failed", "job.succeeded"]
+    assert (first.id, second.id) == (f"job:{job_id}#1", f"job:{job_id}#2") == tuple(e["id"] for e in events)
+    assert second.tries == 1
+
+
+def test_allow_list_entries():
+    hosts = ["Hooks.Example.com", "*.example.org", "10.0.0.7:8443", "[::1]:9000"]
+    for url, ok in [
+        ("https://hooks.example.com/x", True),
+        ("https://HOOKS.example.com:444/x", True),  # a bare host: any port
+        ("https://a.b.example.org/", True),
+        ("https://example.org/", False),  # *.domain: its subdomains only
+        ("https://evilexample.org/", False),
+        ("https://hooks.example.com.evil.io/", False),
+        ("https://10.0.0.7:8443/", True),
+        ("https://10.0.0.7/", False),  # host:port: that port only
+        ("http://[::1]:9000/", True),
+        ("http://[::1]:9001/", False),
+        ("https://10.0.0.7:8443@evil.io/", False),
+    ]:
+        assert webhooks.allowed(url, hosts) is ok, url
+    for entry in ("hooks.example.com/path", "user@hooks.example.com", "host:99999", " spaced"):
+        bad = Settings(_env_file=None, webhook_allowed_hosts=[entry], webhook_secret=SecretStr(SECRET))
+        with pytest.raises(ConfigError, match="WEBHOOK_ALLOWED_HOSTS"):
+            webhooks.check_settings(bad)
 
 
 async def test_a_worker_refuses_a_host_its_own_list_lacks(hooks, receiver, redis):

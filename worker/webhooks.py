@@ -70,30 +70,35 @@ def check_settings(settings: Settings) -> None:
 
 
 def _entry_ok(entry: str) -> bool:
-    host = entry.removeprefix("*.")
     try:
-        parts = urlsplit(f"//{host}")
-        parts.port  # noqa: B018 - raises on a bad port
+        name, _port = _host_port(entry)
     except ValueError:
         return False
-    return bool(parts.hostname) and not parts.username and not parts.path and entry == entry.strip()
+    return bool(name) and entry == entry.strip() and "/" not in entry and "@" not in entry
+
+
+def _host_port(entry: str) -> tuple[str, int | None]:
+    """(host, port or None) of an allow-list entry: `host`, `host:port`, `[v6]:port`, `*.domain`."""
+    parts = urlsplit("//" + entry.strip().lower())
+    return parts.hostname or "", parts.port
 
 
 def allowed(url: str, hosts: list[str]) -> bool:
-    """Whether `url`'s host is on the allow-list: `host` (any port), `host:port`, `*.domain` (its subdomains)."""
+    """Whether `url`'s host is on the allow-list: `host` (any port), `host:port`, `*.domain` (its
+    subdomains, not the domain itself); case-insensitive."""
     try:
         parts = urlsplit(url)
         host, port = (parts.hostname or "").lower(), parts.port or (443 if parts.scheme == "https" else 80)
     except ValueError:
         return False
     for entry in hosts:
-        entry = entry.lower()
-        name, _, entry_port = entry.partition(":") if not entry.startswith("[") else (entry, "", "")
-        if entry_port and entry_port != str(port):
+        try:
+            name, entry_port = _host_port(entry)
+        except ValueError:
             continue
-        if name.startswith("*.") and host.endswith(name[1:]) and host != name[2:]:
-            return True
-        if host == name.strip("[]"):
+        if entry_port is not None and entry_port != port:
+            continue
+        if host == name or (name.startswith("*.") and host.endswith(name[1:])):
             return True
     return False
 
