@@ -157,7 +157,7 @@ class Sender:
                     await asyncio.wait_for(self.wake.wait(), max(wait, 0.01))
         finally:
             for task in self.sending:
-                task.cancel()  # a try cut here is tried again when its claim runs out
+                task.cancel()  # a try cut here is due again at once (`send`), for any worker
             await asyncio.gather(*self.sending, return_exceptions=True)
             await self.client.aclose()
 
@@ -227,8 +227,8 @@ class Sender:
         else:
             s = self.settings
             due = time.time() + backoff_delay(tries - 1, s.webhook_backoff_base_s, s.webhook_backoff_cap_s)
-            await self.outbox.outcome(delivery, n, "retry", time.time(), due, error, status)
-            m.WEBHOOK_DELIVERIES.labels("retried").inc()
+            if await self.outbox.outcome(delivery, n, "retry", time.time(), due, error, status):
+                m.WEBHOOK_DELIVERIES.labels("retried").inc()
             log.info("webhook %s: try %d failed (%s); next in %.1fs", delivery, tries, error, due - time.time())
 
     async def _end(self, delivery: str, n: str, outcome: str, error: str, status: int | None = None) -> None:
