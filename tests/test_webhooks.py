@@ -20,6 +20,7 @@ from typing import Any
 import orjson
 import pytest
 from fastapi.testclient import TestClient
+from prometheus_client import generate_latest
 from pydantic import SecretStr
 from redis.asyncio import Redis
 
@@ -395,6 +396,8 @@ def test_http_job_webhook_survives_a_worker_killed_between_tries(hooks, receiver
     _, headers, body = hook.got[1]
     assert verify(SECRET, body, headers["LLM-Router-Signature"])
     assert orjson.loads(body)["data"]["job_id"] == job_id
+    logs = [p.read_text(errors="replace") for p in tmp_path.glob("*.log")]
+    assert len(logs) == 2 and all(SECRET not in log for log in logs)  # nor in the workers' logs
 
 
 async def test_the_secret_never_reaches_redis(hooks, receiver, redis):
@@ -439,6 +442,7 @@ async def test_the_secret_never_reaches_redis(hooks, receiver, redis):
         assert all(secret not in v for v in values if v), key
     await sync.aclose()
     assert seen > 5
+    assert SECRET not in generate_latest().decode()  # nor in the metrics
 
 
 def test_a_worker_with_an_allow_list_and_no_secret_does_not_start(hooks, tmp_path):
