@@ -55,7 +55,7 @@ class Receiver:
     """An HTTP server recording every POST (time, headers, raw body) and answering the statuses
     of `answers` in turn, then `default`."""
 
-    def __init__(self, answers: list[int] | None = None, default: int = 200) -> None:
+    def __init__(self, answers: list[int | tuple[int, dict[str, str]]] | None = None, default: int = 200) -> None:
         self.answers = list(answers or [])
         self.default = default
         self.got: list[tuple[float, dict[str, str], bytes]] = []
@@ -65,9 +65,11 @@ class Receiver:
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 receiver.got.append((time.monotonic(), dict(self.headers), body))
-                status = receiver.answers.pop(0) if receiver.answers else receiver.default
+                answer = receiver.answers.pop(0) if receiver.answers else receiver.default
+                status, headers = answer if isinstance(answer, tuple) else (answer, {})
                 self.send_response(status)
-                self.send_header("Content-Length", "0")
+                for name, value in {"Content-Length": "0", **headers}.items():
+                    self.send_header(name, value)
                 self.end_headers()
 
             def log_message(self, *args: Any) -> None:
@@ -86,7 +88,7 @@ class Receiver:
 def receiver() -> Iterator[Any]:
     made: list[Receiver] = []
 
-    def make(answers: list[int] | None = None, default: int = 200) -> Receiver:
+    def make(answers: list[int | tuple[int, dict[str, str]]] | None = None, default: int = 200) -> Receiver:
         made.append(Receiver(answers, default))
         return made[-1]
 
@@ -184,6 +186,15 @@ async def test_receiver_failing_twice_then_answering_gets_three_tries_with_backo
     after = counts()
     assert (after["retried"] - before["retried"], after["delivered"] - before["delivered"]) == (2, 1)
     assert await redis.zcard(WEBHOOKS) == 0
+
+
+async def test_a_receivers_retry_after_is_honoured(hooks, receiver):
+    hook = receiver([(429, {"Retry-After": "1"})])
+    async with producer_of(hooks) as producer, running_worker(hooks):
+        job_id = await producer.chat("gpt-4.1", "Slow down", callback_url=hook.url)
+        delivery = await delivered(producer, job_id)
+    assert delivery.tries == 2 and len(hook.got) == 2
+    assert hook.got[1][0] - hook.got[0][0] >= 1.0  # not the 0.2 s backoff: the receiver asked for 1 s
 
 
 async def test_receiver_never_answering_is_recorded_failed_and_the_result_kept(hooks, receiver, redis):

@@ -11,9 +11,10 @@ with the headers `LLM-Router-Signature: t=<unix>,v1=<hex HMAC-SHA256(WEBHOOK_SEC
 `LLM-Router-Delivery` (the same on every try: receivers dedupe on it) and `LLM-Router-Event`.
 A 2xx answer delivers it; anything else (another status, a timeout, a refused connection; a
 redirect is not followed) is tried again after WEBHOOK_BACKOFF_BASE_S, doubling (jittered, at most
-WEBHOOK_BACKOFF_CAP_S), up to WEBHOOK_MAX_TRIES tries, then recorded `failed`: the record it
-reports is left as it is. Only hosts of WEBHOOK_ALLOWED_HOSTS are called: producers refuse
-another at enqueue, and the sender checks again before every try.
+WEBHOOK_BACKOFF_CAP_S; longer if a 429 or 503 asks so with Retry-After, up to the cap), up to
+WEBHOOK_MAX_TRIES tries, then recorded `failed`: the record it reports is left as it is. Only
+hosts of WEBHOOK_ALLOWED_HOSTS are called: producers refuse another at enqueue, and the sender
+checks again before every try.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from redis.asyncio import Redis
 
 from . import batches
 from . import metrics as m
+from .headers import parse_wait
 from .keys import result_key
 from .outbox import Outbox
 from .policy import backoff_delay
@@ -203,6 +205,7 @@ class Sender:
             await self._end(delivery, n, "failed", problem or "the record it reports is gone (expired)")
             return
         status: int | None = None
+        asked: float | None = None  # a 429's or 503's Retry-After
         try:
             timestamp = int(time.time())
             headers = {
@@ -216,6 +219,8 @@ class Sender:
                 answer = await self.client.post(url, content=body, headers=headers)
             status = answer.status_code
             error = "" if answer.is_success else f"the receiver answered HTTP {status}"
+            if status in (429, 503):
+                asked = parse_wait(answer.headers.get("retry-after"))
         except TimeoutError:
             error = f"no answer within WEBHOOK_TIMEOUT_S={self.settings.webhook_timeout_s:g}"
         except httpx.HTTPError as exc:
@@ -226,7 +231,8 @@ class Sender:
             await self._end(delivery, n, "failed", f"{error} (try {tries} of WEBHOOK_MAX_TRIES)", status)
         else:
             s = self.settings
-            due = time.time() + backoff_delay(tries - 1, s.webhook_backoff_base_s, s.webhook_backoff_cap_s)
+            wait = backoff_delay(tries - 1, s.webhook_backoff_base_s, s.webhook_backoff_cap_s)
+            due = time.time() + min(max(wait, asked or 0.0), s.webhook_backoff_cap_s)
             if await self.outbox.outcome(delivery, n, "retry", time.time(), due, error, status):
                 m.WEBHOOK_DELIVERIES.labels("retried").inc()
             log.info("webhook %s: try %d failed (%s); next in %.1fs", delivery, tries, error, due - time.time())
