@@ -97,7 +97,9 @@ async def get_job(
         result = await app.waits.wait(job_id, min(wait, app.settings.ingress_wait_s)) if wait else None
         if result is None:
             return {"id": job_id, "status": await pending(app, job_id) or status}
-    return result.model_dump(mode="json", exclude_none=True)
+    record = result.model_dump(mode="json", exclude_none=True)
+    delivery = await app.producer(source).webhook(job_id)  # a job with a callback_url: its delivery
+    return {**record, "webhook": delivery.model_dump(mode="json")} if delivery else record
 
 
 @router.post("/chat/completions", tags=["openai"], openapi_extra=_body_schema(CHAT_SCHEMA))

@@ -29,6 +29,7 @@ from .models import (
     JobResult,
     ModelAnswer,
     RoutedJob,
+    callback_of,
     describe_validation_error,
 )
 from .policy import chain
@@ -110,7 +111,7 @@ async def finish(resources: Resources, kind: str, payload: Any, result: JobResul
     if result.status == "failed":
         dead = dead_letter(result, kind, payload, resources.settings.dlq_max_payload_bytes)
         log.warning("job %s dead-lettered: %s", result.job_id, result.error.message if result.error else "failed")
-    dropped = await resources.store.save(result, dead_letter=dead)
+    dropped = await resources.store.save(result, dead_letter=dead, callback_url=callback_of(payload))
     if dropped:
         m.DEAD_LETTERS_DROPPED.inc(dropped)
     return _count(kind, result)

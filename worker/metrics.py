@@ -78,6 +78,14 @@ BATCH_LINES = Counter(
 )
 for _outcome in OUTCOMES:  # every series exists from the start
     BATCH_LINES.labels(_outcome)
+WEBHOOK_OUTCOMES = ("delivered", "retried", "failed")
+WEBHOOK_DELIVERIES = Counter(
+    "llm_router_webhook_deliveries",
+    "Webhook tries by outcome: delivered (2xx), retried (a failed try, tried again), failed (given up)",
+    ["outcome"],
+)
+for _outcome in WEBHOOK_OUTCOMES:
+    WEBHOOK_DELIVERIES.labels(_outcome)
 IN_FLIGHT = Gauge("llm_router_upstream_in_flight", "Upstream calls in progress", ["model"])
 # The HTTP ingress (producers/http.py): `route` is the route's template (`/v1/jobs/{job_id}`, or
 # `other` for no route), `status_class` `2xx`...`5xx`: bounded whatever the clients send.

@@ -170,6 +170,15 @@ class Settings(BaseSettings):
     )
     file_ttl_s: int = Field(30 * 24 * 3600, ge=60, description="how long an uploaded file is kept")
 
+    # ---- webhooks (worker.webhooks): a job's or batch's callback_url, POSTed signed when it ends
+    webhook_secret: SecretStr | None = Field(None, description="HMAC-SHA256 key of the signatures; never stored")
+    # WEBHOOK_ALLOWED_HOSTS='["hooks.example.com", "*.example.org", "10.0.0.7:8443"]': the only hosts called
+    webhook_allowed_hosts: list[str] = []
+    webhook_max_tries: int = Field(10, ge=1, description="tries of a delivery before it is recorded failed")
+    webhook_timeout_s: float = Field(10, gt=0, description="one try: connect, send and read the answer")
+    webhook_backoff_base_s: float = Field(2, gt=0, description="wait before the second try, doubling after")
+    webhook_backoff_cap_s: float = Field(3600, gt=0, description="longest wait between tries")
+
     # ---- metrics (worker.metrics, worker.exporter) ----
     metrics_port: int = Field(9464, ge=0, le=65535, description="a worker's /metrics port; 0: no metrics")
     exporter_port: int = Field(9465, ge=1, le=65535, description="`llm-router exporter`'s /metrics port")
