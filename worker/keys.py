@@ -30,6 +30,8 @@ results): the README's key table is checked against this module by a test.
     llm-router:source-batches:<source>  sorted set batch id -> created_at: the batches an ingress token made
     llm-router:file:<file_id>           hash: an uploaded file's record (producers.files): name, size, owner
     llm-router:file:data:<file_id>      string: its bytes, written and read in chunks
+    llm-router:events:<job_id>          stream: a streaming job's live events (worker.events): deltas, resets, result
+    llm-router:events-posted:<job_id>   pub/sub channel: new entries in that stream (wakes the ingress's readers)
 
 arq's own keys (arq.constants) for a job id: `arq:job:<id>` (the job record),
 `arq:in-progress:<id>` (claimed; our lease), `arq:retry:<id>` (runs so far), `arq:result:<id>`
@@ -72,6 +74,8 @@ SCHEDULES_PENDING = PREFIX + "schedules:pending"
 SOURCE_BATCHES_PREFIX = PREFIX + "source-batches:"
 FILE_PREFIX = PREFIX + "file:"
 FILE_DATA_PREFIX = PREFIX + "file:data:"
+EVENTS_PREFIX = PREFIX + "events:"
+EVENTS_POSTED_PREFIX = PREFIX + "events-posted:"
 
 # arq's key knowledge, used nowhere else.
 JOB_PREFIX = _arq.job_key_prefix
@@ -152,6 +156,14 @@ def file_key(file_id: str) -> str:
 
 def file_data_key(file_id: str) -> str:
     return FILE_DATA_PREFIX + file_id
+
+
+def events_key(job_id: str) -> str:
+    return EVENTS_PREFIX + job_id
+
+
+def events_posted_channel(job_id: str) -> str:
+    return EVENTS_POSTED_PREFIX + job_id
 
 
 def job_key(job_id: str) -> str:
