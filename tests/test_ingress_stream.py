@@ -210,7 +210,7 @@ def test_a_model_failing_mid_stream_resets_then_the_fallback_streams(stack, sim)
     at = names.index("reset")
     before, reset, after = events[:at], events[at][1], events[at + 1 : -1]
     assert before and all(d["model"] == "claude-3-sonnet" for _, d in before)
-    assert text([d for _, d in before]).startswith("[claude-3-sonnet] You said:")
+    assert text([d for _, d in before]).startswith("[claude-3-sonnet]")
     assert reset["model"] == "claude-3-sonnet" and reset["error"]["type"] == "malformed"
     assert after and all(n == "delta" and d["model"] == "gpt-4o" for n, d in after)
     result = events[-1][1]

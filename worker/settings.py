@@ -174,10 +174,10 @@ class Settings(BaseSettings):
         3600, ge=0, description="how long a streaming job's events are kept; 0: workers publish none"
     )
     stream_events_maxlen: int = Field(
-        40_000, ge=100, description="entries one job's event stream keeps at most (oldest trimmed)"
+        20_000, ge=100, description="entries one job's event stream keeps at most (oldest trimmed)"
     )
     stream_events_flush_ms: float = Field(
-        20, ge=0, description="deltas are coalesced and published at most this often (ms); 0: every chunk"
+        50, ge=0, description="deltas are coalesced and published at most this often (ms); 0: every chunk"
     )
 
     # ---- metrics (worker.metrics, worker.exporter) ----
