@@ -89,6 +89,7 @@ class JobStreams:
         key, last = events_key(job_id), after or "0-0"
         holding = after is not None  # a client resuming holds the text it was sent
         stored = None
+        await self.wakeups.subscribed(1.0)
         while True:
             with self.wakeups.listening(job_id) as woken:  # listen before looking: nothing is missed
                 read = await self.redis.xread({key: last}, count=READ_COUNT)

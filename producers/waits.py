@@ -2,7 +2,8 @@
 
 `ResultStore.wait` subscribes a connection of its own per wait: right for a script, not for a
 server holding a thousand long-polls. Here one task holds one pattern subscription to every
-job's `done` channel and wakes the waiters of the job a message names; a wait is a future,
+job's `done` channel (or the channels of its `prefixes`: producers.streams adds the live
+events') and wakes the waiters of the job a message names; a wait is a future,
 not a thread or a connection. A message missed while Redis is away costs at most `RECHECK_S`:
 each waiter looks at the result again that often.
 """
@@ -38,9 +39,7 @@ class ResultWaits:
 
     async def wait(self, job_id: str, timeout: float) -> JobResult | None:
         """The result, waiting up to `timeout` seconds for it; None if it did not come."""
-        self._start()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._subscribed.wait(), min(timeout, 1.0))
+        await self.subscribed(min(timeout, 1.0))
         deadline = time.monotonic() + timeout
         while True:
             with self.listening(job_id) as woken:  # listen before looking: nothing is missed
@@ -50,6 +49,12 @@ class ResultWaits:
                     return result
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(woken, min(remaining, RECHECK_S))
+
+    async def subscribed(self, timeout: float) -> None:
+        """Start listening, and wait up to `timeout` for the subscription to be in place."""
+        self._start()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._subscribed.wait(), timeout)
 
     @contextlib.contextmanager
     def listening(self, job_id: str) -> Iterator[asyncio.Future[None]]:

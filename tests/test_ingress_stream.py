@@ -6,13 +6,14 @@ our SSE events (`GET /v1/jobs/{id}/events`, read with httpx-sse) and as OpenAI's
 
 from __future__ import annotations
 
+import asyncio
 import json
 from dataclasses import dataclass
 
 import httpx
 import openai
 import pytest
-from httpx_sse import connect_sse
+from httpx_sse import aconnect_sse, connect_sse
 from redis import Redis
 
 from harness.processes import LLMRouterProcess, WorkerProcess, answers, settings_env
@@ -254,3 +255,21 @@ def test_openai_sdk_stream_of_a_failing_job_is_an_error_event(stack, sim):
             )
         )
     assert raised.value.type == "not_found"
+
+
+async def test_one_process_relays_a_stream_to_hundreds_of_clients(stack, sim):
+    sim_admin(sim, "/_sim/config", {"model": "gpt-4o", "latency_per_token_ms": 30})
+    job_id = stack.enqueue("gpt-4o")
+    headers = {"Authorization": "Bearer tok-a"}
+    limits = httpx.Limits(max_connections=400)
+
+    async def one(http: httpx.AsyncClient) -> list[tuple[str, str]]:
+        async with aconnect_sse(http, "GET", f"/v1/jobs/{job_id}/events") as sse:
+            return [(e.event, e.data) async for e in sse.aiter_sse()]
+
+    async with httpx.AsyncClient(base_url=stack.url, headers=headers, limits=limits, timeout=60) as http:
+        got = await asyncio.gather(*(one(http) for _ in range(300)))
+    results = {json.loads(events[-1][1])["content"] for events in got}
+    shown = {told([(n, json.loads(d)) for n, d in events]) for events in got}
+    assert results == shown == {f"[gpt-4o] You said: {PROMPT}"}
+    assert all(events[-1][0] == "result" for events in got)
