@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from dataclasses import dataclass
 
 import httpx
@@ -20,7 +21,8 @@ from harness.processes import LLMRouterProcess, WorkerProcess, answers, settings
 from harness.redis_server import free_port
 from harness.wait import wait_until
 from tests.helpers import API_KEY, sim_admin
-from worker.keys import events_key
+from worker.keys import done_channel, events_key, job_key, result_key
+from worker.models import JobResult
 from worker.settings import Settings
 
 TOKENS = {"tok-a": "team-a", "tok-b": "team-b"}
@@ -273,3 +275,41 @@ async def test_one_process_relays_a_stream_to_hundreds_of_clients(stack, sim):
     shown = {told([(n, json.loads(d)) for n, d in events]) for events in got}
     assert results == shown == {f"[gpt-4o] You said: {PROMPT}"}
     assert all(events[-1][0] == "result" for events in got)
+
+
+def test_an_error_event_mid_stream_resets_then_the_same_model_streams_again(stack, sim):
+    # a 429 inside the stream: the policy retries the same model after its Retry-After
+    sim_admin(sim, "/_sim/config", {"model": "gpt-4o", "stream_rate_limit_after": 4, "latency_per_token_ms": 100})
+    job_id = stack.enqueue("gpt-4o", fallbacks=[], max_wait_s=10)
+    events = []
+    with stack.http() as http, connect_sse(http, "GET", f"/v1/jobs/{job_id}/events") as sse:
+        for event in sse.iter_sse():
+            events.append((event.event, json.loads(event.data)))
+            if event.event == "reset":  # the second attempt streams whole
+                sim_admin(sim, "/_sim/config", {"model": "gpt-4o", "stream_rate_limit_after": None})
+    names = [n for n, _ in events]
+    assert names.count("reset") == 1 and names[0] == "delta" and names[-1] == "result"
+    reset = events[names.index("reset")][1]
+    assert reset["model"] == "gpt-4o" and reset["error"]["type"] == "rate_limit"
+    result = events[-1][1]
+    assert result["status"] == "succeeded" and [a["model"] for a in result["attempts"]] == ["gpt-4o", "gpt-4o"]
+    assert told(events) == result["content"] == f"[gpt-4o] You said: {PROMPT}"
+
+
+def test_an_idle_stream_gets_keep_alives_then_the_result(stack):
+    # a job no worker will run (its record only): the client waits, kept alive, until its result
+    job_id = f"team-a@idle-{uuid.uuid4().hex}"
+    stack.redis.set(job_key(job_id), b"{}", ex=60)
+    lines: list[str] = []
+    with stack.http() as http, http.stream("GET", f"/v1/jobs/{job_id}/events") as response:
+        for line in response.iter_lines():
+            lines.append(line)
+            if line == ": ping" and lines.count(": ping") == 1:
+                result = JobResult(job_id=job_id, status="succeeded", model="gpt-4.1", content="late", cost=0.5)
+                stack.redis.set(result_key(job_id), result.model_dump_json(), ex=60)
+                stack.redis.publish(done_channel(job_id), "succeeded")
+            if line == "event: result":
+                break
+    assert lines[0] == ": ping" and lines.index("event: delta") < lines.index("event: result")
+    delta = json.loads(lines[lines.index("event: delta") + 1].removeprefix("data: "))
+    assert delta["choices"][0]["delta"]["content"] == "late"
