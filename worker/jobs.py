@@ -19,6 +19,7 @@ from arq.worker import Retry
 from pydantic import ValidationError
 
 from . import batches, bounds
+from . import events as ev
 from . import metrics as m
 from .dlq import dead_letter
 from .models import (
@@ -79,10 +80,18 @@ async def run_job(ctx: Ctx, kind: str, payload: Any, size: int = 0) -> str:
     resources: Resources = ctx["resources"]
     job_id, run = ctx["job_id"], ctx.get("job_try") or 1
     resources.running.add(job_id)  # the keeper keeps this job's lease while it runs
+    # a streaming job publishes its deltas live (worker.events)
+    events = (
+        ev.JobEvents(resources.store.redis, job_id, resources.settings, run)
+        if ev.streams(kind, payload, resources.settings)
+        else None
+    )
     try:
-        result = await _run(resources, kind, payload, job_id, run, ctx.get("enqueue_time"), size)
+        result = await _run(resources, kind, payload, job_id, run, ctx.get("enqueue_time"), size, events)
     except Retry:
         m.JOBS.labels(kind, "requeued").inc()
+        if events is not None:
+            events.abandon()
         raise
     except Exception as exc:
         log.exception("job %s: failed inside the worker", job_id)
@@ -94,6 +103,8 @@ async def run_job(ctx: Ctx, kind: str, payload: Any, size: int = 0) -> str:
     costs = [a.cost for a in result.attempts if a.cost is not None]
     if costs:  # the job's cost is every call it paid for, fallbacks and earlier runs included
         result.cost = round(sum(costs), 10)
+    if events is not None:  # before the result is stored: a reader that sees it finds this
+        await events.close(result)
     return await finish(resources, kind, payload, result)
 
 
@@ -125,7 +136,14 @@ def _count(kind: str, result: JobResult) -> str:
 
 
 async def _run(
-    resources: Resources, kind: str, payload: Any, job_id: str, run: int, enqueued_at: datetime | None, size: int
+    resources: Resources,
+    kind: str,
+    payload: Any,
+    job_id: str,
+    run: int,
+    enqueued_at: datetime | None,
+    size: int,
+    events: ev.JobEvents | None = None,
 ) -> JobResult:
     settings = resources.settings
     base: dict[str, Any] = {
@@ -173,6 +191,7 @@ async def _run(
         run=run,
         gemini_native=isinstance(job, RoutedJob) and job.gemini_native,
         bulk=job.bulk,
+        events=events,
     )
     try:
         async with asyncio.timeout(settings.job_timeout_s):

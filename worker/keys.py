@@ -32,6 +32,8 @@ results): the README's key table is checked against this module by a test.
     llm-router:file:data:<file_id>      string: its bytes, written and read in chunks
     llm-router:webhooks                 sorted set delivery -> when due: webhooks to send (worker.outbox)
     llm-router:webhook:<delivery>       hash: one delivery (`job:<id>`, `batch:<id>`): url, status, tries, last error
+    llm-router:events:<job_id>          stream: a streaming job's live events (worker.events): deltas, resets, result
+    llm-router:events-posted:<job_id>   pub/sub channel: new entries in that stream (wakes the ingress's readers)
 
 arq's own keys (arq.constants) for a job id: `arq:job:<id>` (the job record),
 `arq:in-progress:<id>` (claimed; our lease), `arq:retry:<id>` (runs so far), `arq:result:<id>`
@@ -76,6 +78,8 @@ FILE_PREFIX = PREFIX + "file:"
 FILE_DATA_PREFIX = PREFIX + "file:data:"
 WEBHOOKS = PREFIX + "webhooks"
 WEBHOOK_PREFIX = PREFIX + "webhook:"
+EVENTS_PREFIX = PREFIX + "events:"
+EVENTS_POSTED_PREFIX = PREFIX + "events-posted:"
 
 # arq's key knowledge, used nowhere else.
 JOB_PREFIX = _arq.job_key_prefix
@@ -160,6 +164,12 @@ def file_data_key(file_id: str) -> str:
 
 def webhook_key(delivery: str) -> str:
     return WEBHOOK_PREFIX + delivery
+def events_key(job_id: str) -> str:
+    return EVENTS_PREFIX + job_id
+
+
+def events_posted_channel(job_id: str) -> str:
+    return EVENTS_POSTED_PREFIX + job_id
 
 
 def job_key(job_id: str) -> str:

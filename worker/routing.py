@@ -25,6 +25,7 @@ from .policy import CIRCUIT_CLASSES, Action, action_for, backoff_delay
 from .pricing import cost_of
 
 if TYPE_CHECKING:
+    from .events import JobEvents
     from .resources import Resources
     from .settings import Settings
 
@@ -78,6 +79,8 @@ class Call:
     gemini_native: bool = False
     bulk: bool = False
     attempts: list[Attempt] = field(default_factory=list)
+    # a streaming job's live events (worker.events): None publishes nothing
+    events: JobEvents | None = None
 
     @property
     def settings(self) -> Settings:
@@ -254,6 +257,8 @@ async def call_once(
         log.info("job %s: %s failed: %s", call.job_id, model, e)
     else:
         answer = succeeded(model, completion, call.settings.prices)
+    if call.events is not None and payload.get("stream"):
+        await call.events.attempt_ended(model, answer.error)
     attempt = Attempt(
         model=model,
         ok=exc is None,
@@ -277,7 +282,7 @@ async def send(call: Call, payload: dict[str, Any]) -> Completion:
     client, model = call.resources.client, payload["model"]
     if call.gemini_native and is_gemini(model) and not payload.get("stream"):
         return await client.generate_content(model, payload)
-    return await client.chat(payload)
+    return await client.chat(payload, call.events.on_delta(model) if call.events is not None else None)
 
 
 def observe(call: Call, label: str, answer: ModelAnswer, exc: errors.AIsaError | None, counted: bool) -> None:

@@ -169,6 +169,16 @@ class Settings(BaseSettings):
         60, gt=0, description="longest /v1/chat/completions waits, and the largest ?wait= of GET /v1/jobs/{id}"
     )
     file_ttl_s: int = Field(30 * 24 * 3600, ge=60, description="how long an uploaded file is kept")
+    # ---- live streams of streaming jobs (worker.events; GET /v1/jobs/{id}/events)
+    stream_events_ttl_s: int = Field(
+        3600, ge=0, description="how long a streaming job's events are kept; 0: workers publish none"
+    )
+    stream_events_maxlen: int = Field(
+        20_000, ge=100, description="entries one job's event stream keeps at most (oldest trimmed)"
+    )
+    stream_events_flush_ms: float = Field(
+        50, ge=0, description="deltas are coalesced and published at most this often (ms); 0: every chunk"
+    )
 
     # ---- webhooks (worker.webhooks): a job's or batch's callback_url, POSTed signed when it ends
     webhook_secret: SecretStr | None = Field(None, description="HMAC-SHA256 key of the signatures; never stored")
