@@ -164,6 +164,8 @@ def file_data_key(file_id: str) -> str:
 
 def webhook_key(delivery: str) -> str:
     return WEBHOOK_PREFIX + delivery
+
+
 def events_key(job_id: str) -> str:
     return EVENTS_PREFIX + job_id
 
