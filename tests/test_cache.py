@@ -118,6 +118,7 @@ async def test_a_cached_answer_expires_after_cache_ttl_s(producer, settings, sim
     [entry] = await redis.keys(CACHE_PREFIX + "*")
     assert 0 < await redis.pttl(entry) <= 1000
     assert (await run_one(producer, short, message="ttl", temperature=0)).cached
+
     async def expired() -> bool:
         return await redis.exists(entry) == 0
 
