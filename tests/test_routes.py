@@ -82,7 +82,11 @@ async def test_a_route_falls_back_up_the_list_past_a_model_that_is_down(producer
     assert calls(sim) == {"gemini-2.0-flash": 3, "deepseek-v3": 2}
     # back up: once the circuit's open period is over, the cheapest model is chosen again
     sim_admin(sim, "/_sim/config", {"model": "gemini-2.0-flash", "down": False})
-    await wait_until_async(lambda: circuit_open_over(producer.redis), 5, "gemini's open period to end")
+
+    async def open_over() -> bool:
+        return await circuit_open_over(producer.redis)
+
+    await wait_until_async(open_over, 5, "gemini's open period to end")
     third = await producer.chat("route:c", "third")
     await run_worker(fragile)
     assert (await producer.result(third)).model == "gemini-2.0-flash"
