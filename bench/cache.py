@@ -7,9 +7,9 @@ saves, in one run.
   (c) hit:   the jobs of (b) again: every job is answered from the cache, no call
 
 Each is run `--rounds` times, (a) first in one round and last in the next, and the best
-rate of each is kept (the machine is noisy; ratios are what matter). The simulator runs in its own process with zero latency, so
-the cache's Redis work is as large a share of a job as it can be; Redis is a private server,
-the worker runs in this process (burst mode).
+rate of each is kept (the machine is noisy; ratios are what matter). The simulator runs in
+its own process with zero latency, so the cache's Redis work is as large a share of a job as
+it can be; Redis is a private server, the worker runs in this process (burst mode).
 
     python -m bench.cache [--jobs 2000] [--concurrency 50] [--rounds 4]
 """
