@@ -204,3 +204,24 @@ async def test_compare_answers_each_model_from_the_cache(producer, settings, sim
     assert second.cost == 0 and second.cost_source == "cache" and second.attempts == []
     assert [a.saved_cost for a in second.answers] == pytest.approx([a.cost for a in first.answers])
     assert calls(sim) == calls(sim, "gpt-4o") == 1
+
+
+async def test_duplicated_batch_lines_call_once_per_distinct_request(producer, settings, sim):
+    sim_admin(sim, "/_sim/config", {"latency_ms": 200})
+
+    def line(i: int, prompt: str, **extra: object) -> dict:
+        body = {"model": "gpt-4.1", "messages": [{"role": "user", "content": prompt}], "temperature": 0, **extra}
+        return {"custom_id": f"r{i}", "method": "POST", "url": "/v1/chat/completions", "body": body}
+
+    lines = [line(i, f"question {i % 3}") for i in range(30)]
+    lines.append(line(30, "question 0", llm_router={"cache": False}))  # opted out: its own call
+    batch = await producer.batches.submit(lines)
+    await run_worker(settings)
+    batch = await producer.batches.get(batch.id)
+    assert batch.status == "completed" and batch.request_counts.completed == 31
+    out = [entry async for entry in producer.batches.results(batch.id)]
+    assert sum(not o["llm_router"]["cached"] for o in out) == 4 and calls(sim) == 4
+    assert batch.cost_usd == pytest.approx(sim_admin(sim, "/_sim/stats")["charged_total"])
+    assert {o["response"]["body"]["choices"][0]["message"]["content"] for o in out[:3]} == {
+        f"[gpt-4.1] You said: question {i}" for i in range(3)
+    }
