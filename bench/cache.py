@@ -7,7 +7,8 @@ saves, in one run.
   (c) hit:   the jobs of (b) again: every job is answered from the cache, no call
 
 Each is run `--rounds` times, (a) first in one round and last in the next, and the best
-rate of each is kept (the machine is noisy; ratios are what matter). The simulator runs in
+rate of each is kept (the machine is noisy; ratios are what matter), with the median CPU time
+per job of the worker process and redis-server (steadier than wall time on a shared machine). The simulator runs in
 its own process with zero latency, so the cache's Redis work is as large a share of a job as
 it can be; Redis is a private server, the worker runs in this process (burst mode).
 
@@ -19,8 +20,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import statistics
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Literal
 
 from harness.processes import answers
@@ -41,49 +44,63 @@ def jobs(n: int, tag: str) -> list[ChatJob]:
     ]
 
 
-async def rate(settings: Settings, batch: list[ChatJob], mode: Mode) -> tuple[float, int]:
-    """(jobs/s, cached results) for `batch` through the service with CACHE_MODE=`mode`."""
+@dataclass
+class Run:
+    rate: float  # jobs/s
+    cpu_ms: float  # CPU per job: the worker process and redis-server (the simulator's left out)
+    cached: int
+
+
+async def redis_cpu_s(producer: Producer) -> float:
+    info = await producer.redis.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+async def measure(settings: Settings, batch: list[ChatJob], mode: Mode) -> Run:
+    """`batch` through the service with CACHE_MODE=`mode`."""
     run = settings.model_copy(update={"cache_mode": mode})
     async with Producer(settings.redis_url, queue_name=settings.queue_name) as producer:
         ids = await producer.enqueue_many(batch)
-        started = time.perf_counter()
+        cpu, redis_cpu, started = time.process_time(), await redis_cpu_s(producer), time.perf_counter()
         await drain(run)
         elapsed = time.perf_counter() - started
+        cpu = time.process_time() - cpu + await redis_cpu_s(producer) - redis_cpu
         results = [await producer.result(i) for i in ids]
     assert all(r is not None and r.status == "succeeded" for r in results), "cache benchmark jobs failed"
-    return len(batch) / elapsed, sum(1 for r in results if r is not None and r.cached)
+    cached = sum(1 for r in results if r is not None and r.cached)
+    return Run(len(batch) / elapsed, cpu * 1000 / len(batch), cached)
 
 
 async def run(n: int, concurrency: int, rounds: int) -> None:
     sim, base_url = start_sim()
-    best = {"off": 0.0, "miss": 0.0, "hit": 0.0}
+    runs: dict[str, list[Run]] = {"off": [], "miss": [], "hit": []}
     try:
         with PrivateRedis() as redis:
             settings = bench_settings(base_url, redis.url, worker_concurrency=concurrency, poll_delay_s=0.01)
-            await rate(settings, jobs(200, "warm"), "off")  # connections, scripts, imports
+            await measure(settings, jobs(200, "warm"), "off")  # connections, scripts, imports
             for round_ in range(rounds):
                 tag = uuid.uuid4().hex[:8]  # new prompts each round: (a) and (b) never hit
                 if round_ % 2 == 0:  # alternate which goes first: neither always gets the quieter moment
-                    off_rate, off_cached = await rate(settings, jobs(n, tag + "-off"), "off")
-                miss_rate, miss_cached = await rate(settings, jobs(n, tag), "deterministic")
-                hit_rate, hit_cached = await rate(settings, jobs(n, tag), "deterministic")
+                    runs["off"].append(await measure(settings, jobs(n, tag + "-off"), "off"))
+                runs["miss"].append(await measure(settings, jobs(n, tag), "deterministic"))
+                runs["hit"].append(await measure(settings, jobs(n, tag), "deterministic"))
                 if round_ % 2 == 1:
-                    off_rate, off_cached = await rate(settings, jobs(n, tag + "-off"), "off")
-                assert off_cached == 0 and miss_cached == 0 and hit_cached == n, (off_cached, miss_cached, hit_cached)
-                best = {
-                    "off": max(best["off"], off_rate),
-                    "miss": max(best["miss"], miss_rate),
-                    "hit": max(best["hit"], hit_rate),
-                }
+                    runs["off"].append(await measure(settings, jobs(n, tag + "-off"), "off"))
         assert answers(base_url.removesuffix("/v1") + "/_sim/stats")
     finally:
         sim.stop()
-    print(f"jobs={n} concurrency={concurrency} rounds={rounds} cores={os.cpu_count()}")
-    print(f"(a) cache off             {best['off']:8.0f} jobs/s")
-    print(f"(b) cache on, every miss  {best['miss']:8.0f} jobs/s")
-    print(f"(c) cache on, every hit   {best['hit']:8.0f} jobs/s")
-    print(f"miss / off = {best['miss'] / best['off']:.2f}   (the lookup, lock and store on a miss)")
-    print(f"hit / off  = {best['hit'] / best['off']:.2f}   (no call, no rate-limit booking)")
+    assert all(r.cached == 0 for r in runs["off"] + runs["miss"]) and all(r.cached == n for r in runs["hit"])
+    rate = {k: max(r.rate for r in v) for k, v in runs.items()}
+    cpu = {k: statistics.median(r.cpu_ms for r in v) for k, v in runs.items()}
+    print(f"jobs={n} concurrency={concurrency} rounds={rounds} cores={os.cpu_count()} (best rate, median CPU)")
+    for key, label in (
+        ("off", "(a) cache off"),
+        ("miss", "(b) cache on, every miss"),
+        ("hit", "(c) cache on, every hit"),
+    ):
+        print(f"{label:26} {rate[key]:6.0f} jobs/s   {cpu[key]:.2f} ms CPU/job (worker + redis)")
+    print(f"miss / off = {rate['miss'] / rate['off']:.2f} jobs/s, {cpu['miss'] / cpu['off']:.2f} CPU/job")
+    print(f"hit / off  = {rate['hit'] / rate['off']:.2f} jobs/s, {cpu['hit'] / cpu['off']:.2f} CPU/job")
 
 
 def main() -> None:
