@@ -269,8 +269,8 @@ class JobBase(ChatParams):
     )
     cache: Bool | None = Field(
         None,
-        description="answer from the response cache: true for this job's calls, false never "
-        "(default: CACHE_MODE, temperature-0 calls)",
+        description="the response cache: --cache for this job's calls, --no-cache never "
+        "(default: CACHE_MODE: temperature-0 calls)",
     )
     enqueued_at: datetime | None = None
 
