@@ -252,7 +252,8 @@ class Producer:
             data = serde.job_bytes(job.kind, payload, now_ms)
         except SerializationError as exc:  # orjson: text that is not UTF-8 (a lone surrogate), an int over 64 bits
             raise JobRejected("job", f"cannot be written as JSON ({exc.__cause__ or exc}): fix that value") from None
-        out_of_bounds = bounds.problem(job, self.settings, len(data))
+        # ROUTES set here: this producer knows the workers' routes (else the worker checks the name)
+        out_of_bounds = bounds.problem(job, self.settings, len(data), "routes" in self.settings.model_fields_set)
         if out_of_bounds:
             raise JobRejected(*out_of_bounds)
         if job.callback_url is not None and (refused := webhooks.refusal(job.callback_url, self.settings)):

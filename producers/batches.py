@@ -72,7 +72,7 @@ MAX_ERRORS_KEPT = 1000
 MAX_METADATA = 16
 # Options of ours a line may give under body.llm_router, by kind.
 EXTRAS_KEY = "llm_router"
-EXTRAS = {"chat": ("fallbacks", "max_wait_s", "gemini_native", "source"), "compare": ("source",)}
+EXTRAS = {"chat": ("fallbacks", "max_wait_s", "gemini_native", "source", "cache"), "compare": ("source", "cache")}
 _LINE_KEYS = ("custom_id", "method", "url", "body")
 
 Line = bytes | str | dict[str, Any]
@@ -702,6 +702,7 @@ def output_line(job_id: str, custom_id: str, result: JobResult) -> dict[str, Any
         "runs": result.runs,
         "cost": result.cost,
         "cost_source": result.cost_source,
+        "cached": result.cached,
         "latency_s": result.latency_s,
     }
     line: dict[str, Any] = {"id": job_id, "custom_id": custom_id, "response": None, "error": None}

@@ -18,7 +18,7 @@ from typing import Any
 from arq.worker import Retry
 from pydantic import ValidationError
 
-from . import batches, bounds
+from . import batches, bounds, routes
 from . import events as ev
 from . import metrics as m
 from .dlq import dead_letter
@@ -192,6 +192,7 @@ async def _run(
         gemini_native=isinstance(job, RoutedJob) and job.gemini_native,
         bulk=job.bulk,
         events=events,
+        cache=job.cache,
     )
     try:
         async with asyncio.timeout(settings.job_timeout_s):
@@ -224,9 +225,15 @@ async def _run(
 
 async def _answer(call: Call, job: JobBase, base: dict[str, Any]) -> JobResult:
     if isinstance(job, RoutedJob):
-        answer = await walk_chain(call, chain(job.model, job.fallbacks, call.settings))
+        default = chain(job.model, job.fallbacks, call.settings)
+        route, models = routes.chain_of(job, call.payload["messages"], call.settings, default)
+        answer = await walk_chain(call, models)
         model = answer.model if answer.status == "succeeded" else None
-        return JobResult(**base, **answer.model_dump(exclude={"model"}), model=model, attempts=call.attempts)
+        if route is not None:
+            m.ROUTE_CHOICES.labels(route, call.resources.labels.model(model) if model else "none").inc()
+        return JobResult(
+            **base, **answer.model_dump(exclude={"model"}), model=model, route=route, attempts=call.attempts
+        )
     if isinstance(job, CompareJob):
         return await _compare(call, job, base)
     raise TypeError(f"job kind {job.kind!r} must subclass RoutedJob or CompareJob")
@@ -269,7 +276,9 @@ async def _compare(call: Call, job: CompareJob, base: dict[str, Any]) -> JobResu
 
 
 def _combined_source(answers: list[ModelAnswer]) -> str:
-    sources = {a.cost_source for a in answers if a.status == "succeeded"}
-    if not sources or "unknown" in sources:
+    sources = {a.cost_source for a in answers if a.status == "succeeded"} - {"cache"}  # a hit costs 0, known
+    if not sources:
+        return "cache" if any(a.cached for a in answers) else "unknown"
+    if "unknown" in sources:
         return "unknown"
     return "gateway" if sources == {"gateway"} else "price_table"

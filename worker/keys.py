@@ -8,6 +8,10 @@ results): the README's key table is checked against this module by a test.
     llm-router:calls:<job_id>           hash call id -> JSON Attempt, every upstream call of the job
     llm-router:spend:total              hash model -> USD, all time
     llm-router:spend:day:<YYYY-MM-DD>   hash model -> USD that UTC day (kept 400 days)
+    llm-router:spend:saved:<YYYY-MM-DD> hash model -> USD the response cache saved that UTC day (kept 400 days)
+    llm-router:cache:<sha256>           hash: a cached answer (worker.cache): answer JSON, the original cost
+    llm-router:cache:lock:<sha256>      the worker calling the gateway for a request others wait on
+    llm-router:cache:done:<sha256>      pub/sub channel: the lock's holder is done (kept or released)
     llm-router:credits                  hash remaining (USD), updated_at (UNIX time)
     llm-router:dlq / llm-router:dlq:index   hash job id -> JSON DeadLetter / sorted by time
     llm-router:gate                     JSON: the queue is paused (401/402); see worker.gate
@@ -53,6 +57,10 @@ CALLS_PREFIX = PREFIX + "calls:"
 SPEND_TOTAL = PREFIX + "spend:total"
 SPEND_DAY_PREFIX = PREFIX + "spend:day:"
 SPEND_DAY_TTL_S = 400 * 24 * 3600
+SPEND_SAVED_PREFIX = PREFIX + "spend:saved:"
+CACHE_PREFIX = PREFIX + "cache:"
+CACHE_LOCK_PREFIX = PREFIX + "cache:lock:"
+CACHE_DONE_PREFIX = PREFIX + "cache:done:"
 CREDITS = PREFIX + "credits"
 DLQ = PREFIX + "dlq"
 DLQ_INDEX = PREFIX + "dlq:index"
@@ -104,6 +112,22 @@ def calls_key(job_id: str) -> str:
 
 def spend_day_key(day: str | None = None) -> str:
     return SPEND_DAY_PREFIX + (day or datetime.now(UTC).strftime("%Y-%m-%d"))
+
+
+def spend_saved_key(day: str | None = None) -> str:
+    return SPEND_SAVED_PREFIX + (day or datetime.now(UTC).strftime("%Y-%m-%d"))
+
+
+def cache_key(digest: str) -> str:
+    return CACHE_PREFIX + digest
+
+
+def cache_lock_key(digest: str) -> str:
+    return CACHE_LOCK_PREFIX + digest
+
+
+def cache_done_channel(digest: str) -> str:
+    return CACHE_DONE_PREFIX + digest
 
 
 def model_key(model: str) -> str:

@@ -298,6 +298,11 @@ class JobBase(ChatParams):
         description="a bulk job (batch lines are): it waits behind interactive jobs for a worker slot and "
         "never books rate-limit slots ahead of them",
     )
+    cache: Bool | None = Field(
+        None,
+        description="the response cache: --cache for this job's calls, --no-cache never "
+        "(default: CACHE_MODE: temperature-0 calls)",
+    )
     enqueued_at: datetime | None = None
     callback_url: CallbackURL | None = Field(
         None, description="POST the result here, signed, when the job ends (hosts: WEBHOOK_ALLOWED_HOSTS)"
@@ -446,7 +451,7 @@ class Attempt(BaseModel):
     waited_s: float = Field(0.0, description="time waited before it (shared rate limit, backoff)")
 
 
-CostSource = Literal["gateway", "price_table", "unknown"]
+CostSource = Literal["gateway", "price_table", "unknown", "cache"]
 
 
 class Choice(BaseModel):
@@ -477,6 +482,8 @@ class Answer(BaseModel):
     credits_remaining: float | None = None
     latency_s: float | None = None
     ttft_s: float | None = None
+    cached: bool = Field(False, description="answered from the response cache: no call, cost 0")
+    saved_cost: float | None = Field(None, description="a cached answer: USD its original call cost")
 
 
 ANSWER_FIELDS: set[str] = set(Answer.model_fields)
@@ -498,6 +505,7 @@ class JobResult(Answer):
     status: Status
     source: str | None = None
     model: str | None = Field(None, description="the model that answered")
+    route: str | None = Field(None, description="the route the job named as its model (`route:<name>`)")
     attempts: list[Attempt] = Field([], description="every upstream call of every run, in order")
     runs: int = 1
     answers: list[ModelAnswer] | None = Field(None, description="compare jobs: one entry per model")

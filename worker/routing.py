@@ -15,7 +15,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from . import errors
+from . import cache, errors
 from . import metrics as m
 from .client import Completion
 from .gemini import is_gemini
@@ -78,6 +78,7 @@ class Call:
     run: int = 1
     gemini_native: bool = False
     bulk: bool = False
+    cache: bool | None = None  # the job's `cache` (worker.cache)
     attempts: list[Attempt] = field(default_factory=list)
     # a streaming job's live events (worker.events): None publishes nothing
     events: JobEvents | None = None
@@ -126,6 +127,18 @@ async def walk_chain(call: Call, chain: list[str]) -> ModelAnswer:
 
 
 async def try_model(call: Call, model: str) -> Step:
+    """Call one model until it answers or the policy says stop/move on; a cacheable call is
+    answered from the response cache when it can be, before anything is booked (worker.cache)."""
+    async with cache.flight(call, model) as flight:
+        if flight.hit is not None:
+            return Step("ok", flight.hit)
+        step = await call_model(call, model)
+        if step.outcome == "ok":
+            flight.keep(step.answer)
+        return step
+
+
+async def call_model(call: Call, model: str) -> Step:
     """Call one model until it answers or the policy says stop/move on."""
     limiter = call.resources.limiter
     tokens = call.estimate_tokens()

@@ -23,7 +23,8 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from . import jobs, logs, schedules, serde, webhooks
+from . import jobs, logs, routes, schedules, serde, webhooks
+from .cache import ResponseCache
 from .client import AIsaClient
 from .gate import Gate
 from .lease import Lease
@@ -58,6 +59,7 @@ async def startup(ctx: dict[str, Any]) -> None:
         gate=Gate(redis, settings.probe_interval_s),
         labels=Labels(settings),
         quarantine=Quarantine(redis, settings.queue_name, settings.quarantine_max),
+        cache=ResponseCache(redis, settings),
     )
     serve_metrics(settings.metrics_port)
     ctx["keeper"] = asyncio.create_task(
@@ -125,10 +127,11 @@ def redis_settings(settings: Settings) -> RedisSettings:
 
 
 def worker_kwargs(settings: Settings) -> dict[str, Any]:
-    """Everything arq's Worker takes, from our settings. Checks the API key and the schedules
-    first (a ConfigError: the worker exits 2 with one line)."""
+    """Everything arq's Worker takes, from our settings. Checks the API key, the routes and the
+    schedules first (a ConfigError: the worker exits 2 with one line)."""
     settings.api_key()
     webhooks.check_settings(settings)
+    routes.check(settings)
     return {
         # keep_result=0: our own JSON JobResult (worker.store) is the result; arq's would duplicate it.
         "functions": [func(f, name=name, keep_result=0) for name, f in jobs.functions().items()],

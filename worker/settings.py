@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .routes import Route, RouteName
 
 
 class Price(BaseModel):
@@ -135,6 +137,16 @@ class Settings(BaseSettings):
     bulk_horizon_s: float = Field(
         0.5, gt=0, description="a bulk job books a rate-limit slot only this close to now (interactive jobs go first)"
     )
+    # ---- the response cache (worker.cache) and routes (worker.routes)
+    cache_mode: Literal["off", "deterministic", "all"] = Field(
+        "deterministic",
+        description="which calls the response cache answers: temperature-0 calls and jobs that ask "
+        "(deterministic), every call a job does not opt out of (all), none (off)",
+    )
+    cache_ttl_s: int = Field(24 * 3600, ge=1, description="how long a cached answer is kept")
+    # ROUTES='{"cheap": {"models": ["gemini-2.0-flash", "gpt-4.1"], "order": "cost"}}': named routes
+    # a job uses as its model (`route:cheap`), added to the built-in ones (or replacing one by name)
+    routes: dict[RouteName, Route] = {}
     # ---- bounded storage (worker.dlq, worker.quarantine)
     dlq_max: int = Field(10_000, ge=1, description="dead letters kept; the oldest are dropped first")
     dlq_ttl_s: int = Field(30 * 24 * 3600, ge=60, description="how long a dead letter is kept")
