@@ -239,11 +239,8 @@ def test_month_days_run_from_the_first_to_today():
 def test_a_call_is_kept_under_its_source_batch_and_route():
     from types import SimpleNamespace
 
-    from worker.jobs import route_of
     from worker.routing import spend_tags
 
-    assert route_of(SimpleNamespace(model="route:cheap")) == "cheap"
-    assert route_of(SimpleNamespace(model="gpt-4.1")) is None and route_of(SimpleNamespace(models=["a"])) is None
     line = SimpleNamespace(job_id="batch_" + "c" * 32 + ":0000007", source="nightly", route=None)
     assert spend_tags(line) == {"source": "nightly", "batch": "batch_" + "c" * 32, "route": None}
     plain = SimpleNamespace(job_id="order-42", source=None, route="code")
