@@ -100,6 +100,8 @@ async def test_dashboard_and_rules_on_a_real_prometheus(stack, sim):
         ids += [await producer.chat("claude-3-sonnet", f"s{i}", stream=True) for i in range(6)]
         ids += [await producer.chat("no-such-model", "dead", fallbacks=[])]
         ids += [await producer.compare(["gemini-2.0-flash", "qwen-max"], "both?")]
+        ids += [await producer.chat("route:fast", "routed")]  # route choices
+        ids += [await producer.chat("gpt-4o-mini", "same", temperature=0) for _ in range(2)]  # a cache miss, a hit
 
         async def all_done():
             scheduled = await producer.redis.hget(schedule_key("nightly"), "last_success")  # its batch completed
@@ -130,7 +132,7 @@ async def test_dashboard_and_rules_on_a_real_prometheus(stack, sim):
         assert API_KEY not in httpx.get(target["scrapeUrl"]).text  # the key never reaches metrics
     assert prom.query('llm_router_upstream_errors_total{model="other", error_class="not_found"}')
 
-    # budgets, the cache and routes are not used by this run: their series do not exist yet
+    # budgets are not used by this run: their series do not exist yet
     every = expressions() + rule_expressions()
     exprs = [(t, e) for t, e in every if not any(f in e for f in FEATURE_METRICS)]
 

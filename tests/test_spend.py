@@ -132,7 +132,12 @@ async def test_report_metrics_exporter_and_simulator_agree(settings, sim, tmp_pa
     """Jobs of three sources, one without, a batch and a failure through a worker: the report by
     model and by source equals the worker's counters, the exporter's per-day gauges and what the
     simulator charged; by batch it equals the batch's record; the CLI prints the same report."""
-    names = ("llm_router_spend_usd_total", "llm_router_tokens_total", "llm_router_upstream_request_duration_seconds")
+    names = (
+        "llm_router_spend_usd_total",
+        "llm_router_tokens_total",
+        "llm_router_upstream_request_duration_seconds",
+        "llm_router_cache_saved_usd_total",
+    )
     before = {n: samples(n if n.endswith("_total") else n + "_count") for n in names}
     async with Producer(settings.redis_url, queue_name=settings.queue_name, source="billing") as producer:
         await producer.chat("gpt-4.1", "one")
@@ -141,6 +146,9 @@ async def test_report_metrics_exporter_and_simulator_agree(settings, sim, tmp_pa
         await producer.chat("claude-3-sonnet", "streamed", stream=True, source="search")
         await producer.compare(["gpt-4o", "qwen-max"], "both")
         await producer.chat("no-such-model", "fails", fallbacks=[])
+        await producer.chat("route:fast", "routed")  # a built-in route
+        await producer.chat("gpt-4o-mini", "same question", temperature=0)  # a miss, called ...
+        await producer.chat("gpt-4o-mini", "same question", temperature=0)  # ... and a hit: saved, not spent
         lines = [
             {"custom_id": f"r{i}", "method": "POST", "url": "/v1/chat/completions", "body": {"model": "gpt-4o-mini"}}
             for i in range(3)
@@ -149,13 +157,13 @@ async def test_report_metrics_exporter_and_simulator_agree(settings, sim, tmp_pa
             line["body"]["messages"] = [{"role": "user", "content": f"line {i}"}]
             line["body"]["llm_router"] = {"source": "nightly"}
         batch = await producer.batches.submit(lines)
-        await producer.redis.hset(spend_saved_key(), mapping={"gpt-4o-mini": 0.125})  # as the cache writes it
         await run_worker(settings)
         record = await producer.batches.get(batch.id)
         assert record is not None
         by_model = await report(producer.redis, 1, "model")
         by_source = await report(producer.redis, 1, "source")
         by_batch = await report(producer.redis, 1, "batch")
+        by_route = await report(producer.redis, 1, "route")
     after = {n: samples(n if n.endswith("_total") else n + "_count") for n in names}
     charged = sim_admin(sim, "/_sim/stats")["charged_total"]
     assert by_model.total.usd == pytest.approx(charged) and charged > 0
@@ -180,7 +188,11 @@ async def test_report_metrics_exporter_and_simulator_agree(settings, sim, tmp_pa
     assert {r.name if r.name in calls else "other": r.calls for r in by_model.rows} == calls
     tokens = summed(before["llm_router_tokens_total"], after["llm_router_tokens_total"], "direction")
     assert by_model.total.prompt_tokens == tokens["prompt"] and by_model.total.completion_tokens == tokens["completion"]
-    assert by_model.total.saved_usd == 0.125
+    saved = summed(before["llm_router_cache_saved_usd_total"], after["llm_router_cache_saved_usd_total"], "model")
+    assert by_model.total.saved_usd == pytest.approx(sum(saved.values())) and saved.keys() == {"gpt-4o-mini"}
+    assert [r.saved_usd for r in by_model.rows if r.name == "gpt-4o-mini"] == [pytest.approx(saved["gpt-4o-mini"])]
+    # by route: the routed job's call, under the route's name
+    assert [(r.name, r.calls) for r in by_route.rows] == [("fast", 1)] and by_route.rows[0].usd > 0
     # by batch: the batch's own record
     assert [(r.name, r.calls) for r in by_batch.rows] == [(record.id, 3)]
     assert by_batch.rows[0].usd == pytest.approx(record.cost_usd)

@@ -19,9 +19,9 @@ RATE = "$__rate_interval"
 WIDTH = 24
 
 
-# Metrics whose series exist only once the feature is used: budgets (BUDGETS, a batch's budget),
-# the response cache, routes. Their panels are empty until then (the tests skip them for data).
-FEATURE_METRICS = ("llm_router_budget_", "llm_router_cache_", "llm_router_route_choices")
+# Metrics whose series exist only once the feature is used: budgets (BUDGETS, a batch's budget).
+# Their panels are empty until then (the tests skip them for data, not for running).
+FEATURE_METRICS = ("llm_router_budget_",)
 # The dashboard's template variables, as spend panels filter on them.
 SPEND_FILTER = '{model=~"$model", source=~"$source"}'
 DAY = "1d"
