@@ -11,7 +11,7 @@ results): the README's key table is checked against this module by a test.
     llm-router:spend:<by>:<YYYY-MM-DD>  hash name -> USD that UTC day, by source | batch | route (kept as long)
     llm-router:usage:<by>:<YYYY-MM-DD>  hash calls|<name>, prompt|<name>, completion|<name> -> count that
                                         UTC day, by model | source | batch | route (kept as long)
-    llm-router:spend:saved:<YYYY-MM-DD> hash model -> USD the response cache saved that UTC day (kept 400 days)
+    llm-router:spend:saved:<YYYY-MM-DD> hash model -> USD the response cache saved that UTC day (kept as long)
     llm-router:cache:<sha256>           hash: a cached answer (worker.cache): answer JSON, the original cost
     llm-router:cache:lock:<sha256>      the worker calling the gateway for a request others wait on
     llm-router:cache:done:<sha256>      pub/sub channel: the lock's holder is done (kept or released)
