@@ -43,7 +43,7 @@ from redis.exceptions import RedisError
 
 from . import metrics as m
 from .gemini import is_gemini
-from .keys import SPEND_DAY_TTL_S, cache_done_channel, cache_key, cache_lock_key, spend_saved_key
+from .keys import cache_done_channel, cache_key, cache_lock_key, spend_saved_key
 from .models import ModelAnswer
 from .serde import as_text
 
@@ -147,7 +147,7 @@ class ResponseCache:
     async def lookup(self, digest: str, model: str, token: str) -> Lookup:
         status, value, cost = await self._lookup(
             keys=[cache_key(digest), cache_lock_key(digest), spend_saved_key()],
-            args=[token, self.lock_ms, SPEND_DAY_TTL_S, model],
+            args=[token, self.lock_ms, self.settings.spend_retention_days * 86400, model],
         )
         status, value, cost = as_text(status), as_text(value), as_text(cost)
         if status == "hit":

@@ -193,6 +193,7 @@ async def _run(
         bulk=job.bulk,
         events=events,
         cache=job.cache,
+        route=routes.route_name(job.model) if isinstance(job, RoutedJob) else None,
     )
     try:
         async with asyncio.timeout(settings.job_timeout_s):

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import cache, errors
 from . import metrics as m
+from .batches import line_of
 from .client import Completion
 from .gemini import is_gemini
 from .limiter import Admission
@@ -82,6 +83,7 @@ class Call:
     attempts: list[Attempt] = field(default_factory=list)
     # a streaming job's live events (worker.events): None publishes nothing
     events: JobEvents | None = None
+    route: str | None = None  # the route (`route:<name>`) the job's model named, if any: its spend is kept by route
 
     @property
     def settings(self) -> Settings:
@@ -344,7 +346,7 @@ async def _record(
     # job (SIGTERM past the grace) must still record a call that happened.
     recorded, opened = await asyncio.shield(
         asyncio.gather(
-            store.record_call(call.job_id, attempt, answer.credits_remaining),
+            store.record_call(call.job_id, attempt, _credits(answer, exc), answer.usage, spend_tags(call)),
             limiter.settle(model, booked_tokens=tokens, used_tokens=used, outcome=outcome, pause_s=pause),
         )
     )
@@ -352,6 +354,19 @@ async def _record(
         m.CIRCUIT_OPENED.labels(call.resources.labels.model(model)).inc()
         log.warning("circuit opened for %s: every worker skips it for %gs", model, call.settings.circuit_open_s)
     return recorded
+
+
+def _credits(answer: ModelAnswer, exc: errors.AIsaError | None) -> float | None:
+    """What the gateway last said about the credits: its balance, or 0 with a 402 (none left)."""
+    if exc is not None and exc.error_class == "credits":
+        return 0.0
+    return answer.credits_remaining
+
+
+def spend_tags(call: Call) -> dict[str, str | None]:
+    """Who a call's spend is kept under, per day (worker.store): its source, batch and route."""
+    line = line_of(call.job_id)
+    return {"source": call.source or "none", "batch": line[0] if line else None, "route": call.route}
 
 
 def learned_pause(rate_limits: dict[str, float]) -> float:

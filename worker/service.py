@@ -54,7 +54,9 @@ async def startup(ctx: dict[str, Any]) -> None:
     ctx["resources"] = Resources(
         settings=settings,
         client=client,
-        store=ResultStore(redis, settings.result_ttl_s, settings.dlq_max, settings.dlq_ttl_s),
+        store=ResultStore(
+            redis, settings.result_ttl_s, settings.dlq_max, settings.dlq_ttl_s, settings.spend_retention_days * 86400
+        ),
         limiter=Limiter(redis, settings),
         gate=Gate(redis, settings.probe_interval_s),
         labels=Labels(settings),

@@ -209,6 +209,10 @@ class Settings(BaseSettings):
     metric_models: list[str] = list(AISA_MODELS)
     # Producers' `source` labels; empty: the first 20 a worker sees, then "other".
     metric_sources: list[str] = []
+    # ---- the spend ledger (worker.store, worker.spend): per-day spend by model, source, batch, route
+    spend_retention_days: int = Field(
+        400, ge=1, le=3660, description="days the per-day spend records (by model, source, batch, route) are kept"
+    )
 
     def api_key(self) -> str:
         """The key, or a ConfigError telling the user how to set it."""
