@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint format bench redis-server prometheus docker-compose node clean
+.PHONY: demo test lint format bench redis-server prometheus alertmanager docker-compose node clean
 
 $(BIN)/llm-router: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -38,6 +38,10 @@ prometheus:
 node:
 	$(call need,node npm,nodejs npm)
 
+# Alertmanager (Debian's package) for the alert-delivery test: Prometheus fires at it, it posts to a webhook.
+alertmanager:
+	$(call need,prometheus-alertmanager,prometheus-alertmanager)
+
 # docker-compose (Debian's, 1.29) only validates deploy/docker-compose.yml in the tests: no daemon, no images.
 docker-compose:
 	$(call need,docker-compose,docker-compose)
@@ -55,7 +59,7 @@ format: $(BIN)/llm-router
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-test: lint redis-server prometheus docker-compose node
+test: lint redis-server prometheus alertmanager docker-compose node
 	$(BIN)/pytest -q
 
 bench: $(BIN)/llm-router redis-server
@@ -63,6 +67,9 @@ bench: $(BIN)/llm-router redis-server
 	$(BIN)/python -m bench.ratelimit
 	$(BIN)/python -m bench.batch
 	$(BIN)/python -m bench.priority
+	$(BIN)/python -m bench.spend_records
+	$(BIN)/python -m bench.stream_events
+	$(BIN)/python -m bench.cache
 	$(BIN)/python -m bench.ingress
 
 clean:

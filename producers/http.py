@@ -40,6 +40,7 @@ from worker.store import ResultStore
 
 from .api import JobConflict, JobRejected, Producer
 from .files import Files
+from .streams import JobStreams
 from .waits import ResultWaits
 
 # A multipart upload carries a file of up to BATCH_MAX_BYTES and a little framing.
@@ -130,6 +131,7 @@ class Ingress:
         self.store = ResultStore(self.redis, settings.result_ttl_s)
         self.waits = ResultWaits(Redis.from_url(settings.redis_url, socket_connect_timeout=2), self.store)
         self.files = Files(self.redis, settings.file_ttl_s)
+        self.streams = JobStreams(self.redis, Redis.from_url(settings.redis_url, socket_connect_timeout=2), self.store)
         self._producers: dict[str, TenantProducer] = {}
         self._depth, self._depth_at = 0, float("-inf")  # the last depth read, plus the jobs admitted since
 
@@ -170,6 +172,8 @@ class Ingress:
     async def aclose(self) -> None:
         await self.waits.aclose()
         await self.waits.redis.aclose()
+        await self.streams.aclose()
+        await self.streams.wakeups.redis.aclose()
         await self.redis.aclose()
 
 
@@ -306,6 +310,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await app.state.ingress.aclose()
 
     from .http_batches import router as batches
+    from .http_events import router as events
     from .http_jobs import router as jobs
 
     # FastAPI's own OpenTelemetry hooks (0.16x) are off: request metrics are Guard's, on /metrics,
@@ -316,6 +321,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     _errors(app)
     app.include_router(jobs)
     app.include_router(batches)
+    app.include_router(events)
     _openapi(app)
 
     @app.get("/healthz", tags=["health"])
