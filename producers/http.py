@@ -68,7 +68,10 @@ class WaitingPool(ConnectionPool):
     async def get_connection(self, command_name: Any = None, *keys: Any, **options: Any) -> AbstractConnection:
         await self._slots.acquire()
         try:
-            connection = await super().get_connection(command_name, *keys, **options)
+            if command_name is None and not keys and not options:  # redis-py >= 5.3 passes nothing
+                connection = await super().get_connection()
+            else:
+                connection = await super().get_connection(command_name, *keys, **options)
         except BaseException:
             self._slots.release()
             raise
