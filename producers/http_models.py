@@ -10,7 +10,6 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict
 
 from worker.batches import Batch
-from worker.models import JobResult
 
 from .files import FileObject
 
@@ -114,6 +113,3 @@ class BatchList(BaseModel):
     first_id: str | None
     last_id: str | None
     has_more: bool
-
-
-JOB_RECORD = JobResult | JobPending
