@@ -70,14 +70,13 @@ def dlq() -> None:
 
 def _on_redis(store: str, body: Any) -> NoReturn:
     """Run `body(store)` with `store` ("dead_letters" or "quarantine") on the configured Redis and queue."""
-    from redis.asyncio import Redis
-
+    from .connections import async_redis
     from .dlq import DeadLetters
     from .quarantine import Quarantine
 
     async def main() -> int:
         settings = load_settings()
-        redis = Redis.from_url(settings.redis_url)
+        redis = async_redis(settings.redis_url)
         try:
             if store == "quarantine":
                 return await body(Quarantine(redis, settings.queue_name, settings.quarantine_max))
@@ -210,14 +209,13 @@ def quarantine_purge() -> None:
 def fleet(as_json: bool) -> None:
     """The live workers of the queue by config digest, and the settings in which digests differ
     (exit 1 if they do)."""
-    from redis.asyncio import Redis
-
+    from .connections import async_redis
     from .fleet import differing, live_workers
     from .keys import config_key
 
     async def main() -> int:
         settings = load_settings()
-        redis = Redis.from_url(settings.redis_url)
+        redis = async_redis(settings.redis_url)
         try:
             workers = await live_workers(redis, settings.queue_name)
             by_digest: dict[str, list[str]] = {}

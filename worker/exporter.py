@@ -22,6 +22,7 @@ from redis import Redis
 from redis.exceptions import RedisError
 
 from .batches import STATUSES
+from .connections import sync_redis
 from .keys import (
     BATCHES,
     CREDITS,
@@ -49,7 +50,7 @@ MAX_BATCHES_READ = 10_000
 class QueueCollector(Collector):
     def __init__(self, settings: Settings, redis: Redis | None = None) -> None:
         self.settings = settings
-        self.redis = redis or Redis.from_url(settings.redis_url, socket_timeout=5)
+        self.redis = redis or sync_redis(settings.redis_url, socket_timeout=5)
         self.labels = Labels(settings)
         self.schedules = load_schedules(settings, check_files=False)
 

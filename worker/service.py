@@ -17,12 +17,8 @@ from typing import Any
 
 from arq.connections import RedisSettings
 from arq.worker import func
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from . import jobs, logs, schedules, serde
+from . import connections, jobs, logs, schedules, serde
 from .client import AIsaClient
 from .fleet import FleetConfig
 from .gate import Gate
@@ -140,12 +136,9 @@ async def warn_if_peers_differ(fleet: FleetConfig) -> None:
 
 
 def redis_settings(settings: Settings) -> RedisSettings:
-    """Ride out a Redis restart: retry commands on connection errors for about a minute."""
-    rs = RedisSettings.from_dsn(settings.redis_url)
-    rs.conn_retries = 30
-    rs.retry_on_error = [RedisConnectionError, RedisTimeoutError, ConnectionRefusedError]
-    rs.retry = Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=40)
-    return rs
+    """Ride out a Redis restart or failover: retry commands on connection errors for about a
+    minute (REDIS_URL: redis://, rediss:// or redis+sentinel://, worker.connections)."""
+    return connections.arq_settings(settings.redis_url)
 
 
 def worker_kwargs(settings: Settings) -> dict[str, Any]:
@@ -178,7 +171,13 @@ def worker_kwargs(settings: Settings) -> dict[str, Any]:
 
 
 def create_worker(settings: Settings, **overrides: Any) -> RouterWorker:
-    return RouterWorker(**{**worker_kwargs(settings), "lease_s": settings.lease_s, **overrides})
+    kwargs = worker_kwargs(settings)
+    pool = connections.arq_pool(settings.redis_url)  # Sentinel: our pool, which retries through a failover
+    if pool is not None:
+        pool.job_serializer, pool.job_deserializer = serde.dumps, serde.loads
+        pool.default_queue_name = settings.queue_name
+        kwargs["redis_pool"] = pool
+    return RouterWorker(**{**kwargs, "lease_s": settings.lease_s, **overrides})
 
 
 def settings_class() -> type:
