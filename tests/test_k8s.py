@@ -164,6 +164,8 @@ def test_what_the_manifests_name_exists(objects):
 
     routes = {getattr(r, "path", None) for r in create_app(Settings(ingress_tokens={"t": "s"}, _env_file=None)).routes}
     assert {api["readinessProbe"]["httpGet"]["path"], api["livenessProbe"]["httpGet"]["path"]} <= routes
+    api_pod = one(objects, "Deployment", "llm-router-api")["spec"]["template"]["metadata"]["annotations"]
+    assert api_pod["prometheus.io/path"] in routes  # the ingress serves its own /metrics
     assert exporter["livenessProbe"]["httpGet"]["path"] == "/metrics"
     # drain: the pod waits longer than the worker's grace
     grace = float(config.get("SHUTDOWN_GRACE_S", Settings.model_fields["shutdown_grace_s"].default))
