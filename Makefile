@@ -63,6 +63,8 @@ bench: $(BIN)/llm-router redis-server
 	$(BIN)/python -m bench.ratelimit
 	$(BIN)/python -m bench.batch
 	$(BIN)/python -m bench.priority
+	$(BIN)/python -m bench.stream_events
+	$(BIN)/python -m bench.cache
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -38,6 +38,7 @@ from worker.store import ResultStore
 
 from .api import JobConflict, JobRejected, Producer
 from .files import Files
+from .streams import JobStreams
 from .waits import ResultWaits
 
 # A multipart upload carries a file of up to BATCH_MAX_BYTES and a little framing.
@@ -92,6 +93,7 @@ class Ingress:
         self.store = ResultStore(self.redis, settings.result_ttl_s)
         self.waits = ResultWaits(async_redis(settings.redis_url, socket_connect_timeout=2), self.store)
         self.files = Files(self.redis, settings.file_ttl_s)
+        self.streams = JobStreams(self.redis, async_redis(settings.redis_url, socket_connect_timeout=2), self.store)
         self._producers: dict[str, TenantProducer] = {}
 
     def producer(self, source: str) -> TenantProducer:
@@ -124,6 +126,8 @@ class Ingress:
     async def aclose(self) -> None:
         await self.waits.aclose()
         await self.waits.redis.aclose()
+        await self.streams.aclose()
+        await self.streams.wakeups.redis.aclose()
         await self.redis.aclose()
 
 
@@ -257,6 +261,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await app.state.ingress.aclose()
 
     from .http_batches import router as batches
+    from .http_events import router as events
     from .http_jobs import router as jobs
 
     app = FastAPI(title="llm-router", version="0.1.0", lifespan=lifespan)
@@ -264,6 +269,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     _errors(app)
     app.include_router(jobs)
     app.include_router(batches)
+    app.include_router(events)
     _openapi(app)
 
     @app.get("/healthz", tags=["health"])

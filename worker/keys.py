@@ -8,6 +8,10 @@ results): the README's key table is checked against this module by a test.
     llm-router:calls:<job_id>           hash call id -> JSON Attempt, every upstream call of the job
     llm-router:spend:total              hash model -> USD, all time
     llm-router:spend:day:<YYYY-MM-DD>   hash model -> USD that UTC day (kept 400 days)
+    llm-router:spend:saved:<YYYY-MM-DD> hash model -> USD the response cache saved that UTC day (kept 400 days)
+    llm-router:cache:<sha256>           hash: a cached answer (worker.cache): answer JSON, the original cost
+    llm-router:cache:lock:<sha256>      the worker calling the gateway for a request others wait on
+    llm-router:cache:done:<sha256>      pub/sub channel: the lock's holder is done (kept or released)
     llm-router:credits                  hash remaining (USD), updated_at (UNIX time)
     llm-router:dlq / llm-router:dlq:index   hash job id -> JSON DeadLetter / sorted by time
     llm-router:gate                     JSON: the queue is paused (401/402); see worker.gate
@@ -30,6 +34,10 @@ results): the README's key table is checked against this module by a test.
     llm-router:source-batches:<source>  sorted set batch id -> created_at: the batches an ingress token made
     llm-router:file:<file_id>           hash: an uploaded file's record (producers.files): name, size, owner
     llm-router:file:data:<file_id>      string: its bytes, written and read in chunks
+    llm-router:webhooks                 sorted set delivery -> when due: webhooks to send (worker.outbox)
+    llm-router:webhook:<delivery>       hash: one delivery (`job:<id>`, `batch:<id>`): url, status, tries, last error
+    llm-router:events:<job_id>          stream: a streaming job's live events (worker.events): deltas, resets, result
+    llm-router:events-posted:<job_id>   pub/sub channel: new entries in that stream (wakes the ingress's readers)
 
 arq's own keys (arq.constants) for a job id: `arq:job:<id>` (the job record),
 `arq:in-progress:<id>` (claimed; our lease), `arq:retry:<id>` (runs so far), `arq:result:<id>`
@@ -49,6 +57,10 @@ CALLS_PREFIX = PREFIX + "calls:"
 SPEND_TOTAL = PREFIX + "spend:total"
 SPEND_DAY_PREFIX = PREFIX + "spend:day:"
 SPEND_DAY_TTL_S = 400 * 24 * 3600
+SPEND_SAVED_PREFIX = PREFIX + "spend:saved:"
+CACHE_PREFIX = PREFIX + "cache:"
+CACHE_LOCK_PREFIX = PREFIX + "cache:lock:"
+CACHE_DONE_PREFIX = PREFIX + "cache:done:"
 CREDITS = PREFIX + "credits"
 DLQ = PREFIX + "dlq"
 DLQ_INDEX = PREFIX + "dlq:index"
@@ -74,6 +86,10 @@ SCHEDULES_PENDING = PREFIX + "schedules:pending"
 SOURCE_BATCHES_PREFIX = PREFIX + "source-batches:"
 FILE_PREFIX = PREFIX + "file:"
 FILE_DATA_PREFIX = PREFIX + "file:data:"
+WEBHOOKS = PREFIX + "webhooks"
+WEBHOOK_PREFIX = PREFIX + "webhook:"
+EVENTS_PREFIX = PREFIX + "events:"
+EVENTS_POSTED_PREFIX = PREFIX + "events-posted:"
 
 # arq's key knowledge, used nowhere else.
 JOB_PREFIX = _arq.job_key_prefix
@@ -98,6 +114,22 @@ def calls_key(job_id: str) -> str:
 
 def spend_day_key(day: str | None = None) -> str:
     return SPEND_DAY_PREFIX + (day or datetime.now(UTC).strftime("%Y-%m-%d"))
+
+
+def spend_saved_key(day: str | None = None) -> str:
+    return SPEND_SAVED_PREFIX + (day or datetime.now(UTC).strftime("%Y-%m-%d"))
+
+
+def cache_key(digest: str) -> str:
+    return CACHE_PREFIX + digest
+
+
+def cache_lock_key(digest: str) -> str:
+    return CACHE_LOCK_PREFIX + digest
+
+
+def cache_done_channel(digest: str) -> str:
+    return CACHE_DONE_PREFIX + digest
 
 
 def model_key(model: str) -> str:
@@ -162,6 +194,18 @@ def file_key(file_id: str) -> str:
 
 def file_data_key(file_id: str) -> str:
     return FILE_DATA_PREFIX + file_id
+
+
+def webhook_key(delivery: str) -> str:
+    return WEBHOOK_PREFIX + delivery
+
+
+def events_key(job_id: str) -> str:
+    return EVENTS_PREFIX + job_id
+
+
+def events_posted_channel(job_id: str) -> str:
+    return EVENTS_POSTED_PREFIX + job_id
 
 
 def job_key(job_id: str) -> str:

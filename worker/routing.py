@@ -15,7 +15,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from . import errors
+from . import cache, errors
 from . import metrics as m
 from .client import Completion
 from .gemini import is_gemini
@@ -25,6 +25,7 @@ from .policy import CIRCUIT_CLASSES, Action, action_for, backoff_delay
 from .pricing import cost_of
 
 if TYPE_CHECKING:
+    from .events import JobEvents
     from .resources import Resources
     from .settings import Settings
 
@@ -77,7 +78,10 @@ class Call:
     run: int = 1
     gemini_native: bool = False
     bulk: bool = False
+    cache: bool | None = None  # the job's `cache` (worker.cache)
     attempts: list[Attempt] = field(default_factory=list)
+    # a streaming job's live events (worker.events): None publishes nothing
+    events: JobEvents | None = None
 
     @property
     def settings(self) -> Settings:
@@ -123,6 +127,18 @@ async def walk_chain(call: Call, chain: list[str]) -> ModelAnswer:
 
 
 async def try_model(call: Call, model: str) -> Step:
+    """Call one model until it answers or the policy says stop/move on; a cacheable call is
+    answered from the response cache when it can be, before anything is booked (worker.cache)."""
+    async with cache.flight(call, model) as flight:
+        if flight.hit is not None:
+            return Step("ok", flight.hit)
+        step = await call_model(call, model)
+        if step.outcome == "ok":
+            flight.keep(step.answer)
+        return step
+
+
+async def call_model(call: Call, model: str) -> Step:
     """Call one model until it answers or the policy says stop/move on."""
     limiter = call.resources.limiter
     tokens = call.estimate_tokens()
@@ -254,6 +270,8 @@ async def call_once(
         log.info("job %s: %s failed: %s", call.job_id, model, e)
     else:
         answer = succeeded(model, completion, call.settings.prices)
+    if call.events is not None and payload.get("stream"):
+        await call.events.attempt_ended(model, answer.error)
     attempt = Attempt(
         model=model,
         ok=exc is None,
@@ -277,7 +295,7 @@ async def send(call: Call, payload: dict[str, Any]) -> Completion:
     client, model = call.resources.client, payload["model"]
     if call.gemini_native and is_gemini(model) and not payload.get("stream"):
         return await client.generate_content(model, payload)
-    return await client.chat(payload)
+    return await client.chat(payload, call.events.on_delta(model) if call.events is not None else None)
 
 
 def observe(call: Call, label: str, answer: ModelAnswer, exc: errors.AIsaError | None, counted: bool) -> None:

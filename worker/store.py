@@ -19,12 +19,15 @@ from .keys import (
     DLQ_INDEX,
     SPEND_DAY_TTL_S,
     SPEND_TOTAL,
+    WEBHOOKS,
     calls_key,
     done_channel,
     result_key,
     spend_day_key,
+    webhook_key,
 )
 from .models import Attempt, JobResult
+from .outbox import QUEUE_LUA, delivery_of
 from .serde import as_text
 
 # KEYS: calls hash, spend total, spend day, credits
@@ -45,11 +48,16 @@ return 1
 
 
 # The result, its dead letter if any, the dead-letter list kept within its bounds (oldest
-# first: past DLQ_TTL_S, then over DLQ_MAX; at most 100 a call), and the wake-up: one round trip.
-# KEYS: result, dlq hash, dlq index
-# ARGV: result JSON, result TTL s, status, dead letter JSON ('' none), now s, dlq max, dlq TTL s, job id, channel
-_SAVE = """
+# first: past DLQ_TTL_S, then over DLQ_MAX; at most 100 a call), its webhook delivery if it has
+# a callback_url (worker.outbox), and the wake-up: one round trip.
+# KEYS: result, dlq hash, dlq index, webhook outbox, webhook delivery
+# ARGV: result JSON, result TTL s, status, dead letter JSON ('' none), now s, dlq max, dlq TTL s, job id, channel,
+#       callback url ('' none), delivery
+_SAVE = (
+    QUEUE_LUA
+    + """
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+if ARGV[10] ~= '' then queue_delivery(KEYS[4], KEYS[5], ARGV[11], ARGV[10], ARGV[5], ARGV[2]) end
 local dropped = {}
 if ARGV[4] ~= '' then
   redis.call('HSET', KEYS[2], ARGV[8], ARGV[4])
@@ -69,6 +77,7 @@ end
 redis.call('PUBLISH', ARGV[9], ARGV[3])
 return #dropped
 """
+)
 
 
 class ResultStore:
@@ -103,12 +112,14 @@ class ResultStore:
         raw = await self.redis.hvals(calls_key(job_id))  # type: ignore[misc]  # redis-py types commands as sync-or-async
         return sorted((Attempt.model_validate_json(r) for r in raw), key=lambda a: (a.at or 0.0, a.run))
 
-    async def save(self, result: JobResult, dead_letter: str | None = None) -> int:
-        """Store the result (and its dead letter, if it failed) and wake waiters, atomically.
+    async def save(self, result: JobResult, dead_letter: str | None = None, callback_url: str | None = None) -> int:
+        """Store the result (and its dead letter, if it failed; its webhook delivery, if it has a
+        callback url) and wake waiters, atomically.
         Returns how many old dead letters were dropped to keep the list within its bounds."""
+        delivery = delivery_of("job", result.job_id)
         return int(
             await self._save(
-                keys=[result_key(result.job_id), DLQ, DLQ_INDEX],
+                keys=[result_key(result.job_id), DLQ, DLQ_INDEX, WEBHOOKS, webhook_key(delivery)],
                 args=[
                     result.model_dump_json(exclude_none=True),
                     self.ttl_s,
@@ -119,6 +130,8 @@ class ResultStore:
                     self.dlq_ttl_s,
                     result.job_id,
                     done_channel(result.job_id),
+                    callback_url or "",
+                    delivery,
                 ],
             )
         )
