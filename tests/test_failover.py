@@ -1,4 +1,5 @@
-"""Redis failover in the middle of a run (`make chaos`; too slow for the default suite): a master,
+"""Redis failover in the middle of a run (`make chaos`; too slow for the default suite), and a master
+that restarts before the sentinels act, with and without AOF: a master,
 a replica and three sentinels (real redis-servers), three `llm-router worker` processes and a
 producer on the `redis+sentinel://` URL. The master is SIGKILLed while jobs are being enqueued
 and run; the sentinels promote the replica; everyone follows it. Reported per job the producer
@@ -11,6 +12,8 @@ import asyncio
 import json
 import time
 from collections import Counter, deque
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 from redis.exceptions import RedisError
@@ -50,10 +53,18 @@ def promote_then_restart(cluster: SentinelCluster, old: int) -> float:
     return at
 
 
-@pytest.mark.parametrize("mode", list(MODES))
-async def test_failover_mid_run(mode, sim_big_log, tmp_path):
-    sim = sim_big_log
-    cluster = SentinelCluster(tmp_path / "redis", server_args=MODES[mode]).start()
+def restart_at_once(cluster: SentinelCluster, old: int) -> float:
+    """The master's pod restarts before the sentinels' down-after: no failover, it stays master."""
+    time.sleep(0.5)
+    cluster.restart(old)
+    return time.monotonic()
+
+
+async def run_through(
+    label: str, cluster: SentinelCluster, sim: SimServer, tmp_path, disrupt: Callable[[SentinelCluster, int], float]
+) -> dict[str, Any]:
+    """Three workers and a producer on the cluster; the master SIGKILLed after KILL_AT enqueues,
+    then `disrupt` (in a thread: when Redis took writes again). What happened to each job."""
     settings = Settings(
         aisa_api_key=API_KEY,
         aisa_base_url=sim.base_url,
@@ -76,14 +87,14 @@ async def test_failover_mid_run(mode, sim_big_log, tmp_path):
                     lag = cluster.replica_lag_bytes()
                     old = cluster.kill_master()
                     killed_at = time.monotonic()
-                    failover = asyncio.create_task(asyncio.to_thread(promote_then_restart, cluster, old))
-                prompt = f"{mode} job {i}"
+                    back = asyncio.create_task(asyncio.to_thread(disrupt, cluster, old))
+                prompt = f"{label} job {i}"
                 try:
                     acked[await producer.chat("gpt-4o-mini", prompt)] = prompt
                 except (RedisError, OSError):
                     refused += 1  # the producer was told: not a loss
                 await asyncio.sleep(0.02)
-            failed_over_at = await failover
+            back_at = await back
 
             async def settled() -> bool:
                 done = await asyncio.gather(*(producer.redis.exists(f"llm-router:result:{i}") for i in acked))
@@ -95,6 +106,7 @@ async def test_failover_mid_run(mode, sim_big_log, tmp_path):
             results = {i: await producer.result(i) for i in acked}
             queued = await producer.queued()
         exits = [w.proc.poll() for w in workers]  # None: still running
+        logs = [w.log()[-2000:] for w in workers]
         calls = Counter(
             m["content"]
             for r in list(sim.sim.requests)
@@ -106,24 +118,42 @@ async def test_failover_mid_run(mode, sim_big_log, tmp_path):
         for w in workers:
             w.stop()
         cluster.stop()
-    completed = sum(1 for r in results.values() if r is not None and r.status == "succeeded")
-    failed = sum(1 for r in results.values() if r is not None and r.status == "failed")
-    lost = sorted(i for i, r in results.items() if r is None)
-    double = sorted(acked[i] for i in acked if calls[acked[i]] > 1)
     report = {
-        "mode": mode,
+        "mode": label,
         "enqueued": len(acked),
         "refused_at_enqueue": refused,
-        "completed": completed,
-        "failed": failed,
-        "lost": len(lost),
+        "completed": sum(1 for r in results.values() if r is not None and r.status == "succeeded"),
+        "failed": sum(1 for r in results.values() if r is not None and r.status == "failed"),
+        "lost": sum(1 for r in results.values() if r is None),
         "still_queued": queued,
-        "double_charged": len(double),
+        "double_charged": sum(1 for i in acked if calls[acked[i]] > 1),
         "replica_lag_at_kill_bytes": lag,
-        "failover_s": round(failed_over_at - killed_at, 1),
+        "writes_back_after_s": round(back_at - killed_at, 1),
         "worker_exits": exits,
     }
     print("failover:", json.dumps(report))
-    assert exits == [None, None, None], [w.log()[-2000:] for w in workers]  # every worker rode it out
-    assert completed + failed + len(lost) == len(acked) and failed == 0
-    assert completed >= len(acked) * 0.9  # most work survives; the figures say what did not
+    assert exits == [None, None, None], logs  # every worker rode it out
+    assert report["completed"] + report["failed"] + report["lost"] == len(acked)
+    return report
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+async def test_failover_mid_run(mode, sim_big_log, tmp_path):
+    cluster = SentinelCluster(tmp_path / "redis", server_args=MODES[mode]).start()
+    report = await run_through(mode, cluster, sim_big_log, tmp_path, promote_then_restart)
+    assert report["failed"] == 0 and report["double_charged"] == 0
+    assert report["completed"] >= report["enqueued"] * 0.9  # most work survives; the figures say what did not
+
+
+@pytest.mark.parametrize("persistence", ["none", "aof"])
+async def test_master_restarts_before_the_sentinels_act(persistence, sim_big_log, tmp_path):
+    """What AOF changes: the master comes back within the sentinels' down-after (30 s here), so
+    there is no failover. With no persistence it returns empty, stays the master, and the replica
+    copies its emptiness; with AOF (fsync always) it reloads every acknowledged write."""
+    aof = ("--appendonly", "yes", "--appendfsync", "always") if persistence == "aof" else ()
+    cluster = SentinelCluster(tmp_path / "redis", server_args=aof, down_after_ms=30_000).start()
+    report = await run_through(f"restart, {persistence}", cluster, sim_big_log, tmp_path, restart_at_once)
+    if persistence == "aof":
+        assert report["lost"] == 0 and report["double_charged"] == 0
+    else:
+        assert report["lost"] > 0  # the jobs and results written before the crash are gone
