@@ -1,6 +1,6 @@
 """REDIS_URL beyond one plain Redis: a Sentinel URL (master + replica + three sentinels) and a
 TLS URL with a password (a redis-server with TLS only), each taken by a real worker process,
-the Producer and the exporter. The failover itself is tests/test_failover.py (`make chaos`)."""
+the Producer, the exporter and the HTTP ingress. The failover itself is tests/test_failover.py (`make chaos`)."""
 
 from __future__ import annotations
 
@@ -79,13 +79,15 @@ def exporter_gauges(port: int) -> dict[str, float]:
 
 
 @pytest.mark.parametrize("kind", ["sentinel_url", "tls_url"])
-async def test_worker_producer_and_exporter_on_the_url(kind, request, settings, sim, workers, tmp_path: Path):
+async def test_every_process_on_the_url(kind, request, settings, sim, workers, tmp_path: Path):
+    """The worker, the Producer, the exporter and the HTTP ingress, all on the one REDIS_URL."""
     url = request.getfixturevalue(kind)
-    s = settings.model_copy(update={"redis_url": url, "metrics_port": free_port()})
-    exporter_port = free_port()
+    s = settings.model_copy(update={"redis_url": url, "metrics_port": free_port(), "ingress_tokens": {"tok": "web"}})
+    exporter_port, api_port = free_port(), free_port()
     exporter = LLMRouterProcess(
         "exporter", env={**settings_env(s), "EXPORTER_PORT": str(exporter_port)}, log_path=tmp_path / "exporter.log"
     )
+    api = LLMRouterProcess("api", "--port", str(api_port), env=settings_env(s), log_path=tmp_path / "api.log")
     try:
         async with Producer(url) as producer:
             early = await producer.chat("gpt-4o-mini", "queued before any worker")
@@ -95,8 +97,16 @@ async def test_worker_producer_and_exporter_on_the_url(kind, request, settings, 
             workers(s).wait_started(lambda: answers(f"http://127.0.0.1:{s.metrics_port}/readyz"), 30, "the worker")
             result = await producer.wait(early, timeout=30)
             assert result is not None and result.status == "succeeded"
-            late = await producer.wait(await producer.chat("gpt-4.1", "and another"), timeout=30)
-            assert late is not None and late.status == "succeeded"
+            api.wait_started(lambda: answers(f"http://127.0.0.1:{api_port}/readyz"), 30, "llm-router api")
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{api_port}", timeout=60) as http:
+                answer = await http.post(
+                    "/v1/chat/completions",
+                    headers={"Authorization": "Bearer tok"},
+                    json={"model": "gpt-4.1", "messages": [{"role": "user", "content": "via the ingress"}]},
+                )
+            assert answer.status_code == 200, answer.text
+            assert answer.json()["choices"][0]["message"]["content"] == "[gpt-4.1] You said: via the ingress"
         assert exporter_gauges(exporter_port)["llm_router_workers_live"] == 1
     finally:
+        api.stop()
         exporter.stop()
