@@ -56,6 +56,13 @@ def batch() -> None:
 @click.option("--window", default="24h", show_default=True, help="completion window: 24h, 30m, 2h, 90s...")
 @click.option("--metadata", multiple=True, help="key=value (repeatable, at most 16)")
 @click.option("--skip-invalid", is_flag=True, help="enqueue the valid lines, report and skip the others")
+@click.option(
+    "--budget",
+    "budget",
+    type=click.FloatRange(min=0),
+    metavar="USD",
+    help="the batch's budget: once spent, the lines left end `budget` unsent (skipped)",
+)
 @click.option("--prompts", type=click.Path(dir_okay=False), help="a CSV (header row) or text file of prompts")
 @click.option("--template", default="{text}", show_default=True, help="--prompts: the prompt, naming CSV columns")
 @click.option("--model", help="--prompts: the model of every line")
@@ -70,6 +77,7 @@ def submit(
     window: str,
     metadata: tuple[str, ...],
     skip_invalid: bool,
+    budget: float | None,
     prompts: str | None,
     template: str,
     model: str | None,
@@ -103,7 +111,11 @@ def submit(
         async with Producer() as producer:
             try:
                 found = await producer.batches.submit(
-                    source, completion_window=window, metadata=meta or None, skip_invalid=skip_invalid
+                    source,
+                    completion_window=window,
+                    metadata=meta or None,
+                    skip_invalid=skip_invalid,
+                    budget_usd=budget,
                 )
             except BatchRejected as exc:
                 return _refused(exc)

@@ -21,6 +21,7 @@ from prometheus_client.registry import REGISTRY, Collector
 from redis import Redis
 from redis.exceptions import RedisError
 
+from . import budgets
 from .batches import STATUSES
 from .keys import BATCHES, CREDITS, DLQ, GATE, batch_key, bulk_key, schedule_key, schedule_output_key, spend_day_key
 from .metrics import Labels
@@ -115,6 +116,7 @@ class QueueCollector(Collector):
         yield batches
         if self.schedules:
             yield from self._schedules(now)
+        yield from budgets.families(self.redis, self.settings, now)
 
     def _schedules(self, now: float) -> Iterator[GaugeMetricFamily]:
         # per schedule: the latest tick whose window has ended, and the batch it must have completed

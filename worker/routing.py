@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import random
 import re
 import time
 import uuid
@@ -15,7 +16,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from . import errors
+from . import budgets, errors
 from . import metrics as m
 from .client import Completion
 from .gemini import is_gemini
@@ -42,6 +43,8 @@ IMAGE_TOKENS = 1000
 _DATA_URL = re.compile(r"data:image/[^\"]*")
 # A bulk job whose slot is further off than BULK_HORIZON_S looks again this often at most.
 BULK_RECHECK_S = 1.0
+# How often a call whose worst case fits a budget's spend, not what calls in flight reserve, asks again.
+BUDGET_RECHECK_S = 0.1
 
 
 class Deferred(Exception):
@@ -78,6 +81,8 @@ class Call:
     gemini_native: bool = False
     bulk: bool = False
     attempts: list[Attempt] = field(default_factory=list)
+    # worker.budgets: the first budget refusal of this job (a fallback must be cheaper than it)
+    budget_refused: ErrorInfo | None = None
 
     @property
     def settings(self) -> Settings:
@@ -86,13 +91,30 @@ class Call:
     def estimate_tokens(self) -> int:
         """Prompt plus completion for the booking: each of the `n` choices may write up to the
         smaller of max_tokens and max_completion_tokens (DEFAULT_COMPLETION_ESTIMATE if neither)."""
+        return self.estimate_prompt_tokens() + self.completion_cap(DEFAULT_COMPLETION_ESTIMATE)
+
+    def estimate_prompt_tokens(self) -> int:
         text = json.dumps(self.payload["messages"], separators=(",", ":"))
         # an image costs a bounded number of tokens, whatever its base64 weighs in the JSON
         inline = sum(len(url) for url in _DATA_URL.findall(text))
-        prompt = (len(text) - inline) // 4 + IMAGE_TOKENS * text.count('"image_url"')
+        return (len(text) - inline) // 4 + IMAGE_TOKENS * text.count('"image_url"')
+
+    def completion_cap(self, default: int) -> int:
+        """The most completion tokens the call may be billed: the cap (`default` if none) times `n`."""
         caps = [t for t in (self.payload.get("max_tokens"), self.payload.get("max_completion_tokens")) if t]
-        completion = min(caps) if caps else DEFAULT_COMPLETION_ESTIMATE
-        return prompt + completion * (self.payload.get("n") or 1)
+        return (min(caps) if caps else default) * (self.payload.get("n") or 1)
+
+    def budget_plan(self, model: str) -> budgets.Plan | None:
+        """The budget part of this call's admission (worker.budgets), None when no budget applies."""
+        refused = self.budget_refused
+        return self.resources.limiter.budgets.plan(
+            model,
+            self.source,
+            self.job_id,
+            self.estimate_prompt_tokens(),
+            self.completion_cap(self.settings.budget_default_max_tokens),
+            refused.budget.needed_usd if refused is not None and refused.budget is not None else None,
+        )
 
 
 async def walk_chain(call: Call, chain: list[str]) -> ModelAnswer:
@@ -131,7 +153,7 @@ async def try_model(call: Call, model: str) -> Step:
         budget = call.max_wait_s - napped
         # a bulk job books only near the front of the schedule: interactive jobs go first
         reach = min(budget, call.settings.bulk_horizon_s) if call.bulk else budget
-        admission = await limiter.admit(model, tokens, max(reach, 0.0))
+        admission = await limiter.admit(model, tokens, max(reach, 0.0), call.budget_plan(model))
         nap = _nap(admission, budget, call)
         if nap:
             # look again soon: tokens given back by calls that just finished, or a probe that
@@ -141,12 +163,13 @@ async def try_model(call: Call, model: str) -> Step:
             continue
         if not admission.booked:
             return _not_admitted(call, model, tokens, admission)
-        async with _given_back_if_cancelled(call, model, tokens):
+        async with _given_back_if_cancelled(call, model, tokens, admission.reservation):
             await asyncio.sleep(admission.wait_s)
         waited += admission.wait_s
         m.RATE_LIMIT_WAIT.labels(call.resources.labels.model(model)).observe(slot_wait + admission.wait_s)
         slot_wait = 0.0
-        answer, exc = await call_once(call, model, {**call.payload, "model": model}, tokens, waited)
+        payload = {**call.payload, "model": model}
+        answer, exc = await call_once(call, model, payload, tokens, waited, admission.reservation)
         if exc is None:
             return Step("ok", answer)
         failures += 1
@@ -162,6 +185,8 @@ def _nap(admission: Admission, budget_s: float, call: Call) -> float:
         return min(admission.wait_s, TOKEN_RECHECK_S)
     if admission.status == "probing":
         return min(PROBE_RECHECK_S, admission.wait_s, max(budget_s, 0.0))
+    if admission.status == "budget_wait":  # worker.budgets: calls in flight will settle
+        return min(BUDGET_RECHECK_S * random.uniform(0.5, 1.5), max(budget_s, 0.0))
     if call.bulk and admission.status == "wait" and admission.wait_s <= budget_s:
         # its slot is within the job's wait but beyond the horizon: sleep until it is near
         horizon = call.settings.bulk_horizon_s
@@ -170,14 +195,19 @@ def _nap(admission: Admission, budget_s: float, call: Call) -> float:
 
 
 @asynccontextmanager
-async def _given_back_if_cancelled(call: Call, model: str, tokens: int) -> AsyncIterator[None]:
+async def _given_back_if_cancelled(
+    call: Call, model: str, tokens: int, reservation: budgets.Reservation | None
+) -> AsyncIterator[None]:
     """A booking never outlives its call: a job cancelled (JOB_TIMEOUT_S, SIGTERM past the grace)
-    while it waits for its slot or for the answer gives back what it booked, and a probe slot."""
+    while it waits for its slot or for the answer gives back what it booked, a probe slot and its
+    budget reservation."""
     try:
         yield
     except asyncio.CancelledError:
-        refund = call.resources.limiter.settle(
-            model, booked_tokens=tokens, used_tokens=None, outcome="neutral", pause_s=0
+        limiter = call.resources.limiter
+        refund = asyncio.gather(
+            limiter.settle(model, booked_tokens=tokens, used_tokens=None, outcome="neutral", pause_s=0),
+            limiter.budgets.settle(reservation, model, None),
         )
         await asyncio.shield(refund)
         raise
@@ -191,6 +221,18 @@ def _not_admitted(call: Call, model: str, tokens: int, admission: Admission) -> 
             call.settings.probe_interval_s,
             ErrorInfo(type=gate.get("reason", "paused"), message=f"queue paused: {gate.get('message')}"),
         )
+    if admission.status == "budget":
+        # no retry, no wait: only a cheaper model may still fit (worker.budgets)
+        error = call.budget_refused
+        if admission.refusal is not None:
+            error = budgets.refusal_error(admission.refusal)
+            call.budget_refused = call.budget_refused or error
+        assert error is not None
+        return Step("next", ModelAnswer(model=model, status="failed", error=error))
+    if admission.status == "budget_wait":
+        message = "waiting for calls in flight to settle their budget reservations"
+        error = ErrorInfo(type="budget", message=message)
+        return Step("next", ModelAnswer(model=model, status="failed", error=error), wait_s=BUDGET_RECHECK_S)
     if admission.status == "too_large":
         # no wait_s: waiting cannot help, only another model (with a larger limit) can
         message = f"request needs {tokens} tokens (prompt + max_tokens), over {admission.limit}: lower max_tokens"
@@ -231,7 +273,12 @@ async def apply_policy(
 
 
 async def call_once(
-    call: Call, model: str, payload: dict[str, Any], tokens: int, waited: float
+    call: Call,
+    model: str,
+    payload: dict[str, Any],
+    tokens: int,
+    waited: float,
+    reservation: budgets.Reservation | None = None,
 ) -> tuple[ModelAnswer, errors.AIsaError | None]:
     """One upstream call, recorded with its cost and fed back to the shared limits before returning."""
     label = call.resources.labels.model(model)
@@ -239,7 +286,7 @@ async def call_once(
     exc: errors.AIsaError | None = None
     try:
         with m.IN_FLIGHT.labels(label).track_inprogress():
-            async with _given_back_if_cancelled(call, model, tokens):
+            async with _given_back_if_cancelled(call, model, tokens, reservation):
                 completion = await send(call, payload)
     except errors.AIsaError as e:
         exc = e
@@ -266,7 +313,9 @@ async def call_once(
         waited_s=round(waited, 4),
     )
     call.attempts.append(attempt)
-    first_time = await _record(call, model, attempt, answer, tokens, exc, completion if exc is None else None)
+    first_time = await _record(
+        call, model, attempt, answer, tokens, exc, completion if exc is None else None, reservation
+    )
     observe(call, label, answer, exc, counted=first_time)
     return answer, exc
 
@@ -305,6 +354,7 @@ async def _record(
     tokens: int,
     exc: errors.AIsaError | None,
     completion: Completion | None,
+    reservation: budgets.Reservation | None = None,
 ) -> bool:
     """Write the call to the call log and the shared limits; True if it was new there."""
     store, limiter = call.resources.store, call.resources.limiter
@@ -324,10 +374,11 @@ async def _record(
     # Two scripts at once on two connections: one round trip of latency. (Script calls in a
     # redis-py pipeline cost an extra SCRIPT EXISTS round trip each time.) shield: a cancelled
     # job (SIGTERM past the grace) must still record a call that happened.
-    recorded, opened = await asyncio.shield(
+    recorded, opened, _ = await asyncio.shield(
         asyncio.gather(
             store.record_call(call.job_id, attempt, answer.credits_remaining),
             limiter.settle(model, booked_tokens=tokens, used_tokens=used, outcome=outcome, pause_s=pause),
+            limiter.budgets.settle(reservation, model, answer),
         )
     )
     if opened:
@@ -367,6 +418,7 @@ def _exhausted(answers: list[ModelAnswer]) -> ModelAnswer:
             update={
                 "status": last.error.status,
                 "code": last.error.code,
+                "budget": last.error.budget,
                 "message": "every model failed: " + error.message,
             }
         )

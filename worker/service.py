@@ -101,6 +101,7 @@ async def keeper(resources: Resources, lease: Lease) -> None:
         while True:
             try:
                 await lease.renew(resources.running)
+                await resources.limiter.budgets.keep()  # worker.budgets: this process's reservations
                 await lease.beat(worker_id)
                 resources.paused = await resources.gate.read()
                 if resources.paused is not None and (probing is None or probing.done()):
