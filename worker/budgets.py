@@ -20,9 +20,10 @@ a worker that dies leaves reservations that the next script run past their deadl
 (`reap`). A late settle of a reaped reservation (a worker stalled past its lease) still adds its
 cost, once: the reaped record is kept a day as a tombstone.
 
-Worst-case prices (USD per token, input and output apart): the larger of the table price
-(PRICES, else the skill's published family price: worker.pricing) and the price learned from the
-gateway's bills; neither: BUDGET_UNKNOWN_PRICE. Learning: a call of p prompt and c completion
+Worst-case prices (USD per token, input and output apart): the table price (PRICES, else the
+skill's published family price: worker.pricing); for a model in no table, or whose table price
+a bill has proved low (`<model>|low`), the price learned from the gateway's bills (the larger of
+it and the table's); neither: BUDGET_UNKNOWN_PRICE. Learning: a call of p prompt and c completion
 tokens billed `cost` proves input price <= cost/p and output price <= cost/c (prices are not
 negative), so the smallest such bounds seen are upper bounds; a bill the bounds cannot explain
 (the price went up) replaces them.
@@ -109,15 +110,18 @@ ADMIT_FUNCTIONS = (
     REAP_LUA
     + """
 local B = {n = tonumber(ARGV[10] or '0') or 0, worst = 0, applies = {}, booked = ''}
-local function budget_price(table_price, learned, unknown)
+-- the table's price, unless a bill proved it low; else the learned bound; else the unknown price
+local function budget_price(table_price, learned, low, unknown)
   local t, l = tonumber(table_price), tonumber(learned)
-  if t == nil and l == nil then return tonumber(unknown) end
-  return math.max(t or 0, l or 0)
+  if t and not low then return t end
+  if l then return math.max(t or 0, l) end
+  return t or tonumber(unknown)
 end
 local function budget_check(now)
-  local learned = redis.call('HMGET', KEYS[6], ARGV[11] .. '|in', ARGV[11] .. '|out')
-  local p_in = budget_price(ARGV[14], learned[1], ARGV[16])
-  local p_out = budget_price(ARGV[15], learned[2], ARGV[17])
+  local m = ARGV[11]
+  local learned = redis.call('HMGET', KEYS[6], m .. '|in', m .. '|out', m .. '|low')
+  local p_in = budget_price(ARGV[14], learned[1], learned[3], ARGV[16])
+  local p_out = budget_price(ARGV[15], learned[2], learned[3], ARGV[17])
   B.worst = tonumber(ARGV[12]) * p_in + tonumber(ARGV[13]) * p_out
   local cap = tonumber(ARGV[20])
   if cap and B.worst > 0 and B.worst >= cap then
@@ -162,7 +166,7 @@ end
 ADMIT_FUNCTIONS = ADMIT_FUNCTIONS.replace("REAP_BATCH", str(REAP_BATCH))
 # After the gate: a call that cannot fit is refused before anything is booked.
 ADMIT_CHECK = """
-if B.n > 0 then
+if B.n > 0 or (ARGV[20] or '') ~= '' then
   local refused = budget_check(now)
   if refused then return refused end
 end
@@ -172,7 +176,8 @@ ADMIT_BOOK = "budget_book(now)\n"
 
 # KEYS: reservations, deadlines, learned prices
 # ARGV: reservation id ('' none), cost ('' unknown: the worst case), model, prompt tokens,
-#       completion tokens, learn (1: the cost is the gateway's bill), learn margin
+#       completion tokens, learn (1: the cost is the gateway's bill), learn margin, table price
+#       in/out per token ('' none: a bill above the table's price flags it low, `<model>|low`)
 _SETTLE = """
 local settled = 0
 local raw = ARGV[1] ~= '' and redis.call('HGET', KEYS[1], ARGV[1])
@@ -203,6 +208,8 @@ if ARGV[6] == '1' then
   end
   if p > 0 and (li == nil or cost / p * margin < li) then redis.call('HSET', KEYS[3], fin, cost / p * margin) end
   if c > 0 and (lo == nil or cost / c * margin < lo) then redis.call('HSET', KEYS[3], fout, cost / c * margin) end
+  local ti, to = tonumber(ARGV[8]), tonumber(ARGV[9])
+  if ti and to and (p * ti + c * to) * margin < cost then redis.call('HSET', KEYS[3], ARGV[3] .. '|low', 1) end
 end
 return settled
 """
@@ -320,7 +327,7 @@ class Budgets:
     ) -> Plan | None:
         """The budget part of a call's admission; None when no budget can apply (nothing to do)."""
         scopes = self.scopes(model, source, job_id)
-        if not scopes:
+        if not scopes and cap is None:
             return None
         price = table_price(model, self.settings.prices)
         plan = Plan(model, scopes, [], [])
@@ -373,6 +380,7 @@ class Budgets:
         was cancelled: costs 0); learn the model's price from a gateway bill."""
         cost: str = "0"
         learn, prompt, completion = "0", 0, 0
+        price = table_price(model, self.settings.prices)
         if answer is not None and answer.status == "succeeded":
             cost = "" if answer.cost is None else repr(answer.cost)
             if answer.cost is not None and answer.cost_source == "gateway" and answer.usage:
@@ -383,7 +391,17 @@ class Budgets:
         try:
             await self._settle(
                 keys=[BUDGET_RESERVATIONS, BUDGET_DEADLINES, BUDGET_LEARNED],
-                args=[rid, cost, model, prompt, completion, learn, LEARN_MARGIN],
+                args=[
+                    rid,
+                    cost,
+                    model,
+                    prompt,
+                    completion,
+                    learn,
+                    LEARN_MARGIN,
+                    "" if price is None else repr(price.input / 1000),
+                    "" if price is None else repr(price.output / 1000),
+                ],
             )
         finally:
             self.live.discard(rid)
