@@ -13,19 +13,22 @@ import subprocess
 import time
 
 import pytest
+from fastapi.testclient import TestClient
 from redis import Redis as SyncRedis
 
 from harness.processes import llm_router, settings_env
 from harness.wait import wait_until_async
 from producers import Producer
+from producers.http import create_app
 from tests.helpers import run_worker, sim_admin
 from worker import metrics as m
+from worker import schedules
 from worker.budgets import Budgets
 from worker.exporter import QueueCollector
 from worker.keys import BUDGET_LEARNED, BUDGET_RESERVATIONS, budget_day_key
 from worker.limiter import Limiter
 from worker.models import ModelAnswer, Usage
-from worker.settings import BudgetConfig, Price
+from worker.settings import BudgetConfig, ConfigError, Price, Settings
 
 # USD per 1K tokens: 0.001 a token; a call of 100 prompt + 100 completion tokens has a worst case of $0.20.
 PER_TOKEN = 0.001
@@ -332,7 +335,9 @@ async def test_the_race_four_processes_of_fifty_never_spend_past_the_budget(prod
     print(f"race: B={budget:.6f} w={w:.6f} charged={charged:.6f} refused={len(refused)}/{len(rs)}")
 
 
-async def test_sigkilled_workers_reservations_are_released_after_the_lease(producer, race_settings, sim, workers, redis):
+async def test_sigkilled_workers_reservations_are_released_after_the_lease(
+    producer, race_settings, sim, workers, redis
+):
     s = race_settings.model_copy(update={"budgets": BudgetConfig(daily_usd=1.0), "worker_concurrency": 5})
     budgets = Budgets(redis, s)
     sim_admin(sim, "/_sim/config", {"latency_ms": 3000})
@@ -375,3 +380,38 @@ def test_bad_budgets_refuse_the_worker_at_start_up_naming_the_setting(settings, 
     done = subprocess.run([llm_router(), "worker", "--burst"], env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2, done.stderr
     assert named in done.stderr and time.monotonic() - started < 60
+
+
+def test_http_batches_take_a_budget_as_an_extra_body_field(redis_url):
+    settings = Settings(redis_url=redis_url, ingress_tokens={"tok": "team"}, _env_file=None)
+    line = {
+        "custom_id": "r1",
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": {"model": "gpt-4.1", "messages": [{"role": "user", "content": "hi"}]},
+    }
+    with TestClient(create_app(settings), headers={"Authorization": "Bearer tok"}) as client:
+        uploaded = client.post(
+            "/v1/files", files={"file": ("in.jsonl", json.dumps(line) + "\n")}, data={"purpose": "batch"}
+        ).json()
+        body = {"input_file_id": uploaded["id"], "endpoint": "/v1/chat/completions", "completion_window": "24h"}
+        made = client.post("/v1/batches", json={**body, "budget_usd": 2.5})
+        assert made.status_code == 200 and made.json()["budget_usd"] == 2.5
+        assert client.get(f"/v1/batches/{made.json()['id']}").json()["budget_usd"] == 2.5
+        refused = client.post("/v1/batches", json={**body, "budget_usd": "lots"})
+        assert refused.status_code == 400
+        assert refused.json()["error"]["param"] == "budget_usd" and refused.json()["error"]["code"] == "invalid_budget"
+
+
+def test_a_schedules_budget_is_read_and_checked(settings, tmp_path):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("hello\n")
+    entry = f'[[schedule]]\nname = "n"\ncron = "0 2 * * *"\nprompts = "{prompts}"\n'
+    entry += 'template = "{text}"\nmodel = "gpt-4.1"\n'
+    path = tmp_path / "s.toml"
+    path.write_text(entry + "budget_usd = 1.5\n")
+    [schedule] = schedules.load(settings.model_copy(update={"schedules_file": str(path)}))
+    assert schedule.budget_usd == 1.5
+    path.write_text(entry + "budget_usd = -1\n")
+    with pytest.raises(ConfigError, match="budget_usd: must be a number of USD"):
+        schedules.load(settings.model_copy(update={"schedules_file": str(path)}))
