@@ -150,11 +150,14 @@ local function budget_check(now)
 end
 local function budget_book(now)
   if #B.applies == 0 then return end
-  local scopes = {}
+  local scopes, kept = {}, {}
   for _, i in ipairs(B.applies) do
     local key, prefix = KEYS[6 + i], ARGV[20 + 2 * i]
     if B.worst > 0 then redis.call('HINCRBYFLOAT', key, prefix .. 'reserved', B.worst) end
-    if ARGV[21 + 2 * i] ~= '' then redis.call('EXPIRE', key, ARGV[21]) end
+    if ARGV[21 + 2 * i] ~= '' and not kept[key] then
+      kept[key] = true
+      redis.call('EXPIRE', key, ARGV[21])
+    end
     table.insert(scopes, {key, prefix})
   end
   B.booked = string.format('%.17g', B.worst)
@@ -174,45 +177,50 @@ end
 # With the rate-limit booking, in the same script: the reservation.
 ADMIT_BOOK = "budget_book(now)\n"
 
-# KEYS: reservations, deadlines, learned prices
-# ARGV: reservation id ('' none), cost ('' unknown: the worst case), model, prompt tokens,
-#       completion tokens, learn (1: the cost is the gateway's bill), learn margin, table price
-#       in/out per token ('' none: a bill above the table's price flags it low, `<model>|low`)
-_SETTLE = """
-local settled = 0
-local raw = ARGV[1] ~= '' and redis.call('HGET', KEYS[1], ARGV[1])
-if raw then
-  local r = cjson.decode(raw)
-  local w = tonumber(r.w)
-  local cost = tonumber(ARGV[2]) or w
-  for _, s in ipairs(r.s) do
-    if not r.x and w > 0 then redis.call('HINCRBYFLOAT', s[1], s[2] .. 'reserved', -w) end
-    if cost > 0 then redis.call('HINCRBYFLOAT', s[1], s[2] .. 'spent', cost) end
+# A reservation's settlement: KEYS res (reservations), deadlines, learned (prices); `a`: the arguments,
+# a[1] reservation id ('' none), a[2] cost ('' unknown: the worst case), a[3] model, a[4] prompt
+# tokens, a[5] completion tokens, a[6] learn (1: the cost is the gateway's bill), a[7] learn margin,
+# a[8]/a[9] table price in/out per token ('' none: a bill above the table's price flags it low,
+# `<model>|low`). Spliced into worker.limiter's settle script: one round trip for both.
+SETTLE_FUNCTION = """
+local function budget_settle(res, deadlines, learned, a)
+  local settled = 0
+  local raw = a[1] ~= '' and redis.call('HGET', res, a[1])
+  if raw then
+    local r = cjson.decode(raw)
+    local w = tonumber(r.w)
+    local cost = tonumber(a[2]) or w
+    for _, s in ipairs(r.s) do
+      if not r.x and w > 0 then redis.call('HINCRBYFLOAT', s[1], s[2] .. 'reserved', -w) end
+      if cost > 0 then redis.call('HINCRBYFLOAT', s[1], s[2] .. 'spent', cost) end
+    end
+    redis.call('HDEL', res, a[1])
+    redis.call('ZREM', deadlines, a[1])
+    settled = 1
   end
-  redis.call('HDEL', KEYS[1], ARGV[1])
-  redis.call('ZREM', KEYS[2], ARGV[1])
-  settled = 1
-end
-if ARGV[6] == '1' then
-  local p, c, cost = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[2])
-  local margin = 1 + tonumber(ARGV[7])
-  local fin, fout = ARGV[3] .. '|in', ARGV[3] .. '|out'
-  local l = redis.call('HMGET', KEYS[3], fin, fout)
-  local li, lo = tonumber(l[1]), tonumber(l[2])
-  -- a bill the bounds cannot explain (the price rose): start again from this bill. A side with
-  -- tokens and no bound yet explains any bill.
-  local explained = (p > 0 and li == nil) or (c > 0 and lo == nil) or ((li or 0) * p + (lo or 0) * c) * margin >= cost
-  if (li ~= nil or lo ~= nil) and not explained then
-    redis.call('HDEL', KEYS[3], fin, fout)
-    li, lo = nil, nil
+  if a[6] == '1' then
+    local p, c, cost = tonumber(a[4]), tonumber(a[5]), tonumber(a[2])
+    local margin = 1 + tonumber(a[7])
+    local fin, fout = a[3] .. '|in', a[3] .. '|out'
+    local l = redis.call('HMGET', learned, fin, fout)
+    local li, lo = tonumber(l[1]), tonumber(l[2])
+    -- a bill the bounds cannot explain (the price rose): start again from this bill. A side with
+    -- tokens and no bound yet explains any bill.
+    local explained = (p > 0 and li == nil) or (c > 0 and lo == nil) or ((li or 0) * p + (lo or 0) * c) * margin >= cost
+    if (li ~= nil or lo ~= nil) and not explained then
+      redis.call('HDEL', learned, fin, fout)
+      li, lo = nil, nil
+    end
+    if p > 0 and (li == nil or cost / p * margin < li) then redis.call('HSET', learned, fin, cost / p * margin) end
+    if c > 0 and (lo == nil or cost / c * margin < lo) then redis.call('HSET', learned, fout, cost / c * margin) end
+    local ti, to = tonumber(a[8]), tonumber(a[9])
+    if ti and to and (p * ti + c * to) * margin < cost then redis.call('HSET', learned, a[3] .. '|low', 1) end
   end
-  if p > 0 and (li == nil or cost / p * margin < li) then redis.call('HSET', KEYS[3], fin, cost / p * margin) end
-  if c > 0 and (lo == nil or cost / c * margin < lo) then redis.call('HSET', KEYS[3], fout, cost / c * margin) end
-  local ti, to = tonumber(ARGV[8]), tonumber(ARGV[9])
-  if ti and to and (p * ti + c * to) * margin < cost then redis.call('HSET', KEYS[3], ARGV[3] .. '|low', 1) end
+  return settled
 end
-return settled
 """
+SETTLE_ARGS = 9
+_SETTLE = SETTLE_FUNCTION + "return budget_settle(KEYS[1], KEYS[2], KEYS[3], ARGV)\n"
 
 # KEYS: reservations, deadlines; ARGV: lease ms, the ids to renew (this process's live reservations)
 _KEEP = (
@@ -236,6 +244,18 @@ def splice(admit: str) -> str:
         .replace("--@budget:check", ADMIT_CHECK)
         .replace("--@budget:book", ADMIT_BOOK)
     )
+
+
+def splice_settle(settle: str, keys: int, args: int) -> str:
+    """worker.limiter's settle script (`keys` KEYS, `args` ARGV of its own) settling a budget
+    reservation first when it is given the settlement's keys and arguments after its own."""
+    if "--@budget:settle" not in settle:
+        raise ValueError("the settle script lacks --@budget:settle")
+    call = (
+        f"if #KEYS > {keys} then budget_settle(KEYS[{keys + 1}], KEYS[{keys + 2}], KEYS[{keys + 3}], "
+        f"{{unpack(ARGV, {args + 1}, {args + SETTLE_ARGS})}}) end\n"
+    )
+    return settle.replace("--@budget:settle", SETTLE_FUNCTION + call)
 
 
 # ---------------------------------------------------------------- Python side
@@ -375,36 +395,40 @@ class Budgets:
         self.live.add(plan.id)
         return Reservation(plan.id, float(text))
 
-    async def settle(self, reservation: Reservation | None, model: str, answer: ModelAnswer | None) -> None:
-        """After a call: release its reservation and count what it cost (None: it was not made or
-        was cancelled: costs 0); learn the model's price from a gateway bill."""
+    def settlement(
+        self, reservation: Reservation | None, model: str, answer: ModelAnswer | None
+    ) -> tuple[list[str], list[Any]] | None:
+        """The settle script's (keys, args) after a call: release its reservation and count what
+        it cost (`answer` None: failed or cancelled, costs 0); learn the model's price from a
+        gateway bill. None: nothing to do. worker.limiter's settle runs it with its own."""
         cost: str = "0"
         learn, prompt, completion = "0", 0, 0
-        price = table_price(model, self.settings.prices)
         if answer is not None and answer.status == "succeeded":
             cost = "" if answer.cost is None else repr(answer.cost)
             if answer.cost is not None and answer.cost_source == "gateway" and answer.usage:
                 learn, prompt, completion = "1", answer.usage.prompt_tokens, answer.usage.completion_tokens
         if reservation is None and (learn == "0" or not self.config.configured):
-            return
-        rid = "" if reservation is None else reservation.id
-        try:
-            await self._settle(
-                keys=[BUDGET_RESERVATIONS, BUDGET_DEADLINES, BUDGET_LEARNED],
-                args=[
-                    rid,
-                    cost,
-                    model,
-                    prompt,
-                    completion,
-                    learn,
-                    LEARN_MARGIN,
-                    "" if price is None else repr(price.input / 1000),
-                    "" if price is None else repr(price.output / 1000),
-                ],
-            )
-        finally:
-            self.live.discard(rid)
+            return None
+        if reservation is not None:
+            self.live.discard(reservation.id)
+        price = table_price(model, self.settings.prices)
+        return [BUDGET_RESERVATIONS, BUDGET_DEADLINES, BUDGET_LEARNED], [
+            "" if reservation is None else reservation.id,
+            cost,
+            model,
+            prompt,
+            completion,
+            learn,
+            LEARN_MARGIN,
+            "" if price is None else repr(price.input / 1000),
+            "" if price is None else repr(price.output / 1000),
+        ]
+
+    async def settle(self, reservation: Reservation | None, model: str, answer: ModelAnswer | None) -> None:
+        """`settlement`, run on its own."""
+        settlement = self.settlement(reservation, model, answer)
+        if settlement is not None:
+            await self._settle(keys=settlement[0], args=settlement[1])
 
     async def keep(self) -> int:
         """Renew this process's reservations (the keeper, with the job leases) and release

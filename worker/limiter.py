@@ -104,7 +104,9 @@ return {probing and 'probe' or 'ok', math.ceil(wait), B.booked}
 # KEYS: model hash, global hash
 # ARGV: tokens to give back, ms per token, global ms per token, outcome (ok|fail|neutral),
 #       pause ms, circuit failures, circuit window ms, circuit open ms
+# then a budget settlement's KEYS[3..5] and ARGV[9..] (worker.budgets), settled first
 _SETTLE = """
+--@budget:settle
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local refund = tonumber(ARGV[1])
@@ -186,7 +188,7 @@ class Limiter:
         self.budgets = budgets.Budgets(redis, settings)
         self._global = _intervals(settings.global_rate_limit, settings.rate_limit_headroom)
         self._admit = redis.register_script(budgets.splice(_ADMIT))
-        self._settle = redis.register_script(_SETTLE)
+        self._settle = redis.register_script(budgets.splice_settle(_SETTLE, keys=2, args=8))
 
     def intervals(self, model: str) -> tuple[float, float]:
         return _intervals(self.settings.rate_limits.get(model), self.settings.rate_limit_headroom)
@@ -227,12 +229,20 @@ class Limiter:
         return f"the global TPM limit (GLOBAL_RATE_LIMIT) of {_number(self.settings.global_rate_limit.tpm)}"
 
     async def settle(
-        self, model: str, *, booked_tokens: int, used_tokens: int | None, outcome: str, pause_s: float
+        self,
+        model: str,
+        *,
+        booked_tokens: int,
+        used_tokens: int | None,
+        outcome: str,
+        pause_s: float,
+        budget: tuple[list[str], list[Any]] | None = None,
     ) -> bool:
         """What one call taught: unused tokens back, a pause, the circuit's count. True if it opened the circuit.
 
         A call that used `used_tokens` gives back the rest of its booking; a failed one (outcome
-        `fail`/`neutral`, no usage) gives back all of it: a booking never outlives its call."""
+        `fail`/`neutral`, no usage) gives back all of it: a booking never outlives its call.
+        `budget`: the call's budget settlement (worker.budgets `settlement`), in the same script."""
         s = self.settings
         if used_tokens is not None:
             refund = booked_tokens - used_tokens
@@ -240,7 +250,7 @@ class Limiter:
             refund = 0 if outcome == "ok" else booked_tokens
         return bool(
             await self._settle(
-                keys=[model_key(model), GLOBAL_LIMIT],
+                keys=[model_key(model), GLOBAL_LIMIT, *(budget[0] if budget else ())],
                 args=[
                     refund,
                     self.intervals(model)[1],
@@ -250,6 +260,7 @@ class Limiter:
                     s.circuit_failures,
                     int(s.circuit_window_s * 1000),
                     int(s.circuit_open_s * 1000),
+                    *(budget[1] if budget else ()),
                 ],
             )
         )

@@ -205,9 +205,9 @@ async def _given_back_if_cancelled(
         yield
     except asyncio.CancelledError:
         limiter = call.resources.limiter
-        refund = asyncio.gather(
-            limiter.settle(model, booked_tokens=tokens, used_tokens=None, outcome="neutral", pause_s=0),
-            limiter.budgets.settle(reservation, model, None),
+        budget = limiter.budgets.settlement(reservation, model, None)
+        refund = limiter.settle(
+            model, booked_tokens=tokens, used_tokens=None, outcome="neutral", pause_s=0, budget=budget
         )
         await asyncio.shield(refund)
         raise
@@ -374,11 +374,13 @@ async def _record(
     # Two scripts at once on two connections: one round trip of latency. (Script calls in a
     # redis-py pipeline cost an extra SCRIPT EXISTS round trip each time.) shield: a cancelled
     # job (SIGTERM past the grace) must still record a call that happened.
-    recorded, opened, _ = await asyncio.shield(
+    budget = limiter.budgets.settlement(reservation, model, answer if exc is None else None)
+    recorded, opened = await asyncio.shield(
         asyncio.gather(
             store.record_call(call.job_id, attempt, answer.credits_remaining),
-            limiter.settle(model, booked_tokens=tokens, used_tokens=used, outcome=outcome, pause_s=pause),
-            limiter.budgets.settle(reservation, model, answer),
+            limiter.settle(
+                model, booked_tokens=tokens, used_tokens=used, outcome=outcome, pause_s=pause, budget=budget
+            ),
         )
     )
     if opened:
