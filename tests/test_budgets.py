@@ -124,6 +124,18 @@ async def test_a_dead_workers_reservation_is_released_after_its_lease_and_a_late
     assert await day_figures(redis, alive.budgets) == (0.25, 0.0)
 
 
+async def test_a_reservation_older_than_any_job_is_no_longer_renewed(redis, settings):
+    s = budgeted(settings, daily_usd=1.0).model_copy(update={"lease_s": 0.3})
+    limiter = Limiter(redis, s)
+    lost = await limiter.admit("m", 0, 5, plan(limiter))  # its call ended without a settle (a bug)
+    limiter.budgets.live[lost.reservation.id] -= s.job_timeout_s + 61
+    for _ in range(4):
+        await asyncio.sleep(0.15)
+        await limiter.budgets.keep()
+    assert await day_figures(redis, limiter.budgets) == (0.0, 0.0)
+    assert lost.reservation.id not in limiter.budgets.live
+
+
 async def test_days_reset_in_the_budget_time_zone(redis, settings):
     s = budgeted(settings, daily_usd=0.3).model_copy(update={"budget_tz": "Asia/Tokyo"})
     limiter = Limiter(redis, s)

@@ -314,7 +314,11 @@ class Budgets:
         self.config = settings.budgets
         self.tz = ZoneInfo(settings.budget_tz)
         self.clock = clock
-        self.live: set[str] = set()  # this process's reservations: the keeper renews their deadlines
+        # this process's reservations -> when made (monotonic): the keeper renews their deadlines
+        self.live: dict[str, float] = {}
+        # no call outlives its job (JOB_TIMEOUT_S cancels it, and settles): one older was lost by
+        # a bug, so it is no longer renewed and the reaper releases it
+        self.max_age_s = settings.job_timeout_s + 60
         self._settle = redis.register_script(_SETTLE)
         self._keep = redis.register_script(_KEEP)
         self.lease_ms = int(settings.lease_s * 1000)
@@ -392,7 +396,7 @@ class Budgets:
         text = as_text(worst) if worst is not None else ""
         if not text:
             return None
-        self.live.add(plan.id)
+        self.live[plan.id] = time.monotonic()
         return Reservation(plan.id, float(text))
 
     def settlement(
@@ -410,7 +414,7 @@ class Budgets:
         if reservation is None and (learn == "0" or not self.config.configured):
             return None
         if reservation is not None:
-            self.live.discard(reservation.id)
+            self.live.pop(reservation.id, None)
         price = table_price(model, self.settings.prices)
         return [BUDGET_RESERVATIONS, BUDGET_DEADLINES, BUDGET_LEARNED], [
             "" if reservation is None else reservation.id,
@@ -433,9 +437,10 @@ class Budgets:
     async def keep(self) -> int:
         """Renew this process's reservations (the keeper, with the job leases) and release
         expired ones (of dead workers); returns how many were reaped."""
-        return int(
-            await self._keep(keys=[BUDGET_RESERVATIONS, BUDGET_DEADLINES], args=[self.lease_ms, *list(self.live)])
-        )
+        now = time.monotonic()
+        for rid in [r for r, made in self.live.items() if now - made > self.max_age_s]:
+            del self.live[rid]
+        return int(await self._keep(keys=[BUDGET_RESERVATIONS, BUDGET_DEADLINES], args=[self.lease_ms, *self.live]))
 
 
 # ---------------------------------------------------------------- the exporter's gauges

@@ -43,8 +43,10 @@ IMAGE_TOKENS = 1000
 _DATA_URL = re.compile(r"data:image/[^\"]*")
 # A bulk job whose slot is further off than BULK_HORIZON_S looks again this often at most.
 BULK_RECHECK_S = 1.0
-# How often a call whose worst case fits a budget's spend, not what calls in flight reserve, asks again.
+# How often a call whose worst case fits a budget's spend, not what calls in flight reserve, asks
+# again; and how long a job that cannot wait in place for them goes back to the queue for.
 BUDGET_RECHECK_S = 0.1
+BUDGET_DEFER_S = 1.0
 
 
 class Deferred(Exception):
@@ -232,7 +234,7 @@ def _not_admitted(call: Call, model: str, tokens: int, admission: Admission) -> 
     if admission.status == "budget_wait":
         message = "waiting for calls in flight to settle their budget reservations"
         error = ErrorInfo(type="budget", message=message)
-        return Step("next", ModelAnswer(model=model, status="failed", error=error), wait_s=BUDGET_RECHECK_S)
+        return Step("next", ModelAnswer(model=model, status="failed", error=error), wait_s=BUDGET_DEFER_S)
     if admission.status == "too_large":
         # no wait_s: waiting cannot help, only another model (with a larger limit) can
         message = f"request needs {tokens} tokens (prompt + max_tokens), over {admission.limit}: lower max_tokens"
