@@ -66,7 +66,6 @@ if TYPE_CHECKING:
 
     from .settings import Settings
 
-SCOPES = ("global", "source", "model", "batch")
 # A batch's budget lives in its record (worker.batches): `budget_limit`, `budget_spent`, `budget_reserved`.
 BATCH_PREFIX = "budget_"
 # A reaped reservation is kept this long, so a settle that comes after still counts its cost once.
@@ -263,7 +262,7 @@ def splice_settle(settle: str, keys: int, args: int) -> str:
 
 @dataclass
 class Scope:
-    kind: str  # one of SCOPES
+    kind: str  # one of worker.metrics.BUDGET_SCOPES
     name: str  # the configured key; the batch id for a batch
     key: str
     prefix: str

@@ -22,6 +22,10 @@ a model's schedule more than a window ahead. At most one request per window over
 (the one that starts at the window's edge) can be seen upstream; RATE_LIMIT_HEADROOM keeps
 network jitter from turning that into a 429.
 
+Budgets (worker.budgets) ride on the same script: a call's worst case is checked against every
+budget that applies and reserved with its slot, or the call books nothing (`budget`: refused,
+`budget_wait`: calls in flight hold the rest); `settle` settles the reservation with the tokens.
+
 The circuit breaker: K failures in a window open the circuit (`circuit`: callers skip the
 model); once the open period ends one caller probes (`probe`) while the others ask again
 every few hundred ms (`probing`), so they start as soon as the probe's success closes it.
