@@ -415,7 +415,7 @@ def test_http_batches_take_a_budget_as_an_extra_body_field(redis_url):
         assert refused.json()["error"]["param"] == "budget_usd" and refused.json()["error"]["code"] == "invalid_budget"
 
 
-def test_a_schedules_budget_is_read_and_checked(settings, tmp_path):
+async def test_a_schedules_budget_is_read_checked_and_set_on_its_batches(settings, tmp_path, producer):
     prompts = tmp_path / "p.txt"
     prompts.write_text("hello\n")
     entry = f'[[schedule]]\nname = "n"\ncron = "0 2 * * *"\nprompts = "{prompts}"\n'
@@ -424,6 +424,22 @@ def test_a_schedules_budget_is_read_and_checked(settings, tmp_path):
     path.write_text(entry + "budget_usd = 1.5\n")
     [schedule] = schedules.load(settings.model_copy(update={"schedules_file": str(path)}))
     assert schedule.budget_usd == 1.5
+    tick = schedule.latest_tick(time.time())
+    batch, created = await schedules.submit(producer, schedule, schedule.batch_id(tick), tick)
+    assert created and batch.budget_usd == 1.5
     path.write_text(entry + "budget_usd = -1\n")
     with pytest.raises(ConfigError, match="budget_usd: must be a number of USD"):
         schedules.load(settings.model_copy(update={"schedules_file": str(path)}))
+
+
+def test_the_cli_sets_a_batch_budget(settings, tmp_path):
+    requests = tmp_path / "in.jsonl"
+    body = {"model": "gpt-4.1", "messages": [{"role": "user", "content": "hi"}]}
+    requests.write_text(json.dumps({"custom_id": "a", "method": "POST", "url": "/v1/chat/completions", "body": body}))
+    env = {**os.environ, "REDIS_URL": settings.redis_url, "QUEUE_NAME": settings.queue_name}
+    cli = [llm_router(), "batch", "submit", str(requests), "--json"]
+    done = subprocess.run([*cli, "--budget", "0.25"], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["budget_usd"] == 0.25
+    refused = subprocess.run([*cli, "--budget", "-1"], env=env, capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2 and "--budget" in refused.stderr
