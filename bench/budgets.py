@@ -2,13 +2,14 @@
 
 (1) the job path's cost of a reservation: N chat jobs through the service (in-process worker,
     zero-latency simulator in its own process) without budgets, then with a global, a source
-    and a model budget that every call reserves against and settles (A B A B, the rates of
-    each pair added up, so the machine's drift hits both alike);
+    and a model budget that every call reserves against and settles; R rounds, each a pair
+    run back to back in alternating order (AB, BA, ...), the median of the pairs' ratios
+    (a shared, noisy machine drifts between pairs, much less within one);
 (2) the race: 4 `llm-router worker` processes of 50 concurrency against a daily budget of B
     and more work than it pays for (jobs of worst case w): what the simulator charged (at
     most B + w, at least B - a few w) and how many jobs were refused.
 
-  python -m bench.budgets [--jobs 2000] [--concurrency 50] [--race-jobs 400] [--race-budget-w 60]
+  python -m bench.budgets [--jobs 1000] [--rounds 6] [--concurrency 50] [--race-jobs 400] [--race-budget-w 60]
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -104,7 +106,7 @@ async def race(settings: Settings, base_url: str, n: int, budget_w: float, logs:
     }
 
 
-async def run(n: int, concurrency: int, race_jobs: int, budget_w: float) -> None:
+async def run(n: int, rounds: int, concurrency: int, race_jobs: int, budget_w: float) -> None:
     sim, base_url = start_sim()
     try:
         with PrivateRedis() as redis, tempfile.TemporaryDirectory() as logs:
@@ -119,19 +121,26 @@ async def run(n: int, concurrency: int, race_jobs: int, budget_w: float) -> None
                 update={"budgets": BudgetConfig(daily_usd=1e6, sources={SOURCE: 1e6}, models={MODEL: 1e6})}
             )
             await job_path(plain, 200)  # warm up
-            without = with_ = 0.0
-            for _ in range(2):
-                without += await job_path(plain, n)
-                with_ += await job_path(budgeted, n)
+            pairs: list[tuple[float, float]] = []
+            for i in range(rounds):
+                if i % 2:
+                    with_ = await job_path(budgeted, n)
+                    pairs.append((await job_path(plain, n), with_))
+                else:
+                    without = await job_path(plain, n)
+                    pairs.append((without, await job_path(budgeted, n)))
             race_settings = plain.model_copy(
                 update={"worker_concurrency": 50, "lease_s": 3.0, "poll_delay_s": 0.02, "max_wait_s": 5}
             )
             figures = await race(race_settings, base_url, race_jobs, budget_w, Path(logs))
     finally:
         sim.stop()
-    print(f"jobs={n} concurrency={concurrency} cores={os.cpu_count()}")
-    print(f"(1) job path without budgets  {without / 2:8.0f} jobs/s")
-    print(f"    with 3 budgets per call   {with_ / 2:8.0f} jobs/s   ratio {with_ / without:.3f}")
+    ratios = sorted(b / a for a, b in pairs)
+    print(f"jobs={n} rounds={rounds} concurrency={concurrency} cores={os.cpu_count()} load={os.getloadavg()[0]:.1f}")
+    print(f"(1) job path without budgets  {statistics.median(a for a, _ in pairs):8.0f} jobs/s (median)")
+    print(f"    with 3 budgets per call   {statistics.median(b for _, b in pairs):8.0f} jobs/s (median)")
+    shown = ", ".join(f"{r:.2f}" for r in ratios)
+    print(f"    ratio, median of {rounds} pairs: {statistics.median(ratios):.3f} (pairs: {shown})")
     f = figures
     left_w = (f["B"] - f["charged"]) / f["w"]
     print(f"(2) race: 4 processes x 50, B=${f['B']:.6f} w=${f['w']:.6f} charged=${f['charged']:.6f}")
@@ -141,12 +150,13 @@ async def run(n: int, concurrency: int, race_jobs: int, budget_w: float) -> None
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--jobs", type=int, default=2000)
+    parser.add_argument("--jobs", type=int, default=1000)
+    parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--concurrency", type=int, default=50)
     parser.add_argument("--race-jobs", type=int, default=400)
     parser.add_argument("--race-budget-w", type=float, default=60, help="the race's budget B, in worst cases w")
     args = parser.parse_args()
-    asyncio.run(run(args.jobs, args.concurrency, args.race_jobs, args.race_budget_w))
+    asyncio.run(run(args.jobs, args.rounds, args.concurrency, args.race_jobs, args.race_budget_w))
 
 
 if __name__ == "__main__":
