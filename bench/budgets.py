@@ -52,14 +52,17 @@ def jobs(n: int, text: str = "prompt", max_tokens: int | None = None) -> list[Ch
     ]
 
 
-async def job_path(settings: Settings, n: int) -> float:
+async def job_path(settings: Settings, n: int) -> tuple[float, float]:
+    """(jobs/s, Redis CPU µs per job: every command's time, from INFO commandstats)."""
     async with Producer(settings.redis_url, queue_name=settings.queue_name) as producer:
         await producer.redis.flushdb()
         ids = await producer.enqueue_many(jobs(n, max_tokens=50))
+        await producer.redis.config_resetstat()
         rate = n / await drain(settings)
+        stats = await producer.redis.info("commandstats")
         done = [await producer.result(i) for i in ids[:: max(n // 50, 1)]]
     assert all(r is not None and r.status == "succeeded" for r in done), "benchmark jobs failed"
-    return rate
+    return rate, sum(float(v["usec"]) for v in stats.values()) / n
 
 
 async def race(settings: Settings, base_url: str, n: int, budget_w: float, logs: Path) -> dict[str, float]:
@@ -122,13 +125,16 @@ async def run(n: int, rounds: int, concurrency: int, race_jobs: int, budget_w: f
             )
             await job_path(plain, 200)  # warm up
             pairs: list[tuple[float, float]] = []
+            redis_us: list[tuple[float, float]] = []
             for i in range(rounds):
                 if i % 2:
-                    with_ = await job_path(budgeted, n)
-                    pairs.append((await job_path(plain, n), with_))
+                    b = await job_path(budgeted, n)
+                    a = await job_path(plain, n)
                 else:
-                    without = await job_path(plain, n)
-                    pairs.append((without, await job_path(budgeted, n)))
+                    a = await job_path(plain, n)
+                    b = await job_path(budgeted, n)
+                pairs.append((a[0], b[0]))
+                redis_us.append((a[1], b[1]))
             race_settings = plain.model_copy(
                 update={"worker_concurrency": 50, "lease_s": 3.0, "poll_delay_s": 0.02, "max_wait_s": 5}
             )
@@ -141,6 +147,8 @@ async def run(n: int, rounds: int, concurrency: int, race_jobs: int, budget_w: f
     print(f"    with 3 budgets per call   {statistics.median(b for _, b in pairs):8.0f} jobs/s (median)")
     shown = ", ".join(f"{r:.2f}" for r in ratios)
     print(f"    ratio, median of {rounds} pairs: {statistics.median(ratios):.3f} (pairs: {shown})")
+    us_a, us_b = statistics.median(a for a, _ in redis_us), statistics.median(b for _, b in redis_us)
+    print(f"    Redis CPU per job: {us_a:.0f} µs without, {us_b:.0f} µs with (+{us_b - us_a:.0f} µs)")
     f = figures
     left_w = (f["B"] - f["charged"]) / f["w"]
     print(f"(2) race: 4 processes x 50, B=${f['B']:.6f} w=${f['w']:.6f} charged=${f['charged']:.6f}")

@@ -197,9 +197,12 @@ local function budget_settle(res, deadlines, learned, a)
     redis.call('ZREM', deadlines, a[1])
     settled = 1
   end
-  if a[6] == '1' then
-    local p, c, cost = tonumber(a[4]), tonumber(a[5]), tonumber(a[2])
-    local margin = 1 + tonumber(a[7])
+  local p, c, cost, margin = tonumber(a[4]), tonumber(a[5]), tonumber(a[2]), 1 + tonumber(a[7])
+  local ti, to = tonumber(a[8]), tonumber(a[9])
+  -- a model priced by a table learns only from a bill above the table's price (then flagged low)
+  local low = ti and to and a[6] == '1' and (p * ti + c * to) * margin < cost
+  if low then redis.call('HSET', learned, a[3] .. '|low', 1) end
+  if a[6] == '1' and (low or not (ti and to)) then
     local fin, fout = a[3] .. '|in', a[3] .. '|out'
     local l = redis.call('HMGET', learned, fin, fout)
     local li, lo = tonumber(l[1]), tonumber(l[2])
@@ -212,8 +215,6 @@ local function budget_settle(res, deadlines, learned, a)
     end
     if p > 0 and (li == nil or cost / p * margin < li) then redis.call('HSET', learned, fin, cost / p * margin) end
     if c > 0 and (lo == nil or cost / c * margin < lo) then redis.call('HSET', learned, fout, cost / c * margin) end
-    local ti, to = tonumber(a[8]), tonumber(a[9])
-    if ti and to and (p * ti + c * to) * margin < cost then redis.call('HSET', learned, a[3] .. '|low', 1) end
   end
   return settled
 end
