@@ -59,6 +59,7 @@ bench: $(BIN)/llm-router redis-server
 	$(BIN)/python -m bench.ratelimit
 	$(BIN)/python -m bench.batch
 	$(BIN)/python -m bench.priority
+	$(BIN)/python -m bench.budgets
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache
