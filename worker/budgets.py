@@ -144,7 +144,7 @@ local function budget_check(now)
       table.insert(B.applies, i)
     end
   end
-  if busy then return {'budget_wait', 0} end
+  if busy then return {'budget_wait', 0, string.format('%.17g', B.worst)} end
   return nil
 end
 local function budget_book(now)

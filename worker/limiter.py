@@ -171,6 +171,7 @@ class Admission:
     # refused before), or the reservation booked with the slot (settle it after the call)
     refusal: BudgetInfo | None = None
     reservation: Reservation | None = None
+    worst_usd: float | None = None  # `budget`, `budget_wait`: the call's worst case
 
     @property
     def booked(self) -> bool:
@@ -217,7 +218,9 @@ class Limiter:
         )
         status = as_text(status)
         if status == "budget" and budget is not None:
-            return Admission(status, 0.0, refusal=self.budgets.refused(budget, rest))
+            return Admission(status, 0.0, refusal=self.budgets.refused(budget, rest), worst_usd=float(rest[4]))
+        if status == "budget_wait":
+            return Admission(status, 0.0, worst_usd=float(rest[0]))
         if status in ("ok", "probe"):
             booked = self.budgets.booked(budget, rest[0]) if budget is not None and rest else None
             return Admission(status, int(wait_ms) / 1000, reservation=booked)

@@ -83,8 +83,10 @@ class Call:
     gemini_native: bool = False
     bulk: bool = False
     attempts: list[Attempt] = field(default_factory=list)
-    # worker.budgets: the first budget refusal of this job (a fallback must be cheaper than it)
+    # worker.budgets: the first budget refusal of this job, and the smallest worst case a budget
+    # refused or made wait: a fallback must be cheaper than it
     budget_refused: ErrorInfo | None = None
+    budget_cap: float | None = None
 
     @property
     def settings(self) -> Settings:
@@ -108,14 +110,14 @@ class Call:
 
     def budget_plan(self, model: str) -> budgets.Plan | None:
         """The budget part of this call's admission (worker.budgets), None when no budget applies."""
-        refused = self.budget_refused
         return self.resources.limiter.budgets.plan(
             model,
             self.source,
             self.job_id,
             self.estimate_prompt_tokens(),
             self.completion_cap(self.settings.budget_default_max_tokens),
-            refused.budget.needed_usd if refused is not None and refused.budget is not None else None,
+            # a compare job's models are not fallbacks of each other
+            None if self.kind == "compare" else self.budget_cap,
         )
 
 
@@ -223,18 +225,22 @@ def _not_admitted(call: Call, model: str, tokens: int, admission: Admission) -> 
             call.settings.probe_interval_s,
             ErrorInfo(type=gate.get("reason", "paused"), message=f"queue paused: {gate.get('message')}"),
         )
+    if admission.status in ("budget", "budget_wait") and admission.worst_usd is not None:
+        # worker.budgets: a fallback is tried only if cheaper than this model's worst case
+        call.budget_cap = min(call.budget_cap or admission.worst_usd, admission.worst_usd)
     if admission.status == "budget":
-        # no retry, no wait: only a cheaper model may still fit (worker.budgets)
+        # no retry, no wait: only a cheaper model may still fit
         error = call.budget_refused
         if admission.refusal is not None:
             error = budgets.refusal_error(admission.refusal)
             call.budget_refused = call.budget_refused or error
-        assert error is not None
+        if error is None:  # made to wait before, now not cheaper than that: wait again
+            message = "not cheaper than a model waiting for budget reservations in flight"
+            return Step("next", _budget_wait(model, message), wait_s=BUDGET_DEFER_S)
         return Step("next", ModelAnswer(model=model, status="failed", error=error))
     if admission.status == "budget_wait":
         message = "waiting for calls in flight to settle their budget reservations"
-        error = ErrorInfo(type="budget", message=message)
-        return Step("next", ModelAnswer(model=model, status="failed", error=error), wait_s=BUDGET_DEFER_S)
+        return Step("next", _budget_wait(model, message), wait_s=BUDGET_DEFER_S)
     if admission.status == "too_large":
         # no wait_s: waiting cannot help, only another model (with a larger limit) can
         message = f"request needs {tokens} tokens (prompt + max_tokens), over {admission.limit}: lower max_tokens"
@@ -402,6 +408,10 @@ def succeeded(model: str, c: Completion, prices: dict) -> ModelAnswer:
     cost, source = cost_of(model, c.cost, c.usage, prices)
     fields = c.model_dump(include=ANSWER_FIELDS) | {"cost": cost, "cost_source": source}
     return ModelAnswer(**fields, model=model, status="succeeded")
+
+
+def _budget_wait(model: str, message: str) -> ModelAnswer:
+    return ModelAnswer(model=model, status="failed", error=ErrorInfo(type="budget", message=message))
 
 
 def _skipped(model: str, kind: str, wait_s: float) -> ModelAnswer:
