@@ -253,9 +253,12 @@ def _summary(b: Batch) -> str:
     c = b.request_counts
     created = datetime.fromtimestamp(b.created_at, UTC).strftime("%Y-%m-%d %H:%M:%S")
     extra = f" ({c.cancelled} cancelled)" if c.cancelled else f" ({c.expired} expired)" if c.expired else ""
+    if c.skipped:  # refused by a budget (worker.budgets), never sent
+        extra += f" ({c.skipped} skipped: budget)"
+    budget = f"  budget ${b.budget_spent_usd:.6f} of ${b.budget_usd:.6f}" if b.budget_usd is not None else ""
     return (
         f"{b.id}  {b.status:<11}  {b.done}/{c.total} done, {c.failed} failed{extra}  "
-        f"${b.cost_usd:.6f}  {b.usage.total_tokens} tokens  created {created}  window {b.completion_window}"
+        f"${b.cost_usd:.6f}{budget}  {b.usage.total_tokens} tokens  created {created}  window {b.completion_window}"
     )
 
 

@@ -18,7 +18,7 @@ from redis import Redis as SyncRedis
 
 from harness.processes import llm_router, settings_env
 from harness.wait import wait_until_async
-from producers import Producer
+from producers import Producer, batch_cli
 from producers.http import create_app
 from tests.helpers import run_worker, sim_admin
 from worker import metrics as m
@@ -302,6 +302,8 @@ async def test_a_batch_budget_stops_the_batch_with_honest_counts(producer, setti
     assert batch.budget_spent_usd == pytest.approx(charged) and batch.budget_reserved_usd == 0
     errors = [e async for e in producer.batches.results(batch.id) if e["error"] is not None]
     assert len(errors) == counts.skipped and {e["error"]["code"] for e in errors} == {"budget"}
+    shown = batch_cli._summary(batch)  # `batch status`
+    assert f"({counts.skipped} skipped: budget)" in shown and f"budget ${batch.budget_spent_usd:.6f} of $0.006000" in shown
 
 
 # ---------------------------------------------------------------- worker processes
