@@ -303,7 +303,9 @@ async def test_a_batch_budget_stops_the_batch_with_honest_counts(producer, setti
     errors = [e async for e in producer.batches.results(batch.id) if e["error"] is not None]
     assert len(errors) == counts.skipped and {e["error"]["code"] for e in errors} == {"budget"}
     shown = batch_cli._summary(batch)  # `batch status`
-    assert f"({counts.skipped} skipped: budget)" in shown and f"budget ${batch.budget_spent_usd:.6f} of $0.006000" in shown
+    assert (
+        f"({counts.skipped} skipped: budget)" in shown and f"budget ${batch.budget_spent_usd:.6f} of $0.006000" in shown
+    )
 
 
 # ---------------------------------------------------------------- worker processes
