@@ -57,6 +57,17 @@ def succeeded(cost: float, prompt=100, completion=100) -> ModelAnswer:
     return ModelAnswer(model="m", status="succeeded", cost=cost, cost_source="gateway", usage=usage)
 
 
+def gauges(settings) -> dict[tuple[str, str, str], float]:
+    """The exporter's budget gauges: (metric, scope, name) -> value."""
+    collector = QueueCollector(settings, SyncRedis.from_url(settings.redis_url))
+    return {
+        (f.name, x.labels["scope"], x.labels["name"]): x.value
+        for f in collector.collect()
+        if f.name.startswith("llm_router_budget_")
+        for x in f.samples
+    }
+
+
 # ---------------------------------------------------------------- the scripts
 
 
@@ -241,14 +252,7 @@ async def test_settled_after_success_and_failure_to_what_the_gateway_charged(pro
     assert await day_figures(redis, budgets) == (pytest.approx(charged, abs=1e-9), 0.0)
     assert await day_figures(redis, budgets, "source:billing:") == (pytest.approx(charged, abs=1e-9), 0.0)
     assert await redis.hlen(BUDGET_RESERVATIONS) == 0
-    # the exporter publishes the same figures, read from Redis
-    collector = QueueCollector(s, SyncRedis.from_url(s.redis_url))
-    samples = {
-        (f.name, x.labels["scope"], x.labels["name"]): x.value
-        for f in collector.collect()
-        if f.name.startswith("llm_router_budget_")
-        for x in f.samples
-    }
+    samples = gauges(s)  # the exporter publishes the same figures, read from Redis
     assert samples[("llm_router_budget_limit_usd", "global", "")] == 5
     assert samples[("llm_router_budget_spent_usd", "source", "billing")] == pytest.approx(charged)
     assert samples[("llm_router_budget_reserved_usd", "global", "")] == 0
@@ -275,6 +279,21 @@ async def test_a_spent_budget_runs_the_free_model_and_a_new_day_the_others(produ
     assert (await producer.result(second)).status == "succeeded"
 
 
+async def test_a_call_waits_for_reservations_in_flight_never_falling_back_to_a_pricier_model(producer, settings, sim):
+    s = settings.model_copy(update={"prices": {"gpt-4.1": SIM_GPT41}, "worker_concurrency": 2})
+    # a worst case of about $0.00034: one call in flight leaves too little for a second one
+    s = s.model_copy(update={"budgets": BudgetConfig(daily_usd=0.0005)})
+    sim_admin(sim, "/_sim/config", {"model": "gpt-4.1", "latency_ms": 1500})
+    first = await producer.chat("gpt-4.1", "one two three", max_tokens=40, fallbacks=[])
+    second = await producer.chat("gpt-4.1", "one two three", max_tokens=40, fallbacks=["claude-3-opus"], max_wait_s=0)
+    await run_worker(s)
+    a, b = await producer.result(first), await producer.result(second)
+    # the second fits what the first cost ($0.00009), not what it held: it waited (back to the
+    # queue: max_wait_s 0) and ran after it, never on claude-3-opus (pricier), never both at once
+    assert (a.status, b.status, b.model) == ("succeeded", "succeeded", "gpt-4.1") and b.runs >= 2
+    assert stats(sim)["calls"] == {"gpt-4.1": 2} and stats(sim)["peak_concurrency"] == 1
+
+
 async def test_a_batch_budget_stops_the_batch_with_honest_counts(producer, settings, sim):
     s = settings.model_copy(update={"prices": {"gpt-4.1": SIM_GPT41}, "worker_concurrency": 5})
     text = "word " * 80
@@ -290,7 +309,11 @@ async def test_a_batch_budget_stops_the_batch_with_honest_counts(producer, setti
     budget = 0.006
     batch = await producer.batches.submit(lines, budget_usd=budget)
     assert batch.budget_usd == budget
+    in_progress = gauges(s)  # batches in progress with a budget, summed: name '' (batch ids are unbounded)
+    assert in_progress[("llm_router_budget_limit_usd", "batch", "")] == budget
+    assert in_progress[("llm_router_budget_spent_usd", "batch", "")] == 0
     await run_worker(s)
+    assert ("llm_router_budget_limit_usd", "batch", "") not in gauges(s)  # completed
     batch = await producer.batches.get(batch.id)
     counts = batch.request_counts
     charged = stats(sim)["charged_total"]
