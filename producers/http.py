@@ -38,6 +38,7 @@ from worker.store import ResultStore
 
 from .api import JobConflict, JobRejected, Producer
 from .files import Files
+from .streams import JobStreams
 from .waits import ResultWaits
 
 # A multipart upload carries a file of up to BATCH_MAX_BYTES and a little framing.
@@ -93,6 +94,7 @@ class Ingress:
         self.store = ResultStore(self.redis, settings.result_ttl_s)
         self.waits = ResultWaits(Redis.from_url(settings.redis_url, socket_connect_timeout=2), self.store)
         self.files = Files(self.redis, settings.file_ttl_s)
+        self.streams = JobStreams(self.redis, Redis.from_url(settings.redis_url, socket_connect_timeout=2), self.store)
         self._producers: dict[str, TenantProducer] = {}
 
     def producer(self, source: str) -> TenantProducer:
@@ -125,6 +127,8 @@ class Ingress:
     async def aclose(self) -> None:
         await self.waits.aclose()
         await self.waits.redis.aclose()
+        await self.streams.aclose()
+        await self.streams.wakeups.redis.aclose()
         await self.redis.aclose()
 
 
@@ -258,6 +262,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await app.state.ingress.aclose()
 
     from .http_batches import router as batches
+    from .http_events import router as events
     from .http_jobs import router as jobs
 
     app = FastAPI(title="llm-router", version="0.1.0", lifespan=lifespan)
@@ -265,6 +270,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     _errors(app)
     app.include_router(jobs)
     app.include_router(batches)
+    app.include_router(events)
     _openapi(app)
 
     @app.get("/healthz", tags=["health"])

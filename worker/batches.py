@@ -26,8 +26,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 from redis.asyncio import Redis
 
-from .keys import batch_done_key, batch_key, done_channel, result_key
+from .keys import WEBHOOKS, batch_done_key, batch_key, done_channel, result_key, webhook_key
 from .models import ErrorInfo, JobResult
+from .outbox import QUEUE_LUA, delivery_of
 
 # `batch_<32 hex>` (submitted), or `batch_sched_<schedule>_<yyyymmddThhmmssZ>` (a schedule's tick:
 # worker.schedules). Both, and their line ids `<batch_id>:<line>`, stay within the job-id charset
@@ -179,6 +180,7 @@ class Batch(BaseModel):
     budget_usd: float | None = Field(None, description="the batch's budget (worker.budgets); None: none")
     budget_spent_usd: float = Field(0.0, description="USD its lines' calls spent against its budget")
     budget_reserved_usd: float = Field(0.0, description="USD reserved by its lines' calls in flight")
+    callback_url: str | None = Field(None, description="where its record is POSTed when it ends (webhooks)")
 
     @property
     def done(self) -> int:
@@ -216,6 +218,7 @@ class Batch(BaseModel):
             budget_usd=float(fields["budget_limit"]) if fields.get("budget_limit") else None,
             budget_spent_usd=round(float(fields.get("budget_spent", 0)), 10),
             budget_reserved_usd=round(max(float(fields.get("budget_reserved", 0)), 0.0), 10),
+            callback_url=fields.get("callback_url"),
         )
 
 
@@ -271,10 +274,13 @@ def tokens(result: JobResult) -> tuple[int, int]:
 # Store a line's result and count it, once. The result lives as long as its batch (`purge_at`).
 # The last line counted moves the batch through finalizing to its final status (nothing is left
 # to assemble: the output is read from the line results, so both timestamps are set at once).
-# KEYS: result, batch record, done hash
+# A batch with a callback_url queues its webhook delivery as it ends (worker.outbox).
+# KEYS: result, batch record, done hash, webhook outbox, webhook delivery
 # ARGV: result JSON, line, outcome, cost ('' unknown), prompt tokens, completion tokens, model,
-#       now s, channel, result status
-SAVE_LINE = """
+#       now s, channel, result status, delivery
+SAVE_LINE = (
+    QUEUE_LUA
+    + """
 local purge = redis.call('HGET', KEYS[2], 'purge_at')
 if not purge then return -1 end
 if redis.call('HSETNX', KEYS[3], ARGV[2], ARGV[3]) == 0 then return 0 end
@@ -299,10 +305,13 @@ if tonumber(c[2] or 0) + tonumber(c[3] or 0) >= tonumber(c[1] or 0) and c[5] ~= 
   if c[5] == 'cancelling' then final, at = 'cancelled', 'cancelled_at'
   elseif tonumber(c[4] or 0) > 0 then final, at = 'expired', 'expired_at' end
   redis.call('HSET', KEYS[2], 'finalizing_at', ARGV[8], 'status', final, at, ARGV[8])
+  local url = redis.call('HGET', KEYS[2], 'callback_url')
+  if url then queue_delivery(KEYS[4], KEYS[5], ARGV[11], url, ARGV[8], tonumber(purge) - tonumber(ARGV[8])) end
 end
 redis.call('PUBLISH', ARGV[9], ARGV[10])
 return 1
 """
+)
 
 
 async def save_line(redis: Redis, result: JobResult, batch_id: str, line: int, model: str) -> int:
@@ -312,7 +321,13 @@ async def save_line(redis: Redis, result: JobResult, batch_id: str, line: int, m
     script = redis.register_script(SAVE_LINE)  # EVALSHA: the script is sent once per connection pool
     return int(
         await script(
-            keys=[result_key(result.job_id), batch_key(batch_id), batch_done_key(batch_id)],
+            keys=[
+                result_key(result.job_id),
+                batch_key(batch_id),
+                batch_done_key(batch_id),
+                WEBHOOKS,
+                webhook_key(delivery_of("batch", batch_id)),
+            ],
             args=[
                 result.model_dump_json(exclude_none=True),
                 line,
@@ -324,6 +339,7 @@ async def save_line(redis: Redis, result: JobResult, batch_id: str, line: int, m
                 int(time.time()),
                 done_channel(result.job_id),
                 result.status,
+                delivery_of("batch", batch_id),
             ],
         )
     )

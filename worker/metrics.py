@@ -18,6 +18,7 @@ import logging
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
+from . import routes
 from .batches import OUTCOMES
 from .settings import Settings
 
@@ -90,6 +91,27 @@ BUDGET_GAUGES = {
     "reserved": ("llm_router_budget_reserved_usd", "USD reserved against a budget by calls in flight"),
     "spent": ("llm_router_budget_spent_usd", "USD spent against a budget (daily ones: today in BUDGET_TZ)"),
 }
+WEBHOOK_OUTCOMES = ("delivered", "retried", "failed")
+WEBHOOK_DELIVERIES = Counter(
+    "llm_router_webhook_deliveries",
+    "Webhook tries by outcome: delivered (2xx), retried (a failed try, tried again), failed (given up)",
+    ["outcome"],
+)
+for _outcome in WEBHOOK_OUTCOMES:
+    WEBHOOK_DELIVERIES.labels(_outcome)
+# The response cache (worker.cache) and routes (worker.routes)
+CACHE_HITS = Counter("llm_router_cache_hits", "Calls answered from the response cache (no upstream call)", ["model"])
+CACHE_MISSES = Counter(
+    "llm_router_cache_misses", "Cacheable calls not in the response cache (one upstream call each)", ["model"]
+)
+CACHE_SAVED = Counter(
+    "llm_router_cache_saved_usd", "USD the response cache saved: the original cost of each answer it gave", ["model"]
+)
+ROUTE_CHOICES = Counter(
+    "llm_router_route_choices",
+    "Jobs that named a route, by the model that answered (none: no model did)",
+    ["route", "model"],
+)
 IN_FLIGHT = Gauge("llm_router_upstream_in_flight", "Upstream calls in progress", ["model"])
 # The HTTP ingress (producers/http.py): `route` is the route's template (`/v1/jobs/{job_id}`, or
 # `other` for no route), `status_class` `2xx`...`5xx`: bounded whatever the clients send.
@@ -133,6 +155,8 @@ def known_models(settings: Settings) -> frozenset[str]:
     names |= set(settings.prices) | set(settings.context_fallbacks) | set(settings.context_fallbacks.values())
     for model, chain in settings.fallbacks.items():
         names |= {model, *chain}
+    for route in routes.table(settings).values():
+        names |= route.all_models()
     return frozenset(names)
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from .cache import ResponseCache
     from .client import AIsaClient
     from .gate import Gate
     from .limiter import Limiter
@@ -25,6 +26,7 @@ class Resources:
     gate: Gate
     labels: Labels
     quarantine: Quarantine
+    cache: ResponseCache
     # job ids running in this process: the keeper renews their leases
     running: set[str] = field(default_factory=set)
     # the queue's gate as the keeper last read it (None: open); workers pick no jobs while closed

@@ -16,8 +16,9 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from . import budgets, errors
+from . import budgets, cache, errors
 from . import metrics as m
+from .batches import line_of
 from .client import Completion
 from .gemini import is_gemini
 from .limiter import Admission
@@ -26,6 +27,7 @@ from .policy import CIRCUIT_CLASSES, Action, action_for, backoff_delay
 from .pricing import cost_of
 
 if TYPE_CHECKING:
+    from .events import JobEvents
     from .resources import Resources
     from .settings import Settings
 
@@ -82,11 +84,15 @@ class Call:
     run: int = 1
     gemini_native: bool = False
     bulk: bool = False
+    cache: bool | None = None  # the job's `cache` (worker.cache)
     attempts: list[Attempt] = field(default_factory=list)
     # worker.budgets: the first budget refusal of this job, and the smallest worst case a budget
     # refused or made wait: a fallback must be cheaper than it
     budget_refused: ErrorInfo | None = None
     budget_cap: float | None = None
+    # a streaming job's live events (worker.events): None publishes nothing
+    events: JobEvents | None = None
+    route: str | None = None  # the route (`route:<name>`) the job's model named, if any: its spend is kept by route
 
     @property
     def settings(self) -> Settings:
@@ -149,6 +155,18 @@ async def walk_chain(call: Call, chain: list[str]) -> ModelAnswer:
 
 
 async def try_model(call: Call, model: str) -> Step:
+    """Call one model until it answers or the policy says stop/move on; a cacheable call is
+    answered from the response cache when it can be, before anything is booked (worker.cache)."""
+    async with cache.flight(call, model) as flight:
+        if flight.hit is not None:
+            return Step("ok", flight.hit)
+        step = await call_model(call, model)
+        if step.outcome == "ok":
+            flight.keep(step.answer)
+        return step
+
+
+async def call_model(call: Call, model: str) -> Step:
     """Call one model until it answers or the policy says stop/move on."""
     limiter = call.resources.limiter
     tokens = call.estimate_tokens()
@@ -309,6 +327,8 @@ async def call_once(
         log.info("job %s: %s failed: %s", call.job_id, model, e)
     else:
         answer = succeeded(model, completion, call.settings.prices)
+    if call.events is not None and payload.get("stream"):
+        await call.events.attempt_ended(model, answer.error)
     attempt = Attempt(
         model=model,
         ok=exc is None,
@@ -334,7 +354,7 @@ async def send(call: Call, payload: dict[str, Any]) -> Completion:
     client, model = call.resources.client, payload["model"]
     if call.gemini_native and is_gemini(model) and not payload.get("stream"):
         return await client.generate_content(model, payload)
-    return await client.chat(payload)
+    return await client.chat(payload, call.events.on_delta(model) if call.events is not None else None)
 
 
 def observe(call: Call, label: str, answer: ModelAnswer, exc: errors.AIsaError | None, counted: bool) -> None:
@@ -385,7 +405,7 @@ async def _record(
     budget = limiter.budgets.settlement(reservation, model, answer if exc is None else None)
     recorded, opened = await asyncio.shield(
         asyncio.gather(
-            store.record_call(call.job_id, attempt, answer.credits_remaining),
+            store.record_call(call.job_id, attempt, _credits(answer, exc), answer.usage, spend_tags(call)),
             limiter.settle(
                 model, booked_tokens=tokens, used_tokens=used, outcome=outcome, pause_s=pause, budget=budget
             ),
@@ -395,6 +415,19 @@ async def _record(
         m.CIRCUIT_OPENED.labels(call.resources.labels.model(model)).inc()
         log.warning("circuit opened for %s: every worker skips it for %gs", model, call.settings.circuit_open_s)
     return recorded
+
+
+def _credits(answer: ModelAnswer, exc: errors.AIsaError | None) -> float | None:
+    """What the gateway last said about the credits: its balance, or 0 with a 402 (none left)."""
+    if exc is not None and exc.error_class == "credits":
+        return 0.0
+    return answer.credits_remaining
+
+
+def spend_tags(call: Call) -> dict[str, str | None]:
+    """Who a call's spend is kept under, per day (worker.store): its source, batch and route."""
+    line = line_of(call.job_id)
+    return {"source": call.source or "none", "batch": line[0] if line else None, "route": call.route}
 
 
 def learned_pause(rate_limits: dict[str, float]) -> float:

@@ -1,6 +1,7 @@
 """The arq wiring: the worker's settings for arq, the shared resources built at start-up,
-the keeper task that renews leases, beats the heartbeat and watches the gate, and the
-scheduler task that fires the schedules of SCHEDULES_FILE (worker.schedules).
+the keeper task that renews leases, beats the heartbeat and watches the gate, the
+scheduler task that fires the schedules of SCHEDULES_FILE (worker.schedules), and the
+webhook sender (worker.webhooks).
 
 `arq worker.WorkerSettings` runs arq's own Worker from the same settings; `llm-router worker`
 runs RouterWorker (worker.runner), which adds the batched claim and stops picking jobs while
@@ -22,7 +23,8 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from . import jobs, logs, schedules, serde
+from . import jobs, logs, routes, schedules, serde, webhooks
+from .cache import ResponseCache
 from .client import AIsaClient
 from .gate import Gate
 from .lease import Lease
@@ -52,16 +54,20 @@ async def startup(ctx: dict[str, Any]) -> None:
     ctx["resources"] = Resources(
         settings=settings,
         client=client,
-        store=ResultStore(redis, settings.result_ttl_s, settings.dlq_max, settings.dlq_ttl_s),
+        store=ResultStore(
+            redis, settings.result_ttl_s, settings.dlq_max, settings.dlq_ttl_s, settings.spend_retention_days * 86400
+        ),
         limiter=Limiter(redis, settings),
         gate=Gate(redis, settings.probe_interval_s),
         labels=Labels(settings),
         quarantine=Quarantine(redis, settings.queue_name, settings.quarantine_max),
+        cache=ResponseCache(redis, settings),
     )
     serve_metrics(settings.metrics_port)
     ctx["keeper"] = asyncio.create_task(
         keeper(ctx["resources"], Lease(redis, settings.queue_name, settings.lease_s)), name="llm-router-keeper"
     )
+    ctx["webhooks"] = asyncio.create_task(webhooks.Sender(redis, settings).run(), name="llm-router-webhooks")
     if ctx.get("schedules"):
         from producers.api import Producer
 
@@ -80,7 +86,7 @@ async def startup(ctx: dict[str, Any]) -> None:
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
-    for task in ("scheduler", "keeper"):
+    for task in ("scheduler", "webhooks", "keeper"):
         if task in ctx:
             ctx[task].cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -124,9 +130,11 @@ def redis_settings(settings: Settings) -> RedisSettings:
 
 
 def worker_kwargs(settings: Settings) -> dict[str, Any]:
-    """Everything arq's Worker takes, from our settings. Checks the API key and the schedules
-    first (a ConfigError: the worker exits 2 with one line)."""
+    """Everything arq's Worker takes, from our settings. Checks the API key, the routes and the
+    schedules first (a ConfigError: the worker exits 2 with one line)."""
     settings.api_key()
+    webhooks.check_settings(settings)
+    routes.check(settings)
     return {
         # keep_result=0: our own JSON JobResult (worker.store) is the result; arq's would duplicate it.
         "functions": [func(f, name=name, keep_result=0) for name, f in jobs.functions().items()],
