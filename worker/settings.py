@@ -277,8 +277,8 @@ def load_settings(**overrides: Any) -> Settings:
 
 
 def _setting(loc: tuple[int | str, ...]) -> str:
-    """The variable a validation error is about, with the path inside a JSON one: `BUDGETS.sources.x`."""
-    return str(loc[0]).upper() + "".join(f".{p}" for p in loc[1:])
+    """The variable a validation error is about, with the path inside a JSON one: `BUDGETS_SOURCES_X`."""
+    return "_".join(str(p) for p in loc).upper()
 
 
 def exit_on_config_error(exc: ConfigError) -> None:
