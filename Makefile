@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint format bench redis-server prometheus alertmanager docker-compose clean
+.PHONY: demo test chaos lint format bench redis-server prometheus alertmanager docker-compose clean
 
 $(BIN)/llm-router: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -57,6 +57,10 @@ format: $(BIN)/llm-router
 
 test: lint redis-server prometheus alertmanager docker-compose
 	$(BIN)/pytest -q
+
+# Redis failover under load: master + replica + 3 sentinels, several workers (slow; prints its figures).
+chaos: $(BIN)/llm-router redis-server
+	$(BIN)/pytest -q -s -m failover tests/test_failover.py
 
 bench: $(BIN)/llm-router redis-server
 	$(BIN)/python -m bench.dispatch

@@ -23,6 +23,7 @@ from pydantic import ValidationError
 from redis.asyncio import Redis
 
 from worker import bounds, outbox, serde, webhooks
+from worker.connections import async_redis
 from worker.dlq import DeadLetters
 from worker.keys import JOB_EXPIRES_EXTRA_MS, arq_result_key, bulk_key, digest_key, job_key, result_key
 from worker.lease import workers_alive
@@ -121,7 +122,7 @@ class Producer:
         redis: Redis | None = None,
     ) -> None:
         settings = self.settings = load_settings()  # defaults from the environment; a bad value is a ConfigError
-        self.redis = redis or Redis.from_url(redis_url or settings.redis_url)
+        self.redis = redis or async_redis(redis_url or settings.redis_url)
         self._owns_redis = redis is None
         self.source = source
         self.queue_name = queue_name or settings.queue_name

@@ -24,6 +24,7 @@ from redis.exceptions import RedisError
 
 from . import budgets
 from .batches import STATUSES
+from .connections import sync_redis
 from .keys import (
     BATCHES,
     CREDITS,
@@ -35,11 +36,14 @@ from .keys import (
     schedule_output_key,
     spend_by_key,
     spend_day_key,
+    worker_config_key,
+    workers_key,
 )
+from .lease import HEARTBEAT_STALE_S
 from .metrics import Labels
 from .schedules import Schedule
 from .schedules import load as load_schedules
-from .settings import Settings
+from .settings import ConfigError, Settings
 
 log = logging.getLogger("llm_router.exporter")
 # The ready jobs the exporter looks at, oldest first, to tell batch lines from interactive jobs,
@@ -76,7 +80,7 @@ MAX_BATCHES_READ = 10_000
 class QueueCollector(Collector):
     def __init__(self, settings: Settings, redis: Redis | None = None) -> None:
         self.settings = settings
-        self.redis = redis or Redis.from_url(settings.redis_url, socket_timeout=5)
+        self.redis = redis or sync_redis(settings.redis_url, socket_timeout=5)
         self.labels = Labels(settings)
         self.schedules = load_schedules(settings, check_files=False)
         self._interactive = self.redis.register_script(INTERACTIVE)
@@ -107,14 +111,19 @@ class QueueCollector(Collector):
             pipe.get(GATE)
             pipe.zcard(bulk_key(queue))
             pipe.zrevrange(BATCHES, 0, MAX_BATCHES_READ - 1)
+            pipe.zrangebyscore(workers_key(queue), now - HEARTBEAT_STALE_S, "+inf")
             pipe.hgetall(spend_by_key("source", day(now)))
             for d in month_days(now):
                 pipe.hgetall(spend_day_key(d))
-            credits, ready, total, oldest, dead, today, gate, bulk, batch_ids, sources, *month = pipe.execute()
+            credits, ready, total, oldest, dead, today, gate, bulk, batch_ids, live, sources, *month = pipe.execute()
         with self.redis.pipeline(transaction=False) as pipe:
             for batch_id in batch_ids:
                 pipe.hget(batch_key(batch_id.decode()), "status")
-            statuses = pipe.execute() if batch_ids else []
+            if live:
+                pipe.mget([worker_config_key(w.decode()) for w in live])
+            read = pipe.execute() if batch_ids or live else []
+        statuses = read[: len(batch_ids)]
+        digests = {d for d in (read[-1] if live else []) if d is not None}
         batch_lines, oldest_interactive = self._batch_lines(queue, int(now * 1000), ready)
 
         if credits.get(b"remaining") is not None:
@@ -146,6 +155,12 @@ class QueueCollector(Collector):
             max(now - oldest_interactive / 1000, 0.0) if oldest_interactive >= 0 else 0.0,
         )
         yield _gauge("llm_router_dead_letters", "Jobs in the dead-letter list", dead)
+        yield _gauge("llm_router_workers_live", "Workers that beat on this queue in the last 5 s", len(live))
+        yield _gauge(
+            "llm_router_config_digests",
+            "Distinct configuration digests among the live workers (1: they agree; see `llm-router fleet`)",
+            len(digests),
+        )
         yield _gauge("llm_router_bulk_depth", "Bulk jobs (batch lines) waiting in the bulk lane", bulk)
         yield self._by("llm_router_spend_today_usd", "USD spent this UTC day (from Redis)", "model", [today])
         yield self._by(
@@ -251,7 +266,13 @@ def serve(settings: Settings) -> None:
     from prometheus_client import start_http_server
 
     REGISTRY.register(QueueCollector(settings))
-    start_http_server(settings.exporter_port)
+    try:
+        start_http_server(settings.exporter_port)
+    except OSError as exc:
+        raise ConfigError(
+            f"EXPORTER_PORT: cannot serve /metrics on port {settings.exporter_port} ({exc.strerror or exc}):"
+            " another process has it; set EXPORTER_PORT to a free port"
+        ) from None
     log.info("llm-router exporter on http://0.0.0.0:%d/metrics (queue %s)", settings.exporter_port, settings.queue_name)
     while True:
         time.sleep(3600)

@@ -98,6 +98,8 @@ MODEL_PREFIX = PREFIX + "model:"
 GLOBAL_LIMIT = MODEL_PREFIX + "_global"
 WORKERS_PREFIX = PREFIX + "workers:"
 DIGEST_PREFIX = PREFIX + "digest:"
+CONFIG_PREFIX = PREFIX + "config:"
+WORKER_CONFIG_PREFIX = CONFIG_PREFIX + "worker:"
 BULK_PREFIX = PREFIX + "bulk:"
 QUARANTINE = PREFIX + "quarantine"
 BATCH_PREFIX = PREFIX + "batch:"
@@ -192,6 +194,14 @@ def digest_key(job_id: str) -> str:
 
 def workers_key(queue_name: str) -> str:
     return WORKERS_PREFIX + queue_name
+
+
+def config_key(digest: str) -> str:
+    return CONFIG_PREFIX + digest
+
+
+def worker_config_key(worker_id: str) -> str:
+    return WORKER_CONFIG_PREFIX + worker_id
 
 
 def batch_key(batch_id: str) -> str:

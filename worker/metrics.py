@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import logging
 
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram
 
-from . import routes
+from . import health, routes
 from .batches import OUTCOMES
-from .settings import Settings
+from .settings import ConfigError, Settings
 
 log = logging.getLogger("llm_router.metrics")
 
@@ -164,13 +164,16 @@ _serving: set[int] = set()
 
 
 def serve_metrics(port: int) -> None:
-    """This process's /metrics, once per process; a busy port is logged, not fatal."""
+    """This process's /metrics (and its probes, worker.health), once per process. A busy port
+    is a ConfigError: a worker whose metrics nobody scrapes would spend unseen."""
     if not port or port in _serving:
         return
     try:
-        start_http_server(port)
+        health.serve(port)
     except OSError as exc:
-        log.error("metrics: cannot serve on port %d (%s): set METRICS_PORT to a free port, or 0", port, exc)
-        return
+        raise ConfigError(
+            f"METRICS_PORT: cannot serve /metrics on port {port} ({exc.strerror or exc}): another process has it;"
+            " give each worker process on a host its own METRICS_PORT (or 0 for no metrics)"
+        ) from None
     _serving.add(port)
     log.info("metrics on http://0.0.0.0:%d/metrics", port)

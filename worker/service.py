@@ -18,15 +18,13 @@ from typing import Any
 
 from arq.connections import RedisSettings
 from arq.worker import func
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from . import jobs, logs, routes, schedules, serde, webhooks
+from . import connections, jobs, logs, routes, schedules, serde, webhooks
 from .cache import ResponseCache
 from .client import AIsaClient
+from .fleet import FleetConfig
 from .gate import Gate
+from .health import HEALTH
 from .lease import Lease
 from .limiter import Limiter
 from .metrics import Labels, serve_metrics
@@ -65,7 +63,8 @@ async def startup(ctx: dict[str, Any]) -> None:
     )
     serve_metrics(settings.metrics_port)
     ctx["keeper"] = asyncio.create_task(
-        keeper(ctx["resources"], Lease(redis, settings.queue_name, settings.lease_s)), name="llm-router-keeper"
+        keeper(ctx["resources"], Lease(redis, settings.queue_name, settings.lease_s), FleetConfig(redis, settings)),
+        name="llm-router-keeper",
     )
     ctx["webhooks"] = asyncio.create_task(webhooks.Sender(redis, settings).run(), name="llm-router-webhooks")
     if ctx.get("schedules"):
@@ -97,36 +96,56 @@ async def shutdown(ctx: dict[str, Any]) -> None:
         await ctx["resources"].client.aclose()
 
 
-async def keeper(resources: Resources, lease: Lease) -> None:
-    """Renew the leases of this worker's running jobs, beat, and read the gate; while it is
-    closed, probe it in a task of its own (a probe may take REQUEST_TIMEOUT_S, far past a lease)."""
+async def keeper(resources: Resources, lease: Lease, fleet: FleetConfig) -> None:
+    """Renew the leases of this worker's running jobs, beat, publish the config digest, and
+    read the gate; while it is closed, probe it in a task of its own (a probe may take
+    REQUEST_TIMEOUT_S, far past a lease). Each tick feeds the probes (worker.health)."""
     worker_id = uuid.uuid4().hex[:12]
     period = min(resources.settings.lease_s / 3, 1.0)
     probing: asyncio.Task[Any] | None = None
+    compared = False
     try:
         while True:
             try:
                 await lease.renew(resources.running)
                 await resources.limiter.budgets.keep()  # worker.budgets: this process's reservations
                 await lease.beat(worker_id)
+                await fleet.publish(worker_id)
+                if not compared:
+                    compared = True
+                    await warn_if_peers_differ(fleet)
                 resources.paused = await resources.gate.read()
+                HEALTH.redis_ok()
                 if resources.paused is not None and (probing is None or probing.done()):
                     probing = asyncio.create_task(resources.gate.watch(resources), name="llm-router-probe")
             except Exception:
                 log.exception("keeper: will retry")
+            HEALTH.tick()
             await asyncio.sleep(period)
     finally:
         if probing is not None:
             probing.cancel()
 
 
+async def warn_if_peers_differ(fleet: FleetConfig) -> None:
+    """Once, at start-up: say which settings this worker runs differently from its live peers."""
+    others = await fleet.disagreement()
+    for other, names in others.items():
+        log.warning(
+            "config digest %s differs from live workers' %s in %s: every worker of a queue must run the same"
+            " settings (see `llm-router fleet`)",
+            fleet.digest,
+            other,
+            ", ".join(names),
+        )
+    if not others:
+        log.info("config digest %s (as every live worker of the queue)", fleet.digest)
+
+
 def redis_settings(settings: Settings) -> RedisSettings:
-    """Ride out a Redis restart: retry commands on connection errors for about a minute."""
-    rs = RedisSettings.from_dsn(settings.redis_url)
-    rs.conn_retries = 30
-    rs.retry_on_error = [RedisConnectionError, RedisTimeoutError, ConnectionRefusedError]
-    rs.retry = Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=40)
-    return rs
+    """Ride out a Redis restart or failover: retry commands on connection errors for about a
+    minute (REDIS_URL: redis://, rediss:// or redis+sentinel://, worker.connections)."""
+    return connections.arq_settings(settings.redis_url)
 
 
 def worker_kwargs(settings: Settings) -> dict[str, Any]:
@@ -161,7 +180,13 @@ def worker_kwargs(settings: Settings) -> dict[str, Any]:
 
 
 def create_worker(settings: Settings, **overrides: Any) -> RouterWorker:
-    return RouterWorker(**{**worker_kwargs(settings), "lease_s": settings.lease_s, **overrides})
+    kwargs = worker_kwargs(settings)
+    pool = connections.arq_pool(settings.redis_url)  # Sentinel: our pool, which retries through a failover
+    if pool is not None:
+        pool.job_serializer, pool.job_deserializer = serde.dumps, serde.loads
+        pool.default_queue_name = settings.queue_name
+        kwargs["redis_pool"] = pool
+    return RouterWorker(**{**kwargs, "lease_s": settings.lease_s, **overrides})
 
 
 def settings_class() -> type:
