@@ -70,6 +70,7 @@ bench: $(BIN)/llm-router redis-server
 	$(BIN)/python -m bench.spend_records
 	$(BIN)/python -m bench.stream_events
 	$(BIN)/python -m bench.cache
+	$(BIN)/python -m bench.budgets
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -108,6 +108,7 @@ async def keeper(resources: Resources, lease: Lease, fleet: FleetConfig) -> None
         while True:
             try:
                 await lease.renew(resources.running)
+                await resources.limiter.budgets.keep()  # worker.budgets: this process's reservations
                 await lease.beat(worker_id)
                 await fleet.publish(worker_id)
                 if not compared:
