@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .client import AIsaClient
     from .gate import Gate
+    from .lease import Lease
     from .limiter import Limiter
     from .metrics import Labels
     from .quarantine import Quarantine
@@ -25,6 +26,8 @@ class Resources:
     gate: Gate
     labels: Labels
     quarantine: Quarantine
+    # stores results and releases their jobs in one round trip (None: the store alone)
+    lease: Lease | None = None
     # job ids running in this process: the keeper renews their leases
     running: set[str] = field(default_factory=set)
     # the queue's gate as the keeper last read it (None: open); workers pick no jobs while closed

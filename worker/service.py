@@ -19,10 +19,11 @@ from arq.connections import RedisSettings
 from arq.worker import func
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
+from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from . import jobs, logs, schedules, serde
+from . import jobs, logs, schedules, scripts, serde
 from .client import AIsaClient
 from .gate import Gate
 from .lease import Lease
@@ -49,7 +50,7 @@ async def startup(ctx: dict[str, Any]) -> None:
         # a compare job fans out: leave room for several calls per running job
         max_connections=settings.worker_concurrency * 4,
     )
-    ctx["resources"] = Resources(
+    resources = Resources(
         settings=settings,
         client=client,
         store=ResultStore(redis, settings.result_ttl_s, settings.dlq_max, settings.dlq_ttl_s),
@@ -57,11 +58,12 @@ async def startup(ctx: dict[str, Any]) -> None:
         gate=Gate(redis, settings.probe_interval_s),
         labels=Labels(settings),
         quarantine=Quarantine(redis, settings.queue_name, settings.quarantine_max),
+        lease=(lease := Lease(redis, settings.queue_name, settings.lease_s)),
     )
+    ctx["resources"] = resources
+    await scripts.preload(redis, job_path_scripts(resources))
     serve_metrics(settings.metrics_port)
-    ctx["keeper"] = asyncio.create_task(
-        keeper(ctx["resources"], Lease(redis, settings.queue_name, settings.lease_s)), name="llm-router-keeper"
-    )
+    ctx["keeper"] = asyncio.create_task(keeper(resources, lease), name="llm-router-keeper")
     if ctx.get("schedules"):
         from producers.api import Producer
 
@@ -77,6 +79,13 @@ async def startup(ctx: dict[str, Any]) -> None:
         settings.queue_name,
         settings.worker_concurrency,
     )
+
+
+def job_path_scripts(resources: Resources) -> list[AsyncScript]:
+    """The Lua scripts every job runs (claim, admission, call log, settle, save, release)."""
+    store, limiter = resources.store, resources.limiter
+    lease = resources.lease.scripts if resources.lease else []
+    return [*lease, limiter._admit, limiter._settle, store._record_call, store._save]
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:

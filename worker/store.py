@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
+from redis.commands.core import AsyncScript
 
 from .keys import (
     CREDITS,
@@ -106,22 +108,24 @@ class ResultStore:
     async def save(self, result: JobResult, dead_letter: str | None = None) -> int:
         """Store the result (and its dead letter, if it failed) and wake waiters, atomically.
         Returns how many old dead letters were dropped to keep the list within its bounds."""
-        return int(
-            await self._save(
-                keys=[result_key(result.job_id), DLQ, DLQ_INDEX],
-                args=[
-                    result.model_dump_json(exclude_none=True),
-                    self.ttl_s,
-                    result.status,
-                    dead_letter or "",
-                    time.time(),
-                    self.dlq_max,
-                    self.dlq_ttl_s,
-                    result.job_id,
-                    done_channel(result.job_id),
-                ],
-            )
-        )
+        script, keys, args = self.save_call(result, dead_letter)
+        return int(await script(keys=keys, args=args))
+
+    def save_call(self, result: JobResult, dead_letter: str | None = None) -> tuple[AsyncScript, list[str], list[Any]]:
+        """The `save` script call, to send in one round trip with others (worker.scripts)."""
+        keys = [result_key(result.job_id), DLQ, DLQ_INDEX]
+        args = [
+            result.model_dump_json(exclude_none=True),
+            self.ttl_s,
+            result.status,
+            dead_letter or "",
+            time.time(),
+            self.dlq_max,
+            self.dlq_ttl_s,
+            result.job_id,
+            done_channel(result.job_id),
+        ]
+        return self._save, keys, args
 
     async def get(self, job_id: str) -> JobResult | None:
         raw = await self.redis.get(result_key(job_id))
