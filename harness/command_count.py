@@ -46,7 +46,7 @@ class RedisTraffic:
 
     def __exit__(self, *exc: tuple[type[BaseException] | None, BaseException | None, TracebackType | None]) -> None:
         assert self._saved is not None
-        AbstractConnection.pack_command, AbstractConnection.send_packed_command = self._saved  # type: ignore[method-assign,assignment]
+        AbstractConnection.pack_command, AbstractConnection.send_packed_command = self._saved  # type: ignore[method-assign]
 
     def reset(self) -> None:
         self.commands = self.round_trips = 0
