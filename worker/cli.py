@@ -38,9 +38,10 @@ def worker(burst: bool) -> None:
     """Run a worker (settings from the environment)."""
     from .service import create_worker
 
-    logs.setup()
     try:
-        create_worker(load_settings(), burst=burst).run()
+        settings = load_settings()
+        logs.setup(settings)
+        create_worker(settings, burst=burst).run()
     except ConfigError as exc:
         exit_on_config_error(exc)
 
@@ -50,9 +51,10 @@ def exporter() -> None:
     """Serve the queue-level metrics (credits, queue, dead letters) on EXPORTER_PORT."""
     from .exporter import serve
 
-    logs.setup()
     try:
-        serve(load_settings())
+        settings = load_settings()
+        logs.setup(settings)
+        serve(settings)
     except ConfigError as exc:
         exit_on_config_error(exc)
     except KeyboardInterrupt:

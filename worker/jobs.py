@@ -200,7 +200,7 @@ async def _run(
                     error=d.error.model_copy(update={"message": f"gave up after {run} runs: {d.error.message}"}),
                 )
             )
-        log.info("job %s back to the queue for %.2fs: %s", job_id, d.wait_s, d.error.message)
+        log.debug("job %s back to the queue for %.2fs: %s", job_id, d.wait_s, d.error.message)
         raise Retry(defer=d.wait_s) from None
     except TimeoutError:
         return _finish(

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
 
 from .keys import GATE, GLOBAL_LIMIT, model_key
 from .serde import as_text
@@ -212,26 +213,31 @@ class Limiter:
 
         A call that used `used_tokens` gives back the rest of its booking; a failed one (outcome
         `fail`/`neutral`, no usage) gives back all of it: a booking never outlives its call."""
+        script, keys, args = self.settle_call(
+            model, booked_tokens=booked_tokens, used_tokens=used_tokens, outcome=outcome, pause_s=pause_s
+        )
+        return bool(await script(keys=keys, args=args))
+
+    def settle_call(
+        self, model: str, *, booked_tokens: int, used_tokens: int | None, outcome: str, pause_s: float
+    ) -> tuple[AsyncScript, list[str], list[Any]]:
+        """The `settle` script call, to send in one round trip with others (worker.scripts)."""
         s = self.settings
         if used_tokens is not None:
             refund = booked_tokens - used_tokens
         else:
             refund = 0 if outcome == "ok" else booked_tokens
-        return bool(
-            await self._settle(
-                keys=[model_key(model), GLOBAL_LIMIT],
-                args=[
-                    refund,
-                    self.intervals(model)[1],
-                    self._global[1],
-                    outcome,
-                    int(pause_s * 1000),
-                    s.circuit_failures,
-                    int(s.circuit_window_s * 1000),
-                    int(s.circuit_open_s * 1000),
-                ],
-            )
-        )
+        args = [
+            refund,
+            self.intervals(model)[1],
+            self._global[1],
+            outcome,
+            int(pause_s * 1000),
+            s.circuit_failures,
+            int(s.circuit_window_s * 1000),
+            int(s.circuit_open_s * 1000),
+        ]
+        return self._settle, [model_key(model), GLOBAL_LIMIT], args
 
 
 def _tpm(limit: RateLimit | None) -> float:

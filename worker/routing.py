@@ -23,6 +23,7 @@ from .limiter import Admission
 from .models import ANSWER_FIELDS, Attempt, ErrorInfo, ModelAnswer
 from .policy import CIRCUIT_CLASSES, Action, action_for, backoff_delay
 from .pricing import cost_of
+from .scripts import run_scripts
 
 if TYPE_CHECKING:
     from .resources import Resources
@@ -321,19 +322,21 @@ async def _record(
         # No configured limit: the gateway's "remaining: 0" is all we know. (With one, the
         # GCRA spacing already runs at the limit, where remaining touches 0 by design.)
         pause = max(pause, learned_pause(completion.rate_limits))
-    # Two scripts at once on two connections: one round trip of latency. (Script calls in a
-    # redis-py pipeline cost an extra SCRIPT EXISTS round trip each time.) shield: a cancelled
-    # job (SIGTERM past the grace) must still record a call that happened.
+    # Both scripts in one round trip (worker.scripts). shield: a cancelled job (SIGTERM past
+    # the grace) must still record a call that happened.
     recorded, opened = await asyncio.shield(
-        asyncio.gather(
-            store.record_call(call.job_id, attempt, answer.credits_remaining),
-            limiter.settle(model, booked_tokens=tokens, used_tokens=used, outcome=outcome, pause_s=pause),
+        run_scripts(
+            store.redis,
+            [
+                store.record_call_call(call.job_id, attempt, answer.credits_remaining),
+                limiter.settle_call(model, booked_tokens=tokens, used_tokens=used, outcome=outcome, pause_s=pause),
+            ],
         )
     )
     if opened:
         m.CIRCUIT_OPENED.labels(call.resources.labels.model(model)).inc()
         log.warning("circuit opened for %s: every worker skips it for %gs", model, call.settings.circuit_open_s)
-    return recorded
+    return bool(recorded)
 
 
 def learned_pause(rate_limits: dict[str, float]) -> float:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -169,6 +169,10 @@ class Settings(BaseSettings):
         60, gt=0, description="longest /v1/chat/completions waits, and the largest ?wait= of GET /v1/jobs/{id}"
     )
     file_ttl_s: int = Field(30 * 24 * 3600, ge=60, description="how long an uploaded file is kept")
+
+    # ---- logs (worker.logs) ----
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="per-job lines are at DEBUG")
+    log_format: Literal["text", "json"] = Field("text", description="json: one JSON object a line")
 
     # ---- metrics (worker.metrics, worker.exporter) ----
     metrics_port: int = Field(9464, ge=0, le=65535, description="a worker's /metrics port; 0: no metrics")

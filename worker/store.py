@@ -85,20 +85,24 @@ class ResultStore:
     async def record_call(self, job_id: str, attempt: Attempt, credits: float | None) -> bool:
         """One upstream call into the job's call log and, the first time only, into spend.
         True if it was new."""
-        return bool(
-            await self._record_call(
-                keys=[calls_key(job_id), SPEND_TOTAL, spend_day_key(), CREDITS],
-                args=[
-                    attempt.call_id or "",
-                    attempt.model_dump_json(exclude_none=True),
-                    attempt.model,
-                    "" if attempt.cost is None else repr(attempt.cost),
-                    "" if credits is None else repr(credits),
-                    self.ttl_s,
-                    SPEND_DAY_TTL_S,
-                ],
-            )
-        )
+        script, keys, args = self.record_call_call(job_id, attempt, credits)
+        return bool(await script(keys=keys, args=args))
+
+    def record_call_call(
+        self, job_id: str, attempt: Attempt, credits: float | None
+    ) -> tuple[AsyncScript, list[str], list[Any]]:
+        """The `record_call` script call, to send in one round trip with others (worker.scripts)."""
+        keys = [calls_key(job_id), SPEND_TOTAL, spend_day_key(), CREDITS]
+        args = [
+            attempt.call_id or "",
+            attempt.model_dump_json(exclude_none=True),
+            attempt.model,
+            "" if attempt.cost is None else repr(attempt.cost),
+            "" if credits is None else repr(credits),
+            self.ttl_s,
+            SPEND_DAY_TTL_S,
+        ]
+        return self._record_call, keys, args
 
     async def attempts(self, job_id: str) -> list[Attempt]:
         """Every call recorded for the job, across all its runs, oldest first."""

@@ -1,0 +1,93 @@
+"""What one job costs in Redis, the lease renewal, and the quiet, optionally JSON, logs.
+
+The budget is the README's (Capacity guide): per chat job that answers at once, one admission,
+one round trip recording the call and settling the limits, one storing the result and
+releasing the job; the claim is one call per poll for every job it starts. A change that adds
+a round trip to every job fails here."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+
+import pytest
+from arq.utils import timestamp_ms
+
+from harness.command_count import RedisTraffic
+from producers.api import Producer
+from tests.helpers import run_worker
+from worker.keys import in_progress_key
+from worker.lease import Lease
+from worker.logs import JsonFormatter
+from worker.models import ChatJob
+
+# The README's figures: commands and round trips per job, counted on the wire (client side),
+# start-up, polls and the keeper included.
+COMMANDS_PER_JOB = 6.0
+ROUND_TRIPS_PER_JOB = 4.0
+
+
+@pytest.fixture
+async def producer(settings):
+    async with Producer(settings.redis_url, queue_name=settings.queue_name) as p:
+        yield p
+
+
+def chats(n: int) -> list[ChatJob]:
+    return [ChatJob(model="gpt-4o-mini", messages=[{"role": "user", "content": f"p{i}"}]) for i in range(n)]
+
+
+async def test_a_job_costs_one_claim_share_one_admission_one_record_one_finish(producer, settings):
+    n = 300
+    ids = await producer.enqueue_many(chats(n))
+    with RedisTraffic() as traffic:
+        await run_worker(settings)
+    assert all([(await producer.result(i)).status == "succeeded" for i in ids])
+    per_job = {name: count / n for name, count in traffic.by_name.items()}
+    print(f"{traffic.commands / n:.2f} commands, {traffic.round_trips / n:.2f} round trips a job: {per_job}")
+    assert traffic.commands / n <= COMMANDS_PER_JOB, per_job
+    assert traffic.round_trips / n <= ROUND_TRIPS_PER_JOB, per_job
+    # every per-job step is a script; nothing of arq's own per-job round trips is left
+    assert per_job["EVALSHA"] <= 5.1, per_job
+    assert not {"MULTI", "GET", "INCRBY", "PEXPIRE", "ZREM", "DEL"} & {k for k, v in per_job.items() if v >= 0.05}
+
+
+async def test_renewal_extends_running_leases_and_keeps_them_out_of_polls(redis):
+    lease = Lease(redis, "q", lease_s=3)
+    now = timestamp_ms()
+    await redis.zadd("q", {"running": now - 10, "ended": now - 10, "waiting": now - 10})
+    await redis.psetex(in_progress_key("running"), 100, "1")
+    await lease.renew(["running", "ended", "gone"])
+    assert 2000 < await redis.pttl(in_progress_key("running")) <= 3000
+    scores = dict(await redis.zrange("q", 0, -1, withscores=True))
+    assert scores[b"running"] >= now + 3000  # scored at the new lease's end: no poll reads it
+    assert scores[b"ended"] == scores[b"waiting"] == now - 10  # no lease: left as it was
+    assert not await redis.exists(in_progress_key("ended"), in_progress_key("gone"))
+
+
+async def test_a_worker_at_info_logs_no_line_per_job(producer, settings, caplog):
+    ids = await producer.enqueue_many(chats(20))
+    with caplog.at_level(logging.INFO):
+        await run_worker(settings)
+    assert all([(await producer.result(i)).status == "succeeded" for i in ids])
+    per_job = [r.getMessage() for r in caplog.records if any(i in r.getMessage() for i in ids)]
+    assert per_job == []
+    with caplog.at_level(logging.DEBUG, logger="llm_router"):
+        ids = await producer.enqueue_many(chats(3))
+        await run_worker(settings)
+    assert {i for i in ids for r in caplog.records if i in r.getMessage() and r.levelno == logging.DEBUG} == set(ids)
+
+
+def test_json_logs_are_one_object_a_line():
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        exc_info = sys.exc_info()
+    record = logging.LogRecord("llm_router.jobs", logging.ERROR, __file__, 1, "job %s\nforged", ("a",), exc_info)
+    line = JsonFormatter().format(record)
+    assert "\n" not in line
+    parsed = json.loads(line)
+    assert parsed["level"] == "ERROR" and parsed["logger"] == "llm_router.jobs"
+    assert parsed["message"] == "job a\nforged" and "ValueError: boom" in parsed["exc"]
+    assert parsed["ts"].endswith("+00:00")
