@@ -21,6 +21,7 @@ from worker.keys import in_progress_key
 from worker.lease import Lease
 from worker.logs import JsonFormatter
 from worker.models import ChatJob
+from worker.scripts import preload, run_scripts
 
 # The README's figures: commands and round trips per job, counted on the wire (client side),
 # start-up, polls and the keeper included.
@@ -91,3 +92,19 @@ def test_json_logs_are_one_object_a_line():
     assert parsed["level"] == "ERROR" and parsed["logger"] == "llm_router.jobs"
     assert parsed["message"] == "job a\nforged" and "ValueError: boom" in parsed["exc"]
     assert parsed["ts"].endswith("+00:00")
+
+
+async def test_scripts_sent_together_survive_a_redis_that_lost_them_and_run_once(redis):
+    count = redis.register_script("return redis.call('INCR', KEYS[1])")
+    echo = redis.register_script("return ARGV[1]")
+    await preload(redis, [count, echo])
+    assert await run_scripts(redis, [(count, ["n"], []), (echo, [], ["a"])]) == [1, b"a"]
+    await redis.script_flush()  # as after a restart: every script is gone
+    assert await run_scripts(redis, [(count, ["n"], []), (echo, [], ["b"])]) == [2, b"b"]
+    await redis.script_flush()
+    await redis.script_load(count.script)  # the first is known, the second not: only it is sent again
+    assert await run_scripts(redis, [(count, ["n"], []), (echo, [], ["c"])]) == [3, b"c"]
+    await redis.script_flush()
+    await redis.script_load(echo.script)  # the first unknown: with rerun_rest, both again, each run once
+    assert await run_scripts(redis, [(count, ["n"], []), (echo, [], ["d"])], rerun_rest=True) == [4, b"d"]
+    assert await redis.get("n") == b"4"
