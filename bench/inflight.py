@@ -7,7 +7,9 @@
 
 Printed: jobs/s, the ideal, the raw client, the worker process's peak RSS, the ratios (goals:
 service >= 0.9 x ideal and >= the raw client, RSS <= 300 MB), and what the service sent to Redis
-per job (commands and round trips, counted client side; bytes in and out, counted by Redis).
+per job (commands and round trips, counted client side; bytes in and out, commands run inside
+scripts included, and CPU, counted by Redis; the memory a finished job keeps, its result and
+call log, until RESULT_TTL_S).
 The worker runs in this process (burst mode), the simulator in its own; the service runs first,
 so the peak RSS is the worker's (plus the producer's few MB), not the raw client's.
 
@@ -44,27 +46,40 @@ async def service(settings: Settings, n: int) -> dict[str, Any]:
     """Drain N queued chat jobs with one worker: its rate and what it sent to Redis per job."""
     async with Producer(settings.redis_url, queue_name=settings.queue_name) as producer:
         await producer.redis.flushdb()
+        memory_before = (await producer.redis.info("memory"))["used_memory"]
         ids = await producer.enqueue_many(jobs(n))
         await producer.redis.config_resetstat()
+        cpu_before = _redis_cpu(await producer.redis.info("cpu"))
         worker = create_worker(settings, burst=True, handle_signals=False)
         with RedisTraffic() as traffic:
-            started = time.perf_counter()
+            started, cpu_started = time.perf_counter(), time.process_time()
             try:
                 await worker.main()
             finally:
                 await worker.close()
-            elapsed = time.perf_counter() - started
+            elapsed, worker_cpu = time.perf_counter() - started, time.process_time() - cpu_started
         stats = await producer.redis.info("stats")
+        cpu = _redis_cpu(await producer.redis.info("cpu")) - cpu_before
+        kept = (await producer.redis.info("memory"))["used_memory"] - memory_before
         done = [await producer.result(i) for i in ids[:: max(n // 50, 1)]]
     assert all(r is not None and r.status == "succeeded" for r in done), "in-flight benchmark jobs failed"
     return {
         "rate": n / elapsed,
+        "cpu_ms": worker_cpu * 1000 / n,
         "commands": traffic.commands / n,
         "round_trips": traffic.round_trips / n,
         "by_name": {k: v / n for k, v in traffic.by_name.most_common()},
         "bytes_in": stats["total_net_input_bytes"] / n,
         "bytes_out": stats["total_net_output_bytes"] / n,
+        "redis_commands": stats["total_commands_processed"] / n,
+        "redis_cpu_us": cpu * 1e6 / n,
+        "kept_bytes": kept / n,
     }
+
+
+def _redis_cpu(info: dict[str, Any]) -> float:
+    """Redis's CPU seconds so far (user + system, all its threads)."""
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
 
 
 async def run(n: int, concurrency: int, latency_s: float, service_only: bool = False) -> None:
@@ -83,12 +98,18 @@ async def run(n: int, concurrency: int, latency_s: float, service_only: bool = F
     print(f"(a) llm-router service  {rate:8.0f} jobs/s")
     print(f"    ideal C/L           {ideal:8.0f} jobs/s")
     print(f"(b) raw AIsa client     {raw_rate:8.0f} req/s")
+    print(f"worker CPU a job        {ours['cpu_ms']:8.3f} ms     (all of it on one core: 1000/this = its jobs/s ceiling)")
     print(f"peak RSS (worker)       {rss:8.0f} MB      (goal <= 300)")
     print(f"service / ideal       = {rate / ideal:.2f}   (goal >= 0.90)")
     print(f"service / raw client  = {rate / raw_rate:.2f}   (goal >= 1.00)")
     print(
         f"Redis per job: {ours['commands']:.2f} commands, {ours['round_trips']:.2f} round trips, "
         f"{ours['bytes_in']:.0f} B in, {ours['bytes_out']:.0f} B out"
+    )
+    print(
+        f"Redis inside: {ours['redis_commands']:.1f} commands a job (scripts' included), "
+        f"{ours['redis_cpu_us']:.0f} us of Redis CPU a job, {ours['kept_bytes']:.0f} B kept a job "
+        "(result, call log: until RESULT_TTL_S)"
     )
     print("  " + ", ".join(f"{name} {per:.2f}" for name, per in ours["by_name"].items() if per >= 0.01))
 

@@ -37,6 +37,7 @@ from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
 from .keys import GATE, GLOBAL_LIMIT, model_key
+from .scripts import run_scripts
 from .serde import as_text
 from .settings import RateLimit, Settings
 
@@ -181,18 +182,19 @@ class Limiter:
     async def admit(self, model: str, tokens: int, max_wait_s: float) -> Admission:
         """Book `model`'s next slot unless it is further off than `max_wait_s`."""
         r_ms, t_ms = self.intervals(model)
-        status, wait_ms, *rest = await self._admit(
-            keys=[GATE, model_key(model), GLOBAL_LIMIT],
-            args=[
-                r_ms,
-                t_ms,
-                tokens,
-                *self._global,
-                int(max_wait_s * 1000),
-                int(self.settings.request_timeout_s * 1000) + 1000,
-                _tpm(self.settings.rate_limits.get(model)),
-                _tpm(self.settings.global_rate_limit),
-            ],
+        args = [
+            r_ms,
+            t_ms,
+            tokens,
+            *self._global,
+            int(max_wait_s * 1000),
+            int(self.settings.request_timeout_s * 1000) + 1000,
+            _tpm(self.settings.rate_limits.get(model)),
+            _tpm(self.settings.global_rate_limit),
+        ]
+        # through worker.scripts: sent with the other jobs' calls of this event-loop turn
+        [(status, wait_ms, *rest)] = await run_scripts(
+            self.redis, [(self._admit, [GATE, model_key(model), GLOBAL_LIMIT], args)]
         )
         status = as_text(status)
         if status == "too_large":

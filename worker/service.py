@@ -62,6 +62,7 @@ async def startup(ctx: dict[str, Any]) -> None:
     )
     ctx["resources"] = resources
     await scripts.preload(redis, job_path_scripts(resources))
+    scripts.batch_calls(redis)  # the jobs' script calls of one event-loop turn: one round trip
     serve_metrics(settings.metrics_port)
     ctx["keeper"] = asyncio.create_task(keeper(resources, lease), name="llm-router-keeper")
     if ctx.get("schedules"):
