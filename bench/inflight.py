@@ -98,7 +98,7 @@ async def run(n: int, concurrency: int, latency_s: float, service_only: bool = F
     print(f"(a) llm-router service  {rate:8.0f} jobs/s")
     print(f"    ideal C/L           {ideal:8.0f} jobs/s")
     print(f"(b) raw AIsa client     {raw_rate:8.0f} req/s")
-    print(f"worker CPU a job        {ours['cpu_ms']:8.3f} ms     (all of it on one core: 1000/this = its jobs/s ceiling)")
+    print(f"worker CPU a job        {ours['cpu_ms']:8.3f} ms     (1000 / this: the jobs/s one core could do)")
     print(f"peak RSS (worker)       {rss:8.0f} MB      (goal <= 300)")
     print(f"service / ideal       = {rate / ideal:.2f}   (goal >= 0.90)")
     print(f"service / raw client  = {rate / raw_rate:.2f}   (goal >= 1.00)")
