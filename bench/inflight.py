@@ -89,7 +89,9 @@ async def run(n: int, concurrency: int, latency_s: float, service_only: bool = F
             settings = dispatch_settings(base_url, redis.url, worker_concurrency=concurrency)
             ours = await service(settings, n)
             rss = peak_rss_mb()
-            raw_rate = float("nan") if service_only else await raw_client(settings, n, concurrency)
+            raw_rate, raw_cpu = (float("nan"), float("nan"))
+            if not service_only:
+                raw_rate, raw_cpu = await raw_client(settings, n, concurrency)
     finally:
         sim.stop()
     ideal = min(concurrency, n) / latency_s
@@ -99,6 +101,7 @@ async def run(n: int, concurrency: int, latency_s: float, service_only: bool = F
     print(f"    ideal C/L           {ideal:8.0f} jobs/s")
     print(f"(b) raw AIsa client     {raw_rate:8.0f} req/s")
     print(f"worker CPU a job        {ours['cpu_ms']:8.3f} ms     (1000 / this: the jobs/s one core could do)")
+    print(f"raw client CPU a call   {raw_cpu * 1000:8.3f} ms")
     print(f"peak RSS (worker)       {rss:8.0f} MB      (goal <= 300)")
     print(f"service / ideal       = {rate / ideal:.2f}   (goal >= 0.90)")
     print(f"service / raw client  = {rate / raw_rate:.2f}   (goal >= 1.00)")

@@ -20,10 +20,22 @@ from redis.asyncio.connection import AbstractConnection
 
 class RedisTraffic:
     def __init__(self) -> None:
-        self.commands = 0
         self.round_trips = 0
-        self.by_name: Counter[str] = Counter()
+        self.raw_names: Counter[Any] = Counter()
         self._saved: tuple[Any, Any] | None = None
+
+    @property
+    def commands(self) -> int:
+        return sum(self.raw_names.values())
+
+    @property
+    def by_name(self) -> Counter[str]:
+        """Commands by name (EVALSHA, ZRANGEBYSCORE, ...)."""
+        named: Counter[str] = Counter()
+        for raw, count in self.raw_names.items():
+            name = raw.decode() if isinstance(raw, bytes) else str(raw)
+            named[name.split()[0].upper()] += count
+        return named
 
     def __enter__(self) -> RedisTraffic:
         pack, send = AbstractConnection.pack_command, AbstractConnection.send_packed_command
@@ -31,9 +43,7 @@ class RedisTraffic:
         traffic = self
 
         def pack_command(conn: AbstractConnection, *args: Any) -> Any:
-            name = args[0].decode() if isinstance(args[0], bytes) else str(args[0])
-            traffic.commands += 1
-            traffic.by_name[name.split()[0].upper()] += 1
+            traffic.raw_names[args[0]] += 1  # cheap here: named when read (by_name)
             return pack(conn, *args)
 
         async def send_packed_command(conn: AbstractConnection, command: Any, check_health: bool = True) -> None:
@@ -49,5 +59,5 @@ class RedisTraffic:
         AbstractConnection.pack_command, AbstractConnection.send_packed_command = self._saved  # type: ignore[method-assign]
 
     def reset(self) -> None:
-        self.commands = self.round_trips = 0
-        self.by_name.clear()
+        self.round_trips = 0
+        self.raw_names.clear()
