@@ -56,6 +56,7 @@ test: lint redis-server prometheus docker-compose
 
 bench: $(BIN)/llm-router redis-server
 	$(BIN)/python -m bench.dispatch
+	$(BIN)/python -m bench.inflight
 	$(BIN)/python -m bench.ratelimit
 	$(BIN)/python -m bench.batch
 	$(BIN)/python -m bench.priority
