@@ -84,6 +84,20 @@ async def test_renewal_extends_running_leases_and_keeps_them_out_of_polls(redis)
     assert not await redis.exists(in_progress_key("ended"), in_progress_key("gone"))
 
 
+async def test_a_job_given_back_is_due_at_once_and_no_longer_held(redis):
+    lease = Lease(redis, "q", lease_s=3)
+    now = timestamp_ms()
+    await redis.zadd("q", {"cancelled": now + 3000, "deferred": now + 3000})
+    await redis.psetex(in_progress_key("cancelled"), 3000, "1")
+    await redis.psetex(in_progress_key("deferred"), 3000, "1")
+    await lease.let_go("cancelled", now)  # shutdown past the grace: another worker takes it now
+    await lease.requeue("deferred", now + 1500)  # arq's Retry(defer=1.5)
+    assert dict(await redis.zrange("q", 0, -1, withscores=True)) == {b"cancelled": now, b"deferred": now + 1500}
+    assert not await redis.exists(in_progress_key("cancelled"), in_progress_key("deferred"))
+    await lease.requeue("finished", now)  # a job no longer queued is not queued again
+    assert await redis.zscore("q", "finished") is None
+
+
 async def test_a_worker_at_info_logs_no_line_per_job(producer, settings, caplog):
     ids = await producer.enqueue_many(chats(20))
     with caplog.at_level(logging.INFO):

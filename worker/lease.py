@@ -226,10 +226,10 @@ class Lease:
             tx.delete(in_progress_key(job_id))
             await tx.execute()
 
-    async def let_go(self, job_id: str) -> None:
-        """A job cancelled before it ended (shutdown past its grace): its lease given up, it stays
-        queued and runs again (arq's "cancelled, will be run again")."""
-        await self.redis.delete(in_progress_key(job_id))
+    async def let_go(self, job_id: str, now_ms: int) -> None:
+        """A job cancelled before it ended (shutdown past its grace): its lease given up, due again
+        at once for another worker (arq's "cancelled, will be run again")."""
+        await self.requeue(job_id, now_ms)
 
     async def drop(self, job_id: str) -> None:
         """Forget a job arq could not run: off the queue, its record and counters gone."""

@@ -193,7 +193,7 @@ class RouterWorker(Worker):
         except asyncio.CancelledError:  # shutdown past its grace (arq: "cancelled, will be run again")
             self.jobs_retried += 1
             log.info("job %s: cancelled, it will run again", job_id)
-            await asyncio.shield(lease.let_go(job_id))
+            await asyncio.shield(lease.let_go(job_id, timestamp_ms()))
             return
         self.jobs_complete += 1
         if not ctx.get("released"):  # our job functions store their result and release the job
