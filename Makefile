@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint format bench redis-server prometheus docker-compose clean
+.PHONY: demo test chaos lint format bench redis-server prometheus alertmanager docker-compose clean
 
 $(BIN)/llm-router: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -34,6 +34,10 @@ redis-server:
 prometheus:
 	$(call need,prometheus promtool,prometheus)
 
+# Alertmanager (Debian's package) for the alert-delivery test: Prometheus fires at it, it posts to a webhook.
+alertmanager:
+	$(call need,prometheus-alertmanager,prometheus-alertmanager)
+
 # docker-compose (Debian's, 1.29) only validates deploy/docker-compose.yml in the tests: no daemon, no images.
 docker-compose:
 	$(call need,docker-compose,docker-compose)
@@ -51,8 +55,12 @@ format: $(BIN)/llm-router
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-test: lint redis-server prometheus docker-compose
+test: lint redis-server prometheus alertmanager docker-compose
 	$(BIN)/pytest -q
+
+# Redis failover under load: master + replica + 3 sentinels, several workers (slow; prints its figures).
+chaos: $(BIN)/llm-router redis-server
+	$(BIN)/pytest -q -s -m failover tests/test_failover.py
 
 bench: $(BIN)/llm-router redis-server
 	$(BIN)/python -m bench.dispatch
@@ -60,6 +68,9 @@ bench: $(BIN)/llm-router redis-server
 	$(BIN)/python -m bench.ratelimit
 	$(BIN)/python -m bench.batch
 	$(BIN)/python -m bench.priority
+	$(BIN)/python -m bench.spend_records
+	$(BIN)/python -m bench.stream_events
+	$(BIN)/python -m bench.cache
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

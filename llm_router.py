@@ -7,6 +7,7 @@ model): producer verbs live next to the producer API, operator verbs next to the
     producers/http.py  api (the HTTP ingress)
     worker/cli.py      worker, exporter, dlq, quarantine
     worker/schedule_cli.py   schedule list | run
+    worker/spend_cli.py      spend
     sim/cli.py         sim
 """
 
@@ -20,10 +21,11 @@ from producers.http import cli as ingress_verbs
 from sim.cli import cli as sim_verbs
 from worker.cli import cli as operator_verbs
 from worker.schedule_cli import cli as schedule_verbs
+from worker.spend_cli import cli as spend_verbs
 
 cli = click.CommandCollection(
     name="llm-router",
-    sources=[producer_verbs, batch_verbs, ingress_verbs, operator_verbs, schedule_verbs, sim_verbs],
+    sources=[producer_verbs, batch_verbs, ingress_verbs, operator_verbs, schedule_verbs, spend_verbs, sim_verbs],
     help="Queue-driven LLM calls through the AIsa gateway. A verb enqueues, waits and prints the answer and "
     "its cost; --no-wait prints the job id, --json the whole result record.",
 )

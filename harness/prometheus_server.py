@@ -30,9 +30,18 @@ def prometheus_binaries() -> tuple[str, str]:
 
 class PrivatePrometheus:
     """deploy/prometheus/{prometheus.yml, alerts.yml} copied to `workdir`, with the targets
-    files pointing at local ports and the intervals shortened to `interval_s`."""
+    files pointing at local ports and the intervals shortened to `interval_s`; alerts go to
+    `alertmanager` (host:port; None: nowhere), and with `alert_for` every alert's `for:` is that."""
 
-    def __init__(self, workdir: Path, workers: list[str], exporter: str, interval_s: float = 1.0) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        workers: list[str],
+        exporter: str,
+        interval_s: float = 1.0,
+        alertmanager: str | None = None,
+        alert_for: str | None = None,
+    ) -> None:
         self.binary, _ = prometheus_binaries()
         self.dir = workdir
         self.port = free_port()
@@ -40,9 +49,16 @@ class PrivatePrometheus:
         config = yaml.safe_load((DEPLOY / "prometheus.yml").read_text())
         interval = f"{int(interval_s * 1000)}ms"
         config["global"].update(scrape_interval=interval, evaluation_interval=interval)
+        if alertmanager is None:
+            config.pop("alerting", None)
+        else:
+            config["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"] = [alertmanager]
         (workdir / "targets").mkdir(parents=True, exist_ok=True)
         (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
-        shutil.copy(DEPLOY / "alerts.yml", workdir / "alerts.yml")
+        rules = yaml.safe_load((DEPLOY / "alerts.yml").read_text())
+        for rule in (r for g in rules["groups"] for r in g["rules"] if "alert" in r and alert_for):
+            rule["for"] = alert_for
+        (workdir / "alerts.yml").write_text(yaml.safe_dump(rules, sort_keys=False))
         (workdir / "targets" / "workers.json").write_text(json.dumps([{"targets": workers}]))
         (workdir / "targets" / "exporter.json").write_text(json.dumps([{"targets": [exporter]}]))
         self.proc: subprocess.Popen[bytes] | None = None

@@ -22,7 +22,8 @@ from arq.jobs import SerializationError
 from pydantic import ValidationError
 from redis.asyncio import Redis
 
-from worker import bounds, serde
+from worker import bounds, outbox, serde, webhooks
+from worker.connections import async_redis
 from worker.dlq import DeadLetters
 from worker.keys import JOB_EXPIRES_EXTRA_MS, arq_result_key, bulk_key, digest_key, job_key, result_key
 from worker.lease import workers_alive
@@ -36,6 +37,7 @@ from worker.models import (
     check_job_id,
     describe_validation_error,
 )
+from worker.outbox import Delivery
 from worker.settings import load_settings
 from worker.store import ResultStore
 
@@ -120,7 +122,7 @@ class Producer:
         redis: Redis | None = None,
     ) -> None:
         settings = self.settings = load_settings()  # defaults from the environment; a bad value is a ConfigError
-        self.redis = redis or Redis.from_url(redis_url or settings.redis_url)
+        self.redis = redis or async_redis(redis_url or settings.redis_url)
         self._owns_redis = redis is None
         self.source = source
         self.queue_name = queue_name or settings.queue_name
@@ -251,9 +253,12 @@ class Producer:
             data = serde.job_bytes(job.kind, payload, now_ms)
         except SerializationError as exc:  # orjson: text that is not UTF-8 (a lone surrogate), an int over 64 bits
             raise JobRejected("job", f"cannot be written as JSON ({exc.__cause__ or exc}): fix that value") from None
-        out_of_bounds = bounds.problem(job, self.settings, len(data))
+        # ROUTES set here: this producer knows the workers' routes (else the worker checks the name)
+        out_of_bounds = bounds.problem(job, self.settings, len(data), "routes" in self.settings.model_fields_set)
         if out_of_bounds:
             raise JobRejected(*out_of_bounds)
+        if job.callback_url is not None and (refused := webhooks.refusal(job.callback_url, self.settings)):
+            raise JobRejected("callback_url", refused)
         return payload, data
 
     # ------------------------------------------------------------ results
@@ -267,6 +272,10 @@ class Producer:
         if result is None:
             raise ResultTimeout(f"no result for job {job_id} within {timeout:g}s (it may still finish)")
         return result
+
+    async def webhook(self, job_id: str) -> Delivery | None:
+        """The job's webhook delivery (`callback_url`): status, tries, last error; None if it has none (yet)."""
+        return await outbox.status(self.redis, "job", job_id)
 
     @property
     def batches(self) -> Batches:

@@ -1,6 +1,7 @@
 """The batch verbs of `llm-router` (producer verbs, beside the batch API, producers.batches):
 
     llm-router batch submit FILE [--wait] [-o OUT] [--errors ERR] [--window 24h] [--metadata k=v]... [--skip-invalid]
+                            [--callback-url URL]
     llm-router batch submit --prompts prompts.csv --template "Summarise: {text}" --model gpt-4.1-mini
     llm-router batch status ID [--follow]
     llm-router batch results ID [-o OUT] [--errors ERR]
@@ -61,6 +62,7 @@ def batch() -> None:
 @click.option("--model", help="--prompts: the model of every line")
 @click.option("--max-tokens", type=int, help="--prompts: max_tokens of every line")
 @click.option("--system", help="--prompts: a system prompt for every line")
+@click.option("--callback-url", help="POST the batch's record here, signed, when it ends (WEBHOOK_ALLOWED_HOSTS)")
 @click.option("--json", "as_json", is_flag=True, help="print the batch record as JSON")
 def submit(
     file: str | None,
@@ -75,6 +77,7 @@ def submit(
     model: str | None,
     max_tokens: int | None,
     system: str | None,
+    callback_url: str | None,
     as_json: bool,
 ) -> None:
     """Submit a JSONL file of requests (OpenAI's batch input) as one batch."""
@@ -103,7 +106,11 @@ def submit(
         async with Producer() as producer:
             try:
                 found = await producer.batches.submit(
-                    source, completion_window=window, metadata=meta or None, skip_invalid=skip_invalid
+                    source,
+                    completion_window=window,
+                    metadata=meta or None,
+                    skip_invalid=skip_invalid,
+                    callback_url=callback_url,
                 )
             except BatchRejected as exc:
                 return _refused(exc)

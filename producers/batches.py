@@ -43,6 +43,7 @@ import orjson
 from pydantic import ValidationError
 
 from worker import batches as wb
+from worker import outbox, webhooks
 from worker.batches import Batch, BatchError, Errors
 from worker.keys import (
     BATCHES,
@@ -54,7 +55,8 @@ from worker.keys import (
     job_key,
     result_key,
 )
-from worker.models import JOB_KINDS, JobBase, JobResult, describe_validation_error
+from worker.models import JOB_KINDS, JobBase, JobResult, check_callback_url, describe_validation_error
+from worker.outbox import Delivery
 
 from .api import JobRejected
 
@@ -70,7 +72,7 @@ MAX_ERRORS_KEPT = 1000
 MAX_METADATA = 16
 # Options of ours a line may give under body.llm_router, by kind.
 EXTRAS_KEY = "llm_router"
-EXTRAS = {"chat": ("fallbacks", "max_wait_s", "gemini_native", "source"), "compare": ("source",)}
+EXTRAS = {"chat": ("fallbacks", "max_wait_s", "gemini_native", "source", "cache"), "compare": ("source", "cache")}
 _LINE_KEYS = ("custom_id", "method", "url", "body")
 
 Line = bytes | str | dict[str, Any]
@@ -194,6 +196,7 @@ class SubmitOptions(TypedDict, total=False):
     skip_invalid: bool
     endpoint: str | None
     batch_id: str | None
+    callback_url: str | None
 
 
 class Batches:
@@ -217,8 +220,10 @@ class Batches:
         `batch_id`: the caller's own id (`batch_<32 hex>` or a schedule's
         `batch_sched_<name>_<yyyymmddThhmmssZ>`); if a batch exists under it, submit is a no-op
         and returns that batch's record (the id is claimed atomically, after validation).
+        `callback_url`: POST the batch's record there, signed, when it ends (see Webhooks; its
+        host must be on WEBHOOK_ALLOWED_HOSTS).
         The options are `create`'s: `completion_window="24h"`, `metadata=None`,
-        `skip_invalid=False`, `endpoint=None`, `batch_id=None`."""
+        `skip_invalid=False`, `endpoint=None`, `batch_id=None`, `callback_url=None`."""
         batch, _created = await self.create(source, **options)
         return batch
 
@@ -231,8 +236,11 @@ class Batches:
         skip_invalid: bool = False,
         endpoint: str | None = None,
         batch_id: str | None = None,
+        callback_url: str | None = None,
     ) -> tuple[Batch, bool]:
         """`submit`, also saying whether this call created the batch (False: the id existed)."""
+        if callback_url is not None:
+            _check_callback(callback_url, self.settings)
         if batch_id is not None:
             if not wb.BATCH_ID.match(batch_id):
                 message = "a batch id is batch_<32 hex digits> or batch_sched_<schedule>_<yyyymmddThhmmssZ>"
@@ -250,7 +258,7 @@ class Batches:
             # validation is CPU work: in a thread, so a worker's event loop (leases, jobs) runs on
             checked = await asyncio.to_thread(self._check, _lines(source, self.settings), spool, endpoint, skip_invalid)
             spool.seek(0)
-            return await self._write(spool, checked, window_s, completion_window, meta, name, batch_id)
+            return await self._write(spool, checked, window_s, completion_window, meta, name, batch_id, callback_url)
 
     def _check(
         self, lines: Iterator[tuple[int, Line | _TooLarge]], spool: IO[bytes], endpoint: str | None, skip: bool
@@ -344,6 +352,7 @@ class Batches:
         metadata: dict[str, str] | None,
         name: str | None,
         batch_id: str | None = None,
+        callback_url: str | None = None,
     ) -> tuple[Batch, bool]:
         batch_id = batch_id or f"batch_{uuid.uuid4().hex}"
         owner = uuid.uuid4().hex  # this submission: every later write checks it
@@ -366,6 +375,8 @@ class Batches:
         }
         if metadata:
             record["metadata"] = json.dumps(metadata)
+        if callback_url:
+            record["callback_url"] = callback_url
         if checked.errors:
             record["invalid_lines"] = len(checked.errors)
             kept = Errors(data=checked.errors[:MAX_ERRORS_KEPT])
@@ -444,6 +455,10 @@ class Batches:
     async def get(self, batch_id: str) -> Batch | None:
         """The batch's record, or None if there is none (unknown, or purged BATCH_TTL_S after its window)."""
         return await wb.get(self.redis, batch_id) if wb.BATCH_ID.match(batch_id) else None
+
+    async def webhook(self, batch_id: str) -> Delivery | None:
+        """The batch's webhook delivery (`callback_url`), once it ended; None before, or without one."""
+        return await outbox.status(self.redis, "batch", batch_id)
 
     async def wait(self, batch_id: str, timeout: float | None = None, poll_s: float = 0.5) -> Batch:
         """The record once the batch is final (completed, expired, cancelled); TimeoutError if not within `timeout`."""
@@ -612,6 +627,14 @@ def _job(kind: str, body: dict[str, Any]) -> JobBase:
                 f"{name!r} is not an llm-router option of a {kind} line: use {', '.join(EXTRAS[kind])}",
                 f"body.{EXTRAS_KEY}.{name}",
             )
+    if "callback_url" in body or "callback_url" in extras:
+        at = f"body.{EXTRAS_KEY}.callback_url" if "callback_url" in extras else "body.callback_url"
+        raise _LineError(
+            "invalid_request",
+            "is not taken here: a batch's lines report through the batch's callback_url (sent when it ends), "
+            "a job's goes in its body on POST /v1/jobs",
+            at,
+        )
     for name in ("kind", "enqueued_at", *EXTRAS[kind]):
         if name in body:
             where = f"body.{EXTRAS_KEY}.{name}" if name in EXTRAS[kind] else None
@@ -633,6 +656,15 @@ def _job(kind: str, body: dict[str, Any]) -> JobBase:
 
 def _url_error(url: Any) -> _LineError:
     return _LineError("invalid_url", f"url must be {' or '.join(wb.ENDPOINTS)}, not {url!r}", "url")
+
+
+def _check_callback(url: str, settings: Any) -> None:
+    try:
+        problem = webhooks.refusal(check_callback_url(url), settings)
+    except ValueError as exc:
+        problem = str(exc)
+    if problem:
+        raise BatchRejected([BatchError(code="invalid_callback_url", message=problem, param="callback_url")], 0)
 
 
 def _window(window: str) -> float:
@@ -670,6 +702,7 @@ def output_line(job_id: str, custom_id: str, result: JobResult) -> dict[str, Any
         "runs": result.runs,
         "cost": result.cost,
         "cost_source": result.cost_source,
+        "cached": result.cached,
         "latency_s": result.latency_s,
     }
     line: dict[str, Any] = {"id": job_id, "custom_id": custom_id, "response": None, "error": None}

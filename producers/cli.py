@@ -120,7 +120,7 @@ Submit = Callable[[Producer, str | None, dict[str, Any]], Awaitable[str]]
 
 
 @cli.command()
-@click.option("--model", required=True)
+@click.option("--model", required=True, help="a model, or a route: route:cheap, route:code, ... (see ROUTES)")
 @conversation_options
 @job_options(ChatJob)
 @wait_options
@@ -133,7 +133,7 @@ def chat(model: str, message: str | None, messages: Any, system: str | None, **f
 
 
 @cli.command()
-@click.option("--model", required=True)
+@click.option("--model", required=True, help="a model, or a route: route:vision, ... (see ROUTES)")
 @click.option("--image", required=True, help="http(s) URL, data URL or local file")
 @click.option("--prompt", required=True)
 @click.option("--system", help="system prompt")

@@ -26,11 +26,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from redis.asyncio import BlockingConnectionPool, Redis
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from worker.connections import async_pool_redis, async_redis
 from worker.metrics import HTTP_DURATION, HTTP_REQUESTS
 from worker.models import JobBase
 from worker.settings import ConfigError, Settings, exit_on_config_error, load_settings
@@ -38,6 +38,7 @@ from worker.store import ResultStore
 
 from .api import JobConflict, JobRejected, Producer
 from .files import Files
+from .streams import JobStreams
 from .waits import ResultWaits
 
 # A multipart upload carries a file of up to BATCH_MAX_BYTES and a little framing.
@@ -86,13 +87,13 @@ class Ingress:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        pool = BlockingConnectionPool.from_url(
+        self.redis = async_pool_redis(
             settings.redis_url, max_connections=REDIS_CONNECTIONS, timeout=10, socket_connect_timeout=2
         )
-        self.redis = Redis(connection_pool=pool)
         self.store = ResultStore(self.redis, settings.result_ttl_s)
-        self.waits = ResultWaits(Redis.from_url(settings.redis_url, socket_connect_timeout=2), self.store)
+        self.waits = ResultWaits(async_redis(settings.redis_url, socket_connect_timeout=2), self.store)
         self.files = Files(self.redis, settings.file_ttl_s)
+        self.streams = JobStreams(self.redis, async_redis(settings.redis_url, socket_connect_timeout=2), self.store)
         self._producers: dict[str, TenantProducer] = {}
 
     def producer(self, source: str) -> TenantProducer:
@@ -125,6 +126,8 @@ class Ingress:
     async def aclose(self) -> None:
         await self.waits.aclose()
         await self.waits.redis.aclose()
+        await self.streams.aclose()
+        await self.streams.wakeups.redis.aclose()
         await self.redis.aclose()
 
 
@@ -258,6 +261,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await app.state.ingress.aclose()
 
     from .http_batches import router as batches
+    from .http_events import router as events
     from .http_jobs import router as jobs
 
     app = FastAPI(title="llm-router", version="0.1.0", lifespan=lifespan)
@@ -265,6 +269,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     _errors(app)
     app.include_router(jobs)
     app.include_router(batches)
+    app.include_router(events)
     _openapi(app)
 
     @app.get("/healthz", tags=["health"])

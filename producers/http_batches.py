@@ -116,14 +116,17 @@ async def _output(batches: Batches, batch_id: str, which: str) -> AsyncIterator[
 
 @router.post("/batches", tags=["batches"])
 async def create_batch(request: Request, app: App, source: Tenant) -> dict[str, Any]:
-    """`{input_file_id, endpoint, completion_window, metadata}`: the file's lines, validated
-    whole (a bad line refuses the batch: 400 naming it), then queued in the bulk lane."""
+    """`{input_file_id, endpoint, completion_window, metadata}` (and ours: `callback_url`): the
+    file's lines, validated whole (a bad line refuses the batch: 400 naming it), then queued in
+    the bulk lane."""
     body = await read_json(request)
     file_id, window = body.get("input_file_id"), body.get("completion_window", "24h")
-    endpoint, metadata = body.get("endpoint"), body.get("metadata")
+    endpoint, metadata, callback_url = body.get("endpoint"), body.get("metadata"), body.get("callback_url")
     if not isinstance(file_id, str) or not isinstance(window, str):
         param = "completion_window" if isinstance(file_id, str) else "input_file_id"
         raise ApiError(422, "must be a string", param=param, code="invalid_value")
+    if callback_url is not None and not isinstance(callback_url, str):
+        raise ApiError(422, "must be a string: an https:// URL", param="callback_url", code="invalid_value")
     if await app.files.get(file_id, source) is None:
         raise ApiError(404, f"no file {file_id} (or not yours)", param="input_file_id", code="not_found")
     await app.admit(source)
@@ -132,7 +135,9 @@ async def create_batch(request: Request, app: App, source: Tenant) -> dict[str, 
         await app.files.download(file_id, spool)
         spool.flush()
         try:
-            batch = await batches.submit(spool.name, completion_window=window, metadata=metadata, endpoint=endpoint)
+            batch = await batches.submit(
+                spool.name, completion_window=window, metadata=metadata, endpoint=endpoint, callback_url=callback_url
+            )
         except BatchRejected as exc:
             raise _refused(exc) from None
     async with app.redis.pipeline(transaction=True) as tx:
@@ -145,7 +150,10 @@ async def create_batch(request: Request, app: App, source: Tenant) -> dict[str, 
 
 @router.get("/batches/{batch_id}", tags=["batches"])
 async def get_batch(batch_id: str, app: App, source: Tenant) -> dict[str, Any]:
-    return _view(await _batch(app, source, batch_id))
+    """OpenAI's Batch object, with `webhook` (its delivery) once a batch with a callback_url ended."""
+    view = _view(await _batch(app, source, batch_id))
+    delivery = await app.producer(source).batches.webhook(batch_id)
+    return {**view, "webhook": delivery.model_dump(mode="json")} if delivery else view
 
 
 @router.post("/batches/{batch_id}/cancel", tags=["batches"])

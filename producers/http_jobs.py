@@ -97,18 +97,17 @@ async def get_job(
         result = await app.waits.wait(job_id, min(wait, app.settings.ingress_wait_s)) if wait else None
         if result is None:
             return {"id": job_id, "status": await pending(app, job_id) or status}
-    return result.model_dump(mode="json", exclude_none=True)
+    record = result.model_dump(mode="json", exclude_none=True)
+    delivery = await app.producer(source).webhook(job_id)  # a job with a callback_url: its delivery
+    return {**record, "webhook": delivery.model_dump(mode="json")} if delivery else record
 
 
 @router.post("/chat/completions", tags=["openai"], openapi_extra=_body_schema(CHAT_SCHEMA))
 async def chat_completions(request: Request, app: App, source: Tenant, idempotency_key: IdempotencyKey = None) -> Any:
     """OpenAI's chat completion: enqueued as a chat job and waited for (INGRESS_WAIT_S); past
-    the wait, 202 `{id, status}` with a Location to fetch it. Our options ride under `llm_router`."""
+    the wait, 202 `{id, status}` with a Location to fetch it. Our options ride under `llm_router`.
+    With `stream: true`, OpenAI's chunks as the worker streams them (SSE; producers.http_events)."""
     body = await read_json(request)
-    if body.get("stream"):
-        raise ApiError(
-            400, "stream: true is not served yet: leave it out (or enqueue with POST /v1/jobs)", param="stream"
-        )
     try:
         job = _job("chat", body).model_copy(update={"bulk": False})
     except _LineError as exc:
@@ -116,6 +115,10 @@ async def chat_completions(request: Request, app: App, source: Tenant, idempoten
             422, exc.message, param=(exc.param or "").removeprefix("body.") or None, code="invalid_value"
         ) from None
     job_id = await enqueue(app, source, job, idempotency_key)
+    if job.stream:
+        from .http_events import stream_completion
+
+        return stream_completion(app, job_id, job)
     result = await app.waits.wait(job_id, app.settings.ingress_wait_s)
     if result is None:
         return accepted(job_id, await pending(app, job_id) or "queued")

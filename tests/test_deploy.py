@@ -34,6 +34,24 @@ def test_promtool(promtool, args):
     assert "SUCCESS" in run.stdout + run.stderr
 
 
+def test_alertmanager_config_is_valid_and_prometheus_sends_to_it():
+    from harness.alertmanager_server import alertmanager_binary
+
+    try:
+        amtool = Path(alertmanager_binary()).with_name("amtool")
+    except RuntimeError as exc:
+        pytest.fail(f"{exc} (`make test` installs it)")
+    config = DEPLOY / "alertmanager" / "alertmanager.yml"
+    run = subprocess.run([str(amtool), "check-config", str(config)], capture_output=True, text=True)
+    assert run.returncode == 0 and "SUCCESS" in run.stdout, run.stdout + run.stderr
+    receivers = yaml.safe_load(config.read_text())["receivers"]
+    assert any(r.get("webhook_configs") for r in receivers)
+    prometheus = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    targets = prometheus["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"]
+    compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())["services"]
+    assert targets == ["alertmanager:9093"] and "9093:9093" in compose["alertmanager"]["ports"]
+
+
 def alert_rules():
     groups = yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())["groups"]
     return [r for g in groups for r in g["rules"] if "alert" in r]
@@ -52,6 +70,8 @@ def test_every_alert_compares_one_signal_with_a_threshold():
         "LLMRouterOldestJobTooOld",
         "LLMRouterDeadLettersGrowing",
         "LLMRouterNoWorkerUp",
+        "LLMRouterDailyBudget80PercentUsed",
+        "LLMRouterBudgetExhausted",
     } <= names
     for rule in rules:
         assert ALERT_FORM.match(rule["expr"].strip()), rule["alert"]
@@ -153,20 +173,20 @@ def test_compose_file_is_valid_compose():
 def test_compose_references_resolve():
     compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
     services = compose["services"]
-    assert {"redis", "worker1", "worker2", "exporter", "prometheus", "grafana"} <= set(services)
+    assert {"redis", "worker", "exporter", "prometheus", "grafana", "alertmanager"} <= set(services)
     for name, service in services.items():
         for volume in service.get("volumes", []):
             source = volume.split(":")[0]
             if source.startswith("."):
                 assert (DEPLOY / source).exists(), f"{name}: {source} missing"
-    targets = (DEPLOY / "prometheus" / "targets" / "workers.json").read_text()
-    assert all(f"{w}:9464" in targets for w in ("worker1", "worker2"))
+    for env_file in compose["x-llm-router"]["env_file"]:
+        assert (DEPLOY / env_file).exists(), env_file
     import click
 
     from llm_router import cli
 
     verbs = set(cli.list_commands(click.Context(cli)))
-    for name in ("worker1", "exporter", "sim"):
+    for name in ("worker", "exporter", "sim"):
         assert services[name]["command"][0] in verbs
     # the image copies everything the package is built from
     copied = {line.split()[1] for line in (DEPLOY / "Dockerfile").read_text().splitlines() if line.startswith("COPY")}

@@ -26,8 +26,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 from redis.asyncio import Redis
 
-from .keys import batch_done_key, batch_key, done_channel, result_key
+from .keys import WEBHOOKS, batch_done_key, batch_key, done_channel, result_key, webhook_key
 from .models import ErrorInfo, JobResult
+from .outbox import QUEUE_LUA, delivery_of
 
 # `batch_<32 hex>` (submitted), or `batch_sched_<schedule>_<yyyymmddThhmmssZ>` (a schedule's tick:
 # worker.schedules). Both, and their line ids `<batch_id>:<line>`, stay within the job-id charset
@@ -175,6 +176,7 @@ class Batch(BaseModel):
     models: dict[str, ModelCounts] = {}
     invalid_lines: int = Field(0, description="input lines refused and skipped (--skip-invalid)")
     queue: str | None = Field(None, description="the queue its lines went to")
+    callback_url: str | None = Field(None, description="where its record is POSTed when it ends (webhooks)")
 
     @property
     def done(self) -> int:
@@ -209,6 +211,7 @@ class Batch(BaseModel):
             models={m: ModelCounts.model_validate(v) for m, v in sorted(models.items())},
             invalid_lines=int(fields.get("invalid_lines", 0)),
             queue=fields.get("queue"),
+            callback_url=fields.get("callback_url"),
         )
 
 
@@ -260,10 +263,13 @@ def tokens(result: JobResult) -> tuple[int, int]:
 # Store a line's result and count it, once. The result lives as long as its batch (`purge_at`).
 # The last line counted moves the batch through finalizing to its final status (nothing is left
 # to assemble: the output is read from the line results, so both timestamps are set at once).
-# KEYS: result, batch record, done hash
+# A batch with a callback_url queues its webhook delivery as it ends (worker.outbox).
+# KEYS: result, batch record, done hash, webhook outbox, webhook delivery
 # ARGV: result JSON, line, outcome, cost ('' unknown), prompt tokens, completion tokens, model,
-#       now s, channel, result status
-SAVE_LINE = """
+#       now s, channel, result status, delivery
+SAVE_LINE = (
+    QUEUE_LUA
+    + """
 local purge = redis.call('HGET', KEYS[2], 'purge_at')
 if not purge then return -1 end
 if redis.call('HSETNX', KEYS[3], ARGV[2], ARGV[3]) == 0 then return 0 end
@@ -286,10 +292,13 @@ if tonumber(c[2] or 0) + tonumber(c[3] or 0) >= tonumber(c[1] or 0) and c[5] ~= 
   if c[5] == 'cancelling' then final, at = 'cancelled', 'cancelled_at'
   elseif tonumber(c[4] or 0) > 0 then final, at = 'expired', 'expired_at' end
   redis.call('HSET', KEYS[2], 'finalizing_at', ARGV[8], 'status', final, at, ARGV[8])
+  local url = redis.call('HGET', KEYS[2], 'callback_url')
+  if url then queue_delivery(KEYS[4], KEYS[5], ARGV[11], url, ARGV[8], tonumber(purge) - tonumber(ARGV[8])) end
 end
 redis.call('PUBLISH', ARGV[9], ARGV[10])
 return 1
 """
+)
 
 
 async def save_line(redis: Redis, result: JobResult, batch_id: str, line: int, model: str) -> int:
@@ -299,7 +308,13 @@ async def save_line(redis: Redis, result: JobResult, batch_id: str, line: int, m
     script = redis.register_script(SAVE_LINE)  # EVALSHA: the script is sent once per connection pool
     return int(
         await script(
-            keys=[result_key(result.job_id), batch_key(batch_id), batch_done_key(batch_id)],
+            keys=[
+                result_key(result.job_id),
+                batch_key(batch_id),
+                batch_done_key(batch_id),
+                WEBHOOKS,
+                webhook_key(delivery_of("batch", batch_id)),
+            ],
             args=[
                 result.model_dump_json(exclude_none=True),
                 line,
@@ -311,6 +326,7 @@ async def save_line(redis: Redis, result: JobResult, batch_id: str, line: int, m
                 int(time.time()),
                 done_channel(result.job_id),
                 result.status,
+                delivery_of("batch", batch_id),
             ],
         )
     )

@@ -5,6 +5,7 @@ its own.)"""
 
 from __future__ import annotations
 
+from . import routes
 from .models import CompareJob, JobBase, RoutedJob
 from .settings import Settings
 
@@ -26,9 +27,13 @@ def inline_images(job: JobBase) -> list[str]:
     return urls
 
 
-def problem(job: JobBase, settings: Settings, record_bytes: int) -> tuple[str, str] | None:
+def problem(job: JobBase, settings: Settings, record_bytes: int, routes_known: bool = True) -> tuple[str, str] | None:
     """(field, what is wrong and how to fix it), or None when the job is within bounds.
-    `record_bytes`: the size of the job's record, its inline images included."""
+    `record_bytes`: the size of the job's record, its inline images included. `routes_known`:
+    a route these settings do not know is refused (else left to the worker: worker.routes)."""
+    route_problem = routes.problem(job, settings, routes_known)
+    if route_problem:
+        return route_problem
     images = inline_images(job)
     if len(images) > MAX_IMAGES:
         return "job", f"carries {len(images)} images, over {MAX_IMAGES}: split it"

@@ -36,12 +36,15 @@ def cli() -> None:
 @click.option("--burst", is_flag=True, help="stop when the queue is empty")
 def worker(burst: bool) -> None:
     """Run a worker (settings from the environment)."""
+    from .metrics import serve_metrics
     from .service import create_worker
 
     try:
         settings = load_settings()
         logs.setup(settings)
-        create_worker(settings, burst=burst).run()
+        worker = create_worker(settings, burst=burst)
+        serve_metrics(settings.metrics_port)  # a busy METRICS_PORT stops the start (exit 2)
+        worker.run()
     except ConfigError as exc:
         exit_on_config_error(exc)
 
@@ -68,14 +71,13 @@ def dlq() -> None:
 
 def _on_redis(store: str, body: Any) -> NoReturn:
     """Run `body(store)` with `store` ("dead_letters" or "quarantine") on the configured Redis and queue."""
-    from redis.asyncio import Redis
-
+    from .connections import async_redis
     from .dlq import DeadLetters
     from .quarantine import Quarantine
 
     async def main() -> int:
         settings = load_settings()
-        redis = Redis.from_url(settings.redis_url)
+        redis = async_redis(settings.redis_url)
         try:
             if store == "quarantine":
                 return await body(Quarantine(redis, settings.queue_name, settings.quarantine_max))
@@ -201,3 +203,46 @@ def quarantine_purge() -> None:
         return 0
 
     _quarantine(body)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True)
+def fleet(as_json: bool) -> None:
+    """The live workers of the queue by config digest, and the settings in which digests differ
+    (exit 1 if they do)."""
+    from .connections import async_redis
+    from .fleet import differing, live_workers
+    from .keys import config_key
+
+    async def main() -> int:
+        settings = load_settings()
+        redis = async_redis(settings.redis_url)
+        try:
+            workers = await live_workers(redis, settings.queue_name)
+            by_digest: dict[str, list[str]] = {}
+            for worker_id, digest in sorted(workers.items()):
+                by_digest.setdefault(digest or "-", []).append(worker_id)
+            # the digest most workers run is the reference the others are compared with
+            ranked = sorted(by_digest, key=lambda d: (-len(by_digest[d]), d))
+            bodies = {d: await redis.get(config_key(d)) for d in ranked}
+            ref = json.loads(bodies[ranked[0]] or "{}") if ranked else {}
+            report = [
+                {
+                    "digest": d,
+                    "workers": by_digest[d],
+                    "differs_in": differing(ref, json.loads(bodies[d] or "{}")) if i else [],
+                }
+                for i, d in enumerate(ranked)
+            ]
+        finally:
+            await redis.aclose()
+        if as_json:
+            click.echo(json.dumps(report, indent=2))
+        for row in [] if as_json else report:
+            differs = f"  differs in {', '.join(row['differs_in'])}" if row["differs_in"] else ""
+            click.echo(f"{row['digest']}  {len(row['workers'])} workers ({', '.join(row['workers'])}){differs}")
+        if not report and not as_json:
+            click.echo(f"no live worker on {settings.queue_name}")
+        return 1 if len(report) > 1 else 0
+
+    run(main())

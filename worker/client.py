@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -82,10 +82,13 @@ class AIsaClient:
         except (KeyError, TypeError):
             raise errors.MalformedResponseError("models list has no data[].id") from None
 
-    async def chat(self, payload: dict[str, Any]) -> Completion:
-        """POST /chat/completions; streams when payload["stream"] is true."""
+    async def chat(
+        self, payload: dict[str, Any], on_delta: Callable[[list[dict[str, Any]]], Awaitable[None]] | None = None
+    ) -> Completion:
+        """POST /chat/completions; streams when payload["stream"] is true, then awaits
+        `on_delta(choices)` with each chunk's choices as it arrives (worker.events)."""
         if payload.get("stream"):
-            return await self._chat_stream(payload)
+            return await self._chat_stream(payload, on_delta)
         started = time.perf_counter()
         with _transport_errors():
             response = await self._http.post(self._chat_url, json=payload)
@@ -122,7 +125,9 @@ class AIsaClient:
                 rate_limits=rate_limit_snapshot(response.headers),
             )
 
-    async def _chat_stream(self, payload: dict[str, Any]) -> Completion:
+    async def _chat_stream(
+        self, payload: dict[str, Any], on_delta: Callable[[list[dict[str, Any]]], Awaitable[None]] | None = None
+    ) -> Completion:
         # the job's own stream options, and always the usage chunk (the call's cost)
         payload = {**payload, "stream_options": {**(payload.get("stream_options") or {}), "include_usage": True}}
         started = time.perf_counter()
@@ -137,6 +142,8 @@ class AIsaClient:
                     with _reading("stream chunk"):
                         if stream.feed(event.data):
                             break
+                    if on_delta is not None and stream.fresh:
+                        await on_delta(stream.fresh)
         with _reading("stream"):
             return stream.finish(time.perf_counter() - started, response.headers)
 
@@ -152,9 +159,11 @@ class _StreamAssembler:
         self.usage: dict[str, Any] | None = None
         self.ttft: float | None = None
         self.done = False
+        self.fresh: list[Any] = []  # the last chunk's choices
 
     def feed(self, data: str) -> bool:
         """Take one event's data; True once the stream says [DONE]."""
+        self.fresh = []
         if data.strip() == "[DONE]":
             self.done = True
             return True
@@ -166,7 +175,8 @@ class _StreamAssembler:
         self.model = chunk.get("model") or self.model
         if chunk.get("usage"):
             self.usage = chunk["usage"]
-        for choice in chunk.get("choices") or []:
+        self.fresh = chunk.get("choices") or []
+        for choice in self.fresh:
             index = choice.get("index", 0)
             state = self.choices.setdefault(index if isinstance(index, int) else 0, _ChoiceState())
             if state.feed(choice) and self.ttft is None:

@@ -15,6 +15,7 @@ import json
 import logging
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import REGISTRY, Collector
@@ -22,13 +23,55 @@ from redis import Redis
 from redis.exceptions import RedisError
 
 from .batches import STATUSES
-from .keys import BATCHES, CREDITS, DLQ, GATE, batch_key, bulk_key, schedule_key, schedule_output_key, spend_day_key
+from .connections import sync_redis
+from .keys import (
+    BATCHES,
+    CREDITS,
+    DLQ,
+    GATE,
+    batch_key,
+    bulk_key,
+    schedule_key,
+    schedule_output_key,
+    spend_by_key,
+    spend_day_key,
+    worker_config_key,
+    workers_key,
+)
+from .lease import HEARTBEAT_STALE_S
 from .metrics import Labels
 from .schedules import Schedule
 from .schedules import load as load_schedules
-from .settings import Settings
+from .settings import ConfigError, Settings
 
 log = logging.getLogger("llm_router.exporter")
+# The ready jobs the exporter looks at, oldest first, to tell batch lines from interactive jobs,
+# in chunks (one script call each: Redis is never held for long).
+MAX_READY_SCANNED = 50_000
+READY_CHUNK = 5_000
+
+# A chunk of the ready part of the queue: how many entries, how many are batch lines (ids
+# `batch_...:<line>`), and the oldest other one's score (-1: none). A batch line leaves the bulk
+# lane for the queue when a worker has a free slot, and comes back to the queue when it is
+# deferred (a rate limit): counted as a job like any other, a normal overnight batch would look
+# like an interactive backlog. Past MAX_READY_SCANNED entries the rest count as interactive
+# (the alerts err on the side of paging).
+# KEYS: queue; ARGV: now ms, first rank, last rank (the ready jobs are the lowest ranks)
+INTERACTIVE = """
+local ready = redis.call('ZRANGE', KEYS[1], ARGV[2], ARGV[3], 'WITHSCORES')
+local lines, oldest, now = 0, -1, tonumber(ARGV[1])
+for i = 1, #ready, 2 do
+  local id = ready[i]
+  if tonumber(ready[i + 1]) > now then
+    break
+  elseif string.sub(id, 1, 6) == 'batch_' and string.find(id, ':', 7, true) then
+    lines = lines + 1
+  elseif oldest < 0 then
+    oldest = tonumber(ready[i + 1])
+  end
+end
+return {lines, tostring(oldest)}
+"""
 # The newest batches the exporter reads the status of at each scrape.
 MAX_BATCHES_READ = 10_000
 
@@ -36,9 +79,10 @@ MAX_BATCHES_READ = 10_000
 class QueueCollector(Collector):
     def __init__(self, settings: Settings, redis: Redis | None = None) -> None:
         self.settings = settings
-        self.redis = redis or Redis.from_url(settings.redis_url, socket_timeout=5)
+        self.redis = redis or sync_redis(settings.redis_url, socket_timeout=5)
         self.labels = Labels(settings)
         self.schedules = load_schedules(settings, check_files=False)
+        self._interactive = self.redis.register_script(INTERACTIVE)
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         up = GaugeMetricFamily("llm_router_exporter_redis_up", "1 if the exporter could read Redis")
@@ -66,11 +110,20 @@ class QueueCollector(Collector):
             pipe.get(GATE)
             pipe.zcard(bulk_key(queue))
             pipe.zrevrange(BATCHES, 0, MAX_BATCHES_READ - 1)
-            credits, ready, total, oldest, dead, today, gate, bulk, batch_ids = pipe.execute()
+            pipe.zrangebyscore(workers_key(queue), now - HEARTBEAT_STALE_S, "+inf")
+            pipe.hgetall(spend_by_key("source", day(now)))
+            for d in month_days(now):
+                pipe.hgetall(spend_day_key(d))
+            credits, ready, total, oldest, dead, today, gate, bulk, batch_ids, live, sources, *month = pipe.execute()
         with self.redis.pipeline(transaction=False) as pipe:
             for batch_id in batch_ids:
                 pipe.hget(batch_key(batch_id.decode()), "status")
-            statuses = pipe.execute() if batch_ids else []
+            if live:
+                pipe.mget([worker_config_key(w.decode()) for w in live])
+            read = pipe.execute() if batch_ids or live else []
+        statuses = read[: len(batch_ids)]
+        digests = {d for d in (read[-1] if live else []) if d is not None}
+        batch_lines, oldest_interactive = self._batch_lines(queue, int(now * 1000), ready)
 
         if credits.get(b"remaining") is not None:
             yield _gauge(
@@ -90,16 +143,31 @@ class QueueCollector(Collector):
             "How long the oldest ready job has waited",
             max(now - oldest[0][1] / 1000, 0.0) if oldest else 0.0,
         )
+        yield _gauge(
+            "llm_router_queue_interactive_depth",
+            "Jobs waiting to run now that are not batch lines (what the backlog alert watches)",
+            ready - int(batch_lines),
+        )
+        yield _gauge(
+            "llm_router_queue_interactive_oldest_job_age_seconds",
+            "How long the oldest ready job that is not a batch line has waited",
+            max(now - oldest_interactive / 1000, 0.0) if oldest_interactive >= 0 else 0.0,
+        )
         yield _gauge("llm_router_dead_letters", "Jobs in the dead-letter list", dead)
+        yield _gauge("llm_router_workers_live", "Workers that beat on this queue in the last 5 s", len(live))
+        yield _gauge(
+            "llm_router_config_digests",
+            "Distinct configuration digests among the live workers (1: they agree; see `llm-router fleet`)",
+            len(digests),
+        )
         yield _gauge("llm_router_bulk_depth", "Bulk jobs (batch lines) waiting in the bulk lane", bulk)
-        spend = GaugeMetricFamily("llm_router_spend_today_usd", "USD spent this UTC day (from Redis)", labels=["model"])
-        by_model: dict[str, float] = {}
-        for model, usd in today.items():
-            label = self.labels.model(model.decode())
-            by_model[label] = by_model.get(label, 0.0) + float(usd)
-        for label, usd in sorted(by_model.items()):
-            spend.add_metric([label], usd)
-        yield spend
+        yield self._by("llm_router_spend_today_usd", "USD spent this UTC day (from Redis)", "model", [today])
+        yield self._by(
+            "llm_router_spend_today_by_source_usd", "USD spent this UTC day by source (from Redis)", "source", [sources]
+        )
+        yield self._by(
+            "llm_router_spend_month_usd", "USD spent this UTC month to date, by model (from Redis)", "model", month
+        )
         paused = GaugeMetricFamily(
             "llm_router_queue_paused", "1 while the queue is paused (401/402)", labels=["reason"]
         )
@@ -115,6 +183,30 @@ class QueueCollector(Collector):
         yield batches
         if self.schedules:
             yield from self._schedules(now)
+
+    def _batch_lines(self, queue: str, now_ms: int, ready: int) -> tuple[int, float]:
+        """Batch lines among the `ready` jobs (the oldest MAX_READY_SCANNED), and the score of
+        the oldest ready job that is not one (-1: none)."""
+        lines, oldest = 0, -1.0
+        for start in range(0, min(ready, MAX_READY_SCANNED), READY_CHUNK):
+            found, first = self._interactive(keys=[queue], args=[now_ms, start, start + READY_CHUNK - 1])
+            lines += int(found)
+            if oldest < 0:
+                oldest = float(first)
+        return lines, oldest
+
+    def _by(self, name: str, documentation: str, label: str, days: list[dict[bytes, bytes]]) -> GaugeMetricFamily:
+        """A spend gauge from per-day hashes name -> USD, summed over `days`, by bounded label value."""
+        bounded = self.labels.model if label == "model" else self.labels.source
+        totals: dict[str, float] = {}
+        for hash_ in days:
+            for raw, usd in hash_.items():
+                value = bounded(raw.decode())
+                totals[value] = totals.get(value, 0.0) + float(usd)
+        family = GaugeMetricFamily(name, documentation, labels=[label])
+        for value, total in sorted(totals.items()):
+            family.add_metric([value], total)
+        return family
 
     def _schedules(self, now: float) -> Iterator[GaugeMetricFamily]:
         # per schedule: the latest tick whose window has ended, and the batch it must have completed
@@ -153,6 +245,16 @@ class QueueCollector(Collector):
         yield overdue
 
 
+def day(at: float) -> str:
+    return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%d")
+
+
+def month_days(at: float) -> list[str]:
+    """The UTC days of `at`'s month up to its day, as the spend records name them."""
+    now = datetime.fromtimestamp(at, UTC)
+    return [now.replace(day=d).strftime("%Y-%m-%d") for d in range(1, now.day + 1)]
+
+
 def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
     return GaugeMetricFamily(name, documentation, value=value)
 
@@ -162,7 +264,13 @@ def serve(settings: Settings) -> None:
     from prometheus_client import start_http_server
 
     REGISTRY.register(QueueCollector(settings))
-    start_http_server(settings.exporter_port)
+    try:
+        start_http_server(settings.exporter_port)
+    except OSError as exc:
+        raise ConfigError(
+            f"EXPORTER_PORT: cannot serve /metrics on port {settings.exporter_port} ({exc.strerror or exc}):"
+            " another process has it; set EXPORTER_PORT to a free port"
+        ) from None
     log.info("llm-router exporter on http://0.0.0.0:%d/metrics (queue %s)", settings.exporter_port, settings.queue_name)
     while True:
         time.sleep(3600)

@@ -18,7 +18,8 @@ from typing import Any
 from arq.worker import Retry
 from pydantic import ValidationError
 
-from . import batches, bounds
+from . import batches, bounds, routes
+from . import events as ev
 from . import metrics as m
 from .dlq import dead_letter
 from .models import (
@@ -29,6 +30,7 @@ from .models import (
     JobResult,
     ModelAnswer,
     RoutedJob,
+    callback_of,
     describe_validation_error,
 )
 from .policy import chain
@@ -87,10 +89,18 @@ async def run_job(ctx: Ctx, kind: str, payload: Any, size: int = 0) -> str:
     resources: Resources = ctx["resources"]
     job_id, run = ctx["job_id"], ctx.get("job_try") or 1
     resources.running.add(job_id)  # the keeper keeps this job's lease while it runs
+    # a streaming job publishes its deltas live (worker.events)
+    events = (
+        ev.JobEvents(resources.store.redis, job_id, resources.settings, run)
+        if ev.streams(kind, payload, resources.settings)
+        else None
+    )
     try:
-        result = await _run(resources, kind, payload, job_id, run, ctx.get("enqueue_time"), size)
+        result = await _run(resources, kind, payload, job_id, run, ctx.get("enqueue_time"), size, events)
     except Retry:
         m.JOBS.labels(kind, "requeued").inc()
+        if events is not None:
+            events.abandon()
         raise
     except Exception as exc:
         log.exception("job %s: failed inside the worker", job_id)
@@ -102,6 +112,8 @@ async def run_job(ctx: Ctx, kind: str, payload: Any, size: int = 0) -> str:
     costs = [a.cost for a in result.attempts if a.cost is not None]
     if costs:  # the job's cost is every call it paid for, fallbacks and earlier runs included
         result.cost = round(sum(costs), 10)
+    if events is not None:  # before the result is stored: a reader that sees it finds this
+        await events.close(result)
     return await finish(resources, kind, payload, result)
 
 
@@ -121,10 +133,11 @@ async def finish(resources: Resources, kind: str, payload: Any, result: JobResul
     if result.status == "failed":
         dead = dead_letter(result, kind, payload, resources.settings.dlq_max_payload_bytes)
         log.warning("job %s dead-lettered: %s", result.job_id, result.error.message if result.error else "failed")
+    callback_url = callback_of(payload)
     if resources.lease is not None:  # the result and the job's release: one round trip
-        dropped = await resources.lease.save_result(resources.store, result, dead)
+        dropped = await resources.lease.save_result(resources.store, result, dead, callback_url)
     else:
-        dropped = await resources.store.save(result, dead_letter=dead)
+        dropped = await resources.store.save(result, dead_letter=dead, callback_url=callback_url)
     if dropped:
         m.DEAD_LETTERS_DROPPED.inc(dropped)
     return _count(kind, result)
@@ -138,7 +151,14 @@ def _count(kind: str, result: JobResult) -> str:
 
 
 async def _run(
-    resources: Resources, kind: str, payload: Any, job_id: str, run: int, enqueued_at: datetime | None, size: int
+    resources: Resources,
+    kind: str,
+    payload: Any,
+    job_id: str,
+    run: int,
+    enqueued_at: datetime | None,
+    size: int,
+    events: ev.JobEvents | None = None,
 ) -> JobResult:
     settings = resources.settings
     base: dict[str, Any] = {
@@ -186,6 +206,9 @@ async def _run(
         run=run,
         gemini_native=isinstance(job, RoutedJob) and job.gemini_native,
         bulk=job.bulk,
+        events=events,
+        cache=job.cache,
+        route=routes.route_name(job.model) if isinstance(job, RoutedJob) else None,
     )
     try:
         async with asyncio.timeout(settings.job_timeout_s):
@@ -218,9 +241,15 @@ async def _run(
 
 async def _answer(call: Call, job: JobBase, base: dict[str, Any]) -> JobResult:
     if isinstance(job, RoutedJob):
-        answer = await walk_chain(call, chain(job.model, job.fallbacks, call.settings))
+        default = chain(job.model, job.fallbacks, call.settings)
+        route, models = routes.chain_of(job, call.payload["messages"], call.settings, default)
+        answer = await walk_chain(call, models)
         model = answer.model if answer.status == "succeeded" else None
-        return JobResult(**base, **answer.model_dump(exclude={"model"}), model=model, attempts=call.attempts)
+        if route is not None:
+            m.ROUTE_CHOICES.labels(route, call.resources.labels.model(model) if model else "none").inc()
+        return JobResult(
+            **base, **answer.model_dump(exclude={"model"}), model=model, route=route, attempts=call.attempts
+        )
     if isinstance(job, CompareJob):
         return await _compare(call, job, base)
     raise TypeError(f"job kind {job.kind!r} must subclass RoutedJob or CompareJob")
@@ -263,7 +292,9 @@ async def _compare(call: Call, job: CompareJob, base: dict[str, Any]) -> JobResu
 
 
 def _combined_source(answers: list[ModelAnswer]) -> str:
-    sources = {a.cost_source for a in answers if a.status == "succeeded"}
-    if not sources or "unknown" in sources:
+    sources = {a.cost_source for a in answers if a.status == "succeeded"} - {"cache"}  # a hit costs 0, known
+    if not sources:
+        return "cache" if any(a.cached for a in answers) else "unknown"
+    if "unknown" in sources:
         return "unknown"
     return "gateway" if sources == {"gateway"} else "price_table"

@@ -7,7 +7,14 @@ results): the README's key table is checked against this module by a test.
     llm-router:done:<job_id>            pub/sub channel: one message when the result is stored
     llm-router:calls:<job_id>           hash call id -> JSON Attempt, every upstream call of the job
     llm-router:spend:total              hash model -> USD, all time
-    llm-router:spend:day:<YYYY-MM-DD>   hash model -> USD that UTC day (kept 400 days)
+    llm-router:spend:day:<YYYY-MM-DD>   hash model -> USD that UTC day (kept SPEND_RETENTION_DAYS)
+    llm-router:spend:<by>:<YYYY-MM-DD>  hash name -> USD that UTC day, by source | batch | route (kept as long)
+    llm-router:usage:<by>:<YYYY-MM-DD>  hash calls|<name>, prompt|<name>, completion|<name> -> count that
+                                        UTC day, by model | source | batch | route (kept as long)
+    llm-router:spend:saved:<YYYY-MM-DD> hash model -> USD the response cache saved that UTC day (kept as long)
+    llm-router:cache:<sha256>           hash: a cached answer (worker.cache): answer JSON, the original cost
+    llm-router:cache:lock:<sha256>      the worker calling the gateway for a request others wait on
+    llm-router:cache:done:<sha256>      pub/sub channel: the lock's holder is done (kept or released)
     llm-router:credits                  hash remaining (USD), updated_at (UNIX time)
     llm-router:dlq / llm-router:dlq:index   hash job id -> JSON DeadLetter / sorted by time
     llm-router:gate                     JSON: the queue is paused (401/402); see worker.gate
@@ -30,6 +37,10 @@ results): the README's key table is checked against this module by a test.
     llm-router:source-batches:<source>  sorted set batch id -> created_at: the batches an ingress token made
     llm-router:file:<file_id>           hash: an uploaded file's record (producers.files): name, size, owner
     llm-router:file:data:<file_id>      string: its bytes, written and read in chunks
+    llm-router:webhooks                 sorted set delivery -> when due: webhooks to send (worker.outbox)
+    llm-router:webhook:<delivery>       hash: one delivery (`job:<id>`, `batch:<id>`): url, status, tries, last error
+    llm-router:events:<job_id>          stream: a streaming job's live events (worker.events): deltas, resets, result
+    llm-router:events-posted:<job_id>   pub/sub channel: new entries in that stream (wakes the ingress's readers)
 
 arq's own keys (arq.constants) for a job id: `arq:job:<id>` (the job record),
 `arq:in-progress:<id>` (claimed; our lease), `arq:retry:<id>` (runs so far), `arq:result:<id>`
@@ -49,6 +60,31 @@ CALLS_PREFIX = PREFIX + "calls:"
 SPEND_TOTAL = PREFIX + "spend:total"
 SPEND_DAY_PREFIX = PREFIX + "spend:day:"
 SPEND_DAY_TTL_S = 400 * 24 * 3600
+SPEND_SOURCE_PREFIX = PREFIX + "spend:source:"
+SPEND_BATCH_PREFIX = PREFIX + "spend:batch:"
+SPEND_ROUTE_PREFIX = PREFIX + "spend:route:"
+SPEND_SAVED_PREFIX = PREFIX + "spend:saved:"
+USAGE_MODEL_PREFIX = PREFIX + "usage:model:"
+USAGE_SOURCE_PREFIX = PREFIX + "usage:source:"
+USAGE_BATCH_PREFIX = PREFIX + "usage:batch:"
+USAGE_ROUTE_PREFIX = PREFIX + "usage:route:"
+# The dimensions of the per-day spend records (worker.store, worker.spend), and their keys.
+SPEND_BY = ("model", "source", "batch", "route")
+_SPEND_PREFIXES = {
+    "model": SPEND_DAY_PREFIX,
+    "source": SPEND_SOURCE_PREFIX,
+    "batch": SPEND_BATCH_PREFIX,
+    "route": SPEND_ROUTE_PREFIX,
+}
+_USAGE_PREFIXES = {
+    "model": USAGE_MODEL_PREFIX,
+    "source": USAGE_SOURCE_PREFIX,
+    "batch": USAGE_BATCH_PREFIX,
+    "route": USAGE_ROUTE_PREFIX,
+}
+CACHE_PREFIX = PREFIX + "cache:"
+CACHE_LOCK_PREFIX = PREFIX + "cache:lock:"
+CACHE_DONE_PREFIX = PREFIX + "cache:done:"
 CREDITS = PREFIX + "credits"
 DLQ = PREFIX + "dlq"
 DLQ_INDEX = PREFIX + "dlq:index"
@@ -58,6 +94,8 @@ MODEL_PREFIX = PREFIX + "model:"
 GLOBAL_LIMIT = MODEL_PREFIX + "_global"
 WORKERS_PREFIX = PREFIX + "workers:"
 DIGEST_PREFIX = PREFIX + "digest:"
+CONFIG_PREFIX = PREFIX + "config:"
+WORKER_CONFIG_PREFIX = CONFIG_PREFIX + "worker:"
 BULK_PREFIX = PREFIX + "bulk:"
 QUARANTINE = PREFIX + "quarantine"
 BATCH_PREFIX = PREFIX + "batch:"
@@ -72,6 +110,10 @@ SCHEDULES_PENDING = PREFIX + "schedules:pending"
 SOURCE_BATCHES_PREFIX = PREFIX + "source-batches:"
 FILE_PREFIX = PREFIX + "file:"
 FILE_DATA_PREFIX = PREFIX + "file:data:"
+WEBHOOKS = PREFIX + "webhooks"
+WEBHOOK_PREFIX = PREFIX + "webhook:"
+EVENTS_PREFIX = PREFIX + "events:"
+EVENTS_POSTED_PREFIX = PREFIX + "events-posted:"
 
 # arq's key knowledge, used nowhere else.
 JOB_PREFIX = _arq.job_key_prefix
@@ -95,7 +137,39 @@ def calls_key(job_id: str) -> str:
 
 
 def spend_day_key(day: str | None = None) -> str:
-    return SPEND_DAY_PREFIX + (day or datetime.now(UTC).strftime("%Y-%m-%d"))
+    return SPEND_DAY_PREFIX + (day or today())
+
+
+def spend_by_key(by: str, day: str | None = None) -> str:
+    """The day's USD by `by` (SPEND_BY); by model it is `spend:day:<day>`."""
+    return _SPEND_PREFIXES[by] + (day or today())
+
+
+def usage_key(by: str, day: str | None = None) -> str:
+    """The day's calls and tokens by `by` (SPEND_BY): fields `calls|<name>`, `prompt|<name>`, `completion|<name>`."""
+    return _USAGE_PREFIXES[by] + (day or today())
+
+
+def spend_saved_key(day: str | None = None) -> str:
+    """USD by model the response cache saved that day (written by the cache; read by the spend report)."""
+    return SPEND_SAVED_PREFIX + (day or today())
+
+
+def today() -> str:
+    """The current UTC day, as the spend records name it."""
+    return datetime.now(UTC).strftime("%Y-%m-%d")
+
+
+def cache_key(digest: str) -> str:
+    return CACHE_PREFIX + digest
+
+
+def cache_lock_key(digest: str) -> str:
+    return CACHE_LOCK_PREFIX + digest
+
+
+def cache_done_channel(digest: str) -> str:
+    return CACHE_DONE_PREFIX + digest
 
 
 def model_key(model: str) -> str:
@@ -112,6 +186,14 @@ def digest_key(job_id: str) -> str:
 
 def workers_key(queue_name: str) -> str:
     return WORKERS_PREFIX + queue_name
+
+
+def config_key(digest: str) -> str:
+    return CONFIG_PREFIX + digest
+
+
+def worker_config_key(worker_id: str) -> str:
+    return WORKER_CONFIG_PREFIX + worker_id
 
 
 def batch_key(batch_id: str) -> str:
@@ -152,6 +234,18 @@ def file_key(file_id: str) -> str:
 
 def file_data_key(file_id: str) -> str:
     return FILE_DATA_PREFIX + file_id
+
+
+def webhook_key(delivery: str) -> str:
+    return WEBHOOK_PREFIX + delivery
+
+
+def events_key(job_id: str) -> str:
+    return EVENTS_PREFIX + job_id
+
+
+def events_posted_channel(job_id: str) -> str:
+    return EVENTS_POSTED_PREFIX + job_id
 
 
 def job_key(job_id: str) -> str:

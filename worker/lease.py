@@ -203,12 +203,13 @@ class Lease:
         keys = [result_key(job_id), self.queue_name, job_key(job_id), in_progress_key(job_id), retry_key(job_id)]
         return self._release, keys, [job_id]
 
-    async def save_result(self, store: ResultStore, result: JobResult, dead_letter: str | None = None) -> int:
+    async def save_result(
+        self, store: ResultStore, result: JobResult, dead_letter: str | None = None, callback_url: str | None = None
+    ) -> int:
         """Store the job's result (worker.store) and release the job, in one round trip: what
         arq's finish_job did in a second one. Returns the store's answer (dead letters dropped)."""
-        dropped, _ = await run_scripts(
-            self.redis, [store.save_call(result, dead_letter), self.release_call(result.job_id)], rerun_rest=True
-        )
+        save = store.save_call(result, dead_letter, callback_url)
+        dropped, _ = await run_scripts(self.redis, [save, self.release_call(result.job_id)], rerun_rest=True)
         return int(dropped)
 
     async def release(self, job_id: str) -> None:

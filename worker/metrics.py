@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import logging
 
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram
 
+from . import health, routes
 from .batches import OUTCOMES
-from .settings import Settings
+from .settings import ConfigError, Settings
 
 log = logging.getLogger("llm_router.metrics")
 
@@ -78,7 +79,38 @@ BATCH_LINES = Counter(
 )
 for _outcome in OUTCOMES:  # every series exists from the start
     BATCH_LINES.labels(_outcome)
+WEBHOOK_OUTCOMES = ("delivered", "retried", "failed")
+WEBHOOK_DELIVERIES = Counter(
+    "llm_router_webhook_deliveries",
+    "Webhook tries by outcome: delivered (2xx), retried (a failed try, tried again), failed (given up)",
+    ["outcome"],
+)
+for _outcome in WEBHOOK_OUTCOMES:
+    WEBHOOK_DELIVERIES.labels(_outcome)
+# The response cache (worker.cache) and routes (worker.routes)
+CACHE_HITS = Counter("llm_router_cache_hits", "Calls answered from the response cache (no upstream call)", ["model"])
+CACHE_MISSES = Counter(
+    "llm_router_cache_misses", "Cacheable calls not in the response cache (one upstream call each)", ["model"]
+)
+CACHE_SAVED = Counter(
+    "llm_router_cache_saved_usd", "USD the response cache saved: the original cost of each answer it gave", ["model"]
+)
+ROUTE_CHOICES = Counter(
+    "llm_router_route_choices",
+    "Jobs that named a route, by the model that answered (none: no model did)",
+    ["route", "model"],
+)
 IN_FLIGHT = Gauge("llm_router_upstream_in_flight", "Upstream calls in progress", ["model"])
+# Budgets (issue 14): defined here so the dashboard and the alert rules name metrics that exist;
+# `scope` is global/source/model/batch, `name` the budget's name.
+BUDGET_LIMIT = Gauge("llm_router_budget_limit_usd", "A budget's limit (USD) for its current period", ["scope", "name"])
+BUDGET_RESERVED = Gauge(
+    "llm_router_budget_reserved_usd", "USD reserved against a budget by calls in flight (worst case)", ["scope", "name"]
+)
+BUDGET_SPENT = Gauge("llm_router_budget_spent_usd", "USD spent against a budget this period", ["scope", "name"])
+BUDGET_REFUSALS = Counter(
+    "llm_router_budget_refusals", "Jobs refused because their worst case did not fit a budget", ["scope", "name"]
+)
 # The HTTP ingress (producers/http.py): `route` is the route's template (`/v1/jobs/{job_id}`, or
 # `other` for no route), `status_class` `2xx`...`5xx`: bounded whatever the clients send.
 HTTP_REQUESTS = Counter(
@@ -121,6 +153,8 @@ def known_models(settings: Settings) -> frozenset[str]:
     names |= set(settings.prices) | set(settings.context_fallbacks) | set(settings.context_fallbacks.values())
     for model, chain in settings.fallbacks.items():
         names |= {model, *chain}
+    for route in routes.table(settings).values():
+        names |= route.all_models()
     return frozenset(names)
 
 
@@ -128,13 +162,16 @@ _serving: set[int] = set()
 
 
 def serve_metrics(port: int) -> None:
-    """This process's /metrics, once per process; a busy port is logged, not fatal."""
+    """This process's /metrics (and its probes, worker.health), once per process. A busy port
+    is a ConfigError: a worker whose metrics nobody scrapes would spend unseen."""
     if not port or port in _serving:
         return
     try:
-        start_http_server(port)
+        health.serve(port)
     except OSError as exc:
-        log.error("metrics: cannot serve on port %d (%s): set METRICS_PORT to a free port, or 0", port, exc)
-        return
+        raise ConfigError(
+            f"METRICS_PORT: cannot serve /metrics on port {port} ({exc.strerror or exc}): another process has it;"
+            " give each worker process on a host its own METRICS_PORT (or 0 for no metrics)"
+        ) from None
     _serving.add(port)
     log.info("metrics on http://0.0.0.0:%d/metrics", port)

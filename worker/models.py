@@ -15,6 +15,7 @@ import binascii
 import re
 from datetime import datetime
 from typing import Annotated, Any, Literal, TypeVar
+from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -63,6 +64,35 @@ def check_image_url(url: str, max_bytes: int = DEFAULT_MAX_IMAGE_BYTES) -> str:
     return url
 
 
+MAX_CALLBACK_URL = 2048
+
+
+def check_callback_url(url: str) -> str:
+    """An http(s) URL with a host and no user or password in it (it is stored and shown), at most
+    MAX_CALLBACK_URL characters. Which hosts may be called is a setting (worker.webhooks)."""
+    if len(url) > MAX_CALLBACK_URL:
+        raise ValueError(f"is {len(url)} characters, over {MAX_CALLBACK_URL}")
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError:
+        raise ValueError(f"is not a URL: {shown(url)}") from None
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        raise ValueError(f"must be an https:// (or http://) URL with a host, not {shown(url)}")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError("must not carry a user or password: the receiver checks the signature instead")
+    return url
+
+
+def callback_of(payload: Any) -> str | None:
+    """A job payload's callback_url, if it has a valid one (a failed job's payload may be anything)."""
+    url = payload.get("callback_url") if isinstance(payload, dict) else None
+    try:
+        return check_callback_url(url) if isinstance(url, str) else None
+    except ValueError:
+        return None
+
+
 def check_job_id(job_id: object) -> str:
     """A job id is 1-128 characters of JOB_ID_CHARS: it names Redis keys and appears in logs."""
     if not isinstance(job_id, str) or not JOB_ID.match(job_id):
@@ -98,6 +128,7 @@ Bool = Annotated[bool, Strict()]
 ModelName = Annotated[str, AfterValidator(_model_name)]
 Text = Annotated[str, AfterValidator(_not_blank)]
 ImageRef = Annotated[str, AfterValidator(check_image_url)]
+CallbackURL = Annotated[str, AfterValidator(check_callback_url)]
 
 
 class _Model(BaseModel):
@@ -267,7 +298,15 @@ class JobBase(ChatParams):
         description="a bulk job (batch lines are): it waits behind interactive jobs for a worker slot and "
         "never books rate-limit slots ahead of them",
     )
+    cache: Bool | None = Field(
+        None,
+        description="the response cache: --cache for this job's calls, --no-cache never "
+        "(default: CACHE_MODE: temperature-0 calls)",
+    )
     enqueued_at: datetime | None = None
+    callback_url: CallbackURL | None = Field(
+        None, description="POST the result here, signed, when the job ends (hosts: WEBHOOK_ALLOWED_HOSTS)"
+    )
 
     @field_validator("source")
     @classmethod
@@ -412,7 +451,7 @@ class Attempt(BaseModel):
     waited_s: float = Field(0.0, description="time waited before it (shared rate limit, backoff)")
 
 
-CostSource = Literal["gateway", "price_table", "unknown"]
+CostSource = Literal["gateway", "price_table", "unknown", "cache"]
 
 
 class Choice(BaseModel):
@@ -443,6 +482,8 @@ class Answer(BaseModel):
     credits_remaining: float | None = None
     latency_s: float | None = None
     ttft_s: float | None = None
+    cached: bool = Field(False, description="answered from the response cache: no call, cost 0")
+    saved_cost: float | None = Field(None, description="a cached answer: USD its original call cost")
 
 
 ANSWER_FIELDS: set[str] = set(Answer.model_fields)
@@ -464,6 +505,7 @@ class JobResult(Answer):
     status: Status
     source: str | None = None
     model: str | None = Field(None, description="the model that answered")
+    route: str | None = Field(None, description="the route the job named as its model (`route:<name>`)")
     attempts: list[Attempt] = Field([], description="every upstream call of every run, in order")
     runs: int = 1
     answers: list[ModelAnswer] | None = Field(None, description="compare jobs: one entry per model")

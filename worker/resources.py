@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from .cache import ResponseCache
     from .client import AIsaClient
     from .gate import Gate
     from .lease import Lease
@@ -26,6 +27,7 @@ class Resources:
     gate: Gate
     labels: Labels
     quarantine: Quarantine
+    cache: ResponseCache
     # stores results and releases their jobs in one round trip (None: the store alone)
     lease: Lease | None = None
     # job ids running in this process: the keeper renews their leases

@@ -15,8 +15,9 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from . import errors
+from . import cache, errors
 from . import metrics as m
+from .batches import line_of
 from .client import Completion
 from .gemini import is_gemini
 from .limiter import Admission
@@ -26,6 +27,7 @@ from .pricing import cost_of
 from .scripts import run_scripts
 
 if TYPE_CHECKING:
+    from .events import JobEvents
     from .resources import Resources
     from .settings import Settings
 
@@ -78,7 +80,11 @@ class Call:
     run: int = 1
     gemini_native: bool = False
     bulk: bool = False
+    cache: bool | None = None  # the job's `cache` (worker.cache)
     attempts: list[Attempt] = field(default_factory=list)
+    # a streaming job's live events (worker.events): None publishes nothing
+    events: JobEvents | None = None
+    route: str | None = None  # the route (`route:<name>`) the job's model named, if any: its spend is kept by route
 
     @property
     def settings(self) -> Settings:
@@ -124,6 +130,18 @@ async def walk_chain(call: Call, chain: list[str]) -> ModelAnswer:
 
 
 async def try_model(call: Call, model: str) -> Step:
+    """Call one model until it answers or the policy says stop/move on; a cacheable call is
+    answered from the response cache when it can be, before anything is booked (worker.cache)."""
+    async with cache.flight(call, model) as flight:
+        if flight.hit is not None:
+            return Step("ok", flight.hit)
+        step = await call_model(call, model)
+        if step.outcome == "ok":
+            flight.keep(step.answer)
+        return step
+
+
+async def call_model(call: Call, model: str) -> Step:
     """Call one model until it answers or the policy says stop/move on."""
     limiter = call.resources.limiter
     tokens = call.estimate_tokens()
@@ -255,6 +273,8 @@ async def call_once(
         log.info("job %s: %s failed: %s", call.job_id, model, e)
     else:
         answer = succeeded(model, completion, call.settings.prices)
+    if call.events is not None and payload.get("stream"):
+        await call.events.attempt_ended(model, answer.error)
     attempt = Attempt(
         model=model,
         ok=exc is None,
@@ -278,7 +298,7 @@ async def send(call: Call, payload: dict[str, Any]) -> Completion:
     client, model = call.resources.client, payload["model"]
     if call.gemini_native and is_gemini(model) and not payload.get("stream"):
         return await client.generate_content(model, payload)
-    return await client.chat(payload)
+    return await client.chat(payload, call.events.on_delta(model) if call.events is not None else None)
 
 
 def observe(call: Call, label: str, answer: ModelAnswer, exc: errors.AIsaError | None, counted: bool) -> None:
@@ -328,7 +348,7 @@ async def _record(
         run_scripts(
             store.redis,
             [
-                store.record_call_call(call.job_id, attempt, answer.credits_remaining),
+                store.record_call_call(call.job_id, attempt, _credits(answer, exc), answer.usage, spend_tags(call)),
                 limiter.settle_call(model, booked_tokens=tokens, used_tokens=used, outcome=outcome, pause_s=pause),
             ],
         )
@@ -337,6 +357,19 @@ async def _record(
         m.CIRCUIT_OPENED.labels(call.resources.labels.model(model)).inc()
         log.warning("circuit opened for %s: every worker skips it for %gs", model, call.settings.circuit_open_s)
     return bool(recorded)
+
+
+def _credits(answer: ModelAnswer, exc: errors.AIsaError | None) -> float | None:
+    """What the gateway last said about the credits: its balance, or 0 with a 402 (none left)."""
+    if exc is not None and exc.error_class == "credits":
+        return 0.0
+    return answer.credits_remaining
+
+
+def spend_tags(call: Call) -> dict[str, str | None]:
+    """Who a call's spend is kept under, per day (worker.store): its source, batch and route."""
+    line = line_of(call.job_id)
+    return {"source": call.source or "none", "batch": line[0] if line else None, "route": call.route}
 
 
 def learned_pause(rate_limits: dict[str, float]) -> float:

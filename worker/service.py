@@ -1,6 +1,7 @@
 """The arq wiring: the worker's settings for arq, the shared resources built at start-up,
-the keeper task that renews leases, beats the heartbeat and watches the gate, and the
-scheduler task that fires the schedules of SCHEDULES_FILE (worker.schedules).
+the keeper task that renews leases, beats the heartbeat and watches the gate, the
+scheduler task that fires the schedules of SCHEDULES_FILE (worker.schedules), and the
+webhook sender (worker.webhooks).
 
 `arq worker.WorkerSettings` runs arq's own Worker from the same settings; `llm-router worker`
 runs RouterWorker (worker.runner), which adds the batched claim and stops picking jobs while
@@ -17,15 +18,14 @@ from typing import Any
 
 from arq.connections import RedisSettings
 from arq.worker import func
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
 from redis.commands.core import AsyncScript
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from . import jobs, logs, schedules, scripts, serde
+from . import connections, jobs, logs, routes, schedules, scripts, serde, webhooks
+from .cache import ResponseCache
 from .client import AIsaClient
+from .fleet import FleetConfig
 from .gate import Gate
+from .health import HEALTH
 from .lease import Lease
 from .limiter import Limiter
 from .metrics import Labels, serve_metrics
@@ -53,18 +53,24 @@ async def startup(ctx: dict[str, Any]) -> None:
     resources = Resources(
         settings=settings,
         client=client,
-        store=ResultStore(redis, settings.result_ttl_s, settings.dlq_max, settings.dlq_ttl_s),
+        store=ResultStore(
+            redis, settings.result_ttl_s, settings.dlq_max, settings.dlq_ttl_s, settings.spend_retention_days * 86400
+        ),
         limiter=Limiter(redis, settings),
         gate=Gate(redis, settings.probe_interval_s),
         labels=Labels(settings),
         quarantine=Quarantine(redis, settings.queue_name, settings.quarantine_max),
+        cache=ResponseCache(redis, settings),
         lease=(lease := Lease(redis, settings.queue_name, settings.lease_s)),
     )
     ctx["resources"] = resources
     await scripts.preload(redis, job_path_scripts(resources))
     scripts.batch_calls(redis)  # the jobs' script calls of one event-loop turn: one round trip
     serve_metrics(settings.metrics_port)
-    ctx["keeper"] = asyncio.create_task(keeper(resources, lease), name="llm-router-keeper")
+    ctx["keeper"] = asyncio.create_task(
+        keeper(resources, lease, FleetConfig(redis, settings)), name="llm-router-keeper"
+    )
+    ctx["webhooks"] = asyncio.create_task(webhooks.Sender(redis, settings).run(), name="llm-router-webhooks")
     if ctx.get("schedules"):
         from producers.api import Producer
 
@@ -90,7 +96,7 @@ def job_path_scripts(resources: Resources) -> list[AsyncScript]:
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
-    for task in ("scheduler", "keeper"):
+    for task in ("scheduler", "webhooks", "keeper"):
         if task in ctx:
             ctx[task].cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -101,41 +107,63 @@ async def shutdown(ctx: dict[str, Any]) -> None:
         await ctx["resources"].client.aclose()
 
 
-async def keeper(resources: Resources, lease: Lease) -> None:
-    """Renew the leases of this worker's running jobs, beat, and read the gate; while it is
-    closed, probe it in a task of its own (a probe may take REQUEST_TIMEOUT_S, far past a lease)."""
+async def keeper(resources: Resources, lease: Lease, fleet: FleetConfig) -> None:
+    """Renew the leases of this worker's running jobs, beat, publish the config digest, and
+    read the gate; while it is closed, probe it in a task of its own (a probe may take
+    REQUEST_TIMEOUT_S, far past a lease). Each tick feeds the probes (worker.health)."""
     worker_id = uuid.uuid4().hex[:12]
     period = min(resources.settings.lease_s / 3, 1.0)
     probing: asyncio.Task[Any] | None = None
+    compared = False
     try:
         while True:
             try:
                 await lease.renew(resources.running)
                 await lease.beat(worker_id)
+                await fleet.publish(worker_id)
+                if not compared:
+                    compared = True
+                    await warn_if_peers_differ(fleet)
                 resources.paused = await resources.gate.read()
+                HEALTH.redis_ok()
                 if resources.paused is not None and (probing is None or probing.done()):
                     probing = asyncio.create_task(resources.gate.watch(resources), name="llm-router-probe")
             except Exception:
                 log.exception("keeper: will retry")
+            HEALTH.tick()
             await asyncio.sleep(period)
     finally:
         if probing is not None:
             probing.cancel()
 
 
+async def warn_if_peers_differ(fleet: FleetConfig) -> None:
+    """Once, at start-up: say which settings this worker runs differently from its live peers."""
+    others = await fleet.disagreement()
+    for other, names in others.items():
+        log.warning(
+            "config digest %s differs from live workers' %s in %s: every worker of a queue must run the same"
+            " settings (see `llm-router fleet`)",
+            fleet.digest,
+            other,
+            ", ".join(names),
+        )
+    if not others:
+        log.info("config digest %s (as every live worker of the queue)", fleet.digest)
+
+
 def redis_settings(settings: Settings) -> RedisSettings:
-    """Ride out a Redis restart: retry commands on connection errors for about a minute."""
-    rs = RedisSettings.from_dsn(settings.redis_url)
-    rs.conn_retries = 30
-    rs.retry_on_error = [RedisConnectionError, RedisTimeoutError, ConnectionRefusedError]
-    rs.retry = Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=40)
-    return rs
+    """Ride out a Redis restart or failover: retry commands on connection errors for about a
+    minute (REDIS_URL: redis://, rediss:// or redis+sentinel://, worker.connections)."""
+    return connections.arq_settings(settings.redis_url)
 
 
 def worker_kwargs(settings: Settings) -> dict[str, Any]:
-    """Everything arq's Worker takes, from our settings. Checks the API key and the schedules
-    first (a ConfigError: the worker exits 2 with one line)."""
+    """Everything arq's Worker takes, from our settings. Checks the API key, the routes and the
+    schedules first (a ConfigError: the worker exits 2 with one line)."""
     settings.api_key()
+    webhooks.check_settings(settings)
+    routes.check(settings)
     return {
         # keep_result=0: our own JSON JobResult (worker.store) is the result; arq's would duplicate it.
         "functions": [func(f, name=name, keep_result=0) for name, f in jobs.functions().items()],
@@ -162,7 +190,13 @@ def worker_kwargs(settings: Settings) -> dict[str, Any]:
 
 
 def create_worker(settings: Settings, **overrides: Any) -> RouterWorker:
-    return RouterWorker(**{**worker_kwargs(settings), "lease_s": settings.lease_s, **overrides})
+    kwargs = worker_kwargs(settings)
+    pool = connections.arq_pool(settings.redis_url)  # Sentinel: our pool, which retries through a failover
+    if pool is not None:
+        pool.job_serializer, pool.job_deserializer = serde.dumps, serde.loads
+        pool.default_queue_name = settings.queue_name
+        kwargs["redis_pool"] = pool
+    return RouterWorker(**{**kwargs, "lease_s": settings.lease_s, **overrides})
 
 
 def settings_class() -> type:

@@ -8,6 +8,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from .routes import Route, RouteName
+
 
 class Price(BaseModel):
     """USD per 1,000 tokens, used only when the gateway's reply has no `usage.cost`."""
@@ -135,6 +137,16 @@ class Settings(BaseSettings):
     bulk_horizon_s: float = Field(
         0.5, gt=0, description="a bulk job books a rate-limit slot only this close to now (interactive jobs go first)"
     )
+    # ---- the response cache (worker.cache) and routes (worker.routes)
+    cache_mode: Literal["off", "deterministic", "all"] = Field(
+        "deterministic",
+        description="which calls the response cache answers: temperature-0 calls and jobs that ask "
+        "(deterministic), every call a job does not opt out of (all), none (off)",
+    )
+    cache_ttl_s: int = Field(24 * 3600, ge=1, description="how long a cached answer is kept")
+    # ROUTES='{"cheap": {"models": ["gemini-2.0-flash", "gpt-4.1"], "order": "cost"}}': named routes
+    # a job uses as its model (`route:cheap`), added to the built-in ones (or replacing one by name)
+    routes: dict[RouteName, Route] = {}
     # ---- bounded storage (worker.dlq, worker.quarantine)
     dlq_max: int = Field(10_000, ge=1, description="dead letters kept; the oldest are dropped first")
     dlq_ttl_s: int = Field(30 * 24 * 3600, ge=60, description="how long a dead letter is kept")
@@ -169,6 +181,25 @@ class Settings(BaseSettings):
         60, gt=0, description="longest /v1/chat/completions waits, and the largest ?wait= of GET /v1/jobs/{id}"
     )
     file_ttl_s: int = Field(30 * 24 * 3600, ge=60, description="how long an uploaded file is kept")
+    # ---- live streams of streaming jobs (worker.events; GET /v1/jobs/{id}/events)
+    stream_events_ttl_s: int = Field(
+        3600, ge=0, description="how long a streaming job's events are kept; 0: workers publish none"
+    )
+    stream_events_maxlen: int = Field(
+        20_000, ge=100, description="entries one job's event stream keeps at most (oldest trimmed)"
+    )
+    stream_events_flush_ms: float = Field(
+        50, ge=0, description="deltas are coalesced and published at most this often (ms); 0: every chunk"
+    )
+
+    # ---- webhooks (worker.webhooks): a job's or batch's callback_url, POSTed signed when it ends
+    webhook_secret: SecretStr | None = Field(None, description="HMAC-SHA256 key of the signatures; never stored")
+    # WEBHOOK_ALLOWED_HOSTS='["hooks.example.com", "*.example.org", "10.0.0.7:8443"]': the only hosts called
+    webhook_allowed_hosts: list[str] = []
+    webhook_max_tries: int = Field(10, ge=1, description="tries of a delivery before it is recorded failed")
+    webhook_timeout_s: float = Field(10, gt=0, description="one try: connect, send and read the answer")
+    webhook_backoff_base_s: float = Field(2, gt=0, description="wait before the second try, doubling after")
+    webhook_backoff_cap_s: float = Field(3600, gt=0, description="longest wait between tries")
 
     # ---- logs (worker.logs) ----
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="per-job lines are at DEBUG")
@@ -182,6 +213,10 @@ class Settings(BaseSettings):
     metric_models: list[str] = list(AISA_MODELS)
     # Producers' `source` labels; empty: the first 20 a worker sees, then "other".
     metric_sources: list[str] = []
+    # ---- the spend ledger (worker.store, worker.spend): per-day spend by model, source, batch, route
+    spend_retention_days: int = Field(
+        400, ge=1, le=3660, description="days the per-day spend records (by model, source, batch, route) are kept"
+    )
 
     def api_key(self) -> str:
         """The key, or a ConfigError telling the user how to set it."""

@@ -19,39 +19,64 @@ from .keys import (
     CREDITS,
     DLQ,
     DLQ_INDEX,
+    SPEND_BY,
     SPEND_DAY_TTL_S,
     SPEND_TOTAL,
+    WEBHOOKS,
     calls_key,
     done_channel,
     result_key,
+    spend_by_key,
     spend_day_key,
+    today,
+    usage_key,
+    webhook_key,
 )
-from .models import Attempt, JobResult
+from .models import Attempt, JobResult, Usage
+from .outbox import QUEUE_LUA, delivery_of
 from .serde import as_text
 
-# KEYS: calls hash, spend total, spend day, credits
-# ARGV: call id, attempt JSON, model, cost ('' unknown), credits remaining ('' unknown), calls TTL s, day TTL s
+# The call, its spend and usage per day by model, source, batch and route, and the credits, in
+# one script: only the first write of a call id counts, so each real call is counted exactly once.
+# KEYS: calls hash, spend total, credits, then per dimension of SPEND_BY its spend-day and usage-day keys
+# ARGV: call id, attempt JSON, cost ('' unknown), credits remaining ('' unknown), calls TTL s, day TTL s,
+#       prompt tokens, completion tokens, then per dimension its name ('' none: not counted by it)
 _RECORD_CALL = """
 if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
-redis.call('EXPIRE', KEYS[1], ARGV[6])
+redis.call('EXPIRE', KEYS[1], ARGV[5])
 if ARGV[4] ~= '' then
-  redis.call('HINCRBYFLOAT', KEYS[2], ARGV[3], ARGV[4])
-  redis.call('HINCRBYFLOAT', KEYS[3], ARGV[3], ARGV[4])
-  redis.call('EXPIRE', KEYS[3], ARGV[7])
+  redis.call('HSET', KEYS[3], 'remaining', ARGV[4], 'updated_at', redis.call('TIME')[1])
 end
-if ARGV[5] ~= '' then
-  redis.call('HSET', KEYS[4], 'remaining', ARGV[5], 'updated_at', redis.call('TIME')[1])
+for i = 0, (#KEYS - 3) / 2 - 1 do
+  local name, spend, usage = ARGV[9 + i], KEYS[4 + 2 * i], KEYS[5 + 2 * i]
+  if name ~= '' then
+    -- a day's hash gets its expiry with its first field (a field's first increment): fewer writes per call
+    if ARGV[3] ~= '' then
+      if i == 0 then redis.call('HINCRBYFLOAT', KEYS[2], name, ARGV[3]) end
+      if tonumber(redis.call('HINCRBYFLOAT', spend, name, ARGV[3])) == tonumber(ARGV[3]) then
+        redis.call('EXPIRE', spend, ARGV[6])
+      end
+    end
+    if redis.call('HINCRBY', usage, 'calls|' .. name, 1) == 1 then redis.call('EXPIRE', usage, ARGV[6]) end
+    if ARGV[7] ~= '0' then redis.call('HINCRBY', usage, 'prompt|' .. name, ARGV[7]) end
+    if ARGV[8] ~= '0' then redis.call('HINCRBY', usage, 'completion|' .. name, ARGV[8]) end
+  end
 end
 return 1
 """
 
 
 # The result, its dead letter if any, the dead-letter list kept within its bounds (oldest
-# first: past DLQ_TTL_S, then over DLQ_MAX; at most 100 a call), and the wake-up: one round trip.
-# KEYS: result, dlq hash, dlq index
-# ARGV: result JSON, result TTL s, status, dead letter JSON ('' none), now s, dlq max, dlq TTL s, job id, channel
-_SAVE = """
+# first: past DLQ_TTL_S, then over DLQ_MAX; at most 100 a call), its webhook delivery if it has
+# a callback_url (worker.outbox), and the wake-up: one round trip.
+# KEYS: result, dlq hash, dlq index, webhook outbox, webhook delivery
+# ARGV: result JSON, result TTL s, status, dead letter JSON ('' none), now s, dlq max, dlq TTL s, job id, channel,
+#       callback url ('' none), delivery
+_SAVE = (
+    QUEUE_LUA
+    + """
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+if ARGV[10] ~= '' then queue_delivery(KEYS[4], KEYS[5], ARGV[11], ARGV[10], ARGV[5], ARGV[2]) end
 local dropped = {}
 if ARGV[4] ~= '' then
   redis.call('HSET', KEYS[2], ARGV[8], ARGV[4])
@@ -71,36 +96,64 @@ end
 redis.call('PUBLISH', ARGV[9], ARGV[3])
 return #dropped
 """
+)
 
 
 class ResultStore:
-    def __init__(self, redis: Redis, ttl_s: int, dlq_max: int = 10_000, dlq_ttl_s: int = 30 * 24 * 3600) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        ttl_s: int,
+        dlq_max: int = 10_000,
+        dlq_ttl_s: int = 30 * 24 * 3600,
+        spend_ttl_s: int = SPEND_DAY_TTL_S,
+    ) -> None:
         self.redis = redis
         self.ttl_s = ttl_s
+        self.spend_ttl_s = spend_ttl_s
         self.dlq_max = dlq_max
         self.dlq_ttl_s = dlq_ttl_s
         self._record_call = redis.register_script(_RECORD_CALL)
         self._save = redis.register_script(_SAVE)
 
-    async def record_call(self, job_id: str, attempt: Attempt, credits: float | None) -> bool:
-        """One upstream call into the job's call log and, the first time only, into spend.
+    async def record_call(
+        self,
+        job_id: str,
+        attempt: Attempt,
+        credits: float | None,
+        usage: Usage | None = None,
+        tags: dict[str, str | None] | None = None,
+    ) -> bool:
+        """One upstream call into the job's call log and, the first time only, into spend and
+        usage of its UTC day by model and by each of `tags` given (`source`, `batch`, `route`).
         True if it was new."""
-        script, keys, args = self.record_call_call(job_id, attempt, credits)
+        script, keys, args = self.record_call_call(job_id, attempt, credits, usage, tags)
         return bool(await script(keys=keys, args=args))
 
     def record_call_call(
-        self, job_id: str, attempt: Attempt, credits: float | None
+        self,
+        job_id: str,
+        attempt: Attempt,
+        credits: float | None,
+        usage: Usage | None = None,
+        tags: dict[str, str | None] | None = None,
     ) -> tuple[AsyncScript, list[str], list[Any]]:
         """The `record_call` script call, to send in one round trip with others (worker.scripts)."""
-        keys = [calls_key(job_id), SPEND_TOTAL, spend_day_key(), CREDITS]
+        day, tags = today(), tags or {}
+        names = [attempt.model, *(tags.get(by) or "" for by in SPEND_BY[1:])]
+        keys = [calls_key(job_id), SPEND_TOTAL, CREDITS]
+        for by in SPEND_BY:
+            keys += [spend_by_key(by, day), usage_key(by, day)]
         args = [
             attempt.call_id or "",
             attempt.model_dump_json(exclude_none=True),
-            attempt.model,
             "" if attempt.cost is None else repr(attempt.cost),
             "" if credits is None else repr(credits),
             self.ttl_s,
-            SPEND_DAY_TTL_S,
+            self.spend_ttl_s,
+            usage.prompt_tokens if usage else 0,
+            usage.completion_tokens if usage else 0,
+            *names,
         ]
         return self._record_call, keys, args
 
@@ -109,15 +162,19 @@ class ResultStore:
         raw = await self.redis.hvals(calls_key(job_id))  # type: ignore[misc]  # redis-py types commands as sync-or-async
         return sorted((Attempt.model_validate_json(r) for r in raw), key=lambda a: (a.at or 0.0, a.run))
 
-    async def save(self, result: JobResult, dead_letter: str | None = None) -> int:
-        """Store the result (and its dead letter, if it failed) and wake waiters, atomically.
+    async def save(self, result: JobResult, dead_letter: str | None = None, callback_url: str | None = None) -> int:
+        """Store the result (and its dead letter, if it failed; its webhook delivery, if it has a
+        callback url) and wake waiters, atomically.
         Returns how many old dead letters were dropped to keep the list within its bounds."""
-        script, keys, args = self.save_call(result, dead_letter)
+        script, keys, args = self.save_call(result, dead_letter, callback_url)
         return int(await script(keys=keys, args=args))
 
-    def save_call(self, result: JobResult, dead_letter: str | None = None) -> tuple[AsyncScript, list[str], list[Any]]:
+    def save_call(
+        self, result: JobResult, dead_letter: str | None = None, callback_url: str | None = None
+    ) -> tuple[AsyncScript, list[str], list[Any]]:
         """The `save` script call, to send in one round trip with others (worker.scripts)."""
-        keys = [result_key(result.job_id), DLQ, DLQ_INDEX]
+        delivery = delivery_of("job", result.job_id)
+        keys = [result_key(result.job_id), DLQ, DLQ_INDEX, WEBHOOKS, webhook_key(delivery)]
         args = [
             result.model_dump_json(exclude_none=True),
             self.ttl_s,
@@ -128,6 +185,8 @@ class ResultStore:
             self.dlq_ttl_s,
             result.job_id,
             done_channel(result.job_id),
+            callback_url or "",
+            delivery,
         ]
         return self._save, keys, args
 

@@ -19,8 +19,19 @@ RATE = "$__rate_interval"
 WIDTH = 24
 
 
+# Metrics whose series exist only once the feature is used: budgets (BUDGETS, a batch's budget).
+# Their panels are empty until then (the tests skip them for data, not for running).
+FEATURE_METRICS = ("llm_router_budget_",)
+# The dashboard's template variables, as spend panels filter on them.
+SPEND_FILTER = '{model=~"$model", source=~"$source"}'
+DAY = "1d"
+
+
 def target(expr: str, legend: str = "", ref: int = 0) -> dict[str, Any]:
-    return {"refId": chr(ord("A") + ref), "expr": expr, "legendFormat": legend or "__auto", "datasource": DS}
+    t = {"refId": chr(ord("A") + ref), "expr": expr, "legendFormat": legend or "__auto", "datasource": DS}
+    if f"[{DAY}]" in expr:
+        t["interval"] = DAY  # one point a day: each bar is that day's increase
+    return t
 
 
 def panel(
@@ -57,6 +68,26 @@ def graph(title: str, targets: list[tuple[str, str]], unit: str, w: int = 12, de
     return panel("timeseries", title, targets, unit, w, 8, description)
 
 
+def daily_bars(
+    title: str, targets: list[tuple[str, str]], unit: str, w: int = 12, description: str = ""
+) -> dict[str, Any]:
+    """Stacked bars, one a day; a series whose legend names a budget is drawn as a line over them."""
+    p = panel("timeseries", title, targets, unit, w, 8, description)
+    p["fieldConfig"]["defaults"]["custom"] = {"drawStyle": "bars", "fillOpacity": 80, "stacking": {"mode": "normal"}}
+    p["fieldConfig"]["overrides"] = [
+        {
+            "matcher": {"id": "byRegexp", "options": ".*budget.*"},
+            "properties": [
+                {"id": "custom.drawStyle", "value": "line"},
+                {"id": "custom.stacking", "value": {"mode": "none"}},
+                {"id": "custom.lineStyle", "value": {"fill": "dash", "dash": [10, 10]}},
+                {"id": "color", "value": {"mode": "fixed", "fixedColor": "red"}},
+            ],
+        }
+    ]
+    return p
+
+
 def quantiles(metric: str, by: str, qs: tuple[float, ...]) -> list[tuple[str, str]]:
     return [
         (f"histogram_quantile({q}, sum by (le, {by}) (rate({metric}_bucket[{RATE}])))", f"p{int(q * 100)} {{{{{by}}}}}")
@@ -68,40 +99,73 @@ def row(title: str) -> dict[str, Any]:
     return {"type": "row", "title": title, "collapsed": False, "panels": [], "gridPos": {"w": WIDTH, "h": 1}}
 
 
-SPEND_RATE = "sum(rate(llm_router_spend_usd_total[1h])) * 3600"
+SPEND_RATE = f"sum(rate(llm_router_spend_usd_total{SPEND_FILTER}[1h])) * 3600"
+BURN_1H = "scalar(sum(rate(llm_router_spend_usd_total[1h])))"
+BUDGET_USE = (
+    "max by (scope, name) (llm_router_budget_spent_usd) / max by (scope, name) (llm_router_budget_limit_usd > 0)"
+)
 
 PANELS: list[dict[str, Any]] = [
     row("Spend and credits"),
     stat("Spend rate ($/h, last hour)", SPEND_RATE, "currencyUSD"),
     stat(
         "Spent today (UTC)",
-        "sum(llm_router_spend_today_usd)",
+        'sum(llm_router_spend_today_usd{model=~"$model"})',
         "currencyUSD",
         "From Redis: every call's cost, this UTC day",
+    ),
+    stat(
+        "Spent this month (UTC)",
+        'sum(llm_router_spend_month_usd{model=~"$model"})',
+        "currencyUSD",
+        "From Redis: this UTC month to date (llm-router spend --days 31 gives the days)",
     ),
     stat("Credits remaining", "max(llm_router_credits_remaining_usd)", "currencyUSD", "As AIsa last reported"),
     stat(
         "Credits run out in",
-        "max(llm_router_credits_remaining_usd) / scalar(sum(rate(llm_router_spend_usd_total[1h])))",
+        f"max(llm_router_credits_remaining_usd) / {BURN_1H}",
         "s",
-        "At the last hour's burn rate",
+        "Time to empty at the last hour's burn rate (alert: LLMRouterCreditsRunOutWithin24h under 24 h)",
     ),
     stat(
         "Credits reported",
         "time() - max(llm_router_credits_updated_timestamp_seconds)",
         "s",
-        "Seconds since AIsa last reported the credits",
+        "Seconds since AIsa last reported the credits (a 402 reports 0 credits)",
     ),
-    stat("Dead letters", "max(llm_router_dead_letters)", "short"),
+    daily_bars(
+        "Spend per model per day (USD)",
+        [
+            (f"sum by (model) (increase(llm_router_spend_usd_total{SPEND_FILTER}[{DAY}]))", "{{model}}"),
+            ('max(llm_router_budget_limit_usd{scope="global"})', "global daily budget"),
+        ],
+        "currencyUSD",
+        description="Each bar: a day's spend (Prometheus's increase over the day); the dashed line: BUDGETS daily_usd",
+    ),
+    daily_bars(
+        "Spend per source per day (USD)",
+        [
+            (f"sum by (source) (increase(llm_router_spend_usd_total{SPEND_FILTER}[{DAY}]))", "{{source}}"),
+            ('max by (name) (llm_router_budget_limit_usd{scope="source", name=~"$source"})', "budget {{name}}"),
+        ],
+        "currencyUSD",
+        description="Each bar: a day's spend by the calling service; dashed: each source's daily budget",
+    ),
     graph(
         "Spend per model ($/h)",
-        [(f"sum by (model) (rate(llm_router_spend_usd_total[{RATE}])) * 3600", "{{model}}")],
+        [(f"sum by (model) (rate(llm_router_spend_usd_total{SPEND_FILTER}[{RATE}])) * 3600", "{{model}}")],
         "currencyUSD",
     ),
     graph(
         "Spend per producer ($/h)",
-        [(f"sum by (source) (rate(llm_router_spend_usd_total[{RATE}])) * 3600", "{{source}}")],
+        [(f"sum by (source) (rate(llm_router_spend_usd_total{SPEND_FILTER}[{RATE}])) * 3600", "{{source}}")],
         "currencyUSD",
+    ),
+    graph(
+        "Spent today by source (UTC, from Redis)",
+        [('max by (source) (llm_router_spend_today_by_source_usd{source=~"$source"})', "{{source}}")],
+        "currencyUSD",
+        w=8,
     ),
     graph(
         "Credits remaining, and in 24 h at this rate",
@@ -110,7 +174,70 @@ PANELS: list[dict[str, Any]] = [
             ("predict_linear(llm_router_credits_remaining_usd[1h], 86400)", "in 24 h"),
         ],
         "currencyUSD",
-        w=WIDTH,
+        w=8,
+    ),
+    graph(
+        "Credits time-to-empty at the current burn rate",
+        [
+            (f"max(llm_router_credits_remaining_usd) / {BURN_1H}", "last hour's rate"),
+            (
+                f"max(llm_router_credits_remaining_usd) / scalar(sum(rate(llm_router_spend_usd_total[{RATE}])))",
+                "current rate",
+            ),
+        ],
+        "s",
+        w=8,
+    ),
+    row("Budgets, cache, routes"),
+    graph(
+        "Budget used (share of the limit)",
+        [(BUDGET_USE, "{{scope}} {{name}}")],
+        "percentunit",
+        w=8,
+        description="Spent / limit per budget scope (alerts: 80 % of a daily budget, and spent)",
+    ),
+    graph(
+        "Budget spent, reserved and limit (USD)",
+        [
+            ("max by (scope, name) (llm_router_budget_spent_usd)", "spent {{scope}} {{name}}"),
+            ("max by (scope, name) (llm_router_budget_reserved_usd)", "reserved {{scope}} {{name}}"),
+            ("max by (scope, name) (llm_router_budget_limit_usd)", "limit {{scope}} {{name}}"),
+        ],
+        "currencyUSD",
+        w=8,
+        description="Reserved: the worst case of the calls in flight, settled to their real cost when they end",
+    ),
+    graph(
+        "Budget refusals",
+        [(f"sum by (scope, name) (increase(llm_router_budget_refusals_total[{RATE}]))", "{{scope}} {{name}}")],
+        "short",
+        w=8,
+        description="Jobs refused with error class `budget` (dead-lettered: replay them when the budget resets)",
+    ),
+    graph(
+        "Cache hit ratio by model",
+        [
+            (
+                f"sum by (model) (rate(llm_router_cache_hits_total[{RATE}])) / (sum by (model) "
+                f"(rate(llm_router_cache_hits_total[{RATE}])) + sum by (model) "
+                f"(rate(llm_router_cache_misses_total[{RATE}])))",
+                "{{model}}",
+            )
+        ],
+        "percentunit",
+        w=8,
+    ),
+    daily_bars(
+        "Cache savings per model per day (USD)",
+        [(f'sum by (model) (increase(llm_router_cache_saved_usd_total{{model=~"$model"}}[{DAY}]))', "{{model}}")],
+        "currencyUSD",
+        w=8,
+    ),
+    graph(
+        "Route choices/s by route and model",
+        [(f"sum by (route, model) (rate(llm_router_route_choices_total[{RATE}]))", "{{route}} → {{model}}")],
+        "reqps",
+        w=8,
     ),
     row("Latency"),
     graph(
@@ -205,12 +332,25 @@ PANELS: list[dict[str, Any]] = [
     row("Queue and workers"),
     graph(
         "Queue depth",
-        [("max(llm_router_queue_depth)", "ready"), ("max(llm_router_queue_scheduled)", "scheduled (deferred)")],
+        [
+            ("max(llm_router_queue_depth)", "ready"),
+            ("max(llm_router_queue_interactive_depth)", "ready, interactive (batch lines left out)"),
+            ("max(llm_router_queue_scheduled)", "scheduled (deferred)"),
+        ],
         "short",
         w=8,
     ),
-    graph("Oldest queued job", [("max(llm_router_queue_oldest_job_age_seconds)", "age")], "s", w=8),
+    graph(
+        "Oldest queued job",
+        [
+            ("max(llm_router_queue_oldest_job_age_seconds)", "age"),
+            ("max(llm_router_queue_interactive_oldest_job_age_seconds)", "interactive (what the alert watches)"),
+        ],
+        "s",
+        w=8,
+    ),
     graph("In-flight upstream calls", [("sum by (model) (llm_router_upstream_in_flight)", "{{model}}")], "short", w=8),
+    stat("Dead letters", "max(llm_router_dead_letters)", "short", "llm-router dlq list"),
     graph(
         "Workers up, queue paused",
         [
@@ -230,6 +370,26 @@ PANELS: list[dict[str, Any]] = [
         "(llm-router quarantine list)",
     ),
 ]
+
+
+def variable(label: str, title: str) -> dict[str, Any]:
+    """A multi-value template variable over the spend counter's label, `All` by default (regex .*)."""
+    query = f"label_values(llm_router_spend_usd_total, {label})"
+    return {
+        "name": label,
+        "label": title,
+        "type": "query",
+        "datasource": DS,
+        "query": {"query": query, "refId": f"{label}-values"},
+        "definition": query,
+        "refresh": 2,
+        "multi": True,
+        "includeAll": True,
+        "allValue": ".*",
+        "current": {"selected": True, "text": ["All"], "value": ["$__all"]},
+        "sort": 1,
+        "hide": 0,
+    }
 
 
 def layout(panels: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -265,7 +425,9 @@ def dashboard() -> dict[str, Any]:
                     "label": "Prometheus",
                     "current": {},
                     "hide": 0,
-                }
+                },
+                variable("model", "Model"),
+                variable("source", "Source"),
             ]
         },
         "annotations": {"list": []},

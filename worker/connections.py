@@ -1,0 +1,220 @@
+"""Redis connections from REDIS_URL, for every process: workers (arq's pool), producers, the
+ingress and the exporter. Three kinds of URL:
+
+- `redis://[:password@]host:6379/0`: one Redis (redis-py's URL, query options included);
+- `rediss://[:password@]host:6380/0[?ssl_ca_certs=/ca.pem]`: TLS, as managed Redis offers it;
+- `redis+sentinel://[:password@]host1:26379[,host2:26379,...]/mymaster[/0]`: Redis with
+  Sentinel: the client asks the sentinels for the master of `mymaster` and asks again after a
+  failover (`rediss+sentinel://` for TLS). `?sentinel_password=...` when the sentinels
+  require one (the password of the userinfo is the master's).
+
+A worker retries a command on connection errors for about a minute (a restart, a failover),
+with backoff; so does every client of a Sentinel URL (a failover takes seconds). A producer
+on a plain URL fails at once, as before (the CLI says Redis cannot be reached).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qs, unquote
+
+from arq.connections import ArqRedis, RedisSettings
+from redis import Redis as SyncRedis
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel, SentinelManagedConnection
+from redis.backoff import ExponentialBackoff, NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ReadOnlyError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry as SyncRetry
+from redis.sentinel import Sentinel as SyncSentinel
+from redis.sentinel import SentinelManagedConnection as SyncSentinelManagedConnection
+
+from .settings import ConfigError
+
+SENTINEL_SCHEMES = {"redis+sentinel": False, "rediss+sentinel": True}
+# ReadOnlyError: a client still on a demoted master; the retry reconnects to the new one
+RETRY_ON = [RedisConnectionError, RedisTimeoutError, ConnectionRefusedError, ReadOnlyError]
+TLS_OPTIONS = ("ssl_ca_certs", "ssl_cert_reqs", "ssl_certfile", "ssl_keyfile", "ssl_check_hostname")
+
+
+@dataclass
+class SentinelUrl:
+    hosts: list[tuple[str, int]]
+    service: str
+    db: int = 0
+    username: str | None = None
+    password: str | None = None
+    tls: bool = False
+    sentinel_password: str | None = None
+    tls_options: dict[str, Any] = field(default_factory=dict)
+
+
+def sentinel_url(url: str) -> SentinelUrl | None:
+    """The parts of a `redis+sentinel://` URL; None for any other URL; ConfigError if malformed."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in SENTINEL_SCHEMES:
+        return None
+    rest, _, query = rest.partition("?")
+    netloc, _, path = rest.partition("/")
+    userinfo, at, hostlist = netloc.rpartition("@")
+    username, _, password = userinfo.partition(":") if at else ("", "", "")
+    parts = [p for p in path.split("/") if p]
+    try:
+        hosts = [
+            (h.rpartition(":")[0] or h, int(h.rpartition(":")[2]) if ":" in h else 26379) for h in hostlist.split(",")
+        ]
+        db = int(parts[1]) if len(parts) > 1 else 0
+    except ValueError:
+        hosts, db = [], -1
+    if not all(h for h, _ in hosts) or len(parts) not in (1, 2) or db < 0:
+        raise ConfigError(
+            f"REDIS_URL: {scheme}:// needs sentinels and the master's name: "
+            f"{scheme}://[:password@]host1:26379[,host2:26379,...]/mymaster[/db]"
+        )
+    options = {k: v[-1] for k, v in parse_qs(query).items()}
+    return SentinelUrl(
+        hosts=hosts,
+        service=parts[0],
+        db=db,
+        username=unquote(username) or None,
+        password=unquote(password) or None,
+        tls=SENTINEL_SCHEMES[scheme],
+        sentinel_password=options.get("sentinel_password"),
+        tls_options={k: _option(v) for k, v in options.items() if k in TLS_OPTIONS},
+    )
+
+
+def _option(value: str) -> Any:
+    return {"true": True, "false": False}.get(value.lower(), value)
+
+
+def _check(url: str) -> None:
+    scheme = url.partition("://")[0]
+    if scheme not in ("redis", "rediss", "unix") and scheme not in SENTINEL_SCHEMES:
+        raise ConfigError(
+            f"REDIS_URL: unknown scheme {scheme!r}: use redis://, rediss:// (TLS) or redis+sentinel:// (Sentinel)"
+        )
+
+
+class NoReplicas(RedisConnectionError):
+    """NOREPLICAS: a master with `min-replicas-to-write` has no replica in sync (just after a
+    failover, until the old master rejoins): no write was applied, retried like a lost connection."""
+
+
+class FollowMaster(SentinelManagedConnection):
+    """A connection to the master that asks the sentinels again on every retry. redis-py's
+    retries the connect to the address it was given: a dead master's, until a process comes
+    back there (a restarted pod, empty and briefly a master itself), and writes go to it."""
+
+    async def read_response(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await super().read_response(*args, **kwargs)
+        except ResponseError as exc:
+            if str(exc).startswith("NOREPLICAS"):
+                raise NoReplicas(str(exc)) from exc
+            raise
+
+    async def connect_to(self, address: tuple[str, int]) -> None:
+        retry, self.retry = self.retry, Retry(NoBackoff(), 0)
+        try:
+            await super().connect_to(address)
+        finally:
+            self.retry = retry
+
+
+class SyncFollowMaster(SyncSentinelManagedConnection):
+    """FollowMaster for the blocking client."""
+
+    def connect_to(self, address: tuple[str, int]) -> None:
+        retry, self.retry = self.retry, SyncRetry(NoBackoff(), 0)
+        try:
+            super().connect_to(address)
+        finally:
+            self.retry = retry
+
+
+def _retry() -> Retry:
+    return Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=40)
+
+
+def _sentinel_kwargs(s: SentinelUrl) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the sentinels' connection options, the master's)."""
+    tls = {"ssl": True, **s.tls_options} if s.tls else {}
+    sentinels = {"socket_connect_timeout": 2, "socket_timeout": 2, "password": s.sentinel_password, **tls}
+    master = {"db": s.db, "username": s.username, "password": s.password, "socket_connect_timeout": 2, **tls}
+    return sentinels, master
+
+
+def async_redis(url: str, **kwargs: Any) -> Redis:
+    """An asyncio client for REDIS_URL (a Sentinel URL follows the master)."""
+    _check(url)
+    s = sentinel_url(url)
+    if s is None:
+        return Redis.from_url(url, **kwargs)
+    sentinels, master = _sentinel_kwargs(s)
+    sentinel = Sentinel(s.hosts, sentinel_kwargs=sentinels, retry=_retry(), retry_on_error=RETRY_ON, **master)
+    client: Redis = sentinel.master_for(s.service, connection_class=FollowMaster, **kwargs)
+    return client
+
+
+def async_pool_redis(url: str, max_connections: int, **kwargs: Any) -> Redis:
+    """A client whose pool holds at most `max_connections` (waiting for a free one), for the ingress."""
+    _check(url)
+    if sentinel_url(url) is not None:  # Sentinel's pool does not block: past the bound, an error
+        kwargs.pop("timeout", None)
+        return async_redis(url, max_connections=max_connections, **kwargs)
+    return Redis(connection_pool=BlockingConnectionPool.from_url(url, max_connections=max_connections, **kwargs))
+
+
+def sync_redis(url: str, **kwargs: Any) -> SyncRedis:
+    """A blocking client (the exporter's)."""
+    _check(url)
+    s = sentinel_url(url)
+    if s is None:
+        return SyncRedis.from_url(url, **kwargs)
+    sentinels, master = _sentinel_kwargs(s)
+    retry = SyncRetry(ExponentialBackoff(cap=1.0, base=0.05), retries=3)  # a scrape is retried by the next
+    sentinel = SyncSentinel(s.hosts, sentinel_kwargs=sentinels, retry=retry, retry_on_error=RETRY_ON, **master)
+    client: SyncRedis = sentinel.master_for(s.service, connection_class=SyncFollowMaster, **kwargs)
+    return client
+
+
+def arq_settings(url: str) -> RedisSettings:
+    """arq's RedisSettings for REDIS_URL: riding out a restart for about a minute."""
+    _check(url)
+    s = sentinel_url(url)
+    if s is None:
+        rs = RedisSettings.from_dsn(url)
+        options = {k: _option(v[-1]) for k, v in parse_qs(url.partition("?")[2]).items() if k in TLS_OPTIONS}
+        for name, value in options.items():
+            setattr(rs, name, value)
+    else:
+        rs = RedisSettings(
+            host=s.hosts,
+            sentinel=True,
+            sentinel_master=s.service,
+            database=s.db,
+            username=s.username,
+            password=s.password,
+            ssl=s.tls,
+        )
+    rs.conn_retries = 30
+    rs.retry_on_error = RETRY_ON
+    rs.retry = _retry()
+    return rs
+
+
+def arq_pool(url: str) -> ArqRedis | None:
+    """For a Sentinel URL, the worker's own pool: arq's create_pool passes no retry options to
+    Sentinel's connections, and a worker must ride out a failover. None for other URLs (arq
+    builds its pool from `arq_settings`)."""
+    s = sentinel_url(url)
+    if s is None:
+        return None
+    sentinels, master = _sentinel_kwargs(s)
+    sentinel = Sentinel(s.hosts, sentinel_kwargs=sentinels, retry=_retry(), retry_on_error=RETRY_ON, **master)
+    pool: ArqRedis = sentinel.master_for(s.service, redis_class=ArqRedis, connection_class=FollowMaster)
+    return pool

@@ -1,0 +1,87 @@
+"""`llm-router spend` (an operator verb, beside worker.spend):
+
+    llm-router spend [--days 7] [--by model|source|batch|route] [--json]
+
+Spend, calls, tokens and cache savings of the last N UTC days, by model, source, batch or
+route, every day's total, and today's use of each daily budget (BUDGETS, when set): the numbers
+the metrics show, read from the per-day records the workers keep in Redis.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+
+from .cli import run
+from .keys import SPEND_BY
+from .settings import load_settings
+
+
+@click.group()
+def cli() -> None:
+    """Spend verbs."""
+
+
+@cli.command()
+@click.option("--days", type=click.IntRange(1, 3660), default=7, show_default=True, help="UTC days, today included")
+@click.option("--by", "by", type=click.Choice(SPEND_BY), default="model", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="the whole report as JSON")
+def spend(days: int, by: str, as_json: bool) -> None:
+    """Spend, calls, tokens and cache savings per day, by model, source, batch or route."""
+    from redis.asyncio import Redis
+
+    from .spend import report
+
+    async def main() -> int:
+        settings = load_settings()
+        redis = Redis.from_url(settings.redis_url)
+        try:
+            found = await report(redis, days, by, getattr(settings, "budgets", None) or None)
+        finally:
+            await redis.aclose()
+        if as_json:
+            click.echo(json.dumps(found.as_json(), indent=2))
+        else:
+            click.echo(render(found.as_json()))
+        return 0
+
+    run(main())
+
+
+COLUMNS = (
+    ("usd", "USD", "{:.6f}"),
+    ("calls", "calls", "{}"),
+    ("prompt_tokens", "prompt tok", "{}"),
+    ("completion_tokens", "completion tok", "{}"),
+    ("saved_usd", "cache saved USD", "{:.6f}"),
+)
+
+
+def render(report: dict[str, Any]) -> str:
+    """The report as text tables: by name, per day, budgets."""
+    days = report["days"]
+    out = [f"spend by {report['by']}, {days[0]} .. {days[-1]} (UTC days)"]
+    rows = [(r["name"], r) for r in report["rows"]] or [("(none)", {})]
+    out += _table(report["by"], [*rows, ("total", report["total"])])
+    out += ["", *_table("day", [(d["day"], d) for d in report["daily"]])]
+    if "budgets" in report:
+        out += ["", "budgets, today (UTC)"]
+        if not report["budgets"]:
+            out.append("  (BUDGETS sets no daily budget)")
+        for b in report["budgets"]:
+            out.append(
+                f"  {b['scope']:<7} {b['name']:<24} {b['spent_usd']:>12.6f} of {b['limit_usd']:.2f} USD"
+                f" ({b['used'] * 100:.1f} %)"
+            )
+    return "\n".join(out)
+
+
+def _table(head: str, rows: list[tuple[str, dict[str, Any]]]) -> list[str]:
+    width = max([len(head)] + [len(name) for name, _ in rows])
+    lines = [f"{head:<{width}}" + "".join(f"  {title:>16}" for _, title, _ in COLUMNS)]
+    for name, row in rows:
+        cells = "".join(f"  {fmt.format(row.get(key, 0)):>16}" for key, _, fmt in COLUMNS)
+        lines.append(f"{name:<{width}}{cells}")
+    return lines

@@ -1,0 +1,270 @@
+"""Webhooks: when a job or batch with a `callback_url` ends, POST its record there, signed.
+
+Deliveries wait in the outbox (worker.outbox), queued atomically with the record they report;
+every worker runs a `Sender` task that claims the due ones and sends them, off the job slots.
+A try is one POST of
+
+    {"id": "<delivery>#<n>", "type": "job.succeeded", "created": <unix>, "data": {...}}
+
+(`data`: the result record, or the batch's record; `type`: `job.<status>` or `batch.<status>`),
+with the headers `LLM-Router-Signature: t=<unix>,v1=<hex HMAC-SHA256(WEBHOOK_SECRET, "<t>.<raw body>")>`,
+`LLM-Router-Delivery` (the same on every try: receivers dedupe on it) and `LLM-Router-Event`.
+A 2xx answer delivers it; anything else (another status, a timeout, a refused connection; a
+redirect is not followed) is tried again after WEBHOOK_BACKOFF_BASE_S, doubling (jittered, at most
+WEBHOOK_BACKOFF_CAP_S; longer if a 429 or 503 asks so with Retry-After, up to the cap), up to
+WEBHOOK_MAX_TRIES tries, then recorded `failed`: the record it reports is left as it is. Only
+hosts of WEBHOOK_ALLOWED_HOSTS are called: producers refuse another at enqueue, and the sender
+checks again before every try.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import logging
+import time
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import orjson
+from redis.asyncio import Redis
+
+from . import batches
+from . import metrics as m
+from .headers import parse_wait
+from .keys import result_key
+from .outbox import Outbox
+from .policy import backoff_delay
+from .settings import ConfigError, Settings
+
+log = logging.getLogger("llm_router.webhooks")
+
+SIGNATURE_HEADER = "LLM-Router-Signature"
+DELIVERY_HEADER = "LLM-Router-Delivery"
+EVENT_HEADER = "LLM-Router-Event"
+# Deliveries one worker sends at once, and how long past WEBHOOK_TIMEOUT_S a claimed one is held
+# before another worker may try it (a try is cut at the timeout; the margin is for Redis).
+CONCURRENCY = 16
+LEASE_EXTRA_S = 5
+IDLE_POLL_S = 0.5
+
+
+# ---------------------------------------------------------------- settings and the allow-list
+
+
+def check_settings(settings: Settings) -> None:
+    """A worker's start-up check: every allow-list entry is a host, `host:port` or `*.domain`,
+    and an allow-list needs WEBHOOK_SECRET (nothing is sent unsigned)."""
+    for entry in settings.webhook_allowed_hosts:
+        if not _entry_ok(entry):
+            raise ConfigError(
+                f"WEBHOOK_ALLOWED_HOSTS: {entry!r} is not a host name: use e.g. hooks.example.com, "
+                "hooks.example.com:8443 or *.example.com"
+            )
+    if settings.webhook_allowed_hosts and not _secret(settings):
+        raise ConfigError(
+            "WEBHOOK_ALLOWED_HOSTS is set but WEBHOOK_SECRET is not: export WEBHOOK_SECRET=<a long random string> "
+            "(receivers verify the signatures with it)"
+        )
+
+
+def _entry_ok(entry: str) -> bool:
+    try:
+        name, _port = _host_port(entry)
+    except ValueError:
+        return False
+    return bool(name) and entry == entry.strip() and "/" not in entry and "@" not in entry
+
+
+def _host_port(entry: str) -> tuple[str, int | None]:
+    """(host, port or None) of an allow-list entry: `host`, `host:port`, `[v6]:port`, `*.domain`."""
+    parts = urlsplit("//" + entry.strip().lower())
+    return parts.hostname or "", parts.port
+
+
+def allowed(url: str, hosts: list[str]) -> bool:
+    """Whether `url`'s host is on the allow-list: `host` (any port), `host:port`, `*.domain` (its
+    subdomains, not the domain itself); case-insensitive."""
+    try:
+        parts = urlsplit(url)
+        host, port = (parts.hostname or "").lower(), parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        return False
+    for entry in hosts:
+        try:
+            name, entry_port = _host_port(entry)
+        except ValueError:
+            continue
+        if entry_port is not None and entry_port != port:
+            continue
+        if host == name or (name.startswith("*.") and host.endswith(name[1:])):
+            return True
+    return False
+
+
+def refusal(url: str, settings: Settings) -> str | None:
+    """Why a producer must refuse this callback_url, or None: its host is not on the allow-list."""
+    if allowed(url, settings.webhook_allowed_hosts):
+        return None
+    host = urlsplit(url).hostname
+    if not settings.webhook_allowed_hosts:
+        return "webhooks are off: no host is allowed (set WEBHOOK_ALLOWED_HOSTS, and WEBHOOK_SECRET on the workers)"
+    return f"host {host!r} is not on WEBHOOK_ALLOWED_HOSTS: add it there, or use an allowed host"
+
+
+def _secret(settings: Settings) -> bytes:
+    return settings.webhook_secret.get_secret_value().encode() if settings.webhook_secret else b""
+
+
+# ---------------------------------------------------------------- signing
+
+
+def sign(secret: bytes, body: bytes, timestamp: int) -> str:
+    """The LLM-Router-Signature header's value for `body` sent at `timestamp` (UNIX s)."""
+    digest = hmac.new(secret, str(timestamp).encode() + b"." + body, hashlib.sha256).hexdigest()
+    return f"t={timestamp},v1={digest}"
+
+
+# ---------------------------------------------------------------- sending
+
+
+class Sender:
+    """Claims due deliveries and sends them, CONCURRENCY at once: a worker's background task."""
+
+    def __init__(self, redis: Redis, settings: Settings, client: httpx.AsyncClient | None = None) -> None:
+        self.redis = redis
+        self.settings = settings
+        self.outbox = Outbox(redis)
+        self.client = client or httpx.AsyncClient(timeout=settings.webhook_timeout_s, follow_redirects=False)
+        self.sending: set[asyncio.Task[None]] = set()
+        self.wake = asyncio.Event()  # a try ended: its retry may be due before the next poll
+
+    async def run(self) -> None:
+        try:
+            while True:
+                try:
+                    if len(self.sending) >= CONCURRENCY:  # every slot busy: wait for one
+                        await asyncio.wait(set(self.sending), return_when=asyncio.FIRST_COMPLETED)
+                        continue
+                    more = await self.send_due()
+                    wait = 0.0 if more else await self._idle()
+                except Exception:
+                    log.exception("webhooks: will retry")
+                    wait = IDLE_POLL_S
+                self.wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.wake.wait(), max(wait, 0.01))
+        finally:
+            for task in self.sending:
+                task.cancel()  # a try cut here is due again at once (`send`), for any worker
+            await asyncio.gather(*self.sending, return_exceptions=True)
+            await self.client.aclose()
+
+    async def send_due(self) -> bool:
+        """Claim what is due (as many as there are free slots) and start sending it; True if
+        more may be due."""
+        free = CONCURRENCY - len(self.sending)
+        lease = self.settings.webhook_timeout_s + LEASE_EXTRA_S
+        claimed = await self.outbox.claim(time.time(), lease, free)
+        for delivery in claimed:
+            task = asyncio.create_task(self.send(delivery), name=f"llm-router-webhook-{delivery}")
+            self.sending.add(task)
+            task.add_done_callback(self._sent)
+        return len(claimed) == free
+
+    def _sent(self, task: asyncio.Task[None]) -> None:
+        self.sending.discard(task)
+        self.wake.set()
+
+    async def _idle(self) -> float:
+        due = await self.outbox.next_due()
+        return IDLE_POLL_S if due is None else min(IDLE_POLL_S, due - time.time())
+
+    async def send(self, delivery: str) -> None:
+        """One try of a claimed delivery, and its outcome."""
+        try:
+            record = await self.outbox.read(delivery)
+            if record is None or record.get("status") != "pending":
+                await self.outbox.drop(delivery)
+                return
+            await self._try(delivery, record)
+        except asyncio.CancelledError:  # the worker is stopping: due again now, for the next one
+            await self.outbox.release(delivery, time.time())
+            raise
+        except Exception:
+            log.exception("webhook %s: the try failed inside the worker; tried again later", delivery)
+
+    async def _try(self, delivery: str, record: dict[str, str]) -> None:
+        n, url, tries = record.get("n", "1"), record.get("url", ""), int(record.get("tries", 0)) + 1
+        problem = self._problem(url)
+        body, event = (None, "") if problem else await self._body(delivery, n, record)
+        if body is None:
+            await self._end(delivery, n, "failed", problem or "the record it reports is gone (expired)")
+            return
+        status: int | None = None
+        asked: float | None = None  # a 429's or 503's Retry-After
+        try:
+            timestamp = int(time.time())
+            headers = {
+                "Content-Type": "application/json",
+                "User-Agent": "llm-router-webhooks",
+                SIGNATURE_HEADER: sign(_secret(self.settings), body, timestamp),
+                DELIVERY_HEADER: f"{delivery}#{n}",
+                EVENT_HEADER: event,
+            }
+            async with asyncio.timeout(self.settings.webhook_timeout_s):  # the whole try, not each read
+                answer = await self.client.post(url, content=body, headers=headers)
+            status = answer.status_code
+            error = "" if answer.is_success else f"the receiver answered HTTP {status}"
+            if status in (429, 503):
+                asked = parse_wait(answer.headers.get("retry-after"))
+        except TimeoutError:
+            error = f"no answer within WEBHOOK_TIMEOUT_S={self.settings.webhook_timeout_s:g}"
+        except httpx.HTTPError as exc:
+            error = (f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)[:300]
+        if not error:
+            await self._end(delivery, n, "delivered", "", status)
+        elif tries >= self.settings.webhook_max_tries:
+            await self._end(delivery, n, "failed", f"{error} (try {tries} of WEBHOOK_MAX_TRIES)", status)
+        else:
+            s = self.settings
+            wait = backoff_delay(tries - 1, s.webhook_backoff_base_s, s.webhook_backoff_cap_s)
+            due = time.time() + min(max(wait, asked or 0.0), s.webhook_backoff_cap_s)
+            if await self.outbox.outcome(delivery, n, "retry", time.time(), due, error, status):
+                m.WEBHOOK_DELIVERIES.labels("retried").inc()
+            log.info("webhook %s: try %d failed (%s); next in %.1fs", delivery, tries, error, due - time.time())
+
+    async def _end(self, delivery: str, n: str, outcome: str, error: str, status: int | None = None) -> None:
+        if await self.outbox.outcome(delivery, n, outcome, time.time(), 0, error, status):
+            m.WEBHOOK_DELIVERIES.labels(outcome).inc()
+            if outcome == "failed":
+                log.warning("webhook %s failed for good: %s", delivery, error)
+
+    def _problem(self, url: str) -> str | None:
+        if not allowed(url, self.settings.webhook_allowed_hosts):
+            return "its host is not on this worker's WEBHOOK_ALLOWED_HOSTS: not called"
+        if not _secret(self.settings):
+            return "WEBHOOK_SECRET is not set on this worker: nothing is sent unsigned"
+        return None
+
+    async def _body(self, delivery: str, n: str, record: dict[str, str]) -> tuple[bytes | None, str]:
+        """(the body, its event type), or (None, '') when the record it reports is gone."""
+        subject, _, subject_id = delivery.partition(":")
+        data: Any
+        if subject == "batch":
+            batch = await batches.get(self.redis, subject_id)
+            if batch is None:
+                return None, ""
+            data, event = batch.model_dump(mode="json"), f"batch.{batch.status}"
+        else:
+            raw = await self.redis.get(result_key(subject_id))
+            if raw is None:
+                return None, ""
+            data = orjson.loads(raw)
+            event = f"job.{data.get('status')}"
+        created = int(float(record.get("created_at", 0)))
+        envelope = {"id": f"{delivery}#{n}", "type": event, "created": created, "data": data}
+        return orjson.dumps(envelope), event
