@@ -72,7 +72,13 @@ def jobs(n: int) -> list[ChatJob]:
     return [ChatJob(model="gpt-4o-mini", messages=[{"role": "user", "content": f"prompt {i}"}]) for i in range(n)]
 
 
-async def drain(settings: Settings, stock: bool = False, **overrides: object) -> tuple[float, float]:
+async def drain(settings: Settings, stock: bool = False, **overrides: object) -> float:
+    """Run a worker in burst mode until the queue is empty: wall seconds."""
+    wall, _ = await drain_timed(settings, stock, **overrides)
+    return wall
+
+
+async def drain_timed(settings: Settings, stock: bool = False, **overrides: object) -> tuple[float, float]:
     """Run a worker in burst mode until the queue is empty: (wall seconds, this process's CPU seconds)."""
     if stock:
         worker = Worker(**{**worker_kwargs(settings), "burst": True, "handle_signals": False, **overrides})
@@ -92,7 +98,7 @@ async def arq_noop(settings: Settings, n: int, stock: bool = True) -> tuple[floa
         await producer.redis.flushdb()
         # the same JSON job format and size as the real jobs, run by an empty function
         await producer.enqueue_many(jobs(n))
-    wall, cpu = await drain(
+    wall, cpu = await drain_timed(
         settings,
         stock=stock,
         functions=[func(noop, name=kind, keep_result=0) for kind in ("chat", "vision", "compare")],
@@ -121,7 +127,7 @@ async def service(settings: Settings, n: int) -> tuple[float, float, RedisTraffi
         await producer.redis.flushdb()
         ids = await producer.enqueue_many(jobs(n))
         with RedisTraffic() as traffic:
-            wall, cpu = await drain(settings)
+            wall, cpu = await drain_timed(settings)
         done = [await producer.result(i) for i in ids[:: max(n // 50, 1)]]
     assert all(r is not None and r.status == "succeeded" for r in done), "service benchmark jobs failed"
     return n / wall, cpu / n, traffic
