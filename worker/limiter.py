@@ -38,10 +38,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
 
 from . import budgets
 from .keys import GATE, GLOBAL_LIMIT, model_key
 from .models import BudgetInfo
+from .scripts import run_scripts
 from .serde import as_text
 from .settings import RateLimit, Settings
 
@@ -202,20 +204,20 @@ class Limiter:
         """Book `model`'s next slot unless it is further off than `max_wait_s`; with a budget
         plan, only if the call's worst case fits (and reserve it with the slot)."""
         r_ms, t_ms = self.intervals(model)
-        status, wait_ms, *rest = await self._admit(
-            keys=[GATE, model_key(model), GLOBAL_LIMIT, *(budget.keys if budget else ())],
-            args=[
-                r_ms,
-                t_ms,
-                tokens,
-                *self._global,
-                int(max_wait_s * 1000),
-                int(self.settings.request_timeout_s * 1000) + 1000,
-                _tpm(self.settings.rate_limits.get(model)),
-                _tpm(self.settings.global_rate_limit),
-                *(budget.args if budget else ()),
-            ],
-        )
+        args = [
+            r_ms,
+            t_ms,
+            tokens,
+            *self._global,
+            int(max_wait_s * 1000),
+            int(self.settings.request_timeout_s * 1000) + 1000,
+            _tpm(self.settings.rate_limits.get(model)),
+            _tpm(self.settings.global_rate_limit),
+            *(budget.args if budget else ()),
+        ]
+        keys = [GATE, model_key(model), GLOBAL_LIMIT, *(budget.keys if budget else ())]
+        # through worker.scripts: sent with the other jobs' calls of this event-loop turn
+        [(status, wait_ms, *rest)] = await run_scripts(self.redis, [(self._admit, keys, args)])
         status = as_text(status)
         if status == "budget" and budget is not None:
             return Admission(status, 0.0, refusal=self.budgets.refused(budget, rest), worst_usd=float(rest[4]))
@@ -250,27 +252,44 @@ class Limiter:
         A call that used `used_tokens` gives back the rest of its booking; a failed one (outcome
         `fail`/`neutral`, no usage) gives back all of it: a booking never outlives its call.
         `budget`: the call's budget settlement (worker.budgets `settlement`), in the same script."""
+        script, keys, args = self.settle_call(
+            model,
+            booked_tokens=booked_tokens,
+            used_tokens=used_tokens,
+            outcome=outcome,
+            pause_s=pause_s,
+            budget=budget,
+        )
+        return bool(await script(keys=keys, args=args))
+
+    def settle_call(
+        self,
+        model: str,
+        *,
+        booked_tokens: int,
+        used_tokens: int | None,
+        outcome: str,
+        pause_s: float,
+        budget: tuple[list[str], list[Any]] | None = None,
+    ) -> tuple[AsyncScript, list[str], list[Any]]:
+        """The `settle` script call, to send in one round trip with others (worker.scripts)."""
         s = self.settings
         if used_tokens is not None:
             refund = booked_tokens - used_tokens
         else:
             refund = 0 if outcome == "ok" else booked_tokens
-        return bool(
-            await self._settle(
-                keys=[model_key(model), GLOBAL_LIMIT, *(budget[0] if budget else ())],
-                args=[
-                    refund,
-                    self.intervals(model)[1],
-                    self._global[1],
-                    outcome,
-                    int(pause_s * 1000),
-                    s.circuit_failures,
-                    int(s.circuit_window_s * 1000),
-                    int(s.circuit_open_s * 1000),
-                    *(budget[1] if budget else ()),
-                ],
-            )
-        )
+        args = [
+            refund,
+            self.intervals(model)[1],
+            self._global[1],
+            outcome,
+            int(pause_s * 1000),
+            s.circuit_failures,
+            int(s.circuit_window_s * 1000),
+            int(s.circuit_open_s * 1000),
+            *(budget[1] if budget else ()),
+        ]
+        return self._settle, [model_key(model), GLOBAL_LIMIT, *(budget[0] if budget else ())], args
 
 
 def _tpm(limit: RateLimit | None) -> float:

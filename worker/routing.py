@@ -25,6 +25,7 @@ from .limiter import Admission
 from .models import ANSWER_FIELDS, Attempt, ErrorInfo, ModelAnswer
 from .policy import CIRCUIT_CLASSES, Action, action_for, backoff_delay
 from .pricing import cost_of
+from .scripts import run_scripts
 
 if TYPE_CHECKING:
     from .events import JobEvents
@@ -399,22 +400,24 @@ async def _record(
         # No configured limit: the gateway's "remaining: 0" is all we know. (With one, the
         # GCRA spacing already runs at the limit, where remaining touches 0 by design.)
         pause = max(pause, learned_pause(completion.rate_limits))
-    # Two scripts at once on two connections: one round trip of latency. (Script calls in a
-    # redis-py pipeline cost an extra SCRIPT EXISTS round trip each time.) shield: a cancelled
-    # job (SIGTERM past the grace) must still record a call that happened.
+    # Both scripts in one round trip (worker.scripts). shield: a cancelled job (SIGTERM past
+    # the grace) must still record a call that happened.
     budget = limiter.budgets.settlement(reservation, model, answer if exc is None else None)
     recorded, opened = await asyncio.shield(
-        asyncio.gather(
-            store.record_call(call.job_id, attempt, _credits(answer, exc), answer.usage, spend_tags(call)),
-            limiter.settle(
-                model, booked_tokens=tokens, used_tokens=used, outcome=outcome, pause_s=pause, budget=budget
-            ),
+        run_scripts(
+            store.redis,
+            [
+                store.record_call_call(call.job_id, attempt, _credits(answer, exc), answer.usage, spend_tags(call)),
+                limiter.settle_call(
+                    model, booked_tokens=tokens, used_tokens=used, outcome=outcome, pause_s=pause, budget=budget
+                ),
+            ],
         )
     )
     if opened:
         m.CIRCUIT_OPENED.labels(call.resources.labels.model(model)).inc()
         log.warning("circuit opened for %s: every worker skips it for %gs", model, call.settings.circuit_open_s)
-    return recorded
+    return bool(recorded)
 
 
 def _credits(answer: ModelAnswer, exc: errors.AIsaError | None) -> float | None:

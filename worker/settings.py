@@ -231,6 +231,10 @@ class Settings(BaseSettings):
     webhook_backoff_base_s: float = Field(2, gt=0, description="wait before the second try, doubling after")
     webhook_backoff_cap_s: float = Field(3600, gt=0, description="longest wait between tries")
 
+    # ---- logs (worker.logs) ----
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="per-job lines are at DEBUG")
+    log_format: Literal["text", "json"] = Field("text", description="json: one JSON object a line")
+
     # ---- metrics (worker.metrics, worker.exporter) ----
     metrics_port: int = Field(9464, ge=0, le=65535, description="a worker's /metrics port; 0: no metrics")
     exporter_port: int = Field(9465, ge=1, le=65535, description="`llm-router exporter`'s /metrics port")
