@@ -68,12 +68,14 @@ chaos: $(BIN)/llm-router redis-server
 
 bench: $(BIN)/llm-router redis-server
 	$(BIN)/python -m bench.dispatch
+	$(BIN)/python -m bench.inflight
 	$(BIN)/python -m bench.ratelimit
 	$(BIN)/python -m bench.batch
 	$(BIN)/python -m bench.priority
 	$(BIN)/python -m bench.spend_records
 	$(BIN)/python -m bench.stream_events
 	$(BIN)/python -m bench.cache
+	$(BIN)/python -m bench.budgets
 	$(BIN)/python -m bench.ingress
 
 clean:

@@ -57,6 +57,13 @@ def batch() -> None:
 @click.option("--window", default="24h", show_default=True, help="completion window: 24h, 30m, 2h, 90s...")
 @click.option("--metadata", multiple=True, help="key=value (repeatable, at most 16)")
 @click.option("--skip-invalid", is_flag=True, help="enqueue the valid lines, report and skip the others")
+@click.option(
+    "--budget",
+    "budget",
+    type=click.FloatRange(min=0),
+    metavar="USD",
+    help="the batch's budget: once spent, the lines left end `budget` unsent (skipped)",
+)
 @click.option("--prompts", type=click.Path(dir_okay=False), help="a CSV (header row) or text file of prompts")
 @click.option("--template", default="{text}", show_default=True, help="--prompts: the prompt, naming CSV columns")
 @click.option("--model", help="--prompts: the model of every line")
@@ -72,6 +79,7 @@ def submit(
     window: str,
     metadata: tuple[str, ...],
     skip_invalid: bool,
+    budget: float | None,
     prompts: str | None,
     template: str,
     model: str | None,
@@ -110,6 +118,7 @@ def submit(
                     completion_window=window,
                     metadata=meta or None,
                     skip_invalid=skip_invalid,
+                    budget_usd=budget,
                     callback_url=callback_url,
                 )
             except BatchRejected as exc:
@@ -248,9 +257,12 @@ def _summary(b: Batch) -> str:
     c = b.request_counts
     created = datetime.fromtimestamp(b.created_at, UTC).strftime("%Y-%m-%d %H:%M:%S")
     extra = f" ({c.cancelled} cancelled)" if c.cancelled else f" ({c.expired} expired)" if c.expired else ""
+    if c.skipped:  # refused by a budget (worker.budgets), never sent
+        extra += f" ({c.skipped} skipped: budget)"
+    budget = f"  budget ${b.budget_spent_usd:.6f} of ${b.budget_usd:.6f}" if b.budget_usd is not None else ""
     return (
         f"{b.id}  {b.status:<11}  {b.done}/{c.total} done, {c.failed} failed{extra}  "
-        f"${b.cost_usd:.6f}  {b.usage.total_tokens} tokens  created {created}  window {b.completion_window}"
+        f"${b.cost_usd:.6f}{budget}  {b.usage.total_tokens} tokens  created {created}  window {b.completion_window}"
     )
 
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import json
+import math
 import os
 import string
 import tempfile
@@ -43,7 +44,7 @@ import orjson
 from pydantic import ValidationError
 
 from worker import batches as wb
-from worker import outbox, webhooks
+from worker import budgets, outbox, webhooks
 from worker.batches import Batch, BatchError, Errors
 from worker.keys import (
     BATCHES,
@@ -199,6 +200,7 @@ class SubmitOptions(TypedDict, total=False):
     skip_invalid: bool
     endpoint: str | None
     batch_id: str | None
+    budget_usd: float | None
     callback_url: str | None
 
 
@@ -223,10 +225,12 @@ class Batches:
         `batch_id`: the caller's own id (`batch_<32 hex>` or a schedule's
         `batch_sched_<name>_<yyyymmddThhmmssZ>`); if a batch exists under it, submit is a no-op
         and returns that batch's record (the id is claimed atomically, after validation).
+        `budget_usd`: the batch's budget (worker.budgets): once its lines' calls have spent it, the
+        lines left end `budget` unsent (counted as `skipped`).
         `callback_url`: POST the batch's record there, signed, when it ends (see Webhooks; its
         host must be on WEBHOOK_ALLOWED_HOSTS).
         The options are `create`'s: `completion_window="24h"`, `metadata=None`,
-        `skip_invalid=False`, `endpoint=None`, `batch_id=None`, `callback_url=None`."""
+        `skip_invalid=False`, `endpoint=None`, `batch_id=None`, `budget_usd=None`, `callback_url=None`."""
         batch, _created = await self.create(source, **options)
         return batch
 
@@ -239,6 +243,7 @@ class Batches:
         skip_invalid: bool = False,
         endpoint: str | None = None,
         batch_id: str | None = None,
+        budget_usd: float | None = None,
         callback_url: str | None = None,
     ) -> tuple[Batch, bool]:
         """`submit`, also saying whether this call created the batch (False: the id existed)."""
@@ -253,6 +258,7 @@ class Batches:
                 return existing, False
         window_s = _window(completion_window)
         meta = _metadata(metadata)
+        budget = _budget(budget_usd)
         if endpoint is not None and endpoint not in wb.ENDPOINTS:
             bad = _url_error(endpoint)
             raise BatchRejected([BatchError(code=bad.code, message=bad.message, param="endpoint")], 0)
@@ -261,7 +267,9 @@ class Batches:
             # validation is CPU work: in a thread, so a worker's event loop (leases, jobs) runs on
             checked = await asyncio.to_thread(self._check, _lines(source, self.settings), spool, endpoint, skip_invalid)
             spool.seek(0)
-            return await self._write(spool, checked, window_s, completion_window, meta, name, batch_id, callback_url)
+            return await self._write(
+                spool, checked, window_s, completion_window, meta, name, batch_id, callback_url, budget
+            )
 
     def _check(
         self, lines: Iterator[tuple[int, Line | _TooLarge]], spool: IO[bytes], endpoint: str | None, skip: bool
@@ -356,6 +364,7 @@ class Batches:
         name: str | None,
         batch_id: str | None = None,
         callback_url: str | None = None,
+        budget: float | None = None,
     ) -> tuple[Batch, bool]:
         batch_id = batch_id or f"batch_{uuid.uuid4().hex}"
         owner = uuid.uuid4().hex  # this submission: every later write checks it
@@ -378,6 +387,8 @@ class Batches:
         }
         if metadata:
             record["metadata"] = json.dumps(metadata)
+        if budget is not None:
+            record[budgets.BATCH_PREFIX + "limit"] = repr(budget)
         if callback_url:
             record["callback_url"] = callback_url
         if checked.errors:
@@ -700,6 +711,16 @@ def _window(window: str) -> float:
         raise BatchRejected(
             [BatchError(code="invalid_completion_window", message=str(exc), param="completion_window")], 0
         ) from None
+
+
+def _budget(budget_usd: Any) -> float | None:
+    """A batch's budget: a finite number of USD, 0 or more (0: only free models run)."""
+    if budget_usd is None:
+        return None
+    if isinstance(budget_usd, bool) or not isinstance(budget_usd, (int, float)) or not 0 <= budget_usd < math.inf:
+        message = f"budget_usd must be a number of USD, 0 or more, not {budget_usd!r}"
+        raise BatchRejected([BatchError(code="invalid_budget", message=message, param="budget_usd")], 0)
+    return float(budget_usd)
 
 
 def _metadata(metadata: dict[str, str] | None) -> dict[str, str] | None:

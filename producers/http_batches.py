@@ -140,8 +140,9 @@ async def _output(batches: Batches, batch_id: str, which: str) -> AsyncIterator[
 
 @router.post("/batches", tags=["batches"], responses=responses(400, 404, 429, _200=Batch))
 async def create_batch(request: Request, app: App, source: Tenant) -> dict[str, Any]:
-    """`{input_file_id, endpoint, completion_window, metadata}` (and ours: `callback_url`): the
-    file's lines, validated whole (a bad line refuses the batch: 400 naming it), then queued in
+    """`{input_file_id, endpoint, completion_window, metadata}` (and ours: `callback_url`, and
+    `budget_usd`, the batch's budget, worker.budgets; the OpenAI SDK sends them with `extra_body`):
+    the file's lines, validated whole (a bad line refuses the batch: 400 naming it), then queued in
     the bulk lane."""
     body = await read_json(request)
     file_id, window = body.get("input_file_id"), body.get("completion_window", "24h")
@@ -160,7 +161,12 @@ async def create_batch(request: Request, app: App, source: Tenant) -> dict[str, 
         spool.flush()
         try:
             batch = await batches.submit(
-                spool.name, completion_window=window, metadata=metadata, endpoint=endpoint, callback_url=callback_url
+                spool.name,
+                completion_window=window,
+                metadata=metadata,
+                endpoint=endpoint,
+                callback_url=callback_url,
+                budget_usd=body.get("budget_usd"),
             )
         except BatchRejected as exc:
             raise _refused(exc) from None

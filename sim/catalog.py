@@ -42,6 +42,8 @@ MODELS: dict[str, ModelSpec] = {
         ModelSpec("grok-beta", "xai", 0.005, 0.015, 131_072),
         # A deliberately small window, so context-length handling can be exercised.
         ModelSpec("tiny-context", "sim", 0.0001, 0.0001, 64),
+        # A model the gateway does not bill (a self-hosted one): budgets must still let it run.
+        ModelSpec("free-model", "sim", 0.0, 0.0),
     )
 }
 

@@ -15,6 +15,7 @@ def test_every_upstream_error_class_has_a_stated_action():
         "over_limit",
         "batch_cancelled",
         "batch_expired",
+        "budget",
         "internal",
         "error",
     }

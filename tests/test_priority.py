@@ -25,7 +25,11 @@ async def test_promote_takes_the_front_of_the_lane_under_the_lease(redis):
         await redis.set(job_key(i), "{}")
     now = timestamp_ms()
     promoted = await Lease(redis, "q", lease_s=3).promote(3, now)
-    assert promoted == [(b"gone", now + 3000, "missing"), (b"a", now + 3000, "run"), (b"b", now + 3000, "run")]
+    assert [(c.raw_id, c.score, c.what, c.record, c.tries) for c in promoted] == [
+        (b"gone", now + 3000, "missing", b"", 0),
+        (b"a", now + 3000, "run", b"{}", 1),
+        (b"b", now + 3000, "run", b"{}", 1),
+    ]
     assert await redis.zrange(bulk_key("q"), 0, -1) == [b"c"]
     # in the queue while they run, scored at the lease's end: due again only if this worker dies
     assert await redis.zrange("q", 0, -1, withscores=True) == [(b"a", now + 3000), (b"b", now + 3000)]

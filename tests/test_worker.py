@@ -272,7 +272,7 @@ async def test_two_workers_claiming_the_same_queue_run_each_job_once(producer, s
 async def test_the_claim_skips_jobs_not_due_or_in_progress(settings, redis):
     from arq.utils import timestamp_ms
 
-    from worker.keys import in_progress_key, job_key, result_key
+    from worker.keys import in_progress_key, job_key, result_key, retry_key
     from worker.lease import Lease
 
     now = timestamp_ms()
@@ -285,7 +285,13 @@ async def test_the_claim_skips_jobs_not_due_or_in_progress(settings, redis):
     await redis.set(job_key("also-due"), "{}")
     ids = ["due", "later", "busy", "gone", "done", "orphan", "also-due"]
     claimed = await Lease(redis, "q", lease_s=3).claim(ids, 1, now)  # one free slot
-    assert claimed == [(b"due", now + 3000, "run"), (b"done", now - 5, "done"), (b"orphan", now - 5, "missing")]
+    assert [(c.raw_id, c.score, c.what) for c in claimed] == [
+        (b"due", now + 3000, "run"),
+        (b"done", now - 5, "done"),
+        (b"orphan", now - 5, "missing"),
+    ]
+    # the job to run comes with its record and its run count (arq's retry key, incremented)
+    assert (claimed[0].record, claimed[0].tries) == (b"{}", 1) and await redis.get(retry_key("due")) == b"1"
     assert 0 < await redis.pttl(in_progress_key("due")) <= 3000  # the lease, not arq's long mark
     assert not await redis.exists(in_progress_key("later"), in_progress_key("gone"), in_progress_key("done"))
     # the claimed job is scored at its lease's end; the copy and the orphan left the queue; the

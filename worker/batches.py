@@ -52,8 +52,8 @@ STATUSES: tuple[str, ...] = (
 )
 FINAL_STATUSES = frozenset({"failed", "completed", "expired", "cancelled"})
 # How a line ended: the `outcome` label of llm_router_batch_lines_total.
-Outcome = Literal["succeeded", "failed", "cancelled", "expired"]
-OUTCOMES: tuple[str, ...] = ("succeeded", "failed", "cancelled", "expired")
+Outcome = Literal["succeeded", "failed", "cancelled", "expired", "skipped"]
+OUTCOMES: tuple[str, ...] = ("succeeded", "failed", "cancelled", "expired", "skipped")
 
 ENDPOINT_CHAT = "/v1/chat/completions"
 ENDPOINT_COMPARE = "/v1/llm-router/compare"
@@ -91,6 +91,7 @@ class RequestCounts(BaseModel):
     failed: int = Field(0, description="lines that failed, cancelled and expired ones included")
     cancelled: int = Field(0, description="of the failed: batch_cancelled (never sent)")
     expired: int = Field(0, description="of the failed: batch_expired (never sent)")
+    skipped: int = Field(0, description="of the failed: `budget`, refused by a budget (never sent)")
 
 
 class BatchError(BaseModel):
@@ -176,6 +177,9 @@ class Batch(BaseModel):
     models: dict[str, ModelCounts] = {}
     invalid_lines: int = Field(0, description="input lines refused and skipped (--skip-invalid)")
     queue: str | None = Field(None, description="the queue its lines went to")
+    budget_usd: float | None = Field(None, description="the batch's budget (worker.budgets); None: none")
+    budget_spent_usd: float = Field(0.0, description="USD its lines' calls spent against its budget")
+    budget_reserved_usd: float = Field(0.0, description="USD reserved by its lines' calls in flight")
     callback_url: str | None = Field(None, description="where its record is POSTed when it ends (webhooks)")
 
     @property
@@ -211,6 +215,9 @@ class Batch(BaseModel):
             models={m: ModelCounts.model_validate(v) for m, v in sorted(models.items())},
             invalid_lines=int(fields.get("invalid_lines", 0)),
             queue=fields.get("queue"),
+            budget_usd=float(fields["budget_limit"]) if fields.get("budget_limit") else None,
+            budget_spent_usd=round(float(fields.get("budget_spent", 0)), 10),
+            budget_reserved_usd=round(max(float(fields.get("budget_reserved", 0)), 0.0), 10),
             callback_url=fields.get("callback_url"),
         )
 
@@ -235,11 +242,15 @@ async def ended(redis: Redis, batch_id: str) -> ErrorInfo | None:
     return None
 
 
+# Failed lines that were never sent, by error class: `skipped` is a budget's refusal (worker.budgets).
+_OUTCOME_OF: dict[str, Outcome] = {"batch_cancelled": "cancelled", "batch_expired": "expired", "budget": "skipped"}
+
+
 def outcome(result: JobResult) -> Outcome:
     if result.status == "succeeded":
         return "succeeded"
     kind = result.error.type if result.error else None
-    return "cancelled" if kind == "batch_cancelled" else "expired" if kind == "batch_expired" else "failed"
+    return _OUTCOME_OF.get(kind or "", "failed")
 
 
 def requested_model(payload: Any) -> str:
@@ -279,7 +290,9 @@ local ok = ARGV[3] == 'succeeded'
 local per_model = 'm.' .. ARGV[7] .. '.'
 redis.call('HINCRBY', KEYS[2], ok and 'completed' or 'failed', 1)
 redis.call('HINCRBY', KEYS[2], per_model .. (ok and 'completed' or 'failed'), 1)
-if ARGV[3] == 'cancelled' or ARGV[3] == 'expired' then redis.call('HINCRBY', KEYS[2], ARGV[3], 1) end
+if ARGV[3] == 'cancelled' or ARGV[3] == 'expired' or ARGV[3] == 'skipped' then
+  redis.call('HINCRBY', KEYS[2], ARGV[3], 1)
+end
 if ARGV[4] ~= '' then
   redis.call('HINCRBYFLOAT', KEYS[2], 'cost_usd', ARGV[4])
   redis.call('HINCRBYFLOAT', KEYS[2], per_model .. 'cost_usd', ARGV[4])

@@ -39,9 +39,9 @@ def worker(burst: bool) -> None:
     from .metrics import serve_metrics
     from .service import create_worker
 
-    logs.setup()
     try:
         settings = load_settings()
+        logs.setup(settings)
         worker = create_worker(settings, burst=burst)
         serve_metrics(settings.metrics_port)  # a busy METRICS_PORT stops the start (exit 2)
         worker.run()
@@ -54,9 +54,10 @@ def exporter() -> None:
     """Serve the queue-level metrics (credits, queue, dead letters) on EXPORTER_PORT."""
     from .exporter import serve
 
-    logs.setup()
     try:
-        serve(load_settings())
+        settings = load_settings()
+        logs.setup(settings)
+        serve(settings)
     except ConfigError as exc:
         exit_on_config_error(exc)
     except KeyboardInterrupt:

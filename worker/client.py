@@ -58,6 +58,9 @@ class AIsaClient:
             limits=limits,
         )
 
+        # resolved once: httpx parses a relative URL against base_url on every request
+        self._chat_url = self._http.base_url.join("chat/completions")
+
     async def __aenter__(self) -> AIsaClient:
         return self
 
@@ -88,7 +91,7 @@ class AIsaClient:
             return await self._chat_stream(payload, on_delta)
         started = time.perf_counter()
         with _transport_errors():
-            response = await self._http.post("chat/completions", json=payload)
+            response = await self._http.post(self._chat_url, json=payload)
         latency = time.perf_counter() - started
         if response.status_code != 200:
             raise _status_error(response)

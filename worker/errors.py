@@ -117,6 +117,7 @@ ERROR_CLASSES = (
     "over_limit",  # not from upstream: a request over a configured TPM limit (worker.limiter), never sent
     "batch_cancelled",  # not from upstream: a batch line picked after its batch was cancelled, never sent
     "batch_expired",  # not from upstream: a batch line not started within its batch's window, never sent
+    "budget",  # not from upstream: the call's worst case did not fit a budget (worker.budgets), never sent
 )
 
 _BY_STATUS: dict[int, type[APIStatusError]] = {

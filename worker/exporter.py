@@ -22,6 +22,7 @@ from prometheus_client.registry import REGISTRY, Collector
 from redis import Redis
 from redis.exceptions import RedisError
 
+from . import budgets
 from .batches import STATUSES
 from .connections import sync_redis
 from .keys import (
@@ -183,6 +184,7 @@ class QueueCollector(Collector):
         yield batches
         if self.schedules:
             yield from self._schedules(now)
+        yield from budgets.families(self.redis, self.settings, now)
 
     def _batch_lines(self, queue: str, now_ms: int, ready: int) -> tuple[int, float]:
         """Batch lines among the `ready` jobs (the oldest MAX_READY_SCANNED), and the score of

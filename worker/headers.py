@@ -70,6 +70,8 @@ def retry_after(headers: Mapping[str, str], now: float | None = None) -> float |
 def rate_limit_snapshot(headers: Mapping[str, str], now: float | None = None) -> dict[str, float]:
     """The numeric x-ratelimit-limit/remaining-* headers present, e.g. {"remaining-requests": 587},
     plus `reset-in`: seconds until the later of the request and token resets."""
+    if not isinstance(headers, dict):  # httpx's Headers scans every header on each lookup: one pass
+        headers = dict(headers.items())
     snapshot: dict[str, float] = {}
     resets = [parse_wait(headers.get(f"x-ratelimit-reset-{n}"), now) for n in ("requests", "tokens")]
     if any(r is not None for r in resets):

@@ -51,7 +51,9 @@ def functions() -> dict[str, JobFunction]:
 
 def _job_function(kind: str) -> JobFunction:
     async def run(ctx: Ctx, payload: Any, size: int = 0) -> str:  # size: worker.serde
-        return await run_job(ctx, kind, payload, size)
+        status = await run_job(ctx, kind, payload, size)
+        _released(ctx)
+        return status
 
     run.__qualname__ = run.__name__ = kind
     return run
@@ -59,7 +61,14 @@ def _job_function(kind: str) -> JobFunction:
 
 async def invalid(ctx: Ctx, problem: str, record: str = "") -> str:
     """A job record arq could not read (see worker.serde)."""
-    return await fail_record(ctx["resources"], ctx["job_id"], problem, record)
+    status = await fail_record(ctx["resources"], ctx["job_id"], problem, record)
+    _released(ctx)
+    return status
+
+
+def _released(ctx: Ctx) -> None:
+    """Tell the worker (worker.runner) the job left the queue with its result: `finish` did it."""
+    ctx["released"] = ctx["resources"].lease is not None
 
 
 async def fail_record(resources: Resources, job_id: str, problem: str, record: str = "") -> str:
@@ -117,12 +126,18 @@ async def finish(resources: Resources, kind: str, payload: Any, result: JobResul
         if counted >= 0:
             if counted:
                 m.BATCH_LINES.labels(batches.outcome(result)).inc()
+            if resources.lease is not None:
+                await resources.lease.release(result.job_id)
             return _count(kind, result)
     dead = None
     if result.status == "failed":
         dead = dead_letter(result, kind, payload, resources.settings.dlq_max_payload_bytes)
         log.warning("job %s dead-lettered: %s", result.job_id, result.error.message if result.error else "failed")
-    dropped = await resources.store.save(result, dead_letter=dead, callback_url=callback_of(payload))
+    callback_url = callback_of(payload)
+    if resources.lease is not None:  # the result and the job's release: one round trip
+        dropped = await resources.lease.save_result(resources.store, result, dead, callback_url)
+    else:
+        dropped = await resources.store.save(result, dead_letter=dead, callback_url=callback_url)
     if dropped:
         m.DEAD_LETTERS_DROPPED.inc(dropped)
     return _count(kind, result)
@@ -208,7 +223,7 @@ async def _run(
                     error=d.error.model_copy(update={"message": f"gave up after {run} runs: {d.error.message}"}),
                 )
             )
-        log.info("job %s back to the queue for %.2fs: %s", job_id, d.wait_s, d.error.message)
+        log.debug("job %s back to the queue for %.2fs: %s", job_id, d.wait_s, d.error.message)
         raise Retry(defer=d.wait_s) from None
     except TimeoutError:
         return _finish(

@@ -36,6 +36,10 @@ results): the README's key table is checked against this module by a test.
     llm-router:schedules:pending        sorted set: scheduled batches not yet seen final (output, success)
     llm-router:source-batches:<source>  sorted set batch id -> created_at: the batches an ingress token made
     llm-router:source-files:<source>    sorted set file id -> created_at (ms): the files an ingress token uploaded
+    llm-router:budget:day:<YYYY-MM-DD>  hash <scope>:<name>:spent / :reserved, a day (BUDGET_TZ) of the daily budgets
+    llm-router:budget:reservations      hash reservation id -> JSON {w: worst case USD, s: [[key, field prefix]...]}
+    llm-router:budget:deadlines         sorted set reservation id -> deadline (ms): an expired one is released
+    llm-router:budget:learned           hash <model>|in, <model>|out -> USD per token, an upper bound learned from bills
     llm-router:file:<file_id>           hash: an uploaded file's record (producers.files): name, size, owner
     llm-router:file:data:<file_id>      string: its bytes, written and read in chunks
     llm-router:webhooks                 sorted set delivery -> when due: webhooks to send (worker.outbox)
@@ -110,6 +114,10 @@ SCHEDULE_OUTPUT_PREFIX = PREFIX + "schedule:output:"
 SCHEDULES_PENDING = PREFIX + "schedules:pending"
 SOURCE_BATCHES_PREFIX = PREFIX + "source-batches:"
 SOURCE_FILES_PREFIX = PREFIX + "source-files:"
+BUDGET_DAY_PREFIX = PREFIX + "budget:day:"
+BUDGET_RESERVATIONS = PREFIX + "budget:reservations"
+BUDGET_DEADLINES = PREFIX + "budget:deadlines"
+BUDGET_LEARNED = PREFIX + "budget:learned"
 FILE_PREFIX = PREFIX + "file:"
 FILE_DATA_PREFIX = PREFIX + "file:data:"
 WEBHOOKS = PREFIX + "webhooks"
@@ -232,6 +240,10 @@ def source_batches_key(source: str) -> str:
 
 def source_files_key(source: str) -> str:
     return SOURCE_FILES_PREFIX + source
+
+
+def budget_day_key(day: str) -> str:
+    return BUDGET_DAY_PREFIX + day
 
 
 def file_key(file_id: str) -> str:

@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
 
 from .keys import (
     IN_PROGRESS_PREFIX,
     JOB_PREFIX,
     RESULT_PREFIX,
+    RETRY_PREFIX,
     bulk_key,
     in_progress_key,
     job_key,
@@ -26,6 +29,11 @@ from .keys import (
     retry_key,
     workers_key,
 )
+from .scripts import run_scripts
+
+if TYPE_CHECKING:
+    from .models import JobResult
+    from .store import ResultStore
 
 # arq's claim of one job, atomically, for every id a poll read: not in progress elsewhere, due
 # now. For each such job: its id, score and what to do: 'run' (held under the lease, at most
@@ -35,16 +43,19 @@ from .keys import (
 # A claimed job is scored at its lease's end: out of every worker's next reads while it runs
 # (so a poll sees the jobs that wait), due again if its worker dies. arq's Retry adds the
 # defer to the score it was given, so the job comes back at now + defer as usual.
-# KEYS: queue, then per job: in-progress key, job record key, result key
+# A 'run' job also comes with what arq's run_job would fetch in a round trip of its own: its
+# record and its run count (arq's retry key, incremented); a count Redis cannot increment makes
+# it 'error' instead, with Redis's words (the caller fails the job).
+# KEYS: queue, then per job: in-progress key, job record key, result key, retry key
 # ARGV: now ms, lease ms, free slots, job ids (in KEYS order)
 CLAIM = """
 local now, lease, free, out = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]), {}
 for i = 4, #ARGV do
-  local id, k = ARGV[i], 2 + (i - 4) * 3
+  local id, k = ARGV[i], 2 + (i - 4) * 4
   if redis.call('EXISTS', KEYS[k]) == 0 then
     local score = redis.call('ZSCORE', KEYS[1], id)
     if score and tonumber(score) <= now then
-      local what = nil
+      local what, record, tries = nil, '', 0
       if redis.call('EXISTS', KEYS[k + 2]) == 1 then
         what = 'done'
         redis.call('ZREM', KEYS[1], id)
@@ -58,11 +69,20 @@ for i = 4, #ARGV do
         score = now + tonumber(lease)
         redis.call('PSETEX', KEYS[k], lease, '1')
         redis.call('ZADD', KEYS[1], score, id)
+        record = redis.call('GET', KEYS[k + 1])
+        tries = redis.pcall('INCR', KEYS[k + 3])
+        if type(tries) == 'table' then
+          what, record, tries = 'error', tries.err, 0
+        else
+          redis.call('EXPIRE', KEYS[k + 3], 88400)
+        end
       end
       if what then
         table.insert(out, id)
         table.insert(out, score)
         table.insert(out, what)
+        table.insert(out, record)
+        table.insert(out, tries)
       end
     end
   end
@@ -72,14 +92,15 @@ return out
 
 # Bulk jobs from the bulk lane into the queue for this worker's free slots, claimed at once:
 # held under the lease and scored at the lease's end, so they stay out of other workers' reads
-# while they run and are due again if this worker dies. The same outcomes as CLAIM; the caller
-# quarantines an id that cannot be one (the lane is written by others too).
-# KEYS: bulk lane, queue; ARGV: how many, now ms, lease ms, job record / in-progress / result prefixes
+# while they run and are due again if this worker dies. The same outcomes and answers as CLAIM;
+# the caller quarantines an id that cannot be one (the lane is written by others too).
+# KEYS: bulk lane, queue; ARGV: how many, now ms, lease ms, job record / in-progress / result /
+# retry prefixes
 PROMOTE = """
 local out, score = {}, tonumber(ARGV[2]) + tonumber(ARGV[3])
 local popped = redis.call('ZPOPMIN', KEYS[1], ARGV[1])
 for i = 1, #popped, 2 do
-  local id, what = popped[i], 'run'
+  local id, what, record, tries = popped[i], 'run', '', 0
   if redis.call('EXISTS', ARGV[6] .. id) == 1 then
     what = 'done'
     redis.call('DEL', ARGV[4] .. id)
@@ -88,16 +109,64 @@ for i = 1, #popped, 2 do
   else
     redis.call('ZADD', KEYS[2], score, id)
     redis.call('PSETEX', ARGV[5] .. id, ARGV[3], '1')
+    record = redis.call('GET', ARGV[4] .. id)
+    tries = redis.pcall('INCR', ARGV[7] .. id)
+    if type(tries) == 'table' then
+      what, record, tries = 'error', tries.err, 0
+    else
+      redis.call('EXPIRE', ARGV[7] .. id, 88400)
+    end
   end
   table.insert(out, id)
   table.insert(out, score)
   table.insert(out, what)
+  table.insert(out, record)
+  table.insert(out, tries)
 end
 return out
 """
 
+# The end of a job whose result is stored: off the queue, its record, run count and lease gone
+# (arq's finish_job), sent in the same round trip as the result. Nothing happens unless the
+# result is there: a result that was not stored never takes its job off the queue.
+# KEYS: result, queue, job record, in-progress, retry; ARGV: job id
+RELEASE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('DEL', KEYS[3], KEYS[4], KEYS[5])
+return 1
+"""
+
+# The keeper's renewal of every lease this worker holds, in one call: each in-progress mark
+# gets LEASE_S more, and its queue entry is scored at the new lease's end (never earlier), so
+# a job running longer than a lease stays out of every poll's read. A job that has ended (no
+# mark) is left alone: its queue entry, if any, is its end's.
+# KEYS: queue; ARGV: lease ms, now ms, in-progress prefix, job ids
+RENEW = """
+local lease, score = tonumber(ARGV[1]), tonumber(ARGV[2]) + tonumber(ARGV[1])
+for i = 4, #ARGV do
+  if redis.call('PEXPIRE', ARGV[3] .. ARGV[i], lease) == 1 then
+    redis.call('ZADD', KEYS[1], 'XX', 'GT', score, ARGV[i])
+  end
+end
+return 0
+"""
+
 # A worker that has not beaten for this long is not consuming the queue.
 HEARTBEAT_STALE_S = 5.0
+
+
+@dataclass
+class Claimed:
+    """One queue entry a claim dealt with. `what`: 'run' (this worker holds it: `record` is its
+    arq record, `tries` its run count), 'done', 'missing', or 'error' (`record` says what Redis
+    refused). The id stays bytes until it is checked (worker.quarantine)."""
+
+    raw_id: bytes
+    score: int
+    what: str
+    record: bytes = b""
+    tries: int = 0
 
 
 class Lease:
@@ -107,22 +176,61 @@ class Lease:
         self.lease_ms = int(lease_s * 1000)
         self._claim = redis.register_script(CLAIM)
         self._promote = redis.register_script(PROMOTE)
+        self._release = redis.register_script(RELEASE)
+        self._renew = redis.register_script(RENEW)
 
-    async def claim(self, job_ids: list[str], free: int, now_ms: int) -> list[tuple[bytes, int, str]]:
-        """(id, queue score in ms, 'run' | 'done' | 'missing') for the due jobs among `job_ids`
-        that no other worker holds; this worker now holds the 'run' ones, `free` at most."""
-        keys = [k for i in job_ids for k in (in_progress_key(i), job_key(i), result_key(i))]
+    @property
+    def scripts(self) -> list[AsyncScript]:
+        return [self._claim, self._promote, self._release, self._renew]
+
+    async def claim(self, job_ids: list[str], free: int, now_ms: int) -> list[Claimed]:
+        """The due jobs among `job_ids` that no other worker holds, with what became of each;
+        this worker now holds the 'run' ones, `free` at most."""
+        keys = [k for i in job_ids for k in (in_progress_key(i), job_key(i), result_key(i), retry_key(i))]
         out = await self._claim(keys=[self.queue_name, *keys], args=[now_ms, self.lease_ms, free, *job_ids])
-        return _triples(out)
+        return _claimed(out)
 
-    async def promote(self, count: int, now_ms: int) -> list[tuple[bytes, int, str]]:
-        """Up to `count` bulk jobs, front first: (raw id, score, 'run' | 'done' | 'missing');
-        this worker now holds the 'run' ones."""
+    async def promote(self, count: int, now_ms: int) -> list[Claimed]:
+        """Up to `count` bulk jobs, front first; this worker now holds the 'run' ones."""
         out = await self._promote(
             keys=[bulk_key(self.queue_name), self.queue_name],
-            args=[count, now_ms, self.lease_ms, JOB_PREFIX, IN_PROGRESS_PREFIX, RESULT_PREFIX],
+            args=[count, now_ms, self.lease_ms, JOB_PREFIX, IN_PROGRESS_PREFIX, RESULT_PREFIX, RETRY_PREFIX],
         )
-        return _triples(out)
+        return _claimed(out)
+
+    def release_call(self, job_id: str) -> tuple[AsyncScript, list[str], list[str]]:
+        """The RELEASE script call for a job whose result is being stored (see worker.scripts)."""
+        keys = [result_key(job_id), self.queue_name, job_key(job_id), in_progress_key(job_id), retry_key(job_id)]
+        return self._release, keys, [job_id]
+
+    async def save_result(
+        self, store: ResultStore, result: JobResult, dead_letter: str | None = None, callback_url: str | None = None
+    ) -> int:
+        """Store the job's result (worker.store) and release the job, in one round trip: what
+        arq's finish_job did in a second one. Returns the store's answer (dead letters dropped)."""
+        save = store.save_call(result, dead_letter, callback_url)
+        dropped, _ = await run_scripts(self.redis, [save, self.release_call(result.job_id)], rerun_rest=True)
+        return int(dropped)
+
+    async def release(self, job_id: str) -> None:
+        """Release a job whose result another script stored (a batch line's)."""
+        await run_scripts(self.redis, [self.release_call(job_id)])
+
+    async def release_done(self, job_id: str) -> None:
+        """Release a job that ended without releasing itself (arq's finish_job)."""
+        await self.drop(job_id)
+
+    async def requeue(self, job_id: str, at_ms: int) -> None:
+        """A job that must run again (arq's Retry): due at `at_ms`, its lease given up."""
+        async with self.redis.pipeline(transaction=True) as tx:
+            tx.zadd(self.queue_name, {job_id: at_ms}, xx=True)
+            tx.delete(in_progress_key(job_id))
+            await tx.execute()
+
+    async def let_go(self, job_id: str, now_ms: int) -> None:
+        """A job cancelled before it ended (shutdown past its grace): its lease given up, due again
+        at once for another worker (arq's "cancelled, will be run again")."""
+        await self.requeue(job_id, now_ms)
 
     async def drop(self, job_id: str) -> None:
         """Forget a job arq could not run: off the queue, its record and counters gone."""
@@ -132,13 +240,11 @@ class Lease:
             await tx.execute()
 
     async def renew(self, job_ids: Iterable[str]) -> None:
+        """Every lease of `job_ids` renewed, in one call (one command, however many jobs run)."""
         ids = list(job_ids)
-        if not ids:
-            return
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for job_id in ids:
-                pipe.pexpire(in_progress_key(job_id), self.lease_ms)
-            await pipe.execute()
+        if ids:
+            now = int(time.time() * 1000)
+            await self._renew(keys=[self.queue_name], args=[self.lease_ms, now, IN_PROGRESS_PREFIX, *ids])
 
     async def beat(self, worker_id: str) -> None:
         """Say this worker is consuming the queue (producers warn when no worker is)."""
@@ -149,9 +255,12 @@ class Lease:
             await pipe.execute()
 
 
-def _triples(out: list[Any]) -> list[tuple[bytes, int, str]]:
-    """The scripts' flat answers as (raw id, score, what); ids stay bytes until checked."""
-    return [(out[i], int(float(out[i + 1])), out[i + 2].decode()) for i in range(0, len(out), 3)]
+def _claimed(out: list[Any]) -> list[Claimed]:
+    """The scripts' flat answers, five values a job."""
+    return [
+        Claimed(out[i], int(float(out[i + 1])), out[i + 2].decode(), out[i + 3] or b"", int(out[i + 4]))
+        for i in range(0, len(out), 5)
+    ]
 
 
 async def workers_alive(redis: Redis, queue_name: str) -> int:

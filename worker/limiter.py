@@ -22,6 +22,10 @@ a model's schedule more than a window ahead. At most one request per window over
 (the one that starts at the window's edge) can be seen upstream; RATE_LIMIT_HEADROOM keeps
 network jitter from turning that into a 429.
 
+Budgets (worker.budgets) ride on the same script: a call's worst case is checked against every
+budget that applies and reserved with its slot, or the call books nothing (`budget`: refused,
+`budget_wait`: calls in flight hold the rest); `settle` settles the reservation with the tokens.
+
 The circuit breaker: K failures in a window open the circuit (`circuit`: callers skip the
 model); once the open period ends one caller probes (`probe`) while the others ask again
 every few hundred ms (`probing`), so they start as soon as the probe's success closes it.
@@ -31,22 +35,32 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
 
+from . import budgets
 from .keys import GATE, GLOBAL_LIMIT, model_key
+from .models import BudgetInfo
+from .scripts import run_scripts
 from .serde import as_text
 from .settings import RateLimit, Settings
+
+if TYPE_CHECKING:
+    from .budgets import Reservation
 
 # KEYS: gate (worker.gate: a paused queue admits nothing), model hash, global hash
 # ARGV: request interval ms, ms per token, tokens, global request interval ms, global ms per token,
 #       max wait ms, probe lease ms, TPM limit, global TPM limit (0: none)
+# then the budget's KEYS[4..] and ARGV[10..] (worker.budgets: its reservation is made here, with the booking)
 _ADMIT = """
+--@budget:functions
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local gate = redis.call('GET', KEYS[1])
 if gate then return {'gate', 0, gate} end
+--@budget:check
 local tokens = tonumber(ARGV[3])
 -- A booking moves the token schedule by tokens * ms-per-token. More tokens than the TPM limit
 -- would move it more than a whole window: such a request can never fit the limit, and booking
@@ -86,16 +100,19 @@ local function book(key, r_ms, t_ms)
   if t_ms > 0 then redis.call('HSET', key, 't', t_next) end
   redis.call('PEXPIRE', key, math.ceil(math.max(r_next, t_next) - now) + 3600000)
 end
+--@budget:book
 book(KEYS[2], tonumber(ARGV[1]), tonumber(ARGV[2]))
 if probing then redis.call('HSET', KEYS[2], 'probe', start + tonumber(ARGV[7])) end
 if tonumber(ARGV[4]) > 0 or tonumber(ARGV[5]) > 0 then book(KEYS[3], tonumber(ARGV[4]), tonumber(ARGV[5])) end
-return {probing and 'probe' or 'ok', math.ceil(wait)}
+return {probing and 'probe' or 'ok', math.ceil(wait), B.booked}
 """
 
 # KEYS: model hash, global hash
 # ARGV: tokens to give back, ms per token, global ms per token, outcome (ok|fail|neutral),
 #       pause ms, circuit failures, circuit window ms, circuit open ms
+# then a budget settlement's KEYS[3..5] and ARGV[9..] (worker.budgets), settled first
 _SETTLE = """
+--@budget:settle
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local refund = tonumber(ARGV[1])
@@ -152,6 +169,11 @@ class Admission:
     wait_s: float
     gate: dict[str, Any] | None = None
     limit: str | None = None
+    # worker.budgets: `budget` refused (the scope and amounts; None: not cheaper than a model
+    # refused before), or the reservation booked with the slot (settle it after the call)
+    refusal: BudgetInfo | None = None
+    reservation: Reservation | None = None
+    worst_usd: float | None = None  # `budget`, `budget_wait`: the call's worst case
 
     @property
     def booked(self) -> bool:
@@ -170,30 +192,40 @@ class Limiter:
     def __init__(self, redis: Redis, settings: Settings) -> None:
         self.redis = redis
         self.settings = settings
+        self.budgets = budgets.Budgets(redis, settings)
         self._global = _intervals(settings.global_rate_limit, settings.rate_limit_headroom)
-        self._admit = redis.register_script(_ADMIT)
-        self._settle = redis.register_script(_SETTLE)
+        self._admit = redis.register_script(budgets.splice(_ADMIT))
+        self._settle = redis.register_script(budgets.splice_settle(_SETTLE, keys=2, args=8))
 
     def intervals(self, model: str) -> tuple[float, float]:
         return _intervals(self.settings.rate_limits.get(model), self.settings.rate_limit_headroom)
 
-    async def admit(self, model: str, tokens: int, max_wait_s: float) -> Admission:
-        """Book `model`'s next slot unless it is further off than `max_wait_s`."""
+    async def admit(self, model: str, tokens: int, max_wait_s: float, budget: budgets.Plan | None = None) -> Admission:
+        """Book `model`'s next slot unless it is further off than `max_wait_s`; with a budget
+        plan, only if the call's worst case fits (and reserve it with the slot)."""
         r_ms, t_ms = self.intervals(model)
-        status, wait_ms, *rest = await self._admit(
-            keys=[GATE, model_key(model), GLOBAL_LIMIT],
-            args=[
-                r_ms,
-                t_ms,
-                tokens,
-                *self._global,
-                int(max_wait_s * 1000),
-                int(self.settings.request_timeout_s * 1000) + 1000,
-                _tpm(self.settings.rate_limits.get(model)),
-                _tpm(self.settings.global_rate_limit),
-            ],
-        )
+        args = [
+            r_ms,
+            t_ms,
+            tokens,
+            *self._global,
+            int(max_wait_s * 1000),
+            int(self.settings.request_timeout_s * 1000) + 1000,
+            _tpm(self.settings.rate_limits.get(model)),
+            _tpm(self.settings.global_rate_limit),
+            *(budget.args if budget else ()),
+        ]
+        keys = [GATE, model_key(model), GLOBAL_LIMIT, *(budget.keys if budget else ())]
+        # through worker.scripts: sent with the other jobs' calls of this event-loop turn
+        [(status, wait_ms, *rest)] = await run_scripts(self.redis, [(self._admit, keys, args)])
         status = as_text(status)
+        if status == "budget" and budget is not None:
+            return Admission(status, 0.0, refusal=self.budgets.refused(budget, rest), worst_usd=float(rest[4]))
+        if status == "budget_wait":
+            return Admission(status, 0.0, worst_usd=float(rest[0]))
+        if status in ("ok", "probe"):
+            booked = self.budgets.booked(budget, rest[0]) if budget is not None and rest else None
+            return Admission(status, int(wait_ms) / 1000, reservation=booked)
         if status == "too_large":
             return Admission(status, 0.0, limit=self.tpm_limit(model, as_text(rest[0])))
         gate = json.loads(rest[0]) if rest else None
@@ -206,32 +238,58 @@ class Limiter:
         return f"the global TPM limit (GLOBAL_RATE_LIMIT) of {_number(self.settings.global_rate_limit.tpm)}"
 
     async def settle(
-        self, model: str, *, booked_tokens: int, used_tokens: int | None, outcome: str, pause_s: float
+        self,
+        model: str,
+        *,
+        booked_tokens: int,
+        used_tokens: int | None,
+        outcome: str,
+        pause_s: float,
+        budget: tuple[list[str], list[Any]] | None = None,
     ) -> bool:
         """What one call taught: unused tokens back, a pause, the circuit's count. True if it opened the circuit.
 
         A call that used `used_tokens` gives back the rest of its booking; a failed one (outcome
-        `fail`/`neutral`, no usage) gives back all of it: a booking never outlives its call."""
+        `fail`/`neutral`, no usage) gives back all of it: a booking never outlives its call.
+        `budget`: the call's budget settlement (worker.budgets `settlement`), in the same script."""
+        script, keys, args = self.settle_call(
+            model,
+            booked_tokens=booked_tokens,
+            used_tokens=used_tokens,
+            outcome=outcome,
+            pause_s=pause_s,
+            budget=budget,
+        )
+        return bool(await script(keys=keys, args=args))
+
+    def settle_call(
+        self,
+        model: str,
+        *,
+        booked_tokens: int,
+        used_tokens: int | None,
+        outcome: str,
+        pause_s: float,
+        budget: tuple[list[str], list[Any]] | None = None,
+    ) -> tuple[AsyncScript, list[str], list[Any]]:
+        """The `settle` script call, to send in one round trip with others (worker.scripts)."""
         s = self.settings
         if used_tokens is not None:
             refund = booked_tokens - used_tokens
         else:
             refund = 0 if outcome == "ok" else booked_tokens
-        return bool(
-            await self._settle(
-                keys=[model_key(model), GLOBAL_LIMIT],
-                args=[
-                    refund,
-                    self.intervals(model)[1],
-                    self._global[1],
-                    outcome,
-                    int(pause_s * 1000),
-                    s.circuit_failures,
-                    int(s.circuit_window_s * 1000),
-                    int(s.circuit_open_s * 1000),
-                ],
-            )
-        )
+        args = [
+            refund,
+            self.intervals(model)[1],
+            self._global[1],
+            outcome,
+            int(pause_s * 1000),
+            s.circuit_failures,
+            int(s.circuit_window_s * 1000),
+            int(s.circuit_open_s * 1000),
+            *(budget[1] if budget else ()),
+        ]
+        return self._settle, [model_key(model), GLOBAL_LIMIT, *(budget[0] if budget else ())], args
 
 
 def _tpm(limit: RateLimit | None) -> float:

@@ -79,6 +79,18 @@ BATCH_LINES = Counter(
 )
 for _outcome in OUTCOMES:  # every series exists from the start
     BATCH_LINES.labels(_outcome)
+# Budgets (worker.budgets): `scope` is global/source/model/batch, `name` the configured key ('' for
+# global and batch: batch ids are unbounded). Refusals are counted by the worker that refused; the
+# limit/reserved/spent gauges are read from Redis by the exporter, so every process agrees.
+BUDGET_SCOPES = ("global", "source", "model", "batch")
+BUDGET_REFUSALS = Counter(
+    "llm_router_budget_refusals", "Calls refused because their worst case did not fit a budget", ["scope", "name"]
+)
+BUDGET_GAUGES = {
+    "limit": ("llm_router_budget_limit_usd", "A budget's limit (USD; daily ones for today in BUDGET_TZ)"),
+    "reserved": ("llm_router_budget_reserved_usd", "USD reserved against a budget by calls in flight"),
+    "spent": ("llm_router_budget_spent_usd", "USD spent against a budget (daily ones: today in BUDGET_TZ)"),
+}
 WEBHOOK_OUTCOMES = ("delivered", "retried", "failed")
 WEBHOOK_DELIVERIES = Counter(
     "llm_router_webhook_deliveries",
@@ -101,16 +113,6 @@ ROUTE_CHOICES = Counter(
     ["route", "model"],
 )
 IN_FLIGHT = Gauge("llm_router_upstream_in_flight", "Upstream calls in progress", ["model"])
-# Budgets (issue 14): defined here so the dashboard and the alert rules name metrics that exist;
-# `scope` is global/source/model/batch, `name` the budget's name.
-BUDGET_LIMIT = Gauge("llm_router_budget_limit_usd", "A budget's limit (USD) for its current period", ["scope", "name"])
-BUDGET_RESERVED = Gauge(
-    "llm_router_budget_reserved_usd", "USD reserved against a budget by calls in flight (worst case)", ["scope", "name"]
-)
-BUDGET_SPENT = Gauge("llm_router_budget_spent_usd", "USD spent against a budget this period", ["scope", "name"])
-BUDGET_REFUSALS = Counter(
-    "llm_router_budget_refusals", "Jobs refused because their worst case did not fit a budget", ["scope", "name"]
-)
 # The HTTP ingress (producers/http.py): `route` is the route's template (`/v1/jobs/{job_id}`, or
 # `other` for no route), `status_class` `2xx`...`5xx`: bounded whatever the clients send.
 HTTP_REQUESTS = Counter(

@@ -437,6 +437,18 @@ class Usage(BaseModel):
     total_tokens: int = 0
 
 
+class BudgetInfo(BaseModel):
+    """Why a call did not fit a budget (error class `budget`, worker.budgets), in USD."""
+
+    scope: str = Field(description="global, source, model or batch")
+    name: str = Field("", description="the source, model or batch id; '' for the global budget")
+    day: str | None = Field(None, description="a daily budget's day (YYYY-MM-DD in BUDGET_TZ)")
+    limit_usd: float
+    spent_usd: float
+    reserved_usd: float = Field(description="held by calls in flight")
+    needed_usd: float = Field(description="this call's worst case")
+
+
 class ErrorInfo(BaseModel):
     """Why a job or an attempt failed. `type` is a bounded error class (see worker.errors)."""
 
@@ -446,6 +458,7 @@ class ErrorInfo(BaseModel):
     code: str | None = None
     field: str | None = None
     request_id: str | None = Field(None, description="the gateway's id for the failed request")
+    budget: BudgetInfo | None = Field(None, description="error class `budget`: the scope and the amounts")
 
 
 class Attempt(BaseModel):

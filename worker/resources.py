@@ -10,6 +10,7 @@ if TYPE_CHECKING:
     from .cache import ResponseCache
     from .client import AIsaClient
     from .gate import Gate
+    from .lease import Lease
     from .limiter import Limiter
     from .metrics import Labels
     from .quarantine import Quarantine
@@ -27,6 +28,8 @@ class Resources:
     labels: Labels
     quarantine: Quarantine
     cache: ResponseCache
+    # stores results and releases their jobs in one round trip (None: the store alone)
+    lease: Lease | None = None
     # job ids running in this process: the keeper renews their leases
     running: set[str] = field(default_factory=set)
     # the queue's gate as the keeper last read it (None: open); workers pick no jobs while closed

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import random
 import re
 import time
 import uuid
@@ -15,7 +16,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from . import cache, errors
+from . import budgets, cache, errors
 from . import metrics as m
 from .batches import line_of
 from .client import Completion
@@ -24,6 +25,7 @@ from .limiter import Admission
 from .models import ANSWER_FIELDS, Attempt, ErrorInfo, ModelAnswer
 from .policy import CIRCUIT_CLASSES, Action, action_for, backoff_delay
 from .pricing import cost_of
+from .scripts import run_scripts
 
 if TYPE_CHECKING:
     from .events import JobEvents
@@ -44,6 +46,10 @@ IMAGE_TOKENS = 1000
 _DATA_URL = re.compile(r"data:image/[^\"]*")
 # A bulk job whose slot is further off than BULK_HORIZON_S looks again this often at most.
 BULK_RECHECK_S = 1.0
+# How often a call whose worst case fits a budget's spend, not what calls in flight reserve, asks
+# again; and how long a job that cannot wait in place for them goes back to the queue for.
+BUDGET_RECHECK_S = 0.1
+BUDGET_DEFER_S = 1.0
 
 
 class Deferred(Exception):
@@ -81,6 +87,10 @@ class Call:
     bulk: bool = False
     cache: bool | None = None  # the job's `cache` (worker.cache)
     attempts: list[Attempt] = field(default_factory=list)
+    # worker.budgets: the first budget refusal of this job, and the smallest worst case a budget
+    # refused or made wait: a fallback must be cheaper than it
+    budget_refused: ErrorInfo | None = None
+    budget_cap: float | None = None
     # a streaming job's live events (worker.events): None publishes nothing
     events: JobEvents | None = None
     route: str | None = None  # the route (`route:<name>`) the job's model named, if any: its spend is kept by route
@@ -92,13 +102,30 @@ class Call:
     def estimate_tokens(self) -> int:
         """Prompt plus completion for the booking: each of the `n` choices may write up to the
         smaller of max_tokens and max_completion_tokens (DEFAULT_COMPLETION_ESTIMATE if neither)."""
+        return self.estimate_prompt_tokens() + self.completion_cap(DEFAULT_COMPLETION_ESTIMATE)
+
+    def estimate_prompt_tokens(self) -> int:
         text = json.dumps(self.payload["messages"], separators=(",", ":"))
         # an image costs a bounded number of tokens, whatever its base64 weighs in the JSON
         inline = sum(len(url) for url in _DATA_URL.findall(text))
-        prompt = (len(text) - inline) // 4 + IMAGE_TOKENS * text.count('"image_url"')
+        return (len(text) - inline) // 4 + IMAGE_TOKENS * text.count('"image_url"')
+
+    def completion_cap(self, default: int) -> int:
+        """The most completion tokens the call may be billed: the cap (`default` if none) times `n`."""
         caps = [t for t in (self.payload.get("max_tokens"), self.payload.get("max_completion_tokens")) if t]
-        completion = min(caps) if caps else DEFAULT_COMPLETION_ESTIMATE
-        return prompt + completion * (self.payload.get("n") or 1)
+        return (min(caps) if caps else default) * (self.payload.get("n") or 1)
+
+    def budget_plan(self, model: str) -> budgets.Plan | None:
+        """The budget part of this call's admission (worker.budgets), None when no budget applies."""
+        return self.resources.limiter.budgets.plan(
+            model,
+            self.source,
+            self.job_id,
+            self.estimate_prompt_tokens(),
+            self.completion_cap(self.settings.budget_default_max_tokens),
+            # a compare job's models are not fallbacks of each other
+            None if self.kind == "compare" else self.budget_cap,
+        )
 
 
 async def walk_chain(call: Call, chain: list[str]) -> ModelAnswer:
@@ -149,7 +176,7 @@ async def call_model(call: Call, model: str) -> Step:
         budget = call.max_wait_s - napped
         # a bulk job books only near the front of the schedule: interactive jobs go first
         reach = min(budget, call.settings.bulk_horizon_s) if call.bulk else budget
-        admission = await limiter.admit(model, tokens, max(reach, 0.0))
+        admission = await limiter.admit(model, tokens, max(reach, 0.0), call.budget_plan(model))
         nap = _nap(admission, budget, call)
         if nap:
             # look again soon: tokens given back by calls that just finished, or a probe that
@@ -159,12 +186,13 @@ async def call_model(call: Call, model: str) -> Step:
             continue
         if not admission.booked:
             return _not_admitted(call, model, tokens, admission)
-        async with _given_back_if_cancelled(call, model, tokens):
+        async with _given_back_if_cancelled(call, model, tokens, admission.reservation):
             await asyncio.sleep(admission.wait_s)
         waited += admission.wait_s
         m.RATE_LIMIT_WAIT.labels(call.resources.labels.model(model)).observe(slot_wait + admission.wait_s)
         slot_wait = 0.0
-        answer, exc = await call_once(call, model, {**call.payload, "model": model}, tokens, waited)
+        payload = {**call.payload, "model": model}
+        answer, exc = await call_once(call, model, payload, tokens, waited, admission.reservation)
         if exc is None:
             return Step("ok", answer)
         failures += 1
@@ -180,6 +208,8 @@ def _nap(admission: Admission, budget_s: float, call: Call) -> float:
         return min(admission.wait_s, TOKEN_RECHECK_S)
     if admission.status == "probing":
         return min(PROBE_RECHECK_S, admission.wait_s, max(budget_s, 0.0))
+    if admission.status == "budget_wait":  # worker.budgets: calls in flight will settle
+        return min(BUDGET_RECHECK_S * random.uniform(0.5, 1.5), max(budget_s, 0.0))
     if call.bulk and admission.status == "wait" and admission.wait_s <= budget_s:
         # its slot is within the job's wait but beyond the horizon: sleep until it is near
         horizon = call.settings.bulk_horizon_s
@@ -188,14 +218,19 @@ def _nap(admission: Admission, budget_s: float, call: Call) -> float:
 
 
 @asynccontextmanager
-async def _given_back_if_cancelled(call: Call, model: str, tokens: int) -> AsyncIterator[None]:
+async def _given_back_if_cancelled(
+    call: Call, model: str, tokens: int, reservation: budgets.Reservation | None
+) -> AsyncIterator[None]:
     """A booking never outlives its call: a job cancelled (JOB_TIMEOUT_S, SIGTERM past the grace)
-    while it waits for its slot or for the answer gives back what it booked, and a probe slot."""
+    while it waits for its slot or for the answer gives back what it booked, a probe slot and its
+    budget reservation."""
     try:
         yield
     except asyncio.CancelledError:
-        refund = call.resources.limiter.settle(
-            model, booked_tokens=tokens, used_tokens=None, outcome="neutral", pause_s=0
+        limiter = call.resources.limiter
+        budget = limiter.budgets.settlement(reservation, model, None)
+        refund = limiter.settle(
+            model, booked_tokens=tokens, used_tokens=None, outcome="neutral", pause_s=0, budget=budget
         )
         await asyncio.shield(refund)
         raise
@@ -209,6 +244,22 @@ def _not_admitted(call: Call, model: str, tokens: int, admission: Admission) -> 
             call.settings.probe_interval_s,
             ErrorInfo(type=gate.get("reason", "paused"), message=f"queue paused: {gate.get('message')}"),
         )
+    if admission.status in ("budget", "budget_wait") and admission.worst_usd is not None:
+        # worker.budgets: a fallback is tried only if cheaper than this model's worst case
+        call.budget_cap = min(call.budget_cap or admission.worst_usd, admission.worst_usd)
+    if admission.status == "budget":
+        # no retry, no wait: only a cheaper model may still fit
+        error = call.budget_refused
+        if admission.refusal is not None:
+            error = budgets.refusal_error(admission.refusal)
+            call.budget_refused = call.budget_refused or error
+        if error is None:  # made to wait before, now not cheaper than that: wait again
+            message = "not cheaper than a model waiting for budget reservations in flight"
+            return Step("next", _budget_wait(model, message), wait_s=BUDGET_DEFER_S)
+        return Step("next", ModelAnswer(model=model, status="failed", error=error))
+    if admission.status == "budget_wait":
+        message = "waiting for calls in flight to settle their budget reservations"
+        return Step("next", _budget_wait(model, message), wait_s=BUDGET_DEFER_S)
     if admission.status == "too_large":
         # no wait_s: waiting cannot help, only another model (with a larger limit) can
         message = f"request needs {tokens} tokens (prompt + max_tokens), over {admission.limit}: lower max_tokens"
@@ -249,7 +300,12 @@ async def apply_policy(
 
 
 async def call_once(
-    call: Call, model: str, payload: dict[str, Any], tokens: int, waited: float
+    call: Call,
+    model: str,
+    payload: dict[str, Any],
+    tokens: int,
+    waited: float,
+    reservation: budgets.Reservation | None = None,
 ) -> tuple[ModelAnswer, errors.AIsaError | None]:
     """One upstream call, recorded with its cost and fed back to the shared limits before returning."""
     label = call.resources.labels.model(model)
@@ -257,7 +313,7 @@ async def call_once(
     exc: errors.AIsaError | None = None
     try:
         with m.IN_FLIGHT.labels(label).track_inprogress():
-            async with _given_back_if_cancelled(call, model, tokens):
+            async with _given_back_if_cancelled(call, model, tokens, reservation):
                 completion = await send(call, payload)
     except errors.AIsaError as e:
         exc = e
@@ -286,7 +342,9 @@ async def call_once(
         waited_s=round(waited, 4),
     )
     call.attempts.append(attempt)
-    first_time = await _record(call, model, attempt, answer, tokens, exc, completion if exc is None else None)
+    first_time = await _record(
+        call, model, attempt, answer, tokens, exc, completion if exc is None else None, reservation
+    )
     observe(call, label, answer, exc, counted=first_time)
     return answer, exc
 
@@ -325,6 +383,7 @@ async def _record(
     tokens: int,
     exc: errors.AIsaError | None,
     completion: Completion | None,
+    reservation: budgets.Reservation | None = None,
 ) -> bool:
     """Write the call to the call log and the shared limits; True if it was new there."""
     store, limiter = call.resources.store, call.resources.limiter
@@ -341,19 +400,24 @@ async def _record(
         # No configured limit: the gateway's "remaining: 0" is all we know. (With one, the
         # GCRA spacing already runs at the limit, where remaining touches 0 by design.)
         pause = max(pause, learned_pause(completion.rate_limits))
-    # Two scripts at once on two connections: one round trip of latency. (Script calls in a
-    # redis-py pipeline cost an extra SCRIPT EXISTS round trip each time.) shield: a cancelled
-    # job (SIGTERM past the grace) must still record a call that happened.
+    # Both scripts in one round trip (worker.scripts). shield: a cancelled job (SIGTERM past
+    # the grace) must still record a call that happened.
+    budget = limiter.budgets.settlement(reservation, model, answer if exc is None else None)
     recorded, opened = await asyncio.shield(
-        asyncio.gather(
-            store.record_call(call.job_id, attempt, _credits(answer, exc), answer.usage, spend_tags(call)),
-            limiter.settle(model, booked_tokens=tokens, used_tokens=used, outcome=outcome, pause_s=pause),
+        run_scripts(
+            store.redis,
+            [
+                store.record_call_call(call.job_id, attempt, _credits(answer, exc), answer.usage, spend_tags(call)),
+                limiter.settle_call(
+                    model, booked_tokens=tokens, used_tokens=used, outcome=outcome, pause_s=pause, budget=budget
+                ),
+            ],
         )
     )
     if opened:
         m.CIRCUIT_OPENED.labels(call.resources.labels.model(model)).inc()
         log.warning("circuit opened for %s: every worker skips it for %gs", model, call.settings.circuit_open_s)
-    return recorded
+    return bool(recorded)
 
 
 def _credits(answer: ModelAnswer, exc: errors.AIsaError | None) -> float | None:
@@ -382,6 +446,10 @@ def succeeded(model: str, c: Completion, prices: dict) -> ModelAnswer:
     return ModelAnswer(**fields, model=model, status="succeeded")
 
 
+def _budget_wait(model: str, message: str) -> ModelAnswer:
+    return ModelAnswer(model=model, status="failed", error=ErrorInfo(type="budget", message=message))
+
+
 def _skipped(model: str, kind: str, wait_s: float) -> ModelAnswer:
     message = f"{'circuit open' if kind == 'circuit_open' else 'rate limited'} for {wait_s:.2f}s more"
     return ModelAnswer(model=model, status="failed", error=ErrorInfo(type=kind, message=message))
@@ -400,6 +468,7 @@ def _exhausted(answers: list[ModelAnswer]) -> ModelAnswer:
             update={
                 "status": last.error.status,
                 "code": last.error.code,
+                "budget": last.error.budget,
                 "message": "every model failed: " + error.message,
             }
         )

@@ -14,6 +14,7 @@ and by the exporter and `llm-router schedule` (which read it without checking th
     params = { max_tokens = 200 }          # body parameters of every line (and `system`)
     metadata = { team = "search" }
     window = "24h"                         # completion window
+    budget_usd = 5.0                       # optional: each tick's batch's budget (worker.budgets)
     output = "/data/out/summaries-{date}.jsonl"   # optional: {name} {date} {time} {tick} {batch_id}
     errors = "/data/out/failed-{date}.jsonl"
 
@@ -38,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import re
 import string
@@ -87,6 +89,7 @@ FIELDS = (
     "params",
     "metadata",
     "window",
+    "budget_usd",
     "output",
     "errors",
 )
@@ -108,6 +111,7 @@ class Schedule:
     params: dict[str, Any] = field(default_factory=dict)
     metadata: dict[str, str] = field(default_factory=dict)
     window: str = "24h"
+    budget_usd: float | None = None
     output: str | None = None
     errors: str | None = None
 
@@ -254,6 +258,11 @@ def _schedule(entry: Any, where: str, check_files: bool) -> Schedule:
         raise bad("metadata", "at most 14 pairs of strings (keys of 1-64 characters, values of up to 512)")
     if set(metadata) & set(AUTO_METADATA):
         raise bad("metadata", f"{' and '.join(AUTO_METADATA)} are set by the schedule: use other keys")
+    budget_usd = entry.get("budget_usd")
+    if budget_usd is not None and (
+        isinstance(budget_usd, bool) or not isinstance(budget_usd, (int, float)) or not 0 <= budget_usd < math.inf
+    ):
+        raise bad("budget_usd", f"must be a number of USD, 0 or more, not {budget_usd!r}")
     params = entry.get("params", {})
     if not isinstance(params, dict):
         raise bad("params", "must be a table of body parameters, e.g. params = { max_tokens = 200 }")
@@ -283,6 +292,7 @@ def _schedule(entry: Any, where: str, check_files: bool) -> Schedule:
         params=dict(params),
         metadata=dict(metadata),
         window=window,
+        budget_usd=None if budget_usd is None else float(budget_usd),
         output=entry.get("output"),
         errors=entry.get("errors"),
     )
@@ -325,7 +335,11 @@ async def submit(producer: Producer, schedule: Schedule, batch_id: str, tick: da
     as the schedule's last batch, pending its output. (batch, created by this call)."""
     metadata = {**schedule.metadata, "schedule": schedule.name, "scheduled_for": tick.astimezone(UTC).isoformat()}
     batch, created = await producer.batches.create(
-        schedule.source(), completion_window=schedule.window, metadata=metadata, batch_id=batch_id
+        schedule.source(),
+        completion_window=schedule.window,
+        metadata=metadata,
+        batch_id=batch_id,
+        budget_usd=schedule.budget_usd,
     )
     await _recorded(producer.redis, schedule.name, batch_id, None)
     return batch, created

@@ -18,8 +18,9 @@ from typing import Any
 
 from arq.connections import RedisSettings
 from arq.worker import func
+from redis.commands.core import AsyncScript
 
-from . import connections, jobs, logs, routes, schedules, serde, webhooks
+from . import connections, jobs, logs, routes, schedules, scripts, serde, webhooks
 from .cache import ResponseCache
 from .client import AIsaClient
 from .fleet import FleetConfig
@@ -49,7 +50,7 @@ async def startup(ctx: dict[str, Any]) -> None:
         # a compare job fans out: leave room for several calls per running job
         max_connections=settings.worker_concurrency * 4,
     )
-    ctx["resources"] = Resources(
+    resources = Resources(
         settings=settings,
         client=client,
         store=ResultStore(
@@ -60,11 +61,14 @@ async def startup(ctx: dict[str, Any]) -> None:
         labels=Labels(settings),
         quarantine=Quarantine(redis, settings.queue_name, settings.quarantine_max),
         cache=ResponseCache(redis, settings),
+        lease=(lease := Lease(redis, settings.queue_name, settings.lease_s)),
     )
+    ctx["resources"] = resources
+    await scripts.preload(redis, job_path_scripts(resources))
+    scripts.batch_calls(redis)  # the jobs' script calls of one event-loop turn: one round trip
     serve_metrics(settings.metrics_port)
     ctx["keeper"] = asyncio.create_task(
-        keeper(ctx["resources"], Lease(redis, settings.queue_name, settings.lease_s), FleetConfig(redis, settings)),
-        name="llm-router-keeper",
+        keeper(resources, lease, FleetConfig(redis, settings)), name="llm-router-keeper"
     )
     ctx["webhooks"] = asyncio.create_task(webhooks.Sender(redis, settings).run(), name="llm-router-webhooks")
     if ctx.get("schedules"):
@@ -82,6 +86,13 @@ async def startup(ctx: dict[str, Any]) -> None:
         settings.queue_name,
         settings.worker_concurrency,
     )
+
+
+def job_path_scripts(resources: Resources) -> list[AsyncScript]:
+    """The Lua scripts every job runs (claim, admission, call log, settle, save, release)."""
+    store, limiter = resources.store, resources.limiter
+    lease = resources.lease.scripts if resources.lease else []
+    return [*lease, limiter._admit, limiter._settle, store._record_call, store._save]
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
@@ -108,6 +119,7 @@ async def keeper(resources: Resources, lease: Lease, fleet: FleetConfig) -> None
         while True:
             try:
                 await lease.renew(resources.running)
+                await resources.limiter.budgets.keep()  # worker.budgets: this process's reservations
                 await lease.beat(worker_id)
                 await fleet.publish(worker_id)
                 if not compared:

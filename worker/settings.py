@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 import sys
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, StringConstraints, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from .routes import Route, RouteName
 
@@ -72,11 +74,29 @@ MODEL_CONTEXT = {
 }
 
 
+NonNegativeUSD = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+
+
 class RateLimit(BaseModel):
     """A shared limit: requests and/or tokens (prompt + max output) per minute."""
 
     rpm: float | None = Field(None, gt=0)
     tpm: float | None = Field(None, gt=0)
+
+
+class BudgetConfig(BaseModel):
+    """BUDGETS: daily USD budgets (days in BUDGET_TZ) over all calls, per source, per model
+    (worker.budgets). A batch's own budget is set when it is submitted."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    daily_usd: float | None = Field(None, ge=0, allow_inf_nan=False)
+    sources: dict[Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")], NonNegativeUSD] = {}
+    models: dict[Annotated[str, StringConstraints(min_length=1, max_length=128)], NonNegativeUSD] = {}
+
+    @property
+    def configured(self) -> bool:
+        return self.daily_usd is not None or bool(self.sources) or bool(self.models)
 
 
 class ConfigError(Exception):
@@ -168,6 +188,16 @@ class Settings(BaseSettings):
         3600, ge=0, description="a tick missed while no worker ran is still run (once) this long after it"
     )
 
+    # ---- budgets (worker.budgets): reserved before a call, settled to its cost after
+    # BUDGETS='{"daily_usd": 50, "sources": {"billing": 10}, "models": {"gpt-4.1": 20}}'
+    budgets: BudgetConfig = BudgetConfig()
+    budget_tz: str = Field("UTC", description="the time zone whose days the daily budgets count (IANA name)")
+    budget_default_max_tokens: int = Field(
+        4096, ge=1, description="completion tokens a job without max_tokens is assumed to write, for its worst case"
+    )
+    # a model in no price table and not yet learned from the gateway's bills is priced at this
+    budget_unknown_price: Price = Price(input=0.075, output=0.075)
+
     # ---- the HTTP ingress (`llm-router api`, producers/http.py)
     # INGRESS_TOKENS='{"<token>": "billing"}': bearer tokens and the source name each one stamps on its jobs
     ingress_tokens: dict[str, str] = {}
@@ -201,6 +231,10 @@ class Settings(BaseSettings):
     webhook_backoff_base_s: float = Field(2, gt=0, description="wait before the second try, doubling after")
     webhook_backoff_cap_s: float = Field(3600, gt=0, description="longest wait between tries")
 
+    # ---- logs (worker.logs) ----
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="per-job lines are at DEBUG")
+    log_format: Literal["text", "json"] = Field("text", description="json: one JSON object a line")
+
     # ---- metrics (worker.metrics, worker.exporter) ----
     metrics_port: int = Field(9464, ge=0, le=65535, description="a worker's /metrics port; 0: no metrics")
     exporter_port: int = Field(9465, ge=1, le=65535, description="`llm-router exporter`'s /metrics port")
@@ -213,6 +247,15 @@ class Settings(BaseSettings):
     spend_retention_days: int = Field(
         400, ge=1, le=3660, description="days the per-day spend records (by model, source, batch, route) are kept"
     )
+
+    @field_validator("budget_tz")
+    @classmethod
+    def _zone(cls, v: str) -> str:
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"{v!r} is not a time zone: use an IANA name, e.g. UTC or Europe/Paris") from None
+        return v
 
     def api_key(self) -> str:
         """The key, or a ConfigError telling the user how to set it."""
@@ -229,8 +272,17 @@ def load_settings(**overrides: Any) -> Settings:
     try:
         return Settings(**overrides)
     except ValidationError as exc:
-        problems = "; ".join(f"{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}" for err in exc.errors())
+        problems = "; ".join(f"{_setting(err['loc'])}: {err['msg']}" for err in exc.errors())
         raise ConfigError(f"invalid settings: {problems}") from None
+    except SettingsError as exc:  # a JSON setting that is not JSON
+        match = re.search(r'field "([a-z_]+)"', str(exc))
+        name = match[1].upper() if match else "a JSON setting"
+        raise ConfigError(f"invalid settings: {name}: not valid JSON ({exc.__cause__ or exc})") from None
+
+
+def _setting(loc: tuple[int | str, ...]) -> str:
+    """The variable a validation error is about, with the path inside a JSON one: `BUDGETS_SOURCES_X`."""
+    return "_".join(str(p) for p in loc).upper()
 
 
 def exit_on_config_error(exc: ConfigError) -> None:

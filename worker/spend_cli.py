@@ -38,7 +38,8 @@ def spend(days: int, by: str, as_json: bool) -> None:
         settings = load_settings()
         redis = Redis.from_url(settings.redis_url)
         try:
-            found = await report(redis, days, by, getattr(settings, "budgets", None) or None)
+            # today's use of each daily budget, when BUDGETS sets any (worker.budgets)
+            found = await report(redis, days, by, settings.budgets if settings.budgets.configured else None)
         finally:
             await redis.aclose()
         if as_json:

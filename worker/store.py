@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
+from redis.commands.core import AsyncScript
 
 from .keys import (
     CREDITS,
@@ -125,27 +127,35 @@ class ResultStore:
         """One upstream call into the job's call log and, the first time only, into spend and
         usage of its UTC day by model and by each of `tags` given (`source`, `batch`, `route`).
         True if it was new."""
+        script, keys, args = self.record_call_call(job_id, attempt, credits, usage, tags)
+        return bool(await script(keys=keys, args=args))
+
+    def record_call_call(
+        self,
+        job_id: str,
+        attempt: Attempt,
+        credits: float | None,
+        usage: Usage | None = None,
+        tags: dict[str, str | None] | None = None,
+    ) -> tuple[AsyncScript, list[str], list[Any]]:
+        """The `record_call` script call, to send in one round trip with others (worker.scripts)."""
         day, tags = today(), tags or {}
         names = [attempt.model, *(tags.get(by) or "" for by in SPEND_BY[1:])]
         keys = [calls_key(job_id), SPEND_TOTAL, CREDITS]
         for by in SPEND_BY:
             keys += [spend_by_key(by, day), usage_key(by, day)]
-        return bool(
-            await self._record_call(
-                keys=keys,
-                args=[
-                    attempt.call_id or "",
-                    attempt.model_dump_json(exclude_none=True),
-                    "" if attempt.cost is None else repr(attempt.cost),
-                    "" if credits is None else repr(credits),
-                    self.ttl_s,
-                    self.spend_ttl_s,
-                    usage.prompt_tokens if usage else 0,
-                    usage.completion_tokens if usage else 0,
-                    *names,
-                ],
-            )
-        )
+        args = [
+            attempt.call_id or "",
+            attempt.model_dump_json(exclude_none=True),
+            "" if attempt.cost is None else repr(attempt.cost),
+            "" if credits is None else repr(credits),
+            self.ttl_s,
+            self.spend_ttl_s,
+            usage.prompt_tokens if usage else 0,
+            usage.completion_tokens if usage else 0,
+            *names,
+        ]
+        return self._record_call, keys, args
 
     async def attempts(self, job_id: str) -> list[Attempt]:
         """Every call recorded for the job, across all its runs, oldest first."""
@@ -156,25 +166,29 @@ class ResultStore:
         """Store the result (and its dead letter, if it failed; its webhook delivery, if it has a
         callback url) and wake waiters, atomically.
         Returns how many old dead letters were dropped to keep the list within its bounds."""
+        script, keys, args = self.save_call(result, dead_letter, callback_url)
+        return int(await script(keys=keys, args=args))
+
+    def save_call(
+        self, result: JobResult, dead_letter: str | None = None, callback_url: str | None = None
+    ) -> tuple[AsyncScript, list[str], list[Any]]:
+        """The `save` script call, to send in one round trip with others (worker.scripts)."""
         delivery = delivery_of("job", result.job_id)
-        return int(
-            await self._save(
-                keys=[result_key(result.job_id), DLQ, DLQ_INDEX, WEBHOOKS, webhook_key(delivery)],
-                args=[
-                    result.model_dump_json(exclude_none=True),
-                    self.ttl_s,
-                    result.status,
-                    dead_letter or "",
-                    time.time(),
-                    self.dlq_max,
-                    self.dlq_ttl_s,
-                    result.job_id,
-                    done_channel(result.job_id),
-                    callback_url or "",
-                    delivery,
-                ],
-            )
-        )
+        keys = [result_key(result.job_id), DLQ, DLQ_INDEX, WEBHOOKS, webhook_key(delivery)]
+        args = [
+            result.model_dump_json(exclude_none=True),
+            self.ttl_s,
+            result.status,
+            dead_letter or "",
+            time.time(),
+            self.dlq_max,
+            self.dlq_ttl_s,
+            result.job_id,
+            done_channel(result.job_id),
+            callback_url or "",
+            delivery,
+        ]
+        return self._save, keys, args
 
     async def get(self, job_id: str) -> JobResult | None:
         raw = await self.redis.get(result_key(job_id))

@@ -1,0 +1,63 @@
+"""Count what this process sends to Redis: commands and round trips (writes), client side.
+
+Redis's own counters (`INFO commandstats`, `total_commands_processed`) also count the commands
+a Lua script runs inside, so they cannot tell a script call from the work it does; this counts
+what crosses the wire from this process, for every redis-py asyncio connection it opens.
+
+    with RedisTraffic() as traffic:
+        ...  # run jobs
+    traffic.commands, traffic.round_trips, traffic.by_name
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from types import TracebackType
+from typing import Any
+
+from redis.asyncio.connection import AbstractConnection
+
+
+class RedisTraffic:
+    def __init__(self) -> None:
+        self.round_trips = 0
+        self.raw_names: Counter[Any] = Counter()
+        self._saved: tuple[Any, Any] | None = None
+
+    @property
+    def commands(self) -> int:
+        return sum(self.raw_names.values())
+
+    @property
+    def by_name(self) -> Counter[str]:
+        """Commands by name (EVALSHA, ZRANGEBYSCORE, ...)."""
+        named: Counter[str] = Counter()
+        for raw, count in self.raw_names.items():
+            name = raw.decode() if isinstance(raw, bytes) else str(raw)
+            named[name.split()[0].upper()] += count
+        return named
+
+    def __enter__(self) -> RedisTraffic:
+        pack, send = AbstractConnection.pack_command, AbstractConnection.send_packed_command
+        self._saved = (pack, send)
+        traffic = self
+
+        def pack_command(conn: AbstractConnection, *args: Any) -> Any:
+            traffic.raw_names[args[0]] += 1  # cheap here: named when read (by_name)
+            return pack(conn, *args)
+
+        async def send_packed_command(conn: AbstractConnection, command: Any, check_health: bool = True) -> None:
+            traffic.round_trips += 1
+            await send(conn, command, check_health)
+
+        AbstractConnection.pack_command = pack_command  # type: ignore[method-assign,assignment]
+        AbstractConnection.send_packed_command = send_packed_command  # type: ignore[method-assign,assignment]
+        return self
+
+    def __exit__(self, *exc: tuple[type[BaseException] | None, BaseException | None, TracebackType | None]) -> None:
+        assert self._saved is not None
+        AbstractConnection.pack_command, AbstractConnection.send_packed_command = self._saved  # type: ignore[method-assign]
+
+    def reset(self) -> None:
+        self.round_trips = 0
+        self.raw_names.clear()
