@@ -119,11 +119,14 @@ async def get_job(
     result = await app.store.get(job_id)
     if result is None:
         status = await pending(app, job_id)
-        if status is None:
-            raise not_found(f"job {job_id}")
-        result = await app.waits.wait(job_id, min(wait, app.settings.ingress_wait_s)) if wait else None
-        if result is None:
-            return {"id": job_id, "status": await pending(app, job_id) or status}
+        if status is None:  # no such job, or it ended between the two reads
+            result = await app.store.get(job_id)
+            if result is None:
+                raise not_found(f"job {job_id}")
+        else:
+            result = await app.waits.wait(job_id, min(wait, app.settings.ingress_wait_s)) if wait else None
+            if result is None:
+                return {"id": job_id, "status": await pending(app, job_id) or status}
     record = result.model_dump(mode="json", exclude_none=True)
     delivery = await app.producer(source).webhook(job_id)  # a job with a callback_url: its delivery
     return {**record, "webhook": delivery.model_dump(mode="json")} if delivery else record
