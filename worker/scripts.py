@@ -9,7 +9,11 @@ EVALSHAs is sent as one write. A call Redis did not run, answering NOSCRIPT (it 
 scripts) or LOADING (it is reading its data back after a restart), is sent again through the
 Script (which loads the script, and retries LOADING as any single command does), and so is
 every call after it if `rerun_rest` (for scripts that only make sense after the one before, and
-are idempotent). A call that ran is never sent twice.
+are idempotent). A call that ran is never sent twice by this module; the client's own retry on a
+connection error (worker.connections) does send again a pipeline whose answers were lost, so
+the job path's scripts take a second run: a result, release, call record or budget reservation
+is written once (a second run of the admission books one more rate-limit slot, of the claim
+counts one more run).
 """
 
 from __future__ import annotations
