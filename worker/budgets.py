@@ -12,10 +12,11 @@ estimated + the completion cap, `max_tokens`/`max_completion_tokens` or BUDGET_D
 times `n`, at the model's worst-case price) against every scope that applies, in the same Lua
 script that books the call's rate-limit slot (worker.limiter splices the fragments below into
 its admit script): the scopes are checked (spent + reserved + worst case <= limit) and the
-reservation written with the booking, or nothing is (an admission sent again
-with the same reservation id, by a client retrying after a lost answer, reserves nothing more). After the call, `settle` releases the
-reservation and adds the real cost (`usage.cost`; a failed call costs 0; an unknown cost counts
-as the worst case) to each scope's spend: once, because it deletes the reservation it settles.
+reservation written with the booking, or nothing is (an admission sent again with the same
+reservation id, by a client retrying after a lost answer, reserves nothing more). After the
+call, `settle` releases the reservation and adds the real cost (`usage.cost`; a failed call
+costs 0; an unknown cost counts as the worst case) to each scope's spend: once, because it
+deletes the reservation it settles.
 A reservation carries a deadline (LEASE_S), renewed by its worker's keeper while the call runs:
 a worker that dies leaves reservations that the next script run past their deadline releases
 (`reap`). A late settle of a reaped reservation (a worker stalled past its lease) still adds its
