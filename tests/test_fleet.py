@@ -120,3 +120,30 @@ def test_probes_fail_when_their_signal_is_stale(monkeypatch):
     status: list[str] = []
     body = health.app({"PATH_INFO": "/healthz"}, lambda s, h: status.append(s))
     assert status == ["503 Service Unavailable"] and b"keeper ticked" in b"".join(body)
+
+
+async def test_the_keeper_keeps_the_worker_live_while_redis_is_down(settings):
+    # The worker's Redis client rides out an outage by retrying each command for about a minute
+    # (worker.connections): the keeper's Redis work hangs meanwhile, but the event loop turns, so
+    # /healthz must stay up (a restart would not bring Redis back); /readyz is what goes stale.
+    from arq import create_pool
+
+    from harness.redis_server import PrivateRedis
+    from harness.wait import wait_until_async
+    from worker import connections, service
+
+    with PrivateRedis() as server:
+        s = settings.model_copy(update={"redis_url": server.url, "metrics_port": free_port()})
+        pool = await create_pool(connections.arq_settings(s.redis_url))
+        ctx = {"settings": s, "redis": pool}
+        await service.startup(ctx)
+        try:
+            started = time.monotonic()
+            await wait_until_async(lambda: (health.HEALTH.redis_at or 0) > started, 10, "a heartbeat on Redis")
+            server.kill()
+            killed = time.monotonic()
+            await wait_until_async(lambda: health.HEALTH.loop_at > killed + 3, 8, "keeper ticks with Redis down")
+            assert health.HEALTH.live()[0] and (health.HEALTH.redis_at or 0) < killed + 1
+        finally:
+            await service.shutdown(ctx)
+            await pool.aclose()
