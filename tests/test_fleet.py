@@ -37,6 +37,9 @@ def test_the_digest_covers_what_must_agree_and_no_secret():
     assert API_KEY not in json.dumps(published) and "tok-secret-1" not in json.dumps(published)
     same = fleet.digest(fleet.fleet_settings(base.model_copy(update={"worker_concurrency": 7, "metrics_port": 1})))
     assert same == fleet.digest(published)  # per-process tuning is not a disagreement
+    # nor is one worker's logging turned up to debug it
+    debugged = base.model_copy(update={"log_level": "DEBUG", "log_format": "json"})
+    assert fleet.digest(fleet.fleet_settings(debugged)) == fleet.digest(published)
     other = base.model_copy(update={"rate_limits": {"gpt-4.1": RateLimit(rpm=60)}})
     assert fleet.digest(fleet.fleet_settings(other)) != fleet.digest(published)
     assert fleet.differing(published, fleet.fleet_settings(other)) == ["RATE_LIMITS"]

@@ -33,6 +33,8 @@ PER_PROCESS = frozenset(
         "connect_timeout_s",
         "shutdown_grace_s",
         "metrics_port",
+        "log_level",  # one worker turned up to debug it is not a fleet that disagrees
+        "log_format",
         "exporter_port",
         "schedules_file",  # a path on the worker's host
         # the HTTP ingress's own (it runs no jobs)
