@@ -17,6 +17,7 @@ from fastapi.testclient import TestClient
 from redis import Redis as SyncRedis
 
 from harness.processes import llm_router, settings_env
+from harness.reply_cutter import ReplyCutter
 from harness.wait import wait_until_async
 from producers import Producer, batch_cli
 from producers.http import create_app
@@ -471,48 +472,6 @@ def test_the_cli_sets_a_batch_budget(settings, tmp_path):
     assert json.loads(done.stdout)["budget_usd"] == 0.25
     refused = subprocess.run([*cli, "--budget", "-1"], env=env, capture_output=True, text=True, timeout=60)
     assert refused.returncode == 2 and "--budget" in refused.stderr
-
-
-class ReplyCutter:
-    """A TCP proxy to Redis that, once armed with a marker, forwards the next command holding it
-    and then cuts the connection instead of forwarding Redis's answer: the command ran, its
-    client saw a connection error (a Redis restart or failover at the wrong moment)."""
-
-    def __init__(self, redis_url: str) -> None:
-        self.target = redis_url.split("//")[1].split("/")[0].split(":")
-        self.marker: bytes | None = None
-        self.cuts = 0
-
-    async def start(self) -> str:
-        self.server = await asyncio.start_server(self._client, "127.0.0.1", 0)
-        return f"redis://127.0.0.1:{self.server.sockets[0].getsockname()[1]}/0"
-
-    async def _client(self, reader, writer) -> None:
-        up_reader, up_writer = await asyncio.open_connection(self.target[0], int(self.target[1]))
-        cut = asyncio.Event()
-
-        async def upstream() -> None:
-            while data := await reader.read(65536):
-                if self.marker is not None and self.marker in data:
-                    self.marker = None
-                    cut.set()
-                up_writer.write(data)
-                await up_writer.drain()
-
-        async def downstream() -> None:
-            while data := await up_reader.read(65536):
-                if cut.is_set():
-                    self.cuts += 1
-                    break
-                writer.write(data)
-                await writer.drain()
-
-        tasks = [asyncio.create_task(upstream()), asyncio.create_task(downstream())]
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        for task in tasks:
-            task.cancel()
-        writer.close()
-        up_writer.close()
 
 
 async def test_an_admission_sent_again_after_a_lost_answer_reserves_once(redis, settings):
