@@ -499,3 +499,51 @@ async def test_an_admission_sent_again_after_a_lost_answer_reserves_once(redis, 
     finally:
         await client.aclose()
         cutter.server.close()
+
+
+async def test_a_call_cancelled_after_its_answer_still_settles_its_reservation(settings, sim, monkeypatch):
+    # JOB_TIMEOUT_S (or SIGTERM past the grace) can cancel a job at any await: after a failed
+    # streamed attempt the worker publishes a reset (worker.events) before it records the call;
+    # cancelled there, the call must still be recorded and its reservation settled, not held
+    # (renewed by the keeper) until it is too old.
+    from arq import create_pool
+
+    from tests.helpers import sim_admin
+    from worker import connections, service
+    from worker.events import JobEvents
+    from worker.keys import BUDGET_RESERVATIONS, calls_key
+    from worker.routing import Call, call_once
+
+    s = budgeted(settings, daily_usd=5.0).model_copy(update={"metrics_port": 0})
+    pool = await create_pool(connections.arq_settings(s.redis_url))
+    ctx = {"settings": s, "redis": pool}
+    await service.startup(ctx)
+    resources = ctx["resources"]
+    publishing = asyncio.Event()
+
+    async def slow_reset(self, model, error):
+        publishing.set()
+        await asyncio.Event().wait()  # the reset's write never answers: cancelled here
+
+    monkeypatch.setattr(JobEvents, "attempt_ended", slow_reset)
+    sim_admin(sim, "/_sim/config", {"model": "gpt-4.1", "down": True})
+    try:
+        events = JobEvents(pool, "jc", s)
+        payload = {"messages": [{"role": "user", "content": "hi"}], "stream": True, "max_tokens": 10}
+        call = Call(resources, "jc", payload, max_wait_s=5, events=events)
+        admission = await resources.limiter.admit("gpt-4.1", 100, 5, call.budget_plan("gpt-4.1"))
+        assert admission.reservation is not None
+        task = asyncio.create_task(
+            call_once(call, "gpt-4.1", {**payload, "model": "gpt-4.1"}, 100, 0.0, admission.reservation)
+        )
+        await asyncio.wait_for(publishing.wait(), 10)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await wait_until_async(lambda: pool.hlen(calls_key("jc")), 5, "the call recorded")
+        assert not await pool.hexists(BUDGET_RESERVATIONS, admission.reservation.id)
+        assert admission.reservation.id not in resources.limiter.budgets.live
+    finally:
+        sim_admin(sim, "/_sim/config", {"model": "gpt-4.1", "down": False})
+        await service.shutdown(ctx)
+        await pool.aclose()
