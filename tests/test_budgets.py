@@ -17,6 +17,7 @@ from fastapi.testclient import TestClient
 from redis import Redis as SyncRedis
 
 from harness.processes import llm_router, settings_env
+from harness.reply_cutter import ReplyCutter
 from harness.wait import wait_until_async
 from producers import Producer, batch_cli
 from producers.http import create_app
@@ -471,3 +472,78 @@ def test_the_cli_sets_a_batch_budget(settings, tmp_path):
     assert json.loads(done.stdout)["budget_usd"] == 0.25
     refused = subprocess.run([*cli, "--budget", "-1"], env=env, capture_output=True, text=True, timeout=60)
     assert refused.returncode == 2 and "--budget" in refused.stderr
+
+
+async def test_an_admission_sent_again_after_a_lost_answer_reserves_once(redis, settings):
+    # The worker's Redis client retries a command whose answer a connection error cut (a restart,
+    # a failover: worker.connections); the admit script had run, so it runs twice with one
+    # reservation id. The reservation must be made once, or `reserved` keeps the extra for the day.
+    from redis.asyncio import Redis as AsyncRedis
+
+    from worker.connections import arq_settings
+    from worker.scripts import preload
+
+    cutter = ReplyCutter(settings.redis_url)
+    url = await cutter.start()
+    rs = arq_settings(url)
+    client = AsyncRedis.from_url(url, retry=rs.retry, retry_on_error=rs.retry_on_error)
+    try:
+        limiter = Limiter(client, budgeted(settings, daily_usd=1.0))
+        await preload(client, [limiter._admit])
+        cutter.marker = limiter._admit.sha.encode()
+        admission = await limiter.admit("m", 0, 5, plan(limiter))
+        assert cutter.cuts == 1 and admission.status == "ok"
+        assert await day_figures(redis, limiter.budgets) == (0.0, pytest.approx(WORST))
+        await limiter.budgets.settle(admission.reservation, "m", succeeded(0.1))
+        assert await day_figures(redis, limiter.budgets) == (0.1, 0.0)
+    finally:
+        await client.aclose()
+        cutter.server.close()
+
+
+async def test_a_call_cancelled_after_its_answer_still_settles_its_reservation(settings, sim, monkeypatch):
+    # JOB_TIMEOUT_S (or SIGTERM past the grace) can cancel a job at any await: after a failed
+    # streamed attempt the worker publishes a reset (worker.events) before it records the call;
+    # cancelled there, the call must still be recorded and its reservation settled, not held
+    # (renewed by the keeper) until it is too old.
+    from arq import create_pool
+
+    from tests.helpers import sim_admin
+    from worker import connections, service
+    from worker.events import JobEvents
+    from worker.keys import BUDGET_RESERVATIONS, calls_key
+    from worker.routing import Call, call_once
+
+    s = budgeted(settings, daily_usd=5.0).model_copy(update={"metrics_port": 0})
+    pool = await create_pool(connections.arq_settings(s.redis_url))
+    ctx = {"settings": s, "redis": pool}
+    await service.startup(ctx)
+    resources = ctx["resources"]
+    publishing = asyncio.Event()
+
+    async def slow_reset(self, model, error):
+        publishing.set()
+        await asyncio.Event().wait()  # the reset's write never answers: cancelled here
+
+    monkeypatch.setattr(JobEvents, "attempt_ended", slow_reset)
+    sim_admin(sim, "/_sim/config", {"model": "gpt-4.1", "down": True})
+    try:
+        events = JobEvents(pool, "jc", s)
+        payload = {"messages": [{"role": "user", "content": "hi"}], "stream": True, "max_tokens": 10}
+        call = Call(resources, "jc", payload, max_wait_s=5, events=events)
+        admission = await resources.limiter.admit("gpt-4.1", 100, 5, call.budget_plan("gpt-4.1"))
+        assert admission.reservation is not None
+        task = asyncio.create_task(
+            call_once(call, "gpt-4.1", {**payload, "model": "gpt-4.1"}, 100, 0.0, admission.reservation)
+        )
+        await asyncio.wait_for(publishing.wait(), 10)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await wait_until_async(lambda: pool.hlen(calls_key("jc")), 5, "the call recorded")
+        assert not await pool.hexists(BUDGET_RESERVATIONS, admission.reservation.id)
+        assert admission.reservation.id not in resources.limiter.budgets.live
+    finally:
+        sim_admin(sim, "/_sim/config", {"model": "gpt-4.1", "down": False})
+        await service.shutdown(ctx)
+        await pool.aclose()

@@ -190,3 +190,28 @@ async def test_publishing_is_best_effort_when_redis_is_away():
     await events.close(JobResult(job_id="j7", status="succeeded"))
     assert events.writes == 0
     await gone.aclose()
+
+
+async def test_a_write_sent_again_after_a_lost_answer_is_published_once(redis, redis_url):
+    # The worker's client sends a command again when a connection error cut its answer
+    # (worker.connections): a delta written twice would show its text twice to every reader.
+    from harness.reply_cutter import ReplyCutter
+    from worker.connections import arq_settings
+
+    cutter = ReplyCutter(redis_url)
+    url = await cutter.start()
+    rs = arq_settings(url)
+    client = Redis.from_url(url, retry=rs.retry, retry_on_error=rs.retry_on_error)
+    try:
+        events = JobEvents(client, "j9", settings(stream_events_flush_ms=0))
+        hook = events.on_delta("gpt-4.1")
+        await hook(piece("Hello"))
+        cutter.marker = events._script.sha.encode()
+        await hook(piece(" world"))
+        await events.close(JobResult(job_id="j9", status="succeeded", content="Hello world"))
+        assert cutter.cuts == 1
+        stored = await entries(redis, "j9")
+        assert [n for n, _ in stored] == ["delta", "delta", "result"] and joined(stored) == "Hello world"
+    finally:
+        await client.aclose()
+        cutter.server.close()

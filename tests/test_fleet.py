@@ -37,6 +37,9 @@ def test_the_digest_covers_what_must_agree_and_no_secret():
     assert API_KEY not in json.dumps(published) and "tok-secret-1" not in json.dumps(published)
     same = fleet.digest(fleet.fleet_settings(base.model_copy(update={"worker_concurrency": 7, "metrics_port": 1})))
     assert same == fleet.digest(published)  # per-process tuning is not a disagreement
+    # nor is one worker's logging turned up to debug it
+    debugged = base.model_copy(update={"log_level": "DEBUG", "log_format": "json"})
+    assert fleet.digest(fleet.fleet_settings(debugged)) == fleet.digest(published)
     other = base.model_copy(update={"rate_limits": {"gpt-4.1": RateLimit(rpm=60)}})
     assert fleet.digest(fleet.fleet_settings(other)) != fleet.digest(published)
     assert fleet.differing(published, fleet.fleet_settings(other)) == ["RATE_LIMITS"]
@@ -120,3 +123,30 @@ def test_probes_fail_when_their_signal_is_stale(monkeypatch):
     status: list[str] = []
     body = health.app({"PATH_INFO": "/healthz"}, lambda s, h: status.append(s))
     assert status == ["503 Service Unavailable"] and b"keeper ticked" in b"".join(body)
+
+
+async def test_the_keeper_keeps_the_worker_live_while_redis_is_down(settings):
+    # The worker's Redis client rides out an outage by retrying each command for about a minute
+    # (worker.connections): the keeper's Redis work hangs meanwhile, but the event loop turns, so
+    # /healthz must stay up (a restart would not bring Redis back); /readyz is what goes stale.
+    from arq import create_pool
+
+    from harness.redis_server import PrivateRedis
+    from harness.wait import wait_until_async
+    from worker import connections, service
+
+    with PrivateRedis() as server:
+        s = settings.model_copy(update={"redis_url": server.url, "metrics_port": free_port()})
+        pool = await create_pool(connections.arq_settings(s.redis_url))
+        ctx = {"settings": s, "redis": pool}
+        await service.startup(ctx)
+        try:
+            started = time.monotonic()
+            await wait_until_async(lambda: (health.HEALTH.redis_at or 0) > started, 10, "a heartbeat on Redis")
+            server.kill()
+            killed = time.monotonic()
+            await wait_until_async(lambda: health.HEALTH.loop_at > killed + 3, 8, "keeper ticks with Redis down")
+            assert health.HEALTH.live()[0] and (health.HEALTH.redis_at or 0) < killed + 1
+        finally:
+            await service.shutdown(ctx)
+            await pool.aclose()

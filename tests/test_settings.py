@@ -31,3 +31,12 @@ def test_prices_and_key_from_env_and_key_stays_secret(monkeypatch):
     s = load_settings(_env_file=None)
     assert s.prices["local-llama"].output == 0.0002
     assert s.api_key() == "sk-secret-value" and "sk-secret-value" not in repr(s)
+
+
+def test_an_invalid_ingress_token_entry_is_named_without_the_token(monkeypatch):
+    # INGRESS_TOKENS maps secret tokens to source names: a bad entry names the variable, never its token
+    monkeypatch.setenv("INGRESS_TOKENS", '{"s3cret-billing-tok": 5, "s3cret-ok": "search"}')
+    with pytest.raises(ConfigError) as err:
+        load_settings(_env_file=None)
+    assert "INGRESS_TOKENS: Input should be a valid string" in str(err.value)
+    assert "s3cret" not in str(err.value).lower()

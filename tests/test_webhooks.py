@@ -460,3 +460,38 @@ def test_a_worker_with_an_allow_list_and_no_secret_does_not_start(hooks, tmp_pat
     env = {**settings_env(hooks), "WEBHOOK_SECRET": ""}
     out = subprocess.run([llm_router(), "worker", "--burst"], env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "WEBHOOK_SECRET" in out.stderr
+
+
+async def test_a_result_saved_again_after_a_lost_answer_queues_one_delivery(redis, settings):
+    # The result and the job's release go out in one pipeline (Lease.save_result); if its answers
+    # are lost the worker's client sends it again (worker.connections): the webhook is queued once.
+    from datetime import UTC, datetime
+
+    from redis.asyncio import Redis as AsyncRedis
+
+    from harness.reply_cutter import ReplyCutter
+    from worker.connections import arq_settings
+    from worker.keys import job_key, webhook_key
+    from worker.lease import Lease
+    from worker.models import JobResult
+    from worker.store import ResultStore
+
+    cutter = ReplyCutter(settings.redis_url)
+    url = await cutter.start()
+    rs = arq_settings(url)
+    client = AsyncRedis.from_url(url, retry=rs.retry, retry_on_error=rs.retry_on_error)
+    try:
+        store, lease = ResultStore(client, 60), Lease(client, settings.queue_name, 5)
+        await redis.set(job_key("j1"), b"record")
+        await redis.zadd(settings.queue_name, {"j1": 1})
+        cutter.marker = store._save.sha.encode()
+        now = datetime.now(UTC)
+        result = JobResult(job_id="j1", status="succeeded", runs=1, started_at=now, finished_at=now, content="hi")
+        await lease.save_result(store, result, callback_url="https://hooks.example.com/x")
+        assert cutter.cuts == 1
+        assert await redis.exists(result_key("j1")) and not await redis.zscore(settings.queue_name, "j1")
+        assert await redis.zrange(WEBHOOKS, 0, -1) == [b"job:j1"]
+        assert await redis.hget(webhook_key("job:j1"), "n") == b"1"
+    finally:
+        await client.aclose()
+        cutter.server.close()

@@ -346,3 +346,38 @@ async def test_gemini_native_vision_inline_and_streams_on_chat_completions(produ
     assert v.content == f"[gemini-1.5-flash] I see a image/png image of {len(PNG)} bytes. You asked: What is it?"
     assert v.cost_source == "unknown" and v.cost is None  # native, and gemini-1.5-flash is not in PRICES
     assert s.content == "[gemini-2.0-flash] You said: Hello" and s.ttft_s is not None and s.cost_source == "gateway"
+
+
+async def test_a_claim_sent_again_after_a_lost_answer_still_hands_over_its_jobs(settings, redis, redis_url):
+    # The worker's client sends a command again when a connection error cut its answer
+    # (worker.connections): the first run of the claim holds the job, the second must hand it
+    # over (not leave it held by nobody for a lease), counting one run, not two.
+    from arq.utils import timestamp_ms
+    from redis.asyncio import Redis as AsyncRedis
+
+    from harness.reply_cutter import ReplyCutter
+    from worker.connections import arq_settings
+    from worker.keys import job_key, retry_key
+    from worker.lease import Lease
+
+    cutter = ReplyCutter(redis_url)
+    url = await cutter.start()
+    rs = arq_settings(url)
+    client = AsyncRedis.from_url(url, retry=rs.retry, retry_on_error=rs.retry_on_error)
+    try:
+        now = timestamp_ms()
+        await redis.zadd("q", {"j1": now - 5, "j2": now - 5})
+        await redis.set(job_key("j1"), "{}")
+        await redis.set(job_key("j2"), "{}")
+        lease = Lease(client, "q", lease_s=3)
+        await lease.claim(["nothing"], 1, now)  # the script loaded
+        cutter.marker = lease._claim.sha.encode()
+        claimed = await lease.claim(["j1", "j2"], 1, now)
+        assert cutter.cuts == 1
+        assert [(c.raw_id, c.what, c.tries) for c in claimed] == [(b"j1", "run", 1)]
+        assert await redis.get(retry_key("j1")) == b"1" and not await redis.exists(retry_key("j2"))
+        # another worker's claim does not take the held job
+        assert await Lease(redis, "q", lease_s=3).claim(["j1"], 1, now) == []
+    finally:
+        await client.aclose()
+        cutter.server.close()

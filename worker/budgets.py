@@ -12,9 +12,11 @@ estimated + the completion cap, `max_tokens`/`max_completion_tokens` or BUDGET_D
 times `n`, at the model's worst-case price) against every scope that applies, in the same Lua
 script that books the call's rate-limit slot (worker.limiter splices the fragments below into
 its admit script): the scopes are checked (spent + reserved + worst case <= limit) and the
-reservation written with the booking, or nothing is. After the call, `settle` releases the
-reservation and adds the real cost (`usage.cost`; a failed call costs 0; an unknown cost counts
-as the worst case) to each scope's spend: once, because it deletes the reservation it settles.
+reservation written with the booking, or nothing is (an admission sent again with the same
+reservation id, by a client retrying after a lost answer, reserves nothing more). After the
+call, `settle` releases the reservation and adds the real cost (`usage.cost`; a failed call
+costs 0; an unknown cost counts as the worst case) to each scope's spend: once, because it
+deletes the reservation it settles.
 A reservation carries a deadline (LEASE_S), renewed by its worker's keeper while the call runs:
 a worker that dies leaves reservations that the next script run past their deadline releases
 (`reap`). A late settle of a reaped reservation (a worker stalled past its lease) still adds its
@@ -117,6 +119,13 @@ local function budget_price(table_price, learned, low, unknown)
   return t or tonumber(unknown)
 end
 local function budget_check(now)
+  -- the same admission sent again (a client retrying a command whose answer a connection error
+  -- cut): its reservation is made already, never twice
+  local prior = redis.call('HGET', KEYS[4], ARGV[18])
+  if prior then
+    B.prior = cjson.decode(prior).w
+    return nil
+  end
   local m = ARGV[11]
   local learned = redis.call('HMGET', KEYS[6], m .. '|in', m .. '|out', m .. '|low')
   local p_in = budget_price(ARGV[14], learned[1], learned[3], ARGV[16])
@@ -148,6 +157,10 @@ local function budget_check(now)
   return nil
 end
 local function budget_book(now)
+  if B.prior then
+    B.booked = B.prior
+    return
+  end
   if #B.applies == 0 then return end
   local scopes, kept = {}, {}
   for _, i in ipairs(B.applies) do

@@ -2,8 +2,8 @@
 gateway's chunks arrive, for the ingress to relay (`GET /v1/jobs/{id}/events`, and
 `POST /v1/chat/completions` with `stream: true`).
 
-The stream `llm-router:events:<job_id>` (keys.events_key) holds entries `{event, data}`, data
-JSON, in order:
+The stream `llm-router:events:<job_id>` (keys.events_key) holds entries `{event, data, w}`,
+data JSON (`w`: the id of the write that added it), in order:
 
 - `delta`: `{"model", "choices": [{"index", "delta", "finish_reason", "logprobs"?}]}`: the
   chunks' deltas as OpenAI streams them (`role`, `content`, `tool_calls` pieces,
@@ -53,11 +53,19 @@ _JOINED = ("content", "refusal", "reasoning_content")
 OnDelta = Callable[[list[dict[str, Any]]], Awaitable[None]]
 
 # One write: the entries, the stream's TTL and the wake-up, in one command (a pipeline of three
-# commands costs the worker about twice the CPU per write).
-# KEYS: stream; ARGV: maxlen, TTL s, channel, then event name and data JSON for each entry
+# commands costs the worker about twice the CPU per write). Each entry carries its write's id
+# (`w`: run.sequence): a write sent again by the client after a lost answer (worker.connections)
+# finds its id on the stream's last entry and adds nothing.
+# KEYS: stream; ARGV: maxlen, TTL s, channel, write id, then event name and data JSON for each entry
 _WRITE = """
-for i = 4, #ARGV, 2 do
-  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'event', ARGV[i], 'data', ARGV[i + 1])
+local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)[1]
+if last then
+  for i = 1, #last[2], 2 do
+    if last[2][i] == 'w' and last[2][i + 1] == ARGV[4] then return 0 end
+  end
+end
+for i = 5, #ARGV, 2 do
+  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'event', ARGV[i], 'data', ARGV[i + 1], 'w', ARGV[4])
 end
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 redis.call('PUBLISH', ARGV[3], ARGV[#ARGV - 1])
@@ -178,6 +186,7 @@ class JobEvents:
         self.run = run
         self.stale = run > 1
         self.writes = 0
+        self._sequence = 0  # of this run's writes: with the run, each write's id
         self._lock = asyncio.Lock()
         self._timer: asyncio.TimerHandle | None = None
         self._flushed_at = float("-inf")
@@ -260,7 +269,8 @@ class JobEvents:
     async def _write(self, entries: list[tuple[str, dict[str, Any]]]) -> None:
         if self._broken:
             return
-        args: list[Any] = [self.maxlen, self.ttl_s, self.channel]
+        self._sequence += 1
+        args: list[Any] = [self.maxlen, self.ttl_s, self.channel, f"{self.run}.{self._sequence}"]
         for name, data in entries:
             args += [name, orjson.dumps(data)]
         try:

@@ -21,7 +21,7 @@ from redis.asyncio import Redis
 
 from .keys import config_key, worker_config_key, workers_key
 from .lease import HEARTBEAT_STALE_S
-from .settings import Settings
+from .settings import SECRET_SETTINGS, Settings
 
 # Settings that may differ between processes of one fleet.
 PER_PROCESS = frozenset(
@@ -33,6 +33,8 @@ PER_PROCESS = frozenset(
         "connect_timeout_s",
         "shutdown_grace_s",
         "metrics_port",
+        "log_level",  # one worker turned up to debug it is not a fleet that disagrees
+        "log_format",
         "exporter_port",
         "schedules_file",  # a path on the worker's host
         # the HTTP ingress's own (it runs no jobs)
@@ -43,7 +45,7 @@ PER_PROCESS = frozenset(
     }
 )
 # Never published: secrets by name (beside every SecretStr setting).
-SECRETS = frozenset({"aisa_api_key", "ingress_tokens"})
+SECRETS = SECRET_SETTINGS
 SECRET_WORDS = frozenset({"key", "secret", "secrets", "password", "token"})
 # A worker's published digest outlives its heartbeat's staleness, and is renewed every keeper tick.
 TTL_S = 10 * HEARTBEAT_STALE_S

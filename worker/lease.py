@@ -10,6 +10,7 @@ again within LEASE_S (+ one poll) of the kill.
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -46,13 +47,26 @@ if TYPE_CHECKING:
 # A 'run' job also comes with what arq's run_job would fetch in a round trip of its own: its
 # record and its run count (arq's retry key, incremented); a count Redis cannot increment makes
 # it 'error' instead, with Redis's words (the caller fails the job).
+# The in-progress mark holds the claim's token: the same claim sent again (the client retrying
+# after a lost answer, worker.connections) hands over the jobs its first run took, the same ones,
+# their run counted once.
 # KEYS: queue, then per job: in-progress key, job record key, result key, retry key
-# ARGV: now ms, lease ms, free slots, job ids (in KEYS order)
+# ARGV: now ms, lease ms, free slots, claim token, job ids (in KEYS order)
 CLAIM = """
-local now, lease, free, out = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]), {}
-for i = 4, #ARGV do
-  local id, k = ARGV[i], 2 + (i - 4) * 4
-  if redis.call('EXISTS', KEYS[k]) == 0 then
+local now, lease, free, token, out = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]), ARGV[4], {}
+for i = 5, #ARGV do
+  local id, k = ARGV[i], 2 + (i - 5) * 4
+  local held = redis.call('GET', KEYS[k])
+  if held == token and free > 0 then
+    free = free - 1
+    local tries = tonumber(redis.call('GET', KEYS[k + 3])) or 0
+    local record = redis.call('GET', KEYS[k + 1])
+    table.insert(out, id)
+    table.insert(out, redis.call('ZSCORE', KEYS[1], id) or now + tonumber(lease))
+    table.insert(out, record and 'run' or 'missing')
+    table.insert(out, record or '')
+    table.insert(out, tries)
+  elseif not held then
     local score = redis.call('ZSCORE', KEYS[1], id)
     if score and tonumber(score) <= now then
       local what, record, tries = nil, '', 0
@@ -67,7 +81,7 @@ for i = 4, #ARGV do
         what = 'run'
         free = free - 1
         score = now + tonumber(lease)
-        redis.call('PSETEX', KEYS[k], lease, '1')
+        redis.call('PSETEX', KEYS[k], lease, token)
         redis.call('ZADD', KEYS[1], score, id)
         record = redis.call('GET', KEYS[k + 1])
         tries = redis.pcall('INCR', KEYS[k + 3])
@@ -187,7 +201,8 @@ class Lease:
         """The due jobs among `job_ids` that no other worker holds, with what became of each;
         this worker now holds the 'run' ones, `free` at most."""
         keys = [k for i in job_ids for k in (in_progress_key(i), job_key(i), result_key(i), retry_key(i))]
-        out = await self._claim(keys=[self.queue_name, *keys], args=[now_ms, self.lease_ms, free, *job_ids])
+        token = uuid.uuid4().hex[:16]
+        out = await self._claim(keys=[self.queue_name, *keys], args=[now_ms, self.lease_ms, free, token, *job_ids])
         return _claimed(out)
 
     async def promote(self, count: int, now_ms: int) -> list[Claimed]:

@@ -328,8 +328,6 @@ async def call_once(
         log.info("job %s: %s failed: %s", call.job_id, model, e)
     else:
         answer = succeeded(model, completion, call.settings.prices)
-    if call.events is not None and payload.get("stream"):
-        await call.events.attempt_ended(model, answer.error)
     attempt = Attempt(
         model=model,
         ok=exc is None,
@@ -346,6 +344,9 @@ async def call_once(
         call, model, attempt, answer, tokens, exc, completion if exc is None else None, reservation
     )
     observe(call, label, answer, exc, counted=first_time)
+    if call.events is not None and payload.get("stream"):
+        # after the call is recorded and settled: a job cancelled here loses none of it
+        await call.events.attempt_ended(model, answer.error)
     return answer, exc
 
 

@@ -9,7 +9,11 @@ EVALSHAs is sent as one write. A call Redis did not run, answering NOSCRIPT (it 
 scripts) or LOADING (it is reading its data back after a restart), is sent again through the
 Script (which loads the script, and retries LOADING as any single command does), and so is
 every call after it if `rerun_rest` (for scripts that only make sense after the one before, and
-are idempotent). A call that ran is never sent twice.
+are idempotent). A call that ran is never sent twice by this module; the client's own retry on a
+connection error (worker.connections) does send again a pipeline whose answers were lost, so
+the job path's scripts take a second run: a claim hands over the same jobs, and a result,
+release, call record, budget reservation or stream entry is written once (a second run of the
+admission books one more rate-limit slot; of the settle, gives the unused tokens back twice).
 """
 
 from __future__ import annotations

@@ -110,32 +110,44 @@ async def shutdown(ctx: dict[str, Any]) -> None:
 async def keeper(resources: Resources, lease: Lease, fleet: FleetConfig) -> None:
     """Renew the leases of this worker's running jobs, beat, publish the config digest, and
     read the gate; while it is closed, probe it in a task of its own (a probe may take
-    REQUEST_TIMEOUT_S, far past a lease). Each tick feeds the probes (worker.health)."""
+    REQUEST_TIMEOUT_S, far past a lease). Each tick feeds the probes (worker.health): it comes
+    every period even while a tick's Redis work hangs in the client's retries through an
+    outage (worker.connections), so a Redis outage never fails liveness; the next Redis work
+    starts when the last one ended."""
     worker_id = uuid.uuid4().hex[:12]
     period = min(resources.settings.lease_s / 3, 1.0)
     probing: asyncio.Task[Any] | None = None
     compared = False
+
+    async def on_redis() -> None:
+        nonlocal probing, compared
+        try:
+            await lease.renew(resources.running)
+            await resources.limiter.budgets.keep()  # worker.budgets: this process's reservations
+            await lease.beat(worker_id)
+            await fleet.publish(worker_id)
+            if not compared:
+                compared = True
+                await warn_if_peers_differ(fleet)
+            resources.paused = await resources.gate.read()
+            HEALTH.redis_ok()
+            if resources.paused is not None and (probing is None or probing.done()):
+                probing = asyncio.create_task(resources.gate.watch(resources), name="llm-router-probe")
+        except Exception:
+            log.exception("keeper: will retry")
+
+    work: asyncio.Task[None] | None = None
     try:
         while True:
-            try:
-                await lease.renew(resources.running)
-                await resources.limiter.budgets.keep()  # worker.budgets: this process's reservations
-                await lease.beat(worker_id)
-                await fleet.publish(worker_id)
-                if not compared:
-                    compared = True
-                    await warn_if_peers_differ(fleet)
-                resources.paused = await resources.gate.read()
-                HEALTH.redis_ok()
-                if resources.paused is not None and (probing is None or probing.done()):
-                    probing = asyncio.create_task(resources.gate.watch(resources), name="llm-router-probe")
-            except Exception:
-                log.exception("keeper: will retry")
+            if work is None or work.done():
+                work = asyncio.create_task(on_redis(), name="llm-router-keeper-redis")
+            await asyncio.wait({work}, timeout=period)
             HEALTH.tick()
             await asyncio.sleep(period)
     finally:
-        if probing is not None:
-            probing.cancel()
+        for task in (work, probing):
+            if task is not None:
+                task.cancel()
 
 
 async def warn_if_peers_differ(fleet: FleetConfig) -> None:

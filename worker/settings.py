@@ -280,8 +280,15 @@ def load_settings(**overrides: Any) -> Settings:
         raise ConfigError(f"invalid settings: {name}: not valid JSON ({exc.__cause__ or exc})") from None
 
 
+# Settings whose values (and keys: INGRESS_TOKENS maps tokens to sources) are secrets.
+SECRET_SETTINGS = frozenset({"aisa_api_key", "ingress_tokens", "webhook_secret"})
+
+
 def _setting(loc: tuple[int | str, ...]) -> str:
-    """The variable a validation error is about, with the path inside a JSON one: `BUDGETS_SOURCES_X`."""
+    """The variable a validation error is about, with the path inside a JSON one: `BUDGETS_SOURCES_X`
+    (not inside a secret one: the path would show a token)."""
+    if loc and loc[0] in SECRET_SETTINGS:
+        loc = loc[:1]
     return "_".join(str(p) for p in loc).upper()
 
 
