@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -64,7 +64,7 @@ from .serde import as_text
 if TYPE_CHECKING:
     import redis
 
-    from .settings import Settings
+    from .settings import BudgetConfig, Settings
 
 # A batch's budget lives in its record (worker.batches): `budget_limit`, `budget_spent`, `budget_reserved`.
 BATCH_PREFIX = "budget_"
@@ -443,6 +443,34 @@ class Budgets:
         return int(await self._keep(keys=[BUDGET_RESERVATIONS, BUDGET_DEADLINES], args=[self.lease_ms, *self.live]))
 
 
+# ---------------------------------------------------------------- the daily budgets' figures
+
+
+def day_of(tz: str, now: float | None = None) -> str:
+    """The day (in the time zone `tz`, BUDGET_TZ) whose hash the daily budgets count in."""
+    return datetime.fromtimestamp(time.time() if now is None else now, ZoneInfo(tz)).strftime("%Y-%m-%d")
+
+
+def daily_use(config: BudgetConfig, day: Mapping[Any, Any]) -> list[tuple[str, str, float, float, float]]:
+    """Each daily budget of BUDGETS as (scope, name, limit, spent, reserved) from its day's hash
+    (`budget_day_key`, as read): what the admit script checks, the exporter's gauges and the spend
+    report show. `name` is the metric label: the configured source or model, '' for global."""
+    fields = {as_text(k): float(v) for k, v in day.items()}
+    rows = []
+    if config.daily_usd is not None:
+        rows.append(
+            ("global", "", config.daily_usd, fields.get("global:spent", 0.0), fields.get("global:reserved", 0.0))
+        )
+    for kind, limits in (("source", config.sources), ("model", config.models)):
+        for name, limit in sorted(limits.items()):
+            prefix = f"{kind}:{name}:"
+            rows.append((kind, name, limit, fields.get(prefix + "spent", 0.0), fields.get(prefix + "reserved", 0.0)))
+    return [
+        (kind, name, limit, round(spent, 10), round(max(reserved, 0.0), 10))
+        for kind, name, limit, spent, reserved in rows
+    ]
+
+
 # ---------------------------------------------------------------- the exporter's gauges
 
 # The newest batches whose budgets the exporter reads at each scrape.
@@ -455,24 +483,15 @@ def families(redis: redis.Redis, settings: Settings, now: float | None = None) -
     over batches in progress with a budget (name '': batch ids are unbounded)."""
     reap = redis.register_script(_KEEP)
     reap(keys=[BUDGET_RESERVATIONS, BUDGET_DEADLINES], args=[int(settings.lease_s * 1000)])
-    day = datetime.fromtimestamp(time.time() if now is None else now, ZoneInfo(settings.budget_tz)).strftime("%Y-%m-%d")
-    c = settings.budgets
     with redis.pipeline(transaction=False) as pipe:
-        pipe.hgetall(budget_day_key(day))
+        pipe.hgetall(budget_day_key(day_of(settings.budget_tz, now)))
         pipe.zrevrange(BATCHES, 0, MAX_BATCHES_READ - 1)
         today, batch_ids = pipe.execute()
     with redis.pipeline(transaction=False) as pipe:
         for batch_id in batch_ids:
             pipe.hmget(batch_key(as_text(batch_id)), ["status", "budget_limit", "budget_spent", "budget_reserved"])
         batch_rows = pipe.execute() if batch_ids else []
-    fields = {as_text(k): float(v) for k, v in today.items()}
-    rows: list[tuple[str, str, float, float, float]] = []
-    if c.daily_usd is not None:
-        rows.append(("global", "", c.daily_usd, fields.get("global:spent", 0.0), fields.get("global:reserved", 0.0)))
-    for kind, limits in (("source", c.sources), ("model", c.models)):
-        for name, limit in sorted(limits.items()):
-            prefix = f"{kind}:{name}:"
-            rows.append((kind, name, limit, fields.get(prefix + "spent", 0.0), fields.get(prefix + "reserved", 0.0)))
+    rows = daily_use(settings.budgets, today)
     in_progress = [r for r in batch_rows if r[1] is not None and as_text(r[0]) not in batches.FINAL_STATUSES]
     if in_progress:
         rows.append(
