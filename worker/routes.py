@@ -28,17 +28,6 @@ if TYPE_CHECKING:
 PREFIX = "route:"
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
-# USD per 1K tokens: the skill's "approximate cost" per model family (its Pricing table). A
-# cost-ordered route ranks its models by PRICES (the mean of input and output) over these.
-SKILL_PRICES: dict[str, float] = {
-    "gpt-4.1": 0.01,
-    "gpt-4o": 0.01,
-    "claude-3-sonnet": 0.01,
-    "gemini-2.0-flash": 0.001,
-    "qwen-max": 0.005,
-    "deepseek-v3": 0.002,
-}
-
 
 def _route_name(name: str) -> str:
     if not _NAME.match(name):
@@ -131,11 +120,14 @@ def route_name(model: str) -> str | None:
 
 
 def unit_price(model: str, settings: Settings) -> float | None:
-    """USD per 1K tokens for ranking: PRICES (mean of input and output), else the skill's table."""
+    """USD per 1K tokens for ranking: PRICES (mean of input and output), else the skill's
+    published price of the model itself (worker.pricing's table, by exact id here)."""
+    from .pricing import PUBLISHED_PRICES  # here: pricing imports settings, which imports this module
+
     price = settings.prices.get(model)
     if price is not None:
         return (price.input + price.output) / 2
-    return SKILL_PRICES.get(model)
+    return PUBLISHED_PRICES.get(model)
 
 
 def check(settings: Settings) -> None:
