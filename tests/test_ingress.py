@@ -10,7 +10,6 @@ import json
 import shutil
 import subprocess
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -20,12 +19,12 @@ from fastapi.testclient import TestClient
 from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
 
-from harness.processes import LLMRouterProcess, WorkerProcess, answers, settings_env
-from harness.redis_server import PrivateRedis, free_port
+from harness.redis_server import PrivateRedis
 from harness.wait import wait_until
 from producers.api import JobRejected, validate
 from producers.http import create_app
 from tests.helpers import API_KEY, sim_admin
+from tests.ingress import Ingress, running
 from worker.keys import job_key
 from worker.models import ChatJob, JobResult
 from worker.settings import Settings
@@ -33,20 +32,6 @@ from worker.store import ResultStore
 
 TOKENS = {"tok-a": "team-a", "tok-b": "team-b"}
 HELLO = [{"role": "user", "content": "hello"}]
-
-
-@dataclass
-class Stack:
-    url: str
-    settings: Settings
-    api: LLMRouterProcess
-
-    def client(self, token: str = "tok-a") -> openai.OpenAI:
-        return openai.OpenAI(base_url=f"{self.url}/v1", api_key=token, max_retries=0, timeout=60)
-
-    def http(self, token: str | None = "tok-a") -> httpx.Client:
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        return httpx.Client(base_url=self.url, headers=headers, timeout=60)
 
 
 @pytest.fixture(scope="module")
@@ -65,17 +50,8 @@ def stack(redis_server, sim_server, tmp_path_factory):
         ingress_wait_s=20,
         _env_file=None,
     )
-    logs = tmp_path_factory.mktemp("ingress")
-    worker = WorkerProcess(settings, logs / "worker.log")
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    api = LLMRouterProcess("api", "--port", str(port), env=settings_env(settings), log_path=logs / "api.log")
-    try:
-        api.wait_started(lambda: answers(f"{url}/healthz"), 30, "llm-router api")
-        yield Stack(url, settings, api)
-    finally:
-        api.stop()
-        worker.stop()
+    with running(settings, tmp_path_factory.mktemp("ingress")) as url:
+        yield Ingress(url, settings)
 
 
 def test_openai_sdk_chat_completion_and_models(stack, sim):

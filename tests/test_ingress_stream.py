@@ -17,10 +17,9 @@ import pytest
 from httpx_sse import aconnect_sse, connect_sse
 from redis import Redis
 
-from harness.processes import LLMRouterProcess, WorkerProcess, answers, settings_env
-from harness.redis_server import free_port
 from harness.wait import wait_until
 from tests.helpers import API_KEY, sim_admin
+from tests.ingress import Ingress, running
 from worker.keys import done_channel, events_key, job_key, result_key
 from worker.models import JobResult
 from worker.settings import Settings
@@ -30,17 +29,8 @@ PROMPT = "one two three four five six seven eight nine ten eleven twelve"
 
 
 @dataclass
-class Stack:
-    url: str
-    settings: Settings
+class Stack(Ingress):
     redis: Redis
-
-    def client(self, token: str = "tok-a") -> openai.OpenAI:
-        return openai.OpenAI(base_url=f"{self.url}/v1", api_key=token, max_retries=0, timeout=60)
-
-    def http(self, token: str | None = "tok-a") -> httpx.Client:
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        return httpx.Client(base_url=self.url, headers=headers, timeout=60)
 
     def enqueue(self, model: str, stream: bool = True, **extra: object) -> str:
         job = {"kind": "chat", "model": model, "messages": [{"role": "user", "content": PROMPT}], **extra}
@@ -96,18 +86,8 @@ def stack(redis_server, sim_server, tmp_path_factory):
         stream_events_ttl_s=600,
         _env_file=None,
     )
-    logs = tmp_path_factory.mktemp("ingress-stream")
-    worker = WorkerProcess(settings, logs / "worker.log")
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    api = LLMRouterProcess("api", "--port", str(port), env=settings_env(settings), log_path=logs / "api.log")
-    redis = Redis.from_url(redis_server)
-    try:
-        api.wait_started(lambda: answers(f"{url}/healthz"), 30, "llm-router api")
+    with running(settings, tmp_path_factory.mktemp("ingress-stream")) as url, Redis.from_url(redis_server) as redis:
         yield Stack(url, settings, redis)
-    finally:
-        api.stop()
-        worker.stop()
         redis.close()
 
 
