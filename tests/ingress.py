@@ -15,6 +15,28 @@ from harness.processes import LLMRouterProcess, WorkerProcess, answers, settings
 from harness.redis_server import free_port
 from worker.settings import Settings
 
+from .helpers import API_KEY
+
+TOKENS = {"tok-a": "team-a", "tok-b": "team-b"}
+
+
+def ingress_settings(redis_url: str, sim_url: str, queue_name: str, **extra: object) -> Settings:
+    """The settings of a test ingress and its worker: TOKENS, the simulator, one attempt a model."""
+    return Settings(
+        aisa_api_key=API_KEY,
+        aisa_base_url=sim_url,
+        redis_url=redis_url,
+        queue_name=queue_name,
+        poll_delay_s=0.01,
+        request_timeout_s=5,
+        metrics_port=0,
+        attempts_per_model=1,
+        ingress_tokens=TOKENS,
+        ingress_wait_s=20,
+        _env_file=None,
+        **extra,
+    )
+
 
 @dataclass
 class Ingress:

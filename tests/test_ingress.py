@@ -23,32 +23,20 @@ from harness.redis_server import PrivateRedis
 from harness.wait import wait_until
 from producers.api import JobRejected, validate
 from producers.http import create_app
-from tests.helpers import API_KEY, sim_admin
-from tests.ingress import Ingress, running
+from tests.helpers import sim_admin
+from tests.ingress import TOKENS, Ingress, ingress_settings, running
 from worker.keys import job_key
 from worker.models import ChatJob, JobResult
 from worker.settings import Settings
 from worker.store import ResultStore
 
-TOKENS = {"tok-a": "team-a", "tok-b": "team-b"}
 HELLO = [{"role": "user", "content": "hello"}]
 
 
 @pytest.fixture(scope="module")
 def stack(redis_server, sim_server, tmp_path_factory):
-    settings = Settings(
-        aisa_api_key=API_KEY,
-        aisa_base_url=sim_server.base_url,
-        redis_url=redis_server,
-        queue_name="llm-router:ingress-test",
-        poll_delay_s=0.01,
-        request_timeout_s=5,
-        metrics_port=0,
-        attempts_per_model=1,
-        ingress_tokens=TOKENS,
-        ingress_max_body_bytes=64 * 1024,
-        ingress_wait_s=20,
-        _env_file=None,
+    settings = ingress_settings(
+        redis_server, sim_server.base_url, "llm-router:ingress-test", ingress_max_body_bytes=64 * 1024
     )
     with running(settings, tmp_path_factory.mktemp("ingress")) as url:
         yield Ingress(url, settings)
