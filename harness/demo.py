@@ -3,7 +3,8 @@ default, then everything it started is stopped.
 
 Redis: a private redis-server, unless `--redis-url` names one (REDIS_URL is not read).
 Gateway: the local AIsa simulator, always (the demo spends nothing). A worker process runs
-`llm-router worker`; this process is the producer.
+`llm-router worker`; this process is the producer (and, for one job, an HTTP client of
+`llm-router api`).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from sim.faults import Faults
 from sim.server import SimServer, Simulator
 from worker.models import JobResult
 
-from .processes import LLMRouterProcess
+from .processes import LLMRouterProcess, answers
 from .redis_server import PrivateRedis, free_port
 
 DEMO_KEY = "sim-demo-key"
@@ -159,6 +160,27 @@ def run_batch(scratch: Path, env: dict[str, str]) -> None:
     print(f"  ... {len(lines)} lines in summaries.jsonl, in input order")
 
 
+def over_http(env: dict[str, str]) -> None:
+    """One job through the HTTP ingress (`llm-router api`), as a service in any language sends it:
+    POST /v1/jobs with a bearer token, then GET /v1/jobs/{id}?wait= for its result."""
+    port, token = free_port(), "demo-token"
+    api = LLMRouterProcess("api", "--port", str(port), env={**env, "INGRESS_TOKENS": json.dumps({token: "demo-http"})})
+    try:
+        base = f"http://127.0.0.1:{port}"
+        api.wait_started(lambda: answers(f"{base}/healthz"), 30, "llm-router api")
+        job = {"kind": "chat", "model": "gpt-4.1", "messages": [{"role": "user", "content": "Hello over HTTP"}]}
+        print("\n### over HTTP: POST /v1/jobs, then GET /v1/jobs/{id}?wait=30 (llm-router api)")
+        print(f"  $ curl {base}/v1/jobs -H 'Authorization: Bearer {token}' -H 'Content-Type: application/json' \\")
+        print(f"      -d '{json.dumps(job)}'")
+        with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=60) as http:
+            accepted = http.post("/v1/jobs", json=job)
+            print(f"  {accepted.status_code} {json.dumps(accepted.json())}")
+            result = http.get(f"/v1/jobs/{accepted.json()['id']}", params={"wait": 30}).json()
+        print(f"  {result.get('content')}  (${result.get('cost') or 0:.6f}, source {result.get('source')})")
+    finally:
+        api.stop()
+
+
 def show_metrics(port: int) -> None:
     """A few lines of the worker's /metrics: what Prometheus scrapes."""
     text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
@@ -203,6 +225,7 @@ def main() -> None:
         scratch = Path(stack.enter_context(tempfile.TemporaryDirectory()))
         asyncio.run(produce(redis_url, tiny_png(scratch / "red.png")))
         run_batch(scratch, env)
+        over_http(env)
         show_metrics(metrics_port)
     print("\ndemo done: worker, simulator and any private Redis stopped")
 
