@@ -23,7 +23,17 @@ from producers.api import Producer
 from tests.helpers import run_worker, sim_admin
 from worker import budgets
 from worker.exporter import QueueCollector, month_days
-from worker.keys import CREDITS, SPEND_BY, budget_day_key, spend_by_key, spend_saved_key, today, usage_key
+from worker.keys import (
+    BATCHES,
+    CREDITS,
+    SPEND_BY,
+    batch_key,
+    budget_day_key,
+    spend_by_key,
+    spend_saved_key,
+    today,
+    usage_key,
+)
 from worker.models import Attempt, Usage
 from worker.settings import BudgetConfig, Settings
 from worker.spend import days_back, read_day, report
@@ -141,6 +151,22 @@ async def test_the_reports_budget_use_is_what_the_budgets_enforce(redis, redis_u
     for b in use:
         assert gauges[("llm_router_budget_spent_usd", b["scope"], b["name"])] == b["spent_usd"]
         assert gauges[("llm_router_budget_reserved_usd", b["scope"], b["name"])] == b["reserved_usd"]
+    # a batch's budget is a scope too: each batch in progress with one, by its id
+    batch = "batch_" + "b" * 32
+    for batch_id, status, budget in ((batch, "in_progress", True), ("batch_" + "c" * 32, "completed", True)):
+        fields = {"status": status, "budget_limit": 2.0, "budget_spent": 0.5, "budget_reserved": 0.125}
+        await redis.hset(batch_key(batch_id), mapping=fields if budget else {"status": status})
+        await redis.zadd(BATCHES, {batch_id: 1})
+    await redis.hset(batch_key("batch_" + "d" * 32), mapping={"status": "in_progress"})  # no budget
+    await redis.zadd(BATCHES, {"batch_" + "d" * 32: 2})
+    use = (await report(redis, 1, "model", config, budget_tz="Asia/Tokyo", now=now)).as_json()["budgets"]
+    assert [(b["scope"], b["name"], b["limit_usd"], b["spent_usd"], b["reserved_usd"]) for b in use][4:] == [
+        ("batch", batch, 2.0, 0.5, 0.125)
+    ]
+    with SyncRedis.from_url(redis_url) as sync:
+        families = list(budgets.families(sync, settings, now.timestamp()))
+    gauges = {(s.name, s.labels["scope"], s.labels["name"]): s.value for f in families for s in f.samples}
+    assert gauges[("llm_router_budget_spent_usd", "batch", "")] == 0.5  # the gauge: their sum, name ''
     text = render(found.as_json())
     assert "budgets, 2026-01-02 (Asia/Tokyo)" in text and "3.000000 of 4.00 USD (75.0 %; 0.500000 reserved)" in text
 

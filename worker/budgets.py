@@ -471,6 +471,20 @@ def daily_use(config: BudgetConfig, day: Mapping[Any, Any]) -> list[tuple[str, s
     ]
 
 
+# A batch record's fields that say whether its budget applies and how much of it is used.
+BATCH_FIELDS = ["status", BATCH_PREFIX + "limit", BATCH_PREFIX + "spent", BATCH_PREFIX + "reserved"]
+
+
+def batch_use(batch_ids: list[Any], fields: list[list[Any]]) -> list[tuple[str, str, float, float, float]]:
+    """The batches in progress that have a budget, as ("batch", id, limit, spent, reserved), from
+    each batch's BATCH_FIELDS (as read, in the order of `batch_ids`)."""
+    return [
+        ("batch", as_text(batch_id), float(limit), round(float(spent or 0), 10), round(max(float(held or 0), 0.0), 10))
+        for batch_id, (status, limit, spent, held) in zip(batch_ids, fields, strict=True)
+        if limit is not None and as_text(status) not in batches.FINAL_STATUSES
+    ]
+
+
 # ---------------------------------------------------------------- the exporter's gauges
 
 # The newest batches whose budgets the exporter reads at each scrape.
@@ -489,20 +503,18 @@ def families(redis: redis.Redis, settings: Settings, now: float | None = None) -
         today, batch_ids = pipe.execute()
     with redis.pipeline(transaction=False) as pipe:
         for batch_id in batch_ids:
-            pipe.hmget(batch_key(as_text(batch_id)), ["status", "budget_limit", "budget_spent", "budget_reserved"])
+            pipe.hmget(batch_key(as_text(batch_id)), BATCH_FIELDS)
         batch_rows = pipe.execute() if batch_ids else []
     rows = daily_use(settings.budgets, today)
-    in_progress = [r for r in batch_rows if r[1] is not None and as_text(r[0]) not in batches.FINAL_STATUSES]
+    in_progress = batch_use(batch_ids, batch_rows)
     if in_progress:
-        rows.append(
-            (
-                "batch",
-                "",
-                sum(float(r[1]) for r in in_progress),
-                sum(float(r[2] or 0) for r in in_progress),
-                sum(float(r[3] or 0) for r in in_progress),
-            )
+        # their sum: batch ids are unbounded labels
+        limits, spents, helds = (
+            sum(r[2] for r in in_progress),
+            sum(r[3] for r in in_progress),
+            sum(r[4] for r in in_progress),
         )
+        rows.append(("batch", "", limits, spents, helds))
     out = {
         what: GaugeMetricFamily(name, doc, labels=["scope", "name"]) for what, (name, doc) in m.BUDGET_GAUGES.items()
     }

@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 from redis.asyncio import Redis
 
-from .budgets import daily_use, day_of
-from .keys import SPEND_BY, budget_day_key, spend_by_key, spend_saved_key, usage_key
+from .budgets import BATCH_FIELDS, MAX_BATCHES_READ, batch_use, daily_use, day_of
+from .keys import BATCHES, SPEND_BY, batch_key, budget_day_key, spend_by_key, spend_saved_key, usage_key
 from .serde import as_text
 
 if TYPE_CHECKING:
@@ -55,8 +55,8 @@ class BudgetUse:
     """A daily budget's use, as the budgets count it (worker.budgets): its day in BUDGET_TZ, the
     real cost of settled calls (an unknown cost as its worst case) and what calls in flight hold."""
 
-    scope: str  # global | source | model
-    name: str  # the configured source or model; '' for global (the metrics' label)
+    scope: str  # global | source | model | batch
+    name: str  # the configured source or model, the batch id; '' for global (the metrics' label)
     limit_usd: float
     spent_usd: float
     reserved_usd: float
@@ -73,7 +73,8 @@ class Report:
     rows: list[Line]  # by `by`, the largest spend first
     daily: list[Line]  # every call of each day (by model), oldest first
     total: Line
-    budgets: list[BudgetUse] | None = field(default=None)  # today's use of each configured daily budget
+    # today's use of each configured daily budget, then each batch in progress with a budget
+    budgets: list[BudgetUse] | None = field(default=None)
     budget_day: str | None = None  # the day they count: today in BUDGET_TZ
     budget_tz: str | None = None
 
@@ -158,8 +159,18 @@ async def report(
     if budgets is not None:
         found.budget_day, found.budget_tz = day_of(budget_tz, None if now is None else now.timestamp()), budget_tz
         figures = await redis.hgetall(budget_day_key(found.budget_day))  # type: ignore[misc]  # redis-py types commands as sync-or-async
-        found.budgets = [BudgetUse(*row) for row in daily_use(budgets, figures)]
+        found.budgets = [BudgetUse(*row) for row in daily_use(budgets, figures) + await _batches(redis)]
     return found
+
+
+async def _batches(redis: Redis) -> list[tuple[str, str, float, float, float]]:
+    """The budgets of the batches in progress (the newest MAX_BATCHES_READ), each by its id."""
+    batch_ids = await redis.zrevrange(BATCHES, 0, MAX_BATCHES_READ - 1)
+    async with redis.pipeline(transaction=False) as pipe:
+        for batch_id in batch_ids:
+            pipe.hmget(batch_key(as_text(batch_id)), BATCH_FIELDS)
+        fields = await pipe.execute()
+    return batch_use(batch_ids, fields)
 
 
 def _rounded(d: dict[str, Any]) -> dict[str, Any]:
