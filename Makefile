@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test chaos lint format bench redis-server prometheus alertmanager docker-compose clean
+.PHONY: demo test chaos lint format bench redis-server prometheus alertmanager docker-compose node clean
 
 $(BIN)/llm-router: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -34,6 +34,10 @@ redis-server:
 prometheus:
 	$(call need,prometheus promtool,prometheus)
 
+# Node.js and npm for the ingress's Node clients (fetch, and the `openai` npm package, which the test npm-installs).
+node:
+	$(call need,node npm,nodejs npm)
+
 # Alertmanager (Debian's package) for the alert-delivery test: Prometheus fires at it, it posts to a webhook.
 alertmanager:
 	$(call need,prometheus-alertmanager,prometheus-alertmanager)
@@ -55,7 +59,7 @@ format: $(BIN)/llm-router
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-test: lint redis-server prometheus alertmanager docker-compose
+test: lint redis-server prometheus alertmanager docker-compose node
 	$(BIN)/pytest -q
 
 # Redis failover under load: master + replica + 3 sentinels, several workers (slow; prints its figures).
@@ -72,6 +76,7 @@ bench: $(BIN)/llm-router redis-server
 	$(BIN)/python -m bench.stream_events
 	$(BIN)/python -m bench.cache
 	$(BIN)/python -m bench.budgets
+	$(BIN)/python -m bench.ingress
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

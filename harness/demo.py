@@ -3,8 +3,7 @@ default, then everything it started is stopped.
 
 Redis: a private redis-server, unless `--redis-url` names one (REDIS_URL is not read).
 Gateway: the local AIsa simulator, always (the demo spends nothing). A worker process runs
-`llm-router worker`; this process is the producer (and, for one job, an HTTP client of
-`llm-router api`).
+`llm-router worker`; this process is the producer, then `llm-router api` takes one job over HTTP.
 """
 
 from __future__ import annotations
@@ -160,23 +159,26 @@ def run_batch(scratch: Path, env: dict[str, str]) -> None:
     print(f"  ... {len(lines)} lines in summaries.jsonl, in input order")
 
 
-def over_http(env: dict[str, str]) -> None:
-    """One job through the HTTP ingress (`llm-router api`), as a service in any language sends it:
-    POST /v1/jobs with a bearer token, then GET /v1/jobs/{id}?wait= for its result."""
+def run_http(env: dict[str, str]) -> None:
+    """One job arriving over HTTP, as a service in any language would send it: `llm-router api`
+    started with a token, the job POSTed, its result long-polled."""
     port, token = free_port(), "demo-token"
+    base = f"http://127.0.0.1:{port}"
     api = LLMRouterProcess("api", "--port", str(port), env={**env, "INGRESS_TOKENS": json.dumps({token: "demo-http"})})
     try:
-        base = f"http://127.0.0.1:{port}"
         api.wait_started(lambda: answers(f"{base}/healthz"), 30, "llm-router api")
-        job = {"kind": "chat", "model": "gpt-4.1", "messages": [{"role": "user", "content": "Hello over HTTP"}]}
-        print("\n### over HTTP: POST /v1/jobs, then GET /v1/jobs/{id}?wait=30 (llm-router api)")
-        print(f"  $ curl {base}/v1/jobs -H 'Authorization: Bearer {token}' -H 'Content-Type: application/json' \\")
-        print(f"      -d '{json.dumps(job)}'")
-        with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=60) as http:
-            accepted = http.post("/v1/jobs", json=job)
-            print(f"  {accepted.status_code} {json.dumps(accepted.json())}")
-            result = http.get(f"/v1/jobs/{accepted.json()['id']}", params={"wait": 30}).json()
-        print(f"  {result.get('content')}  (${result.get('cost') or 0:.6f}, source {result.get('source')})")
+        print(f"\n### over HTTP: `llm-router api --port {port}` (INGRESS_TOKENS maps {token} to source demo-http)")
+        job = {"kind": "chat", "model": "gpt-4.1", "messages": [{"role": "user", "content": "Hello from curl"}]}
+        print(f"  $ curl {base}/v1/jobs -H 'Authorization: Bearer {token}' -H 'Idempotency-Key: hello-1' \\")
+        print(f"      -H 'Content-Type: application/json' -d '{json.dumps(job)}'")
+        headers = {"Authorization": f"Bearer {token}", "Idempotency-Key": "hello-1"}
+        with httpx.Client(base_url=base, headers=headers, timeout=60) as http:
+            queued = http.post("/v1/jobs", json=job)
+            print(f"  {queued.status_code} {queued.text}")
+            job_id = queued.json()["id"]
+            print(f"  $ curl '{base}/v1/jobs/{job_id}?wait=30' -H 'Authorization: Bearer {token}'")
+            result = http.get(f"/v1/jobs/{job_id}", params={"wait": 30}).json()
+        print(f"  {result['status']}: {result['content']}  (source {result['source']}, ${result['cost']:.6f})")
     finally:
         api.stop()
 
@@ -225,7 +227,7 @@ def main() -> None:
         scratch = Path(stack.enter_context(tempfile.TemporaryDirectory()))
         asyncio.run(produce(redis_url, tiny_png(scratch / "red.png")))
         run_batch(scratch, env)
-        over_http(env)
+        run_http(env)
         show_metrics(metrics_port)
     print("\ndemo done: worker, simulator and any private Redis stopped")
 

@@ -208,21 +208,24 @@ class Producer:
         now_ms = int(time.time() * 1000)
         records = [self._record(job, job_id, now_ms) for job, job_id in pairs]
         bulk_at = await self._bulk_frontier() if any(job.bulk for job, _ in pairs) else 0.0
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for i, ((job, _), (job_id, data, digest)) in enumerate(zip(pairs, records, strict=True)):
-                # a bulk job waits in the bulk lane (worker.lease promotes it when a slot is free),
-                # placed from the lane's front: two batches interleave, neither waits for the other
-                queue, score, ttl_ms = (
-                    (bulk_key(self.queue_name), bulk_at + i, BULK_RECORD_TTL_MS)
-                    if job.bulk
-                    else (self.queue_name, now_ms, JOB_EXPIRES_EXTRA_MS)
-                )
-                await self._enqueue(
-                    keys=[job_key(job_id), arq_result_key(job_id), result_key(job_id), queue, digest_key(job_id)],
-                    args=[data, ttl_ms, score, job_id, digest, self.store.ttl_s + DIGEST_EXTRA_S],
-                    client=pipe,
-                )
-            created = await pipe.execute()
+        calls: list[tuple[list[str], list[bytes | str | int | float]]] = []
+        for i, ((job, _), (job_id, data, digest)) in enumerate(zip(pairs, records, strict=True)):
+            # a bulk job waits in the bulk lane (worker.lease promotes it when a slot is free),
+            # placed from the lane's front: two batches interleave, neither waits for the other
+            queue, score, ttl_ms = (
+                (bulk_key(self.queue_name), bulk_at + i, BULK_RECORD_TTL_MS)
+                if job.bulk
+                else (self.queue_name, now_ms, JOB_EXPIRES_EXTRA_MS)
+            )
+            keys = [job_key(job_id), arq_result_key(job_id), result_key(job_id), queue, digest_key(job_id)]
+            calls.append((keys, [data, ttl_ms, score, job_id, digest, self.store.ttl_s + DIGEST_EXTRA_S]))
+        if len(calls) == 1:  # one round trip: a script in a pipeline costs a SCRIPT EXISTS first
+            created = [await self._enqueue(keys=calls[0][0], args=calls[0][1])]
+        else:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for keys, args in calls:
+                    await self._enqueue(keys=keys, args=args, client=pipe)
+                created = await pipe.execute()
         conflicts = [job_id for (job_id, _, _), c in zip(records, created, strict=True) if c == -1]
         if conflicts:
             raise JobConflict(

@@ -93,7 +93,10 @@ class BatchRejected(ValueError):
         super().__init__(f"batch refused, nothing was enqueued: {where}{first.message}{more}")
 
 
-class _LineError(Exception):
+class LineError(Exception):
+    """One refused line (or request body): OpenAI's error `code`, the `message` and the `param`
+    it names (`body.<field>` for a field of the request body)."""
+
     def __init__(self, code: str, message: str, param: str | None = None) -> None:
         super().__init__(message)
         self.code, self.message, self.param = code, message, param
@@ -280,7 +283,7 @@ class Batches:
             try:
                 custom_id, job = self._parse(item, checked, seen, number)
                 _payload, record = self.producer._record_bytes(job, now_ms)
-            except _LineError as exc:
+            except LineError as exc:
                 checked.errors.append(BatchError(code=exc.code, line=number, message=exc.message, param=exc.param))
                 continue
             except JobRejected as exc:
@@ -304,41 +307,41 @@ class Batches:
     def _parse(
         self, item: Line | _TooLarge, checked: _Checked, seen: dict[str, int], number: int
     ) -> tuple[str, JobBase]:
-        """(custom_id, job) of one line, or a _LineError naming the param and the fix."""
+        """(custom_id, job) of one line, or a LineError naming the param and the fix."""
         if isinstance(item, _TooLarge):
-            raise _LineError(
+            raise LineError(
                 "line_too_large",
                 f"the line is {item.size} bytes, over BATCH_MAX_LINE_BYTES={self.settings.batch_max_line_bytes}: "
                 "shorten it or send the image by URL",
             )
         obj = item if isinstance(item, dict) else _json(item)
         if not isinstance(obj, dict):
-            raise _LineError("invalid_line", 'a line must be a JSON object {"custom_id", "method", "url", "body"}')
+            raise LineError("invalid_line", 'a line must be a JSON object {"custom_id", "method", "url", "body"}')
         for key in obj:
             if key not in _LINE_KEYS:
-                raise _LineError(
+                raise LineError(
                     "invalid_line", f"{key!r} is not a field of a batch line: use custom_id, method, url, body", key
                 )
         custom_id = obj.get("custom_id")
         if custom_id is None:
-            raise _LineError("missing_custom_id", "the line has no custom_id: give each line a unique id", "custom_id")
+            raise LineError("missing_custom_id", "the line has no custom_id: give each line a unique id", "custom_id")
         if not isinstance(custom_id, str) or not custom_id or len(custom_id) > MAX_CUSTOM_ID:
-            raise _LineError("invalid_custom_id", f"must be a string of 1-{MAX_CUSTOM_ID} characters", "custom_id")
+            raise LineError("invalid_custom_id", f"must be a string of 1-{MAX_CUSTOM_ID} characters", "custom_id")
         if custom_id in seen:
-            raise _LineError(
+            raise LineError(
                 "duplicate_custom_id",
                 f"custom_id {custom_id!r} is already used on line {seen[custom_id]}: custom_ids must be unique",
                 "custom_id",
             )
         if obj.get("method") != "POST":
-            raise _LineError("invalid_method", f'method must be "POST", not {obj.get("method")!r}', "method")
+            raise LineError("invalid_method", f'method must be "POST", not {obj.get("method")!r}', "method")
         url = obj.get("url")
         if url not in wb.ENDPOINTS:
             raise _url_error(url)
         if checked.endpoint is None:
             checked.endpoint = url
         elif url != checked.endpoint:
-            raise _LineError(
+            raise LineError(
                 "invalid_url",
                 f"every line of a batch uses the same url ({checked.endpoint}), this one {url}: split the file",
                 "url",
@@ -346,10 +349,10 @@ class Batches:
         kind = wb.ENDPOINTS[url]
         body = obj.get("body")
         if not isinstance(body, dict):
-            raise _LineError(
+            raise LineError(
                 "invalid_body", "body must be a JSON object: the request's body (model, messages, ...)", "body"
             )
-        return custom_id, _job(kind, body)
+        return custom_id, request_job(kind, body)
 
     async def _write(
         self,
@@ -616,31 +619,33 @@ def _json(item: bytes | str) -> Any:
     try:
         text = item.decode() if isinstance(item, bytes) else item
     except UnicodeDecodeError:
-        raise _LineError("invalid_json", "the line is not UTF-8 text") from None
+        raise LineError("invalid_json", "the line is not UTF-8 text") from None
     if not text.strip():
-        raise _LineError("empty_line", "the line is blank: remove it (one request a line)")
+        raise LineError("empty_line", "the line is blank: remove it (one request a line)")
     try:
         return orjson.loads(text)
     except ValueError as exc:
-        raise _LineError("invalid_json", f"the line is not valid JSON ({exc})") from None
+        raise LineError("invalid_json", f"the line is not valid JSON ({exc})") from None
 
 
-def _job(kind: str, body: dict[str, Any]) -> JobBase:
-    """A line's body as a job of the contract, or a _LineError naming `body.<field>`."""
+def request_job(kind: str, body: dict[str, Any], *, bulk: bool = True) -> JobBase:
+    """A request body in OpenAI's shape (a batch line's, or `POST /v1/chat/completions`') as a
+    job of the contract, our options under `llm_router`; or a LineError naming `body.<field>`.
+    A batch line is a bulk job: it waits in the bulk lane and never holds up interactive jobs."""
     body = dict(body)
     extras = body.pop(EXTRAS_KEY, None) or {}
     if not isinstance(extras, dict):
-        raise _LineError("invalid_request", "must be an object of llm-router options", f"body.{EXTRAS_KEY}")
+        raise LineError("invalid_request", "must be an object of llm-router options", f"body.{EXTRAS_KEY}")
     for name in extras:
         if name not in EXTRAS[kind]:
-            raise _LineError(
+            raise LineError(
                 "invalid_request",
                 f"{name!r} is not an llm-router option of a {kind} line: use {', '.join(EXTRAS[kind])}",
                 f"body.{EXTRAS_KEY}.{name}",
             )
     if "callback_url" in body or "callback_url" in extras:
         at = f"body.{EXTRAS_KEY}.callback_url" if "callback_url" in extras else "body.callback_url"
-        raise _LineError(
+        raise LineError(
             "invalid_request",
             "is not taken here: a batch's lines report through the batch's callback_url (sent when it ends), "
             "a job's goes in its body on POST /v1/jobs",
@@ -650,23 +655,44 @@ def _job(kind: str, body: dict[str, Any]) -> JobBase:
         if name in body:
             where = f"body.{EXTRAS_KEY}.{name}" if name in EXTRAS[kind] else None
             fix = f": it goes under {where}" if where else ""
-            raise _LineError("invalid_request", f"{name!r} is not a request parameter{fix}", f"body.{name}")
+            raise LineError("invalid_request", f"{name!r} is not a request parameter{fix}", f"body.{name}")
     if "max_completion_tokens" in body:  # OpenAI's newer name for max_tokens
         if "max_tokens" in body:
-            raise _LineError("invalid_request", "give max_tokens or max_completion_tokens, not both", "body.max_tokens")
+            raise LineError("invalid_request", "give max_tokens or max_completion_tokens, not both", "body.max_tokens")
         body["max_tokens"] = body.pop("max_completion_tokens")
     try:
-        # every line is a bulk job: it waits in the bulk lane and never holds up interactive jobs
-        return JOB_KINDS[kind].model_validate({**body, **extras, "bulk": True})
+        return JOB_KINDS[kind].model_validate({**body, **extras, "bulk": bulk})
     except ValidationError as exc:
         field, message = describe_validation_error(exc)
         top = field.split(".")[0]
         param = f"body.{EXTRAS_KEY}.{field}" if top in extras else "body" if field == "job" else f"body.{field}"
-        raise _LineError("invalid_request", message, param) from None
+        raise LineError("invalid_request", message, param) from None
 
 
-def _url_error(url: Any) -> _LineError:
-    return _LineError("invalid_url", f"url must be {' or '.join(wb.ENDPOINTS)}, not {url!r}", "url")
+def request_schema(kind: str, ref_template: str = "#/$defs/{model}") -> dict[str, Any]:
+    """The JSON schema of what `request_job(kind, ...)` accepts: the job's fields as OpenAI's
+    request body (no `kind`, `enqueued_at` or `bulk`), our options under `llm_router`, and
+    max_tokens or max_completion_tokens, not both. Its `$defs` are the job model's."""
+    schema = JOB_KINDS[kind].model_json_schema(ref_template=ref_template)
+    properties = schema["properties"]
+    extras = {name: properties.pop(name) for name in EXTRAS[kind] if name in properties}
+    for name in ("kind", "enqueued_at", "bulk", "callback_url"):  # a job's callback_url: POST /v1/jobs only
+        properties.pop(name, None)
+    properties[EXTRAS_KEY] = {
+        "type": "object",
+        "properties": extras,
+        "additionalProperties": False,
+        "description": "llm-router's options",
+    }
+    schema["required"] = [name for name in schema.get("required", []) if name in properties]
+    schema["title"] = f"{schema.get('title', kind)}Request"
+    if "max_completion_tokens" in properties:
+        schema["not"] = {"required": ["max_tokens", "max_completion_tokens"]}
+    return schema
+
+
+def _url_error(url: Any) -> LineError:
+    return LineError("invalid_url", f"url must be {' or '.join(wb.ENDPOINTS)}, not {url!r}", "url")
 
 
 def _check_callback(url: str, settings: Any) -> None:
@@ -729,7 +755,7 @@ def output_line(job_id: str, custom_id: str, result: JobResult) -> dict[str, Any
     line: dict[str, Any] = {"id": job_id, "custom_id": custom_id, "response": None, "error": None}
     if result.status == "succeeded":
         call_id = next((a.call_id for a in reversed(result.attempts) if a.ok), None)
-        line["response"] = {"status_code": 200, "request_id": call_id, "body": _body(job_id, result)}
+        line["response"] = {"status_code": 200, "request_id": call_id, "body": completion_body(job_id, result)}
     else:
         error = result.error
         code, message = (error.type, error.message) if error else ("failed", "the request failed")
@@ -744,7 +770,9 @@ def output_line(job_id: str, custom_id: str, result: JobResult) -> dict[str, Any
     return line
 
 
-def _body(job_id: str, result: JobResult) -> dict[str, Any]:
+def completion_body(job_id: str, result: JobResult) -> dict[str, Any]:
+    """A succeeded job's answer as OpenAI's chat completion (`usage.cost` included); a compare
+    job's as our `llm_router.compare` object."""
     created = int(result.finished_at.timestamp()) if result.finished_at else int(time.time())
     prompt, completion = wb.tokens(result)
     usage = {

@@ -4,7 +4,9 @@ workers share no disk and any ingress host serves any file.
 A file is two keys (worker.keys): its record, a hash (`id`, `filename`, `bytes`, `purpose`,
 `created_at`, `owner`: the source name of the token that uploaded it), and its bytes, one
 string written with APPEND and read with GETRANGE a chunk at a time, so neither an upload nor
-a download is ever whole in the process's memory. Both expire after FILE_TTL_S.
+a download is ever whole in the process's memory. Both expire after FILE_TTL_S. Each owner's
+files are also in a sorted set by upload time (ms), for listing; an expired file's entry is
+dropped when a listing meets it.
 """
 
 from __future__ import annotations
@@ -18,9 +20,11 @@ from typing import IO, Literal
 from pydantic import BaseModel
 from redis.asyncio import Redis
 
-from worker.keys import file_data_key, file_key
+from worker.keys import file_data_key, file_key, source_files_key
 
 CHUNK = 1 << 20
+# File ids read from an owner's list per round trip while listing.
+LIST_CHUNK = 500
 FILE_ID = re.compile(r"^file-[0-9a-f]{32}$")
 
 
@@ -50,7 +54,8 @@ class Files:
         while chunk := await read(CHUNK):
             await self.redis.append(data, chunk)
             size += len(chunk)
-        now = int(time.time())
+        now_ms = time.time_ns() // 1_000_000
+        now = now_ms // 1000
         found = FileObject(
             id=file_id, bytes=size, created_at=now, filename=filename, purpose=purpose, expires_at=now + self.ttl_s
         )
@@ -58,6 +63,8 @@ class Files:
             tx.hset(file_key(file_id), mapping={**found.model_dump(exclude_none=True), "owner": owner})
             tx.expire(file_key(file_id), self.ttl_s)
             tx.expire(data, self.ttl_s)
+            tx.zadd(source_files_key(owner), {file_id: now_ms})
+            tx.expire(source_files_key(owner), self.ttl_s)  # every file has the same TTL: the newest's
             await tx.execute()
         return found
 
@@ -69,6 +76,43 @@ class Files:
         if raw.pop("owner", None) != owner:
             return None
         return FileObject.model_validate(raw)
+
+    async def list(
+        self, owner: str, *, limit: int, after: str | None = None, descending: bool = True, purpose: str | None = None
+    ) -> tuple[list[FileObject], bool]:
+        """Up to `limit` of the owner's files by upload time (newest first unless not
+        `descending`), those after the file `after` (a cursor; an unknown one: none), only
+        `purpose`'s if given; and whether there are more."""
+        index = source_files_key(owner)
+        rank = self.redis.zrevrank if descending else self.redis.zrank
+        page = self.redis.zrevrange if descending else self.redis.zrange
+        start = 0
+        if after is not None:
+            found_rank = await rank(index, after)
+            if found_rank is None:
+                return [], False
+            start = found_rank + 1
+        files: list[FileObject] = []
+        while len(files) <= limit:
+            ids = [i.decode() for i in await page(index, start, start + LIST_CHUNK - 1)]
+            if not ids:
+                break
+            start += len(ids)
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for file_id in ids:
+                    pipe.hgetall(file_key(file_id))
+                records = await pipe.execute()
+            gone = []
+            for file_id, record in zip(ids, records, strict=True):
+                raw = {k.decode(): v.decode() for k, v in record.items()}
+                if raw.pop("owner", None) != owner:
+                    gone.append(file_id)
+                elif purpose is None or raw.get("purpose") == purpose:
+                    files.append(FileObject.model_validate(raw))
+            if gone:  # expired (or deleted elsewhere): forget them
+                await self.redis.zrem(index, *gone)
+                start -= len(gone)
+        return files[:limit], len(files) > limit
 
     async def chunks(self, file_id: str) -> AsyncIterator[bytes]:
         """The file's bytes, a chunk at a time."""
@@ -84,5 +128,8 @@ class Files:
     async def delete(self, file_id: str, owner: str) -> bool:
         if await self.get(file_id, owner) is None:
             return False
-        await self.redis.delete(file_key(file_id), file_data_key(file_id))
+        async with self.redis.pipeline(transaction=True) as tx:
+            tx.delete(file_key(file_id), file_data_key(file_id))
+            tx.zrem(source_files_key(owner), file_id)
+            await tx.execute()
         return True

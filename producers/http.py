@@ -15,12 +15,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-import json
+import inspect
 import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 import click
+import orjson
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -44,6 +45,10 @@ from .waits import ResultWaits
 # A multipart upload carries a file of up to BATCH_MAX_BYTES and a little framing.
 UPLOAD_OVERHEAD = 1024 * 1024
 UPLOAD_PATH = "/v1/files"
+NO_TELEMETRY = {"tracing": False, "metrics": False, "logs": False, "operation_spans": False}
+# The queue's depth (for INGRESS_MAX_QUEUE_DEPTH) is read again after this long, or sooner when the
+# jobs admitted since the last read could reach the limit: far under it, no read per request.
+DEPTH_FRESH_S = 1.0
 # Redis connections one ingress process opens for commands (requests wait for a free one);
 # every long-poll shares one more, the pub/sub of producers.waits.
 REDIS_CONNECTIONS = 64
@@ -76,6 +81,12 @@ def not_found(what: str) -> ApiError:
 class TenantProducer(Producer):
     """A Producer whose source is a token's: a job naming another source is refused."""
 
+    async def submit(self, job: JobBase, job_id: str) -> bool:
+        """Enqueue under `job_id`: True if this call created the job (it is queued), False if
+        the id already named the same job (JobConflict if another)."""
+        [(_, created)] = await self._write([(job, job_id)])
+        return created
+
     def _record_bytes(self, job: JobBase, now_ms: int) -> tuple[dict[str, Any], bytes]:
         if job.source is not None and job.source != self.source:
             raise JobRejected("source", f"is set by your token ({self.source}): leave it out")
@@ -95,6 +106,7 @@ class Ingress:
         self.files = Files(self.redis, settings.file_ttl_s)
         self.streams = JobStreams(self.redis, async_redis(settings.redis_url, socket_connect_timeout=2), self.store)
         self._producers: dict[str, TenantProducer] = {}
+        self._depth, self._depth_at = 0, float("-inf")  # the last depth read, plus the jobs admitted since
 
     def producer(self, source: str) -> TenantProducer:
         if source not in self._producers:
@@ -113,15 +125,22 @@ class Ingress:
         return found
 
     async def admit(self, source: str, jobs: int = 1) -> None:
-        """429 when the queue is over INGRESS_MAX_QUEUE_DEPTH."""
+        """429 when the queue is over INGRESS_MAX_QUEUE_DEPTH. The depth is read when the last
+        read is over DEPTH_FRESH_S old or the jobs admitted since could reach the limit."""
         limit = self.settings.ingress_max_queue_depth
-        if limit and await self.producer(source).queued() + jobs > limit:
+        if not limit:
+            return
+        now = time.monotonic()
+        if now - self._depth_at > DEPTH_FRESH_S or self._depth + jobs > limit:
+            self._depth, self._depth_at = await self.producer(source).queued(), now
+        if self._depth + jobs > limit:
             raise ApiError(
                 429,
                 f"the queue holds over INGRESS_MAX_QUEUE_DEPTH={limit} jobs: retry later",
                 type="rate_limit_error",
                 code="queue_full",
             )
+        self._depth += jobs
 
     async def aclose(self) -> None:
         await self.waits.aclose()
@@ -131,7 +150,8 @@ class Ingress:
         await self.redis.aclose()
 
 
-def ingress(request: Request) -> Ingress:
+async def ingress(request: Request) -> Ingress:
+    """(Dependencies are `async def`: a plain `def` one costs a thread hop per request.)"""
     found: Ingress = request.app.state.ingress
     return found
 
@@ -139,9 +159,11 @@ def ingress(request: Request) -> Ingress:
 _bearer = HTTPBearer(auto_error=False, description="a token of INGRESS_TOKENS")
 
 
-def tenant(request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> str:
+async def tenant(
+    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> str:
     """The source name of the request's bearer token; 401 without a known one."""
-    source = ingress(request).source_of(credentials.credentials) if credentials else None
+    source = request.app.state.ingress.source_of(credentials.credentials) if credentials else None
     if source is None:
         raise ApiError(
             401, "missing or unknown bearer token: send Authorization: Bearer <token>", code="invalid_api_key"
@@ -156,8 +178,8 @@ App = Annotated[Ingress, Depends(ingress)]
 async def read_json(request: Request) -> dict[str, Any]:
     """The request's JSON object (read through the body limit), or a 400."""
     try:
-        body = json.loads(await request.body())
-    except ValueError:
+        body = orjson.loads(await request.body())
+    except orjson.JSONDecodeError:
         raise ApiError(400, "the body is not valid JSON", code="invalid_json") from None
     if not isinstance(body, dict):
         raise ApiError(400, "the body must be a JSON object", code="invalid_json")
@@ -264,7 +286,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     from .http_events import router as events
     from .http_jobs import router as jobs
 
-    app = FastAPI(title="llm-router", version="0.1.0", lifespan=lifespan)
+    # FastAPI's own OpenTelemetry hooks (0.16x) are off: request metrics are Guard's, on /metrics,
+    # and the check whether a tracer is configured costs an environment lookup per request.
+    quiet: dict[str, Any] = {"telemetry": NO_TELEMETRY} if "telemetry" in inspect.signature(FastAPI).parameters else {}
+    app = FastAPI(title="llm-router", version="0.1.0", lifespan=lifespan, **quiet)
     app.add_middleware(Guard, settings=settings)
     _errors(app)
     app.include_router(jobs)
@@ -281,7 +306,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def readyz(request: Request) -> Response:
         """Redis answers (503 while it does not)."""
         try:
-            ready = bool(await asyncio.wait_for(ingress(request).redis.ping(), 2))
+            ready = bool(await asyncio.wait_for(request.app.state.ingress.redis.ping(), 2))
         except (RedisError, OSError, TimeoutError):
             ready = False
         return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
@@ -338,4 +363,5 @@ def api(host: str, port: int) -> None:
     except ConfigError as exc:
         exit_on_config_error(exc)
         return
-    uvicorn.run(app, host=host, port=port, access_log=False, timeout_graceful_shutdown=5)
+    # no access log and no X-Forwarded-* rewriting: both cost per request and nothing here reads them
+    uvicorn.run(app, host=host, port=port, access_log=False, proxy_headers=False, timeout_graceful_shutdown=5)

@@ -1,7 +1,8 @@
 """Files and batches over HTTP, in OpenAI's shapes, on the batch engine (producers.batches):
 `POST /v1/files` (multipart, `purpose=batch`; spooled to a temporary file, stored in Redis by
-producers.files), `GET|DELETE /v1/files/{id}`, `GET /v1/files/{id}/content`; `POST
-/v1/batches`, `GET /v1/batches[/{id}]`, `POST /v1/batches/{id}/cancel`.
+producers.files), `GET /v1/files` (the token's uploads), `GET|DELETE /v1/files/{id}`,
+`GET /v1/files/{id}/content`; `POST /v1/batches`, `GET /v1/batches[/{id}]`,
+`POST /v1/batches/{id}/cancel`.
 
 A final batch names its output and error files (`file-<batch_id>-output`, `-errors`): they are
 not stored, but read from its line results in input order (`Batches.results`) when fetched.
@@ -13,7 +14,7 @@ import json
 import re
 import tempfile
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
@@ -25,6 +26,7 @@ from worker.keys import batch_key, source_batches_key
 from .batches import Batches, BatchRejected
 from .files import FileObject
 from .http import ApiError, App, Tenant, not_found, read_json, tenant
+from .http_models import BatchList, FileDeleted, FileList, responses
 
 router = APIRouter(prefix="/v1", dependencies=[Depends(tenant)])
 
@@ -50,7 +52,7 @@ _UPLOAD_SCHEMA = {
 # ---------------------------------------------------------------- files
 
 
-@router.post("/files", tags=["files"], openapi_extra=_UPLOAD_SCHEMA)
+@router.post("/files", tags=["files"], openapi_extra=_UPLOAD_SCHEMA, responses=responses(400, _200=FileObject))
 async def upload_file(request: Request, app: App, source: Tenant) -> dict[str, Any]:
     """Upload a JSONL file of batch requests (multipart: `file`, `purpose=batch`)."""
     async with request.form(max_files=1, max_fields=8) as form:
@@ -63,12 +65,34 @@ async def upload_file(request: Request, app: App, source: Tenant) -> dict[str, A
     return found.model_dump(exclude_none=True)
 
 
-@router.get("/files/{file_id}", tags=["files"])
+@router.get("/files", tags=["files"], responses=responses(_200=FileList))
+async def list_files(
+    app: App,
+    source: Tenant,
+    limit: Annotated[int, Query(ge=1, le=10000)] = 10000,
+    after: Annotated[str | None, Query(description="a file id: the page after it")] = None,
+    order: Annotated[Literal["asc", "desc"], Query(description="by created_at")] = "desc",
+    purpose: Annotated[str | None, Query(description="only files of this purpose")] = None,
+) -> dict[str, Any]:
+    """The token's uploaded files, newest first (OpenAI's cursor page). A batch's output and
+    error files are not listed: its `output_file_id` and `error_file_id` name them."""
+    files, more = await app.files.list(source, limit=limit, after=after, descending=order == "desc", purpose=purpose)
+    data = [f.model_dump(exclude_none=True) for f in files]
+    first, last = (data[0]["id"], data[-1]["id"]) if data else (None, None)
+    return {"object": "list", "data": data, "first_id": first, "last_id": last, "has_more": more}
+
+
+@router.get("/files/{file_id}", tags=["files"], responses=responses(404, _200=FileObject))
 async def get_file(file_id: str, app: App, source: Tenant) -> dict[str, Any]:
     return (await _file(app, source, file_id)).model_dump(exclude_none=True)
 
 
-@router.get("/files/{file_id}/content", tags=["files"])
+@router.get(
+    "/files/{file_id}/content",
+    tags=["files"],
+    response_class=StreamingResponse,
+    responses={**responses(404), 200: {"content": {"application/jsonl": {"schema": {"type": "string"}}}}},
+)
 async def file_content(file_id: str, app: App, source: Tenant) -> StreamingResponse:
     """The file's bytes; a batch's output or error file is built from its results, in input order."""
     await _file(app, source, file_id)
@@ -77,7 +101,7 @@ async def file_content(file_id: str, app: App, source: Tenant) -> StreamingRespo
     return StreamingResponse(chunks, media_type="application/jsonl")
 
 
-@router.delete("/files/{file_id}", tags=["files"])
+@router.delete("/files/{file_id}", tags=["files"], responses=responses(404, _200=FileDeleted))
 async def delete_file(file_id: str, app: App, source: Tenant) -> dict[str, Any]:
     if not await app.files.delete(file_id, source):
         raise not_found(f"file {file_id}")
@@ -114,7 +138,7 @@ async def _output(batches: Batches, batch_id: str, which: str) -> AsyncIterator[
 # ---------------------------------------------------------------- batches
 
 
-@router.post("/batches", tags=["batches"])
+@router.post("/batches", tags=["batches"], responses=responses(400, 404, 429, _200=Batch))
 async def create_batch(request: Request, app: App, source: Tenant) -> dict[str, Any]:
     """`{input_file_id, endpoint, completion_window, metadata}` (and ours: `callback_url`, and
     `budget_usd`, the batch's budget, worker.budgets; the OpenAI SDK sends them with `extra_body`):
@@ -154,7 +178,7 @@ async def create_batch(request: Request, app: App, source: Tenant) -> dict[str, 
     return _view(await _batch(app, source, batch.id))
 
 
-@router.get("/batches/{batch_id}", tags=["batches"])
+@router.get("/batches/{batch_id}", tags=["batches"], responses=responses(404, _200=Batch))
 async def get_batch(batch_id: str, app: App, source: Tenant) -> dict[str, Any]:
     """OpenAI's Batch object, with `webhook` (its delivery) once a batch with a callback_url ended."""
     view = _view(await _batch(app, source, batch_id))
@@ -162,7 +186,7 @@ async def get_batch(batch_id: str, app: App, source: Tenant) -> dict[str, Any]:
     return {**view, "webhook": delivery.model_dump(mode="json")} if delivery else view
 
 
-@router.post("/batches/{batch_id}/cancel", tags=["batches"])
+@router.post("/batches/{batch_id}/cancel", tags=["batches"], responses=responses(404, _200=Batch))
 async def cancel_batch(batch_id: str, app: App, source: Tenant) -> dict[str, Any]:
     await _batch(app, source, batch_id)
     batch = await app.producer(source).batches.cancel(batch_id)
@@ -171,7 +195,7 @@ async def cancel_batch(batch_id: str, app: App, source: Tenant) -> dict[str, Any
     return _view(batch)
 
 
-@router.get("/batches", tags=["batches"])
+@router.get("/batches", tags=["batches"], responses=responses(_200=BatchList))
 async def list_batches(
     app: App,
     source: Tenant,

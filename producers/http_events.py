@@ -25,9 +25,10 @@ from worker.events import DELTA, RESET, RESULT
 from worker.keys import events_key, job_key, result_key
 from worker.models import JobBase, JobResult
 
-from .batches import _body
+from .batches import completion_body
 from .http import App, Tenant, not_found, tenant
 from .http_jobs import owns
+from .http_models import responses
 from .streams import Event, entry_id
 
 router = APIRouter(prefix="/v1", dependencies=[Depends(tenant)])
@@ -40,7 +41,7 @@ SSE_RESPONSE: dict[int | str, dict[str, Any]] = {
 }
 
 
-@router.get("/jobs/{job_id}/events", tags=["jobs"], responses=SSE_RESPONSE)
+@router.get("/jobs/{job_id}/events", tags=["jobs"], responses={**responses(404), **SSE_RESPONSE})
 async def job_events(
     job_id: str,
     app: App,
@@ -90,7 +91,9 @@ async def _chunks(events: AsyncIterator[Event | None], job_id: str, include_usag
                 yield _data(_failed(result))
                 return
             if include_usage:
-                yield _data({**base, "model": result.model, "choices": [], "usage": _body(job_id, result)["usage"]})
+                yield _data(
+                    {**base, "model": result.model, "choices": [], "usage": completion_body(job_id, result)["usage"]}
+                )
             yield DONE
             return
 

@@ -13,27 +13,42 @@ from fastapi.responses import JSONResponse
 
 from worker.keys import in_progress_key, job_key
 from worker.metrics import known_models
-from worker.models import JOB_KINDS, ChatJob, JobBase, JobResult
+from worker.models import JOB_KINDS, JobBase, JobResult
 
 from .api import validate
-from .batches import _body, _job, _LineError
+from .batches import LineError, completion_body, request_job, request_schema
 from .http import ApiError, App, Tenant, not_found, read_json, tenant
+from .http_models import ChatCompletion, JobAccepted, JobPending, ModelList, responses
 
 router = APIRouter(prefix="/v1", dependencies=[Depends(tenant)])
 
 # The request bodies' schemas for /openapi.json: the job kinds' models (and what they use) go to
 # components.schemas, derived from JOB_KINDS like everything else about a kind.
 SCHEMA_DEFS: dict[str, Any] = {}
-for _cls in JOB_KINDS.values():
+for _kind, _cls in JOB_KINDS.items():
     _schema = _cls.model_json_schema(ref_template="#/components/schemas/{model}")
     SCHEMA_DEFS.update(_schema.pop("$defs", {}))
+    if _kind != "chat":  # a body without `kind` is a chat job
+        _schema["required"] = [*_schema.get("required", []), "kind"]
     SCHEMA_DEFS[_cls.__name__] = _schema
 JOB_SCHEMA = {
     "oneOf": [{"$ref": f"#/components/schemas/{c.__name__}"} for c in JOB_KINDS.values()],
     "discriminator": {"propertyName": "kind"},
 }
-CHAT_SCHEMA = {"$ref": f"#/components/schemas/{ChatJob.__name__}"}
-IdempotencyKey = Annotated[str | None, Header(description="retries with the same key are the same job")]
+SCHEMA_DEFS["ChatCompletionRequest"] = request_schema("chat", "#/components/schemas/{model}")
+SCHEMA_DEFS["ChatCompletionRequest"].pop("$defs", None)  # the same as ChatJob's
+CHAT_SCHEMA = {"$ref": "#/components/schemas/ChatCompletionRequest"}
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        description="retries with the same key are the same job (its id: `<source>@<key>`)",
+        pattern=r"^[A-Za-z0-9_.:@/+=-]{1,63}$",
+    ),
+]
+
+
+CHAT_RESPONSES = responses(400, 404, 409, 429, _200=ChatCompletion, _202=JobAccepted)
+CHAT_RESPONSES[200]["content"] = {"text/event-stream": {"schema": {"type": "string"}}}  # with stream: true
 
 
 def _body_schema(schema: dict[str, Any]) -> dict[str, Any]:
@@ -60,26 +75,38 @@ def accepted(job_id: str, status: str) -> JSONResponse:
     return JSONResponse({"id": job_id, "status": status}, status_code=202, headers={"Location": f"/v1/jobs/{job_id}"})
 
 
-async def enqueue(app: App, source: str, job: JobBase, key: str | None) -> str:
+async def enqueue(app: App, source: str, job: JobBase, key: str | None) -> tuple[str, bool]:
+    """(the job id, whether this call created the job)."""
     await app.admit(source)
-    return await app.producer(source).enqueue(job, owned_id(source, key))
+    job_id = owned_id(source, key)
+    return job_id, await app.producer(source).submit(job, job_id)
 
 
-@router.post("/jobs", status_code=202, tags=["jobs"], openapi_extra=_body_schema(JOB_SCHEMA))
+@router.post(
+    "/jobs",
+    status_code=202,
+    tags=["jobs"],
+    openapi_extra=_body_schema(JOB_SCHEMA),
+    responses=responses(400, 409, 429, _202=JobAccepted),
+)
 async def create_job(request: Request, app: App, source: Tenant, idempotency_key: IdempotencyKey = None) -> Any:
     """Enqueue a job of the contract (`kind`: chat, vision or compare); 202 `{id, status}`."""
     body = await read_json(request)
     key = idempotency_key or body.pop("job_id", None)
+    if key is not None and not isinstance(key, str):
+        raise ApiError(422, "must be a string", param="job_id", code="invalid_value")
     kind = body.get("kind", "chat")
-    if kind not in JOB_KINDS:
+    if not isinstance(kind, str) or kind not in JOB_KINDS:
         raise ApiError(422, f"must be one of {', '.join(JOB_KINDS)}, not {kind!r}", param="kind", code="invalid_value")
     job = validate(JOB_KINDS[kind], **body)
-    job_id = await enqueue(app, source, job, key)
+    job_id, created = await enqueue(app, source, job, key)
+    if created:
+        return accepted(job_id, "queued")
     result = await app.store.get(job_id)
     return accepted(job_id, result.status if result else await pending(app, job_id) or "queued")
 
 
-@router.get("/jobs/{job_id}", tags=["jobs"], response_model=None)
+@router.get("/jobs/{job_id}", tags=["jobs"], response_model=None, responses=responses(404, _200=JobResult | JobPending))
 async def get_job(
     job_id: str,
     app: App,
@@ -92,29 +119,37 @@ async def get_job(
     result = await app.store.get(job_id)
     if result is None:
         status = await pending(app, job_id)
-        if status is None:
-            raise not_found(f"job {job_id}")
-        result = await app.waits.wait(job_id, min(wait, app.settings.ingress_wait_s)) if wait else None
-        if result is None:
-            return {"id": job_id, "status": await pending(app, job_id) or status}
+        if status is None:  # no such job, or it ended between the two reads
+            result = await app.store.get(job_id)
+            if result is None:
+                raise not_found(f"job {job_id}")
+        else:
+            result = await app.waits.wait(job_id, min(wait, app.settings.ingress_wait_s)) if wait else None
+            if result is None:
+                return {"id": job_id, "status": await pending(app, job_id) or status}
     record = result.model_dump(mode="json", exclude_none=True)
     delivery = await app.producer(source).webhook(job_id)  # a job with a callback_url: its delivery
     return {**record, "webhook": delivery.model_dump(mode="json")} if delivery else record
 
 
-@router.post("/chat/completions", tags=["openai"], openapi_extra=_body_schema(CHAT_SCHEMA))
+@router.post(
+    "/chat/completions",
+    tags=["openai"],
+    openapi_extra=_body_schema(CHAT_SCHEMA),
+    responses=CHAT_RESPONSES,
+)
 async def chat_completions(request: Request, app: App, source: Tenant, idempotency_key: IdempotencyKey = None) -> Any:
     """OpenAI's chat completion: enqueued as a chat job and waited for (INGRESS_WAIT_S); past
     the wait, 202 `{id, status}` with a Location to fetch it. Our options ride under `llm_router`.
     With `stream: true`, OpenAI's chunks as the worker streams them (SSE; producers.http_events)."""
     body = await read_json(request)
     try:
-        job = _job("chat", body).model_copy(update={"bulk": False})
-    except _LineError as exc:
+        job = request_job("chat", body, bulk=False)
+    except LineError as exc:
         raise ApiError(
             422, exc.message, param=(exc.param or "").removeprefix("body.") or None, code="invalid_value"
         ) from None
-    job_id = await enqueue(app, source, job, idempotency_key)
+    job_id, _ = await enqueue(app, source, job, idempotency_key)
     if job.stream:
         from .http_events import stream_completion
 
@@ -128,14 +163,14 @@ async def chat_completions(request: Request, app: App, source: Tenant, idempoten
 def completion(job_id: str, result: JobResult) -> Any:
     """The completion the gateway gave (batches' builder), or its error in OpenAI's shape."""
     if result.status == "succeeded":
-        return _body(job_id, result)
+        return completion_body(job_id, result)
     error = result.error
     status = error.status if error and error.status and 400 <= error.status < 600 else 502
     message = error.message if error else "the request failed"
     raise ApiError(status, message, type=error.type if error else "server_error", code=error.code if error else None)
 
 
-@router.get("/models", tags=["openai"])
+@router.get("/models", tags=["openai"], responses=responses(_200=ModelList))
 async def models(app: App) -> dict[str, Any]:
     """The models the configuration names (METRIC_MODELS, chains, limits, prices): no gateway call."""
     names = sorted(known_models(app.settings))

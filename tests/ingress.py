@@ -17,7 +17,7 @@ from worker.settings import Settings
 
 from .helpers import API_KEY
 
-TOKENS = {"tok-a": "team-a", "tok-b": "team-b"}
+TOKENS = {"tok-a": "team-a", "tok-b": "team-b", "tok-c": "team-c"}
 
 
 def ingress_settings(redis_url: str, sim_url: str, queue_name: str, **extra: object) -> Settings:

@@ -143,9 +143,8 @@ def test_demo_runs_end_to_end():
     assert "### batch: 6 prompts from a CSV" in out.stdout and "completed: 6/6 done, 0 failed" in out.stderr
     assert "p0: [gpt-4o-mini] You said: Summarise: The quarterly report" in out.stdout
     assert "6 lines in summaries.jsonl, in input order" in out.stdout
-    # one job arrives over HTTP (the ingress), as a service in another language would send it
-    assert "### over HTTP: POST /v1/jobs" in out.stdout and '"id": "demo-http@' in out.stdout
-    assert "[gpt-4.1] You said: Hello over HTTP" in out.stdout and "source demo-http" in out.stdout
+    assert '202 {"id":"demo-http@hello-1","status":"queued"}' in out.stdout
+    assert "succeeded: [gpt-4.1] You said: Hello from curl  (source demo-http, $0.0" in out.stdout
     assert "demo done" in out.stdout
 
 

@@ -9,6 +9,7 @@ import asyncio
 import json
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from producers.api import JobRejected, validate
 from producers.http import create_app
 from tests.helpers import sim_admin
 from tests.ingress import TOKENS, Ingress, ingress_settings, running
-from worker.keys import job_key
+from worker.keys import file_key, job_key, source_files_key
 from worker.models import ChatJob, JobResult
 from worker.settings import Settings
 from worker.store import ResultStore
@@ -111,6 +112,35 @@ def test_openai_sdk_batch_flow_to_completion(stack, sim, tmp_path):
         client.files.retrieve(uploaded.id)
 
 
+def test_openai_sdk_lists_only_its_own_files(stack, tmp_path):
+    """`client.files.list()`: the token's uploads, newest first, paged by the SDK's cursor."""
+    client, other = stack.client("tok-c"), stack.client("tok-a")
+    path = write_lines(tmp_path / "in.jsonl", [line(0)])
+    theirs = other.files.create(file=path.open("rb"), purpose="batch")
+    ours = [client.files.create(file=path.open("rb"), purpose="batch").id for _ in range(5)]
+    newest_first = ours[::-1]
+    assert [f.id for f in client.files.list()] == newest_first
+    page = client.files.list(limit=2)
+    assert [f.id for f in page.data] == newest_first[:2] and page.has_more
+    assert [f.id for f in client.files.list(limit=2)] == newest_first  # the SDK follows `after`
+    assert [f.id for f in client.files.list(order="asc", after=ours[1]).data] == ours[2:]
+    assert [f.id for f in client.files.list(purpose="batch")] == newest_first
+    assert list(client.files.list(purpose="batch_output")) == []
+    listed = client.files.list(limit=1).data[0]
+    assert listed == client.files.retrieve(listed.id) and listed.bytes == path.stat().st_size
+    assert theirs.id not in [f.id for f in client.files.list()]
+    assert theirs.id in [f.id for f in other.files.list()]
+
+    client.files.delete(ours[4])
+    Redis.from_url(stack.settings.redis_url).delete(file_key(ours[2]))  # as if it had expired
+    assert [f.id for f in client.files.list(limit=1)] == [ours[3], ours[1], ours[0]]
+    assert Redis.from_url(stack.settings.redis_url).zcard(source_files_key("team-c")) == 3  # the expired one forgotten
+    unknown = stack.http("tok-c").get("/v1/files", params={"after": theirs.id})
+    assert unknown.json() == {"object": "list", "data": [], "first_id": None, "last_id": None, "has_more": False}
+    refused = stack.http("tok-c").get("/v1/files", params={"order": "sideways"})
+    assert refused.status_code == 422 and refused.json()["error"]["param"] == "order"
+
+
 def test_openai_sdk_batch_cancel(stack, sim, tmp_path):
     sim_admin(sim, "/_sim/config", {"model": "gpt-4o-mini", "latency_ms": 300})
     client = stack.client()
@@ -153,6 +183,64 @@ def test_a_node_client_enqueues_long_polls_and_reads_a_result(stack, tmp_path):
     got = json.loads(out.stdout)
     assert got["id"] == "team-a@node-1" and got["status"] == "succeeded" and got["cost"] > 0
     assert got["content"] == "[gpt-4.1] You said: from node"
+
+
+# The `openai` npm package, installed once into the environment's prefix (reused by later runs).
+OPENAI_NPM = "openai@6"  # 7.x needs Node.js 22; the machines' Node.js is 20 (Debian's is 18)
+NPM_CLIENT = """
+import OpenAI, {toFile} from "openai";
+const [baseURL, apiKey] = process.argv.slice(2);
+const client = new OpenAI({baseURL, apiKey, maxRetries: 0});
+const answer = await client.chat.completions.create(
+  {model: "gpt-4.1", messages: [{role: "user", content: "from the npm package"}], max_tokens: 50});
+const lines = [0, 1, 2].map((i) => JSON.stringify({custom_id: `n${i}`, method: "POST", url: "/v1/chat/completions",
+  body: {model: "gpt-4.1", messages: [{role: "user", content: `node line ${i}`}]}})).join("\\n") + "\\n";
+const file = await client.files.create({file: await toFile(Buffer.from(lines), "node.jsonl"), purpose: "batch"});
+let batch = await client.batches.create(
+  {input_file_id: file.id, endpoint: "/v1/chat/completions", completion_window: "24h"});
+const deadline = Date.now() + 60000;
+while (!["completed", "failed", "expired", "cancelled"].includes(batch.status) && Date.now() < deadline) {
+  await new Promise((resolve) => setTimeout(resolve, 200));
+  batch = await client.batches.retrieve(batch.id);
+}
+const output = (await (await client.files.content(batch.output_file_id)).text()).trim().split("\\n");
+const listed = [];
+for await (const f of client.files.list()) listed.push(f.id);
+console.log(JSON.stringify({
+  id: answer.id, content: answer.choices[0].message.content, cost: answer.usage.cost, status: batch.status,
+  counts: batch.request_counts, output: output.map((l) => JSON.parse(l).response.body.choices[0].message.content),
+  listed: listed.includes(file.id),
+}));
+"""
+
+
+@pytest.fixture(scope="module")
+def openai_npm() -> Path:
+    """A folder whose node_modules holds the `openai` npm package (`npm install`, once)."""
+    folder = Path(sys.prefix) / "npm-openai"
+    if not (folder / "node_modules" / "openai" / "package.json").exists():
+        folder.mkdir(exist_ok=True)
+        install = ["npm", "install", "--prefix", str(folder), "--no-audit", "--no-fund", "--silent", OPENAI_NPM]
+        done = subprocess.run(install, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, f"npm install {OPENAI_NPM} failed: {done.stderr[-2000:]}"
+    return folder
+
+
+@pytest.mark.skipif(shutil.which("node") is None or shutil.which("npm") is None, reason="node/npm not installed")
+def test_the_openai_npm_package_chat_and_batch_flow(stack, openai_npm):
+    """`new OpenAI({baseURL, apiKey: token})`: a chat completion, then files + batches to completion."""
+    script = openai_npm / "ingress-client.mjs"  # beside node_modules, so `import "openai"` resolves
+    script.write_text(NPM_CLIENT)
+    out = subprocess.run(["node", str(script), f"{stack.url}/v1", "tok-b"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout)
+    assert got["content"] == "[gpt-4.1] You said: from the npm package" and got["id"].startswith("chatcmpl-team-b@")
+    record = stack.http("tok-b").get(f"/v1/jobs/{got['id'].removeprefix('chatcmpl-')}").json()
+    assert record["source"] == "team-b" and got["cost"] == record["cost"] > 0
+    counts = {k: got["counts"][k] for k in ("total", "completed", "failed")}
+    assert got["status"] == "completed" and counts == {"total": 3, "completed": 3, "failed": 0}
+    assert got["output"] == [f"[gpt-4.1] You said: node line {i}" for i in range(3)]  # input order
+    assert got["listed"]
 
 
 def test_auth_and_tenancy_refusals(stack):

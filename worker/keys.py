@@ -35,6 +35,7 @@ results): the README's key table is checked against this module by a test.
     llm-router:schedule:output:<batch_id>   the worker writing a scheduled batch's output, then `done`
     llm-router:schedules:pending        sorted set: scheduled batches not yet seen final (output, success)
     llm-router:source-batches:<source>  sorted set batch id -> created_at: the batches an ingress token made
+    llm-router:source-files:<source>    sorted set file id -> created_at (ms): the files an ingress token uploaded
     llm-router:budget:day:<YYYY-MM-DD>  hash <scope>:<name>:spent / :reserved, a day (BUDGET_TZ) of the daily budgets
     llm-router:budget:reservations      hash reservation id -> JSON {w: worst case USD, s: [[key, field prefix]...]}
     llm-router:budget:deadlines         sorted set reservation id -> deadline (ms): an expired one is released
@@ -112,6 +113,7 @@ SCHEDULE_CLAIM_PREFIX = PREFIX + "schedule:claim:"
 SCHEDULE_OUTPUT_PREFIX = PREFIX + "schedule:output:"
 SCHEDULES_PENDING = PREFIX + "schedules:pending"
 SOURCE_BATCHES_PREFIX = PREFIX + "source-batches:"
+SOURCE_FILES_PREFIX = PREFIX + "source-files:"
 BUDGET_DAY_PREFIX = PREFIX + "budget:day:"
 BUDGET_RESERVATIONS = PREFIX + "budget:reservations"
 BUDGET_DEADLINES = PREFIX + "budget:deadlines"
@@ -234,6 +236,10 @@ def schedule_output_key(batch_id: str) -> str:
 
 def source_batches_key(source: str) -> str:
     return SOURCE_BATCHES_PREFIX + source
+
+
+def source_files_key(source: str) -> str:
+    return SOURCE_FILES_PREFIX + source
 
 
 def budget_day_key(day: str) -> str:

@@ -125,9 +125,13 @@ def _not_blank(v: str) -> str:
 Int = Annotated[int, Strict()]
 Float = Annotated[float, Strict()]  # an integer is a number too
 Bool = Annotated[bool, Strict()]
-ModelName = Annotated[str, AfterValidator(_model_name)]
-Text = Annotated[str, AfterValidator(_not_blank)]
-ImageRef = Annotated[str, AfterValidator(check_image_url)]
+_IMAGE_REF = (
+    r"^(https?://.*|data:image/(jpeg|png|gif|webp);base64,([A-Za-z0-9+/]{4})*([A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?)$"
+)
+# (each `pattern` only tells /openapi.json's readers, schemathesis included, what the validator accepts)
+ModelName = Annotated[str, AfterValidator(_model_name), Field(json_schema_extra={"pattern": MODEL_NAME.pattern})]
+Text = Annotated[str, AfterValidator(_not_blank), Field(json_schema_extra={"pattern": r"\S"})]
+ImageRef = Annotated[str, AfterValidator(check_image_url), Field(json_schema_extra={"pattern": _IMAGE_REF})]
 CallbackURL = Annotated[str, AfterValidator(check_callback_url)]
 
 
@@ -154,9 +158,16 @@ class ImagePart(_Model):
 ContentPart = Annotated[TextPart | ImagePart, Field(discriminator="type")]
 
 
+# A system, developer or user message has content (`_content_present`), in the schema too.
+_CONTENT_REQUIRED: dict[str, Any] = {
+    "if": {"properties": {"role": {"enum": ["system", "developer", "user"]}}},
+    "then": {"required": ["content"], "properties": {"content": {"anyOf": [{"pattern": r"\S"}, {"minItems": 1}]}}},
+}
+
+
 class Message(BaseModel):
     # Extra keys (name, tool_calls, tool_call_id, function_call) pass through to the gateway.
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", json_schema_extra=_CONTENT_REQUIRED)
 
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: str | list[ContentPart] | None = None
