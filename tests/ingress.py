@@ -1,5 +1,6 @@
 """A running HTTP ingress for the tests that drive it as a client would: `llm-router api` and
-a worker, both real processes on one Settings (tests/test_ingress.py, test_ingress_stream.py)."""
+a worker, both real processes on one Settings (tests/test_ingress.py, test_ingress_stream.py,
+test_ingress_fuzz.py)."""
 
 from __future__ import annotations
 
@@ -21,21 +22,21 @@ TOKENS = {"tok-a": "team-a", "tok-b": "team-b", "tok-c": "team-c"}
 
 
 def ingress_settings(redis_url: str, sim_url: str, queue_name: str, **extra: object) -> Settings:
-    """The settings of a test ingress and its worker: TOKENS, the simulator, one attempt a model."""
-    return Settings(
-        aisa_api_key=API_KEY,
-        aisa_base_url=sim_url,
-        redis_url=redis_url,
-        queue_name=queue_name,
-        poll_delay_s=0.01,
-        request_timeout_s=5,
-        metrics_port=0,
-        attempts_per_model=1,
-        ingress_tokens=TOKENS,
-        ingress_wait_s=20,
-        _env_file=None,
-        **extra,
-    )
+    """The settings of a test ingress and its worker: TOKENS, the simulator, one attempt a model
+    (`extra` overrides or adds)."""
+    base: dict[str, object] = {
+        "aisa_api_key": API_KEY,
+        "aisa_base_url": sim_url,
+        "redis_url": redis_url,
+        "queue_name": queue_name,
+        "poll_delay_s": 0.01,
+        "request_timeout_s": 5,
+        "metrics_port": 0,
+        "attempts_per_model": 1,
+        "ingress_tokens": TOKENS,
+        "ingress_wait_s": 20,
+    }
+    return Settings(**{**base, **extra}, _env_file=None)
 
 
 @dataclass
