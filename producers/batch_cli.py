@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import sys
 import time
 from datetime import UTC, datetime
@@ -61,6 +62,7 @@ def batch() -> None:
     "--budget",
     "budget",
     type=click.FloatRange(min=0),
+    callback=lambda _ctx, _param, usd: _finite(usd),
     metavar="USD",
     help="the batch's budget: once spent, the lines left end `budget` unsent (skipped)",
 )
@@ -225,6 +227,12 @@ def list_(limit: int, after: str | None, as_json: bool) -> None:
 
 
 # ---------------------------------------------------------------- helpers
+
+
+def _finite(usd: float | None) -> float | None:
+    if usd is not None and not math.isfinite(usd):
+        raise click.BadParameter(f"{usd} is not an amount of USD: give a finite number, 0 or more")
+    return usd
 
 
 def _refused(exc: BatchRejected) -> int:

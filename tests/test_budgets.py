@@ -470,8 +470,9 @@ def test_the_cli_sets_a_batch_budget(settings, tmp_path):
     done = subprocess.run([*cli, "--budget", "0.25"], env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["budget_usd"] == 0.25
-    refused = subprocess.run([*cli, "--budget", "-1"], env=env, capture_output=True, text=True, timeout=60)
-    assert refused.returncode == 2 and "--budget" in refused.stderr
+    for bad in ("-1", "nan", "inf"):
+        refused = subprocess.run([*cli, "--budget", bad], env=env, capture_output=True, text=True, timeout=60)
+        assert refused.returncode == 2 and "Invalid value for '--budget'" in refused.stderr, (bad, refused.stderr)
 
 
 async def test_an_admission_sent_again_after_a_lost_answer_reserves_once(redis, settings):

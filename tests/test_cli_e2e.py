@@ -25,6 +25,8 @@ def env(sim, redis_url):
         "QUEUE_NAME": "llm-router:e2e",
         "REQUEST_TIMEOUT_S": "5",
         "POLL_DELAY_S": "0.01",
+        # no /metrics: a busy METRICS_PORT stops a worker's start, and this machine runs other suites
+        "METRICS_PORT": "0",
     }
 
 
@@ -149,7 +151,7 @@ def test_demo_runs_end_to_end():
 
 
 def test_dlq_list_show_replay_purge(env, sim):
-    env = {**env, "BACKOFF_BASE_S": "0.01", "METRICS_PORT": "0", "CIRCUIT_FAILURES": "100"}
+    env = {**env, "BACKOFF_BASE_S": "0.01", "CIRCUIT_FAILURES": "100"}
     sim_admin(sim, "/_sim/config", {"model": "gpt-4.1", "down": True})
     ids = [
         cli(env, "chat", "--model", "gpt-4.1", "--message", m, "--fallbacks", "", "--no-wait").stdout.strip()

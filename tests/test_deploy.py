@@ -52,6 +52,22 @@ def test_alertmanager_config_is_valid_and_prometheus_sends_to_it():
     assert targets == ["alertmanager:9093"] and "9093:9093" in compose["alertmanager"]["ports"]
 
 
+def test_every_prometheus_config_loads_the_rules_and_sends_alerts_to_alertmanager():
+    """prometheus.yml (file targets), compose.yml and prometheus-k8s.yml: alerts that fire in any
+    of them reach Alertmanager (an `alerting:` block), not only in one."""
+    configs = sorted((DEPLOY / "prometheus").glob("*.yml"))
+    configs = [c for c in configs if "scrape_configs" in yaml.safe_load(c.read_text())]
+    assert {c.name for c in configs} == {"prometheus.yml", "compose.yml", "prometheus-k8s.yml"}
+    for config in configs:
+        loaded = yaml.safe_load(config.read_text())
+        assert loaded["rule_files"] == ["alerts.yml"], config.name
+        managers = (loaded.get("alerting") or {}).get("alertmanagers") or []
+        assert managers, f"{config.name} has no alerting: block"
+        found = [t for m in managers for sc in m.get("static_configs", []) for t in sc["targets"]]
+        found += [f"{n}:{sd['port']}" for m in managers for sd in m.get("dns_sd_configs", []) for n in sd["names"]]
+        assert found and all(t.endswith(":9093") and "alertmanager" in t for t in found), (config.name, found)
+
+
 def alert_rules():
     groups = yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())["groups"]
     return [r for g in groups for r in g["rules"] if "alert" in r]

@@ -11,7 +11,6 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -21,62 +20,27 @@ from fastapi.testclient import TestClient
 from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
 
-from harness.processes import LLMRouterProcess, WorkerProcess, answers, settings_env
-from harness.redis_server import PrivateRedis, free_port
+from harness.redis_server import PrivateRedis
 from harness.wait import wait_until
 from producers.api import JobRejected, validate
 from producers.http import create_app
-from tests.helpers import API_KEY, sim_admin
+from tests.helpers import sim_admin
+from tests.ingress import TOKENS, Ingress, ingress_settings, running
 from worker.keys import file_key, job_key, source_files_key
 from worker.models import ChatJob, JobResult
 from worker.settings import Settings
 from worker.store import ResultStore
 
-TOKENS = {"tok-a": "team-a", "tok-b": "team-b", "tok-c": "team-c"}
 HELLO = [{"role": "user", "content": "hello"}]
-
-
-@dataclass
-class Stack:
-    url: str
-    settings: Settings
-    api: LLMRouterProcess
-
-    def client(self, token: str = "tok-a") -> openai.OpenAI:
-        return openai.OpenAI(base_url=f"{self.url}/v1", api_key=token, max_retries=0, timeout=60)
-
-    def http(self, token: str | None = "tok-a") -> httpx.Client:
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        return httpx.Client(base_url=self.url, headers=headers, timeout=60)
 
 
 @pytest.fixture(scope="module")
 def stack(redis_server, sim_server, tmp_path_factory):
-    settings = Settings(
-        aisa_api_key=API_KEY,
-        aisa_base_url=sim_server.base_url,
-        redis_url=redis_server,
-        queue_name="llm-router:ingress-test",
-        poll_delay_s=0.01,
-        request_timeout_s=5,
-        metrics_port=0,
-        attempts_per_model=1,
-        ingress_tokens=TOKENS,
-        ingress_max_body_bytes=64 * 1024,
-        ingress_wait_s=20,
-        _env_file=None,
+    settings = ingress_settings(
+        redis_server, sim_server.base_url, "llm-router:ingress-test", ingress_max_body_bytes=64 * 1024
     )
-    logs = tmp_path_factory.mktemp("ingress")
-    worker = WorkerProcess(settings, logs / "worker.log")
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    api = LLMRouterProcess("api", "--port", str(port), env=settings_env(settings), log_path=logs / "api.log")
-    try:
-        api.wait_started(lambda: answers(f"{url}/healthz"), 30, "llm-router api")
-        yield Stack(url, settings, api)
-    finally:
-        api.stop()
-        worker.stop()
+    with running(settings, tmp_path_factory.mktemp("ingress")) as url:
+        yield Ingress(url, settings)
 
 
 def test_openai_sdk_chat_completion_and_models(stack, sim):

@@ -24,10 +24,8 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from harness.processes import LLMRouterProcess, WorkerProcess, answers, settings_env
-from harness.redis_server import free_port
 from producers.http import create_app
-from tests.helpers import API_KEY
+from tests.ingress import ingress_settings, running
 from worker.settings import Settings
 
 TOKEN = "tok-fuzz"
@@ -37,32 +35,18 @@ FUZZ_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "25"))
 
 @pytest.fixture(scope="module")
 def ingress_url(redis_server, sim_server, tmp_path_factory):
-    config = Settings(
-        aisa_api_key=API_KEY,
-        aisa_base_url=sim_server.base_url,
-        redis_url=redis_server,
-        queue_name="llm-router:fuzz",
-        poll_delay_s=0.01,
+    config = ingress_settings(
+        redis_server,
+        sim_server.base_url,
+        "llm-router:fuzz",
         request_timeout_s=2,
-        metrics_port=0,
-        attempts_per_model=1,
         max_wait_s=1,
         ingress_tokens={TOKEN: "fuzz"},
         ingress_max_body_bytes=256 * 1024,
         ingress_wait_s=2,  # a chat completion (or ?wait=) answers within 2 s: 202 past it
-        _env_file=None,
     )
-    logs = tmp_path_factory.mktemp("fuzz")
-    worker = WorkerProcess(config, logs / "worker.log")
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    api = LLMRouterProcess("api", "--port", str(port), env=settings_env(config), log_path=logs / "api.log")
-    try:
-        api.wait_started(lambda: answers(f"{url}/healthz"), 30, "llm-router api")
+    with running(config, tmp_path_factory.mktemp("fuzz")) as url:
         yield url
-    finally:
-        api.stop()
-        worker.stop()
 
 
 # The schema the app builds (no Redis needed for that): the test checks the live process serves it.

@@ -17,30 +17,18 @@ import pytest
 from httpx_sse import aconnect_sse, connect_sse
 from redis import Redis
 
-from harness.processes import LLMRouterProcess, WorkerProcess, answers, settings_env
-from harness.redis_server import free_port
 from harness.wait import wait_until
-from tests.helpers import API_KEY, sim_admin
+from tests.helpers import sim_admin
+from tests.ingress import Ingress, ingress_settings, running
 from worker.keys import done_channel, events_key, job_key, result_key
 from worker.models import JobResult
-from worker.settings import Settings
 
-TOKENS = {"tok-a": "team-a", "tok-b": "team-b"}
 PROMPT = "one two three four five six seven eight nine ten eleven twelve"
 
 
 @dataclass
-class Stack:
-    url: str
-    settings: Settings
+class Stack(Ingress):
     redis: Redis
-
-    def client(self, token: str = "tok-a") -> openai.OpenAI:
-        return openai.OpenAI(base_url=f"{self.url}/v1", api_key=token, max_retries=0, timeout=60)
-
-    def http(self, token: str | None = "tok-a") -> httpx.Client:
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        return httpx.Client(base_url=self.url, headers=headers, timeout=60)
 
     def enqueue(self, model: str, stream: bool = True, **extra: object) -> str:
         job = {"kind": "chat", "model": model, "messages": [{"role": "user", "content": PROMPT}], **extra}
@@ -82,33 +70,9 @@ def told(events: list[tuple[str, dict]]) -> str:
 
 @pytest.fixture(scope="module")
 def stack(redis_server, sim_server, tmp_path_factory):
-    settings = Settings(
-        aisa_api_key=API_KEY,
-        aisa_base_url=sim_server.base_url,
-        redis_url=redis_server,
-        queue_name="llm-router:stream-test",
-        poll_delay_s=0.01,
-        request_timeout_s=5,
-        metrics_port=0,
-        attempts_per_model=1,
-        ingress_tokens=TOKENS,
-        ingress_wait_s=20,
-        stream_events_ttl_s=600,
-        _env_file=None,
-    )
-    logs = tmp_path_factory.mktemp("ingress-stream")
-    worker = WorkerProcess(settings, logs / "worker.log")
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    api = LLMRouterProcess("api", "--port", str(port), env=settings_env(settings), log_path=logs / "api.log")
-    redis = Redis.from_url(redis_server)
-    try:
-        api.wait_started(lambda: answers(f"{url}/healthz"), 30, "llm-router api")
+    settings = ingress_settings(redis_server, sim_server.base_url, "llm-router:stream-test", stream_events_ttl_s=600)
+    with running(settings, tmp_path_factory.mktemp("ingress-stream")) as url, Redis.from_url(redis_server) as redis:
         yield Stack(url, settings, redis)
-    finally:
-        api.stop()
-        worker.stop()
-        redis.close()
 
 
 def test_openai_sdk_stream_is_the_direct_jobs_text_and_usage(stack, sim):

@@ -26,7 +26,7 @@ from .test_deploy import promtool  # noqa: F401 - the fixture
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "k8s"
-SECRETS = {"AISA_API_KEY", "INGRESS_TOKENS"}
+SECRETS = {"AISA_API_KEY", "INGRESS_TOKENS", "WEBHOOK_SECRET"}
 PROCESSES = {"worker": "llm-router-worker", "exporter": "llm-router-exporter", "api": "llm-router-api"}
 
 
@@ -203,6 +203,26 @@ def seconds(duration: str) -> float:
     match = re.fullmatch(r"(?:(\d+)m)?(?:(\d+(?:\.\d+)?)s)?", duration)
     assert match and duration, duration
     return int(match[1] or 0) * 60 + float(match[2] or 0)
+
+
+def test_every_secret_setting_comes_from_the_secret(objects):
+    """Every secret a process reads (the settings fleet.is_secret keeps out of the digest) is
+    wired to the Secret, so none has to go into the settings ConfigMap: the workers' key and the
+    webhook signing key (optional: webhooks are off without it), the ingress's tokens."""
+    from worker.fleet import is_secret
+
+    secret_settings = {
+        n.upper() for n, f in Settings.model_fields.items() if is_secret(n, f.default) or "Secret" in str(f.annotation)
+    }
+    assert secret_settings == SECRETS
+    wanted = {"llm-router-worker": {"AISA_API_KEY", "WEBHOOK_SECRET"}, "llm-router-api": {"INGRESS_TOKENS"}}
+    for name, names in wanted.items():
+        (c,) = one(objects, "Deployment", name)["spec"]["template"]["spec"]["containers"]
+        refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in c["env"] if "secretKeyRef" in e.get("valueFrom", {})}
+        assert set(refs) == names, name
+        assert all(r["name"] == "llm-router-secrets" and r["key"] == n for n, r in refs.items())
+        if "WEBHOOK_SECRET" in refs:
+            assert refs["WEBHOOK_SECRET"].get("optional") is True  # a Secret without it still starts the pods
 
 
 def test_compose_and_kubernetes_run_the_same_processes_with_the_same_settings(example):

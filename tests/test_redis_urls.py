@@ -1,12 +1,16 @@
 """REDIS_URL beyond one plain Redis: a Sentinel URL (master + replica + three sentinels) and a
 TLS URL with a password (a redis-server with TLS only), each taken by a real worker process,
-the Producer, the exporter and the HTTP ingress. The failover itself is tests/test_failover.py (`make chaos`)."""
+the Producer, the exporter, the HTTP ingress and an operator verb (`llm-router spend`). The
+failover itself is tests/test_failover.py (`make chaos`)."""
 
 from __future__ import annotations
 
+import json
+import os
 import shlex
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +24,8 @@ from harness.redis_server import free_port, reachable, redis_server_binary
 from producers.api import Producer
 from worker import connections
 from worker.settings import ConfigError
+
+CLI = Path(sys.executable).parent / "llm-router"
 
 
 def test_sentinel_urls_parse():
@@ -107,6 +113,12 @@ async def test_every_process_on_the_url(kind, request, settings, sim, workers, t
             assert answer.status_code == 200, answer.text
             assert answer.json()["choices"][0]["message"]["content"] == "[gpt-4.1] You said: via the ingress"
         assert exporter_gauges(exporter_port)["llm_router_workers_live"] == 1
+        # an operator verb on the same URL: the spend report reads the two calls
+        spend = subprocess.run(
+            [str(CLI), "spend", "--days", "1", "--json"], env={**os.environ, **settings_env(s)}, capture_output=True
+        )
+        assert spend.returncode == 0, spend.stderr
+        assert json.loads(spend.stdout)["total"]["calls"] == 2
     finally:
         api.stop()
         exporter.stop()

@@ -15,15 +15,29 @@ from pathlib import Path
 import pytest
 from prometheus_client import REGISTRY
 from prometheus_client.registry import CollectorRegistry
+from redis import Redis as SyncRedis
 
 from harness.processes import settings_env
 from harness.wait import wait_until_async
 from producers.api import Producer
 from tests.helpers import run_worker, sim_admin
+from worker import budgets
 from worker.exporter import QueueCollector, month_days
-from worker.keys import CREDITS, SPEND_BY, spend_by_key, spend_saved_key, today, usage_key
+from worker.keys import (
+    BATCHES,
+    CREDITS,
+    SPEND_BY,
+    batch_key,
+    budget_day_key,
+    spend_by_key,
+    spend_saved_key,
+    today,
+    usage_key,
+)
 from worker.models import Attempt, Usage
-from worker.spend import budget_use, days_back, read_day, report
+from worker.settings import BudgetConfig, Settings
+from worker.spend import days_back, read_day, report
+from worker.spend_cli import render
 from worker.store import ResultStore
 
 CLI = Path(sys.executable).parent / "llm-router"
@@ -101,31 +115,60 @@ async def test_the_report_sums_days_and_keeps_the_window(redis):
     two = await report(redis, 2, "model")  # the older day is outside the window
     assert two.total.usd == 1.0 and [r.name for r in two.rows] == ["gpt-4o"]
     assert two.budgets is None  # no BUDGETS: no budget lines
-    budgets = {"daily_usd": 4, "models": {"gpt-4o": 2, "qwen-max": 1}, "sources": {"billing": 1}}
-    today_use = (await report(redis, 1, "model", budgets)).as_json()["budgets"]
-    assert [(b["scope"], b["name"], b["spent_usd"], b["used"]) for b in today_use] == [
-        ("global", "daily", 1.0, 0.25),
-        ("source", "billing", 0.0, 0.0),  # the call above was recorded without a source
-        ("model", "gpt-4o", 1.0, 0.5),
-        ("model", "qwen-max", 0.0, 0.0),  # its spend was on an older day
-    ]
 
 
-def test_budget_use_reads_each_daily_scope_of_budgets():
-    from worker.spend import Line
-
-    use = budget_use(
-        {"daily_usd": 50, "sources": {"billing": 10, "quiet": {"daily_usd": 4}}, "models": {"gpt-4.1": 20}},
-        12.5,
-        {"gpt-4.1": Line("gpt-4.1", usd=16.0)},
-        {"billing": Line("billing", usd=8.0)},
+async def test_the_reports_budget_use_is_what_the_budgets_enforce(redis, redis_url):
+    """Budget use is read from the budgets' own day (BUDGET_TZ) and figures: the day's spend
+    records are UTC days and count a call of unknown cost as 0, where a budget counts its worst
+    case, so they can disagree with what a budget refuses on."""
+    config = BudgetConfig(daily_usd=4, sources={"billing": 1}, models={"gpt-4o": 2, "qwen-max": 1})
+    now = datetime(2026, 1, 1, 23, 30, tzinfo=UTC)  # already 2 January in Tokyo
+    await redis.hset(spend_by_key("model", "2026-01-01"), mapping={"gpt-4o": 9.0})  # the UTC day's records
+    await redis.hset(
+        budget_day_key("2026-01-02"),
+        mapping={
+            "global:spent": 3.0,
+            "global:reserved": 0.5,
+            "model:gpt-4o:spent": 1.5,
+            "source:billing:reserved": 0.25,
+        },
     )
-    assert [(b.scope, b.name, b.limit_usd, b.spent_usd, b.used) for b in use] == [
-        ("global", "daily", 50.0, 12.5, 0.25),
-        ("source", "billing", 10.0, 8.0, 0.8),
-        ("source", "quiet", 4.0, 0.0, 0.0),
-        ("model", "gpt-4.1", 20.0, 16.0, 0.8),
+    found = await report(redis, 1, "model", config, budget_tz="Asia/Tokyo", now=now)
+    assert found.days == ["2026-01-01"] and found.total.usd == 9.0  # the rows stay UTC days
+    use = found.as_json()["budgets"]
+    assert [(b["scope"], b["name"], b["limit_usd"], b["spent_usd"], b["reserved_usd"], b["used"]) for b in use] == [
+        ("global", "", 4.0, 3.0, 0.5, 0.75),
+        ("source", "billing", 1.0, 0.0, 0.25, 0.0),
+        ("model", "gpt-4o", 2.0, 1.5, 0.0, 0.75),
+        ("model", "qwen-max", 1.0, 0.0, 0.0, 0.0),
     ]
+    assert found.as_json()["budget_day"] == "2026-01-02" and found.as_json()["budget_timezone"] == "Asia/Tokyo"
+    # the exporter's gauges (what the alerts watch) show the same figures
+    settings = Settings(redis_url=redis_url, budgets=config, budget_tz="Asia/Tokyo", _env_file=None)
+    with SyncRedis.from_url(redis_url) as sync:
+        families = list(budgets.families(sync, settings, now.timestamp()))
+    gauges = {(s.name, s.labels["scope"], s.labels["name"]): s.value for f in families for s in f.samples}
+    for b in use:
+        assert gauges[("llm_router_budget_spent_usd", b["scope"], b["name"])] == b["spent_usd"]
+        assert gauges[("llm_router_budget_reserved_usd", b["scope"], b["name"])] == b["reserved_usd"]
+    # a batch's budget is a scope too: each batch in progress with one, by its id
+    batch = "batch_" + "b" * 32
+    for batch_id, status, budget in ((batch, "in_progress", True), ("batch_" + "c" * 32, "completed", True)):
+        fields = {"status": status, "budget_limit": 2.0, "budget_spent": 0.5, "budget_reserved": 0.125}
+        await redis.hset(batch_key(batch_id), mapping=fields if budget else {"status": status})
+        await redis.zadd(BATCHES, {batch_id: 1})
+    await redis.hset(batch_key("batch_" + "d" * 32), mapping={"status": "in_progress"})  # no budget
+    await redis.zadd(BATCHES, {"batch_" + "d" * 32: 2})
+    use = (await report(redis, 1, "model", config, budget_tz="Asia/Tokyo", now=now)).as_json()["budgets"]
+    assert [(b["scope"], b["name"], b["limit_usd"], b["spent_usd"], b["reserved_usd"]) for b in use][4:] == [
+        ("batch", batch, 2.0, 0.5, 0.125)
+    ]
+    with SyncRedis.from_url(redis_url) as sync:
+        families = list(budgets.families(sync, settings, now.timestamp()))
+    gauges = {(s.name, s.labels["scope"], s.labels["name"]): s.value for f in families for s in f.samples}
+    assert gauges[("llm_router_budget_spent_usd", "batch", "")] == 0.5  # the gauge: their sum, name ''
+    text = render(found.as_json())
+    assert "budgets, 2026-01-02 (Asia/Tokyo)" in text and "3.000000 of 4.00 USD (75.0 %; 0.500000 reserved)" in text
 
 
 async def test_report_metrics_exporter_and_simulator_agree(settings, sim, tmp_path):

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -66,7 +66,7 @@ from .serde import as_text
 if TYPE_CHECKING:
     import redis
 
-    from .settings import Settings
+    from .settings import BudgetConfig, Settings
 
 # A batch's budget lives in its record (worker.batches): `budget_limit`, `budget_spent`, `budget_reserved`.
 BATCH_PREFIX = "budget_"
@@ -456,6 +456,48 @@ class Budgets:
         return int(await self._keep(keys=[BUDGET_RESERVATIONS, BUDGET_DEADLINES], args=[self.lease_ms, *self.live]))
 
 
+# ---------------------------------------------------------------- the daily budgets' figures
+
+
+def day_of(tz: str, now: float | None = None) -> str:
+    """The day (in the time zone `tz`, BUDGET_TZ) whose hash the daily budgets count in."""
+    return datetime.fromtimestamp(time.time() if now is None else now, ZoneInfo(tz)).strftime("%Y-%m-%d")
+
+
+def daily_use(config: BudgetConfig, day: Mapping[Any, Any]) -> list[tuple[str, str, float, float, float]]:
+    """Each daily budget of BUDGETS as (scope, name, limit, spent, reserved) from its day's hash
+    (`budget_day_key`, as read): what the admit script checks, the exporter's gauges and the spend
+    report show. `name` is the metric label: the configured source or model, '' for global."""
+    fields = {as_text(k): float(v) for k, v in day.items()}
+    rows = []
+    if config.daily_usd is not None:
+        rows.append(
+            ("global", "", config.daily_usd, fields.get("global:spent", 0.0), fields.get("global:reserved", 0.0))
+        )
+    for kind, limits in (("source", config.sources), ("model", config.models)):
+        for name, limit in sorted(limits.items()):
+            prefix = f"{kind}:{name}:"
+            rows.append((kind, name, limit, fields.get(prefix + "spent", 0.0), fields.get(prefix + "reserved", 0.0)))
+    return [
+        (kind, name, limit, round(spent, 10), round(max(reserved, 0.0), 10))
+        for kind, name, limit, spent, reserved in rows
+    ]
+
+
+# A batch record's fields that say whether its budget applies and how much of it is used.
+BATCH_FIELDS = ["status", BATCH_PREFIX + "limit", BATCH_PREFIX + "spent", BATCH_PREFIX + "reserved"]
+
+
+def batch_use(batch_ids: list[Any], fields: list[list[Any]]) -> list[tuple[str, str, float, float, float]]:
+    """The batches in progress that have a budget, as ("batch", id, limit, spent, reserved), from
+    each batch's BATCH_FIELDS (as read, in the order of `batch_ids`)."""
+    return [
+        ("batch", as_text(batch_id), float(limit), round(float(spent or 0), 10), round(max(float(held or 0), 0.0), 10))
+        for batch_id, (status, limit, spent, held) in zip(batch_ids, fields, strict=True)
+        if limit is not None and as_text(status) not in batches.FINAL_STATUSES
+    ]
+
+
 # ---------------------------------------------------------------- the exporter's gauges
 
 # The newest batches whose budgets the exporter reads at each scrape.
@@ -468,35 +510,24 @@ def families(redis: redis.Redis, settings: Settings, now: float | None = None) -
     over batches in progress with a budget (name '': batch ids are unbounded)."""
     reap = redis.register_script(_KEEP)
     reap(keys=[BUDGET_RESERVATIONS, BUDGET_DEADLINES], args=[int(settings.lease_s * 1000)])
-    day = datetime.fromtimestamp(time.time() if now is None else now, ZoneInfo(settings.budget_tz)).strftime("%Y-%m-%d")
-    c = settings.budgets
     with redis.pipeline(transaction=False) as pipe:
-        pipe.hgetall(budget_day_key(day))
+        pipe.hgetall(budget_day_key(day_of(settings.budget_tz, now)))
         pipe.zrevrange(BATCHES, 0, MAX_BATCHES_READ - 1)
         today, batch_ids = pipe.execute()
     with redis.pipeline(transaction=False) as pipe:
         for batch_id in batch_ids:
-            pipe.hmget(batch_key(as_text(batch_id)), ["status", "budget_limit", "budget_spent", "budget_reserved"])
+            pipe.hmget(batch_key(as_text(batch_id)), BATCH_FIELDS)
         batch_rows = pipe.execute() if batch_ids else []
-    fields = {as_text(k): float(v) for k, v in today.items()}
-    rows: list[tuple[str, str, float, float, float]] = []
-    if c.daily_usd is not None:
-        rows.append(("global", "", c.daily_usd, fields.get("global:spent", 0.0), fields.get("global:reserved", 0.0)))
-    for kind, limits in (("source", c.sources), ("model", c.models)):
-        for name, limit in sorted(limits.items()):
-            prefix = f"{kind}:{name}:"
-            rows.append((kind, name, limit, fields.get(prefix + "spent", 0.0), fields.get(prefix + "reserved", 0.0)))
-    in_progress = [r for r in batch_rows if r[1] is not None and as_text(r[0]) not in batches.FINAL_STATUSES]
+    rows = daily_use(settings.budgets, today)
+    in_progress = batch_use(batch_ids, batch_rows)
     if in_progress:
-        rows.append(
-            (
-                "batch",
-                "",
-                sum(float(r[1]) for r in in_progress),
-                sum(float(r[2] or 0) for r in in_progress),
-                sum(float(r[3] or 0) for r in in_progress),
-            )
+        # their sum: batch ids are unbounded labels
+        limits, spents, helds = (
+            sum(r[2] for r in in_progress),
+            sum(r[3] for r in in_progress),
+            sum(r[4] for r in in_progress),
         )
+        rows.append(("batch", "", limits, spents, helds))
     out = {
         what: GaugeMetricFamily(name, doc, labels=["scope", "name"]) for what, (name, doc) in m.BUDGET_GAUGES.items()
     }

@@ -19,7 +19,8 @@ def cost_of(
 
 
 # The skill's published prices per model family (USD per 1K tokens, "approximate", one figure for
-# input and output): the built-in worst-case table of budgets (worker.budgets). A model id is of a
+# input and output): the built-in worst-case table of budgets (worker.budgets), and what a
+# cost-ordered route ranks by (worker.routes). A model id is of a
 # family when it is the family's id or starts with it and a dash (`gpt-4o-mini` is priced as
 # `gpt-4o`: an over-estimate, never an under-one, for the cheaper variants).
 PUBLISHED_PRICES: dict[str, float] = {

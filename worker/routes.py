@@ -120,9 +120,9 @@ def route_name(model: str) -> str | None:
 
 
 def unit_price(model: str, settings: Settings) -> float | None:
-    """USD per 1K tokens for ranking: PRICES (mean of input and output), else the skill's published
-    price of exactly that model (worker.pricing: the table budgets use too)."""
-    from .pricing import PUBLISHED_PRICES  # worker.pricing imports the settings, which import routes
+    """USD per 1K tokens for ranking: PRICES (mean of input and output), else the skill's
+    published price of the model itself (worker.pricing's table, by exact id here)."""
+    from .pricing import PUBLISHED_PRICES  # here: pricing imports settings, which imports this module
 
     price = settings.prices.get(model)
     if price is not None:

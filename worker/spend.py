@@ -1,7 +1,8 @@
 """The spend report: per-day spend, calls, tokens and cache savings, read back from the records
 the workers keep in Redis (worker.store's call script), by model, source, batch or route.
 
-The records are per UTC day and kept SPEND_RETENTION_DAYS:
+The records are per UTC day and kept SPEND_RETENTION_DAYS (budget use is the budgets' own
+figures, `llm-router:budget:day:<day>`, for today in BUDGET_TZ: worker.budgets):
 
     llm-router:spend:day:<day>          model -> USD (the exporter's llm_router_spend_today_usd)
     llm-router:spend:<by>:<day>         source | batch | route name -> USD
@@ -16,12 +17,16 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from redis.asyncio import Redis
 
-from .keys import SPEND_BY, spend_by_key, spend_saved_key, usage_key
+from .budgets import BATCH_FIELDS, MAX_BATCHES_READ, batch_use, daily_use, day_of
+from .keys import BATCHES, SPEND_BY, batch_key, budget_day_key, spend_by_key, spend_saved_key, usage_key
 from .serde import as_text
+
+if TYPE_CHECKING:
+    from .settings import BudgetConfig
 
 USAGE_FIELDS = {"calls": "calls", "prompt": "prompt_tokens", "completion": "completion_tokens"}
 
@@ -47,10 +52,14 @@ class Line:
 
 @dataclass
 class BudgetUse:
-    scope: str  # global | source | model
-    name: str
+    """A daily budget's use, as the budgets count it (worker.budgets): its day in BUDGET_TZ, the
+    real cost of settled calls (an unknown cost as its worst case) and what calls in flight hold."""
+
+    scope: str  # global | source | model | batch
+    name: str  # the configured source or model, the batch id; '' for global (the metrics' label)
     limit_usd: float
     spent_usd: float
+    reserved_usd: float
 
     @property
     def used(self) -> float:
@@ -64,7 +73,10 @@ class Report:
     rows: list[Line]  # by `by`, the largest spend first
     daily: list[Line]  # every call of each day (by model), oldest first
     total: Line
-    budgets: list[BudgetUse] | None = field(default=None)  # today's use of each configured daily budget
+    # today's use of each configured daily budget, then each batch in progress with a budget
+    budgets: list[BudgetUse] | None = field(default=None)
+    budget_day: str | None = None  # the day they count: today in BUDGET_TZ
+    budget_tz: str | None = None
 
     def as_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -79,6 +91,7 @@ class Report:
             del d["name"]
         del out["total"]["name"]
         if self.budgets is not None:
+            out["budget_day"], out["budget_timezone"] = self.budget_day, self.budget_tz
             out["budgets"] = [{**_rounded(asdict(b)), "used": round(b.used, 4)} for b in self.budgets]
         return out
 
@@ -115,13 +128,20 @@ async def read_day(redis: Redis, by: str, day: str) -> dict[str, Line]:
     return lines
 
 
-async def report(redis: Redis, days: int, by: str, budgets: Any = None, now: datetime | None = None) -> Report:
+async def report(
+    redis: Redis,
+    days: int,
+    by: str,
+    budgets: BudgetConfig | None = None,
+    budget_tz: str = "UTC",
+    now: datetime | None = None,
+) -> Report:
     """Spend, calls, tokens and cache savings over the last `days` UTC days, by `by`; with
-    `budgets` (the BUDGETS setting), today's use of each daily budget."""
+    `budgets` (the BUDGETS setting), today's use of each daily budget, read from the budgets' own
+    records for today in `budget_tz` (BUDGET_TZ): what they refuse on, and the exporter shows."""
     window = days_back(days, now)
     rows: dict[str, Line] = {}
     daily: list[Line] = []
-    by_model_today: dict[str, Line] = {}
     for day in window:
         models = await read_day(redis, "model", day)
         lines = models if by == "model" else await read_day(redis, by, day)
@@ -131,46 +151,26 @@ async def report(redis: Redis, days: int, by: str, budgets: Any = None, now: dat
         for one in models.values():
             total.add(one)
         daily.append(total)
-        by_model_today = models
     total = Line("total")
     for d in daily:
         total.add(d)
     ordered = sorted(rows.values(), key=lambda r: (-r.usd, r.name))
-    use = None
+    found = Report(by, window, ordered, daily, total)
     if budgets is not None:
-        sources = await read_day(redis, "source", window[-1])
-        use = budget_use(_as_dict(budgets), daily[-1].usd, by_model_today, sources)
-    return Report(by, window, ordered, daily, total, use)
-
-
-def budget_use(
-    budgets: dict[str, Any], today_usd: float, models: dict[str, Line], sources: dict[str, Line]
-) -> list[BudgetUse]:
-    """Today's spend against each daily budget of BUDGETS: global, per source, per model."""
-    found = []
-    if budgets.get("daily_usd") is not None:
-        found.append(BudgetUse("global", "daily", float(budgets["daily_usd"]), today_usd))
-    for scope, spent in (("source", sources), ("model", models)):
-        for name, limit in sorted((budgets.get(scope + "s") or {}).items()):
-            usd = _limit(limit)
-            if usd is not None:
-                found.append(BudgetUse(scope, name, usd, spent[name].usd if name in spent else 0.0))
+        found.budget_day, found.budget_tz = day_of(budget_tz, None if now is None else now.timestamp()), budget_tz
+        figures = await redis.hgetall(budget_day_key(found.budget_day))  # type: ignore[misc]  # redis-py types commands as sync-or-async
+        found.budgets = [BudgetUse(*row) for row in daily_use(budgets, figures) + await _batches(redis)]
     return found
 
 
-def _limit(value: Any) -> float | None:
-    """A budget's daily USD: a number, or an object with `daily_usd`."""
-    if isinstance(value, dict):
-        value = value.get("daily_usd")
-    elif hasattr(value, "daily_usd"):
-        value = value.daily_usd
-    return None if value is None else float(value)
-
-
-def _as_dict(budgets: Any) -> dict[str, Any]:
-    if hasattr(budgets, "model_dump"):
-        return dict(budgets.model_dump())
-    return dict(budgets or {})
+async def _batches(redis: Redis) -> list[tuple[str, str, float, float, float]]:
+    """The budgets of the batches in progress (the newest MAX_BATCHES_READ), each by its id."""
+    batch_ids = await redis.zrevrange(BATCHES, 0, MAX_BATCHES_READ - 1)
+    async with redis.pipeline(transaction=False) as pipe:
+        for batch_id in batch_ids:
+            pipe.hmget(batch_key(as_text(batch_id)), BATCH_FIELDS)
+        fields = await pipe.execute()
+    return batch_use(batch_ids, fields)
 
 
 def _rounded(d: dict[str, Any]) -> dict[str, Any]:

@@ -3,7 +3,8 @@
     llm-router spend [--days 7] [--by model|source|batch|route] [--json]
 
 Spend, calls, tokens and cache savings of the last N UTC days, by model, source, batch or
-route, every day's total, and today's use of each daily budget (BUDGETS, when set): the numbers
+route, every day's total, and today's use of each daily budget (BUDGETS, when set; today in
+BUDGET_TZ, as the budgets count it): the numbers
 the metrics show, read from the per-day records the workers keep in Redis.
 """
 
@@ -30,16 +31,16 @@ def cli() -> None:
 @click.option("--json", "as_json", is_flag=True, help="the whole report as JSON")
 def spend(days: int, by: str, as_json: bool) -> None:
     """Spend, calls, tokens and cache savings per day, by model, source, batch or route."""
-    from redis.asyncio import Redis
-
+    from .connections import async_redis
     from .spend import report
 
     async def main() -> int:
         settings = load_settings()
-        redis = Redis.from_url(settings.redis_url)
+        redis = async_redis(settings.redis_url)
         try:
             # today's use of each daily budget, when BUDGETS sets any (worker.budgets)
-            found = await report(redis, days, by, settings.budgets if settings.budgets.configured else None)
+            budgets = settings.budgets if settings.budgets.configured else None
+            found = await report(redis, days, by, budgets, settings.budget_tz)
         finally:
             await redis.aclose()
         if as_json:
@@ -68,13 +69,16 @@ def render(report: dict[str, Any]) -> str:
     out += _table(report["by"], [*rows, ("total", report["total"])])
     out += ["", *_table("day", [(d["day"], d) for d in report["daily"]])]
     if "budgets" in report:
-        out += ["", "budgets, today (UTC)"]
+        out += [
+            "",
+            f"budgets, {report['budget_day']} ({report['budget_timezone']}): spent (reserved by calls in flight)",
+        ]
         if not report["budgets"]:
             out.append("  (BUDGETS sets no daily budget)")
         for b in report["budgets"]:
             out.append(
-                f"  {b['scope']:<7} {b['name']:<24} {b['spent_usd']:>12.6f} of {b['limit_usd']:.2f} USD"
-                f" ({b['used'] * 100:.1f} %)"
+                f"  {b['scope']:<7} {b['name'] or '-':<24} {b['spent_usd']:>12.6f} of {b['limit_usd']:.2f} USD"
+                f" ({b['used'] * 100:.1f} %; {b['reserved_usd']:.6f} reserved)"
             )
     return "\n".join(out)
 
