@@ -177,8 +177,13 @@ App = Annotated[Ingress, Depends(ingress)]
 
 async def read_json(request: Request) -> dict[str, Any]:
     """The request's JSON object (read through the body limit), or a 400."""
+    return parse_json(await request.body())
+
+
+def parse_json(raw: bytes) -> dict[str, Any]:
+    """A request body's JSON object, or a 400."""
     try:
-        body = orjson.loads(await request.body())
+        body = orjson.loads(raw)
     except orjson.JSONDecodeError:
         raise ApiError(400, "the body is not valid JSON", code="invalid_json") from None
     if not isinstance(body, dict):
@@ -237,36 +242,35 @@ class Guard:
             HTTP_DURATION.labels(route, scope["method"]).observe(time.perf_counter() - started)
 
 
-def _errors(app: FastAPI) -> None:
-    async def api_error(_: Request, exc: Exception) -> Response:
-        assert isinstance(exc, ApiError)
-        return exc.response()
-
-    async def rejected(_: Request, exc: Exception) -> Response:
-        assert isinstance(exc, JobRejected)
-        if isinstance(exc, JobConflict):
-            return ApiError(409, exc.message, param="Idempotency-Key", code="idempotency_conflict").response()
+def error_response(exc: Exception) -> Response:
+    """The answer to an error the routes raise (ANSWERED), in OpenAI's shape."""
+    if isinstance(exc, JobConflict):
+        return ApiError(409, exc.message, param="Idempotency-Key", code="idempotency_conflict").response()
+    if isinstance(exc, JobRejected):
         return ApiError(422, exc.message, param=exc.field, code="invalid_value").response()
-
-    async def invalid(_: Request, exc: Exception) -> Response:
-        assert isinstance(exc, RequestValidationError)
+    if isinstance(exc, RequestValidationError):
         err = exc.errors()[0]
         param = ".".join(str(p) for p in err["loc"][1:]) or None
         return ApiError(422, str(err["msg"]), param=param, code="invalid_value").response()
-
-    async def http_error(_: Request, exc: Exception) -> Response:
-        assert isinstance(exc, HTTPException)
+    if isinstance(exc, HTTPException):
         code = "not_found" if exc.status_code == 404 else None
         return ApiError(exc.status_code, str(exc.detail), code=code).response()
-
-    async def redis_down(_: Request, exc: Exception) -> Response:
+    if isinstance(exc, RedisError):
         return ApiError(503, "Redis is unavailable: retry later", type="server_error", code="unavailable").response()
+    assert isinstance(exc, ApiError), exc
+    return exc.response()
 
-    app.add_exception_handler(ApiError, api_error)
-    app.add_exception_handler(JobRejected, rejected)
-    app.add_exception_handler(RequestValidationError, invalid)
-    app.add_exception_handler(HTTPException, http_error)
-    app.add_exception_handler(RedisError, redis_down)
+
+# What error_response answers (anything else is a 500).
+ANSWERED = (ApiError, JobRejected, RequestValidationError, HTTPException, RedisError)
+
+
+def _errors(app: FastAPI) -> None:
+    async def handler(_: Request, exc: Exception) -> Response:
+        return error_response(exc)
+
+    for error in ANSWERED:
+        app.add_exception_handler(error, handler)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -290,6 +294,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # and the check whether a tracer is configured costs an environment lookup per request.
     quiet: dict[str, Any] = {"telemetry": NO_TELEMETRY} if "telemetry" in inspect.signature(FastAPI).parameters else {}
     app = FastAPI(title="llm-router", version="0.1.0", lifespan=lifespan, **quiet)
+    from .http_fastpath import JobsFastPath
+
+    app.add_middleware(JobsFastPath)  # inside Guard: its body limit and request metrics hold
     app.add_middleware(Guard, settings=settings)
     _errors(app)
     app.include_router(jobs)
