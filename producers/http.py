@@ -38,6 +38,7 @@ from worker.settings import ConfigError, Settings, exit_on_config_error, load_se
 from worker.store import ResultStore
 
 from .api import JobConflict, JobRejected, Producer
+from .coalesce import ScriptBatches
 from .files import Files
 from .streams import JobStreams
 from .waits import ResultWaits
@@ -81,6 +82,11 @@ def not_found(what: str) -> ApiError:
 class TenantProducer(Producer):
     """A Producer whose source is a token's: a job naming another source is refused."""
 
+    script_batches: ScriptBatches
+
+    async def _enqueue_one(self, keys: list[str], args: list[bytes | str | int | float]) -> int:
+        return int(await self.script_batches.call(self._enqueue, keys, args))
+
     async def submit(self, job: JobBase, job_id: str) -> bool:
         """Enqueue under `job_id`: True if this call created the job (it is queued), False if
         the id already named the same job (JobConflict if another)."""
@@ -106,6 +112,7 @@ class Ingress:
         self.files = Files(self.redis, settings.file_ttl_s)
         self.streams = JobStreams(self.redis, async_redis(settings.redis_url, socket_connect_timeout=2), self.store)
         self._producers: dict[str, TenantProducer] = {}
+        self.script_batches = ScriptBatches(self.redis)
         self._depth, self._depth_at = 0, float("-inf")  # the last depth read, plus the jobs admitted since
 
     def producer(self, source: str) -> TenantProducer:
@@ -113,6 +120,7 @@ class Ingress:
             producer = TenantProducer(source=source, queue_name=self.settings.queue_name, redis=self.redis)
             producer.settings = self.settings
             producer.store = self.store
+            producer.script_batches = self.script_batches
             self._producers[source] = producer
         return self._producers[source]
 
