@@ -81,8 +81,8 @@ async def python_enqueue_rate(settings: Settings, n: int, concurrency: int) -> t
 
 async def http_enqueue_rate(
     settings: Settings, url: str, api_pid: int, n: int, concurrency: int
-) -> tuple[float, float]:
-    """(jobs/s, CPU µs per job of the ingress process) for N `POST /v1/jobs`."""
+) -> tuple[float, float, float]:
+    """(jobs/s, CPU µs per job of the ingress process, and of this one, the client) for N `POST /v1/jobs`."""
     await Redis.from_url(settings.redis_url).flushdb()
     connector = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(url, headers=AUTH, connector=connector) as http:
@@ -94,12 +94,13 @@ async def http_enqueue_rate(
                 await answer.read()
 
         await asyncio.gather(*(one(-1 - i) for i in range(concurrency)))  # open the connections
-        started, cpu = time.perf_counter(), cpu_s(api_pid)
+        started, cpu, client = time.perf_counter(), cpu_s(api_pid), time.process_time()
         await asyncio.gather(*(one(i) for i in range(n)))
         rate, cpu = n / (time.perf_counter() - started), cpu_s(api_pid) - cpu
+        client = time.process_time() - client
     async with Producer(settings.redis_url, queue_name=settings.queue_name) as producer:
         assert await producer.queued() == n + concurrency
-    return rate, cpu / n * 1e6
+    return rate, cpu / n * 1e6, client / n * 1e6
 
 
 async def direct_latencies(settings: Settings, m: int) -> list[float]:
@@ -221,12 +222,15 @@ async def run(n: int, concurrency: int, m: int, p: int, rounds: int) -> None:
                 proc.stop()
     added = p50_ms(http) - p50_ms(direct)
     print(f"jobs={n} concurrency={concurrency} latency-jobs={m} polls={p} cores={os.cpu_count()}")
-    (python_rate, python_cpu), (http_rate, http_cpu) = max(python), max(http_)
+    (python_rate, python_cpu), (http_rate, http_cpu, client_cpu) = max(python), max(http_)
     print(f"(a) best of {rounds} interleaved rounds:")
     print(
         f"(a) Producer.enqueue (Python API)   {python_rate:8.0f} jobs/s   {python_cpu:5.0f} µs CPU a job (this process)"
     )
-    print(f"(a) POST /v1/jobs (one ingress)      {http_rate:8.0f} jobs/s   {http_cpu:5.0f} µs CPU a job (the ingress)")
+    print(
+        f"(a) POST /v1/jobs (one ingress)      {http_rate:8.0f} jobs/s   {http_cpu:5.0f} µs CPU a job (the ingress),"
+        f" {client_cpu:.0f} µs (the aiohttp client, this process)"
+    )
     print(
         f"    HTTP / Python API = {http_rate / python_rate:.2f}   (goal >= 0.50)"
         f"   every round: {', '.join(f'{h[0] / p[0]:.2f}' for p, h in zip(python, http_, strict=True))}"

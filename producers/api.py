@@ -220,7 +220,7 @@ class Producer:
             keys = [job_key(job_id), arq_result_key(job_id), result_key(job_id), queue, digest_key(job_id)]
             calls.append((keys, [data, ttl_ms, score, job_id, digest, self.store.ttl_s + DIGEST_EXTRA_S]))
         if len(calls) == 1:  # one round trip: a script in a pipeline costs a SCRIPT EXISTS first
-            created = [await self._enqueue(keys=calls[0][0], args=calls[0][1])]
+            created = [await self._enqueue_one(*calls[0])]
         else:
             async with self.redis.pipeline(transaction=False) as pipe:
                 for keys, args in calls:
@@ -234,6 +234,10 @@ class Producer:
                 "or send the same job again to get its result",
             )
         return [(job_id, c == 1) for (job_id, _, _), c in zip(records, created, strict=True)]
+
+    async def _enqueue_one(self, keys: list[str], args: list[bytes | str | int | float]) -> int:
+        """One job's enqueue script (the ingress sends concurrent requests' together: producers.coalesce)."""
+        return int(await self._enqueue(keys=keys, args=args))
 
     async def _bulk_frontier(self) -> float:
         """The score at the front of the bulk lane (0 when it is empty)."""

@@ -38,6 +38,7 @@ from worker.settings import ConfigError, Settings, exit_on_config_error, load_se
 from worker.store import ResultStore
 
 from .api import JobConflict, JobRejected, Producer
+from .coalesce import ScriptBatches
 from .files import Files
 from .streams import JobStreams
 from .waits import ResultWaits
@@ -81,6 +82,11 @@ def not_found(what: str) -> ApiError:
 class TenantProducer(Producer):
     """A Producer whose source is a token's: a job naming another source is refused."""
 
+    script_batches: ScriptBatches
+
+    async def _enqueue_one(self, keys: list[str], args: list[bytes | str | int | float]) -> int:
+        return int(await self.script_batches.call(self._enqueue, keys, args))
+
     async def submit(self, job: JobBase, job_id: str) -> bool:
         """Enqueue under `job_id`: True if this call created the job (it is queued), False if
         the id already named the same job (JobConflict if another)."""
@@ -106,6 +112,7 @@ class Ingress:
         self.files = Files(self.redis, settings.file_ttl_s)
         self.streams = JobStreams(self.redis, async_redis(settings.redis_url, socket_connect_timeout=2), self.store)
         self._producers: dict[str, TenantProducer] = {}
+        self.script_batches = ScriptBatches(self.redis)
         self._depth, self._depth_at = 0, float("-inf")  # the last depth read, plus the jobs admitted since
 
     def producer(self, source: str) -> TenantProducer:
@@ -113,6 +120,7 @@ class Ingress:
             producer = TenantProducer(source=source, queue_name=self.settings.queue_name, redis=self.redis)
             producer.settings = self.settings
             producer.store = self.store
+            producer.script_batches = self.script_batches
             self._producers[source] = producer
         return self._producers[source]
 
@@ -177,8 +185,13 @@ App = Annotated[Ingress, Depends(ingress)]
 
 async def read_json(request: Request) -> dict[str, Any]:
     """The request's JSON object (read through the body limit), or a 400."""
+    return parse_json(await request.body())
+
+
+def parse_json(raw: bytes) -> dict[str, Any]:
+    """A request body's JSON object, or a 400."""
     try:
-        body = orjson.loads(await request.body())
+        body = orjson.loads(raw)
     except orjson.JSONDecodeError:
         raise ApiError(400, "the body is not valid JSON", code="invalid_json") from None
     if not isinstance(body, dict):
@@ -237,36 +250,35 @@ class Guard:
             HTTP_DURATION.labels(route, scope["method"]).observe(time.perf_counter() - started)
 
 
-def _errors(app: FastAPI) -> None:
-    async def api_error(_: Request, exc: Exception) -> Response:
-        assert isinstance(exc, ApiError)
-        return exc.response()
-
-    async def rejected(_: Request, exc: Exception) -> Response:
-        assert isinstance(exc, JobRejected)
-        if isinstance(exc, JobConflict):
-            return ApiError(409, exc.message, param="Idempotency-Key", code="idempotency_conflict").response()
+def error_response(exc: Exception) -> Response:
+    """The answer to an error the routes raise (ANSWERED), in OpenAI's shape."""
+    if isinstance(exc, JobConflict):
+        return ApiError(409, exc.message, param="Idempotency-Key", code="idempotency_conflict").response()
+    if isinstance(exc, JobRejected):
         return ApiError(422, exc.message, param=exc.field, code="invalid_value").response()
-
-    async def invalid(_: Request, exc: Exception) -> Response:
-        assert isinstance(exc, RequestValidationError)
+    if isinstance(exc, RequestValidationError):
         err = exc.errors()[0]
         param = ".".join(str(p) for p in err["loc"][1:]) or None
         return ApiError(422, str(err["msg"]), param=param, code="invalid_value").response()
-
-    async def http_error(_: Request, exc: Exception) -> Response:
-        assert isinstance(exc, HTTPException)
+    if isinstance(exc, HTTPException):
         code = "not_found" if exc.status_code == 404 else None
         return ApiError(exc.status_code, str(exc.detail), code=code).response()
-
-    async def redis_down(_: Request, exc: Exception) -> Response:
+    if isinstance(exc, RedisError):
         return ApiError(503, "Redis is unavailable: retry later", type="server_error", code="unavailable").response()
+    assert isinstance(exc, ApiError), exc
+    return exc.response()
 
-    app.add_exception_handler(ApiError, api_error)
-    app.add_exception_handler(JobRejected, rejected)
-    app.add_exception_handler(RequestValidationError, invalid)
-    app.add_exception_handler(HTTPException, http_error)
-    app.add_exception_handler(RedisError, redis_down)
+
+# What error_response answers (anything else is a 500).
+ANSWERED = (ApiError, JobRejected, RequestValidationError, HTTPException, RedisError)
+
+
+def _errors(app: FastAPI) -> None:
+    async def handler(_: Request, exc: Exception) -> Response:
+        return error_response(exc)
+
+    for error in ANSWERED:
+        app.add_exception_handler(error, handler)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -290,6 +302,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # and the check whether a tracer is configured costs an environment lookup per request.
     quiet: dict[str, Any] = {"telemetry": NO_TELEMETRY} if "telemetry" in inspect.signature(FastAPI).parameters else {}
     app = FastAPI(title="llm-router", version="0.1.0", lifespan=lifespan, **quiet)
+    from .http_fastpath import JobsFastPath
+
+    app.add_middleware(JobsFastPath)  # inside Guard: its body limit and request metrics hold
     app.add_middleware(Guard, settings=settings)
     _errors(app)
     app.include_router(jobs)
