@@ -58,8 +58,10 @@ async def redis_cpu_s(producer: Producer) -> float:
 
 async def measure(settings: Settings, batch: list[ChatJob], mode: Mode) -> Run:
     """`batch` through the service with CACHE_MODE=`mode`."""
-    run = settings.model_copy(update={"cache_mode": mode})
-    async with Producer(settings.redis_url, queue_name=settings.queue_name) as producer:
+    # a queue per mode: each mode's workers are a fleet of their own (worker.fleet would warn
+    # that CACHE_MODE differs from the previous round's workers, still live on a shared queue)
+    run = settings.model_copy(update={"cache_mode": mode, "queue_name": f"bench-cache-{mode}"})
+    async with Producer(run.redis_url, queue_name=run.queue_name) as producer:
         ids = await producer.enqueue_many(batch)
         cpu, redis_cpu, started = time.process_time(), await redis_cpu_s(producer), time.perf_counter()
         await drain(run)

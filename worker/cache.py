@@ -45,6 +45,7 @@ from . import metrics as m
 from .gemini import is_gemini
 from .keys import cache_done_channel, cache_key, cache_lock_key, spend_saved_key
 from .models import ModelAnswer
+from .scripts import run_scripts
 from .serde import as_text
 
 if TYPE_CHECKING:
@@ -145,10 +146,10 @@ class ResponseCache:
         self._renew = redis.register_script(_RENEW)
 
     async def lookup(self, digest: str, model: str, token: str) -> Lookup:
-        status, value, cost = await self._lookup(
-            keys=[cache_key(digest), cache_lock_key(digest), spend_saved_key()],
-            args=[token, self.lock_ms, self.settings.spend_retention_days * 86400, model],
-        )
+        keys = [cache_key(digest), cache_lock_key(digest), spend_saved_key()]
+        args = [token, self.lock_ms, self.settings.spend_retention_days * 86400, model]
+        # through worker.scripts: sent with the other jobs' calls of this event-loop turn
+        [(status, value, cost)] = await run_scripts(self.redis, [(self._lookup, keys, args)])
         status, value, cost = as_text(status), as_text(value), as_text(cost)
         if status == "hit":
             return Lookup("hit", value, float(cost) if cost else None)
@@ -172,10 +173,9 @@ class ResponseCache:
         """Store a succeeded call's answer (None: nothing to store), drop the lock, wake the waiters."""
         stored = "" if answer is None else answer.model_dump_json(include=STORED, exclude_none=True)
         cost = "" if answer is None or answer.cost is None else repr(answer.cost)
-        await self._finish(
-            keys=[cache_key(digest), cache_lock_key(digest)],
-            args=[token, stored, cost, self.settings.cache_ttl_s, cache_done_channel(digest)],
-        )
+        keys = [cache_key(digest), cache_lock_key(digest)]
+        args = [token, stored, cost, self.settings.cache_ttl_s, cache_done_channel(digest)]
+        await run_scripts(self.redis, [(self._finish, keys, args)])
 
     async def renew(self, digest: str, token: str) -> None:
         """Keep the lock while this holder's call runs (every third of its expiry)."""

@@ -89,10 +89,11 @@ async def startup(ctx: dict[str, Any]) -> None:
 
 
 def job_path_scripts(resources: Resources) -> list[AsyncScript]:
-    """The Lua scripts every job runs (claim, admission, call log, settle, save, release)."""
-    store, limiter = resources.store, resources.limiter
+    """The Lua scripts every job runs (claim, admission, call log, settle, save, release), and
+    the response cache's lookup and store (cacheable calls)."""
+    store, limiter, cache = resources.store, resources.limiter, resources.cache
     lease = resources.lease.scripts if resources.lease else []
-    return [*lease, limiter._admit, limiter._settle, store._record_call, store._save]
+    return [*lease, limiter._admit, limiter._settle, store._record_call, store._save, cache._lookup, cache._finish]
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
