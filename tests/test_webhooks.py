@@ -103,6 +103,8 @@ def hooks(settings: Settings) -> Settings:
         update={
             "webhook_secret": SecretStr(SECRET),
             "webhook_allowed_hosts": ["127.0.0.1"],
+            # the receivers run on loopback, refused unless allowed (test_loopback_and_private_...)
+            "webhook_allowed_networks": ["127.0.0.0/8"],
             "webhook_max_tries": 3,
             "webhook_backoff_base_s": 0.2,
             "webhook_backoff_cap_s": 1.0,
@@ -495,3 +497,94 @@ async def test_a_result_saved_again_after_a_lost_answer_queues_one_delivery(redi
     finally:
         await client.aclose()
         cutter.server.close()
+
+
+async def queue_raw(redis: Redis, job_id: str, url: str, result: bytes | None = None) -> None:
+    """A job's result and its pending delivery as another writer (or a producer of an older
+    version) leaves them: through the outbox's own Lua, with no check of the URL."""
+    from worker.keys import webhook_key
+    from worker.outbox import QUEUE_LUA
+
+    record = {"job_id": job_id, "status": "succeeded", "content": "hi", "runs": 1}
+    await redis.set(result_key(job_id), orjson.dumps(record) if result is None else result)
+    queue = redis.register_script(QUEUE_LUA + "queue_delivery(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], ARGV[4])")
+    await queue(keys=[WEBHOOKS, webhook_key(f"job:{job_id}")], args=[f"job:{job_id}", url, time.time(), 600])
+
+
+async def test_a_callback_url_with_a_tab_is_refused_and_a_stored_one_fails_once(hooks, receiver, redis):
+    """urllib drops a tab in the host (the host checked was 127.0.0.1) where httpx refuses the
+    URL: it was accepted, stored as given, and its delivery looped with a traceback each time."""
+    hook = receiver()
+    tabbed = hook.url.replace("127.0.0.1", "127.0.0\t.1")
+    async with producer_of(hooks) as producer:
+        for bad in (tabbed, hook.url + "\n", hook.url.replace("/hooks", "/ho oks")):
+            with pytest.raises(JobRejected) as refused:
+                await producer.chat("gpt-4.1", "Hi", callback_url=bad)
+            assert refused.value.field == "callback_url" and "control character" in refused.value.message
+        with pytest.raises(BatchRejected) as batch_refused:
+            body = {"model": "gpt-4.1", "messages": [{"role": "user", "content": "q"}]}
+            line = {"custom_id": "a", "method": "POST", "url": "/v1/chat/completions", "body": body}
+            await producer.batches.submit([line], callback_url=tabbed)
+        assert batch_refused.value.errors[0].param == "callback_url"
+        assert await redis.dbsize() == 0
+        await queue_raw(redis, "tabbed", tabbed)
+        async with running_worker(hooks):
+            delivery = await delivered(producer, "tabbed", "failed")
+    assert delivery.tries == 1 and "not a URL" in (delivery.last_error or "") and hook.got == []
+    assert await redis.zcard(WEBHOOKS) == 0
+
+
+async def test_a_try_that_fails_inside_the_worker_counts_and_is_recorded(hooks, receiver, redis):
+    """A record the sender cannot read (not JSON): each try ends with its outcome, retried, then
+    `failed` at WEBHOOK_MAX_TRIES; before, nothing was written and it was claimed forever."""
+    hook = receiver()
+    await queue_raw(redis, "unreadable", hook.url, result=b"{not json")
+    async with producer_of(hooks) as producer, running_worker(hooks):
+        delivery = await delivered(producer, "unreadable", "failed")
+        assert await redis.zcard(WEBHOOKS) == 0
+    assert delivery.tries == hooks.webhook_max_tries and hook.got == []
+    error = delivery.last_error or ""
+    assert "inside the worker" in error and "JSONDecodeError" in error and "WEBHOOK_MAX_TRIES" in error
+
+
+async def test_loopback_and_private_addresses_are_refused_unless_allowed(hooks, receiver, redis):
+    """Hosts on the allow-list whose addresses are not public: an IP literal is refused at enqueue,
+    a name (`localhost`) when the worker resolves it; a record another writer left naming one is
+    not called either. WEBHOOK_ALLOWED_NETWORKS allows them (every other test here allows loopback)."""
+    hook = receiver()
+    port = hook.server.server_address[1]
+    strict = hooks.model_copy(
+        update={
+            "webhook_allowed_networks": [],
+            "webhook_allowed_hosts": ["127.0.0.1", "localhost", "0.0.0.0", "[::ffff:127.0.0.1]", "10.255.255.1"],
+        }
+    )
+    async with producer_of(strict) as producer:
+        with pytest.raises(JobRejected) as refused:
+            await producer.chat("gpt-4.1", "Hi", callback_url=hook.url)
+        assert refused.value.field == "callback_url"
+        assert "'127.0.0.1' is a loopback address" in refused.value.message
+        assert "WEBHOOK_ALLOWED_NETWORKS" in refused.value.message
+        named = await producer.chat("gpt-4.1", "Hi", callback_url=f"http://localhost:{port}/hooks")
+        written = {
+            "zeros": f"http://0.0.0.0:{port}/hooks",  # Linux connects it to this machine
+            "mapped": f"http://[::ffff:127.0.0.1]:{port}/hooks",
+            "private": "http://10.255.255.1:9/hooks",
+        }
+        for job_id, url in written.items():
+            await queue_raw(redis, job_id, url)
+        async with running_worker(strict):
+            ended = {j: await delivered(producer, j, "failed") for j in [named, *written]}
+    assert hook.got == []
+    for job_id, delivery in ended.items():
+        assert delivery.tries == 1 and "WEBHOOK_ALLOWED_NETWORKS" in (delivery.last_error or ""), job_id
+    assert "localhost resolves to 127.0.0.1, a loopback address" in (ended[named].last_error or "")
+    assert "0.0.0.0 is an unspecified address" in (ended["zeros"].last_error or "")
+    assert "a loopback address (in ::ffff:7f00:1)" in (ended["mapped"].last_error or "")
+    assert "10.255.255.1 is a private address" in (ended["private"].last_error or "")
+
+    allowed = strict.model_copy(update={"webhook_allowed_networks": ["127.0.0.0/8"]})
+    async with producer_of(allowed) as producer, running_worker(allowed):
+        job_id = await producer.chat("gpt-4.1", "Hi", callback_url=f"http://localhost:{port}/hooks")
+        assert (await delivered(producer, job_id)).tries == 1
+    assert len(hook.got) == 1 and hook.got[0][1]["Host"] == f"localhost:{port}"

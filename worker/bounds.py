@@ -5,8 +5,8 @@ its own.)"""
 
 from __future__ import annotations
 
-from . import routes
-from .models import CompareJob, JobBase, RoutedJob
+from . import egress, routes
+from .models import CompareJob, JobBase, RoutedJob, shown
 from .settings import Settings
 
 # Images a job may carry: each is bounded by MAX_IMAGE_BYTES, and they do not count towards
@@ -16,15 +16,33 @@ MAX_IMAGES = 16
 
 def inline_images(job: JobBase) -> list[str]:
     """The job's inline (data URL) images, as the validated messages hold them."""
+    return [url for url in _images(job) if url.startswith("data:")]
+
+
+def _images(job: JobBase) -> list[str]:
+    """Every image of the job: data URLs and http(s) URLs."""
     urls = []
     for message in job.build_messages():
         content = message.get("content")
         for part in content if isinstance(content, list) else []:
             ref = part.get("image_url") if isinstance(part, dict) else None
             url = ref.get("url") if isinstance(ref, dict) else ref
-            if isinstance(url, str) and url.startswith("data:"):
+            if isinstance(url, str):
                 urls.append(url)
     return urls
+
+
+def _image_url_problem(job: JobBase, settings: Settings) -> str | None:
+    """An image URL the upstream would fetch from this side's own network (worker.egress)."""
+    if settings.image_urls_allow_private:
+        return None
+    for url in _images(job):
+        if not url.startswith("data:") and (why := egress.image_url_problem(url)):
+            return (
+                f"the URL {shown(url)}: {why}: refused unless IMAGE_URLS_ALLOW_PRIVATE=true "
+                "(a self-hosted upstream would fetch it); send the image inline (a data URL)"
+            )
+    return None
 
 
 def problem(job: JobBase, settings: Settings, record_bytes: int, routes_known: bool = True) -> tuple[str, str] | None:
@@ -37,6 +55,8 @@ def problem(job: JobBase, settings: Settings, record_bytes: int, routes_known: b
     images = inline_images(job)
     if len(images) > MAX_IMAGES:
         return "job", f"carries {len(images)} images, over {MAX_IMAGES}: split it"
+    if why := _image_url_problem(job, settings):
+        return "image", why
     for url in images:
         image_bytes = _decoded_size(url)
         if image_bytes > settings.max_image_bytes:

@@ -65,6 +65,7 @@ def check_image_url(url: str, max_bytes: int = DEFAULT_MAX_IMAGE_BYTES) -> str:
 
 
 MAX_CALLBACK_URL = 2048
+_URL_UNSAFE = re.compile(r"[\x00-\x20\x7f]")
 
 
 def check_callback_url(url: str) -> str:
@@ -72,6 +73,10 @@ def check_callback_url(url: str) -> str:
     MAX_CALLBACK_URL characters. Which hosts may be called is a setting (worker.webhooks)."""
     if len(url) > MAX_CALLBACK_URL:
         raise ValueError(f"is {len(url)} characters, over {MAX_CALLBACK_URL}")
+    # urllib drops tabs and newlines where the sender's HTTP client refuses them: the URL checked
+    # (and stored, and called) must be the one given
+    if bad := _URL_UNSAFE.search(url):
+        raise ValueError(f"has a space or control character ({shown(bad[0])} at {bad.start()}): percent-encode it")
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises on a bad port

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import sys
 from typing import Annotated, Any, Literal
@@ -230,6 +231,25 @@ class Settings(BaseSettings):
     webhook_timeout_s: float = Field(10, gt=0, description="one try: connect, send and read the answer")
     webhook_backoff_base_s: float = Field(2, gt=0, description="wait before the second try, doubling after")
     webhook_backoff_cap_s: float = Field(3600, gt=0, description="longest wait between tries")
+    # ---- outbound requests a client aims (worker.egress): a callback_url, an image URL
+    # WEBHOOK_ALLOWED_NETWORKS='["10.96.0.0/12", "fd00::/8"]': networks that are not public (private,
+    # loopback, link-local...) a callback_url's host may resolve into all the same, e.g. a cluster's
+    # service network; any other such address is refused
+    webhook_allowed_networks: list[str] = []
+    image_urls_allow_private: bool = Field(
+        False,
+        description="allow image URLs whose host is localhost or a non-public IP address (a self-hosted upstream)",
+    )
+
+    @field_validator("webhook_allowed_networks")
+    @classmethod
+    def _networks(cls, v: list[str]) -> list[str]:
+        for entry in v:
+            try:
+                ipaddress.ip_network(entry, strict=True)
+            except ValueError as exc:
+                raise ValueError(f"{entry!r} is not a network ({exc}): use e.g. 10.96.0.0/12 or fd00::/8") from None
+        return v
 
     # ---- logs (worker.logs) ----
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="per-job lines are at DEBUG")

@@ -12,9 +12,12 @@ with the headers `LLM-Router-Signature: t=<unix>,v1=<hex HMAC-SHA256(WEBHOOK_SEC
 A 2xx answer delivers it; anything else (another status, a timeout, a refused connection; a
 redirect is not followed) is tried again after WEBHOOK_BACKOFF_BASE_S, doubling (jittered, at most
 WEBHOOK_BACKOFF_CAP_S; longer if a 429 or 503 asks so with Retry-After, up to the cap), up to
-WEBHOOK_MAX_TRIES tries, then recorded `failed`: the record it reports is left as it is. Only
-hosts of WEBHOOK_ALLOWED_HOSTS are called: producers refuse another at enqueue, and the sender
-checks again before every try.
+WEBHOOK_MAX_TRIES tries, then recorded `failed`: the record it reports is left as it is. A try
+that fails inside the worker counts as a try too, with its outcome. Only hosts of
+WEBHOOK_ALLOWED_HOSTS are called: producers refuse another at enqueue, and the sender checks
+again before every try, reading the URL as its HTTP client does. The host's addresses are
+checked when it is called (worker.egress): one that is not public (loopback, private,
+link-local...) and outside WEBHOOK_ALLOWED_NETWORKS fails the delivery, unsent.
 """
 
 from __future__ import annotations
@@ -25,14 +28,14 @@ import hashlib
 import hmac
 import logging
 import time
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 import httpx
 import orjson
 from redis.asyncio import Redis
 
-from . import batches
+from . import batches, egress
 from . import metrics as m
 from .headers import parse_wait
 from .keys import result_key
@@ -50,6 +53,7 @@ EVENT_HEADER = "LLM-Router-Event"
 CONCURRENCY = 16
 LEASE_EXTRA_S = 5
 IDLE_POLL_S = 0.5
+NETWORKS_FIX = "not called (WEBHOOK_ALLOWED_NETWORKS lists the non-public networks that may be)"
 
 
 # ---------------------------------------------------------------- settings and the allow-list
@@ -87,11 +91,11 @@ def _host_port(entry: str) -> tuple[str, int | None]:
 
 def allowed(url: str, hosts: list[str]) -> bool:
     """Whether `url`'s host is on the allow-list: `host` (any port), `host:port`, `*.domain` (its
-    subdomains, not the domain itself); case-insensitive."""
+    subdomains, not the domain itself); case-insensitive. The URL is read as the sender's HTTP
+    client reads it: the host checked is the host called."""
     try:
-        parts = urlsplit(url)
-        host, port = (parts.hostname or "").lower(), parts.port or (443 if parts.scheme == "https" else 80)
-    except ValueError:
+        host, port = _target(url)
+    except httpx.InvalidURL:
         return False
     for entry in hosts:
         try:
@@ -105,14 +109,24 @@ def allowed(url: str, hosts: list[str]) -> bool:
     return False
 
 
+def _target(url: str) -> tuple[str, int]:
+    """(host, port) httpx connects to for `url`; httpx.InvalidURL if it cannot send it."""
+    parsed = httpx.URL(url)
+    return parsed.host.lower(), parsed.port or (443 if parsed.scheme == "https" else 80)
+
+
 def refusal(url: str, settings: Settings) -> str | None:
-    """Why a producer must refuse this callback_url, or None: its host is not on the allow-list."""
-    if allowed(url, settings.webhook_allowed_hosts):
-        return None
-    host = urlsplit(url).hostname
-    if not settings.webhook_allowed_hosts:
-        return "webhooks are off: no host is allowed (set WEBHOOK_ALLOWED_HOSTS, and WEBHOOK_SECRET on the workers)"
-    return f"host {host!r} is not on WEBHOOK_ALLOWED_HOSTS: add it there, or use an allowed host"
+    """Why a producer must refuse this callback_url, or None: its host is not on the allow-list,
+    or is an IP address the network policy refuses (a name is resolved, and checked, when sent)."""
+    if not allowed(url, settings.webhook_allowed_hosts):
+        host = urlsplit(url).hostname
+        if not settings.webhook_allowed_hosts:
+            return "webhooks are off: no host is allowed (set WEBHOOK_ALLOWED_HOSTS, and WEBHOOK_SECRET on the workers)"
+        return f"host {host!r} is not on WEBHOOK_ALLOWED_HOSTS: add it there, or use an allowed host"
+    host, _port = _target(url)
+    ip = egress.literal(host)
+    why = None if ip is None else egress.problem(ip, egress.networks(settings.webhook_allowed_networks))
+    return f"host {host!r} is {why}: {NETWORKS_FIX}" if why else None
 
 
 def _secret(settings: Settings) -> bytes:
@@ -131,6 +145,19 @@ def sign(secret: bytes, body: bytes, timestamp: int) -> str:
 # ---------------------------------------------------------------- sending
 
 
+class Sent(NamedTuple):
+    """What a try came to: no error (delivered), or an error, retried unless `final`."""
+
+    error: str
+    status: int | None = None
+    asked: float | None = None  # a 429's or 503's Retry-After
+    final: bool = False
+
+
+def _describe(exc: Exception, prefix: str = "") -> str:
+    return (prefix + (f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__))[:300]
+
+
 class Sender:
     """Claims due deliveries and sends them, CONCURRENCY at once: a worker's background task."""
 
@@ -138,7 +165,9 @@ class Sender:
         self.redis = redis
         self.settings = settings
         self.outbox = Outbox(redis)
-        self.client = client or httpx.AsyncClient(timeout=settings.webhook_timeout_s, follow_redirects=False)
+        self.client = client or egress.client(
+            settings.webhook_timeout_s, egress.networks(settings.webhook_allowed_networks)
+        )
         self.sending: set[asyncio.Task[None]] = set()
         self.wake = asyncio.Event()  # a try ended: its retry may be due before the next poll
 
@@ -194,48 +223,59 @@ class Sender:
         except asyncio.CancelledError:  # the worker is stopping: due again now, for the next one
             await self.outbox.release(delivery, time.time())
             raise
-        except Exception:
-            log.exception("webhook %s: the try failed inside the worker; tried again later", delivery)
+        except Exception:  # Redis, reading the delivery or writing the outcome: due again past its lease
+            log.exception("webhook %s: could not read it or record its try; tried again later", delivery)
 
     async def _try(self, delivery: str, record: dict[str, str]) -> None:
-        n, url, tries = record.get("n", "1"), record.get("url", ""), int(record.get("tries", 0)) + 1
-        problem = self._problem(url)
-        body, event = (None, "") if problem else await self._body(delivery, n, record)
-        if body is None:
-            await self._end(delivery, n, "failed", problem or "the record it reports is gone (expired)")
-            return
-        status: int | None = None
-        asked: float | None = None  # a 429's or 503's Retry-After
+        """One try and its outcome, whatever goes wrong in it: every try counts and is recorded."""
+        n, tries = record.get("n", "1"), int(record.get("tries", 0)) + 1
         try:
-            timestamp = int(time.time())
-            headers = {
-                "Content-Type": "application/json",
-                "User-Agent": "llm-router-webhooks",
-                SIGNATURE_HEADER: sign(_secret(self.settings), body, timestamp),
-                DELIVERY_HEADER: f"{delivery}#{n}",
-                EVENT_HEADER: event,
-            }
-            async with asyncio.timeout(self.settings.webhook_timeout_s):  # the whole try, not each read
-                answer = await self.client.post(url, content=body, headers=headers)
-            status = answer.status_code
-            error = "" if answer.is_success else f"the receiver answered HTTP {status}"
-            if status in (429, 503):
-                asked = parse_wait(answer.headers.get("retry-after"))
-        except TimeoutError:
-            error = f"no answer within WEBHOOK_TIMEOUT_S={self.settings.webhook_timeout_s:g}"
-        except httpx.HTTPError as exc:
-            error = (f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)[:300]
-        if not error:
-            await self._end(delivery, n, "delivered", "", status)
+            sent = await self._post(delivery, n, record)
+        except Exception as exc:  # a record that cannot be read, a bug: still a try, retried
+            log.exception("webhook %s: the try failed inside the worker", delivery)
+            sent = Sent(_describe(exc, "the try failed inside the worker: "))
+        if not sent.error:
+            await self._end(delivery, n, "delivered", "", sent.status)
+        elif sent.final:
+            await self._end(delivery, n, "failed", sent.error, sent.status)
         elif tries >= self.settings.webhook_max_tries:
-            await self._end(delivery, n, "failed", f"{error} (try {tries} of WEBHOOK_MAX_TRIES)", status)
+            await self._end(delivery, n, "failed", f"{sent.error} (try {tries} of WEBHOOK_MAX_TRIES)", sent.status)
         else:
             s = self.settings
             wait = backoff_delay(tries - 1, s.webhook_backoff_base_s, s.webhook_backoff_cap_s)
-            due = time.time() + min(max(wait, asked or 0.0), s.webhook_backoff_cap_s)
-            if await self.outbox.outcome(delivery, n, "retry", time.time(), due, error, status):
+            due = time.time() + min(max(wait, sent.asked or 0.0), s.webhook_backoff_cap_s)
+            if await self.outbox.outcome(delivery, n, "retry", time.time(), due, sent.error, sent.status):
                 m.WEBHOOK_DELIVERIES.labels("retried").inc()
-            log.info("webhook %s: try %d failed (%s); next in %.1fs", delivery, tries, error, due - time.time())
+            log.info("webhook %s: try %d failed (%s); next in %.1fs", delivery, tries, sent.error, due - time.time())
+
+    async def _post(self, delivery: str, n: str, record: dict[str, str]) -> Sent:
+        url = record.get("url", "")
+        problem = self._problem(url)
+        body, event = (None, "") if problem else await self._body(delivery, n, record)
+        if body is None:
+            return Sent(problem or "the record it reports is gone (expired)", final=True)
+        timestamp = int(time.time())
+        headers = {
+            "Content-Type": "application/json",
+            "User-Agent": "llm-router-webhooks",
+            SIGNATURE_HEADER: sign(_secret(self.settings), body, timestamp),
+            DELIVERY_HEADER: f"{delivery}#{n}",
+            EVENT_HEADER: event,
+        }
+        try:
+            async with asyncio.timeout(self.settings.webhook_timeout_s):  # the whole try, not each read
+                answer = await self.client.post(url, content=body, headers=headers)
+        except TimeoutError:
+            return Sent(f"no answer within WEBHOOK_TIMEOUT_S={self.settings.webhook_timeout_s:g}")
+        except egress.Refused as exc:
+            return Sent(f"{exc}: {NETWORKS_FIX}", final=True)
+        except httpx.HTTPError as exc:
+            return Sent(_describe(exc))
+        status = answer.status_code
+        if answer.is_success:
+            return Sent("", status)
+        asked = parse_wait(answer.headers.get("retry-after")) if status in (429, 503) else None
+        return Sent(f"the receiver answered HTTP {status}", status, asked)
 
     async def _end(self, delivery: str, n: str, outcome: str, error: str, status: int | None = None) -> None:
         if await self.outbox.outcome(delivery, n, outcome, time.time(), 0, error, status):
@@ -244,6 +284,10 @@ class Sender:
                 log.warning("webhook %s failed for good: %s", delivery, error)
 
     def _problem(self, url: str) -> str | None:
+        try:
+            _target(url)
+        except httpx.InvalidURL as exc:  # (producers refuse such a URL; another writer may not)
+            return f"not a URL this worker can call ({exc})"
         if not allowed(url, self.settings.webhook_allowed_hosts):
             return "its host is not on this worker's WEBHOOK_ALLOWED_HOSTS: not called"
         if not _secret(self.settings):
