@@ -163,6 +163,13 @@ async def test_days_reset_in_the_budget_time_zone(redis, settings):
     assert await redis.ttl(budget_day_key("2025-11-27")) > 300 * 24 * 3600
 
 
+async def test_a_days_figures_are_kept_spend_retention_days(redis, settings):
+    s = budgeted(settings, daily_usd=1.0).model_copy(update={"spend_retention_days": 3})
+    limiter = Limiter(redis, s)
+    assert (await limiter.admit("m", 0, 5, plan(limiter))).status == "ok"
+    assert 2 * 24 * 3600 < await redis.ttl(budget_day_key(limiter.budgets.day())) <= 3 * 24 * 3600
+
+
 async def test_a_spent_budget_still_lets_a_free_model_run(redis, settings):
     limiter = Limiter(redis, budgeted(settings, daily_usd=0.2))
     a = await limiter.admit("m", 0, 5, plan(limiter))

@@ -55,7 +55,6 @@ from .keys import (
     BUDGET_DEADLINES,
     BUDGET_LEARNED,
     BUDGET_RESERVATIONS,
-    SPEND_DAY_TTL_S,
     batch_key,
     budget_day_key,
 )
@@ -335,6 +334,8 @@ class Budgets:
         self._settle = redis.register_script(_SETTLE)
         self._keep = redis.register_script(_KEEP)
         self.lease_ms = int(settings.lease_s * 1000)
+        # a day's figures are kept as long as the other per-day spend records
+        self.day_ttl_s = settings.spend_retention_days * 24 * 3600
         unknown = settings.budget_unknown_price
         self._unknown = (unknown.input / 1000, unknown.output / 1000)
 
@@ -381,7 +382,7 @@ class Budgets:
             plan.id,
             self.lease_ms,
             "" if cap is None else repr(cap),
-            SPEND_DAY_TTL_S,
+            self.day_ttl_s,
         ]
         for s in scopes:
             plan.args += [s.prefix, "" if s.limit is None else repr(s.limit)]
