@@ -31,6 +31,7 @@ from harness.wait import wait_until_async
 from producers.api import Producer
 from worker.models import ChatJob
 from worker.settings import BudgetConfig, Price, Settings
+from worker.tokens import input_bound
 
 MODEL = "gpt-4.1"
 # The simulator's own gpt-4.1 price: the worst case is then close to what a call costs.
@@ -71,9 +72,10 @@ async def race(settings: Settings, base_url: str, n: int, budget_w: float, logs:
     sim_admin(base_url, "/_sim/config", {"model": "*", "latency_ms": 30})
     async with Producer(settings.redis_url, queue_name=settings.queue_name) as producer:
         await producer.redis.flushdb()
-        # w of one job, as the workers will compute it: prompt estimate and max_tokens at SIM_PRICE
-        prompt = len('[{"role":"user","content":"' + text + ' 0"}]') // 4
-        w = (prompt * SIM_PRICE.input + 100 * SIM_PRICE.output) / 1000
+        # w of one job, as the workers compute it: the prompt's bound (its body's bytes) and
+        # max_tokens at SIM_PRICE
+        body = {"messages": [{"role": "user", "content": f"{text} 0"}], "max_tokens": 100, "model": MODEL}
+        w = (input_bound(body) * SIM_PRICE.input + 100 * SIM_PRICE.output) / 1000
         budget = budget_w * w
         s = settings.model_copy(update={"budgets": BudgetConfig(daily_usd=budget)})
         ids = await producer.enqueue_many(jobs(n, text, max_tokens=100))

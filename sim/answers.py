@@ -10,12 +10,23 @@ import base64
 import json
 from typing import Any
 
-IMAGE_TOKENS = 85
+# Parameters that steer or label the answer: every other field of a body is input, and billed.
+NOT_INPUT = frozenset(
+    {
+        "model", "max_tokens", "max_completion_tokens", "n", "temperature", "top_p", "seed",
+        "frequency_penalty", "presence_penalty", "stream", "stream_options", "logprobs",
+        "top_logprobs", "user", "safety_identifier", "metadata", "store", "service_tier",
+        "prompt_cache_key", "prompt_cache_retention", "prompt_cache_options", "reasoning_effort",
+        "verbosity", "modalities", "parallel_tool_calls",
+    }
+)  # fmt: skip
 
 
 def count_tokens(text: str) -> int:
-    """A stable approximation (about 4 characters a token), never zero for non-empty text."""
-    return (len(text) + 3) // 4
+    """A stable approximation, never zero for non-empty text: about 4 ASCII characters a token,
+    and each other character a token of its own (a prompt in Chinese is about a token a character)."""
+    ascii_chars = len(text.encode("ascii", "ignore"))
+    return (ascii_chars + 3) // 4 + len(text) - ascii_chars
 
 
 def _parts(content: Any) -> list[dict[str, Any]]:
@@ -31,15 +42,78 @@ def image_url_of(part: dict[str, Any]) -> str | None:
     return ref.get("url") if isinstance(ref, dict) else ref
 
 
-def prompt_tokens(messages: list[dict[str, Any]], tools: Any = None) -> int:
+def _json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def prompt_tokens(body: dict[str, Any], messages: list[dict[str, Any]], image_tokens: int) -> int:
+    """What the strictest gateway bills as input: each message's text and every other field of
+    it (tool calls, names), each image `image_tokens`, and every body field that is not a
+    generation parameter (tools, functions, response_format schemas, stop, prediction, ...)."""
     total = 0
     for message in messages:
         total += 4
         for part in _parts(message.get("content")):
-            total += IMAGE_TOKENS if part.get("type") == "image_url" else count_tokens(str(part.get("text", "")))
-    if tools:
-        total += count_tokens(json.dumps(tools))
+            if part.get("type") == "image_url":
+                total += image_tokens
+            elif part.get("type") == "text":
+                total += count_tokens(str(part.get("text", "")))
+            else:
+                total += count_tokens(_json(part))
+        rest = {k: v for k, v in message.items() if k not in ("role", "content")}
+        if rest:
+            total += count_tokens(_json(rest))
+    fields = {k: v for k, v in body.items() if k not in NOT_INPUT and k != "messages"}
+    if fields:
+        total += count_tokens(_json(fields))
     return total
+
+
+def bound_prompt_tokens(body: dict[str, Any], image_tokens: int) -> int:
+    """The bound a budget reserves for (`bill_at_bound`): every byte of the body as received
+    (compact JSON, UTF-8) a token, an image's URL or data left out and `image_tokens` instead."""
+    refs = list(_image_refs(body))
+    left_out = sum(len(_json(ref).encode()) - 2 for ref in refs)
+    return len(_json(body).encode()) - left_out + image_tokens * len(refs)
+
+
+def _image_refs(body: dict[str, Any]) -> list[str]:
+    """The URL or data of each image: chat/completions `image_url` parts, Gemini `inline_data` parts."""
+    refs = []
+    for message in body.get("messages") or []:
+        for part in _parts(message.get("content")) if isinstance(message.get("content"), list) else []:
+            url = image_url_of(part)
+            if isinstance(url, str):
+                refs.append(url)
+    system = body.get("systemInstruction")
+    for content in [*(body.get("contents") or []), *([system] if isinstance(system, dict) else [])]:
+        for part in (content.get("parts") or []) if isinstance(content, dict) else []:
+            inline = (part.get("inline_data") or part.get("inlineData")) if isinstance(part, dict) else None
+            if isinstance(inline, dict) and isinstance(inline.get("data"), str):
+                refs.append(inline["data"])
+    return refs
+
+
+def prefix_within(text: str, limit: int) -> str:
+    """The longest start of `text` of at most `limit` tokens (count_tokens)."""
+    ascii_chars = others = 0
+    for i, char in enumerate(text):
+        if char.isascii():
+            ascii_chars += 1
+        else:
+            others += 1
+        if (ascii_chars + 3) // 4 + others > limit:
+            return text[:i]
+    return text
+
+
+def words_within(text: str, limit: int) -> str:
+    """The longest run of whole words `text` starts with of at most `limit` tokens; part of the
+    first word when even it is longer (text without spaces: Chinese)."""
+    kept = prefix_within(text, limit)
+    if len(kept) < len(text) and text[len(kept)] != " " and " " in kept:
+        kept = kept[: kept.rindex(" ")]
+    return kept
 
 
 def describe_image(url: str) -> str:

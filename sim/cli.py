@@ -50,6 +50,7 @@ cli = click.Group()
 @click.option("--hang-s", type=float, default=0)
 @click.option("--cut-stream-after", type=int)
 @click.option("--malformed", is_flag=True)
+@click.option("--bill-at-bound", is_flag=True, help="bill each call up to the bound a budget reserves for")
 def sim(
     host: str,
     port: int,
@@ -66,6 +67,7 @@ def sim(
     hang_s: float,
     cut_stream_after: int | None,
     malformed: bool,
+    bill_at_bound: bool,
 ) -> None:
     keys = list(api_keys) or [os.environ.get("AISA_API_KEY", "")]
     faults = Faults(
@@ -79,6 +81,7 @@ def sim(
         hang_s=hang_s,
         cut_stream_after=cut_stream_after,
         malformed=malformed,
+        bill_at_bound=bill_at_bound,
     )
     try:
         simulator = Simulator(keys, credits=credits, faults=faults, seed=seed)

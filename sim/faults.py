@@ -26,6 +26,12 @@ class Faults(BaseModel):
         None, ge=0, description="streams: after N chunks, an error event (rate_limit_error) instead of the rest"
     )
     malformed: bool = Field(False, description="answer 200 with a body that is not JSON")
+    bill_at_bound: bool = Field(
+        False,
+        description="bill every call the most a budget's worst case allows: each byte of the request body a "
+        "prompt token (an image the catalogue's most instead of its URL or data), each choice its "
+        "max_tokens (none: the context window)",
+    )
 
 
 class FaultBook:

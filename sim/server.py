@@ -26,7 +26,7 @@ from typing import Any
 from aiohttp import web
 
 from . import answers
-from .catalog import MODELS, ModelSpec, price
+from .catalog import IMAGE_TOKENS_MAX, MODELS, ModelSpec, image_tokens, price
 from .faults import FaultBook, Faults
 from .limits import Window
 
@@ -300,17 +300,19 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
 class Answer:
     """What the model says to one request: text (maybe cut at max_tokens or max_completion_tokens;
     a JSON object under `response_format`) or a function call, `n` times (each choice the same,
-    each billed), with token log probabilities when asked (`logprobs`, `top_logprobs`)."""
+    each billed), with token log probabilities when asked (`logprobs`, `top_logprobs`). A choice
+    never has more tokens than the cap: the answer is cut there (`finish_reason` length)."""
 
     def __init__(self, spec: ModelSpec, body: dict[str, Any], messages: list[dict[str, Any]]) -> None:
+        self.spec = spec
         self.call = answers.tool_call_for(body, messages)
         self.legacy = self.call is not None and not body.get("tools")
         self.n = body.get("n") or 1
         self.logprobs = body.get("logprobs") is True
         self.top_logprobs = body.get("top_logprobs") or 0
-        self.prompt_tokens = answers.prompt_tokens(messages, body.get("tools") or body.get("functions"))
+        self.prompt_tokens = answers.prompt_tokens(body, messages, image_tokens(spec))
         caps = [t for t in (body.get("max_tokens"), body.get("max_completion_tokens")) if t is not None]
-        max_tokens = min(caps) if caps else None
+        self.max_tokens = max_tokens = min(caps) if caps else None
         if self.prompt_tokens + (max_tokens or 0) > spec.context:
             raise ApiError(
                 400,
@@ -323,25 +325,29 @@ class Answer:
         fmt = body.get("response_format") or {}
         if fmt.get("type") in ("json_object", "json_schema"):
             text = answers.json_reply(text, (fmt.get("json_schema") or {}).get("schema"))
-        words = text.split(" ")
         self.finish_reason = "stop"
         if self.call:
             self.words: list[str] = []
             self.choice_tokens = answers.count_tokens(self.call["name"] + self.call["arguments"])
             self.finish_reason = "function_call" if self.legacy else "tool_calls"
+            if max_tokens is not None and self.choice_tokens > max_tokens:
+                kept = answers.prefix_within(self.call["name"] + self.call["arguments"], max_tokens)
+                self.call["arguments"] = kept[len(self.call["name"]) :]
+                self.choice_tokens, self.finish_reason = max_tokens, "length"
         else:
-            if max_tokens is not None:
-                kept: list[str] = []
-                for word in words:
-                    if answers.count_tokens(" ".join([*kept, word])) > max_tokens:
-                        self.finish_reason = "length"
-                        break
-                    kept.append(word)
-                words = kept or words[:1]
-            self.words = words
-            self.choice_tokens = answers.count_tokens(" ".join(words))
+            if max_tokens is not None and answers.count_tokens(text) > max_tokens:
+                text, self.finish_reason = answers.words_within(text, max_tokens), "length"
+            self.words = text.split(" ")
+            self.choice_tokens = answers.count_tokens(text)
         # OpenAI bills the tokens of every choice
         self.completion_tokens = self.choice_tokens * self.n
+
+    def bill_at_bound(self, body: dict[str, Any]) -> None:
+        """Bill the most a budget's worst case allows (Faults.bill_at_bound): every byte of the
+        body a prompt token, each image the catalogue's most, each choice its cap (none: the
+        context window)."""
+        self.prompt_tokens = answers.bound_prompt_tokens(body, IMAGE_TOKENS_MAX)
+        self.completion_tokens = (self.max_tokens or self.spec.context) * self.n
 
     def pieces(self) -> list[str]:
         """The content as the stream sends it, one piece (token) a chunk."""
@@ -451,9 +457,19 @@ class Handlers:
                 spec = _spec(body.get("model"))
                 messages = _check_messages(body.get("messages"))
                 _check_params(body)
+                if spec.refuses_max_tokens and body.get("max_tokens") is not None:
+                    raise ApiError(
+                        400,
+                        "Unsupported parameter: 'max_tokens' is not supported with this model. "
+                        "Use 'max_completion_tokens' instead.",
+                        "unsupported_parameter",
+                        "max_tokens",
+                    )
                 answer = Answer(spec, body, messages)
                 # TPM counts input plus output tokens (AIsa's rate-limits page): what the call uses
                 faults, headers = sim.admit(spec.id, answer.prompt_tokens + answer.completion_tokens)
+                if faults.bill_at_bound:
+                    answer.bill_at_bound(body)
             except ApiError as exc:
                 sim.statuses[exc.status] += 1
                 return _error_response(exc)
@@ -586,7 +602,9 @@ class Handlers:
             _check_params(openai_body)
             answer = Answer(spec, openai_body, _check_messages(messages))
             # like chat/completions: TPM counts input plus output, every answer has the headers
-            _, headers = self.sim.admit(spec.id, answer.prompt_tokens + answer.completion_tokens)
+            faults, headers = self.sim.admit(spec.id, answer.prompt_tokens + answer.completion_tokens)
+            if faults.bill_at_bound:
+                answer.bill_at_bound(body)
             self.sim.charge(key, spec.id, self.sim.quote(key, spec, answer.prompt_tokens, answer.completion_tokens))
         except ApiError as exc:
             self.sim.statuses[exc.status] += 1

@@ -163,6 +163,13 @@ async def test_days_reset_in_the_budget_time_zone(redis, settings):
     assert await redis.ttl(budget_day_key("2025-11-27")) > 300 * 24 * 3600
 
 
+async def test_a_days_figures_are_kept_spend_retention_days(redis, settings):
+    s = budgeted(settings, daily_usd=1.0).model_copy(update={"spend_retention_days": 3})
+    limiter = Limiter(redis, s)
+    assert (await limiter.admit("m", 0, 5, plan(limiter))).status == "ok"
+    assert 2 * 24 * 3600 < await redis.ttl(budget_day_key(limiter.budgets.day())) <= 3 * 24 * 3600
+
+
 async def test_a_spent_budget_still_lets_a_free_model_run(redis, settings):
     limiter = Limiter(redis, budgeted(settings, daily_usd=0.2))
     a = await limiter.admit("m", 0, 5, plan(limiter))
@@ -261,8 +268,8 @@ async def test_settled_after_success_and_failure_to_what_the_gateway_charged(pro
 
 async def test_a_spent_budget_runs_the_free_model_and_a_new_day_the_others(producer, settings, sim, redis):
     prices = {"gpt-4.1": SIM_GPT41, "free-model": Price(input=0, output=0)}
-    # a worst case of about $0.00034, a cost of about $0.00009: the second call does not fit
-    s = settings.model_copy(update={"budgets": BudgetConfig(daily_usd=0.0004), "prices": prices})
+    # a worst case of $0.0005 (90 bytes of body, 40 tokens), a cost of about $0.00009: the second call does not fit
+    s = settings.model_copy(update={"budgets": BudgetConfig(daily_usd=0.00055), "prices": prices})
     first = await producer.chat("gpt-4.1", "one two three", max_tokens=40, fallbacks=[])
     await run_worker(s)
     assert (await producer.result(first)).status == "succeeded"
@@ -282,8 +289,8 @@ async def test_a_spent_budget_runs_the_free_model_and_a_new_day_the_others(produ
 
 async def test_a_call_waits_for_reservations_in_flight_never_falling_back_to_a_pricier_model(producer, settings, sim):
     s = settings.model_copy(update={"prices": {"gpt-4.1": SIM_GPT41}, "worker_concurrency": 2})
-    # a worst case of about $0.00034: one call in flight leaves too little for a second one
-    s = s.model_copy(update={"budgets": BudgetConfig(daily_usd=0.0005)})
+    # a worst case of $0.0005: one call in flight leaves too little for a second one
+    s = s.model_copy(update={"budgets": BudgetConfig(daily_usd=0.0008)})
     sim_admin(sim, "/_sim/config", {"model": "gpt-4.1", "latency_ms": 1500})
     first = await producer.chat("gpt-4.1", "one two three", max_tokens=40, fallbacks=[])
     second = await producer.chat("gpt-4.1", "one two three", max_tokens=40, fallbacks=["claude-3-opus"], max_wait_s=0)
@@ -353,10 +360,10 @@ async def test_the_race_four_processes_of_fifty_never_spend_past_the_budget(prod
     """B + w is never exceeded, and the budget is spent to within a few w when the work exceeds it."""
     sim_admin(sim, "/_sim/config", {"latency_ms": 30})
     text = "word " * 120
-    w_estimate = 0.0015  # about (130 prompt * 0.002 + 100 * 0.008) / 1000
-    budget = 40 * w_estimate
+    budget = 0.06
     s = race_settings.model_copy(update={"budgets": BudgetConfig(daily_usd=budget)})
-    # worst cases from about $0.00063 (max_tokens 40) to w, $0.00111 (max_tokens 100)
+    # worst cases from about $0.0017 (690 bytes of body at $0.002/1K, max_tokens 40 at $0.008/1K)
+    # to w, about $0.0022 (max_tokens 100)
     ids = [await producer.chat("gpt-4.1", text, max_tokens=40 + 20 * (i % 4), fallbacks=[]) for i in range(200)]
     for _ in range(4):
         workers(s)

@@ -171,7 +171,7 @@ async def test_a_failed_leader_stores_nothing_and_a_waiter_calls(producer, setti
 
 async def test_a_dead_holders_lock_expires_and_a_waiter_takes_over(producer, settings, sim, redis):
     payload = {"messages": [{"role": "user", "content": "orphan"}], "temperature": 0.0}
-    digest = cache.request_digest("gpt-4.1", payload)
+    digest = cache.request_digest("gpt-4.1", payload, source="tests")  # the producer's source
     await redis.set(CACHE_LOCK_PREFIX + digest, "a-worker-that-died", px=700)  # it never publishes
     started = time.monotonic()
     result = await run_one(producer, settings, message="orphan", temperature=0)
@@ -225,3 +225,19 @@ async def test_duplicated_batch_lines_call_once_per_distinct_request(producer, s
     assert {o["response"]["body"]["choices"][0]["message"]["content"] for o in out[:3]} == {
         f"[gpt-4.1] You said: question {i}" for i in range(3)
     }
+
+
+async def test_each_source_has_its_own_cache_unless_cache_across_sources(settings, sim):
+    """A hit would tell a source that another asked the same question, what it was answered and
+    what it cost: by default each source has its own cache."""
+    async with (
+        Producer(settings.redis_url, queue_name=settings.queue_name, source="alpha") as alpha,
+        Producer(settings.redis_url, queue_name=settings.queue_name, source="beta") as beta,
+    ):
+        ask = {"message": "a private question", "temperature": 0, "max_tokens": 20}
+        results = [await run_one(p, settings, **ask) for p in (alpha, beta, alpha, beta)]
+        assert [r.cached for r in results] == [False, False, True, True] and calls(sim) == 2
+        shared = settings.model_copy(update={"cache_across_sources": True})
+        ask["message"] = "a question for everyone"
+        results = [await run_one(p, shared, **ask) for p in (alpha, beta)]
+        assert [r.cached for r in results] == [False, True] and calls(sim) == 3

@@ -164,3 +164,32 @@ async def test_a_probe_that_says_nothing_about_health_frees_the_probe_slot(redis
     limiter = await half_open_probing(redis)
     await settle(limiter, "m", outcome="neutral")  # e.g. the probe met a 429
     assert (await limiter.admit("m", 0, 5)).status == "probe"  # the next caller probes
+
+
+async def test_a_settlement_sent_again_after_a_lost_answer_applies_once(redis: Redis, redis_url: str):
+    # The worker's Redis client sends a command again when a connection error cut its answer
+    # (worker.connections); the settle had run. Run twice, it gave the unused tokens back twice
+    # (the next calls start early: over the TPM limit) and counted one failure as two.
+    from harness.reply_cutter import ReplyCutter
+    from worker.connections import arq_settings
+    from worker.scripts import preload
+
+    cutter = ReplyCutter(redis_url)
+    url = await cutter.start()
+    rs = arq_settings(url)
+    client = Redis.from_url(url, retry=rs.retry, retry_on_error=rs.retry_on_error)
+    try:
+        limiter = make(client, rate_limits={"m": RateLimit(tpm=60_000)})  # 1 ms a token; 2 failures open
+        await preload(client, [limiter._settle])
+        assert (await limiter.admit("m", 500, 5)).booked
+        booked = float(await redis.hget(model_key("m"), "t"))
+        cutter.marker = limiter._settle.sha.encode()
+        opened = await settle(limiter, "m", booked_tokens=500, outcome="fail")  # failed: all 500 back
+        assert cutter.cuts == 1 and opened == 0
+        assert float(await redis.hget(model_key("m"), "t")) == pytest.approx(booked - 500)
+        assert await redis.hget(model_key("m"), "fails") == b"1"
+        assert (await limiter.admit("m", 0, 5)).status == "ok"  # one failure: the circuit is closed
+        assert await settle(limiter, "m", outcome="fail") == 1  # the second opens it
+    finally:
+        await client.aclose()
+        cutter.server.close()

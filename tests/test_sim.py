@@ -1,5 +1,7 @@
 """The simulator's own switches and routes that the client tests do not reach."""
 
+import json
+
 import httpx
 import pytest
 
@@ -99,3 +101,110 @@ def test_credits_run_out_at_the_call_that_cannot_be_paid(sim):
     assert post(sim, "/chat/completions", HELLO).status_code == 200
     r = post(sim, "/chat/completions", HELLO)
     assert r.status_code == 402 and r.json()["error"]["code"] == "insufficient_credits"
+
+
+# ---------------------------------------------------------------- billing like the strictest gateway
+
+PNG = (
+    "data:image/png;base64,"
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
+)
+
+
+def usage(sim, body, path="/chat/completions"):
+    r = post(sim, path, body)
+    assert r.status_code == 200, r.text
+    return r.json()["usage"]
+
+
+def test_every_input_field_is_billed(sim):
+    """Tools, legacy functions, response_format schemas, any other input field and each message's
+    own fields are prompt tokens, as a gateway bills them; generation parameters are not."""
+    base = usage(sim, {**HELLO, "max_tokens": 5})["prompt_tokens"]
+    big = "x" * 4000  # 1,000 tokens of ASCII
+    tool = {"type": "function", "function": {"name": "f", "description": big, "parameters": {"type": "object"}}}
+    schema = {"type": "json_schema", "json_schema": {"name": "r", "schema": {"type": "object", "description": big}}}
+    for extra in (
+        {"tools": [tool], "tool_choice": "none"},
+        {"functions": [tool["function"]], "function_call": "none"},
+        {"response_format": schema},
+        {"prediction": {"type": "content", "content": big}},
+    ):
+        billed = usage(sim, {**HELLO, "max_tokens": 5, **extra})["prompt_tokens"]
+        assert 1000 < billed - base < 1100, extra
+    message = {"role": "user", "content": "hello", "name": big}
+    assert usage(sim, {**HELLO, "messages": [message], "max_tokens": 5})["prompt_tokens"] - base > 1000
+    knobs = {"temperature": 0.5, "top_p": 0.9, "seed": 3, "user": "u", "metadata": {"k": "v"}, "n": 1}
+    assert usage(sim, {**HELLO, "max_tokens": 5, **knobs})["prompt_tokens"] == base
+
+
+def test_chinese_is_a_token_a_character_and_never_written_past_max_tokens(sim):
+    text = "机器学习是人工智能的一个分支" * 50  # 700 characters, no spaces
+    english = usage(sim, {**HELLO, "messages": [{"role": "user", "content": "ab" * 350}], "max_tokens": 5})
+    chinese = post(
+        sim, "/chat/completions", {**HELLO, "messages": [{"role": "user", "content": text}], "max_tokens": 5}
+    )
+    body = chinese.json()
+    assert body["usage"]["prompt_tokens"] - english["prompt_tokens"] == 700 - 175
+    # the answer echoes it: cut at max_tokens, even inside a word
+    assert body["usage"]["completion_tokens"] == 5 and body["choices"][0]["finish_reason"] == "length"
+    tools = [{"type": "function", "function": {"name": "echo", "parameters": {"type": "object"}}}]
+    called = post(
+        sim,
+        "/chat/completions",
+        {**HELLO, "messages": [{"role": "user", "content": text}], "tools": tools, "max_tokens": 5, "n": 2},
+    )
+    assert called.json()["usage"]["completion_tokens"] == 10
+    assert called.json()["choices"][0]["finish_reason"] == "length"
+
+
+def test_an_image_is_billed_the_models_published_most(sim):
+    def image_cost(model):
+        content = [{"type": "text", "text": "what is it"}, {"type": "image_url", "image_url": {"url": PNG}}]
+        with_image = usage(sim, {"model": model, "messages": [{"role": "user", "content": content}], "max_tokens": 5})
+        plain = usage(sim, {"model": model, "messages": [{"role": "user", "content": content[:1]}], "max_tokens": 5})
+        return with_image["prompt_tokens"] - plain["prompt_tokens"]
+
+    # OpenAI's tile figures at 8 tiles; gpt-4o-mini bills 33x gpt-4o's tokens for the same dollars
+    assert image_cost("gpt-4o") == 85 + 8 * 170 and image_cost("gpt-4o-mini") == 2833 + 8 * 5667
+    assert image_cost("claude-3-sonnet") == 1600 and image_cost("gemini-2.0-flash") == 16 * 258
+
+
+def test_reasoning_models_refuse_max_tokens(sim):
+    r = post(sim, "/chat/completions", {**HELLO, "model": "o3-mini", "max_tokens": 5})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "max_tokens"
+    assert "max_completion_tokens" in r.json()["error"]["message"]
+    assert post(sim, "/chat/completions", {**HELLO, "model": "o3-mini", "max_completion_tokens": 5}).status_code == 200
+
+
+def test_bill_at_bound_bills_each_byte_of_the_body_and_the_whole_cap(sim):
+    sim_admin(sim, "/_sim/config", {"bill_at_bound": True})
+    content = [{"type": "text", "text": "这是什么"}, {"type": "image_url", "image_url": {"url": PNG}}]
+    body = {"model": "gpt-4o", "messages": [{"role": "user", "content": content}], "max_tokens": 7, "n": 3}
+    blank = {
+        **body,
+        "messages": [{"role": "user", "content": [content[0], {"type": "image_url", "image_url": {"url": ""}}]}],
+    }
+    sent = len(json.dumps(blank, ensure_ascii=False, separators=(",", ":")).encode())
+    billed = usage(sim, body)
+    assert billed["prompt_tokens"] == sent + 48_169 and billed["completion_tokens"] == 7 * 3
+    assert billed["cost"] == pytest.approx(((sent + 48_169) * 0.0025 + 21 * 0.01) / 1000)
+    # no cap: each choice as long as the model's context window
+    uncapped = usage(sim, {"model": "deepseek-chat", "messages": [{"role": "user", "content": "hi"}], "n": 4})
+    assert uncapped["completion_tokens"] == 4 * 64_000
+    # Gemini's native body, as received: maxOutputTokens, candidateCount, inline images
+    native = {
+        "contents": [
+            {
+                "role": "user",
+                "parts": [{"text": "hi"}, {"inline_data": {"mime_type": "image/png", "data": PNG.split(",")[1]}}],
+            }
+        ],
+        "generationConfig": {"maxOutputTokens": 9, "candidateCount": 2},
+    }
+    blank = json.loads(json.dumps(native))
+    blank["contents"][0]["parts"][1]["inline_data"]["data"] = ""
+    sent = len(json.dumps(blank, separators=(",", ":")).encode())
+    url = sim.base_url + "/models/gemini-2.0-flash:generateContent"
+    meta = httpx.post(url, json=native, headers=AUTH).json()["usageMetadata"]
+    assert (meta["promptTokenCount"], meta["candidatesTokenCount"]) == (sent + 48_169, 18)

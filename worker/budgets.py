@@ -7,13 +7,14 @@ Scopes (BUDGETS, and a batch's own budget set when it is submitted):
     model    BUDGETS.models[<model>]    the calls to that model, per day
     batch    budget_usd at submit       the calls of the batch's lines, for the batch's life
 
-Reserve, then settle. Before a call the worker reserves its worst case (prompt tokens as
-estimated + the completion cap, `max_tokens`/`max_completion_tokens` or BUDGET_DEFAULT_MAX_TOKENS,
-times `n`, at the model's worst-case price) against every scope that applies, in the same Lua
-script that books the call's rate-limit slot (worker.limiter splices the fragments below into
-its admit script): the scopes are checked (spent + reserved + worst case <= limit) and the
-reservation written with the booking, or nothing is (an admission sent again with the same
-reservation id, by a client retrying after a lost answer, reserves nothing more). After the
+Reserve, then settle. Before a call the worker reserves its worst case (the most prompt tokens
+its body can be billed, worker.tokens, + the completion cap,
+`max_tokens`/`max_completion_tokens` or else BUDGET_DEFAULT_MAX_TOKENS, which is then sent with
+the call, times `n`, at the model's worst-case price) against every scope that applies, in the
+same Lua script that books the call's rate-limit slot (worker.limiter splices the fragments
+below into its admit script): the scopes are checked (spent + reserved + worst case <= limit)
+and the reservation written with the booking, or nothing is (an admission sent again with the
+same reservation id, by a client retrying after a lost answer, reserves nothing more). After the
 call, `settle` releases the reservation and adds the real cost (`usage.cost`; a failed call
 costs 0; an unknown cost counts as the worst case) to each scope's spend: once, because it
 deletes the reservation it settles.
@@ -55,7 +56,6 @@ from .keys import (
     BUDGET_DEADLINES,
     BUDGET_LEARNED,
     BUDGET_RESERVATIONS,
-    SPEND_DAY_TTL_S,
     batch_key,
     budget_day_key,
 )
@@ -335,6 +335,8 @@ class Budgets:
         self._settle = redis.register_script(_SETTLE)
         self._keep = redis.register_script(_KEEP)
         self.lease_ms = int(settings.lease_s * 1000)
+        # a day's figures are kept as long as the other per-day spend records
+        self.day_ttl_s = settings.spend_retention_days * 24 * 3600
         unknown = settings.budget_unknown_price
         self._unknown = (unknown.input / 1000, unknown.output / 1000)
 
@@ -381,7 +383,7 @@ class Budgets:
             plan.id,
             self.lease_ms,
             "" if cap is None else repr(cap),
-            SPEND_DAY_TTL_S,
+            self.day_ttl_s,
         ]
         for s in scopes:
             plan.args += [s.prefix, "" if s.limit is None else repr(s.limit)]

@@ -8,9 +8,13 @@ time to first token, and a stored answer has none to give.
 
 The key is the SHA-256 of the normalised request: the model called, the messages and every
 parameter that can change the answer (JSON with sorted keys, so the order a producer wrote
-them in does not matter). Left out are the parameters that only label, store or schedule the
-call (`NOT_IN_KEY`): `user`, `safety_identifier`, `metadata`, `store`, `prompt_cache_*`,
-`service_tier`, `stream`, `stream_options`.
+them in does not matter), and the job's source. Left out are the parameters that only label,
+store or schedule the call (`NOT_IN_KEY`): `user`, `safety_identifier`, `metadata`, `store`,
+`prompt_cache_*`, `service_tier`, `stream`, `stream_options`.
+
+Each source has its own cache: a hit would tell source B that source A asked the same thing,
+what A was answered and what it cost. CACHE_ACROSS_SOURCES shares one cache between all sources
+(jobs without a source are one more source).
 
 A hit returns the stored answer with `cached: true`, `cost: 0` (`cost_source: cache`) and the
 original call's cost as `saved_cost`; it makes no call, so nothing reaches the spend totals,
@@ -116,12 +120,15 @@ def wanted(settings: Settings, job_cache: bool | None, payload: dict[str, Any]) 
     return job_cache is True or settings.cache_mode == "all" or payload.get("temperature") == 0
 
 
-def request_digest(model: str, payload: dict[str, Any], native: bool = False) -> str:
-    """The SHA-256 of the normalised request (see NOT_IN_KEY); `native`: sent to Gemini's own endpoint."""
+def request_digest(model: str, payload: dict[str, Any], native: bool = False, source: str | None = None) -> str:
+    """The SHA-256 of the normalised request (see NOT_IN_KEY); `native`: sent to Gemini's own
+    endpoint; `source`: the source whose cache it is in (None: the cache shared by all sources)."""
     request = {k: v for k, v in payload.items() if k not in NOT_IN_KEY}
     request["model"] = model
     if native:
         request["gemini_native"] = True
+    if source is not None:
+        request["llm_router_source"] = source
     return hashlib.sha256(b"v1\n" + orjson.dumps(request, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
@@ -207,7 +214,8 @@ async def flight(call: Call, model: str) -> AsyncIterator[Flight]:
         return
     cache, label = call.resources.cache, call.resources.labels.model(model)
     started = time.perf_counter()
-    digest = request_digest(model, call.payload, call.gemini_native and is_gemini(model))
+    source = None if call.settings.cache_across_sources else (call.source or "")  # "": no source (not a valid name)
+    digest = request_digest(model, call.payload, call.gemini_native and is_gemini(model), source)
     token = uuid.uuid4().hex
     found = await cache.lookup(digest, model, token)
     if found.status == "wait":

@@ -128,8 +128,7 @@ class AIsaClient:
     async def _chat_stream(
         self, payload: dict[str, Any], on_delta: Callable[[list[dict[str, Any]]], Awaitable[None]] | None = None
     ) -> Completion:
-        # the job's own stream options, and always the usage chunk (the call's cost)
-        payload = {**payload, "stream_options": {**(payload.get("stream_options") or {}), "include_usage": True}}
+        payload = chat_body(payload)
         started = time.perf_counter()
         with _transport_errors(streaming=True):
             async with aconnect_sse(self._http, "POST", "chat/completions", json=payload) as source:
@@ -146,6 +145,14 @@ class AIsaClient:
                         await on_delta(stream.fresh)
         with _reading("stream"):
             return stream.finish(time.perf_counter() - started, response.headers)
+
+
+def chat_body(payload: dict[str, Any]) -> dict[str, Any]:
+    """The chat/completions body sent for `payload`: a stream's asks for the usage chunk (the
+    call's cost) besides the job's own stream options."""
+    if not payload.get("stream"):
+        return payload
+    return {**payload, "stream_options": {**(payload.get("stream_options") or {}), "include_usage": True}}
 
 
 class _StreamAssembler:

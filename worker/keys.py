@@ -40,6 +40,7 @@ results): the README's key table is checked against this module by a test.
     llm-router:budget:reservations      hash reservation id -> JSON {w: worst case USD, s: [[key, field prefix]...]}
     llm-router:budget:deadlines         sorted set reservation id -> deadline (ms): an expired one is released
     llm-router:budget:learned           hash <model>|in, <model>|out -> USD per token, an upper bound learned from bills
+    llm-router:settled:<id>             a limiter settlement applied (worker.limiter): one sent again adds nothing
     llm-router:file:<file_id>           hash: an uploaded file's record (producers.files): name, size, owner
     llm-router:file:data:<file_id>      string: its bytes, written and read in chunks
     llm-router:webhooks                 sorted set delivery -> when due: webhooks to send (worker.outbox)
@@ -115,6 +116,7 @@ SCHEDULES_PENDING = PREFIX + "schedules:pending"
 SOURCE_BATCHES_PREFIX = PREFIX + "source-batches:"
 SOURCE_FILES_PREFIX = PREFIX + "source-files:"
 BUDGET_DAY_PREFIX = PREFIX + "budget:day:"
+SETTLED_PREFIX = PREFIX + "settled:"
 BUDGET_RESERVATIONS = PREFIX + "budget:reservations"
 BUDGET_DEADLINES = PREFIX + "budget:deadlines"
 BUDGET_LEARNED = PREFIX + "budget:learned"
@@ -280,3 +282,8 @@ def retry_key(job_id: str) -> str:
 
 def arq_result_key(job_id: str) -> str:
     return ARQ_RESULT_PREFIX + job_id
+
+
+def settled_key(settlement: str) -> str:
+    """The mark of a limiter settlement applied (worker.limiter): one sent again adds nothing."""
+    return SETTLED_PREFIX + settlement

@@ -34,6 +34,7 @@ every few hundred ms (`probing`), so they start as soon as the probe's success c
 from __future__ import annotations
 
 import json
+import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -41,7 +42,7 @@ from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
 from . import budgets
-from .keys import GATE, GLOBAL_LIMIT, model_key
+from .keys import GATE, GLOBAL_LIMIT, model_key, settled_key
 from .models import BudgetInfo
 from .scripts import run_scripts
 from .serde import as_text
@@ -107,11 +108,16 @@ if tonumber(ARGV[4]) > 0 or tonumber(ARGV[5]) > 0 then book(KEYS[3], tonumber(AR
 return {probing and 'probe' or 'ok', math.ceil(wait), B.booked}
 """
 
-# KEYS: model hash, global hash
+# KEYS: model hash, global hash, the settlement's mark (keys.settled_key)
 # ARGV: tokens to give back, ms per token, global ms per token, outcome (ok|fail|neutral),
-#       pause ms, circuit failures, circuit window ms, circuit open ms
-# then a budget settlement's KEYS[3..5] and ARGV[9..] (worker.budgets), settled first
+#       pause ms, circuit failures, circuit window ms, circuit open ms, mark ms
+# then a budget settlement's KEYS[4..6] and ARGV[10..] (worker.budgets), settled first.
+# A settlement sent again by the client after a lost answer (worker.scripts) finds its mark and
+# answers what its first run did: tokens are given back, a failure counted, once.
 _SETTLE = """
+local seen = redis.call('GET', KEYS[3])
+if seen then return tonumber(seen) end
+redis.call('SET', KEYS[3], 0, 'PX', ARGV[9])
 --@budget:settle
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -148,11 +154,18 @@ elseif outcome == 'fail' then
     redis.call('HSET', KEYS[1], 'open_until', now + tonumber(ARGV[8]), 'fails', 0, 'fails_since', now)
     redis.call('HDEL', KEYS[1], 'probe')
     redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[8]) + 3600000)
+    redis.call('SET', KEYS[3], 1, 'PX', ARGV[9])
     return 1
   end
 end
 return 0
 """
+
+
+# How long a settlement's mark is kept: longer than the Redis client retries a command
+# (worker.connections: 40 tries, backoff capped at 2 s, about 75 s in all). About 100 bytes a
+# call: 3 MB at 100 calls a second.
+SETTLED_MARK_MS = 5 * 60 * 1000
 
 
 @dataclass
@@ -195,7 +208,7 @@ class Limiter:
         self.budgets = budgets.Budgets(redis, settings)
         self._global = _intervals(settings.global_rate_limit, settings.rate_limit_headroom)
         self._admit = redis.register_script(budgets.splice(_ADMIT))
-        self._settle = redis.register_script(budgets.splice_settle(_SETTLE, keys=2, args=8))
+        self._settle = redis.register_script(budgets.splice_settle(_SETTLE, keys=3, args=9))
 
     def intervals(self, model: str) -> tuple[float, float]:
         return _intervals(self.settings.rate_limits.get(model), self.settings.rate_limit_headroom)
@@ -287,9 +300,11 @@ class Limiter:
             s.circuit_failures,
             int(s.circuit_window_s * 1000),
             int(s.circuit_open_s * 1000),
+            SETTLED_MARK_MS,
             *(budget[1] if budget else ()),
         ]
-        return self._settle, [model_key(model), GLOBAL_LIMIT, *(budget[0] if budget else ())], args
+        mark = settled_key(uuid.uuid4().hex[:20])  # this settlement's id: applied once
+        return self._settle, [model_key(model), GLOBAL_LIMIT, mark, *(budget[0] if budget else ())], args
 
 
 def _tpm(limit: RateLimit | None) -> float:

@@ -5,7 +5,6 @@ of `worker.limiter`. Every real upstream call is recorded (cost included) the mo
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import random
 import re
@@ -16,10 +15,10 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from . import budgets, cache, errors
+from . import budgets, cache, errors, gemini, tokens
 from . import metrics as m
 from .batches import line_of
-from .client import Completion
+from .client import Completion, chat_body
 from .gemini import is_gemini
 from .limiter import Admission
 from .models import ANSWER_FIELDS, Attempt, ErrorInfo, ModelAnswer
@@ -41,9 +40,10 @@ TOKEN_RECHECK_S = 0.05
 # cannot wait in place goes back to the queue for (not the probe's lease: a request timeout).
 PROBE_RECHECK_S = 0.2
 PROBE_DEFER_S = 1.0
-# What one image may cost in prompt tokens, for the booking (OpenAI: 765 at high detail, 85 low).
-IMAGE_TOKENS = 1000
-_DATA_URL = re.compile(r"data:image/[^\"]*")
+# OpenAI's reasoning models refuse `max_tokens` (400, unsupported_parameter): their cap is
+# `max_completion_tokens`. The other models behind AIsa take `max_tokens` (aisa-wire.md), and
+# Gemini's native path `maxOutputTokens` (worker.gemini translates either).
+_COMPLETION_CAP_ONLY = re.compile(r"(o\d|gpt-5)")
 # A bulk job whose slot is further off than BULK_HORIZON_S looks again this often at most.
 BULK_RECHECK_S = 1.0
 # How often a call whose worst case fits a budget's spend, not what calls in flight reserve, asks
@@ -94,6 +94,7 @@ class Call:
     # a streaming job's live events (worker.events): None publishes nothing
     events: JobEvents | None = None
     route: str | None = None  # the route (`route:<name>`) the job's model named, if any: its spend is kept by route
+    _bounds: dict[str, int] = field(default_factory=dict, repr=False)  # prompt_bound by model
 
     @property
     def settings(self) -> Settings:
@@ -105,10 +106,40 @@ class Call:
         return self.estimate_prompt_tokens() + self.completion_cap(DEFAULT_COMPLETION_ESTIMATE)
 
     def estimate_prompt_tokens(self) -> int:
-        text = json.dumps(self.payload["messages"], separators=(",", ":"))
-        # an image costs a bounded number of tokens, whatever its base64 weighs in the JSON
-        inline = sum(len(url) for url in _DATA_URL.findall(text))
-        return (len(text) - inline) // 4 + IMAGE_TOKENS * text.count('"image_url"')
+        """A realistic count of the prompt, every input field's, for the rate limiter's booking
+        (worker.tokens says why not the bound)."""
+        return tokens.input_estimate(self.payload)
+
+    def prompt_bound(self, model: str) -> int:
+        """The most prompt tokens a call to `model` can be billed, for its budget reservation:
+        every byte of the body sent, with the completion cap a budget adds (worker.tokens)."""
+        bound = self._bounds.get(model)
+        if bound is None:
+            bound = self._bounds[model] = tokens.input_bound(self.wire_body(self.capped(self.payload, model), model))
+        return bound
+
+    def wire_body(self, payload: dict[str, Any], model: str) -> dict[str, Any]:
+        """The body `send` sends for `payload` to `model`."""
+        payload = {**payload, "model": model}
+        if self.native(model, payload):
+            try:
+                return gemini.request_body(payload)
+            except ValueError:
+                pass  # not sendable natively: the call fails unsent; the chat body bounds it anyway
+        return chat_body(payload)
+
+    def native(self, model: str, payload: dict[str, Any]) -> bool:
+        """Whether a call to `model` goes to Gemini's native endpoint (a stream never does)."""
+        return self.gemini_native and is_gemini(model) and not payload.get("stream")
+
+    def capped(self, payload: dict[str, Any], model: str) -> dict[str, Any]:
+        """`payload` with the completion cap a budget assumes for a job that set none
+        (BUDGET_DEFAULT_MAX_TOKENS a choice), in the field `model` takes: a budget's worst case
+        holds only if the gateway is held to it."""
+        if payload.get("max_tokens") or payload.get("max_completion_tokens"):
+            return payload
+        name = "max_completion_tokens" if _COMPLETION_CAP_ONLY.match(model) else "max_tokens"
+        return {**payload, name: self.settings.budget_default_max_tokens}
 
     def completion_cap(self, default: int) -> int:
         """The most completion tokens the call may be billed: the cap (`default` if none) times `n`."""
@@ -121,11 +152,18 @@ class Call:
             model,
             self.source,
             self.job_id,
-            self.estimate_prompt_tokens(),
+            self.prompt_bound(model),
             self.completion_cap(self.settings.budget_default_max_tokens),
             # a compare job's models are not fallbacks of each other
             None if self.kind == "compare" else self.budget_cap,
         )
+
+    def cut_by_budget_cap(self, answer: ModelAnswer) -> bool:
+        """Whether `answer` may have been cut by the cap a budget added (the job set none): not
+        what the same request gets without a budget, so it is not cached."""
+        if self.payload.get("max_tokens") or self.payload.get("max_completion_tokens"):
+            return False
+        return "length" in {answer.finish_reason, *(c.finish_reason for c in answer.choices or ())}
 
 
 async def walk_chain(call: Call, chain: list[str]) -> ModelAnswer:
@@ -162,7 +200,7 @@ async def try_model(call: Call, model: str) -> Step:
         if flight.hit is not None:
             return Step("ok", flight.hit)
         step = await call_model(call, model)
-        if step.outcome == "ok":
+        if step.outcome == "ok" and not call.cut_by_budget_cap(step.answer):
             flight.keep(step.answer)
         return step
 
@@ -192,6 +230,8 @@ async def call_model(call: Call, model: str) -> Step:
         m.RATE_LIMIT_WAIT.labels(call.resources.labels.model(model)).observe(slot_wait + admission.wait_s)
         slot_wait = 0.0
         payload = {**call.payload, "model": model}
+        if admission.reservation is not None:  # a budget applies: the cap it assumed is sent
+            payload = call.capped(payload, model)
         answer, exc = await call_once(call, model, payload, tokens, waited, admission.reservation)
         if exc is None:
             return Step("ok", answer)
@@ -354,7 +394,7 @@ async def send(call: Call, payload: dict[str, Any]) -> Completion:
     """The upstream request: Gemini's native endpoint for a Gemini model of a `gemini_native`
     job (unless streamed: the native stream is not served), else chat/completions."""
     client, model = call.resources.client, payload["model"]
-    if call.gemini_native and is_gemini(model) and not payload.get("stream"):
+    if call.native(model, payload):
         return await client.generate_content(model, payload)
     return await client.chat(payload, call.events.on_delta(model) if call.events is not None else None)
 

@@ -12,8 +12,8 @@ every call after it if `rerun_rest` (for scripts that only make sense after the 
 are idempotent). A call that ran is never sent twice by this module; the client's own retry on a
 connection error (worker.connections) does send again a pipeline whose answers were lost, so
 the job path's scripts take a second run: a claim hands over the same jobs, and a result,
-release, call record, budget reservation or stream entry is written once (a second run of the
-admission books one more rate-limit slot; of the settle, gives the unused tokens back twice).
+release, call record, budget reservation, limiter settlement or stream entry is written once
+(a second run of the admission books one more rate-limit slot).
 """
 
 from __future__ import annotations

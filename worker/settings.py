@@ -165,6 +165,9 @@ class Settings(BaseSettings):
         "(deterministic), every call a job does not opt out of (all), none (off)",
     )
     cache_ttl_s: int = Field(24 * 3600, ge=1, description="how long a cached answer is kept")
+    cache_across_sources: bool = Field(
+        False, description="one response cache for all sources (default: each source its own, so none sees another's)"
+    )
     # ROUTES='{"cheap": {"models": ["gemini-2.0-flash", "gpt-4.1"], "order": "cost"}}': named routes
     # a job uses as its model (`route:cheap`), added to the built-in ones (or replacing one by name)
     routes: dict[RouteName, Route] = {}
