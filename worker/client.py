@@ -28,6 +28,9 @@ from . import errors, gemini
 from .headers import parse_duration, rate_limit_snapshot, retry_after
 from .models import Answer, Choice, Usage
 
+# 404 codes that say the model is unknown (aisa-wire.md), not the path
+MODEL_NOT_FOUND = frozenset({"model_not_found", "unknown_model"})
+
 
 class Completion(Answer):
     """One successful upstream call: the answer (`cost` is the gateway's bill, `usage.cost`, or
@@ -342,11 +345,19 @@ def _status_error(response: httpx.Response) -> errors.APIStatusError:
         request_id = err.get("request_id")
     elif isinstance(err, str):
         message = err
+    if status == 404 and code not in MODEL_NOT_FOUND:
+        # not a model the gateway lacks: a path it lacks (AISA_BASE_URL without /v1?): say which
+        message = f"{message} ({response.request.method} {_shown(response.request.url)})"
     wait = None
     if status == 429:
         wait = retry_after(response.headers)
         wait = _retry_delay(err) if wait is None else wait
     return errors.error_for_status(status, message, code=code, request_id=request_id, retry_after=wait)
+
+
+def _shown(url: httpx.URL) -> str:
+    """A URL as it may be logged and stored: no user info, no query."""
+    return str(url.copy_with(userinfo=b"", query=None))
 
 
 def _retry_delay(err: Any) -> float | None:
