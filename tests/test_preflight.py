@@ -171,7 +171,12 @@ async def test_a_running_worker_says_when_redis_goes_away_and_comes_back(setting
 @pytest.mark.parametrize(
     ("base", "key", "said"),
     [
-        ("{sim}", API_KEY, "GET {sim}/models answered 404, so every call would too: add /v1: AISA_BASE_URL={sim}/v1"),
+        (
+            "{sim}",
+            API_KEY,
+            "AISA_BASE_URL: GET {sim}/models and POST {sim}/chat/completions answer 404, so every call would:"
+            " add /v1: AISA_BASE_URL={sim}/v1",
+        ),
         ("{sim}/v1", "not-the-key", "AISA_API_KEY: the gateway at {sim}/v1 refused the key (401"),
         ("http://127.0.0.1:{free}/v1", API_KEY, "cannot reach the gateway at http://127.0.0.1:{free}/v1"),
     ],
@@ -202,3 +207,24 @@ async def test_a_404_on_the_chat_path_names_the_url_it_called(sim):
         with pytest.raises(errors.ModelNotFoundError) as unknown:
             await client.chat({"model": "no-such-model", "messages": [{"role": "user", "content": "hi"}]})
     assert "POST" not in str(unknown.value)
+
+
+async def test_a_server_without_a_models_list_passes_the_gateway_check_if_it_has_the_chat_path():
+    # README: servers without /v1/models work; the check must not send their operators after /v1
+    from aiohttp import web
+
+    from tests.plain_openai import create_app
+    from worker.preflight import gateway_problem
+
+    runner = web.AppRunner(create_app())
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        async with AIsaClient(f"http://127.0.0.1:{port}/v1", API_KEY) as client:
+            assert await gateway_problem(client, f"http://127.0.0.1:{port}/v1") is None
+        async with AIsaClient(f"http://127.0.0.1:{port}", API_KEY) as client:
+            problem = await gateway_problem(client, f"http://127.0.0.1:{port}")
+        assert problem is not None and problem.endswith(f"add /v1: AISA_BASE_URL=http://127.0.0.1:{port}/v1")
+    finally:
+        await runner.cleanup()

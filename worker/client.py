@@ -85,6 +85,13 @@ class AIsaClient:
         except (KeyError, TypeError):
             raise errors.MalformedResponseError("models list has no data[].id") from None
 
+    async def chat_path_status(self) -> int:
+        """The status POST /chat/completions answers an empty request: refused as a bad request
+        (400/422), never billed, by a server that has the path; 404 by one that has not."""
+        with _transport_errors():
+            response = await self._http.post(self._chat_url, json={})
+        return response.status_code
+
     async def chat(
         self, payload: dict[str, Any], on_delta: Callable[[list[dict[str, Any]]], Awaitable[None]] | None = None
     ) -> Completion:

@@ -9,8 +9,10 @@ ingress and the exporter. Three kinds of URL:
   require one (the password of the userinfo is the master's).
 
 A worker retries a command on connection errors for about a minute (a restart, a failover),
-with backoff; so does every client of a Sentinel URL (a failover takes seconds). A producer
-on a plain URL fails at once, as before (the CLI says Redis cannot be reached).
+with backoff, and says in its log when Redis is lost and when it answers again (SayingRetry);
+so does every client of a Sentinel URL (a failover takes seconds). A producer on a plain URL
+fails at once, as before, after at most CONNECT_TIMEOUT_S (the CLI says what is wrong:
+worker.preflight).
 """
 
 from __future__ import annotations

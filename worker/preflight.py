@@ -240,12 +240,7 @@ async def gateway_problem(client: AIsaClient, base_url: str) -> str | None:
         await client.models()
     except errors.APIStatusError as exc:
         if exc.status == 404:
-            fix = (
-                f"add /v1: AISA_BASE_URL={base_url.rstrip('/')}/v1"
-                if not base_url.rstrip("/").endswith("/v1")
-                else "AISA_BASE_URL must be the API's root, as https://api.aisa.one/v1"
-            )
-            return f"AISA_BASE_URL: GET {url} answered 404, so every call would too: {fix}"
+            return await _no_models_list(client, base_url)
         if exc.status in (401, 403):
             return f"AISA_API_KEY: the gateway at {base_url} refused the key ({exc}): set the key AIsa gave you"
         return f"the gateway at {base_url} answers GET {url} with {exc}: calls may fail until it recovers"
@@ -255,8 +250,31 @@ async def gateway_problem(client: AIsaClient, base_url: str) -> str | None:
             " root (https://api.aisa.one/v1), not a web page?"
         )
     except errors.AIsaError as exc:  # no answer: jobs retry with backoff, the circuits open
-        return f"cannot reach the gateway at {base_url} ({exc}): check AISA_BASE_URL and the network; jobs will retry"
+        return _unreachable(base_url, exc)
     return None
+
+
+async def _no_models_list(client: AIsaClient, base_url: str) -> str | None:
+    """GET /models answered 404: a server without a models list is fine if it has the chat path."""
+    base = base_url.rstrip("/")
+    try:
+        status = await client.chat_path_status()
+    except errors.AIsaError as exc:
+        return _unreachable(base_url, exc)
+    if status not in (404, 405):
+        return None
+    fix = (
+        f"add /v1: AISA_BASE_URL={base}/v1"
+        if not base.endswith("/v1")
+        else "is it the API's root, as https://api.aisa.one/v1?"
+    )
+    return (
+        f"AISA_BASE_URL: GET {base}/models and POST {base}/chat/completions answer {status}, so every call would: {fix}"
+    )
+
+
+def _unreachable(base_url: str, exc: errors.AIsaError) -> str:
+    return f"cannot reach the gateway at {base_url} ({exc}): check AISA_BASE_URL and the network; jobs will retry"
 
 
 async def check_gateway(client: AIsaClient, base_url: str, log: logging.Logger) -> None:
