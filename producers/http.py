@@ -373,10 +373,18 @@ def api(host: str, port: int) -> None:
     """Serve the HTTP ingress (OpenAPI schema at /openapi.json); needs INGRESS_TOKENS and REDIS_URL."""
     import uvicorn
 
+    from worker.preflight import redis_problem
+
     try:
-        app = create_app()
+        settings = load_settings()
+        app = create_app(settings)
+        problem = redis_problem(settings.redis_url)
+        if problem is not None and problem.lasting:
+            raise ConfigError(f"REDIS_URL: {problem.text}")
     except ConfigError as exc:
         exit_on_config_error(exc)
         return
+    if problem is not None:  # Redis may be starting: /readyz and requests answer 503 until it answers
+        click.echo(f"llm-router api: {problem.text}; serving, with 503s until it answers", err=True)
     # no access log and no X-Forwarded-* rewriting: both cost per request and nothing here reads them
     uvicorn.run(app, host=host, port=port, access_log=False, proxy_headers=False, timeout_graceful_shutdown=5)

@@ -5,6 +5,7 @@ METRICS_PORT stops a worker's start, and the worker's probes answer beside its m
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import time
 
@@ -16,7 +17,7 @@ from redis import Redis
 from harness.processes import LLMRouterProcess, answers, llm_router, settings_env
 from harness.wait import wait_until
 from worker import fleet, health
-from worker.keys import CONFIG_PREFIX
+from worker.keys import CONFIG_PREFIX, WORKER_CONFIG_PREFIX
 from worker.settings import RateLimit, Settings
 
 from .helpers import API_KEY, free_port
@@ -150,3 +151,23 @@ async def test_the_keeper_keeps_the_worker_live_while_redis_is_down(settings):
         finally:
             await service.shutdown(ctx)
             await pool.aclose()
+
+
+def test_a_worker_that_stops_cleanly_withdraws_its_digest(fleet_settings, redis_url, workers):
+    # a rolling restart with a changed setting: the old worker's digest must not linger as a disagreement
+    old = fleet_settings.model_copy(update={"metrics_port": free_port()})
+    new = fleet_settings.model_copy(
+        update={"rate_limits": {"gpt-4.1": RateLimit(rpm=600)}, "metrics_port": free_port()}
+    )
+    first = workers(old).wait_started(lambda: answers(f"http://127.0.0.1:{old.metrics_port}/readyz"), 30, "worker 1")
+    workers(new).wait_started(lambda: answers(f"http://127.0.0.1:{new.metrics_port}/readyz"), 30, "worker 2")
+    env = settings_env(fleet_settings)
+    both = subprocess.run([llm_router(), "fleet", "--json"], env=env, capture_output=True, text=True, timeout=30)
+    assert both.returncode == 1 and len(json.loads(both.stdout)) == 2, both.stdout + both.stderr
+    first.send(signal.SIGTERM)
+    assert first.wait(30) == 0
+    # at once, not after the heartbeat goes stale
+    out = subprocess.run([llm_router(), "fleet", "--json"], env=env, capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert [row["digest"] for row in json.loads(out.stdout)] == [fleet.digest(fleet.fleet_settings(new))]
+    assert len(Redis.from_url(redis_url).keys(f"{WORKER_CONFIG_PREFIX}*")) == 1

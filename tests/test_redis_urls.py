@@ -122,3 +122,29 @@ async def test_every_process_on_the_url(kind, request, settings, sim, workers, t
     finally:
         api.stop()
         exporter.stop()
+
+
+async def test_arq_worker_settings_use_our_pool_on_a_sentinel_url(sentinel_url, settings, monkeypatch):
+    # `arq worker.WorkerSettings`: arq's own pool passes no retry options to Sentinel's
+    # connections, so a failover stopped the worker; it must run on ours, as `llm-router worker` does
+    from arq.worker import Worker, get_kwargs
+
+    from worker.service import settings_class
+
+    s = settings.model_copy(update={"redis_url": sentinel_url})
+    for name, value in settings_env(s).items():
+        monkeypatch.setenv(name, value)
+    worker_settings = settings_class()
+    pool = worker_settings.redis_pool  # type: ignore[attr-defined]
+    assert pool.connection_pool.connection_class is connections.FollowMaster
+    assert isinstance(pool.connection_pool.connection_kwargs["retry"], connections.SayingRetry)
+    async with Producer(sentinel_url, queue_name=s.queue_name) as producer:
+        job = await producer.chat("gpt-4.1", "via arq on Sentinel")
+        worker = Worker(**get_kwargs(worker_settings), burst=True, handle_signals=False)
+        try:
+            await worker.main()
+            assert worker.pool is pool
+        finally:
+            await worker.close()
+        result = await producer.result(job)
+    assert result is not None and result.status == "succeeded"

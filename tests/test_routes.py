@@ -143,12 +143,15 @@ async def test_an_unknown_route_fails_at_the_worker_otherwise(settings, sim, mon
 @pytest.mark.parametrize(
     ("routes_json", "words"),
     [
-        ('{"x": {"models": []}}', "ROUTES_X_MODELS"),
+        ('{"x": {"models": []}}', 'ROUTES, in ["x"]["models"]: List should have at least 1 item'),
         ('{"x": {"models": ["gpt-4.1", "route:y"]}}', "a route lists models, not other routes"),
         ('{"bad name": {"models": ["gpt-4.1"]}}', "route name 'bad name'"),
-        ('{"x": {"models": ["gpt-4.1"], "order": "cheapest"}}', "ROUTES_X_ORDER"),
+        ('{"x": {"models": ["gpt-4.1"], "order": "cheapest"}}', 'ROUTES, in ["x"]["order"]'),
         ('{"x": {"models": ["gpt-4.1"], "rules": [{"models": ["gpt-4o"]}]}}', "a rule needs a condition"),
-        ('{"x": {"models": ["gpt-4.1"], "rules": [{"image": true, "models": ["gpt-4o"]}]}}', "ROUTES_X_RULES_0_IMAGE"),
+        (
+            '{"x": {"models": ["gpt-4.1"], "rules": [{"image": true, "models": ["gpt-4o"]}]}}',
+            'in ["x"]["rules"][0]: unknown key "image": did you mean "images"?',
+        ),
     ],
 )
 def test_bad_routes_are_refused_naming_the_setting(routes_json, words, monkeypatch):

@@ -1,9 +1,24 @@
 """Settings from the environment: defaults, and errors that name the variable."""
 
-import pytest
+import collections.abc
+import dataclasses
+import json
+import os
+import re
+import subprocess
+import types
+import typing
+from collections.abc import Iterator
+from typing import Any
 
+import pytest
+from pydantic import BaseModel
+
+from harness.processes import llm_router
+from worker.routes import Route, RouteRule
 from worker.service import worker_kwargs
-from worker.settings import ConfigError, Settings, load_settings
+from worker.settings import BudgetConfig, ConfigError, Price, RateLimit, Settings, load_settings
+from worker.strict import StrictModel
 
 
 def test_defaults_point_at_the_real_gateway(monkeypatch):
@@ -40,3 +55,89 @@ def test_an_invalid_ingress_token_entry_is_named_without_the_token(monkeypatch):
         load_settings(_env_file=None)
     assert "INGRESS_TOKENS: Input should be a valid string" in str(err.value)
     assert "s3cret" not in str(err.value).lower()
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "said"),
+    [
+        (
+            "RATE_LIMITS",
+            '{"gpt-4.1": {"rpn": 600}}',
+            'RATE_LIMITS, in ["gpt-4.1"]: unknown key "rpn": did you mean "rpm"?',
+        ),
+        ("GLOBAL_RATE_LIMIT", '{"rmp": 3000}', 'GLOBAL_RATE_LIMIT: unknown key "rmp": did you mean "rpm"?'),
+        (
+            "PRICES",
+            '{"m": {"input": 1, "outptu": 2}}',
+            'PRICES, in ["m"]: unknown key "outptu": did you mean "output"?',
+        ),
+    ],
+)
+def test_a_misspelt_key_in_a_json_setting_is_refused_naming_the_variable(name, value, said, monkeypatch):
+    # a misspelt limit used to be accepted as a model with no limit at all
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError) as refused:
+        load_settings(_env_file=None)
+    assert said in str(refused.value)
+    assert f"{name}_" not in str(refused.value)  # the variable a person sets, not a pydantic path
+
+
+def test_a_worker_with_a_misspelt_rate_limit_refuses_to_start(monkeypatch):
+    env = {**os.environ, "AISA_API_KEY": "k", "RATE_LIMITS": '{"gpt-4.1": {"rpn": 600}}', "METRICS_PORT": "0"}
+    out = subprocess.run([llm_router(), "worker", "--burst"], env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert 'RATE_LIMITS, in ["gpt-4.1"]: unknown key "rpn": did you mean "rpm"? (keys: rpm, tpm)' in out.stderr
+
+
+UNKNOWN = "zz_not_a_key"
+
+
+def unknown_key_values(annotation: Any, seen: frozenset[type] = frozenset()) -> Iterator[tuple[Any, type]]:
+    """For every object a setting of type `annotation` may hold: a JSON value with an unknown key
+    in that object (and the model it is)."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Annotated:
+        yield from unknown_key_values(args[0], seen)
+    elif origin in (typing.Union, types.UnionType):
+        for arg in args:
+            yield from unknown_key_values(arg, seen)
+    elif origin is dict or origin is collections.abc.Mapping:
+        for value, model in unknown_key_values(args[1], seen):
+            yield {"x": value}, model
+    elif origin in (list, tuple, set, frozenset, collections.abc.Sequence):
+        for value, model in unknown_key_values(args[0], seen):
+            yield [value], model
+    elif isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        if annotation in seen:
+            return
+        yield {UNKNOWN: 1}, annotation
+        for name, field in annotation.model_fields.items():
+            for value, model in unknown_key_values(field.annotation, seen | {annotation}):
+                yield {field.alias or name: value}, model
+    else:
+        assert not (dataclasses.is_dataclass(annotation) or typing.is_typeddict(annotation)), (
+            f"{annotation}: an object in a setting is a worker.strict.StrictModel (unknown keys refused)"
+        )
+
+
+def test_every_json_setting_refuses_unknown_keys(monkeypatch):
+    """Walks every setting pydantic-settings reads as JSON, puts an unknown key in each object its
+    value may hold, and proves it refused, naming the variable: a setting added later cannot forget."""
+    from pydantic_settings import EnvSettingsSource
+
+    source = EnvSettingsSource(Settings)
+    checked: set[type] = set()
+    for name, field in Settings.model_fields.items():
+        if not source.field_is_complex(field):
+            continue
+        for value, model in unknown_key_values(field.annotation):
+            assert issubclass(model, StrictModel), f"{name.upper()}: {model.__name__} is not a StrictModel"
+            monkeypatch.setenv(name.upper(), json.dumps(value))
+            with pytest.raises(ConfigError) as refused:
+                load_settings(_env_file=None)
+            monkeypatch.delenv(name.upper())
+            said = str(refused.value)
+            assert f'unknown key "{UNKNOWN}"' in said and re.search(rf"\b{name.upper()}(:|, in )", said), (name, said)
+            checked.add(model)
+    # the walk reaches the models of today's settings (so it would reach tomorrow's)
+    assert {RateLimit, Price, BudgetConfig, Route, RouteRule} <= checked

@@ -10,6 +10,8 @@ from typing import Any, NoReturn
 
 import click
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import InvalidResponse
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import logs
 from .settings import ConfigError, exit_on_config_error, load_settings
@@ -21,10 +23,19 @@ def run(main: Coroutine[Any, Any, int]) -> NoReturn:
         code = asyncio.run(main)
     except ConfigError as exc:
         exit_on_config_error(exc)
-    except RedisConnectionError as exc:
-        click.echo(f"llm-router: cannot reach Redis ({exc}): start it, or point REDIS_URL at it", err=True)
-        code = 1
+    except (RedisConnectionError, RedisTimeoutError, InvalidResponse) as exc:
+        code = _redis_failed(exc)
     raise SystemExit(code)
+
+
+def _redis_failed(exc: BaseException) -> int:
+    """Say what is wrong with Redis (worker.preflight) and how to fix it: 2 if a setting must
+    change (a password, the scheme), 1 if Redis could not be reached."""
+    from .preflight import explain
+
+    problem = explain(load_settings().redis_url, exc)
+    click.echo(f"llm-router: REDIS_URL: {problem.text}", err=True)
+    return 2 if problem.lasting else 1
 
 
 @click.group()
@@ -52,11 +63,17 @@ def worker(burst: bool) -> None:
 @cli.command()
 def exporter() -> None:
     """Serve the queue-level metrics (credits, queue, dead letters) on EXPORTER_PORT."""
-    from .exporter import serve
+    from .exporter import log, serve
+    from .preflight import redis_problem
 
     try:
         settings = load_settings()
         logs.setup(settings)
+        problem = redis_problem(settings.redis_url)
+        if problem is not None and problem.lasting:
+            raise ConfigError(f"REDIS_URL: {problem.text}")
+        if problem is not None:
+            log.warning("%s; serving llm_router_exporter_redis_up 0 until it answers", problem.text)
         serve(settings)
     except ConfigError as exc:
         exit_on_config_error(exc)

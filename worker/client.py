@@ -28,6 +28,9 @@ from . import errors, gemini
 from .headers import parse_duration, rate_limit_snapshot, retry_after
 from .models import Answer, Choice, Usage
 
+# 404 codes that say the model is unknown (aisa-wire.md), not the path
+MODEL_NOT_FOUND = frozenset({"model_not_found", "unknown_model"})
+
 
 class Completion(Answer):
     """One successful upstream call: the answer (`cost` is the gateway's bill, `usage.cost`, or
@@ -81,6 +84,13 @@ class AIsaClient:
             return [m["id"] for m in data["data"]]
         except (KeyError, TypeError):
             raise errors.MalformedResponseError("models list has no data[].id") from None
+
+    async def chat_path_status(self) -> int:
+        """The status POST /chat/completions answers an empty request: refused as a bad request
+        (400/422), never billed, by a server that has the path; 404 by one that has not."""
+        with _transport_errors():
+            response = await self._http.post(self._chat_url, json={})
+        return response.status_code
 
     async def chat(
         self, payload: dict[str, Any], on_delta: Callable[[list[dict[str, Any]]], Awaitable[None]] | None = None
@@ -349,11 +359,19 @@ def _status_error(response: httpx.Response) -> errors.APIStatusError:
         request_id = err.get("request_id")
     elif isinstance(err, str):
         message = err
+    if status == 404 and code not in MODEL_NOT_FOUND:
+        # not a model the gateway lacks: a path it lacks (AISA_BASE_URL without /v1?): say which
+        message = f"{message} ({response.request.method} {_shown(response.request.url)})"
     wait = None
     if status == 429:
         wait = retry_after(response.headers)
         wait = _retry_delay(err) if wait is None else wait
     return errors.error_for_status(status, message, code=code, request_id=request_id, retry_after=wait)
+
+
+def _shown(url: httpx.URL) -> str:
+    """A URL as it may be logged and stored: no user info, no query."""
+    return str(url.copy_with(userinfo=b"", query=None))
 
 
 def _retry_delay(err: Any) -> float | None:

@@ -9,15 +9,20 @@ ingress and the exporter. Three kinds of URL:
   require one (the password of the userinfo is the master's).
 
 A worker retries a command on connection errors for about a minute (a restart, a failover),
-with backoff; so does every client of a Sentinel URL (a failover takes seconds). A producer
-on a plain URL fails at once, as before (the CLI says Redis cannot be reached).
+with backoff, and says in its log when Redis is lost and when it answers again (SayingRetry);
+so does every client of a Sentinel URL (a failover takes seconds). A producer on a plain URL
+fails at once, as before, after at most CONNECT_TIMEOUT_S (the CLI says what is wrong:
+worker.preflight).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qs, unquote
 
 from arq.connections import ArqRedis, RedisSettings
@@ -27,8 +32,8 @@ from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelManagedConnection
 from redis.backoff import ExponentialBackoff, NoBackoff
+from redis.exceptions import AuthenticationError, ReadOnlyError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ReadOnlyError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry as SyncRetry
 from redis.sentinel import Sentinel as SyncSentinel
@@ -39,6 +44,11 @@ from .settings import ConfigError
 SENTINEL_SCHEMES = {"redis+sentinel": False, "rediss+sentinel": True}
 # ReadOnlyError: a client still on a demoted master; the retry reconnects to the new one
 RETRY_ON = [RedisConnectionError, RedisTimeoutError, ConnectionRefusedError, ReadOnlyError]
+T = TypeVar("T")
+log = logging.getLogger("llm_router.redis")
+# A client that does not say otherwise gives up connecting after this (redis-py's default: never,
+# and `rediss://` at a plain-text Redis hangs in the TLS handshake)
+CONNECT_TIMEOUT_S = 5.0
 TLS_OPTIONS = ("ssl_ca_certs", "ssl_cert_reqs", "ssl_certfile", "ssl_keyfile", "ssl_check_hostname")
 
 
@@ -93,7 +103,8 @@ def _option(value: str) -> Any:
     return {"true": True, "false": False}.get(value.lower(), value)
 
 
-def _check(url: str) -> None:
+def check_url(url: str) -> None:
+    """A ConfigError naming the schemes for a URL of none of them."""
     scheme = url.partition("://")[0]
     if scheme not in ("redis", "rediss", "unix") and scheme not in SENTINEL_SCHEMES:
         raise ConfigError(
@@ -138,8 +149,58 @@ class SyncFollowMaster(SyncSentinelManagedConnection):
             self.retry = retry
 
 
+class SayingRetry(Retry):
+    """redis-py's Retry (the same loop), which also says in the log when Redis is lost (at the
+    second failed try of a command in a row: one reconnect after Redis closed an idle connection
+    is not worth a line) and when it answers again; and which never retries a refused password,
+    which no retry heals. Without it a worker rode out an outage for a minute in silence."""
+
+    async def call_with_retry(self, do: Callable[[], Awaitable[T]], fail: Callable[[Any], Any]) -> T:
+        self._backoff.reset()
+        failures = 0
+        while True:
+            try:
+                result = await do()
+            except self._supported_errors as error:
+                if isinstance(error, AuthenticationError):
+                    raise
+                failures += 1
+                await fail(error)
+                if failures == 2:
+                    OUTAGE.lost(error)
+                if self._retries >= 0 and failures > self._retries:
+                    raise error
+                backoff = self._backoff.compute(failures)
+                if backoff > 0:
+                    await asyncio.sleep(backoff)
+            else:
+                if failures >= 2:
+                    OUTAGE.back()
+                return result
+
+
+class Outage:
+    """One line when Redis is lost, one when it is back: not one per command retrying."""
+
+    def __init__(self) -> None:
+        self.since: float | None = None
+
+    def lost(self, error: BaseException) -> None:
+        if self.since is None:
+            self.since = time.monotonic()
+            log.warning("Redis lost (%s): retrying each command for about a minute (REDIS_URL)", error)
+
+    def back(self) -> None:
+        if self.since is not None:
+            log.warning("Redis answers again after %.1f s", time.monotonic() - self.since)
+            self.since = None
+
+
+OUTAGE = Outage()
+
+
 def _retry() -> Retry:
-    return Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=40)
+    return SayingRetry(ExponentialBackoff(cap=2.0, base=0.05), retries=40)
 
 
 def _sentinel_kwargs(s: SentinelUrl) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -152,10 +213,10 @@ def _sentinel_kwargs(s: SentinelUrl) -> tuple[dict[str, Any], dict[str, Any]]:
 
 def async_redis(url: str, **kwargs: Any) -> Redis:
     """An asyncio client for REDIS_URL (a Sentinel URL follows the master)."""
-    _check(url)
+    check_url(url)
     s = sentinel_url(url)
     if s is None:
-        return Redis.from_url(url, **kwargs)
+        return Redis.from_url(url, **{"socket_connect_timeout": CONNECT_TIMEOUT_S, **kwargs})
     sentinels, master = _sentinel_kwargs(s)
     sentinel = Sentinel(s.hosts, sentinel_kwargs=sentinels, retry=_retry(), retry_on_error=RETRY_ON, **master)
     client: Redis = sentinel.master_for(s.service, connection_class=FollowMaster, **kwargs)
@@ -203,7 +264,7 @@ class WaitingPool(ConnectionPool):
 
 def async_pool_redis(url: str, max_connections: int, **kwargs: Any) -> Redis:
     """A client whose pool holds at most `max_connections` (waiting for a free one), for the ingress."""
-    _check(url)
+    check_url(url)
     if sentinel_url(url) is not None:  # Sentinel's pool does not block: past the bound, an error
         kwargs.pop("timeout", None)
         return async_redis(url, max_connections=max_connections, **kwargs)
@@ -212,10 +273,10 @@ def async_pool_redis(url: str, max_connections: int, **kwargs: Any) -> Redis:
 
 def sync_redis(url: str, **kwargs: Any) -> SyncRedis:
     """A blocking client (the exporter's)."""
-    _check(url)
+    check_url(url)
     s = sentinel_url(url)
     if s is None:
-        return SyncRedis.from_url(url, **kwargs)
+        return SyncRedis.from_url(url, **{"socket_connect_timeout": CONNECT_TIMEOUT_S, **kwargs})
     sentinels, master = _sentinel_kwargs(s)
     retry = SyncRetry(ExponentialBackoff(cap=1.0, base=0.05), retries=3)  # a scrape is retried by the next
     sentinel = SyncSentinel(s.hosts, sentinel_kwargs=sentinels, retry=retry, retry_on_error=RETRY_ON, **master)
@@ -225,7 +286,7 @@ def sync_redis(url: str, **kwargs: Any) -> SyncRedis:
 
 def arq_settings(url: str) -> RedisSettings:
     """arq's RedisSettings for REDIS_URL: riding out a restart for about a minute."""
-    _check(url)
+    check_url(url)
     s = sentinel_url(url)
     if s is None:
         rs = RedisSettings.from_dsn(url)

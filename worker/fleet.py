@@ -91,6 +91,14 @@ class FleetConfig:
             pipe.set(config_key(self.digest), self._body, px=ttl_ms)
             await pipe.execute()
 
+    async def withdraw(self, worker_id: str) -> None:
+        """A worker that stops cleanly leaves the live workers and takes its digest with it, so a
+        worker restarted with a changed setting is not seen to disagree with its former self."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zrem(workers_key(self.queue_name), worker_id)
+            pipe.delete(worker_config_key(worker_id))
+            await pipe.execute()
+
     async def peers(self) -> dict[str, int]:
         """Digest -> how many live workers on this queue run it (this one included once published)."""
         return await live_digests(self.redis, self.queue_name)

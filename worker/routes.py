@@ -18,9 +18,10 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, Field, model_validator
 
 from .models import CompareJob, JobBase, ModelName, RoutedJob, shown
+from .strict import StrictModel
 
 if TYPE_CHECKING:
     from .settings import Settings
@@ -50,10 +51,8 @@ def _plain_models(models: list[str]) -> list[str]:
 Models = Annotated[list[ModelName], Field(min_length=1, max_length=16), AfterValidator(_plain_models)]
 
 
-class RouteRule(BaseModel):
+class RouteRule(StrictModel):
     """When every condition given holds, the route uses `models` instead of its own list."""
-
-    model_config = ConfigDict(extra="forbid")
 
     images: bool | None = Field(None, description="the request carries images (true) or none (false)")
     min_prompt_chars: int | None = Field(None, ge=0, description="the prompt's text is at least this long")
@@ -80,9 +79,7 @@ class RouteRule(BaseModel):
         )
 
 
-class Route(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class Route(StrictModel):
     models: Models
     order: Literal["listed", "cost"] = "listed"
     rules: list[RouteRule] = Field([], max_length=16)

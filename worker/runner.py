@@ -31,8 +31,10 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import jobs
+from .health import HEALTH
 from .keys import bulk_key
 from .lease import Claimed, Lease
+from .preflight import await_redis
 from .quarantine import unusable
 from .resources import Resources
 
@@ -74,9 +76,13 @@ class RouterWorker(Worker):
         self._lease: Lease | None = None
 
     async def main(self) -> None:
-        """arq's loop; in burst mode it also waits for the bulk lane to empty (arq looks only
-        at the queue, and a running bulk job leaves it before its slot is free again)."""
+        """arq's loop, once Redis answers (worker.preflight: what is wrong with REDIS_URL is said
+        at once, not after arq's silent retries); in burst mode it also waits for the bulk lane
+        to empty (arq looks only at the queue, and a running bulk job leaves it before its slot
+        is free again)."""
         tune_gc()
+        if (settings := self.ctx.get("settings")) is not None:
+            await await_redis(settings.redis_url, log, tick=HEALTH.tick)
         while True:
             await super().main()
             if not self.burst or not await self.pool.zcard(bulk_key(self.queue_name)):

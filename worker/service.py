@@ -20,7 +20,7 @@ from arq.connections import RedisSettings
 from arq.worker import func
 from redis.commands.core import AsyncScript
 
-from . import connections, jobs, logs, routes, schedules, scripts, serde, webhooks
+from . import connections, jobs, logs, preflight, routes, schedules, scripts, serde, webhooks
 from .cache import ResponseCache
 from .client import AIsaClient
 from .fleet import FleetConfig
@@ -36,6 +36,8 @@ from .settings import ConfigError, Settings, exit_on_config_error, load_settings
 from .store import ResultStore
 
 log = logging.getLogger("llm_router.worker")
+# How long a stopping worker tries to withdraw its heartbeat and config digest (worker.fleet).
+WITHDRAW_S = 2.0
 
 
 async def startup(ctx: dict[str, Any]) -> None:
@@ -67,8 +69,12 @@ async def startup(ctx: dict[str, Any]) -> None:
     await scripts.preload(redis, job_path_scripts(resources))
     scripts.batch_calls(redis)  # the jobs' script calls of one event-loop turn: one round trip
     serve_metrics(settings.metrics_port)
+    ctx["fleet"], ctx["worker_id"] = FleetConfig(redis, settings), uuid.uuid4().hex[:12]
     ctx["keeper"] = asyncio.create_task(
-        keeper(resources, lease, FleetConfig(redis, settings)), name="llm-router-keeper"
+        keeper(resources, lease, ctx["fleet"], ctx["worker_id"]), name="llm-router-keeper"
+    )
+    ctx["gateway_check"] = asyncio.create_task(
+        preflight.check_gateway(client, settings.aisa_base_url, log), name="llm-router-gateway-check"
     )
     ctx["webhooks"] = asyncio.create_task(webhooks.Sender(redis, settings).run(), name="llm-router-webhooks")
     if ctx.get("schedules"):
@@ -97,25 +103,27 @@ def job_path_scripts(resources: Resources) -> list[AsyncScript]:
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
-    for task in ("scheduler", "webhooks", "keeper"):
+    for task in ("gateway_check", "scheduler", "webhooks", "keeper"):
         if task in ctx:
             ctx[task].cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await ctx[task]
+    if "fleet" in ctx:  # bounded: a Redis outage must not hold the exit for the retries' minute
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(ctx["fleet"].withdraw(ctx["worker_id"]), WITHDRAW_S)
     if "schedule_producer" in ctx:
         await ctx["schedule_producer"].aclose()
     if "resources" in ctx:
         await ctx["resources"].client.aclose()
 
 
-async def keeper(resources: Resources, lease: Lease, fleet: FleetConfig) -> None:
+async def keeper(resources: Resources, lease: Lease, fleet: FleetConfig, worker_id: str) -> None:
     """Renew the leases of this worker's running jobs, beat, publish the config digest, and
     read the gate; while it is closed, probe it in a task of its own (a probe may take
     REQUEST_TIMEOUT_S, far past a lease). Each tick feeds the probes (worker.health): it comes
     every period even while a tick's Redis work hangs in the client's retries through an
     outage (worker.connections), so a Redis outage never fails liveness; the next Redis work
     starts when the last one ended."""
-    worker_id = uuid.uuid4().hex[:12]
     period = min(resources.settings.lease_s / 3, 1.0)
     probing: asyncio.Task[Any] | None = None
     compared = False
@@ -204,22 +212,31 @@ def worker_kwargs(settings: Settings) -> dict[str, Any]:
 
 
 def create_worker(settings: Settings, **overrides: Any) -> RouterWorker:
-    kwargs = worker_kwargs(settings)
-    pool = connections.arq_pool(settings.redis_url)  # Sentinel: our pool, which retries through a failover
-    if pool is not None:
-        pool.job_serializer, pool.job_deserializer = serde.dumps, serde.loads
-        pool.default_queue_name = settings.queue_name
-        kwargs["redis_pool"] = pool
+    kwargs = {**worker_kwargs(settings), **sentinel_pool(settings)}
     return RouterWorker(**{**kwargs, "lease_s": settings.lease_s, **overrides})
 
 
+def sentinel_pool(settings: Settings) -> dict[str, Any]:
+    """For a Sentinel URL, `redis_pool`: our pool, which retries through a failover (arq's own
+    passes no retry options to Sentinel's connections); nothing for other URLs."""
+    pool = connections.arq_pool(settings.redis_url)
+    if pool is None:
+        return {}
+    pool.job_serializer, pool.job_deserializer = serde.dumps, serde.loads
+    pool.default_queue_name = settings.queue_name
+    return {"redis_pool": pool}
+
+
 def settings_class() -> type:
-    """`WorkerSettings` for `arq worker.WorkerSettings`, read from the environment.
+    """`WorkerSettings` for `arq worker.WorkerSettings`, read from the environment, once Redis
+    answers (worker.preflight: what is wrong with it is said at once).
 
     arq builds its own Worker from it: the keeper still renews leases (so the recovery bound
     holds once a job has run a second) and jobs still defer while the queue is paused."""
     try:
-        kwargs = worker_kwargs(load_settings())
+        settings = load_settings()
+        kwargs = worker_kwargs(settings)
+        preflight.wait_for_redis(settings.redis_url, log)
     except ConfigError as exc:
         exit_on_config_error(exc)
-    return type("WorkerSettings", (), kwargs)
+    return type("WorkerSettings", (), {**kwargs, **sentinel_pool(settings)})

@@ -8,13 +8,14 @@ import sys
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, StringConstraints, ValidationError, field_validator
+from pydantic import Field, SecretStr, StringConstraints, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from .routes import Route, RouteName
+from .strict import StrictModel
 
 
-class Price(BaseModel):
+class Price(StrictModel):
     """USD per 1,000 tokens, used only when the gateway's reply has no `usage.cost`."""
 
     input: float = Field(ge=0)
@@ -78,18 +79,16 @@ MODEL_CONTEXT = {
 NonNegativeUSD = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 
 
-class RateLimit(BaseModel):
+class RateLimit(StrictModel):
     """A shared limit: requests and/or tokens (prompt + max output) per minute."""
 
     rpm: float | None = Field(None, gt=0)
     tpm: float | None = Field(None, gt=0)
 
 
-class BudgetConfig(BaseModel):
+class BudgetConfig(StrictModel):
     """BUDGETS: daily USD budgets (days in BUDGET_TZ) over all calls, per source, per model
     (worker.budgets). A batch's own budget is set when it is submitted."""
-
-    model_config = ConfigDict(extra="forbid")
 
     daily_usd: float | None = Field(None, ge=0, allow_inf_nan=False)
     sources: dict[Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")], NonNegativeUSD] = {}
@@ -295,7 +294,7 @@ def load_settings(**overrides: Any) -> Settings:
     try:
         return Settings(**overrides)
     except ValidationError as exc:
-        problems = "; ".join(f"{_setting(err['loc'])}: {err['msg']}" for err in exc.errors())
+        problems = "; ".join(_problem(err["loc"], err["msg"]) for err in exc.errors())
         raise ConfigError(f"invalid settings: {problems}") from None
     except SettingsError as exc:  # a JSON setting that is not JSON
         match = re.search(r'field "([a-z_]+)"', str(exc))
@@ -307,12 +306,14 @@ def load_settings(**overrides: Any) -> Settings:
 SECRET_SETTINGS = frozenset({"aisa_api_key", "ingress_tokens", "webhook_secret"})
 
 
-def _setting(loc: tuple[int | str, ...]) -> str:
-    """The variable a validation error is about, with the path inside a JSON one: `BUDGETS_SOURCES_X`
-    (not inside a secret one: the path would show a token)."""
-    if loc and loc[0] in SECRET_SETTINGS:
-        loc = loc[:1]
-    return "_".join(str(p) for p in loc).upper()
+def _problem(loc: tuple[int | str, ...], msg: str) -> str:
+    """`RATE_LIMITS, in ["gpt-4.1"]: unknown key "rpn": did you mean "rpm"? ...`: the variable a
+    person sets, then where in its JSON value (never inside a secret one: the path would show a
+    token), then what is wrong."""
+    name = str(loc[0]).upper() if loc else "settings"
+    path = "".join(f"[{p}]" if isinstance(p, int) else f'["{p}"]' for p in loc[1:] if p != "[key]")
+    where = f", in {path}" if path and loc[0] not in SECRET_SETTINGS else ""
+    return f"{name}{where}: {msg.removeprefix('Value error, ')}"
 
 
 def exit_on_config_error(exc: ConfigError) -> None:
