@@ -208,7 +208,7 @@ async def run(slow: int, hold_s: float, polls: int, api_nofile: int, max_connect
         finally:
             api.stop()
     nofile = f"ulimit -n {api_nofile or soft}"
-    limit = f"INGRESS_MAX_CONNECTIONS={settings.ingress_max_connections}"
+    limit = f"INGRESS_MAX_CONNECTIONS={getattr(settings, 'ingress_max_connections', 'none')}"  # (none: older code)
     print(
         f"{time.strftime('%Y-%m-%d %H:%M')}  load {load:.1f} -> {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
         f"  ingress: {nofile}, {limit}"

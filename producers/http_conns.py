@@ -84,11 +84,11 @@ class Pool:
 class Connections:
     """What every connection of one server shares: its settings and the two pools."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, limit: int) -> None:
         self.header_timeout_s = settings.ingress_header_timeout_s
         self.body_timeout_s = settings.ingress_body_timeout_s
         self.max_header_bytes = settings.ingress_max_header_bytes
-        self.limit = settings.ingress_max_connections
+        self.limit = limit
         self.held = Pool(self.limit)
         self.overflow = Pool(OVERFLOW)
         self.shed_count = 0  # connections closed to make room (the log says so now and then)
@@ -250,24 +250,32 @@ def _answer(status: int, code: str, message: str, type: str) -> bytes:
 
 def protocol_class(settings: Settings) -> type[GuardedProtocol]:
     """The protocol class to give uvicorn (`http=`) for one server on `settings`."""
-    check_file_limit(settings)
-    connections = Connections(settings)
+    connections = Connections(settings, connection_limit(settings))
     HTTP_CONNECTIONS.set_function(lambda: len(connections.held.members) + len(connections.overflow.members))
     return type("GuardedProtocol", (GuardedProtocol,), {"connections_of_server": connections})
 
 
-def check_file_limit(settings: Settings) -> None:
-    """The process may open a descriptor per connection (held and overflow) and FD_MARGIN more:
-    the soft limit is raised to the hard one if needed, else ConfigError naming both ways out."""
-    need = settings.ingress_max_connections + OVERFLOW + FD_MARGIN
+def connection_limit(settings: Settings) -> int:
+    """INGRESS_MAX_CONNECTIONS, with a file descriptor for each connection (held and overflow)
+    and FD_MARGIN more: the soft limit is raised towards the hard one if needed. Past the hard
+    one, a configured limit is a ConfigError naming both ways out; the default is lowered to fit
+    (a warning says so): the ingress starts wherever it did before it had a limit."""
+    limit = settings.ingress_max_connections
+    need = limit + OVERFLOW + FD_MARGIN
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY or soft >= need:
-        return
+        return limit
     if hard == resource.RLIM_INFINITY or hard >= need:
         resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
-        return
-    raise ConfigError(
-        f"INGRESS_MAX_CONNECTIONS={settings.ingress_max_connections} needs {need} file descriptors and this process "
-        f"may open {hard} (ulimit -n): raise the limit, or set INGRESS_MAX_CONNECTIONS="
-        f"{max(1, hard - OVERFLOW - FD_MARGIN)} or less"
+        return limit
+    fits = hard - OVERFLOW - FD_MARGIN
+    if fits < 1 or "ingress_max_connections" in settings.model_fields_set:
+        raise ConfigError(
+            f"INGRESS_MAX_CONNECTIONS={limit} needs {need} file descriptors and this process may open {hard} "
+            f"(ulimit -n): raise the limit, or set INGRESS_MAX_CONNECTIONS={max(1, fits)} or less"
+        )
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    log.warning(
+        "INGRESS_MAX_CONNECTIONS: %d (not the default %d: this process may open %d files, ulimit -n)", fits, limit, hard
     )
+    return fits

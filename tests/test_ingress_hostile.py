@@ -251,22 +251,29 @@ def _auth(token: str = "tok-a") -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-def test_too_many_connections_for_the_file_limit_refuse_the_start(redis_server, sim_server):
-    settings = ingress_settings(redis_server, sim_server.base_url, "llm-router:hostile-nofile")
+def low_file_limit() -> None:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
 
-    def low_limit() -> None:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
 
-    run = subprocess.run(
-        [llm_router(), "api", "--port", str(free_port())],
-        env={**os.environ, **settings_env(settings)},
-        preexec_fn=low_limit,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+def test_too_many_connections_for_the_file_limit_refuse_the_start(redis_server, sim_server, tmp_path):
+    """256 files at most: INGRESS_MAX_CONNECTIONS=1000 set refuses the start, naming the fixes;
+    the default is lowered to fit, and said so."""
+    env = {**os.environ, **settings_env(ingress_settings(redis_server, sim_server.base_url, "llm-router:nofile"))}
+    port = free_port()
+    command = [llm_router(), "api", "--port", str(port)]
+    run = subprocess.run(command, env=env, preexec_fn=low_file_limit, capture_output=True, text=True, timeout=60)
     assert run.returncode == 2, run.stderr
-    assert "INGRESS_MAX_CONNECTIONS=1000 needs" in run.stderr and "ulimit -n" in run.stderr, run.stderr
+    assert "INGRESS_MAX_CONNECTIONS=1000 needs 1160 file descriptors" in run.stderr, run.stderr
+    assert "set INGRESS_MAX_CONNECTIONS=96 or less" in run.stderr, run.stderr
+    del env["INGRESS_MAX_CONNECTIONS"]
+    with (tmp_path / "api.log").open("wb") as log:
+        proc = subprocess.Popen(command, env=env, preexec_fn=low_file_limit, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_until(lambda: answers(f"http://127.0.0.1:{port}/healthz"), 30, "the api to start")
+        assert "INGRESS_MAX_CONNECTIONS: 96 (not the default 1000" in (tmp_path / "api.log").read_text()
+    finally:
+        proc.kill()
+        proc.wait(10)
 
 
 # ---------------------------------------------------------------- bodies and uploads
