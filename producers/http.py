@@ -204,6 +204,8 @@ async def while_connected(request: Request, waiting: Coroutine[Any, Any, T]) -> 
         task.cancel()  # (done: no-op)
     if task.done() and not task.cancelled():
         return task.result()
+    if gone.done() and not gone.cancelled() and (error := gone.exception()):
+        raise error
     raise ClientDisconnect()
 
 
@@ -408,6 +410,11 @@ def _openapi(app: FastAPI) -> None:
 
 
 def check_tokens(settings: Settings) -> None:
+    if settings.ingress_max_bodies_bytes < settings.ingress_max_body_bytes:
+        raise ConfigError(
+            f"INGRESS_MAX_BODIES_BYTES={settings.ingress_max_bodies_bytes} is under INGRESS_MAX_BODY_BYTES="
+            f"{settings.ingress_max_body_bytes}: a body of the largest size would always be refused; raise it"
+        )
     if not settings.ingress_tokens:
         raise ConfigError('INGRESS_TOKENS is not set: export INGRESS_TOKENS=\'{"<token>": "<source name>"}\'')
     from worker.models import _SOURCE

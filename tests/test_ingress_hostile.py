@@ -25,10 +25,11 @@ from redis import Redis
 from harness.processes import LLMRouterProcess, answers, llm_router, settings_env
 from harness.redis_server import free_port
 from harness.wait import wait_until
+from producers.http import create_app
 from producers.http_conns import OVERFLOW
 from tests.ingress import ingress_settings
 from worker.keys import batch_key, job_key
-from worker.settings import Settings
+from worker.settings import ConfigError, Settings
 
 AUTH = "Authorization: Bearer tok-a\r\n"
 HELLO = [{"role": "user", "content": "hello"}]
@@ -360,3 +361,11 @@ def test_an_endless_completion_window_is_refused_before_anything_is_written(quic
         error = refused.json()["error"]
         assert error["param"] == "completion_window" and "BATCH_MAX_WINDOW_S=604800" in error["message"]
     assert set(redis.keys(batch_key("*"))) == before  # no batch written, none left without a TTL
+
+
+def test_a_bodies_bound_under_one_body_refuses_the_start():
+    settings = Settings(
+        ingress_tokens={"t": "s"}, ingress_max_body_bytes=8192, ingress_max_bodies_bytes=4096, _env_file=None
+    )
+    with pytest.raises(ConfigError, match="INGRESS_MAX_BODIES_BYTES=4096 is under INGRESS_MAX_BODY_BYTES=8192"):
+        create_app(settings)

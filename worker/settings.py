@@ -187,7 +187,7 @@ class Settings(BaseSettings):
         30 * 24 * 3600, ge=60, description="a batch and its results are kept this long past its window"
     )
     batch_max_window_s: float = Field(
-        7 * 24 * 3600, gt=0, description="longest completion window of a batch (OpenAI's is 24h)"
+        7 * 24 * 3600, gt=0, le=366 * 24 * 3600, description="longest completion window of a batch (OpenAI's is 24h)"
     )
     # ---- schedules (worker.schedules): bulk batches on a cron schedule, fired by the workers
     schedules_file: str | None = Field(None, description="a TOML file of schedules; none: no schedules")
