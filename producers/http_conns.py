@@ -37,6 +37,8 @@ from worker.settings import ConfigError, Settings
 
 log = logging.getLogger("llm_router.http")
 
+# A connection reads a request's headers, then its body; then the request is in flight (busy); then idle.
+HEADERS, BODY, BUSY, IDLE = "headers", "body", "busy", "idle"
 # Connections let in past INGRESS_MAX_CONNECTIONS, each answered at once (503, or a health probe) and closed.
 OVERFLOW = 32
 # Paths answered on an overflow connection: the probes and the metrics.
@@ -109,7 +111,7 @@ class GuardedProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self.deadline: asyncio.TimerHandle | None = None
-        self.reading_headers, self.header_bytes = True, 0
+        self.phase, self.header_bytes = HEADERS, 0
         self.pool = self.connections_of_server.admit(self)
         if self.pool is None:  # full of requests in flight and of overflow ones being answered
             HTTP_CLOSED.labels("refused").inc()
@@ -117,7 +119,7 @@ class GuardedProtocol(HttpToolsProtocol):
             return
         if self.pool is self.connections_of_server.overflow:
             self.app = _Overloaded(self.app, self.connections_of_server.limit)
-        self._arm(self.connections_of_server.header_timeout_s, self._headers_late)
+        self._arm(self.connections_of_server.header_timeout_s, self._headers_late)  # (it may send nothing)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
@@ -126,39 +128,54 @@ class GuardedProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        if self.reading_headers:  # (the chunk that starts a next request is not counted: a chunk more)
+        """The deadlines are armed after a chunk only if it left headers or a body unfinished: a
+        request that comes whole costs no timer (uvicorn's keep-alive timer covers the idle time
+        before its first byte)."""
+        if self.phase in (HEADERS, IDLE):
             self.header_bytes += len(data)
         super().data_received(data)
-        limit = self.connections_of_server.max_header_bytes
-        if self.reading_headers and self.header_bytes > limit and not self.transport.is_closing():
-            message = f"the request's headers are over INGRESS_MAX_HEADER_BYTES={limit} bytes: send less"
-            self.transport.write(_answer(431, "headers_too_large", message, "invalid_request_error"))
-            self._closing("headers_too_large")
+        if self.transport.is_closing():
+            return
+        if self.phase in (HEADERS, IDLE):  # bytes of headers (or of nothing yet, e.g. blank lines)
+            limit = self.connections_of_server.max_header_bytes
+            if self.header_bytes > limit:
+                message = f"the request's headers are over INGRESS_MAX_HEADER_BYTES={limit} bytes: send less"
+                self.transport.write(_answer(431, "headers_too_large", message, "invalid_request_error"))
+                self._closing("headers_too_large")
+            elif self.deadline is None:
+                self._arm(self.connections_of_server.header_timeout_s, self._headers_late)
+        elif self.phase == BODY and self.deadline is None:
+            self._arm(self.connections_of_server.body_timeout_s, self._body_late)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self.reading_headers = True
-        if self.deadline is None:  # bytes of a next request after uvicorn's keep-alive timer was cancelled
-            self._arm(self.connections_of_server.header_timeout_s, self._headers_late)
+        self.phase = HEADERS
 
     def on_headers_complete(self) -> None:
-        self.reading_headers, self.header_bytes = False, 0
+        self.phase, self.header_bytes = BODY, 0
+        self._disarm()
         if self.pool is not None:
             self.pool.busy(self)
-        self._arm(self.connections_of_server.body_timeout_s, self._body_late)
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
+        self.phase = BUSY
         self._disarm()
         super().on_message_complete()
+        if self.cycle.response_complete and self.pool is not None:  # answered before its body ended (413...)
+            self._rest()  # (the body's bytes cancelled uvicorn's keep-alive timer: this stands for it)
+            self._arm(self.connections_of_server.header_timeout_s + self.timeout_keep_alive, self._headers_late)
 
     def on_response_complete(self) -> None:
         pipelined = bool(self.pipeline)  # the next request starts now: it is in flight
         super().on_response_complete()
-        if pipelined or self.transport.is_closing() or self.pool is None:
-            return
-        if not self.cycle.more_body:  # the request was read whole (else its body deadline runs on)
-            self._arm(self.connections_of_server.header_timeout_s + self.timeout_keep_alive, self._headers_late)
+        if not pipelined and self.phase == BUSY and self.pool is not None and not self.transport.is_closing():
+            self._rest()
+
+    def _rest(self) -> None:
+        """Between requests: sheddable, and bytes that come are a next request's headers."""
+        assert self.pool is not None
+        self.phase = IDLE
         self.pool.rest(self)
 
     def shed(self) -> None:

@@ -14,7 +14,7 @@ from harness.processes import llm_router, settings_env
 from producers import BatchRejected, Producer
 from producers.api import JobRejected, validate
 from worker import bounds, schedules
-from worker.models import ChatJob
+from worker.models import JOB_KINDS, ChatJob
 from worker.settings import ConfigError
 
 HELLO = [{"role": "user", "content": "hello"}]
@@ -103,3 +103,14 @@ def test_a_schedule_with_a_window_past_the_bound_refuses_the_start(settings, tmp
         schedules.load(settings.model_copy(update={"schedules_file": str(file)}))
     file.write_text(f'[[schedule]]\nname = "nightly"\ncron = "0 2 * * *"\ninput = "{requests}"\nwindow = "7d"\n')
     assert schedules.load(settings.model_copy(update={"schedules_file": str(file)}))[0].window == "7d"
+
+
+def test_the_depth_check_may_skip_the_fields_left_at_their_defaults():
+    """bounds.depth_problem reads only the fields a job was given: each default is None or a scalar."""
+    for cls in JOB_KINDS.values():
+        for name, field in cls.model_fields.items():
+            if not field.is_required():
+                default = field.get_default(call_default_factory=True)
+                assert default is None or isinstance(default, (str, int, float, bool)), (cls.__name__, name)
+    job = validate(ChatJob, model="gpt-4.1", messages=HELLO).model_copy(update={"tools": [nested(80)]})
+    assert bounds.depth_problem(job, 64) is not None  # set after validation: still read

@@ -31,7 +31,9 @@ from tests.ingress import ingress_settings
 from worker.keys import batch_key, job_key
 from worker.settings import ConfigError, Settings
 
-AUTH = "Authorization: Bearer tok-a\r\n"
+# Tokens of their own: the sources' keys (files, jobs) meet no other test's on the session's Redis.
+HOSTILE_TOKENS = {"tok-h1": "hostile-1", "tok-h2": "hostile-2", "tok-h3": "hostile-3"}
+AUTH = "Authorization: Bearer tok-h1\r\n"
 HELLO = [{"role": "user", "content": "hello"}]
 
 
@@ -55,6 +57,7 @@ def quick(redis_server, sim_server, tmp_path_factory):
         redis_server,
         sim_server.base_url,
         "llm-router:hostile-quick",
+        ingress_tokens=HOSTILE_TOKENS,
         ingress_header_timeout_s=1,
         ingress_body_timeout_s=1.5,
         ingress_wait_s=60,
@@ -73,6 +76,7 @@ def bounded(redis_server, sim_server, tmp_path_factory):
         redis_server,
         sim_server.base_url,
         "llm-router:hostile-bounded",
+        ingress_tokens=HOSTILE_TOKENS,
         ingress_max_connections=LIMIT,
         ingress_header_timeout_s=60,
         ingress_wait_s=60,
@@ -186,7 +190,7 @@ def test_headers_past_the_bound_are_answered_431_and_closed(quick):
 
 def test_long_polls_and_stream_readers_end_when_their_client_leaves(quick, redis_server):
     """Each would wait 60 s (INGRESS_WAIT_S): a client gone ends it now, not then."""
-    ids = [f"team-a@abandoned-{i}" for i in range(3)]
+    ids = [f"hostile-1@abandoned-{i}" for i in range(3)]
     pending_jobs(redis_server, ids)
     requests = [f"GET /v1/jobs/{ids[0]}?wait=60", f"GET /v1/jobs/{ids[1]}?wait=60", f"GET /v1/jobs/{ids[2]}/events"]
     socks = []
@@ -227,7 +231,7 @@ def test_past_the_limit_the_oldest_idle_connections_are_shed_and_healthz_answers
 
 
 def test_with_every_connection_busy_healthz_answers_and_the_rest_get_503(bounded, redis_server):
-    ids = [f"team-a@busy-{i}" for i in range(LIMIT)]
+    ids = [f"hostile-1@busy-{i}" for i in range(LIMIT)]
     pending_jobs(redis_server, ids)
     polls = []
     for job_id in ids:
@@ -248,7 +252,7 @@ def test_with_every_connection_busy_healthz_answers_and_the_rest_get_503(bounded
     assert accepted.status_code == 202, accepted.text
 
 
-def _auth(token: str = "tok-a") -> dict[str, str]:
+def _auth(token: str = "tok-h1") -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
@@ -303,7 +307,7 @@ def test_uploads_are_bounded_per_token(bounded, redis_server):
     """2 files and 4 KiB a source here: the third file, or one past the bytes, is refused (403,
     naming the setting) and nothing of it is kept; deleting a file makes room."""
 
-    def upload(data: bytes, token: str = "tok-b") -> httpx.Response:
+    def upload(data: bytes, token: str = "tok-h2") -> httpx.Response:
         return httpx.post(
             f"{bounded}/v1/files", headers=_auth(token), data={"purpose": "batch"}, files={"file": data}, timeout=30
         )
@@ -313,14 +317,14 @@ def test_uploads_are_bounded_per_token(bounded, redis_server):
     third = upload(b"c")
     assert third.status_code == 403, third.text
     assert third.json()["error"]["param"] == "file" and "FILES_MAX_PER_SOURCE=2" in third.text
-    assert httpx.delete(f"{bounded}/v1/files/{first.json()['id']}", headers=_auth("tok-b")).status_code == 200
+    assert httpx.delete(f"{bounded}/v1/files/{first.json()['id']}", headers=_auth("tok-h2")).status_code == 200
     redis = Redis.from_url(redis_server)
     kept = set(redis.keys("llm-router:file:*"))
     too_big = upload(b"d" * 3500)
     assert too_big.status_code == 403 and "FILES_MAX_BYTES_PER_SOURCE=4096" in too_big.text
     assert set(redis.keys("llm-router:file:*")) == kept  # nothing of the refused one
     assert upload(b"e" * 3000).status_code == 200  # 4,000 bytes: fits
-    assert upload(b"f", token="tok-c").status_code == 200  # another source's room is its own
+    assert upload(b"f", token="tok-h3").status_code == 200  # another source's room is its own
 
 
 # ---------------------------------------------------------------- refused input never gets a 5xx

@@ -85,27 +85,32 @@ def _decoded_size(data_url: str) -> int:
 def depth_problem(job: JobBase, limit: int) -> tuple[str, str] | None:
     """(field, what is wrong) for the first field of `job` whose value nests arrays and objects
     more than `limit` deep (a record must stay writable as JSON: orjson stops at 254 levels)."""
-    for name in type(job).model_fields:
-        if _deeper(getattr(job, name), limit):
+    for name in job.model_fields_set:  # (a field left at its default holds None or a scalar)
+        value = getattr(job, name)
+        if value.__class__ not in _LEAVES and _deeper(value, limit):
             return name, f"nests arrays and objects over MAX_JSON_DEPTH={limit} levels deep: flatten it"
     return None
+
+
+# Values with nothing inside (checked by type first: isinstance with pydantic's models is slow)
+_LEAVES = frozenset({str, int, float, bool, type(None)})
 
 
 def _deeper(value: Any, limit: int) -> bool:
     """Whether `value` (JSON as pydantic holds it: models, dicts, lists, scalars) nests
     containers more than `limit` deep; a loop, not recursion, whatever the depth."""
-    stack = [(value, 0)]
+    stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
         item, depth = stack.pop()
-        if isinstance(item, BaseModel):
-            children: Any = [*item.__dict__.values(), *(item.__pydantic_extra__ or {}).values()]
-        elif isinstance(item, dict):
-            children = item.values()
+        if isinstance(item, dict):
+            children: Any = item.values()
         elif isinstance(item, (list, tuple)):
             children = item
+        elif isinstance(item, BaseModel):
+            children = [*item.__dict__.values(), *(item.__pydantic_extra__ or {}).values()]
         else:
-            continue
-        if depth + 1 > limit:
+            continue  # a datetime, or another value with nothing inside
+        if depth > limit:
             return True
-        stack.extend((child, depth + 1) for child in children)
+        stack.extend((child, depth + 1) for child in children if child.__class__ not in _LEAVES)
     return False
