@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import hmac
 import inspect
+import logging
 import time
 from collections.abc import AsyncIterator, Coroutine
 from typing import Annotated, Any, TypeVar
@@ -27,7 +28,16 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from redis.exceptions import RedisError
+from redis.exceptions import (
+    BusyLoadingError,
+    ClusterDownError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    RedisError,
+    TryAgainError,
+)
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -52,6 +62,7 @@ NO_TELEMETRY = {"tracing": False, "metrics": False, "logs": False, "operation_sp
 # jobs admitted since the last read could reach the limit: far under it, no read per request.
 DEPTH_FRESH_S = 1.0
 T = TypeVar("T")
+log = logging.getLogger("llm_router.http")
 # Redis connections one ingress process opens for commands (requests wait for a free one);
 # every long-poll shares one more, the pub/sub of producers.waits.
 REDIS_CONNECTIONS = 64
@@ -322,12 +333,28 @@ def error_response(exc: Exception) -> Response:
     if isinstance(exc, HTTPException):
         code = "not_found" if exc.status_code == 404 else None
         return ApiError(exc.status_code, str(exc.detail), code=code).response()
-    if isinstance(exc, RedisError):
-        return ApiError(503, "Redis is unavailable: retry later", type="server_error", code="unavailable").response()
+    if isinstance(exc, UNAVAILABLE):
+        return ApiError(
+            503, "Redis is unavailable: retry later", type="server_error", code="unavailable", retry_after=1
+        ).response()
+    if isinstance(exc, RedisError):  # Redis refused a command: a fault of ours, not an outage
+        log.error("Redis refused a command: %s: %s", type(exc).__name__, exc)
+        return ApiError(500, "internal error", type="server_error", code="internal_error").response()
     assert isinstance(exc, ApiError), exc
     return exc.response()
 
 
+# Redis errors that mean it is unavailable (down, loading, a replica during a failover, full): 503.
+# Any other (a command it refused) is a fault of the ingress's: 500.
+UNAVAILABLE = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    BusyLoadingError,
+    ReadOnlyError,
+    OutOfMemoryError,
+    TryAgainError,
+    ClusterDownError,
+)
 # What error_response answers (anything else is a 500).
 ANSWERED = (ApiError, JobRejected, RequestValidationError, HTTPException, RedisError)
 

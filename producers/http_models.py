@@ -38,8 +38,8 @@ ERRORS: dict[int, str] = {
     413: "the body is over INGRESS_MAX_BODY_BYTES, or BATCH_MAX_BYTES for an upload (`body_too_large`)",
     422: "a field is refused (`invalid_value`, `param` names it)",
     429: "the queue is over INGRESS_MAX_QUEUE_DEPTH (`queue_full`)",
-    503: "Redis is unavailable (`unavailable`), or the ingress is overloaded (`overloaded`: past "
-    "INGRESS_MAX_CONNECTIONS or INGRESS_MAX_BODIES_BYTES; `Retry-After` says when to retry)",
+    503: "Redis is unavailable (`unavailable`: down, loading, read-only, full), or the ingress is overloaded "
+    "(`overloaded`: past INGRESS_MAX_CONNECTIONS or INGRESS_MAX_BODIES_BYTES); `Retry-After` says when to retry",
 }
 # Every /v1 route may answer these.
 COMMON = (401, 413, 422, 503)

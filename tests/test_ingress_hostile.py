@@ -21,11 +21,13 @@ from pathlib import Path
 import httpx
 import pytest
 from redis import Redis
+from redis.exceptions import BusyLoadingError, ReadOnlyError, ResponseError
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from harness.processes import LLMRouterProcess, answers, llm_router, settings_env
 from harness.redis_server import free_port
 from harness.wait import wait_until
-from producers.http import create_app
+from producers.http import create_app, error_response
 from producers.http_conns import OVERFLOW
 from tests.ingress import ingress_settings
 from worker.keys import batch_key, job_key
@@ -373,3 +375,12 @@ def test_a_bodies_bound_under_one_body_refuses_the_start():
     )
     with pytest.raises(ConfigError, match="INGRESS_MAX_BODIES_BYTES=4096 is under INGRESS_MAX_BODY_BYTES=8192"):
         create_app(settings)
+
+
+def test_503_means_redis_is_unavailable_not_that_it_refused_a_command():
+    """(A window Redis could not expire used to be answered "Redis is unavailable".)"""
+    for outage in (RedisConnectionError("down"), ReadOnlyError("READONLY replica"), BusyLoadingError("loading")):
+        answer = error_response(outage)
+        assert answer.status_code == 503 and answer.headers["Retry-After"] == "1", outage
+    refused = error_response(ResponseError("ERR invalid expire time in 'expireat' command"))
+    assert refused.status_code == 500 and json.loads(refused.body)["error"]["code"] == "internal_error"
