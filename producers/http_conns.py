@@ -7,8 +7,8 @@ only once its headers are complete. So `GuardedProtocol`, uvicorn's own `HttpToo
 with a few hooks, closes:
 
 - a connection whose request headers are not complete INGRESS_HEADER_TIMEOUT_S after it was
-  accepted (a total deadline: bytes arriving do not extend it), or after the previous response
-  on it plus uvicorn's keep-alive (5 s);
+  accepted, or, on a kept-alive connection, after the first byte of its next request (a total
+  deadline: bytes arriving do not extend it; uvicorn closes a connection idle 5 s before that);
 - a request whose body is not complete INGRESS_BODY_TIMEOUT_S after its headers (with a 408
   when no answer was started);
 - a request whose headers (the request line included) are over INGRESS_MAX_HEADER_BYTES
@@ -17,8 +17,8 @@ with a few hooks, closes:
 and holds at most INGRESS_MAX_CONNECTIONS. A connection past the limit takes the place of the
 oldest one with no request in flight (a client still sending its headers, an idle keep-alive
 one: `Pool`), which is closed. When every held connection has a request in flight, up to
-OVERFLOW more are let in to be answered at once: 503 with `Retry-After` (`/healthz` and
-`/readyz` answered as usual, so a probe gets through whatever fills the limit), then closed;
+OVERFLOW more are let in to be answered at once: 503 with `Retry-After` (`/healthz`, `/readyz`
+and `/metrics` answered as usual, so a probe gets through whatever fills the limit), then closed;
 past those too the oldest of them still sending its headers is closed, else the new one.
 """
 
