@@ -77,6 +77,7 @@ bench: $(BIN)/llm-router redis-server
 	$(BIN)/python -m bench.cache
 	$(BIN)/python -m bench.budgets
 	$(BIN)/python -m bench.ingress
+	$(BIN)/python -m bench.slow_clients
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -255,10 +255,15 @@ class Producer:
         """(payload, the arq record) of a job, with the producer's source, within the configured bounds."""
         if job.source is None and self.source is not None:
             job = job.model_copy(update={"source": self.source})
-        payload = job.model_dump(mode="json", exclude_none=True)
         try:
+            payload = job.model_dump(mode="json", exclude_none=True)
             data = serde.job_bytes(job.kind, payload, now_ms)
-        except SerializationError as exc:  # orjson: text that is not UTF-8 (a lone surrogate), an int over 64 bits
+        except (SerializationError, ValueError) as exc:
+            # orjson: text that is not UTF-8 (a lone surrogate), an int over 64 bits; pydantic (a
+            # ValueError) or orjson: nested too deep
+            deep = bounds.depth_problem(job, self.settings.max_json_depth)
+            if deep:
+                raise JobRejected(*deep) from None
             raise JobRejected("job", f"cannot be written as JSON ({exc.__cause__ or exc}): fix that value") from None
         # ROUTES set here: this producer knows the workers' routes (else the worker checks the name)
         out_of_bounds = bounds.problem(job, self.settings, len(data), "routes" in self.settings.model_fields_set)

@@ -256,7 +256,7 @@ class Batches:
             existing = await self.get(batch_id)
             if existing is not None:  # cheap early no-op; the create below is the atomic check
                 return existing, False
-        window_s = _window(completion_window)
+        window_s = _window(completion_window, self.settings.batch_max_window_s)
         meta = _metadata(metadata)
         budget = _budget(budget_usd)
         if endpoint is not None and endpoint not in wb.ENDPOINTS:
@@ -704,9 +704,13 @@ def _check_callback(url: str, settings: Any) -> None:
         raise BatchRejected([BatchError(code="invalid_callback_url", message=problem, param="callback_url")], 0)
 
 
-def _window(window: str) -> float:
+def _window(window: str, longest_s: float) -> float:
+    """The window in seconds, at most BATCH_MAX_WINDOW_S (checked before anything is written)."""
     try:
-        return wb.window_seconds(window)
+        seconds = wb.window_seconds(window)
+        if not seconds <= longest_s:
+            raise ValueError(f"{window!r} is over BATCH_MAX_WINDOW_S={longest_s:g} seconds: use a shorter window")
+        return seconds
     except ValueError as exc:
         raise BatchRejected(
             [BatchError(code="invalid_completion_window", message=str(exc), param="completion_window")], 0

@@ -16,9 +16,10 @@ import asyncio
 import contextlib
 import hmac
 import inspect
+import logging
 import time
-from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from collections.abc import AsyncIterator, Coroutine
+from typing import Annotated, Any, TypeVar
 
 import click
 import orjson
@@ -27,12 +28,22 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from redis.exceptions import RedisError
+from redis.exceptions import (
+    BusyLoadingError,
+    ClusterDownError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    RedisError,
+    TryAgainError,
+)
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from worker.connections import async_pool_redis, async_redis
-from worker.metrics import HTTP_DURATION, HTTP_REQUESTS
+from worker.metrics import HTTP_DURATION, HTTP_REQUESTS, HTTP_WAITING
 from worker.models import JobBase
 from worker.settings import ConfigError, Settings, exit_on_config_error, load_settings
 from worker.store import ResultStore
@@ -50,6 +61,8 @@ NO_TELEMETRY = {"tracing": False, "metrics": False, "logs": False, "operation_sp
 # The queue's depth (for INGRESS_MAX_QUEUE_DEPTH) is read again after this long, or sooner when the
 # jobs admitted since the last read could reach the limit: far under it, no read per request.
 DEPTH_FRESH_S = 1.0
+T = TypeVar("T")
+log = logging.getLogger("llm_router.http")
 # Redis connections one ingress process opens for commands (requests wait for a free one);
 # every long-poll shares one more, the pub/sub of producers.waits.
 REDIS_CONNECTIONS = 64
@@ -65,14 +78,18 @@ class ApiError(Exception):
         type: str = "invalid_request_error",
         param: str | None = None,
         code: str | None = None,
+        retry_after: int | None = None,
     ) -> None:
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
+        self.retry_after = retry_after
 
     def response(self) -> JSONResponse:
         body = {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
-        headers = {"WWW-Authenticate": "Bearer"} if self.status == 401 else None
-        return JSONResponse(body, status_code=self.status, headers=headers)
+        headers = {"WWW-Authenticate": "Bearer"} if self.status == 401 else {}
+        if self.retry_after is not None:
+            headers["Retry-After"] = str(self.retry_after)
+        return JSONResponse(body, status_code=self.status, headers=headers or None)
 
 
 def not_found(what: str) -> ApiError:
@@ -109,7 +126,9 @@ class Ingress:
         )
         self.store = ResultStore(self.redis, settings.result_ttl_s)
         self.waits = ResultWaits(async_redis(settings.redis_url, socket_connect_timeout=2), self.store)
-        self.files = Files(self.redis, settings.file_ttl_s)
+        self.files = Files(
+            self.redis, settings.file_ttl_s, settings.files_max_per_source, settings.files_max_bytes_per_source
+        )
         self.streams = JobStreams(self.redis, async_redis(settings.redis_url, socket_connect_timeout=2), self.store)
         self._producers: dict[str, TenantProducer] = {}
         self.script_batches = ScriptBatches(self.redis)
@@ -183,6 +202,30 @@ Tenant = Annotated[str, Depends(tenant)]
 App = Annotated[Ingress, Depends(ingress)]
 
 
+async def while_connected(request: Request, waiting: Coroutine[Any, Any, T]) -> T:
+    """What `waiting` returns, unless the client leaves first: then it is cancelled and
+    ClientDisconnect raised (Guard ends the request quietly). A long-poll whose client has gone
+    ends now, not when its wait would have."""
+    task = asyncio.ensure_future(waiting)
+    gone = asyncio.ensure_future(_gone(request.receive))
+    try:
+        await asyncio.wait((task, gone), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        task.cancel()  # (done: no-op)
+    if task.done() and not task.cancelled():
+        return task.result()
+    if gone.done() and not gone.cancelled() and (error := gone.exception()):
+        raise error
+    raise ClientDisconnect()
+
+
+async def _gone(receive: Receive) -> None:
+    """Returns when the client has gone (a request's body, if any, already read)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
 async def read_json(request: Request) -> dict[str, Any]:
     """The request's JSON object (read through the body limit), or a 400."""
     return parse_json(await request.body())
@@ -192,8 +235,8 @@ def parse_json(raw: bytes) -> dict[str, Any]:
     """A request body's JSON object, or a 400."""
     try:
         body = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise ApiError(400, "the body is not valid JSON", code="invalid_json") from None
+    except orjson.JSONDecodeError as exc:  # (its reason: where, or that it nests over orjson's 1024 levels)
+        raise ApiError(400, f"the body is not valid JSON ({exc})", code="invalid_json") from None
     if not isinstance(body, dict):
         raise ApiError(400, "the body must be a JSON object", code="invalid_json")
     return body
@@ -204,13 +247,30 @@ class BodyTooLarge(ApiError):
         super().__init__(413, f"the body is over {setting}={limit} bytes", code="body_too_large")
 
 
+class BodiesFull(ApiError):
+    def __init__(self, limit: int) -> None:
+        message = f"the ingress holds INGRESS_MAX_BODIES_BYTES={limit} bytes of request bodies: retry in a second"
+        super().__init__(503, message, type="server_error", code="overloaded", retry_after=1)
+
+
+# What one upload holds in memory at most (the rest is spooled to disk): a form field of
+# python-multipart's max_part_size (1 MiB) and a spool's in-memory part (1 MiB).
+UPLOAD_MEMORY = 2 * 1024 * 1024
+# A request whose client left: counted with the 4xx (nginx's 499).
+CLIENT_GONE = 499
+
+
 class Guard:
     """ASGI middleware: refuses a body over its limit as it streams in (never read whole
-    first), and counts every request by route template, method and status class."""
+    first), bounds the bytes of request bodies all requests hold (INGRESS_MAX_BODIES_BYTES:
+    counted as they are read, so only once a route has authenticated the request), ends a
+    request whose client left without an error, and counts every request by route template,
+    method and status class."""
 
     def __init__(self, app: ASGIApp, settings: Settings) -> None:
         self.app = app
         self.settings = settings
+        self.holding = 0  # bytes of request bodies read by requests in progress
 
     def limit(self, scope: Scope) -> tuple[int, str]:
         if scope["path"] == UPLOAD_PATH:
@@ -223,14 +283,21 @@ class Guard:
             return
         started, status = time.perf_counter(), [500]
         limit, setting = self.limit(scope)
-        received = 0
+        received = held = 0
+        memory = UPLOAD_MEMORY if scope["path"] == UPLOAD_PATH else limit
 
         async def limited() -> Message:
-            nonlocal received
+            nonlocal received, held
             message = await receive()
             received += len(message.get("body", b""))
             if received > limit:
                 raise BodyTooLarge(limit, setting)
+            more = min(received, memory) - held
+            if more:
+                held += more
+                self.holding += more
+                if self.holding > self.settings.ingress_max_bodies_bytes:
+                    raise BodiesFull(self.settings.ingress_max_bodies_bytes)
             return message
 
         async def sending(message: Message) -> None:
@@ -244,7 +311,10 @@ class Guard:
                 await BodyTooLarge(limit, setting).response()(scope, receive, sending)
             else:
                 await self.app(scope, limited, sending)
+        except ClientDisconnect:  # the client left (or its body was late: producers.http_conns): nobody to answer
+            status[0] = CLIENT_GONE
         finally:
+            self.holding -= held
             route = getattr(scope.get("route"), "path", None) or "other"
             HTTP_REQUESTS.labels(route, scope["method"], f"{status[0] // 100}xx").inc()
             HTTP_DURATION.labels(route, scope["method"]).observe(time.perf_counter() - started)
@@ -263,12 +333,28 @@ def error_response(exc: Exception) -> Response:
     if isinstance(exc, HTTPException):
         code = "not_found" if exc.status_code == 404 else None
         return ApiError(exc.status_code, str(exc.detail), code=code).response()
-    if isinstance(exc, RedisError):
-        return ApiError(503, "Redis is unavailable: retry later", type="server_error", code="unavailable").response()
+    if isinstance(exc, UNAVAILABLE):
+        return ApiError(
+            503, "Redis is unavailable: retry later", type="server_error", code="unavailable", retry_after=1
+        ).response()
+    if isinstance(exc, RedisError):  # Redis refused a command: a fault of ours, not an outage
+        log.error("Redis refused a command: %s: %s", type(exc).__name__, exc)
+        return ApiError(500, "internal error", type="server_error", code="internal_error").response()
     assert isinstance(exc, ApiError), exc
     return exc.response()
 
 
+# Redis errors that mean it is unavailable (down, loading, a replica during a failover, full): 503.
+# Any other (a command it refused) is a fault of the ingress's: 500.
+UNAVAILABLE = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    BusyLoadingError,
+    ReadOnlyError,
+    OutOfMemoryError,
+    TryAgainError,
+    ClusterDownError,
+)
 # What error_response answers (anything else is a 500).
 ANSWERED = (ApiError, JobRejected, RequestValidationError, HTTPException, RedisError)
 
@@ -288,7 +374,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.ingress = Ingress(settings)
+        app.state.ingress = found = Ingress(settings)
+        HTTP_WAITING.set_function(lambda: found.waits.waiting + found.streams.wakeups.waiting)
         try:
             yield
         finally:
@@ -350,6 +437,11 @@ def _openapi(app: FastAPI) -> None:
 
 
 def check_tokens(settings: Settings) -> None:
+    if settings.ingress_max_bodies_bytes < settings.ingress_max_body_bytes:
+        raise ConfigError(
+            f"INGRESS_MAX_BODIES_BYTES={settings.ingress_max_bodies_bytes} is under INGRESS_MAX_BODY_BYTES="
+            f"{settings.ingress_max_body_bytes}: a body of the largest size would always be refused; raise it"
+        )
     if not settings.ingress_tokens:
         raise ConfigError('INGRESS_TOKENS is not set: export INGRESS_TOKENS=\'{"<token>": "<source name>"}\'')
     from worker.models import _SOURCE
@@ -375,9 +467,12 @@ def api(host: str, port: int) -> None:
 
     from worker.preflight import redis_problem
 
+    from .http_conns import protocol_class
+
     try:
         settings = load_settings()
         app = create_app(settings)
+        protocol = protocol_class(settings)  # deadlines and a bound on connections
         problem = redis_problem(settings.redis_url)
         if problem is not None and problem.lasting:
             raise ConfigError(f"REDIS_URL: {problem.text}")
@@ -387,4 +482,12 @@ def api(host: str, port: int) -> None:
     if problem is not None:  # Redis may be starting: /readyz and requests answer 503 until it answers
         click.echo(f"llm-router api: {problem.text}; serving, with 503s until it answers", err=True)
     # no access log and no X-Forwarded-* rewriting: both cost per request and nothing here reads them
-    uvicorn.run(app, host=host, port=port, access_log=False, proxy_headers=False, timeout_graceful_shutdown=5)
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        http=protocol,
+        access_log=False,
+        proxy_headers=False,
+        timeout_graceful_shutdown=5,
+    )

@@ -24,7 +24,7 @@ from worker.batches import Batch
 from worker.keys import batch_key, source_batches_key
 
 from .batches import Batches, BatchRejected
-from .files import FileObject
+from .files import FileObject, QuotaExceeded
 from .http import ApiError, App, Tenant, not_found, read_json, tenant
 from .http_models import BatchList, FileDeleted, FileList, responses
 
@@ -52,7 +52,7 @@ _UPLOAD_SCHEMA = {
 # ---------------------------------------------------------------- files
 
 
-@router.post("/files", tags=["files"], openapi_extra=_UPLOAD_SCHEMA, responses=responses(400, _200=FileObject))
+@router.post("/files", tags=["files"], openapi_extra=_UPLOAD_SCHEMA, responses=responses(400, 403, _200=FileObject))
 async def upload_file(request: Request, app: App, source: Tenant) -> dict[str, Any]:
     """Upload a JSONL file of batch requests (multipart: `file`, `purpose=batch`)."""
     async with request.form(max_files=1, max_fields=8) as form:
@@ -61,7 +61,10 @@ async def upload_file(request: Request, app: App, source: Tenant) -> dict[str, A
             raise ApiError(422, f"must be 'batch', not {purpose!r}", param="purpose", code="invalid_value")
         if not isinstance(upload, UploadFile):
             raise ApiError(422, "a multipart field `file` holding the file is required", param="file")
-        found = await app.files.put(upload.read, upload.filename or "input.jsonl", "batch", source)
+        try:
+            found = await app.files.put(upload.read, upload.filename or "input.jsonl", "batch", source)
+        except QuotaExceeded as exc:
+            raise ApiError(403, str(exc), param="file", code="file_quota_exceeded") from None
     return found.model_dump(exclude_none=True)
 
 

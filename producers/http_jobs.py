@@ -18,7 +18,7 @@ from worker.models import JOB_KINDS, JobBase, JobResult
 
 from .api import validate
 from .batches import LineError, completion_body, request_job, request_schema
-from .http import ApiError, App, Ingress, Tenant, not_found, parse_json, read_json, tenant
+from .http import ApiError, App, Ingress, Tenant, not_found, parse_json, read_json, tenant, while_connected
 from .http_models import ChatCompletion, JobAccepted, JobPending, ModelList, responses
 
 router = APIRouter(prefix="/v1", dependencies=[Depends(tenant)])
@@ -116,6 +116,7 @@ async def submit_job(app: Ingress, source: str, raw: bytes, idempotency_key: str
 
 @router.get("/jobs/{job_id}", tags=["jobs"], response_model=None, responses=responses(404, _200=JobResult | JobPending))
 async def get_job(
+    request: Request,
     job_id: str,
     app: App,
     source: Tenant,
@@ -132,7 +133,9 @@ async def get_job(
             if result is None:
                 raise not_found(f"job {job_id}")
         else:
-            result = await app.waits.wait(job_id, min(wait, app.settings.ingress_wait_s)) if wait else None
+            result = None
+            if wait:
+                result = await while_connected(request, app.waits.wait(job_id, min(wait, app.settings.ingress_wait_s)))
             if result is None:
                 return {"id": job_id, "status": await pending(app, job_id) or status}
     record = result.model_dump(mode="json", exclude_none=True)
@@ -162,7 +165,7 @@ async def chat_completions(request: Request, app: App, source: Tenant, idempoten
         from .http_events import stream_completion
 
         return stream_completion(app, job_id, job)
-    result = await app.waits.wait(job_id, app.settings.ingress_wait_s)
+    result = await while_connected(request, app.waits.wait(job_id, app.settings.ingress_wait_s))
     if result is None:
         return accepted(job_id, await pending(app, job_id) or "queued")
     return completion(job_id, result)

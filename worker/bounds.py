@@ -5,6 +5,10 @@ its own.)"""
 
 from __future__ import annotations
 
+from typing import Any
+
+from pydantic import BaseModel
+
 from . import egress, routes
 from .models import CompareJob, JobBase, RoutedJob, shown
 from .settings import Settings
@@ -49,6 +53,9 @@ def problem(job: JobBase, settings: Settings, record_bytes: int, routes_known: b
     """(field, what is wrong and how to fix it), or None when the job is within bounds.
     `record_bytes`: the size of the job's record, its inline images included. `routes_known`:
     a route these settings do not know is refused (else left to the worker: worker.routes)."""
+    deep = depth_problem(job, settings.max_json_depth)
+    if deep:
+        return deep
     route_problem = routes.problem(job, settings, routes_known)
     if route_problem:
         return route_problem
@@ -93,3 +100,37 @@ def _models(job: JobBase) -> list[str]:
 def _decoded_size(data_url: str) -> int:
     data = data_url.partition(",")[2]
     return len(data) * 3 // 4 - data[-2:].count("=")
+
+
+def depth_problem(job: JobBase, limit: int) -> tuple[str, str] | None:
+    """(field, what is wrong) for the first field of `job` whose value nests arrays and objects
+    more than `limit` deep (a record must stay writable as JSON: orjson stops at 254 levels)."""
+    for name in job.model_fields_set:  # (a field left at its default holds None or a scalar)
+        value = getattr(job, name)
+        if value.__class__ not in _LEAVES and _deeper(value, limit):
+            return name, f"nests arrays and objects over MAX_JSON_DEPTH={limit} levels deep: flatten it"
+    return None
+
+
+# Values with nothing inside (checked by type first: isinstance with pydantic's models is slow)
+_LEAVES = frozenset({str, int, float, bool, type(None)})
+
+
+def _deeper(value: Any, limit: int) -> bool:
+    """Whether `value` (JSON as pydantic holds it: models, dicts, lists, scalars) nests
+    containers more than `limit` deep; a loop, not recursion, whatever the depth."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, (list, tuple)):
+            children = item
+        elif isinstance(item, BaseModel):
+            children = [*item.__dict__.values(), *(item.__pydantic_extra__ or {}).values()]
+        else:
+            continue  # a datetime, or another value with nothing inside
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children if child.__class__ not in _LEAVES)
+    return False

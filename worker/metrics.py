@@ -124,6 +124,15 @@ HTTP_DURATION = Histogram(
     ["route", "method"],
     buckets=LATENCY_BUCKETS,
 )
+# The ingress's connections (producers/http_conns.py): held now, and those it closed, by why:
+# `header_timeout`, `body_timeout`, `headers_too_large`, `shed` (to make room), `overloaded`
+# (answered 503: every connection busy), `refused` (no room at all).
+HTTP_CONNECTIONS = Gauge("llm_router_http_connections", "Connections the HTTP ingress holds")
+HTTP_CLOSED = Counter(
+    "llm_router_http_connections_closed", "Connections the HTTP ingress closed on a client, by reason", ["reason"]
+)
+# Long-polls (`?wait=`, chat completions) and live-stream readers the ingress holds.
+HTTP_WAITING = Gauge("llm_router_http_waiting", "Result waits and stream readers the HTTP ingress holds")
 
 
 class Labels:

@@ -197,6 +197,11 @@ def load(settings: Settings, check_files: bool = True) -> list[Schedule]:
     seen: set[str] = set()
     for number, entry in enumerate(entries, start=1):
         schedule = _schedule(entry, f"{where}: schedule #{number}", check_files)
+        if not schedule.window_s <= settings.batch_max_window_s:  # (a batch would refuse it at every tick)
+            raise ConfigError(
+                f"{where}: schedule {schedule.name!r}: window: {schedule.window!r} is over "
+                f"BATCH_MAX_WINDOW_S={settings.batch_max_window_s:g} seconds: use a shorter window"
+            )
         if schedule.name in seen:
             raise ConfigError(
                 f"{where}: schedule {schedule.name!r}: name: used by another schedule: give each a unique name"

@@ -123,6 +123,10 @@ class Settings(BaseSettings):
     max_output_tokens: int = Field(
         100_000, ge=1, description="largest max_tokens (or max_completion_tokens) a job may ask for"
     )
+    # (at most 128: a job record is JSON written by orjson, whose limit is 254 levels in all)
+    max_json_depth: int = Field(
+        64, ge=4, le=128, description="deepest nesting of arrays and objects in one field of a job (tools...)"
+    )
     # MODEL_CONTEXT='{"my-model": 32768}': context windows (tokens); max_tokens and
     # max_completion_tokens must fit the model's.
     model_context: dict[str, int] = dict(MODEL_CONTEXT)
@@ -185,6 +189,9 @@ class Settings(BaseSettings):
     batch_ttl_s: int = Field(
         30 * 24 * 3600, ge=60, description="a batch and its results are kept this long past its window"
     )
+    batch_max_window_s: float = Field(
+        7 * 24 * 3600, gt=0, le=366 * 24 * 3600, description="longest completion window of a batch (OpenAI's is 24h)"
+    )
     # ---- schedules (worker.schedules): bulk batches on a cron schedule, fired by the workers
     schedules_file: str | None = Field(None, description="a TOML file of schedules; none: no schedules")
     schedule_grace_s: float = Field(
@@ -214,6 +221,26 @@ class Settings(BaseSettings):
         60, gt=0, description="longest /v1/chat/completions waits, and the largest ?wait= of GET /v1/jobs/{id}"
     )
     file_ttl_s: int = Field(30 * 24 * 3600, ge=60, description="how long an uploaded file is kept")
+    # ---- the ingress under hostile clients (producers/http_conns.py, producers/http.py)
+    ingress_max_connections: int = Field(
+        1000, ge=1, description="connections one ingress holds; past it the oldest idle one is closed to make room"
+    )
+    ingress_header_timeout_s: float = Field(
+        10, gt=0, description="a request's headers must be complete this long after the connection was accepted"
+    )
+    ingress_body_timeout_s: float = Field(
+        300, gt=0, description="a request's body must be complete this long after its headers (else 408)"
+    )
+    ingress_max_header_bytes: int = Field(
+        64 * 1024, ge=1024, description="a request's line and headers, in bytes (else 431)"
+    )
+    ingress_max_bodies_bytes: int = Field(
+        128 * 1024 * 1024, ge=1024, description="request bodies one ingress holds in memory at once (503 past it)"
+    )
+    files_max_per_source: int = Field(100, ge=1, description="uploaded files a source (a token's) keeps at once")
+    files_max_bytes_per_source: int = Field(
+        1024 * 1024 * 1024, ge=1024, description="bytes of uploaded files a source (a token's) keeps at once"
+    )
     # ---- live streams of streaming jobs (worker.events; GET /v1/jobs/{id}/events)
     stream_events_ttl_s: int = Field(
         3600, ge=0, description="how long a streaming job's events are kept; 0: workers publish none"
