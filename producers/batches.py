@@ -569,7 +569,7 @@ class Batches:
             batch.status == "cancelling"
             or (batch.status == "in_progress" and batch.expires_at is not None and time.time() >= batch.expires_at)
         ):
-            changed = await wb.end_waiting(self.redis, batch_id) > 0
+            changed = await wb.end_waiting(self.redis, batch_id, self.producer.queue_name) > 0
         return await wb.get(self.redis, batch_id) if changed else batch
 
     async def _reap(self, batch: Batch) -> bool:

@@ -431,12 +431,14 @@ return ended
 END_CHUNK = 1000
 
 
-async def end_waiting(redis: Redis, batch_id: str) -> int:
+async def end_waiting(redis: Redis, batch_id: str, queue_name: str) -> int:
     """End the lines of a cancelled batch (or of one past its window) that wait for a worker,
     without one: each is counted `cancelled` (`expired`) with its result, as a worker picking it
     would, so a batch cancelled while no worker runs still ends `cancelled`, every line accounted.
-    Lines running are left to their workers. Returns the lines ended (0: none, or not such a batch)."""
+    Lines running are left to their workers. Returns the lines ended (0: none, or not such a batch).
+    `queue_name`: where its lines went if its record does not say (`queue`)."""
     status, expires_at, queue = await redis.hmget(batch_key(batch_id), ["status", "expires_at", "queue"])  # type: ignore[misc]
+    queue = queue or queue_name.encode()
     if status == b"cancelling":
         outcome_, error = "cancelled", CANCELLED
     elif status == b"in_progress" and expires_at is not None and time.time() >= float(expires_at):
