@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 import uuid
 from collections.abc import Iterable
@@ -129,6 +130,7 @@ class Producer:
         self.max_image_bytes = max_image_bytes or settings.max_image_bytes
         self.store = ResultStore(self.redis, result_ttl_s or settings.result_ttl_s)
         self._enqueue = self.redis.register_script(_ENQUEUE)
+        self._last_score = 0.0  # the queue score of this producer's last job (`_due`)
         self.dead_letters = DeadLetters(self.redis, self.queue_name)
 
     async def __aenter__(self) -> Producer:
@@ -215,7 +217,7 @@ class Producer:
             queue, score, ttl_ms = (
                 (bulk_key(self.queue_name), bulk_at + i, BULK_RECORD_TTL_MS)
                 if job.bulk
-                else (self.queue_name, now_ms, JOB_EXPIRES_EXTRA_MS)
+                else (self.queue_name, self._due(now_ms), JOB_EXPIRES_EXTRA_MS)
             )
             keys = [job_key(job_id), arq_result_key(job_id), result_key(job_id), queue, digest_key(job_id)]
             calls.append((keys, [data, ttl_ms, score, job_id, digest, self.store.ttl_s + DIGEST_EXTRA_S]))
@@ -234,6 +236,15 @@ class Producer:
                 "or send the same job again to get its result",
             )
         return [(job_id, c == 1) for (job_id, _, _), c in zip(records, created, strict=True)]
+
+    def _due(self, now_ms: int) -> float:
+        """A new job's queue score: its due time (now, in ms), and after this producer's previous
+        job's, by the smallest step a score can take at this size (1/4096 ms until 2039), so the
+        producer's jobs run in the order it enqueued them even within one millisecond: jobs tied
+        on a score would run in the order of their random ids. Past 4,096 jobs in a millisecond
+        the next are due that fraction of a millisecond later (see README "Jobs in Redis")."""
+        self._last_score = max(float(now_ms), self._last_score + math.ulp(float(now_ms)))
+        return self._last_score
 
     async def _enqueue_one(self, keys: list[str], args: list[bytes | str | int | float]) -> int:
         """One job's enqueue script (the ingress sends concurrent requests' together: producers.coalesce)."""

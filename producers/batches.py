@@ -22,6 +22,13 @@ A batch is created atomically under its id (one script: nothing happens if the i
 every write after that is fenced by the submission's `owner` token in the record: a caller
 giving its own `batch_id` (a schedule's tick, worker.schedules) submits it at most once, and a
 submission that lost its record to another (which took over a dead one's) writes nothing more.
+Until its lines are released the record holds the submission's lease, renewed while it writes:
+a submission that died is reaped by the next read (`get`: `failed`, nothing queued). Every
+script of a submission can be sent again after a lost answer (a retrying client) and does its
+work once; a submission whose release ran but whose answer was lost returns the batch.
+
+`get` also ends what no worker may come for: the waiting lines of a cancelled batch, or of one
+past its window (worker.batches.end_waiting), so a cancel needs no running worker.
 """
 
 from __future__ import annotations
@@ -42,6 +49,7 @@ from typing import IO, TYPE_CHECKING, Any, TypedDict, Unpack
 
 import orjson
 from pydantic import ValidationError
+from redis.exceptions import RedisError
 
 from worker import batches as wb
 from worker import budgets, outbox, webhooks
@@ -49,6 +57,7 @@ from worker.batches import Batch, BatchError, Errors
 from worker.keys import (
     BATCHES,
     JOB_EXPIRES_EXTRA_MS,
+    JOB_PREFIX,
     batch_key,
     batch_lines_key,
     batch_staged_key,
@@ -107,28 +116,73 @@ class _TooLarge:
         self.size = size
 
 
-# Create a batch's record, unless one exists under its id: 1 created, 0 the id is taken.
+# Create a batch's record, unless one exists under its id: 1 created (or created by this very
+# submission: the same call sent again after its answer was lost), 0 the id is taken. The record
+# holds the submission's lease (`lease_until`, ms, Redis's clock): a submission that stops
+# renewing it (its process died) is reaped by the next reader (`_REAP`).
 # KEYS: batch record, the batch list
-# ARGV: purge_at, created_at, batch id, then field, value, ...
+# ARGV: purge_at, created_at, batch id, owner, lease ms, then field, value, ...
 _CREATE = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 4))
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return redis.call('HGET', KEYS[1], 'owner') == ARGV[4] and 1 or 0
+end
+local t = redis.call('TIME')
+redis.call('HSET', KEYS[1], 'owner', ARGV[4], 'lease_until', t[1] * 1000 + math.floor(t[2] / 1000) + ARGV[5])
+redis.call('HSET', KEYS[1], unpack(ARGV, 6))
 redis.call('EXPIREAT', KEYS[1], ARGV[1])
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
 return 1
+"""
+
+# The submission's lease renewed, while the record is still its own and not released: 1, else 0.
+# KEYS: batch record; ARGV: owner, lease ms
+_KEEP = """
+local rec = redis.call('HMGET', KEYS[1], 'owner', 'lease_until')
+if rec[1] ~= ARGV[1] or not rec[2] then return 0 end
+local t = redis.call('TIME')
+redis.call('HSET', KEYS[1], 'lease_until', t[1] * 1000 + math.floor(t[2] / 1000) + ARGV[2])
+return 1
+"""
+
+# A batch whose submission's lease ran out before it released the lines (its process died, or
+# lost Redis; `validating`, or `cancelling` if cancelled meanwhile): `failed`, with the error
+# saying so; its owner is forgotten, so a stalled submission that wakes up writes nothing more.
+# Nothing of it was queued. 1 reaped, 0 not.
+# KEYS: batch record, line list; ARGV: now s, errors JSON
+_REAP = """
+local rec = redis.call('HMGET', KEYS[1], 'status', 'lease_until')
+if not rec[2] or (rec[1] ~= 'validating' and rec[1] ~= 'cancelling') then return 0 end
+local t = redis.call('TIME')
+if t[1] * 1000 + math.floor(t[2] / 1000) <= tonumber(rec[2]) then return 0 end
+redis.call('HSET', KEYS[1], 'status', 'failed', 'failed_at', ARGV[1], 'errors', ARGV[2], 'interrupted', '1')
+redis.call('HDEL', KEYS[1], 'owner', 'lease_until')
+redis.call('DEL', KEYS[2])
+return 1
+"""
+
+# Up to ARGV[2] job records of a batch's staged (never released) lines deleted: how many.
+# KEYS: staged set; ARGV: job record prefix, how many
+_DROP_STAGED = """
+local ids = redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[2]) - 1)
+for _, id in ipairs(ids) do
+  redis.call('DEL', ARGV[1] .. id)
+  redis.call('ZREM', KEYS[1], id)
+end
+return #ids
 """
 
 # Stage a chunk of lines (job records, the staged set, the line list), if the record is still
 # this submission's (its `owner`): -1 it is not (taken over, or gone), else the lines staged.
 # KEYS: batch record, staged set, line list
 # ARGV: owner, record TTL ms, purge_at, then job key, record, job id, line entry, ...
+# A line already staged is not listed again: the same chunk sent again (after a lost answer)
+# stages nothing twice.
 _STAGE = """
 if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return -1 end
 local n = 0
 for i = 4, #ARGV, 4 do
   redis.call('SET', ARGV[i], ARGV[i + 1], 'PX', ARGV[2])
-  redis.call('ZADD', KEYS[2], 0, ARGV[i + 2])
-  redis.call('RPUSH', KEYS[3], ARGV[i + 3])
+  if redis.call('ZADD', KEYS[2], 0, ARGV[i + 2]) == 1 then redis.call('RPUSH', KEYS[3], ARGV[i + 3]) end
   n = n + 1
 end
 redis.call('EXPIREAT', KEYS[3], ARGV[3])
@@ -136,13 +190,14 @@ redis.call('EXPIREAT', KEYS[2], ARGV[3])
 return n
 """
 
-# Forget a batch that was never released (still `validating`), if `owner` is '' or its owner:
-# a failed submission taking itself back, or a schedule taking over a dead worker's tick.
+# Forget a batch that was never released (still `validating`, or reaped: `interrupted`), if
+# `owner` is '' or its owner: a failed submission taking itself back, or a schedule taking over a
+# dead worker's tick.
 # KEYS: batch record, line list, staged set, the batch list; ARGV: batch id, owner ('' any)
 _DROP_UNRELEASED = """
-local rec = redis.call('HMGET', KEYS[1], 'status', 'owner')
+local rec = redis.call('HMGET', KEYS[1], 'status', 'owner', 'interrupted')
 if not rec[1] then return 0 end
-if rec[1] ~= 'validating' then return -1 end
+if rec[1] ~= 'validating' and not (rec[1] == 'failed' and rec[3]) then return -1 end
 if ARGV[2] ~= '' and rec[2] ~= ARGV[2] then return -1 end
 redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
 redis.call('ZREM', KEYS[4], ARGV[1])
@@ -176,6 +231,7 @@ for i = 1, #ids, 1000 do
   redis.call('ZADD', KEYS[3], unpack(args))
 end
 redis.call('DEL', KEYS[2])
+redis.call('HDEL', KEYS[1], 'lease_until')  -- released: the submission's lease is over
 if status == 'validating' then redis.call('HSET', KEYS[1], 'status', 'in_progress', 'in_progress_at', ARGV[1]) end
 return #ids
 """
@@ -382,7 +438,6 @@ class Batches:
             "purge_at": purge_at,
             "total": checked.valid,
             "queue": self.producer.queue_name,
-            "owner": owner,
             **{f"m.{model}.total": n for model, n in checked.models.items()},
         }
         if metadata:
@@ -397,26 +452,57 @@ class Batches:
             record["errors"] = kept.model_dump_json()
         fields = [str(x) for pair in record.items() for x in pair]
         create = self.redis.register_script(_CREATE)
-        if not await create(keys=[batch_key(batch_id), BATCHES], args=[purge_at, now, batch_id, *fields]):
+        lease_ms = int(self.settings.lease_s * 1000)
+        created = await create(
+            keys=[batch_key(batch_id), BATCHES], args=[purge_at, now, batch_id, owner, lease_ms, *fields]
+        )
+        if not created:
             existing = await self.get(batch_id)  # the id is taken: a no-op
             if existing is None:
                 raise BatchTakenOver(f"batch {batch_id} was taken and is gone: submit again")
             return existing, False
+        keeper = asyncio.create_task(self._keep(batch_id, owner, lease_ms))
         try:
             await self._write_lines(spool, batch_id, window_s, purge_at, owner)
             if await self._release(batch_id, owner) < 0:
                 raise BatchTakenOver(f"batch {batch_id} is no longer this submission's: nothing was released")
+        except Exception:
+            # nothing was queued: take the batch back, if still ours (its job records expire unqueued);
+            # unless the release ran and only its answer was lost: the lines are queued, the batch is on
+            if not await self._released(batch_id, owner):
+                raise
         except BaseException:
-            # nothing was queued: take the batch back, if still ours (its job records expire unqueued)
             await self.drop_unreleased(batch_id, owner)
             raise
-        found = await self.get(batch_id)
+        finally:
+            keeper.cancel()
+        found = await self.get(batch_id)  # cancelled meanwhile: get ends the lines no worker took
         assert found is not None
         return found, True
 
+    async def _keep(self, batch_id: str, owner: str, lease_ms: int) -> None:
+        """Renew the submission's lease while it writes (a third of the lease apart); a renewal
+        Redis failed is tried again at the next (the writes fail too if Redis stays away)."""
+        keep = self.redis.register_script(_KEEP)
+        while True:
+            try:
+                if not await keep(keys=[batch_key(batch_id)], args=[owner, lease_ms]):
+                    return
+            except RedisError:
+                pass
+            await asyncio.sleep(lease_ms / 3000)
+
+    async def _released(self, batch_id: str, owner: str) -> bool:
+        """After a submission's error: False once its batch is taken back (it was never released, or
+        it is not its own); True if the release ran (only its answer was lost: the lines are queued)."""
+        if await self.drop_unreleased(batch_id, owner):
+            return False
+        status, still = await self.redis.hmget(batch_key(batch_id), ["status", "owner"])  # type: ignore[misc]
+        return still == owner.encode() and status not in (None, b"validating")
+
     async def drop_unreleased(self, batch_id: str, owner: str = "") -> bool:
-        """Forget a batch whose lines were never released (status `validating`), if `owner` is
-        its submission's (or ''): True if it was dropped. Its job records expire unqueued."""
+        """Forget a batch whose lines were never released (status `validating`, or reaped), if
+        `owner` is its submission's (or ''): True if it was dropped. Its job records expire unqueued."""
         drop = self.redis.register_script(_DROP_UNRELEASED)
         keys = [batch_key(batch_id), batch_lines_key(batch_id), batch_staged_key(batch_id), BATCHES]
         return int(await drop(keys=keys, args=[batch_id, owner])) == 1
@@ -467,8 +553,37 @@ class Batches:
     # ------------------------------------------------------------ read, follow, cancel, list
 
     async def get(self, batch_id: str) -> Batch | None:
-        """The batch's record, or None if there is none (unknown, or purged BATCH_TTL_S after its window)."""
-        return await wb.get(self.redis, batch_id) if wb.BATCH_ID.match(batch_id) else None
+        """The batch's record, or None if there is none (unknown, or purged BATCH_TTL_S after its window).
+
+        A batch that should have ended is ended first, whether a worker runs or not: one whose
+        submission died before releasing its lines (its lease ran out) is reaped (`failed`), and
+        the waiting lines of a `cancelling` one, or of one past its window, are counted `cancelled`
+        (`expired`) at once (worker.batches.end_waiting); lines running are left to their workers."""
+        if not wb.BATCH_ID.match(batch_id):
+            return None
+        batch = await wb.get(self.redis, batch_id)
+        if batch is None:
+            return None
+        changed = batch.status in ("validating", "cancelling") and await self._reap(batch)
+        if not changed and (
+            batch.status == "cancelling"
+            or (batch.status == "in_progress" and batch.expires_at is not None and time.time() >= batch.expires_at)
+        ):
+            changed = await wb.end_waiting(self.redis, batch_id, self.producer.queue_name) > 0
+        return await wb.get(self.redis, batch_id) if changed else batch
+
+    async def _reap(self, batch: Batch) -> bool:
+        """Reap a batch whose submission's lease ran out before it released the lines: True if it was."""
+        stopped = BatchError(code=wb.INTERRUPTED, message=wb.INTERRUPTED_MESSAGE)
+        errors = Errors(data=[stopped, *(batch.errors.data if batch.errors else [])][:MAX_ERRORS_KEPT])
+        reap = self.redis.register_script(_REAP)
+        keys = [batch_key(batch.id), batch_lines_key(batch.id)]
+        if not await reap(keys=keys, args=[int(time.time()), errors.model_dump_json()]):
+            return False
+        drop = self.redis.register_script(_DROP_STAGED)  # their job records, a chunk at a time
+        while await drop(keys=[batch_staged_key(batch.id)], args=[JOB_PREFIX, CHUNK_LINES]):
+            pass
+        return True
 
     async def webhook(self, batch_id: str) -> Delivery | None:
         """The batch's webhook delivery (`callback_url`), once it ended; None before, or without one."""
@@ -493,7 +608,7 @@ class Batches:
         if not wb.BATCH_ID.match(batch_id):
             return None
         status = await self.redis.register_script(_CANCEL)(keys=[batch_key(batch_id)], args=[int(time.time())])
-        return None if status is None else await self.get(batch_id)
+        return None if status is None else await self.get(batch_id)  # get ends the lines waiting
 
     async def list(self, limit: int = 20, after: str | None = None) -> list[Batch]:
         """Newest first; `after`: a batch id, to page on (OpenAI's cursor)."""

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Iterator
 
+import hypothesis
 import pytest
 from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
@@ -14,6 +16,14 @@ from sim.server import SimServer, Simulator
 from worker.settings import Settings
 
 from .helpers import API_KEY, sim_admin
+
+# Property-based runs (hypothesis, and schemathesis on top of it) are derandomised with a bounded
+# number of examples: every run of `make test` generates the same cases, so one cannot fail by
+# chance. A test's own @settings wins (the ingress fuzz run: FUZZ_EXAMPLES, FUZZ_RANDOM);
+# HYPOTHESIS_PROFILE=explore searches at random, further.
+hypothesis.settings.register_profile("repeatable", derandomize=True, max_examples=50, database=None, deadline=None)
+hypothesis.settings.register_profile("explore", max_examples=500, database=None, deadline=None)
+hypothesis.settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "repeatable"))
 
 
 @pytest.fixture(scope="session")

@@ -133,7 +133,9 @@ async def test_cancel_mid_run_never_calls_for_queued_lines(producer, batch_setti
 
     await wait_until_async(some_done, 20, "some lines done")
     cancelling = await producer.batches.cancel(batch.id)
-    assert cancelling.status == "cancelling" and cancelling.cancelling_at
+    # the cancel ends every line no worker holds at once: at most the 5 running ones are left
+    assert cancelling.status in ("cancelling", "cancelled") and cancelling.cancelling_at
+    assert cancelling.done >= 300 - 5
     batch = await final(producer, batch.id)
     counts = batch.request_counts
     calls = sum(sim_admin(sim, "/_sim/stats")["calls"].values())
@@ -167,7 +169,9 @@ async def test_a_cancelled_batch_ends_in_process_without_a_call_and_is_exported(
 
     before = REGISTRY.get_sample_value("llm_router_batch_lines_total", {"outcome": "cancelled"}) or 0
     batch = await producer.batches.submit([line(i) for i in range(20)])
-    await producer.batches.cancel(batch.id)
+    # cancelled as a worker finds it when the canceller could not end the lines (they were running,
+    # then went back to the queue): the worker ends them (a cancel ends waiting lines itself, below)
+    await producer.redis.hset(batch_key(batch.id), "status", "cancelling")
     await run_worker(batch_settings)
     await producer.batches.submit([line(i) for i in range(2)])  # stays in_progress: no worker runs it
     batch = await producer.batches.get(batch.id)
@@ -347,7 +351,8 @@ def test_cli_prompts_csv_with_a_template_and_cancel(env, batch_settings, sim, wo
     big.write_text("".join(f"prompt {i}\n" for i in range(200)))
     batch_id = cli(env, "batch", "submit", "--prompts", str(big), "--model", "gpt-4.1").stdout.strip()
     cancelled = cli(env, "batch", "cancel", batch_id)
-    assert cancelled.returncode == 0 and cancelled.stdout.split() == [batch_id, "cancelling"]
+    # `cancelled` at once when no line was running (the cancel ends the waiting ones itself)
+    assert cancelled.returncode == 0 and cancelled.stdout.split() in ([batch_id, "cancelling"], [batch_id, "cancelled"])
     follow = cli(env, "batch", "status", batch_id, "--follow")
     assert follow.returncode == 1 and " cancelled " in follow.stdout and "cancelled)" in follow.stdout
 

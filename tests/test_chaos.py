@@ -34,8 +34,8 @@ async def producer(chaos_settings):
 
 
 async def all_results(producer, ids, timeout, what="every job's result"):
-    async def done():
-        return all([await producer.redis.exists(f"llm-router:result:{i}") for i in ids])
+    async def done():  # one round trip a poll: the simulator shares this process (and its GIL)
+        return await producer.redis.exists(*[f"llm-router:result:{i}" for i in ids]) == len(ids)
 
     await wait_until_async(done, timeout, what)
     return [await producer.result(i) for i in ids]
@@ -122,7 +122,18 @@ async def test_redis_crash_and_restart_with_aof_loses_no_job(sim, chaos_settings
 async def test_shared_rpm_limit_across_worker_processes(producer, chaos_settings, sim, workers):
     per_window, window = 20, 2.0  # the simulator allows 20 calls in any 2 s: 600 a minute
     sim_admin(sim, "/_sim/config", {"model": "gpt-4o-mini", "rpm": per_window, "rate_window_s": window})
-    s = chaos_settings.model_copy(update={"rate_limits": {"gpt-4o-mini": RateLimit(rpm=per_window * 60 / window)}})
+    # The headroom is what absorbs the time between a booked slot and the call's arrival upstream
+    # (a worker woken late, the simulator's thread waiting for the GIL): window * h / (1 - h) of
+    # delay before a 21st call can land in a window. The default 0.02 of a 60 s window is 1.2 s;
+    # of this 2 s window only 41 ms, less than a loaded machine's scheduling delays (that made
+    # the test fail at random): 0.15 gives 0.35 s.
+    headroom = 0.15
+    s = chaos_settings.model_copy(
+        update={
+            "rate_limits": {"gpt-4o-mini": RateLimit(rpm=per_window * 60 / window)},
+            "rate_limit_headroom": headroom,
+        }
+    )
     ids = [await producer.chat("gpt-4o-mini", f"q{i}", fallbacks=[]) for i in range(60)]
     for _ in range(3):
         workers(s)
@@ -134,7 +145,7 @@ async def test_shared_rpm_limit_across_worker_processes(producer, chaos_settings
     worst = max(sum(1 for t in arrivals if start <= t < start + window) for start in arrivals)
     assert worst <= per_window  # never over the limit in any window
     achieved = (len(arrivals) - 1) / (arrivals[-1] - arrivals[0])
-    assert achieved >= 0.9 * per_window / window, achieved  # and close to it
+    assert achieved >= 0.9 * (1 - headroom) * per_window / window, achieved  # and close to the rate it runs at
     await assert_books_balance(producer, sim)
 
 

@@ -4,7 +4,6 @@ Redis equals what the simulator charged, and every job is succeeded or dead-lett
 
 import asyncio
 import itertools
-import time
 
 import pytest
 
@@ -231,11 +230,10 @@ async def test_a_request_over_the_token_limit_fails_at_once_and_holds_no_one_up(
     assert "gpt-4o-mini" not in sim_admin(sim, "/_sim/stats")["calls"]  # nothing was sent upstream
     # the refused booking left the model's schedule alone: later jobs run at once, in their first run
     ids = [await producer.chat("gpt-4o-mini", f"q{i}", max_tokens=50, fallbacks=[]) for i in range(5)]
-    started = time.monotonic()
-    await asyncio.wait_for(run_worker(s), 5)
-    assert time.monotonic() - started < 2
+    await asyncio.wait_for(run_worker(s), 30)
     rs = await results(producer, ids)
-    assert all(r.status == "succeeded" and r.runs == 1 for r in rs)
+    # the limiter's own waits (not this machine's speed): the 250 tokens booked, no more
+    assert all(r.status == "succeeded" and r.runs == 1 and r.attempts[0].waited_s < 1 for r in rs)
     assert await producer.dead_letters.ids() == [huge]
 
 
@@ -245,9 +243,7 @@ async def test_a_failed_call_gives_its_booked_tokens_back(producer, settings, si
     failed = await producer.chat("gpt-4o-mini", "hi", max_tokens=50_000, fallbacks=[])  # ~50 s of the limit
     await asyncio.wait_for(run_worker(s), 5)
     after = await producer.chat("gpt-4o-mini", "next", max_tokens=50, fallbacks=[])
-    started = time.monotonic()
-    await asyncio.wait_for(run_worker(s), 5)
-    assert time.monotonic() - started < 2
+    await asyncio.wait_for(run_worker(s), 30)
     a, b = await assert_settled(producer, [failed, after])
     assert a.status == "failed" and a.error.type == "bad_request"
     assert b.status == "succeeded" and b.runs == 1 and b.attempts[0].waited_s < 0.5  # not held by a's booking

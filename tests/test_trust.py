@@ -149,11 +149,13 @@ async def test_a_record_queued_again_after_its_job_finished_is_not_run_again(pro
 async def test_the_dead_letter_list_is_bounded(producer, settings, redis, sim):
     sim_admin(sim, "/_sim/config", {"model": "gpt-4.1", "down": True})
     small = settings.model_copy(update={"dlq_max": 3, "dlq_max_payload_bytes": 300, "attempts_per_model": 1})
-    ids = [await producer.chat("gpt-4.1", f"doomed {i}", fallbacks=[]) for i in range(4)]
-    big = await producer.chat("gpt-4.1", "y" * 5000, fallbacks=[])
     from prometheus_client import REGISTRY
 
     before = REGISTRY.get_sample_value("llm_router_dead_letters_dropped_total") or 0
+    ids = [await producer.chat("gpt-4.1", f"doomed {i}", fallbacks=[]) for i in range(4)]
+    await run_worker(small.model_copy(update={"worker_concurrency": 1}))
+    # the big one dies last whatever the order of jobs enqueued in one millisecond (test_queue_order)
+    big = await producer.chat("gpt-4.1", "y" * 5000, fallbacks=[])
     await run_worker(small.model_copy(update={"worker_concurrency": 1}))
     kept = await producer.dead_letters.ids()
     assert len(kept) == 3 and big in kept and await redis.hlen(DLQ) == 3  # the oldest were dropped

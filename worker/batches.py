@@ -21,12 +21,28 @@ from __future__ import annotations
 import json
 import re
 import time
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 from redis.asyncio import Redis
 
-from .keys import WEBHOOKS, batch_done_key, batch_key, done_channel, result_key, webhook_key
+from .keys import (
+    DONE_PREFIX,
+    IN_PROGRESS_PREFIX,
+    JOB_PREFIX,
+    RESULT_PREFIX,
+    RETRY_PREFIX,
+    WEBHOOKS,
+    batch_done_key,
+    batch_key,
+    batch_lines_key,
+    bulk_key,
+    done_channel,
+    job_key,
+    result_key,
+    webhook_key,
+)
 from .models import ErrorInfo, JobResult
 from .outbox import QUEUE_LUA, delivery_of
 
@@ -190,6 +206,11 @@ class Batch(BaseModel):
     def final(self) -> bool:
         return self.status in FINAL_STATUSES
 
+    @property
+    def interrupted(self) -> bool:
+        """Reaped while `validating`: its submission stopped before releasing a line."""
+        return self.status == "failed" and any(e.code == INTERRUPTED for e in (self.errors.data if self.errors else []))
+
     @classmethod
     def from_hash(cls, raw: dict[bytes, bytes]) -> Batch:
         fields = {k.decode(): v.decode() for k, v in raw.items()}
@@ -236,10 +257,20 @@ async def ended(redis: Redis, batch_id: str) -> ErrorInfo | None:
     if status is None:
         return None  # no record (purged): the line runs as a plain job
     if status in (b"cancelling", b"cancelled"):
-        return ErrorInfo(type="batch_cancelled", message="the batch was cancelled before this line started")
+        return CANCELLED
     if expires_at is not None and time.time() >= float(expires_at):
-        return ErrorInfo(type="batch_expired", message="not started within the batch's completion window")
+        return EXPIRED
     return None
+
+
+# The error of a batch reaped while `validating` (producers.batches): its submission stopped.
+INTERRUPTED = "submission_interrupted"
+INTERRUPTED_MESSAGE = (
+    "the submission stopped before its lines were queued (its process died or lost Redis): "
+    "nothing ran; submit the file again"
+)
+CANCELLED = ErrorInfo(type="batch_cancelled", message="the batch was cancelled before this line started")
+EXPIRED = ErrorInfo(type="batch_expired", message="not started within the batch's completion window")
 
 
 # Failed lines that were never sent, by error class: `skipped` is a budget's refusal (worker.budgets).
@@ -278,8 +309,23 @@ def tokens(result: JobResult) -> tuple[int, int]:
 # KEYS: result, batch record, done hash, webhook outbox, webhook delivery
 # ARGV: result JSON, line, outcome, cost ('' unknown), prompt tokens, completion tokens, model,
 #       now s, channel, result status, delivery
+# The batch's final status once every line is counted (not while its lines are being written):
+# cancelled if it was cancelling, expired if a line expired, else completed; its webhook queued.
+FINISH_LUA = """
+local function finish_batch(record, outbox, delivery_key, delivery, now, purge)
+  local c = redis.call('HMGET', record, 'total', 'completed', 'failed', 'expired', 'status')
+  if tonumber(c[2] or 0) + tonumber(c[3] or 0) < tonumber(c[1] or 0) or c[5] == 'validating' then return end
+  local final, at = 'completed', 'completed_at'
+  if c[5] == 'cancelling' then final, at = 'cancelled', 'cancelled_at'
+  elseif tonumber(c[4] or 0) > 0 then final, at = 'expired', 'expired_at' end
+  redis.call('HSET', record, 'finalizing_at', now, 'status', final, at, now)
+  local url = redis.call('HGET', record, 'callback_url')
+  if url then queue_delivery(outbox, delivery_key, delivery, url, now, tonumber(purge) - tonumber(now)) end
+end
+"""
 SAVE_LINE = (
     QUEUE_LUA
+    + FINISH_LUA
     + """
 local purge = redis.call('HGET', KEYS[2], 'purge_at')
 if not purge then return -1 end
@@ -299,15 +345,7 @@ if ARGV[4] ~= '' then
 end
 redis.call('HINCRBY', KEYS[2], 'prompt_tokens', ARGV[5])
 redis.call('HINCRBY', KEYS[2], 'completion_tokens', ARGV[6])
-local c = redis.call('HMGET', KEYS[2], 'total', 'completed', 'failed', 'expired', 'status')
-if tonumber(c[2] or 0) + tonumber(c[3] or 0) >= tonumber(c[1] or 0) and c[5] ~= 'validating' then
-  local final, at = 'completed', 'completed_at'
-  if c[5] == 'cancelling' then final, at = 'cancelled', 'cancelled_at'
-  elseif tonumber(c[4] or 0) > 0 then final, at = 'expired', 'expired_at' end
-  redis.call('HSET', KEYS[2], 'finalizing_at', ARGV[8], 'status', final, at, ARGV[8])
-  local url = redis.call('HGET', KEYS[2], 'callback_url')
-  if url then queue_delivery(KEYS[4], KEYS[5], ARGV[11], url, ARGV[8], tonumber(purge) - tonumber(ARGV[8])) end
-end
+finish_batch(KEYS[2], KEYS[4], KEYS[5], ARGV[11], ARGV[8], purge)
 redis.call('PUBLISH', ARGV[9], ARGV[10])
 return 1
 """
@@ -343,3 +381,116 @@ async def save_line(redis: Redis, result: JobResult, batch_id: str, line: int, m
             ],
         )
     )
+
+
+# ---------------------------------------------------------------- lines no worker will take
+
+# A chunk of a cancelled batch's lines (or one past its window) that wait for a worker, ended
+# here and now: each still queued (in the bulk lane, or back in the queue, deferred), not held
+# by a worker (no in-progress mark) and not counted gets its result and is counted as a worker
+# picking it would count it (`save_line`: once, HSETNX), and leaves the queue with its record and
+# run count. A running line is left to its worker. Then the batch ends if every line is counted.
+# Nothing happens (-2) unless the batch is still in the state that ends its lines that way:
+# `cancelling` for `cancelled`, `in_progress` past `expires_at` for `expired`.
+# KEYS: batch record, done hash, bulk lane, queue, webhook outbox, webhook delivery
+# ARGV: outcome, now s, delivery, job / in-progress / retry / result prefixes, done channel prefix,
+#       then per line: number, job id, model, result JSON
+END_WAITING = (
+    QUEUE_LUA
+    + FINISH_LUA
+    + """
+local rec = redis.call('HMGET', KEYS[1], 'purge_at', 'status', 'expires_at')
+local purge, now = rec[1], tonumber(ARGV[2])
+if not purge then return -1 end
+if ARGV[1] == 'cancelled' and rec[2] ~= 'cancelling' then return -2 end
+if ARGV[1] == 'expired' and (rec[2] ~= 'in_progress' or now < tonumber(rec[3] or now + 1)) then return -2 end
+local field = ARGV[1] == 'cancelled' and 'cancelled' or 'expired'
+local ended = 0
+for i = 9, #ARGV, 4 do
+  local line, id, model = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  if redis.call('HEXISTS', KEYS[2], line) == 0 and redis.call('EXISTS', ARGV[5] .. id) == 0
+      and redis.call('ZREM', KEYS[3], id) + redis.call('ZREM', KEYS[4], id) > 0 then
+    redis.call('HSET', KEYS[2], line, ARGV[1])
+    redis.call('SET', ARGV[7] .. id, ARGV[i + 3], 'EXAT', math.max(tonumber(purge), now + 60))
+    redis.call('DEL', ARGV[4] .. id, ARGV[6] .. id)
+    redis.call('HINCRBY', KEYS[1], 'failed', 1)
+    redis.call('HINCRBY', KEYS[1], 'm.' .. model .. '.failed', 1)
+    redis.call('HINCRBY', KEYS[1], field, 1)
+    redis.call('PUBLISH', ARGV[8] .. id, 'failed')
+    ended = ended + 1
+  end
+end
+if ended > 0 then
+  redis.call('EXPIREAT', KEYS[2], purge)
+  finish_batch(KEYS[1], KEYS[5], KEYS[6], ARGV[3], now, purge)
+end
+return ended
+"""
+)
+# Lines read (and ended) per script call: Redis is never held for long.
+END_CHUNK = 1000
+
+
+async def end_waiting(redis: Redis, batch_id: str, queue_name: str) -> int:
+    """End the lines of a cancelled batch (or of one past its window) that wait for a worker,
+    without one: each is counted `cancelled` (`expired`) with its result, as a worker picking it
+    would, so a batch cancelled while no worker runs still ends `cancelled`, every line accounted.
+    Lines running are left to their workers. Returns the lines ended (0: none, or not such a batch).
+    `queue_name`: where its lines went if its record does not say (`queue`)."""
+    status, expires_at, queue = await redis.hmget(batch_key(batch_id), ["status", "expires_at", "queue"])  # type: ignore[misc]
+    queue = queue or queue_name.encode()
+    if status == b"cancelling":
+        outcome_, error = "cancelled", CANCELLED
+    elif status == b"in_progress" and expires_at is not None and time.time() >= float(expires_at):
+        outcome_, error = "expired", EXPIRED
+    else:
+        return 0
+    script = redis.register_script(END_WAITING)
+    delivery = delivery_of("batch", batch_id)
+    keys = [
+        batch_key(batch_id),
+        batch_done_key(batch_id),
+        bulk_key(queue.decode()),
+        queue.decode(),
+        WEBHOOKS,
+        webhook_key(delivery),
+    ]
+    ended, start = 0, 0
+    while entries := await redis.lrange(batch_lines_key(batch_id), start, start + END_CHUNK - 1):  # type: ignore[misc]
+        start += len(entries)
+        numbers = [int(json.loads(e)[0]) for e in entries]
+        ids = [line_job_id(batch_id, n) for n in numbers]
+        records = await redis.mget([job_key(i) for i in ids])
+        now = time.time()
+        args: list[Any] = [outcome_, now, delivery, JOB_PREFIX, IN_PROGRESS_PREFIX, RETRY_PREFIX, RESULT_PREFIX]
+        args.append(DONE_PREFIX)
+        for number, job_id, raw in zip(numbers, ids, records, strict=True):
+            if raw is not None:  # no record: the line ran (or never was queued): nothing waits under it
+                args += [number, job_id, *_waiting_line(job_id, raw, error, now)]
+        if len(args) > 8:
+            done = int(await script(keys=keys, args=args))
+            if done < 0:
+                break
+            ended += done
+    return ended
+
+
+def _waiting_line(job_id: str, raw: bytes, error: ErrorInfo, now: float) -> tuple[str, str]:
+    """(requested model, result JSON) of a line ended before a worker took it."""
+    try:
+        record = json.loads(raw)
+        payload = record["a"][0]
+        kind, enqueued = record.get("f"), record.get("et")
+    except (ValueError, KeyError, IndexError, TypeError):
+        payload, kind, enqueued = {}, None, None
+    result = JobResult(
+        job_id=job_id,
+        kind=kind if isinstance(kind, str) else None,
+        source=payload.get("source") if isinstance(payload, dict) else None,
+        status="failed",
+        runs=0,
+        enqueued_at=datetime.fromtimestamp(enqueued / 1000, UTC) if isinstance(enqueued, int) else None,
+        finished_at=datetime.fromtimestamp(now, UTC),
+        error=error,
+    )
+    return requested_model(payload), result.model_dump_json(exclude_none=True)

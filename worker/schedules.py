@@ -438,8 +438,9 @@ class Scheduler:
         at = tick.timestamp()
         try:
             existing = await self.producer.batches.get(batch_id)
-            if existing is not None and existing.status == "validating":
+            if existing is not None and (existing.status == "validating" or existing.interrupted):
                 # its submitter died (its claim expired, we hold it now): lines written, none queued
+                # (a reader may have reaped it already: `failed`, interrupted)
                 if await self.producer.batches.drop_unreleased(batch_id):
                     log.warning(
                         "schedule %s: batch %s left unfinished by a dead worker: submitting it again",
