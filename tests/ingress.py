@@ -34,7 +34,8 @@ def ingress_settings(redis_url: str, sim_url: str, queue_name: str, **extra: obj
         "metrics_port": 0,
         "attempts_per_model": 1,
         "ingress_tokens": TOKENS,
-        "ingress_wait_s": 20,
+        "ingress_wait_s": 60,
+        "ingress_max_connections": 1100,  # a thousand long-polls and the test's own requests beside them
     }
     return Settings(**{**base, **extra}, _env_file=None)
 

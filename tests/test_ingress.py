@@ -21,7 +21,7 @@ from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
 
 from harness.redis_server import PrivateRedis
-from harness.wait import wait_until
+from harness.wait import wait_until, wait_until_async
 from producers.api import JobRejected, validate
 from producers.http import create_app
 from tests.helpers import sim_admin
@@ -309,8 +309,13 @@ async def test_one_process_holds_a_thousand_long_polls(stack):
     limits = httpx.Limits(max_connections=1000, max_keepalive_connections=1000)
     headers = {"Authorization": "Bearer tok-a"}
     async with httpx.AsyncClient(base_url=stack.url, headers=headers, limits=limits, timeout=60) as client:
-        polls = [asyncio.create_task(client.get(f"/v1/jobs/{job_id}?wait=20")) for job_id in ids]
-        await asyncio.sleep(4)  # all connected and waiting
+        polls = [asyncio.create_task(client.get(f"/v1/jobs/{job_id}?wait=60")) for job_id in ids]
+
+        async def all_waiting() -> bool:  # (on a connection of its own: the polls hold all of the client's)
+            async with httpx.AsyncClient(base_url=stack.url) as scraper:
+                return "llm_router_http_waiting 1000.0" in (await scraper.get("/metrics")).text
+
+        await wait_until_async(all_waiting, 50, "the ingress to hold all 1,000 waits")
         clients = len(redis.client_list()) - before
         started = time.monotonic()
         await asyncio.to_thread(asyncio.run, save_results(stack.settings.redis_url, ids))  # off this busy loop
@@ -320,8 +325,8 @@ async def test_one_process_holds_a_thousand_long_polls(stack):
     bad = [(a.status_code, a.text) for a in answers_ if a.status_code != 200 or a.json().get("content") != "done"]
     assert not bad, (saved, len(bad), bad[:3])
     assert clients < 80  # a pool of 64 for commands and one pub/sub connection for every wait
-    # every answer is "done", not a wait that ran out (?wait=20 would answer "queued"): each was woken
-    assert waited < 20, waited
+    # every answer is "done", not a wait that ran out (?wait=60 would answer "queued"): each was woken
+    assert waited < 60, waited
 
 
 async def save_results(url: str, ids: list[str]) -> None:
