@@ -265,7 +265,12 @@ def low_file_limit() -> None:
 def test_too_many_connections_for_the_file_limit_refuse_the_start(redis_server, sim_server, tmp_path):
     """256 files at most: INGRESS_MAX_CONNECTIONS=1000 set refuses the start, naming the fixes;
     the default is lowered to fit, and said so."""
-    env = {**os.environ, **settings_env(ingress_settings(redis_server, sim_server.base_url, "llm-router:nofile", ingress_max_connections=1000))}
+    env = {
+        **os.environ,
+        **settings_env(
+            ingress_settings(redis_server, sim_server.base_url, "llm-router:nofile", ingress_max_connections=1000)
+        ),
+    }
     port = free_port()
     command = [llm_router(), "api", "--port", str(port)]
     run = subprocess.run(command, env=env, preexec_fn=low_file_limit, capture_output=True, text=True, timeout=60)
