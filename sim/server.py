@@ -25,6 +25,9 @@ from typing import Any
 
 from aiohttp import web
 
+# the bound of `bill_at_bound` is the worker's own byte-walker (one implementation, not two)
+from worker.tokens import input_bound
+
 from . import answers
 from .catalog import IMAGE_TOKENS_MAX, MODELS, ModelSpec, image_tokens, price
 from .faults import FaultBook, Faults
@@ -344,9 +347,9 @@ class Answer:
 
     def bill_at_bound(self, body: dict[str, Any]) -> None:
         """Bill the most a budget's worst case allows (Faults.bill_at_bound): every byte of the
-        body a prompt token, each image the catalogue's most, each choice its cap (none: the
-        context window)."""
-        self.prompt_tokens = answers.bound_prompt_tokens(body, IMAGE_TOKENS_MAX)
+        body a prompt token (worker.tokens.input_bound, the budgets' own bound), each image the
+        catalogue's most, each choice its cap (none: the context window)."""
+        self.prompt_tokens = input_bound(body, IMAGE_TOKENS_MAX)
         self.completion_tokens = (self.max_tokens or self.spec.context) * self.n
 
     def pieces(self) -> list[str]:

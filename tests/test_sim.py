@@ -208,3 +208,17 @@ def test_bill_at_bound_bills_each_byte_of_the_body_and_the_whole_cap(sim):
     url = sim.base_url + "/models/gemini-2.0-flash:generateContent"
     meta = httpx.post(url, json=native, headers=AUTH).json()["usageMetadata"]
     assert (meta["promptTokenCount"], meta["candidatesTokenCount"]) == (sent + 48_169, 18)
+
+
+def test_bill_at_bound_walks_the_body_with_the_workers_own_bound():
+    # One byte-walker for the prompt bound: the simulator bills `bill_at_bound` calls with the
+    # budgets' own (orjson-based), not a copy that could drift from it.
+    import inspect
+
+    from sim import answers, server
+    from worker import tokens
+
+    assert server.input_bound is tokens.input_bound
+    assert answers.NOT_INPUT is tokens.NOT_INPUT
+    assert "_image_refs" not in vars(answers) and "bound_prompt_tokens" not in vars(answers)
+    assert "orjson.dumps" in inspect.getsource(tokens.wire_json)
