@@ -38,7 +38,9 @@ class FaultBook:
     """Default faults plus per-model overrides; `fail_next` is consumed as calls arrive."""
 
     def __init__(self, default: Faults | None = None, seed: int = 0) -> None:
-        self.default = default or Faults()
+        # the switches it was started with (CLI flags): what a reset goes back to
+        self.initial = default or Faults()
+        self.default = self.initial.model_copy(deep=True)
         self.per_model: dict[str, Faults] = {}
         self.rng = random.Random(seed)
 
@@ -55,7 +57,8 @@ class FaultBook:
         return self.per_model[model]
 
     def reset(self) -> None:
-        self.default = Faults()
+        """Forget the switches set at run time; those it was started with stay."""
+        self.default = self.initial.model_copy(deep=True)
         self.per_model.clear()
 
     def injected_status(self, model: str) -> int | None:

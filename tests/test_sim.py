@@ -222,3 +222,26 @@ def test_bill_at_bound_walks_the_body_with_the_workers_own_bound():
     assert answers.NOT_INPUT is tokens.NOT_INPUT
     assert "_image_refs" not in vars(answers) and "bound_prompt_tokens" not in vars(answers)
     assert "orjson.dumps" in inspect.getsource(tokens.wire_json)
+
+
+def test_reset_keeps_the_switches_it_was_started_with(tmp_path):
+    # `POST /_sim/reset` forgets what was set at run time (switches, counters, credits), never
+    # the CLI flags it was started with: a simulator started strict stays strict.
+    from harness.processes import LLMRouterProcess, answers
+    from tests.helpers import free_port
+
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    flags = ["--bill-at-bound", "--latency-ms", "5", "--error-rate", "500=0.01"]
+    proc = LLMRouterProcess("sim", "--port", str(port), "--api-key", API_KEY, *flags, log_path=tmp_path / "sim.log")
+    try:
+        proc.wait_started(lambda: answers(base + "/_sim/config"), 30, "llm-router sim")
+        started = sim_admin(base, "/_sim/config")["default"]
+        assert started["bill_at_bound"] and started["latency_ms"] == 5 and started["error_rates"] == {"500": 0.01}
+        sim_admin(base, "/_sim/config", {"bill_at_bound": False, "down": True})
+        sim_admin(base, "/_sim/config", {"model": "gpt-4.1", "hang_s": 3})
+        sim_admin(base, "/_sim/credits", {"credits": 1})
+        sim_admin(base, "/_sim/reset", {})
+        assert sim_admin(base, "/_sim/config") == {"default": started, "models": {}}
+    finally:
+        proc.stop()
