@@ -209,3 +209,32 @@ async def test_the_adversarial_race_four_processes_within_the_budget_and_no_cach
         assert all(a.status == "succeeded" for a in answers), source
         assert sum(not a.cached for a in answers) == 1, source
     assert stats(strict)["calls"]["free-model"] == 2
+
+
+# ---------------------------------------------------------------- models whose price is not configured
+
+
+async def test_a_model_not_in_prices_is_reserved_at_the_ceiling_until_a_bill_teaches_its_price(
+    producer, settings, strict
+):
+    """claude-3-sonnet is in no PRICES: its family's published price ($0.01/1K) is below what the
+    simulator bills ($0.015/1K output), so ten calls reserved at the family's price all fit a
+    $0.10 budget and were billed $0.15. Until a bill teaches its price, such a model is reserved
+    at max(BUDGET_UNKNOWN_PRICE, its family's price)."""
+    budget, max_tokens = 0.1, 1000
+    s = settings.model_copy(
+        update={"budgets": BudgetConfig(sources={"billing": budget}), "prices": {}, "worker_concurrency": 10}
+    )
+    sim_admin(strict, "/_sim/config", {"latency_ms": 100})  # ten calls in flight at once
+    job = {"model": "claude-3-sonnet", "max_tokens": max_tokens}
+    ids = [await enqueue(producer, {**job, "message": f"q{i}"}) for i in range(10)]
+    await run_worker(s)
+    results = [await producer.result(i) for i in ids]
+    assert {r.status for r in results} <= {"succeeded", "failed"}
+    assert {r.error.type for r in results if r.error} <= {"budget"}
+    # billed at the bound, each call's bill is its true worst case (the calls differ by a digit)
+    bills = [r.cost for r in results if r.status == "succeeded"]
+    worst = max(bills)
+    charged = stats(strict)["charged_total"]
+    print(f"unpriced model: budget {budget} w={worst:.6f} charged={charged:.6f} ran={len(bills)}/10")
+    assert 0 < charged <= budget + worst

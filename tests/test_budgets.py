@@ -200,6 +200,35 @@ async def test_prices_are_learned_from_bills_as_upper_bounds(redis, settings):
     assert third.reservation.worst_usd == pytest.approx(100 * 0.006 / 100 + 100 * 0.006 / 50, rel=1e-5)
 
 
+async def test_a_model_not_in_prices_is_reserved_at_the_larger_of_the_unknown_and_its_familys_price(redis, settings):
+    # claude-3-sonnet-x is of the claude-3-sonnet family ($0.01/1K published) and in no PRICES:
+    # the unknown price ($0.075/1K) until a bill; with a lower unknown price set, the family's
+    s = budgeted(settings, daily_usd=100.0)
+    limiter = Limiter(redis, s)
+    model = "claude-3-sonnet-x"
+    first = await limiter.admit(model, 0, 5, plan(limiter, model=model))
+    assert first.reservation.worst_usd == pytest.approx(200 * 0.075 / 1000)
+    low = Limiter(redis, s.model_copy(update={"budget_unknown_price": Price(input=0.001, output=0.02)}))
+    mixed = await low.admit(model, 0, 5, plan(low, model=model))
+    assert mixed.reservation.worst_usd == pytest.approx((100 * 0.01 + 100 * 0.02) / 1000)
+    # a bill teaches its price (learned from every bill: it has no PRICES entry to trust)
+    await limiter.budgets.settle(first.reservation, model, succeeded(0.0006, 100, 50))
+    second = await limiter.admit(model, 0, 5, plan(limiter, model=model))
+    assert second.reservation.worst_usd == pytest.approx(100 * 0.0006 / 100 + 100 * 0.0006 / 50, rel=1e-5)
+    # a PRICES entry is trusted as given, even below the unknown price
+    priced = Limiter(redis, s.model_copy(update={"prices": {"gpt-4o": Price(input=0.001, output=0.002)}}))
+    trusted = await priced.admit("gpt-4o", 0, 5, plan(priced, model="gpt-4o"))
+    assert trusted.reservation.worst_usd == pytest.approx((100 * 0.001 + 100 * 0.002) / 1000)
+
+
+def test_the_unknown_price_is_at_least_the_dearest_of_the_simulators_catalogue():
+    from sim.catalog import MODELS
+
+    unknown = Settings(_env_file=None).budget_unknown_price
+    assert unknown.input >= max(spec.input_per_1k for spec in MODELS.values())
+    assert unknown.output >= max(spec.output_per_1k for spec in MODELS.values())
+
+
 async def test_a_fallback_no_cheaper_than_a_refused_model_is_refused_without_looking(redis, settings):
     limiter = Limiter(redis, budgeted(settings, models={"m": 0.1}))
     assert (await limiter.admit("m", 0, 5, plan(limiter))).status == "budget"
@@ -225,7 +254,9 @@ def stats(sim):
 
 
 async def test_a_job_that_does_not_fit_fails_budget_unsent_and_is_dead_lettered(producer, settings, sim):
-    s = settings.model_copy(update={"budgets": BudgetConfig(sources={"billing": 0.002})})
+    # PRICES at the skill's published figures (trusted as given); claude-3-opus in none
+    prices = {"gpt-4.1": Price(input=0.01, output=0.01), "gemini-2.0-flash": Price(input=0.001, output=0.001)}
+    s = settings.model_copy(update={"budgets": BudgetConfig(sources={"billing": 0.002}), "prices": prices})
     job = await producer.chat("gpt-4.1", "hi", max_tokens=1000, fallbacks=["claude-3-opus", "gemini-2.0-flash"])
     await run_worker(s)
     r = await producer.result(job)
