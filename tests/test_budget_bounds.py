@@ -238,3 +238,29 @@ async def test_a_model_not_in_prices_is_reserved_at_the_ceiling_until_a_bill_tea
     charged = stats(strict)["charged_total"]
     print(f"unpriced model: budget {budget} w={worst:.6f} charged={charged:.6f} ran={len(bills)}/10")
     assert 0 < charged <= budget + worst
+
+
+# ---------------------------------------------------------------- the cap and the context window
+
+
+async def test_the_cap_a_budget_sends_fits_the_context_window_or_the_job_is_refused_unsent(producer, settings, sim):
+    """tiny-context has a window of 64 tokens. With a budget, a job without max_tokens was sent
+    BUDGET_DEFAULT_MAX_TOKENS (4,096), which the gateway refuses: now the cap is what the window
+    leaves after the prompt's estimate, and a prompt that leaves nothing is refused unsent."""
+    s = settings.model_copy(
+        update={
+            "budgets": BudgetConfig(daily_usd=10),
+            "prices": {"tiny-context": Price(input=0.0001, output=0.0001)},
+            "model_context": {**settings.model_context, "tiny-context": 64},
+        }
+    )
+    fits = await enqueue(producer, {"model": "tiny-context", "message": "word " * 20, "max_tokens": None})
+    full = await enqueue(producer, {"model": "tiny-context", "message": "word " * 80, "max_tokens": None})
+    await run_worker(s)
+    ok, refused = await producer.result(fits), await producer.result(full)
+    assert ok.status == "succeeded", ok.error
+    [sent] = [r["body"] for r in sim_admin(sim, "/_sim/requests")["requests"]]
+    assert 0 < sent["max_tokens"] < 64
+    assert refused.status == "failed" and refused.error.type == "context_length"
+    assert "context window of 64 tokens" in refused.error.message and refused.attempts == []
+    assert stats(sim)["calls"] == {"tiny-context": 1} and stats(sim)["statuses"] == {"200": 1}
