@@ -11,8 +11,9 @@ import pytest
 
 from harness.wait import wait_until_async
 from producers import Producer
-from sim.catalog import MODELS
+from sim.catalog import IMAGE_TOKENS_MAX, MODELS
 from tests.helpers import run_worker, sim_admin
+from worker import tokens
 from worker.settings import BudgetConfig, Price
 
 PNG = (
@@ -264,3 +265,40 @@ async def test_the_cap_a_budget_sends_fits_the_context_window_or_the_job_is_refu
     assert refused.status == "failed" and refused.error.type == "context_length"
     assert "context window of 64 tokens" in refused.error.message and refused.attempts == []
     assert stats(sim)["calls"] == {"tiny-context": 1} and stats(sim)["statuses"] == {"200": 1}
+
+
+# ---------------------------------------------------------------- failures the gateway billed
+
+
+@pytest.mark.parametrize("how", ["drop", "hang"])
+async def test_calls_billed_then_dropped_or_hung_never_spend_past_the_budget(how, producer, settings, strict):
+    """The simulator bills each call (at the bound) and then drops the connection or never
+    answers (`bill_then`): a read timeout, a dropped connection, a cut stream may all have been
+    billed, so they keep their reservation spent. Settled at $0, ten jobs retried three times
+    each spent far past the budget."""
+    budget = 0.003
+    s = settings.model_copy(
+        update={
+            "budgets": BudgetConfig(sources={"billing": budget}),
+            "prices": PRICES,
+            "worker_concurrency": 10,
+            "request_timeout_s": 0.5,
+            "attempts_per_model": 3,
+        }
+    )
+    sim_admin(strict, "/_sim/config", {"bill_then": how})
+    jobs = [{"model": "gpt-4.1", "message": f"question {i}", **({"stream": True} if i % 2 else {})} for i in range(10)]
+    ids = [await enqueue(producer, job) for job in jobs]
+    await run_worker(s)
+    results = [await producer.result(i) for i in ids]
+    # one call's worst case: the most any body received bills at the bound (16 tokens a choice)
+    price = PRICES["gpt-4.1"]
+    bodies = [r["body"] for r in sim_admin(strict, "/_sim/requests")["requests"]]
+    w = max(tokens.input_bound(b, IMAGE_TOKENS_MAX) * price.input + 16 * price.output for b in bodies) / 1000
+    charged = stats(strict)["charged_total"]
+    print(f"bill_then={how}: budget {budget} w={w:.6f} charged={charged:.6f} calls={stats(strict)['calls']}")
+    assert 0 < charged <= budget + w
+    assert all(r.status == "failed" for r in results)
+    expected = {"connection", "malformed"} if how == "drop" else {"timeout"}
+    assert {r.error.type for r in results} <= expected | {"budget"}
+    assert any(r.error.type == "budget" for r in results), "the billed failures' spend stops the calls"

@@ -245,3 +245,19 @@ def test_reset_keeps_the_switches_it_was_started_with(tmp_path):
         assert sim_admin(base, "/_sim/config") == {"default": started, "models": {}}
     finally:
         proc.stop()
+
+
+@pytest.mark.parametrize("how", ["drop", "hang"])
+@pytest.mark.parametrize("stream", [False, True])
+def test_bill_then_bills_the_call_and_never_answers_it(sim, how, stream):
+    sim_admin(sim, "/_sim/config", {"bill_then": how})
+    body = {**HELLO, "max_tokens": 5, **({"stream": True} if stream else {})}
+    url = sim.base_url + "/chat/completions"
+    with pytest.raises(httpx.TransportError), httpx.stream("POST", url, json=body, headers=AUTH, timeout=0.5) as r:
+        for _ in r.iter_lines():
+            pass
+    charged = sim_admin(sim, "/_sim/stats")["charged"]
+    assert charged["gpt-4.1"] > 0
+    assert sim_admin(sim, "/_sim/config")["default"]["bill_then"] == how
+    with pytest.raises(httpx.HTTPStatusError):
+        sim_admin(sim, "/_sim/config", {"bill_then": "later"})

@@ -16,7 +16,9 @@ below into its admit script): the scopes are checked (spent + reserved + worst c
 and the reservation written with the booking, or nothing is (an admission sent again with the
 same reservation id, by a client retrying after a lost answer, reserves nothing more). After the
 call, `settle` releases the reservation and adds the real cost (`usage.cost`; a failed call
-costs 0; an unknown cost counts as the worst case) to each scope's spend: once, because it
+costs 0 if nothing can have been billed, a 4xx/429 or a connect error, else its worst case: a
+timeout, a drop after the request was sent, a 5xx, a cut stream, a cancel in flight (worker.errors
+`billable`); an unknown cost counts as the worst case) to each scope's spend: once, because it
 deletes the reservation it settles.
 A reservation carries a deadline (LEASE_S), renewed by its worker's keeper while the call runs:
 a worker that dies leaves reservations that the next script run past their deadline releases
@@ -429,12 +431,14 @@ class Budgets:
         return Reservation(plan.id, float(text))
 
     def settlement(
-        self, reservation: Reservation | None, model: str, answer: ModelAnswer | None
+        self, reservation: Reservation | None, model: str, answer: ModelAnswer | None, billable: bool = False
     ) -> tuple[list[str], list[Any]] | None:
         """The settle script's (keys, args) after a call: release its reservation and count what
-        it cost (`answer` None: failed or cancelled, costs 0); learn the model's price from a
-        gateway bill. None: nothing to do. worker.limiter's settle runs it with its own."""
-        cost: str = "0"
+        it cost (`answer` None: failed or cancelled; it costs 0 when nothing can have been billed,
+        its worst case, the reservation kept spent, when it may have been: `billable`, see
+        worker.errors); learn the model's price from a gateway bill. None: nothing to do.
+        worker.limiter's settle runs it with its own."""
+        cost: str = "" if billable and answer is None else "0"  # '': the worst case
         learn, prompt, completion = "0", 0, 0
         if answer is not None and answer.status == "succeeded":
             cost = "" if answer.cost is None else repr(answer.cost)
@@ -458,9 +462,11 @@ class Budgets:
             "" if price is None else repr(price.output / 1000),
         ]
 
-    async def settle(self, reservation: Reservation | None, model: str, answer: ModelAnswer | None) -> None:
+    async def settle(
+        self, reservation: Reservation | None, model: str, answer: ModelAnswer | None, billable: bool = False
+    ) -> None:
         """`settlement`, run on its own."""
-        settlement = self.settlement(reservation, model, answer)
+        settlement = self.settlement(reservation, model, answer, billable)
         if settlement is not None:
             await self._settle(keys=settlement[0], args=settlement[1])
 

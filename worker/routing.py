@@ -258,7 +258,7 @@ async def call_model(call: Call, model: str) -> Step:
             continue
         if not admission.booked:
             return _not_admitted(call, model, tokens, admission)
-        async with _given_back_if_cancelled(call, model, tokens, admission.reservation):
+        async with _given_back_if_cancelled(call, model, tokens, admission.reservation, sent=False):
             await asyncio.sleep(admission.wait_s)
         waited += admission.wait_s
         m.RATE_LIMIT_WAIT.labels(call.resources.labels.model(model)).observe(slot_wait + admission.wait_s)
@@ -293,16 +293,17 @@ def _nap(admission: Admission, budget_s: float, call: Call) -> float:
 
 @asynccontextmanager
 async def _given_back_if_cancelled(
-    call: Call, model: str, tokens: int, reservation: budgets.Reservation | None
+    call: Call, model: str, tokens: int, reservation: budgets.Reservation | None, sent: bool
 ) -> AsyncIterator[None]:
     """A booking never outlives its call: a job cancelled (JOB_TIMEOUT_S, SIGTERM past the grace)
     while it waits for its slot or for the answer gives back what it booked, a probe slot and its
-    budget reservation."""
+    budget reservation; a call cancelled in flight (`sent`) may have been billed: its
+    reservation stays spent (worker.budgets)."""
     try:
         yield
     except asyncio.CancelledError:
         limiter = call.resources.limiter
-        budget = limiter.budgets.settlement(reservation, model, None)
+        budget = limiter.budgets.settlement(reservation, model, None, billable=sent)
         refund = limiter.settle(
             model, booked_tokens=tokens, used_tokens=None, outcome="neutral", pause_s=0, budget=budget
         )
@@ -387,7 +388,7 @@ async def call_once(
     exc: errors.AIsaError | None = None
     try:
         with m.IN_FLIGHT.labels(label).track_inprogress():
-            async with _given_back_if_cancelled(call, model, tokens, reservation):
+            async with _given_back_if_cancelled(call, model, tokens, reservation, sent=True):
                 completion = await send(call, payload)
     except errors.AIsaError as e:
         exc = e
@@ -477,7 +478,10 @@ async def _record(
         pause = max(pause, learned_pause(completion.rate_limits))
     # Both scripts in one round trip (worker.scripts). shield: a cancelled job (SIGTERM past
     # the grace) must still record a call that happened.
-    budget = limiter.budgets.settlement(reservation, model, answer if exc is None else None)
+    # a failure that may have been billed keeps its reservation spent (worker.errors `billable`)
+    budget = limiter.budgets.settlement(
+        reservation, model, answer if exc is None else None, billable=exc is not None and exc.billable
+    )
     recorded, opened = await asyncio.shield(
         run_scripts(
             store.redis,
