@@ -64,7 +64,7 @@ test: lint redis-server prometheus alertmanager docker-compose node
 
 # Redis failover under load: master + replica + 3 sentinels, several workers (slow; prints its figures).
 chaos: $(BIN)/llm-router redis-server
-	$(BIN)/pytest -q -s -m failover tests/test_failover.py
+	$(BIN)/pytest -q -s -m failover tests/e2e/test_failover.py
 
 bench: $(BIN)/llm-router redis-server
 	$(BIN)/python -m bench.dispatch

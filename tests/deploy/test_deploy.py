@@ -11,7 +11,7 @@ import yaml
 
 from harness.prometheus_server import prometheus_binaries
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 ALERT_FORM = re.compile(r"^(?P<signal>.+?)\s*(?P<op><=|>=|==|!=|<|>)\s*(?P<threshold>-?[\d.]+)$", re.DOTALL)
 

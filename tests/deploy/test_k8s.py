@@ -23,7 +23,7 @@ from worker.settings import Settings
 
 from .test_deploy import promtool  # noqa: F401 - the fixture
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "k8s"
 SECRETS = {"AISA_API_KEY", "INGRESS_TOKENS", "WEBHOOK_SECRET"}

@@ -347,7 +347,7 @@ def test_cli_prompts_csv_with_a_template_and_cancel(env, batch_settings, sim, wo
     assert bad.returncode == 2 and "names body, not a column" in bad.stderr
 
     # no worker: the cancel itself ends every waiting line, so it cannot lose a race with them
-    # (cancelling with lines running: tests/test_batch_ends.py)
+    # (cancelling with lines running: tests/e2e/test_batch_ends.py)
     worker.stop()
     big = tmp_path / "many.txt"
     big.write_text("".join(f"prompt {i}\n" for i in range(200)))

@@ -12,7 +12,7 @@ from harness.processes import llm_router
 from tests.helpers import API_KEY, sim_admin
 
 CLI = [llm_router()]
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture

@@ -23,9 +23,8 @@ from harness.redis_sentinel import SentinelCluster
 from harness.wait import wait_until_async
 from producers.api import Producer
 from sim.server import SimServer, Simulator
+from tests.helpers import API_KEY
 from worker.settings import Settings
-
-from .helpers import API_KEY
 
 pytestmark = pytest.mark.failover
 

@@ -16,11 +16,10 @@ from redis import Redis
 
 from harness.processes import LLMRouterProcess, answers, llm_router, settings_env
 from harness.wait import wait_until
+from tests.helpers import API_KEY, free_port
 from worker import fleet, health
 from worker.keys import CONFIG_PREFIX, WORKER_CONFIG_PREFIX
 from worker.settings import RateLimit, Settings
-
-from .helpers import API_KEY, free_port
 
 
 def gauges(port: int) -> dict[str, float]:

@@ -9,7 +9,7 @@ nested up to 3,000 deep, strings past the body limit, objects of 20,000 keys; wh
 field of a job, or as an uploaded batch file): no 5xx either.
 
 The example count is bounded (FUZZ_EXAMPLES per operation, derandomized: the same examples every
-run) so the run takes seconds; `FUZZ_EXAMPLES=500 pytest tests/test_ingress_fuzz.py` searches
+run) so the run takes seconds; `FUZZ_EXAMPLES=500 pytest tests/e2e/test_ingress_fuzz.py` searches
 further, and FUZZ_RANDOM=1 draws new ones."""
 
 from __future__ import annotations

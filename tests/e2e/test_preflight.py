@@ -20,11 +20,10 @@ from harness.processes import LLMRouterProcess, answers, llm_router, settings_en
 from harness.redis_server import PrivateRedis, free_port, reachable, redis_server_binary
 from harness.wait import wait_until
 from producers.api import Producer
+from tests.helpers import API_KEY
 from worker import errors
 from worker.client import AIsaClient
 from worker.settings import Settings
-
-from .helpers import API_KEY
 
 # "Within a few seconds", with room for a loaded machine: the old code said nothing for 73 s
 # (and retried for ~37 minutes); a wrong password or scheme never stopped it.

@@ -14,7 +14,7 @@ from harness.processes import answers
 from harness.redis_server import free_port
 from harness.wait import wait_until
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
 

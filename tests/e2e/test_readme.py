@@ -22,7 +22,7 @@ from worker.errors import ERROR_CLASSES
 from worker.policy import POLICY, Action
 from worker.settings import Settings
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
 
 

@@ -1,7 +1,7 @@
 """REDIS_URL beyond one plain Redis: a Sentinel URL (master + replica + three sentinels) and a
 TLS URL with a password (a redis-server with TLS only), each taken by a real worker process,
 the Producer, the exporter, the HTTP ingress and an operator verb (`llm-router spend`). The
-failover itself is tests/test_failover.py (`make chaos`)."""
+failover itself is tests/e2e/test_failover.py (`make chaos`)."""
 
 from __future__ import annotations
 

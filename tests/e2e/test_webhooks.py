@@ -29,15 +29,14 @@ from harness.wait import wait_until, wait_until_async
 from producers import JobRejected, Producer
 from producers.batches import BatchRejected
 from producers.http import create_app
+from tests.helpers import sim_admin
 from worker import metrics as m
 from worker import webhooks
 from worker.keys import WEBHOOKS, result_key
 from worker.service import create_worker
 from worker.settings import ConfigError, Settings
 
-from .helpers import sim_admin
-
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SECRET = "whsec-test-7f3a9c0e1b2d4f6a8c0e"
 TOKEN = "tok-hooks"
 

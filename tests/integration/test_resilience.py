@@ -216,7 +216,7 @@ async def test_circuit_opens_and_every_worker_skips_the_model(producer, settings
 
 async def test_a_request_over_the_token_limit_fails_at_once_and_holds_no_one_up(producer, settings, sim):
     s = settings.model_copy(update={"rate_limits": {"gpt-4o-mini": RateLimit(tpm=60_000)}})
-    # within the contract's bounds (10**12 is refused before it reaches a queue: tests/test_trust.py),
+    # within the contract's bounds (10**12 is refused before it reaches a queue: tests/integration/test_trust.py),
     # over what the limiter allows the model in a whole window
     huge = await producer.chat("gpt-4o-mini", "hi", max_tokens=90_000, fallbacks=[])
     moved = await producer.chat("gpt-4o-mini", "hi", max_tokens=100_000, fallbacks=["gpt-4.1"])

@@ -1,6 +1,6 @@
 """The interface as reference files: the whole `llm-router --help` tree and the ingress's `/openapi.json`.
 
-`tests/test_reference.py` renders both and compares them with the committed files, so a change
+`tests/unit/test_reference.py` renders both and compares them with the committed files, so a change
 to a verb, flag, help text, HTTP path or schema cannot pass unnoticed. A change made on purpose
 regenerates them in the same commit:
 
