@@ -10,7 +10,6 @@ import pytest
 from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
 
-from harness.processes import WorkerProcess
 from harness.redis_server import PrivateRedis
 from sim.server import SimServer, Simulator
 from worker.settings import Settings
@@ -24,6 +23,20 @@ from .helpers import API_KEY, sim_admin
 hypothesis.settings.register_profile("repeatable", derandomize=True, max_examples=50, database=None, deadline=None)
 hypothesis.settings.register_profile("explore", max_examples=500, database=None, deadline=None)
 hypothesis.settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "repeatable"))
+
+# Unit tests start no server (.ci/restructure.py places the files by kind). Processes are the
+# e2e folder's: its conftest.py alone has the `workers` fixture.
+SERVERS = {"redis_server", "sim_server"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        used = SERVERS & set(getattr(item, "fixturenames", ()))
+        if item.path.parent.name == "unit" and used:
+            raise pytest.UsageError(
+                f"{item.nodeid} uses {', '.join(sorted(used))}: not a unit test. Give its file the right "
+                "folder in .ci/restructure.py's table and run it"
+            )
 
 
 @pytest.fixture(scope="session")
@@ -83,18 +96,3 @@ def settings(sim: SimServer, redis_url: str) -> Settings:
         shutdown_grace_s=2,
         metrics_port=0,
     )
-
-
-@pytest.fixture
-def workers(tmp_path):
-    """Start `llm-router worker` processes: `workers(settings)`; all are stopped after the test."""
-    started: list[WorkerProcess] = []
-
-    def start(settings, name="w"):
-        w = WorkerProcess(settings, tmp_path / f"{name}{len(started)}.log")
-        started.append(w)
-        return w
-
-    yield start
-    for w in started:
-        w.stop()
