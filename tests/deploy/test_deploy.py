@@ -200,7 +200,7 @@ def test_compose_references_resolve():
         assert (DEPLOY / env_file).exists(), env_file
     import click
 
-    from llm_router import cli
+    from llm_router.cli import cli
 
     verbs = set(cli.list_commands(click.Context(cli)))
     for name in ("worker", "exporter", "sim"):
@@ -213,8 +213,15 @@ def test_compose_references_resolve():
         if line.startswith("COPY")
         for w in line.split()[1:-1]
     }
+    import ast
     import tomllib
 
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    packages = {p.rstrip("*") for p in project["tool"]["setuptools"]["packages"]["find"]["include"]}
-    assert packages | {"pyproject.toml", project["project"]["readme"]} <= copied
+    setup_py = ast.parse((ROOT / "setup.py").read_text())
+    (parts,) = [
+        ast.literal_eval(n.value)
+        for n in setup_py.body
+        if isinstance(n, ast.Assign) and ast.unparse(n).startswith("PARTS =")
+    ]
+    built_from = {*parts, "llm_router", "setup.py", "pyproject.toml", project["project"]["readme"]}
+    assert built_from <= copied, built_from - copied

@@ -17,7 +17,7 @@ import pytest
 import yaml
 from cloudcoil.models.keda.v1alpha1 import ScaledObject
 
-from llm_router import cli
+from llm_router.cli import cli
 from worker import health
 from worker.settings import Settings
 

@@ -15,7 +15,7 @@ import pytest
 from prometheus_client import Counter, Gauge, Histogram
 
 from harness.processes import WorkerProcess
-from llm_router import cli
+from llm_router.cli import cli
 from worker import keys
 from worker import metrics as m
 from worker.errors import ERROR_CLASSES

@@ -54,7 +54,7 @@ def _help_tree(command: click.Command, path: list[str], parent: click.Context | 
 
 def cli_help() -> str:
     """Every verb's and sub-verb's `--help`, depth first in the order `llm-router --help` lists them."""
-    from llm_router import cli
+    from llm_router.cli import cli
 
     with no_settings_from_env():
         return "\n".join(_help_tree(cli, ["llm-router"], None))

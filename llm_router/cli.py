@@ -1,6 +1,6 @@
-"""`llm-router`: the one command. It only gathers the verbs each part owns (arq's cli.py is the
-model): producer verbs live next to the producer API, operator verbs next to the worker, and
-`sim` next to the simulator.
+"""`llm-router`: the one command (the console script `llm_router.cli:main`). It only gathers
+the verbs each part owns (arq's cli.py is the model): producer verbs live next to the producer
+API, operator verbs next to the worker, and `sim` next to the simulator.
 
     producers/cli.py   chat, vision, compare, result, models
     producers/batch_cli.py   batch submit | status | results | cancel | list
