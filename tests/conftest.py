@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import hypothesis
 import pytest
@@ -11,6 +12,7 @@ from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
 
 from harness.redis_server import PrivateRedis
+from producers.api import Producer
 from sim.server import SimServer, Simulator
 from worker.settings import Settings
 
@@ -96,3 +98,31 @@ def settings(sim: SimServer, redis_url: str) -> Settings:
         shutdown_grace_s=2,
         metrics_port=0,
     )
+
+
+MakeProducer = Callable[..., Awaitable[Producer]]
+
+
+@pytest.fixture
+async def make_producer() -> AsyncIterator[MakeProducer]:
+    """`await make_producer(settings, source=None, own_settings=False)`: a Producer on `settings`'
+    Redis and queue, closed after the test. It reads its other settings from the environment, as
+    `Producer()` does, unless `own_settings` gives it `settings` (their bounds, batch and webhook
+    settings), as the service and the ingress do."""
+    async with contextlib.AsyncExitStack() as stack:
+
+        async def make(settings: Settings, *, source: str | None = None, own_settings: bool = False) -> Producer:
+            producer = Producer(settings.redis_url, queue_name=settings.queue_name, source=source)
+            await stack.enter_async_context(producer)
+            if own_settings:
+                producer.settings = settings
+            return producer
+
+        yield make
+
+
+@pytest.fixture
+async def producer(make_producer: MakeProducer, settings: Settings) -> Producer:
+    """The test's producer: source "tests", on the `settings` fixture's Redis and queue. A file
+    that needs another one overrides this fixture with its own `make_producer(...)` call."""
+    return await make_producer(settings, source="tests")

@@ -34,10 +34,8 @@ def line(i: int) -> dict:
 
 
 @pytest.fixture
-async def producer(settings):
-    async with Producer(settings.redis_url, queue_name=settings.queue_name) as p:
-        p.settings = settings
-        yield p
+async def producer(make_producer, settings):
+    return await make_producer(settings, own_settings=True)
 
 
 async def outputs(producer, batch_id) -> list[dict]:

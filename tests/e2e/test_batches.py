@@ -13,7 +13,7 @@ import pytest
 
 from harness.processes import llm_router
 from harness.wait import wait_until_async
-from producers import BatchRejected, Producer
+from producers import BatchRejected
 from tests.helpers import run_worker, sim_admin
 from worker import batches as wb
 from worker.keys import batch_done_key, batch_key, result_key
@@ -34,10 +34,8 @@ def batch_settings(settings):
 
 
 @pytest.fixture
-async def producer(batch_settings):
-    async with Producer(batch_settings.redis_url, queue_name=batch_settings.queue_name) as p:
-        p.settings = batch_settings
-        yield p
+async def producer(make_producer, batch_settings):
+    return await make_producer(batch_settings, own_settings=True)
 
 
 async def final(producer, batch_id, timeout=120):

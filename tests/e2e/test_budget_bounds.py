@@ -92,9 +92,8 @@ def stats(sim) -> dict:
 
 
 @pytest.fixture
-async def producer(settings):
-    async with Producer(settings.redis_url, queue_name=settings.queue_name, source="billing") as p:
-        yield p
+async def producer(make_producer, settings):
+    return await make_producer(settings, source="billing")
 
 
 @pytest.fixture

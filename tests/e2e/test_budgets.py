@@ -19,7 +19,7 @@ from redis import Redis as SyncRedis
 from harness.processes import llm_router, settings_env
 from harness.reply_cutter import ReplyCutter
 from harness.wait import wait_until_async
-from producers import Producer, batch_cli
+from producers import batch_cli
 from producers.http import create_app
 from tests.helpers import run_worker, sim_admin
 from worker import metrics as m
@@ -214,10 +214,8 @@ async def test_a_fallback_no_cheaper_than_a_refused_model_is_refused_without_loo
 
 
 @pytest.fixture
-async def producer(settings):
-    async with Producer(settings.redis_url, queue_name=settings.queue_name, source="billing") as p:
-        p.settings = settings
-        yield p
+async def producer(make_producer, settings):
+    return await make_producer(settings, source="billing", own_settings=True)
 
 
 def stats(sim):

@@ -19,12 +19,6 @@ from worker.models import ChatJob
 from worker.settings import RateLimit
 
 
-@pytest.fixture
-async def producer(settings):
-    async with Producer(settings.redis_url, queue_name=settings.queue_name, source="tests") as p:
-        yield p
-
-
 def calls(sim, model: str = "gpt-4.1") -> int:
     return sim_admin(sim, "/_sim/stats")["calls"].get(model, 0)
 

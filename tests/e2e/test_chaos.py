@@ -28,9 +28,8 @@ def chaos_settings(settings):
 
 
 @pytest.fixture
-async def producer(chaos_settings):
-    async with Producer(chaos_settings.redis_url, queue_name=chaos_settings.queue_name) as p:
-        yield p
+async def producer(make_producer, chaos_settings):
+    return await make_producer(chaos_settings)
 
 
 async def all_results(producer, ids, timeout, what="every job's result"):

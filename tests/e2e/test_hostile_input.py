@@ -11,7 +11,7 @@ import subprocess
 import pytest
 
 from harness.processes import llm_router, settings_env
-from producers import BatchRejected, Producer
+from producers import BatchRejected
 from producers.api import JobRejected, validate
 from worker import bounds, schedules
 from worker.models import JOB_KINDS, ChatJob
@@ -29,10 +29,8 @@ def nested(levels: int) -> object:
 
 
 @pytest.fixture
-async def producer(settings):
-    async with Producer(settings.redis_url, queue_name=settings.queue_name) as p:
-        p.settings = settings
-        yield p
+async def producer(make_producer, settings):
+    return await make_producer(settings, own_settings=True)
 
 
 @pytest.mark.parametrize("levels", [70, 260, 100_000])

@@ -65,12 +65,6 @@ NEW = {
 WITH = {"stream": True, "tools": [WEATHER_TOOL], "tool_choice": "none"}
 
 
-@pytest.fixture
-async def producer(settings):
-    async with Producer(settings.redis_url, queue_name=settings.queue_name, source="tests") as p:
-        yield p
-
-
 def sent(sim) -> dict:
     """The body of the last request the simulator received."""
     return sim_admin(sim, "/_sim/requests")["requests"][-1]["body"]

@@ -36,10 +36,9 @@ def routed(settings):
 
 
 @pytest.fixture
-async def producer(routed, monkeypatch):
+async def producer(make_producer, routed, monkeypatch):
     monkeypatch.setenv("ROUTES", json.dumps({"c": CHEAP, "r": RULED}))  # this producer knows the routes
-    async with Producer(routed.redis_url, queue_name=routed.queue_name) as p:
-        yield p
+    return await make_producer(routed)
 
 
 def calls(sim) -> dict[str, int]:

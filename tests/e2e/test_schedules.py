@@ -18,7 +18,7 @@ import pytest
 
 from harness.processes import WorkerProcess, llm_router, settings_env
 from harness.wait import wait_until, wait_until_async
-from producers import Batches, Producer
+from producers import Batches
 from worker import batches as wb
 from worker import schedules
 from worker.keys import SCHEDULES_PENDING, batch_lines_key, schedule_key, schedule_output_key
@@ -55,10 +55,8 @@ def sched_settings(settings, tmp_path):
 
 
 @pytest.fixture
-async def producer(sched_settings):
-    async with Producer(sched_settings.redis_url, queue_name=sched_settings.queue_name) as p:
-        p.settings = sched_settings
-        yield p
+async def producer(make_producer, sched_settings):
+    return await make_producer(sched_settings, own_settings=True)
 
 
 def applied(w: WorkerProcess) -> None:

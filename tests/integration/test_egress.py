@@ -20,11 +20,11 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from producers import JobRejected, Producer
+from producers import JobRejected
 from producers.http import create_app
 from tests.helpers import run_worker
 from worker import egress
-from worker.settings import ConfigError, Settings, load_settings
+from worker.settings import ConfigError, load_settings
 
 TOKEN = "tok-egress"
 
@@ -190,10 +190,8 @@ FINE_IMAGES = ["https://example.com/cat.png", "http://8.8.8.8/cat.png", "https:/
 
 
 @pytest.fixture
-async def producer(settings: Settings) -> Any:
-    async with Producer(settings.redis_url, queue_name=settings.queue_name) as p:
-        p.settings = settings
-        yield p
+async def producer(make_producer, settings):
+    return await make_producer(settings, own_settings=True)
 
 
 async def test_image_urls_naming_this_network_are_refused_at_enqueue(producer, redis):

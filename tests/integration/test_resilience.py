@@ -9,16 +9,9 @@ import logging
 import pytest
 
 from harness.wait import wait_until_async
-from producers.api import Producer
 from tests.helpers import run_worker, sim_admin
 from worker.keys import GATE, model_key
 from worker.settings import RateLimit
-
-
-@pytest.fixture
-async def producer(settings):
-    async with Producer(settings.redis_url, queue_name=settings.queue_name, source="tests") as p:
-        yield p
 
 
 async def results(producer, ids):

@@ -12,11 +12,9 @@ import json
 import logging
 import sys
 
-import pytest
 from arq.utils import timestamp_ms
 
 from harness.command_count import RedisTraffic
-from producers.api import Producer
 from tests.helpers import run_worker
 from worker import scripts
 from worker.keys import in_progress_key
@@ -29,12 +27,6 @@ from worker.scripts import preload, run_scripts
 # (client side), start-up, polls and the keeper included; measured 5.2 and 3.2.
 COMMANDS_PER_JOB = 5.6
 ROUND_TRIPS_PER_JOB = 3.6
-
-
-@pytest.fixture
-async def producer(settings):
-    async with Producer(settings.redis_url, queue_name=settings.queue_name) as p:
-        yield p
 
 
 def chats(n: int) -> list[ChatJob]:

@@ -18,12 +18,6 @@ from worker.keys import DLQ, QUARANTINE, job_key, retry_key
 HELLO = [{"role": "user", "content": "hi"}]
 
 
-@pytest.fixture
-async def producer(settings):
-    async with Producer(settings.redis_url, queue_name=settings.queue_name) as p:
-        yield p
-
-
 async def put(redis, queue: str, job_id: bytes | str, record: bytes | str | dict | None) -> None:
     """Write a record the way another language would: straight into Redis."""
     raw_id = job_id.encode() if isinstance(job_id, str) else job_id

@@ -6,19 +6,13 @@ import pytest
 from aiohttp import web
 from arq.constants import job_key_prefix
 
-from producers.api import JobRejected, Producer
+from producers.api import JobRejected
 from tests.helpers import API_KEY, free_port, run_worker, sim_admin
 from worker.keys import CREDITS, result_key
 from worker.models import ChatJob
 from worker.settings import Price
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x01" * 64
-
-
-@pytest.fixture
-async def producer(settings):
-    async with Producer(settings.redis_url, queue_name=settings.queue_name, source="tests") as p:
-        yield p
 
 
 async def test_chat_job_end_to_end_with_cost(producer, settings, sim):
