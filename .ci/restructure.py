@@ -99,10 +99,13 @@ def plan() -> tuple[list[tuple[Path, Path]], list[Path]]:
     return moves, unplaced
 
 
+def rel(path: Path) -> Path:
+    return path.relative_to(ROOT)
+
+
 def main(argv: list[str]) -> int:
     assert set(PLACE.values()) <= set(KINDS)
     moves, unplaced = plan()
-    rel = lambda p: p.relative_to(ROOT)  # noqa: E731
     if unplaced:
         names = ", ".join(str(rel(p)) for p in unplaced)
         print(f"no row in .ci/restructure.py's PLACE for {names}: add one ({', '.join(KINDS)})", file=sys.stderr)
