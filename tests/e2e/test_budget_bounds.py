@@ -301,3 +301,51 @@ async def test_calls_billed_then_dropped_or_hung_never_spend_past_the_budget(how
     expected = {"connection", "malformed"} if how == "drop" else {"timeout"}
     assert {r.error.type for r in results} <= expected | {"budget"}
     assert any(r.error.type == "budget" for r in results), "the billed failures' spend stops the calls"
+
+
+async def test_billed_failures_race_across_four_processes_within_the_budget(producer, settings, strict, workers):
+    """Four `llm-router worker` processes of 20: every call is billed at the bound, then its
+    connection dropped (gpt-4.1, plain and streamed) or held past the request timeout
+    (deepseek-chat): the simulator's charge stays within the budget plus one worst case."""
+    budget = 0.01
+    s = settings.model_copy(
+        update={
+            "budgets": BudgetConfig(sources={"billing": budget}),
+            "prices": PRICES,
+            "worker_concurrency": 20,
+            "request_timeout_s": 0.5,
+            "lease_s": 2.0,
+            "poll_delay_s": 0.02,
+            "max_wait_s": 5,
+            "metrics_port": 0,
+        }
+    )
+    sim_admin(strict, "/_sim/config", {"bill_then": "drop", "latency_ms": 30})
+    sim_admin(strict, "/_sim/config", {"model": "deepseek-chat", "bill_then": "hang"})
+    models = ["gpt-4.1", "gpt-4.1", "deepseek-chat"]
+    jobs = [
+        {"model": models[i % 3], "message": f"question {i:03d}", **({"stream": True} if i % 4 == 1 else {})}
+        for i in range(60)
+    ]
+    ids = [await enqueue(producer, job) for job in jobs]
+    for _ in range(4):
+        workers(s)
+
+    async def finished():
+        return all([await producer.redis.exists(f"llm-router:result:{i}") for i in ids])
+
+    await wait_until_async(finished, 180, "every job's result")
+    results = [await producer.result(i) for i in ids]
+    # one call's worst case: the most a body of these jobs bills at the bound (16 tokens a choice);
+    # the bodies of a kind differ by nothing but their digits
+    bodies = [r["body"] for r in sim_admin(strict, "/_sim/requests")["requests"]]
+    assert {b["model"] for b in bodies} == {"gpt-4.1", "deepseek-chat"} and any(b.get("stream") for b in bodies)
+    w = max(
+        (tokens.input_bound(b, IMAGE_TOKENS_MAX) * PRICES[b["model"]].input + 16 * PRICES[b["model"]].output) / 1000
+        for b in bodies
+    )
+    charged = stats(strict)["charged_total"]
+    print(f"billed failures race: B={budget} w={w:.6f} charged={charged:.6f} calls={stats(strict)['calls']}")
+    assert 0 < charged <= budget + w
+    assert all(r.status == "failed" for r in results)
+    assert any(r.error.type == "budget" for r in results)
