@@ -364,6 +364,16 @@ class Budgets:
             out.append(Scope("batch", line[0], batch_key(line[0]), BATCH_PREFIX, None))
         return out
 
+    async def applies(self, model: str, source: str | None, job_id: str) -> bool:
+        """Whether a budget applies to a call (a batch's only if its batch has one: read from Redis)."""
+        scopes = self.scopes(model, source, job_id)
+        if any(s.limit is not None for s in scopes):
+            return True
+        for s in scopes:  # a batch's: its record's limit, if it has a budget
+            if await self.redis.hget(s.key, s.prefix + "limit") is not None:  # type: ignore[misc]  # redis-py types commands as sync-or-async
+                return True
+        return False
+
     def plan(
         self, model: str, source: str | None, job_id: str, prompt: int, completion: int, cap: float | None
     ) -> Plan | None:

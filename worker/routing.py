@@ -156,13 +156,13 @@ class Call:
         context = self.settings.model_context.get(model)
         return cap if context is None else min(cap, context - self.estimate_prompt_tokens())
 
-    def no_room(self, model: str) -> ModelAnswer | None:
-        """A `context_length` failure, unsent, when a budget may apply to a call to `model` of a
+    async def no_room(self, model: str) -> ModelAnswer | None:
+        """A `context_length` failure, unsent, when a budget applies to a call to `model` of a
         job that set no cap and the prompt's estimate leaves no room in the model's window for
         the cap a budget sends; None otherwise."""
         if self.own_cap(self.payload) or self.budget_max_tokens(model) > 0:
             return None
-        if not self.resources.limiter.budgets.scopes(model, self.source, self.job_id):
+        if not await self.resources.limiter.budgets.applies(model, self.source, self.job_id):
             return None  # no budget, no cap added: the call goes as the job asked
         context = self.settings.model_context[model]
         message = (
@@ -239,7 +239,7 @@ async def try_model(call: Call, model: str) -> Step:
 async def call_model(call: Call, model: str) -> Step:
     """Call one model until it answers or the policy says stop/move on."""
     limiter = call.resources.limiter
-    refused = call.no_room(model)
+    refused = await call.no_room(model)
     if refused is not None:  # what a gateway would refuse is not sent: the larger-context model, or fail
         return Step("larger", refused)
     tokens = call.estimate_tokens()

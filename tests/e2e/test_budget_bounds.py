@@ -266,6 +266,26 @@ async def test_the_cap_a_budget_sends_fits_the_context_window_or_the_job_is_refu
     assert stats(sim)["calls"] == {"tiny-context": 1} and stats(sim)["statuses"] == {"200": 1}
 
 
+async def test_a_prompt_that_fills_the_window_is_sent_as_asked_when_no_budget_applies(producer, settings, sim):
+    # no cap is added without a budget, so there is nothing to refuse: a batch without a budget's
+    # line goes as the job asked (the gateway answers what it does); a batch with one is refused unsent
+    s = settings.model_copy(
+        update={
+            "budgets": BudgetConfig(sources={"someone-else": 1}),
+            "model_context": {**settings.model_context, "tiny-context": 64},
+        }
+    )
+    body = {"model": "tiny-context", "messages": [{"role": "user", "content": "word " * 80}]}
+    line = {"custom_id": "r0", "method": "POST", "url": "/v1/chat/completions", "body": body}
+    free = await producer.batches.submit([line])
+    held = await producer.batches.submit([line], budget_usd=1)
+    await run_worker(s)
+    for batch, says in ((free, "maximum context length is 64"), (held, "context window of 64 tokens")):
+        [result] = [e async for e in producer.batches.results(batch.id)]
+        assert result["error"]["code"] == "context_length" and says in result["error"]["message"], result
+    assert len(sim_admin(sim, "/_sim/requests")["requests"]) == 1 and stats(sim)["statuses"] == {"400": 1}
+
+
 # ---------------------------------------------------------------- failures the gateway billed
 
 
