@@ -8,6 +8,7 @@ trip to every job fails here."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import sys
@@ -16,7 +17,7 @@ from arq.utils import timestamp_ms
 
 from harness.command_count import RedisTraffic
 from tests.helpers import run_worker
-from worker import scripts
+from worker import budgets, lease, outbox, scripts
 from worker.keys import in_progress_key
 from worker.lease import Lease
 from worker.logs import JsonFormatter
@@ -44,7 +45,12 @@ async def run_counted(producer, settings, n: int) -> dict[str, float]:
     handshakes = names.pop("CLIENT", 0)  # CLIENT SETINFO on each new connection: not the jobs'
     per_job = {name: count / n for name, count in names.items()}
     commands, round_trips = traffic.commands - handshakes, traffic.round_trips - handshakes
-    return per_job | {"commands": commands / n, "round_trips": round_trips / n}
+    # polls (claim, promote), the lease keeper, the outbox and the budget reaper run on timers:
+    # their counts follow the run's length (longer on a loaded machine), not the number of jobs
+    timers = (lease.CLAIM, lease.PROMOTE, lease.RENEW, outbox._CLAIM, budgets._KEEP)
+    timed = {hashlib.sha1(source.encode()).hexdigest() for source in timers}
+    job_scripts = sum(count for sha, count in traffic.scripts.items() if sha not in timed)
+    return per_job | {"commands": commands / n, "round_trips": round_trips / n, "job_scripts": job_scripts / n}
 
 
 async def test_a_job_costs_one_claim_share_one_admission_one_record_one_finish(producer, settings, monkeypatch):
@@ -53,7 +59,8 @@ async def test_a_job_costs_one_claim_share_one_admission_one_record_one_finish(p
     assert per_job["commands"] <= COMMANDS_PER_JOB, per_job
     assert per_job["round_trips"] <= ROUND_TRIPS_PER_JOB, per_job
     # every per-job step is a script; nothing of arq's own per-job round trips is left
-    assert per_job["EVALSHA"] <= 5.1, per_job
+    # five scripts a job (admission, record, settle, save, release), and nothing else a job
+    assert per_job["job_scripts"] == 5.0, per_job
     assert not {"MULTI", "GET", "INCRBY", "PEXPIRE", "ZREM", "DEL"} & {k for k, v in per_job.items() if v >= 0.05}
 
 
