@@ -114,3 +114,39 @@ def test_the_depth_check_may_skip_the_fields_left_at_their_defaults():
                 assert default is None or isinstance(default, (str, int, float, bool)), (cls.__name__, name)
     job = validate(ChatJob, model="gpt-4.1", messages=HELLO).model_copy(update={"tools": [nested(80)]})
     assert bounds.depth_problem(job, 64) is not None  # set after validation: still read
+
+
+def parts(n: int) -> list[dict]:
+    return [{"type": "text", "text": f"part {i}"} for i in range(n)]
+
+
+TOOL = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+LISTS = [  # (field given, its value, the field named, the setting named)
+    ("tools", [TOOL] * 129, "tools", "MAX_TOOLS=128"),
+    ("functions", [{"name": "f"}] * 129, "functions", "MAX_TOOLS=128"),
+    ("stop", ["x"] * 17, "stop", "MAX_STOP=16"),
+    ("messages", HELLO * 10_001, "messages", "MAX_MESSAGES=10000"),
+    ("messages", [{"role": "user", "content": parts(257)}], "messages.0.content", "MAX_CONTENT_PARTS=256"),
+]
+
+
+@pytest.mark.parametrize(("given", "value", "field", "setting"), LISTS, ids=[x[3] for x in LISTS])
+async def test_lists_past_their_bound_are_refused_naming_the_field_and_the_setting(
+    producer, redis, given, value, field, setting
+):
+    job = validate(ChatJob, **{"model": "gpt-4.1", "messages": HELLO, given: value})
+    with pytest.raises(JobRejected) as refused:
+        await producer.enqueue(job)
+    assert refused.value.field == field and setting in refused.value.message
+    assert await redis.keys("*") == []
+    at_the_bound = value[:-1] if field != "messages.0.content" else [{"role": "user", "content": parts(256)}]
+    assert await producer.enqueue(validate(ChatJob, **{"model": "gpt-4.1", "messages": HELLO, given: at_the_bound}))
+
+
+async def test_the_size_is_checked_before_the_depth_walk(producer):
+    """A job over MAX_JOB_BYTES is refused for its size, whatever it holds: the depth of its
+    fields is walked only on a job of bounded size."""
+    big_and_deep = [{"type": "function", "x": nested(80), "description": "y" * 5_000_000}]
+    with pytest.raises(JobRejected) as refused:
+        await producer.enqueue(validate(ChatJob, model="gpt-4.1", messages=HELLO, tools=big_and_deep))
+    assert refused.value.field == "job" and "MAX_JOB_BYTES=4194304" in refused.value.message
