@@ -486,6 +486,29 @@ def test_an_endless_completion_window_is_refused_before_anything_is_written(quic
     assert set(redis.keys(batch_key("*"))) == before  # no batch written, none left without a TTL
 
 
+BATCH_WRONG_TYPES = [
+    ("completion_window", 86400),
+    ("metadata", ["a", "b"]),
+    ("endpoint", {"url": "/v1/chat/completions"}),
+    ("callback_url", 5),
+    ("budget_usd", "10"),
+    ("input_file_id", 5),
+]
+
+
+def test_a_batch_option_of_the_wrong_type_is_a_400_naming_it(quick):
+    body = {"model": "gpt-4.1", "messages": HELLO}
+    line = {"custom_id": "r1", "method": "POST", "url": "/v1/chat/completions", "body": body}
+    file = httpx.post(
+        f"{quick}/v1/files", headers=_auth(), data={"purpose": "batch"}, files={"file": json.dumps(line).encode()}
+    ).json()
+    for option, value in BATCH_WRONG_TYPES:
+        request = {"input_file_id": file["id"], "endpoint": "/v1/chat/completions", option: value}
+        refused = httpx.post(f"{quick}/v1/batches", json=request, headers=_auth(), timeout=30)
+        assert refused.status_code == 400, (option, refused.status_code, refused.text)
+        assert refused.json()["error"]["param"] == option, (option, refused.text)
+
+
 def test_a_bodies_bound_under_one_body_refuses_the_start():
     settings = Settings(
         ingress_tokens={"t": "s"}, ingress_max_body_bytes=8192, ingress_max_bodies_bytes=4096, _env_file=None
