@@ -127,7 +127,11 @@ class Ingress:
         self.store = ResultStore(self.redis, settings.result_ttl_s)
         self.waits = ResultWaits(async_redis(settings.redis_url, socket_connect_timeout=2), self.store)
         self.files = Files(
-            self.redis, settings.file_ttl_s, settings.files_max_per_source, settings.files_max_bytes_per_source
+            self.redis,
+            settings.file_ttl_s,
+            settings.files_max_per_source,
+            settings.files_max_bytes_per_source,
+            settings.upload_lease_s,
         )
         self.streams = JobStreams(self.redis, async_redis(settings.redis_url, socket_connect_timeout=2), self.store)
         self._producers: dict[str, TenantProducer] = {}

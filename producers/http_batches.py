@@ -24,7 +24,7 @@ from worker.batches import Batch
 from worker.keys import batch_key, source_batches_key
 
 from .batches import Batches, BatchRejected, check_options
-from .files import FileObject, QuotaExceeded
+from .files import FileObject, QuotaExceeded, UploadLapsed
 from .http import ApiError, App, Tenant, not_found, read_json, tenant
 from .http_models import BatchList, FileDeleted, FileList, responses
 
@@ -65,6 +65,8 @@ async def upload_file(request: Request, app: App, source: Tenant) -> dict[str, A
             found = await app.files.put(upload.read, upload.filename or "input.jsonl", "batch", source)
         except QuotaExceeded as exc:
             raise ApiError(403, str(exc), param="file", code="file_quota_exceeded") from None
+        except UploadLapsed as exc:
+            raise ApiError(503, str(exc), type="server_error", code="upload_lapsed", retry_after=1) from None
     return found.model_dump(exclude_none=True)
 
 
