@@ -49,15 +49,15 @@ async def test_concurrent_uploads_cannot_pass_the_file_count_together(redis):
     files = Files(redis, 3600, max_files=2, max_bytes=1 << 30)
     release = asyncio.Event()
     started = [asyncio.create_task(files.put(reader(b"x", then=release), "x", "batch", OWNER)) for _ in range(2)]
-    await wait_until_async(lambda: _equals(redis.hlen(source_uploads_key(OWNER)), 2), 10, "two uploads in progress")
+
+    async def two_in_progress() -> bool:
+        return bool(await redis.hlen(source_uploads_key(OWNER)) == 2)
+
+    await wait_until_async(two_in_progress, 10, "two uploads in progress")
     with pytest.raises(QuotaExceeded, match="FILES_MAX_PER_SOURCE=2"):
         await files.put(reader(b"y"), "y", "batch", OWNER)
     release.set()
     assert [f.bytes for f in await asyncio.gather(*started)] == [1, 1]
-
-
-async def _equals(value: Awaitable[int], expected: int) -> bool:
-    return await value == expected
 
 
 async def test_a_lapsed_upload_returns_its_room_and_fails(redis):
