@@ -8,6 +8,7 @@ answered, not how fast (bench/slow_clients.py measures that)."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -456,6 +457,25 @@ def test_deep_json_is_refused_naming_the_field(quick, depth):
             assert error["param"] == "tools" and "MAX_JSON_DEPTH=64" in error["message"]
         else:  # past orjson's 1024 levels the body is not read as JSON at all
             assert error["code"] == "invalid_json" and "depth" in error["message"]
+
+
+def test_a_job_body_too_big_to_be_a_job_is_a_413_before_any_parse(quick):
+    """6 MB of tools (MAX_JOB_BYTES is 4 MiB) and no closing brace: measured before it is parsed,
+    so the answer is the size (413), not the JSON (400). A body as big whose bytes are an inline
+    image is a job (images have MAX_IMAGE_BYTES)."""
+    tool = {"type": "function", "function": {"name": "f", "description": "d" * 60_000}}
+    tools = json.dumps([tool] * 100)
+    for path in ("/v1/jobs", "/v1/chat/completions"):
+        body = f'{{"model":"gpt-4.1","messages":{json.dumps(HELLO)},"tools":{tools}'.encode()  # (no closing brace)
+        refused = httpx.post(f"{quick}{path}", content=body, headers=_auth(), timeout=30)
+        assert refused.status_code == 413, (path, refused.status_code, refused.text[:300])
+        error = refused.json()["error"]
+        assert error["code"] == "body_too_large" and "MAX_JOB_BYTES=4194304" in error["message"], error
+    image = "data:image/png;base64," + base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"\x01" * 6_000_000).decode()
+    content = [{"type": "text", "text": "what is it?"}, {"type": "image_url", "image_url": {"url": image}}]
+    job = {"model": "gpt-4.1", "messages": [{"role": "user", "content": content}]}
+    accepted = httpx.post(f"{quick}/v1/jobs", json=job, headers=_auth(), timeout=30)
+    assert accepted.status_code == 202, accepted.text[:300]
 
 
 def test_lists_past_their_bound_are_refused_naming_the_field_and_the_limit(quick):
