@@ -29,6 +29,9 @@ from redis.asyncio import Redis
 from worker.keys import FILE_PREFIX, file_data_key, file_key, source_files_key, source_uploads_key
 
 CHUNK = 1 << 20
+# A download's chunk: what a client that reads slowly (or not at all) makes the ingress hold (one
+# chunk waits in the transport's buffer), against a GETRANGE per chunk.
+READ_CHUNK = 64 * 1024
 # The files an owner keeps (those whose record expired are dropped from its list), as Lua: `files`
 # and `bytes`. KEYS[1]: the owner's list; ARGV[1]: the record key prefix.
 _KEPT = """
@@ -248,7 +251,7 @@ class Files:
     async def chunks(self, file_id: str) -> AsyncIterator[bytes]:
         """The file's bytes, a chunk at a time."""
         start = 0
-        while chunk := await self.redis.getrange(file_data_key(file_id), start, start + CHUNK - 1):
+        while chunk := await self.redis.getrange(file_data_key(file_id), start, start + READ_CHUNK - 1):
             yield chunk
             start += len(chunk)
 
