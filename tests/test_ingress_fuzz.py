@@ -20,6 +20,7 @@ import json
 import os
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import httpx
 import pytest
@@ -228,13 +229,16 @@ IMAGE = "data:image/png;base64," + (
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
 )
 # (path, a valid body, the schema whose top-level fields are swept)
-JOB_BODIES = [
+JOB_BODIES: list[tuple[str, dict[str, Any], str]] = [
     ("/v1/jobs", {"kind": "chat", "model": "gpt-4.1", "messages": HELLO}, "ChatJob"),
     ("/v1/jobs", {"kind": "vision", "model": "gpt-4o", "image": IMAGE, "prompt": "what?"}, "VisionJob"),
     ("/v1/jobs", {"kind": "compare", "models": ["gpt-4.1", "gpt-4o"], "messages": HELLO}, "CompareJob"),
     ("/v1/chat/completions", {"model": "gpt-4.1", "messages": HELLO}, "ChatCompletionRequest"),
 ]
-PARTS = [{"type": "text", "text": "hi"}, {"type": "image_url", "image_url": {"url": IMAGE, "detail": "low"}}]
+PARTS: list[dict[str, Any]] = [
+    {"type": "text", "text": "hi"},
+    {"type": "image_url", "image_url": {"url": IMAGE, "detail": "low"}},
+]
 
 
 def wrong_typed_bodies() -> list[tuple[str, dict]]:
