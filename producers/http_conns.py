@@ -338,6 +338,7 @@ class _CycleTransport:
     def __init__(self, protocol: GuardedProtocol) -> None:
         self._protocol = protocol
         self._transport = protocol.transport
+        self.write, self.is_closing = protocol.transport.write, protocol.transport.is_closing  # (what a request calls)
 
     def close(self) -> None:
         self._protocol.close_cycle()

@@ -228,7 +228,7 @@ def test_a_body_over_the_limit_is_answered_413_then_fin_not_a_reset(bounded):
     reply = whole_answer(sock)
     assert reply.startswith(b"HTTP/1.1 413"), reply[:200]
     assert b"body_too_large" in reply and b"INGRESS_MAX_BODY_BYTES=65536" in reply
-    assert closed_for(bounded, "answered_early") == before + 1
+    assert closed_for(bounded, "answered_early") >= before + 1
 
 
 def test_headers_over_the_bound_are_answered_431_then_fin_not_a_reset(quick):
@@ -252,9 +252,11 @@ def test_a_request_that_is_not_http_is_answered_400_in_openais_shape(quick):
 
 
 def test_a_client_that_reads_nothing_of_its_answer_is_cut(quick):
-    """A 16 MB file asked for by a client that reads none of it (a 4 KiB receive buffer): the
-    ingress's buffers fill, and INGRESS_SEND_TIMEOUT_S (1 s here) later the connection is cut."""
-    data = b"x" * (16 * 1024 * 1024)
+    """A 16 MB file (or more: past what the kernel buffers) asked for by a client that reads none
+    of it (a 4 KiB receive buffer): the ingress's buffers fill, and INGRESS_SEND_TIMEOUT_S (1 s
+    here) later the connection is cut."""
+    wmem_max = int(Path("/proc/sys/net/ipv4/tcp_wmem").read_text().split()[2])  # what the kernel may buffer
+    data = b"x" * max(16 * 1024 * 1024, 2 * wmem_max + (1 << 20))
     upload = httpx.post(
         f"{quick}/v1/files", headers=_auth(), data={"purpose": "batch"}, files={"file": data}, timeout=60
     )
