@@ -201,15 +201,12 @@ class GuardedProtocol(HttpToolsProtocol):
         self.phase = BUSY
         self._disarm()
         super().on_message_complete()
-        if self.cycle.response_complete and self.pool is not None:  # answered before its body ended (413...)
-            self._rest()  # (the body's bytes cancelled uvicorn's keep-alive timer: this stands for it)
-            self._arm(self.connections_of_server.header_timeout_s + self.timeout_keep_alive, self._headers_late)
 
     def on_response_complete(self) -> None:
         if self.lingering:
             return
-        if self.phase == BODY:  # answered before its body was read (413, 401...): no next request on it
-            self.answer_early(None, "answered_early")
+        if self.phase == BODY and self.cycle.response_complete:  # answered before its body was read (413, 401...)
+            self.answer_early(None, "answered_early")  # (not a request pipelined behind the one answered)
             return
         pipelined = bool(self.pipeline)  # the next request starts now: it is in flight
         super().on_response_complete()

@@ -316,6 +316,24 @@ def test_pipelined_long_polls_all_end_when_their_client_leaves(quick, redis_serv
     wait_until(lambda: metric(quick, "llm_router_http_waiting") == 0, 20, "the pipelined wait of a client gone to end")
 
 
+def test_a_request_pipelined_behind_an_answered_one_is_not_answered_early(quick):
+    """A POST pipelined behind a GET, its body still coming when the GET is answered: the
+    connection goes on (only an answer to the request whose body is unread ends it early)."""
+    job = json.dumps({"model": "gpt-4.1", "messages": HELLO}).encode()
+    sock = connect(quick)
+    head = f"POST /v1/jobs HTTP/1.1\r\nHost: test\r\n{AUTH}Content-Length: {len(job)}\r\n\r\n".encode()
+    sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n" + head + job[:10])
+    sock.settimeout(10)
+    got = b""
+    while b'{"ok":true}' not in got:
+        got += sock.recv(65536)
+    sock.sendall(job[10:])
+    while b"HTTP/1.1 202" not in got:
+        data = sock.recv(65536)
+        assert data, f"the connection was closed before the pipelined POST was answered: {got!r}"
+        got += data
+
+
 # ---------------------------------------------------------------- the connection limit
 
 
