@@ -271,11 +271,12 @@ class GuardedProtocol(HttpToolsProtocol):
         if self.lingering or self.transport.is_closing():
             return
         HTTP_CLOSED.labels(reason).inc()
+        halfway = any(c.response_started and not c.response_complete for c in self._cycles())
         self.lingering = True
         self._disarm()
         self._tell_gone()
         self.pipeline.clear()
-        if answer:
+        if answer and not halfway:  # (after half an answer to an earlier request it would be garbage)
             self.transport.write(answer)
         if self.pool is not None:
             self.pool.rest(self)  # sheddable
