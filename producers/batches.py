@@ -65,7 +65,7 @@ from worker.keys import (
     job_key,
     result_key,
 )
-from worker.models import JOB_KINDS, JobBase, JobResult, check_callback_url, describe_validation_error
+from worker.models import JOB_KINDS, JobBase, JobResult, check_callback_url, describe_validation_error, shown
 from worker.outbox import Delivery
 
 from .api import JobRejected
@@ -303,6 +303,15 @@ class Batches:
         callback_url: str | None = None,
     ) -> tuple[Batch, bool]:
         """`submit`, also saying whether this call created the batch (False: the id existed)."""
+        check_options(
+            completion_window=completion_window,
+            metadata=metadata,
+            skip_invalid=skip_invalid,
+            endpoint=endpoint,
+            batch_id=batch_id,
+            budget_usd=budget_usd,
+            callback_url=callback_url,
+        )
         if callback_url is not None:
             _check_callback(callback_url, self.settings)
         if batch_id is not None:
@@ -819,12 +828,38 @@ def _check_callback(url: str, settings: Any) -> None:
         raise BatchRejected([BatchError(code="invalid_callback_url", message=problem, param="callback_url")], 0)
 
 
+# Each option of a batch create: the types it takes (None: it may be left out), what it is, its
+# refusal's code. Checked first, so a wrong type is refused naming the field, never a TypeError.
+_OPTION_TYPES: dict[str, tuple[tuple[type, ...], str, str]] = {
+    "completion_window": ((str,), "a string such as 24h", "invalid_completion_window"),
+    "metadata": ((dict, type(None)), "an object of string pairs", "invalid_metadata"),
+    "skip_invalid": ((bool,), "true or false", "invalid_skip_invalid"),
+    "endpoint": ((str, type(None)), f"a string: {' or '.join(wb.ENDPOINTS)}", "invalid_url"),
+    "batch_id": ((str, type(None)), "a string: batch_<32 hex digits>", "invalid_batch_id"),
+    "budget_usd": ((int, float, type(None)), "a number of USD", "invalid_budget"),
+    "callback_url": ((str, type(None)), "a string: an https:// URL", "invalid_callback_url"),
+}
+
+
+def check_options(**options: Any) -> None:
+    """BatchRejected naming the first option of `options` whose value has the wrong type (a
+    number for completion_window, a list for metadata...)."""
+    for name, value in options.items():
+        types, what, code = _OPTION_TYPES[name]
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            message = f"{name} must be {what}, not {type(value).__name__} {shown(value)}"
+            raise BatchRejected([BatchError(code=code, message=message, param=name)], 0)
+
+
 def _window(window: str, longest_s: float) -> float:
     """The window in seconds, at most BATCH_MAX_WINDOW_S (checked before anything is written)."""
     try:
         seconds = wb.window_seconds(window)
         if not seconds <= longest_s:
-            raise ValueError(f"{window!r} is over BATCH_MAX_WINDOW_S={longest_s:g} seconds: use a shorter window")
+            raise ValueError(
+                f"{window!r} is over BATCH_MAX_WINDOW_S={longest_s:g} seconds: use a shorter window "
+                "(a number and s, m, h or d: 24h, 90m)"
+            )
         return seconds
     except ValueError as exc:
         raise BatchRejected(

@@ -115,6 +115,7 @@ SCHEDULE_OUTPUT_PREFIX = PREFIX + "schedule:output:"
 SCHEDULES_PENDING = PREFIX + "schedules:pending"
 SOURCE_BATCHES_PREFIX = PREFIX + "source-batches:"
 SOURCE_FILES_PREFIX = PREFIX + "source-files:"
+SOURCE_UPLOADS_PREFIX = PREFIX + "source-uploads:"
 BUDGET_DAY_PREFIX = PREFIX + "budget:day:"
 SETTLED_PREFIX = PREFIX + "settled:"
 BUDGET_RESERVATIONS = PREFIX + "budget:reservations"
@@ -242,6 +243,11 @@ def source_batches_key(source: str) -> str:
 
 def source_files_key(source: str) -> str:
     return SOURCE_FILES_PREFIX + source
+
+
+def source_uploads_key(source: str) -> str:
+    """The uploads of a source in progress: upload id -> `<bytes reserved>:<lease end, ms>` (producers.files)."""
+    return SOURCE_UPLOADS_PREFIX + source
 
 
 def budget_day_key(day: str) -> str:

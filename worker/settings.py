@@ -127,6 +127,10 @@ class Settings(BaseSettings):
     max_json_depth: int = Field(
         64, ge=4, le=128, description="deepest nesting of arrays and objects in one field of a job (tools...)"
     )
+    max_tools: int = Field(128, ge=1, description="tools (and functions) one job may declare")
+    max_stop: int = Field(16, ge=1, description="stop sequences one job may give")
+    max_messages: int = Field(10000, ge=1, description="messages one job may hold")
+    max_content_parts: int = Field(256, ge=1, description="content parts one message may hold")
     # MODEL_CONTEXT='{"my-model": 32768}': context windows (tokens); max_tokens and
     # max_completion_tokens must fit the model's.
     model_context: dict[str, int] = dict(MODEL_CONTEXT)
@@ -239,9 +243,17 @@ class Settings(BaseSettings):
     ingress_max_bodies_bytes: int = Field(
         128 * 1024 * 1024, ge=1024, description="request bodies one ingress holds in memory at once (503 past it)"
     )
+    ingress_send_timeout_s: float = Field(
+        60, gt=0, description="a client that reads none of its answer for this long is cut (its connection closed)"
+    )
     files_max_per_source: int = Field(100, ge=1, description="uploaded files a source (a token's) keeps at once")
     files_max_bytes_per_source: int = Field(
         1024 * 1024 * 1024, ge=1024, description="bytes of uploaded files a source (a token's) keeps at once"
+    )
+    upload_lease_s: float = Field(
+        300,
+        gt=0,
+        description="an upload's reservation of its source's file quota lapses this long after its last chunk",
     )
     # ---- live streams of streaming jobs (worker.events; GET /v1/jobs/{id}/events)
     stream_events_ttl_s: int = Field(
