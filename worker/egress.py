@@ -102,6 +102,21 @@ def literal(host: str) -> IPAddress | None:
     return None
 
 
+def host_entry(entry: str) -> tuple[str, int | None]:
+    """(host, port or None) of an allow-list entry: `host`, `host:port`, `[v6]:port`, `*.domain`;
+    ValueError if it is none of those (WEBHOOK_ALLOWED_HOSTS)."""
+    try:
+        parts = urlsplit("//" + entry.strip().lower())
+        host, port = parts.hostname or "", parts.port
+    except ValueError:  # a port that is not a number, or past 65535
+        host, port = "", None
+    if not host or entry != entry.strip() or "/" in entry or "@" in entry:
+        raise ValueError(
+            f"{entry!r} is not a host name: use e.g. hooks.example.com, hooks.example.com:8443 or *.example.com"
+        )
+    return host, port
+
+
 # ---------------------------------------------------------------- image URLs
 
 
