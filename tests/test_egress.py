@@ -185,8 +185,28 @@ REFUSED_IMAGES = [
     "http://\uff11\uff12\uff17\u3002\uff10\u3002\uff10\u3002\uff11/cat.png",  # full-width 127.0.0.1
     "http://example.com\\@127.0.0.1/cat.png",  # parsers disagree on the host: both are checked
     "http://127.0.0.1\\@example.com/cat.png",
+    "http://0177.0.0.1/cat.png",  # octal
+    "http://127.1/cat.png",  # short
+    "http://[::ffff:127.0.0.1]/cat.png",  # IPv4-mapped
+    "http://[64:ff9b::a00:5]/cat.png",  # NAT64 of 10.0.0.5
+    "http://[2002:a00:5::1]/cat.png",  # 6to4 of 10.0.0.5
+    "http://[2001:0:4136:e378:8000:63bf:80ff:fffe]/cat.png",  # Teredo of 127.0.0.1
 ]
-FINE_IMAGES = ["https://example.com/cat.png", "http://8.8.8.8/cat.png", "https://x/y.png", "http://[2001:db9::1]/a.png"]
+# names that lead into this side's network whatever public DNS says (the round before took them all)
+INTERNAL_IMAGES = [
+    "http://metadata.google.internal/computeMetadata/v1/",
+    "http://metadata/computeMetadata/v1/",  # a single label: completed with the search domains
+    "https://x/y.png",
+    "http://printer.local/cat.png",
+    "http://redis.default.svc.cluster.local:6379/",
+    "http://redis.default.svc/",
+    "http://nas.home.arpa/cat.png",
+    "http://wiki.corp./cat.png",
+    "http://INTRANET/cat.png",
+]
+REFUSED_IMAGES += INTERNAL_IMAGES
+FINE_IMAGES = ["https://example.com/cat.png", "http://8.8.8.8/cat.png", "http://[2001:db9::1]/a.png"]
+FINE_IMAGES += ["https://cdn.example.org./a.png", "https://local.example.com/a.png", "https://internal.example/a.png"]
 
 
 @pytest.fixture
@@ -194,6 +214,17 @@ async def producer(settings: Settings) -> Any:
     async with Producer(settings.redis_url, queue_name=settings.queue_name) as p:
         p.settings = settings
         yield p
+
+
+def test_names_of_the_local_network_are_named_and_public_names_are_not():
+    for url in INTERNAL_IMAGES:
+        why = egress.image_url_problem(url)
+        assert why is not None and ("a name of the local network" in why or "a single-label name" in why), url
+    assert "(internal, *.internal)" in (egress.image_url_problem(INTERNAL_IMAGES[0]) or "")
+    teredo = "http://[2001:0:4136:e378:8000:63bf:80ff:fffe]/cat.png"
+    assert "a loopback address (in 2001:0:4136:e378:8000:63bf:80ff:fffe)" in (egress.image_url_problem(teredo) or "")
+    for url in FINE_IMAGES:
+        assert egress.image_url_problem(url) is None, url
 
 
 async def test_image_urls_naming_this_network_are_refused_at_enqueue(producer, redis):
