@@ -10,7 +10,6 @@ import json
 import re
 import socket
 import ssl
-import subprocess
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -22,7 +21,7 @@ from fastapi.testclient import TestClient
 
 from producers import JobRejected, Producer
 from producers.http import create_app
-from tests.helpers import run_worker
+from tests.helpers import run_worker, self_signed
 from worker import egress
 from worker.settings import ConfigError, Settings, load_settings
 
@@ -89,16 +88,7 @@ def test_ip_literals_in_any_form_a_resolver_reads():
 def tls_receiver(tmp_path: Path) -> Iterator[dict[str, Any]]:
     """An HTTPS server on 127.0.0.1 with a certificate for `hooks.test` only, recording the SNI of
     every handshake and the Host of every request."""
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        [
-            *("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"),
-            *("-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=hooks.test"),
-            *("-addext", "subjectAltName=DNS:hooks.test"),
-        ],
-        check=True,
-        capture_output=True,
-    )
+    cert, key = self_signed(tmp_path, "hooks.test")
     seen: dict[str, Any] = {"sni": [], "hosts": [], "cert": str(cert)}
 
     class Handler(BaseHTTPRequestHandler):

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -25,7 +24,7 @@ from worker import errors
 from worker.client import AIsaClient
 from worker.settings import Settings
 
-from .helpers import API_KEY
+from .helpers import API_KEY, self_signed
 
 # "Within a few seconds", with room for a loaded machine: the old code said nothing for 73 s
 # (and retried for ~37 minutes); a wrong password or scheme never stopped it.
@@ -51,14 +50,7 @@ def password_port() -> Iterator[int]:
 @pytest.fixture
 def tls_port(tmp_path) -> Iterator[tuple[int, Path]]:
     """A redis-server that speaks only TLS, with a self-signed certificate: (port, its CA file)."""
-    openssl = shutil.which("openssl")
-    if openssl is None:
-        pytest.fail("openssl is not installed (apt-get install openssl)")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subject = f"-keyout {key} -out {cert} -subj /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1"
-    subprocess.run(
-        [openssl, *f"req -x509 -newkey rsa:2048 -nodes -days 1 {subject}".split()], check=True, capture_output=True
-    )
+    cert, key = self_signed(tmp_path, "127.0.0.1")
     port = free_port()
     proc = server(
         *shlex.split(f"--port 0 --tls-port {port} --bind 127.0.0.1 --save '' --tls-auth-clients no"),
