@@ -118,6 +118,13 @@ BAD_VALUES = [
         '["https://hooks.example.com/"]',
         "WEBHOOK_ALLOWED_HOSTS: 'https://hooks.example.com/' is",
     ),
+    ("ROUTES", '{"cheap": {"models": []}}', 'ROUTES, in ["cheap"]["models"]: List should have at least 1 item'),
+    (
+        "BUDGET_UNKNOWN_PRICE",
+        '{"input": Infinity, "output": 1}',
+        'BUDGET_UNKNOWN_PRICE, in ["input"]: Input should be a finite',
+    ),
+    ("WEBHOOK_ALLOWED_NETWORKS", '["10.0.0.1/8"]', "WEBHOOK_ALLOWED_NETWORKS: '10.0.0.1/8' is not a network"),
     ("AISA_BASE_URL", "api.aisa.one/v1", "AISA_BASE_URL: 'api.aisa.one/v1' needs http:// or https:// and a host"),
     ("AISA_BASE_URL", "https:///v1", "AISA_BASE_URL: 'https:///v1' needs http:// or https:// and a host"),
     (
@@ -134,6 +141,15 @@ def test_a_bad_value_in_a_setting_is_refused_at_start_up_naming_the_variable(nam
     with pytest.raises(ConfigError) as refused:
         load_settings(_env_file=None)
     assert said in str(refused.value)
+
+
+def test_every_json_setting_has_a_bad_value_case():
+    """A JSON setting added later gets a case above (and so a check of its values)."""
+    from pydantic_settings import EnvSettingsSource
+
+    source = EnvSettingsSource(Settings)
+    json_settings = {name.upper() for name, field in Settings.model_fields.items() if source.field_is_complex(field)}
+    assert json_settings <= {name for name, _, _ in BAD_VALUES}, json_settings - {name for name, _, _ in BAD_VALUES}
 
 
 def test_values_that_mean_something_are_still_taken(monkeypatch):
