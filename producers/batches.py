@@ -576,7 +576,8 @@ class Batches:
         if not raw:
             return None
         batch = Batch.from_hash(raw)
-        # the reaper only once the submission's lease has lapsed (the script checks it again)
+        # the reaper only once the submission's lease has lapsed (the script checks it again, on
+        # Redis's clock, the lease's: a reader whose clock is behind it reaps that much later)
         lease_until = float(raw.get(b"lease_until", 0))
         changed = bool(lease_until) and time.time() * 1000 > lease_until and await self._reap(batch)
         if not changed and (
