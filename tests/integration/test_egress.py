@@ -16,6 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 
@@ -147,6 +148,29 @@ async def test_a_webhook_connects_to_the_address_it_checked_with_the_name_in_sni
         with pytest.raises(egress.Refused, match=re.escape("hooks.test resolves to 127.0.0.1, a loopback address")):
             await client.post(url, content=b"{}")
     assert tls_receiver["sni"] == ["hooks.test"]  # neither was connected
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "2130706433",  # decimal
+        "0x7f.1",  # hex, short
+        "127.1",  # short
+        "[::ffff:127.0.0.1]",  # IPv4-mapped
+        "[64:ff9b::a00:5]",  # NAT64 of 10.0.0.5
+        "[2002:a00:5::1]",  # 6to4 of 10.0.0.5
+        "[2001:0:4136:e378:8000:63bf:80ff:fffe]",  # Teredo of 127.0.0.1
+        "localhost",
+    ],
+)
+async def test_a_webhook_to_this_network_by_another_spelling_is_refused_unsent(host):
+    # the system's own resolver (getaddrinfo, as httpx's connection would use) reads each form
+    async with egress.client(5, ()) as client:
+        with pytest.raises(egress.Refused, match="address"):
+            await client.post(f"http://{host}:9/hook", content=b"{}")
+    with pytest.raises(httpx.InvalidURL):  # octal (0177.0.0.1) is no URL to httpx: never called
+        async with egress.client(5, ()) as client:
+            await client.post("http://0177.0.0.1:9/hook", content=b"{}")
 
 
 def test_webhook_allowed_networks_is_checked_when_settings_load(monkeypatch):
