@@ -18,6 +18,7 @@ import hmac
 import inspect
 import logging
 import re
+import socket
 import time
 from collections.abc import AsyncIterator, Coroutine
 from typing import Annotated, Any, TypeVar
@@ -477,13 +478,23 @@ def check_tokens(settings: Settings) -> None:
         )
     if not settings.ingress_tokens:
         raise ConfigError('INGRESS_TOKENS is not set: export INGRESS_TOKENS=\'{"<token>": "<source name>"}\'')
-    from worker.models import _SOURCE
+    # (each token and source name is checked when the settings load: worker.settings)
 
-    for source in settings.ingress_tokens.values():
-        if not _SOURCE.match(source):
-            raise ConfigError(
-                f"INGRESS_TOKENS: source {source!r} must be 1-64 characters of letters, digits and _ . : -"
-            )
+
+def _can_listen(host: str, port: int) -> None:
+    """A ConfigError naming --host/--port if uvicorn could not bind them (it would log an errno
+    and exit 3): a busy port, an address not on this machine, a name that does not resolve."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, kind, proto, _, address = infos[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+            probe.bind(address)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot listen on --host {host} --port {port} ({exc.strerror or exc}): give a free port and an "
+            "address of this machine (127.0.0.1, 0.0.0.0 for all)"
+        ) from None
 
 
 @click.group()
@@ -509,6 +520,7 @@ def api(host: str, port: int) -> None:
         problem = redis_problem(settings.redis_url)
         if problem is not None and problem.lasting:
             raise ConfigError(f"REDIS_URL: {problem.text}")
+        _can_listen(host, port)
     except ConfigError as exc:
         exit_on_config_error(exc)
         return

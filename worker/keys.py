@@ -108,6 +108,7 @@ BATCH_PREFIX = PREFIX + "batch:"
 BATCH_LINES_PREFIX = PREFIX + "batch:lines:"
 BATCH_DONE_PREFIX = PREFIX + "batch:done:"
 BATCH_STAGED_PREFIX = PREFIX + "batch:staged:"
+BATCH_SWEPT_PREFIX = PREFIX + "batch:swept:"
 BATCHES = PREFIX + "batches"
 SCHEDULE_PREFIX = PREFIX + "schedule:"
 SCHEDULE_CLAIM_PREFIX = PREFIX + "schedule:claim:"
@@ -223,6 +224,10 @@ def batch_done_key(batch_id: str) -> str:
 
 def batch_staged_key(batch_id: str) -> str:
     return BATCH_STAGED_PREFIX + batch_id
+
+
+def batch_swept_key(batch_id: str) -> str:
+    return BATCH_SWEPT_PREFIX + batch_id
 
 
 def schedule_key(name: str) -> str:

@@ -42,6 +42,13 @@ from worker.settings import Settings
 TOKEN = "tok-fuzz"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 FUZZ_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "25"))
+# The fuzz runs' settings, over the profile tests/conftest.py loads (no deadline, no database):
+# FUZZ_EXAMPLES each, the same examples every run unless FUZZ_RANDOM is set.
+FUZZ = settings(
+    max_examples=FUZZ_EXAMPLES,
+    derandomize=not os.environ.get("FUZZ_RANDOM"),
+    suppress_health_check=list(HealthCheck),
+)
 BODY_LIMIT = 256 * 1024  # the fuzzed ingress's INGRESS_MAX_BODY_BYTES
 
 
@@ -95,13 +102,7 @@ def test_the_success_answers_match_the_schema(ingress_url, tmp_path):
 
 
 @schema.parametrize()
-@settings(
-    max_examples=FUZZ_EXAMPLES,
-    deadline=None,
-    derandomize=not os.environ.get("FUZZ_RANDOM"),
-    database=None,
-    suppress_health_check=list(HealthCheck),
-)
+@FUZZ
 def test_every_response_is_no_5xx_and_matches_the_schema(case, ingress_url):
     case.call_and_validate(
         base_url=ingress_url,
@@ -118,7 +119,7 @@ def test_many_bodies_the_schema_calls_valid_are_accepted(ingress_url):
     statuses: list[int] = []
 
     @given(case=schema["/v1/jobs"]["POST"].as_strategy(generation_mode=GenerationMode.POSITIVE))
-    @settings(max_examples=40, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
+    @settings(FUZZ, max_examples=40, derandomize=True)
     def enqueue(case):
         fresh = {**AUTH, "Idempotency-Key": uuid.uuid4().hex}  # not a key an earlier test used
         answer = case.call(base_url=ingress_url, headers=fresh, timeout=30)
@@ -205,13 +206,7 @@ def test_deep_and_huge_json_on_every_route_is_no_5xx(ingress_url, method, path):
         assert answer.status_code < 500, (method, path, body[:200], answer.status_code, answer.text[:300])
 
     @given(body=hostile_json())
-    @settings(
-        max_examples=FUZZ_EXAMPLES,
-        deadline=None,
-        derandomize=not os.environ.get("FUZZ_RANDOM"),
-        database=None,
-        suppress_health_check=list(HealthCheck),
-    )
+    @FUZZ
     def hostile(body: bytes) -> None:
         answer = send(body)
         assert answer.status_code < 500, (method, path, len(body), answer.status_code, answer.text[:300])

@@ -16,8 +16,6 @@ import resource
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -25,12 +23,12 @@ from redis import Redis
 from redis.exceptions import BusyLoadingError, ReadOnlyError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from harness.processes import LLMRouterProcess, answers, llm_router, settings_env
+from harness.processes import answers, llm_router, settings_env
 from harness.redis_server import free_port
 from harness.wait import wait_until
 from producers.http import create_app, error_response
 from producers.http_conns import OVERFLOW
-from tests.ingress import ingress_settings
+from tests.ingress import ingress_settings, running
 from worker.keys import batch_key, job_key
 from worker.settings import ConfigError, Settings
 
@@ -38,19 +36,6 @@ from worker.settings import ConfigError, Settings
 HOSTILE_TOKENS = {"tok-h1": "hostile-1", "tok-h2": "hostile-2", "tok-h3": "hostile-3"}
 AUTH = "Authorization: Bearer tok-h1\r\n"
 HELLO = [{"role": "user", "content": "hello"}]
-
-
-@contextlib.contextmanager
-def api(settings: Settings, logs: Path) -> Iterator[str]:
-    """`llm-router api` alone on a free port: its URL once it answers."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    proc = LLMRouterProcess("api", "--port", str(port), env=settings_env(settings), log_path=logs / "api.log")
-    try:
-        proc.wait_started(lambda: answers(f"{url}/healthz"), 30, "llm-router api")
-        yield url
-    finally:
-        proc.stop()
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +52,7 @@ def quick(redis_server, sim_server, tmp_path_factory):
         ingress_send_timeout_s=1,
         ingress_wait_s=60,
     )
-    with api(settings, tmp_path_factory.mktemp("quick")) as url:
+    with running(settings, tmp_path_factory.mktemp("quick"), worker=False) as url:
         yield url
 
 
@@ -90,7 +75,7 @@ def bounded(redis_server, sim_server, tmp_path_factory):
         files_max_per_source=2,
         files_max_bytes_per_source=4096,
     )
-    with api(settings, tmp_path_factory.mktemp("bounded")) as url:
+    with running(settings, tmp_path_factory.mktemp("bounded"), worker=False) as url:
         yield url
 
 
