@@ -16,6 +16,7 @@ import resource
 import socket
 import subprocess
 import time
+from pathlib import Path
 
 import httpx
 import pytest
