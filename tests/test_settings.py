@@ -173,4 +173,4 @@ def test_source_weights_and_limits_are_read(monkeypatch):
     monkeypatch.setenv("SOURCE_LIMITS", '{"search": {"rpm": 600, "tpm": 200000, "concurrency": 100}}')
     s = load_settings(_env_file=None)
     assert s.source_weights == {"billing": 3} and s.source_limits["search"].concurrency == 100
-    assert s.fair_share is True
+    assert s.fair_share is False  # on only once every worker reads the sub-queues

@@ -222,8 +222,9 @@ class Settings(BaseSettings):
     budget_unknown_price: Price = Price(input=0.075, output=0.075)
 
     # ---- fair share between sources (worker.fair)
+    # off by default: workers of an older version read no sub-queue (turn it on once all run this one)
     fair_share: bool = Field(
-        True, description="each source its own sub-queue, claimed by weight; false: one queue, first come first served"
+        False, description="each source its own sub-queue, claimed by weight; false: one queue, first come first served"
     )
     # SOURCE_WEIGHTS='{"billing": 3, "search": 1}': a source's share when several wait (default 1)
     source_weights: dict[SourceName, SourceWeight] = {}
