@@ -91,7 +91,7 @@ async def test_sources_past_the_bound_share_other(producer, fair_settings):
     producer.settings = fair_settings.model_copy(update={"fair_share_max_sources": 2})
     for name in ("s1", "s2", "s3", "s4", "billing"):
         await producer.enqueue(job(name, 0))
-    depths = {d.source: d.waiting for d in await lease_for(producer).fair.depths(0)}  # type: ignore[union-attr]
+    depths = {d.source: d.waiting for d in await lease_for(producer).fair.depths(0)}
     assert depths == {"s1": 1, "s2": 1, "other": 2, "billing": 1}  # billing is named in SOURCE_WEIGHTS
 
 
