@@ -55,9 +55,11 @@ J = TypeVar("J", bound=JobBase)
 # A caller's own id also keeps the digest of its job: the same id with another job is a
 # conflict (-1), not a silent no-op. With fair share (FAIR_SHARE, worker.fair) an interactive
 # job waits in its source's sub-queue instead of the queue.
+# A source with an rpm quota (SOURCE_LIMITS) that has more jobs waiting than the quota clears in a
+# minute is "far over" it: the job is refused, nothing written, answering -2 - (jobs waiting).
 # KEYS: job record, arq result, our result, queue, digest[, fair share: passes, clock, seen]
 # ARGV: record, record TTL ms, score, job id, digest ('' for a generated id), digest TTL s
-#       [, fair share: source, known ('1'/'0'), sources bound, sub-queue prefix]
+#       [, fair share: source, known ('1'/'0'), sources bound, sub-queue prefix, rpm quota or 0]
 _ENQUEUE = (
     fair.ENQUEUE_FUNCTION
     + """
@@ -67,6 +69,10 @@ if redis.call('EXISTS', KEYS[1], KEYS[2], KEYS[3]) > 0 then
     if known and known ~= ARGV[5] then return -1 end
   end
   return 0
+end
+if ARGV[11] and tonumber(ARGV[11]) > 0 then
+  local waiting = redis.call('ZCARD', ARGV[10] .. ARGV[7])
+  if waiting >= tonumber(ARGV[11]) then return -2 - waiting end
 end
 redis.call('PSETEX', KEYS[1], ARGV[2], ARGV[1])
 if ARGV[7] then
@@ -96,6 +102,16 @@ class JobRejected(ValueError):
 class JobConflict(JobRejected):
     """A job id already names a different job (queued, running or done): nothing was enqueued
     under it. Resend the same job to get its result, or pick a new id."""
+
+
+class SourceOverQuota(JobRejected):
+    """The job's source is far over its quota (SOURCE_LIMITS rpm): more of its jobs wait than the
+    quota clears in a minute. Nothing was enqueued; `retry_after` is the seconds until it would
+    be accepted again (at the quota's pace)."""
+
+    def __init__(self, field: str, message: str, retry_after: int) -> None:
+        super().__init__(field, message)
+        self.retry_after = retry_after
 
 
 class ResultTimeout(TimeoutError):
@@ -240,7 +256,8 @@ class Producer:
             ]
             if self.settings.fair_share and not job.bulk:
                 keys += [fair.passes_key(queue), fair.clock_key(queue), fair.seen_key(queue)]
-                args += [*self._fair_source(job.source), fair.waiting_key(queue, "")]
+                name = job.source or self.source or fair.DEFAULT_SOURCE
+                args += [*self._fair_source(name), fair.waiting_key(queue, ""), self._rpm_quota(name)]
             calls.append((keys, args))
         if len(calls) == 1:  # one round trip: a script in a pipeline costs a SCRIPT EXISTS first
             created = [await self._enqueue_one(*calls[0])]
@@ -249,6 +266,9 @@ class Producer:
                 for keys, args in calls:
                     await self._enqueue(keys=keys, args=args, client=pipe)
                 created = await pipe.execute()
+        over = [(job, -int(c) - 2) for (job, _), c in zip(pairs, created, strict=True) if int(c) <= -2]
+        if over:
+            raise self._over_quota(*over[0])
         conflicts = [job_id for (job_id, _, _), c in zip(records, created, strict=True) if c == -1]
         if conflicts:
             raise JobConflict(
@@ -258,9 +278,24 @@ class Producer:
             )
         return [(job_id, c == 1) for (job_id, _, _), c in zip(records, created, strict=True)]
 
-    def _fair_source(self, source: str | None) -> list[str | int]:
+    def _over_quota(self, job: JobBase, waiting: int) -> SourceOverQuota:
+        """The refusal of a job whose source is far over its rpm quota: `waiting` jobs wait."""
+        source = job.source or self.source or fair.DEFAULT_SOURCE
+        rpm = self._rpm_quota(source)
+        retry_after = max(1, math.ceil((waiting - rpm + 1) * 60 / rpm))  # until a minute's worth waits
+        return SourceOverQuota(
+            "source",
+            f"{source} has {waiting} jobs waiting, more than its quota of {rpm:g} a minute (SOURCE_LIMITS) clears"
+            f" in a minute: retry in {retry_after} s",
+            retry_after,
+        )
+
+    def _rpm_quota(self, source: str) -> float:
+        limit = self.settings.source_limits.get(source)
+        return (limit.rpm or 0) if limit else 0
+
+    def _fair_source(self, name: str) -> list[str | int]:
         """The enqueue script's fair-share arguments: the source, whether the settings name it, the bound."""
-        name = source or self.source or fair.DEFAULT_SOURCE
         if self._known is None or self._known[0] is not self.settings:  # the settings may be replaced
             self._known = (self.settings, fair.known_sources(self.settings))
         return [name, "1" if name in self._known[1] else "0", self.settings.fair_share_max_sources]

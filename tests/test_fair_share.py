@@ -10,10 +10,11 @@ from collections import Counter
 import pytest
 
 from harness.wait import wait_until_async
-from producers import ChatJob, Producer
+from producers import ChatJob, JobRejected, Producer, SourceOverQuota
 from tests.helpers import run_worker, sim_admin
 from worker import fair
 from worker.lease import Lease
+from worker.settings import SourceLimit
 
 
 def job(source: str, i: int) -> ChatJob:
@@ -171,3 +172,110 @@ def test_arq_s_own_worker_runs_jobs_from_the_sub_queues(fair_settings, redis_url
 
     r = asyncio.run(result())
     assert r is not None and r.status == "succeeded"  # type: ignore[attr-defined]
+
+
+# ---------------------------------------------------------------- quotas (SOURCE_LIMITS)
+
+
+def with_limits(producer: Producer, limits: dict) -> None:
+    producer.settings = producer.settings.model_copy(
+        update={"source_limits": {k: SourceLimit(**v) for k, v in limits.items()}}
+    )
+
+
+async def test_a_source_at_its_concurrency_leaves_the_slots_to_others(producer):
+    with_limits(producer, {"search": {"concurrency": 2}})
+    lease = lease_for(producer)
+    await producer.enqueue_many([job("search", i) for i in range(10)] + [job("billing", i) for i in range(10)])
+    claimed = await lease.claim_fair(10, int(time.time() * 1000))
+    assert Counter(c.source for c in claimed) == {"search": 2, "billing": 8}
+    assert Counter(c.source for c in await lease.claim_fair(10, int(time.time() * 1000))) == {"billing": 2}
+    # one of search's jobs ends: it may run one more, no more
+    done = next(c.raw_id.decode() for c in claimed if c.source == "search")
+    await producer.redis.set(f"llm-router:result:{done}", b"{}")
+    await lease.release(done)
+    assert Counter(c.source for c in await lease.claim_fair(10, int(time.time() * 1000))) == {"search": 1}
+
+
+async def test_a_source_at_its_rpm_quota_is_given_no_more_than_its_schedule_starts(producer):
+    with_limits(producer, {"search": {"rpm": 60}})  # a request a second: one within the horizon
+    lease = lease_for(producer)
+    await producer.enqueue_many([job("search", i) for i in range(5)] + [job("billing", i) for i in range(5)])
+    claimed = await lease.claim_fair(10, int(time.time() * 1000))
+    assert Counter(c.source for c in claimed) == {"search": 1, "billing": 5}
+
+
+async def test_quota_jobs_wait_in_their_sub_queue_and_all_run_once(producer, fair_settings, sim):
+    limits = {"search": SourceLimit(rpm=120, tpm=100_000)}  # a request every half second
+    s = fair_settings.model_copy(update={"source_limits": limits, "worker_concurrency": 4})
+    producer.settings = s
+    search = await producer.enqueue_many([job("search", i) for i in range(5)])
+    billing = await producer.enqueue_many([job("billing", i) for i in range(5)])
+    await run_worker(s)
+    results = [await producer.result(i) for i in search + billing]
+    assert all(r is not None and r.status == "succeeded" for r in results), results
+    # a job sent back because its source was at its quota did not count as a run (MAX_JOB_RUNS)
+    assert all(r is not None and r.runs == 1 for r in results)
+    booked = await producer.redis.hgetall("llm-router:source-limit:search")
+    assert set(booked) == {b"r", b"t"}  # the quota's schedule, shared by every worker
+    assert await producer.redis.hget("llm-router:source-limit:search", "t") is not None
+    assert sim_admin(sim, "/_sim/stats")["calls"]["gpt-4.1"] == 10
+
+
+async def test_enqueue_far_over_the_rpm_quota_is_refused_with_retry_after(producer):
+    with_limits(producer, {"search": {"rpm": 2}})
+    await producer.enqueue_many([job("search", i) for i in range(2)])  # a minute's worth waits
+    with pytest.raises(SourceOverQuota) as refused:
+        await producer.enqueue(job("search", 2))
+    assert isinstance(refused.value, JobRejected) and refused.value.field == "source"
+    assert refused.value.retry_after == 30  # one job over a quota of 2 a minute
+    assert "SOURCE_LIMITS" in str(refused.value)
+    assert await producer.enqueue(job("billing", 0))  # other sources are not refused
+    assert await producer.queued() == 3  # nothing of the refused job was written
+
+
+def test_the_ingress_answers_429_with_retry_after_far_over_quota(redis_url):
+    from fastapi.testclient import TestClient
+
+    from producers.http import create_app
+    from tests.ingress import TOKENS
+    from worker.settings import Settings
+
+    settings = Settings(
+        redis_url=redis_url,
+        ingress_tokens=TOKENS,
+        fair_share=True,
+        source_limits={"team-a": SourceLimit(rpm=1)},
+        _env_file=None,
+    )
+    body = {"kind": "chat", "model": "gpt-4.1", "messages": [{"role": "user", "content": "hi"}]}
+    with TestClient(create_app(settings)) as client:
+        a = {"Authorization": "Bearer tok-a"}
+        assert client.post("/v1/jobs", json=body, headers=a).status_code == 202
+        refused = client.post("/v1/jobs", json=body, headers=a)
+        assert refused.status_code == 429 and refused.json()["error"]["code"] == "source_quota"
+        assert refused.headers["Retry-After"] == "60"
+        assert client.post("/v1/jobs", json=body, headers={"Authorization": "Bearer tok-b"}).status_code == 202
+
+
+async def test_admission_sends_a_job_back_when_its_source_is_at_quota_and_gives_the_run_back(producer):
+    from worker.limiter import Limiter
+
+    with_limits(producer, {"search": {"rpm": 60, "tpm": 1000}})
+    limiter = Limiter(producer.redis, producer.settings)
+    await producer.enqueue(job("search", 0))  # waiting, so that the claim below has it to pass over
+    first = await limiter.admit("gpt-4.1", 10, 30, source="search")
+    assert first.status == "ok"
+    later = await limiter.admit("gpt-4.1", 10, 30, source="search")  # a second later: past the horizon
+    assert later.status == "quota" and 0.5 < later.wait_s <= 1.1
+    assert (await limiter.admit("gpt-4.1", 10, 30, source="billing")).status == "ok"  # others are not held
+    too_large = await limiter.admit("gpt-4.1", 5000, 30, source="search")
+    assert too_large.status == "too_large" and "SOURCE_LIMITS" in (too_large.limit or "")
+    lease = lease_for(producer)
+    assert await lease.claim_fair(1, int(time.time() * 1000)) == []  # nor does the claim give search any now
+    # a job sent back for its source's quota goes back to its sub-queue; the run it had does not count
+    job_id = await producer.enqueue(job("billing", 0))
+    [held] = await lease.claim_fair(1, int(time.time() * 1000))
+    assert held.tries == 1
+    await lease.requeue(job_id, int(time.time() * 1000), uncounted=True)
+    assert await producer.redis.get(f"arq:retry:{job_id}") == b"0"

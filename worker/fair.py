@@ -16,7 +16,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
-from .keys import IN_PROGRESS_PREFIX, JOB_PREFIX, RESULT_PREFIX, RETRY_PREFIX, fair_key
+from .keys import IN_PROGRESS_PREFIX, JOB_PREFIX, RESULT_PREFIX, RETRY_PREFIX, SOURCE_LIMIT_PREFIX, fair_key
 from .settings import Settings
 
 DEFAULT_SOURCE = "default"
@@ -89,28 +89,42 @@ end
 # A picked job is claimed as the bulk lane's are (worker.lease PROMOTE): into the queue, scored
 # at its lease's end, in progress under the lease, its run counted; and listed as running for its
 # source until its lease ends or its worker lets it go.
+# A source with an rpm/tpm quota is given no more jobs than its schedule (worker.limiter) can
+# start within the horizon: the rest wait in its sub-queue, holding no worker slot.
 # KEYS: passes, clock, queue
 # ARGV: free slots, now ms, lease ms, job record / in-progress / result / retry / waiting / running
-#       prefixes, most jobs to take off, then (source, weight, concurrency or 0) for the sources
-#       the settings name (others: weight 1, no limit)
+#       prefixes, most jobs to take off, quota hash prefix, horizon ms, then (source, weight,
+#       concurrency or 0, ms between requests or 0, has a quota 1/0) for the sources the settings
+#       name (others: weight 1, no limit)
 # Answers six values a job: id, score, what (run/done/missing/error), record, tries, source.
 # With a lease of 0 the picked jobs are only moved to the queue, due now ('fed': FairQueue.feed).
 CLAIM = """
 local free, now, lease = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local jp, ip, rp, tp, wp, runp = ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9]
-local pops = tonumber(ARGV[10])
+local pops, qp, horizon = tonumber(ARGV[10]), ARGV[11], tonumber(ARGV[12])
 local conf = {}
-for i = 11, #ARGV, 3 do conf[ARGV[i]] = {tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])} end
+for i = 13, #ARGV, 5 do
+  conf[ARGV[i]] = {tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3]), ARGV[i + 4] == '1'}
+end
 local clock = tonumber(redis.call('GET', KEYS[2]) or '0')
 local sources = {}
 local listed = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
 for i = 1, #listed, 2 do
   local name = listed[i]
-  local c, pass = conf[name] or {1, 0}, tonumber(listed[i + 1])
+  local c, pass = conf[name] or {1, 0, 0, false}, tonumber(listed[i + 1])
   local s = {name = name, pass = math.max(pass, clock), stride = 1 / c[1], room = -1, moved = pass < clock}
   if c[2] > 0 then
     redis.call('ZREMRANGEBYSCORE', runp .. name, '-inf', now)
     s.room = math.max(c[2] - redis.call('ZCARD', runp .. name), 0)
+  end
+  if c[4] then
+    local q = redis.call('HMGET', qp .. name, 'r', 't')
+    local r, t = math.max(tonumber(q[1]) or 0, now), tonumber(q[2]) or 0
+    local room = 0
+    if t <= now + horizon and r <= now + horizon then
+      room = c[3] > 0 and math.floor((now + horizon - r) / c[3]) + 1 or -1
+    end
+    if room >= 0 and (s.room < 0 or room < s.room) then s.room = room end
   end
   table.insert(sources, s)
 end
@@ -176,10 +190,13 @@ return out
 # source's sub-queue, due at the given time, not to the queue: it waits its turn again among its
 # source's jobs and other sources' (and is not running any more). Nothing happens to a job that
 # left the queue meanwhile (its batch was cancelled): the queue entry is the claim's.
-# KEYS: queue, in-progress, waiting, running, passes, clock; ARGV: job id, due ms, source
+# A run that did nothing (its source at its quota) is given back: MAX_JOB_RUNS counts real runs.
+# KEYS: queue, in-progress, waiting, running, passes, clock, run count; ARGV: job id, due ms,
+# source, give the run back ('1'/'0')
 REQUEUE = """
 if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
 redis.call('DEL', KEYS[2])
+if ARGV[4] == '1' and (tonumber(redis.call('GET', KEYS[7])) or 0) > 0 then redis.call('DECR', KEYS[7]) end
 redis.call('ZREM', KEYS[4], ARGV[1])
 redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
 redis.call('ZADD', KEYS[5], 'NX', tonumber(redis.call('GET', KEYS[6]) or '0'), ARGV[3])
@@ -231,9 +248,13 @@ class FairQueue:
         self._depth = redis.register_script(DEPTH)
         named = set(settings.source_weights) | set(settings.source_limits)
         self._conf: list[Any] = []
+        scale = 60_000 / (1 - settings.rate_limit_headroom)  # as worker.limiter spaces requests
         for source in sorted(named):
             limit = settings.source_limits.get(source)
-            self._conf += [source, weight(settings, source), (limit.concurrency or 0) if limit else 0]
+            concurrency = (limit.concurrency or 0) if limit else 0
+            r_ms = scale / limit.rpm if limit and limit.rpm else 0
+            quota = "1" if limit and (limit.rpm or limit.tpm) else "0"
+            self._conf += [source, weight(settings, source), concurrency, r_ms, quota]
 
     @property
     def scripts(self) -> list[AsyncScript]:
@@ -243,7 +264,8 @@ class FairQueue:
         """Up to `free` jobs by weight across the sources; six values each (see CLAIM)."""
         q = self.queue_name
         args: list[Any] = [free, now_ms, lease_ms, JOB_PREFIX, IN_PROGRESS_PREFIX, RESULT_PREFIX, RETRY_PREFIX]
-        args += [waiting_key(q, ""), running_key(q, ""), free + max(free, 16), *self._conf]
+        args += [waiting_key(q, ""), running_key(q, ""), free + max(free, 16), SOURCE_LIMIT_PREFIX]
+        args += [int(self.settings.bulk_horizon_s * 1000), *self._conf]
         out = await self._claim(keys=[passes_key(q), clock_key(q), q], args=args)
         return [out[i : i + 6] for i in range(0, len(out), 6)]
 
@@ -256,10 +278,13 @@ class FairQueue:
             return 0
         return sum(what == b"fed" for _, _, what, *_ in await self.claim(ready_max - ready, now_ms, 0))
 
-    def requeue_call(self, job_id: str, source: str, at_ms: int) -> tuple[AsyncScript, list[str], list[Any]]:
+    def requeue_call(
+        self, job_id: str, source: str, at_ms: int, uncounted: bool = False
+    ) -> tuple[AsyncScript, list[str], list[Any]]:
         q = self.queue_name
         keys = [q, IN_PROGRESS_PREFIX + job_id, waiting_key(q, source), running_key(q, source)]
-        return self._requeue, [*keys, passes_key(q), clock_key(q)], [job_id, at_ms, source]
+        keys += [passes_key(q), clock_key(q), RETRY_PREFIX + job_id]
+        return self._requeue, keys, [job_id, at_ms, source, "1" if uncounted else "0"]
 
     async def depths(self, now_ms: int, always: list[str] | None = None) -> list[SourceDepth]:
         """What waits and runs, by source (the sources with jobs waiting, and `always`)."""

@@ -21,6 +21,7 @@ results): the README's key table is checked against this module by a test.
     llm-router:gate:probe               which worker probes a paused queue this interval
     llm-router:model:<model>            hash: shared limiter and circuit state; see worker.limiter
     llm-router:model:_global            hash: the optional global limit
+    llm-router:source-limit:<source>    hash: a source's quota (SOURCE_LIMITS) in the shared limiter
     llm-router:workers:<queue>          sorted set worker id -> last heartbeat (UNIX time)
     llm-router:digest:<job_id>          what the job a caller's own id names is (a conflict check)
     llm-router:quarantine               list: queue entries with no readable id (worker.quarantine)
@@ -100,6 +101,7 @@ GATE = PREFIX + "gate"
 PROBE_LOCK = PREFIX + "gate:probe"
 MODEL_PREFIX = PREFIX + "model:"
 GLOBAL_LIMIT = MODEL_PREFIX + "_global"
+SOURCE_LIMIT_PREFIX = PREFIX + "source-limit:"
 WORKERS_PREFIX = PREFIX + "workers:"
 DIGEST_PREFIX = PREFIX + "digest:"
 CONFIG_PREFIX = PREFIX + "config:"
@@ -189,6 +191,10 @@ def cache_done_channel(digest: str) -> str:
 
 def model_key(model: str) -> str:
     return MODEL_PREFIX + model
+
+
+def source_limit_key(source: str) -> str:
+    return SOURCE_LIMIT_PREFIX + source
 
 
 def bulk_key(queue_name: str) -> str:

@@ -266,11 +266,12 @@ class Lease:
         """Release a job that ended without releasing itself (arq's finish_job)."""
         await self.drop(job_id)
 
-    async def requeue(self, job_id: str, at_ms: int) -> None:
+    async def requeue(self, job_id: str, at_ms: int, uncounted: bool = False) -> None:
         """A job that must run again (arq's Retry): due at `at_ms`, its lease given up (back in its
-        source's sub-queue if it came from one)."""
+        source's sub-queue if it came from one; `uncounted`: the run it had is given back, its
+        source was at its quota)."""
         if self.fair is not None and (source := self.sources.get(job_id)) is not None:
-            await run_scripts(self.redis, [self.fair.requeue_call(job_id, source, at_ms)])
+            await run_scripts(self.redis, [self.fair.requeue_call(job_id, source, at_ms, uncounted)])
             return
         async with self.redis.pipeline(transaction=True) as tx:
             tx.zadd(self.queue_name, {job_id: at_ms}, xx=True)

@@ -61,6 +61,10 @@ class Deferred(Exception):
         self.error = error
 
 
+class QuotaDeferred(Deferred):
+    """The job's source is at its quota: back to the queue, the run not counted (MAX_JOB_RUNS)."""
+
+
 @dataclass
 class Step:
     """How trying one model ended: `ok` (answer), `next` (try the next model), `fail` (stop the
@@ -214,7 +218,7 @@ async def call_model(call: Call, model: str) -> Step:
         budget = call.max_wait_s - napped
         # a bulk job books only near the front of the schedule: interactive jobs go first
         reach = min(budget, call.settings.bulk_horizon_s) if call.bulk else budget
-        admission = await limiter.admit(model, tokens, max(reach, 0.0), call.budget_plan(model))
+        admission = await limiter.admit(model, tokens, max(reach, 0.0), call.budget_plan(model), call.source)
         nap = _nap(admission, budget, call)
         if nap:
             # look again soon: tokens given back by calls that just finished, or a probe that
@@ -270,7 +274,13 @@ async def _given_back_if_cancelled(
         limiter = call.resources.limiter
         budget = limiter.budgets.settlement(reservation, model, None)
         refund = limiter.settle(
-            model, booked_tokens=tokens, used_tokens=None, outcome="neutral", pause_s=0, budget=budget
+            model,
+            booked_tokens=tokens,
+            used_tokens=None,
+            outcome="neutral",
+            pause_s=0,
+            budget=budget,
+            source=call.source,
         )
         await asyncio.shield(refund)
         raise
@@ -278,6 +288,13 @@ async def _given_back_if_cancelled(
 
 def _not_admitted(call: Call, model: str, tokens: int, admission: Admission) -> Step:
     """How a model ends that the limiter would not book: a deferral, the next model, or an error."""
+    if admission.status == "quota":
+        # the source is at its SOURCE_LIMITS quota, whatever the model: back to its sub-queue until
+        # its next slot, not in a worker slot (and not counted as a run: QuotaDeferred)
+        raise QuotaDeferred(
+            admission.wait_s,
+            ErrorInfo(type="source_quota", message=f"source {call.source} is at its quota (SOURCE_LIMITS)"),
+        )
     if admission.status == "gate":
         gate = admission.gate or {}
         raise Deferred(
@@ -450,7 +467,13 @@ async def _record(
             [
                 store.record_call_call(call.job_id, attempt, _credits(answer, exc), answer.usage, spend_tags(call)),
                 limiter.settle_call(
-                    model, booked_tokens=tokens, used_tokens=used, outcome=outcome, pause_s=pause, budget=budget
+                    model,
+                    booked_tokens=tokens,
+                    used_tokens=used,
+                    outcome=outcome,
+                    pause_s=pause,
+                    budget=budget,
+                    source=call.source,
                 ),
             ],
         )

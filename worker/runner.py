@@ -214,7 +214,8 @@ class RouterWorker(Worker):
         except Retry as retry:
             self.jobs_retried += 1
             log.debug("job %s: back to the queue for %.2fs", job_id, (retry.defer_score or 0) / 1000)
-            await asyncio.shield(lease.requeue(job_id, timestamp_ms() + (retry.defer_score or 0)))
+            at = timestamp_ms() + (retry.defer_score or 0)
+            await asyncio.shield(lease.requeue(job_id, at, uncounted=getattr(retry, "uncounted", False)))
             return
         except asyncio.CancelledError:  # shutdown past its grace (arq: "cancelled, will be run again")
             self.jobs_retried += 1
