@@ -279,3 +279,34 @@ async def test_admission_sends_a_job_back_when_its_source_is_at_quota_and_gives_
     assert held.tries == 1
     await lease.requeue(job_id, int(time.time() * 1000), uncounted=True)
     assert await producer.redis.get(f"arq:retry:{job_id}") == b"0"
+
+
+# ---------------------------------------------------------------- visible
+
+
+async def test_the_exporter_and_the_sources_verb_show_each_source(producer, fair_settings):
+    import json
+    import os
+    import subprocess
+
+    from harness.processes import llm_router, settings_env
+    from worker.exporter import QueueCollector
+
+    with_limits(producer, {"search": {"concurrency": 3}})
+    await producer.enqueue_many([job("billing", i) for i in range(4)] + [job("search", i) for i in range(2)])
+    await lease_for(producer).claim_fair(1, int(time.time() * 1000))  # billing (3:1) runs one
+    collector = QueueCollector(producer.settings)
+    families = {f.name: f for f in collector.collect()}
+    by = {
+        name: {s.labels["source"]: s.value for s in families[name].samples}
+        for name in ("llm_router_source_waiting", "llm_router_source_running")
+    }
+    assert by["llm_router_source_waiting"] == {"billing": 3, "search": 2}
+    assert by["llm_router_source_running"] == {"billing": 1, "search": 0}
+    assert [s.value for s in families["llm_router_queue_depth"].samples] == [5]  # the sub-queues count
+    env = {**os.environ, **settings_env(producer.settings)}
+    out = subprocess.run([llm_router(), "sources", "--json"], env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    rows = {r["source"]: r for r in json.loads(out.stdout)}
+    assert rows["billing"]["waiting"] == 3 and rows["billing"]["running"] == 1 and rows["billing"]["weight"] == 3
+    assert rows["search"]["quota"] == {"concurrency": 3}
