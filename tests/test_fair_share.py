@@ -310,3 +310,26 @@ async def test_the_exporter_and_the_sources_verb_show_each_source(producer, fair
     rows = {r["source"]: r for r in json.loads(out.stdout)}
     assert rows["billing"]["waiting"] == 3 and rows["billing"]["running"] == 1 and rows["billing"]["weight"] == 3
     assert rows["search"]["quota"] == {"concurrency": 3}
+
+
+async def test_two_worker_processes_share_three_to_one_while_both_sources_wait(producer, fair_settings, sim, workers):
+    """The rotation is the fleet's (in Redis), not each worker's: two processes together start
+    billing's and search's jobs 3:1 while both wait, then search alone gets every slot."""
+    s = fair_settings.model_copy(update={"worker_concurrency": 2, "poll_delay_s": 0.02})
+    sim_admin(sim, "/_sim/config", {"latency_ms": 150})
+    billing = await producer.enqueue_many([job("billing", i) for i in range(30)])
+    search = await producer.enqueue_many([job("search", i) for i in range(30)])
+    workers(s)
+    workers(s)
+
+    async def done() -> bool:
+        return await producer.redis.exists(*[f"llm-router:result:{i}" for i in billing + search]) == 60
+
+    await wait_until_async(done, 90, "every job's result")
+    results = {i: await producer.result(i) for i in billing + search}
+    assert all(r is not None and r.status == "succeeded" for r in results.values())
+    order = sorted(results, key=lambda i: results[i].started_at)
+    first = Counter("billing" if i in billing else "search" for i in order[:24])
+    # 3:1 is 18:6; a slot that frees while a claim is in flight can shift a pick or two
+    assert 16 <= first["billing"] <= 20, first
+    assert all(i in search for i in order[-10:])  # billing ran out first: search alone takes every slot
