@@ -61,8 +61,10 @@ async def test_jobs_wait_in_their_sources_sub_queue_not_the_queue(producer):
 
 async def test_weights_three_to_one_while_both_wait(producer):
     await producer.enqueue_many([job("billing", i) for i in range(40)] + [job("search", i) for i in range(40)])
-    got = Counter(await picks(lease_for(producer), 40))
+    lease = lease_for(producer)
+    got = Counter(await picks(lease, 40))
     assert got == {"billing": 30, "search": 10}
+    assert lease.contended  # several sources wait: their jobs book the rate limit only near its front
 
 
 async def test_a_source_alone_gets_every_slot_and_one_that_joins_late_gets_no_credit(producer):
@@ -70,6 +72,7 @@ async def test_a_source_alone_gets_every_slot_and_one_that_joins_late_gets_no_cr
     await producer.enqueue_many([job("search", i) for i in range(30)])
     claimed = await lease.claim_fair(20, int(time.time() * 1000))
     assert [c.source for c in claimed] == ["search"] * 20  # work-conserving: weight 1 alone takes all
+    assert not lease.contended  # alone: its jobs book the rate limit as they always did
     # billing (weight 3) joins now: from here on 3:1 (give or take the one pick it joins on), not a
     # run of 20 to "catch up" for the ones it was not there for
     await producer.enqueue_many([job("billing", i) for i in range(40)])

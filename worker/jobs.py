@@ -206,6 +206,7 @@ async def _run(
         run=run,
         gemini_native=isinstance(job, RoutedJob) and job.gemini_native,
         bulk=job.bulk,
+        contended=resources.lease is not None and resources.lease.contended,
         events=events,
         cache=job.cache,
         route=routes.route_name(job.model) if isinstance(job, RoutedJob) else None,

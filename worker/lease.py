@@ -222,6 +222,11 @@ class Lease:
             claimed.append(job)
         return claimed
 
+    @property
+    def contended(self) -> bool:
+        """Several sources had jobs waiting at this worker's last fair claim."""
+        return self.fair is not None and self.fair.sources_waiting > 1
+
     def forget(self, job_id: str) -> None:
         """The job's task is over: no longer held here."""
         self.sources.pop(job_id, None)

@@ -89,6 +89,9 @@ class Call:
     run: int = 1
     gemini_native: bool = False
     bulk: bool = False
+    # several sources wait (worker.fair): book only near the front of the rate limit's schedule,
+    # so a source whose job was just picked does not queue behind slots booked by another's
+    contended: bool = False
     cache: bool | None = None  # the job's `cache` (worker.cache)
     attempts: list[Attempt] = field(default_factory=list)
     # worker.budgets: the first budget refusal of this job, and the smallest worst case a budget
@@ -216,8 +219,9 @@ async def call_model(call: Call, model: str) -> Step:
     failures, waited, napped, slot_wait = 0, 0.0, 0.0, 0.0
     while True:
         budget = call.max_wait_s - napped
-        # a bulk job books only near the front of the schedule: interactive jobs go first
-        reach = min(budget, call.settings.bulk_horizon_s) if call.bulk else budget
+        # a bulk job books only near the front of the schedule: interactive jobs go first (and so
+        # does every job while several sources wait: their picks share the schedule by weight)
+        reach = min(budget, call.settings.bulk_horizon_s) if call.bulk or call.contended else budget
         admission = await limiter.admit(model, tokens, max(reach, 0.0), call.budget_plan(model), call.source)
         nap = _nap(admission, budget, call)
         if nap:
@@ -254,7 +258,7 @@ def _nap(admission: Admission, budget_s: float, call: Call) -> float:
         return min(PROBE_RECHECK_S, admission.wait_s, max(budget_s, 0.0))
     if admission.status == "budget_wait":  # worker.budgets: calls in flight will settle
         return min(BUDGET_RECHECK_S * random.uniform(0.5, 1.5), max(budget_s, 0.0))
-    if call.bulk and admission.status == "wait" and admission.wait_s <= budget_s:
+    if (call.bulk or call.contended) and admission.status == "wait" and admission.wait_s <= budget_s:
         # its slot is within the job's wait but beyond the horizon: sleep until it is near
         horizon = call.settings.bulk_horizon_s
         return min(max(admission.wait_s - horizon, TOKEN_RECHECK_S), BULK_RECHECK_S)
