@@ -96,8 +96,8 @@ end
 #       prefixes, most jobs to take off, quota hash prefix, horizon ms, then (source, weight,
 #       concurrency or 0, ms between requests or 0, has a quota 1/0) for the sources the settings
 #       name (others: weight 1, no limit)
-# Answers how many sources had jobs waiting, then six values a job: id, score, what
-# (run/done/missing/error), record, tries, source.
+# Answers seven values a job: id, score, what (run/done/missing/error), record, tries, source, and
+# its score in the sub-queue (a job that gives its slot back returns there, in its place).
 # With a lease of 0 the picked jobs are only moved to the queue, due now ('fed': FairQueue.feed).
 CLAIM = """
 local free, now, lease = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -129,7 +129,7 @@ for i = 1, #listed, 2 do
   end
   table.insert(sources, s)
 end
-local out, score, picked = {#sources}, now + lease, nil
+local out, score, picked = {}, now + lease, nil
 while free > 0 and pops > 0 do
   local best = nil
   for _, s in ipairs(sources) do
@@ -173,7 +173,7 @@ while free > 0 and pops > 0 do
         redis.call('EXPIRE', tp .. id, 88400)
       end
     end
-    for _, v in ipairs({id, score, what, record, tries, best.name}) do table.insert(out, v) end
+    for _, v in ipairs({id, score, what, record, tries, best.name, front[2]}) do table.insert(out, v) end
   end
 end
 for _, s in ipairs(sources) do
@@ -247,9 +247,6 @@ class FairQueue:
         self._claim = redis.register_script(CLAIM)
         self._requeue = redis.register_script(REQUEUE)
         self._depth = redis.register_script(DEPTH)
-        # sources with jobs waiting at the last claim: more than one, and the rate limit is shared
-        # too (worker.routing books only near the front of the schedule, as a bulk job does)
-        self.sources_waiting = 0
         named = set(settings.source_weights) | set(settings.source_limits)
         self._conf: list[Any] = []
         scale = 60_000 / (1 - settings.rate_limit_headroom)  # as worker.limiter spaces requests
@@ -265,15 +262,13 @@ class FairQueue:
         return [self._claim, self._requeue, self._depth]
 
     async def claim(self, free: int, now_ms: int, lease_ms: int) -> list[list[Any]]:
-        """Up to `free` jobs by weight across the sources; six values each (see CLAIM). Sets
-        `sources_waiting`: how many sources had jobs waiting."""
+        """Up to `free` jobs by weight across the sources; seven values each (see CLAIM)."""
         q = self.queue_name
         args: list[Any] = [free, now_ms, lease_ms, JOB_PREFIX, IN_PROGRESS_PREFIX, RESULT_PREFIX, RETRY_PREFIX]
         args += [waiting_key(q, ""), running_key(q, ""), free + max(free, 16), SOURCE_LIMIT_PREFIX]
         args += [int(self.settings.bulk_horizon_s * 1000), *self._conf]
-        waiting, *out = await self._claim(keys=[passes_key(q), clock_key(q), q], args=args)
-        self.sources_waiting = int(waiting)
-        return [out[i : i + 6] for i in range(0, len(out), 6)]
+        out = await self._claim(keys=[passes_key(q), clock_key(q), q], args=args)
+        return [out[i : i + 7] for i in range(0, len(out), 7)]
 
     async def feed(self, ready_max: int, now_ms: int) -> int:
         """For arq's own Worker (`arq worker.WorkerSettings`), which reads only the queue: move
@@ -285,7 +280,7 @@ class FairQueue:
         return sum(what == b"fed" for _, _, what, *_ in await self.claim(ready_max - ready, now_ms, 0))
 
     def requeue_call(
-        self, job_id: str, source: str, at_ms: int, uncounted: bool = False
+        self, job_id: str, source: str, at_ms: int | bytes, uncounted: bool = False
     ) -> tuple[AsyncScript, list[str], list[Any]]:
         q = self.queue_name
         keys = [q, IN_PROGRESS_PREFIX + job_id, waiting_key(q, source), running_key(q, source)]

@@ -35,7 +35,7 @@ from .models import (
 )
 from .policy import chain
 from .resources import Resources
-from .routing import Call, Deferred, QuotaDeferred, try_model, walk_chain
+from .routing import Call, Deferred, QuotaDeferred, SlotGivenBack, try_model, walk_chain
 from .serde import INVALID
 
 log = logging.getLogger("llm_router.jobs")
@@ -206,7 +206,6 @@ async def _run(
         run=run,
         gemini_native=isinstance(job, RoutedJob) and job.gemini_native,
         bulk=job.bulk,
-        contended=resources.lease is not None and resources.lease.contended,
         events=events,
         cache=job.cache,
         route=routes.route_name(job.model) if isinstance(job, RoutedJob) else None,
@@ -218,6 +217,7 @@ async def _run(
         if isinstance(d, QuotaDeferred):  # its source at its quota: this run is given back
             retry = Retry(defer=d.wait_s)
             retry.uncounted = True  # type: ignore[attr-defined]  # read by worker.runner
+            retry.in_place = isinstance(d, SlotGivenBack)  # type: ignore[attr-defined]
             raise retry from None
         if run >= settings.max_job_runs:
             return _finish(

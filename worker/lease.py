@@ -190,6 +190,7 @@ class Claimed:
     record: bytes = b""
     tries: int = 0
     source: str | None = None  # the sub-queue it came from (worker.fair)
+    due: bytes | None = None  # its score there
 
 
 class Lease:
@@ -198,8 +199,10 @@ class Lease:
         self.queue_name = queue_name
         self.lease_ms = int(lease_s * 1000)
         self.fair = fair
-        # job id -> source, of the jobs this worker took from a source's sub-queue and holds
+        # job id -> source, of the jobs this worker took from a source's sub-queue and holds, and
+        # their scores there
         self.sources: dict[str, str] = {}
+        self.dues: dict[str, bytes] = {}
         self._claim = redis.register_script(CLAIM)
         self._promote = redis.register_script(PROMOTE)
         self._release = redis.register_script(RELEASE)
@@ -215,21 +218,18 @@ class Lease:
         if self.fair is None:
             return []
         claimed = []
-        for id_, score, what, record, tries, source in await self.fair.claim(free, now_ms, self.lease_ms):
-            job = Claimed(id_, int(float(score)), what.decode(), record or b"", int(tries), source.decode())
+        for id_, score, what, record, tries, source, due in await self.fair.claim(free, now_ms, self.lease_ms):
+            job = Claimed(id_, int(float(score)), what.decode(), record or b"", int(tries), source.decode(), due)
             if job.what == "run":
                 self.sources[id_.decode(errors="replace")] = source.decode()
+                self.dues[id_.decode(errors="replace")] = due
             claimed.append(job)
         return claimed
-
-    @property
-    def contended(self) -> bool:
-        """Several sources had jobs waiting at this worker's last fair claim."""
-        return self.fair is not None and self.fair.sources_waiting > 1
 
     def forget(self, job_id: str) -> None:
         """The job's task is over: no longer held here."""
         self.sources.pop(job_id, None)
+        self.dues.pop(job_id, None)
 
     async def claim(self, job_ids: list[str], free: int, now_ms: int) -> list[Claimed]:
         """The due jobs among `job_ids` that no other worker holds, with what became of each;
@@ -271,12 +271,14 @@ class Lease:
         """Release a job that ended without releasing itself (arq's finish_job)."""
         await self.drop(job_id)
 
-    async def requeue(self, job_id: str, at_ms: int, uncounted: bool = False) -> None:
+    async def requeue(self, job_id: str, at_ms: int, uncounted: bool = False, in_place: bool = False) -> None:
         """A job that must run again (arq's Retry): due at `at_ms`, its lease given up (back in its
-        source's sub-queue if it came from one; `uncounted`: the run it had is given back, its
-        source was at its quota)."""
+        source's sub-queue if it came from one; `uncounted`: the run it had is given back, it did
+        nothing; `in_place`: at its own place there, not at `at_ms`)."""
         if self.fair is not None and (source := self.sources.get(job_id)) is not None:
-            await run_scripts(self.redis, [self.fair.requeue_call(job_id, source, at_ms, uncounted)])
+            due = self.dues.get(job_id) if in_place else None
+            call = self.fair.requeue_call(job_id, source, due or at_ms, uncounted)
+            await run_scripts(self.redis, [call])
             return
         async with self.redis.pipeline(transaction=True) as tx:
             tx.zadd(self.queue_name, {job_id: at_ms}, xx=True)

@@ -34,3 +34,5 @@ class Resources:
     running: set[str] = field(default_factory=set)
     # the queue's gate as the keeper last read it (None: open); workers pick no jobs while closed
     paused: dict[str, Any] | None = None
+    # jobs waiting for a rate-limit slot (fair share: FAIR_SHARE_SLOT_WAITERS at most)
+    slot_waiters: int = 0

@@ -65,6 +65,11 @@ class QuotaDeferred(Deferred):
     """The job's source is at its quota: back to the queue, the run not counted (MAX_JOB_RUNS)."""
 
 
+class SlotGivenBack(QuotaDeferred):
+    """Fair share: the worker already has FAIR_SHARE_SLOT_WAITERS jobs waiting for a rate-limit
+    slot: this one goes back to its place in its source's sub-queue (not counted as a run)."""
+
+
 @dataclass
 class Step:
     """How trying one model ended: `ok` (answer), `next` (try the next model), `fail` (stop the
@@ -89,9 +94,6 @@ class Call:
     run: int = 1
     gemini_native: bool = False
     bulk: bool = False
-    # several sources wait (worker.fair): book only near the front of the rate limit's schedule,
-    # so a source whose job was just picked does not queue behind slots booked by another's
-    contended: bool = False
     cache: bool | None = None  # the job's `cache` (worker.cache)
     attempts: list[Attempt] = field(default_factory=list)
     # worker.budgets: the first budget refusal of this job, and the smallest worst case a budget
@@ -106,6 +108,27 @@ class Call:
     @property
     def settings(self) -> Settings:
         return self.resources.settings
+
+    @property
+    def near_front(self) -> bool:
+        """Book a rate-limit slot only within BULK_HORIZON_S of now: a bulk job (interactive jobs
+        go first), and every job under fair share (worker.fair), so that the job a source's turn
+        just picked never queues behind slots other sources' jobs booked far ahead."""
+        return self.bulk or self.settings.fair_share
+
+    def gives_slot_back(self) -> bool:
+        """Fair share: a job about to wait for a rate-limit slot while this worker already has
+        FAIR_SHARE_SLOT_WAITERS waiting gives its worker slot back, so jobs wait in their sources'
+        sub-queues (where turns are taken by weight), not in worker slots (where the first to ask
+        after a slot frees gets it). Only before its first call: a re-run would repeat calls."""
+        s = self.settings
+        return (
+            s.fair_share
+            and not self.bulk
+            and not self.attempts
+            and self.kind != "compare"
+            and self.resources.slot_waiters >= s.fair_share_slot_waiters
+        )
 
     def estimate_tokens(self) -> int:
         """Prompt plus completion for the booking: each of the `n` choices may write up to the
@@ -219,15 +242,21 @@ async def call_model(call: Call, model: str) -> Step:
     failures, waited, napped, slot_wait = 0, 0.0, 0.0, 0.0
     while True:
         budget = call.max_wait_s - napped
-        # a bulk job books only near the front of the schedule: interactive jobs go first (and so
-        # does every job while several sources wait: their picks share the schedule by weight)
-        reach = min(budget, call.settings.bulk_horizon_s) if call.bulk or call.contended else budget
+        # a bulk job books only near the front of the schedule: interactive jobs go first
+        reach = min(budget, call.settings.bulk_horizon_s) if call.near_front else budget
         admission = await limiter.admit(model, tokens, max(reach, 0.0), call.budget_plan(model), call.source)
         nap = _nap(admission, budget, call)
+        waits_for_slot = nap > 0 and call.near_front and admission.status in ("wait", "retry")
+        if waits_for_slot and call.gives_slot_back():
+            raise SlotGivenBack(0, ErrorInfo(type="rate_limit", message="gave its worker slot back (fair share)"))
         if nap:
             # look again soon: tokens given back by calls that just finished, or a probe that
             # closed the circuit, let this call start sooner than the admission's wait_s
-            await asyncio.sleep(nap)
+            call.resources.slot_waiters += waits_for_slot
+            try:
+                await asyncio.sleep(nap)
+            finally:
+                call.resources.slot_waiters -= waits_for_slot
             waited, napped, slot_wait = waited + nap, napped + nap, slot_wait + nap
             continue
         if not admission.booked:
@@ -258,7 +287,7 @@ def _nap(admission: Admission, budget_s: float, call: Call) -> float:
         return min(PROBE_RECHECK_S, admission.wait_s, max(budget_s, 0.0))
     if admission.status == "budget_wait":  # worker.budgets: calls in flight will settle
         return min(BUDGET_RECHECK_S * random.uniform(0.5, 1.5), max(budget_s, 0.0))
-    if (call.bulk or call.contended) and admission.status == "wait" and admission.wait_s <= budget_s:
+    if call.near_front and admission.status == "wait" and admission.wait_s <= budget_s:
         # its slot is within the job's wait but beyond the horizon: sleep until it is near
         horizon = call.settings.bulk_horizon_s
         return min(max(admission.wait_s - horizon, TOKEN_RECHECK_S), BULK_RECHECK_S)

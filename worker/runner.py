@@ -126,7 +126,10 @@ class RouterWorker(Worker):
         # ones, a dead worker's, those written straight to the queue), which were all taken fairly
         # once; with FAIR_SHARE off only when the queue had none (jobs queued while it was on)
         if free > 0 and (self._fair_share(resources) or not ids):
-            await self._start(resources, await lease.claim_fair(free, timestamp_ms()))
+            if resources.slot_waiters:  # jobs wait for rate-limit slots: take no more than can wait
+                free = min(free, max(resources.settings.fair_share_slot_waiters - resources.slot_waiters, 0))
+            if free > 0:
+                await self._start(resources, await lease.claim_fair(free, timestamp_ms()))
         free = self.max_jobs - self.job_counter
         if free > 0:
             await self._start(resources, await lease.promote(free, timestamp_ms()))
@@ -215,7 +218,8 @@ class RouterWorker(Worker):
             self.jobs_retried += 1
             log.debug("job %s: back to the queue for %.2fs", job_id, (retry.defer_score or 0) / 1000)
             at = timestamp_ms() + (retry.defer_score or 0)
-            await asyncio.shield(lease.requeue(job_id, at, uncounted=getattr(retry, "uncounted", False)))
+            uncounted, in_place = getattr(retry, "uncounted", False), getattr(retry, "in_place", False)
+            await asyncio.shield(lease.requeue(job_id, at, uncounted=uncounted, in_place=in_place))
             return
         except asyncio.CancelledError:  # shutdown past its grace (arq: "cancelled, will be run again")
             self.jobs_retried += 1

@@ -230,6 +230,13 @@ class Settings(BaseSettings):
     source_weights: dict[SourceName, SourceWeight] = {}
     # SOURCE_LIMITS='{"search": {"rpm": 600, "tpm": 200000, "concurrency": 100}}': per-source quotas
     source_limits: dict[SourceName, SourceLimit] = {}
+    fair_share_slot_waiters: int = Field(
+        2,
+        ge=1,
+        le=1000,
+        description="jobs one worker lets wait for a rate-limit slot under fair share; "
+        "the others wait their turn in their sources' sub-queues",
+    )
     fair_share_max_sources: int = Field(
         100,
         ge=1,
