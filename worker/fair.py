@@ -73,7 +73,9 @@ local function fair_enqueue(passes, clock, seen, src, known, bound, prefix, scor
     if redis.call('SCARD', seen) < tonumber(bound) then redis.call('SADD', seen, src) else src = 'other' end
   end
   redis.call('ZADD', prefix .. src, score, id)
-  redis.call('ZADD', passes, 'NX', tonumber(redis.call('GET', clock) or '0'), src)
+  if not redis.call('ZSCORE', passes, src) then  -- (a flood: one command, not two, per job)
+    redis.call('ZADD', passes, tonumber(redis.call('GET', clock) or '0'), src)
+  end
   return src
 end
 """
@@ -137,15 +139,15 @@ while free > 0 and pops > 0 do
   end
   if best == nil then break end
   local waiting = wp .. best.name
-  local front = redis.call('ZRANGE', waiting, 0, 0, 'WITHSCORES')
+  local front = redis.call('ZPOPMIN', waiting)
   if #front == 0 then
     best.out, best.empty = true, true
   elseif tonumber(front[2]) > now then
+    redis.call('ZADD', waiting, front[2], front[1])  -- not due yet (deferred): back, untouched
     best.out = true
   else
     pops = pops - 1
     local id, what, record, tries = front[1], 'run', '', 0
-    redis.call('ZREM', waiting, id)
     best.touched, picked = true, best.pass
     if redis.call('EXISTS', rp .. id) == 1 then
       what = 'done'
@@ -164,7 +166,7 @@ while free > 0 and pops > 0 do
       redis.call('ZADD', KEYS[3], score, id)
       redis.call('PSETEX', ip .. id, lease, '1')
       redis.call('ZADD', runp .. best.name, score, id)
-      redis.call('PEXPIRE', runp .. best.name, lease)
+      best.ran = true
       record = redis.call('GET', jp .. id)
       tries = redis.pcall('INCR', tp .. id)
       if type(tries) == 'table' then
@@ -177,6 +179,7 @@ while free > 0 and pops > 0 do
   end
 end
 for _, s in ipairs(sources) do
+  if s.ran then redis.call('PEXPIRE', runp .. s.name, lease) end
   if s.empty or (s.touched and redis.call('EXISTS', wp .. s.name) == 0) then
     redis.call('ZREM', KEYS[1], s.name)
   elseif s.touched or s.moved then

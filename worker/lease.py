@@ -161,16 +161,17 @@ return 1
 # (worker.fair) stays listed as its source's running for as long.
 # KEYS: queue; ARGV: lease ms, now ms, in-progress prefix, running prefix, then job id, source ('': none) pairs
 RENEW = """
-local lease, score = tonumber(ARGV[1]), tonumber(ARGV[2]) + tonumber(ARGV[1])
+local lease, score, sources = tonumber(ARGV[1]), tonumber(ARGV[2]) + tonumber(ARGV[1]), {}
 for i = 5, #ARGV, 2 do
   if redis.call('PEXPIRE', ARGV[3] .. ARGV[i], lease) == 1 then
     redis.call('ZADD', KEYS[1], 'XX', 'GT', score, ARGV[i])
     if ARGV[i + 1] ~= '' then
       redis.call('ZADD', ARGV[4] .. ARGV[i + 1], 'XX', 'GT', score, ARGV[i])
-      redis.call('PEXPIRE', ARGV[4] .. ARGV[i + 1], lease)
+      sources[ARGV[i + 1]] = true
     end
   end
 end
+for source in pairs(sources) do redis.call('PEXPIRE', ARGV[4] .. source, lease) end
 return 0
 """
 
