@@ -120,10 +120,14 @@ class Call:
         """Fair share: a job about to wait for a rate-limit slot while this worker already has
         FAIR_SHARE_SLOT_WAITERS waiting gives its worker slot back, so jobs wait in their sources'
         sub-queues (where turns are taken by weight), not in worker slots (where the first to ask
-        after a slot frees gets it). Only before its first call: a re-run would repeat calls."""
-        s = self.settings
+        after a slot frees gets it). Only before its first call: a re-run would repeat calls; and
+        only a job that came from a sub-queue (one from the queue itself would be due there again
+        at once)."""
+        s, lease = self.settings, self.resources.lease
         return (
             s.fair_share
+            and lease is not None
+            and self.job_id in lease.sources
             and not self.bulk
             and not self.attempts
             and self.kind != "compare"
