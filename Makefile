@@ -3,9 +3,9 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test chaos lint format bench redis-server prometheus alertmanager docker-compose node clean
+.PHONY: demo test test-fast chaos lint format bench redis-server prometheus alertmanager docker-compose node clean
 
-$(BIN)/llm-router: pyproject.toml
+$(BIN)/llm-router: pyproject.toml setup.py
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test]'
@@ -62,9 +62,14 @@ format: $(BIN)/llm-router
 test: lint redis-server prometheus alertmanager docker-compose node
 	$(BIN)/pytest -q
 
+# The fast part: unit tests and the in-process Redis ones (tests/unit, tests/integration; no
+# process fleets, no CLI runs, no deploy checks), about a minute. `make test` runs everything.
+test-fast: $(BIN)/llm-router redis-server
+	$(BIN)/pytest -q tests/unit tests/integration
+
 # Redis failover under load: master + replica + 3 sentinels, several workers (slow; prints its figures).
 chaos: $(BIN)/llm-router redis-server
-	$(BIN)/pytest -q -s -m failover tests/test_failover.py
+	$(BIN)/pytest -q -s -m failover tests/e2e/test_failover.py
 
 bench: $(BIN)/llm-router redis-server
 	$(BIN)/python -m bench.dispatch
