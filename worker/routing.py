@@ -284,7 +284,10 @@ async def call_model(call: Call, model: str) -> Step:
         reach = min(budget, call.settings.bulk_horizon_s) if call.near_front else budget
         admission = await limiter.admit(model, tokens, max(reach, 0.0), call.budget_plan(model), call.source)
         nap = _nap(admission, budget, call)
-        waits_for_slot = nap > 0 and call.near_front and admission.status in ("wait", "retry")
+        # an interactive job under fair share about to wait for a rate-limit slot (FAIR_SHARE_SLOT_WAITERS)
+        waits_for_slot = (
+            nap > 0 and call.settings.fair_share and not call.bulk and admission.status in ("wait", "retry")
+        )
         if waits_for_slot and call.gives_slot_back():
             raise SlotGivenBack(0, ErrorInfo(type="rate_limit", message="gave its worker slot back (fair share)"))
         if nap:

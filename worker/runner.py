@@ -126,10 +126,14 @@ class RouterWorker(Worker):
         # ones, a dead worker's, those written straight to the queue), which were all taken fairly
         # once; with FAIR_SHARE off only when the queue had none (jobs queued while it was on)
         if free > 0 and (self._fair_share(resources) or not ids):
-            if resources.slot_waiters:  # jobs wait for rate-limit slots: take no more than can wait
-                free = min(free, max(resources.settings.fair_share_slot_waiters - resources.slot_waiters, 0))
-            if free > 0:
-                await self._start(resources, await lease.claim_fair(free, timestamp_ms()))
+            room = resources.settings.fair_share_slot_waiters - resources.slot_waiters
+            if resources.slot_waiters and room <= 0:
+                # interactive jobs wait for rate-limit slots: the rest wait their turn in their
+                # sub-queues, and bulk jobs behind them (a bulk job would only wait for a slot too)
+                return
+            if resources.slot_waiters:  # take no more than can wait
+                free = min(free, room)
+            await self._start(resources, await lease.claim_fair(free, timestamp_ms()))
         free = self.max_jobs - self.job_counter
         if free > 0:
             await self._start(resources, await lease.promote(free, timestamp_ms()))
