@@ -22,6 +22,7 @@ import argparse
 import asyncio
 import os
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Iterable
@@ -140,6 +141,9 @@ async def contention(fleet: Fleet, settings: Settings, sim_url: str, flood: int,
     slot = [r.attempts[0].waited_s for r in firsts]
     finished = [r.finished_at.timestamp() if r.finished_at else 0.0 for r in done.values()]
     start, end = min(enq), max(finished)
+    if os.environ.get("FAIRSHARE_DUMP"):  # each B job: seconds after the first, enqueue-to-call, runs
+        for e, t, r in sorted(zip(enq, to_call, firsts, strict=True)):
+            print(f"  B {e - start:7.2f}s  {t:6.3f}s  runs {r.runs}", file=sys.stderr)
     a_rate = sum(f >= start for f in finished) / (end - start) * 60
     return (
         f"B enqueue-to-call p50 {pct(to_call, 50):6.3f}s p99 {pct(to_call, 99):6.3f}s max {max(to_call):6.3f}s"

@@ -61,6 +61,43 @@ class Deferred(Exception):
         self.error = error
 
 
+class SlotTurn:
+    """Fair share: the interactive jobs of one worker that wait for a rate-limit slot take turns,
+    first come first served: only the one whose turn it is asks the limiter again (the others
+    wait here, not in Redis), so across the fleet a few jobs, the oldest of each worker, race for
+    the next slot, not every job waiting. Counted in `Resources.slot_waiters` while waiting."""
+
+    def __init__(self, call: Call) -> None:
+        self.call, self.held, self.counted = call, False, False
+
+    def wanted(self, admission: Admission) -> bool:
+        """A wait this turn is for: an interactive job's, under fair share, for a slot (or tokens)."""
+        s = self.call.settings
+        return s.fair_share and not self.call.bulk and admission.status in ("wait", "retry")
+
+    async def take(self) -> None:
+        resources = self.call.resources
+        resources.slot_waiters += 1
+        self.counted = True
+        await resources.slot_turn.acquire()
+        self.held = True
+
+    def release(self) -> None:
+        resources = self.call.resources
+        if self.held:
+            resources.slot_turn.release()
+            self.held = False
+        if self.counted:
+            resources.slot_waiters -= 1
+            self.counted = False
+
+    async def __aenter__(self) -> SlotTurn:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.release()
+
+
 class QuotaDeferred(Deferred):
     """The job's source is at its quota: back to the queue, the run not counted (MAX_JOB_RUNS)."""
 
@@ -272,11 +309,16 @@ async def try_model(call: Call, model: str) -> Step:
 
 async def call_model(call: Call, model: str) -> Step:
     """Call one model until it answers or the policy says stop/move on."""
-    limiter = call.resources.limiter
     refused = await call.no_room(model)
     if refused is not None:  # what a gateway would refuse is not sent: the larger-context model, or fail
         return Step("larger", refused)
     tokens = call.estimate_tokens()
+    async with SlotTurn(call) as turn:
+        return await _call_model(call, model, tokens, turn)
+
+
+async def _call_model(call: Call, model: str, tokens: int, turn: SlotTurn) -> Step:
+    limiter = call.resources.limiter
     failures, waited, napped, slot_wait = 0, 0.0, 0.0, 0.0
     while True:
         budget = call.max_wait_s - napped
@@ -284,22 +326,23 @@ async def call_model(call: Call, model: str) -> Step:
         reach = min(budget, call.settings.bulk_horizon_s) if call.near_front else budget
         admission = await limiter.admit(model, tokens, max(reach, 0.0), call.budget_plan(model), call.source)
         nap = _nap(admission, budget, call)
-        # an interactive job under fair share about to wait for a rate-limit slot (FAIR_SHARE_SLOT_WAITERS)
-        waits_for_slot = (
-            nap > 0 and call.settings.fair_share and not call.bulk and admission.status in ("wait", "retry")
-        )
-        if waits_for_slot and call.gives_slot_back():
-            raise SlotGivenBack(0, ErrorInfo(type="rate_limit", message="gave its worker slot back (fair share)"))
+        if nap and turn.wanted(admission) and not turn.held:
+            # fair share: wait for a rate-limit slot in this worker's turn (FIFO), or give the
+            # worker slot back when FAIR_SHARE_SLOT_WAITERS already wait
+            if call.gives_slot_back():
+                raise SlotGivenBack(0, ErrorInfo(type="rate_limit", message="gave its worker slot back (fair share)"))
+            started = time.monotonic()
+            await turn.take()
+            waited_turn = time.monotonic() - started
+            waited, napped, slot_wait = waited + waited_turn, napped + waited_turn, slot_wait + waited_turn
+            continue  # its turn: ask again at once
         if nap:
             # look again soon: tokens given back by calls that just finished, or a probe that
             # closed the circuit, let this call start sooner than the admission's wait_s
-            call.resources.slot_waiters += waits_for_slot
-            try:
-                await asyncio.sleep(nap)
-            finally:
-                call.resources.slot_waiters -= waits_for_slot
+            await asyncio.sleep(nap)
             waited, napped, slot_wait = waited + nap, napped + nap, slot_wait + nap
             continue
+        turn.release()  # booked (or not admitted): the next waiter's turn
         if not admission.booked:
             return _not_admitted(call, model, tokens, admission)
         async with _given_back_if_cancelled(call, model, tokens, admission.reservation, sent=False):
