@@ -83,6 +83,7 @@ bench: $(BIN)/llm-router redis-server
 	$(BIN)/python -m bench.budgets
 	$(BIN)/python -m bench.ingress
 	$(BIN)/python -m bench.slow_clients
+	$(BIN)/python -m bench.fairshare
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -58,6 +58,7 @@ PLACE = {
     "test_chaos.py": "e2e",
     "test_cli_e2e.py": "e2e",
     "test_failover.py": "e2e",
+    "test_fair_share.py": "e2e",
     "test_fleet.py": "e2e",
     "test_fuzz.py": "e2e",
     "test_hostile_input.py": "e2e",

@@ -9,7 +9,7 @@ job and result models of the contract (worker.models), and batches (`producer.ba
 from worker.batches import Batch, BatchError
 from worker.models import ChatJob, CompareJob, JobResult, ModelAnswer, VisionJob
 
-from .api import JobConflict, JobRejected, Producer, ResultTimeout
+from .api import JobConflict, JobRejected, Producer, ResultTimeout, SourceOverQuota
 from .batches import Batches, BatchRejected, prompt_lines
 
 __all__ = [
@@ -25,6 +25,7 @@ __all__ = [
     "ModelAnswer",
     "Producer",
     "ResultTimeout",
+    "SourceOverQuota",
     "VisionJob",
     "prompt_lines",
 ]

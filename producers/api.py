@@ -23,7 +23,7 @@ from arq.jobs import SerializationError
 from pydantic import ValidationError
 from redis.asyncio import Redis
 
-from worker import bounds, outbox, serde, webhooks
+from worker import bounds, fair, outbox, serde, webhooks
 from worker.connections import async_redis
 from worker.dlq import DeadLetters
 from worker.keys import JOB_EXPIRES_EXTRA_MS, arq_result_key, bulk_key, digest_key, job_key, result_key
@@ -39,7 +39,7 @@ from worker.models import (
     describe_validation_error,
 )
 from worker.outbox import Delivery
-from worker.settings import load_settings
+from worker.settings import Settings, load_settings
 from worker.store import ResultStore
 
 from .images import ImageError, resolve_image
@@ -53,10 +53,16 @@ J = TypeVar("J", bound=JobBase)
 # round trips. arq keeps no result of ours (keep_result=0), so the id must also be absent
 # from our result keys for a repeated id to be a no-op: one atomic script, one round trip.
 # A caller's own id also keeps the digest of its job: the same id with another job is a
-# conflict (-1), not a silent no-op.
-# KEYS: job record, arq result, our result, queue, digest
+# conflict (-1), not a silent no-op. With fair share (FAIR_SHARE, worker.fair) an interactive
+# job waits in its source's sub-queue instead of the queue.
+# A source with an rpm quota (SOURCE_LIMITS) that has more jobs waiting than the quota clears in a
+# minute is "far over" it: the job is refused, nothing written, answering -2 - (jobs waiting).
+# KEYS: job record, arq result, our result, queue, digest[, fair share: passes, clock, seen]
 # ARGV: record, record TTL ms, score, job id, digest ('' for a generated id), digest TTL s
-_ENQUEUE = """
+#       [, fair share: source, known ('1'/'0'), sources bound, sub-queue prefix, rpm quota or 0]
+_ENQUEUE = (
+    fair.ENQUEUE_FUNCTION
+    + """
 if redis.call('EXISTS', KEYS[1], KEYS[2], KEYS[3]) > 0 then
   if ARGV[5] ~= '' then
     local known = redis.call('GET', KEYS[5])
@@ -64,11 +70,20 @@ if redis.call('EXISTS', KEYS[1], KEYS[2], KEYS[3]) > 0 then
   end
   return 0
 end
+if ARGV[11] and tonumber(ARGV[11]) > 0 then
+  local waiting = redis.call('ZCARD', ARGV[10] .. ARGV[7])
+  if waiting >= tonumber(ARGV[11]) then return -2 - waiting end
+end
 redis.call('PSETEX', KEYS[1], ARGV[2], ARGV[1])
-redis.call('ZADD', KEYS[4], ARGV[3], ARGV[4])
+if ARGV[7] then
+  fair_enqueue(KEYS[6], KEYS[7], KEYS[8], ARGV[7], ARGV[8], ARGV[9], ARGV[10], ARGV[3], ARGV[4])
+else
+  redis.call('ZADD', KEYS[4], ARGV[3], ARGV[4])
+end
 if ARGV[5] ~= '' then redis.call('SET', KEYS[5], ARGV[5], 'EX', ARGV[6]) end
 return 1
 """
+)
 # A digest outlives the result it guards by a day.
 DIGEST_EXTRA_S = 24 * 3600
 # A bulk job's record waits in Redis for a week at most (a batch's window is at most that).
@@ -87,6 +102,16 @@ class JobRejected(ValueError):
 class JobConflict(JobRejected):
     """A job id already names a different job (queued, running or done): nothing was enqueued
     under it. Resend the same job to get its result, or pick a new id."""
+
+
+class SourceOverQuota(JobRejected):
+    """The job's source is far over its quota (SOURCE_LIMITS rpm): more of its jobs wait than the
+    quota clears in a minute. Nothing was enqueued; `retry_after` is the seconds until it would
+    be accepted again (at the quota's pace)."""
+
+    def __init__(self, field: str, message: str, retry_after: int) -> None:
+        super().__init__(field, message)
+        self.retry_after = retry_after
 
 
 class ResultTimeout(TimeoutError):
@@ -132,6 +157,7 @@ class Producer:
         self._enqueue = self.redis.register_script(_ENQUEUE)
         self._last_score = 0.0  # the queue score of this producer's last job (`_due`)
         self.dead_letters = DeadLetters(self.redis, self.queue_name)
+        self._known: tuple[Settings, frozenset[str]] | None = None  # (settings, its named sources)
 
     async def __aenter__(self) -> Producer:
         return self
@@ -220,7 +246,19 @@ class Producer:
                 else (self.queue_name, self._due(now_ms), JOB_EXPIRES_EXTRA_MS)
             )
             keys = [job_key(job_id), arq_result_key(job_id), result_key(job_id), queue, digest_key(job_id)]
-            calls.append((keys, [data, ttl_ms, score, job_id, digest, self.store.ttl_s + DIGEST_EXTRA_S]))
+            args: list[bytes | str | int | float] = [
+                data,
+                ttl_ms,
+                score,
+                job_id,
+                digest,
+                self.store.ttl_s + DIGEST_EXTRA_S,
+            ]
+            if self.settings.fair_share and not job.bulk:
+                keys += [fair.passes_key(queue), fair.clock_key(queue), fair.seen_key(queue)]
+                name = job.source or self.source or fair.DEFAULT_SOURCE
+                args += [*self._fair_source(name), fair.waiting_key(queue, ""), self._rpm_quota(name)]
+            calls.append((keys, args))
         if len(calls) == 1:  # one round trip: a script in a pipeline costs a SCRIPT EXISTS first
             created = [await self._enqueue_one(*calls[0])]
         else:
@@ -228,6 +266,9 @@ class Producer:
                 for keys, args in calls:
                     await self._enqueue(keys=keys, args=args, client=pipe)
                 created = await pipe.execute()
+        over = [(job, -int(c) - 2) for (job, _), c in zip(pairs, created, strict=True) if int(c) <= -2]
+        if over:
+            raise self._over_quota(*over[0])
         conflicts = [job_id for (job_id, _, _), c in zip(records, created, strict=True) if c == -1]
         if conflicts:
             raise JobConflict(
@@ -236,6 +277,28 @@ class Producer:
                 "or send the same job again to get its result",
             )
         return [(job_id, c == 1) for (job_id, _, _), c in zip(records, created, strict=True)]
+
+    def _over_quota(self, job: JobBase, waiting: int) -> SourceOverQuota:
+        """The refusal of a job whose source is far over its rpm quota: `waiting` jobs wait."""
+        source = job.source or self.source or fair.DEFAULT_SOURCE
+        rpm = self._rpm_quota(source)
+        retry_after = max(1, math.ceil((waiting - rpm + 1) * 60 / rpm))  # until a minute's worth waits
+        return SourceOverQuota(
+            "source",
+            f"{source} has {waiting} jobs waiting, more than its quota of {rpm:g} a minute (SOURCE_LIMITS) clears"
+            f" in a minute: retry in {retry_after} s",
+            retry_after,
+        )
+
+    def _rpm_quota(self, source: str) -> float:
+        limit = self.settings.source_limits.get(source)
+        return (limit.rpm or 0) if limit else 0
+
+    def _fair_source(self, name: str) -> list[str | int]:
+        """The enqueue script's fair-share arguments: the source, whether the settings name it, the bound."""
+        if self._known is None or self._known[0] is not self.settings:  # the settings may be replaced
+            self._known = (self.settings, fair.known_sources(self.settings))
+        return [name, "1" if name in self._known[1] else "0", self.settings.fair_share_max_sources]
 
     def _due(self, now_ms: int) -> float:
         """A new job's queue score: its due time (now, in ms), and after this producer's previous
@@ -308,11 +371,17 @@ class Producer:
         return Batches(self)
 
     async def queued(self) -> int:
-        """Jobs in the queue (waiting, deferred or running) and in its bulk lane."""
+        """Jobs in the queue (waiting, deferred or running), in the sources' sub-queues (fair
+        share) and in its bulk lane."""
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.zcard(self.queue_name)
             pipe.zcard(bulk_key(self.queue_name))
-            return sum(await pipe.execute())
+            pipe.zcard(fair.passes_key(self.queue_name))
+            queue, bulk, sources = await pipe.execute()
+        waiting = 0
+        if sources:  # jobs wait in sub-queues (sent before FAIR_SHARE was turned off, too)
+            waiting = sum(d.waiting for d in await fair.FairQueue(self.redis, self.settings, self.queue_name).depths(0))
+        return int(queue) + int(bulk) + waiting
 
     async def workers(self) -> int:
         """Workers consuming this queue now (by their heartbeat)."""

@@ -50,7 +50,7 @@ from worker.models import JobBase
 from worker.settings import ConfigError, Settings, exit_on_config_error, load_settings
 from worker.store import ResultStore
 
-from .api import JobConflict, JobRejected, Producer
+from .api import JobConflict, JobRejected, Producer, SourceOverQuota
 from .coalesce import ScriptBatches
 from .files import Files
 from .streams import JobStreams
@@ -358,6 +358,10 @@ def error_response(exc: Exception) -> Response:
     """The answer to an error the routes raise (ANSWERED), in OpenAI's shape."""
     if isinstance(exc, JobConflict):
         return ApiError(409, exc.message, param="Idempotency-Key", code="idempotency_conflict").response()
+    if isinstance(exc, SourceOverQuota):  # far over its SOURCE_LIMITS quota (README "Fair share")
+        return ApiError(
+            429, exc.message, type="rate_limit_error", code="source_quota", retry_after=exc.retry_after
+        ).response()
     if isinstance(exc, JobRejected):
         return ApiError(422, exc.message, param=exc.field, code="invalid_value").response()
     if isinstance(exc, RequestValidationError):

@@ -268,7 +268,9 @@ def splice_settle(settle: str, keys: int, args: int) -> str:
     if "--@budget:settle" not in settle:
         raise ValueError("the settle script lacks --@budget:settle")
     call = (
-        f"if #KEYS > {keys} then budget_settle(KEYS[{keys + 1}], KEYS[{keys + 2}], KEYS[{keys + 3}], "
+        # (a source's quota alone, worker.limiter, adds one key and '@source' after the script's own)
+        f"if #KEYS > {keys} and ARGV[{args + 1}] ~= '@source' then "
+        f"budget_settle(KEYS[{keys + 1}], KEYS[{keys + 2}], KEYS[{keys + 3}], "
         f"{{unpack(ARGV, {args + 1}, {args + SETTLE_ARGS})}}) end\n"
     )
     return settle.replace("--@budget:settle", SETTLE_FUNCTION + call)

@@ -276,3 +276,53 @@ def fleet(as_json: bool) -> None:
         return 1 if len(report) > 1 else 0
 
     run(main())
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True)
+def sources(as_json: bool) -> None:
+    """Fair share, per source: jobs waiting in its sub-queue, running, how long its front job has
+    waited, its weight and quota (the sources with jobs waiting, and those the settings name)."""
+    import time
+
+    from .connections import async_redis
+    from .fair import FairQueue, weight
+
+    async def main() -> int:
+        settings = load_settings()
+        redis = async_redis(settings.redis_url)
+        now = time.time()
+        try:
+            named = sorted(set(settings.source_weights) | set(settings.source_limits))
+            depths = await FairQueue(redis, settings, settings.queue_name).depths(int(now * 1000), named)
+        finally:
+            await redis.aclose()
+        report: list[dict[str, Any]] = []
+        for d in depths:
+            limit = settings.source_limits.get(d.source)
+            report.append(
+                {
+                    "source": d.source,
+                    "waiting": d.waiting,
+                    "running": d.running,
+                    "oldest_wait_s": round(max(now - d.front_ms / 1000, 0.0), 3) if d.front_ms is not None else 0.0,
+                    "weight": weight(settings, d.source),
+                    "quota": limit.model_dump(exclude_none=True) if limit else {},
+                }
+            )
+        if as_json:
+            click.echo(json.dumps(report, indent=2))
+            return 0
+        if not settings.fair_share:
+            click.echo("FAIR_SHARE is off: jobs wait in one queue (what is below was queued while it was on)")
+        for r in report:
+            quota = " ".join(f"{k}={v:g}" for k, v in r["quota"].items())
+            click.echo(
+                f"{r['source']:<24} waiting {r['waiting']:>7}  running {r['running']:>5}  "
+                f"oldest {r['oldest_wait_s']:>8.1f}s  weight {r['weight']:g}{'  quota ' + quota if quota else ''}"
+            )
+        if not report:
+            click.echo("no source has jobs waiting")
+        return 0
+
+    run(main())

@@ -22,7 +22,7 @@ from prometheus_client.registry import REGISTRY, Collector
 from redis import Redis
 from redis.exceptions import RedisError
 
-from . import budgets
+from . import budgets, fair
 from .batches import STATUSES
 from .connections import sync_redis
 from .keys import (
@@ -84,6 +84,9 @@ class QueueCollector(Collector):
         self.labels = Labels(settings)
         self.schedules = load_schedules(settings, check_files=False)
         self._interactive = self.redis.register_script(INTERACTIVE)
+        self._fair_depth = self.redis.register_script(fair.DEPTH)
+        # the sources reported even with nothing waiting or running (the ones the settings name)
+        self._sources = sorted(set(settings.source_weights) | set(settings.source_limits))
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         up = GaugeMetricFamily("llm_router_exporter_redis_up", "1 if the exporter could read Redis")
@@ -125,6 +128,14 @@ class QueueCollector(Collector):
         statuses = read[: len(batch_ids)]
         digests = {d for d in (read[-1] if live else []) if d is not None}
         batch_lines, oldest_interactive = self._batch_lines(queue, int(now * 1000), ready)
+        by_source = self._by_source(queue, now)
+        # jobs waiting in the sources' sub-queues (worker.fair) are ready interactive jobs too
+        fair_waiting = sum(d.waiting for d in by_source)
+        fronts = [d.front_ms for d in by_source if d.front_ms is not None and d.front_ms <= now * 1000]
+        if fronts:
+            oldest = [(b"", min([oldest[0][1], *fronts] if oldest else fronts))]
+            oldest_interactive = min([f for f in [oldest_interactive, *fronts] if f >= 0])
+        ready, total = ready + fair_waiting, total + fair_waiting
 
         if credits.get(b"remaining") is not None:
             yield _gauge(
@@ -162,6 +173,7 @@ class QueueCollector(Collector):
             len(digests),
         )
         yield _gauge("llm_router_bulk_depth", "Bulk jobs (batch lines) waiting in the bulk lane", bulk)
+        yield from self._source_families(by_source, now)
         yield self._by("llm_router_spend_today_usd", "USD spent this UTC day (from Redis)", "model", [today])
         yield self._by(
             "llm_router_spend_today_by_source_usd", "USD spent this UTC day by source (from Redis)", "source", [sources]
@@ -185,6 +197,36 @@ class QueueCollector(Collector):
         if self.schedules:
             yield from self._schedules(now)
         yield from budgets.families(self.redis, self.settings, now)
+
+    def _by_source(self, queue: str, now: float) -> list[fair.SourceDepth]:
+        """What waits and runs, by source (worker.fair): the sources with jobs waiting and the named ones."""
+        out = self._fair_depth(
+            keys=[fair.passes_key(queue)],
+            args=[int(now * 1000), fair.waiting_key(queue, ""), fair.running_key(queue, ""), *self._sources],
+        )
+        return fair.parse_depths(out)
+
+    def _source_families(self, by_source: list[fair.SourceDepth], now: float) -> Iterator[GaugeMetricFamily]:
+        """Per-source gauges; the label values are the bounded sources (worker.fair)."""
+        waiting = GaugeMetricFamily(
+            "llm_router_source_waiting", "Jobs waiting in the source's sub-queue (fair share)", labels=["source"]
+        )
+        running = GaugeMetricFamily(
+            "llm_router_source_running", "Jobs of the source running now (fair share)", labels=["source"]
+        )
+        age = GaugeMetricFamily(
+            "llm_router_source_oldest_wait_seconds",
+            "How long the front job of the source's sub-queue has waited (0: none waits)",
+            labels=["source"],
+        )
+        for d in by_source:
+            waiting.add_metric([d.source], d.waiting)
+            running.add_metric([d.source], d.running)
+            front = d.front_ms / 1000 if d.front_ms is not None else now
+            age.add_metric([d.source], max(now - front, 0.0))
+        yield waiting
+        yield running
+        yield age
 
     def _batch_lines(self, queue: str, now_ms: int, ready: int) -> tuple[int, float]:
         """Batch lines among the `ready` jobs (the oldest MAX_READY_SCANNED), and the score of

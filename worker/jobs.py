@@ -35,7 +35,7 @@ from .models import (
 )
 from .policy import chain
 from .resources import Resources
-from .routing import Call, Deferred, try_model, walk_chain
+from .routing import Call, Deferred, QuotaDeferred, SlotGivenBack, try_model, walk_chain
 from .serde import INVALID
 
 log = logging.getLogger("llm_router.jobs")
@@ -214,6 +214,11 @@ async def _run(
         async with asyncio.timeout(settings.job_timeout_s):
             result = await _answer(call, job, base)
     except Deferred as d:
+        if isinstance(d, QuotaDeferred):  # its source at its quota: this run is given back
+            retry = Retry(defer=d.wait_s)
+            retry.uncounted = True  # type: ignore[attr-defined]  # read by worker.runner
+            retry.in_place = isinstance(d, SlotGivenBack)  # type: ignore[attr-defined]
+            raise retry from None
         if run >= settings.max_job_runs:
             return _finish(
                 JobResult(

@@ -21,10 +21,13 @@ results): the README's key table is checked against this module by a test.
     llm-router:gate:probe               which worker probes a paused queue this interval
     llm-router:model:<model>            hash: shared limiter and circuit state; see worker.limiter
     llm-router:model:_global            hash: the optional global limit
+    llm-router:source-limit:<source>    hash: a source's quota (SOURCE_LIMITS) in the shared limiter
     llm-router:workers:<queue>          sorted set worker id -> last heartbeat (UNIX time)
     llm-router:digest:<job_id>          what the job a caller's own id names is (a conflict check)
     llm-router:quarantine               list: queue entries with no readable id (worker.quarantine)
     llm-router:bulk:<queue>             sorted set: bulk jobs waiting for a free slot (worker.lease)
+    llm-router:fair:<queue>:...         fair share between sources (worker.fair): per-source sub-queues,
+                                        the claim's virtual times, running jobs, the sources seen
     llm-router:batch:<batch_id>         hash: a batch's record (worker.batches): status, counters, cost
     llm-router:batch:lines:<batch_id>   list: [line, custom_id] of each enqueued line, in input order
     llm-router:batch:done:<batch_id>    hash line -> outcome: each line counted once
@@ -98,11 +101,13 @@ GATE = PREFIX + "gate"
 PROBE_LOCK = PREFIX + "gate:probe"
 MODEL_PREFIX = PREFIX + "model:"
 GLOBAL_LIMIT = MODEL_PREFIX + "_global"
+SOURCE_LIMIT_PREFIX = PREFIX + "source-limit:"
 WORKERS_PREFIX = PREFIX + "workers:"
 DIGEST_PREFIX = PREFIX + "digest:"
 CONFIG_PREFIX = PREFIX + "config:"
 WORKER_CONFIG_PREFIX = CONFIG_PREFIX + "worker:"
 BULK_PREFIX = PREFIX + "bulk:"
+FAIR_PREFIX = PREFIX + "fair:"
 QUARANTINE = PREFIX + "quarantine"
 BATCH_PREFIX = PREFIX + "batch:"
 BATCH_LINES_PREFIX = PREFIX + "batch:lines:"
@@ -190,8 +195,17 @@ def model_key(model: str) -> str:
     return MODEL_PREFIX + model
 
 
+def source_limit_key(source: str) -> str:
+    return SOURCE_LIMIT_PREFIX + source
+
+
 def bulk_key(queue_name: str) -> str:
     return BULK_PREFIX + queue_name
+
+
+def fair_key(queue_name: str, *parts: str) -> str:
+    """A key of the fair share (worker.fair): `llm-router:fair:<queue>:<part>:...`."""
+    return ":".join([FAIR_PREFIX + queue_name, *parts])
 
 
 def digest_key(job_id: str) -> str:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
+from .fair import FairQueue, running_key
 from .keys import (
     IN_PROGRESS_PREFIX,
     JOB_PREFIX,
@@ -143,26 +144,34 @@ return out
 # The end of a job whose result is stored: off the queue, its record, run count and lease gone
 # (arq's finish_job), sent in the same round trip as the result. Nothing happens unless the
 # result is there: a result that was not stored never takes its job off the queue.
-# KEYS: result, queue, job record, in-progress, retry; ARGV: job id
+# A job its source's sub-queue gave (worker.fair) also stops counting as its source's running.
+# KEYS: result, queue, job record, in-progress, retry[, the source's running jobs]; ARGV: job id
 RELEASE = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('DEL', KEYS[3], KEYS[4], KEYS[5])
+if KEYS[6] then redis.call('ZREM', KEYS[6], ARGV[1]) end
 return 1
 """
 
 # The keeper's renewal of every lease this worker holds, in one call: each in-progress mark
 # gets LEASE_S more, and its queue entry is scored at the new lease's end (never earlier), so
 # a job running longer than a lease stays out of every poll's read. A job that has ended (no
-# mark) is left alone: its queue entry, if any, is its end's.
-# KEYS: queue; ARGV: lease ms, now ms, in-progress prefix, job ids
+# mark) is left alone: its queue entry, if any, is its end's. A job a source's sub-queue gave
+# (worker.fair) stays listed as its source's running for as long.
+# KEYS: queue; ARGV: lease ms, now ms, in-progress prefix, running prefix, then job id, source ('': none) pairs
 RENEW = """
-local lease, score = tonumber(ARGV[1]), tonumber(ARGV[2]) + tonumber(ARGV[1])
-for i = 4, #ARGV do
+local lease, score, sources = tonumber(ARGV[1]), tonumber(ARGV[2]) + tonumber(ARGV[1]), {}
+for i = 5, #ARGV, 2 do
   if redis.call('PEXPIRE', ARGV[3] .. ARGV[i], lease) == 1 then
     redis.call('ZADD', KEYS[1], 'XX', 'GT', score, ARGV[i])
+    if ARGV[i + 1] ~= '' then
+      redis.call('ZADD', ARGV[4] .. ARGV[i + 1], 'XX', 'GT', score, ARGV[i])
+      sources[ARGV[i + 1]] = true
+    end
   end
 end
+for source in pairs(sources) do redis.call('PEXPIRE', ARGV[4] .. source, lease) end
 return 0
 """
 
@@ -181,13 +190,20 @@ class Claimed:
     what: str
     record: bytes = b""
     tries: int = 0
+    source: str | None = None  # the sub-queue it came from (worker.fair)
+    due: bytes | None = None  # its score there
 
 
 class Lease:
-    def __init__(self, redis: Redis, queue_name: str, lease_s: float) -> None:
+    def __init__(self, redis: Redis, queue_name: str, lease_s: float, fair: FairQueue | None = None) -> None:
         self.redis = redis
         self.queue_name = queue_name
         self.lease_ms = int(lease_s * 1000)
+        self.fair = fair
+        # job id -> source, of the jobs this worker took from a source's sub-queue and holds, and
+        # their scores there
+        self.sources: dict[str, str] = {}
+        self.dues: dict[str, bytes] = {}
         self._claim = redis.register_script(CLAIM)
         self._promote = redis.register_script(PROMOTE)
         self._release = redis.register_script(RELEASE)
@@ -195,7 +211,26 @@ class Lease:
 
     @property
     def scripts(self) -> list[AsyncScript]:
-        return [self._claim, self._promote, self._release, self._renew]
+        return [self._claim, self._promote, self._release, self._renew, *(self.fair.scripts if self.fair else [])]
+
+    async def claim_fair(self, free: int, now_ms: int) -> list[Claimed]:
+        """Up to `free` jobs from the sources' sub-queues, by weight (worker.fair); this worker
+        now holds the 'run' ones."""
+        if self.fair is None:
+            return []
+        claimed = []
+        for id_, score, what, record, tries, source, due in await self.fair.claim(free, now_ms, self.lease_ms):
+            job = Claimed(id_, int(float(score)), what.decode(), record or b"", int(tries), source.decode(), due)
+            if job.what == "run":
+                self.sources[id_.decode(errors="replace")] = source.decode()
+                self.dues[id_.decode(errors="replace")] = due
+            claimed.append(job)
+        return claimed
+
+    def forget(self, job_id: str) -> None:
+        """The job's task is over: no longer held here."""
+        self.sources.pop(job_id, None)
+        self.dues.pop(job_id, None)
 
     async def claim(self, job_ids: list[str], free: int, now_ms: int) -> list[Claimed]:
         """The due jobs among `job_ids` that no other worker holds, with what became of each;
@@ -216,6 +251,8 @@ class Lease:
     def release_call(self, job_id: str) -> tuple[AsyncScript, list[str], list[str]]:
         """The RELEASE script call for a job whose result is being stored (see worker.scripts)."""
         keys = [result_key(job_id), self.queue_name, job_key(job_id), in_progress_key(job_id), retry_key(job_id)]
+        if (source := self.sources.get(job_id)) is not None:
+            keys.append(running_key(self.queue_name, source))
         return self._release, keys, [job_id]
 
     async def save_result(
@@ -235,8 +272,15 @@ class Lease:
         """Release a job that ended without releasing itself (arq's finish_job)."""
         await self.drop(job_id)
 
-    async def requeue(self, job_id: str, at_ms: int) -> None:
-        """A job that must run again (arq's Retry): due at `at_ms`, its lease given up."""
+    async def requeue(self, job_id: str, at_ms: int, uncounted: bool = False, in_place: bool = False) -> None:
+        """A job that must run again (arq's Retry): due at `at_ms`, its lease given up (back in its
+        source's sub-queue if it came from one; `uncounted`: the run it had is given back, it did
+        nothing; `in_place`: at its own place there, not at `at_ms`)."""
+        if self.fair is not None and (source := self.sources.get(job_id)) is not None:
+            due = self.dues.get(job_id) if in_place else None
+            call = self.fair.requeue_call(job_id, source, due or at_ms, uncounted)
+            await run_scripts(self.redis, [call])
+            return
         async with self.redis.pipeline(transaction=True) as tx:
             tx.zadd(self.queue_name, {job_id: at_ms}, xx=True)
             tx.delete(in_progress_key(job_id))
@@ -252,6 +296,8 @@ class Lease:
         async with self.redis.pipeline(transaction=True) as tx:
             tx.zrem(self.queue_name, job_id)
             tx.delete(job_key(job_id), in_progress_key(job_id), retry_key(job_id))
+            if (source := self.sources.get(job_id)) is not None:
+                tx.zrem(running_key(self.queue_name, source), job_id)
             await tx.execute()
 
     async def renew(self, job_ids: Iterable[str]) -> None:
@@ -259,7 +305,9 @@ class Lease:
         ids = list(job_ids)
         if ids:
             now = int(time.time() * 1000)
-            await self._renew(keys=[self.queue_name], args=[self.lease_ms, now, IN_PROGRESS_PREFIX, *ids])
+            pairs = [v for i in ids for v in (i, self.sources.get(i, ""))]
+            args: list[Any] = [self.lease_ms, now, IN_PROGRESS_PREFIX, running_key(self.queue_name, ""), *pairs]
+            await self._renew(keys=[self.queue_name], args=args)
 
     async def beat(self, worker_id: str) -> None:
         """Say this worker is consuming the queue (producers warn when no worker is)."""

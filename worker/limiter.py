@@ -42,7 +42,7 @@ from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
 from . import budgets
-from .keys import GATE, GLOBAL_LIMIT, model_key, settled_key
+from .keys import GATE, GLOBAL_LIMIT, model_key, settled_key, source_limit_key
 from .models import BudgetInfo
 from .scripts import run_scripts
 from .serde import as_text
@@ -63,12 +63,21 @@ local gate = redis.call('GET', KEYS[1])
 if gate then return {'gate', 0, gate} end
 --@budget:check
 local tokens = tonumber(ARGV[3])
+-- A source's quota (SOURCE_LIMITS, worker.fair), when given: the last six ARGV ('@source', name,
+-- request interval ms, ms per token, TPM limit, horizon ms) and the last key (its hash r / t).
+local S = nil
+if #ARGV >= 15 and ARGV[#ARGV - 5] == '@source' then
+  local n = #ARGV
+  S = {key = KEYS[#KEYS], r = tonumber(ARGV[n - 3]), t = tonumber(ARGV[n - 2]), tpm = tonumber(ARGV[n - 1]),
+       horizon = tonumber(ARGV[n])}
+end
 -- A booking moves the token schedule by tokens * ms-per-token. More tokens than the TPM limit
 -- would move it more than a whole window: such a request can never fit the limit, and booking
 -- it would hold every later caller of the model that long. Refuse it at once, book nothing.
 local function over(limit) return limit > 0 and tokens > limit end
 if over(tonumber(ARGV[8])) then return {'too_large', 0, 'model'} end
 if over(tonumber(ARGV[9])) then return {'too_large', 0, 'global'} end
+if S and over(S.tpm) then return {'too_large', 0, 'source'} end
 local m = redis.call('HMGET', KEYS[2], 'r', 't', 'open_until', 'probe', 'p')
 local open_until = tonumber(m[3]) or 0
 local probing = false
@@ -82,13 +91,21 @@ if open_until > 0 then
   probing = true
 end
 local g = redis.call('HMGET', KEYS[3], 'r', 't')
-local start = math.max(now, tonumber(m[1]) or 0, tonumber(m[5]) or 0, tonumber(g[1]) or 0)
+local sr, st = 0, 0
+if S then
+  local v = redis.call('HMGET', S.key, 'r', 't')
+  sr, st = tonumber(v[1]) or 0, tonumber(v[2]) or 0
+  -- the source is at its quota: its job waits in its sub-queue, not in a worker slot ('quota')
+  local until_free = math.max(sr, st) - now
+  if until_free > S.horizon then return {'quota', math.ceil(until_free)} end
+end
+local start = math.max(now, tonumber(m[1]) or 0, tonumber(m[5]) or 0, tonumber(g[1]) or 0, sr)
 local wait = start - now
 if wait > tonumber(ARGV[6]) then return {'wait', math.ceil(wait)} end
 -- Tokens are not booked ahead: an estimate booked far into the future could not benefit
 -- from the unused tokens that `settle` gives back. Until the tokens booked so far are
 -- paid for, the caller sleeps and asks again ('retry'), nothing booked.
-local tokens_free = math.max(tonumber(m[2]) or 0, tonumber(g[2]) or 0)
+local tokens_free = math.max(tonumber(m[2]) or 0, tonumber(g[2]) or 0, st)
 if tokens_free > start then
   local until_free = tokens_free - now
   return {until_free > tonumber(ARGV[6]) and 'wait' or 'retry', math.ceil(until_free)}
@@ -105,6 +122,7 @@ end
 book(KEYS[2], tonumber(ARGV[1]), tonumber(ARGV[2]))
 if probing then redis.call('HSET', KEYS[2], 'probe', start + tonumber(ARGV[7])) end
 if tonumber(ARGV[4]) > 0 or tonumber(ARGV[5]) > 0 then book(KEYS[3], tonumber(ARGV[4]), tonumber(ARGV[5])) end
+if S then book(S.key, S.r, S.t) end
 return {probing and 'probe' or 'ok', math.ceil(wait), B.booked}
 """
 
@@ -114,6 +132,8 @@ return {probing and 'probe' or 'ok', math.ceil(wait), B.booked}
 # then a budget settlement's KEYS[4..6] and ARGV[10..] (worker.budgets), settled first.
 # A settlement sent again by the client after a lost answer (worker.scripts) finds its mark and
 # answers what its first run did: tokens are given back, a failure counted, once.
+# A source's quota (SOURCE_LIMITS), when the call booked on it: the last two ARGV ('@source', its
+# ms per token) and the last key (its hash) get their tokens back too.
 _SETTLE = """
 local seen = redis.call('GET', KEYS[3])
 if seen then return tonumber(seen) end
@@ -127,6 +147,10 @@ if refund ~= 0 then
   if tt then redis.call('HSET', KEYS[1], 't', tt - refund * tonumber(ARGV[2])) end
   local gt = tonumber(redis.call('HGET', KEYS[2], 't'))
   if gt and tonumber(ARGV[3]) > 0 then redis.call('HSET', KEYS[2], 't', gt - refund * tonumber(ARGV[3])) end
+  if ARGV[#ARGV - 1] == '@source' then
+    local st = tonumber(redis.call('HGET', KEYS[#KEYS], 't'))
+    if st then redis.call('HSET', KEYS[#KEYS], 't', st - refund * tonumber(ARGV[#ARGV])) end
+  end
 end
 local pause = tonumber(ARGV[5])
 if pause > 0 then
@@ -213,9 +237,28 @@ class Limiter:
     def intervals(self, model: str) -> tuple[float, float]:
         return _intervals(self.settings.rate_limits.get(model), self.settings.rate_limit_headroom)
 
-    async def admit(self, model: str, tokens: int, max_wait_s: float, budget: budgets.Plan | None = None) -> Admission:
+    def source_quota(self, source: str | None) -> tuple[list[str], list[Any]]:
+        """The keys and arguments a call of `source` adds to the admission (SOURCE_LIMITS rpm/tpm:
+        see the script); none when its source has no such quota."""
+        limit = self.settings.source_limits.get(source) if source else None
+        if source is None or limit is None or (limit.rpm is None and limit.tpm is None):
+            return [], []
+        r_ms, t_ms = _intervals(RateLimit(rpm=limit.rpm, tpm=limit.tpm), self.settings.rate_limit_headroom)
+        horizon_ms = int(self.settings.bulk_horizon_s * 1000)
+        return [source_limit_key(source)], ["@source", source, r_ms, t_ms, limit.tpm or 0, horizon_ms]
+
+    async def admit(
+        self,
+        model: str,
+        tokens: int,
+        max_wait_s: float,
+        budget: budgets.Plan | None = None,
+        source: str | None = None,
+    ) -> Admission:
         """Book `model`'s next slot unless it is further off than `max_wait_s`; with a budget
-        plan, only if the call's worst case fits (and reserve it with the slot)."""
+        plan, only if the call's worst case fits (and reserve it with the slot); with a source
+        that has a quota, on the source's schedule too (`quota`: it is further off than
+        BULK_HORIZON_S, nothing booked)."""
         r_ms, t_ms = self.intervals(model)
         args = [
             r_ms,
@@ -229,6 +272,8 @@ class Limiter:
             *(budget.args if budget else ()),
         ]
         keys = [GATE, model_key(model), GLOBAL_LIMIT, *(budget.keys if budget else ())]
+        quota_keys, quota_args = self.source_quota(source)
+        keys, args = keys + quota_keys, args + quota_args
         # through worker.scripts: sent with the other jobs' calls of this event-loop turn
         [(status, wait_ms, *rest)] = await run_scripts(self.redis, [(self._admit, keys, args)])
         status = as_text(status)
@@ -240,12 +285,14 @@ class Limiter:
             booked = self.budgets.booked(budget, rest[0]) if budget is not None and rest else None
             return Admission(status, int(wait_ms) / 1000, reservation=booked)
         if status == "too_large":
-            return Admission(status, 0.0, limit=self.tpm_limit(model, as_text(rest[0])))
+            return Admission(status, 0.0, limit=self.tpm_limit(model, as_text(rest[0]), source))
         gate = json.loads(rest[0]) if rest else None
         return Admission(status, int(wait_ms) / 1000, gate)
 
-    def tpm_limit(self, model: str, scope: str) -> str:
+    def tpm_limit(self, model: str, scope: str, source: str | None = None) -> str:
         """The TPM limit a too large request is over, named for a person: "gpt-4.1's TPM limit of 600000"."""
+        if scope == "source" and source is not None:
+            return f"source {source}'s TPM quota (SOURCE_LIMITS) of {_number(self.settings.source_limits[source].tpm)}"
         if scope == "model":
             return f"{model}'s TPM limit of {_number(self.settings.rate_limits[model].tpm)}"
         return f"the global TPM limit (GLOBAL_RATE_LIMIT) of {_number(self.settings.global_rate_limit.tpm)}"
@@ -259,6 +306,7 @@ class Limiter:
         outcome: str,
         pause_s: float,
         budget: tuple[list[str], list[Any]] | None = None,
+        source: str | None = None,
     ) -> bool:
         """What one call taught: unused tokens back, a pause, the circuit's count. True if it opened the circuit.
 
@@ -272,6 +320,7 @@ class Limiter:
             outcome=outcome,
             pause_s=pause_s,
             budget=budget,
+            source=source,
         )
         return bool(await script(keys=keys, args=args))
 
@@ -284,6 +333,7 @@ class Limiter:
         outcome: str,
         pause_s: float,
         budget: tuple[list[str], list[Any]] | None = None,
+        source: str | None = None,
     ) -> tuple[AsyncScript, list[str], list[Any]]:
         """The `settle` script call, to send in one round trip with others (worker.scripts)."""
         s = self.settings
@@ -308,7 +358,11 @@ class Limiter:
         # fresh one (a resent command still carries it)
         reservation_id = str(budget[1][0]) if budget else ""
         mark = settled_key(reservation_id or uuid.uuid4().hex[:20])
-        return self._settle, [model_key(model), GLOBAL_LIMIT, mark, *(budget[0] if budget else ())], args
+        keys = [model_key(model), GLOBAL_LIMIT, mark, *(budget[0] if budget else ())]
+        quota_keys, quota_args = self.source_quota(source)
+        if quota_keys:  # its tokens back on the source's schedule too
+            keys, args = keys + quota_keys, [*args, "@source", quota_args[3]]
+        return self._settle, keys, args
 
 
 def _tpm(limit: RateLimit | None) -> float:

@@ -3,6 +3,7 @@ and handed to every job as `ctx["resources"]`: typed, instead of strings looked 
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -34,3 +35,7 @@ class Resources:
     running: set[str] = field(default_factory=set)
     # the queue's gate as the keeper last read it (None: open); workers pick no jobs while closed
     paused: dict[str, Any] | None = None
+    # jobs waiting for a rate-limit slot (fair share: FAIR_SHARE_SLOT_WAITERS at most), and their
+    # turn (worker.routing.SlotTurn: first come first served)
+    slot_waiters: int = 0
+    slot_turn: asyncio.Lock = field(default_factory=asyncio.Lock)

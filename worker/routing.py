@@ -61,6 +61,52 @@ class Deferred(Exception):
         self.error = error
 
 
+class SlotTurn:
+    """Fair share: the interactive jobs of one worker that wait for a rate-limit slot take turns,
+    first come first served: only the one whose turn it is asks the limiter again (the others
+    wait here, not in Redis), so across the fleet a few jobs, the oldest of each worker, race for
+    the next slot, not every job waiting. Counted in `Resources.slot_waiters` while waiting."""
+
+    def __init__(self, call: Call) -> None:
+        self.call, self.held, self.counted = call, False, False
+
+    def wanted(self, admission: Admission) -> bool:
+        """A wait this turn is for: an interactive job's, under fair share, for a slot (or tokens)."""
+        s = self.call.settings
+        return s.fair_share and not self.call.bulk and admission.status in ("wait", "retry")
+
+    async def take(self) -> None:
+        resources = self.call.resources
+        resources.slot_waiters += 1
+        self.counted = True
+        await resources.slot_turn.acquire()
+        self.held = True
+
+    def release(self) -> None:
+        resources = self.call.resources
+        if self.held:
+            resources.slot_turn.release()
+            self.held = False
+        if self.counted:
+            resources.slot_waiters -= 1
+            self.counted = False
+
+    async def __aenter__(self) -> SlotTurn:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.release()
+
+
+class QuotaDeferred(Deferred):
+    """The job's source is at its quota: back to the queue, the run not counted (MAX_JOB_RUNS)."""
+
+
+class SlotGivenBack(QuotaDeferred):
+    """Fair share: the worker already has FAIR_SHARE_SLOT_WAITERS jobs waiting for a rate-limit
+    slot: this one goes back to its place in its source's sub-queue (not counted as a run)."""
+
+
 @dataclass
 class Step:
     """How trying one model ended: `ok` (answer), `next` (try the next model), `fail` (stop the
@@ -100,6 +146,31 @@ class Call:
     @property
     def settings(self) -> Settings:
         return self.resources.settings
+
+    @property
+    def near_front(self) -> bool:
+        """Book a rate-limit slot only within BULK_HORIZON_S of now: a bulk job (interactive jobs
+        go first), and every job under fair share (worker.fair), so that the job a source's turn
+        just picked never queues behind slots other sources' jobs booked far ahead."""
+        return self.bulk or self.settings.fair_share
+
+    def gives_slot_back(self) -> bool:
+        """Fair share: a job about to wait for a rate-limit slot while this worker already has
+        FAIR_SHARE_SLOT_WAITERS waiting gives its worker slot back, so jobs wait in their sources'
+        sub-queues (where turns are taken by weight), not in worker slots (where the first to ask
+        after a slot frees gets it). Only before its first call: a re-run would repeat calls; and
+        only a job that came from a sub-queue (one from the queue itself would be due there again
+        at once)."""
+        s, lease = self.settings, self.resources.lease
+        return (
+            s.fair_share
+            and lease is not None
+            and self.job_id in lease.sources
+            and not self.bulk
+            and not self.attempts
+            and self.kind != "compare"
+            and self.resources.slot_waiters >= s.fair_share_slot_waiters
+        )
 
     def estimate_tokens(self) -> int:
         """Prompt plus completion for the booking: each of the `n` choices may write up to the
@@ -238,24 +309,40 @@ async def try_model(call: Call, model: str) -> Step:
 
 async def call_model(call: Call, model: str) -> Step:
     """Call one model until it answers or the policy says stop/move on."""
-    limiter = call.resources.limiter
     refused = await call.no_room(model)
     if refused is not None:  # what a gateway would refuse is not sent: the larger-context model, or fail
         return Step("larger", refused)
     tokens = call.estimate_tokens()
+    async with SlotTurn(call) as turn:
+        return await _call_model(call, model, tokens, turn)
+
+
+async def _call_model(call: Call, model: str, tokens: int, turn: SlotTurn) -> Step:
+    limiter = call.resources.limiter
     failures, waited, napped, slot_wait = 0, 0.0, 0.0, 0.0
     while True:
         budget = call.max_wait_s - napped
         # a bulk job books only near the front of the schedule: interactive jobs go first
-        reach = min(budget, call.settings.bulk_horizon_s) if call.bulk else budget
-        admission = await limiter.admit(model, tokens, max(reach, 0.0), call.budget_plan(model))
+        reach = min(budget, call.settings.bulk_horizon_s) if call.near_front else budget
+        admission = await limiter.admit(model, tokens, max(reach, 0.0), call.budget_plan(model), call.source)
         nap = _nap(admission, budget, call)
+        if nap and turn.wanted(admission) and not turn.held:
+            # fair share: wait for a rate-limit slot in this worker's turn (FIFO), or give the
+            # worker slot back when FAIR_SHARE_SLOT_WAITERS already wait
+            if call.gives_slot_back():
+                raise SlotGivenBack(0, ErrorInfo(type="rate_limit", message="gave its worker slot back (fair share)"))
+            started = time.monotonic()
+            await turn.take()
+            waited_turn = time.monotonic() - started
+            waited, napped, slot_wait = waited + waited_turn, napped + waited_turn, slot_wait + waited_turn
+            continue  # its turn: ask again at once
         if nap:
             # look again soon: tokens given back by calls that just finished, or a probe that
             # closed the circuit, let this call start sooner than the admission's wait_s
             await asyncio.sleep(nap)
             waited, napped, slot_wait = waited + nap, napped + nap, slot_wait + nap
             continue
+        turn.release()  # booked (or not admitted): the next waiter's turn
         if not admission.booked:
             return _not_admitted(call, model, tokens, admission)
         async with _given_back_if_cancelled(call, model, tokens, admission.reservation, sent=False):
@@ -284,7 +371,7 @@ def _nap(admission: Admission, budget_s: float, call: Call) -> float:
         return min(PROBE_RECHECK_S, admission.wait_s, max(budget_s, 0.0))
     if admission.status == "budget_wait":  # worker.budgets: calls in flight will settle
         return min(BUDGET_RECHECK_S * random.uniform(0.5, 1.5), max(budget_s, 0.0))
-    if call.bulk and admission.status == "wait" and admission.wait_s <= budget_s:
+    if call.near_front and admission.status == "wait" and admission.wait_s <= budget_s:
         # its slot is within the job's wait but beyond the horizon: sleep until it is near
         horizon = call.settings.bulk_horizon_s
         return min(max(admission.wait_s - horizon, TOKEN_RECHECK_S), BULK_RECHECK_S)
@@ -305,7 +392,13 @@ async def _given_back_if_cancelled(
         limiter = call.resources.limiter
         budget = limiter.budgets.settlement(reservation, model, None, billable=sent)
         refund = limiter.settle(
-            model, booked_tokens=tokens, used_tokens=None, outcome="neutral", pause_s=0, budget=budget
+            model,
+            booked_tokens=tokens,
+            used_tokens=None,
+            outcome="neutral",
+            pause_s=0,
+            budget=budget,
+            source=call.source,
         )
         await asyncio.shield(refund)
         raise
@@ -313,6 +406,13 @@ async def _given_back_if_cancelled(
 
 def _not_admitted(call: Call, model: str, tokens: int, admission: Admission) -> Step:
     """How a model ends that the limiter would not book: a deferral, the next model, or an error."""
+    if admission.status == "quota":
+        # the source is at its SOURCE_LIMITS quota, whatever the model: back to its sub-queue until
+        # its next slot, not in a worker slot (and not counted as a run: QuotaDeferred)
+        raise QuotaDeferred(
+            admission.wait_s,
+            ErrorInfo(type="source_quota", message=f"source {call.source} is at its quota (SOURCE_LIMITS)"),
+        )
     if admission.status == "gate":
         gate = admission.gate or {}
         raise Deferred(
@@ -488,7 +588,13 @@ async def _record(
             [
                 store.record_call_call(call.job_id, attempt, _credits(answer, exc), answer.usage, spend_tags(call)),
                 limiter.settle_call(
-                    model, booked_tokens=tokens, used_tokens=used, outcome=outcome, pause_s=pause, budget=budget
+                    model,
+                    booked_tokens=tokens,
+                    used_tokens=used,
+                    outcome=outcome,
+                    pause_s=pause,
+                    budget=budget,
+                    source=call.source,
                 ),
             ],
         )

@@ -31,6 +31,7 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import jobs
+from .fair import passes_key
 from .health import HEALTH
 from .keys import bulk_key
 from .lease import Claimed, Lease
@@ -85,8 +86,15 @@ class RouterWorker(Worker):
             await await_redis(settings.redis_url, log, tick=HEALTH.tick)
         while True:
             await super().main()
-            if not self.burst or not await self.pool.zcard(bulk_key(self.queue_name)):
+            if not self.burst or not await self._waiting_outside_the_queue():
                 return
+
+    async def _waiting_outside_the_queue(self) -> bool:
+        """Jobs wait in the bulk lane or a source's sub-queue (worker.fair): arq sees neither."""
+        async with self.pool.pipeline(transaction=False) as pipe:
+            pipe.zcard(bulk_key(self.queue_name))
+            pipe.zcard(passes_key(self.queue_name))
+            return any(await pipe.execute())
 
     async def _poll_iteration(self) -> None:
         """arq's poll, reading no more entries than the free slots can take (and a margin)."""
@@ -114,8 +122,25 @@ class RouterWorker(Worker):
         if ids and free > 0:
             await self._start(resources, await lease.claim(ids, free, timestamp_ms()))
         free = self.max_jobs - self.job_counter
+        # the sources' sub-queues, by weight (worker.fair): after the queue's due jobs (deferred
+        # ones, a dead worker's, those written straight to the queue), which were all taken fairly
+        # once; with FAIR_SHARE off only when the queue had none (jobs queued while it was on)
+        if free > 0 and (self._fair_share(resources) or not ids):
+            room = resources.settings.fair_share_slot_waiters - resources.slot_waiters
+            if resources.slot_waiters and room <= 0:
+                # interactive jobs wait for rate-limit slots: the rest wait their turn in their
+                # sub-queues, and bulk jobs behind them (a bulk job would only wait for a slot too)
+                return
+            if resources.slot_waiters:  # take no more than can wait
+                free = min(free, room)
+            await self._start(resources, await lease.claim_fair(free, timestamp_ms()))
+        free = self.max_jobs - self.job_counter
         if free > 0:
             await self._start(resources, await lease.promote(free, timestamp_ms()))
+
+    @staticmethod
+    def _fair_share(resources: Resources) -> bool:
+        return resources.settings.fair_share
 
     def _lease_of(self, resources: Resources) -> Lease:
         if self._lease is None:
@@ -154,6 +179,8 @@ class RouterWorker(Worker):
     def _ended(self, job_id: str) -> None:
         """A job's task is over: its slot is free (arq's poll would find it done and drop it)."""
         self.tasks.pop(job_id, None)
+        if self._lease is not None:
+            self._lease.forget(job_id)
         self._release_sem_dec_counter_on_complete()
 
     async def run_claimed(self, job_id: str, job: Claimed) -> None:
@@ -194,7 +221,9 @@ class RouterWorker(Worker):
         except Retry as retry:
             self.jobs_retried += 1
             log.debug("job %s: back to the queue for %.2fs", job_id, (retry.defer_score or 0) / 1000)
-            await asyncio.shield(lease.requeue(job_id, timestamp_ms() + (retry.defer_score or 0)))
+            at = timestamp_ms() + (retry.defer_score or 0)
+            uncounted, in_place = getattr(retry, "uncounted", False), getattr(retry, "in_place", False)
+            await asyncio.shield(lease.requeue(job_id, at, uncounted=uncounted, in_place=in_place))
             return
         except asyncio.CancelledError:  # shutdown past its grace (arq: "cancelled, will be run again")
             self.jobs_retried += 1

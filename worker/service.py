@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 from typing import Any
 
@@ -23,6 +24,7 @@ from redis.commands.core import AsyncScript
 from . import connections, jobs, logs, preflight, routes, schedules, scripts, serde, webhooks
 from .cache import ResponseCache
 from .client import AIsaClient
+from .fair import FairQueue
 from .fleet import FleetConfig
 from .gate import Gate
 from .health import HEALTH
@@ -63,15 +65,22 @@ async def startup(ctx: dict[str, Any]) -> None:
         labels=Labels(settings),
         quarantine=Quarantine(redis, settings.queue_name, settings.quarantine_max),
         cache=ResponseCache(redis, settings),
-        lease=(lease := Lease(redis, settings.queue_name, settings.lease_s)),
+        lease=(
+            lease := Lease(
+                redis, settings.queue_name, settings.lease_s, FairQueue(redis, settings, settings.queue_name)
+            )
+        ),
     )
     ctx["resources"] = resources
     await scripts.preload(redis, job_path_scripts(resources))
     scripts.batch_calls(redis)  # the jobs' script calls of one event-loop turn: one round trip
     serve_metrics(settings.metrics_port)
     ctx["fleet"], ctx["worker_id"] = FleetConfig(redis, settings), uuid.uuid4().hex[:12]
+    if ctx.get("feed_fair") and lease.fair is not None:  # arq's own Worker: see keeper
+        await lease.fair.feed(settings.worker_concurrency, int(time.time() * 1000))
     ctx["keeper"] = asyncio.create_task(
-        keeper(resources, lease, ctx["fleet"], ctx["worker_id"]), name="llm-router-keeper"
+        keeper(resources, lease, ctx["fleet"], ctx["worker_id"], feed=bool(ctx.get("feed_fair"))),
+        name="llm-router-keeper",
     )
     ctx["gateway_check"] = asyncio.create_task(
         preflight.check_gateway(client, settings.aisa_base_url, log), name="llm-router-gateway-check"
@@ -117,9 +126,10 @@ async def shutdown(ctx: dict[str, Any]) -> None:
         await ctx["resources"].client.aclose()
 
 
-async def keeper(resources: Resources, lease: Lease, fleet: FleetConfig, worker_id: str) -> None:
+async def keeper(resources: Resources, lease: Lease, fleet: FleetConfig, worker_id: str, feed: bool = False) -> None:
     """Renew the leases of this worker's running jobs, beat, publish the config digest, and
-    read the gate; while it is closed, probe it in a task of its own (a probe may take
+    read the gate (and, under arq's own Worker, `feed`: move jobs from the sources' sub-queues to
+    the queue, worker.fair); while it is closed, probe it in a task of its own (a probe may take
     REQUEST_TIMEOUT_S, far past a lease). Each tick feeds the probes (worker.health): it comes
     every period even while a tick's Redis work hangs in the client's retries through an
     outage (worker.connections), so a Redis outage never fails liveness; the next Redis work
@@ -132,6 +142,8 @@ async def keeper(resources: Resources, lease: Lease, fleet: FleetConfig, worker_
         nonlocal probing, compared
         try:
             await lease.renew(resources.running)
+            if feed and lease.fair is not None:
+                await lease.fair.feed(resources.settings.worker_concurrency, int(time.time() * 1000))
             await resources.limiter.budgets.keep()  # worker.budgets: this process's reservations
             await lease.beat(worker_id)
             await fleet.publish(worker_id)
@@ -236,6 +248,7 @@ def settings_class() -> type:
     try:
         settings = load_settings()
         kwargs = worker_kwargs(settings)
+        kwargs["ctx"]["feed_fair"] = True  # arq's Worker reads only the queue (see keeper)
         preflight.wait_for_redis(settings.redis_url, log)
     except ConfigError as exc:
         exit_on_config_error(exc)

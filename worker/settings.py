@@ -132,6 +132,19 @@ class BudgetConfig(StrictModel):
         return self.daily_usd is not None or bool(self.sources) or bool(self.models)
 
 
+SourceName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")]
+# a weight is a share, not a priority: 1,000 to 1 already starves nothing worth having
+SourceWeight = Annotated[float, Field(gt=0, le=1000, allow_inf_nan=False)]
+
+
+class SourceLimit(StrictModel):
+    """SOURCE_LIMITS: one source's quota (worker.fair), shared by every worker like the model limits."""
+
+    rpm: float | None = Field(None, gt=0, allow_inf_nan=False)
+    tpm: float | None = Field(None, gt=0, allow_inf_nan=False)
+    concurrency: int | None = Field(None, ge=1)
+
+
 class ConfigError(Exception):
     """A setting is missing or invalid; the message says which and how to fix it."""
 
@@ -246,6 +259,30 @@ class Settings(BaseSettings):
     # family's published price, if higher): Claude 3 Opus's output price, the dearest of the skill's
     # models and of the simulator's catalogue
     budget_unknown_price: Price = Price(input=0.075, output=0.075)
+
+    # ---- fair share between sources (worker.fair)
+    # off by default: workers of an older version read no sub-queue (turn it on once all run this one)
+    fair_share: bool = Field(
+        False, description="each source its own sub-queue, claimed by weight; false: one queue, first come first served"
+    )
+    # SOURCE_WEIGHTS='{"billing": 3, "search": 1}': a source's share when several wait (default 1)
+    source_weights: dict[SourceName, SourceWeight] = {}
+    # SOURCE_LIMITS='{"search": {"rpm": 600, "tpm": 200000, "concurrency": 100}}': per-source quotas
+    source_limits: dict[SourceName, SourceLimit] = {}
+    fair_share_slot_waiters: int = Field(
+        2,
+        ge=1,
+        le=1000,
+        description="jobs one worker lets wait for a rate-limit slot under fair share; "
+        "the others wait their turn in their sources' sub-queues",
+    )
+    fair_share_max_sources: int = Field(
+        100,
+        ge=1,
+        le=10_000,
+        description="sources not named in the settings that get a sub-queue of their own (first seen); "
+        "past it they share `other`",
+    )
 
     # ---- the HTTP ingress (`llm-router api`, producers/http.py)
     # INGRESS_TOKENS='{"<token>": "billing"}': bearer tokens and the source name each one stamps on its jobs

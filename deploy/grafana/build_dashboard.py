@@ -329,6 +329,28 @@ PANELS: list[dict[str, Any]] = [
         description="How long the batch of a schedule's latest due tick is past its window without completing "
         "(alert: LLMRouterScheduledBatchNotCompleted)",
     ),
+    row("Fair share between sources"),
+    graph(
+        "Jobs waiting by source",
+        [("max by (source) (llm_router_source_waiting)", "{{source}}")],
+        "short",
+        w=8,
+        description="Each source's sub-queue (FAIR_SHARE): llm-router sources",
+    ),
+    graph(
+        "Jobs running by source",
+        [("max by (source) (llm_router_source_running)", "{{source}}")],
+        "short",
+        w=8,
+        description="Worker slots each source holds: in proportion to SOURCE_WEIGHTS while several wait",
+    ),
+    graph(
+        "Oldest wait by source",
+        [("max by (source) (llm_router_source_oldest_wait_seconds)", "{{source}}")],
+        "s",
+        w=8,
+        description="How long each source's front job has waited (alert: LLMRouterSourceStarved)",
+    ),
     row("Queue and workers"),
     graph(
         "Queue depth",

@@ -88,6 +88,7 @@ def test_every_alert_compares_one_signal_with_a_threshold():
         "LLMRouterNoWorkerUp",
         "LLMRouterDailyBudget80PercentUsed",
         "LLMRouterBudgetExhausted",
+        "LLMRouterSourceStarved",
     } <= names
     for rule in rules:
         assert ALERT_FORM.match(rule["expr"].strip()), rule["alert"]

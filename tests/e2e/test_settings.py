@@ -17,7 +17,7 @@ from pydantic import BaseModel
 from harness.processes import llm_router
 from worker.routes import Route, RouteRule
 from worker.service import worker_kwargs
-from worker.settings import BudgetConfig, ConfigError, Price, RateLimit, Settings, load_settings
+from worker.settings import BudgetConfig, ConfigError, Price, RateLimit, Settings, SourceLimit, load_settings
 from worker.strict import StrictModel
 
 
@@ -218,4 +218,37 @@ def test_every_json_setting_refuses_unknown_keys(monkeypatch):
             assert f'unknown key "{UNKNOWN}"' in said and re.search(rf"\b{name.upper()}(:|, in )", said), (name, said)
             checked.add(model)
     # the walk reaches the models of today's settings (so it would reach tomorrow's)
-    assert {RateLimit, Price, BudgetConfig, Route, RouteRule} <= checked
+    assert {RateLimit, Price, BudgetConfig, Route, RouteRule, SourceLimit} <= checked
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "said"),
+    [
+        ("SOURCE_WEIGHTS", '{"billing": 0}', 'SOURCE_WEIGHTS, in ["billing"]: Input should be greater than 0'),
+        ("SOURCE_WEIGHTS", '{"billing": "lots"}', 'SOURCE_WEIGHTS, in ["billing"]: Input should be a valid number'),
+        ("SOURCE_WEIGHTS", '{"bad source!": 1}', "SOURCE_WEIGHTS"),
+        (
+            "SOURCE_LIMITS",
+            '{"search": {"rmp": 600}}',
+            'SOURCE_LIMITS, in ["search"]: unknown key "rmp": did you mean "rpm"? (keys: rpm, tpm, concurrency)',
+        ),
+        (
+            "SOURCE_LIMITS",
+            '{"search": {"concurrency": 0}}',
+            'SOURCE_LIMITS, in ["search"]["concurrency"]: Input should be greater than or equal to 1',
+        ),
+    ],
+)
+def test_source_weights_and_limits_refuse_bad_values_naming_the_variable(name, value, said, monkeypatch):
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError) as refused:
+        load_settings(_env_file=None)
+    assert said in str(refused.value)
+
+
+def test_source_weights_and_limits_are_read(monkeypatch):
+    monkeypatch.setenv("SOURCE_WEIGHTS", '{"billing": 3}')
+    monkeypatch.setenv("SOURCE_LIMITS", '{"search": {"rpm": 600, "tpm": 200000, "concurrency": 100}}')
+    s = load_settings(_env_file=None)
+    assert s.source_weights == {"billing": 3} and s.source_limits["search"].concurrency == 100
+    assert s.fair_share is False  # on only once every worker reads the sub-queues

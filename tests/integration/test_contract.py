@@ -49,6 +49,6 @@ def test_an_unregistered_kind_is_refused_by_the_worker():
 
 def test_the_public_surface_of_producers():
     pinned = """Batch BatchError BatchRejected Batches ChatJob CompareJob JobConflict JobRejected JobResult
-                ModelAnswer Producer ResultTimeout VisionJob prompt_lines"""
+                ModelAnswer Producer ResultTimeout SourceOverQuota VisionJob prompt_lines"""
     assert sorted(producers.__all__) == pinned.split()
     assert all(getattr(producers, name) for name in producers.__all__)

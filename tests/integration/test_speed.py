@@ -17,7 +17,7 @@ from arq.utils import timestamp_ms
 
 from harness.command_count import RedisTraffic
 from tests.helpers import run_worker
-from worker import budgets, lease, outbox, scripts
+from worker import budgets, fair, lease, outbox, scripts
 from worker.keys import in_progress_key
 from worker.lease import Lease
 from worker.logs import JsonFormatter
@@ -45,9 +45,10 @@ async def run_counted(producer, settings, n: int) -> dict[str, float]:
     handshakes = names.pop("CLIENT", 0)  # CLIENT SETINFO on each new connection: not the jobs'
     per_job = {name: count / n for name, count in names.items()}
     commands, round_trips = traffic.commands - handshakes, traffic.round_trips - handshakes
-    # polls (claim, promote), the lease keeper, the outbox and the budget reaper run on timers:
-    # their counts follow the run's length (longer on a loaded machine), not the number of jobs
-    timers = (lease.CLAIM, lease.PROMOTE, lease.RENEW, outbox._CLAIM, budgets._KEEP)
+    # polls (claim, the sources' claim of worker.fair, promote), the lease keeper, the outbox and
+    # the budget reaper run on timers: their counts follow the run's length (longer on a loaded
+    # machine), not the number of jobs
+    timers = (lease.CLAIM, fair.CLAIM, lease.PROMOTE, lease.RENEW, outbox._CLAIM, budgets._KEEP)
     timed = {hashlib.sha1(source.encode()).hexdigest() for source in timers}
     job_scripts = sum(count for sha, count in traffic.scripts.items() if sha not in timed)
     return per_job | {"commands": commands / n, "round_trips": round_trips / n, "job_scripts": job_scripts / n}
