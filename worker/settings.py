@@ -132,7 +132,6 @@ class BudgetConfig(StrictModel):
         return self.daily_usd is not None or bool(self.sources) or bool(self.models)
 
 
-SourceName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")]
 # a weight is a share, not a priority: 1,000 to 1 already starves nothing worth having
 SourceWeight = Annotated[float, Field(gt=0, le=1000, allow_inf_nan=False)]
 
@@ -143,6 +142,17 @@ class SourceLimit(StrictModel):
     rpm: float | None = Field(None, gt=0, allow_inf_nan=False)
     tpm: float | None = Field(None, gt=0, allow_inf_nan=False)
     concurrency: int | None = Field(None, ge=1)
+
+
+def _quotas_something(limit: SourceLimit) -> SourceLimit:
+    if limit.rpm is None and limit.tpm is None and limit.concurrency is None:
+        raise ValueError(
+            'limits nothing: give "rpm", "tpm" and/or "concurrency", e.g. {"rpm": 600}, or leave the source out'
+        )
+    return limit
+
+
+SourceQuota = Annotated[SourceLimit, AfterValidator(_quotas_something)]
 
 
 class ConfigError(Exception):
@@ -268,7 +278,7 @@ class Settings(BaseSettings):
     # SOURCE_WEIGHTS='{"billing": 3, "search": 1}': a source's share when several wait (default 1)
     source_weights: dict[SourceName, SourceWeight] = {}
     # SOURCE_LIMITS='{"search": {"rpm": 600, "tpm": 200000, "concurrency": 100}}': per-source quotas
-    source_limits: dict[SourceName, SourceLimit] = {}
+    source_limits: dict[SourceName, SourceQuota] = {}
     fair_share_slot_waiters: int = Field(
         2,
         ge=1,
