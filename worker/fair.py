@@ -273,6 +273,10 @@ class FairQueue:
         out = await self._claim(keys=[passes_key(q), clock_key(q), q], args=args)
         return [out[i : i + 7] for i in range(0, len(out), 7)]
 
+    async def any_waiting(self) -> bool:
+        """Whether any source has jobs waiting (one command)."""
+        return bool(await self.redis.zcard(passes_key(self.queue_name)))
+
     async def feed(self, ready_max: int, now_ms: int) -> int:
         """For arq's own Worker (`arq worker.WorkerSettings`), which reads only the queue: move
         jobs from the sub-queues, by weight, to the queue, due now, until `ready_max` are due
