@@ -33,6 +33,7 @@ PLACE = {
     "test_reference.py": "unit",
     # integration: a private redis-server, the simulator, workers and the app in this process
     "test_client.py": "integration",
+    "test_console.py": "integration",
     "test_contract.py": "integration",
     "test_egress.py": "integration",
     "test_events.py": "integration",
