@@ -57,6 +57,7 @@ PLACE = {
     "test_cache.py": "e2e",
     "test_chaos.py": "e2e",
     "test_cli_e2e.py": "e2e",
+    "test_console_browser.py": "e2e",
     "test_failover.py": "e2e",
     "test_fleet.py": "e2e",
     "test_fuzz.py": "e2e",

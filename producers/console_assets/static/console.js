@@ -40,8 +40,9 @@ function followBatch(section) {
     const answer = await fetch(section.dataset.progress, {credentials: "same-origin"});
     if (!answer.ok) return;
     const p = await answer.json();
-    bar.max = p.total || 1;
-    bar.value = p.completed + p.failed;
+    // attributes, not only properties: what the page shows is in its markup
+    bar.setAttribute("max", p.total || 1);
+    bar.setAttribute("value", p.completed + p.failed);
     set("batch-done", p.completed + p.failed);
     set("batch-total", p.total);
     set("batch-completed", p.completed);
