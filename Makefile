@@ -53,6 +53,10 @@ chromium:
 demo: $(BIN)/llm-router redis-server
 	$(BIN)/python -m harness.demo
 
+# The demo, then its servers kept up with the operator console: prints its URL and a token; Ctrl-C stops.
+demo-console: $(BIN)/llm-router redis-server
+	$(BIN)/python -m harness.demo --console
+
 # ruff (format and lint) and mypy over the whole tree; `make format` applies ruff's fixes.
 lint: $(BIN)/llm-router
 	$(BIN)/ruff format --check .

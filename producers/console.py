@@ -19,7 +19,7 @@ import functools
 from collections.abc import Awaitable, Callable, Coroutine
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, FastAPI, Form, Query, Request
@@ -28,23 +28,24 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from starlette.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
 
-from worker import schedules as schedule_config
 from worker.dlq import DeadLetters
-from worker.exporter import QueueCollector
 from worker.keys import SPEND_BY, events_key, job_key, result_key
 from worker.quarantine import Quarantine
-from worker.schedule_cli import run_now, schedule_rows
-from worker.settings import ConfigError, Settings
-from worker.spend import report
 
-from . import console_views as views
-from .batches import BatchRejected
 from .console_auth import BadCsrf, Forbidden, Sessions, SignIn, Viewer, check_csrf
 from .http import ApiError, Ingress
 from .http_batches import _batch, _output, source_batches
 from .http_events import SSE_HEADERS, _sse
 from .http_jobs import owns, pending
 from .streams import entry_id
+
+if TYPE_CHECKING:
+    from worker.exporter import QueueCollector
+    from worker.settings import Settings
+
+# What only the console's pages use (the exporter, the gate, schedules, spend, and through them
+# the gateway client) is imported when a page first needs it: a console never opened adds
+# nothing to the ingress process.
 
 ASSETS = Path(__file__).parent / "console_assets"
 # No inline script or style anywhere: the one script and stylesheet are files of ours.
@@ -115,6 +116,8 @@ class Console:
     @property
     def collector(self) -> QueueCollector:
         if self._collector is None:  # made on first use: a console never opened costs nothing
+            from worker.exporter import QueueCollector
+
             self._collector = QueueCollector(self.settings)
         return self._collector
 
@@ -199,7 +202,25 @@ def _local(url: str) -> str:
 @router.get("/")
 @page("overview.html")
 async def overview_page(request: Request, con: Con, who: Who) -> dict[str, Any]:
+    from . import console_views as views
+
     return {"viewer": who, **await views.overview(con.ingress, con.collector, who.operator)}
+
+
+@router.post("/gate/open")
+@page("done.html")
+async def gate_open(
+    request: Request, con: Con, who: Who, csrf: Annotated[str, Form(max_length=256)] = ""
+) -> dict[str, Any]:
+    """Resume a paused queue now (workers otherwise probe the gateway every PROBE_INTERVAL_S and
+    resume by themselves): for an operator who fixed the key or added credits."""
+    from worker.gate import Gate
+
+    check_csrf(who.csrf, csrf)
+    who.must_operate("resuming the queue")
+    opened = await Gate(con.ingress.redis, con.settings.probe_interval_s).open()
+    said = "the queue is resumed: workers pick jobs again" if opened else "the queue was not paused"
+    return {"viewer": who, "message": said, "back": "/console/"}
 
 
 # ---------------------------------------------------------------- jobs
@@ -250,6 +271,8 @@ async def job_events(request: Request, con: Con, who: Who, id: str) -> Response:
 async def batches_page(
     request: Request, con: Con, who: Who, after: Annotated[str | None, Query(max_length=128)] = None
 ) -> dict[str, Any]:
+    from . import console_views as views
+
     app = con.ingress
     if who.source is not None:
         found, more = await source_batches(app, who.source, views.PAGE, after)
@@ -315,6 +338,8 @@ async def batch_file(request: Request, con: Con, who: Who, batch_id: str, which:
 async def dlq_page(
     request: Request, con: Con, who: Who, page: Annotated[int, Query(ge=0, le=1000)] = 0
 ) -> dict[str, Any]:
+    from . import console_views as views
+
     return {"viewer": who, "letters": await views.dead_letters(con.ingress, who.source, page)}
 
 
@@ -401,6 +426,8 @@ def _quarantine(con: Console) -> Quarantine:
 async def quarantine_page(
     request: Request, con: Con, who: Who, page: Annotated[int, Query(ge=0, le=1000)] = 0
 ) -> dict[str, Any]:
+    from . import console_views as views
+
     who.must_operate("the quarantine")
     return {"viewer": who, "entries": await views.quarantined(con.ingress, page)}
 
@@ -411,6 +438,9 @@ async def quarantine_page(
 @router.get("/schedules")
 @page("schedules.html")
 async def schedules_page(request: Request, con: Con, who: Who) -> dict[str, Any]:
+    from worker import schedules as schedule_config
+    from worker.schedule_cli import schedule_rows
+
     who.must_operate("schedules")
     found = schedule_config.load(con.settings, check_files=False)
     rows = await schedule_rows(con.ingress.producer("console"), found)
@@ -423,6 +453,12 @@ async def schedule_run(
     request: Request, con: Con, who: Who, name: str, csrf: Annotated[str, Form(max_length=256)] = ""
 ) -> dict[str, Any]:
     """`llm-router schedule run NAME`."""
+    from worker import schedules as schedule_config
+    from worker.schedule_cli import run_now
+    from worker.settings import ConfigError
+
+    from .batches import BatchRejected
+
     check_csrf(who.csrf, csrf)
     who.must_operate("running a schedule")
     by_name = {s.name: s for s in schedule_config.load(con.settings, check_files=False)}
@@ -449,6 +485,10 @@ async def spend_page(
     by: str = "model",
 ) -> dict[str, Any]:
     """`llm-router spend --days N --by X`; a source token: its own source's line only."""
+    from worker.spend import report
+
+    from . import console_views as views
+
     if by not in SPEND_BY:
         raise ApiError(400, f"by: {by!r} is not one of {', '.join(SPEND_BY)}")
     if who.source is not None:

@@ -17,7 +17,8 @@ from redis import Redis
 
 from producers.http import check_console_secret, create_app
 from worker.dlq import DeadLetters
-from worker.keys import DLQ, job_key
+from worker.gate import Gate
+from worker.keys import DLQ, GATE, job_key
 from worker.settings import ConfigError, Settings, load_settings
 
 from ..conftest import MakeProducer
@@ -299,3 +300,16 @@ def test_redis_is_left_alone_by_a_console_never_opened(console_settings, redis_u
     with TestClient(create_app(console_settings)) as client:
         assert client.get("/healthz").status_code == 200
     assert set(Redis.from_url(redis_url).keys()) == keys
+
+
+async def test_an_operator_resumes_a_paused_queue_a_source_token_cannot(http, settings, redis):
+    await Gate(redis, settings.probe_interval_s).close("credits", "insufficient credits", "gpt-4.1")
+    sign_in(http, "tok-a")
+    assert "The queue is paused (credits)" in http.get("/console/").text
+    refused = http.post("/console/gate/open", data={"csrf": csrf_of(http)})
+    assert refused.status_code == 403 and await redis.exists(GATE)
+    http.cookies.clear()
+    sign_in(http, "tok-op")
+    assert http.post("/console/gate/open", data={}).status_code == 403 and await redis.exists(GATE)
+    done = http.post("/console/gate/open", data={"csrf": csrf_of(http)})
+    assert "the queue is resumed" in done.text and not await redis.exists(GATE)
