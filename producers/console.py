@@ -232,7 +232,10 @@ async def jobs_page(request: Request, con: Con, who: Who, id: str = "") -> dict[
     """Look a job up by id (a source token: its own ids, `<source>@...`)."""
     job_id = id.strip()
     if not job_id:
-        return {"viewer": who, "job": None, "asked": ""}
+        from . import console_views as views
+
+        queued = await views.queued_jobs(con.ingress, who.source)
+        return {"viewer": who, "job": None, "asked": "", "queued": queued, "scanned": views.QUEUE_SCANNED}
     app = con.ingress
     found = await _job(app, who, job_id)
     return {"viewer": who, "asked": job_id, **found}

@@ -16,7 +16,7 @@ from worker import fleet, spend
 from worker.dlq import DeadLetter, DeadLetters
 from worker.exporter import QueueCollector
 from worker.gate import Gate
-from worker.keys import DLQ, model_key
+from worker.keys import DLQ, in_progress_key, model_key
 from worker.metrics import known_models
 from worker.quarantine import Quarantine
 
@@ -91,6 +91,26 @@ async def quarantined(app: Ingress, number: int) -> Page:
         (number + 1) * PAGE + 1
     )
     return Page(found[number * PAGE : (number + 1) * PAGE], number, len(found) > (number + 1) * PAGE)
+
+
+# The queue entries the Jobs page looks through for a source's jobs (the oldest first).
+QUEUE_SCANNED = 5000
+
+
+async def queued_jobs(app: Ingress, source: str | None, limit: int = PAGE) -> list[dict[str, Any]]:
+    """The jobs in the queue (waiting, deferred or running under a lease), oldest first, of
+    `source` (ids `<source>@...`; None: every source's), among the first QUEUE_SCANNED entries."""
+    entries = await app.redis.zrange(app.settings.queue_name, 0, QUEUE_SCANNED - 1, withscores=True)
+    mine = [(raw.decode(), score) for raw, score in entries if source is None or raw.startswith(f"{source}@".encode())]
+    mine = mine[:limit]
+    async with app.redis.pipeline(transaction=False) as pipe:
+        for job_id, _ in mine:
+            pipe.exists(in_progress_key(job_id))
+        running = await pipe.execute() if mine else []
+    return [
+        {"id": job_id, "status": "running" if on else "queued", "due": score / 1000}
+        for (job_id, score), on in zip(mine, running, strict=True)
+    ]
 
 
 @dataclass

@@ -313,3 +313,15 @@ async def test_an_operator_resumes_a_paused_queue_a_source_token_cannot(http, se
     assert http.post("/console/gate/open", data={}).status_code == 403 and await redis.exists(GATE)
     done = http.post("/console/gate/open", data={"csrf": csrf_of(http)})
     assert "the queue is resumed" in done.text and not await redis.exists(GATE)
+
+
+async def test_the_jobs_page_lists_the_sources_queued_jobs_only(http, settings, make_producer):
+    mine = await (await make_producer(settings, source="team-a")).chat("gpt-4.1", "hi", job_id="team-a@q1")
+    theirs = await (await make_producer(settings, source="team-b")).chat("gpt-4.1", "hi", job_id="team-b@q1")
+    sign_in(http, "tok-a")
+    page = http.get("/console/jobs").text
+    assert mine in page and theirs not in page
+    http.cookies.clear()
+    sign_in(http, "tok-op")
+    page = http.get("/console/jobs").text
+    assert mine in page and theirs in page
