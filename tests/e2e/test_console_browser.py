@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -191,14 +192,15 @@ def test_replay_and_purge_act_on_redis_as_the_cli(stack, browser, sim):
     page = signed_in(browser, stack, "tok-op")
     page.goto(f"{stack.url}/console/dlq")
     page.get_by_role("button", name=f"Replay {job_id}").click()
-    assert f"replayed {job_id}" in page.inner_text("main")
+    expect(page.locator("main")).to_contain_text(f"replayed {job_id}")
     # back in the queue under the same id: it runs, fails again, and is a dead letter again
     wait_until(lambda: stack.redis.hexists(DLQ, job_id), 30, f"{job_id} dead-lettered again")
     page.goto(f"{stack.url}/console/dlq")
     page.get_by_role("link", name="Purge…").click()
     page.get_by_label("Type purge to confirm").fill("purge")
     page.get_by_role("button", name="Purge").click()
-    assert "purged" in page.inner_text("main") and not stack.redis.exists(DLQ)
+    expect(page.locator("main")).to_contain_text("purged")
+    assert not stack.redis.exists(DLQ)
     page.context.close()
 
 
@@ -218,6 +220,8 @@ def test_cancel_and_the_batch_bar_moves(stack, browser, sim):
     cancelled = stack.batch("tok-a", 3)
     page.goto(f"{stack.url}/console/batches/{cancelled}")
     page.get_by_role("button", name="Cancel the batch").click()
+    # (the answer is the batch's page again: its status says the cancel was taken)
+    expect(page.locator("#batch-status")).to_have_text(re.compile("cancelling|cancelled"))
     status = stack.redis.hget(batch_key(cancelled), "status")
     assert status in (b"cancelling", b"cancelled"), status
     sim_admin(sim, "/_sim/reset", {})
@@ -228,6 +232,7 @@ def test_run_now_submits_the_schedules_batch(stack, browser):
     page = signed_in(browser, stack, "tok-op")
     page.goto(f"{stack.url}/console/schedules")
     page.get_by_role("button", name="Run nightly now").click()
+    expect(page.locator("main")).to_contain_text("submitted")
     said = page.inner_text("main")
     assert "submitted batch_sched_nightly_" in said
     batch_id = said.split("submitted ", 1)[1].split()[0]
