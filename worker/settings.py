@@ -222,7 +222,9 @@ class Settings(BaseSettings):
     budget_default_max_tokens: int = Field(
         4096, ge=1, description="completion tokens a job without max_tokens is assumed to write, for its worst case"
     )
-    # a model in no price table and not yet learned from the gateway's bills is priced at this
+    # a model not in PRICES and not yet learned from the gateway's bills is priced at this (or its
+    # family's published price, if higher): Claude 3 Opus's output price, the dearest of the skill's
+    # models and of the simulator's catalogue
     budget_unknown_price: Price = Price(input=0.075, output=0.075)
 
     # ---- the HTTP ingress (`llm-router api`, producers/http.py)
