@@ -268,6 +268,27 @@ def test_a_source_token_sees_and_acts_on_its_own_only(stack, browser, sim):
     page.context.close()
 
 
+def test_the_console_is_usable_by_keyboard_alone(stack, browser):
+    page = browser.new_context(viewport={"width": 390, "height": 844}).new_page()
+    page.goto(f"{stack.url}/console/login")
+    expect(page.get_by_label("Token")).to_be_focused()  # the sign-in field takes the keys at once
+    page.keyboard.type("tok-op")
+    page.keyboard.press("Enter")
+    page.wait_for_url(f"{stack.url}/console/")
+    page.keyboard.press("Tab")
+    expect(page.get_by_role("link", name="Skip to content")).to_be_focused()
+    page.keyboard.press("Tab")
+    expect(page.get_by_role("link", name="Overview")).to_be_focused()
+    page.keyboard.press("Tab")
+    page.keyboard.press("Enter")  # the next link: Jobs
+    page.wait_for_url(f"{stack.url}/console/jobs")
+    page.get_by_label("Job id").focus()
+    page.keyboard.type("team-a@nothing-here")
+    page.keyboard.press("Enter")
+    expect(page.locator("main")).to_contain_text("no job team-a@nothing-here")
+    page.context.close()
+
+
 def test_a_forged_post_without_the_csrf_token_is_refused(stack, browser, sim):
     sim_admin(sim, "/_sim/reset", {})
     job_id = stack.dead("tok-a", "dead-forged")
