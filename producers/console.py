@@ -32,6 +32,7 @@ from worker.dlq import DeadLetters
 from worker.keys import SPEND_BY, events_key, job_key, result_key
 from worker.quarantine import Quarantine
 
+from .api import Producer
 from .console_auth import BadCsrf, Forbidden, Sessions, SignIn, Viewer, check_csrf
 from .http import ApiError, Ingress
 from .http_batches import _batch, _output, source_batches
@@ -107,11 +108,22 @@ class Console:
         self.settings = settings
         self.sessions = Sessions(settings, secret)
         self._collector: QueueCollector | None = None
+        self._producer: Producer | None = None
 
     @property
     def ingress(self) -> Ingress:
         found: Ingress = self.app.state.ingress
         return found
+
+    @property
+    def producer(self) -> Producer:
+        """A Producer with no source, as the CLI verbs use (`batch`, `schedule run`): a batch it
+        submits stamps no source on its lines; on the ingress's Redis and settings."""
+        if self._producer is None:
+            self._producer = Producer(redis=self.ingress.redis, queue_name=self.settings.queue_name)
+            self._producer.settings = self.settings
+            self._producer.store = self.ingress.store
+        return self._producer
 
     @property
     def collector(self) -> QueueCollector:
@@ -280,16 +292,16 @@ async def batches_page(
     if who.source is not None:
         found, more = await source_batches(app, who.source, views.PAGE, after)
     else:
-        batches = app.producer("console").batches
+        batches = con.producer.batches
         found = await batches.list(views.PAGE + 1, after)
         found, more = found[: views.PAGE], len(found) > views.PAGE
     return {"viewer": who, "batches": found, "more": more, "after": after}
 
 
-async def _visible_batch(app: Ingress, who: Viewer, batch_id: str) -> Any:
+async def _visible_batch(con: Console, who: Viewer, batch_id: str) -> Any:
     if who.source is not None:
-        return await _batch(app, who.source, batch_id)
-    found = await app.producer("console").batches.get(batch_id)
+        return await _batch(con.ingress, who.source, batch_id)
+    found = await con.producer.batches.get(batch_id)
     if found is None:
         raise ApiError(404, f"no batch {batch_id}")
     return found
@@ -298,13 +310,13 @@ async def _visible_batch(app: Ingress, who: Viewer, batch_id: str) -> Any:
 @router.get("/batches/{batch_id}")
 @page("batch.html")
 async def batch_page(request: Request, con: Con, who: Who, batch_id: str) -> dict[str, Any]:
-    return {"viewer": who, "batch": await _visible_batch(con.ingress, who, batch_id)}
+    return {"viewer": who, "batch": await _visible_batch(con, who, batch_id)}
 
 
 @router.get("/batches/{batch_id}/progress")
 async def batch_progress(request: Request, con: Con, who: Who, batch_id: str) -> Response:
     """The figures the page's bar follows (JSON)."""
-    b = await _visible_batch(con.ingress, who, batch_id)
+    b = await _visible_batch(con, who, batch_id)
     counts = b.request_counts
     return JSONResponse(
         {"status": b.status, "total": counts.total, "completed": counts.completed, "failed": counts.failed}
@@ -317,8 +329,8 @@ async def batch_cancel(
 ) -> Response:
     """`llm-router batch cancel` (a source token: its own batches)."""
     check_csrf(who.csrf, csrf)
-    await _visible_batch(con.ingress, who, batch_id)
-    await con.ingress.producer("console").batches.cancel(batch_id)
+    await _visible_batch(con, who, batch_id)
+    await con.producer.batches.cancel(batch_id)
     return _see_other(f"/console/batches/{batch_id}")
 
 
@@ -327,8 +339,8 @@ async def batch_file(request: Request, con: Con, who: Who, batch_id: str, which:
     """The output (succeeded lines) or errors file, as `llm-router batch results` writes them."""
     if which not in ("output", "errors"):
         raise ApiError(404, f"no file {which}")
-    found = await _visible_batch(con.ingress, who, batch_id)
-    body = _output(con.ingress.producer("console").batches, found.id, which)
+    found = await _visible_batch(con, who, batch_id)
+    body = _output(con.producer.batches, found.id, which)
     disposition = f'attachment; filename="{found.id}_{which}.jsonl"'
     return StreamingResponse(body, media_type="application/jsonl", headers={"Content-Disposition": disposition})
 
@@ -446,7 +458,7 @@ async def schedules_page(request: Request, con: Con, who: Who) -> dict[str, Any]
 
     who.must_operate("schedules")
     found = schedule_config.load(con.settings, check_files=False)
-    rows = await schedule_rows(con.ingress.producer("console"), found)
+    rows = await schedule_rows(con.producer, found)
     return {"viewer": who, "schedules": rows}
 
 
@@ -468,7 +480,7 @@ async def schedule_run(
     if name not in by_name:
         raise ApiError(404, f"no schedule {name!r} in SCHEDULES_FILE")
     try:
-        batch, created = await run_now(con.ingress.producer("console"), con.settings, by_name[name])
+        batch, created = await run_now(con.producer, con.settings, by_name[name])
     except (BatchRejected, ConfigError) as exc:
         raise ApiError(400, str(exc)) from None
     said = f"submitted {batch.id}" if created else f"{batch.id} was submitted this second already"

@@ -6,6 +6,7 @@ the Content-Security-Policy, tenancy, and each action changing Redis as its CLI 
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from html.parser import HTMLParser
@@ -18,7 +19,7 @@ from redis import Redis
 from producers.http import check_console_secret, create_app
 from worker.dlq import DeadLetters
 from worker.gate import Gate
-from worker.keys import DLQ, GATE, job_key
+from worker.keys import DLQ, GATE, batch_key, job_key
 from worker.settings import ConfigError, Settings, load_settings
 
 from ..conftest import MakeProducer
@@ -325,3 +326,26 @@ async def test_the_jobs_page_lists_the_sources_queued_jobs_only(http, settings, 
     sign_in(http, "tok-op")
     page = http.get("/console/jobs").text
     assert mine in page and theirs in page
+
+
+async def test_run_now_submits_as_the_cli_does_with_no_source_stamped(http, console_settings, redis, tmp_path):
+    line = {
+        "custom_id": "n1",
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": {"model": "gpt-4.1", "messages": [{"role": "user", "content": "nightly"}]},
+    }
+    (tmp_path / "in.jsonl").write_text(json.dumps(line) + "\n")
+    (tmp_path / "s.toml").write_text(
+        f'[[schedule]]\nname = "nightly"\ncron = "0 2 * * *"\ninput = "{tmp_path / "in.jsonl"}"\n'
+    )
+    settings = console_settings.model_copy(update={"schedules_file": str(tmp_path / "s.toml")})
+    with TestClient(create_app(settings), base_url="https://testserver") as client:
+        sign_in(client, "tok-op")
+        assert "nightly" in client.get("/console/schedules").text
+        done = client.post("/console/schedules/nightly/run", data={"csrf": csrf_of(client)})
+    batch_id = re.search(r"submitted (batch_sched_nightly_[0-9TZ]+)", done.text)
+    assert batch_id, done.text
+    assert await redis.exists(batch_key(batch_id[1]))
+    records = [await redis.get(k) for k in await redis.keys(job_key(f"{batch_id[1]}:*"))]
+    assert records and all(b'"source"' not in r for r in records)  # as `llm-router schedule run`: no source
