@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,6 +41,7 @@ async def overview(app: Ingress, collector: QueueCollector, operator: bool) -> d
     gauges = await asyncio.to_thread(_gauges, collector)
     out: dict[str, Any] = {
         "gauges": gauges,
+        "running": await running_jobs(app),
         "paused": await Gate(app.redis, app.settings.probe_interval_s).read(),
         "fleet": await fleet.report(app.redis, app.settings.queue_name),
         "circuits": await open_circuits(app),
@@ -56,6 +58,19 @@ def _gauges(collector: QueueCollector) -> dict[str, list[tuple[dict[str, str], f
         family.name: [(dict(s.labels), s.value) for s in family.samples if s.name == family.name]
         for family in collector.collect()
     }
+
+
+async def running_jobs(app: Ingress) -> int:
+    """Jobs a worker runs now: the queue's entries scored later than now (a running job's entry
+    is scored at its lease's end) that hold an in-progress mark, among the first QUEUE_SCANNED."""
+    now_ms = int(time.time() * 1000)
+    later = await app.redis.zrangebyscore(app.settings.queue_name, now_ms, "+inf", start=0, num=QUEUE_SCANNED)
+    if not later:
+        return 0
+    async with app.redis.pipeline(transaction=False) as pipe:
+        for raw in later:
+            pipe.exists(in_progress_key(raw.decode()))
+        return sum(await pipe.execute())
 
 
 async def open_circuits(app: Ingress) -> list[dict[str, Any]]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Iterator
 from html.parser import HTMLParser
 
@@ -19,7 +20,7 @@ from redis import Redis
 from producers.http import check_console_secret, create_app
 from worker.dlq import DeadLetters
 from worker.gate import Gate
-from worker.keys import DLQ, GATE, batch_key, job_key
+from worker.keys import DLQ, GATE, batch_key, in_progress_key, job_key
 from worker.settings import ConfigError, Settings, load_settings
 
 from ..conftest import MakeProducer
@@ -349,3 +350,14 @@ async def test_run_now_submits_as_the_cli_does_with_no_source_stamped(http, cons
     assert await redis.exists(batch_key(batch_id[1]))
     records = [await redis.get(k) for k in await redis.keys(job_key(f"{batch_id[1]}:*"))]
     assert records and all(b'"source"' not in r for r in records)  # as `llm-router schedule run`: no source
+
+
+async def test_the_overview_counts_the_jobs_a_worker_runs(http, settings, make_producer, redis):
+    producer = await make_producer(settings, source="team-a")
+    job_id = await producer.chat("gpt-4.1", "hi", job_id="team-a@running-1")
+    sign_in(http, "tok-op")
+    assert re.search(r'id="running">0<', http.get("/console/").text)
+    # as a worker's claim leaves it: an in-progress mark, the entry scored at its lease's end
+    await redis.set(in_progress_key(job_id), b"1", px=30_000)
+    await redis.zadd(settings.queue_name, {job_id: int(time.time() * 1000) + 30_000})
+    assert re.search(r'id="running">1<', http.get("/console/").text)
