@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
 import sys
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, SecretStr, StringConstraints, ValidationError, field_validator, model_validator
+import httpx
+from pydantic import AfterValidator, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
+from . import egress
+from .models import _SOURCE, ModelName
 from .routes import Route, RouteName
 from .strict import StrictModel
 
@@ -18,8 +22,8 @@ from .strict import StrictModel
 class Price(StrictModel):
     """USD per 1,000 tokens, used only when the gateway's reply has no `usage.cost`."""
 
-    input: float = Field(ge=0)
-    output: float = Field(ge=0)
+    input: float = Field(ge=0, allow_inf_nan=False)
+    output: float = Field(ge=0, allow_inf_nan=False)
 
 
 # The AIsa models the skill documentation names: the default set of model label values.
@@ -82,8 +86,37 @@ NonNegativeUSD = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 class RateLimit(StrictModel):
     """A shared limit: requests and/or tokens (prompt + max output) per minute."""
 
-    rpm: float | None = Field(None, gt=0)
-    tpm: float | None = Field(None, gt=0)
+    rpm: float | None = Field(None, gt=0, allow_inf_nan=False)
+    tpm: float | None = Field(None, gt=0, allow_inf_nan=False)
+
+
+def _limits_something(limit: RateLimit) -> RateLimit:
+    if limit.rpm is None and limit.tpm is None:
+        raise ValueError('limits nothing: give "rpm" and/or "tpm", e.g. {"rpm": 600}, or leave the model out')
+    return limit
+
+
+# a model's entry in RATE_LIMITS ({} there was a model with no limit; GLOBAL_RATE_LIMIT={} is "none")
+ModelLimit = Annotated[RateLimit, AfterValidator(_limits_something)]
+# a context window in tokens (MODEL_CONTEXT)
+Tokens = Annotated[int, Field(gt=0, le=100_000_000)]
+
+
+def _source_name(v: str) -> str:
+    if not _SOURCE.match(v):
+        raise ValueError(f"source {v!r} must be 1-64 characters of letters, digits and _ . : -")
+    return v
+
+
+def _token(v: str) -> str:
+    # (never shown: a token is a secret)
+    if not v or any(c.isspace() or not c.isprintable() for c in v):
+        raise ValueError("a token must be non-empty printable characters without spaces (a Bearer header carries it)")
+    return v
+
+
+SourceName = Annotated[str, AfterValidator(_source_name)]
+Token = Annotated[str, AfterValidator(_token)]
 
 
 class BudgetConfig(StrictModel):
@@ -91,8 +124,8 @@ class BudgetConfig(StrictModel):
     (worker.budgets). A batch's own budget is set when it is submitted."""
 
     daily_usd: float | None = Field(None, ge=0, allow_inf_nan=False)
-    sources: dict[Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")], NonNegativeUSD] = {}
-    models: dict[Annotated[str, StringConstraints(min_length=1, max_length=128)], NonNegativeUSD] = {}
+    sources: dict[SourceName, NonNegativeUSD] = {}
+    models: dict[ModelName, NonNegativeUSD] = {}
 
     @property
     def configured(self) -> bool:
@@ -106,7 +139,7 @@ class TokenGrant(StrictModel):
     schedules. An operator token with a `source` also works on `/v1` as that source; without one
     it is for the console only."""
 
-    source: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")] | None = None
+    source: SourceName | None = None
     role: Literal["source", "operator"] = "source"
 
     @model_validator(mode="after")
@@ -144,28 +177,32 @@ class Settings(BaseSettings):
     max_json_depth: int = Field(
         64, ge=4, le=128, description="deepest nesting of arrays and objects in one field of a job (tools...)"
     )
+    max_tools: int = Field(128, ge=1, description="tools (and functions) one job may declare")
+    max_stop: int = Field(16, ge=1, description="stop sequences one job may give")
+    max_messages: int = Field(10000, ge=1, description="messages one job may hold")
+    max_content_parts: int = Field(256, ge=1, description="content parts one message may hold")
     # MODEL_CONTEXT='{"my-model": 32768}': context windows (tokens); max_tokens and
     # max_completion_tokens must fit the model's.
-    model_context: dict[str, int] = dict(MODEL_CONTEXT)
+    model_context: dict[ModelName, Tokens] = dict(MODEL_CONTEXT)
 
     # Priced locally only when the gateway does not send usage.cost (e.g. a plain
     # OpenAI-compatible server). JSON in the environment: {"gpt-4.1": {"input": 0.01, "output": 0.03}}
-    prices: dict[str, Price] = {}
+    prices: dict[ModelName, Price] = {}
 
     # ---- resilience (worker.policy, worker.limiter) ----
     # FALLBACKS='{"gpt-4.1": ["claude-3-sonnet", "gemini-2.0-flash"]}': a model's own chain;
     # DEFAULT_FALLBACKS='["gemini-2.0-flash"]': tried after any model without one.
-    fallbacks: dict[str, list[str]] = {}
-    default_fallbacks: list[str] = []
+    fallbacks: dict[ModelName, list[ModelName]] = {}
+    default_fallbacks: list[ModelName] = []
     # CONTEXT_FALLBACKS='{"gpt-4.1": "gemini-1.5-pro"}': where a context-length error goes.
-    context_fallbacks: dict[str, str] = {}
+    context_fallbacks: dict[ModelName, ModelName] = {}
     attempts_per_model: int = Field(3, ge=1, description="calls to one model before moving on")
     backoff_base_s: float = Field(1.0, gt=0, description="first retry delay (AIsa: from 1 s, doubling)")
     backoff_cap_s: float = Field(30.0, gt=0, description="longest retry delay (AIsa: 30 s)")
     max_wait_s: float = Field(30.0, ge=0, description="longest a job waits for a model's rate limit in place")
     max_job_runs: int = Field(20, ge=1, description="runs of one job (re-queues on long waits, restarts)")
     # RATE_LIMITS='{"gpt-4.1": {"rpm": 600, "tpm": 600000}}'; GLOBAL_RATE_LIMIT='{"rpm": 3000}'.
-    rate_limits: dict[str, RateLimit] = {}
+    rate_limits: dict[ModelName, ModelLimit] = {}
     global_rate_limit: RateLimit = RateLimit()
     rate_limit_headroom: float = Field(
         0.02, ge=0, lt=1, description="run this fraction under each limit, so network jitter never trips it"
@@ -230,7 +267,7 @@ class Settings(BaseSettings):
     # ---- the HTTP ingress (`llm-router api`, producers/http.py)
     # INGRESS_TOKENS='{"<token>": "billing"}': bearer tokens and the source name each one stamps on its
     # jobs; or '{"<token>": {"source": "ops", "role": "operator"}}' (TokenGrant: the console's roles)
-    ingress_tokens: dict[str, str | TokenGrant] = {}
+    ingress_tokens: dict[Token, SourceName | TokenGrant] = {}
     ingress_max_body_bytes: int = Field(
         32 * 1024 * 1024, ge=1024, description="largest request body (a file upload has BATCH_MAX_BYTES)"
     )
@@ -257,6 +294,9 @@ class Settings(BaseSettings):
     ingress_max_bodies_bytes: int = Field(
         128 * 1024 * 1024, ge=1024, description="request bodies one ingress holds in memory at once (503 past it)"
     )
+    ingress_send_timeout_s: float = Field(
+        60, gt=0, description="a client that reads none of its answer for this long is cut (its connection closed)"
+    )
     files_max_per_source: int = Field(100, ge=1, description="uploaded files a source (a token's) keeps at once")
     files_max_bytes_per_source: int = Field(
         1024 * 1024 * 1024, ge=1024, description="bytes of uploaded files a source (a token's) keeps at once"
@@ -270,6 +310,11 @@ class Settings(BaseSettings):
         False, description="session cookies without Secure: the console served over plain HTTP (loopback demo)"
     )
     console_session_s: int = Field(12 * 3600, ge=60, le=30 * 24 * 3600, description="a console sign-in lasts this long")
+    upload_lease_s: float = Field(
+        300,
+        gt=0,
+        description="an upload's reservation of its source's file quota lapses this long after its last chunk",
+    )
     # ---- live streams of streaming jobs (worker.events; GET /v1/jobs/{id}/events)
     stream_events_ttl_s: int = Field(
         3600, ge=0, description="how long a streaming job's events are kept; 0: workers publish none"
@@ -299,6 +344,13 @@ class Settings(BaseSettings):
         description="allow image URLs whose host is localhost or a non-public IP address (a self-hosted upstream)",
     )
 
+    @field_validator("webhook_allowed_hosts")
+    @classmethod
+    def _hosts(cls, v: list[str]) -> list[str]:
+        for entry in v:
+            egress.host_entry(entry)
+        return v
+
     @field_validator("webhook_allowed_networks")
     @classmethod
     def _networks(cls, v: list[str]) -> list[str]:
@@ -318,13 +370,25 @@ class Settings(BaseSettings):
     exporter_port: int = Field(9465, ge=1, le=65535, description="`llm-router exporter`'s /metrics port")
     # Label values are bounded: a model outside this list (and the models the settings
     # above name) is reported as "other".
-    metric_models: list[str] = list(AISA_MODELS)
+    metric_models: list[ModelName] = list(AISA_MODELS)
     # Producers' `source` labels; empty: the first 20 a worker sees, then "other".
-    metric_sources: list[str] = []
+    metric_sources: list[SourceName] = []
     # ---- the spend ledger (worker.store, worker.spend): per-day spend by model, source, batch, route
     spend_retention_days: int = Field(
         400, ge=1, le=3660, description="days the per-day spend records (by model, source, batch, route) are kept"
     )
+
+    @field_validator("aisa_base_url")
+    @classmethod
+    def _base_url(cls, v: str) -> str:
+        # read as the client (httpx) reads it: a URL it cannot call fails every job, not the start
+        try:
+            url = httpx.URL(v)
+        except httpx.InvalidURL as exc:
+            raise ValueError(f"{v!r} is not a URL ({exc}): use e.g. https://api.aisa.one/v1") from None
+        if url.scheme not in ("http", "https") or not url.host:
+            raise ValueError(f"{v!r} needs http:// or https:// and a host: use e.g. https://api.aisa.one/v1") from None
+        return v
 
     @field_validator("budget_tz")
     @classmethod
@@ -371,7 +435,8 @@ def _problem(loc: tuple[int | str, ...], msg: str) -> str:
     person sets, then where in its JSON value (never inside a secret one: the path would show a
     token), then what is wrong."""
     name = str(loc[0]).upper() if loc else "settings"
-    path = "".join(f"[{p}]" if isinstance(p, int) else f'["{p}"]' for p in loc[1:] if p != "[key]")
+    # (json.dumps: a key with a control character in it is shown escaped)
+    path = "".join(f"[{json.dumps(p, ensure_ascii=False)}]" for p in loc[1:] if p != "[key]")
     where = f", in {path}" if path and loc[0] not in SECRET_SETTINGS else ""
     return f"{name}{where}: {msg.removeprefix('Value error, ')}"
 

@@ -92,7 +92,7 @@ def test_both_forms_of_ingress_tokens_and_their_grants(monkeypatch):
         ('{"s3cret-x": {"source": "a", "rol": "operator"}}', 'INGRESS_TOKENS: unknown key "rol": did you mean "role"?'),
         ('{"s3cret-x": {"source": "a", "role": "admin"}}', "INGRESS_TOKENS: Input should be 'source' or 'operator'"),
         ('{"s3cret-x": {"role": "source"}}', 'a token of role "source" needs a "source"'),
-        ('{"s3cret-x": {"source": "bad source!"}}', "INGRESS_TOKENS: String should match pattern"),
+        ('{"s3cret-x": {"source": "bad source!"}}', "INGRESS_TOKENS: source 'bad source!' must be 1-64 characters"),
     ],
 )
 def test_a_bad_grant_refuses_the_start_naming_the_variable_not_the_token(monkeypatch, value, said):
