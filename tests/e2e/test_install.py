@@ -131,12 +131,14 @@ def test_an_installed_copy_runs_jobs_beside_a_service_with_its_own_worker_produc
 
 
 CONSOLE_SCRIPT = """
-import json, re
+import json
 from fastapi.testclient import TestClient
 from llm_router.producers.http import create_app
 from llm_router.worker.settings import Settings
 
-settings = Settings(_env_file=None, ingress_tokens={"tok": {"role": "operator"}}, console_secret="installed-console-0123456789")
+settings = Settings(
+    _env_file=None, ingress_tokens={"tok": {"role": "operator"}}, console_secret="installed-console-0123456789"
+)
 with TestClient(create_app(settings), base_url="https://testserver") as client:
     form = client.get("/console/login")
     script = client.get("/console/static/console.js")
