@@ -260,8 +260,9 @@ async def _job(app: Ingress, who: Viewer, job_id: str) -> dict[str, Any]:
     status = None if result is not None else await pending(app, job_id)
     if result is None and status is None:
         raise ApiError(404, f"no job {job_id} (or not yours)")
-    streaming = await app.redis.exists(events_key(job_id))
-    return {"job": result, "job_id": job_id, "status": result.status if result else status, "streaming": streaming}
+    # a pending job's page follows its events (the text as it comes, then the result); a finished
+    # one shows its stored answer only
+    return {"job": result, "job_id": job_id, "status": result.status if result else status}
 
 
 @router.get("/jobs/events")

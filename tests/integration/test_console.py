@@ -361,3 +361,15 @@ async def test_the_overview_counts_the_jobs_a_worker_runs(http, settings, make_p
     await redis.set(in_progress_key(job_id), b"1", px=30_000)
     await redis.zadd(settings.queue_name, {job_id: int(time.time() * 1000) + 30_000})
     assert re.search(r'id="running">1<', http.get("/console/").text)
+
+
+async def test_a_pending_jobs_page_follows_its_events_a_finished_one_shows_its_answer(http, settings, make_producer):
+    producer = await make_producer(settings, source="team-a")
+    job_id = await producer.chat("gpt-4.1", "hello there", job_id="team-a@page-1", stream=True)
+    sign_in(http, "tok-a")
+    pending = http.get("/console/jobs", params={"id": job_id}).text
+    assert "data-events=" in pending and "queued" in pending
+    await run_worker(settings)
+    done = http.get("/console/jobs", params={"id": job_id}).text
+    assert "data-events=" not in done  # (its kept events would add the text a second time)
+    assert done.count("[gpt-4.1] You said: hello there") == 1 and "succeeded" in done
