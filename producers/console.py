@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, FastAPI, Form, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
@@ -82,6 +83,10 @@ class ConsoleRoute(APIRoute):
                 response = _error(request, 403, "the form's CSRF token is missing or wrong: reload the page and retry")
             except ApiError as exc:
                 response = _error(request, exc.status, exc.message)
+            except RequestValidationError as exc:  # a bad query or form value: the page says which
+                err = exc.errors()[0]
+                where = ".".join(str(p) for p in err["loc"][1:]) or "the request"
+                response = _error(request, 400, f"{where}: {err['msg']}")
             response.headers.update(SECURITY_HEADERS)
             return response
 

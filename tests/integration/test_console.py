@@ -373,3 +373,11 @@ async def test_a_pending_jobs_page_follows_its_events_a_finished_one_shows_its_a
     done = http.get("/console/jobs", params={"id": job_id}).text
     assert "data-events=" not in done  # (its kept events would add the text a second time)
     assert done.count("[gpt-4.1] You said: hello there") == 1 and "succeeded" in done
+
+
+def test_a_bad_value_is_a_console_page_naming_the_field(http):
+    sign_in(http, "tok-op")
+    answer = http.get("/console/dlq", params={"page": -1})
+    assert answer.status_code == 400 and answer.headers["content-type"].startswith("text/html")
+    assert "page: Input should be greater than or equal to 0" in answer.text
+    assert "content-security-policy" in answer.headers
