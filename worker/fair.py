@@ -26,7 +26,7 @@ OTHER_SOURCE = "other"
 def known_sources(settings: Settings) -> frozenset[str]:
     """The sources the configuration names: each has a sub-queue whatever else is seen."""
     names = set(settings.source_weights) | set(settings.source_limits) | set(settings.metric_sources)
-    names |= set(settings.ingress_tokens.values())
+    names |= {g.source for g in settings.grants().values() if g.source is not None}
     return frozenset(names | {DEFAULT_SOURCE, OTHER_SOURCE})
 
 
