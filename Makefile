@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test chaos lint format bench redis-server prometheus alertmanager docker-compose node clean
+.PHONY: demo test docs chaos lint format bench redis-server prometheus alertmanager docker-compose node clean
 
 $(BIN)/llm-router: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -59,8 +59,14 @@ format: $(BIN)/llm-router
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-test: lint redis-server prometheus alertmanager docker-compose node
+test: lint docs redis-server prometheus alertmanager docker-compose node
 	$(BIN)/pytest -q
+
+# The docs site (docs/, mkdocs.yml) into .site/, strict: a broken link or anchor fails. Its
+# reference tables are generated from the code as it builds (docs/gen/). `$(BIN)/mkdocs serve`
+# previews it at http://127.0.0.1:8000 while you edit.
+docs: $(BIN)/llm-router
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
 # Redis failover under load: master + replica + 3 sentinels, several workers (slow; prints its figures).
 chaos: $(BIN)/llm-router redis-server
@@ -80,4 +86,4 @@ bench: $(BIN)/llm-router redis-server
 	$(BIN)/python -m bench.slow_clients
 
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache
+	rm -rf $(VENV) *.egg-info .pytest_cache .site
