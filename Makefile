@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test docs chaos lint format bench redis-server prometheus alertmanager docker-compose node clean
+.PHONY: demo test test-fast docs chaos lint format bench redis-server prometheus alertmanager docker-compose node clean
 
 $(BIN)/llm-router: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -68,9 +68,14 @@ test: lint docs redis-server prometheus alertmanager docker-compose node
 docs: $(BIN)/llm-router
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
+# The fast part: unit tests and the in-process Redis ones (tests/unit, tests/integration; no
+# process fleets, no CLI runs, no deploy checks), about a minute. `make test` runs everything.
+test-fast: $(BIN)/llm-router redis-server
+	$(BIN)/pytest -q tests/unit tests/integration
+
 # Redis failover under load: master + replica + 3 sentinels, several workers (slow; prints its figures).
 chaos: $(BIN)/llm-router redis-server
-	$(BIN)/pytest -q -s -m failover tests/test_failover.py
+	$(BIN)/pytest -q -s -m failover tests/e2e/test_failover.py
 
 bench: $(BIN)/llm-router redis-server
 	$(BIN)/python -m bench.dispatch

@@ -22,6 +22,7 @@ class RedisTraffic:
     def __init__(self) -> None:
         self.round_trips = 0
         self.raw_names: Counter[Any] = Counter()
+        self.scripts: Counter[str] = Counter()  # EVALSHA calls by the script's SHA1
         self._saved: tuple[Any, Any] | None = None
 
     @property
@@ -44,6 +45,8 @@ class RedisTraffic:
 
         def pack_command(conn: AbstractConnection, *args: Any) -> Any:
             traffic.raw_names[args[0]] += 1  # cheap here: named when read (by_name)
+            if args[0] in ("EVALSHA", b"EVALSHA"):
+                traffic.scripts[args[1].decode() if isinstance(args[1], bytes) else str(args[1])] += 1
             return pack(conn, *args)
 
         async def send_packed_command(conn: AbstractConnection, command: Any, check_health: bool = True) -> None:
@@ -61,3 +64,4 @@ class RedisTraffic:
     def reset(self) -> None:
         self.round_trips = 0
         self.raw_names.clear()
+        self.scripts.clear()

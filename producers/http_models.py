@@ -1,6 +1,6 @@
 """What the HTTP ingress answers, as models for `/openapi.json`: OpenAI's error shape, the
 job and list shapes, and `responses(...)`, the statuses a route declares. The routes build
-their bodies directly (no second validation per request); tests/test_ingress_fuzz.py checks
+their bodies directly (no second validation per request); tests/e2e/test_ingress_fuzz.py checks
 every answer against these schemas."""
 
 from __future__ import annotations

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import hypothesis
 import pytest
 from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
 
-from harness.processes import WorkerProcess
 from harness.redis_server import PrivateRedis
+from producers.api import Producer
 from sim.server import SimServer, Simulator
 from worker.settings import Settings
 
@@ -24,6 +25,20 @@ from .helpers import API_KEY, sim_admin
 hypothesis.settings.register_profile("repeatable", derandomize=True, max_examples=50, database=None, deadline=None)
 hypothesis.settings.register_profile("explore", max_examples=500, database=None, deadline=None)
 hypothesis.settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "repeatable"))
+
+# Unit tests start no server (.ci/restructure.py places the files by kind). Processes are the
+# e2e folder's: its conftest.py alone has the `workers` fixture.
+SERVERS = {"redis_server", "sim_server"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        used = SERVERS & set(getattr(item, "fixturenames", ()))
+        if item.path.parent.name == "unit" and used:
+            raise pytest.UsageError(
+                f"{item.nodeid} uses {', '.join(sorted(used))}: not a unit test. Give its file the right "
+                "folder in .ci/restructure.py's table and run it"
+            )
 
 
 @pytest.fixture(scope="session")
@@ -85,16 +100,29 @@ def settings(sim: SimServer, redis_url: str) -> Settings:
     )
 
 
+MakeProducer = Callable[..., Awaitable[Producer]]
+
+
 @pytest.fixture
-def workers(tmp_path):
-    """Start `llm-router worker` processes: `workers(settings)`; all are stopped after the test."""
-    started: list[WorkerProcess] = []
+async def make_producer() -> AsyncIterator[MakeProducer]:
+    """`await make_producer(settings, source=None, own_settings=False)`: a Producer on `settings`'
+    Redis and queue, closed after the test. It reads its other settings from the environment, as
+    `Producer()` does, unless `own_settings` gives it `settings` (their bounds, batch and webhook
+    settings), as the service and the ingress do."""
+    async with contextlib.AsyncExitStack() as stack:
 
-    def start(settings, name="w"):
-        w = WorkerProcess(settings, tmp_path / f"{name}{len(started)}.log")
-        started.append(w)
-        return w
+        async def make(settings: Settings, *, source: str | None = None, own_settings: bool = False) -> Producer:
+            producer = Producer(settings.redis_url, queue_name=settings.queue_name, source=source)
+            await stack.enter_async_context(producer)
+            if own_settings:
+                producer.settings = settings
+            return producer
 
-    yield start
-    for w in started:
-        w.stop()
+        yield make
+
+
+@pytest.fixture
+async def producer(make_producer: MakeProducer, settings: Settings) -> Producer:
+    """The test's producer: source "tests", on the `settings` fixture's Redis and queue. A file
+    that needs another one overrides this fixture with its own `make_producer(...)` call."""
+    return await make_producer(settings, source="tests")

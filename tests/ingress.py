@@ -1,5 +1,5 @@
 """A running HTTP ingress for the tests that drive it as a client would: `llm-router api` and
-a worker, both real processes on one Settings (tests/test_ingress.py, test_ingress_stream.py,
+a worker, both real processes on one Settings (tests/e2e/test_ingress.py, test_ingress_stream.py,
 test_ingress_fuzz.py)."""
 
 from __future__ import annotations

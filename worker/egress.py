@@ -202,7 +202,7 @@ def client(timeout: float, allowed: Sequence[IPNetwork], resolver: Resolver = an
     certificates are httpx's (SSL_CERT_FILE / SSL_CERT_DIR, else certifi's)."""
     transport = httpx.AsyncHTTPTransport()
     # httpx builds its httpcore pool itself and takes no network backend: the pool is replaced
-    # (tests/test_webhooks.py sees a loopback receiver refused, so a change in httpx fails there)
+    # (tests/e2e/test_webhooks.py sees a loopback receiver refused, so a change in httpx fails there)
     limits = httpx.Limits()  # httpx's defaults, not httpcore's
     transport._pool = httpcore.AsyncConnectionPool(
         ssl_context=httpx.create_ssl_context(),

@@ -1,0 +1,1 @@
+"""Tests: deploy (the kinds are in .ci/restructure.py)."""

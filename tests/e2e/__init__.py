@@ -1,0 +1,1 @@
+"""Tests: e2e (the kinds are in .ci/restructure.py)."""

@@ -1,0 +1,202 @@
+"""End to end with real processes: `llm-router worker` and the CLI as subprocesses."""
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from harness.processes import llm_router
+from tests.helpers import API_KEY, sim_admin
+
+CLI = [llm_router()]
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def env(sim, redis_url):
+    return {
+        **os.environ,
+        "AISA_API_KEY": API_KEY,
+        "AISA_BASE_URL": sim.base_url,
+        "REDIS_URL": redis_url,
+        "QUEUE_NAME": "llm-router:e2e",
+        "REQUEST_TIMEOUT_S": "5",
+        "POLL_DELAY_S": "0.01",
+        # no /metrics: a busy METRICS_PORT stops a worker's start, and this machine runs other suites
+        "METRICS_PORT": "0",
+    }
+
+
+@pytest.fixture
+def worker_proc(env):
+    proc = subprocess.Popen([*CLI, "worker"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    yield proc
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=20)
+    assert proc.returncode == 0, out
+    assert API_KEY not in out  # the key never reaches the logs
+
+
+def cli(env, *args, timeout=60):
+    return subprocess.run([*CLI, *args], env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_chat_vision_compare_through_a_worker_process(env, worker_proc, sim, tmp_path):
+    out = cli(env, "chat", "--model", "gpt-4.1", "--message", "Hello, world!", "--system", "You are a poet")
+    assert out.returncode == 0, out.stderr
+    answer, cost_line = out.stdout.strip().splitlines()
+    assert answer == "[gpt-4.1] You said: Hello, world!"
+    assert cost_line.startswith("-- gpt-4.1 · 25 tokens · $")
+    cost = float(cost_line.split("$")[1].split(" ")[0])
+    assert cost == pytest.approx(sim_admin(sim, "/_sim/stats")["charged"]["gpt-4.1"], abs=1e-6)
+
+    image = tmp_path / "x.png"
+    image.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 10)
+    out = cli(env, "vision", "--model", "gpt-4o", "--image", str(image), "--prompt", "Describe this image")
+    assert out.returncode == 0 and "I see a image/png image of 18 bytes" in out.stdout
+
+    before = sim_admin(sim, "/_sim/stats")["charged_total"]
+    out = cli(env, "compare", "--models", "gpt-4.1,claude-3-sonnet,gemini-2.0-flash", "--message", "What is 2+2?")
+    assert out.returncode == 0
+    for model in ("gpt-4.1", "claude-3-sonnet", "gemini-2.0-flash"):
+        assert f"== {model} ==\n[{model}] You said: What is 2+2?" in out.stdout
+    total = float(out.stdout.strip().splitlines()[-1].removeprefix("total $"))
+    assert total == pytest.approx(sim_admin(sim, "/_sim/stats")["charged_total"] - before, abs=1e-6)
+
+
+def test_no_wait_then_result_and_json(env, worker_proc):
+    out = cli(env, "chat", "--model", "qwen-max", "--message", "later", "--no-wait")
+    job_id = out.stdout.strip()
+    assert out.returncode == 0 and len(job_id) == 32
+    out = cli(env, "result", job_id, "--wait", "30", "--json")
+    assert out.returncode == 0, out.stderr
+    assert '"content": "[qwen-max] You said: later"' in out.stdout and '"cost_source": "gateway"' in out.stdout
+
+
+def test_stream_flag_and_failed_job_exit_code(env, worker_proc):
+    out = cli(env, "chat", "--model", "deepseek-v3", "--message", "stream it", "--stream", "--json")
+    assert out.returncode == 0 and '"ttft_s"' in out.stdout
+    out = cli(env, "chat", "--model", "no-such-model", "--message", "x")
+    assert out.returncode == 1 and "not_found" in out.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "flag"),
+    [
+        (["chat", "--model", "gpt-4.1", "--message", "x", "--temperature", "3"], "--temperature"),
+        (["chat", "--model", "gpt-4.1"], "--messages/--message"),
+        (["compare", "--models", ",", "--message", "x"], "--models"),
+        (["vision", "--model", "gpt-4o", "--image", "/nonexistent.png", "--prompt", "p"], "--image"),
+        (["vision", "--model", "gpt-4o", "--image", "data:image/png;base64,!!", "--prompt", "p"], "--image"),
+    ],
+)
+def test_bad_input_is_refused_before_enqueue(env, args, flag, redis_url):
+    from redis import Redis
+
+    out = cli(env, *args)
+    assert out.returncode == 2
+    assert out.stderr.startswith(f"llm-router: invalid {flag}") and "Nothing was enqueued" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert Redis.from_url(redis_url).zcard("llm-router:e2e") == 0
+
+
+def test_worker_without_api_key_says_so_clearly(env):
+    env = {k: v for k, v in env.items() if k != "AISA_API_KEY"}
+    out = subprocess.run([*CLI, "worker"], env=env, capture_output=True, text=True, timeout=30, cwd="/")
+    assert out.returncode == 2
+    assert "AISA_API_KEY is not set" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_models_command_lists_the_gateway_models(env):
+    out = cli(env, "models")
+    assert out.returncode == 0 and "claude-3-sonnet" in out.stdout.splitlines()
+
+
+def test_arq_cli_runs_worker_settings_from_the_environment(env, redis_url):
+    job = cli(env, "chat", "--model", "grok-2", "--message", "via arq", "--no-wait").stdout.strip()
+    arq = os.path.join(os.path.dirname(sys.executable), "arq")
+    out = subprocess.run([arq, "worker.WorkerSettings", "--burst"], env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    result = cli(env, "result", job)
+    assert result.returncode == 0 and result.stdout.startswith("[grok-2] You said: via arq")
+
+
+def test_demo_runs_end_to_end():
+    out = subprocess.run([sys.executable, "-m", "harness.demo"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    for title in (
+        "chat",
+        "streamed chat",
+        "tool call",
+        "vision (local file)",
+        "compare",
+        "fallback",
+        "429",
+        "unknown model",
+    ):
+        assert f"### {title}" in out.stdout
+    assert out.stdout.count("succeeded]") == 7 and "error: not_found" in out.stdout
+    assert "qwen-max server -> qwen-max server" in out.stdout and "-> deepseek-v3 ok" in out.stdout
+    assert "gemini-1.5-flash rate_limit -> gemini-1.5-flash ok (after 0.5" in out.stdout
+    assert 'llm_router_spend_usd_total{kind="chat"' in out.stdout and "Dead letters: 1" in out.stdout
+    assert "### batch: 6 prompts from a CSV" in out.stdout and "completed: 6/6 done, 0 failed" in out.stderr
+    assert "p0: [gpt-4o-mini] You said: Summarise: The quarterly report" in out.stdout
+    assert "6 lines in summaries.jsonl, in input order" in out.stdout
+    assert '202 {"id":"demo-http@hello-1","status":"queued"}' in out.stdout
+    assert "succeeded: [gpt-4.1] You said: Hello from curl  (source demo-http, $0.0" in out.stdout
+    assert "demo done" in out.stdout
+
+
+def test_dlq_list_show_replay_purge(env, sim):
+    env = {**env, "BACKOFF_BASE_S": "0.01", "CIRCUIT_FAILURES": "100"}
+    sim_admin(sim, "/_sim/config", {"model": "gpt-4.1", "down": True})
+    ids = [
+        cli(env, "chat", "--model", "gpt-4.1", "--message", m, "--fallbacks", "", "--no-wait").stdout.strip()
+        for m in ("first", "second")
+    ]
+    assert subprocess.run([*CLI, "worker", "--burst"], env=env, capture_output=True, timeout=60).returncode == 0
+    out = cli(env, "dlq", "list")
+    assert (
+        out.returncode == 0 and all(i in out.stdout for i in ids) and "server: Simulated upstream failure" in out.stdout
+    )
+    show = cli(env, "dlq", "show", ids[0])
+    assert show.returncode == 0 and '"content": "first"' in show.stdout and show.stdout.count('"model": "gpt-4.1"') >= 3
+    assert cli(env, "dlq", "show", "nope").returncode == 1
+
+    sim_admin(sim, "/_sim/config", {"model": "gpt-4.1", "down": False})
+    assert cli(env, "dlq", "replay", ids[0]).stdout.strip() == f"replayed {ids[0]}"
+    assert cli(env, "dlq", "replay", ids[0]).returncode == 1  # no longer dead
+    assert subprocess.run([*CLI, "worker", "--burst"], env=env, capture_output=True, timeout=60).returncode == 0
+    assert cli(env, "result", ids[0]).stdout.startswith("[gpt-4.1] You said: first")
+    assert ids[0] not in cli(env, "dlq", "list").stdout
+    assert cli(env, "dlq", "purge").stdout.strip() == "purged 1 dead letters"
+    assert cli(env, "dlq", "list").stdout.strip() == "the dead-letter list is empty"
+
+
+def test_unreachable_redis_is_one_clear_line(env):
+    from harness.redis_server import free_port
+
+    port = free_port()
+    out = cli({**env, "REDIS_URL": f"redis://127.0.0.1:{port}/0"}, "dlq", "list")
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    said = f"REDIS_URL: nothing listens at 127.0.0.1:{port} (connection refused): start Redis, or point REDIS_URL at it"
+    assert out.stderr.strip() == f"llm-router: {said}"
+
+
+def test_waiting_with_no_worker_says_so(env):
+    out = cli(env, "chat", "--model", "gpt-4.1", "--message", "anyone?", "--timeout", "4")
+    assert out.returncode == 3
+    assert "no worker is consuming queue 'llm-router:e2e'" in out.stderr and "llm-router worker" in out.stderr
+
+
+def test_a_closed_pipe_is_not_a_traceback(env, worker_proc):
+    job_id = cli(env, "chat", "--model", "gpt-4.1", "--message", "piped", "--no-wait").stdout.strip()
+    assert cli(env, "result", job_id, "--wait", "30").returncode == 0
+    # `true` exits without reading: every write of the CLI meets a closed pipe
+    out = subprocess.run(
+        f"{CLI[0]} result {job_id} --json | true", shell=True, env=env, capture_output=True, text=True, timeout=30
+    )
+    assert "Traceback" not in out.stderr and "BrokenPipe" not in out.stderr, out.stderr

@@ -1,0 +1,229 @@
+"""No setting fails silently: real worker, ingress, exporter and CLI processes say within seconds
+what is wrong with REDIS_URL and how to fix it (a worker keeps retrying, saying so, while Redis
+may be starting; a wrong password or scheme stops every verb with exit 2), a worker says when
+Redis goes away and comes back, and checks the gateway's URL and key at start-up and runs on."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pydantic import SecretStr
+
+from harness.processes import LLMRouterProcess, answers, llm_router, settings_env, wait_started
+from harness.redis_server import PrivateRedis, free_port, reachable, redis_server_binary
+from harness.wait import wait_until
+from producers.api import Producer
+from tests.helpers import API_KEY
+from worker import errors
+from worker.client import AIsaClient
+from worker.settings import Settings
+
+# "Within a few seconds", with room for a loaded machine: the old code said nothing for 73 s
+# (and retried for ~37 minutes); a wrong password or scheme never stopped it.
+SAY_S = 20
+PASSWORD = "pw-0123"
+
+
+def server(*args: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([redis_server_binary(), *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+@pytest.fixture
+def password_port() -> Iterator[int]:
+    """A plain-text redis-server that wants PASSWORD."""
+    port = free_port()
+    proc = server(*shlex.split(f"--port {port} --bind 127.0.0.1 --save '' --requirepass {PASSWORD}"))
+    wait_started(proc, lambda: reachable(f"redis://:{PASSWORD}@127.0.0.1:{port}/0"), 10, "redis-server")
+    yield port
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.fixture
+def tls_port(tmp_path) -> Iterator[tuple[int, Path]]:
+    """A redis-server that speaks only TLS, with a self-signed certificate: (port, its CA file)."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.fail("openssl is not installed (apt-get install openssl)")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subject = f"-keyout {key} -out {cert} -subj /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1"
+    subprocess.run(
+        [openssl, *f"req -x509 -newkey rsa:2048 -nodes -days 1 {subject}".split()], check=True, capture_output=True
+    )
+    port = free_port()
+    proc = server(
+        *shlex.split(f"--port 0 --tls-port {port} --bind 127.0.0.1 --save '' --tls-auth-clients no"),
+        *shlex.split(f"--tls-cert-file {cert} --tls-key-file {key} --tls-ca-cert-file {cert}"),
+    )
+    wait_started(proc, lambda: reachable(f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={cert}"), 10, "TLS redis-server")
+    yield port, cert
+    proc.terminate()
+    proc.wait(10)
+
+
+def run(args: list[str], s: Settings, **env: str) -> subprocess.CompletedProcess[str]:
+    full = {**os.environ, **settings_env(s), "EXPORTER_PORT": str(free_port()), **env}
+    return subprocess.run(args, env=full, capture_output=True, text=True, timeout=SAY_S + 10)
+
+
+ARQ = str(Path(sys.executable).with_name("arq"))
+VERBS = {
+    "worker": [llm_router(), "worker"],
+    "arq": [ARQ, "worker.WorkerSettings"],
+    "api": [llm_router(), "api", "--port", str(free_port())],  # it stops before it binds
+    "exporter": [llm_router(), "exporter"],
+    "dlq": [llm_router(), "dlq", "list"],
+}
+WRONG = "Redis at 127.0.0.1:{port} refused REDIS_URL's password (invalid username-password pair"
+NONE = "Redis at 127.0.0.1:{port} wants a password and REDIS_URL gives none: REDIS_URL=redis://:PASSWORD@"
+PLAIN = "rediss:// (TLS) at 127.0.0.1:{port}, which speaks plain Redis: use redis://"
+
+
+@pytest.mark.parametrize(
+    ("url", "said", "verb"),
+    [
+        *[("redis://:wrong-pw@127.0.0.1:{port}/0", WRONG, verb) for verb in VERBS],
+        ("redis://127.0.0.1:{port}/0", NONE, "worker"),
+        ("redis://127.0.0.1:{port}/0", NONE, "dlq"),
+        (f"rediss://:{PASSWORD}@127.0.0.1:{{port}}/0", PLAIN, "worker"),
+        (f"rediss://:{PASSWORD}@127.0.0.1:{{port}}/0", PLAIN, "api"),
+        (f"rediss://:{PASSWORD}@127.0.0.1:{{port}}/0", PLAIN, "dlq"),
+    ],
+)
+def test_a_redis_url_that_cannot_work_stops_every_verb_with_its_fix(url, said, verb, password_port, settings):
+    s = settings.model_copy(update={"redis_url": url.format(port=password_port), "ingress_tokens": {"t": "web"}})
+    out = run(VERBS[verb], s)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert f"REDIS_URL: {said.format(port=password_port)}" in out.stderr
+    assert "start it" not in out.stderr and "Traceback" not in out.stderr
+    assert "wrong-pw" not in out.stdout + out.stderr and PASSWORD not in out.stdout + out.stderr
+
+
+def test_what_is_wrong_with_a_tls_url_is_named(tls_port, password_port):
+    from worker.preflight import redis_problem
+
+    port, ca = tls_port
+    assert redis_problem(f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={ca}") is None
+    plain = redis_problem(f"redis://127.0.0.1:{port}/0")
+    assert plain is not None and plain.lasting
+    assert plain.text.startswith(f"redis:// (plain text) at 127.0.0.1:{port}, which speaks TLS: use rediss://")
+    untrusted = redis_problem(f"rediss://127.0.0.1:{port}/0")
+    assert untrusted is not None and untrusted.lasting
+    assert (
+        "certificate is refused (self-signed certificate): give its CA in REDIS_URL (?ssl_ca_certs=" in untrusted.text
+    )
+    typo = redis_problem(f"rediss://127.0.0.1:{port}/0?ssl_ca_cert={ca}")
+    assert typo is not None and typo.lasting and "ssl_ca_cert" in typo.text
+    db = redis_problem(f"redis://:{PASSWORD}@127.0.0.1:{password_port}/99")
+    assert db is not None and db.lasting and "has no database of REDIS_URL's number" in db.text
+
+
+@pytest.mark.parametrize("verb", ["worker", "arq"])
+async def test_a_worker_without_redis_says_so_at_once_keeps_retrying_and_starts_when_it_comes(verb, settings, tmp_path):
+    redis = PrivateRedis()  # not started yet: its port is free
+    s = settings.model_copy(update={"redis_url": redis.url})
+    log = tmp_path / "worker.log"
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(
+            VERBS[verb], env={**os.environ, **settings_env(s)}, stdout=out, stderr=subprocess.STDOUT
+        )
+    try:
+        said = f"nothing listens at 127.0.0.1:{redis.port} (connection refused): start Redis, or point REDIS_URL at it"
+        wait_until(lambda: said in log.read_text(), SAY_S, "the worker to say Redis is not there")
+        assert "retrying every 2 s until it answers" in log.read_text() and proc.poll() is None
+        with redis:
+            async with Producer(redis.url, queue_name=s.queue_name) as producer:
+                job = await producer.chat("gpt-4.1", "once Redis is up")
+                result = await producer.wait(job, timeout=60)
+            assert result is not None and result.status == "succeeded"
+            assert f"Redis at 127.0.0.1:{redis.port} answers after" in log.read_text()
+    finally:
+        proc.kill()
+        proc.wait(10)
+
+
+async def test_a_running_worker_says_when_redis_goes_away_and_comes_back(settings, tmp_path):
+    with PrivateRedis() as redis:
+        s = settings.model_copy(update={"redis_url": redis.url, "metrics_port": free_port()})
+        worker = LLMRouterProcess("worker", env=settings_env(s), log_path=tmp_path / "worker.log")
+        try:
+            worker.wait_started(lambda: answers(f"http://127.0.0.1:{s.metrics_port}/readyz"), 30, "the worker")
+            redis.kill()
+            wait_until(lambda: "Redis lost (" in worker.log(), SAY_S, "the worker to say Redis is lost")
+            assert "retrying each command for about a minute" in worker.log()
+            redis.start()
+            wait_until(lambda: "Redis answers again after" in worker.log(), SAY_S, "the worker to say it is back")
+            async with Producer(redis.url, queue_name=s.queue_name) as producer:
+                result = await producer.wait(await producer.chat("gpt-4.1", "after the outage"), timeout=60)
+            assert result is not None and result.status == "succeeded"
+        finally:
+            worker.stop()
+
+
+@pytest.mark.parametrize(
+    ("base", "key", "said"),
+    [
+        (
+            "{sim}",
+            API_KEY,
+            "AISA_BASE_URL: GET {sim}/models and POST {sim}/chat/completions answer 404, so every call would:"
+            " add /v1: AISA_BASE_URL={sim}/v1",
+        ),
+        ("{sim}/v1", "not-the-key", "AISA_API_KEY: the gateway at {sim}/v1 refused the key (401"),
+        ("http://127.0.0.1:{free}/v1", API_KEY, "cannot reach the gateway at http://127.0.0.1:{free}/v1"),
+    ],
+)
+def test_a_worker_checks_the_gateway_at_start_up_and_runs_on(base, key, said, settings, sim, workers):
+    root, free = sim.base_url.removesuffix("/v1"), free_port()
+    s = settings.model_copy(
+        update={
+            "aisa_base_url": base.format(sim=root, free=free),
+            "aisa_api_key": SecretStr(key),
+            "metrics_port": free_port(),
+        }
+    )
+    worker = workers(s)
+    wait_until(lambda: said.format(sim=root, free=free) in worker.log(), SAY_S, "the worker to check the gateway")
+    assert "the worker runs on" in worker.log() and key not in worker.log()
+    # and it does: a gateway outage must not crash-loop the fleet
+    worker.wait_started(lambda: answers(f"http://127.0.0.1:{s.metrics_port}/readyz"), 30, "the worker")
+
+
+async def test_a_404_on_the_chat_path_names_the_url_it_called(sim):
+    root = sim.base_url.removesuffix("/v1")
+    async with AIsaClient(root, API_KEY) as client:
+        with pytest.raises(errors.ModelNotFoundError) as lost:
+            await client.chat({"model": "gpt-4.1", "messages": [{"role": "user", "content": "hi"}]})
+    assert f"(POST {root}/chat/completions)" in str(lost.value)
+    async with AIsaClient(sim.base_url, API_KEY) as client:  # an unknown model is the model's fault, not the URL's
+        with pytest.raises(errors.ModelNotFoundError) as unknown:
+            await client.chat({"model": "no-such-model", "messages": [{"role": "user", "content": "hi"}]})
+    assert "POST" not in str(unknown.value)
+
+
+async def test_a_server_without_a_models_list_passes_the_gateway_check_if_it_has_the_chat_path():
+    # docs/getting-started.md: servers without /v1/models work; the check must not send their operators after /v1
+    from aiohttp import web
+
+    from tests.plain_openai import create_app
+    from worker.preflight import gateway_problem
+
+    runner = web.AppRunner(create_app())
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        async with AIsaClient(f"http://127.0.0.1:{port}/v1", API_KEY) as client:
+            assert await gateway_problem(client, f"http://127.0.0.1:{port}/v1") is None
+        async with AIsaClient(f"http://127.0.0.1:{port}", API_KEY) as client:
+            problem = await gateway_problem(client, f"http://127.0.0.1:{port}")
+        assert problem is not None and problem.endswith(f"add /v1: AISA_BASE_URL=http://127.0.0.1:{port}/v1")
+    finally:
+        await runner.cleanup()

@@ -1,0 +1,1 @@
+"""Tests: integration (the kinds are in .ci/restructure.py)."""

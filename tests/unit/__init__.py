@@ -1,0 +1,1 @@
+"""Tests: unit (the kinds are in .ci/restructure.py)."""
