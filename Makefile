@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 
 .PHONY: demo test test-fast docs chaos lint format bench redis-server prometheus alertmanager docker-compose node clean
 
-$(BIN)/llm-router: pyproject.toml
+$(BIN)/llm-router: pyproject.toml setup.py
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test]'

@@ -10,16 +10,8 @@ import base64
 import json
 from typing import Any
 
-# Parameters that steer or label the answer: every other field of a body is input, and billed.
-NOT_INPUT = frozenset(
-    {
-        "model", "max_tokens", "max_completion_tokens", "n", "temperature", "top_p", "seed",
-        "frequency_penalty", "presence_penalty", "stream", "stream_options", "logprobs",
-        "top_logprobs", "user", "safety_identifier", "metadata", "store", "service_tier",
-        "prompt_cache_key", "prompt_cache_retention", "prompt_cache_options", "reasoning_effort",
-        "verbosity", "modalities", "parallel_tool_calls",
-    }
-)  # fmt: skip
+# Every body field but these generation parameters is input, and billed: the worker's own list.
+from worker.tokens import NOT_INPUT
 
 
 def count_tokens(text: str) -> int:
@@ -67,31 +59,6 @@ def prompt_tokens(body: dict[str, Any], messages: list[dict[str, Any]], image_to
     if fields:
         total += count_tokens(_json(fields))
     return total
-
-
-def bound_prompt_tokens(body: dict[str, Any], image_tokens: int) -> int:
-    """The bound a budget reserves for (`bill_at_bound`): every byte of the body as received
-    (compact JSON, UTF-8) a token, an image's URL or data left out and `image_tokens` instead."""
-    refs = list(_image_refs(body))
-    left_out = sum(len(_json(ref).encode()) - 2 for ref in refs)
-    return len(_json(body).encode()) - left_out + image_tokens * len(refs)
-
-
-def _image_refs(body: dict[str, Any]) -> list[str]:
-    """The URL or data of each image: chat/completions `image_url` parts, Gemini `inline_data` parts."""
-    refs = []
-    for message in body.get("messages") or []:
-        for part in _parts(message.get("content")) if isinstance(message.get("content"), list) else []:
-            url = image_url_of(part)
-            if isinstance(url, str):
-                refs.append(url)
-    system = body.get("systemInstruction")
-    for content in [*(body.get("contents") or []), *([system] if isinstance(system, dict) else [])]:
-        for part in (content.get("parts") or []) if isinstance(content, dict) else []:
-            inline = (part.get("inline_data") or part.get("inlineData")) if isinstance(part, dict) else None
-            if isinstance(inline, dict) and isinstance(inline.get("data"), str):
-                refs.append(inline["data"])
-    return refs
 
 
 def prefix_within(text: str, limit: int) -> str:

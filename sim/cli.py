@@ -51,6 +51,11 @@ cli = click.Group()
 @click.option("--cut-stream-after", type=int)
 @click.option("--malformed", is_flag=True)
 @click.option("--bill-at-bound", is_flag=True, help="bill each call up to the bound a budget reserves for")
+@click.option(
+    "--bill-then",
+    type=click.Choice(["drop", "hang"]),
+    help="bill each call, then drop the connection or hang until the client times out",
+)
 def sim(
     host: str,
     port: int,
@@ -68,6 +73,7 @@ def sim(
     cut_stream_after: int | None,
     malformed: bool,
     bill_at_bound: bool,
+    bill_then: str | None,
 ) -> None:
     keys = list(api_keys) or [os.environ.get("AISA_API_KEY", "")]
     faults = Faults(
@@ -82,6 +88,7 @@ def sim(
         cut_stream_after=cut_stream_after,
         malformed=malformed,
         bill_at_bound=bill_at_bound,
+        bill_then=bill_then,
     )
     try:
         simulator = Simulator(keys, credits=credits, faults=faults, seed=seed)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -26,6 +26,11 @@ class Faults(BaseModel):
         None, ge=0, description="streams: after N chunks, an error event (rate_limit_error) instead of the rest"
     )
     malformed: bool = Field(False, description="answer 200 with a body that is not JSON")
+    bill_then: Literal["drop", "hang"] | None = Field(
+        None,
+        description="bill the call (credits and the charged ledger count it), then drop the connection "
+        "(a stream: after its first chunk) or hang until the client gives up: a call billed but never answered",
+    )
     bill_at_bound: bool = Field(
         False,
         description="bill every call the most a budget's worst case allows: each byte of the request body a "
@@ -38,7 +43,9 @@ class FaultBook:
     """Default faults plus per-model overrides; `fail_next` is consumed as calls arrive."""
 
     def __init__(self, default: Faults | None = None, seed: int = 0) -> None:
-        self.default = default or Faults()
+        # the switches it was started with (CLI flags): what a reset goes back to
+        self.initial = default or Faults()
+        self.default = self.initial.model_copy(deep=True)
         self.per_model: dict[str, Faults] = {}
         self.rng = random.Random(seed)
 
@@ -55,7 +62,8 @@ class FaultBook:
         return self.per_model[model]
 
     def reset(self) -> None:
-        self.default = Faults()
+        """Forget the switches set at run time; those it was started with stay."""
+        self.default = self.initial.model_copy(deep=True)
         self.per_model.clear()
 
     def injected_status(self, model: str) -> int | None:

@@ -25,6 +25,9 @@ from typing import Any
 
 from aiohttp import web
 
+# the bound of `bill_at_bound` is the worker's own byte-walker (one implementation, not two)
+from worker.tokens import input_bound
+
 from . import answers
 from .catalog import IMAGE_TOKENS_MAX, MODELS, ModelSpec, image_tokens, price
 from .faults import FaultBook, Faults
@@ -344,9 +347,9 @@ class Answer:
 
     def bill_at_bound(self, body: dict[str, Any]) -> None:
         """Bill the most a budget's worst case allows (Faults.bill_at_bound): every byte of the
-        body a prompt token, each image the catalogue's most, each choice its cap (none: the
-        context window)."""
-        self.prompt_tokens = answers.bound_prompt_tokens(body, IMAGE_TOKENS_MAX)
+        body a prompt token (worker.tokens.input_bound, the budgets' own bound), each image the
+        catalogue's most, each choice its cap (none: the context window)."""
+        self.prompt_tokens = input_bound(body, IMAGE_TOKENS_MAX)
         self.completion_tokens = (self.max_tokens or self.spec.context) * self.n
 
     def pieces(self) -> list[str]:
@@ -500,6 +503,9 @@ class Handlers:
         sim.statuses[200] += 1
         if body.get("stream"):
             return await self._stream(call, cost)
+        if faults.bill_then:
+            sim.charge(key, spec.id, cost)
+            return await _unanswered(call.request, faults.bill_then)
         if faults.latency_per_token_ms:
             await asyncio.sleep(faults.latency_per_token_ms * answer.completion_tokens / 1000)
         if faults.malformed:
@@ -531,7 +537,11 @@ class Handlers:
             "created": int(time.time()),
             "model": spec.id,
         }
+        if faults.bill_then:  # billed up front, then cut (or stalled) after the first chunk
+            self.sim.charge(key, spec.id, cost)
         for sent, chunk in enumerate(_chunks(answer, call.body)):
+            if faults.bill_then and sent == 1:
+                return await _unanswered(request, faults.bill_then, response)
             if faults.cut_stream_after is not None and sent >= faults.cut_stream_after:
                 request.transport.close()  # type: ignore[union-attr]  # mid-stream: no [DONE], no terminating chunk
                 return response
@@ -575,7 +585,7 @@ class Handlers:
             }
         )
 
-    async def gemini(self, request: web.Request) -> web.Response:
+    async def gemini(self, request: web.Request) -> web.StreamResponse:
         model, _, method = request.match_info["spec"].partition(":")
         try:
             key = self.sim.authenticate(request)
@@ -610,6 +620,8 @@ class Handlers:
             self.sim.statuses[exc.status] += 1
             return _error_response(exc, gemini=True)
         self.sim.statuses[200] += 1
+        if faults.bill_then:
+            return await _unanswered(request, faults.bill_then)
         return web.json_response(
             {
                 "candidates": [
@@ -663,6 +675,15 @@ class Handlers:
         credits = float((await request.json())["credits"])
         self.sim.credits = {k: credits for k in self.sim.credits}
         return web.json_response({"credits": credits})
+
+
+async def _unanswered(request: web.Request, how: str, response: web.StreamResponse | None = None) -> web.StreamResponse:
+    """A billed call that never gets its answer (Faults.bill_then): the connection dropped, or
+    held until the client gives up (its hang-up cancels this handler: handler_cancellation)."""
+    if how == "hang":
+        await asyncio.sleep(3600)
+    request.transport.close()  # type: ignore[union-attr]
+    return response or web.Response(status=200)
 
 
 def _chunks(answer: Answer, body: dict[str, Any]) -> list[dict[str, Any]]:

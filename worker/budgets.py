@@ -16,17 +16,20 @@ below into its admit script): the scopes are checked (spent + reserved + worst c
 and the reservation written with the booking, or nothing is (an admission sent again with the
 same reservation id, by a client retrying after a lost answer, reserves nothing more). After the
 call, `settle` releases the reservation and adds the real cost (`usage.cost`; a failed call
-costs 0; an unknown cost counts as the worst case) to each scope's spend: once, because it
+costs 0 if nothing can have been billed, a 4xx/429 or a connect error, else its worst case: a
+timeout, a drop after the request was sent, a 5xx, a cut stream, a cancel in flight (worker.errors
+`billable`); an unknown cost counts as the worst case) to each scope's spend: once, because it
 deletes the reservation it settles.
 A reservation carries a deadline (LEASE_S), renewed by its worker's keeper while the call runs:
 a worker that dies leaves reservations that the next script run past their deadline releases
 (`reap`). A late settle of a reaped reservation (a worker stalled past its lease) still adds its
 cost, once: the reaped record is kept a day as a tombstone.
 
-Worst-case prices (USD per token, input and output apart): the table price (PRICES, else the
-skill's published family price: worker.pricing); for a model in no table, or whose table price
-a bill has proved low (`<model>|low`), the price learned from the gateway's bills (the larger of
-it and the table's); neither: BUDGET_UNKNOWN_PRICE. Learning: a call of p prompt and c completion
+Worst-case prices (USD per token, input and output apart): the model's PRICES entry, trusted as
+given (unless a bill has proved it low, `<model>|low`: then the larger of it and the learned
+price); for a model not in PRICES, the price learned from the gateway's bills; none yet: the
+larger of BUDGET_UNKNOWN_PRICE and the skill's published price of its family (worker.pricing; a
+family's figure is approximate, so never alone a ceiling). Learning: a call of p prompt and c completion
 tokens billed `cost` proves input price <= cost/p and output price <= cost/c (prices are not
 negative), so the smallest such bounds seen are upper bounds; a bill the bounds cannot explain
 (the price went up) replaces them.
@@ -66,7 +69,7 @@ from .serde import as_text
 if TYPE_CHECKING:
     import redis
 
-    from .settings import BudgetConfig, Settings
+    from .settings import BudgetConfig, Price, Settings
 
 # A batch's budget lives in its record (worker.batches): `budget_limit`, `budget_spent`, `budget_reserved`.
 BATCH_PREFIX = "budget_"
@@ -361,6 +364,16 @@ class Budgets:
             out.append(Scope("batch", line[0], batch_key(line[0]), BATCH_PREFIX, None))
         return out
 
+    async def applies(self, model: str, source: str | None, job_id: str) -> bool:
+        """Whether a budget applies to a call (a batch's only if its batch has one: read from Redis)."""
+        scopes = self.scopes(model, source, job_id)
+        if any(s.limit is not None for s in scopes):
+            return True
+        for s in scopes:  # a batch's: its record's limit, if it has a budget
+            if await self.redis.hget(s.key, s.prefix + "limit") is not None:  # type: ignore[misc]  # redis-py types commands as sync-or-async
+                return True
+        return False
+
     def plan(
         self, model: str, source: str | None, job_id: str, prompt: int, completion: int, cap: float | None
     ) -> Plan | None:
@@ -368,7 +381,7 @@ class Budgets:
         scopes = self.scopes(model, source, job_id)
         if not scopes and cap is None:
             return None
-        price = table_price(model, self.settings.prices)
+        price, unknown = self.prices(model)
         plan = Plan(model, scopes, [], [])
         plan.keys = [BUDGET_RESERVATIONS, BUDGET_DEADLINES, BUDGET_LEARNED, *(s.key for s in scopes)]
         plan.args = [
@@ -378,8 +391,8 @@ class Budgets:
             completion,
             "" if price is None else repr(price.input / 1000),
             "" if price is None else repr(price.output / 1000),
-            repr(self._unknown[0]),
-            repr(self._unknown[1]),
+            repr(unknown[0]),
+            repr(unknown[1]),
             plan.id,
             self.lease_ms,
             "" if cap is None else repr(cap),
@@ -388,6 +401,19 @@ class Budgets:
         for s in scopes:
             plan.args += [s.prefix, "" if s.limit is None else repr(s.limit)]
         return plan
+
+    def prices(self, model: str) -> tuple[Price | None, tuple[float, float]]:
+        """`model`'s worst-case prices for the admit script: (its PRICES entry, trusted as given, or
+        None; the per-token price while no bill has taught one). A model not in PRICES is priced
+        the larger of BUDGET_UNKNOWN_PRICE and its family's published price until its first bill:
+        a family's price is a rough figure (claude-3-sonnet's $0.01/1K is below its real output
+        price), not a ceiling."""
+        price = self.settings.prices.get(model)
+        family = None if price is not None else table_price(model, {})
+        unknown = self._unknown
+        if family is not None:
+            unknown = (max(unknown[0], family.input / 1000), max(unknown[1], family.output / 1000))
+        return price, unknown
 
     def refused(self, plan: Plan, rest: list[Any]) -> BudgetInfo | None:
         """The admit script's refusal as a BudgetInfo (counted); None: a fallback not cheaper than
@@ -415,12 +441,14 @@ class Budgets:
         return Reservation(plan.id, float(text))
 
     def settlement(
-        self, reservation: Reservation | None, model: str, answer: ModelAnswer | None
+        self, reservation: Reservation | None, model: str, answer: ModelAnswer | None, billable: bool = False
     ) -> tuple[list[str], list[Any]] | None:
         """The settle script's (keys, args) after a call: release its reservation and count what
-        it cost (`answer` None: failed or cancelled, costs 0); learn the model's price from a
-        gateway bill. None: nothing to do. worker.limiter's settle runs it with its own."""
-        cost: str = "0"
+        it cost (`answer` None: failed or cancelled; it costs 0 when nothing can have been billed,
+        its worst case, the reservation kept spent, when it may have been: `billable`, see
+        worker.errors); learn the model's price from a gateway bill. None: nothing to do.
+        worker.limiter's settle runs it with its own."""
+        cost: str = "" if billable and answer is None else "0"  # '': the worst case
         learn, prompt, completion = "0", 0, 0
         if answer is not None and answer.status == "succeeded":
             cost = "" if answer.cost is None else repr(answer.cost)
@@ -430,7 +458,8 @@ class Budgets:
             return None
         if reservation is not None:
             self.live.pop(reservation.id, None)
-        price = table_price(model, self.settings.prices)
+        # only a PRICES entry is a table price here: a model without one learns from every bill
+        price = self.settings.prices.get(model)
         return [BUDGET_RESERVATIONS, BUDGET_DEADLINES, BUDGET_LEARNED], [
             "" if reservation is None else reservation.id,
             cost,
@@ -443,9 +472,11 @@ class Budgets:
             "" if price is None else repr(price.output / 1000),
         ]
 
-    async def settle(self, reservation: Reservation | None, model: str, answer: ModelAnswer | None) -> None:
+    async def settle(
+        self, reservation: Reservation | None, model: str, answer: ModelAnswer | None, billable: bool = False
+    ) -> None:
         """`settlement`, run on its own."""
-        settlement = self.settlement(reservation, model, answer)
+        settlement = self.settlement(reservation, model, answer, billable)
         if settlement is not None:
             await self._settle(keys=settlement[0], args=settlement[1])
 

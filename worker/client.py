@@ -384,13 +384,14 @@ def _retry_delay(err: Any) -> float | None:
 
 
 def _stream_error(err: Any) -> errors.AIsaError:
-    """An `{"error": …}` event inside a stream: the HTTP status is already 200."""
+    """An `{"error": …}` event inside a stream: the HTTP status is already 200, the call ran
+    (billable, whatever the error says)."""
     if not isinstance(err, dict):
         return errors.ServerError(f"error in stream: {err}")
     message = str(err.get("message") or "error in stream")
     code = err.get("code") if isinstance(err.get("code"), str) else None
     if err.get("type") == "rate_limit_error" or code in ("rate_limit_exceeded", "upstream_rate_limit"):
-        return errors.RateLimitError(message, status=429, code=code)
+        return errors.RateLimitError(message, status=429, code=code, billable=True)
     return errors.ServerError(f"error in stream: {message}", code=code)
 
 
@@ -412,6 +413,8 @@ class _transport_errors:
     The aiohttp transport maps every aiohttp connection error (a server disconnect too) to
     httpx.ConnectTimeout, so the original aiohttp exception decides timeout vs connection.
     After a stream has started, a dropped connection means the stream was cut.
+    Only a failure to connect (refused, DNS, TLS, the connect timeout) is known to have sent
+    nothing: every other one may come after the gateway billed the call (`billable`).
     """
 
     def __init__(self, streaming: bool = False) -> None:
@@ -428,10 +431,21 @@ class _transport_errors:
         ):
             return
         cause = exc.__cause__ or exc
+        billable = not _never_sent(exc, cause)
         if isinstance(cause, (aiohttp.ServerTimeoutError, TimeoutError)) or (
             isinstance(exc, httpx.TimeoutException) and not isinstance(cause, aiohttp.ClientError)
         ):
-            raise errors.TimeoutError(f"no answer in time: {type(cause).__name__}") from exc
+            raise errors.TimeoutError(f"no answer in time: {type(cause).__name__}", billable=billable) from exc
         if self.streaming and isinstance(cause, (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError)):
             raise errors.MalformedResponseError(f"stream cut: {type(cause).__name__}") from exc
-        raise errors.ConnectionError(f"{type(cause).__name__}: {cause}") from exc
+        raise errors.ConnectionError(f"{type(cause).__name__}: {cause}", billable=billable) from exc
+
+
+def _never_sent(exc: BaseException, cause: BaseException) -> bool:
+    """Whether a transport failure happened before the request could reach the gateway: no
+    connection was made (aiohttp's connector errors and connect timeout; httpx's own
+    ConnectError and ConnectTimeout when no aiohttp error is behind them: the aiohttp transport
+    maps a server's disconnect to ConnectTimeout too)."""
+    if isinstance(cause, aiohttp.ClientError):
+        return isinstance(cause, (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError))
+    return isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout))

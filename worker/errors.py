@@ -1,7 +1,12 @@
 """Every way a gateway call can fail, as one exception hierarchy.
 
 Each class carries a short `error_class`: a bounded name used in results, logs and
-metric labels, and the key of the retry/fallback policy (worker.policy decides what is retried).
+metric labels, and the key of the retry/fallback policy (worker.policy decides what is retried);
+and `billable`: whether the gateway may have billed the call (worker.budgets then keeps its
+reservation spent: its worst case, not $0). Only a failure where nothing can have been billed
+is not billable: a request never sent (a connect error or connect timeout: worker.client says
+which) or refused (a 4xx status, a 429). A read timeout, a connection dropped after the request
+was sent, a stream cut or errored midway, a 5xx or an unreadable answer may have been billed.
 
     AIsaError
     ├── APIStatusError            the gateway answered with an error status
@@ -23,6 +28,7 @@ from __future__ import annotations
 
 class AIsaError(Exception):
     error_class = "error"
+    billable = True  # unless it is known that nothing can have been billed
 
     def __init__(
         self,
@@ -32,8 +38,11 @@ class AIsaError(Exception):
         code: str | None = None,
         request_id: str | None = None,
         retry_after: float | None = None,
+        billable: bool | None = None,
     ) -> None:
         super().__init__(message)
+        if billable is not None:
+            self.billable = billable
         self.message = message
         self.status = status
         self.code = code
@@ -48,6 +57,7 @@ class AIsaError(Exception):
 
 class APIStatusError(AIsaError):
     error_class = "status"
+    billable = False  # a refusal: the gateway answered a 4xx without running the call
 
 
 class BadRequestError(APIStatusError):
@@ -80,6 +90,7 @@ class RateLimitError(APIStatusError):
 
 class ServerError(APIStatusError):
     error_class = "server"
+    billable = True  # a 5xx may come after the upstream model ran (and billed)
 
 
 class TimeoutError(AIsaError):

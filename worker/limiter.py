@@ -303,7 +303,11 @@ class Limiter:
             SETTLED_MARK_MS,
             *(budget[1] if budget else ()),
         ]
-        mark = settled_key(uuid.uuid4().hex[:20])  # this settlement's id: applied once
+        # this settlement's id, applied once: the budget reservation's own id when the call has
+        # one (a second settlement of the same call, sent by any path, then adds nothing), else a
+        # fresh one (a resent command still carries it)
+        reservation_id = str(budget[1][0]) if budget else ""
+        mark = settled_key(reservation_id or uuid.uuid4().hex[:20])
         return self._settle, [model_key(model), GLOBAL_LIMIT, mark, *(budget[0] if budget else ())], args
 
 

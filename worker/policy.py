@@ -16,6 +16,10 @@
 | `auth`           | 401             | STOP_QUEUE: fail the job, close the queue until a probe passes      |
 | `credits`        | 402             | PAUSE_QUEUE: re-queue the job, close the queue until credits return |
 
+Whether a failure may have been billed (and so keeps its budget reservation spent) is the
+error's `billable` (worker.errors): `server`, `timeout`, `connection` and `malformed` may be,
+except a connect error or connect timeout (never sent); a 4xx and a 429 are not.
+
 A model is tried at most ATTEMPTS_PER_MODEL times. When the chain runs out and some model
 was only waiting (rate limit, open circuit), the job goes back to the queue with a delay
 (arq's `Retry(defer=…)`) instead of failing; after MAX_JOB_RUNS runs it is dead-lettered.

@@ -95,6 +95,7 @@ class Call:
     events: JobEvents | None = None
     route: str | None = None  # the route (`route:<name>`) the job's model named, if any: its spend is kept by route
     _bounds: dict[str, int] = field(default_factory=dict, repr=False)  # prompt_bound by model
+    _estimate: int | None = field(default=None, repr=False)  # estimate_prompt_tokens, once
 
     @property
     def settings(self) -> Settings:
@@ -108,7 +109,9 @@ class Call:
     def estimate_prompt_tokens(self) -> int:
         """A realistic count of the prompt, every input field's, for the rate limiter's booking
         (worker.tokens says why not the bound)."""
-        return tokens.input_estimate(self.payload)
+        if self._estimate is None:
+            self._estimate = tokens.input_estimate(self.payload)
+        return self._estimate
 
     def prompt_bound(self, model: str) -> int:
         """The most prompt tokens a call to `model` can be billed, for its budget reservation:
@@ -134,12 +137,40 @@ class Call:
 
     def capped(self, payload: dict[str, Any], model: str) -> dict[str, Any]:
         """`payload` with the completion cap a budget assumes for a job that set none
-        (BUDGET_DEFAULT_MAX_TOKENS a choice), in the field `model` takes: a budget's worst case
+        (`budget_max_tokens` a choice), in the field `model` takes: a budget's worst case
         holds only if the gateway is held to it."""
-        if payload.get("max_tokens") or payload.get("max_completion_tokens"):
+        if self.own_cap(payload):
             return payload
         name = "max_completion_tokens" if _COMPLETION_CAP_ONLY.match(model) else "max_tokens"
-        return {**payload, name: self.settings.budget_default_max_tokens}
+        return {**payload, name: max(self.budget_max_tokens(model), 1)}
+
+    @staticmethod
+    def own_cap(payload: dict[str, Any]) -> bool:
+        return bool(payload.get("max_tokens") or payload.get("max_completion_tokens"))
+
+    def budget_max_tokens(self, model: str) -> int:
+        """The cap a budget sends with a job that set none: BUDGET_DEFAULT_MAX_TOKENS, or what
+        the model's context window (MODEL_CONTEXT) leaves after the prompt's estimate, if less: a
+        cap the window cannot hold is refused by the gateway. 0 or less: the prompt alone fills it."""
+        cap = self.settings.budget_default_max_tokens
+        context = self.settings.model_context.get(model)
+        return cap if context is None else min(cap, context - self.estimate_prompt_tokens())
+
+    async def no_room(self, model: str) -> ModelAnswer | None:
+        """A `context_length` failure, unsent, when a budget applies to a call to `model` of a
+        job that set no cap and the prompt's estimate leaves no room in the model's window for
+        the cap a budget sends; None otherwise."""
+        if self.own_cap(self.payload) or self.budget_max_tokens(model) > 0:
+            return None
+        if not await self.resources.limiter.budgets.applies(model, self.source, self.job_id):
+            return None  # no budget, no cap added: the call goes as the job asked
+        context = self.settings.model_context[model]
+        message = (
+            f"the prompt (about {self.estimate_prompt_tokens()} tokens) leaves no room in {model}'s context "
+            f"window of {context} tokens for the completion cap a budget sends: shorten it or use a larger model"
+        )
+        error = ErrorInfo(type="context_length", message=message, code="context_length_exceeded")
+        return ModelAnswer(model=model, status="failed", error=error)
 
     def completion_cap(self, default: int) -> int:
         """The most completion tokens the call may be billed: the cap (`default` if none) times `n`."""
@@ -153,7 +184,7 @@ class Call:
             self.source,
             self.job_id,
             self.prompt_bound(model),
-            self.completion_cap(self.settings.budget_default_max_tokens),
+            self.completion_cap(max(self.budget_max_tokens(model), 1)),
             # a compare job's models are not fallbacks of each other
             None if self.kind == "compare" else self.budget_cap,
         )
@@ -161,7 +192,7 @@ class Call:
     def cut_by_budget_cap(self, answer: ModelAnswer) -> bool:
         """Whether `answer` may have been cut by the cap a budget added (the job set none): not
         what the same request gets without a budget, so it is not cached."""
-        if self.payload.get("max_tokens") or self.payload.get("max_completion_tokens"):
+        if self.own_cap(self.payload):
             return False
         return "length" in {answer.finish_reason, *(c.finish_reason for c in answer.choices or ())}
 
@@ -208,6 +239,9 @@ async def try_model(call: Call, model: str) -> Step:
 async def call_model(call: Call, model: str) -> Step:
     """Call one model until it answers or the policy says stop/move on."""
     limiter = call.resources.limiter
+    refused = await call.no_room(model)
+    if refused is not None:  # what a gateway would refuse is not sent: the larger-context model, or fail
+        return Step("larger", refused)
     tokens = call.estimate_tokens()
     failures, waited, napped, slot_wait = 0, 0.0, 0.0, 0.0
     while True:
@@ -224,7 +258,7 @@ async def call_model(call: Call, model: str) -> Step:
             continue
         if not admission.booked:
             return _not_admitted(call, model, tokens, admission)
-        async with _given_back_if_cancelled(call, model, tokens, admission.reservation):
+        async with _given_back_if_cancelled(call, model, tokens, admission.reservation, sent=False):
             await asyncio.sleep(admission.wait_s)
         waited += admission.wait_s
         m.RATE_LIMIT_WAIT.labels(call.resources.labels.model(model)).observe(slot_wait + admission.wait_s)
@@ -259,16 +293,17 @@ def _nap(admission: Admission, budget_s: float, call: Call) -> float:
 
 @asynccontextmanager
 async def _given_back_if_cancelled(
-    call: Call, model: str, tokens: int, reservation: budgets.Reservation | None
+    call: Call, model: str, tokens: int, reservation: budgets.Reservation | None, sent: bool
 ) -> AsyncIterator[None]:
     """A booking never outlives its call: a job cancelled (JOB_TIMEOUT_S, SIGTERM past the grace)
     while it waits for its slot or for the answer gives back what it booked, a probe slot and its
-    budget reservation."""
+    budget reservation; a call cancelled in flight (`sent`) may have been billed: its
+    reservation stays spent (worker.budgets)."""
     try:
         yield
     except asyncio.CancelledError:
         limiter = call.resources.limiter
-        budget = limiter.budgets.settlement(reservation, model, None)
+        budget = limiter.budgets.settlement(reservation, model, None, billable=sent)
         refund = limiter.settle(
             model, booked_tokens=tokens, used_tokens=None, outcome="neutral", pause_s=0, budget=budget
         )
@@ -353,7 +388,7 @@ async def call_once(
     exc: errors.AIsaError | None = None
     try:
         with m.IN_FLIGHT.labels(label).track_inprogress():
-            async with _given_back_if_cancelled(call, model, tokens, reservation):
+            async with _given_back_if_cancelled(call, model, tokens, reservation, sent=True):
                 completion = await send(call, payload)
     except errors.AIsaError as e:
         exc = e
@@ -443,7 +478,10 @@ async def _record(
         pause = max(pause, learned_pause(completion.rate_limits))
     # Both scripts in one round trip (worker.scripts). shield: a cancelled job (SIGTERM past
     # the grace) must still record a call that happened.
-    budget = limiter.budgets.settlement(reservation, model, answer if exc is None else None)
+    # a failure that may have been billed keeps its reservation spent (worker.errors `billable`)
+    budget = limiter.budgets.settlement(
+        reservation, model, answer if exc is None else None, billable=exc is not None and exc.billable
+    )
     recorded, opened = await asyncio.shield(
         run_scripts(
             store.redis,

@@ -328,16 +328,20 @@ class Settings(BaseSettings):
         4096,
         ge=1,
         description=(
-            "the completion cap of a job without `max_tokens` when a budget applies: reserved for (times `n`) "
-            "and sent with the call, so the gateway holds it to it (see Budgets)"
+            "the completion cap of a job without `max_tokens` when a budget applies (less when the model's "
+            "context window has less room after the prompt): reserved for (times `n`) and sent with the call, "
+            "so the gateway holds it to it (see Budgets)"
         ),
     )
-    # a model in no price table and not yet learned from the gateway's bills is priced at this
+    # a model not in PRICES and not yet learned from the gateway's bills is priced at this (or its
+    # family's published price, if higher): Claude 3 Opus's output price, the dearest of the skill's
+    # models and of the simulator's catalogue
     budget_unknown_price: Price = Field(
         Price(input=0.075, output=0.075),
         description=(
-            "USD per 1K tokens of a model in no price table and not yet learned from a bill (Claude 3 Opus's "
-            "output price, the highest of the skill's models)"
+            "USD per 1K tokens a budget reserves for a model not in `PRICES` until a bill teaches its price "
+            "(or its family's published price, if higher): Claude 3 Opus's output price, the dearest of the "
+            "skill's models and the simulator's catalogue (see Budgets)"
         ),
     )
 

@@ -20,6 +20,8 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
+import orjson
+
 # The most prompt tokens any model of the catalogue (sim/catalog.py, the skill's models) bills
 # for one image: gpt-4o-mini at high detail, 2,833 tokens plus 5,667 per 512 px tile (OpenAI's
 # vision guide, "Calculating costs"), and a high-detail image is at most 8 tiles (scaled to fit
@@ -44,16 +46,22 @@ NOT_INPUT = frozenset(
 
 
 def wire_json(value: Any) -> bytes:
-    """`value` as httpx sends a JSON body (compact, UTF-8, non-ASCII unescaped)."""
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+    """`value` as a JSON body is sent: compact, UTF-8, non-ASCII unescaped (httpx's bytes, but for
+    a float's exponent: `1e16`, not `1e+16`; the JSON's quotes and keys more than pay for it).
+    orjson; the standard library only for what orjson cannot write (an integer over 64 bits)."""
+    try:
+        return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
+    except TypeError:
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
 
 
-def input_bound(body: dict[str, Any]) -> int:
+def input_bound(body: dict[str, Any], image_tokens: int = IMAGE_TOKENS_BOUND) -> int:
     """The most input tokens a gateway can bill for `body`, a chat/completions body or Gemini's
-    generateContent body exactly as it is sent: its bytes, each image at IMAGE_TOKENS_BOUND."""
+    generateContent body exactly as it is sent: its bytes, each image at `image_tokens`. The one
+    byte-walker: the simulator bills its `bill_at_bound` calls with it too (sim.answers)."""
     images = list(image_refs(body))
     left_out = sum(len(wire_json(ref)) - 2 for ref in images)  # the string's bytes, not its quotes
-    return len(wire_json(body)) - left_out + IMAGE_TOKENS_BOUND * len(images)
+    return len(wire_json(body)) - left_out + image_tokens * len(images)
 
 
 def input_estimate(payload: dict[str, Any]) -> int:

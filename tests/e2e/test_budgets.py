@@ -23,7 +23,7 @@ from producers import batch_cli
 from producers.http import create_app
 from tests.helpers import run_worker, sim_admin
 from worker import metrics as m
-from worker import schedules
+from worker import schedules, tokens
 from worker.budgets import Budgets
 from worker.exporter import QueueCollector
 from worker.keys import BUDGET_LEARNED, BUDGET_RESERVATIONS, budget_day_key
@@ -200,6 +200,35 @@ async def test_prices_are_learned_from_bills_as_upper_bounds(redis, settings):
     assert third.reservation.worst_usd == pytest.approx(100 * 0.006 / 100 + 100 * 0.006 / 50, rel=1e-5)
 
 
+async def test_a_model_not_in_prices_is_reserved_at_the_larger_of_the_unknown_and_its_familys_price(redis, settings):
+    # claude-3-sonnet-x is of the claude-3-sonnet family ($0.01/1K published) and in no PRICES:
+    # the unknown price ($0.075/1K) until a bill; with a lower unknown price set, the family's
+    s = budgeted(settings, daily_usd=100.0)
+    limiter = Limiter(redis, s)
+    model = "claude-3-sonnet-x"
+    first = await limiter.admit(model, 0, 5, plan(limiter, model=model))
+    assert first.reservation.worst_usd == pytest.approx(200 * 0.075 / 1000)
+    low = Limiter(redis, s.model_copy(update={"budget_unknown_price": Price(input=0.001, output=0.02)}))
+    mixed = await low.admit(model, 0, 5, plan(low, model=model))
+    assert mixed.reservation.worst_usd == pytest.approx((100 * 0.01 + 100 * 0.02) / 1000)
+    # a bill teaches its price (learned from every bill: it has no PRICES entry to trust)
+    await limiter.budgets.settle(first.reservation, model, succeeded(0.0006, 100, 50))
+    second = await limiter.admit(model, 0, 5, plan(limiter, model=model))
+    assert second.reservation.worst_usd == pytest.approx(100 * 0.0006 / 100 + 100 * 0.0006 / 50, rel=1e-5)
+    # a PRICES entry is trusted as given, even below the unknown price
+    priced = Limiter(redis, s.model_copy(update={"prices": {"gpt-4o": Price(input=0.001, output=0.002)}}))
+    trusted = await priced.admit("gpt-4o", 0, 5, plan(priced, model="gpt-4o"))
+    assert trusted.reservation.worst_usd == pytest.approx((100 * 0.001 + 100 * 0.002) / 1000)
+
+
+def test_the_unknown_price_is_at_least_the_dearest_of_the_simulators_catalogue():
+    from sim.catalog import MODELS
+
+    unknown = Settings(_env_file=None).budget_unknown_price
+    assert unknown.input >= max(spec.input_per_1k for spec in MODELS.values())
+    assert unknown.output >= max(spec.output_per_1k for spec in MODELS.values())
+
+
 async def test_a_fallback_no_cheaper_than_a_refused_model_is_refused_without_looking(redis, settings):
     limiter = Limiter(redis, budgeted(settings, models={"m": 0.1}))
     assert (await limiter.admit("m", 0, 5, plan(limiter))).status == "budget"
@@ -223,7 +252,9 @@ def stats(sim):
 
 
 async def test_a_job_that_does_not_fit_fails_budget_unsent_and_is_dead_lettered(producer, settings, sim):
-    s = settings.model_copy(update={"budgets": BudgetConfig(sources={"billing": 0.002})})
+    # PRICES at the skill's published figures (trusted as given); claude-3-opus in none
+    prices = {"gpt-4.1": Price(input=0.01, output=0.01), "gemini-2.0-flash": Price(input=0.001, output=0.001)}
+    s = settings.model_copy(update={"budgets": BudgetConfig(sources={"billing": 0.002}), "prices": prices})
     job = await producer.chat("gpt-4.1", "hi", max_tokens=1000, fallbacks=["claude-3-opus", "gemini-2.0-flash"])
     await run_worker(s)
     r = await producer.result(job)
@@ -243,24 +274,38 @@ async def test_a_job_that_does_not_fit_fails_budget_unsent_and_is_dead_lettered(
 
 
 async def test_settled_after_success_and_failure_to_what_the_gateway_charged(producer, settings, sim, redis):
+    # a success settles to its bill; a refusal (a 4xx: nothing can have been billed) to $0; a 5xx
+    # may come after the upstream ran and billed (worker.errors `billable`): to its worst case
+    claude = Price(input=0.003, output=0.015)
     s = settings.model_copy(
-        update={"budgets": BudgetConfig(daily_usd=5, sources={"billing": 4}), "attempts_per_model": 1}
+        update={
+            "budgets": BudgetConfig(daily_usd=5, sources={"billing": 4}),
+            "attempts_per_model": 1,
+            "prices": {"claude-3-sonnet": claude},
+        }
     )
     sim_admin(sim, "/_sim/config", {"model": "claude-3-sonnet", "down": True})
+    sim_admin(sim, "/_sim/config", {"model": "gpt-4o", "error_rates": {"400": 1.0}})
     ok = [await producer.chat("gpt-4.1", f"question {i}", max_tokens=50) for i in range(6)]
-    bad = [await producer.chat("claude-3-sonnet", f"question {i}", fallbacks=[]) for i in range(3)]
+    refused = [await producer.chat("gpt-4o", f"question {i}", max_tokens=50, fallbacks=[]) for i in range(2)]
+    bad = [await producer.chat("claude-3-sonnet", f"question {i}", max_tokens=50, fallbacks=[]) for i in range(3)]
     await run_worker(s)
-    rs = [await producer.result(i) for i in ok + bad]
-    assert [r.status for r in rs] == ["succeeded"] * 6 + ["failed"] * 3
+    rs = [await producer.result(i) for i in ok + refused + bad]
+    assert [r.status for r in rs] == ["succeeded"] * 6 + ["failed"] * 5
+    assert [r.error.type for r in rs[6:]] == ["bad_request"] * 2 + ["server"] * 3
     budgets = Budgets(redis, s)
     charged = stats(sim)["charged_total"]
     assert charged > 0
-    assert await day_figures(redis, budgets) == (pytest.approx(charged, abs=1e-9), 0.0)
-    assert await day_figures(redis, budgets, "source:billing:") == (pytest.approx(charged, abs=1e-9), 0.0)
+    # each 503'd call's worst case, from the body the simulator received (the bound is its bytes)
+    sent = [r["body"] for r in sim_admin(sim, "/_sim/requests")["requests"] if r["body"]["model"] == "claude-3-sonnet"]
+    worst = sum((tokens.input_bound(b) * claude.input + 50 * claude.output) / 1000 for b in sent)
+    assert len(sent) == 3 and worst > 0
+    assert await day_figures(redis, budgets) == (pytest.approx(charged + worst, abs=1e-9), 0.0)
+    assert await day_figures(redis, budgets, "source:billing:") == (pytest.approx(charged + worst, abs=1e-9), 0.0)
     assert await redis.hlen(BUDGET_RESERVATIONS) == 0
     samples = gauges(s)  # the exporter publishes the same figures, read from Redis
     assert samples[("llm_router_budget_limit_usd", "global", "")] == 5
-    assert samples[("llm_router_budget_spent_usd", "source", "billing")] == pytest.approx(charged)
+    assert samples[("llm_router_budget_spent_usd", "source", "billing")] == pytest.approx(charged + worst)
     assert samples[("llm_router_budget_reserved_usd", "global", "")] == 0
 
 
@@ -551,5 +596,39 @@ async def test_a_call_cancelled_after_its_answer_still_settles_its_reservation(s
         assert admission.reservation.id not in resources.limiter.budgets.live
     finally:
         sim_admin(sim, "/_sim/config", {"model": "gpt-4.1", "down": False})
+        await service.shutdown(ctx)
+        await pool.aclose()
+
+
+async def test_a_call_cancelled_in_flight_keeps_its_reservation_spent(settings, sim):
+    # JOB_TIMEOUT_S (or SIGTERM past the grace) cancels a job whose call the gateway has: it may
+    # bill it, so its worst case stays spent; cancelled before it was sent, it gives all back.
+    from arq import create_pool
+
+    from worker import connections, service
+    from worker.routing import Call, call_once
+
+    s = budgeted(settings, daily_usd=5.0).model_copy(update={"metrics_port": 0, "prices": {"gpt-4.1": SIM_GPT41}})
+    pool = await create_pool(connections.arq_settings(s.redis_url))
+    ctx = {"settings": s, "redis": pool}
+    await service.startup(ctx)
+    resources = ctx["resources"]
+    sim_admin(sim, "/_sim/config", {"model": "gpt-4.1", "hang_s": 30})
+    try:
+        payload = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 10}
+        call = Call(resources, "jc", payload, max_wait_s=5)
+        admission = await resources.limiter.admit("gpt-4.1", 100, 5, call.budget_plan("gpt-4.1"))
+        worst = admission.reservation.worst_usd
+        task = asyncio.create_task(
+            call_once(call, "gpt-4.1", {**payload, "model": "gpt-4.1"}, 100, 0.0, admission.reservation)
+        )
+        await wait_until_async(lambda: stats(sim)["in_flight"] == 1, 10, "the call at the gateway")
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        budgets = resources.limiter.budgets
+        assert await day_figures(pool, budgets) == (pytest.approx(worst), 0.0)
+        assert not await pool.hexists(BUDGET_RESERVATIONS, admission.reservation.id)
+    finally:
         await service.shutdown(ctx)
         await pool.aclose()

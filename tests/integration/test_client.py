@@ -413,3 +413,53 @@ def test_gemini_429_retry_info_is_the_retry_after():
     assert _status_error(httpx.Response(429, content=body)).retry_after == 34
     headed = _status_error(httpx.Response(429, content=body, headers={"retry-after": "2"}))
     assert headed.retry_after == 2  # the header first
+
+
+@pytest.mark.parametrize(
+    "faults, stream, cls, billable",
+    [
+        ({"fail_next": [429]}, False, errors.RateLimitError, False),  # refused: nothing ran
+        ({"fail_next": [400]}, False, errors.BadRequestError, False),
+        ({"fail_next": [402]}, False, errors.InsufficientCreditsError, False),
+        ({"fail_next": [503]}, False, errors.ServerError, True),  # may come after the model ran
+        ({"bill_then": "drop"}, False, errors.ConnectionError, True),  # dropped after it was sent
+        ({"bill_then": "drop"}, True, errors.MalformedResponseError, True),  # a stream cut midway
+        ({"bill_then": "hang"}, False, errors.TimeoutError, True),  # a read timeout
+        ({"stream_rate_limit_after": 1}, True, errors.RateLimitError, True),  # a 429 after a 200: it ran
+        ({"malformed": True}, False, errors.MalformedResponseError, True),
+    ],
+)
+async def test_a_failure_says_whether_the_gateway_may_have_billed_it(client, sim, faults, stream, cls, billable):
+    sim_admin(sim, "/_sim/config", {"model": "gpt-4.1", **faults})
+    with pytest.raises(cls) as failed:
+        await client.chat({"model": "gpt-4.1", "messages": HELLO, "stream": stream})
+    assert failed.value.billable is billable
+
+
+async def test_a_request_never_sent_is_not_billable():
+    # nothing listening: the connection was never made, so the request never left
+    async with AIsaClient(f"http://127.0.0.1:{free_port()}/v1", API_KEY, timeout=1, connect_timeout=1) as c:
+        with pytest.raises(errors.ConnectionError) as failed:
+            await c.chat({"model": "gpt-4.1", "messages": HELLO})
+    assert failed.value.billable is False
+
+
+def test_only_a_connect_failure_counts_as_never_sent():
+    # the aiohttp transport raises httpx.ConnectTimeout for a server's disconnect too: the aiohttp
+    # error behind it decides
+    import aiohttp
+
+    from worker.client import _never_sent
+
+    def mapped(cause: BaseException) -> httpx.ConnectTimeout:
+        exc = httpx.ConnectTimeout(str(cause))
+        exc.__cause__ = cause
+        return exc
+
+    assert _never_sent(mapped(aiohttp.ConnectionTimeoutError()), aiohttp.ConnectionTimeoutError())
+    disconnect = aiohttp.ServerDisconnectedError()
+    assert not _never_sent(mapped(disconnect), disconnect)
+    read = aiohttp.SocketTimeoutError()
+    assert not _never_sent(mapped(read), read)
+    plain = httpx.ConnectError("refused")
+    assert _never_sent(plain, plain) and not _never_sent(httpx.ReadTimeout("slow"), httpx.ReadTimeout("slow"))

@@ -193,3 +193,25 @@ async def test_a_settlement_sent_again_after_a_lost_answer_applies_once(redis: R
     finally:
         await client.aclose()
         cutter.server.close()
+
+
+async def test_a_budget_reservation_settled_twice_gives_its_tokens_back_once(redis: Redis):
+    # The mark of a settlement is the reservation's own id: a call settled by two paths (the
+    # cancel path and the record path, or a resent settle built anew) applies once, not twice.
+    from worker.settings import BudgetConfig, Price
+
+    limiter = make(
+        redis,
+        rate_limits={"m": RateLimit(tpm=60_000)},  # 1 ms a token
+        budgets=BudgetConfig(daily_usd=10),
+        prices={"m": Price(input=1, output=1)},
+    )
+    plan = limiter.budgets.plan("m", None, "j1", 100, 100, None)
+    admission = await limiter.admit("m", 500, 5, plan)
+    assert admission.booked and admission.reservation is not None
+    booked = float(await redis.hget(model_key("m"), "t"))
+    for _ in range(2):
+        settlement = limiter.budgets.settlement(admission.reservation, "m", None)
+        await settle(limiter, "m", booked_tokens=500, outcome="fail", budget=settlement)
+    assert float(await redis.hget(model_key("m"), "t")) == pytest.approx(booked - 500)
+    assert await redis.hget(model_key("m"), "fails") == b"1"

@@ -208,3 +208,56 @@ def test_bill_at_bound_bills_each_byte_of_the_body_and_the_whole_cap(sim):
     url = sim.base_url + "/models/gemini-2.0-flash:generateContent"
     meta = httpx.post(url, json=native, headers=AUTH).json()["usageMetadata"]
     assert (meta["promptTokenCount"], meta["candidatesTokenCount"]) == (sent + 48_169, 18)
+
+
+def test_bill_at_bound_walks_the_body_with_the_workers_own_bound():
+    # One byte-walker for the prompt bound: the simulator bills `bill_at_bound` calls with the
+    # budgets' own (orjson-based), not a copy that could drift from it.
+    import inspect
+
+    from sim import answers, server
+    from worker import tokens
+
+    assert server.input_bound is tokens.input_bound
+    assert answers.NOT_INPUT is tokens.NOT_INPUT
+    assert "_image_refs" not in vars(answers) and "bound_prompt_tokens" not in vars(answers)
+    assert "orjson.dumps" in inspect.getsource(tokens.wire_json)
+
+
+def test_reset_keeps_the_switches_it_was_started_with(tmp_path):
+    # `POST /_sim/reset` forgets what was set at run time (switches, counters, credits), never
+    # the CLI flags it was started with: a simulator started strict stays strict.
+    from harness.processes import LLMRouterProcess, answers
+    from tests.helpers import free_port
+
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    flags = ["--bill-at-bound", "--latency-ms", "5", "--error-rate", "500=0.01"]
+    proc = LLMRouterProcess("sim", "--port", str(port), "--api-key", API_KEY, *flags, log_path=tmp_path / "sim.log")
+    try:
+        proc.wait_started(lambda: answers(base + "/_sim/config"), 30, "llm-router sim")
+        started = sim_admin(base, "/_sim/config")["default"]
+        assert started["bill_at_bound"] and started["latency_ms"] == 5 and started["error_rates"] == {"500": 0.01}
+        sim_admin(base, "/_sim/config", {"bill_at_bound": False, "down": True})
+        sim_admin(base, "/_sim/config", {"model": "gpt-4.1", "hang_s": 3})
+        sim_admin(base, "/_sim/credits", {"credits": 1})
+        sim_admin(base, "/_sim/reset", {})
+        assert sim_admin(base, "/_sim/config") == {"default": started, "models": {}}
+    finally:
+        proc.stop()
+
+
+@pytest.mark.parametrize("how", ["drop", "hang"])
+@pytest.mark.parametrize("stream", [False, True])
+def test_bill_then_bills_the_call_and_never_answers_it(sim, how, stream):
+    sim_admin(sim, "/_sim/config", {"bill_then": how})
+    body = {**HELLO, "max_tokens": 5, **({"stream": True} if stream else {})}
+    url = sim.base_url + "/chat/completions"
+    with pytest.raises(httpx.TransportError), httpx.stream("POST", url, json=body, headers=AUTH, timeout=0.5) as r:
+        for _ in r.iter_lines():
+            pass
+    charged = sim_admin(sim, "/_sim/stats")["charged"]
+    assert charged["gpt-4.1"] > 0
+    assert sim_admin(sim, "/_sim/config")["default"]["bill_then"] == how
+    with pytest.raises(httpx.HTTPStatusError):
+        sim_admin(sim, "/_sim/config", {"bill_then": "later"})
