@@ -47,6 +47,7 @@ PLACE = {
     "test_speed.py": "integration",
     "test_store.py": "integration",
     "test_trust.py": "integration",
+    "test_upload_quota.py": "integration",
     "test_worker.py": "integration",
     # e2e: worker processes, the ingress as a process, `llm-router` CLI runs
     "test_batch_ends.py": "e2e",

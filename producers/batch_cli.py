@@ -235,7 +235,21 @@ def _finite(usd: float | None) -> float | None:
     return usd
 
 
+# The flag of each option a refusal of the whole batch may name.
+OPTION_FLAGS = {
+    "completion_window": "--window",
+    "metadata": "--metadata",
+    "budget_usd": "--budget",
+    "callback_url": "--callback-url",
+}
+
+
 def _refused(exc: BatchRejected) -> int:
+    first = exc.errors[0]
+    if not first.line and first.param in OPTION_FLAGS:  # a flag's value: one line naming the flag
+        flag = OPTION_FLAGS[first.param]
+        click.echo(f"llm-router: invalid {flag} ({first.param}): {first.message}. Nothing was enqueued.", err=True)
+        return 2
     for error in exc.errors:
         where = f"line {error.line}" if error.line else "the batch"
         click.echo(f"llm-router: {where} ({error.param or error.code}): {error.message}", err=True)

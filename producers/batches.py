@@ -23,12 +23,16 @@ every write after that is fenced by the submission's `owner` token in the record
 giving its own `batch_id` (a schedule's tick, worker.schedules) submits it at most once, and a
 submission that lost its record to another (which took over a dead one's) writes nothing more.
 Until its lines are released the record holds the submission's lease, renewed while it writes:
-a submission that died is reaped by the next read (`get`: `failed`, nothing queued). Every
+a submission that died is reaped by the first read once its lease lapsed (`get`: `failed`,
+nothing queued; a read before that sends nothing more than the record's read). Every
 script of a submission can be sent again after a lost answer (a retrying client) and does its
 work once; a submission whose release ran but whose answer was lost returns the batch.
 
 `get` also ends what no worker may come for: the waiting lines of a cancelled batch, or of one
-past its window (worker.batches.end_waiting), so a cancel needs no running worker.
+past its window (worker.batches.end_waiting), so a cancel needs no running worker. That reads
+every line, so it is done by one reader at a time, at most every SWEEP_S per batch: the first
+read after the cancel (the cancel itself) or the window's end does it at once; a batch polled by
+many readers (`--follow`, a dashboard) is not read whole on each poll.
 """
 
 from __future__ import annotations
@@ -61,11 +65,12 @@ from worker.keys import (
     batch_key,
     batch_lines_key,
     batch_staged_key,
+    batch_swept_key,
     bulk_key,
     job_key,
     result_key,
 )
-from worker.models import JOB_KINDS, JobBase, JobResult, check_callback_url, describe_validation_error
+from worker.models import JOB_KINDS, JobBase, JobResult, check_callback_url, describe_validation_error, shown
 from worker.outbox import Delivery
 
 from .api import JobRejected
@@ -78,6 +83,8 @@ CHUNK_LINES = 1000
 CHUNK_BYTES = 8 * 1024 * 1024
 # Longest custom_id; at most this many refused lines are kept in a batch record (all are reported).
 MAX_CUSTOM_ID = 512
+# A cancelled or expired batch's waiting lines are swept at most this often (see above).
+SWEEP_S = 5.0
 MAX_ERRORS_KEPT = 1000
 MAX_METADATA = 16
 # Options of ours a line may give under body.llm_router, by kind.
@@ -303,6 +310,15 @@ class Batches:
         callback_url: str | None = None,
     ) -> tuple[Batch, bool]:
         """`submit`, also saying whether this call created the batch (False: the id existed)."""
+        check_options(
+            completion_window=completion_window,
+            metadata=metadata,
+            skip_invalid=skip_invalid,
+            endpoint=endpoint,
+            batch_id=batch_id,
+            budget_usd=budget_usd,
+            callback_url=callback_url,
+        )
         if callback_url is not None:
             _check_callback(callback_url, self.settings)
         if batch_id is not None:
@@ -476,7 +492,8 @@ class Batches:
             raise
         finally:
             keeper.cancel()
-        found = await self.get(batch_id)  # cancelled meanwhile: get ends the lines no worker took
+        # cancelled meanwhile: its lines were queued just now, so a sweep before them ended none
+        found = await self._get(batch_id, sweep_now=True)
         assert found is not None
         return found, True
 
@@ -559,18 +576,32 @@ class Batches:
         submission died before releasing its lines (its lease ran out) is reaped (`failed`), and
         the waiting lines of a `cancelling` one, or of one past its window, are counted `cancelled`
         (`expired`) at once (worker.batches.end_waiting); lines running are left to their workers."""
+        return await self._get(batch_id, sweep_now=False)
+
+    async def _get(self, batch_id: str, sweep_now: bool) -> Batch | None:
         if not wb.BATCH_ID.match(batch_id):
             return None
-        batch = await wb.get(self.redis, batch_id)
-        if batch is None:
+        raw = await self.redis.hgetall(batch_key(batch_id))  # type: ignore[misc]
+        if not raw:
             return None
-        changed = batch.status in ("validating", "cancelling") and await self._reap(batch)
+        batch = Batch.from_hash(raw)
+        # the reaper only once the submission's lease has lapsed (the script checks it again, on
+        # Redis's clock, the lease's: a reader whose clock is behind it reaps that much later)
+        lease_until = float(raw.get(b"lease_until", 0))
+        changed = bool(lease_until) and time.time() * 1000 > lease_until and await self._reap(batch)
         if not changed and (
             batch.status == "cancelling"
             or (batch.status == "in_progress" and batch.expires_at is not None and time.time() >= batch.expires_at)
         ):
-            changed = await wb.end_waiting(self.redis, batch_id, self.producer.queue_name) > 0
+            changed = await self._sweep(batch_id, sweep_now) > 0
         return await wb.get(self.redis, batch_id) if changed else batch
+
+    async def _sweep(self, batch_id: str, now: bool) -> int:
+        """End the batch's waiting lines, unless another reader did in the last SWEEP_S (`now`: do it anyway)."""
+        first = await self.redis.set(batch_swept_key(batch_id), 1, px=int(SWEEP_S * 1000), nx=True)
+        if not (first or now):
+            return 0
+        return await wb.end_waiting(self.redis, batch_id, self.producer.queue_name)
 
     async def _reap(self, batch: Batch) -> bool:
         """Reap a batch whose submission's lease ran out before it released the lines: True if it was."""
@@ -608,7 +639,7 @@ class Batches:
         if not wb.BATCH_ID.match(batch_id):
             return None
         status = await self.redis.register_script(_CANCEL)(keys=[batch_key(batch_id)], args=[int(time.time())])
-        return None if status is None else await self.get(batch_id)  # get ends the lines waiting
+        return None if status is None else await self._get(batch_id, sweep_now=True)  # ends the lines waiting
 
     async def list(self, limit: int = 20, after: str | None = None) -> list[Batch]:
         """Newest first; `after`: a batch id, to page on (OpenAI's cursor)."""
@@ -819,12 +850,38 @@ def _check_callback(url: str, settings: Any) -> None:
         raise BatchRejected([BatchError(code="invalid_callback_url", message=problem, param="callback_url")], 0)
 
 
+# Each option of a batch create: the types it takes (None: it may be left out), what it is, its
+# refusal's code. Checked first, so a wrong type is refused naming the field, never a TypeError.
+_OPTION_TYPES: dict[str, tuple[tuple[type, ...], str, str]] = {
+    "completion_window": ((str,), "a string such as 24h", "invalid_completion_window"),
+    "metadata": ((dict, type(None)), "an object of string pairs", "invalid_metadata"),
+    "skip_invalid": ((bool,), "true or false", "invalid_skip_invalid"),
+    "endpoint": ((str, type(None)), f"a string: {' or '.join(wb.ENDPOINTS)}", "invalid_url"),
+    "batch_id": ((str, type(None)), "a string: batch_<32 hex digits>", "invalid_batch_id"),
+    "budget_usd": ((int, float, type(None)), "a number of USD", "invalid_budget"),
+    "callback_url": ((str, type(None)), "a string: an https:// URL", "invalid_callback_url"),
+}
+
+
+def check_options(**options: Any) -> None:
+    """BatchRejected naming the first option of `options` whose value has the wrong type (a
+    number for completion_window, a list for metadata...)."""
+    for name, value in options.items():
+        types, what, code = _OPTION_TYPES[name]
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            message = f"{name} must be {what}, not {type(value).__name__} {shown(value)}"
+            raise BatchRejected([BatchError(code=code, message=message, param=name)], 0)
+
+
 def _window(window: str, longest_s: float) -> float:
     """The window in seconds, at most BATCH_MAX_WINDOW_S (checked before anything is written)."""
     try:
         seconds = wb.window_seconds(window)
         if not seconds <= longest_s:
-            raise ValueError(f"{window!r} is over BATCH_MAX_WINDOW_S={longest_s:g} seconds: use a shorter window")
+            raise ValueError(
+                f"{window!r} is over BATCH_MAX_WINDOW_S={longest_s:g} seconds: use a shorter window "
+                "(a number and s, m, h or d: 24h, 90m)"
+            )
         return seconds
     except ValueError as exc:
         raise BatchRejected(

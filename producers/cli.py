@@ -15,7 +15,7 @@ from typing import Any, Literal
 import click
 from pydantic.fields import FieldInfo
 
-from worker.cli import run
+from worker.cli import Finite, run
 from worker.models import JOB_KINDS, Answer, ChatJob, Choice, CompareJob, JobBase, JobResult, VisionJob
 
 from .api import JobRejected, Producer, ResultTimeout
@@ -98,7 +98,7 @@ def job_options(cls: type[JobBase]) -> Callable[[Any], Any]:
 def wait_options(f: Any) -> Any:
     f = click.option("--json", "as_json", is_flag=True, help="print the whole result record as JSON")(f)
     f = click.option(
-        "--timeout", type=click.FloatRange(min=0), default=120, show_default=True, help="seconds to wait for the result"
+        "--timeout", type=Finite(min=0), default=120, show_default=True, help="seconds to wait for the result"
     )(f)
     f = click.option("--no-wait", is_flag=True, help="print the job id and return")(f)
     return click.option("--job-id", help="your own id: enqueuing the same id twice runs the job once")(f)
@@ -160,7 +160,7 @@ def compare(models: str, message: str | None, messages: Any, system: str | None,
 
 @cli.command()
 @click.argument("job_id")
-@click.option("--wait", type=click.FloatRange(min=0), default=0, help="seconds to wait for it (default: don't)")
+@click.option("--wait", type=Finite(min=0), default=0, help="seconds to wait for it (default: don't)")
 @click.option("--json", "as_json", is_flag=True)
 def result(job_id: str, wait: float, as_json: bool) -> None:
     """Print a job's result."""

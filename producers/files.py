@@ -8,9 +8,11 @@ a download is ever whole in the process's memory. Both expire after FILE_TTL_S. 
 files are also in a sorted set by upload time (ms), for listing; an expired file's entry is
 dropped when a listing (or an upload) meets it.
 
-What an owner keeps is bounded (FILES_MAX_PER_SOURCE files, FILES_MAX_BYTES_PER_SOURCE bytes):
-checked before an upload is read, as it streams in (it stops at the room left), and once more
-in the script that records it, so concurrent uploads cannot pass the bound together.
+What an owner keeps is bounded (FILES_MAX_PER_SOURCE files, FILES_MAX_BYTES_PER_SOURCE bytes),
+uploads in progress included: an upload reserves its room chunk by chunk in one script (in the
+hash `llm-router:source-uploads:<owner>`) before it stores the chunk, so concurrent uploads cannot
+pass the bound together. A reservation is a lease, renewed by each chunk: one not renewed within
+UPLOAD_LEASE_S (a process that stalled or died) lapses and its room is returned.
 """
 
 from __future__ import annotations
@@ -24,18 +26,18 @@ from typing import IO, Literal
 from pydantic import BaseModel
 from redis.asyncio import Redis
 
-from worker.keys import FILE_PREFIX, file_data_key, file_key, source_files_key
+from worker.keys import FILE_PREFIX, file_data_key, file_key, source_files_key, source_uploads_key
 
 CHUNK = 1 << 20
-# What an owner keeps: (files, bytes) of the files in its list (those whose record expired are
-# dropped from it); with a file id, that file is recorded (its record, TTLs, the owner's list)
-# if it fits: {1, files, bytes} recorded, {0, ...} one file too many, {-1, ...} too many bytes.
-# KEYS: the owner's list, the file's record, its data; ARGV: max files, max bytes, file id ('':
-# only count), its size, now ms, TTL s, the record key prefix, then the record's fields.
-_QUOTA = """
+# A download's chunk: what a client that reads slowly (or not at all) makes the ingress hold (one
+# chunk waits in the transport's buffer), against a GETRANGE per chunk.
+READ_CHUNK = 64 * 1024
+# The files an owner keeps (those whose record expired are dropped from its list), as Lua: `files`
+# and `bytes`. KEYS[1]: the owner's list; ARGV[1]: the record key prefix.
+_KEPT = """
 local files, bytes = 0, 0
 for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
-  local size = redis.call('HGET', ARGV[7] .. id, 'bytes')
+  local size = redis.call('HGET', ARGV[1] .. id, 'bytes')
   if size then
     files = files + 1
     bytes = bytes + tonumber(size)
@@ -43,15 +45,55 @@ for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
     redis.call('ZREM', KEYS[1], id)
   end
 end
-if ARGV[3] == '' then return {1, files, bytes} end
-if files + 1 > tonumber(ARGV[1]) then return {0, files, bytes} end
-if bytes + tonumber(ARGV[4]) > tonumber(ARGV[2]) then return {-1, files, bytes} end
-redis.call('HSET', KEYS[2], unpack(ARGV, 8))
-redis.call('EXPIRE', KEYS[2], ARGV[6])
-redis.call('EXPIRE', KEYS[3], ARGV[6])
-redis.call('ZADD', KEYS[1], ARGV[5], ARGV[3])
-redis.call('EXPIRE', KEYS[1], ARGV[6])
-return {1, files, bytes}
+"""
+# Reserve room for `chunk` more bytes of an upload in progress (its first call, `start` 1, reserves
+# the file itself), next to the owner's kept files and its other uploads in progress, and renew the
+# upload's lease. A lapsed lease's reservation is dropped (its room returned). {1, files, bytes}
+# reserved, {0, ...} one file too many, {-1, ...} too many bytes, {-2, ...} this upload's lease
+# lapsed; `files` and `bytes` count the kept files and the uploads in progress.
+# KEYS: the owner's list, its uploads in progress; ARGV: the record key prefix, max files, max
+# bytes, upload id, chunk bytes, now ms, lease ms, start.
+_RESERVE = (
+    _KEPT
+    + """
+local now = tonumber(ARGV[6])
+local mine, found, live, reserved = 0, false, 0, 0
+local entries = redis.call('HGETALL', KEYS[2])
+for i = 1, #entries, 2 do
+  local size, ends = string.match(entries[i + 1], '^(%d+):(%d+)$')
+  if not size or tonumber(ends) < now then
+    redis.call('HDEL', KEYS[2], entries[i])
+  elseif entries[i] == ARGV[4] then
+    mine, found = tonumber(size), true
+  else
+    live, reserved = live + 1, reserved + tonumber(size)
+  end
+end
+files, bytes = files + live, bytes + reserved
+if not found and ARGV[8] ~= '1' then return {-2, files, bytes} end
+if files + 1 > tonumber(ARGV[2]) then return {0, files, bytes} end
+local want = mine + tonumber(ARGV[5])
+if bytes + want > tonumber(ARGV[3]) then return {-1, files, bytes} end
+redis.call('HSET', KEYS[2], ARGV[4], string.format('%d:%d', want, now + tonumber(ARGV[7])))
+redis.call('PEXPIRE', KEYS[2], ARGV[7])
+return {1, files + 1, bytes + want}
+"""
+)
+# Record an uploaded file whose reservation holds (its record, TTLs, the owner's list) and drop the
+# reservation: 1, or -2 when its lease lapsed (nothing recorded).
+# KEYS: the owner's list, its uploads in progress, the file's record, its data; ARGV: upload id,
+# now ms, TTL s, file id, then the record's fields.
+_RECORD = """
+local held = redis.call('HGET', KEYS[2], ARGV[1])
+redis.call('HDEL', KEYS[2], ARGV[1])
+local ends = held and string.match(held, ':(%d+)$')
+if not ends or tonumber(ends) < tonumber(ARGV[2]) then return -2 end
+redis.call('HSET', KEYS[3], unpack(ARGV, 5))
+redis.call('EXPIRE', KEYS[3], ARGV[3])
+redis.call('EXPIRE', KEYS[4], ARGV[3])
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[4])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+return 1
 """
 # File ids read from an owner's list per round trip while listing.
 LIST_CHUNK = 500
@@ -76,25 +118,35 @@ class QuotaExceeded(Exception):
     nothing of it is kept."""
 
 
+class UploadLapsed(Exception):
+    """An upload whose reservation of its owner's quota was not renewed within UPLOAD_LEASE_S
+    (the process stalled): its room was returned to the owner and nothing of it is kept; send it again."""
+
+
 class Files:
-    def __init__(self, redis: Redis, ttl_s: int, max_files: int = 2**31, max_bytes: int = 2**62) -> None:
+    def __init__(
+        self, redis: Redis, ttl_s: int, max_files: int = 2**31, max_bytes: int = 2**62, lease_s: float = 300
+    ) -> None:
         self.redis = redis
         self.ttl_s = ttl_s
         self.max_files, self.max_bytes = max_files, max_bytes
-        self._quota = redis.register_script(_QUOTA)
+        self.lease_ms = max(1, int(lease_s * 1000))
+        self._reserve = redis.register_script(_RESERVE)
+        self._record = redis.register_script(_RECORD)
 
     async def put(self, read: Callable[[int], Awaitable[bytes]], filename: str, purpose: str, owner: str) -> FileObject:
-        """Store what `read(n)` yields, a chunk at a time, as a new file of `owner` (QuotaExceeded
-        if it does not fit what the owner may keep)."""
-        _, files, used = await self._quota_call(owner, "", 0, 0, [])
-        self._check(owner, files, used, 0)
+        """Store what `read(n)` yields, a chunk at a time, as a new file of `owner`. Each chunk's
+        room is reserved first (the owner's kept files and its other uploads in progress count:
+        concurrent uploads cannot pass the quota together), renewing the upload's lease.
+        QuotaExceeded if it does not fit, UploadLapsed if its lease lapsed; then nothing is kept."""
         file_id = f"file-{uuid.uuid4().hex}"
         data, size = file_data_key(file_id), 0
-        await self.redis.set(data, b"", ex=self.ttl_s)
+        await self._take(owner, file_id, 0, start=True)
         try:
+            await self.redis.set(data, b"", ex=self.ttl_s)
             while chunk := await read(CHUNK):
+                await self._take(owner, file_id, len(chunk), size=size)
                 size += len(chunk)
-                self._check(owner, files, used, size)
                 await self.redis.append(data, chunk)
             now_ms = time.time_ns() // 1_000_000
             now = now_ms // 1000
@@ -103,45 +155,52 @@ class Files:
             )
             record = {**found.model_dump(exclude_none=True), "owner": owner}
             fields = [str(x) for pair in record.items() for x in pair]
-            recorded, files, used = await self._quota_call(owner, file_id, size, now_ms, fields)
-            if recorded != 1:  # concurrent uploads of the owner took the room
-                self._check(owner, files, used, size)
-                raise QuotaExceeded(f"{owner}: no room left for this file")
+            keys = [source_files_key(owner), source_uploads_key(owner), file_key(file_id), data]
+            if await self._record(keys=keys, args=[file_id, now_ms, self.ttl_s, file_id, *fields]) != 1:
+                raise self._lapsed()
         except BaseException:
-            await self.redis.delete(data)
+            async with self.redis.pipeline(transaction=False) as pipe:  # its room back, its bytes gone
+                pipe.hdel(source_uploads_key(owner), file_id)
+                pipe.delete(data)
+                await pipe.execute()
             raise
         return found
 
-    async def _quota_call(self, owner: str, file_id: str, size: int, now_ms: int, fields: list[str]) -> list[int]:
-        """_QUOTA: [recorded, files, bytes]; `file_id` '': only count. (Every file has the same
-        TTL: the owner's list gets the newest's.)"""
-        keys = [source_files_key(owner), file_key(file_id), file_data_key(file_id)]
+    async def _take(self, owner: str, upload_id: str, chunk: int, size: int = 0, start: bool = False) -> None:
+        """Reserve `chunk` more bytes for the upload (`start`: the file itself); QuotaExceeded or
+        UploadLapsed if that cannot be."""
+        keys = [source_files_key(owner), source_uploads_key(owner)]
+        now_ms = time.time_ns() // 1_000_000
         args: list[str | int] = [
+            FILE_PREFIX,
             self.max_files,
             self.max_bytes,
-            file_id,
-            size,
+            upload_id,
+            chunk,
             now_ms,
-            self.ttl_s,
-            FILE_PREFIX,
-            *fields,
+            self.lease_ms,
+            int(start),
         ]
-        return [int(x) for x in await self._quota(keys=keys, args=args)]
-
-    def _check(self, owner: str, files: int, used: int, size: int) -> None:
-        """QuotaExceeded when one more file of `size` bytes does not fit next to `files` files of
-        `used` bytes."""
-        if files + 1 > self.max_files:
+        status, files, used = (int(x) for x in await self._reserve(keys=keys, args=args))
+        if status == -2:
+            raise self._lapsed()
+        if status == 0:
             raise QuotaExceeded(
-                f"{owner} keeps {files} files, FILES_MAX_PER_SOURCE={self.max_files}: "
+                f"{owner} keeps {files} files (uploads in progress included), FILES_MAX_PER_SOURCE={self.max_files}: "
                 "delete some (DELETE /v1/files/{id}) or wait until they expire"
             )
-        if used + size > self.max_bytes:
+        if status == -1:
             raise QuotaExceeded(
-                f"{owner} keeps {used} bytes of files and this one is {size} bytes or more, over "
-                f"FILES_MAX_BYTES_PER_SOURCE={self.max_bytes}: delete some (DELETE /v1/files/{{id}}) "
-                "or wait until they expire"
+                f"{owner} keeps {used} bytes of files (uploads in progress included) and this one is "
+                f"{size + chunk} bytes or more, over FILES_MAX_BYTES_PER_SOURCE={self.max_bytes}: delete some "
+                "(DELETE /v1/files/{id}) or wait until they expire"
             )
+
+    def _lapsed(self) -> UploadLapsed:
+        return UploadLapsed(
+            f"this upload's reservation of its source's file quota lapsed (UPLOAD_LEASE_S={self.lease_ms / 1000:g} s "
+            "without a chunk stored): nothing of it was kept; send it again"
+        )
 
     async def get(self, file_id: str, owner: str) -> FileObject | None:
         """The file's record; None when there is none, or it is another owner's."""
@@ -192,7 +251,7 @@ class Files:
     async def chunks(self, file_id: str) -> AsyncIterator[bytes]:
         """The file's bytes, a chunk at a time."""
         start = 0
-        while chunk := await self.redis.getrange(file_data_key(file_id), start, start + CHUNK - 1):
+        while chunk := await self.redis.getrange(file_data_key(file_id), start, start + READ_CHUNK - 1):
             yield chunk
             start += len(chunk)
 

@@ -17,6 +17,8 @@ import contextlib
 import hmac
 import inspect
 import logging
+import re
+import socket
 import time
 from collections.abc import AsyncIterator, Coroutine
 from typing import Annotated, Any, TypeVar
@@ -127,7 +129,11 @@ class Ingress:
         self.store = ResultStore(self.redis, settings.result_ttl_s)
         self.waits = ResultWaits(async_redis(settings.redis_url, socket_connect_timeout=2), self.store)
         self.files = Files(
-            self.redis, settings.file_ttl_s, settings.files_max_per_source, settings.files_max_bytes_per_source
+            self.redis,
+            settings.file_ttl_s,
+            settings.files_max_per_source,
+            settings.files_max_bytes_per_source,
+            settings.upload_lease_s,
         )
         self.streams = JobStreams(self.redis, async_redis(settings.redis_url, socket_connect_timeout=2), self.store)
         self._producers: dict[str, TenantProducer] = {}
@@ -229,6 +235,34 @@ async def _gone(receive: Receive) -> None:
 async def read_json(request: Request) -> dict[str, Any]:
     """The request's JSON object (read through the body limit), or a 400."""
     return parse_json(await request.body())
+
+
+# A JSON string that starts as a data URL (an inline image, or text that looks like one).
+_DATA_URL = re.compile(rb'"data:[^"]*"')
+# The most bytes a JSON body spends on spelling a job that its record does not: per backslash (an
+# escape: `\u00e9` is 6 bytes for 2), per `null` (a field left out: `"presence_penalty":null`).
+_ESCAPE_SLACK, _NULL_SLACK = 5, 40
+
+
+def job_body_floor(raw: bytes) -> int:
+    """The fewest bytes the job record of this JSON body can have, its inline images left out
+    (MAX_JOB_BYTES's measure): the body without its data URLs, whitespace, escapes and nulls.
+    A few passes in C over the bytes, before any parse: an over-long body costs no parse."""
+    images = sum(len(m) for m in _DATA_URL.findall(raw))
+    spelling = sum(raw.count(c) for c in (b" ", b"\n", b"\r", b"\t"))
+    spelling += _ESCAPE_SLACK * raw.count(b"\\") + _NULL_SLACK * raw.count(b"null")
+    return len(raw) - images - spelling
+
+
+def check_job_body(raw: bytes, max_job_bytes: int) -> None:
+    """413 when the body cannot be a job of MAX_JOB_BYTES (measured before it is parsed)."""
+    floor = job_body_floor(raw)
+    if floor > max_job_bytes:
+        message = (
+            f"the body holds at least {floor} bytes besides its inline images, over MAX_JOB_BYTES={max_job_bytes}: "
+            "shorten the messages and tools, or split the job"
+        )
+        raise ApiError(413, message, code="body_too_large")
 
 
 def parse_json(raw: bytes) -> dict[str, Any]:
@@ -444,13 +478,23 @@ def check_tokens(settings: Settings) -> None:
         )
     if not settings.ingress_tokens:
         raise ConfigError('INGRESS_TOKENS is not set: export INGRESS_TOKENS=\'{"<token>": "<source name>"}\'')
-    from worker.models import _SOURCE
+    # (each token and source name is checked when the settings load: worker.settings)
 
-    for source in settings.ingress_tokens.values():
-        if not _SOURCE.match(source):
-            raise ConfigError(
-                f"INGRESS_TOKENS: source {source!r} must be 1-64 characters of letters, digits and _ . : -"
-            )
+
+def _can_listen(host: str, port: int) -> None:
+    """A ConfigError naming --host/--port if uvicorn could not bind them (it would log an errno
+    and exit 3): a busy port, an address not on this machine, a name that does not resolve."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, kind, proto, _, address = infos[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+            probe.bind(address)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot listen on --host {host} --port {port} ({exc.strerror or exc}): give a free port and an "
+            "address of this machine (127.0.0.1, 0.0.0.0 for all)"
+        ) from None
 
 
 @click.group()
@@ -476,6 +520,7 @@ def api(host: str, port: int) -> None:
         problem = redis_problem(settings.redis_url)
         if problem is not None and problem.lasting:
             raise ConfigError(f"REDIS_URL: {problem.text}")
+        _can_listen(host, port)
     except ConfigError as exc:
         exit_on_config_error(exc)
         return

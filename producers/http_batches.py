@@ -23,8 +23,8 @@ from starlette.datastructures import UploadFile
 from worker.batches import Batch
 from worker.keys import batch_key, source_batches_key
 
-from .batches import Batches, BatchRejected
-from .files import FileObject, QuotaExceeded
+from .batches import Batches, BatchRejected, check_options
+from .files import FileObject, QuotaExceeded, UploadLapsed
 from .http import ApiError, App, Tenant, not_found, read_json, tenant
 from .http_models import BatchList, FileDeleted, FileList, responses
 
@@ -65,6 +65,8 @@ async def upload_file(request: Request, app: App, source: Tenant) -> dict[str, A
             found = await app.files.put(upload.read, upload.filename or "input.jsonl", "batch", source)
         except QuotaExceeded as exc:
             raise ApiError(403, str(exc), param="file", code="file_quota_exceeded") from None
+        except UploadLapsed as exc:
+            raise ApiError(503, str(exc), type="server_error", code="upload_lapsed", retry_after=1) from None
     return found.model_dump(exclude_none=True)
 
 
@@ -150,11 +152,19 @@ async def create_batch(request: Request, app: App, source: Tenant) -> dict[str, 
     body = await read_json(request)
     file_id, window = body.get("input_file_id"), body.get("completion_window", "24h")
     endpoint, metadata, callback_url = body.get("endpoint"), body.get("metadata"), body.get("callback_url")
-    if not isinstance(file_id, str) or not isinstance(window, str):
-        param = "completion_window" if isinstance(file_id, str) else "input_file_id"
-        raise ApiError(422, "must be a string", param=param, code="invalid_value")
-    if callback_url is not None and not isinstance(callback_url, str):
-        raise ApiError(422, "must be a string: an https:// URL", param="callback_url", code="invalid_value")
+    if not isinstance(file_id, str):
+        message = f"input_file_id must be a string: the id of an uploaded file, not {type(file_id).__name__}"
+        raise ApiError(400, message, param="input_file_id", code="invalid_input_file_id")
+    try:  # every option's type before any read or write (a list for metadata is a 400, not a 500)
+        check_options(
+            completion_window=window,
+            metadata=metadata,
+            endpoint=endpoint,
+            callback_url=callback_url,
+            budget_usd=body.get("budget_usd"),
+        )
+    except BatchRejected as exc:
+        raise _refused(exc) from None
     if await app.files.get(file_id, source) is None:
         raise ApiError(404, f"no file {file_id} (or not yours)", param="input_file_id", code="not_found")
     await app.admit(source)

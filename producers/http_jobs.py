@@ -18,7 +18,7 @@ from worker.models import JOB_KINDS, JobBase, JobResult
 
 from .api import validate
 from .batches import LineError, completion_body, request_job, request_schema
-from .http import ApiError, App, Ingress, Tenant, not_found, parse_json, read_json, tenant, while_connected
+from .http import ApiError, App, Ingress, Tenant, check_job_body, not_found, parse_json, tenant, while_connected
 from .http_models import ChatCompletion, JobAccepted, JobPending, ModelList, responses
 
 router = APIRouter(prefix="/v1", dependencies=[Depends(tenant)])
@@ -99,6 +99,7 @@ async def create_job(request: Request, app: App, source: Tenant, idempotency_key
 async def submit_job(app: Ingress, source: str, raw: bytes, idempotency_key: str | None) -> JSONResponse:
     """`POST /v1/jobs` past its auth and header checks, for the route above and for
     producers.http_fastpath, which answers the same request without the framework."""
+    check_job_body(raw, app.settings.max_job_bytes)
     body = parse_json(raw)
     key = idempotency_key or body.pop("job_id", None)
     if key is not None and not isinstance(key, str):
@@ -153,7 +154,9 @@ async def chat_completions(request: Request, app: App, source: Tenant, idempoten
     """OpenAI's chat completion: enqueued as a chat job and waited for (INGRESS_WAIT_S); past
     the wait, 202 `{id, status}` with a Location to fetch it. Our options ride under `llm_router`.
     With `stream: true`, OpenAI's chunks as the worker streams them (SSE; producers.http_events)."""
-    body = await read_json(request)
+    raw = await request.body()
+    check_job_body(raw, app.settings.max_job_bytes)
+    body = parse_json(raw)
     try:
         job = request_job("chat", body, bulk=False)
     except LineError as exc:

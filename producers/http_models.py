@@ -29,17 +29,20 @@ class ErrorBody(BaseModel):
 
 # Why each error status is answered (the Errors section of docs/ingress.md).
 ERRORS: dict[int, str] = {
-    400: "the body is not valid JSON (`invalid_json`) or multipart, or a refused batch file (its first bad line)",
+    400: "the body is not valid JSON (`invalid_json`) or multipart, a refused batch file (its first bad line), or a "
+    "batch option of the wrong type (`param` names it)",
     401: "missing or unknown bearer token (`invalid_api_key`)",
     403: "an upload past what the token's source may keep, FILES_MAX_PER_SOURCE or FILES_MAX_BYTES_PER_SOURCE "
     "(`file_quota_exceeded`)",
     404: "no such job, file or batch, or another token's (`not_found`)",
     409: "an Idempotency-Key reused with another body (`idempotency_conflict`)",
-    413: "the body is over INGRESS_MAX_BODY_BYTES, or BATCH_MAX_BYTES for an upload (`body_too_large`)",
+    413: "the body is over INGRESS_MAX_BODY_BYTES, or BATCH_MAX_BYTES for an upload, or a job's body is over "
+    "MAX_JOB_BYTES besides its inline images (`body_too_large`)",
     422: "a field is refused (`invalid_value`, `param` names it)",
     429: "the queue is over INGRESS_MAX_QUEUE_DEPTH (`queue_full`)",
     503: "Redis is unavailable (`unavailable`: down, loading, read-only, full), or the ingress is overloaded "
-    "(`overloaded`: past INGRESS_MAX_CONNECTIONS or INGRESS_MAX_BODIES_BYTES); `Retry-After` says when to retry",
+    "(`overloaded`: past INGRESS_MAX_CONNECTIONS or INGRESS_MAX_BODIES_BYTES), or an upload's lease lapsed "
+    "(`upload_lapsed`, UPLOAD_LEASE_S); `Retry-After` says when to retry",
 }
 # Every /v1 route may answer these.
 COMMON = (401, 413, 422, 503)

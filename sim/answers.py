@@ -106,21 +106,31 @@ def reply_text(model: str, messages: list[dict[str, Any]]) -> str:
     return f"[{model}] You said: {prompt}"
 
 
+def _obj(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
 def tool_call_for(body: dict[str, Any], messages: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The function to call (name and JSON arguments) when the request offers tools, else None."""
     if messages and messages[-1].get("role") in ("tool", "function"):
         return None  # the model has its tool result: answer in text
-    tools = body.get("tools") or []
-    functions = [t.get("function", {}) for t in tools if isinstance(t, dict)] or body.get("functions") or []
+    # (a hostile request's tools may hold anything where an object belongs: read only objects)
+    tools = [_obj(t).get("function", {}) for t in _list(body.get("tools")) if isinstance(t, dict)]
+    functions = [f for f in tools or _list(body.get("functions")) if isinstance(f, dict)]
     choice = body.get("tool_choice", body.get("function_call", "auto"))
     if not functions or choice == "none":
         return None
     fn = functions[0]
-    wanted = (choice.get("function") or choice).get("name") if isinstance(choice, dict) else None
+    named = _obj(choice).get("function") or choice
+    wanted = _obj(named).get("name")
     if wanted:
         fn = next((f for f in functions if f.get("name") == wanted), fn)
-    params = fn.get("parameters") or {}
-    arg = (params.get("required") or list(params.get("properties") or {}) or ["input"])[0]
+    params = _obj(fn.get("parameters"))
+    arg = str((_list(params.get("required")) or list(_obj(params.get("properties"))) or ["input"])[0])
     last_user: dict[str, Any] = next((m for m in reversed(messages) if m.get("role") == "user"), {})
     text = " ".join(str(p.get("text", "")) for p in _parts(last_user.get("content")) if p.get("type") == "text")
     return {"name": fn.get("name", "function"), "arguments": json.dumps({arg: text})}

@@ -5,9 +5,12 @@
 
 from __future__ import annotations
 
+import math
 import os
+from typing import Any
 
 import click
+from pydantic import ValidationError
 
 from .faults import Faults
 from .server import Simulator, run
@@ -18,9 +21,12 @@ def _error_rates(ctx: click.Context, param: click.Parameter, values: tuple[str, 
     for value in values:
         status, _, rate = value.partition("=")
         try:
-            rates.append((int(status), float(rate)))
+            pair = (int(status), float(rate))
         except ValueError:
             raise click.BadParameter("use STATUS=RATE, e.g. 503=0.1", ctx, param) from None
+        if not (100 <= pair[0] <= 599 and 0 <= pair[1] <= 1):
+            raise click.BadParameter(f"{value!r}: STATUS is 100-599, RATE from 0 to 1, e.g. 503=0.1", ctx, param)
+        rates.append(pair)
     return rates
 
 
@@ -29,7 +35,7 @@ cli = click.Group()
 
 @cli.command("sim", help="Run the local AIsa simulator.")
 @click.option("--host", default="127.0.0.1")
-@click.option("--port", type=int, default=8700)
+@click.option("--port", type=click.IntRange(0, 65535), default=8700)
 @click.option("--api-key", "api_keys", multiple=True, help="a key it accepts (repeatable; default $AISA_API_KEY)")
 @click.option("--credits", type=float, default=100.0, help="USD of credits per key (default 100)")
 @click.option("--seed", type=int, default=0, help="seed for random faults")
@@ -76,7 +82,11 @@ def sim(
     bill_then: str | None,
 ) -> None:
     keys = list(api_keys) or [os.environ.get("AISA_API_KEY", "")]
-    faults = Faults(
+    if not math.isfinite(credits) or credits < 0:
+        raise click.BadParameter(
+            f"{credits} is not an amount of USD: give a finite number, 0 or more", param_hint="--credits"
+        )
+    faults = _faults(
         latency_ms=latency_ms,
         latency_per_token_ms=latency_per_token_ms,
         rpm=rpm,
@@ -95,4 +105,16 @@ def sim(
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     click.echo(f"AIsa simulator on http://{host}:{port}/v1")
-    run(host, port, simulator)
+    try:
+        run(host, port, simulator)
+    except OSError as exc:  # a busy port, an address not on this machine, a name that does not resolve
+        raise click.UsageError(f"cannot listen on --host {host} --port {port}: {exc.strerror or exc}") from None
+
+
+def _faults(**flags: Any) -> Faults:
+    """The faults of the flags; a value out of range is a usage error naming its flag."""
+    try:
+        return Faults(**flags)
+    except ValidationError as exc:
+        said = "; ".join(f"--{str(e['loc'][0]).replace('_', '-')}: {e['msg']}" for e in exc.errors())
+        raise click.UsageError(said) from None

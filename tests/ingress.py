@@ -1,6 +1,6 @@
 """A running HTTP ingress for the tests that drive it as a client would: `llm-router api` and
 a worker, both real processes on one Settings (tests/e2e/test_ingress.py, test_ingress_stream.py,
-test_ingress_fuzz.py)."""
+test_ingress_fuzz.py; test_ingress_hostile.py runs the api alone)."""
 
 from __future__ import annotations
 
@@ -56,9 +56,10 @@ class Ingress:
 
 
 @contextmanager
-def running(settings: Settings, logs: Path) -> Iterator[str]:
-    """A worker process and `llm-router api` on a free port, on `settings`: the api's URL, once it answers."""
-    worker = WorkerProcess(settings, logs / "worker.log")
+def running(settings: Settings, logs: Path, worker: bool = True) -> Iterator[str]:
+    """`llm-router api` on a free port, on `settings`, and a worker process beside it (none:
+    the jobs stay pending, test_ingress_hostile.py): the api's URL, once it answers."""
+    workers = [WorkerProcess(settings, logs / "worker.log")] if worker else []
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     api = LLMRouterProcess("api", "--port", str(port), env=settings_env(settings), log_path=logs / "api.log")
@@ -67,4 +68,5 @@ def running(settings: Settings, logs: Path) -> Iterator[str]:
         yield url
     finally:
         api.stop()
-        worker.stop()
+        for w in workers:
+            w.stop()

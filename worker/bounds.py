@@ -1,6 +1,7 @@
 """The configured bounds on a job, checked by producers before anything reaches Redis and by
-workers for records that other writers made: its size, the max_tokens and max_completion_tokens
-ceiling and the model's context window. (The job contract, worker.models, bounds each field on
+workers for records that other writers made: the length of its lists (tools, stop, messages,
+content parts), its size, its depth, the max_tokens and max_completion_tokens ceiling and the
+model's context window. (The job contract, worker.models, bounds each field on
 its own.)"""
 
 from __future__ import annotations
@@ -53,13 +54,23 @@ def problem(job: JobBase, settings: Settings, record_bytes: int, routes_known: b
     """(field, what is wrong and how to fix it), or None when the job is within bounds.
     `record_bytes`: the size of the job's record, its inline images included. `routes_known`:
     a route these settings do not know is refused (else left to the worker: worker.routes)."""
+    # the cheap checks first: counts, then the size; the depth walk only on a job of bounded size
+    counted = count_problem(job, settings)
+    if counted:
+        return counted
+    images = inline_images(job)
+    size = record_bytes - sum(len(u) for u in images)
+    if size > settings.max_job_bytes:
+        return "job", (
+            f"is {size} bytes (inline images left out), over MAX_JOB_BYTES={settings.max_job_bytes}: "
+            "shorten the messages or split the job"
+        )
     deep = depth_problem(job, settings.max_json_depth)
     if deep:
         return deep
     route_problem = routes.problem(job, settings, routes_known)
     if route_problem:
         return route_problem
-    images = inline_images(job)
     if len(images) > MAX_IMAGES:
         return "job", f"carries {len(images)} images, over {MAX_IMAGES}: split it"
     if why := _image_url_problem(job, settings):
@@ -70,12 +81,6 @@ def problem(job: JobBase, settings: Settings, record_bytes: int, routes_known: b
             return "image", (
                 f"an image is {image_bytes} bytes, over MAX_IMAGE_BYTES={settings.max_image_bytes}: send a smaller one"
             )
-    size = record_bytes - sum(len(u) for u in images)
-    if size > settings.max_job_bytes:
-        return "job", (
-            f"is {size} bytes (inline images left out), over MAX_JOB_BYTES={settings.max_job_bytes}: "
-            "shorten the messages or split the job"
-        )
     for field in ("max_tokens", "max_completion_tokens"):
         tokens = getattr(job, field)
         if tokens is None:
@@ -86,6 +91,29 @@ def problem(job: JobBase, settings: Settings, record_bytes: int, routes_known: b
             context = settings.model_context.get(model)
             if context is not None and tokens >= context:
                 return field, f"{tokens} does not fit {model}'s context window of {context} tokens: ask for fewer"
+    return None
+
+
+def count_problem(job: JobBase, settings: Settings) -> tuple[str, str] | None:
+    """(field, what is wrong) for a list of the job longer than its setting allows: tools and
+    functions (MAX_TOOLS), stop sequences (MAX_STOP), messages (MAX_MESSAGES), the content parts
+    of one message (MAX_CONTENT_PARTS)."""
+    messages = getattr(job, "messages", None) or []
+    stop = job.stop if isinstance(job.stop, list) else []
+    counts = [
+        ("tools", len(job.tools or []), settings.max_tools, "MAX_TOOLS"),
+        ("functions", len(job.functions or []), settings.max_tools, "MAX_TOOLS"),
+        ("stop", len(stop), settings.max_stop, "MAX_STOP"),
+        ("messages", len(messages), settings.max_messages, "MAX_MESSAGES"),
+    ]
+    for field, count, limit, name in counts:
+        if count > limit:
+            return field, f"holds {count} items, over {name}={limit}: send fewer"
+    limit = settings.max_content_parts
+    for i, message in enumerate(messages):
+        content = getattr(message, "content", None)
+        if isinstance(content, list) and len(content) > limit:
+            return f"messages.{i}.content", f"holds {len(content)} parts, over MAX_CONTENT_PARTS={limit}: send fewer"
     return None
 
 

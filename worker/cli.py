@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 from collections.abc import Coroutine
 from typing import Any, NoReturn
 
 import click
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import InvalidResponse
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import RedisError
 
 from . import logs
 from .settings import ConfigError, exit_on_config_error, load_settings
@@ -23,9 +22,23 @@ def run(main: Coroutine[Any, Any, int]) -> NoReturn:
         code = asyncio.run(main)
     except ConfigError as exc:
         exit_on_config_error(exc)
-    except (RedisConnectionError, RedisTimeoutError, InvalidResponse) as exc:
+    except RedisError as exc:  # unreachable, refused password, no such database...: never a traceback
         code = _redis_failed(exc)
     raise SystemExit(code)
+
+
+class Finite(click.FloatRange):
+    """A FloatRange that refuses nan and inf (FloatRange lets both through: nan compares false)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
+
+
+# --limit of the list verbs: at least one, at most what a terminal (or a pipe) is given at once
+LIST_LIMIT = click.IntRange(1, 100_000)
 
 
 def _redis_failed(exc: BaseException) -> int:
@@ -110,7 +123,7 @@ def _dead_letters(body: Any) -> NoReturn:
 
 
 @dlq.command("list")
-@click.option("--limit", type=int, default=50, show_default=True)
+@click.option("--limit", type=LIST_LIMIT, default=50, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 def dlq_list(limit: int, as_json: bool) -> None:
     """Newest first."""
@@ -193,7 +206,7 @@ def _quarantine(body: Any) -> NoReturn:
 
 
 @quarantine.command("list")
-@click.option("--limit", type=int, default=50, show_default=True)
+@click.option("--limit", type=LIST_LIMIT, default=50, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 def quarantine_list(limit: int, as_json: bool) -> None:
     """Newest first, with the reason and the start of the record."""

@@ -108,6 +108,7 @@ BATCH_PREFIX = PREFIX + "batch:"
 BATCH_LINES_PREFIX = PREFIX + "batch:lines:"
 BATCH_DONE_PREFIX = PREFIX + "batch:done:"
 BATCH_STAGED_PREFIX = PREFIX + "batch:staged:"
+BATCH_SWEPT_PREFIX = PREFIX + "batch:swept:"
 BATCHES = PREFIX + "batches"
 SCHEDULE_PREFIX = PREFIX + "schedule:"
 SCHEDULE_CLAIM_PREFIX = PREFIX + "schedule:claim:"
@@ -115,6 +116,7 @@ SCHEDULE_OUTPUT_PREFIX = PREFIX + "schedule:output:"
 SCHEDULES_PENDING = PREFIX + "schedules:pending"
 SOURCE_BATCHES_PREFIX = PREFIX + "source-batches:"
 SOURCE_FILES_PREFIX = PREFIX + "source-files:"
+SOURCE_UPLOADS_PREFIX = PREFIX + "source-uploads:"
 BUDGET_DAY_PREFIX = PREFIX + "budget:day:"
 SETTLED_PREFIX = PREFIX + "settled:"
 BUDGET_RESERVATIONS = PREFIX + "budget:reservations"
@@ -224,6 +226,10 @@ def batch_staged_key(batch_id: str) -> str:
     return BATCH_STAGED_PREFIX + batch_id
 
 
+def batch_swept_key(batch_id: str) -> str:
+    return BATCH_SWEPT_PREFIX + batch_id
+
+
 def schedule_key(name: str) -> str:
     return SCHEDULE_PREFIX + name
 
@@ -242,6 +248,11 @@ def source_batches_key(source: str) -> str:
 
 def source_files_key(source: str) -> str:
     return SOURCE_FILES_PREFIX + source
+
+
+def source_uploads_key(source: str) -> str:
+    """The uploads of a source in progress: upload id -> `<bytes reserved>:<lease end, ms>` (producers.files)."""
+    return SOURCE_UPLOADS_PREFIX + source
 
 
 def budget_day_key(day: str) -> str:

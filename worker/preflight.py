@@ -29,7 +29,14 @@ from urllib.parse import urlsplit
 
 from redis import Redis
 from redis.backoff import NoBackoff
-from redis.exceptions import AuthenticationError, InvalidResponse, RedisError, ResponseError
+from redis.exceptions import (
+    AuthenticationError,
+    InvalidResponse,
+    NoPermissionError,
+    ReadOnlyError,
+    RedisError,
+    ResponseError,
+)
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 from redis.sentinel import MasterNotFoundError, Sentinel
@@ -109,6 +116,16 @@ def explain(url: str, exc: BaseException, timeout: float = PROBE_TIMEOUT_S) -> P
             " 16 by default): use /0",
             lasting=True,
         )
+    if isinstance(exc, NoPermissionError):
+        return Problem(
+            f"REDIS_URL's user may not run a command at {where} ({text}): grant it (ACL SETUSER ... +@all ~*)"
+            " or use another user",
+            lasting=True,
+        )
+    if isinstance(exc, ReadOnlyError):
+        return Problem(f"Redis at {where} is a read-only replica: point REDIS_URL at the primary", lasting=True)
+    if isinstance(exc, ResponseError):  # another command error: not a setting (e.g. a script's own error)
+        return Problem(f"Redis at {where} refused a command: {text}", lasting=False)
     if isinstance(exc, InvalidResponse):
         return Problem(
             f"something answers at {where}, but not as Redis does ({text}): is REDIS_URL's port Redis's?", True

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
 import sys
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, SecretStr, StringConstraints, ValidationError, field_validator
+import httpx
+from pydantic import AfterValidator, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
+from . import egress
+from .models import _SOURCE, ModelName
 from .routes import Route, RouteName
 from .strict import StrictModel
 
@@ -18,8 +22,8 @@ from .strict import StrictModel
 class Price(StrictModel):
     """USD per 1,000 tokens, used only when the gateway's reply has no `usage.cost`."""
 
-    input: float = Field(ge=0)
-    output: float = Field(ge=0)
+    input: float = Field(ge=0, allow_inf_nan=False)
+    output: float = Field(ge=0, allow_inf_nan=False)
 
 
 # The AIsa models the skill documentation names: the default set of model label values.
@@ -82,8 +86,37 @@ NonNegativeUSD = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 class RateLimit(StrictModel):
     """A shared limit: requests and/or tokens (prompt + max output) per minute."""
 
-    rpm: float | None = Field(None, gt=0)
-    tpm: float | None = Field(None, gt=0)
+    rpm: float | None = Field(None, gt=0, allow_inf_nan=False)
+    tpm: float | None = Field(None, gt=0, allow_inf_nan=False)
+
+
+def _limits_something(limit: RateLimit) -> RateLimit:
+    if limit.rpm is None and limit.tpm is None:
+        raise ValueError('limits nothing: give "rpm" and/or "tpm", e.g. {"rpm": 600}, or leave the model out')
+    return limit
+
+
+# a model's entry in RATE_LIMITS ({} there was a model with no limit; GLOBAL_RATE_LIMIT={} is "none")
+ModelLimit = Annotated[RateLimit, AfterValidator(_limits_something)]
+# a context window in tokens (MODEL_CONTEXT)
+Tokens = Annotated[int, Field(gt=0, le=100_000_000)]
+
+
+def _source_name(v: str) -> str:
+    if not _SOURCE.match(v):
+        raise ValueError(f"source {v!r} must be 1-64 characters of letters, digits and _ . : -")
+    return v
+
+
+def _token(v: str) -> str:
+    # (never shown: a token is a secret)
+    if not v or any(c.isspace() or not c.isprintable() for c in v):
+        raise ValueError("a token must be non-empty printable characters without spaces (a Bearer header carries it)")
+    return v
+
+
+SourceName = Annotated[str, AfterValidator(_source_name)]
+Token = Annotated[str, AfterValidator(_token)]
 
 
 class BudgetConfig(StrictModel):
@@ -91,8 +124,8 @@ class BudgetConfig(StrictModel):
     (worker.budgets). A batch's own budget is set when it is submitted."""
 
     daily_usd: float | None = Field(None, ge=0, allow_inf_nan=False)
-    sources: dict[Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")], NonNegativeUSD] = {}
-    models: dict[Annotated[str, StringConstraints(min_length=1, max_length=128)], NonNegativeUSD] = {}
+    sources: dict[SourceName, NonNegativeUSD] = {}
+    models: dict[ModelName, NonNegativeUSD] = {}
 
     @property
     def configured(self) -> bool:
@@ -153,15 +186,42 @@ class Settings(BaseSettings):
             "keys...); at most 128 (a record's JSON stops at 254 levels)"
         ),
     )
+    max_tools: int = Field(
+        128,
+        ge=1,
+        description=(
+            "`tools` (and `functions`) one job may declare: past it, the job is refused (422) naming the "
+            "field and the setting"
+        ),
+    )
+    max_stop: int = Field(
+        16,
+        ge=1,
+        description=(
+            "`stop` sequences one job may give: past it, the job is refused (422) naming the field and the setting"
+        ),
+    )
+    max_messages: int = Field(
+        10000,
+        ge=1,
+        description="`messages` one job may hold: past it, the job is refused (422) naming the field and the setting",
+    )
+    max_content_parts: int = Field(
+        256,
+        ge=1,
+        description=(
+            "content parts one message may hold: past it, the job is refused (422) naming the field and the setting"
+        ),
+    )
     # MODEL_CONTEXT='{"my-model": 32768}': context windows (tokens); max_tokens and
     # max_completion_tokens must fit the model's.
-    model_context: dict[str, int] = Field(
+    model_context: dict[ModelName, Tokens] = Field(
         dict(MODEL_CONTEXT), description='JSON `{"model": tokens}`: `max_tokens` must fit the model\'s window'
     )
 
     # Priced locally only when the gateway does not send usage.cost (e.g. a plain
     # OpenAI-compatible server). JSON in the environment: {"gpt-4.1": {"input": 0.01, "output": 0.03}}
-    prices: dict[str, Price] = Field(
+    prices: dict[ModelName, Price] = Field(
         {},
         description=(
             'JSON `{"model": {"input": usd_per_1k, "output": usd_per_1k}}`, used only when the gateway sends '
@@ -172,12 +232,12 @@ class Settings(BaseSettings):
     # ---- resilience (worker.policy, worker.limiter) ----
     # FALLBACKS='{"gpt-4.1": ["claude-3-sonnet", "gemini-2.0-flash"]}': a model's own chain;
     # DEFAULT_FALLBACKS='["gemini-2.0-flash"]': tried after any model without one.
-    fallbacks: dict[str, list[str]] = Field(
+    fallbacks: dict[ModelName, list[ModelName]] = Field(
         {}, description='JSON `{"gpt-4.1": ["claude-3-sonnet", "gemini-2.0-flash"]}`: a model\'s own fallback chain'
     )
-    default_fallbacks: list[str] = Field([], description="JSON list tried after any model without its own chain")
+    default_fallbacks: list[ModelName] = Field([], description="JSON list tried after any model without its own chain")
     # CONTEXT_FALLBACKS='{"gpt-4.1": "gemini-1.5-pro"}': where a context-length error goes.
-    context_fallbacks: dict[str, str] = Field(
+    context_fallbacks: dict[ModelName, ModelName] = Field(
         {}, description='JSON `{"gpt-4.1": "gemini-1.5-pro"}`: where a context-length error goes'
     )
     attempts_per_model: int = Field(
@@ -198,7 +258,7 @@ class Settings(BaseSettings):
         description="runs of one job (re-queues on long waits or a paused queue, restarts) before it is dead-lettered",
     )
     # RATE_LIMITS='{"gpt-4.1": {"rpm": 600, "tpm": 600000}}'; GLOBAL_RATE_LIMIT='{"rpm": 3000}'.
-    rate_limits: dict[str, RateLimit] = Field(
+    rate_limits: dict[ModelName, ModelLimit] = Field(
         {}, description='JSON `{"gpt-4.1": {"rpm": 600, "tpm": 600000}}`, shared by every worker through Redis'
     )
     global_rate_limit: RateLimit = Field(
@@ -347,7 +407,7 @@ class Settings(BaseSettings):
 
     # ---- the HTTP ingress (`llm-router api`, producers/http.py)
     # INGRESS_TOKENS='{"<token>": "billing"}': bearer tokens and the source name each one stamps on its jobs
-    ingress_tokens: dict[str, str] = Field(
+    ingress_tokens: dict[Token, SourceName] = Field(
         {},
         description=(
             'JSON `{"<token>": "billing"}`: the HTTP ingress\'s bearer tokens and the source name each stamps '
@@ -416,20 +476,37 @@ class Settings(BaseSettings):
             "`INGRESS_MAX_BODY_BYTES` (else the api refuses to start)"
         ),
     )
+    ingress_send_timeout_s: float = Field(
+        60,
+        gt=0,
+        description=(
+            "a client that reads none of its answer for this long (the ingress's buffers full) is cut: its "
+            "connection closed, its request ended (`send_timeout`)"
+        ),
+    )
     files_max_per_source: int = Field(
         100,
         ge=1,
         description=(
-            "uploaded files a source (the tokens naming it) keeps at once; an upload past it is refused (403 "
-            "`file_quota_exceeded`) and nothing of it kept"
+            "uploaded files a source (the tokens naming it) keeps at once, its uploads in progress included; "
+            "an upload past it is refused (403 `file_quota_exceeded`) and nothing of it kept"
         ),
     )
     files_max_bytes_per_source: int = Field(
         1024 * 1024 * 1024,
         ge=1024,
         description=(
-            "bytes of uploaded files a source keeps at once (1 GiB); an upload past it is refused (403 "
-            "`file_quota_exceeded`) and nothing of it kept"
+            "bytes of uploaded files a source keeps at once (1 GiB), its uploads in progress included (each "
+            "reserves its room chunk by chunk, so concurrent uploads cannot pass it together); an upload past "
+            "it is refused (403 `file_quota_exceeded`) and nothing of it kept"
+        ),
+    )
+    upload_lease_s: float = Field(
+        300,
+        gt=0,
+        description=(
+            "an upload reserves its source's file quota chunk by chunk; a reservation not renewed for this "
+            "long lapses (the upload is answered 503 with `Retry-After`, its room returned)"
         ),
     )
     # ---- live streams of streaming jobs (worker.events; GET /v1/jobs/{id}/events)
@@ -498,10 +575,18 @@ class Settings(BaseSettings):
     image_urls_allow_private: bool = Field(
         False,
         description=(
-            "accept image URLs whose host is `localhost` or a non-public IP address (an upstream on your own "
-            "network fetches them); refused by default (see Limits)"
+            "accept image URLs whose host is a name of the local network (`localhost`, `*.internal`, a single "
+            "label...) or a non-public IP address (an upstream on your own network fetches them); refused by "
+            "default (see Limits)"
         ),
     )
+
+    @field_validator("webhook_allowed_hosts")
+    @classmethod
+    def _hosts(cls, v: list[str]) -> list[str]:
+        for entry in v:
+            egress.host_entry(entry)
+        return v
 
     @field_validator("webhook_allowed_networks")
     @classmethod
@@ -539,14 +624,14 @@ class Settings(BaseSettings):
     exporter_port: int = Field(9465, ge=1, le=65535, description="`llm-router exporter`'s `/metrics`")
     # Label values are bounded: a model outside this list (and the models the settings
     # above name) is reported as "other".
-    metric_models: list[str] = Field(
+    metric_models: list[ModelName] = Field(
         list(AISA_MODELS),
         description=(
             "model label values, with every model the settings above name; any other model is reported as `other`"
         ),
     )
     # Producers' `source` labels; empty: the first 20 a worker sees, then "other".
-    metric_sources: list[str] = Field(
+    metric_sources: list[SourceName] = Field(
         [], description="allowed `source` label values; empty: the first 20 a worker sees, then `other`"
     )
     # ---- the spend ledger (worker.store, worker.spend): per-day spend by model, source, batch, route
@@ -559,6 +644,18 @@ class Settings(BaseSettings):
             "`llm-router spend`) are kept"
         ),
     )
+
+    @field_validator("aisa_base_url")
+    @classmethod
+    def _base_url(cls, v: str) -> str:
+        # read as the client (httpx) reads it: a URL it cannot call fails every job, not the start
+        try:
+            url = httpx.URL(v)
+        except httpx.InvalidURL as exc:
+            raise ValueError(f"{v!r} is not a URL ({exc}): use e.g. https://api.aisa.one/v1") from None
+        if url.scheme not in ("http", "https") or not url.host:
+            raise ValueError(f"{v!r} needs http:// or https:// and a host: use e.g. https://api.aisa.one/v1") from None
+        return v
 
     @field_validator("budget_tz")
     @classmethod
@@ -601,7 +698,8 @@ def _problem(loc: tuple[int | str, ...], msg: str) -> str:
     person sets, then where in its JSON value (never inside a secret one: the path would show a
     token), then what is wrong."""
     name = str(loc[0]).upper() if loc else "settings"
-    path = "".join(f"[{p}]" if isinstance(p, int) else f'["{p}"]' for p in loc[1:] if p != "[key]")
+    # (json.dumps: a key with a control character in it is shown escaped)
+    path = "".join(f"[{json.dumps(p, ensure_ascii=False)}]" for p in loc[1:] if p != "[key]")
     where = f", in {path}" if path and loc[0] not in SECRET_SETTINGS else ""
     return f"{name}{where}: {msg.removeprefix('Value error, ')}"
 

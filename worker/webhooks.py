@@ -60,33 +60,13 @@ NETWORKS_FIX = "not called (WEBHOOK_ALLOWED_NETWORKS lists the non-public networ
 
 
 def check_settings(settings: Settings) -> None:
-    """A worker's start-up check: every allow-list entry is a host, `host:port` or `*.domain`,
-    and an allow-list needs WEBHOOK_SECRET (nothing is sent unsigned)."""
-    for entry in settings.webhook_allowed_hosts:
-        if not _entry_ok(entry):
-            raise ConfigError(
-                f"WEBHOOK_ALLOWED_HOSTS: {entry!r} is not a host name: use e.g. hooks.example.com, "
-                "hooks.example.com:8443 or *.example.com"
-            )
+    """A worker's start-up check: an allow-list needs WEBHOOK_SECRET (nothing is sent unsigned).
+    (Each entry is checked when the settings load: worker.settings.)"""
     if settings.webhook_allowed_hosts and not _secret(settings):
         raise ConfigError(
             "WEBHOOK_ALLOWED_HOSTS is set but WEBHOOK_SECRET is not: export WEBHOOK_SECRET=<a long random string> "
             "(receivers verify the signatures with it)"
         )
-
-
-def _entry_ok(entry: str) -> bool:
-    try:
-        name, _port = _host_port(entry)
-    except ValueError:
-        return False
-    return bool(name) and entry == entry.strip() and "/" not in entry and "@" not in entry
-
-
-def _host_port(entry: str) -> tuple[str, int | None]:
-    """(host, port or None) of an allow-list entry: `host`, `host:port`, `[v6]:port`, `*.domain`."""
-    parts = urlsplit("//" + entry.strip().lower())
-    return parts.hostname or "", parts.port
 
 
 def allowed(url: str, hosts: list[str]) -> bool:
@@ -99,7 +79,7 @@ def allowed(url: str, hosts: list[str]) -> bool:
         return False
     for entry in hosts:
         try:
-            name, entry_port = _host_port(entry)
+            name, entry_port = egress.host_entry(entry)
         except ValueError:
             continue
         if entry_port is not None and entry_port != port:

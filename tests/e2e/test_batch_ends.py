@@ -80,6 +80,33 @@ async def test_a_cancel_with_no_worker_running_ends_the_batch_cancelled(producer
     assert sim_admin(sim, "/_sim/stats")["calls"] == {}
 
 
+async def calls(redis: Redis) -> dict[str, int]:
+    """How many times Redis ran each command so far (INFO commandstats)."""
+    return {name.removeprefix("cmdstat_"): stat["calls"] for name, stat in (await redis.info("commandstats")).items()}
+
+
+async def test_polling_a_cancelling_batch_does_not_read_every_line_each_time(producer, settings):
+    # before: every read of a `cancelling` batch ran the reaper's script and read all its lines
+    # (worker.batches.end_waiting: LRANGE, MGET), for each reader, however often it polled
+    batch = await producer.batches.submit([line(i) for i in range(30)])
+    lease = Lease(producer.redis, settings.queue_name, lease_s=30)
+    await lease.promote(1, int(time.time() * 1000))  # a line running: the batch stays `cancelling`
+    cancelling = await producer.batches.cancel(batch.id)  # the cancel ends the 29 waiting lines at once
+    assert cancelling.status == "cancelling" and cancelling.request_counts.cancelled == 29
+
+    before = await calls(producer.redis)
+    polls = [await producer.batches.get(batch.id) for _ in range(20)]
+    ran = {k: n - before.get(k, 0) for k, n in (await calls(producer.redis)).items() if n != before.get(k, 0)}
+    assert polls == [cancelling] * 20  # what a reader sees is the same
+    assert not {"lrange", "mget", "evalsha", "eval"} & set(ran), ran  # only the record was read
+    assert 0 < await producer.redis.pttl(pb.batch_swept_key(batch.id)) <= pb.SWEEP_S * 1000
+
+    await producer.redis.delete(pb.batch_swept_key(batch.id))  # SWEEP_S later: the next read sweeps
+    before = await calls(producer.redis)
+    assert await producer.batches.get(batch.id) == cancelling
+    assert (await calls(producer.redis))["lrange"] > before["lrange"]
+
+
 async def test_a_cancelled_batch_a_worker_picks_later_is_not_counted_twice(producer, settings, sim):
     batch = await producer.batches.submit([line(i) for i in range(10)])
     assert (await producer.batches.cancel(batch.id)).status == "cancelled"

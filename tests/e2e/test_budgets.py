@@ -467,10 +467,9 @@ async def test_sigkilled_workers_reservations_are_released_after_the_lease(
 )
 def test_bad_budgets_refuse_the_worker_at_start_up_naming_the_setting(settings, value, named):
     env = {**os.environ, **settings_env(settings), "BUDGETS": value}
-    started = time.monotonic()
     done = subprocess.run([llm_router(), "worker", "--burst"], env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2, done.stderr
-    assert named in done.stderr and time.monotonic() - started < 60
+    assert named in done.stderr
 
 
 def test_http_batches_take_a_budget_as_an_extra_body_field(redis_url):

@@ -160,11 +160,13 @@ async def test_shared_tpm_limit_books_estimates_and_settles_real_usage(producer,
     assert all(x.status == "succeeded" for x in rs)
     stats = sim_admin(sim, "/_sim/stats")
     assert stats["rate_limited"] == 0
-    used = sum(x.usage.total_tokens for x in rs)
+    # Booked at ~210 tokens each and never given back, the limiter itself would hold the 40 calls
+    # to at least 40 * 210 tokens / 300 tokens/s = 28 s, however fast the machine; settled to what
+    # they used (~12 each) they ran in 2.3 s (measured). The bound is half the unsettled minimum:
+    # it tells the two behaviours apart, it is not a speed target (a machine 6x slower passes).
+    unsettled_s = len(ids) * 210 / (per_window / window)
     elapsed = max(x.finished_at for x in rs) - min(x.started_at for x in rs)
-    # Booked at ~210 tokens each and never given back, 40 calls at 300 tokens/s would take ~28 s;
-    # settled to what they used (~12 each), close to used / rate (measured: 2.3 s for 1.6 s).
-    assert elapsed.total_seconds() < 3 * used / (per_window / window), (used, elapsed)
+    assert elapsed.total_seconds() < unsettled_s / 2, (elapsed, unsettled_s)
 
 
 async def test_429_storm_and_5xx_bursts_across_processes(producer, chaos_settings, sim, workers):

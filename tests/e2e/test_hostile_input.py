@@ -77,19 +77,25 @@ async def test_a_completion_window_past_the_bound_is_refused_before_any_write(pr
     assert (await producer.batches.submit([line(1)], completion_window="7d")).completion_window == "7d"
 
 
-def test_the_cli_refuses_a_window_past_the_bound(settings, tmp_path, redis_url):
+@pytest.mark.parametrize(("window", "says"), [("30d", "BATCH_MAX_WINDOW_S=604800"), ("abc", "not a duration")])
+def test_the_cli_refuses_a_bad_window_in_one_line_naming_the_flag(settings, tmp_path, redis_url, window, says):
     requests = tmp_path / "requests.jsonl"
     requests.write_text(json.dumps(line(1)) + "\n")
     env = {**os.environ, **settings_env(settings)}
     run = subprocess.run(
-        [llm_router(), "batch", "submit", str(requests), "--window", "30d"],
+        [llm_router(), "batch", "submit", str(requests), "--window", window],
         env=env,
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert run.returncode == 2, (run.stdout, run.stderr)
-    assert "completion_window" in run.stderr and "BATCH_MAX_WINDOW_S=604800" in run.stderr, run.stderr
+    [said] = run.stderr.strip().splitlines()
+    assert (
+        said.startswith(f"llm-router: invalid --window (completion_window): '{window}'")
+        and says in said
+        and "24h" in said
+    ), said
 
 
 def test_a_schedule_with_a_window_past_the_bound_refuses_the_start(settings, tmp_path):
@@ -112,3 +118,63 @@ def test_the_depth_check_may_skip_the_fields_left_at_their_defaults():
                 assert default is None or isinstance(default, (str, int, float, bool)), (cls.__name__, name)
     job = validate(ChatJob, model="gpt-4.1", messages=HELLO).model_copy(update={"tools": [nested(80)]})
     assert bounds.depth_problem(job, 64) is not None  # set after validation: still read
+
+
+def parts(n: int) -> list[dict]:
+    return [{"type": "text", "text": f"part {i}"} for i in range(n)]
+
+
+TOOL = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+LISTS = [  # (field given, its value, the field named, the setting named)
+    ("tools", [TOOL] * 129, "tools", "MAX_TOOLS=128"),
+    ("functions", [{"name": "f"}] * 129, "functions", "MAX_TOOLS=128"),
+    ("stop", ["x"] * 17, "stop", "MAX_STOP=16"),
+    ("messages", HELLO * 10_001, "messages", "MAX_MESSAGES=10000"),
+    ("messages", [{"role": "user", "content": parts(257)}], "messages.0.content", "MAX_CONTENT_PARTS=256"),
+]
+
+
+@pytest.mark.parametrize(("given", "value", "field", "setting"), LISTS, ids=[x[3] for x in LISTS])
+async def test_lists_past_their_bound_are_refused_naming_the_field_and_the_setting(
+    producer, redis, given, value, field, setting
+):
+    job = validate(ChatJob, **{"model": "gpt-4.1", "messages": HELLO, given: value})
+    with pytest.raises(JobRejected) as refused:
+        await producer.enqueue(job)
+    assert refused.value.field == field and setting in refused.value.message
+    assert await redis.keys("*") == []
+    at_the_bound = value[:-1] if field != "messages.0.content" else [{"role": "user", "content": parts(256)}]
+    assert await producer.enqueue(validate(ChatJob, **{"model": "gpt-4.1", "messages": HELLO, given: at_the_bound}))
+
+
+async def test_the_size_is_checked_before_the_depth_walk(producer):
+    """A job over MAX_JOB_BYTES is refused for its size, whatever it holds: the depth of its
+    fields is walked only on a job of bounded size."""
+    big_and_deep = [{"type": "function", "x": nested(80), "description": "y" * 5_000_000}]
+    with pytest.raises(JobRejected) as refused:
+        await producer.enqueue(validate(ChatJob, model="gpt-4.1", messages=HELLO, tools=big_and_deep))
+    assert refused.value.field == "job" and "MAX_JOB_BYTES=4194304" in refused.value.message
+
+
+WRONG_TYPES = [
+    ("completion_window", 86400),
+    ("completion_window", None),
+    ("metadata", ["a", "b"]),
+    ("metadata", "run=7"),
+    ("skip_invalid", "yes"),
+    ("endpoint", {"url": "/v1/chat/completions"}),
+    ("endpoint", ["/v1/chat/completions"]),
+    ("batch_id", 7),
+    ("budget_usd", "10"),
+    ("budget_usd", True),
+    ("callback_url", {"url": "https://hooks.example.com"}),
+]
+
+
+@pytest.mark.parametrize(("option", "value"), WRONG_TYPES, ids=[f"{o}={v!r}" for o, v in WRONG_TYPES])
+async def test_a_batch_option_of_the_wrong_type_is_refused_naming_it(producer, redis, option, value):
+    with pytest.raises(BatchRejected) as refused:
+        await producer.batches.submit([line(1)], **{option: value})
+    error = refused.value.errors[0]
+    assert error.param == option and f"{option} must be" in error.message, error
+    assert await redis.keys("*") == []

@@ -6,7 +6,9 @@ too, and its body validates against the declared schema (errors in OpenAI's shap
 
 Then every route gets hostile JSON bodies the schema would never generate (arrays and objects
 nested up to 3,000 deep, strings past the body limit, objects of 20,000 keys; whole, or as a
-field of a job, or as an uploaded batch file): no 5xx either.
+field of a job, or as an uploaded batch file): no 5xx either. And every field of every route's
+body (the jobs', the chat completion's, a message's and a content part's, a batch's, the upload
+form's) gets a value of every JSON type: no 5xx.
 
 The example count is bounded (FUZZ_EXAMPLES per operation, derandomized: the same examples every
 run) so the run takes seconds; `FUZZ_EXAMPLES=500 pytest tests/e2e/test_ingress_fuzz.py` searches
@@ -14,8 +16,11 @@ further, and FUZZ_RANDOM=1 draws new ones."""
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import httpx
 import pytest
@@ -37,6 +42,13 @@ from worker.settings import Settings
 TOKEN = "tok-fuzz"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 FUZZ_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "25"))
+# The fuzz runs' settings, over the profile tests/conftest.py loads (no deadline, no database):
+# FUZZ_EXAMPLES each, the same examples every run unless FUZZ_RANDOM is set.
+FUZZ = settings(
+    max_examples=FUZZ_EXAMPLES,
+    derandomize=not os.environ.get("FUZZ_RANDOM"),
+    suppress_health_check=list(HealthCheck),
+)
 BODY_LIMIT = 256 * 1024  # the fuzzed ingress's INGRESS_MAX_BODY_BYTES
 
 
@@ -90,13 +102,7 @@ def test_the_success_answers_match_the_schema(ingress_url, tmp_path):
 
 
 @schema.parametrize()
-@settings(
-    max_examples=FUZZ_EXAMPLES,
-    deadline=None,
-    derandomize=not os.environ.get("FUZZ_RANDOM"),
-    database=None,
-    suppress_health_check=list(HealthCheck),
-)
+@FUZZ
 def test_every_response_is_no_5xx_and_matches_the_schema(case, ingress_url):
     case.call_and_validate(
         base_url=ingress_url,
@@ -113,7 +119,7 @@ def test_many_bodies_the_schema_calls_valid_are_accepted(ingress_url):
     statuses: list[int] = []
 
     @given(case=schema["/v1/jobs"]["POST"].as_strategy(generation_mode=GenerationMode.POSITIVE))
-    @settings(max_examples=40, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
+    @settings(FUZZ, max_examples=40, derandomize=True)
     def enqueue(case):
         fresh = {**AUTH, "Idempotency-Key": uuid.uuid4().hex}  # not a key an earlier test used
         answer = case.call(base_url=ingress_url, headers=fresh, timeout=30)
@@ -200,13 +206,7 @@ def test_deep_and_huge_json_on_every_route_is_no_5xx(ingress_url, method, path):
         assert answer.status_code < 500, (method, path, body[:200], answer.status_code, answer.text[:300])
 
     @given(body=hostile_json())
-    @settings(
-        max_examples=FUZZ_EXAMPLES,
-        deadline=None,
-        derandomize=not os.environ.get("FUZZ_RANDOM"),
-        database=None,
-        suppress_health_check=list(HealthCheck),
-    )
+    @FUZZ
     def hostile(body: bytes) -> None:
         answer = send(body)
         assert answer.status_code < 500, (method, path, len(body), answer.status_code, answer.text[:300])
@@ -214,3 +214,80 @@ def test_deep_and_huge_json_on_every_route_is_no_5xx(ingress_url, method, path):
             assert set(answer.json()["error"]) == {"message", "type", "param", "code"}
 
     hostile()
+
+
+# ---------------------------------------------------------------- wrong types in every field of every body
+
+# A value of each JSON type (and the edges of a few): each field of each body gets every one.
+WRONG_TYPES: list[object] = [None, True, False, 0, -1, 1.5, 2**70, "", "x", "9" * 40, [], [1], ["x"], {}, {"a": 1}]
+IMAGE = "data:image/png;base64," + (
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
+)
+# (path, a valid body, the schema whose top-level fields are swept)
+JOB_BODIES: list[tuple[str, dict[str, Any], str]] = [
+    ("/v1/jobs", {"kind": "chat", "model": "gpt-4.1", "messages": HELLO}, "ChatJob"),
+    ("/v1/jobs", {"kind": "vision", "model": "gpt-4o", "image": IMAGE, "prompt": "what?"}, "VisionJob"),
+    ("/v1/jobs", {"kind": "compare", "models": ["gpt-4.1", "gpt-4o"], "messages": HELLO}, "CompareJob"),
+    ("/v1/chat/completions", {"model": "gpt-4.1", "messages": HELLO}, "ChatCompletionRequest"),
+]
+PARTS: list[dict[str, Any]] = [
+    {"type": "text", "text": "hi"},
+    {"type": "image_url", "image_url": {"url": IMAGE, "detail": "low"}},
+]
+
+
+def wrong_typed_bodies() -> list[tuple[str, dict]]:
+    """(path, body) with one field of a valid body replaced by a value of another type: every
+    top-level field of each job body, a message's fields, a content part's and an image URL's."""
+    out = []
+    for path, base, name in JOB_BODIES:
+        for field in OPENAPI["components"]["schemas"][name]["properties"]:
+            out += [(path, {**base, field: value}) for value in WRONG_TYPES]
+    for field in ("role", "content", "name", "tool_calls", "tool_call_id"):
+        out += [("/v1/jobs", {"model": "gpt-4.1", "messages": [{**HELLO[0], field: v}]}) for v in WRONG_TYPES]
+    for i, part in enumerate(PARTS):
+        for field in part:
+            for value in WRONG_TYPES:
+                swapped = [{**p, field: value} if j == i else p for j, p in enumerate(PARTS)]
+                out.append(("/v1/jobs", {"model": "gpt-4o", "messages": [{"role": "user", "content": swapped}]}))
+    for field in ("url", "detail"):
+        for value in WRONG_TYPES:
+            part = {"type": "image_url", "image_url": {"url": IMAGE, field: value}}
+            out.append(("/v1/jobs", {"model": "gpt-4o", "messages": [{"role": "user", "content": [part]}]}))
+    return out
+
+
+BATCH_FIELDS = ["input_file_id", "endpoint", "completion_window", "metadata", "callback_url", "budget_usd"]
+
+
+def test_a_wrong_type_in_any_field_of_any_body_is_no_5xx(ingress_url):
+    """Every field of every route's JSON body (the jobs', the chat completion's, a batch's) and the
+    upload's form fields, each given a value of every JSON type: a 4xx naming it, or accepted;
+    never a 5xx (a list for a batch's metadata was a 500)."""
+    body = {"model": "gpt-4.1", "messages": HELLO}
+    line = {"custom_id": "r1", "method": "POST", "url": "/v1/chat/completions", "body": body}
+    for kept in httpx.get(f"{ingress_url}/v1/files", headers=AUTH).json()["data"]:  # room under the upload quota
+        httpx.delete(f"{ingress_url}/v1/files/{kept['id']}", headers=AUTH)
+    upload = httpx.post(
+        f"{ingress_url}/v1/files", headers=AUTH, data={"purpose": "batch"}, files={"file": json.dumps(line).encode()}
+    )
+    assert upload.status_code == 200, upload.text
+    batch = {"input_file_id": upload.json()["id"], "endpoint": "/v1/chat/completions", "completion_window": "24h"}
+    requests = wrong_typed_bodies()
+    requests += [("/v1/batches", {**batch, field: v}) for field in BATCH_FIELDS for v in WRONG_TYPES]
+
+    def send(request: tuple[str, dict]) -> tuple[str, dict, httpx.Response]:
+        path, body = request
+        content = json.dumps(body).encode()  # (not orjson: 2**70 is JSON, and no 64-bit int)
+        return path, body, http.post(path, content=content, headers={"Content-Type": "application/json"})
+
+    with httpx.Client(base_url=ingress_url, headers=AUTH, timeout=30) as http, ThreadPoolExecutor(8) as pool:
+        for path, body, answer in pool.map(send, requests):
+            assert answer.status_code < 500, (path, str(body)[:300], answer.status_code, answer.text[:300])
+            if answer.status_code >= 400:
+                assert set(answer.json()["error"]) == {"message", "type", "param", "code"}, answer.text[:300]
+        for purpose in ("", "x" * 10_000, "batch\x00"):
+            form = http.post("/v1/files", data={"purpose": purpose}, files={"file": b"{}"})
+            assert form.status_code < 500, (purpose[:20], form.text[:300])
+        no_file = http.post("/v1/files", data={"purpose": "batch", "file": "not a file"})
+        assert no_file.status_code < 500, no_file.text[:300]

@@ -8,6 +8,7 @@ answered, not how fast (bench/slow_clients.py measures that)."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -15,7 +16,6 @@ import resource
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -24,12 +24,12 @@ from redis import Redis
 from redis.exceptions import BusyLoadingError, ReadOnlyError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from harness.processes import LLMRouterProcess, answers, llm_router, settings_env
+from harness.processes import answers, llm_router, settings_env
 from harness.redis_server import free_port
 from harness.wait import wait_until
 from producers.http import create_app, error_response
 from producers.http_conns import OVERFLOW
-from tests.ingress import ingress_settings
+from tests.ingress import ingress_settings, running
 from worker.keys import batch_key, job_key
 from worker.settings import ConfigError, Settings
 
@@ -39,22 +39,10 @@ AUTH = "Authorization: Bearer tok-h1\r\n"
 HELLO = [{"role": "user", "content": "hello"}]
 
 
-@contextlib.contextmanager
-def api(settings: Settings, logs: Path) -> Iterator[str]:
-    """`llm-router api` alone on a free port: its URL once it answers."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    proc = LLMRouterProcess("api", "--port", str(port), env=settings_env(settings), log_path=logs / "api.log")
-    try:
-        proc.wait_started(lambda: answers(f"{url}/healthz"), 30, "llm-router api")
-        yield url
-    finally:
-        proc.stop()
-
-
 @pytest.fixture(scope="module")
 def quick(redis_server, sim_server, tmp_path_factory):
-    """An ingress with short deadlines (1 s for headers, 1.5 s for a body) and long waits."""
+    """An ingress with short deadlines (1 s for headers, 1.5 s for a body, 1 s for a client to
+    read) and long waits."""
     settings = ingress_settings(
         redis_server,
         sim_server.base_url,
@@ -62,9 +50,10 @@ def quick(redis_server, sim_server, tmp_path_factory):
         ingress_tokens=HOSTILE_TOKENS,
         ingress_header_timeout_s=1,
         ingress_body_timeout_s=1.5,
+        ingress_send_timeout_s=1,
         ingress_wait_s=60,
     )
-    with api(settings, tmp_path_factory.mktemp("quick")) as url:
+    with running(settings, tmp_path_factory.mktemp("quick"), worker=False) as url:
         yield url
 
 
@@ -87,7 +76,7 @@ def bounded(redis_server, sim_server, tmp_path_factory):
         files_max_per_source=2,
         files_max_bytes_per_source=4096,
     )
-    with api(settings, tmp_path_factory.mktemp("bounded")) as url:
+    with running(settings, tmp_path_factory.mktemp("bounded"), worker=False) as url:
         yield url
 
 
@@ -124,6 +113,31 @@ def metric(url: str, name: str) -> float:
         if line.startswith(name + " "):
             return float(line.split()[1])
     raise AssertionError(f"{name} not in /metrics")
+
+
+def closed_for(url: str, reason: str) -> float:
+    """Connections the ingress closed for `reason` so far (0 before the first)."""
+    try:
+        return metric(url, f'llm_router_http_connections_closed_total{{reason="{reason}"}}')
+    except AssertionError:
+        return 0.0
+
+
+def whole_answer(sock: socket.socket, timeout: float = 15) -> bytes:
+    """Everything the ingress sends until its FIN; a reset (the answer destroyed unread) fails."""
+    sock.settimeout(timeout)
+    out = b""
+    while data := sock.recv(65536):
+        out += data
+    return out
+
+
+def keep_sending(sock: socket.socket, chunk: bytes, times: int) -> None:
+    """Send `chunk` `times` times, as a client that does not look at the answer would (stopping
+    once the ingress no longer takes them)."""
+    with contextlib.suppress(OSError):
+        for _ in range(times):
+            sock.sendall(chunk)
 
 
 def pending_jobs(redis_url: str, ids: list[str]) -> None:
@@ -187,6 +201,70 @@ def test_headers_past_the_bound_are_answered_431_and_closed(quick):
     assert b"INGRESS_MAX_HEADER_BYTES=65536" in reply
 
 
+# ---------------------------------------------------------------- answers before the request was read whole
+
+
+def test_a_body_over_the_limit_is_answered_413_then_fin_not_a_reset(bounded):
+    """Content-Length says 10 MB (INGRESS_MAX_BODY_BYTES is 64 KiB) and the client sends 1 MB of it
+    before it reads: it gets the 413 and the end of the connection, not a reset and not a wait."""
+    before = closed_for(bounded, "answered_early")
+    sock = connect(bounded)
+    sock.sendall(f"POST /v1/jobs HTTP/1.1\r\nHost: test\r\n{AUTH}Content-Length: 10000000\r\n\r\n".encode())
+    keep_sending(sock, b" " * 65536, 16)
+    reply = whole_answer(sock)
+    assert reply.startswith(b"HTTP/1.1 413"), reply[:200]
+    assert b"body_too_large" in reply and b"INGRESS_MAX_BODY_BYTES=65536" in reply
+    assert closed_for(bounded, "answered_early") >= before + 1
+
+
+def test_headers_over_the_bound_are_answered_431_then_fin_not_a_reset(quick):
+    sock = connect(quick)
+    sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: test\r\n")
+    keep_sending(sock, b"X-Filler: " + b"y" * 1000 + b"\r\n", 1000)  # 1 MB, INGRESS_MAX_HEADER_BYTES is 64 KiB
+    reply = whole_answer(sock)
+    assert reply.startswith(b"HTTP/1.1 431") and b"INGRESS_MAX_HEADER_BYTES=65536" in reply, reply[:200]
+
+
+def test_a_request_that_is_not_http_is_answered_400_in_openais_shape(quick):
+    sock = connect(quick)
+    sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: test\r\nBad Header\r\n\r\n")
+    keep_sending(sock, b"z" * 65536, 16)
+    reply = whole_answer(sock)
+    assert reply.startswith(b"HTTP/1.1 400"), reply[:200]
+    assert json.loads(reply.split(b"\r\n\r\n", 1)[1])["error"]["code"] == "invalid_request"
+
+
+# ---------------------------------------------------------------- clients that do not read their answer
+
+
+def test_a_client_that_reads_nothing_of_its_answer_is_cut(quick):
+    """A 16 MB file (or more: past what the kernel buffers) asked for by a client that reads none
+    of it (a 4 KiB receive buffer): the ingress's buffers fill, and INGRESS_SEND_TIMEOUT_S (1 s
+    here) later the connection is cut."""
+    wmem_max = int(Path("/proc/sys/net/ipv4/tcp_wmem").read_text().split()[2])  # what the kernel may buffer
+    data = b"x" * max(16 * 1024 * 1024, 2 * wmem_max + (1 << 20))
+    upload = httpx.post(
+        f"{quick}/v1/files", headers=_auth(), data={"purpose": "batch"}, files={"file": data}, timeout=60
+    )
+    assert upload.status_code == 200, upload.text
+    before = closed_for(quick, "send_timeout")
+    host, port = quick.removeprefix("http://").split(":")
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect((host, int(port)))
+    sock.sendall(f"GET /v1/files/{upload.json()['id']}/content HTTP/1.1\r\nHost: test\r\n{AUTH}\r\n".encode())
+    wait_until(
+        lambda: closed_for(quick, "send_timeout") > before, 30, "the ingress to cut the client that reads nothing"
+    )
+    got = 0
+    sock.settimeout(15)
+    with contextlib.suppress(ConnectionResetError):
+        while chunk := sock.recv(1 << 20):
+            got += len(chunk)
+    assert got < len(data)  # cut: not the whole answer
+    httpx.delete(f"{quick}/v1/files/{upload.json()['id']}", headers=_auth())
+
+
 # ---------------------------------------------------------------- long-polls and streams whose client left
 
 
@@ -210,6 +288,36 @@ def test_long_polls_and_stream_readers_end_when_their_client_leaves(quick, redis
     for sock in socks:
         sock.close()
     wait_until(lambda: metric(quick, "llm_router_http_waiting") == 0, 20, "the waits of clients gone to end")
+
+
+def test_pipelined_long_polls_all_end_when_their_client_leaves(quick, redis_server):
+    """Two long-polls sent at once on one connection: the first runs, the second waits behind it.
+    When the client leaves, the running one ends too (uvicorn told only the newest request)."""
+    ids = [f"hostile-1@pipelined-{i}" for i in range(2)]
+    pending_jobs(redis_server, ids)
+    sock = connect(quick)
+    sock.sendall(b"".join(f"GET /v1/jobs/{i}?wait=60 HTTP/1.1\r\nHost: test\r\n{AUTH}\r\n".encode() for i in ids))
+    wait_until(lambda: metric(quick, "llm_router_http_waiting") == 1, 20, "the ingress to hold the first wait")
+    sock.close()
+    wait_until(lambda: metric(quick, "llm_router_http_waiting") == 0, 20, "the pipelined wait of a client gone to end")
+
+
+def test_a_request_pipelined_behind_an_answered_one_is_not_answered_early(quick):
+    """A POST pipelined behind a GET, its body still coming when the GET is answered: the
+    connection goes on (only an answer to the request whose body is unread ends it early)."""
+    job = json.dumps({"model": "gpt-4.1", "messages": HELLO}).encode()
+    sock = connect(quick)
+    head = f"POST /v1/jobs HTTP/1.1\r\nHost: test\r\n{AUTH}Content-Length: {len(job)}\r\n\r\n".encode()
+    sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n" + head + job[:10])
+    sock.settimeout(10)
+    got = b""
+    while b'{"ok":true}' not in got:
+        got += sock.recv(65536)
+    sock.sendall(job[10:])
+    while b"HTTP/1.1 202" not in got:
+        data = sock.recv(65536)
+        assert data, f"the connection was closed before the pipelined POST was answered: {got!r}"
+        got += data
 
 
 # ---------------------------------------------------------------- the connection limit
@@ -357,6 +465,36 @@ def test_deep_json_is_refused_naming_the_field(quick, depth):
             assert error["code"] == "invalid_json" and "depth" in error["message"]
 
 
+def test_a_job_body_too_big_to_be_a_job_is_a_413_before_any_parse(quick):
+    """6 MB of tools (MAX_JOB_BYTES is 4 MiB) and no closing brace: measured before it is parsed,
+    so the answer is the size (413), not the JSON (400). A body as big whose bytes are an inline
+    image is a job (images have MAX_IMAGE_BYTES)."""
+    tool = {"type": "function", "function": {"name": "f", "description": "d" * 60_000}}
+    tools = json.dumps([tool] * 100)
+    for path in ("/v1/jobs", "/v1/chat/completions"):
+        body = f'{{"model":"gpt-4.1","messages":{json.dumps(HELLO)},"tools":{tools}'.encode()  # (no closing brace)
+        refused = httpx.post(f"{quick}{path}", content=body, headers=_auth(), timeout=30)
+        assert refused.status_code == 413, (path, refused.status_code, refused.text[:300])
+        error = refused.json()["error"]
+        assert error["code"] == "body_too_large" and "MAX_JOB_BYTES=4194304" in error["message"], error
+    image = "data:image/png;base64," + base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"\x01" * 6_000_000).decode()
+    content = [{"type": "text", "text": "what is it?"}, {"type": "image_url", "image_url": {"url": image}}]
+    job = {"model": "gpt-4.1", "messages": [{"role": "user", "content": content}]}
+    accepted = httpx.post(f"{quick}/v1/jobs", json=job, headers=_auth(), timeout=30)
+    assert accepted.status_code == 202, accepted.text[:300]
+
+
+def test_lists_past_their_bound_are_refused_naming_the_field_and_the_limit(quick):
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}] * 129
+    for path in ("/v1/jobs", "/v1/chat/completions"):
+        for field, value, limit in (("tools", tools, "MAX_TOOLS=128"), ("stop", ["x"] * 17, "MAX_STOP=16")):
+            body = {"model": "gpt-4.1", "messages": HELLO, field: value}
+            refused = httpx.post(f"{quick}{path}", json=body, headers=_auth(), timeout=30)
+            assert refused.status_code == 422, (path, refused.text)
+            error = refused.json()["error"]
+            assert error["param"] == field and limit in error["message"], (path, error)
+
+
 def test_an_endless_completion_window_is_refused_before_anything_is_written(quick, redis_server):
     body = {"model": "gpt-4.1", "messages": HELLO}
     line = {"custom_id": "r1", "method": "POST", "url": "/v1/chat/completions", "body": body}
@@ -372,6 +510,29 @@ def test_an_endless_completion_window_is_refused_before_anything_is_written(quic
         error = refused.json()["error"]
         assert error["param"] == "completion_window" and "BATCH_MAX_WINDOW_S=604800" in error["message"]
     assert set(redis.keys(batch_key("*"))) == before  # no batch written, none left without a TTL
+
+
+BATCH_WRONG_TYPES = [
+    ("completion_window", 86400),
+    ("metadata", ["a", "b"]),
+    ("endpoint", {"url": "/v1/chat/completions"}),
+    ("callback_url", 5),
+    ("budget_usd", "10"),
+    ("input_file_id", 5),
+]
+
+
+def test_a_batch_option_of_the_wrong_type_is_a_400_naming_it(quick):
+    body = {"model": "gpt-4.1", "messages": HELLO}
+    line = {"custom_id": "r1", "method": "POST", "url": "/v1/chat/completions", "body": body}
+    file = httpx.post(
+        f"{quick}/v1/files", headers=_auth(), data={"purpose": "batch"}, files={"file": json.dumps(line).encode()}
+    ).json()
+    for option, value in BATCH_WRONG_TYPES:
+        request = {"input_file_id": file["id"], "endpoint": "/v1/chat/completions", option: value}
+        refused = httpx.post(f"{quick}/v1/batches", json=request, headers=_auth(), timeout=30)
+        assert refused.status_code == 400, (option, refused.status_code, refused.text)
+        assert refused.json()["error"]["param"] == option, (option, refused.text)
 
 
 def test_a_bodies_bound_under_one_body_refuses_the_start():

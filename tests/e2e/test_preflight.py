@@ -5,9 +5,9 @@ Redis goes away and comes back, and checks the gateway's URL and key at start-up
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -20,7 +20,7 @@ from harness.processes import LLMRouterProcess, answers, llm_router, settings_en
 from harness.redis_server import PrivateRedis, free_port, reachable, redis_server_binary
 from harness.wait import wait_until
 from producers.api import Producer
-from tests.helpers import API_KEY
+from tests.helpers import API_KEY, self_signed
 from worker import errors
 from worker.client import AIsaClient
 from worker.settings import Settings
@@ -49,14 +49,7 @@ def password_port() -> Iterator[int]:
 @pytest.fixture
 def tls_port(tmp_path) -> Iterator[tuple[int, Path]]:
     """A redis-server that speaks only TLS, with a self-signed certificate: (port, its CA file)."""
-    openssl = shutil.which("openssl")
-    if openssl is None:
-        pytest.fail("openssl is not installed (apt-get install openssl)")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subject = f"-keyout {key} -out {cert} -subj /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1"
-    subprocess.run(
-        [openssl, *f"req -x509 -newkey rsa:2048 -nodes -days 1 {subject}".split()], check=True, capture_output=True
-    )
+    cert, key = self_signed(tmp_path, "127.0.0.1")
     port = free_port()
     proc = server(
         *shlex.split(f"--port 0 --tls-port {port} --bind 127.0.0.1 --save '' --tls-auth-clients no"),
@@ -227,3 +220,125 @@ async def test_a_server_without_a_models_list_passes_the_gateway_check_if_it_has
         assert problem is not None and problem.endswith(f"add /v1: AISA_BASE_URL=http://127.0.0.1:{port}/v1")
     finally:
         await runner.cleanup()
+
+
+# ---------------------------------------------------------------- every verb: a clear line, no traceback
+
+BATCH = "batch_" + "0" * 32
+ONE_SHOT = {
+    "chat": ["chat", "--model", "gpt-4.1", "--message", "hi"],
+    "vision": ["vision", "--model", "gpt-4o", "--image", "https://example.com/a.png", "--prompt", "hi"],
+    "compare": ["compare", "--models", "gpt-4.1,gpt-4o", "--message", "hi"],
+    "result": ["result", "job-1"],
+    "batch submit": ["batch", "submit", "{input}"],
+    "batch status": ["batch", "status", BATCH],
+    "batch results": ["batch", "results", BATCH],
+    "batch cancel": ["batch", "cancel", BATCH],
+    "batch list": ["batch", "list"],
+    "dlq list": ["dlq", "list"],
+    "dlq show": ["dlq", "show", "job-1"],
+    "dlq replay": ["dlq", "replay", "job-1"],
+    "dlq purge": ["dlq", "purge"],
+    "quarantine list": ["quarantine", "list"],
+    "quarantine purge": ["quarantine", "purge"],
+    "fleet": ["fleet"],
+    "schedule list": ["schedule", "list"],
+    "schedule run": ["schedule", "run", "nightly"],
+    "spend": ["spend"],
+}
+SERVICES = {"worker": ["worker"], "api": ["api", "--port", "{port}"], "exporter": ["exporter"]}
+UNREACHABLE = (
+    "REDIS_URL: nothing listens at 127.0.0.1:{port} (connection refused): start Redis, or point REDIS_URL at it"
+)
+NO_DB = "REDIS_URL: Redis at 127.0.0.1:{port} has no database of REDIS_URL's number (the path /N; `databases` in"
+
+
+@pytest.fixture
+def verb_env(settings, tmp_path) -> dict[str, str]:
+    """The environment of a verb (a schedule and a batch input of one line each, so that the
+    schedule verbs and `batch submit` reach Redis)."""
+    body = {"model": "gpt-4.1", "messages": [{"role": "user", "content": "hi"}]}
+    line = {"custom_id": "a", "method": "POST", "url": "/v1/chat/completions", "body": body}
+    (tmp_path / "in.jsonl").write_text(json.dumps(line) + "\n")
+    (tmp_path / "schedules.toml").write_text(
+        f'[[schedule]]\nname = "nightly"\ncron = "0 3 * * *"\ninput = "{tmp_path / "in.jsonl"}"\n'
+    )
+    s = settings.model_copy(update={"ingress_tokens": {"t": "web"}, "schedules_file": str(tmp_path / "schedules.toml")})
+    return {**os.environ, **settings_env(s), "EXPORTER_PORT": str(free_port())}
+
+
+def start(args: list[str], env: dict[str, str], tmp_path: Path, url: str) -> subprocess.Popen[str]:
+    args = [a.format(input=tmp_path / "in.jsonl", port=free_port()) for a in args]
+    return subprocess.Popen(
+        [llm_router(), *args], env={**env, "REDIS_URL": url}, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+
+
+def said_once(proc: subprocess.Popen[str], code: int, line: str) -> None:
+    """`proc` exits `code` having said `line` (and at most one more line), with no traceback."""
+    out, err = proc.communicate(timeout=SAY_S + 10)
+    assert proc.returncode == code, out + err
+    assert line in err and "Traceback" not in err and len(err.strip().splitlines()) <= 2, err
+    assert "wrong-pw" not in out + err and PASSWORD not in out + err
+
+
+@pytest.mark.parametrize("verb", [*ONE_SHOT, *SERVICES])
+def test_every_verb_says_what_is_wrong_with_redis_in_a_line_without_a_traceback(
+    verb, password_port, verb_env, tmp_path
+):
+    # before: a database out of range was a ResponseError traceback from every one-shot verb
+    args = ONE_SHOT.get(verb) or SERVICES[verb]
+    nobody = free_port()
+    cases = [
+        (f"redis://:{PASSWORD}@127.0.0.1:{password_port}/99", 2, NO_DB.format(port=password_port)),
+        (f"redis://:wrong-pw@127.0.0.1:{password_port}/0", 2, f"REDIS_URL: {WRONG.format(port=password_port)}"),
+    ]
+    if verb in ONE_SHOT:  # (a service waits for Redis, saying so: the tests above and below)
+        cases.append((f"redis://127.0.0.1:{nobody}/0", 1, UNREACHABLE.format(port=nobody)))
+    running = [(start(args, verb_env, tmp_path, url), code, line) for url, code, line in cases]
+    for proc, code, line in running:
+        said_once(proc, code, line)
+
+
+@pytest.mark.parametrize("verb", ["api", "exporter"])
+def test_a_service_without_redis_says_so_and_serves_on(verb, verb_env, tmp_path):
+    nobody = free_port()
+    log = tmp_path / f"{verb}.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [llm_router(), *[a.format(port=free_port()) for a in SERVICES[verb]]],
+            env={**verb_env, "REDIS_URL": f"redis://127.0.0.1:{nobody}/0"},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        said = UNREACHABLE.format(port=nobody).removeprefix("REDIS_URL: ")
+        wait_until(lambda: said in log.read_text(), SAY_S, f"{verb} to say Redis is not there")
+        assert proc.poll() is None and "Traceback" not in log.read_text()
+    finally:
+        proc.kill()
+        proc.wait(10)
+
+
+BAD_OPTIONS = [
+    (["dlq", "list", "--limit", "99999999999999999999"], "--limit"),
+    (["dlq", "list", "--limit", "0"], "--limit"),
+    (["quarantine", "list", "--limit", "-5"], "--limit"),
+    (["chat", "--model", "gpt-4.1", "--message", "hi", "--timeout", "nan"], "--timeout"),
+    (["result", "job-1", "--wait", "inf"], "--wait"),
+    (["api", "--host", "203.0.113.9", "--port", "{port}"], "--host 203.0.113.9 --port"),
+    (["sim", "--port", "99999"], "--port"),
+    (["sim", "--rpm", "-1"], "--rpm"),
+    (["sim", "--error-rate", "503=2"], "--error-rate"),
+    (["sim", "--credits", "nan"], "--credits"),
+]
+
+
+@pytest.mark.parametrize(("args", "flag"), BAD_OPTIONS, ids=[" ".join(a[:1] + a[-2:]) for a, _ in BAD_OPTIONS])
+def test_a_bad_option_value_is_refused_naming_the_flag(args, flag, verb_env, tmp_path, redis_url):
+    # before: --limit past Redis's integers was a traceback, 0 and negatives were taken, nan waited
+    # "nans", an address not on this machine was uvicorn's errno and exit 3, sim's a traceback
+    proc = start(args, verb_env, tmp_path, redis_url)
+    out, err = proc.communicate(timeout=SAY_S + 10)
+    assert proc.returncode == 2, out + err
+    assert flag in err and "Traceback" not in err and len(err.strip().splitlines()) <= 4, err

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -22,6 +21,7 @@ from harness.processes import LLMRouterProcess, answers, settings_env, wait_star
 from harness.redis_sentinel import SentinelCluster
 from harness.redis_server import free_port, reachable, redis_server_binary
 from producers.api import Producer
+from tests.helpers import self_signed
 from worker import connections
 from worker.settings import ConfigError
 
@@ -57,14 +57,7 @@ def sentinel_url(tmp_path) -> Iterator[str]:
 @pytest.fixture
 def tls_url(tmp_path) -> Iterator[str]:
     """A redis-server that speaks only TLS and wants a password: `rediss://:pw@...`."""
-    openssl = shutil.which("openssl")
-    if openssl is None:
-        pytest.fail("openssl is not installed (apt-get install openssl)")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    tls = f"-keyout {key} -out {cert} -subj /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1"
-    subprocess.run(
-        [openssl, *f"req -x509 -newkey rsa:2048 -nodes -days 1 {tls}".split()], check=True, capture_output=True
-    )
+    cert, key = self_signed(tmp_path, "127.0.0.1")
     port = free_port()
     server = f"--port 0 --tls-port {port} --bind 127.0.0.1 --save '' --requirepass pw-0123 --tls-auth-clients no"
     server += f" --tls-cert-file {cert} --tls-key-file {key} --tls-ca-cert-file {cert}"

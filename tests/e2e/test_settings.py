@@ -89,6 +89,84 @@ def test_a_worker_with_a_misspelt_rate_limit_refuses_to_start(monkeypatch):
     assert 'RATE_LIMITS, in ["gpt-4.1"]: unknown key "rpn": did you mean "rpm"? (keys: rpm, tpm)' in out.stderr
 
 
+BAD_VALUES = [
+    # (the variable, its value, what the refusal says): each was taken before, meaning something else
+    ("RATE_LIMITS", '{"gpt-4.1": {}}', 'RATE_LIMITS, in ["gpt-4.1"]: limits nothing: give "rpm" and/or "tpm"'),
+    ("RATE_LIMITS", '{"": {"rpm": 60}}', 'RATE_LIMITS, in [""]: must name a model'),
+    ("RATE_LIMITS", '{"   ": {"rpm": 60}}', 'RATE_LIMITS, in ["   "]: must name a model'),
+    ("RATE_LIMITS", '{"gpt 4.1": {"rpm": 60}}', "not 'gpt 4.1'"),
+    ("RATE_LIMITS", '{"gpt-4.1\\u0000": {"rpm": 60}}', 'RATE_LIMITS, in ["gpt-4.1\\u0000"]: must be 1-128 characters'),
+    ("RATE_LIMITS", '{"gpt-4.1": {"rpm": 0}}', 'RATE_LIMITS, in ["gpt-4.1"]["rpm"]: Input should be greater than 0'),
+    ("RATE_LIMITS", '{"gpt-4.1": {"tpm": -5}}', 'RATE_LIMITS, in ["gpt-4.1"]["tpm"]: Input should be greater than 0'),
+    ("RATE_LIMITS", '{"gpt-4.1": {"rpm": Infinity}}', '["gpt-4.1"]["rpm"]: Input should be a finite number'),
+    ("GLOBAL_RATE_LIMIT", '{"rpm": 0}', 'GLOBAL_RATE_LIMIT, in ["rpm"]: Input should be greater than 0'),
+    ("MODEL_CONTEXT", '{"my-model": 0}', 'MODEL_CONTEXT, in ["my-model"]: Input should be greater than 0'),
+    ("MODEL_CONTEXT", '{"my-model": -32768}', 'MODEL_CONTEXT, in ["my-model"]: Input should be greater than 0'),
+    ("MODEL_CONTEXT", '{"\\t": 32768}', 'MODEL_CONTEXT, in ["\\t"]: must name a model'),
+    ("PRICES", '{"m": {"input": NaN, "output": 1}}', 'PRICES, in ["m"]["input"]: Input should be a finite number'),
+    ("PRICES", '{"": {"input": 1, "output": 1}}', 'PRICES, in [""]: must name a model'),
+    ("FALLBACKS", '{"gpt-4.1": [""]}', 'FALLBACKS, in ["gpt-4.1"][0]: must name a model'),
+    ("DEFAULT_FALLBACKS", '["gemini 2"]', "DEFAULT_FALLBACKS, in [0]: must be 1-128 characters"),
+    ("CONTEXT_FALLBACKS", '{"gpt-4.1": " "}', 'CONTEXT_FALLBACKS, in ["gpt-4.1"]: must name a model'),
+    ("BUDGETS", '{"models": {"": 5}}', 'BUDGETS, in ["models"][""]: must name a model'),
+    ("METRIC_MODELS", '["gpt-4.1", ""]', "METRIC_MODELS, in [1]: must name a model"),
+    ("METRIC_SOURCES", '["a b"]', "METRIC_SOURCES, in [0]: source 'a b' must be 1-64 characters"),
+    ("INGRESS_TOKENS", '{"": "web"}', "INGRESS_TOKENS: a token must be non-empty printable characters"),
+    ("INGRESS_TOKENS", '{"tok-1": "web site"}', "INGRESS_TOKENS: source 'web site' must be 1-64 characters"),
+    (
+        "WEBHOOK_ALLOWED_HOSTS",
+        '["https://hooks.example.com/"]',
+        "WEBHOOK_ALLOWED_HOSTS: 'https://hooks.example.com/' is",
+    ),
+    ("ROUTES", '{"cheap": {"models": []}}', 'ROUTES, in ["cheap"]["models"]: List should have at least 1 item'),
+    (
+        "BUDGET_UNKNOWN_PRICE",
+        '{"input": Infinity, "output": 1}',
+        'BUDGET_UNKNOWN_PRICE, in ["input"]: Input should be a finite',
+    ),
+    ("WEBHOOK_ALLOWED_NETWORKS", '["10.0.0.1/8"]', "WEBHOOK_ALLOWED_NETWORKS: '10.0.0.1/8' is not a network"),
+    ("AISA_BASE_URL", "api.aisa.one/v1", "AISA_BASE_URL: 'api.aisa.one/v1' needs http:// or https:// and a host"),
+    ("AISA_BASE_URL", "https:///v1", "AISA_BASE_URL: 'https:///v1' needs http:// or https:// and a host"),
+    (
+        "AISA_BASE_URL",
+        "ftp://api.aisa.one/v1",
+        "needs http:// or https:// and a host: use e.g. https://api.aisa.one/v1",
+    ),
+]
+
+
+@pytest.mark.parametrize(("name", "value", "said"), BAD_VALUES)
+def test_a_bad_value_in_a_setting_is_refused_at_start_up_naming_the_variable(name, value, said, monkeypatch):
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError) as refused:
+        load_settings(_env_file=None)
+    assert said in str(refused.value)
+
+
+def test_every_json_setting_has_a_bad_value_case():
+    """A JSON setting added later gets a case above (and so a check of its values)."""
+    from pydantic_settings import EnvSettingsSource
+
+    source = EnvSettingsSource(Settings)
+    json_settings = {name.upper() for name, field in Settings.model_fields.items() if source.field_is_complex(field)}
+    assert json_settings <= {name for name, _, _ in BAD_VALUES}, json_settings - {name for name, _, _ in BAD_VALUES}
+
+
+def test_values_that_mean_something_are_still_taken(monkeypatch):
+    # GLOBAL_RATE_LIMIT={} is the documented "no global limit" (deploy/k8s/base/settings.env)
+    for name, value in [
+        ("GLOBAL_RATE_LIMIT", "{}"),
+        ("RATE_LIMITS", '{"gpt-4.1": {"tpm": 600000}, "my-org/model@2": {"rpm": 1}}'),
+        ("MODEL_CONTEXT", '{"my-model": 32768}'),
+        ("AISA_BASE_URL", "http://sim:8700/v1"),
+        ("INGRESS_TOKENS", '{"tok-1": "web"}'),
+    ]:
+        monkeypatch.setenv(name, value)
+    s = load_settings(_env_file=None)
+    assert s.global_rate_limit == RateLimit() and s.rate_limits["my-org/model@2"].rpm == 1
+    assert s.model_context == {"my-model": 32768} and s.aisa_base_url == "http://sim:8700/v1"
+
+
 UNKNOWN = "zz_not_a_key"
 
 

@@ -10,19 +10,19 @@ import json
 import re
 import socket
 import ssl
-import subprocess
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 
 from producers import JobRejected
 from producers.http import create_app
-from tests.helpers import run_worker
+from tests.helpers import run_worker, self_signed
 from worker import egress
 from worker.settings import ConfigError, load_settings
 
@@ -89,16 +89,7 @@ def test_ip_literals_in_any_form_a_resolver_reads():
 def tls_receiver(tmp_path: Path) -> Iterator[dict[str, Any]]:
     """An HTTPS server on 127.0.0.1 with a certificate for `hooks.test` only, recording the SNI of
     every handshake and the Host of every request."""
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        [
-            *("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"),
-            *("-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=hooks.test"),
-            *("-addext", "subjectAltName=DNS:hooks.test"),
-        ],
-        check=True,
-        capture_output=True,
-    )
+    cert, key = self_signed(tmp_path, "hooks.test")
     seen: dict[str, Any] = {"sni": [], "hosts": [], "cert": str(cert)}
 
     class Handler(BaseHTTPRequestHandler):
@@ -159,6 +150,29 @@ async def test_a_webhook_connects_to_the_address_it_checked_with_the_name_in_sni
     assert tls_receiver["sni"] == ["hooks.test"]  # neither was connected
 
 
+@pytest.mark.parametrize(
+    "host",
+    [
+        "2130706433",  # decimal
+        "0x7f.1",  # hex, short
+        "127.1",  # short
+        "[::ffff:127.0.0.1]",  # IPv4-mapped
+        "[64:ff9b::a00:5]",  # NAT64 of 10.0.0.5
+        "[2002:a00:5::1]",  # 6to4 of 10.0.0.5
+        "[2001:0:4136:e378:8000:63bf:80ff:fffe]",  # Teredo of 127.0.0.1
+        "localhost",
+    ],
+)
+async def test_a_webhook_to_this_network_by_another_spelling_is_refused_unsent(host):
+    # the system's own resolver (getaddrinfo, as httpx's connection would use) reads each form
+    async with egress.client(5, ()) as client:
+        with pytest.raises(egress.Refused, match="address"):
+            await client.post(f"http://{host}:9/hook", content=b"{}")
+    with pytest.raises(httpx.InvalidURL):  # octal (0177.0.0.1) is no URL to httpx: never called
+        async with egress.client(5, ()) as client:
+            await client.post("http://0177.0.0.1:9/hook", content=b"{}")
+
+
 def test_webhook_allowed_networks_is_checked_when_settings_load(monkeypatch):
     monkeypatch.setenv("WEBHOOK_ALLOWED_NETWORKS", json.dumps(["10.96.0.0/12", "10.0.0.1/8"]))
     with pytest.raises(ConfigError, match=r"WEBHOOK_ALLOWED_NETWORKS: .*'10.0.0.1/8' is not a network"):
@@ -185,13 +199,44 @@ REFUSED_IMAGES = [
     "http://\uff11\uff12\uff17\u3002\uff10\u3002\uff10\u3002\uff11/cat.png",  # full-width 127.0.0.1
     "http://example.com\\@127.0.0.1/cat.png",  # parsers disagree on the host: both are checked
     "http://127.0.0.1\\@example.com/cat.png",
+    "http://0177.0.0.1/cat.png",  # octal
+    "http://127.1/cat.png",  # short
+    "http://[::ffff:127.0.0.1]/cat.png",  # IPv4-mapped
+    "http://[64:ff9b::a00:5]/cat.png",  # NAT64 of 10.0.0.5
+    "http://[2002:a00:5::1]/cat.png",  # 6to4 of 10.0.0.5
+    "http://[2001:0:4136:e378:8000:63bf:80ff:fffe]/cat.png",  # Teredo of 127.0.0.1
 ]
-FINE_IMAGES = ["https://example.com/cat.png", "http://8.8.8.8/cat.png", "https://x/y.png", "http://[2001:db9::1]/a.png"]
+# names that lead into this side's network whatever public DNS says (the round before took them all)
+INTERNAL_IMAGES = [
+    "http://metadata.google.internal/computeMetadata/v1/",
+    "http://metadata/computeMetadata/v1/",  # a single label: completed with the search domains
+    "https://x/y.png",
+    "http://printer.local/cat.png",
+    "http://redis.default.svc.cluster.local:6379/",
+    "http://redis.default.svc/",
+    "http://nas.home.arpa/cat.png",
+    "http://wiki.corp./cat.png",
+    "http://INTRANET/cat.png",
+]
+REFUSED_IMAGES += INTERNAL_IMAGES
+FINE_IMAGES = ["https://example.com/cat.png", "http://8.8.8.8/cat.png", "http://[2001:db9::1]/a.png"]
+FINE_IMAGES += ["https://cdn.example.org./a.png", "https://local.example.com/a.png", "https://internal.example/a.png"]
 
 
 @pytest.fixture
 async def producer(make_producer, settings):
     return await make_producer(settings, own_settings=True)
+
+
+def test_names_of_the_local_network_are_named_and_public_names_are_not():
+    for url in INTERNAL_IMAGES:
+        why = egress.image_url_problem(url)
+        assert why is not None and ("a name of the local network" in why or "a single-label name" in why), url
+    assert "(internal, *.internal)" in (egress.image_url_problem(INTERNAL_IMAGES[0]) or "")
+    teredo = "http://[2001:0:4136:e378:8000:63bf:80ff:fffe]/cat.png"
+    assert "a loopback address (in 2001:0:4136:e378:8000:63bf:80ff:fffe)" in (egress.image_url_problem(teredo) or "")
+    for url in FINE_IMAGES:
+        assert egress.image_url_problem(url) is None, url
 
 
 async def test_image_urls_naming_this_network_are_refused_at_enqueue(producer, redis):

@@ -36,45 +36,64 @@ async def settle(limiter, model, **kw):
     return await limiter.settle(model, **kw)
 
 
+async def slot(redis: Redis, key: str = model_key("m"), field: str = "r") -> float:
+    """The limiter's own record of its last booking: when the next request (`r`) or the next
+    token (`t`) may start, in ms on Redis's clock. Tests assert these, not how long the calls
+    took on this machine (a wait is the slot minus the time of the call); their intervals are
+    seconds long, so that every call comes before the slot it is given, however slow the machine
+    (no test sleeps: a booking is only a record)."""
+    return float(await redis.hget(key, field))
+
+
 async def test_requests_get_evenly_spaced_slots(redis: Redis):
-    limiter = make(redis, rate_limits={"m": RateLimit(rpm=600)})  # one every 100 ms
-    waits = [(await limiter.admit("m", 0, max_wait_s=5)).wait_s for _ in range(5)]
-    assert waits[0] == 0
-    gaps = [b - a for a, b in itertools.pairwise(waits)]
-    assert all(0.09 <= g <= 0.101 for g in gaps), waits
+    limiter = make(redis, rate_limits={"m": RateLimit(rpm=6)})  # one every 10 s
+    waits, slots = [], []
+    for _ in range(5):
+        waits.append((await limiter.admit("m", 0, max_wait_s=60)).wait_s)
+        slots.append(await slot(redis))
+    assert waits[0] == 0  # the first is free
+    assert [b - a for a, b in itertools.pairwise(slots)] == [10_000] * 4, slots  # each 10 s after the last
+    assert all(10 * (i - 1) < w <= 10 * i for i, w in enumerate(waits) if i), waits  # each waits for its slot
     assert (await limiter.admit("other", 0, 5)).wait_s == 0  # limits are per model
 
 
 async def test_headroom_runs_under_the_limit(redis: Redis):
-    limiter = make(redis, rate_limits={"m": RateLimit(rpm=600)}, rate_limit_headroom=0.1)
-    await limiter.admit("m", 0, 5)
-    assert (await limiter.admit("m", 0, 5)).wait_s == pytest.approx(0.111, abs=0.003)
+    limiter = make(redis, rate_limits={"m": RateLimit(rpm=6)}, rate_limit_headroom=0.1)
+    await limiter.admit("m", 0, 60)
+    first = await slot(redis)
+    second = await limiter.admit("m", 0, 60)
+    # booked 10 s / (1 - 0.1) after the first, not 10 s
+    assert await slot(redis) - first == pytest.approx(10_000 / 0.9)
+    assert second.booked and 10 < second.wait_s <= 11.12
 
 
 async def test_a_slot_further_than_the_limit_is_not_booked(redis: Redis):
-    limiter = make(redis, rate_limits={"m": RateLimit(rpm=60)})  # one a second
-    assert (await limiter.admit("m", 0, 0.5)).booked
-    far = await limiter.admit("m", 0, 0.5)
-    assert far.status == "wait" and 0.9 <= far.wait_s <= 1.0
-    again = await limiter.admit("m", 0, 0.5)
+    limiter = make(redis, rate_limits={"m": RateLimit(rpm=6)})  # one every 10 s
+    assert (await limiter.admit("m", 0, 5)).booked
+    far = await limiter.admit("m", 0, 5)
+    assert far.status == "wait" and 5 < far.wait_s <= 10  # over the caller's 5 s, at most the interval
+    again = await limiter.admit("m", 0, 5)
     assert again.status == "wait" and again.wait_s <= far.wait_s  # nothing was booked by the refusal
 
 
 async def test_tokens_are_booked_then_settled(redis: Redis):
-    limiter = make(redis, rate_limits={"m": RateLimit(tpm=60_000)})  # 1 ms per token
-    assert (await limiter.admit("m", 500, 5)).wait_s == 0
-    second = await limiter.admit("m", 500, 5)
-    assert second.status == "retry" and second.wait_s == pytest.approx(0.5, abs=0.01)  # not booked ahead
-    assert (await limiter.admit("m", 500, 0.1)).status == "wait"  # longer than this caller waits
+    limiter = make(redis, rate_limits={"m": RateLimit(tpm=600)})  # 100 ms per token
+    assert (await limiter.admit("m", 500, 60)).wait_s == 0
+    booked = await slot(redis, field="t")
+    second = await limiter.admit("m", 500, 60)
+    assert second.status == "retry" and 45 < second.wait_s <= 50  # not booked ahead: ask when they are paid
+    assert await slot(redis, field="t") == booked
+    assert (await limiter.admit("m", 500, 10)).status == "wait"  # longer than this caller waits
     await settle(limiter, "m", booked_tokens=500, used_tokens=50, outcome="ok")  # 450 back
-    assert (await limiter.admit("m", 500, 5)).wait_s <= 0.051  # so the next starts sooner
+    assert await slot(redis, field="t") == booked - 45_000
+    assert (await limiter.admit("m", 500, 60)).wait_s <= 5  # so the next starts sooner
 
 
 async def test_a_429_pause_holds_the_model_for_everyone(redis: Redis):
     a, b = make(redis), make(redis)  # two workers, no configured limit at all
-    await settle(a, "m", pause_s=2.0)
-    assert (await b.admit("m", 0, 5)).wait_s == pytest.approx(2.0, abs=0.05)
-    assert (await b.admit("m", 0, 1.0)).status == "wait"
+    await settle(a, "m", pause_s=60)
+    assert 50 < (await b.admit("m", 0, 90)).wait_s <= 60  # b's call waits for a's pause
+    assert (await b.admit("m", 0, 30)).status == "wait"
 
 
 async def test_circuit_opens_after_k_failures_then_one_probe_closes_it(redis: Redis):
@@ -113,9 +132,13 @@ async def test_the_gate_pauses_every_model(redis: Redis):
 
 
 async def test_a_global_limit_spaces_calls_across_models(redis: Redis):
-    limiter = make(redis, global_rate_limit=RateLimit(rpm=600))
-    waits = [(await limiter.admit(model, 0, 5)).wait_s for model in ("a", "b", "c")]
-    assert waits[0] == 0 and 0.09 <= waits[1] <= 0.101 and 0.19 <= waits[2] <= 0.201
+    limiter = make(redis, global_rate_limit=RateLimit(rpm=6))
+    waits, slots = [], []
+    for model in ("a", "b", "c"):
+        waits.append((await limiter.admit(model, 0, 60)).wait_s)
+        slots.append(await slot(redis, GLOBAL_LIMIT))
+    assert waits[0] == 0 and 0 < waits[1] <= 10 and 10 < waits[2] <= 20
+    assert [b - a for a, b in itertools.pairwise(slots)] == [10_000, 10_000]  # one booking every 10 s
 
 
 async def test_a_failed_call_gives_back_every_token_it_booked(redis: Redis):

@@ -68,8 +68,7 @@ async def test_compare_one_model_failing_does_not_fail_the_others(producer, sett
     stats = sim_admin(sim, "/_sim/stats")
     assert result.cost == pytest.approx(stats["charged_total"])
     assert await producer.store.spend() == pytest.approx(stats["charged"])
-    assert stats["peak_concurrency"] >= 3  # fanned out at once
-    assert result.latency_s < 0.6  # gemini's two calls, not four models in a row
+    assert stats["peak_concurrency"] >= 3  # fanned out at once (the simulator's count, not a duration)
 
 
 async def test_upstream_failure_is_a_failed_result_not_a_crash(producer, settings, sim):
