@@ -113,6 +113,18 @@ def test_cli_reference_is_every_verb(site):
         assert f"{verb} [OPTIONS]" in html, verb
 
 
+def test_readme_links_reach_pages():
+    """The README is the front page: each of its links into the repository names a file that exists
+    (a link to a docs page's heading names one the built page has)."""
+    links = re.findall(r"\]\(([^)#\s]+)(#[^)\s]+)?\)", (ROOT / "README.md").read_text())
+    local = [(target, anchor) for target, anchor in links if "://" not in target]
+    assert len(local) >= 10
+    for target, anchor in local:
+        assert (ROOT / target).exists(), target
+        if anchor:
+            assert f'id="{anchor[1:]}"' in (ROOT / target).read_text() or anchor[1:] in (ROOT / target).read_text()
+
+
 # ---------------------------------------------------------------- tables checked against the code
 
 
