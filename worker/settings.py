@@ -448,25 +448,46 @@ class Settings(BaseSettings):
     # ---- fair share between sources (worker.fair)
     # off by default: workers of an older version read no sub-queue (turn it on once all run this one)
     fair_share: bool = Field(
-        False, description="each source its own sub-queue, claimed by weight; false: one queue, first come first served"
+        False,
+        description=(
+            "`true`: each source's jobs wait in a sub-queue of their own and workers take from them by weight "
+            "(see Fair share); `false`: one queue, first come first served. Turn it on (producers, ingress and "
+            "workers alike) once every worker runs a version that has it: an older worker reads no sub-queue"
+        ),
     )
-    # SOURCE_WEIGHTS='{"billing": 3, "search": 1}': a source's share when several wait (default 1)
-    source_weights: dict[SourceName, SourceWeight] = {}
-    # SOURCE_LIMITS='{"search": {"rpm": 600, "tpm": 200000, "concurrency": 100}}': per-source quotas
-    source_limits: dict[SourceName, SourceQuota] = {}
+    source_weights: dict[SourceName, SourceWeight] = Field(
+        {},
+        description=(
+            'JSON `{"billing": 3, "search": 1}`: a source\'s share of the workers when several wait (default 1, '
+            "at most 1000; jobs without a source are the source `default`); a bad value refuses the start, "
+            "naming it"
+        ),
+    )
+    source_limits: dict[SourceName, SourceQuota] = Field(
+        {},
+        description=(
+            'JSON `{"search": {"rpm": 600, "tpm": 200000, "concurrency": 100}}`: a source\'s quota, shared by '
+            "every worker like `RATE_LIMITS` (see Fair share); a bad value or unknown key refuses the start, "
+            "naming it"
+        ),
+    )
     fair_share_slot_waiters: int = Field(
         2,
         ge=1,
         le=1000,
-        description="jobs one worker lets wait for a rate-limit slot under fair share; "
-        "the others wait their turn in their sources' sub-queues",
+        description=(
+            "under fair share, jobs one worker lets wait for a rate-limit slot; another job that would wait "
+            "gives its worker slot back and waits its turn in its source's sub-queue (see Fair share)"
+        ),
     )
     fair_share_max_sources: int = Field(
         100,
         ge=1,
         le=10_000,
-        description="sources not named in the settings that get a sub-queue of their own (first seen); "
-        "past it they share `other`",
+        description=(
+            "sources the settings do not name that get a sub-queue of their own (the first seen, fleet-wide); "
+            "past it they share the sub-queue `other`"
+        ),
     )
 
     # ---- the HTTP ingress (`llm-router api`, producers/http.py)
@@ -476,7 +497,8 @@ class Settings(BaseSettings):
         {},
         description=(
             'JSON `{"<token>": "billing"}`: the HTTP ingress\'s bearer tokens and the source name each stamps '
-            "on its jobs (`llm-router api` refuses to start without one); or a token's grant `{\"<token>\": {\"source\": \"ops\", \"role\": \"operator\"}}` (roles `source`, `operator`: see the operator console)"
+            "on its jobs (`llm-router api` refuses to start without one); or a token's grant "
+            '`{"<token>": {"source": "ops", "role": "operator"}}` (roles `source`, `operator`: see Roles)'
         ),
     )
     ingress_max_body_bytes: int = Field(
@@ -567,14 +589,26 @@ class Settings(BaseSettings):
         ),
     )
     # ---- the operator console (`/console/` of `llm-router api`, producers/console.py)
-    console_enabled: bool = Field(True, description="serve the operator console under /console/ of the ingress")
+    console_enabled: bool = Field(
+        True,
+        description="serve the operator console under `/console/` of `llm-router api` (see Operator console); "
+        "`false`: not served",
+    )
     console_secret: SecretStr | None = Field(
-        None, description="key that signs console sessions; the same on every ingress process; never stored"
+        None,
+        description=(
+            "the key that signs console sessions, the same on every ingress process (at least 16 characters; "
+            "never stored); `llm-router api` refuses to start without it while the console is on, unless it "
+            "listens on loopback only (then a key of its own, for one process)"
+        ),
     )
     console_insecure_http: bool = Field(
-        False, description="session cookies without Secure: the console served over plain HTTP (loopback demo)"
+        False,
+        description="session cookies without `Secure`: the console served over plain HTTP (the demo on loopback)",
     )
-    console_session_s: int = Field(12 * 3600, ge=60, le=30 * 24 * 3600, description="a console sign-in lasts this long")
+    console_session_s: int = Field(
+        12 * 3600, ge=60, le=30 * 24 * 3600, description="how long a console sign-in lasts (12 h; 60 s to 30 days)"
+    )
     upload_lease_s: float = Field(
         300,
         gt=0,

@@ -27,6 +27,9 @@ SEE = {
     "Limits": "job-format.md#limits-and-what-a-refusal-looks-like",
     "Past one machine": "operations.md#redis-high-availability",
     "Errors": "resilience.md#error-classes",
+    "Fair share": "fair-share.md",
+    "Operator console": "console.md",
+    "Roles": "ingress.md#roles",
 }
 
 
