@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo demo-console test test-fast chaos lint format bench redis-server prometheus alertmanager docker-compose node chromium clean
+.PHONY: demo demo-console test test-fast docs chaos lint format bench redis-server prometheus alertmanager docker-compose node chromium clean
 
 $(BIN)/llm-router: pyproject.toml setup.py
 	$(PY) -m venv $(VENV)
@@ -67,8 +67,14 @@ format: $(BIN)/llm-router
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-test: lint redis-server prometheus alertmanager docker-compose node chromium
+test: lint docs redis-server prometheus alertmanager docker-compose node chromium
 	$(BIN)/pytest -q
+
+# The docs site (docs/, mkdocs.yml) into .site/, strict: a broken link or anchor fails. Its
+# reference tables are generated from the code as it builds (docs/gen/). `$(BIN)/mkdocs serve`
+# previews it at http://127.0.0.1:8000 while you edit.
+docs: $(BIN)/llm-router
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
 # The fast part: unit tests and the in-process Redis ones (tests/unit, tests/integration; no
 # process fleets, no CLI runs, no deploy checks), about a minute. `make test` runs everything.
@@ -94,4 +100,4 @@ bench: $(BIN)/llm-router redis-server
 	$(BIN)/python -m bench.fairshare
 
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache
+	rm -rf $(VENV) *.egg-info .pytest_cache .site

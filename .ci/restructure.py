@@ -72,7 +72,7 @@ PLACE = {
     "test_openai_params.py": "e2e",
     "test_preflight.py": "e2e",
     "test_procfile.py": "e2e",
-    "test_readme.py": "e2e",
+    "test_docs.py": "e2e",
     "test_redis_urls.py": "e2e",
     "test_routes.py": "e2e",
     "test_schedules.py": "e2e",

@@ -1,4 +1,4 @@
-"""Fair share benchmark (issue 20, README "Fair share"), every figure in one run:
+"""Fair share benchmark (issue 20, docs/fair-share.md), every figure in one run:
 
   (1) contention: source A enqueues `--flood` interactive jobs at once, source B sends 2 jobs a
       second, one shared limit of R requests a minute that A alone saturates, `--workers`

@@ -305,7 +305,7 @@ class Producer:
         job's, by the smallest step a score can take at this size (1/4096 ms until 2039), so the
         producer's jobs run in the order it enqueued them even within one millisecond: jobs tied
         on a score would run in the order of their random ids. Past 4,096 jobs in a millisecond
-        the next are due that fraction of a millisecond later (see README "Jobs in Redis")."""
+        the next are due that fraction of a millisecond later (see docs/job-format.md)."""
         self._last_score = max(float(now_ms), self._last_score + math.ulp(float(now_ms)))
         return self._last_score
 

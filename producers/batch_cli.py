@@ -292,7 +292,37 @@ async def _finish(producer: Producer, found: Batch, output: str | None, errors: 
     if output or errors:
         await _write(producer, found, output, errors, summary=False)
     click.echo(found.model_dump_json(indent=2) if as_json else _summary(found))
+    if found.request_counts.failed:
+        await _why_failed(producer, found, errors)
     return _exit(found)
+
+
+# How many kinds of error, and lines of each, `batch submit --wait` names when lines failed.
+FAILURE_KINDS_SHOWN = 5
+FAILED_IDS_SHOWN = 3
+
+
+async def _why_failed(producer: Producer, found: Batch, errors: str | None) -> None:
+    """On stderr: the failed lines grouped by error code (the first few kinds, a few custom ids
+    and the first message of each), then where the rest is."""
+    kinds: dict[str, list[Any]] = {}  # code -> [count, first message, custom ids]
+    seen = 0
+    async for line in producer.batches.results(found.id):
+        if line["error"] is None:
+            continue
+        kind = kinds.setdefault(line["error"]["code"], [0, line["error"]["message"], []])
+        kind[0] += 1
+        if len(kind[2]) < FAILED_IDS_SHOWN:
+            kind[2].append(line["custom_id"])
+        seen += 1
+        if seen >= found.request_counts.failed:
+            break
+    click.echo(f"llm-router: {found.request_counts.failed} lines failed:", err=True)
+    for code, (count, message, ids) in sorted(kinds.items(), key=lambda kv: -kv[1][0])[:FAILURE_KINDS_SHOWN]:
+        more = ", ..." if count > len(ids) else ""
+        click.echo(f"  {code}: {count} (e.g. {', '.join(ids)}{more}): {message}", err=True)
+    where = f"in {errors}" if errors else f"llm-router batch results {found.id} --errors failed.jsonl"
+    click.echo(f"llm-router: every failed line with its error: {where}", err=True)
 
 
 async def _write(producer: Producer, found: Batch, output: str | None, errors: str | None, summary: bool = True) -> int:

@@ -369,7 +369,7 @@ def error_response(exc: Exception) -> Response:
     """The answer to an error the routes raise (ANSWERED), in OpenAI's shape."""
     if isinstance(exc, JobConflict):
         return ApiError(409, exc.message, param="Idempotency-Key", code="idempotency_conflict").response()
-    if isinstance(exc, SourceOverQuota):  # far over its SOURCE_LIMITS quota (README "Fair share")
+    if isinstance(exc, SourceOverQuota):  # far over its SOURCE_LIMITS quota (docs/fair-share.md)
         return ApiError(
             429, exc.message, type="rate_limit_error", code="source_quota", retry_after=exc.retry_after
         ).response()

@@ -27,7 +27,7 @@ class ErrorBody(BaseModel):
     error: ErrorDetail
 
 
-# Why each error status is answered (the README's Errors paragraph of the ingress).
+# Why each error status is answered (the Errors section of docs/ingress.md).
 ERRORS: dict[int, str] = {
     400: "the body is not valid JSON (`invalid_json`) or multipart, a refused batch file (its first bad line), or a "
     "batch option of the wrong type (`param` names it)",

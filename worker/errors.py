@@ -105,6 +105,42 @@ class MalformedResponseError(AIsaError):
     error_class = "malformed"
 
 
+# What each class of result error means (the docs' error table is generated from these).
+ERROR_WHEN: dict[str, str] = {
+    "bad_request": "the gateway refused the request as malformed",
+    "context_length": "the request does not fit the model's context (`context_length_exceeded`)",
+    "auth": "the gateway refused the key",
+    "credits": "the account's credits are spent",
+    "permission": "the key may not use this model",
+    "not_found": "the gateway does not serve this model (or path)",
+    "rate_limit": "too many requests; `retry_after` from `retry-after-ms` / `Retry-After` (seconds or HTTP date) "
+    "/ reset headers",
+    "server": "the gateway failed (5xx), or an error event inside a stream",
+    "status": "any other error status",
+    "timeout": "no byte within `REQUEST_TIMEOUT_S`",
+    "connection": "refused or reset",
+    "malformed": "a body that is not JSON, a stream cut before `[DONE]`",
+    "invalid_job": "not an upstream error: the job record itself could not be read or validated",
+    "internal": "not an upstream error: the worker failed on the job (a bug of ours)",
+    "over_limit": "not an upstream error: the request's tokens (prompt + `max_tokens`) are over a configured TPM limit "
+    "(`RATE_LIMITS`, `GLOBAL_RATE_LIMIT`)",
+    "batch_cancelled": "not an upstream error: a batch line picked after its batch was cancelled",
+    "batch_expired": "not an upstream error: a batch line not started within its batch's completion window",
+    "budget": "not an upstream error: the call's worst case does not fit a budget (see Budgets); the error's "
+    "`budget` names the scope and the amounts",
+}
+
+# The classes never sent upstream, and what happens to their job (the others: worker.policy).
+NOT_SENT: dict[str, str] = {
+    "invalid_job": "the job fails and is dead-lettered",
+    "internal": "the job fails and is dead-lettered, never lost",
+    "over_limit": "never sent; the next model is tried, else the job fails",
+    "batch_cancelled": "never sent; the line ends cancelled",
+    "batch_expired": "never sent; the line ends expired",
+    "budget": "never sent, no retry; a fallback only if cheaper; dead-lettered, replayable when the budget "
+    "resets (a batch line counts as `skipped`)",
+}
+
 ERROR_CLASSES = (
     *(
         cls.error_class
@@ -123,13 +159,21 @@ ERROR_CLASSES = (
             MalformedResponseError,
         )
     ),
-    "invalid_job",  # not from upstream: a job record that could not be read or validated
-    "internal",  # not from upstream: the worker itself failed on the job (a bug): dead-lettered
-    "over_limit",  # not from upstream: a request over a configured TPM limit (worker.limiter), never sent
-    "batch_cancelled",  # not from upstream: a batch line picked after its batch was cancelled, never sent
-    "batch_expired",  # not from upstream: a batch line not started within its batch's window, never sent
-    "budget",  # not from upstream: the call's worst case did not fit a budget (worker.budgets), never sent
+    *NOT_SENT,
 )
+
+# The status each upstream class stands for (the docs' error table).
+ERROR_STATUS: dict[str, str] = {
+    "bad_request": "400, 422",
+    "context_length": "400",
+    "auth": "401",
+    "credits": "402",
+    "permission": "403",
+    "not_found": "404",
+    "rate_limit": "429",
+    "server": "5xx",
+    "status": "other 4xx",
+}
 
 _BY_STATUS: dict[int, type[APIStatusError]] = {
     400: BadRequestError,

@@ -1,7 +1,7 @@
 """Every Redis key llm-router reads or writes: its own (`llm-router:*`) and arq's, in one place.
 
 The layout is part of the contract (producers in other languages write jobs, operators read
-results): the README's key table is checked against this module by a test.
+results): the key table of docs/redis-keys.md is checked against this module by a test.
 
     llm-router:result:<job_id>          JSON JobResult, expires after RESULT_TTL_S
     llm-router:done:<job_id>            pub/sub channel: one message when the result is stored

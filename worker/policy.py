@@ -43,6 +43,20 @@ class Action(enum.Enum):
     PAUSE_QUEUE = "pause_queue"
 
 
+# What each action does to a job, in words (the docs' error table is generated from this and POLICY).
+ACTION_TEXT: dict[Action, str] = {
+    Action.RETRY_AFTER: "every worker holds the model until `retry-after-ms` / `Retry-After` (on every retry, not only "
+    "the first), then retries; a wait over the job's `max_wait_s` moves on to the next model",
+    Action.BACKOFF: "retry after capped, jittered exponential backoff; after `ATTEMPTS_PER_MODEL` the next model",
+    Action.NEXT_MODEL: "the next model at once, no retry",
+    Action.FAIL: "the job fails with the upstream's message: no retry, no fallback",
+    Action.LARGER_CONTEXT: "the model's `CONTEXT_FALLBACKS` entry, else the job fails",
+    Action.STOP_QUEUE: "the job fails and the whole queue pauses: workers stop taking jobs, one probes `GET /models` "
+    "every `PROBE_INTERVAL_S`, and all resume when it passes",
+    Action.PAUSE_QUEUE: "the job goes back to the queue and the whole queue pauses; one worker probes with a 1-token "
+    "call (recorded and charged like any other) until credits are back",
+}
+
 POLICY: dict[str, Action] = {
     "rate_limit": Action.RETRY_AFTER,
     "server": Action.BACKOFF,

@@ -5,7 +5,7 @@ webhook sender (worker.webhooks).
 
 `arq worker.WorkerSettings` runs arq's own Worker from the same settings; `llm-router worker`
 runs RouterWorker (worker.runner), which adds the batched claim and stops picking jobs while
-the queue is paused (see the README).
+the queue is paused (see docs/operations.md).
 """
 
 from __future__ import annotations

@@ -302,6 +302,11 @@ def test_cli_submit_wait_status_results_cancel_list(env, batch_settings, sim, wo
     batch_id = done.stdout.splitlines()[0]
     assert wb.BATCH_ID.match(batch_id) and "completed" in done.stdout.splitlines()[-1]
     assert "/40 done" in done.stderr and "lines/min" in done.stderr and "ETA" in done.stderr  # plain progress
+    # why they failed, on stderr: grouped by error code, a few custom ids, and where the rest is
+    assert "llm-router: 8 lines failed:" in done.stderr
+    [reason] = [x for x in done.stderr.splitlines() if x.startswith("  ")]
+    assert "(e.g. r0, r5, r10, ...)" in reason and reason.split(":")[0].strip() in ("server", "not_found")
+    assert f"every failed line with its error: in {errs}" in done.stderr
     ok = [json.loads(x)["custom_id"] for x in out.read_text().splitlines()]
     bad = [json.loads(x)["custom_id"] for x in errs.read_text().splitlines()]
     assert ok == [f"r{i}" for i in range(40) if i % 5] and bad == [f"r{i}" for i in range(0, 40, 5)]

@@ -1,4 +1,4 @@
-"""Fair share between sources (worker.fair, README "Fair share"): each source waits in its own
+"""Fair share between sources (worker.fair, docs/fair-share.md): each source waits in its own
 sub-queue and workers take from them by weight. Real Redis, the simulator, worker processes."""
 
 from __future__ import annotations

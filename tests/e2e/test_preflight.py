@@ -202,7 +202,7 @@ async def test_a_404_on_the_chat_path_names_the_url_it_called(sim):
 
 
 async def test_a_server_without_a_models_list_passes_the_gateway_check_if_it_has_the_chat_path():
-    # README: servers without /v1/models work; the check must not send their operators after /v1
+    # docs/getting-started.md: servers without /v1/models work; the check must not send their operators after /v1
     from aiohttp import web
 
     from tests.plain_openai import create_app

@@ -1,5 +1,5 @@
 """Webhooks against a real receiver (an HTTP server on a free port), real Redis and real workers
-(in-process, and `llm-router worker` processes): signatures verified with the README's recipe,
+(in-process, and `llm-router worker` processes): signatures verified with the docs' recipe,
 a receiver failing twice then answering, one never answering, the allow-list at enqueue (Python,
 CLI, HTTP), a batch's record when it ends, a worker killed between tries, and no secret in Redis."""
 
@@ -42,9 +42,9 @@ TOKEN = "tok-hooks"
 
 
 def readme_verify() -> Any:
-    """The README's verification recipe, run as written."""
-    readme = (ROOT / "README.md").read_text()
-    [block] = [b for b in re.findall(r"^```python\n(.*?)^```", readme, re.M | re.S) if "def verify(" in b]
+    """The docs' verification recipe (docs/webhooks.md), run as written."""
+    page = (ROOT / "docs" / "webhooks.md").read_text()
+    [block] = [b for b in re.findall(r"^```python\n(.*?)^```", page, re.M | re.S) if "def verify(" in b]
     namespace: dict[str, Any] = {}
     exec(block, namespace)
     return namespace["verify"]

@@ -1,6 +1,6 @@
 """The queue's order: a producer's jobs run in the order it enqueued them, even within one
 millisecond (the queue's score is the due time in ms; jobs tied on it would run in the order of
-their random ids). See README "Jobs in Redis"."""
+their random ids). See docs/job-format.md."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """What one job costs in Redis, the lease renewal, and the quiet, optionally JSON, logs.
 
-The budget is the README's (Capacity guide): per chat job that answers at once, one admission,
+The budget is the docs' (docs/operations.md, Capacity guide): per chat job that answers at once, one admission,
 one round trip recording the call and settling the limits, one storing the result and
 releasing the job; the claim is one call per poll for every job it starts; jobs running
 together share round trips (worker.scripts.Batcher). A change that adds a command or a round
@@ -24,7 +24,7 @@ from worker.logs import JsonFormatter
 from worker.models import ChatJob
 from worker.scripts import preload, run_scripts
 
-# The README's budget (Capacity guide): commands and round trips a job, counted on the wire
+# The docs' budget (docs/operations.md, Capacity guide): commands and round trips a job, counted on the wire
 # (client side), start-up, polls and the keeper included; measured 5.2 and 3.2.
 COMMANDS_PER_JOB = 5.6
 ROUND_TRIPS_PER_JOB = 3.6

@@ -1,4 +1,4 @@
-"""The layout is what the README says: every path of "Where things live" exists, every package
+"""The layout is what the docs say (docs/development.md): every path of "Where things live" exists, every package
 folder is in its tree, every test file is in the folder of its kind (.ci/restructure.py), and in
 a checkout a module has one object under its two names (`worker.x`, `llm_router.worker.x`)."""
 
@@ -11,8 +11,9 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-SECTION = re.search(r"^## Where things live\n(.*?)(?=^## |\Z)", (ROOT / "README.md").read_text(), re.M | re.S)
-assert SECTION, "README has no section 'Where things live'"
+PAGE = ROOT / "docs" / "development.md"
+SECTION = re.search(r"^## Where things live\n(.*?)(?=^## |\Z)", PAGE.read_text(), re.M | re.S)
+assert SECTION, "docs/development.md has no section 'Where things live'"
 TEXT = SECTION[1]
 NOT_OURS = {".venv", "build", "node_modules", ".git"}
 
@@ -32,7 +33,7 @@ def tree() -> list[str]:
 
 def test_every_path_of_the_tree_exists():
     missing = [p for p in tree() if not (ROOT / p).exists() or (p.endswith("/") and not (ROOT / p).is_dir())]
-    assert not missing, f"README's tree names what is not there: {missing}"
+    assert not missing, f"docs/development.md's tree names what is not there: {missing}"
 
 
 def test_every_package_folder_is_in_the_tree():
@@ -41,7 +42,9 @@ def test_every_package_folder_is_in_the_tree():
         for init in ROOT.rglob("__init__.py")
         if not NOT_OURS & set(init.relative_to(ROOT).parts)
     }
-    assert packages - set(tree()) == set(), "package folders missing from README's tree (Where things live)"
+    assert packages - set(tree()) == set(), (
+        "package folders missing from docs/development.md's tree (Where things live)"
+    )
 
 
 def test_every_module_of_the_table_exists():
@@ -51,7 +54,7 @@ def test_every_module_of_the_table_exists():
         names = re.findall(r"`([\w./-]+(?:\.py|/))`", row)
         folder = ROOT / names[0] if names and names[0].endswith("/") else (ROOT / names[0]).parent if names else ROOT
         missing += [f"{n} ({row[:40]}…)" for n in names if not ((folder / n).exists() or (ROOT / n).exists())]
-    assert not missing, f"README's table names what is not there: {missing}"
+    assert not missing, f"docs/development.md's table names what is not there: {missing}"
 
 
 def test_every_test_file_is_in_the_folder_of_its_kind():
