@@ -49,6 +49,7 @@ PLACE = {
     "test_trust.py": "integration",
     "test_upload_quota.py": "integration",
     "test_worker.py": "integration",
+    "test_wake.py": "integration",
     # e2e: worker processes, the ingress as a process, `llm-router` CLI runs
     "test_batch_ends.py": "e2e",
     "test_batches.py": "e2e",

@@ -169,7 +169,15 @@ class Settings(BaseSettings):
 
     worker_concurrency: int = Field(50, ge=1, description="jobs run at once by one worker process")
     result_ttl_s: int = Field(7 * 24 * 3600, ge=1, description="how long a result stays in Redis")
-    poll_delay_s: float = Field(0.05, gt=0, description="how often an idle worker polls the queue")
+    poll_delay_s: float = Field(
+        0.05,
+        gt=0,
+        description="how often a worker polls the queue while it has no free slot (or cannot take what is due)",
+    )
+    # an idle worker blocks on the wake-up (worker.wake): this poll only covers a lost wake-up
+    idle_poll_s: float = Field(
+        1.0, gt=0, le=60, description="the longest an idle worker waits for a wake-up before it polls the queue anyway"
+    )
     job_timeout_s: float = Field(600, gt=0)
     request_timeout_s: float = Field(120, gt=0, description="upstream read timeout (idle time between bytes)")
     connect_timeout_s: float = Field(10, gt=0)
