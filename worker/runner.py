@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 from signal import Signals
@@ -81,6 +82,7 @@ class RouterWorker(Worker):
         self._lease: Lease | None = None
         self._wake: Wake | None = None
         self._starts = 0  # jobs started so far (a poll that started none found the worker idle)
+        self._slot_freed = asyncio.Event()  # a full worker polls again when a job ends
         # arq's loop sleeps poll_delay after every poll; here _poll_iteration itself waits
         # (_between_polls): POLL_DELAY_S while busy, the wake-up while idle
         self.busy_poll_s, self.poll_delay_s = self.poll_delay_s, 0.0
@@ -137,18 +139,22 @@ class RouterWorker(Worker):
         free = self.max_jobs - self.job_counter
         if started and free > 0:
             return
-        if resources is None or free <= 0 or not self.allow_pick_jobs:
+        if resources is None or not self.allow_pick_jobs:
             await asyncio.sleep(self.busy_poll_s)
+            return
+        if free <= 0:  # until a job ends (its slot is free), POLL_DELAY_S at most
+            self._slot_freed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._slot_freed.wait(), self.busy_poll_s)
             return
         wake = self._wake_of(resources)
         wait_s = resources.settings.idle_poll_s
         due = await wake.next_due_ms()
         if due is not None:
             wait_s = min(wait_s, (due - timestamp_ms()) / 1000)
-        if wait_s <= 0:
-            await asyncio.sleep(self.busy_poll_s)
-            return
-        await wake.wait(wait_s)
+        # due already: a job that came after the poll (its token is there: at once), or one that
+        # cannot be taken yet (a source at its limit: POLL_DELAY_S)
+        await wake.wait(wait_s if wait_s > 0 else self.busy_poll_s)
 
     def _wake_of(self, resources: Resources) -> Wake:
         if self._wake is None:
@@ -228,6 +234,7 @@ class RouterWorker(Worker):
         if self._lease is not None:
             self._lease.forget(job_id)
         self._release_sem_dec_counter_on_complete()
+        self._slot_freed.set()
 
     async def run_claimed(self, job_id: str, job: Claimed) -> None:
         """Run a claimed job, with a net: a record that cannot run fails as `invalid_job` and
