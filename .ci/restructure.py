@@ -28,6 +28,7 @@ PLACE = {
     # unit: no Redis, no processes
     "test_headers.py": "unit",
     "test_layout.py": "unit",
+    "test_cli.py": "unit",
     "test_models.py": "unit",
     "test_policy.py": "unit",
     "test_reference.py": "unit",
