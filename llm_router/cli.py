@@ -42,7 +42,8 @@ VERBS: dict[str, tuple[str, str]] = {
     "exporter": ("worker.cli", "Serve the queue-level metrics (credits, queue, dead letters) on EXPORTER_PORT."),
     "fleet": (
         "worker.cli",
-        "The live workers of the queue by config digest, and the settings in which digests differ\n(exit 1 if they do).",
+        "The live workers of the queue by config digest, and the settings in which digests differ\n"
+        "(exit 1 if they do).",
     ),
     "quarantine": (
         "worker.cli",
