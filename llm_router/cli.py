@@ -75,7 +75,7 @@ class Verbs(click.Group):
         module, summary = VERBS[cmd_name]
         if self.listing:
             return click.Command(cmd_name, help=summary)
-        group: Any = importlib.import_module(module).cli
+        group: Any = importlib.import_module(f"llm_router.{module}").cli  # (a checkout's: the same module)
         command: click.Command | None = group.get_command(ctx, cmd_name)
         return command
 

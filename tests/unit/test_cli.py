@@ -12,7 +12,7 @@ from llm_router.cli import VERBS, cli
 
 
 def parts() -> dict[str, click.Group]:
-    return {module: importlib.import_module(module).cli for module, _ in VERBS.values()}
+    return {module: importlib.import_module(f"llm_router.{module}").cli for module, _ in VERBS.values()}
 
 
 def test_every_verb_of_every_part_is_listed_under_its_module():
