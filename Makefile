@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-fast chaos lint format bench redis-server prometheus alertmanager docker-compose node clean
+.PHONY: demo demo-console test test-fast chaos lint format bench redis-server prometheus alertmanager docker-compose node chromium clean
 
 $(BIN)/llm-router: pyproject.toml setup.py
 	$(PY) -m venv $(VENV)
@@ -46,8 +46,16 @@ alertmanager:
 docker-compose:
 	$(call need,docker-compose,docker-compose)
 
+# Debian's Chromium for the console's browser tests (Playwright drives /usr/bin/chromium: it downloads no browser here).
+chromium:
+	$(call need,chromium,chromium)
+
 demo: $(BIN)/llm-router redis-server
 	$(BIN)/python -m harness.demo
+
+# The demo, then its servers kept up with the operator console: prints its URL and a token; Ctrl-C stops.
+demo-console: $(BIN)/llm-router redis-server
+	$(BIN)/python -m harness.demo --console
 
 # ruff (format and lint) and mypy over the whole tree; `make format` applies ruff's fixes.
 lint: $(BIN)/llm-router
@@ -59,7 +67,7 @@ format: $(BIN)/llm-router
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-test: lint redis-server prometheus alertmanager docker-compose node
+test: lint redis-server prometheus alertmanager docker-compose node chromium
 	$(BIN)/pytest -q
 
 # The fast part: unit tests and the in-process Redis ones (tests/unit, tests/integration; no

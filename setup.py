@@ -71,6 +71,7 @@ if __name__ == "__main__":
     setup(
         packages=packages,
         package_dir=package_dir,
-        package_data={"": ["*.lua"]},  # phase two's Lua files, beside the modules that load them
+        # phase two's Lua files, beside the modules that load them; the console's templates and assets
+        package_data={"": ["*.lua", "console_assets/templates/*.html", "console_assets/static/*"]},
         cmdclass={"build_py": NamespacedBuild},
     )

@@ -34,6 +34,7 @@ PLACE = {
     "test_reference.py": "unit",
     # integration: a private redis-server, the simulator, workers and the app in this process
     "test_client.py": "integration",
+    "test_console.py": "integration",
     "test_contract.py": "integration",
     "test_egress.py": "integration",
     "test_events.py": "integration",
@@ -59,6 +60,7 @@ PLACE = {
     "test_cache.py": "e2e",
     "test_chaos.py": "e2e",
     "test_cli_e2e.py": "e2e",
+    "test_console_browser.py": "e2e",
     "test_failover.py": "e2e",
     "test_fair_share.py": "e2e",
     "test_fleet.py": "e2e",

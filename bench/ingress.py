@@ -15,6 +15,10 @@
 The simulator, the worker and the ingress run as `llm-router` processes, Redis is a private server.
 
     python -m bench.ingress [--jobs 3000] [--concurrency 50] [--latency-jobs 300] [--polls 1000] [--rounds 3]
+                            [--no-console]
+
+The operator console is on (and unused) as `llm-router api` serves it by default; `--no-console`
+runs the same with CONSOLE_ENABLED=false, to show the console costs the ingress nothing unused.
 """
 
 from __future__ import annotations
@@ -187,14 +191,16 @@ def p99_ms(values: list[float]) -> float:
     return sorted(values)[int(len(values) * 0.99) - 1] * 1000
 
 
-async def run(n: int, concurrency: int, m: int, p: int, rounds: int) -> None:
+async def run(n: int, concurrency: int, m: int, p: int, rounds: int, console: bool = True) -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 4 * p + 1024)), hard))  # children inherit it
     sim, base_url = start_sim()
     api = worker = None
     try:
         with PrivateRedis() as redis:
-            settings = bench_settings(base_url, redis.url, poll_delay_s=0.01, ingress_tokens={TOKEN: SOURCE})
+            settings = bench_settings(
+                base_url, redis.url, poll_delay_s=0.01, ingress_tokens={TOKEN: SOURCE}, console_enabled=console
+            )
             port = free_port()
             url = f"http://127.0.0.1:{port}"
             api = LLMRouterProcess("api", "--port", str(port), env=settings_env(settings), log_path=Path(os.devnull))
@@ -221,7 +227,10 @@ async def run(n: int, concurrency: int, m: int, p: int, rounds: int) -> None:
             if proc is not None:
                 proc.stop()
     added = p50_ms(http) - p50_ms(direct)
-    print(f"jobs={n} concurrency={concurrency} latency-jobs={m} polls={p} cores={os.cpu_count()}")
+    print(
+        f"jobs={n} concurrency={concurrency} latency-jobs={m} polls={p} cores={os.cpu_count()}"
+        f" console={'on (unused)' if console else 'off'}"
+    )
     (python_rate, python_cpu), (http_rate, http_cpu, client_cpu) = max(python), max(http_)
     print(f"(a) best of {rounds} interleaved rounds:")
     print(
@@ -256,8 +265,9 @@ def main() -> None:
     parser.add_argument("--latency-jobs", type=int, default=300)
     parser.add_argument("--polls", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of (a)")
+    parser.add_argument("--no-console", action="store_true", help="CONSOLE_ENABLED=false (default: on, unused)")
     args = parser.parse_args()
-    asyncio.run(run(args.jobs, args.concurrency, args.latency_jobs, args.polls, args.rounds))
+    asyncio.run(run(args.jobs, args.concurrency, args.latency_jobs, args.polls, args.rounds, not args.no_console))
 
 
 if __name__ == "__main__":

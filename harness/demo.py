@@ -1,5 +1,7 @@
-"""`make demo` (`python -m harness.demo [--redis-url URL]`): the whole pipeline on the embedded
-default, then everything it started is stopped.
+"""`make demo` (`python -m harness.demo [--redis-url URL] [--console]`): the whole pipeline on the
+embedded default, then everything it started is stopped. `--console` (`make demo-console`)
+leaves the servers running and prints the operator console's URL and a token that opens it,
+with the demo's jobs, batch and dead letter on it, until Ctrl-C.
 
 Redis: a private redis-server, unless `--redis-url` names one (REDIS_URL is not read).
 Gateway: the local AIsa simulator, always (the demo spends nothing). A worker process runs
@@ -11,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import secrets
 import signal
 import struct
 import tempfile
@@ -159,12 +162,18 @@ def run_batch(scratch: Path, env: dict[str, str]) -> None:
     print(f"  ... {len(lines)} lines in summaries.jsonl, in input order")
 
 
-def run_http(env: dict[str, str]) -> None:
+def run_http(env: dict[str, str], console: bool = False) -> None:
     """One job arriving over HTTP, as a service in any language would send it: `llm-router api`
-    started with a token, the job POSTed, its result long-polled."""
+    started with a token, the job POSTed, its result long-polled. `console`: the api (and, as
+    the caller's stack stops them last, the worker and simulator) keep running until Ctrl-C."""
     port, token = free_port(), "demo-token"
     base = f"http://127.0.0.1:{port}"
-    api = LLMRouterProcess("api", "--port", str(port), env={**env, "INGRESS_TOKENS": json.dumps({token: "demo-http"})})
+    tokens: dict[str, object] = {token: "demo-http"}
+    operator = secrets.token_urlsafe(16)
+    if console:  # an operator token for the console; plain HTTP on loopback (no Secure cookie)
+        tokens[operator] = {"role": "operator"}
+        env = {**env, "CONSOLE_INSECURE_HTTP": "true"}
+    api = LLMRouterProcess("api", "--port", str(port), env={**env, "INGRESS_TOKENS": json.dumps(tokens)})
     try:
         api.wait_started(lambda: answers(f"{base}/healthz"), 30, "llm-router api")
         print(f"\n### over HTTP: `llm-router api --port {port}` (INGRESS_TOKENS maps {token} to source demo-http)")
@@ -179,8 +188,22 @@ def run_http(env: dict[str, str]) -> None:
             print(f"  $ curl '{base}/v1/jobs/{job_id}?wait=30' -H 'Authorization: Bearer {token}'")
             result = http.get(f"/v1/jobs/{job_id}", params={"wait": 30}).json()
         print(f"  {result['status']}: {result['content']}  (source {result['source']}, ${result['cost']:.6f})")
+        if console:
+            wait_on_console(base, operator, token)
     finally:
         api.stop()
+
+
+def wait_on_console(base: str, operator: str, source_token: str) -> None:
+    """Print the console's URL and tokens, then hold the servers up until Ctrl-C."""
+    print(f"\n### the operator console: {base}/console/")
+    print(f"  sign in with the operator token {operator} (every source; replay the dead letter, run schedules)")
+    print(f"  or the source token {source_token} (source demo-http only)")
+    print("  the servers keep running: press Ctrl-C to stop them", flush=True)
+    try:
+        signal.pause()
+    except KeyboardInterrupt:
+        print()
 
 
 def show_metrics(port: int) -> None:
@@ -199,6 +222,7 @@ def show_metrics(port: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--redis-url", help="use this Redis instead of starting a private redis-server")
+    parser.add_argument("--console", action="store_true", help="keep the servers up for the console until Ctrl-C")
     args = parser.parse_args()
     with ExitStack() as stack:
         redis_url = args.redis_url
@@ -227,8 +251,12 @@ def main() -> None:
         scratch = Path(stack.enter_context(tempfile.TemporaryDirectory()))
         asyncio.run(produce(redis_url, tiny_png(scratch / "red.png")))
         run_batch(scratch, env)
-        run_http(env)
-        show_metrics(metrics_port)
+        if args.console:  # the console's wait last: the metrics are shown before it
+            show_metrics(metrics_port)
+            run_http(env, console=True)
+        else:
+            run_http(env)
+            show_metrics(metrics_port)
     print("\ndemo done: worker, simulator and any private Redis stopped")
 
 

@@ -34,12 +34,16 @@ def llm_router() -> str:
 def settings_env(settings: Settings) -> dict[str, str]:
     """The environment variables that reproduce `settings` in another process."""
     env: dict[str, str] = {}
-    for name, value in settings.model_dump(mode="json", exclude={"aisa_api_key", "webhook_secret"}).items():
+    for name, value in settings.model_dump(
+        mode="json", exclude={"aisa_api_key", "webhook_secret", "console_secret"}
+    ).items():
         if value is not None:
             env[name.upper()] = value if isinstance(value, str) else json.dumps(value)
     env["AISA_API_KEY"] = settings.api_key()
     if settings.webhook_secret is not None:
         env["WEBHOOK_SECRET"] = settings.webhook_secret.get_secret_value()
+    if settings.console_secret is not None:
+        env["CONSOLE_SECRET"] = settings.console_secret.get_secret_value()
     return env
 
 

@@ -6,8 +6,10 @@ workers make every gateway call. Routes: jobs and OpenAI's chat completions and 
 auth, errors in OpenAI's shape, body limits, request metrics and the health probes.
 
 Every `/v1` path needs `Authorization: Bearer <token>`; INGRESS_TOKENS maps each token to
-the source name stamped on its jobs, and a token reads only what its source made (404 for
-another's). Job ids made here are `<source>@<key>`, so two tokens' idempotency keys never meet.
+the source name stamped on its jobs (or to a grant with a role: worker.settings.TokenGrant),
+and a token reads only what its source made (404 for another's). Job ids made here are
+`<source>@<key>`, so two tokens' idempotency keys never meet. The operator console is mounted
+under /console/ (producers.console) unless CONSOLE_ENABLED=false.
 """
 
 from __future__ import annotations
@@ -16,8 +18,10 @@ import asyncio
 import contextlib
 import hmac
 import inspect
+import ipaddress
 import logging
 import re
+import secrets
 import socket
 import time
 from collections.abc import AsyncIterator, Coroutine
@@ -47,7 +51,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from worker.connections import async_pool_redis, async_redis
 from worker.metrics import HTTP_DURATION, HTTP_REQUESTS, HTTP_WAITING
 from worker.models import JobBase
-from worker.settings import ConfigError, Settings, exit_on_config_error, load_settings
+from worker.settings import ConfigError, Settings, TokenGrant, exit_on_config_error, load_settings
 from worker.store import ResultStore
 
 from .api import JobConflict, JobRejected, Producer, SourceOverQuota
@@ -137,6 +141,7 @@ class Ingress:
         )
         self.streams = JobStreams(self.redis, async_redis(settings.redis_url, socket_connect_timeout=2), self.store)
         self._producers: dict[str, TenantProducer] = {}
+        self.grants = settings.grants()
         self.script_batches = ScriptBatches(self.redis)
         self._depth, self._depth_at = 0, float("-inf")  # the last depth read, plus the jobs admitted since
 
@@ -149,13 +154,18 @@ class Ingress:
             self._producers[source] = producer
         return self._producers[source]
 
-    def source_of(self, token: str) -> str | None:
-        """The token's source name, compared in constant time against every known token."""
+    def grant_of(self, token: str) -> TokenGrant | None:
+        """The token's grant (source, role), compared in constant time against every known token."""
         found = None
-        for known, source in self.settings.ingress_tokens.items():
+        for known, grant in self.grants.items():
             if hmac.compare_digest(known.encode(), token.encode()):
-                found = source
+                found = grant
         return found
+
+    def source_of(self, token: str) -> str | None:
+        """The token's source name (None: unknown, or an operator token without one)."""
+        grant = self.grant_of(token)
+        return None if grant is None else grant.source
 
     async def admit(self, source: str, jobs: int = 1) -> None:
         """429 when the queue is over INGRESS_MAX_QUEUE_DEPTH. The depth is read when the last
@@ -195,7 +205,8 @@ _bearer = HTTPBearer(auto_error=False, description="a token of INGRESS_TOKENS")
 async def tenant(
     request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 ) -> str:
-    """The source name of the request's bearer token; 401 without a known one."""
+    """The source name of the request's bearer token; 401 without a known one (an operator
+    token without a source is the console's only)."""
     source = request.app.state.ingress.source_of(credentials.credentials) if credentials else None
     if source is None:
         raise ApiError(
@@ -435,6 +446,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(jobs)
     app.include_router(batches)
     app.include_router(events)
+    if settings.console_enabled:
+        from .console import mount
+
+        # without CONSOLE_SECRET (`llm-router api` allows it on loopback only): this process's own
+        # key, so sessions last as long as the process
+        secret = settings.console_secret.get_secret_value() if settings.console_secret else secrets.token_urlsafe(32)
+        mount(app, settings, secret)
     _openapi(app)
 
     @app.get("/healthz", tags=["health"])
@@ -482,7 +500,10 @@ def check_tokens(settings: Settings) -> None:
         )
     if not settings.ingress_tokens:
         raise ConfigError('INGRESS_TOKENS is not set: export INGRESS_TOKENS=\'{"<token>": "<source name>"}\'')
-    # (each token and source name is checked when the settings load: worker.settings)
+    # (each token, source name and grant is checked when the settings load: worker.settings)
+    from .console_auth import check_secret
+
+    check_secret(settings)
 
 
 def _can_listen(host: str, port: int) -> None:
@@ -499,6 +520,25 @@ def _can_listen(host: str, port: int) -> None:
             f"cannot listen on --host {host} --port {port} ({exc.strerror or exc}): give a free port and an "
             "address of this machine (127.0.0.1, 0.0.0.0 for all)"
         ) from None
+
+
+def check_console_secret(settings: Settings, host: str) -> None:
+    """The console signs sessions with CONSOLE_SECRET, the same on every ingress process: needed
+    unless the console is off or the ingress listens on loopback only (one process: the demo)."""
+    if not settings.console_enabled or settings.console_secret is not None or _loopback(host):
+        return
+    raise ConfigError(
+        "CONSOLE_SECRET is not set: the operator console (/console/) signs its sessions with it. Set it to a "
+        "long random value, the same on every ingress process (python -c 'import secrets; "
+        "print(secrets.token_urlsafe(32))'), or turn the console off with CONSOLE_ENABLED=false"
+    )
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 @click.group()
@@ -519,6 +559,7 @@ def api(host: str, port: int) -> None:
 
     try:
         settings = load_settings()
+        check_console_secret(settings, host)
         app = create_app(settings)
         protocol = protocol_class(settings)  # deadlines and a bound on connections
         problem = redis_problem(settings.redis_url)

@@ -25,7 +25,7 @@ from worker.keys import batch_key, source_batches_key
 
 from .batches import Batches, BatchRejected, check_options
 from .files import FileObject, QuotaExceeded, UploadLapsed
-from .http import ApiError, App, Tenant, not_found, read_json, tenant
+from .http import ApiError, App, Ingress, Tenant, not_found, read_json, tenant
 from .http_models import BatchList, FileDeleted, FileList, responses
 
 router = APIRouter(prefix="/v1", dependencies=[Depends(tenant)])
@@ -216,6 +216,14 @@ async def list_batches(
     after: Annotated[str | None, Query(description="a batch id: the page after it")] = None,
 ) -> dict[str, Any]:
     """The token's batches, newest first (OpenAI's cursor page)."""
+    found, more = await source_batches(app, source, limit, after)
+    data = [_view(b) for b in found]
+    first, last = (data[0]["id"], data[-1]["id"]) if data else (None, None)
+    return {"object": "list", "data": data, "first_id": first, "last_id": last, "has_more": more}
+
+
+async def source_batches(app: Ingress, source: str, limit: int, after: str | None) -> tuple[list[Batch], bool]:
+    """A page of the source's batches, newest first, after the batch id `after`; and whether more follow."""
     key, start = source_batches_key(source), 0
     if after is not None:
         rank = await app.redis.zrevrank(key, after)
@@ -228,9 +236,7 @@ async def list_batches(
             await app.redis.zrem(key, batch_id)
         else:
             found.append(batch)
-    data = [_view(b) for b in found]
-    first, last = (data[0]["id"], data[-1]["id"]) if data else (None, None)
-    return {"object": "list", "data": data, "first_id": first, "last_id": last, "has_more": len(ids) > limit}
+    return found, len(ids) > limit
 
 
 async def _batch(app: App, source: str, batch_id: str) -> Batch:

@@ -241,39 +241,23 @@ def fleet(as_json: bool) -> None:
     """The live workers of the queue by config digest, and the settings in which digests differ
     (exit 1 if they do)."""
     from .connections import async_redis
-    from .fleet import differing, live_workers
-    from .keys import config_key
+    from .fleet import report
 
     async def main() -> int:
         settings = load_settings()
         redis = async_redis(settings.redis_url)
         try:
-            workers = await live_workers(redis, settings.queue_name)
-            by_digest: dict[str, list[str]] = {}
-            for worker_id, digest in sorted(workers.items()):
-                by_digest.setdefault(digest or "-", []).append(worker_id)
-            # the digest most workers run is the reference the others are compared with
-            ranked = sorted(by_digest, key=lambda d: (-len(by_digest[d]), d))
-            bodies = {d: await redis.get(config_key(d)) for d in ranked}
-            ref = json.loads(bodies[ranked[0]] or "{}") if ranked else {}
-            report = [
-                {
-                    "digest": d,
-                    "workers": by_digest[d],
-                    "differs_in": differing(ref, json.loads(bodies[d] or "{}")) if i else [],
-                }
-                for i, d in enumerate(ranked)
-            ]
+            found = await report(redis, settings.queue_name)
         finally:
             await redis.aclose()
         if as_json:
-            click.echo(json.dumps(report, indent=2))
-        for row in [] if as_json else report:
+            click.echo(json.dumps(found, indent=2))
+        for row in [] if as_json else found:
             differs = f"  differs in {', '.join(row['differs_in'])}" if row["differs_in"] else ""
             click.echo(f"{row['digest']}  {len(row['workers'])} workers ({', '.join(row['workers'])}){differs}")
-        if not report and not as_json:
+        if not found and not as_json:
             click.echo(f"no live worker on {settings.queue_name}")
-        return 1 if len(report) > 1 else 0
+        return 1 if len(found) > 1 else 0
 
     run(main())
 

@@ -27,7 +27,7 @@ OTHER_SOURCE = "other"
 def known_sources(settings: Settings) -> frozenset[str]:
     """The sources the configuration names: each has a sub-queue whatever else is seen."""
     names = set(settings.source_weights) | set(settings.source_limits) | set(settings.metric_sources)
-    names |= set(settings.ingress_tokens.values())
+    names |= {g.source for g in settings.grants().values() if g.source is not None}
     return frozenset(names | {DEFAULT_SOURCE, OTHER_SOURCE})
 
 
@@ -278,6 +278,10 @@ class FairQueue:
         args += [int(self.settings.bulk_horizon_s * 1000), *self._conf]
         out = await self._claim(keys=[passes_key(q), clock_key(q), q], args=args)
         return [out[i : i + 7] for i in range(0, len(out), 7)]
+
+    async def any_waiting(self) -> bool:
+        """Whether any source has jobs waiting (one command)."""
+        return bool(await self.redis.zcard(passes_key(self.queue_name)))
 
     async def feed(self, ready_max: int, now_ms: int) -> int:
         """For arq's own Worker (`arq worker.WorkerSettings`), which reads only the queue: move

@@ -43,6 +43,9 @@ PER_PROCESS = frozenset(
         "ingress_max_queue_depth",
         "ingress_wait_s",
         "file_ttl_s",
+        "console_enabled",  # the operator console is the ingress's too
+        "console_insecure_http",
+        "console_session_s",
     }
 )
 # Never published: secrets by name (beside every SecretStr setting).
@@ -132,3 +135,24 @@ async def live_digests(redis: Redis, queue_name: str) -> dict[str, int]:
         if d is not None:
             counts[d] = counts.get(d, 0) + 1
     return counts
+
+
+async def report(redis: Redis, queue_name: str) -> list[dict[str, Any]]:
+    """The live workers grouped by config digest, the most common first, each other digest with
+    the settings in which it differs from that one (`llm-router fleet`, the console's Overview)."""
+    workers = await live_workers(redis, queue_name)
+    by_digest: dict[str, list[str]] = {}
+    for worker_id, found in sorted(workers.items()):
+        by_digest.setdefault(found or "-", []).append(worker_id)
+    # the digest most workers run is the reference the others are compared with
+    ranked = sorted(by_digest, key=lambda d: (-len(by_digest[d]), d))
+    bodies = {d: await redis.get(config_key(d)) for d in ranked}
+    ref = orjson.loads(bodies[ranked[0]] or b"{}") if ranked else {}
+    return [
+        {
+            "digest": d,
+            "workers": by_digest[d],
+            "differs_in": differing(ref, orjson.loads(bodies[d] or b"{}")) if i else [],
+        }
+        for i, d in enumerate(ranked)
+    ]

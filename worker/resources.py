@@ -39,3 +39,5 @@ class Resources:
     # turn (worker.routing.SlotTurn: first come first served)
     slot_waiters: int = 0
     slot_turn: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # FAIR_SHARE off: jobs still wait in sources' sub-queues (queued while it was on; the keeper looks)
+    fair_leftovers: bool = False

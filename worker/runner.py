@@ -175,8 +175,9 @@ class RouterWorker(Worker):
         free = self.max_jobs - self.job_counter
         # the sources' sub-queues, by weight (worker.fair): after the queue's due jobs (deferred
         # ones, a dead worker's, those written straight to the queue), which were all taken fairly
-        # once; with FAIR_SHARE off only when the queue had none (jobs queued while it was on)
-        if free > 0 and (self._fair_share(resources) or not ids):
+        # once; with FAIR_SHARE off only when the keeper saw jobs there (queued while it was on)
+        # and the queue had none due
+        if free > 0 and (self._fair_share(resources) or (resources.fair_leftovers and not ids)):
             room = resources.settings.fair_share_slot_waiters - resources.slot_waiters
             if resources.slot_waiters and room <= 0:
                 # interactive jobs wait for rate-limit slots: the rest wait their turn in their

@@ -49,30 +49,9 @@ def _on_producer(body: Any) -> NoReturn:
 @click.option("--json", "as_json", is_flag=True)
 def schedule_list(as_json: bool) -> None:
     """Every schedule: cron, time zone, next run, last batch and its status, last success."""
-    from .keys import schedule_key
 
     async def body(producer: Any, settings: Any, found: list[Any]) -> int:
-        now = time.time()
-        rows = []
-        for s in found:
-            state = {k.decode(): v.decode() for k, v in (await producer.redis.hgetall(schedule_key(s.name))).items()}
-            last = state.get("last_batch")
-            batch = await producer.batches.get(last) if last else None
-            success = state.get("last_success")
-            rows.append(
-                {
-                    "name": s.name,
-                    "cron": s.cron,
-                    "timezone": s.timezone,
-                    "next_run": s.next_tick(now).isoformat(),
-                    "last_batch": last,
-                    "last_status": batch.status if batch else None,
-                    "last_counts": batch.request_counts.model_dump() if batch else None,
-                    "last_success": datetime.fromtimestamp(float(success), UTC).isoformat() if success else None,
-                    "last_error": state.get("last_error"),
-                    "output": s.output,
-                }
-            )
+        rows = await schedule_rows(producer, found)
         if as_json:
             click.echo(json.dumps(rows, indent=2))
             return 0
@@ -86,14 +65,58 @@ def schedule_list(as_json: bool) -> None:
     _on_producer(body)
 
 
+async def schedule_rows(producer: Any, found: list[Any]) -> list[dict[str, Any]]:
+    """Each schedule's row (`schedule list --json`, the console's Schedules page): cron, time
+    zone, next run, last batch and its status, last success and error."""
+    from .keys import schedule_key
+
+    now = time.time()
+    rows = []
+    for s in found:
+        state = {k.decode(): v.decode() for k, v in (await producer.redis.hgetall(schedule_key(s.name))).items()}
+        last = state.get("last_batch")
+        batch = await producer.batches.get(last) if last else None
+        success = state.get("last_success")
+        rows.append(
+            {
+                "name": s.name,
+                "cron": s.cron,
+                "timezone": s.timezone,
+                "next_run": s.next_tick(now).isoformat(),
+                "last_batch": last,
+                "last_status": batch.status if batch else None,
+                "last_counts": batch.request_counts.model_dump() if batch else None,
+                "last_success": datetime.fromtimestamp(float(success), UTC).isoformat() if success else None,
+                "last_error": state.get("last_error"),
+                "output": s.output,
+            }
+        )
+    return rows
+
+
+async def run_now(producer: Any, settings: Any, s: Any) -> tuple[Any, bool]:
+    """Submit a batch of schedule `s` now (`schedule run`, the console's Run now): the batch and
+    whether this call created it. Raises BatchRejected, and ConfigError for an unreadable input."""
+    from producers.batches import BatchRejected
+
+    from . import schedules
+    from .settings import ConfigError
+
+    schedules.check_input(s, f"SCHEDULES_FILE {settings.schedules_file}: schedule {s.name!r}")
+    tick = datetime.now(UTC).replace(microsecond=0)
+    try:
+        return await schedules.submit(producer, s, s.batch_id(tick), tick)
+    except BatchRejected:
+        raise
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"schedule {s.name!r}: {exc}") from None
+
+
 @schedule.command("run")
 @click.argument("name")
 def schedule_run(name: str) -> None:
     """Submit a batch of schedule NAME now; prints its id (batch_sched_<name>_<now, UTC>)."""
     from producers.batches import BatchRejected
-
-    from . import schedules
-    from .settings import ConfigError
 
     async def body(producer: Any, settings: Any, found: list[Any]) -> int:
         by_name = {s.name: s for s in found}
@@ -101,17 +124,11 @@ def schedule_run(name: str) -> None:
             known = ", ".join(by_name) or "none"
             click.echo(f"llm-router: no schedule {name!r} in SCHEDULES_FILE (schedules: {known})", err=True)
             return 2
-        s = by_name[name]
-        schedules.check_input(s, f"SCHEDULES_FILE {settings.schedules_file}: schedule {name!r}")
-        tick = datetime.now(UTC).replace(microsecond=0)
-        batch_id = s.batch_id(tick)
         try:
-            batch, created = await schedules.submit(producer, s, batch_id, tick)
+            batch, created = await run_now(producer, settings, by_name[name])
         except BatchRejected as exc:
             click.echo(f"llm-router: {exc}", err=True)
             return 2
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"schedule {name!r}: {exc}") from None
         click.echo(batch.id)
         if not created:
             click.echo(f"(a batch of {name} was submitted this second already: that one)", err=True)

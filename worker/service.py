@@ -142,6 +142,8 @@ async def keeper(resources: Resources, lease: Lease, fleet: FleetConfig, worker_
         nonlocal probing, compared
         try:
             await lease.renew(resources.running)
+            if not resources.settings.fair_share and lease.fair is not None:  # leftovers to drain?
+                resources.fair_leftovers = await lease.fair.any_waiting()
             if feed and lease.fair is not None:
                 await lease.fair.feed(resources.settings.worker_concurrency, int(time.time() * 1000))
             await resources.limiter.budgets.keep()  # worker.budgets: this process's reservations

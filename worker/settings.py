@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import httpx
-from pydantic import AfterValidator, Field, SecretStr, ValidationError, field_validator
+from pydantic import AfterValidator, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from . import egress
@@ -153,6 +153,23 @@ def _quotas_something(limit: SourceLimit) -> SourceLimit:
 
 
 SourceQuota = Annotated[SourceLimit, AfterValidator(_quotas_something)]
+
+
+class TokenGrant(StrictModel):
+    """INGRESS_TOKENS' object form: `{"source": "ops", "role": "operator"}`. A source token (the
+    plain `"<token>": "billing"` form is one) reads and writes only its source's objects; an
+    operator token sees every source's in the console and acts on dead letters, quarantine and
+    schedules. An operator token with a `source` also works on `/v1` as that source; without one
+    it is for the console only."""
+
+    source: SourceName | None = None
+    role: Literal["source", "operator"] = "source"
+
+    @model_validator(mode="after")
+    def _source_needed(self) -> TokenGrant:
+        if self.role == "source" and self.source is None:
+            raise ValueError('a token of role "source" needs a "source" (or give role "operator")')
+        return self
 
 
 class ConfigError(Exception):
@@ -303,8 +320,9 @@ class Settings(BaseSettings):
     )
 
     # ---- the HTTP ingress (`llm-router api`, producers/http.py)
-    # INGRESS_TOKENS='{"<token>": "billing"}': bearer tokens and the source name each one stamps on its jobs
-    ingress_tokens: dict[Token, SourceName] = {}
+    # INGRESS_TOKENS='{"<token>": "billing"}': bearer tokens and the source name each one stamps on its
+    # jobs; or '{"<token>": {"source": "ops", "role": "operator"}}' (TokenGrant: the console's roles)
+    ingress_tokens: dict[Token, SourceName | TokenGrant] = {}
     ingress_max_body_bytes: int = Field(
         32 * 1024 * 1024, ge=1024, description="largest request body (a file upload has BATCH_MAX_BYTES)"
     )
@@ -338,6 +356,15 @@ class Settings(BaseSettings):
     files_max_bytes_per_source: int = Field(
         1024 * 1024 * 1024, ge=1024, description="bytes of uploaded files a source (a token's) keeps at once"
     )
+    # ---- the operator console (`/console/` of `llm-router api`, producers/console.py)
+    console_enabled: bool = Field(True, description="serve the operator console under /console/ of the ingress")
+    console_secret: SecretStr | None = Field(
+        None, description="key that signs console sessions; the same on every ingress process; never stored"
+    )
+    console_insecure_http: bool = Field(
+        False, description="session cookies without Secure: the console served over plain HTTP (loopback demo)"
+    )
+    console_session_s: int = Field(12 * 3600, ge=60, le=30 * 24 * 3600, description="a console sign-in lasts this long")
     upload_lease_s: float = Field(
         300,
         gt=0,
@@ -427,6 +454,10 @@ class Settings(BaseSettings):
             raise ValueError(f"{v!r} is not a time zone: use an IANA name, e.g. UTC or Europe/Paris") from None
         return v
 
+    def grants(self) -> dict[str, TokenGrant]:
+        """INGRESS_TOKENS with the plain `"<token>": "<source>"` form as a source token's grant."""
+        return {t: g if isinstance(g, TokenGrant) else TokenGrant(source=g) for t, g in self.ingress_tokens.items()}
+
     def api_key(self) -> str:
         """The key, or a ConfigError telling the user how to set it."""
         if self.aisa_api_key is None or not self.aisa_api_key.get_secret_value():
@@ -451,7 +482,7 @@ def load_settings(**overrides: Any) -> Settings:
 
 
 # Settings whose values (and keys: INGRESS_TOKENS maps tokens to sources) are secrets.
-SECRET_SETTINGS = frozenset({"aisa_api_key", "ingress_tokens", "webhook_secret"})
+SECRET_SETTINGS = frozenset({"aisa_api_key", "ingress_tokens", "webhook_secret", "console_secret"})
 
 
 def _problem(loc: tuple[int | str, ...], msg: str) -> str:

@@ -26,7 +26,7 @@ from .test_deploy import promtool  # noqa: F401 - the fixture
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "k8s"
-SECRETS = {"AISA_API_KEY", "INGRESS_TOKENS", "WEBHOOK_SECRET"}
+SECRETS = {"AISA_API_KEY", "INGRESS_TOKENS", "WEBHOOK_SECRET", "CONSOLE_SECRET"}
 PROCESSES = {"worker": "llm-router-worker", "exporter": "llm-router-exporter", "api": "llm-router-api"}
 
 
@@ -208,14 +208,18 @@ def seconds(duration: str) -> float:
 def test_every_secret_setting_comes_from_the_secret(objects):
     """Every secret a process reads (the settings fleet.is_secret keeps out of the digest) is
     wired to the Secret, so none has to go into the settings ConfigMap: the workers' key and the
-    webhook signing key (optional: webhooks are off without it), the ingress's tokens."""
+    webhook signing key (optional: webhooks are off without it), the ingress's tokens and its
+    console's session key."""
     from worker.fleet import is_secret
 
     secret_settings = {
         n.upper() for n, f in Settings.model_fields.items() if is_secret(n, f.default) or "Secret" in str(f.annotation)
     }
     assert secret_settings == SECRETS
-    wanted = {"llm-router-worker": {"AISA_API_KEY", "WEBHOOK_SECRET"}, "llm-router-api": {"INGRESS_TOKENS"}}
+    wanted = {
+        "llm-router-worker": {"AISA_API_KEY", "WEBHOOK_SECRET"},
+        "llm-router-api": {"INGRESS_TOKENS", "CONSOLE_SECRET"},
+    }
     for name, names in wanted.items():
         (c,) = one(objects, "Deployment", name)["spec"]["template"]["spec"]["containers"]
         refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in c["env"] if "secretKeyRef" in e.get("valueFrom", {})}
@@ -223,6 +227,8 @@ def test_every_secret_setting_comes_from_the_secret(objects):
         assert all(r["name"] == "llm-router-secrets" and r["key"] == n for n, r in refs.items())
         if "WEBHOOK_SECRET" in refs:
             assert refs["WEBHOOK_SECRET"].get("optional") is True  # a Secret without it still starts the pods
+        if "CONSOLE_SECRET" in refs:  # a Secret without it: the api's own start-up error names it
+            assert refs["CONSOLE_SECRET"].get("optional") is True
 
 
 def test_compose_and_kubernetes_run_the_same_processes_with_the_same_settings(example):

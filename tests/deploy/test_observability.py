@@ -63,6 +63,7 @@ def stack(settings, tmp_path):
             "fallbacks": {"gpt-4.1": ["claude-3-sonnet"]},
             "schedules_file": str(schedules_file),
             "schedule_grace_s": 600,
+            "source_weights": {"tests": 1},  # a named source: the exporter's per-source gauges have it
         }
     )
     prom = PrivatePrometheus(

@@ -1,11 +1,13 @@
 """End to end with real processes: `llm-router worker` and the CLI as subprocesses."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 
 from harness.processes import llm_router
@@ -122,6 +124,42 @@ def test_arq_cli_runs_worker_settings_from_the_environment(env, redis_url):
     assert out.returncode == 0, out.stderr
     result = cli(env, "result", job)
     assert result.returncode == 0 and result.stdout.startswith("[grok-2] You said: via arq")
+
+
+def test_demo_console_keeps_the_servers_up_with_the_console_until_ctrl_c():
+    demo = subprocess.Popen(
+        [sys.executable, "-u", "-m", "harness.demo", "--console"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        said: list[str] = []
+        assert demo.stdout is not None
+        for line in demo.stdout:
+            said.append(line)
+            if "press Ctrl-C" in line:
+                break
+        text = "".join(said)
+        url = re.search(r"the operator console: (http://127\.0\.0\.1:\d+/console/)", text)
+        token = re.search(r"the operator token (\S+)", text)
+        assert url and token, text
+        with httpx.Client(base_url=url[1].removesuffix("/console/"), timeout=30, follow_redirects=True) as browser:
+            form = browser.get("/console/login")
+            csrf = re.search(r'name="csrf" value="([^"]+)"', form.text)
+            assert csrf
+            signed = browser.post("/console/login", data={"token": token[1], "csrf": csrf[1]})
+            assert signed.status_code == 200 and "Overview" in signed.text
+            # the demo's dead letter and batch are on it
+            assert "no-such-model" in browser.get("/console/dlq").text
+            assert "batch_" in browser.get("/console/batches").text
+        demo.send_signal(signal.SIGINT)
+        assert demo.wait(60) == 0
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+            demo.wait()
 
 
 def test_demo_runs_end_to_end():

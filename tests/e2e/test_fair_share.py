@@ -357,3 +357,11 @@ async def test_jobs_past_the_slot_waiters_give_their_slot_back_and_still_run_onc
     assert all(r is not None and r.status == "succeeded" and r.runs == 1 for r in results), results
     assert sim_admin(sim, "/_sim/stats")["calls"]["gpt-4.1"] == 16  # each called once
     assert await producer.queued() == 0
+
+
+async def test_a_worker_with_fair_share_off_still_runs_what_waits_in_sub_queues(producer, fair_settings):
+    ids = await producer.enqueue_many([job("billing", i) for i in range(3)])  # queued while it was on
+    await run_worker(fair_settings.model_copy(update={"fair_share": False}))
+    results = [await producer.result(i) for i in ids]
+    assert all(r is not None and r.status == "succeeded" for r in results)
+    assert await producer.queued() == 0

@@ -128,3 +128,28 @@ def test_an_installed_copy_runs_jobs_beside_a_service_with_its_own_worker_produc
     for job_id, said in ((first["job_id"], "one"), (second["job_id"], "two")):
         record = json.loads(run([str(bin_dir / "llm-router"), "result", "--json", job_id], service, env).stdout)
         assert record["status"] == "succeeded" and record["content"] == f"[gpt-4.1] You said: {said}", record
+
+
+CONSOLE_SCRIPT = """
+import json
+from fastapi.testclient import TestClient
+from llm_router.producers.http import create_app
+from llm_router.worker.settings import Settings
+
+settings = Settings(
+    _env_file=None, ingress_tokens={"tok": {"role": "operator"}}, console_secret="installed-console-0123456789"
+)
+with TestClient(create_app(settings), base_url="https://testserver") as client:
+    form = client.get("/console/login")
+    script = client.get("/console/static/console.js")
+    print(json.dumps({"form": form.status_code, "label": 'for="token"' in form.text, "script": script.status_code}))
+"""
+
+
+def test_an_installed_copy_serves_the_console_from_its_own_templates_and_assets(installed, tmp_path):
+    """The wheel ships the console's templates, script and stylesheet (package data): an
+    installed copy renders the sign-in page and serves the script, run away from the checkout."""
+    (tmp_path / "console_check.py").write_text(CONSOLE_SCRIPT)
+    env = {"PATH": f"{installed / 'bin'}:{os.environ['PATH']}", "HOME": str(tmp_path)}
+    said = json.loads(run([str(installed / "bin" / "python"), "console_check.py"], tmp_path, env).stdout)
+    assert said == {"form": 200, "label": True, "script": 200}

@@ -264,7 +264,9 @@ def verb_env(settings, tmp_path) -> dict[str, str]:
         f'[[schedule]]\nname = "nightly"\ncron = "0 3 * * *"\ninput = "{tmp_path / "in.jsonl"}"\n'
     )
     s = settings.model_copy(update={"ingress_tokens": {"t": "web"}, "schedules_file": str(tmp_path / "schedules.toml")})
-    return {**os.environ, **settings_env(s), "EXPORTER_PORT": str(free_port())}
+    # a console secret as a deployment has one: `api` on an address not on loopback needs it
+    console = {"CONSOLE_SECRET": "preflight-console-secret-0123456789"}
+    return {**os.environ, **settings_env(s), **console, "EXPORTER_PORT": str(free_port())}
 
 
 def start(args: list[str], env: dict[str, str], tmp_path: Path, url: str) -> subprocess.Popen[str]:

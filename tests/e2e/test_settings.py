@@ -116,6 +116,9 @@ BAD_VALUES = [
     ("METRIC_SOURCES", '["a b"]', "METRIC_SOURCES, in [0]: source 'a b' must be 1-64 characters"),
     ("INGRESS_TOKENS", '{"": "web"}', "INGRESS_TOKENS: a token must be non-empty printable characters"),
     ("INGRESS_TOKENS", '{"tok-1": "web site"}', "INGRESS_TOKENS: source 'web site' must be 1-64 characters"),
+    ("SOURCE_WEIGHTS", '{"billing": 0}', 'SOURCE_WEIGHTS, in ["billing"]: Input should be greater than 0'),
+    ("SOURCE_WEIGHTS", '{"web site": 1}', "SOURCE_WEIGHTS, in [\"web site\"]: source 'web site' must be 1-64"),
+    ("SOURCE_LIMITS", '{"search": {"rpm": NaN}}', 'SOURCE_LIMITS, in ["search"]["rpm"]: Input should be a finite'),
     (
         "WEBHOOK_ALLOWED_HOSTS",
         '["https://hooks.example.com/"]',
