@@ -28,6 +28,7 @@ PLACE = {
     # unit: no Redis, no processes
     "test_headers.py": "unit",
     "test_layout.py": "unit",
+    "test_cli.py": "unit",
     "test_models.py": "unit",
     "test_policy.py": "unit",
     "test_reference.py": "unit",
@@ -50,6 +51,7 @@ PLACE = {
     "test_trust.py": "integration",
     "test_upload_quota.py": "integration",
     "test_worker.py": "integration",
+    "test_wake.py": "integration",
     # e2e: worker processes, the ingress as a process, `llm-router` CLI runs
     "test_batch_ends.py": "e2e",
     "test_batches.py": "e2e",

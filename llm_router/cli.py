@@ -5,27 +5,90 @@ API, operator verbs next to the worker, and `sim` next to the simulator.
     producers/cli.py   chat, vision, compare, result, models
     producers/batch_cli.py   batch submit | status | results | cancel | list
     producers/http.py  api (the HTTP ingress)
-    worker/cli.py      worker, exporter, dlq, quarantine
+    worker/cli.py      worker, exporter, dlq, quarantine, fleet, sources
     worker/schedule_cli.py   schedule list | run
     worker/spend_cli.py      spend
     sim/cli.py         sim
+
+The verbs' modules are imported lazily, only the one a call runs: together they import
+FastAPI, aiohttp, redis, httpx and the models, ~0.7 s, where `llm-router --help` needs none of
+them and `llm-router chat` only the producer's. `--help` lists each verb by the first
+paragraph of its help, kept here (tests/unit/test_cli.py checks it against the verbs').
 """
 
 from __future__ import annotations
 
+import importlib
+from typing import Any
+
 import click
 
-from producers.batch_cli import cli as batch_verbs
-from producers.cli import cli as producer_verbs
-from producers.http import cli as ingress_verbs
-from sim.cli import cli as sim_verbs
-from worker.cli import cli as operator_verbs
-from worker.schedule_cli import cli as schedule_verbs
-from worker.spend_cli import cli as spend_verbs
+# verb -> (the module whose `cli` group holds it, the first paragraph of its help)
+VERBS: dict[str, tuple[str, str]] = {
+    "chat": ("producers.cli", "One chat completion."),
+    "compare": ("producers.cli", "The same question to several models at once."),
+    "models": ("producers.cli", "The models the gateway lists."),
+    "result": ("producers.cli", "Print a job's result."),
+    "vision": ("producers.cli", "Ask about an image (URL or local file)."),
+    "batch": (
+        "producers.batch_cli",
+        "Batches in OpenAI's Batch format (JSONL): submit, status, results, cancel, list.",
+    ),
+    "api": (
+        "producers.http",
+        "Serve the HTTP ingress (OpenAPI schema at /openapi.json); needs INGRESS_TOKENS and REDIS_URL.",
+    ),
+    "dlq": ("worker.cli", "Dead-lettered jobs: list, show, replay, purge."),
+    "exporter": ("worker.cli", "Serve the queue-level metrics (credits, queue, dead letters) on EXPORTER_PORT."),
+    "fleet": (
+        "worker.cli",
+        "The live workers of the queue by config digest, and the settings in which digests differ\n"
+        "(exit 1 if they do).",
+    ),
+    "quarantine": (
+        "worker.cli",
+        "Queue entries with no usable id (not UTF-8, or outside the job-id charset): list, purge.",
+    ),
+    "sources": (
+        "worker.cli",
+        "Fair share, per source: jobs waiting in its sub-queue, running, how long its front job has\nwaited, its"
+        " weight and quota (the sources with jobs waiting, and those the settings name).",
+    ),
+    "worker": ("worker.cli", "Run a worker (settings from the environment)."),
+    "schedule": ("worker.schedule_cli", "Scheduled batches (SCHEDULES_FILE): list, run."),
+    "spend": ("worker.spend_cli", "Spend, calls, tokens and cache savings per day, by model, source, batch or route."),
+    "sim": ("sim.cli", "Run the local AIsa simulator."),
+}
 
-cli = click.CommandCollection(
+
+class Verbs(click.Group):
+    """The verbs of VERBS, each imported from its module when it is called (or its help asked)."""
+
+    listing = False  # while --help lists the verbs: their summaries, nothing imported
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(VERBS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in VERBS:
+            return None
+        module, summary = VERBS[cmd_name]
+        if self.listing:
+            return click.Command(cmd_name, help=summary)
+        group: Any = importlib.import_module(f"llm_router.{module}").cli  # (a checkout's: the same module)
+        command: click.Command | None = group.get_command(ctx, cmd_name)
+        return command
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        self.listing = True
+        try:
+            super().format_commands(ctx, formatter)
+        finally:
+            self.listing = False
+
+
+cli = Verbs(
     name="llm-router",
-    sources=[producer_verbs, batch_verbs, ingress_verbs, operator_verbs, schedule_verbs, spend_verbs, sim_verbs],
     help="Queue-driven LLM calls through the AIsa gateway. A verb enqueues, waits and prints the answer and "
     "its cost; --no-wait prints the job id, --json the whole result record.",
 )

@@ -23,10 +23,10 @@ from arq.jobs import SerializationError
 from pydantic import ValidationError
 from redis.asyncio import Redis
 
-from worker import bounds, fair, outbox, serde, webhooks
+from worker import bounds, fair, outbox, serde, wake, webhooks
 from worker.connections import async_redis
 from worker.dlq import DeadLetters
-from worker.keys import JOB_EXPIRES_EXTRA_MS, arq_result_key, bulk_key, digest_key, job_key, result_key
+from worker.keys import JOB_EXPIRES_EXTRA_MS, arq_result_key, bulk_key, digest_key, job_key, result_key, wake_key
 from worker.lease import workers_alive
 from worker.models import (
     ChatJob,
@@ -57,11 +57,13 @@ J = TypeVar("J", bound=JobBase)
 # job waits in its source's sub-queue instead of the queue.
 # A source with an rpm quota (SOURCE_LIMITS) that has more jobs waiting than the quota clears in a
 # minute is "far over" it: the job is refused, nothing written, answering -2 - (jobs waiting).
-# KEYS: job record, arq result, our result, queue, digest[, fair share: passes, clock, seen]
+# A created job wakes one idle worker (worker.wake).
+# KEYS: job record, arq result, our result, queue, digest, wake list[, fair share: passes, clock, seen]
 # ARGV: record, record TTL ms, score, job id, digest ('' for a generated id), digest TTL s
 #       [, fair share: source, known ('1'/'0'), sources bound, sub-queue prefix, rpm quota or 0]
 _ENQUEUE = (
     fair.ENQUEUE_FUNCTION
+    + wake.WAKE_FUNCTION
     + """
 if redis.call('EXISTS', KEYS[1], KEYS[2], KEYS[3]) > 0 then
   if ARGV[5] ~= '' then
@@ -76,10 +78,11 @@ if ARGV[11] and tonumber(ARGV[11]) > 0 then
 end
 redis.call('PSETEX', KEYS[1], ARGV[2], ARGV[1])
 if ARGV[7] then
-  fair_enqueue(KEYS[6], KEYS[7], KEYS[8], ARGV[7], ARGV[8], ARGV[9], ARGV[10], ARGV[3], ARGV[4])
+  fair_enqueue(KEYS[7], KEYS[8], KEYS[9], ARGV[7], ARGV[8], ARGV[9], ARGV[10], ARGV[3], ARGV[4])
 else
   redis.call('ZADD', KEYS[4], ARGV[3], ARGV[4])
 end
+wake(KEYS[6])
 if ARGV[5] ~= '' then redis.call('SET', KEYS[5], ARGV[5], 'EX', ARGV[6]) end
 return 1
 """
@@ -246,6 +249,7 @@ class Producer:
                 else (self.queue_name, self._due(now_ms), JOB_EXPIRES_EXTRA_MS)
             )
             keys = [job_key(job_id), arq_result_key(job_id), result_key(job_id), queue, digest_key(job_id)]
+            keys.append(wake_key(self.queue_name))
             args: list[bytes | str | int | float] = [
                 data,
                 ttl_ms,

@@ -56,7 +56,7 @@ from pydantic import ValidationError
 from redis.exceptions import RedisError
 
 from worker import batches as wb
-from worker import budgets, outbox, webhooks
+from worker import budgets, outbox, wake, webhooks
 from worker.batches import Batch, BatchError, Errors
 from worker.keys import (
     BATCHES,
@@ -69,6 +69,7 @@ from worker.keys import (
     bulk_key,
     job_key,
     result_key,
+    wake_key,
 )
 from worker.models import JOB_KINDS, JobBase, JobResult, check_callback_url, describe_validation_error, shown
 from worker.outbox import Delivery
@@ -219,9 +220,12 @@ class BatchTakenOver(RuntimeError):
 
 # Move a batch's staged lines to the queue's bulk lane and start it (unless it was cancelled
 # meanwhile: its lines are queued all the same, and workers end them `batch_cancelled` without a call).
-# KEYS: batch record, staged set, bulk lane
+# Released lines wake one idle worker (worker.wake).
+# KEYS: batch record, staged set, bulk lane, wake list
 # ARGV: now s, owner
-_RELEASE = """
+_RELEASE = (
+    wake.WAKE_FUNCTION
+    + """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return -1 end
 if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[2] then return -2 end
@@ -238,10 +242,12 @@ for i = 1, #ids, 1000 do
   redis.call('ZADD', KEYS[3], unpack(args))
 end
 redis.call('DEL', KEYS[2])
+if #ids > 0 then wake(KEYS[4]) end
 redis.call('HDEL', KEYS[1], 'lease_until')  -- released: the submission's lease is over
 if status == 'validating' then redis.call('HSET', KEYS[1], 'status', 'in_progress', 'in_progress_at', ARGV[1]) end
 return #ids
 """
+)
 
 # KEYS: batch record; ARGV: now s. Returns the status after the call (nil: no such batch).
 _CANCEL = """
@@ -565,6 +571,7 @@ class Batches:
         now = time.time()
         release = self.redis.register_script(_RELEASE)
         keys = [batch_key(batch_id), batch_staged_key(batch_id), bulk_key(self.producer.queue_name)]
+        keys.append(wake_key(self.producer.queue_name))
         return int(await release(keys=keys, args=[int(now), owner]))
 
     # ------------------------------------------------------------ read, follow, cancel, list

@@ -438,9 +438,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # and the check whether a tracer is configured costs an environment lookup per request.
     quiet: dict[str, Any] = {"telemetry": NO_TELEMETRY} if "telemetry" in inspect.signature(FastAPI).parameters else {}
     app = FastAPI(title="llm-router", version="0.1.0", lifespan=lifespan, **quiet)
-    from .http_fastpath import JobsFastPath
+    from .http_fastpath import FastPath
 
-    app.add_middleware(JobsFastPath)  # inside Guard: its body limit and request metrics hold
+    app.add_middleware(FastPath)  # inside Guard: its body limit and request metrics hold
     app.add_middleware(Guard, settings=settings)
     _errors(app)
     app.include_router(jobs)

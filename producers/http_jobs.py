@@ -6,11 +6,13 @@ the batch line's parser), so the refusals name the same fields in the same words
 from __future__ import annotations
 
 import re
+import time
 import uuid
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import JSONResponse
+from starlette.responses import Response
 
 from worker.keys import in_progress_key, job_key
 from worker.metrics import known_models
@@ -154,6 +156,12 @@ async def chat_completions(request: Request, app: App, source: Tenant, idempoten
     """OpenAI's chat completion: enqueued as a chat job and waited for (INGRESS_WAIT_S); past
     the wait, 202 `{id, status}` with a Location to fetch it. Our options ride under `llm_router`.
     With `stream: true`, OpenAI's chunks as the worker streams them (SSE; producers.http_events)."""
+    return await answer_chat(request, app, source, idempotency_key)
+
+
+async def answer_chat(request: Request, app: Ingress, source: str, idempotency_key: str | None) -> Response:
+    """`POST /v1/chat/completions` past its auth and header checks, for the route above and for
+    producers.http_fastpath, which answers the same request without the framework."""
     raw = await request.body()
     check_job_body(raw, app.settings.max_job_bytes)
     body = parse_json(raw)
@@ -163,15 +171,23 @@ async def chat_completions(request: Request, app: App, source: Tenant, idempoten
         raise ApiError(
             422, exc.message, param=(exc.param or "").removeprefix("body.") or None, code="invalid_value"
         ) from None
-    job_id, _ = await enqueue(app, source, job, idempotency_key)
     if job.stream:
         from .http_events import stream_completion
 
+        job_id, _ = await enqueue(app, source, job, idempotency_key)
         return stream_completion(app, job_id, job)
-    result = await while_connected(request, app.waits.wait(job_id, app.settings.ingress_wait_s))
+    wait_s = app.settings.ingress_wait_s
+    deadline = time.monotonic() + wait_s
+    job_id = owned_id(source, idempotency_key)
+    await app.waits.subscribed(min(wait_s, 1.0))
+    with app.waits.listening(job_id) as woken:  # before the enqueue: its done message cannot be missed
+        _, created = await enqueue(app, source, job, job_id)
+        if created:  # a new job has no result before its done message: no look at Redis until then
+            await while_connected(request, app.waits.woken(woken, wait_s))
+    result = await while_connected(request, app.waits.wait(job_id, max(0.0, deadline - time.monotonic())))
     if result is None:
         return accepted(job_id, await pending(app, job_id) or "queued")
-    return completion(job_id, result)
+    return JSONResponse(completion(job_id, result))
 
 
 def completion(job_id: str, result: JobResult) -> Any:

@@ -50,6 +50,13 @@ class ResultWaits:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(woken, min(remaining, RECHECK_S))
 
+    async def woken(self, woken: asyncio.Future[None], timeout: float) -> None:
+        """Wait for `woken` (from `listening`), up to `timeout` (RECHECK_S at most); at once if the
+        subscription is not in place (its message may never come)."""
+        if self._subscribed.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(woken, min(timeout, RECHECK_S))
+
     async def subscribed(self, timeout: float) -> None:
         """Start listening, and wait up to `timeout` for the subscription to be in place."""
         self._start()

@@ -66,11 +66,24 @@ def worker(burst: bool) -> None:
     try:
         settings = load_settings()
         logs.setup(settings)
+        use_uvloop()
         worker = create_worker(settings, burst=burst)
         serve_metrics(settings.metrics_port)  # a busy METRICS_PORT stops the start (exit 2)
         worker.run()
     except ConfigError as exc:
         exit_on_config_error(exc)
+
+
+def use_uvloop() -> None:
+    """Run the worker's event loop on uvloop where it is installed (a dependency off Windows):
+    bench.inflight at 1,000 in flight, 2026-12-05, two runs each way: 0.86-0.89 ms of worker CPU
+    a job against 0.91-0.95 on asyncio's loop, 302-322 jobs/s against 262-270. (Before
+    create_worker: arq's Worker takes the loop of the policy in place when it is built.)"""
+    try:
+        import uvloop
+    except ImportError:
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
 @cli.command()

@@ -18,8 +18,9 @@ from pydantic import BaseModel, Field
 from redis.asyncio import Redis
 
 from . import serde
-from .keys import DLQ, DLQ_INDEX, JOB_EXPIRES_EXTRA_MS, job_key, result_key
+from .keys import DLQ, DLQ_INDEX, JOB_EXPIRES_EXTRA_MS, job_key, result_key, wake_key
 from .models import Attempt, ErrorInfo, JobResult
+from .wake import WAKE_FUNCTION
 
 
 class DeadLetter(BaseModel):
@@ -52,9 +53,12 @@ def dead_letter(result: JobResult, kind: str, payload: Any, max_payload_bytes: i
     return letter.model_dump_json(exclude_none=True)
 
 
-# KEYS: dlq hash, dlq index, result key, arq job key, queue
+# A replayed job wakes an idle worker (worker.wake).
+# KEYS: dlq hash, dlq index, result key, arq job key, queue, wake list
 # ARGV: job id, serialized arq job, job key TTL ms, score
-_REPLAY = """
+_REPLAY = (
+    WAKE_FUNCTION
+    + """
 if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return 0 end
 if redis.call('EXISTS', KEYS[4]) == 1 then return -1 end
 redis.call('HDEL', KEYS[1], ARGV[1])
@@ -62,8 +66,10 @@ redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('DEL', KEYS[3])
 redis.call('PSETEX', KEYS[4], ARGV[3], ARGV[2])
 redis.call('ZADD', KEYS[5], ARGV[4], ARGV[1])
+wake(KEYS[6])
 return 1
 """
+)
 
 
 class DeadLetters:
@@ -104,7 +110,7 @@ class DeadLetters:
         now_ms = int(time.time() * 1000)
         raw = serde.job_bytes(letter.kind, letter.job, now_ms)
         done = await self._replay(
-            keys=[DLQ, DLQ_INDEX, result_key(job_id), job_key(job_id), self.queue_name],
+            keys=[DLQ, DLQ_INDEX, result_key(job_id), job_key(job_id), self.queue_name, wake_key(self.queue_name)],
             args=[job_id, raw, JOB_EXPIRES_EXTRA_MS, now_ms],
         )
         if done == -1:

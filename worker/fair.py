@@ -16,8 +16,9 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
-from .keys import IN_PROGRESS_PREFIX, JOB_PREFIX, RESULT_PREFIX, RETRY_PREFIX, SOURCE_LIMIT_PREFIX, fair_key
+from .keys import IN_PROGRESS_PREFIX, JOB_PREFIX, RESULT_PREFIX, RETRY_PREFIX, SOURCE_LIMIT_PREFIX, fair_key, wake_key
 from .settings import Settings
+from .wake import WAKE_FUNCTION
 
 DEFAULT_SOURCE = "default"
 OTHER_SOURCE = "other"
@@ -195,17 +196,22 @@ return out
 # source's jobs and other sources' (and is not running any more). Nothing happens to a job that
 # left the queue meanwhile (its batch was cancelled): the queue entry is the claim's.
 # A run that did nothing (its source at its quota) is given back: MAX_JOB_RUNS counts real runs.
-# KEYS: queue, in-progress, waiting, running, passes, clock, run count; ARGV: job id, due ms,
-# source, give the run back ('1'/'0')
-REQUEUE = """
+# It wakes an idle worker (worker.wake), which takes it or blocks until it is due.
+# KEYS: queue, in-progress, waiting, running, passes, clock, run count, wake list; ARGV: job id,
+# due ms, source, give the run back ('1'/'0')
+REQUEUE = (
+    WAKE_FUNCTION
+    + """
 if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
 redis.call('DEL', KEYS[2])
 if ARGV[4] == '1' and (tonumber(redis.call('GET', KEYS[7])) or 0) > 0 then redis.call('DECR', KEYS[7]) end
 redis.call('ZREM', KEYS[4], ARGV[1])
 redis.call('ZADD', KEYS[3], ARGV[2], ARGV[1])
 redis.call('ZADD', KEYS[5], 'NX', tonumber(redis.call('GET', KEYS[6]) or '0'), ARGV[3])
+wake(KEYS[8])
 return 1
 """
+)
 
 # What waits and runs, by source: for each source with jobs waiting (and each named in ARGV),
 # its name, jobs waiting, the score of its front job (-1: none) and jobs running now.
@@ -291,7 +297,7 @@ class FairQueue:
     ) -> tuple[AsyncScript, list[str], list[Any]]:
         q = self.queue_name
         keys = [q, IN_PROGRESS_PREFIX + job_id, waiting_key(q, source), running_key(q, source)]
-        keys += [passes_key(q), clock_key(q), RETRY_PREFIX + job_id]
+        keys += [passes_key(q), clock_key(q), RETRY_PREFIX + job_id, wake_key(q)]
         return self._requeue, keys, [job_id, at_ms, source, "1" if uncounted else "0"]
 
     async def depths(self, now_ms: int, always: list[str] | None = None) -> list[SourceDepth]:

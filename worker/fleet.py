@@ -29,6 +29,7 @@ PER_PROCESS = frozenset(
         "redis_url",  # the same Redis, reached by another address (and it may hold a password)
         "worker_concurrency",
         "poll_delay_s",
+        "idle_poll_s",
         "request_timeout_s",
         "connect_timeout_s",
         "shutdown_grace_s",

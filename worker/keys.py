@@ -26,6 +26,7 @@ results): the key table of docs/redis-keys.md is checked against this module by 
     llm-router:digest:<job_id>          what the job a caller's own id names is (a conflict check)
     llm-router:quarantine               list: queue entries with no readable id (worker.quarantine)
     llm-router:bulk:<queue>             sorted set: bulk jobs waiting for a free slot (worker.lease)
+    llm-router:wake:<queue>             list, one token at most: wakes an idle worker (worker.wake)
     llm-router:fair:<queue>:...         fair share between sources (worker.fair): per-source sub-queues,
                                         the claim's virtual times, running jobs, the sources seen
     llm-router:batch:<batch_id>         hash: a batch's record (worker.batches): status, counters, cost
@@ -107,6 +108,7 @@ DIGEST_PREFIX = PREFIX + "digest:"
 CONFIG_PREFIX = PREFIX + "config:"
 WORKER_CONFIG_PREFIX = CONFIG_PREFIX + "worker:"
 BULK_PREFIX = PREFIX + "bulk:"
+WAKE_PREFIX = PREFIX + "wake:"
 FAIR_PREFIX = PREFIX + "fair:"
 QUARANTINE = PREFIX + "quarantine"
 BATCH_PREFIX = PREFIX + "batch:"
@@ -201,6 +203,10 @@ def source_limit_key(source: str) -> str:
 
 def bulk_key(queue_name: str) -> str:
     return BULK_PREFIX + queue_name
+
+
+def wake_key(queue_name: str) -> str:
+    return WAKE_PREFIX + queue_name
 
 
 def fair_key(queue_name: str, *parts: str) -> str:

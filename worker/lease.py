@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
+from . import wake
 from .fair import FairQueue, running_key
 from .keys import (
     IN_PROGRESS_PREFIX,
@@ -284,6 +285,7 @@ class Lease:
         async with self.redis.pipeline(transaction=True) as tx:
             tx.zadd(self.queue_name, {job_id: at_ms}, xx=True)
             tx.delete(in_progress_key(job_id))
+            wake.signal(tx, self.queue_name)  # an idle worker takes it, or blocks until it is due
             await tx.execute()
 
     async def let_go(self, job_id: str, now_ms: int) -> None:

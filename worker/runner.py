@@ -8,6 +8,9 @@
   stores its result and releases itself in one round trip (worker.jobs, worker.lease); a job
   that waits goes back to the queue at now + its defer (arq's Retry), one cancelled by a
   shutdown past its grace stays queued for another run;
+- an idle worker blocks on the queue's wake-up (worker.wake) until a job arrives, the next
+  deferred job is due, or IDLE_POLL_S, instead of polling every POLL_DELAY_S: a job that
+  arrives to it starts within about a millisecond; a worker with no free slot polls as arq does;
 - no jobs are picked while the queue is paused (worker.gate) or the worker is draining;
 - every queue entry ends somewhere: an id that cannot be used goes to the quarantine, a job
   with no record or one that cannot run ends as a failed `invalid_job` result, a copy of a job
@@ -17,6 +20,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 from signal import Signals
@@ -31,13 +35,14 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import jobs
-from .fair import passes_key
+from .fair import passes_key, waiting_key
 from .health import HEALTH
 from .keys import bulk_key
 from .lease import Claimed, Lease
 from .preflight import await_redis
 from .quarantine import unusable
 from .resources import Resources
+from .wake import Wake
 
 log = logging.getLogger("llm_router.worker")
 
@@ -75,6 +80,12 @@ class RouterWorker(Worker):
         self.lease_s = lease_s
         self._draining = False
         self._lease: Lease | None = None
+        self._wake: Wake | None = None
+        self._starts = 0  # jobs started so far (a poll that started none found the worker idle)
+        self._slot_freed = asyncio.Event()  # a full worker polls again when a job ends
+        # arq's loop sleeps poll_delay after every poll; here _poll_iteration itself waits
+        # (_between_polls): POLL_DELAY_S while busy, the wake-up while idle
+        self.busy_poll_s, self.poll_delay_s = self.poll_delay_s, 0.0
 
     async def main(self) -> None:
         """arq's loop, once Redis answers (worker.preflight: what is wrong with REDIS_URL is said
@@ -100,9 +111,18 @@ class RouterWorker(Worker):
         """arq's poll, reading no more entries than the free slots can take (and a margin)."""
         resources = self.ctx.get("resources")
         self.allow_pick_jobs = not self._draining and (resources is None or resources.paused is None)
-        if self.burst and self.max_burst_jobs >= 0:
-            await super()._poll_iteration()
+        if self.burst:
+            if self.max_burst_jobs >= 0:
+                await super()._poll_iteration()
+            else:
+                await self._poll(resources)
+            await asyncio.sleep(self.busy_poll_s)
             return
+        started = self._starts
+        await self._poll(resources)
+        await self._between_polls(resources, started=self._starts - started)
+
+    async def _poll(self, resources: Resources | None) -> None:
         free = self.max_jobs - self.job_counter
         if self.allow_pick_jobs and free > 0:
             job_ids = await self.pool.zrangebyscore(
@@ -110,6 +130,37 @@ class RouterWorker(Worker):
             )
             await self.start_jobs(job_ids)
         await self.heart_beat()
+
+    async def _between_polls(self, resources: Resources | None, started: int) -> None:
+        """Wait for the next poll: none after a poll that started jobs while slots remain (more
+        may wait); POLL_DELAY_S with no free slot, while paused, or when what is due cannot be
+        taken yet (a source at its limit); else, idle, the wake-up (worker.wake) until the next
+        deferred job is due, IDLE_POLL_S at most."""
+        free = self.max_jobs - self.job_counter
+        if started and free > 0:
+            return
+        if resources is None or not self.allow_pick_jobs:
+            await asyncio.sleep(self.busy_poll_s)
+            return
+        if free <= 0:  # until a job ends (its slot is free), POLL_DELAY_S at most
+            self._slot_freed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._slot_freed.wait(), self.busy_poll_s)
+            return
+        wake = self._wake_of(resources)
+        wait_s = resources.settings.idle_poll_s
+        due = await wake.next_due_ms()
+        if due is not None:
+            wait_s = min(wait_s, (due - timestamp_ms()) / 1000)
+        # due already: a job that came after the poll (its token is there: at once), or one that
+        # cannot be taken yet (a source at its limit: POLL_DELAY_S)
+        await wake.wait(wait_s if wait_s > 0 else self.busy_poll_s)
+
+    def _wake_of(self, resources: Resources) -> Wake:
+        if self._wake is None:
+            q = self.queue_name
+            self._wake = Wake(self.pool, q, bulk_key(q), passes_key(q), waiting_key(q, ""))
+        return self._wake
 
     async def start_jobs(self, job_ids: list[bytes]) -> None:
         """Claim due jobs for every free slot in one call, looking past the ones other workers
@@ -163,6 +214,7 @@ class RouterWorker(Worker):
             if job.what == "run":
                 await self.sem.acquire()  # free: no more ids than slots
                 self.job_counter += 1
+                self._starts += 1
                 task = self.loop.create_task(self.run_claimed(job_id, job))
                 task.add_done_callback(lambda _, job_id=job_id: self._ended(job_id))  # type: ignore[misc]
                 self.tasks[job_id] = task
@@ -183,6 +235,7 @@ class RouterWorker(Worker):
         if self._lease is not None:
             self._lease.forget(job_id)
         self._release_sem_dec_counter_on_complete()
+        self._slot_freed.set()
 
     async def run_claimed(self, job_id: str, job: Claimed) -> None:
         """Run a claimed job, with a net: a record that cannot run fails as `invalid_job` and

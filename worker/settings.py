@@ -197,7 +197,11 @@ class Settings(BaseSettings):
     poll_delay_s: float = Field(
         0.05,
         gt=0,
-        description="idle queue poll interval (arq's 0.5 s default caps a worker at `concurrency/0.5` jobs/s)",
+        description="how often a worker polls the queue while it has no free slot (or cannot take what is due)",
+    )
+    # an idle worker blocks on the wake-up (worker.wake): this poll only covers a lost wake-up
+    idle_poll_s: float = Field(
+        1.0, gt=0, le=60, description="the longest an idle worker waits for a wake-up before it polls the queue anyway"
     )
     job_timeout_s: float = Field(
         600, gt=0, description="longest a job may run; then it fails with `timeout` (and is dead-lettered)"

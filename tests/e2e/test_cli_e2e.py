@@ -240,3 +240,17 @@ def test_a_closed_pipe_is_not_a_traceback(env, worker_proc):
         f"{CLI[0]} result {job_id} --json | true", shell=True, env=env, capture_output=True, text=True, timeout=30
     )
     assert "Traceback" not in out.stderr and "BrokenPipe" not in out.stderr, out.stderr
+
+
+def test_help_imports_no_verbs_module():
+    """`llm-router --help` lists the verbs from llm_router.cli's table: none of their modules (and
+    nothing they need: FastAPI, redis, httpx) is imported for it."""
+    code = (
+        "import sys\nfrom llm_router.cli import cli\ntry:\n    cli(['--help'], prog_name='llm-router')\n"
+        "except SystemExit:\n    pass\n"
+        "heavy = {'fastapi', 'redis', 'httpx', 'producers', 'worker'}\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in heavy))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert "chat" in out.stdout and out.stdout.strip().splitlines()[-1] == "[]"
