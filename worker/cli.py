@@ -283,30 +283,15 @@ def sources(as_json: bool) -> None:
     import time
 
     from .connections import async_redis
-    from .fair import FairQueue, weight
+    from .fair import report as source_report
 
     async def main() -> int:
         settings = load_settings()
         redis = async_redis(settings.redis_url)
-        now = time.time()
         try:
-            named = sorted(set(settings.source_weights) | set(settings.source_limits))
-            depths = await FairQueue(redis, settings, settings.queue_name).depths(int(now * 1000), named)
+            report = await source_report(redis, settings, time.time())
         finally:
             await redis.aclose()
-        report: list[dict[str, Any]] = []
-        for d in depths:
-            limit = settings.source_limits.get(d.source)
-            report.append(
-                {
-                    "source": d.source,
-                    "waiting": d.waiting,
-                    "running": d.running,
-                    "oldest_wait_s": round(max(now - d.front_ms / 1000, 0.0), 3) if d.front_ms is not None else 0.0,
-                    "weight": weight(settings, d.source),
-                    "quota": limit.model_dump(exclude_none=True) if limit else {},
-                }
-            )
         if as_json:
             click.echo(json.dumps(report, indent=2))
             return 0

@@ -317,3 +317,25 @@ def parse_depths(out: list[Any]) -> list[SourceDepth]:
         )
         for i in range(0, len(out), 4)
     ]
+
+
+async def report(redis: Redis, settings: Settings, now: float) -> list[dict[str, Any]]:
+    """Per source (those with jobs waiting, and those SOURCE_WEIGHTS and SOURCE_LIMITS name):
+    jobs waiting, running, how long its front job has waited (s, at `now`), its weight and quota.
+    What `llm-router sources` prints and the console's Overview shows."""
+    named = sorted(set(settings.source_weights) | set(settings.source_limits))
+    depths = await FairQueue(redis, settings, settings.queue_name).depths(int(now * 1000), named)
+    rows: list[dict[str, Any]] = []
+    for d in depths:
+        limit = settings.source_limits.get(d.source)
+        rows.append(
+            {
+                "source": d.source,
+                "waiting": d.waiting,
+                "running": d.running,
+                "oldest_wait_s": round(max(now - d.front_ms / 1000, 0.0), 3) if d.front_ms is not None else 0.0,
+                "weight": weight(settings, d.source),
+                "quota": limit.model_dump(exclude_none=True) if limit else {},
+            }
+        )
+    return rows
