@@ -221,7 +221,7 @@ def _local(url: str) -> str:
 async def overview_page(request: Request, con: Con, who: Who) -> dict[str, Any]:
     from . import console_views as views
 
-    return {"viewer": who, **await views.overview(con.ingress, con.collector, who.operator)}
+    return {"viewer": who, **await views.overview(con.ingress, con.collector, who.operator, who.source)}
 
 
 @router.post("/gate/open")

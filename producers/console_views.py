@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from worker import fleet, spend
+from worker import fair, fleet, spend
 from worker.dlq import DeadLetter, DeadLetters
 from worker.exporter import QueueCollector
 from worker.gate import Gate
@@ -35,12 +35,17 @@ class Page:
     more: bool
 
 
-async def overview(app: Ingress, collector: QueueCollector, operator: bool) -> dict[str, Any]:
+async def overview(app: Ingress, collector: QueueCollector, operator: bool, source: str | None) -> dict[str, Any]:
     """The Overview page: the exporter's gauges (queue, lanes, paused, credits, dead letters,
-    workers), the fleet's digests, open circuits; for an operator, today's spend and budgets."""
+    workers), the fleet's digests, open circuits, each source's queue (`llm-router sources`: all
+    of them for an operator, `source`'s alone for a source token); for an operator, today's
+    spend and budgets."""
     gauges = await asyncio.to_thread(_gauges, collector)
+    sources = await fair.report(app.redis, app.settings, time.time())
     out: dict[str, Any] = {
         "gauges": gauges,
+        "sources": [r for r in sources if operator or r["source"] == source],
+        "fair_share": app.settings.fair_share,
         "running": await running_jobs(app),
         "paused": await Gate(app.redis, app.settings.probe_interval_s).read(),
         "fleet": await fleet.report(app.redis, app.settings.queue_name),

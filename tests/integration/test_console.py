@@ -381,3 +381,32 @@ def test_a_bad_value_is_a_console_page_naming_the_field(http):
     assert answer.status_code == 400 and answer.headers["content-type"].startswith("text/html")
     assert "page: Input should be greater than or equal to 0" in answer.text
     assert "content-security-policy" in answer.headers
+
+
+def source_rows(page: str) -> dict[str, tuple[int, int, str]]:
+    """The Overview's table of sources: source -> (waiting, running, weight)."""
+    table = re.search(r'<table id="sources">(.*?)</table>', page, re.S)
+    assert table, page
+    rows = re.findall(r"<tr><td>([^<]+)</td><td>(\d+)</td><td>(\d+)</td><td>[^<]*</td><td>([^<]+)</td>", table[1])
+    return {s: (int(w), int(r), weight) for s, w, r, weight in rows}
+
+
+async def test_the_overview_shows_each_sources_queue_as_llm_router_sources_does(console_settings, make_producer):
+    """FAIR_SHARE on, jobs of two sources waiting and no worker: the operator sees both sources'
+    counts (and a source SOURCE_WEIGHTS names with nothing waiting); a source token its own row."""
+    settings = console_settings.model_copy(update={"fair_share": True, "source_weights": {"team-a": 3, "idle": 2}})
+    a = await make_producer(settings, source="team-a", own_settings=True)
+    b = await make_producer(settings, source="team-b", own_settings=True)
+    for i in range(2):
+        await a.chat("gpt-4.1", "hi", job_id=f"team-a@w{i}")
+    await b.chat("gpt-4.1", "hi", job_id="team-b@w0")
+    with TestClient(create_app(settings), base_url="https://testserver") as client:
+        sign_in(client, "tok-op")
+        assert source_rows(client.get("/console/").text) == {
+            "team-a": (2, 0, "3"),
+            "team-b": (1, 0, "1"),
+            "idle": (0, 0, "2"),
+        }
+        client.cookies.clear()
+        sign_in(client, "tok-a")
+        assert source_rows(client.get("/console/").text) == {"team-a": (2, 0, "3")}
