@@ -258,7 +258,7 @@ class FairQueue:
         self._depth = redis.register_script(DEPTH)
         named = set(settings.source_weights) | set(settings.source_limits)
         self._conf: list[Any] = []
-        scale = 60_000 / (1 - settings.rate_limit_headroom)  # as worker.limiter spaces requests
+        scale = settings.spacing_ms  # as worker.limiter spaces requests
         for source in sorted(named):
             limit = settings.source_limits.get(source)
             concurrency = (limit.concurrency or 0) if limit else 0

@@ -19,8 +19,9 @@ tokens booked so far not yet paid for books nothing and asks again when they wil
 the tokens given back let it start sooner. A failed call gives back all it booked. A request
 over the TPM limit itself is refused (`too_large`) rather than booked: one booking never moves
 a model's schedule more than a window ahead. At most one request per window over the limit
-(the one that starts at the window's edge) can be seen upstream; RATE_LIMIT_HEADROOM keeps
-network jitter from turning that into a 429.
+(the one that starts at the window's edge) can be seen upstream; RATE_LIMIT_HEADROOM (or, with
+the gateway's window known, RATE_LIMIT_WINDOW_S and RATE_LIMIT_JITTER_MS: Settings.spacing_ms)
+keeps network jitter from turning that into a 429.
 
 Budgets (worker.budgets) ride on the same script: a call's worst case is checked against every
 budget that applies and reserved with its slot, or the call books nothing (`budget`: refused,
@@ -217,11 +218,11 @@ class Admission:
         return self.status in ("ok", "probe")
 
 
-def _intervals(limit: RateLimit | None, headroom: float) -> tuple[float, float]:
-    """(ms between requests, ms per token) for a per-minute limit; 0 where there is none."""
+def _intervals(limit: RateLimit | None, scale: float) -> tuple[float, float]:
+    """(ms between requests, ms per token) for a per-minute limit (`scale`: Settings.spacing_ms);
+    0 where there is none."""
     if limit is None:
         return 0.0, 0.0
-    scale = 60_000 / (1 - headroom)
     return (scale / limit.rpm if limit.rpm else 0.0), (scale / limit.tpm if limit.tpm else 0.0)
 
 
@@ -230,12 +231,12 @@ class Limiter:
         self.redis = redis
         self.settings = settings
         self.budgets = budgets.Budgets(redis, settings)
-        self._global = _intervals(settings.global_rate_limit, settings.rate_limit_headroom)
+        self._global = _intervals(settings.global_rate_limit, settings.spacing_ms)
         self._admit = redis.register_script(budgets.splice(_ADMIT))
         self._settle = redis.register_script(budgets.splice_settle(_SETTLE, keys=3, args=9))
 
     def intervals(self, model: str) -> tuple[float, float]:
-        return _intervals(self.settings.rate_limits.get(model), self.settings.rate_limit_headroom)
+        return _intervals(self.settings.rate_limits.get(model), self.settings.spacing_ms)
 
     def source_quota(self, source: str | None) -> tuple[list[str], list[Any]]:
         """The keys and arguments a call of `source` adds to the admission (SOURCE_LIMITS rpm/tpm:
@@ -243,7 +244,7 @@ class Limiter:
         limit = self.settings.source_limits.get(source) if source else None
         if source is None or limit is None or (limit.rpm is None and limit.tpm is None):
             return [], []
-        r_ms, t_ms = _intervals(RateLimit(rpm=limit.rpm, tpm=limit.tpm), self.settings.rate_limit_headroom)
+        r_ms, t_ms = _intervals(RateLimit(rpm=limit.rpm, tpm=limit.tpm), self.settings.spacing_ms)
         horizon_ms = int(self.settings.bulk_horizon_s * 1000)
         return [source_limit_key(source)], ["@source", source, r_ms, t_ms, limit.tpm or 0, horizon_ms]
 

@@ -311,6 +311,25 @@ class Settings(BaseSettings):
     rate_limit_headroom: float = Field(
         0.02, ge=0, lt=1, description="run this fraction under each limit, so network jitter never trips the gateway's"
     )
+    rate_limit_window_s: float | None = Field(
+        None,
+        gt=0,
+        le=3600,
+        description=(
+            "the gateway's rate-limit window in seconds, when known (e.g. 60 for a sliding minute): the limits "
+            "are then run `RATE_LIMIT_JITTER_MS` under per window instead of `RATE_LIMIT_HEADROOM` under "
+            "(0.998 of each limit at 60 s rather than 0.98)"
+        ),
+    )
+    rate_limit_jitter_ms: float = Field(
+        100,
+        ge=0,
+        le=60_000,
+        description=(
+            "with `RATE_LIMIT_WINDOW_S`: the most a request may reach the gateway later than its slot "
+            "(event-loop lag plus network jitter); one window's requests are spread over the window plus this"
+        ),
+    )
     circuit_failures: int = Field(
         5,
         ge=1,
@@ -777,6 +796,19 @@ class Settings(BaseSettings):
         except (ZoneInfoNotFoundError, ValueError):
             raise ValueError(f"{v!r} is not a time zone: use an IANA name, e.g. UTC or Europe/Paris") from None
         return v
+
+    @property
+    def spacing_ms(self) -> float:
+        """Milliseconds a limit of one per minute spaces its requests (a limit of N: this / N).
+
+        A sliding window of W seconds counts a request until W after it arrived, so requests a
+        window's limit apart must arrive more than W apart; booked evenly that far apart, a request
+        sent late by up to the jitter still leaves the window in time. With the window unknown, a
+        fraction of headroom stands in for it (at 60 s, 2 % is 1.2 s of jitter)."""
+        if self.rate_limit_window_s is None:
+            return 60_000 / (1 - self.rate_limit_headroom)
+        window_ms = self.rate_limit_window_s * 1000
+        return 60_000 * (window_ms + self.rate_limit_jitter_ms) / window_ms
 
     def grants(self) -> dict[str, TokenGrant]:
         """INGRESS_TOKENS with the plain `"<token>": "<source>"` form as a source token's grant."""

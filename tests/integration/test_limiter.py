@@ -67,6 +67,22 @@ async def test_headroom_runs_under_the_limit(redis: Redis):
     assert second.booked and 10 < second.wait_s <= 11.12
 
 
+async def test_a_known_window_spreads_one_windows_requests_over_the_window_plus_the_jitter(redis: Redis):
+    # RATE_LIMIT_WINDOW_S: 6 a minute in a 10 s window is 1 per window; its requests are booked
+    # 10 s + 250 ms apart (the jitter a late request may have), not 10 s / (1 - headroom)
+    limiter = make(
+        redis,
+        rate_limits={"m": RateLimit(rpm=6)},
+        rate_limit_headroom=0.5,
+        rate_limit_window_s=10,
+        rate_limit_jitter_ms=250,
+    )
+    await limiter.admit("m", 0, 60)
+    first = await slot(redis)
+    await limiter.admit("m", 0, 60)
+    assert await slot(redis) - first == pytest.approx(10_250)
+
+
 async def test_a_slot_further_than_the_limit_is_not_booked(redis: Redis):
     limiter = make(redis, rate_limits={"m": RateLimit(rpm=6)})  # one every 10 s
     assert (await limiter.admit("m", 0, 5)).booked
