@@ -31,6 +31,7 @@ PLACE = {
     "test_cli.py": "unit",
     "test_models.py": "unit",
     "test_policy.py": "unit",
+    "test_spacing.py": "unit",
     "test_reference.py": "unit",
     # integration: a private redis-server, the simulator, workers and the app in this process
     "test_client.py": "integration",
