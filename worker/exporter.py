@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 
 from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.registry import REGISTRY, Collector
+from prometheus_client.registry import Collector, CollectorRegistry
 from redis import Redis
 from redis.exceptions import RedisError
 
@@ -303,13 +303,24 @@ def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
     return GaugeMetricFamily(name, documentation, value=value)
 
 
+def registry(settings: Settings) -> CollectorRegistry:
+    """What the exporter serves: its queue gauges and its own process's, never the worker's
+    counters (worker.metrics defines them on the default registry when imported; here they
+    would only ever read 0, beside the workers' real ones)."""
+    from prometheus_client import GC_COLLECTOR, PLATFORM_COLLECTOR, PROCESS_COLLECTOR
+
+    own = CollectorRegistry(auto_describe=True)
+    for collector in (QueueCollector(settings), PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+        own.register(collector)
+    return own
+
+
 def serve(settings: Settings) -> None:
     """Serve the gauges on EXPORTER_PORT until interrupted."""
     from prometheus_client import start_http_server
 
-    REGISTRY.register(QueueCollector(settings))
     try:
-        start_http_server(settings.exporter_port)
+        start_http_server(settings.exporter_port, registry=registry(settings))
     except OSError as exc:
         raise ConfigError(
             f"EXPORTER_PORT: cannot serve /metrics on port {settings.exporter_port} ({exc.strerror or exc}):"

@@ -254,3 +254,27 @@ def test_help_imports_no_verbs_module():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     assert "chat" in out.stdout and out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_the_exporter_serves_its_own_metrics_only(env):
+    """The queue gauges and its process's, not the worker's counters (they would read 0 there)."""
+    from harness.processes import answers, wait_started
+    from harness.redis_server import free_port
+
+    port = free_port()
+    proc = subprocess.Popen([*CLI, "exporter"], env={**env, "EXPORTER_PORT": str(port)}, stderr=subprocess.DEVNULL)
+    try:
+        url = f"http://127.0.0.1:{port}/metrics"
+        wait_started(proc, lambda: answers(url), 60, "llm-router exporter")
+        text = httpx.get(url, timeout=10).text
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(20)
+    names = {line.split()[2] for line in text.splitlines() if line.startswith("# TYPE ")}
+    assert {"llm_router_exporter_redis_up", "llm_router_queue_depth", "process_cpu_seconds_total"} <= names, names
+    for worker_only in (
+        "llm_router_spend_usd_total",
+        "llm_router_jobs_total",
+        "llm_router_upstream_request_duration_seconds",
+    ):
+        assert worker_only not in names
