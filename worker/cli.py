@@ -57,8 +57,16 @@ def cli() -> None:
 
 
 @cli.command()
-@click.option("--burst", is_flag=True, help="stop when the queue is empty")
-def worker(burst: bool) -> None:
+@click.option(
+    "--burst", is_flag=True, help="stop when the queue is empty (and serve no /metrics unless --port or METRICS_PORT)"
+)
+@click.option("--host", default="0.0.0.0", show_default=True, help="the address /metrics and the probes listen on")
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    help="the port of /metrics and the probes; 0: none  [default: METRICS_PORT, 9464]",
+)
+def worker(burst: bool, host: str, port: int | None) -> None:
     """Run a worker (settings from the environment)."""
     from .metrics import serve_metrics
     from .service import create_worker
@@ -67,8 +75,12 @@ def worker(burst: bool) -> None:
         settings = load_settings()
         logs.setup(settings)
         use_uvloop()
+        if port is None and burst and "metrics_port" not in settings.model_fields_set:
+            port = 0  # a burst run beside a running worker: the default port is that worker's
+        if port is not None:
+            settings = settings.model_copy(update={"metrics_port": port})
         worker = create_worker(settings, burst=burst)
-        serve_metrics(settings.metrics_port)  # a busy METRICS_PORT stops the start (exit 2)
+        serve_metrics(settings.metrics_port, host)  # a busy port stops the start (exit 2)
         worker.run()
     except ConfigError as exc:
         exit_on_config_error(exc)
@@ -87,7 +99,9 @@ def use_uvloop() -> None:
 
 
 @cli.command()
-def exporter() -> None:
+@click.option("--host", default="0.0.0.0", show_default=True, help="the address /metrics listens on")
+@click.option("--port", type=click.IntRange(1, 65535), help="the port of /metrics  [default: EXPORTER_PORT, 9465]")
+def exporter(host: str, port: int | None) -> None:
     """Serve the queue-level metrics (credits, queue, dead letters) on EXPORTER_PORT."""
     from .exporter import log, serve
     from .preflight import redis_problem
@@ -100,7 +114,7 @@ def exporter() -> None:
             raise ConfigError(f"REDIS_URL: {problem.text}")
         if problem is not None:
             log.warning("%s; serving llm_router_exporter_redis_up 0 until it answers", problem.text)
-        serve(settings)
+        serve(settings, host, port)
     except ConfigError as exc:
         exit_on_config_error(exc)
     except KeyboardInterrupt:

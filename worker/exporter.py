@@ -315,17 +315,18 @@ def registry(settings: Settings) -> CollectorRegistry:
     return own
 
 
-def serve(settings: Settings) -> None:
-    """Serve the gauges on EXPORTER_PORT until interrupted."""
+def serve(settings: Settings, host: str = "0.0.0.0", port: int | None = None) -> None:
+    """Serve the gauges on `host`:`port` (EXPORTER_PORT by default) until interrupted."""
     from prometheus_client import start_http_server
 
+    port = settings.exporter_port if port is None else port
     try:
-        start_http_server(settings.exporter_port, registry=registry(settings))
+        start_http_server(port, addr=host, registry=registry(settings))
     except OSError as exc:
         raise ConfigError(
-            f"EXPORTER_PORT: cannot serve /metrics on port {settings.exporter_port} ({exc.strerror or exc}):"
-            " another process has it; set EXPORTER_PORT to a free port"
+            f"EXPORTER_PORT: cannot serve /metrics on {host}:{port} ({exc.strerror or exc}):"
+            " another process has it; give --port (or set EXPORTER_PORT to) a free port"
         ) from None
-    log.info("llm-router exporter on http://0.0.0.0:%d/metrics (queue %s)", settings.exporter_port, settings.queue_name)
+    log.info("llm-router exporter on http://%s:%d/metrics (queue %s)", host, port, settings.queue_name)
     while True:
         time.sleep(3600)

@@ -262,7 +262,7 @@ def test_the_exporter_serves_its_own_metrics_only(env):
     from harness.redis_server import free_port
 
     port = free_port()
-    proc = subprocess.Popen([*CLI, "exporter"], env={**env, "EXPORTER_PORT": str(port)}, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([*CLI, "exporter", "--host", "127.0.0.1", "--port", str(port)], env=env)
     try:
         url = f"http://127.0.0.1:{port}/metrics"
         wait_started(proc, lambda: answers(url), 60, "llm-router exporter")
@@ -278,3 +278,37 @@ def test_the_exporter_serves_its_own_metrics_only(env):
         "llm_router_upstream_request_duration_seconds",
     ):
         assert worker_only not in names
+
+
+def test_a_burst_worker_beside_a_running_one_needs_no_metrics_port(env, tmp_path):
+    """METRICS_PORT unset: a burst worker serves no /metrics, so the default port being taken
+    (by the worker already running on this host) does not stop it; --port serves one."""
+    import socket
+
+    from harness.processes import answers, wait_started
+    from harness.redis_server import free_port
+
+    env = {k: v for k, v in env.items() if k != "METRICS_PORT"}
+    default = socket.socket()
+    try:
+        default.bind(("0.0.0.0", 9464))
+        default.listen()
+    except OSError:  # already taken: busy either way
+        pass
+    try:
+        job = cli(env, "chat", "--model", "gpt-4.1", "--message", "burst", "--no-wait").stdout.strip()
+        out = subprocess.run(
+            [*CLI, "worker", "--burst"], env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path
+        )
+        assert out.returncode == 0, out.stderr
+        assert cli(env, "result", job).returncode == 0
+    finally:
+        default.close()
+
+    port = free_port()
+    proc = subprocess.Popen([*CLI, "worker", "--host", "127.0.0.1", "--port", str(port)], env=env, cwd=tmp_path)
+    try:
+        wait_started(proc, lambda: answers(f"http://127.0.0.1:{port}/healthz"), 60, "llm-router worker --port")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
