@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import sys
 from collections.abc import Coroutine
 from typing import Any, NoReturn
 
@@ -212,11 +213,37 @@ def dlq_replay(job_id: str | None, replay_all: bool) -> None:
     _dead_letters(body)
 
 
+def yes_option(f: Any) -> Any:
+    return click.option("-y", "--yes", is_flag=True, help="do it without asking (needed when stdin is not a terminal)")(
+        f
+    )
+
+
+def confirmed(what: str, verb: str, yes: bool) -> bool:
+    """Whether to delete `what` (e.g. "3 dead letters of queue q"): --yes, else the answer on a
+    terminal; off a terminal (a script, a pipe), no, saying --yes is needed."""
+    if yes:
+        return True
+    if not sys.stdin.isatty():
+        click.echo(
+            f"llm-router: {verb} deletes {what}: pass --yes to do it (stdin is not a terminal to ask on)", err=True
+        )
+        return False
+    if click.confirm(f"Delete {what}?", default=False, err=True):
+        return True
+    click.echo("llm-router: nothing was deleted", err=True)
+    return False
+
+
 @dlq.command("purge")
-def dlq_purge() -> None:
-    """Forget every dead letter."""
+@yes_option
+def dlq_purge(yes: bool) -> None:
+    """Forget every dead letter (asks first on a terminal; elsewhere needs --yes)."""
 
     async def body(letters: Any) -> int:
+        size = await letters.size()
+        if size and not confirmed(f"{size} dead letters", "dlq purge", yes):
+            return 2
         click.echo(f"purged {await letters.purge()} dead letters")
         return 0
 
@@ -252,10 +279,14 @@ def quarantine_list(limit: int, as_json: bool) -> None:
 
 
 @quarantine.command("purge")
-def quarantine_purge() -> None:
-    """Forget every quarantined entry."""
+@yes_option
+def quarantine_purge(yes: bool) -> None:
+    """Forget every quarantined entry (asks first on a terminal; elsewhere needs --yes)."""
 
     async def body(entries: Any) -> int:
+        size = await entries.size()
+        if size and not confirmed(f"{size} quarantined entries", "quarantine purge", yes):
+            return 2
         click.echo(f"purged {await entries.purge()} quarantined entries")
         return 0
 

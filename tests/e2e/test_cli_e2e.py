@@ -43,7 +43,24 @@ def worker_proc(env):
 
 
 def cli(env, *args, timeout=60):
-    return subprocess.run([*CLI, *args], env=env, capture_output=True, text=True, timeout=timeout)
+    """The CLI off a terminal (stdin /dev/null, output captured), as a script runs it."""
+    return subprocess.run(
+        [*CLI, *args], env=env, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
+    )
+
+
+def on_a_terminal(env, args, typed):
+    """The CLI with a terminal on stdin, where `typed` is typed: (exit status, stdout, stderr)."""
+    import pty
+
+    main_fd, terminal = pty.openpty()
+    try:
+        os.write(main_fd, typed.encode())
+        out = subprocess.run([*CLI, *args], env=env, stdin=terminal, capture_output=True, text=True, timeout=60)
+    finally:
+        os.close(terminal)
+        os.close(main_fd)
+    return out.returncode, out.stdout, out.stderr
 
 
 def test_chat_vision_compare_through_a_worker_process(env, worker_proc, sim, tmp_path):
@@ -212,7 +229,13 @@ def test_dlq_list_show_replay_purge(env, sim):
     assert subprocess.run([*CLI, "worker", "--burst"], env=env, capture_output=True, timeout=60).returncode == 0
     assert cli(env, "result", ids[0]).stdout.startswith("[gpt-4.1] You said: first")
     assert ids[0] not in cli(env, "dlq", "list").stdout
-    assert cli(env, "dlq", "purge").stdout.strip() == "purged 1 dead letters"
+    refused = cli(env, "dlq", "purge")  # off a terminal: only with --yes
+    assert refused.returncode == 2 and refused.stdout == ""
+    assert "dlq purge deletes 1 dead letters: pass --yes" in refused.stderr and ids[1] in cli(env, "dlq", "list").stdout
+    code, out, err = on_a_terminal(env, ["dlq", "purge"], "n\n")  # on one: asked, and no means no
+    assert code == 2 and "Delete 1 dead letters? [y/N]" in err and "nothing was deleted" in err and out == ""
+    code, out, err = on_a_terminal(env, ["dlq", "purge"], "y\n")
+    assert code == 0 and out.strip() == "purged 1 dead letters", err
     assert cli(env, "dlq", "list").stdout.strip() == "the dead-letter list is empty"
 
 
@@ -312,3 +335,21 @@ def test_a_burst_worker_beside_a_running_one_needs_no_metrics_port(env, tmp_path
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
+
+
+def test_quarantine_purge_asks_or_needs_yes(env, redis_url):
+    import json
+
+    from redis import Redis
+
+    from worker.keys import QUARANTINE
+
+    record = {"id": "bad id", "reason": "bad_id", "queue": "llm-router:e2e", "record": None}
+    Redis.from_url(redis_url).lpush(QUARANTINE, json.dumps(record), json.dumps(record))
+    refused = cli(env, "quarantine", "purge")
+    assert refused.returncode == 2 and "quarantine purge deletes 2 quarantined entries: pass --yes" in refused.stderr
+    code, out, err = on_a_terminal(env, ["quarantine", "purge"], "y\n")
+    assert code == 0 and out.strip() == "purged 2 quarantined entries" and "Delete 2 quarantined entries?" in err
+    Redis.from_url(redis_url).lpush(QUARANTINE, json.dumps(record))
+    assert cli(env, "quarantine", "purge", "--yes").stdout.strip() == "purged 1 quarantined entries"
+    assert cli(env, "quarantine", "purge").stdout.strip() == "purged 0 quarantined entries"  # nothing to ask about
