@@ -6,8 +6,9 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import signal
 import sys
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, NoReturn
 
 import click
@@ -16,16 +17,66 @@ from redis.exceptions import RedisError
 from . import logs
 from .settings import ConfigError, exit_on_config_error, load_settings
 
+# The exit status of a verb stopped by Ctrl-C (SIGINT), as a shell reports it.
+INTERRUPTED = 130
 
-def run(main: Coroutine[Any, Any, int]) -> NoReturn:
-    """Run a verb's body; exit with its status (0 ok, 1 failed, 2 refused input/settings, 3 timeout)."""
+
+def run(main: Coroutine[Any, Any, int], interrupted: Callable[[], str | None] | None = None) -> NoReturn:
+    """Run a verb's body; exit with its status (0 ok, 1 failed, 2 refused input/settings, 3 timeout,
+    130 Ctrl-C). On Ctrl-C, `interrupted()` says what goes on without us (the job still runs...)."""
     try:
-        code = asyncio.run(main)
+        code = asyncio.run(_interruptible(main))
+    except KeyboardInterrupt:
+        said = interrupted() if interrupted is not None else None
+        click.echo(f"\nllm-router: interrupted{': ' + said if said else ''}", err=True)
+        code = INTERRUPTED
     except ConfigError as exc:
         exit_on_config_error(exc)
     except RedisError as exc:  # unreachable, refused password, no such database...: never a traceback
         code = _redis_failed(exc)
     raise SystemExit(code)
+
+
+# How often Ctrl-C cancels the verb's body again until it ends (see _interruptible).
+RECANCEL_S = 0.25
+
+
+async def _interruptible(main: Coroutine[Any, Any, int]) -> int:
+    """`main`, ended by Ctrl-C as KeyboardInterrupt. asyncio's own handler cancels the task once,
+    and redis-py can lose that cancel (its check for stale data before a command runs under
+    `asyncio.timeout(0)`, which on Python 3.11 turns a cancel landing there into its own
+    timeout): the CLI waited on as if nothing had been typed. Here the cancel is repeated until
+    the body ends; a second Ctrl-C stops at once."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    if task is None or signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        return await main
+    typed = 0
+
+    def cancel() -> None:
+        if not task.done():
+            task.cancel()
+            loop.call_later(RECANCEL_S, cancel)
+
+    def on_sigint() -> None:
+        nonlocal typed
+        typed += 1
+        if typed > 1:
+            raise KeyboardInterrupt
+        cancel()
+
+    try:
+        loop.add_signal_handler(signal.SIGINT, on_sigint)
+    except (NotImplementedError, RuntimeError):  # no signal handlers on this loop (Windows): asyncio's own
+        return await main
+    try:
+        return await main
+    except asyncio.CancelledError:
+        if typed:
+            raise KeyboardInterrupt from None
+        raise
+    finally:
+        loop.remove_signal_handler(signal.SIGINT)
 
 
 class Finite(click.FloatRange):

@@ -353,3 +353,69 @@ def test_quarantine_purge_asks_or_needs_yes(env, redis_url):
     Redis.from_url(redis_url).lpush(QUARANTINE, json.dumps(record))
     assert cli(env, "quarantine", "purge", "--yes").stdout.strip() == "purged 1 quarantined entries"
     assert cli(env, "quarantine", "purge").stdout.strip() == "purged 0 quarantined entries"  # nothing to ask about
+
+
+def interrupted(proc):
+    """SIGINT (Ctrl-C) to `proc`: its exit status and stderr."""
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    return proc.returncode, err
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["chat", "--model", "gpt-4.1", "--message", "slow"],
+        ["vision", "--model", "gpt-4o", "--image", "https://example.com/a.png", "--prompt", "slow"],
+        ["compare", "--models", "gpt-4.1,gpt-4o", "--message", "slow"],
+    ],
+)
+def test_ctrl_c_while_waiting_names_the_job_that_still_runs(env, redis_url, args):
+    """No worker: the verb waits; Ctrl-C says which job is enqueued and how to get its result."""
+    from redis import Redis
+
+    from harness.wait import wait_until
+
+    redis = Redis.from_url(redis_url)
+    proc = subprocess.Popen([*CLI, *args], env=env, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    queued = wait_until(lambda: redis.zrange("llm-router:e2e", 0, -1), 30, "the job to be enqueued")
+    code, err = interrupted(proc)
+    job_id = queued[0].decode()
+    assert code == 130 and "Traceback" not in err and "Aborted!" not in err, err
+    assert f"job {job_id} was enqueued and still runs" in err and f"llm-router result {job_id} --wait" in err
+
+
+def test_ctrl_c_while_following_a_batch_says_it_keeps_running(env, tmp_path):
+    import json
+
+    line = {"method": "POST", "url": "/v1/chat/completions", "body": {"model": "gpt-4.1", "messages": []}}
+    requests = tmp_path / "requests.jsonl"
+    requests.write_text(
+        "".join(
+            json.dumps(
+                {
+                    **line,
+                    "custom_id": f"r{i}",
+                    "body": {"model": "gpt-4.1", "messages": [{"role": "user", "content": "x"}]},
+                }
+            )
+            + "\n"
+            for i in range(2)
+        )
+    )
+    proc = subprocess.Popen(
+        [*CLI, "batch", "submit", str(requests), "--wait"],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    batch_id = proc.stdout.readline().strip()  # printed once submitted, before following it
+    code, err = interrupted(proc)
+    assert batch_id.startswith("batch_") and code == 130 and "Traceback" not in err, err
+    assert f"batch {batch_id} keeps running" in err
+    for command in ("status", "results", "cancel"):
+        assert f"llm-router batch {command} {batch_id}" in err
+    assert cli(env, "batch", "status", batch_id).stdout.split()[1] == "in_progress"
