@@ -214,7 +214,10 @@ def test_dlq_list_show_replay_purge(env, sim):
         cli(env, "chat", "--model", "gpt-4.1", "--message", m, "--fallbacks", "", "--no-wait").stdout.strip()
         for m in ("first", "second")
     ]
-    assert subprocess.run([*CLI, "worker", "--burst"], env=env, capture_output=True, timeout=60).returncode == 0
+    burst = subprocess.run([*CLI, "worker", "--burst"], env=env, capture_output=True, text=True, timeout=60)
+    assert burst.returncode == 0
+    # what became of this run's jobs, as the worker exits
+    assert "jobs of this worker: 0 succeeded, 2 failed (2 dead-lettered), 0 requeued" in burst.stderr
     out = cli(env, "dlq", "list")
     assert (
         out.returncode == 0 and all(i in out.stdout for i in ids) and "server: Simulated upstream failure" in out.stdout
@@ -226,7 +229,8 @@ def test_dlq_list_show_replay_purge(env, sim):
     sim_admin(sim, "/_sim/config", {"model": "gpt-4.1", "down": False})
     assert cli(env, "dlq", "replay", ids[0]).stdout.strip() == f"replayed {ids[0]}"
     assert cli(env, "dlq", "replay", ids[0]).returncode == 1  # no longer dead
-    assert subprocess.run([*CLI, "worker", "--burst"], env=env, capture_output=True, timeout=60).returncode == 0
+    burst = subprocess.run([*CLI, "worker", "--burst"], env=env, capture_output=True, text=True, timeout=60)
+    assert burst.returncode == 0 and "jobs of this worker: 1 succeeded, 0 failed (0 dead-lettered)" in burst.stderr
     assert cli(env, "result", ids[0]).stdout.startswith("[gpt-4.1] You said: first")
     assert ids[0] not in cli(env, "dlq", "list").stdout
     refused = cli(env, "dlq", "purge")  # off a terminal: only with --yes
@@ -419,3 +423,18 @@ def test_ctrl_c_while_following_a_batch_says_it_keeps_running(env, tmp_path):
     for command in ("status", "results", "cancel"):
         assert f"llm-router batch {command} {batch_id}" in err
     assert cli(env, "batch", "status", batch_id).stdout.split()[1] == "in_progress"
+
+
+def test_the_worker_says_at_exit_what_became_of_its_jobs(env):
+    """arq's shutdown line counts a dead-lettered job as complete ("0 failed"): ours follows it."""
+    proc = subprocess.Popen([*CLI, "worker"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert cli(env, "chat", "--model", "gpt-4.1", "--message", "fine").returncode == 0
+        assert cli(env, "chat", "--model", "no-such-model", "--message", "x", "--fallbacks", "").returncode == 1
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, out
+    arq = out.index("shutdown on SIGTERM")
+    assert "0 failed" in out[arq:].splitlines()[0]
+    assert out.index("jobs of this worker: 1 succeeded, 1 failed (1 dead-lettered), 0 requeued") > arq, out
