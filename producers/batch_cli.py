@@ -11,7 +11,8 @@
 stdout carries what a script reads (the batch id, results, records with --json); progress goes
 to stderr: a live bar (rich) on a terminal, else a plain line every few seconds. Exit status:
 0 every line succeeded, 1 a line failed or the batch ended expired or cancelled (or is
-unknown), 2 refused input (nothing was enqueued).
+unknown), 2 refused input (nothing was enqueued), 130 Ctrl-C (the batch keeps running: the
+commands to follow, fetch or cancel it are printed).
 """
 
 from __future__ import annotations
@@ -102,6 +103,8 @@ def submit(
             raise click.BadParameter(f"{pair!r} is not key=value", param_hint="--metadata")
         meta[key] = value
 
+    submitted: list[str] = []
+
     async def main() -> int:
         source: Any = file
         if prompts:
@@ -127,6 +130,7 @@ def submit(
                 return _refused(exc)
             except OSError as exc:
                 return _unreadable("--prompts" if prompts else "FILE", exc)
+            submitted.append(found.id)
             click.echo(found.model_dump_json(indent=2) if as_json and not (wait or output or errors) else found.id)
             for error in (found.errors.data if found.errors else [])[:50]:
                 click.echo(
@@ -137,7 +141,7 @@ def submit(
             found = await _follow(producer, found.id)
             return await _finish(producer, found, output, errors, as_json)
 
-    run(main())
+    run(main(), lambda: keeps_running(submitted[0], output, errors) if submitted else None)
 
 
 @batch.command()
@@ -157,7 +161,7 @@ def status(batch_id: str, follow: bool, as_json: bool) -> None:
             click.echo(found.model_dump_json(indent=2) if as_json else _summary(found))
             return _exit(found) if follow or found.final else 0
 
-    run(main())
+    run(main(), lambda: keeps_running(batch_id))
 
 
 @batch.command()
@@ -259,6 +263,18 @@ def _refused(exc: BatchRejected) -> int:
         err=True,
     )
     return 2
+
+
+def keeps_running(batch_id: str, output: str | None = None, errors: str | None = None) -> str:
+    """What Ctrl-C while following a batch leaves behind: the batch, still running, and the
+    commands to follow it, fetch its results or cancel it."""
+    files = f" -o {output or 'out.jsonl'}" + (f" --errors {errors}" if errors else "")
+    return (
+        f"batch {batch_id} keeps running without this command.\n"
+        f"  follow it:    llm-router batch status {batch_id} --follow\n"
+        f"  its results:  llm-router batch results {batch_id}{files}\n"
+        f"  cancel it:    llm-router batch cancel {batch_id}"
+    )
 
 
 def _unreadable(what: str, exc: OSError) -> int:

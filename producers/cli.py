@@ -175,7 +175,7 @@ def result(job_id: str, wait: float, as_json: bool) -> None:
             return 3
         return _print(found, as_json)
 
-    run(main())
+    run(main(), lambda: f"stopped waiting; job {job_id} still runs if it was queued")
 
 
 @cli.command()
@@ -203,6 +203,7 @@ def _enqueue(submit: Submit, flags: dict[str, Any]) -> None:
     """Enqueue with the job flags that were given; then print the id, or wait and print the result."""
     job_id, no_wait, timeout, as_json = (flags.pop(k) for k in ("job_id", "no_wait", "timeout", "as_json"))
     params = {k: v for k, v in flags.items() if v is not None}
+    enqueued: list[str] = []
 
     async def main() -> int:
         async with Producer() as producer:
@@ -214,12 +215,21 @@ def _enqueue(submit: Submit, flags: dict[str, Any]) -> None:
                     err=True,
                 )
                 return 2
+            enqueued.append(job_id_)
             if no_wait:
                 click.echo(job_id_)
                 return 0
             return await _wait_and_print(producer, job_id_, timeout, as_json)
 
-    run(main())
+    run(main(), lambda: still_runs(enqueued[0]) if enqueued else None)
+
+
+def still_runs(job_id: str) -> str:
+    """What Ctrl-C while waiting for a job leaves behind: the job, still running, and where its result will be."""
+    return (
+        f"job {job_id} was enqueued and still runs (a job cannot be called back once enqueued); "
+        f"its result: llm-router result {job_id} --wait 120"
+    )
 
 
 def _flag_of(field_path: str) -> str:

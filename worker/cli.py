@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-from collections.abc import Coroutine
+import signal
+import sys
+from collections.abc import Callable, Coroutine
 from typing import Any, NoReturn
 
 import click
@@ -15,16 +17,66 @@ from redis.exceptions import RedisError
 from . import logs
 from .settings import ConfigError, exit_on_config_error, load_settings
 
+# The exit status of a verb stopped by Ctrl-C (SIGINT), as a shell reports it.
+INTERRUPTED = 130
 
-def run(main: Coroutine[Any, Any, int]) -> NoReturn:
-    """Run a verb's body; exit with its status (0 ok, 1 failed, 2 refused input/settings, 3 timeout)."""
+
+def run(main: Coroutine[Any, Any, int], interrupted: Callable[[], str | None] | None = None) -> NoReturn:
+    """Run a verb's body; exit with its status (0 ok, 1 failed, 2 refused input/settings, 3 timeout,
+    130 Ctrl-C). On Ctrl-C, `interrupted()` says what goes on without us (the job still runs...)."""
     try:
-        code = asyncio.run(main)
+        code = asyncio.run(_interruptible(main))
+    except KeyboardInterrupt:
+        said = interrupted() if interrupted is not None else None
+        click.echo(f"\nllm-router: interrupted{': ' + said if said else ''}", err=True)
+        code = INTERRUPTED
     except ConfigError as exc:
         exit_on_config_error(exc)
     except RedisError as exc:  # unreachable, refused password, no such database...: never a traceback
         code = _redis_failed(exc)
     raise SystemExit(code)
+
+
+# How often Ctrl-C cancels the verb's body again until it ends (see _interruptible).
+RECANCEL_S = 0.25
+
+
+async def _interruptible(main: Coroutine[Any, Any, int]) -> int:
+    """`main`, ended by Ctrl-C as KeyboardInterrupt. asyncio's own handler cancels the task once,
+    and redis-py can lose that cancel (its check for stale data before a command runs under
+    `asyncio.timeout(0)`, which on Python 3.11 turns a cancel landing there into its own
+    timeout): the CLI waited on as if nothing had been typed. Here the cancel is repeated until
+    the body ends; a second Ctrl-C stops at once."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    if task is None or signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        return await main
+    typed = 0
+
+    def cancel() -> None:
+        if not task.done():
+            task.cancel()
+            loop.call_later(RECANCEL_S, cancel)
+
+    def on_sigint() -> None:
+        nonlocal typed
+        typed += 1
+        if typed > 1:
+            raise KeyboardInterrupt
+        cancel()
+
+    try:
+        loop.add_signal_handler(signal.SIGINT, on_sigint)
+    except (NotImplementedError, RuntimeError):  # no signal handlers on this loop (Windows): asyncio's own
+        return await main
+    try:
+        return await main
+    except asyncio.CancelledError:
+        if typed:
+            raise KeyboardInterrupt from None
+        raise
+    finally:
+        loop.remove_signal_handler(signal.SIGINT)
 
 
 class Finite(click.FloatRange):
@@ -57,8 +109,16 @@ def cli() -> None:
 
 
 @cli.command()
-@click.option("--burst", is_flag=True, help="stop when the queue is empty")
-def worker(burst: bool) -> None:
+@click.option(
+    "--burst", is_flag=True, help="stop when the queue is empty (and serve no /metrics unless --port or METRICS_PORT)"
+)
+@click.option("--host", default="0.0.0.0", show_default=True, help="the address /metrics and the probes listen on")
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    help="the port of /metrics and the probes; 0: none  [default: METRICS_PORT, 9464]",
+)
+def worker(burst: bool, host: str, port: int | None) -> None:
     """Run a worker (settings from the environment)."""
     from .metrics import serve_metrics
     from .service import create_worker
@@ -67,8 +127,12 @@ def worker(burst: bool) -> None:
         settings = load_settings()
         logs.setup(settings)
         use_uvloop()
+        if port is None and burst and "metrics_port" not in settings.model_fields_set:
+            port = 0  # a burst run beside a running worker: the default port is that worker's
+        if port is not None:
+            settings = settings.model_copy(update={"metrics_port": port})
         worker = create_worker(settings, burst=burst)
-        serve_metrics(settings.metrics_port)  # a busy METRICS_PORT stops the start (exit 2)
+        serve_metrics(settings.metrics_port, host)  # a busy port stops the start (exit 2)
         worker.run()
     except ConfigError as exc:
         exit_on_config_error(exc)
@@ -87,7 +151,9 @@ def use_uvloop() -> None:
 
 
 @cli.command()
-def exporter() -> None:
+@click.option("--host", default="0.0.0.0", show_default=True, help="the address /metrics listens on")
+@click.option("--port", type=click.IntRange(1, 65535), help="the port of /metrics  [default: EXPORTER_PORT, 9465]")
+def exporter(host: str, port: int | None) -> None:
     """Serve the queue-level metrics (credits, queue, dead letters) on EXPORTER_PORT."""
     from .exporter import log, serve
     from .preflight import redis_problem
@@ -100,7 +166,7 @@ def exporter() -> None:
             raise ConfigError(f"REDIS_URL: {problem.text}")
         if problem is not None:
             log.warning("%s; serving llm_router_exporter_redis_up 0 until it answers", problem.text)
-        serve(settings)
+        serve(settings, host, port)
     except ConfigError as exc:
         exit_on_config_error(exc)
     except KeyboardInterrupt:
@@ -198,11 +264,37 @@ def dlq_replay(job_id: str | None, replay_all: bool) -> None:
     _dead_letters(body)
 
 
+def yes_option(f: Any) -> Any:
+    return click.option("-y", "--yes", is_flag=True, help="do it without asking (needed when stdin is not a terminal)")(
+        f
+    )
+
+
+def confirmed(what: str, verb: str, yes: bool) -> bool:
+    """Whether to delete `what` (e.g. "3 dead letters of queue q"): --yes, else the answer on a
+    terminal; off a terminal (a script, a pipe), no, saying --yes is needed."""
+    if yes:
+        return True
+    if not sys.stdin.isatty():
+        click.echo(
+            f"llm-router: {verb} deletes {what}: pass --yes to do it (stdin is not a terminal to ask on)", err=True
+        )
+        return False
+    if click.confirm(f"Delete {what}?", default=False, err=True):
+        return True
+    click.echo("llm-router: nothing was deleted", err=True)
+    return False
+
+
 @dlq.command("purge")
-def dlq_purge() -> None:
-    """Forget every dead letter."""
+@yes_option
+def dlq_purge(yes: bool) -> None:
+    """Forget every dead letter (asks first on a terminal; elsewhere needs --yes)."""
 
     async def body(letters: Any) -> int:
+        size = await letters.size()
+        if size and not confirmed(f"{size} dead letters", "dlq purge", yes):
+            return 2
         click.echo(f"purged {await letters.purge()} dead letters")
         return 0
 
@@ -238,10 +330,14 @@ def quarantine_list(limit: int, as_json: bool) -> None:
 
 
 @quarantine.command("purge")
-def quarantine_purge() -> None:
-    """Forget every quarantined entry."""
+@yes_option
+def quarantine_purge(yes: bool) -> None:
+    """Forget every quarantined entry (asks first on a terminal; elsewhere needs --yes)."""
 
     async def body(entries: Any) -> int:
+        size = await entries.size()
+        if size and not confirmed(f"{size} quarantined entries", "quarantine purge", yes):
+            return 2
         click.echo(f"purged {await entries.purge()} quarantined entries")
         return 0
 

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 
 from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.registry import REGISTRY, Collector
+from prometheus_client.registry import Collector, CollectorRegistry
 from redis import Redis
 from redis.exceptions import RedisError
 
@@ -303,18 +303,30 @@ def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
     return GaugeMetricFamily(name, documentation, value=value)
 
 
-def serve(settings: Settings) -> None:
-    """Serve the gauges on EXPORTER_PORT until interrupted."""
+def registry(settings: Settings) -> CollectorRegistry:
+    """What the exporter serves: its queue gauges and its own process's, never the worker's
+    counters (worker.metrics defines them on the default registry when imported; here they
+    would only ever read 0, beside the workers' real ones)."""
+    from prometheus_client import GC_COLLECTOR, PLATFORM_COLLECTOR, PROCESS_COLLECTOR
+
+    own = CollectorRegistry(auto_describe=True)
+    for collector in (QueueCollector(settings), PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+        own.register(collector)
+    return own
+
+
+def serve(settings: Settings, host: str = "0.0.0.0", port: int | None = None) -> None:
+    """Serve the gauges on `host`:`port` (EXPORTER_PORT by default) until interrupted."""
     from prometheus_client import start_http_server
 
-    REGISTRY.register(QueueCollector(settings))
+    port = settings.exporter_port if port is None else port
     try:
-        start_http_server(settings.exporter_port)
+        start_http_server(port, addr=host, registry=registry(settings))
     except OSError as exc:
         raise ConfigError(
-            f"EXPORTER_PORT: cannot serve /metrics on port {settings.exporter_port} ({exc.strerror or exc}):"
-            " another process has it; set EXPORTER_PORT to a free port"
+            f"EXPORTER_PORT: cannot serve /metrics on {host}:{port} ({exc.strerror or exc}):"
+            " another process has it; give --port (or set EXPORTER_PORT to) a free port"
         ) from None
-    log.info("llm-router exporter on http://0.0.0.0:%d/metrics (queue %s)", settings.exporter_port, settings.queue_name)
+    log.info("llm-router exporter on http://%s:%d/metrics (queue %s)", host, port, settings.queue_name)
     while True:
         time.sleep(3600)

@@ -71,7 +71,7 @@ class _Quiet(WSGIRequestHandler):
         """Scrapes and probes are not logged."""
 
 
-def serve(port: int) -> None:
-    """Serve the metrics and the probes on 0.0.0.0:`port` in a daemon thread; OSError if the port is busy."""
-    server = make_server("0.0.0.0", port, app, ThreadingWSGIServer, handler_class=_Quiet)
+def serve(port: int, host: str = "0.0.0.0") -> None:
+    """Serve the metrics and the probes on `host`:`port` in a daemon thread; OSError if the port is busy."""
+    server = make_server(host, port, app, ThreadingWSGIServer, handler_class=_Quiet)
     threading.Thread(target=server.serve_forever, daemon=True, name="llm-router-metrics").start()

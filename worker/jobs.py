@@ -99,6 +99,7 @@ async def run_job(ctx: Ctx, kind: str, payload: Any, size: int = 0) -> str:
         result = await _run(resources, kind, payload, job_id, run, ctx.get("enqueue_time"), size, events)
     except Retry:
         m.JOBS.labels(kind, "requeued").inc()
+        resources.outcomes["requeued"] += 1
         if events is not None:
             events.abandon()
         raise
@@ -128,7 +129,7 @@ async def finish(resources: Resources, kind: str, payload: Any, result: JobResul
                 m.BATCH_LINES.labels(batches.outcome(result)).inc()
             if resources.lease is not None:
                 await resources.lease.release(result.job_id)
-            return _count(kind, result)
+            return _count(resources, kind, result)
     dead = None
     if result.status == "failed":
         dead = dead_letter(result, kind, payload, resources.settings.dlq_max_payload_bytes)
@@ -140,11 +141,14 @@ async def finish(resources: Resources, kind: str, payload: Any, result: JobResul
         dropped = await resources.store.save(result, dead_letter=dead, callback_url=callback_url)
     if dropped:
         m.DEAD_LETTERS_DROPPED.inc(dropped)
-    return _count(kind, result)
+    if dead is not None:
+        resources.outcomes["dead_lettered"] += 1
+    return _count(resources, kind, result)
 
 
-def _count(kind: str, result: JobResult) -> str:
+def _count(resources: Resources, kind: str, result: JobResult) -> str:
     m.JOBS.labels(kind, result.status).inc()
+    resources.outcomes[result.status] += 1
     if result.enqueued_at and result.finished_at:
         m.JOB_DURATION.labels(kind).observe(max((result.finished_at - result.enqueued_at).total_seconds(), 0.0))
     return result.status

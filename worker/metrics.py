@@ -172,17 +172,17 @@ def known_models(settings: Settings) -> frozenset[str]:
 _serving: set[int] = set()
 
 
-def serve_metrics(port: int) -> None:
-    """This process's /metrics (and its probes, worker.health), once per process. A busy port
-    is a ConfigError: a worker whose metrics nobody scrapes would spend unseen."""
+def serve_metrics(port: int, host: str = "0.0.0.0") -> None:
+    """This process's /metrics (and its probes, worker.health) on `host`, once per process. A
+    busy port is a ConfigError: a worker whose metrics nobody scrapes would spend unseen."""
     if not port or port in _serving:
         return
     try:
-        health.serve(port)
+        health.serve(port, host)
     except OSError as exc:
         raise ConfigError(
             f"METRICS_PORT: cannot serve /metrics on port {port} ({exc.strerror or exc}): another process has it;"
-            " give each worker process on a host its own METRICS_PORT (or 0 for no metrics)"
+            " give each worker process on a host its own METRICS_PORT or --port (0: no metrics)"
         ) from None
     _serving.add(port)
-    log.info("metrics on http://0.0.0.0:%d/metrics", port)
+    log.info("metrics on http://%s:%d/metrics", host, port)

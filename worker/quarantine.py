@@ -59,6 +59,9 @@ class Quarantine:
         """Newest first."""
         return [json.loads(e) for e in await self.redis.lrange(QUARANTINE, 0, limit - 1)]  # type: ignore[misc]  # redis-py types commands as sync-or-async
 
+    async def size(self) -> int:
+        return int(await self.redis.llen(QUARANTINE))  # type: ignore[misc]  # redis-py types commands as sync-or-async
+
     async def purge(self) -> int:
         async with self.redis.pipeline(transaction=True) as tx:
             tx.llen(QUARANTINE)

@@ -4,6 +4,7 @@ and handed to every job as `ctx["resources"]`: typed, instead of strings looked 
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -41,3 +42,6 @@ class Resources:
     slot_turn: asyncio.Lock = field(default_factory=asyncio.Lock)
     # FAIR_SHARE off: jobs still wait in sources' sub-queues (queued while it was on; the keeper looks)
     fair_leftovers: bool = False
+    # this process's jobs by how they ended: a result's status (succeeded, failed...),
+    # dead_lettered (failed ones stored as dead letters too), requeued (worker.service logs them at exit)
+    outcomes: Counter[str] = field(default_factory=Counter)

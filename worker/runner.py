@@ -281,6 +281,7 @@ class RouterWorker(Worker):
             return
         except asyncio.CancelledError:  # shutdown past its grace (arq: "cancelled, will be run again")
             self.jobs_retried += 1
+            self.ctx["resources"].outcomes["requeued"] += 1
             log.info("job %s: cancelled, it will run again", job_id)
             await asyncio.shield(lease.let_go(job_id, timestamp_ms()))
             return

@@ -15,6 +15,7 @@ import contextlib
 import logging
 import time
 import uuid
+from collections import Counter
 from typing import Any
 
 from arq.connections import RedisSettings
@@ -111,7 +112,23 @@ def job_path_scripts(resources: Resources) -> list[AsyncScript]:
     return [*lease, limiter._admit, limiter._settle, store._record_call, store._save, cache._lookup, cache._finish]
 
 
+def outcome_line(outcomes: Counter[str]) -> str:
+    """This process's jobs by how they ended, after arq's shutdown line (whose `failed` counts
+    only records arq could not run: a job that failed upstream and was dead-lettered is a
+    `complete` job there)."""
+    known = ("succeeded", "failed", "dead_lettered", "requeued")
+    said = [
+        f"{outcomes['succeeded']} succeeded",
+        f"{outcomes['failed']} failed ({outcomes['dead_lettered']} dead-lettered)",
+        *(f"{n} {status}" for status, n in sorted(outcomes.items()) if status not in known and n),
+        f"{outcomes['requeued']} requeued",
+    ]
+    return "jobs of this worker: " + ", ".join(said)
+
+
 async def shutdown(ctx: dict[str, Any]) -> None:
+    if "resources" in ctx:
+        log.info(outcome_line(ctx["resources"].outcomes))
     for task in ("gateway_check", "scheduler", "webhooks", "keeper"):
         if task in ctx:
             ctx[task].cancel()

@@ -749,7 +749,8 @@ class Settings(BaseSettings):
         le=65535,
         description=(
             "a worker's `/metrics` (and its probes `/healthz`, `/readyz`); `0` turns it off; one port per "
-            "process on a host (a busy port stops the worker's start, exit 2)"
+            "process on a host (a busy port stops the worker's start, exit 2); `worker --port` overrides it, "
+            "and a `worker --burst` serves none unless it is set"
         ),
     )
     exporter_port: int = Field(9465, ge=1, le=65535, description="`llm-router exporter`'s `/metrics`")

@@ -43,7 +43,24 @@ def worker_proc(env):
 
 
 def cli(env, *args, timeout=60):
-    return subprocess.run([*CLI, *args], env=env, capture_output=True, text=True, timeout=timeout)
+    """The CLI off a terminal (stdin /dev/null, output captured), as a script runs it."""
+    return subprocess.run(
+        [*CLI, *args], env=env, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
+    )
+
+
+def on_a_terminal(env, args, typed):
+    """The CLI with a terminal on stdin, where `typed` is typed: (exit status, stdout, stderr)."""
+    import pty
+
+    main_fd, terminal = pty.openpty()
+    try:
+        os.write(main_fd, typed.encode())
+        out = subprocess.run([*CLI, *args], env=env, stdin=terminal, capture_output=True, text=True, timeout=60)
+    finally:
+        os.close(terminal)
+        os.close(main_fd)
+    return out.returncode, out.stdout, out.stderr
 
 
 def test_chat_vision_compare_through_a_worker_process(env, worker_proc, sim, tmp_path):
@@ -197,7 +214,10 @@ def test_dlq_list_show_replay_purge(env, sim):
         cli(env, "chat", "--model", "gpt-4.1", "--message", m, "--fallbacks", "", "--no-wait").stdout.strip()
         for m in ("first", "second")
     ]
-    assert subprocess.run([*CLI, "worker", "--burst"], env=env, capture_output=True, timeout=60).returncode == 0
+    burst = subprocess.run([*CLI, "worker", "--burst"], env=env, capture_output=True, text=True, timeout=60)
+    assert burst.returncode == 0
+    # what became of this run's jobs, as the worker exits
+    assert "jobs of this worker: 0 succeeded, 2 failed (2 dead-lettered), 0 requeued" in burst.stderr
     out = cli(env, "dlq", "list")
     assert (
         out.returncode == 0 and all(i in out.stdout for i in ids) and "server: Simulated upstream failure" in out.stdout
@@ -209,10 +229,17 @@ def test_dlq_list_show_replay_purge(env, sim):
     sim_admin(sim, "/_sim/config", {"model": "gpt-4.1", "down": False})
     assert cli(env, "dlq", "replay", ids[0]).stdout.strip() == f"replayed {ids[0]}"
     assert cli(env, "dlq", "replay", ids[0]).returncode == 1  # no longer dead
-    assert subprocess.run([*CLI, "worker", "--burst"], env=env, capture_output=True, timeout=60).returncode == 0
+    burst = subprocess.run([*CLI, "worker", "--burst"], env=env, capture_output=True, text=True, timeout=60)
+    assert burst.returncode == 0 and "jobs of this worker: 1 succeeded, 0 failed (0 dead-lettered)" in burst.stderr
     assert cli(env, "result", ids[0]).stdout.startswith("[gpt-4.1] You said: first")
     assert ids[0] not in cli(env, "dlq", "list").stdout
-    assert cli(env, "dlq", "purge").stdout.strip() == "purged 1 dead letters"
+    refused = cli(env, "dlq", "purge")  # off a terminal: only with --yes
+    assert refused.returncode == 2 and refused.stdout == ""
+    assert "dlq purge deletes 1 dead letters: pass --yes" in refused.stderr and ids[1] in cli(env, "dlq", "list").stdout
+    code, out, err = on_a_terminal(env, ["dlq", "purge"], "n\n")  # on one: asked, and no means no
+    assert code == 2 and "Delete 1 dead letters? [y/N]" in err and "nothing was deleted" in err and out == ""
+    code, out, err = on_a_terminal(env, ["dlq", "purge"], "y\n")
+    assert code == 0 and out.strip() == "purged 1 dead letters", err
     assert cli(env, "dlq", "list").stdout.strip() == "the dead-letter list is empty"
 
 
@@ -254,3 +281,160 @@ def test_help_imports_no_verbs_module():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     assert "chat" in out.stdout and out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_the_exporter_serves_its_own_metrics_only(env):
+    """The queue gauges and its process's, not the worker's counters (they would read 0 there)."""
+    from harness.processes import answers, wait_started
+    from harness.redis_server import free_port
+
+    port = free_port()
+    proc = subprocess.Popen([*CLI, "exporter", "--host", "127.0.0.1", "--port", str(port)], env=env)
+    try:
+        url = f"http://127.0.0.1:{port}/metrics"
+        wait_started(proc, lambda: answers(url), 60, "llm-router exporter")
+        text = httpx.get(url, timeout=10).text
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(20)
+    names = {line.split()[2] for line in text.splitlines() if line.startswith("# TYPE ")}
+    assert {"llm_router_exporter_redis_up", "llm_router_queue_depth", "process_cpu_seconds_total"} <= names, names
+    for worker_only in (
+        "llm_router_spend_usd_total",
+        "llm_router_jobs_total",
+        "llm_router_upstream_request_duration_seconds",
+    ):
+        assert worker_only not in names
+
+
+def test_a_burst_worker_beside_a_running_one_needs_no_metrics_port(env, tmp_path):
+    """METRICS_PORT unset: a burst worker serves no /metrics, so the default port being taken
+    (by the worker already running on this host) does not stop it; --port serves one."""
+    import socket
+
+    from harness.processes import answers, wait_started
+    from harness.redis_server import free_port
+
+    env = {k: v for k, v in env.items() if k != "METRICS_PORT"}
+    default = socket.socket()
+    try:
+        default.bind(("0.0.0.0", 9464))
+        default.listen()
+    except OSError:  # already taken: busy either way
+        pass
+    try:
+        job = cli(env, "chat", "--model", "gpt-4.1", "--message", "burst", "--no-wait").stdout.strip()
+        out = subprocess.run(
+            [*CLI, "worker", "--burst"], env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path
+        )
+        assert out.returncode == 0, out.stderr
+        assert cli(env, "result", job).returncode == 0
+    finally:
+        default.close()
+
+    port = free_port()
+    proc = subprocess.Popen([*CLI, "worker", "--host", "127.0.0.1", "--port", str(port)], env=env, cwd=tmp_path)
+    try:
+        wait_started(proc, lambda: answers(f"http://127.0.0.1:{port}/healthz"), 60, "llm-router worker --port")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+
+
+def test_quarantine_purge_asks_or_needs_yes(env, redis_url):
+    import json
+
+    from redis import Redis
+
+    from worker.keys import QUARANTINE
+
+    record = {"id": "bad id", "reason": "bad_id", "queue": "llm-router:e2e", "record": None}
+    Redis.from_url(redis_url).lpush(QUARANTINE, json.dumps(record), json.dumps(record))
+    refused = cli(env, "quarantine", "purge")
+    assert refused.returncode == 2 and "quarantine purge deletes 2 quarantined entries: pass --yes" in refused.stderr
+    code, out, err = on_a_terminal(env, ["quarantine", "purge"], "y\n")
+    assert code == 0 and out.strip() == "purged 2 quarantined entries" and "Delete 2 quarantined entries?" in err
+    Redis.from_url(redis_url).lpush(QUARANTINE, json.dumps(record))
+    assert cli(env, "quarantine", "purge", "--yes").stdout.strip() == "purged 1 quarantined entries"
+    assert cli(env, "quarantine", "purge").stdout.strip() == "purged 0 quarantined entries"  # nothing to ask about
+
+
+def interrupted(proc):
+    """SIGINT (Ctrl-C) to `proc`: its exit status and stderr."""
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    return proc.returncode, err
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["chat", "--model", "gpt-4.1", "--message", "slow"],
+        ["vision", "--model", "gpt-4o", "--image", "https://example.com/a.png", "--prompt", "slow"],
+        ["compare", "--models", "gpt-4.1,gpt-4o", "--message", "slow"],
+    ],
+)
+def test_ctrl_c_while_waiting_names_the_job_that_still_runs(env, redis_url, args):
+    """No worker: the verb waits; Ctrl-C says which job is enqueued and how to get its result."""
+    from redis import Redis
+
+    from harness.wait import wait_until
+
+    redis = Redis.from_url(redis_url)
+    proc = subprocess.Popen([*CLI, *args], env=env, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    queued = wait_until(lambda: redis.zrange("llm-router:e2e", 0, -1), 30, "the job to be enqueued")
+    code, err = interrupted(proc)
+    job_id = queued[0].decode()
+    assert code == 130 and "Traceback" not in err and "Aborted!" not in err, err
+    assert f"job {job_id} was enqueued and still runs" in err and f"llm-router result {job_id} --wait" in err
+
+
+def test_ctrl_c_while_following_a_batch_says_it_keeps_running(env, tmp_path):
+    import json
+
+    line = {"method": "POST", "url": "/v1/chat/completions", "body": {"model": "gpt-4.1", "messages": []}}
+    requests = tmp_path / "requests.jsonl"
+    requests.write_text(
+        "".join(
+            json.dumps(
+                {
+                    **line,
+                    "custom_id": f"r{i}",
+                    "body": {"model": "gpt-4.1", "messages": [{"role": "user", "content": "x"}]},
+                }
+            )
+            + "\n"
+            for i in range(2)
+        )
+    )
+    proc = subprocess.Popen(
+        [*CLI, "batch", "submit", str(requests), "--wait"],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    batch_id = proc.stdout.readline().strip()  # printed once submitted, before following it
+    code, err = interrupted(proc)
+    assert batch_id.startswith("batch_") and code == 130 and "Traceback" not in err, err
+    assert f"batch {batch_id} keeps running" in err
+    for command in ("status", "results", "cancel"):
+        assert f"llm-router batch {command} {batch_id}" in err
+    assert cli(env, "batch", "status", batch_id).stdout.split()[1] == "in_progress"
+
+
+def test_the_worker_says_at_exit_what_became_of_its_jobs(env):
+    """arq's shutdown line counts a dead-lettered job as complete ("0 failed"): ours follows it."""
+    proc = subprocess.Popen([*CLI, "worker"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert cli(env, "chat", "--model", "gpt-4.1", "--message", "fine").returncode == 0
+        assert cli(env, "chat", "--model", "no-such-model", "--message", "x", "--fallbacks", "").returncode == 1
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, out
+    arq = out.index("shutdown on SIGTERM")
+    assert "0 failed" in out[arq:].splitlines()[0]
+    assert out.index("jobs of this worker: 1 succeeded, 1 failed (1 dead-lettered), 0 requeued") > arq, out
