@@ -245,14 +245,34 @@ async def gate_open(
 
 @router.get("/jobs")
 @page("jobs.html")
-async def jobs_page(request: Request, con: Con, who: Who, id: str = "") -> dict[str, Any]:
-    """Look a job up by id (a source token: its own ids, `<source>@...`)."""
+async def jobs_page(
+    request: Request,
+    con: Con,
+    who: Who,
+    id: str = "",
+    source: Annotated[str, Query(pattern=r"^[A-Za-z0-9_.:-]{0,64}$")] = "",
+    before: Annotated[str | None, Query(pattern=r"^[0-9]{1,19}(-[0-9]{1,20})?$")] = None,
+) -> dict[str, Any]:
+    """Look a job up by id (a source token: its own ids, `<source>@...`); without one, the jobs
+    in the queue and those that ended lately, newest first, paged (a source token: its own; an
+    operator: every source's, or `source`'s)."""
     job_id = id.strip()
     if not job_id:
         from . import console_views as views
 
-        queued = await views.queued_jobs(con.ingress, who.source)
-        return {"viewer": who, "job": None, "asked": "", "queued": queued, "scanned": views.QUEUE_SCANNED}
+        shown = who.source if who.source is not None else (source or None)
+        queued = await views.queued_jobs(con.ingress, shown)
+        recent = await views.recent_jobs(con.ingress, shown, before)
+        return {
+            "viewer": who,
+            "job": None,
+            "asked": "",
+            "queued": queued,
+            "scanned": views.QUEUE_SCANNED,
+            "recent": recent,
+            "source": shown or "",
+            "before": before,
+        }
     app = con.ingress
     found = await _job(app, who, job_id)
     return {"viewer": who, "asked": job_id, **found}

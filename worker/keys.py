@@ -51,6 +51,9 @@ results): the key table of docs/redis-keys.md is checked against this module by 
     llm-router:webhook:<delivery>       hash: one delivery (`job:<id>`, `batch:<id>`): url, status, tries, last error
     llm-router:events:<job_id>          stream: a streaming job's live events (worker.events): deltas, resets, result
     llm-router:events-posted:<job_id>   pub/sub channel: new entries in that stream (wakes the ingress's readers)
+    llm-router:recent-jobs              stream: each job that ended (its id, status, model, cost, source), newest
+                                        last, MAXLEN ~ RECENT_JOBS_MAX, expires RESULT_TTL_S after the last
+    llm-router:recent-jobs:<source>     the same, of one source's jobs (the console's Jobs page)
 
 arq's own keys (arq.constants) for a job id: `arq:job:<id>` (the job record),
 `arq:in-progress:<id>` (claimed; our lease), `arq:retry:<id>` (runs so far), `arq:result:<id>`
@@ -135,6 +138,10 @@ WEBHOOKS = PREFIX + "webhooks"
 WEBHOOK_PREFIX = PREFIX + "webhook:"
 EVENTS_PREFIX = PREFIX + "events:"
 EVENTS_POSTED_PREFIX = PREFIX + "events-posted:"
+RECENT_JOBS = PREFIX + "recent-jobs"
+RECENT_JOBS_PREFIX = RECENT_JOBS + ":"
+# The jobs each recent-jobs stream keeps (about: trimmed with MAXLEN ~, so up to a hundred more).
+RECENT_JOBS_MAX = 1000
 
 # arq's key knowledge, used nowhere else.
 JOB_PREFIX = _arq.job_key_prefix
@@ -297,6 +304,11 @@ def events_key(job_id: str) -> str:
 
 def events_posted_channel(job_id: str) -> str:
     return EVENTS_POSTED_PREFIX + job_id
+
+
+def recent_jobs_key(source: str | None = None) -> str:
+    """The jobs that ended lately: every source's (None), or one source's."""
+    return RECENT_JOBS if source is None else RECENT_JOBS_PREFIX + source
 
 
 def job_key(job_id: str) -> str:

@@ -19,12 +19,14 @@ from .keys import (
     CREDITS,
     DLQ,
     DLQ_INDEX,
+    RECENT_JOBS_MAX,
     SPEND_BY,
     SPEND_DAY_TTL_S,
     SPEND_TOTAL,
     WEBHOOKS,
     calls_key,
     done_channel,
+    recent_jobs_key,
     result_key,
     spend_by_key,
     spend_day_key,
@@ -68,10 +70,12 @@ return 1
 
 # The result, its dead letter if any, the dead-letter list kept within its bounds (oldest
 # first: past DLQ_TTL_S, then over DLQ_MAX; at most 100 a call), its webhook delivery if it has
-# a callback_url (worker.outbox), and the wake-up: one round trip.
-# KEYS: result, dlq hash, dlq index, webhook outbox, webhook delivery
+# a callback_url (worker.outbox), the job in the recent-jobs streams (every source's, and its
+# source's if it has one: XADD with MAXLEN ~ and EXPIRE, in this script, so no command or round
+# trip of its own), and the wake-up: one round trip.
+# KEYS: result, dlq hash, dlq index, webhook outbox, webhook delivery, then the recent-jobs streams
 # ARGV: result JSON, result TTL s, status, dead letter JSON ('' none), now s, dlq max, dlq TTL s, job id, channel,
-#       callback url ('' none), delivery
+#       callback url ('' none), delivery, recent-jobs max, listed status, model, cost, source
 _SAVE = (
     QUEUE_LUA
     + """
@@ -92,6 +96,11 @@ if ARGV[4] ~= '' then
     redis.call('HDEL', KEYS[2], id)
     redis.call('ZREM', KEYS[3], id)
   end
+end
+for i = 6, #KEYS do
+  redis.call('XADD', KEYS[i], 'MAXLEN', '~', ARGV[12], '*',
+    'id', ARGV[8], 'status', ARGV[13], 'model', ARGV[14], 'cost', ARGV[15], 'source', ARGV[16])
+  redis.call('EXPIRE', KEYS[i], ARGV[2])
 end
 redis.call('PUBLISH', ARGV[9], ARGV[3])
 return #dropped
@@ -174,7 +183,9 @@ class ResultStore:
     ) -> tuple[AsyncScript, list[str], list[Any]]:
         """The `save` script call, to send in one round trip with others (worker.scripts)."""
         delivery = delivery_of("job", result.job_id)
-        keys = [result_key(result.job_id), DLQ, DLQ_INDEX, WEBHOOKS, webhook_key(delivery)]
+        keys = [result_key(result.job_id), DLQ, DLQ_INDEX, WEBHOOKS, webhook_key(delivery), recent_jobs_key()]
+        if result.source:
+            keys.append(recent_jobs_key(result.source))
         args = [
             result.model_dump_json(exclude_none=True),
             self.ttl_s,
@@ -187,6 +198,11 @@ class ResultStore:
             done_channel(result.job_id),
             callback_url or "",
             delivery,
+            RECENT_JOBS_MAX,
+            "dead-lettered" if dead_letter else result.status,
+            result.model or "",
+            "" if result.cost is None else repr(result.cost),
+            result.source or "",
         ]
         return self._save, keys, args
 

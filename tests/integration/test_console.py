@@ -410,3 +410,43 @@ async def test_the_overview_shows_each_sources_queue_as_llm_router_sources_does(
         client.cookies.clear()
         sign_in(client, "tok-a")
         assert source_rows(client.get("/console/").text) == {"team-a": (2, 0, "3")}
+
+
+def recent_rows(page: str) -> list[tuple[str, str]]:
+    """The Jobs page's table of jobs that ended: (job id, status), as listed."""
+    table = re.search(r'<table id="recent">(.*?)</table>', page, re.S)
+    assert table, page
+    return re.findall(
+        r'<tr><td><a href="[^"]+"><code>([^<]+)</code></a></td><td><span class="[^"]+">([^<]+)<', table[1]
+    )
+
+
+async def test_the_jobs_page_lists_the_jobs_that_ended_newest_first_by_source_and_paged(
+    http, settings, make_producer, monkeypatch
+):
+    a, b = await make_producer(settings, source="team-a"), await make_producer(settings, source="team-b")
+    await a.chat("gpt-4.1", "hi", job_id="team-a@r1")
+    await run_worker(settings)
+    await b.chat("gpt-4.1", "hi", job_id="team-b@r1")
+    await run_worker(settings)
+    dead = await dead_letter("team-a", settings, make_producer)
+    sign_in(http, "tok-a")
+    # a source token: its own jobs, whatever source it asks for
+    mine = [("team-a@dead-1", "dead-lettered"), ("team-a@r1", "succeeded")]
+    assert dead == "team-a@dead-1"
+    assert recent_rows(http.get("/console/jobs").text) == mine
+    assert recent_rows(http.get("/console/jobs", params={"source": "team-b"}).text) == mine
+    http.cookies.clear()
+    sign_in(http, "tok-op")
+    assert recent_rows(http.get("/console/jobs").text) == [mine[0], ("team-b@r1", "succeeded"), mine[1]]
+    assert recent_rows(http.get("/console/jobs", params={"source": "team-b"}).text) == [("team-b@r1", "succeeded")]
+    # paged: each page's Older link leads to the next, down to the first job that ended
+    monkeypatch.setattr("producers.console_views.PAGE", 1)
+    seen, path = [], "/console/jobs?source=team-a"
+    while path:
+        page = http.get(path).text
+        seen += recent_rows(page)
+        older = re.search(r'<a href="(/console/jobs\?[^"]*before=[^"]+)">Older</a>', page)
+        path = older[1].replace("&amp;", "&") if older else ""
+    assert seen == mine
+    assert http.get("/console/jobs", params={"before": "x"}).status_code == 400

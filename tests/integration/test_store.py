@@ -7,7 +7,7 @@ import fakeredis
 import pytest
 from redis.asyncio import Redis
 
-from worker.keys import CREDITS, SPEND_TOTAL, calls_key, result_key, spend_day_key
+from worker.keys import CREDITS, SPEND_TOTAL, calls_key, recent_jobs_key, result_key, spend_day_key
 from worker.models import Attempt, JobResult
 from worker.store import ResultStore
 
@@ -76,3 +76,26 @@ async def test_wait_wakes_when_the_result_is_saved(store):
 
 async def test_wait_times_out_with_none(store):
     assert await store.wait("never", timeout=0.05) is None
+
+
+async def test_each_saved_result_is_listed_as_recent_kept_within_its_bound(store, monkeypatch):
+    """Every job that ended goes on the every-source stream, a source's also on its own; each is
+    trimmed (MAXLEN ~: whole nodes of 100 entries) and expires with the newest result."""
+    monkeypatch.setattr("worker.store.RECENT_JOBS_MAX", 5)
+    await store.save(chat_result("plain"))
+    failed = JobResult(job_id="team-a@x", kind="chat", status="failed", source="team-a")
+    await store.save(failed, dead_letter="{}")
+    mine = await store.redis.xrange(recent_jobs_key("team-a"))
+    assert [(f[b"id"], f[b"status"], f[b"source"]) for _, f in mine] == [(b"team-a@x", b"dead-lettered", b"team-a")]
+    every = await store.redis.xrange(recent_jobs_key())
+    assert [(f[b"id"], f[b"status"], f[b"model"], f[b"cost"]) for _, f in every] == [
+        (b"plain", b"succeeded", b"gpt-4.1", b"0.25"),
+        (b"team-a@x", b"dead-lettered", b"", b""),
+    ]
+    assert 0 < await store.redis.ttl(recent_jobs_key()) <= 60 and await store.redis.ttl(recent_jobs_key("team-a")) > 0
+    for i in range(300):
+        await store.save(chat_result(f"j{i}"))
+    assert await store.redis.xlen(recent_jobs_key()) <= 5 + 100
+    newest = await store.redis.xrevrange(recent_jobs_key(), count=1)
+    assert newest[0][1][b"id"] == b"j299"
+    assert await store.redis.xlen(recent_jobs_key("team-a")) == 1
