@@ -524,24 +524,31 @@ async def spend_page(
     who: Who,
     days: Annotated[int, Query(ge=1, le=366)] = 14,
     by: str = "model",
+    source: Annotated[str, Query(pattern=r"^[A-Za-z0-9_.:-]{0,64}$")] = "",
 ) -> dict[str, Any]:
-    """`llm-router spend --days N --by X`; a source token: its own source's line only."""
-    from worker.spend import report
+    """`llm-router spend --days N --by X`, and one source's spend by model with the cache's
+    savings (an operator: the `source` asked for; a source token: its own, and its own line only)."""
+    from worker.spend import report, source_report
 
     from . import console_views as views
 
     if by not in SPEND_BY:
         raise ApiError(400, f"by: {by!r} is not one of {', '.join(SPEND_BY)}")
+    shown = who.source if who.source is not None else (source or None)
     if who.source is not None:
         by = "source"
     budgets = con.settings.budgets if con.settings.budgets.configured and who.operator else None
     found = (await report(con.ingress.redis, days, by, budgets, con.settings.budget_tz)).as_json()
     if who.source is not None:  # only its own line; the days' totals are every source's
         found["rows"] = [r for r in found["rows"] if r["name"] == who.source]
-        found["daily"] = await _source_daily(con, who.source, found["days"])
+    if shown is not None:  # the chart: the source's days
+        found["daily"] = await _source_daily(con, shown, found["days"])
+    by_model = None if shown is None else (await source_report(con.ingress.redis, days, shown)).as_json()
     return {
         "viewer": who,
         "report": found,
+        "by_model": by_model,
+        "source": shown or "",
         "chart": views.spend_chart(found["daily"]),
         "days": days,
         "by": by,

@@ -22,6 +22,7 @@ from .keys import (
     RECENT_JOBS_MAX,
     SPEND_BY,
     SPEND_DAY_TTL_S,
+    SPEND_RECORDS,
     SPEND_TOTAL,
     WEBHOOKS,
     calls_key,
@@ -38,9 +39,10 @@ from .models import Attempt, JobResult, Usage
 from .outbox import QUEUE_LUA, delivery_of
 from .serde import as_text
 
-# The call, its spend and usage per day by model, source, batch and route, and the credits, in
-# one script: only the first write of a call id counts, so each real call is counted exactly once.
-# KEYS: calls hash, spend total, credits, then per dimension of SPEND_BY its spend-day and usage-day keys
+# The call, its spend and usage per day by model, source, batch and route (and by source and
+# model together), and the credits, in one script: only the first write of a call id counts, so
+# each real call is counted exactly once.
+# KEYS: calls hash, spend total, credits, then per dimension of SPEND_RECORDS its spend-day and usage-day keys
 # ARGV: call id, attempt JSON, cost ('' unknown), credits remaining ('' unknown), calls TTL s, day TTL s,
 #       prompt tokens, completion tokens, then per dimension its name ('' none: not counted by it)
 _RECORD_CALL = """
@@ -134,8 +136,8 @@ class ResultStore:
         tags: dict[str, str | None] | None = None,
     ) -> bool:
         """One upstream call into the job's call log and, the first time only, into spend and
-        usage of its UTC day by model and by each of `tags` given (`source`, `batch`, `route`).
-        True if it was new."""
+        usage of its UTC day by model and by each of `tags` given (`source`, `batch`, `route`;
+        with a source, also by source and model together). True if it was new."""
         script, keys, args = self.record_call_call(job_id, attempt, credits, usage, tags)
         return bool(await script(keys=keys, args=args))
 
@@ -149,9 +151,14 @@ class ResultStore:
     ) -> tuple[AsyncScript, list[str], list[Any]]:
         """The `record_call` script call, to send in one round trip with others (worker.scripts)."""
         day, tags = today(), tags or {}
-        names = [attempt.model, *(tags.get(by) or "" for by in SPEND_BY[1:])]
+        source = tags.get("source")
+        names = [
+            attempt.model,
+            *(tags.get(by) or "" for by in SPEND_BY[1:]),
+            f"{source}|{attempt.model}" if source else "",
+        ]
         keys = [calls_key(job_id), SPEND_TOTAL, CREDITS]
-        for by in SPEND_BY:
+        for by in SPEND_RECORDS:
             keys += [spend_by_key(by, day), usage_key(by, day)]
         args = [
             attempt.call_id or "",

@@ -450,3 +450,47 @@ async def test_the_jobs_page_lists_the_jobs_that_ended_newest_first_by_source_an
         path = older[1].replace("&amp;", "&") if older else ""
     assert seen == mine
     assert http.get("/console/jobs", params={"before": "x"}).status_code == 400
+
+
+def table_rows(page: str, table_id: str) -> dict[str, tuple[str, str, str]]:
+    """A Spend table's rows: name -> (USD, calls, cache saved)."""
+    table = re.search(rf'<table id="{table_id}">(.*?)</table>', page, re.S)
+    assert table, page
+    rows = re.findall(
+        r"<tr[^>]*><t[dh][^>]*>([^<]+)</t[dh]><td>([^<]+)</td><td>(\d+)</td><td>\d+</td><td>\d+</td><td>([^<]+)</td>",
+        table[1],
+    )
+    return {name: (usd, calls, saved) for name, usd, calls, saved in rows}
+
+
+async def test_the_spend_page_shows_a_sources_spend_by_model_with_the_caches_savings(http, settings, make_producer):
+    """team-a calls two models, one twice with the same temperature-0 request (the second answered
+    by the cache); team-b one: team-a's token sees its own by model, savings included; the
+    operator any source's it asks for."""
+    a, b = await make_producer(settings, source="team-a"), await make_producer(settings, source="team-b")
+    await a.chat("gpt-4.1", "same", temperature=0)
+    await a.chat("claude-3-sonnet", "hi")
+    await b.chat("gpt-4.1", "hi")
+    await run_worker(settings)
+    await a.chat("gpt-4.1", "same", temperature=0)  # a hit: costs nothing, saves the first's cost
+    await run_worker(settings)
+    sign_in(http, "tok-a")
+    page = http.get("/console/spend").text
+    mine = table_rows(page, "source-by-model")
+    assert set(mine) == {"gpt-4.1", "claude-3-sonnet", "total"}, mine
+    usd, calls, saved = mine["gpt-4.1"]
+    assert calls == "1" and float(saved) == pytest.approx(float(usd)) and float(usd) > 0
+    assert float(mine["claude-3-sonnet"][2]) == 0 and mine["total"][1] == "2"
+    assert "team-b" not in page
+    # a source token cannot ask for another's
+    assert "team-b" not in http.get("/console/spend", params={"source": "team-b"}).text
+    http.cookies.clear()
+    sign_in(http, "tok-op")
+    assert 'id="source-by-model"' not in http.get("/console/spend").text
+    theirs = table_rows(http.get("/console/spend", params={"source": "team-b"}).text, "source-by-model")
+    assert set(theirs) == {"gpt-4.1", "total"} and theirs["gpt-4.1"][1] == "1"
+    # by source, each source's savings are its models' together
+    by_source = http.get("/console/spend", params={"by": "source"}).text
+    assert re.search(
+        r"<tr><td>team-a</td><td>[^<]+</td><td>2</td><td>\d+</td><td>\d+</td><td>" + re.escape(saved), by_source
+    )
