@@ -252,22 +252,23 @@ async def jobs_page(
     id: str = "",
     source: Annotated[str, Query(pattern=r"^[A-Za-z0-9_.:-]{0,64}$")] = "",
     before: Annotated[str | None, Query(pattern=r"^[0-9]{1,19}(-[0-9]{1,20})?$")] = None,
+    queued: Annotated[int, Query(ge=0, le=1000)] = 0,
 ) -> dict[str, Any]:
     """Look a job up by id (a source token: its own ids, `<source>@...`); without one, the jobs
-    in the queue and those that ended lately, newest first, paged (a source token: its own; an
-    operator: every source's, or `source`'s)."""
+    in the queue (page `queued`) and those that ended lately, newest first (the page before the
+    entry `before`) (a source token: its own; an operator: every source's, or `source`'s)."""
     job_id = id.strip()
     if not job_id:
         from . import console_views as views
 
         shown = who.source if who.source is not None else (source or None)
-        queued = await views.queued_jobs(con.ingress, shown)
+        waiting = await views.queued_jobs(con.ingress, shown, queued)
         recent = await views.recent_jobs(con.ingress, shown, before)
         return {
             "viewer": who,
             "job": None,
             "asked": "",
-            "queued": queued,
+            "queued": waiting,
             "scanned": views.QUEUE_SCANNED,
             "recent": recent,
             "source": shown or "",
@@ -525,9 +526,11 @@ async def spend_page(
     days: Annotated[int, Query(ge=1, le=366)] = 14,
     by: str = "model",
     source: Annotated[str, Query(pattern=r"^[A-Za-z0-9_.:-]{0,64}$")] = "",
+    page: Annotated[int, Query(ge=0, le=1000)] = 0,
 ) -> dict[str, Any]:
-    """`llm-router spend --days N --by X`, and one source's spend by model with the cache's
-    savings (an operator: the `source` asked for; a source token: its own, and its own line only)."""
+    """`llm-router spend --days N --by X` (its rows a page at a time: by batch they are many),
+    and one source's spend by model with the cache's savings (an operator: the `source` asked
+    for; a source token: its own, and its own line only)."""
     from worker.spend import report, source_report
 
     from . import console_views as views
@@ -544,6 +547,8 @@ async def spend_page(
     if shown is not None:  # the chart: the source's days
         found["daily"] = await _source_daily(con, shown, found["days"])
     by_model = None if shown is None else (await source_report(con.ingress.redis, days, shown)).as_json()
+    rows = found["rows"]
+    found["rows"] = rows[page * views.PAGE : (page + 1) * views.PAGE]
     return {
         "viewer": who,
         "report": found,
@@ -552,6 +557,7 @@ async def spend_page(
         "chart": views.spend_chart(found["daily"]),
         "days": days,
         "by": by,
+        "rows": views.Page(found["rows"], page, len(rows) > (page + 1) * views.PAGE),
         "choices": SPEND_BY if who.operator else ("source",),
     }
 

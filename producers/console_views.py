@@ -118,20 +118,28 @@ async def quarantined(app: Ingress, number: int) -> Page:
 QUEUE_SCANNED = 5000
 
 
-async def queued_jobs(app: Ingress, source: str | None, limit: int = PAGE) -> list[dict[str, Any]]:
-    """The jobs in the queue (waiting, deferred or running under a lease), oldest first, of
-    `source` (ids `<source>@...`; None: every source's), among the first QUEUE_SCANNED entries."""
-    entries = await app.redis.zrange(app.settings.queue_name, 0, QUEUE_SCANNED - 1, withscores=True)
-    mine = [(raw.decode(), score) for raw, score in entries if source is None or raw.startswith(f"{source}@".encode())]
-    mine = mine[:limit]
+async def queued_jobs(app: Ingress, source: str | None, number: int = 0) -> Page:
+    """Page `number` of the jobs in the queue (waiting, deferred or running under a lease), oldest
+    first, of `source` (ids `<source>@...`; None: every source's), among the first QUEUE_SCANNED
+    entries."""
+    if source is None:  # every entry is one: read the page alone
+        entries = await app.redis.zrange(app.settings.queue_name, number * PAGE, (number + 1) * PAGE, withscores=True)
+        found = [(raw.decode(), score) for raw, score in entries]
+    else:
+        entries = await app.redis.zrange(app.settings.queue_name, 0, QUEUE_SCANNED - 1, withscores=True)
+        prefix = f"{source}@".encode()
+        found = [(raw.decode(), score) for raw, score in entries if raw.startswith(prefix)]
+        found = found[number * PAGE : (number + 1) * PAGE + 1]
+    mine = found[:PAGE]
     async with app.redis.pipeline(transaction=False) as pipe:
         for job_id, _ in mine:
             pipe.exists(in_progress_key(job_id))
         running = await pipe.execute() if mine else []
-    return [
+    rows = [
         {"id": job_id, "status": "running" if on else "queued", "due": score / 1000}
         for (job_id, score), on in zip(mine, running, strict=True)
     ]
+    return Page(rows, number, len(found) > PAGE)
 
 
 @dataclass

@@ -6,6 +6,7 @@ the Content-Security-Policy, tenancy, and each action changing Redis as its CLI 
 
 from __future__ import annotations
 
+import html
 import json
 import re
 import time
@@ -21,6 +22,7 @@ from producers.http import check_console_secret, create_app
 from worker.dlq import DeadLetters
 from worker.gate import Gate
 from worker.keys import DLQ, GATE, batch_key, in_progress_key, job_key
+from worker.quarantine import Quarantine
 from worker.settings import ConfigError, Settings, load_settings
 
 from ..conftest import MakeProducer
@@ -220,11 +222,13 @@ class Inline(HTMLParser):
 PAGES = [
     "/console/",
     "/console/jobs",
+    "/console/jobs?source=team-a",
     "/console/batches",
     "/console/dlq",
     "/console/quarantine",
     "/console/schedules",
     "/console/spend",
+    "/console/spend?source=team-a",
 ]
 
 
@@ -494,3 +498,98 @@ async def test_the_spend_page_shows_a_sources_spend_by_model_with_the_caches_sav
     assert re.search(
         r"<tr><td>team-a</td><td>[^<]+</td><td>2</td><td>\d+</td><td>\d+</td><td>" + re.escape(saved), by_source
     )
+
+
+def walk(client: TestClient, path: str, link: str, pattern: str) -> list[str]:
+    """Every page of a list from `path` on, following the link named `link`: what `pattern`
+    finds on each page, in order."""
+    seen: list[str] = []
+    while path:
+        answer = client.get(path)
+        assert answer.status_code == 200, (path, answer.text[:300])
+        seen += re.findall(pattern, answer.text)
+        follow = re.search(rf'<a href="([^"]+)">{link}</a>', answer.text)
+        path = html.unescape(follow[1]) if follow else ""
+    return seen
+
+
+async def test_large_lists_are_paged_each_row_on_one_page(http, settings, make_producer, redis, monkeypatch):
+    """A page of one row: each list's next link leads through every row once, in order (queue,
+    dead letters, quarantine, batches, spend rows)."""
+    monkeypatch.setattr("producers.console_views.PAGE", 1)
+    a = await make_producer(settings, source="team-a")
+    for i in range(2):
+        await a.chat("no-such-model", "dead", fallbacks=[], job_id=f"team-a@dead-{i}")
+    await a.chat("gpt-4.1", "hi", job_id="team-a@ok")
+    await a.chat("claude-3-sonnet", "hi", job_id="team-a@ok2")
+    await run_worker(settings)
+    queued = [await a.chat("gpt-4.1", "hi", job_id=f"team-a@q{i}") for i in range(3)]
+    await (await make_producer(settings, source="team-b")).chat("gpt-4.1", "hi", job_id="team-b@q0")
+    line = {
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": {"model": "gpt-4.1", "messages": [{"role": "user", "content": "hi"}]},
+    }
+    batches = [(await a.batches.submit([line | {"custom_id": "x"}])).id for _ in range(2)]
+    quarantine = Quarantine(redis, settings.queue_name, settings.quarantine_max)
+    for i in range(3):
+        await redis.zadd(settings.queue_name, {f"bad id {i}": 0})
+        await quarantine.add(f"bad id {i}".encode(), "test")
+    sign_in(http, "tok-op")
+    in_queue = walk(
+        http, "/console/jobs?source=team-a", "Later in the queue", r"<code>(team-a@q\d)</code></a></td><td>q"
+    )
+    assert in_queue == queued
+    every = walk(http, "/console/jobs", "Later in the queue", r"<code>(team-\w@q\d)</code></a></td><td>q")
+    assert sorted(every) == sorted([*queued, "team-b@q0"])
+    assert walk(http, "/console/dlq", "Older", r"<code>(team-a@dead-\d)</code>") == ["team-a@dead-1", "team-a@dead-0"]
+    assert walk(http, "/console/quarantine", "Older", r"<code>(bad id \d)</code>") == [f"bad id {i}" for i in (2, 1, 0)]
+    assert walk(http, "/console/batches", "Older", r"<code>(batch_\w+)</code>") == batches[::-1]
+    models = walk(http, "/console/spend?by=model", "Next", r"<tr><td>(gpt-4.1|claude-3-sonnet)</td>")
+    assert sorted(models) == ["claude-3-sonnet", "gpt-4.1"]
+
+
+async def test_a_source_token_reaches_none_of_anothers_objects_by_any_console_path(http, settings, make_producer):
+    """Every console path that names an object, asked by team-a for team-b's: 404 (its batch's
+    page, progress, files and cancel; its job's page and live events; its dead letter), and
+    nothing of team-b's on team-a's lists."""
+    b = await make_producer(settings, source="team-b")
+    job_id = await b.chat("gpt-4.1", "theirs", job_id="team-b@private", stream=True)
+    body = {"model": "gpt-4.1", "messages": [{"role": "user", "content": "hi"}]}
+    line = {"custom_id": "x", "method": "POST", "url": "/v1/chat/completions", "body": body}
+    sign_in(http, "tok-b")  # team-b makes a batch through the console's ingress, as its token does
+    with_token = {"Authorization": "Bearer tok-b"}
+    uploaded = http.post(
+        "/v1/files",
+        files={"file": ("in.jsonl", json.dumps(line).encode())},
+        data={"purpose": "batch"},
+        headers=with_token,
+    )
+    made = http.post(
+        "/v1/batches",
+        json={"input_file_id": uploaded.json()["id"], "endpoint": "/v1/chat/completions", "completion_window": "24h"},
+        headers=with_token,
+    )
+    batch_id = made.json()["id"]
+    dead = await dead_letter("team-b", settings, make_producer)
+    http.cookies.clear()
+    sign_in(http, "tok-a")
+    for path in (
+        f"/console/batches/{batch_id}",
+        f"/console/batches/{batch_id}/progress",
+        f"/console/batches/{batch_id}/output.jsonl",
+        f"/console/batches/{batch_id}/errors.jsonl",
+        f"/console/jobs?id={job_id}",
+        f"/console/jobs/events?id={job_id}",
+        f"/console/jobs?id={dead}",
+        f"/console/dlq/show?id={dead}",
+    ):
+        assert http.get(path).status_code == 404, path
+    assert http.post(f"/console/batches/{batch_id}/cancel", data={"csrf": csrf_of(http)}).status_code == 404
+    for path in ("/console/", "/console/jobs", "/console/batches", "/console/dlq", "/console/spend"):
+        shown = http.get(path).text
+        assert "team-b" not in shown and batch_id not in shown, path
+    http.cookies.clear()
+    sign_in(http, "tok-b")  # (each path is there for its owner)
+    assert http.get(f"/console/batches/{batch_id}/progress").status_code == 200
+    assert http.get(f"/console/dlq/show?id={dead}").status_code == 200
