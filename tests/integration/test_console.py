@@ -21,7 +21,7 @@ from redis import Redis
 from producers.http import check_console_secret, create_app
 from worker.dlq import DeadLetters
 from worker.gate import Gate
-from worker.keys import DLQ, GATE, batch_key, in_progress_key, job_key
+from worker.keys import DLQ, GATE, QUARANTINE, batch_key, in_progress_key, job_key
 from worker.quarantine import Quarantine
 from worker.settings import ConfigError, Settings, load_settings
 
@@ -593,3 +593,27 @@ async def test_a_source_token_reaches_none_of_anothers_objects_by_any_console_pa
     sign_in(http, "tok-b")  # (each path is there for its owner)
     assert http.get(f"/console/batches/{batch_id}/progress").status_code == 200
     assert http.get(f"/console/dlq/show?id={dead}").status_code == 200
+
+
+async def test_replay_all_and_the_quarantine_purge_change_redis_as_the_cli_does(http, settings, make_producer, redis):
+    """`dlq replay --all`: every dead letter back in the queue under its id; `quarantine purge`,
+    once confirmed: the quarantine gone, only for an operator."""
+    a = await make_producer(settings, source="team-a")
+    dead = [await a.chat("no-such-model", "dead", fallbacks=[], job_id=f"team-a@all-{i}") for i in range(2)]
+    await run_worker(settings)
+    assert await redis.hlen(DLQ) == 2
+    await redis.zadd(settings.queue_name, {"bad id": 0})
+    await Quarantine(redis, settings.queue_name, settings.quarantine_max).add(b"bad id", "test")
+    sign_in(http, "tok-a")
+    assert http.post("/console/quarantine/purge", data={"csrf": csrf_of(http), "confirm": "purge"}).status_code == 403
+    assert http.post("/console/dlq/replay", data={"csrf": csrf_of(http), "all": "true"}).status_code == 403
+    http.cookies.clear()
+    sign_in(http, "tok-op")
+    done = http.post("/console/dlq/replay", data={"csrf": csrf_of(http), "all": "true"})
+    assert "replayed 2 jobs" in done.text and not await redis.exists(DLQ)
+    assert all([await redis.zscore(settings.queue_name, j) is not None for j in dead])
+    assert all([await redis.exists(job_key(j)) for j in dead])
+    assert "This forgets 1 quarantined entries" in http.get("/console/quarantine/purge").text
+    assert await redis.exists(QUARANTINE)
+    purged = http.post("/console/quarantine/purge", data={"csrf": csrf_of(http), "confirm": "purge"})
+    assert "purged 1 quarantined entries" in purged.text and not await redis.exists(QUARANTINE)
