@@ -26,7 +26,6 @@ from fastapi import APIRouter, Depends, FastAPI, Form, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
-from fastapi.templating import Jinja2Templates
 from starlette.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
 
 from worker.dlq import DeadLetters
@@ -42,6 +41,8 @@ from .http_jobs import owns, pending
 from .streams import entry_id
 
 if TYPE_CHECKING:
+    from fastapi.templating import Jinja2Templates
+
     from worker.exporter import QueueCollector
     from worker.settings import Settings
 
@@ -62,7 +63,17 @@ SECURITY_HEADERS = {
     "X-Frame-Options": "DENY",
     "Cache-Control": "no-store",
 }
-templates = Jinja2Templates(directory=str(ASSETS / "templates"))
+
+
+@functools.cache
+def templates() -> Jinja2Templates:
+    """The pages' templates, loaded on the first page asked for (Jinja2 is imported then: an
+    ingress whose console is never opened does not load it)."""
+    from fastapi.templating import Jinja2Templates
+
+    found = Jinja2Templates(directory=str(ASSETS / "templates"))
+    found.env.filters["utc"] = _utc
+    return found
 
 
 class ConsoleRoute(APIRoute):
@@ -97,7 +108,7 @@ router = APIRouter(prefix="/console", route_class=ConsoleRoute, include_in_schem
 
 
 def _error(request: Request, status: int, message: str) -> Response:
-    return templates.TemplateResponse(request, "error.html", {"message": message, "viewer": None}, status_code=status)
+    return templates().TemplateResponse(request, "error.html", {"message": message, "viewer": None}, status_code=status)
 
 
 def console(request: Request) -> Console:
@@ -157,7 +168,7 @@ def page(name: str) -> Callable[..., Any]:
         async def render(*args: Any, **kwargs: Any) -> Response:
             context = await fn(*args, **kwargs)
             request: Request = kwargs["request"]
-            return templates.TemplateResponse(request, name, {"page": name.removesuffix(".html"), **context})
+            return templates().TemplateResponse(request, name, {"page": name.removesuffix(".html"), **context})
 
         return render
 
@@ -174,7 +185,7 @@ def _see_other(url: str) -> RedirectResponse:
 @router.get("/login")
 async def login_form(request: Request, con: Con, next: str = "/console/") -> Response:
     csrf = con.sessions.pre_csrf(request)
-    response = templates.TemplateResponse(request, "login.html", {"viewer": None, "next": _local(next), "csrf": csrf})
+    response = templates().TemplateResponse(request, "login.html", {"viewer": None, "next": _local(next), "csrf": csrf})
     con.sessions.keep_pre_csrf(response, csrf)
     return response
 
@@ -190,7 +201,7 @@ async def login(
     con.sessions.check_pre_csrf(request, csrf)
     response = _see_other(_local(next))
     if not con.sessions.sign_in(token.strip(), response):
-        failed = templates.TemplateResponse(
+        failed = templates().TemplateResponse(
             request,
             "login.html",
             {"viewer": None, "next": _local(next), "csrf": csrf, "error": "unknown token"},
@@ -586,7 +597,6 @@ def mount(app: FastAPI, settings: Settings, secret: str) -> None:
     app.state.console = Console(app, settings, secret)
     app.include_router(router)
     app.mount("/console/static", StaticFiles(directory=str(ASSETS / "static")), name="console-static")
-    templates.env.filters["utc"] = _utc
 
     @app.get("/console", include_in_schema=False)
     async def bare() -> Response:

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import html
 import json
+import os
 import re
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from html.parser import HTMLParser
@@ -18,6 +21,7 @@ from fastapi.testclient import TestClient
 from pydantic import SecretStr
 from redis import Redis
 
+from harness.processes import settings_env
 from producers.http import check_console_secret, create_app
 from worker.dlq import DeadLetters
 from worker.gate import Gate
@@ -306,6 +310,27 @@ def test_redis_is_left_alone_by_a_console_never_opened(console_settings, redis_u
     with TestClient(create_app(console_settings)) as client:
         assert client.get("/healthz").status_code == 200
     assert set(Redis.from_url(redis_url).keys()) == keys
+
+
+def test_an_ingress_loads_the_templates_only_when_a_page_is_asked_for(console_settings):
+    """In a fresh process (this one has Jinja2 loaded already): the app with its console mounted
+    and a request to the API leave Jinja2 out; the first page loads it."""
+    script = """
+import sys
+from fastapi.testclient import TestClient
+from producers.http import create_app
+from worker.settings import load_settings
+with TestClient(create_app(load_settings(_env_file=None))) as client:
+    assert client.get("/healthz").status_code == 200
+    assert client.get("/console/static/console.css").status_code == 200
+    print("jinja2" in sys.modules)
+    assert client.get("/console/login").status_code == 200
+    print("jinja2" in sys.modules)
+"""
+    env = {**os.environ, **settings_env(console_settings)}
+    ran = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60)
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.split() == ["False", "True"]
 
 
 async def test_an_operator_resumes_a_paused_queue_a_source_token_cannot(http, settings, redis):
