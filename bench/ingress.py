@@ -19,6 +19,12 @@ The simulator, the worker and the ingress run as `llm-router` processes, Redis i
 
 The operator console is on (and unused) as `llm-router api` serves it by default; `--no-console`
 runs the same with CONSOLE_ENABLED=false, to show the console costs the ingress nothing unused.
+`--console-ab` compares the two in one run: two ingress processes side by side on the same
+Redis, simulator and worker, one with the console on (unused) and one with it off, their (a) and
+(b) measured in alternating rounds (the order flipped each round), and their RSS once started;
+on / off ratios, so a shared machine's load falls on both alike.
+
+    python -m bench.ingress --console-ab [--jobs 2000] [--latency-jobs 300] [--rounds 4]
 """
 
 from __future__ import annotations
@@ -258,6 +264,61 @@ async def run(n: int, concurrency: int, m: int, p: int, rounds: int, console: bo
     )
 
 
+async def console_ab(n: int, concurrency: int, m: int, rounds: int) -> None:
+    """The console on (unused) against off, in one run: see the module's docstring."""
+    sim, base_url = start_sim()
+    apis: dict[str, tuple[LLMRouterProcess, str]] = {}
+    worker = None
+    try:
+        with PrivateRedis() as redis:
+            settings = bench_settings(base_url, redis.url, poll_delay_s=0.01, ingress_tokens={TOKEN: SOURCE})
+            for name, on in (("on", True), ("off", False)):
+                port = free_port()
+                env = settings_env(settings.model_copy(update={"console_enabled": on}))
+                api = LLMRouterProcess("api", "--port", str(port), env=env, log_path=Path(os.devnull))
+                apis[name] = (api, f"http://127.0.0.1:{port}")
+                api.wait_started(
+                    lambda u=apis[name][1]: answers(f"{u}/healthz"), 30, f"llm-router api (console {name})"
+                )
+            await asyncio.sleep(1)
+            rss = {name: rss_mb(api.proc.pid) for name, (api, _) in apis.items()}
+            rates: dict[str, list[tuple[float, float, float]]] = {"on": [], "off": []}
+            for r in range(rounds):
+                for name in ("on", "off") if r % 2 == 0 else ("off", "on"):
+                    api, url = apis[name]
+                    rates[name].append(await http_enqueue_rate(settings, url, api.proc.pid, n, concurrency))
+            await Redis.from_url(settings.redis_url).flushdb()
+            worker = WorkerProcess(settings.model_copy(update={"poll_delay_s": 0.002}), Path(os.devnull))
+            took: dict[str, list[float]] = {"on": [], "off": []}
+            for r in range(rounds):
+                for name in ("on", "off") if r % 2 == 0 else ("off", "on"):
+                    took[name] += await http_latencies(apis[name][1], max(m // rounds, 1))
+    finally:
+        for proc in (worker, *(api for api, _ in apis.values()), sim):
+            if proc is not None:
+                proc.stop()
+    print(
+        f"console on (unused) against off, one run: jobs={n} concurrency={concurrency} latency-jobs={m} rounds={rounds}"
+    )
+    best = {name: max(r[0] for r in rates[name]) for name in rates}
+    cpu = {name: statistics.median(r[1] for r in rates[name]) for name in rates}
+    p50 = {name: p50_ms(took[name]) for name in took}
+    p99 = {name: p99_ms(took[name]) for name in took}
+    rows = [
+        (f"(a) `POST /v1/jobs` jobs/s, best of {rounds}", f"{best['on']:,.0f}", f"{best['off']:,.0f}", best),
+        ("(a) ingress CPU a job, median of the rounds", f"{cpu['on']:.0f} µs", f"{cpu['off']:.0f} µs", cpu),
+        ("(b) `POST /v1/chat/completions` p50", f"{p50['on']:.2f} ms", f"{p50['off']:.2f} ms", p50),
+        ("(b) p99", f"{p99['on']:.2f} ms", f"{p99['off']:.2f} ms", p99),
+        ("RSS once started", f"{rss['on']:.0f} MB", f"{rss['off']:.0f} MB", rss),
+    ]
+    print("| | console on, unused | console off | on / off |")
+    print("|---|---|---|---|")
+    for what, shown_on, shown_off, figures in rows:
+        print(f"| {what} | {shown_on} | {shown_off} | {figures['on'] / figures['off']:.2f} |")
+    each = {name: ", ".join(f"{r[0]:,.0f}" for r in rates[name]) for name in rates}
+    print(f"| (a) each round, jobs/s | {each['on']} | {each['off']} | |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", type=int, default=3000)
@@ -266,7 +327,11 @@ def main() -> None:
     parser.add_argument("--polls", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of (a)")
     parser.add_argument("--no-console", action="store_true", help="CONSOLE_ENABLED=false (default: on, unused)")
+    parser.add_argument("--console-ab", action="store_true", help="the console on (unused) against off, in one run")
     args = parser.parse_args()
+    if args.console_ab:
+        asyncio.run(console_ab(args.jobs, args.concurrency, args.latency_jobs, args.rounds))
+        return
     asyncio.run(run(args.jobs, args.concurrency, args.latency_jobs, args.polls, args.rounds, not args.no_console))
 
 

@@ -1,9 +1,11 @@
 """What the per-day spend records cost on the job path and at a scrape, in one run:
 
 (a) recording a call: worker.store's call script with the per-day records by model,
-    source, batch and route (calls and tokens too), next to (b) the same call log, total
-    and per-model day spend alone (the script before those records, kept here as the
-    baseline), N calls each from C concurrent tasks on one private redis-server;
+    source, batch and route (calls and tokens too) and by source and model together, next to
+    (a') the same script without the by-source-and-model record (the console's per-source
+    spend) and (b) the same call log, total and per-model day spend alone (the script before
+    those records, kept here as the baseline), N calls each from C concurrent tasks on one
+    private redis-server;
 (c) the exporter's interactive-queue scan (batch lines left out) with L ready batch lines.
 
   python -m bench.spend_records [--calls 20000] [--concurrency 50] [--ready 50000]
@@ -21,7 +23,7 @@ from redis.asyncio import Redis
 from harness.redis_server import PrivateRedis
 from worker.batches import line_job_id
 from worker.exporter import QueueCollector
-from worker.keys import CREDITS, SPEND_TOTAL, calls_key, spend_day_key
+from worker.keys import CREDITS, SPEND_BY, SPEND_TOTAL, calls_key, spend_day_key
 from worker.models import Attempt, Usage
 from worker.settings import Settings
 from worker.store import ResultStore
@@ -73,6 +75,10 @@ async def main(calls: int, concurrency: int, ready: int) -> None:
         async def new(i: int) -> None:
             await store.record_call(f"new{i % 1000}", attempt(i), 12.5, usage, tags)
 
+        async def four(i: int) -> None:  # the records by model, source, batch, route only
+            script, keys, args = store.record_call_call(f"four{i % 1000}", attempt(i), 12.5, usage, tags)
+            await script(keys=keys[: 3 + 2 * len(SPEND_BY)], args=args[: 8 + len(SPEND_BY)])
+
         async def old(i: int) -> None:
             a = attempt(i)
             await baseline(
@@ -82,19 +88,20 @@ async def main(calls: int, concurrency: int, ready: int) -> None:
 
         await rate(1000, concurrency, new)  # warm-up: scripts loaded, connections open
         await rate(1000, concurrency, old)
+        await rate(1000, concurrency, four)
         # alternating rounds, the best of each: the machine is shared and noisy; and the time
         # Redis itself spends in the script (INFO commandstats), what every worker shares
         with_records = without = 0.0
-        server_us = {"new": 1e9, "old": 1e9}
+        server_us = {"new": 1e9, "four": 1e9, "old": 1e9}
         for _ in range(3):
-            for name, record in (("new", new), ("old", old)):
+            for name, record in (("new", new), ("four", four), ("old", old)):
                 await redis.config_resetstat()
                 got = await rate(calls // 3, concurrency, record)
                 stats = await redis.info("commandstats")
                 server_us[name] = min(server_us[name], stats["cmdstat_evalsha"]["usec_per_call"])
                 if name == "new":
                     with_records = max(with_records, got)
-                else:
+                elif name == "old":
                     without = max(without, got)
         await redis.aclose()
 
@@ -117,9 +124,10 @@ async def main(calls: int, concurrency: int, ready: int) -> None:
     print(f"| | calls recorded/s ({calls} calls, {concurrency} concurrent) | Redis time per call |")
     print("|---|---|---|")
     print(
-        "| (a) call script with the per-day records by model, source, batch, route | "
+        "| (a) call script with the per-day records by model, source, batch, route, source and model | "
         f"{with_records:,.0f} | {server_us['new']:.1f} µs |"
     )
+    print(f"| (a') the same without the record by source and model | | {server_us['four']:.1f} µs |")
     print(f"| (b) baseline: call log, total and per-model day only | {without:,.0f} | {server_us['old']:.1f} µs |")
     print(f"| (a) / (b) | {with_records / without:.2f} | {server_us['new'] / server_us['old']:.2f} |")
     print(

@@ -26,7 +26,6 @@ from fastapi import APIRouter, Depends, FastAPI, Form, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
-from fastapi.templating import Jinja2Templates
 from starlette.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
 
 from worker.dlq import DeadLetters
@@ -42,6 +41,8 @@ from .http_jobs import owns, pending
 from .streams import entry_id
 
 if TYPE_CHECKING:
+    from fastapi.templating import Jinja2Templates
+
     from worker.exporter import QueueCollector
     from worker.settings import Settings
 
@@ -62,7 +63,17 @@ SECURITY_HEADERS = {
     "X-Frame-Options": "DENY",
     "Cache-Control": "no-store",
 }
-templates = Jinja2Templates(directory=str(ASSETS / "templates"))
+
+
+@functools.cache
+def templates() -> Jinja2Templates:
+    """The pages' templates, loaded on the first page asked for (Jinja2 is imported then: an
+    ingress whose console is never opened does not load it)."""
+    from fastapi.templating import Jinja2Templates
+
+    found = Jinja2Templates(directory=str(ASSETS / "templates"))
+    found.env.filters["utc"] = _utc
+    return found
 
 
 class ConsoleRoute(APIRoute):
@@ -97,7 +108,7 @@ router = APIRouter(prefix="/console", route_class=ConsoleRoute, include_in_schem
 
 
 def _error(request: Request, status: int, message: str) -> Response:
-    return templates.TemplateResponse(request, "error.html", {"message": message, "viewer": None}, status_code=status)
+    return templates().TemplateResponse(request, "error.html", {"message": message, "viewer": None}, status_code=status)
 
 
 def console(request: Request) -> Console:
@@ -157,7 +168,7 @@ def page(name: str) -> Callable[..., Any]:
         async def render(*args: Any, **kwargs: Any) -> Response:
             context = await fn(*args, **kwargs)
             request: Request = kwargs["request"]
-            return templates.TemplateResponse(request, name, {"page": name.removesuffix(".html"), **context})
+            return templates().TemplateResponse(request, name, {"page": name.removesuffix(".html"), **context})
 
         return render
 
@@ -174,7 +185,7 @@ def _see_other(url: str) -> RedirectResponse:
 @router.get("/login")
 async def login_form(request: Request, con: Con, next: str = "/console/") -> Response:
     csrf = con.sessions.pre_csrf(request)
-    response = templates.TemplateResponse(request, "login.html", {"viewer": None, "next": _local(next), "csrf": csrf})
+    response = templates().TemplateResponse(request, "login.html", {"viewer": None, "next": _local(next), "csrf": csrf})
     con.sessions.keep_pre_csrf(response, csrf)
     return response
 
@@ -190,7 +201,7 @@ async def login(
     con.sessions.check_pre_csrf(request, csrf)
     response = _see_other(_local(next))
     if not con.sessions.sign_in(token.strip(), response):
-        failed = templates.TemplateResponse(
+        failed = templates().TemplateResponse(
             request,
             "login.html",
             {"viewer": None, "next": _local(next), "csrf": csrf, "error": "unknown token"},
@@ -245,14 +256,35 @@ async def gate_open(
 
 @router.get("/jobs")
 @page("jobs.html")
-async def jobs_page(request: Request, con: Con, who: Who, id: str = "") -> dict[str, Any]:
-    """Look a job up by id (a source token: its own ids, `<source>@...`)."""
+async def jobs_page(
+    request: Request,
+    con: Con,
+    who: Who,
+    id: str = "",
+    source: Annotated[str, Query(pattern=r"^[A-Za-z0-9_.:-]{0,64}$")] = "",
+    before: Annotated[str | None, Query(pattern=r"^[0-9]{1,19}(-[0-9]{1,20})?$")] = None,
+    queued: Annotated[int, Query(ge=0, le=1000)] = 0,
+) -> dict[str, Any]:
+    """Look a job up by id (a source token: its own ids, `<source>@...`); without one, the jobs
+    in the queue (page `queued`) and those that ended lately, newest first (the page before the
+    entry `before`) (a source token: its own; an operator: every source's, or `source`'s)."""
     job_id = id.strip()
     if not job_id:
         from . import console_views as views
 
-        queued = await views.queued_jobs(con.ingress, who.source)
-        return {"viewer": who, "job": None, "asked": "", "queued": queued, "scanned": views.QUEUE_SCANNED}
+        shown = who.source if who.source is not None else (source or None)
+        waiting = await views.queued_jobs(con.ingress, shown, queued)
+        recent = await views.recent_jobs(con.ingress, shown, before)
+        return {
+            "viewer": who,
+            "job": None,
+            "asked": "",
+            "queued": waiting,
+            "scanned": views.QUEUE_SCANNED,
+            "recent": recent,
+            "source": shown or "",
+            "before": before,
+        }
     app = con.ingress
     found = await _job(app, who, job_id)
     return {"viewer": who, "asked": job_id, **found}
@@ -504,27 +536,39 @@ async def spend_page(
     who: Who,
     days: Annotated[int, Query(ge=1, le=366)] = 14,
     by: str = "model",
+    source: Annotated[str, Query(pattern=r"^[A-Za-z0-9_.:-]{0,64}$")] = "",
+    page: Annotated[int, Query(ge=0, le=1000)] = 0,
 ) -> dict[str, Any]:
-    """`llm-router spend --days N --by X`; a source token: its own source's line only."""
-    from worker.spend import report
+    """`llm-router spend --days N --by X` (its rows a page at a time: by batch they are many),
+    and one source's spend by model with the cache's savings (an operator: the `source` asked
+    for; a source token: its own, and its own line only)."""
+    from worker.spend import report, source_report
 
     from . import console_views as views
 
     if by not in SPEND_BY:
         raise ApiError(400, f"by: {by!r} is not one of {', '.join(SPEND_BY)}")
+    shown = who.source if who.source is not None else (source or None)
     if who.source is not None:
         by = "source"
     budgets = con.settings.budgets if con.settings.budgets.configured and who.operator else None
     found = (await report(con.ingress.redis, days, by, budgets, con.settings.budget_tz)).as_json()
     if who.source is not None:  # only its own line; the days' totals are every source's
         found["rows"] = [r for r in found["rows"] if r["name"] == who.source]
-        found["daily"] = await _source_daily(con, who.source, found["days"])
+    if shown is not None:  # the chart: the source's days
+        found["daily"] = await _source_daily(con, shown, found["days"])
+    by_model = None if shown is None else (await source_report(con.ingress.redis, days, shown)).as_json()
+    rows = found["rows"]
+    found["rows"] = rows[page * views.PAGE : (page + 1) * views.PAGE]
     return {
         "viewer": who,
         "report": found,
+        "by_model": by_model,
+        "source": shown or "",
         "chart": views.spend_chart(found["daily"]),
         "days": days,
         "by": by,
+        "rows": views.Page(found["rows"], page, len(rows) > (page + 1) * views.PAGE),
         "choices": SPEND_BY if who.operator else ("source",),
     }
 
@@ -553,7 +597,6 @@ def mount(app: FastAPI, settings: Settings, secret: str) -> None:
     app.state.console = Console(app, settings, secret)
     app.include_router(router)
     app.mount("/console/static", StaticFiles(directory=str(ASSETS / "static")), name="console-static")
-    templates.env.filters["utc"] = _utc
 
     @app.get("/console", include_in_schema=False)
     async def bare() -> Response:

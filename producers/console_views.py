@@ -17,9 +17,10 @@ from worker import fair, fleet, spend
 from worker.dlq import DeadLetter, DeadLetters
 from worker.exporter import QueueCollector
 from worker.gate import Gate
-from worker.keys import DLQ, in_progress_key, model_key
+from worker.keys import DLQ, in_progress_key, model_key, recent_jobs_key
 from worker.metrics import known_models
 from worker.quarantine import Quarantine
+from worker.serde import as_text
 
 from .http import Ingress
 
@@ -117,20 +118,76 @@ async def quarantined(app: Ingress, number: int) -> Page:
 QUEUE_SCANNED = 5000
 
 
-async def queued_jobs(app: Ingress, source: str | None, limit: int = PAGE) -> list[dict[str, Any]]:
-    """The jobs in the queue (waiting, deferred or running under a lease), oldest first, of
-    `source` (ids `<source>@...`; None: every source's), among the first QUEUE_SCANNED entries."""
-    entries = await app.redis.zrange(app.settings.queue_name, 0, QUEUE_SCANNED - 1, withscores=True)
-    mine = [(raw.decode(), score) for raw, score in entries if source is None or raw.startswith(f"{source}@".encode())]
-    mine = mine[:limit]
+async def queued_jobs(app: Ingress, source: str | None, number: int = 0) -> Page:
+    """Page `number` of the jobs in the queue (waiting, deferred or running under a lease), oldest
+    first, of `source` (ids `<source>@...`; None: every source's), among the first QUEUE_SCANNED
+    entries."""
+    if source is None:  # every entry is one: read the page alone
+        entries = await app.redis.zrange(app.settings.queue_name, number * PAGE, (number + 1) * PAGE, withscores=True)
+        found = [(raw.decode(), score) for raw, score in entries]
+    else:
+        entries = await app.redis.zrange(app.settings.queue_name, 0, QUEUE_SCANNED - 1, withscores=True)
+        prefix = f"{source}@".encode()
+        found = [(raw.decode(), score) for raw, score in entries if raw.startswith(prefix)]
+        found = found[number * PAGE : (number + 1) * PAGE + 1]
+    mine = found[:PAGE]
     async with app.redis.pipeline(transaction=False) as pipe:
         for job_id, _ in mine:
             pipe.exists(in_progress_key(job_id))
         running = await pipe.execute() if mine else []
-    return [
+    rows = [
         {"id": job_id, "status": "running" if on else "queued", "due": score / 1000}
         for (job_id, score), on in zip(mine, running, strict=True)
     ]
+    return Page(rows, number, len(found) > PAGE)
+
+
+@dataclass
+class Recent:
+    """A page of the jobs that ended lately, newest first: its rows and, if older ones follow,
+    the entry id the next page starts before."""
+
+    rows: list[dict[str, Any]]
+    older: str | None
+
+
+async def recent_jobs(app: Ingress, source: str | None, before: str | None = None) -> Recent:
+    """A page of the jobs that ended (succeeded, failed, dead-lettered), newest first: every
+    source's (None) or `source`'s, from the recent-jobs streams the result's script writes
+    (at most RECENT_JOBS_MAX a stream, none older than RESULT_TTL_S: their results are gone);
+    `before`: the entry id the page starts before (the previous page's `older`)."""
+    oldest_ms = int(time.time() * 1000) - app.settings.result_ttl_s * 1000
+    end = "+" if before is None else _before(before)
+    entries = [] if end is None else await app.redis.xrevrange(recent_jobs_key(source), end, oldest_ms, PAGE + 1)
+    rows, seen = [], set()
+    for entry_id, fields in entries[:PAGE]:
+        f = {as_text(k): as_text(v) for k, v in fields.items()}
+        if f["id"] in seen:  # its result written twice (a lost answer sent again): once here
+            continue
+        seen.add(f["id"])
+        cost = f.get("cost") or None
+        rows.append(
+            {
+                "id": f["id"],
+                "status": f["status"],
+                "model": f.get("model") or None,
+                "cost": float(cost) if cost else None,
+                "source": f.get("source") or None,
+                "ended": int(as_text(entry_id).split("-")[0]) / 1000,
+            }
+        )
+    older = as_text(entries[PAGE - 1][0]) if len(entries) > PAGE else None
+    return Recent(rows, older)
+
+
+def _before(entry_id: str) -> str | None:
+    """The greatest stream entry id below `entry_id` (`<ms>-<seq>`); None: nothing is below it
+    (a hand-made id that is not one is a 400 at the route)."""
+    ms, _, seq = entry_id.partition("-")
+    at, n = int(ms), int(seq or 0)
+    if n > 0:
+        return f"{at}-{n - 1}"
+    return f"{at - 1}-18446744073709551615" if at > 0 else None
 
 
 @dataclass

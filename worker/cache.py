@@ -47,7 +47,7 @@ from redis.exceptions import RedisError
 
 from . import metrics as m
 from .gemini import is_gemini
-from .keys import cache_done_channel, cache_key, cache_lock_key, spend_saved_key
+from .keys import cache_done_channel, cache_key, cache_lock_key, saved_source_model_key, spend_saved_key, today
 from .models import ModelAnswer
 from .scripts import run_scripts
 from .serde import as_text
@@ -78,8 +78,8 @@ STORED = {"content", "tool_calls", "function_call", "finish_reason", "choices", 
 # A waiter looks again at least this often, whatever it was told (a missed message costs this).
 RECHECK_S = 5.0
 
-# KEYS: entry, lock, saved-per-day hash
-# ARGV: token, lock ms, day TTL s, model
+# KEYS: entry, lock, saved-per-day hash (by model), saved-per-day hash by source and model
+# ARGV: token, lock ms, day TTL s, model, <source>|<model>
 # A hit adds the answer's original cost to the day's savings; a miss takes the lock if it is free.
 _LOOKUP = """
 local entry = redis.call('HMGET', KEYS[1], 'answer', 'cost')
@@ -87,6 +87,8 @@ if entry[1] then
   if entry[2] and entry[2] ~= '' then
     redis.call('HINCRBYFLOAT', KEYS[3], ARGV[4], entry[2])
     redis.call('EXPIRE', KEYS[3], ARGV[3])
+    redis.call('HINCRBYFLOAT', KEYS[4], ARGV[5], entry[2])
+    redis.call('EXPIRE', KEYS[4], ARGV[3])
   end
   return {'hit', entry[1], entry[2] or ''}
 end
@@ -152,9 +154,12 @@ class ResponseCache:
         self._finish = redis.register_script(_FINISH)
         self._renew = redis.register_script(_RENEW)
 
-    async def lookup(self, digest: str, model: str, token: str) -> Lookup:
-        keys = [cache_key(digest), cache_lock_key(digest), spend_saved_key()]
-        args = [token, self.lock_ms, self.settings.spend_retention_days * 86400, model]
+    async def lookup(self, digest: str, model: str, token: str, source: str = "none") -> Lookup:
+        """A hit's saving is counted under `model` and under `source` and `model` together (the
+        spend records' name of a call with no source: `none`)."""
+        day = today()
+        keys = [cache_key(digest), cache_lock_key(digest), spend_saved_key(day), saved_source_model_key(day)]
+        args = [token, self.lock_ms, self.settings.spend_retention_days * 86400, model, f"{source}|{model}"]
         # through worker.scripts: sent with the other jobs' calls of this event-loop turn
         [(status, value, cost)] = await run_scripts(self.redis, [(self._lookup, keys, args)])
         status, value, cost = as_text(status), as_text(value), as_text(cost)
@@ -164,12 +169,12 @@ class ResponseCache:
             return Lookup("wait", wait_s=max(int(value), 50) / 1000)
         return Lookup("lead")
 
-    async def follow(self, digest: str, model: str, token: str) -> Lookup:
+    async def follow(self, digest: str, model: str, token: str, source: str = "none") -> Lookup:
         """Wait for the lock's holder: its answer (a hit), or the lock (its call failed, or it died)."""
         async with self.redis.pubsub() as pubsub:
             await pubsub.subscribe(cache_done_channel(digest))  # listen before looking: nothing is missed
             while True:
-                found = await self.lookup(digest, model, token)
+                found = await self.lookup(digest, model, token, source)
                 if found.status != "wait":
                     return found
                 # the holder publishes when done; if it died, its lock expires after wait_s
@@ -217,9 +222,9 @@ async def flight(call: Call, model: str) -> AsyncIterator[Flight]:
     source = None if call.settings.cache_across_sources else (call.source or "")  # "": no source (not a valid name)
     digest = request_digest(model, call.payload, call.gemini_native and is_gemini(model), source)
     token = uuid.uuid4().hex
-    found = await cache.lookup(digest, model, token)
+    found = await cache.lookup(digest, model, token, call.source or "none")
     if found.status == "wait":
-        found = await cache.follow(digest, model, token)
+        found = await cache.follow(digest, model, token, call.source or "none")
     if found.status == "hit":
         m.CACHE_HITS.labels(label).inc()
         if found.cost:

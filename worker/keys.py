@@ -12,6 +12,9 @@ results): the key table of docs/redis-keys.md is checked against this module by 
     llm-router:usage:<by>:<YYYY-MM-DD>  hash calls|<name>, prompt|<name>, completion|<name> -> count that
                                         UTC day, by model | source | batch | route (kept as long)
     llm-router:spend:saved:<YYYY-MM-DD> hash model -> USD the response cache saved that UTC day (kept as long)
+    llm-router:spend:source-model:<YYYY-MM-DD>  hash <source>|<model> -> USD that UTC day (kept as long)
+    llm-router:usage:source-model:<YYYY-MM-DD>  hash calls|, prompt|, completion|<source>|<model> -> count
+    llm-router:spend:saved-source-model:<YYYY-MM-DD>  hash <source>|<model> -> USD the cache saved
     llm-router:cache:<sha256>           hash: a cached answer (worker.cache): answer JSON, the original cost
     llm-router:cache:lock:<sha256>      the worker calling the gateway for a request others wait on
     llm-router:cache:done:<sha256>      pub/sub channel: the lock's holder is done (kept or released)
@@ -51,6 +54,9 @@ results): the key table of docs/redis-keys.md is checked against this module by 
     llm-router:webhook:<delivery>       hash: one delivery (`job:<id>`, `batch:<id>`): url, status, tries, last error
     llm-router:events:<job_id>          stream: a streaming job's live events (worker.events): deltas, resets, result
     llm-router:events-posted:<job_id>   pub/sub channel: new entries in that stream (wakes the ingress's readers)
+    llm-router:recent-jobs              stream: each job that ended (its id, status, model, cost, source), newest
+                                        last, MAXLEN ~ RECENT_JOBS_MAX, expires RESULT_TTL_S after the last
+    llm-router:recent-jobs:<source>     the same, of one source's jobs (the console's Jobs page)
 
 arq's own keys (arq.constants) for a job id: `arq:job:<id>` (the job record),
 `arq:in-progress:<id>` (claimed; our lease), `arq:retry:<id>` (runs so far), `arq:result:<id>`
@@ -78,19 +84,27 @@ USAGE_MODEL_PREFIX = PREFIX + "usage:model:"
 USAGE_SOURCE_PREFIX = PREFIX + "usage:source:"
 USAGE_BATCH_PREFIX = PREFIX + "usage:batch:"
 USAGE_ROUTE_PREFIX = PREFIX + "usage:route:"
+# A source's spend by model (the console's Spend page for one source), as the dimensions' records.
+SPEND_SOURCE_MODEL_PREFIX = PREFIX + "spend:source-model:"
+USAGE_SOURCE_MODEL_PREFIX = PREFIX + "usage:source-model:"
+SAVED_SOURCE_MODEL_PREFIX = PREFIX + "spend:saved-source-model:"
 # The dimensions of the per-day spend records (worker.store, worker.spend), and their keys.
 SPEND_BY = ("model", "source", "batch", "route")
+# What the per-call script records: those, and each source's by model (names `<source>|<model>`).
+SPEND_RECORDS = (*SPEND_BY, "source-model")
 _SPEND_PREFIXES = {
     "model": SPEND_DAY_PREFIX,
     "source": SPEND_SOURCE_PREFIX,
     "batch": SPEND_BATCH_PREFIX,
     "route": SPEND_ROUTE_PREFIX,
+    "source-model": SPEND_SOURCE_MODEL_PREFIX,
 }
 _USAGE_PREFIXES = {
     "model": USAGE_MODEL_PREFIX,
     "source": USAGE_SOURCE_PREFIX,
     "batch": USAGE_BATCH_PREFIX,
     "route": USAGE_ROUTE_PREFIX,
+    "source-model": USAGE_SOURCE_MODEL_PREFIX,
 }
 CACHE_PREFIX = PREFIX + "cache:"
 CACHE_LOCK_PREFIX = PREFIX + "cache:lock:"
@@ -135,6 +149,10 @@ WEBHOOKS = PREFIX + "webhooks"
 WEBHOOK_PREFIX = PREFIX + "webhook:"
 EVENTS_PREFIX = PREFIX + "events:"
 EVENTS_POSTED_PREFIX = PREFIX + "events-posted:"
+RECENT_JOBS = PREFIX + "recent-jobs"
+RECENT_JOBS_PREFIX = RECENT_JOBS + ":"
+# The jobs each recent-jobs stream keeps (about: trimmed with MAXLEN ~, so up to a hundred more).
+RECENT_JOBS_MAX = 1000
 
 # arq's key knowledge, used nowhere else.
 JOB_PREFIX = _arq.job_key_prefix
@@ -162,18 +180,24 @@ def spend_day_key(day: str | None = None) -> str:
 
 
 def spend_by_key(by: str, day: str | None = None) -> str:
-    """The day's USD by `by` (SPEND_BY); by model it is `spend:day:<day>`."""
+    """The day's USD by `by` (SPEND_RECORDS); by model it is `spend:day:<day>`."""
     return _SPEND_PREFIXES[by] + (day or today())
 
 
 def usage_key(by: str, day: str | None = None) -> str:
-    """The day's calls and tokens by `by` (SPEND_BY): fields `calls|<name>`, `prompt|<name>`, `completion|<name>`."""
+    """The day's calls and tokens by `by` (SPEND_RECORDS): fields `calls|<name>`, `prompt|<name>`,
+    `completion|<name>`."""
     return _USAGE_PREFIXES[by] + (day or today())
 
 
 def spend_saved_key(day: str | None = None) -> str:
     """USD by model the response cache saved that day (written by the cache; read by the spend report)."""
     return SPEND_SAVED_PREFIX + (day or today())
+
+
+def saved_source_model_key(day: str | None = None) -> str:
+    """USD the response cache saved that day by `<source>|<model>` (written by the cache)."""
+    return SAVED_SOURCE_MODEL_PREFIX + (day or today())
 
 
 def today() -> str:
@@ -297,6 +321,11 @@ def events_key(job_id: str) -> str:
 
 def events_posted_channel(job_id: str) -> str:
     return EVENTS_POSTED_PREFIX + job_id
+
+
+def recent_jobs_key(source: str | None = None) -> str:
+    """The jobs that ended lately: every source's (None), or one source's."""
+    return RECENT_JOBS if source is None else RECENT_JOBS_PREFIX + source
 
 
 def job_key(job_id: str) -> str:

@@ -8,6 +8,8 @@ figures, `llm-router:budget:day:<day>`, for today in BUDGET_TZ: worker.budgets):
     llm-router:spend:<by>:<day>         source | batch | route name -> USD
     llm-router:usage:<by>:<day>         calls|<name>, prompt|<name>, completion|<name> -> count
     llm-router:spend:saved:<day>        model -> USD the response cache saved
+    llm-router:spend:source-model:<day>, usage:source-model:<day>, spend:saved-source-model:<day>
+                                        the same by source and model together (`<source>|<model>`)
 
 Each call is counted once, when it is first recorded, in the same script that adds it to the
 metric `llm_router_spend_usd_total`'s Redis twin, so the report and the metrics agree.
@@ -22,7 +24,17 @@ from typing import TYPE_CHECKING, Any
 from redis.asyncio import Redis
 
 from .budgets import BATCH_FIELDS, MAX_BATCHES_READ, batch_use, daily_use, day_of
-from .keys import BATCHES, SPEND_BY, batch_key, budget_day_key, spend_by_key, spend_saved_key, usage_key
+from .keys import (
+    BATCHES,
+    SPEND_BY,
+    SPEND_RECORDS,
+    batch_key,
+    budget_day_key,
+    saved_source_model_key,
+    spend_by_key,
+    spend_saved_key,
+    usage_key,
+)
 from .serde import as_text
 
 if TYPE_CHECKING:
@@ -103,13 +115,14 @@ def days_back(n: int, now: datetime | None = None) -> list[str]:
 
 
 async def read_day(redis: Redis, by: str, day: str) -> dict[str, Line]:
-    """One day's lines by `by` (SPEND_BY); by model with the cache's savings."""
-    if by not in SPEND_BY:
+    """One day's lines by `by` (SPEND_RECORDS: SPEND_BY, or `source-model`, lines named
+    `<source>|<model>`); by model, source, and source and model, with the cache's savings."""
+    if by not in SPEND_RECORDS:
         raise ValueError(f"by: {by!r} is not one of {', '.join(SPEND_BY)}")
     async with redis.pipeline(transaction=False) as pipe:
         pipe.hgetall(spend_by_key(by, day))
         pipe.hgetall(usage_key(by, day))
-        pipe.hgetall(spend_saved_key(day))
+        pipe.hgetall(saved_source_model_key(day) if by in ("source", "source-model") else spend_saved_key(day))
         spend, usage, saved = await pipe.execute()
     lines: dict[str, Line] = {}
 
@@ -122,10 +135,35 @@ async def read_day(redis: Redis, by: str, day: str) -> dict[str, Line]:
         what, _, name = as_text(key).partition("|")
         if what in USAGE_FIELDS:
             setattr(line(name), USAGE_FIELDS[what], int(count))
-    if by == "model":
+    if by in ("model", "source-model"):
         for name, usd in saved.items():
             line(as_text(name)).saved_usd = float(usd)
+    elif by == "source":  # a source's savings: its models' (`<source>|<model>`) together
+        for name, usd in saved.items():
+            line(as_text(name).partition("|")[0]).saved_usd += float(usd)
     return lines
+
+
+async def source_report(redis: Redis, days: int, source: str, now: datetime | None = None) -> Report:
+    """One source's spend, calls, tokens and cache savings over the last `days` UTC days, by
+    model (rows) and by day (`daily`), from the records by source and model together (kept from
+    the release that added them: older days show nothing here)."""
+    window = days_back(days, now)
+    rows: dict[str, Line] = {}
+    daily: list[Line] = []
+    prefix = f"{source}|"
+    for day in window:
+        total = Line(day)
+        for name, one in (await read_day(redis, "source-model", day)).items():
+            if name.startswith(prefix):
+                one.name = name.removeprefix(prefix)
+                rows.setdefault(one.name, Line(one.name)).add(one)
+                total.add(one)
+        daily.append(total)
+    total = Line("total")
+    for d in daily:
+        total.add(d)
+    return Report("model", window, sorted(rows.values(), key=lambda r: (-r.usd, r.name)), daily, total)
 
 
 async def report(

@@ -19,12 +19,15 @@ from .keys import (
     CREDITS,
     DLQ,
     DLQ_INDEX,
+    RECENT_JOBS_MAX,
     SPEND_BY,
     SPEND_DAY_TTL_S,
+    SPEND_RECORDS,
     SPEND_TOTAL,
     WEBHOOKS,
     calls_key,
     done_channel,
+    recent_jobs_key,
     result_key,
     spend_by_key,
     spend_day_key,
@@ -36,9 +39,10 @@ from .models import Attempt, JobResult, Usage
 from .outbox import QUEUE_LUA, delivery_of
 from .serde import as_text
 
-# The call, its spend and usage per day by model, source, batch and route, and the credits, in
-# one script: only the first write of a call id counts, so each real call is counted exactly once.
-# KEYS: calls hash, spend total, credits, then per dimension of SPEND_BY its spend-day and usage-day keys
+# The call, its spend and usage per day by model, source, batch and route (and by source and
+# model together), and the credits, in one script: only the first write of a call id counts, so
+# each real call is counted exactly once.
+# KEYS: calls hash, spend total, credits, then per dimension of SPEND_RECORDS its spend-day and usage-day keys
 # ARGV: call id, attempt JSON, cost ('' unknown), credits remaining ('' unknown), calls TTL s, day TTL s,
 #       prompt tokens, completion tokens, then per dimension its name ('' none: not counted by it)
 _RECORD_CALL = """
@@ -68,10 +72,12 @@ return 1
 
 # The result, its dead letter if any, the dead-letter list kept within its bounds (oldest
 # first: past DLQ_TTL_S, then over DLQ_MAX; at most 100 a call), its webhook delivery if it has
-# a callback_url (worker.outbox), and the wake-up: one round trip.
-# KEYS: result, dlq hash, dlq index, webhook outbox, webhook delivery
+# a callback_url (worker.outbox), the job in the recent-jobs streams (every source's, and its
+# source's if it has one: XADD with MAXLEN ~ and EXPIRE, in this script, so no command or round
+# trip of its own), and the wake-up: one round trip.
+# KEYS: result, dlq hash, dlq index, webhook outbox, webhook delivery, then the recent-jobs streams
 # ARGV: result JSON, result TTL s, status, dead letter JSON ('' none), now s, dlq max, dlq TTL s, job id, channel,
-#       callback url ('' none), delivery
+#       callback url ('' none), delivery, recent-jobs max, listed status, model, cost, source
 _SAVE = (
     QUEUE_LUA
     + """
@@ -92,6 +98,11 @@ if ARGV[4] ~= '' then
     redis.call('HDEL', KEYS[2], id)
     redis.call('ZREM', KEYS[3], id)
   end
+end
+for i = 6, #KEYS do
+  redis.call('XADD', KEYS[i], 'MAXLEN', '~', ARGV[12], '*',
+    'id', ARGV[8], 'status', ARGV[13], 'model', ARGV[14], 'cost', ARGV[15], 'source', ARGV[16])
+  redis.call('EXPIRE', KEYS[i], ARGV[2])
 end
 redis.call('PUBLISH', ARGV[9], ARGV[3])
 return #dropped
@@ -125,8 +136,8 @@ class ResultStore:
         tags: dict[str, str | None] | None = None,
     ) -> bool:
         """One upstream call into the job's call log and, the first time only, into spend and
-        usage of its UTC day by model and by each of `tags` given (`source`, `batch`, `route`).
-        True if it was new."""
+        usage of its UTC day by model and by each of `tags` given (`source`, `batch`, `route`;
+        with a source, also by source and model together). True if it was new."""
         script, keys, args = self.record_call_call(job_id, attempt, credits, usage, tags)
         return bool(await script(keys=keys, args=args))
 
@@ -140,9 +151,14 @@ class ResultStore:
     ) -> tuple[AsyncScript, list[str], list[Any]]:
         """The `record_call` script call, to send in one round trip with others (worker.scripts)."""
         day, tags = today(), tags or {}
-        names = [attempt.model, *(tags.get(by) or "" for by in SPEND_BY[1:])]
+        source = tags.get("source")
+        names = [
+            attempt.model,
+            *(tags.get(by) or "" for by in SPEND_BY[1:]),
+            f"{source}|{attempt.model}" if source else "",
+        ]
         keys = [calls_key(job_id), SPEND_TOTAL, CREDITS]
-        for by in SPEND_BY:
+        for by in SPEND_RECORDS:
             keys += [spend_by_key(by, day), usage_key(by, day)]
         args = [
             attempt.call_id or "",
@@ -174,7 +190,9 @@ class ResultStore:
     ) -> tuple[AsyncScript, list[str], list[Any]]:
         """The `save` script call, to send in one round trip with others (worker.scripts)."""
         delivery = delivery_of("job", result.job_id)
-        keys = [result_key(result.job_id), DLQ, DLQ_INDEX, WEBHOOKS, webhook_key(delivery)]
+        keys = [result_key(result.job_id), DLQ, DLQ_INDEX, WEBHOOKS, webhook_key(delivery), recent_jobs_key()]
+        if result.source:
+            keys.append(recent_jobs_key(result.source))
         args = [
             result.model_dump_json(exclude_none=True),
             self.ttl_s,
@@ -187,6 +205,11 @@ class ResultStore:
             done_channel(result.job_id),
             callback_url or "",
             delivery,
+            RECENT_JOBS_MAX,
+            "dead-lettered" if dead_letter else result.status,
+            result.model or "",
+            "" if result.cost is None else repr(result.cost),
+            result.source or "",
         ]
         return self._save, keys, args
 

@@ -17,6 +17,7 @@ import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -120,6 +121,9 @@ def stack(redis_server: str, sim_server, tmp_path_factory) -> Iterator[Stack]:
         console_insecure_http=True,
         stream_events_ttl_s=600,
         schedules_file=str(schedules),
+        # fair share on: the Overview's queue by source (team-a weighted, as its screenshot shows)
+        fair_share=True,
+        source_weights={"team-a": 2},
     )
     with running(settings, work) as url, Redis.from_url(redis_server) as redis:
         yield Stack(url, redis, schedules)
@@ -133,10 +137,11 @@ def browser() -> Iterator[object]:
         found.close()
 
 
-def signed_in(browser, stack: Stack, token: str, width: str = "laptop"):
-    """A new browser context (its own cookies) signed in with `token`: its page."""
+def signed_in(browser, stack: Stack, token: str, width: str = "laptop", **context: str):
+    """A new browser context (its own cookies; `context`: Playwright's options, e.g. its time
+    zone) signed in with `token`: its page."""
     w, h = WIDTHS[width]
-    page = browser.new_context(viewport={"width": w, "height": h}).new_page()
+    page = browser.new_context(viewport={"width": w, "height": h}, **context).new_page()
     page.goto(f"{stack.url}/console/")
     assert "/console/login" in page.url
     page.get_by_label("Token").fill(token)
@@ -155,11 +160,16 @@ def test_every_page_loads_at_laptop_and_phone_width(stack, browser, sim):
     job_id = stack.job("tok-a", "shown")
     with stack.http("tok-a") as http:
         assert http.get(f"/v1/jobs/{job_id}", params={"wait": 20}).json()["status"] == "succeeded"
+        # the same temperature-0 request twice: the second is the cache's (its saving on Spend)
+        for key in ("cached-1", "cached-2"):
+            again = stack.job("tok-a", key, temperature=0)
+            assert http.get(f"/v1/jobs/{again}", params={"wait": 20}).json()["status"] == "succeeded"
     dead = stack.dead("tok-a", "dead-shown")
     batch_id = stack.batch("tok-a", 3)
     pages = {
         "overview": ("/console/", "Overview"),
         "jobs": (f"/console/jobs?id={job_id}", job_id),
+        "jobs-list": ("/console/jobs", job_id),  # in the jobs that ended lately
         "batches": ("/console/batches", batch_id),
         "batch": (f"/console/batches/{batch_id}", "Progress"),
         "dlq": ("/console/dlq", dead),
@@ -167,6 +177,7 @@ def test_every_page_loads_at_laptop_and_phone_width(stack, browser, sim):
         "quarantine": ("/console/quarantine", "Quarantine"),
         "schedules": ("/console/schedules", "nightly"),
         "spend": ("/console/spend", "USD per day"),
+        "spend-source": ("/console/spend?source=team-a", "Source team-a by model"),
     }
     errors: list[str] = []
     for width in WIDTHS:
@@ -184,6 +195,21 @@ def test_every_page_loads_at_laptop_and_phone_width(stack, browser, sim):
             shot(page, name, width)
         page.context.close()
     assert errors == []  # no script error, no CSP violation
+
+
+def test_times_show_in_the_viewers_time_zone(stack, browser, sim):
+    """A viewer in Kolkata (UTC+05:30, a half-hour zone) with British dates: a dead letter's time
+    reads as their clock does, its UTC form in the title."""
+    sim_admin(sim, "/_sim/reset", {})
+    dead = stack.dead("tok-a", "dead-zone")
+    page = signed_in(browser, stack, "tok-a", timezone_id="Asia/Kolkata", locale="en-GB")
+    page.goto(f"{stack.url}/console/dlq")
+    shown = page.locator("tr", has_text=dead).locator("time")
+    utc = shown.get_attribute("datetime") or ""
+    local = datetime.fromisoformat(utc.replace("Z", "+00:00")) + timedelta(hours=5, minutes=30)
+    expect(shown).to_have_text(local.strftime("%d/%m/%Y, %H:%M:%S"))
+    expect(shown).to_have_attribute("title", f"{utc} (UTC)")
+    page.context.close()
 
 
 def test_replay_and_purge_act_on_redis_as_the_cli(stack, browser, sim):
@@ -321,4 +347,5 @@ def test_the_committed_screenshots_are_a_full_set():
     if not committed.exists():
         pytest.skip("no committed set yet")
     names = {p.name for p in committed.glob("*.png")}
-    assert {f"{n}-{w}.png" for n in ("overview", "jobs", "batch", "dlq", "spend") for w in WIDTHS} <= names
+    shown = ("overview", "jobs", "jobs-list", "batch", "dlq", "spend", "spend-source")
+    assert {f"{n}-{w}.png" for n in shown for w in WIDTHS} <= names

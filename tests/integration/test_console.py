@@ -6,8 +6,12 @@ the Content-Security-Policy, tenancy, and each action changing Redis as its CLI 
 
 from __future__ import annotations
 
+import html
 import json
+import os
 import re
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from html.parser import HTMLParser
@@ -17,10 +21,12 @@ from fastapi.testclient import TestClient
 from pydantic import SecretStr
 from redis import Redis
 
+from harness.processes import settings_env
 from producers.http import check_console_secret, create_app
 from worker.dlq import DeadLetters
 from worker.gate import Gate
-from worker.keys import DLQ, GATE, batch_key, in_progress_key, job_key
+from worker.keys import DLQ, GATE, QUARANTINE, batch_key, in_progress_key, job_key
+from worker.quarantine import Quarantine
 from worker.settings import ConfigError, Settings, load_settings
 
 from ..conftest import MakeProducer
@@ -220,11 +226,13 @@ class Inline(HTMLParser):
 PAGES = [
     "/console/",
     "/console/jobs",
+    "/console/jobs?source=team-a",
     "/console/batches",
     "/console/dlq",
     "/console/quarantine",
     "/console/schedules",
     "/console/spend",
+    "/console/spend?source=team-a",
 ]
 
 
@@ -302,6 +310,27 @@ def test_redis_is_left_alone_by_a_console_never_opened(console_settings, redis_u
     with TestClient(create_app(console_settings)) as client:
         assert client.get("/healthz").status_code == 200
     assert set(Redis.from_url(redis_url).keys()) == keys
+
+
+def test_an_ingress_loads_the_templates_only_when_a_page_is_asked_for(console_settings):
+    """In a fresh process (this one has Jinja2 loaded already): the app with its console mounted
+    and a request to the API leave Jinja2 out; the first page loads it."""
+    script = """
+import sys
+from fastapi.testclient import TestClient
+from producers.http import create_app
+from worker.settings import load_settings
+with TestClient(create_app(load_settings(_env_file=None))) as client:
+    assert client.get("/healthz").status_code == 200
+    assert client.get("/console/static/console.css").status_code == 200
+    print("jinja2" in sys.modules)
+    assert client.get("/console/login").status_code == 200
+    print("jinja2" in sys.modules)
+"""
+    env = {**os.environ, **settings_env(console_settings)}
+    ran = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60)
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.split() == ["False", "True"]
 
 
 async def test_an_operator_resumes_a_paused_queue_a_source_token_cannot(http, settings, redis):
@@ -410,3 +439,206 @@ async def test_the_overview_shows_each_sources_queue_as_llm_router_sources_does(
         client.cookies.clear()
         sign_in(client, "tok-a")
         assert source_rows(client.get("/console/").text) == {"team-a": (2, 0, "3")}
+
+
+def recent_rows(page: str) -> list[tuple[str, str]]:
+    """The Jobs page's table of jobs that ended: (job id, status), as listed."""
+    table = re.search(r'<table id="recent">(.*?)</table>', page, re.S)
+    assert table, page
+    return re.findall(
+        r'<tr><td><a href="[^"]+"><code>([^<]+)</code></a></td><td><span class="[^"]+">([^<]+)<', table[1]
+    )
+
+
+async def test_the_jobs_page_lists_the_jobs_that_ended_newest_first_by_source_and_paged(
+    http, settings, make_producer, monkeypatch
+):
+    a, b = await make_producer(settings, source="team-a"), await make_producer(settings, source="team-b")
+    await a.chat("gpt-4.1", "hi", job_id="team-a@r1")
+    await run_worker(settings)
+    await b.chat("gpt-4.1", "hi", job_id="team-b@r1")
+    await run_worker(settings)
+    dead = await dead_letter("team-a", settings, make_producer)
+    sign_in(http, "tok-a")
+    # a source token: its own jobs, whatever source it asks for
+    mine = [("team-a@dead-1", "dead-lettered"), ("team-a@r1", "succeeded")]
+    assert dead == "team-a@dead-1"
+    assert recent_rows(http.get("/console/jobs").text) == mine
+    assert recent_rows(http.get("/console/jobs", params={"source": "team-b"}).text) == mine
+    http.cookies.clear()
+    sign_in(http, "tok-op")
+    assert recent_rows(http.get("/console/jobs").text) == [mine[0], ("team-b@r1", "succeeded"), mine[1]]
+    assert recent_rows(http.get("/console/jobs", params={"source": "team-b"}).text) == [("team-b@r1", "succeeded")]
+    # paged: each page's Older link leads to the next, down to the first job that ended
+    monkeypatch.setattr("producers.console_views.PAGE", 1)
+    seen, path = [], "/console/jobs?source=team-a"
+    while path:
+        page = http.get(path).text
+        seen += recent_rows(page)
+        older = re.search(r'<a href="(/console/jobs\?[^"]*before=[^"]+)">Older</a>', page)
+        path = older[1].replace("&amp;", "&") if older else ""
+    assert seen == mine
+    assert http.get("/console/jobs", params={"before": "x"}).status_code == 400
+
+
+def table_rows(page: str, table_id: str) -> dict[str, tuple[str, str, str]]:
+    """A Spend table's rows: name -> (USD, calls, cache saved)."""
+    table = re.search(rf'<table id="{table_id}">(.*?)</table>', page, re.S)
+    assert table, page
+    rows = re.findall(
+        r"<tr[^>]*><t[dh][^>]*>([^<]+)</t[dh]><td>([^<]+)</td><td>(\d+)</td><td>\d+</td><td>\d+</td><td>([^<]+)</td>",
+        table[1],
+    )
+    return {name: (usd, calls, saved) for name, usd, calls, saved in rows}
+
+
+async def test_the_spend_page_shows_a_sources_spend_by_model_with_the_caches_savings(http, settings, make_producer):
+    """team-a calls two models, one twice with the same temperature-0 request (the second answered
+    by the cache); team-b one: team-a's token sees its own by model, savings included; the
+    operator any source's it asks for."""
+    a, b = await make_producer(settings, source="team-a"), await make_producer(settings, source="team-b")
+    await a.chat("gpt-4.1", "same", temperature=0)
+    await a.chat("claude-3-sonnet", "hi")
+    await b.chat("gpt-4.1", "hi")
+    await run_worker(settings)
+    await a.chat("gpt-4.1", "same", temperature=0)  # a hit: costs nothing, saves the first's cost
+    await run_worker(settings)
+    sign_in(http, "tok-a")
+    page = http.get("/console/spend").text
+    mine = table_rows(page, "source-by-model")
+    assert set(mine) == {"gpt-4.1", "claude-3-sonnet", "total"}, mine
+    usd, calls, saved = mine["gpt-4.1"]
+    assert calls == "1" and float(saved) == pytest.approx(float(usd)) and float(usd) > 0
+    assert float(mine["claude-3-sonnet"][2]) == 0 and mine["total"][1] == "2"
+    assert "team-b" not in page
+    # a source token cannot ask for another's
+    assert "team-b" not in http.get("/console/spend", params={"source": "team-b"}).text
+    http.cookies.clear()
+    sign_in(http, "tok-op")
+    assert 'id="source-by-model"' not in http.get("/console/spend").text
+    theirs = table_rows(http.get("/console/spend", params={"source": "team-b"}).text, "source-by-model")
+    assert set(theirs) == {"gpt-4.1", "total"} and theirs["gpt-4.1"][1] == "1"
+    # by source, each source's savings are its models' together
+    by_source = http.get("/console/spend", params={"by": "source"}).text
+    assert re.search(
+        r"<tr><td>team-a</td><td>[^<]+</td><td>2</td><td>\d+</td><td>\d+</td><td>" + re.escape(saved), by_source
+    )
+
+
+def walk(client: TestClient, path: str, link: str, pattern: str) -> list[str]:
+    """Every page of a list from `path` on, following the link named `link`: what `pattern`
+    finds on each page, in order."""
+    seen: list[str] = []
+    while path:
+        answer = client.get(path)
+        assert answer.status_code == 200, (path, answer.text[:300])
+        seen += re.findall(pattern, answer.text)
+        follow = re.search(rf'<a href="([^"]+)">{link}</a>', answer.text)
+        path = html.unescape(follow[1]) if follow else ""
+    return seen
+
+
+async def test_large_lists_are_paged_each_row_on_one_page(http, settings, make_producer, redis, monkeypatch):
+    """A page of one row: each list's next link leads through every row once, in order (queue,
+    dead letters, quarantine, batches, spend rows)."""
+    monkeypatch.setattr("producers.console_views.PAGE", 1)
+    a = await make_producer(settings, source="team-a")
+    for i in range(2):
+        await a.chat("no-such-model", "dead", fallbacks=[], job_id=f"team-a@dead-{i}")
+    await a.chat("gpt-4.1", "hi", job_id="team-a@ok")
+    await a.chat("claude-3-sonnet", "hi", job_id="team-a@ok2")
+    await run_worker(settings)
+    queued = [await a.chat("gpt-4.1", "hi", job_id=f"team-a@q{i}") for i in range(3)]
+    await (await make_producer(settings, source="team-b")).chat("gpt-4.1", "hi", job_id="team-b@q0")
+    line = {
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": {"model": "gpt-4.1", "messages": [{"role": "user", "content": "hi"}]},
+    }
+    batches = [(await a.batches.submit([line | {"custom_id": "x"}])).id for _ in range(2)]
+    quarantine = Quarantine(redis, settings.queue_name, settings.quarantine_max)
+    for i in range(3):
+        await redis.zadd(settings.queue_name, {f"bad id {i}": 0})
+        await quarantine.add(f"bad id {i}".encode(), "test")
+    sign_in(http, "tok-op")
+    in_queue = walk(
+        http, "/console/jobs?source=team-a", "Later in the queue", r"<code>(team-a@q\d)</code></a></td><td>q"
+    )
+    assert in_queue == queued
+    every = walk(http, "/console/jobs", "Later in the queue", r"<code>(team-\w@q\d)</code></a></td><td>q")
+    assert sorted(every) == sorted([*queued, "team-b@q0"])
+    assert walk(http, "/console/dlq", "Older", r"<code>(team-a@dead-\d)</code>") == ["team-a@dead-1", "team-a@dead-0"]
+    assert walk(http, "/console/quarantine", "Older", r"<code>(bad id \d)</code>") == [f"bad id {i}" for i in (2, 1, 0)]
+    assert walk(http, "/console/batches", "Older", r"<code>(batch_\w+)</code>") == batches[::-1]
+    models = walk(http, "/console/spend?by=model", "Next", r"<tr><td>(gpt-4.1|claude-3-sonnet)</td>")
+    assert sorted(models) == ["claude-3-sonnet", "gpt-4.1"]
+
+
+async def test_a_source_token_reaches_none_of_anothers_objects_by_any_console_path(http, settings, make_producer):
+    """Every console path that names an object, asked by team-a for team-b's: 404 (its batch's
+    page, progress, files and cancel; its job's page and live events; its dead letter), and
+    nothing of team-b's on team-a's lists."""
+    b = await make_producer(settings, source="team-b")
+    job_id = await b.chat("gpt-4.1", "theirs", job_id="team-b@private", stream=True)
+    body = {"model": "gpt-4.1", "messages": [{"role": "user", "content": "hi"}]}
+    line = {"custom_id": "x", "method": "POST", "url": "/v1/chat/completions", "body": body}
+    sign_in(http, "tok-b")  # team-b makes a batch through the console's ingress, as its token does
+    with_token = {"Authorization": "Bearer tok-b"}
+    uploaded = http.post(
+        "/v1/files",
+        files={"file": ("in.jsonl", json.dumps(line).encode())},
+        data={"purpose": "batch"},
+        headers=with_token,
+    )
+    made = http.post(
+        "/v1/batches",
+        json={"input_file_id": uploaded.json()["id"], "endpoint": "/v1/chat/completions", "completion_window": "24h"},
+        headers=with_token,
+    )
+    batch_id = made.json()["id"]
+    dead = await dead_letter("team-b", settings, make_producer)
+    http.cookies.clear()
+    sign_in(http, "tok-a")
+    for path in (
+        f"/console/batches/{batch_id}",
+        f"/console/batches/{batch_id}/progress",
+        f"/console/batches/{batch_id}/output.jsonl",
+        f"/console/batches/{batch_id}/errors.jsonl",
+        f"/console/jobs?id={job_id}",
+        f"/console/jobs/events?id={job_id}",
+        f"/console/jobs?id={dead}",
+        f"/console/dlq/show?id={dead}",
+    ):
+        assert http.get(path).status_code == 404, path
+    assert http.post(f"/console/batches/{batch_id}/cancel", data={"csrf": csrf_of(http)}).status_code == 404
+    for path in ("/console/", "/console/jobs", "/console/batches", "/console/dlq", "/console/spend"):
+        shown = http.get(path).text
+        assert "team-b" not in shown and batch_id not in shown, path
+    http.cookies.clear()
+    sign_in(http, "tok-b")  # (each path is there for its owner)
+    assert http.get(f"/console/batches/{batch_id}/progress").status_code == 200
+    assert http.get(f"/console/dlq/show?id={dead}").status_code == 200
+
+
+async def test_replay_all_and_the_quarantine_purge_change_redis_as_the_cli_does(http, settings, make_producer, redis):
+    """`dlq replay --all`: every dead letter back in the queue under its id; `quarantine purge`,
+    once confirmed: the quarantine gone, only for an operator."""
+    a = await make_producer(settings, source="team-a")
+    dead = [await a.chat("no-such-model", "dead", fallbacks=[], job_id=f"team-a@all-{i}") for i in range(2)]
+    await run_worker(settings)
+    assert await redis.hlen(DLQ) == 2
+    await redis.zadd(settings.queue_name, {"bad id": 0})
+    await Quarantine(redis, settings.queue_name, settings.quarantine_max).add(b"bad id", "test")
+    sign_in(http, "tok-a")
+    assert http.post("/console/quarantine/purge", data={"csrf": csrf_of(http), "confirm": "purge"}).status_code == 403
+    assert http.post("/console/dlq/replay", data={"csrf": csrf_of(http), "all": "true"}).status_code == 403
+    http.cookies.clear()
+    sign_in(http, "tok-op")
+    done = http.post("/console/dlq/replay", data={"csrf": csrf_of(http), "all": "true"})
+    assert "replayed 2 jobs" in done.text and not await redis.exists(DLQ)
+    assert all([await redis.zscore(settings.queue_name, j) is not None for j in dead])
+    assert all([await redis.exists(job_key(j)) for j in dead])
+    assert "This forgets 1 quarantined entries" in http.get("/console/quarantine/purge").text
+    assert await redis.exists(QUARANTINE)
+    purged = http.post("/console/quarantine/purge", data={"csrf": csrf_of(http), "confirm": "purge"})
+    assert "purged 1 quarantined entries" in purged.text and not await redis.exists(QUARANTINE)

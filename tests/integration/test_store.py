@@ -7,8 +7,8 @@ import fakeredis
 import pytest
 from redis.asyncio import Redis
 
-from worker.keys import CREDITS, SPEND_TOTAL, calls_key, result_key, spend_day_key
-from worker.models import Attempt, JobResult
+from worker.keys import CREDITS, SPEND_TOTAL, calls_key, recent_jobs_key, result_key, spend_day_key
+from worker.models import Attempt, JobResult, Usage
 from worker.store import ResultStore
 
 
@@ -76,3 +76,45 @@ async def test_wait_wakes_when_the_result_is_saved(store):
 
 async def test_wait_times_out_with_none(store):
     assert await store.wait("never", timeout=0.05) is None
+
+
+async def test_each_saved_result_is_listed_as_recent_kept_within_its_bound(store, monkeypatch):
+    """Every job that ended goes on the every-source stream, a source's also on its own; each is
+    trimmed (MAXLEN ~: whole nodes of 100 entries) and expires with the newest result."""
+    monkeypatch.setattr("worker.store.RECENT_JOBS_MAX", 5)
+    await store.save(chat_result("plain"))
+    failed = JobResult(job_id="team-a@x", kind="chat", status="failed", source="team-a")
+    await store.save(failed, dead_letter="{}")
+    mine = await store.redis.xrange(recent_jobs_key("team-a"))
+    assert [(f[b"id"], f[b"status"], f[b"source"]) for _, f in mine] == [(b"team-a@x", b"dead-lettered", b"team-a")]
+    every = await store.redis.xrange(recent_jobs_key())
+    assert [(f[b"id"], f[b"status"], f[b"model"], f[b"cost"]) for _, f in every] == [
+        (b"plain", b"succeeded", b"gpt-4.1", b"0.25"),
+        (b"team-a@x", b"dead-lettered", b"", b""),
+    ]
+    assert 0 < await store.redis.ttl(recent_jobs_key()) <= 60 and await store.redis.ttl(recent_jobs_key("team-a")) > 0
+    for i in range(300):
+        await store.save(chat_result(f"j{i}"))
+    assert await store.redis.xlen(recent_jobs_key()) <= 5 + 100
+    newest = await store.redis.xrevrange(recent_jobs_key(), count=1)
+    assert newest[0][1][b"id"] == b"j299"
+    assert await store.redis.xlen(recent_jobs_key("team-a")) == 1
+
+
+async def test_a_calls_spend_is_kept_by_source_and_model_together(store):
+    from worker.spend import read_day, source_report
+
+    usage = Usage(prompt_tokens=3, completion_tokens=4, total_tokens=7)
+    attempt = Attempt(model="gpt-4.1", ok=True, latency_s=0.1, cost=0.25, call_id="c1", at=1.0)
+    await store.record_call("a", attempt, None, usage, {"source": "team-a"})
+    await store.record_call("a", attempt, None, usage, {"source": "team-a"})  # sent again: counted once
+    await store.record_call("b", attempt.model_copy(update={"model": "o3"}), None, usage, {"source": "team-b"})
+    await store.record_call("c", attempt.model_copy(update={"call_id": "c3"}), None, usage, {})  # no source
+    lines = await read_day(store.redis, "source-model", spend_day_key()[-10:])
+    assert {n: (line.usd, line.calls, line.prompt_tokens) for n, line in lines.items()} == {
+        "team-a|gpt-4.1": (0.25, 1, 3),
+        "team-b|o3": (0.25, 1, 3),
+    }
+    mine = await source_report(store.redis, 2, "team-a")
+    assert [(r.name, r.usd, r.completion_tokens) for r in mine.rows] == [("gpt-4.1", 0.25, 4)]
+    assert [d.usd for d in mine.daily] == [0.0, 0.25] and mine.total.calls == 1
