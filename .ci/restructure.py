@@ -42,6 +42,7 @@ PLACE = {
     "test_ingress_coalesce.py": "integration",
     "test_ingress_fastpath.py": "integration",
     "test_limiter.py": "integration",
+    "test_slot_line.py": "integration",
     "test_metrics.py": "integration",
     "test_priority.py": "integration",
     "test_queue_order.py": "integration",

@@ -244,7 +244,7 @@ class Producer:
             # a bulk job waits in the bulk lane (worker.lease promotes it when a slot is free),
             # placed from the lane's front: two batches interleave, neither waits for the other
             queue, score, ttl_ms = (
-                (bulk_key(self.queue_name), bulk_at + i, BULK_RECORD_TTL_MS)
+                (bulk_key(self.queue_name), bulk_at + i * self.bulk_stride(job.source), BULK_RECORD_TTL_MS)
                 if job.bulk
                 else (self.queue_name, self._due(now_ms), JOB_EXPIRES_EXTRA_MS)
             )
@@ -293,6 +293,14 @@ class Producer:
             f" in a minute: retry in {retry_after} s",
             retry_after,
         )
+
+    def bulk_stride(self, source: str | None) -> float:
+        """How far apart a batch's lines (bulk jobs) are placed in the bulk lane, from its front:
+        1, or under fair share 1/the weight of their source, so that two batches' lines
+        interleave by their sources' weights (worker.fair)."""
+        if not self.settings.fair_share:
+            return 1.0
+        return 1 / fair.weight(self.settings, source or self.source or fair.DEFAULT_SOURCE)
 
     def _rpm_quota(self, source: str) -> float:
         limit = self.settings.source_limits.get(source)

@@ -222,7 +222,7 @@ class BatchTakenOver(RuntimeError):
 # meanwhile: its lines are queued all the same, and workers end them `batch_cancelled` without a call).
 # Released lines wake one idle worker (worker.wake).
 # KEYS: batch record, staged set, bulk lane, wake list
-# ARGV: now s, owner
+# ARGV: now s, owner, the lines' stride (Producer.bulk_stride)
 _RELEASE = (
     wake.WAKE_FUNCTION
     + """
@@ -230,13 +230,14 @@ local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return -1 end
 if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[2] then return -2 end
 local ids = redis.call('ZRANGE', KEYS[2], 0, -1)
--- into the bulk lane from its front, in input order: two batches interleave
+-- into the bulk lane from its front, in input order, a line every ARGV[3] (1; under fair share
+-- 1/the weight of the batch's source): two batches interleave, by their sources' weights
 local front = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
-local base = tonumber(front[2]) or 0
+local base, stride = tonumber(front[2]) or 0, tonumber(ARGV[3])
 for i = 1, #ids, 1000 do
   local args = {}
   for j = i, math.min(i + 999, #ids) do
-    args[#args + 1] = base + j
+    args[#args + 1] = string.format('%.17g', base + j * stride)
     args[#args + 1] = ids[j]
   end
   redis.call('ZADD', KEYS[3], unpack(args))
@@ -572,7 +573,7 @@ class Batches:
         release = self.redis.register_script(_RELEASE)
         keys = [batch_key(batch_id), batch_staged_key(batch_id), bulk_key(self.producer.queue_name)]
         keys.append(wake_key(self.producer.queue_name))
-        return int(await release(keys=keys, args=[int(now), owner]))
+        return int(await release(keys=keys, args=[int(now), owner, repr(self.producer.bulk_stride(None))]))
 
     # ------------------------------------------------------------ read, follow, cancel, list
 

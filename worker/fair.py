@@ -235,6 +235,133 @@ return out
 """
 
 
+def line_key(queue_name: str, model: str) -> str:
+    """Sorted set job id -> tag: the model's slot line, the jobs waiting for its next rate-limit slot."""
+    return fair_key(queue_name, "line", model)
+
+
+def line_state_key(queue_name: str, model: str) -> str:
+    """Hash: the slot line's virtual time (`vt`), each source's last tag (`s:<source>`) and each
+    member's deadline (`d:<job id>`, ms)."""
+    return fair_key(queue_name, "line-state", model)
+
+
+# How late a member of a slot line may ask again (past the time it was told) before it is taken
+# off: a killed worker's job holds the line this long at most.
+LINE_GRACE_MS = 200
+
+
+@dataclass
+class LineTicket:
+    """A job's place in a model's slot line (see LINE_FUNCTIONS): its source (bounded), the
+    stride its weight gives (negative: a bulk job, behind every member), and whether it may join
+    (a job that would give its worker slot back does not)."""
+
+    keys: tuple[str, str]
+    job_id: str
+    source: str
+    stride: float
+    join: bool
+
+    def args(self, r_ms: float, horizon_ms: int, recheck_ms: int) -> list[str]:
+        """The admission's last ARGV: '@line', the job, its source, then the numbers in one."""
+        numbers = f"{self.stride!r},{int(self.join)},{LINE_GRACE_MS},{recheck_ms},{r_ms!r},{horizon_ms}"
+        return ["@line", self.job_id, self.source, numbers]
+
+
+def ticket(settings: Settings, model: str, job_id: str, source: str, bulk: bool, join: bool) -> LineTicket:
+    q = settings.queue_name
+    stride = -1.0 if bulk else 1 / weight(settings, source)
+    return LineTicket((line_key(q, model), line_state_key(q, model)), job_id, source, stride, join and not bulk)
+
+
+async def leave_line(redis: Redis, t: LineTicket) -> None:
+    """A member of a slot line that stops waiting without booking (it gave up, moved to another
+    model, was cancelled): off the line, so the next one needs not wait out its deadline."""
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.zrem(t.keys[0], t.job_id)
+        pipe.hdel(t.keys[1], "d:" + t.job_id)
+        await pipe.execute()
+
+
+# The slot line (fair share in the rate limit): the interactive jobs that wait for a model's
+# next rate-limit slot, fleet-wide, each tagged by weighted fair queuing among the sources that
+# have jobs waiting: a job's tag is its source's last tag in the line (or the line's virtual
+# time, the tag of the last job that booked, if later) plus 1/weight. A slot within reach is
+# booked only by the job with the lowest tag (and by a job whose tag is lower than every
+# member's: B's first job waits behind none of A's); the others are told how long until their
+# turn (the slot's distance past the horizon, plus a request interval for each job ahead) and
+# join the line (unless they give their worker slot back instead). So the order jobs get slots
+# in is the sources' fair order, not whoever asks first, and a source that starts waiting goes
+# first, not behind the jobs another source has waiting. A bulk job books only while the line
+# is empty. A member that does not ask again within LINE_GRACE_MS of its time is taken off
+# (its worker died). Spliced into worker.limiter's admission: its ARGV ends with
+# '@line', job id, source, 'stride,join,grace ms,recheck cap ms,request interval ms,horizon ms'
+# and its KEYS with the line and its state (line_key, line_state_key).
+LINE_FUNCTIONS = """
+local function line_open(now, lk, sk, id, src, spec)
+  local v = {}
+  for x in string.gmatch(spec, '[^,]+') do table.insert(v, tonumber(x)) end
+  local L = {lk = lk, sk = sk, id = id, src = src, stride = v[1], join = v[2] == 1, grace = v[3],
+             cap = v[4], r = v[5], horizon = v[6], now = now}
+  for _ = 1, 16 do  -- members whose worker did not come back in time: off
+    local front = redis.call('ZRANGE', lk, 0, 0)
+    if #front == 0 or front[1] == id then break end
+    local due = tonumber(redis.call('HGET', sk, 'd:' .. front[1]))
+    if due and due >= now then break end
+    redis.call('ZREM', lk, front[1])
+    redis.call('HDEL', sk, 'd:' .. front[1])
+  end
+  if L.stride < 0 then  -- a bulk job: behind every member
+    L.ahead = redis.call('ZCARD', lk)
+    return L
+  end
+  local tag = redis.call('ZSCORE', lk, id)
+  if tag then
+    L.tag, L.member = tonumber(tag), true
+  else
+    if redis.call('EXISTS', lk) == 0 then redis.call('DEL', sk) end  -- an empty line starts afresh
+    local s = redis.call('HMGET', sk, 'vt', 's:' .. src)
+    L.tag = math.max(tonumber(s[1]) or 0, tonumber(s[2]) or 0) + L.stride
+  end
+  L.ahead = redis.call('ZCOUNT', lk, '-inf', '(' .. string.format('%.17g', L.tag))
+  return L
+end
+-- not booked: the wait until its turn, and whether the job is in the line: it joins (or stays)
+-- if it may, or if its turn is next (no worker slot is held long for that)
+local function line_wait(L, wait)
+  local est = math.max(wait, 0) + L.ahead * L.r
+  local joins = L.tag ~= nil and (L.join or L.ahead == 0 or L.member)
+  if joins then
+    if not L.member then
+      redis.call('ZADD', L.lk, string.format('%.17g', L.tag), L.id)
+      redis.call('HSET', L.sk, 's:' .. L.src, string.format('%.17g', L.tag))
+    end
+    local asks = math.min(math.max(est - L.horizon, 0), L.cap)
+    redis.call('HSET', L.sk, 'd:' .. L.id, math.ceil(L.now + asks + L.grace))
+    redis.call('PEXPIRE', L.lk, 600000)
+    redis.call('PEXPIRE', L.sk, 600000)
+  end
+  return est, joins
+end
+-- booked: off the line, the line's virtual time at its tag; a job that booked without joining
+-- while others wait counts as its source's last tag (its next one goes behind theirs)
+local function line_booked(L)
+  if not L.tag then return end
+  if L.member then
+    redis.call('ZREM', L.lk, L.id)
+    redis.call('HDEL', L.sk, 'd:' .. L.id)
+  elseif redis.call('EXISTS', L.lk) == 0 then
+    return
+  else
+    redis.call('HSET', L.sk, 's:' .. L.src, string.format('%.17g', L.tag))
+  end
+  local vt = tonumber(redis.call('HGET', L.sk, 'vt')) or 0
+  if L.tag > vt then redis.call('HSET', L.sk, 'vt', string.format('%.17g', L.tag)) end
+end
+"""
+
+
 @dataclass
 class SourceDepth:
     """One source's jobs waiting in its sub-queue, the due time of its front one (ms; None:

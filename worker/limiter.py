@@ -43,6 +43,7 @@ from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
 from . import budgets
+from .fair import LINE_FUNCTIONS, LineTicket
 from .keys import GATE, GLOBAL_LIMIT, model_key, settled_key, source_limit_key
 from .models import BudgetInfo
 from .scripts import run_scripts
@@ -64,12 +65,19 @@ local gate = redis.call('GET', KEYS[1])
 if gate then return {'gate', 0, gate} end
 --@budget:check
 local tokens = tonumber(ARGV[3])
--- A source's quota (SOURCE_LIMITS, worker.fair), when given: the last six ARGV ('@source', name,
--- request interval ms, ms per token, TPM limit, horizon ms) and the last key (its hash r / t).
+-- Fair share's slot line (worker.fair LINE_FUNCTIONS), when given: the last four ARGV ('@line',
+-- job id, source, numbers) and the last two keys (the line, its state).
+local n, nk, line = #ARGV, #KEYS, nil
+if n >= 13 and ARGV[n - 3] == '@line' then
+  line = {KEYS[nk - 1], KEYS[nk], ARGV[n - 2], ARGV[n - 1], ARGV[n]}
+  n, nk = n - 4, nk - 2
+end
+-- A source's quota (SOURCE_LIMITS, worker.fair), when given: the six ARGV before those ('@source',
+-- name, request interval ms, ms per token, TPM limit, horizon ms) and the key before those (its
+-- hash r / t).
 local S = nil
-if #ARGV >= 15 and ARGV[#ARGV - 5] == '@source' then
-  local n = #ARGV
-  S = {key = KEYS[#KEYS], r = tonumber(ARGV[n - 3]), t = tonumber(ARGV[n - 2]), tpm = tonumber(ARGV[n - 1]),
+if n >= 15 and ARGV[n - 5] == '@source' then
+  S = {key = KEYS[nk], r = tonumber(ARGV[n - 3]), t = tonumber(ARGV[n - 2]), tpm = tonumber(ARGV[n - 1]),
        horizon = tonumber(ARGV[n])}
 end
 -- A booking moves the token schedule by tokens * ms-per-token. More tokens than the TPM limit
@@ -102,6 +110,13 @@ if S then
 end
 local start = math.max(now, tonumber(m[1]) or 0, tonumber(m[5]) or 0, tonumber(g[1]) or 0, sr)
 local wait = start - now
+-- fair share: the slot goes to the job whose turn it is in the line; the others are told when theirs is
+-- ('line': as 'wait', the job in the line; 'retry' always is)
+local L = line and line_open(now, unpack(line))
+if L and (L.ahead > 0 or wait > tonumber(ARGV[6])) then
+  local est, joined = line_wait(L, wait)
+  return {joined and 'line' or 'wait', math.ceil(est)}
+end
 if wait > tonumber(ARGV[6]) then return {'wait', math.ceil(wait)} end
 -- Tokens are not booked ahead: an estimate booked far into the future could not benefit
 -- from the unused tokens that `settle` gives back. Until the tokens booked so far are
@@ -109,8 +124,10 @@ if wait > tonumber(ARGV[6]) then return {'wait', math.ceil(wait)} end
 local tokens_free = math.max(tonumber(m[2]) or 0, tonumber(g[2]) or 0, st)
 if tokens_free > start then
   local until_free = tokens_free - now
+  if L then line_wait(L, until_free) end
   return {until_free > tonumber(ARGV[6]) and 'wait' or 'retry', math.ceil(until_free)}
 end
+if L then line_booked(L) end
 -- book: the next request / token may start one interval after this one
 local function book(key, r_ms, t_ms)
   local r_next = start + r_ms
@@ -187,6 +204,10 @@ return 0
 """
 
 
+# The longest a member of a slot line (worker.fair) sleeps before it asks again: worker.routing's
+# BULK_RECHECK_S.
+LINE_RECHECK_MS = 1000
+
 # How long a settlement's mark is kept: longer than the Redis client retries a command
 # (worker.connections: 40 tries, backoff capped at 2 s, about 75 s in all). About 100 bytes a
 # call: 3 MB at 100 calls a second.
@@ -197,7 +218,9 @@ SETTLED_MARK_MS = 5 * 60 * 1000
 class Admission:
     """`ok`/`probe`: a slot is booked, sleep `wait_s` then call (`probe`: the circuit's trial call).
     `retry`: tokens are short, nothing booked: sleep `wait_s` and ask again. `wait`: the next
-    slot is over the caller's limit, nothing booked. `circuit`: the circuit is open for `wait_s`,
+    slot is over the caller's limit, nothing booked (with a slot line ticket: or others' turns
+    come first; `wait_s` estimates the caller's); `line`: as `wait`, and the caller is in the
+    model's slot line (worker.fair). `circuit`: the circuit is open for `wait_s`,
     the model is skipped. `probing`: half-open and another call is probing: nothing booked, ask
     again soon (`wait_s` is only the probe's lease). `too_large`: the tokens are over what one
     window allows (`limit` names it): nothing booked, waiting cannot help. `gate`: the whole
@@ -232,11 +255,15 @@ class Limiter:
         self.settings = settings
         self.budgets = budgets.Budgets(redis, settings)
         self._global = _intervals(settings.global_rate_limit, settings.spacing_ms)
-        self._admit = redis.register_script(budgets.splice(_ADMIT))
+        self._admit = redis.register_script(LINE_FUNCTIONS + budgets.splice(_ADMIT))
         self._settle = redis.register_script(budgets.splice_settle(_SETTLE, keys=3, args=9))
 
     def intervals(self, model: str) -> tuple[float, float]:
         return _intervals(self.settings.rate_limits.get(model), self.settings.spacing_ms)
+
+    def limited(self, model: str) -> bool:
+        """Whether calls to `model` are spaced by a rate limit (its own or the global one)."""
+        return any(self.intervals(model)) or any(self._global)
 
     def source_quota(self, source: str | None) -> tuple[list[str], list[Any]]:
         """The keys and arguments a call of `source` adds to the admission (SOURCE_LIMITS rpm/tpm:
@@ -255,11 +282,13 @@ class Limiter:
         max_wait_s: float,
         budget: budgets.Plan | None = None,
         source: str | None = None,
+        line: LineTicket | None = None,
     ) -> Admission:
         """Book `model`'s next slot unless it is further off than `max_wait_s`; with a budget
         plan, only if the call's worst case fits (and reserve it with the slot); with a source
         that has a quota, on the source's schedule too (`quota`: it is further off than
-        BULK_HORIZON_S, nothing booked)."""
+        BULK_HORIZON_S, nothing booked); with a ticket, only in its turn in the model's slot line
+        (worker.fair: `wait` until then)."""
         r_ms, t_ms = self.intervals(model)
         args = [
             r_ms,
@@ -275,6 +304,9 @@ class Limiter:
         keys = [GATE, model_key(model), GLOBAL_LIMIT, *(budget.keys if budget else ())]
         quota_keys, quota_args = self.source_quota(source)
         keys, args = keys + quota_keys, args + quota_args
+        if line is not None:
+            horizon_ms = int(self.settings.bulk_horizon_s * 1000)
+            keys, args = [*keys, *line.keys], [*args, *line.args(r_ms, horizon_ms, LINE_RECHECK_MS)]
         # through worker.scripts: sent with the other jobs' calls of this event-loop turn
         [(status, wait_ms, *rest)] = await run_scripts(self.redis, [(self._admit, keys, args)])
         status = as_text(status)

@@ -3,7 +3,6 @@ and handed to every job as `ctx["resources"]`: typed, instead of strings looked 
 
 from __future__ import annotations
 
-import asyncio
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -36,10 +35,9 @@ class Resources:
     running: set[str] = field(default_factory=set)
     # the queue's gate as the keeper last read it (None: open); workers pick no jobs while closed
     paused: dict[str, Any] | None = None
-    # jobs waiting for a rate-limit slot (fair share: FAIR_SHARE_SLOT_WAITERS at most), and their
-    # turn (worker.routing.SlotTurn: first come first served)
+    # jobs waiting for a rate-limit slot (fair share: FAIR_SHARE_SLOT_WAITERS at most; they wait
+    # in the model's slot line, worker.routing.SlotTurn)
     slot_waiters: int = 0
-    slot_turn: asyncio.Lock = field(default_factory=asyncio.Lock)
     # FAIR_SHARE off: jobs still wait in sources' sub-queues (queued while it was on; the keeper looks)
     fair_leftovers: bool = False
     # this process's jobs by how they ended: a result's status (succeeded, failed...),

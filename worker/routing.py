@@ -5,6 +5,7 @@ of `worker.limiter`. Every real upstream call is recorded (cost included) the mo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import re
@@ -15,7 +16,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from . import budgets, cache, errors, gemini, tokens
+from . import budgets, cache, errors, fair, gemini, tokens
 from . import metrics as m
 from .batches import line_of
 from .client import Completion, chat_body
@@ -62,33 +63,50 @@ class Deferred(Exception):
 
 
 class SlotTurn:
-    """Fair share: the interactive jobs of one worker that wait for a rate-limit slot take turns,
-    first come first served: only the one whose turn it is asks the limiter again (the others
-    wait here, not in Redis), so across the fleet a few jobs, the oldest of each worker, race for
-    the next slot, not every job waiting. Counted in `Resources.slot_waiters` while waiting."""
+    """Fair share: an interactive job that waits for a rate-limit slot waits in the model's slot
+    line (worker.fair), fleet-wide, where turns go by the sources' weights: its ticket names its
+    place, and the limiter books a slot only for the job whose turn it is. Counted in
+    `Resources.slot_waiters` while waiting (a worker lets FAIR_SHARE_SLOT_WAITERS wait; another
+    job gives its worker slot back). A job that stops waiting without booking leaves the line."""
 
-    def __init__(self, call: Call) -> None:
-        self.call, self.held, self.counted = call, False, False
+    def __init__(self, call: Call, model: str) -> None:
+        self.call, self.model, self.counted, self.lined = call, model, False, False
+        self._ticket: fair.LineTicket | None = None
+
+    def ticket(self, join: bool) -> fair.LineTicket | None:
+        """The job's ticket for this admission: under fair share, for a model a rate limit spaces
+        (None otherwise); `join`: it may wait in the line (it will not give its worker slot back)."""
+        call = self.call
+        if not call.settings.fair_share or not call.resources.limiter.limited(self.model):
+            return None
+        lease = call.resources.lease
+        source = lease.sources.get(call.job_id) if lease is not None else None
+        if source is None:  # (a job the queue itself gave: its source's name only if the settings name it)
+            named = call.source is None or call.source in call.settings.source_weights
+            source = (call.source or fair.DEFAULT_SOURCE) if named else fair.OTHER_SOURCE
+        self._ticket = fair.ticket(call.settings, self.model, call.job_id, source, call.bulk, join)
+        return self._ticket
+
+    def answered(self, admission: Admission) -> None:
+        """Whether the job is in the line now: it joined (or stays: `line`, `retry`), or left by booking."""
+        if self._ticket is not None and self._ticket.stride > 0:
+            if admission.booked:
+                self.lined = False
+            elif admission.status in ("line", "retry"):
+                self.lined = True
 
     def wanted(self, admission: Admission) -> bool:
-        """A wait this turn is for: an interactive job's, under fair share, for a slot (or tokens)."""
+        """A wait this is for: an interactive job's, under fair share, for a slot (or tokens)."""
         s = self.call.settings
-        return s.fair_share and not self.call.bulk and admission.status in ("wait", "retry")
+        return s.fair_share and not self.call.bulk and admission.status in ("wait", "line", "retry")
 
-    async def take(self) -> None:
-        resources = self.call.resources
-        resources.slot_waiters += 1
+    def take(self) -> None:
+        self.call.resources.slot_waiters += 1
         self.counted = True
-        await resources.slot_turn.acquire()
-        self.held = True
 
     def release(self) -> None:
-        resources = self.call.resources
-        if self.held:
-            resources.slot_turn.release()
-            self.held = False
         if self.counted:
-            resources.slot_waiters -= 1
+            self.call.resources.slot_waiters -= 1
             self.counted = False
 
     async def __aenter__(self) -> SlotTurn:
@@ -96,6 +114,10 @@ class SlotTurn:
 
     async def __aexit__(self, *exc: object) -> None:
         self.release()
+        if self.lined and self._ticket is not None:
+            self.lined = False
+            with contextlib.suppress(Exception):  # (its deadline takes it off the line anyway)
+                await asyncio.shield(fair.leave_line(self.call.resources.limiter.redis, self._ticket))
 
 
 class QuotaDeferred(Deferred):
@@ -313,7 +335,7 @@ async def call_model(call: Call, model: str) -> Step:
     if refused is not None:  # what a gateway would refuse is not sent: the larger-context model, or fail
         return Step("larger", refused)
     tokens = call.estimate_tokens()
-    async with SlotTurn(call) as turn:
+    async with SlotTurn(call, model) as turn:
         return await _call_model(call, model, tokens, turn)
 
 
@@ -324,25 +346,27 @@ async def _call_model(call: Call, model: str, tokens: int, turn: SlotTurn) -> St
         budget = call.max_wait_s - napped
         # a bulk job books only near the front of the schedule: interactive jobs go first
         reach = min(budget, call.settings.bulk_horizon_s) if call.near_front else budget
-        admission = await limiter.admit(model, tokens, max(reach, 0.0), call.budget_plan(model), call.source)
+        # fair share: a job that would wait waits in the slot line, unless it gives its worker
+        # slot back (FAIR_SHARE_SLOT_WAITERS of this worker's jobs wait already) and its turn is
+        # not next
+        join = turn.counted or not call.gives_slot_back()
+        ticket = turn.ticket(join)
+        if ticket is not None and ticket.join and not turn.counted:
+            turn.take()  # its place among the worker's waiters, before it asks (others ask meanwhile)
+        admission = await limiter.admit(model, tokens, max(reach, 0.0), call.budget_plan(model), call.source, ticket)
+        turn.answered(admission)
         nap = _nap(admission, budget, call)
-        if nap and turn.wanted(admission) and not turn.held:
-            # fair share: wait for a rate-limit slot in this worker's turn (FIFO), or give the
-            # worker slot back when FAIR_SHARE_SLOT_WAITERS already wait
-            if call.gives_slot_back():
+        if nap and turn.wanted(admission) and not turn.counted:
+            if not (join or turn.lined):
                 raise SlotGivenBack(0, ErrorInfo(type="rate_limit", message="gave its worker slot back (fair share)"))
-            started = time.monotonic()
-            await turn.take()
-            waited_turn = time.monotonic() - started
-            waited, napped, slot_wait = waited + waited_turn, napped + waited_turn, slot_wait + waited_turn
-            continue  # its turn: ask again at once
+            turn.take()
         if nap:
             # look again soon: tokens given back by calls that just finished, or a probe that
             # closed the circuit, let this call start sooner than the admission's wait_s
             await asyncio.sleep(nap)
             waited, napped, slot_wait = waited + nap, napped + nap, slot_wait + nap
             continue
-        turn.release()  # booked (or not admitted): the next waiter's turn
+        turn.release()  # booked (or not admitted): no longer waiting
         if not admission.booked:
             return _not_admitted(call, model, tokens, admission)
         async with _given_back_if_cancelled(call, model, tokens, admission.reservation, sent=False):
@@ -371,7 +395,7 @@ def _nap(admission: Admission, budget_s: float, call: Call) -> float:
         return min(PROBE_RECHECK_S, admission.wait_s, max(budget_s, 0.0))
     if admission.status == "budget_wait":  # worker.budgets: calls in flight will settle
         return min(BUDGET_RECHECK_S * random.uniform(0.5, 1.5), max(budget_s, 0.0))
-    if call.near_front and admission.status == "wait" and admission.wait_s <= budget_s:
+    if call.near_front and admission.status in ("wait", "line") and admission.wait_s <= budget_s:
         # its slot is within the job's wait but beyond the horizon: sleep until it is near
         horizon = call.settings.bulk_horizon_s
         return min(max(admission.wait_s - horizon, TOKEN_RECHECK_S), BULK_RECHECK_S)

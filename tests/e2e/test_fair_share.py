@@ -12,6 +12,7 @@ import pytest
 from harness.wait import wait_until_async
 from producers import ChatJob, JobRejected, Producer, SourceOverQuota
 from tests.helpers import run_worker, sim_admin
+from worker import batches as wb
 from worker import fair
 from worker.lease import Lease
 from worker.settings import SourceLimit
@@ -365,3 +366,37 @@ async def test_a_worker_with_fair_share_off_still_runs_what_waits_in_sub_queues(
     results = [await producer.result(i) for i in ids]
     assert all(r is not None and r.status == "succeeded" for r in results)
     assert await producer.queued() == 0
+
+
+def batch_line(i: int, source: str) -> dict:
+    body = {"model": "gpt-4.1", "messages": [{"role": "user", "content": f"{source} line {i}"}], "max_tokens": 20}
+    return {"custom_id": f"{source}{i}", "method": "POST", "url": "/v1/chat/completions", "body": body}
+
+
+async def test_two_sources_batches_interleave_in_the_bulk_lane_by_weight_behind_interactive_work(
+    fair_settings, make_producer
+):
+    """Two batches from billing (weight 3) and search (1): their lines start 3:1 while both
+    wait, after every interactive job of either source; each line runs once."""
+    s = fair_settings.model_copy(update={"worker_concurrency": 1})
+    search = await make_producer(s, source="search", own_settings=True)
+    billing = await make_producer(s, source="billing", own_settings=True)
+    first = await search.batches.submit([batch_line(i, "search") for i in range(16)])  # search's goes first
+    second = await billing.batches.submit([batch_line(i, "billing") for i in range(24)])
+    interactive = [await p.enqueue(job(p.source or "", i)) for p in (search, billing) for i in range(3)]
+    await run_worker(s)
+    lines = {}
+    for batch, n in ((first, 16), (second, 24)):
+        for i in range(n):
+            result = await search.result(wb.line_job_id(batch.id, i + 1))
+            assert result is not None and result.status == "succeeded" and result.runs == 1, result
+            lines[result.job_id] = ("search" if batch is first else "billing", result.started_at)
+    jobs = [await search.result(i) for i in interactive]
+    assert all(r is not None and r.status == "succeeded" for r in jobs)
+    assert max(r.started_at for r in jobs if r) < min(at for _, at in lines.values())  # bulk stays behind
+    order = [source for source, _ in sorted(lines.values(), key=lambda v: v[1])]
+    # while both batches wait (billing's 24 lines last 32 picks), 3:1: six of any eight (a line
+    # tied with another's may go either side of it)
+    assert 23 <= order[:32].count("billing") <= 24, order
+    for start in range(0, 25):
+        assert 5 <= order[start : start + 8].count("billing") <= 7, order
