@@ -63,6 +63,9 @@ class AIsaClient:
 
         # resolved once: httpx parses a relative URL against base_url on every request
         self._chat_url = self._http.base_url.join("chat/completions")
+        # httpx's cookie handling, read only when an answer sets a cookie (httpx's `cookies`
+        # setter would copy it into a plain Cookies)
+        self._http._cookies = _Cookies()
 
     async def __aenter__(self) -> AIsaClient:
         return self
@@ -155,6 +158,17 @@ class AIsaClient:
                         await on_delta(stream.fresh)
         with _reading("stream"):
             return stream.finish(time.perf_counter() - started, response.headers)
+
+
+class _Cookies(httpx.Cookies):
+    """httpx's cookie jar, the same cookies kept and sent, which hands an answer to
+    `http.cookiejar` only when it sets a cookie: httpx hands it every answer, about 30 µs of
+    CPU a call (a tenth of the call's) to find no Set-Cookie header in a gateway's answer."""
+
+    def extract_cookies(self, response: httpx.Response) -> None:
+        headers = response.headers
+        if "set-cookie" in headers or "set-cookie2" in headers:
+            super().extract_cookies(response)
 
 
 def chat_body(payload: dict[str, Any]) -> dict[str, Any]:

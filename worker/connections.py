@@ -29,6 +29,7 @@ from arq.connections import ArqRedis, RedisSettings
 from redis import Redis as SyncRedis
 from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.connection import AbstractConnection
+from redis.asyncio.connection import Connection as _PlainConnection
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelManagedConnection
 from redis.backoff import ExponentialBackoff, NoBackoff
@@ -197,6 +198,36 @@ class Outage:
 
 
 OUTAGE = Outage()
+
+
+def _pack_command_hiredis(self: AbstractConnection, *args: Any) -> list[bytes]:
+    """redis-py's asyncio `pack_command`, byte for byte, in hiredis's C packer: its pure-Python
+    one encodes and joins argument by argument, about 8 µs a script call of 15 arguments (a
+    worker sends five a job); this is about 1.4 µs. redis-py's blocking client packs with hiredis
+    the same way (`HiredisRespSerializer`). A command hiredis does not take (an argument of
+    another type: redis-py's own packer raises its DataError) or a client with another encoding
+    goes through redis-py's packer."""
+    encoder = self.encoder
+    if encoder.encoding in ("utf-8", "utf8") and encoder.encoding_errors == "strict":
+        first = args[0]
+        if isinstance(first, str):
+            args = (*first.encode().split(), *args[1:])
+        elif isinstance(first, bytes) and b" " in first:
+            args = (*first.split(), *args[1:])
+        try:
+            return [_hiredis_pack(args)]
+        except TypeError:
+            pass
+    return _python_pack(self, *args)
+
+
+_python_pack = _PlainConnection.pack_command
+try:
+    from hiredis import pack_command as _hiredis_pack
+except ImportError:  # hiredis is a dependency (redis[hiredis]); without it, redis-py's packer
+    pass
+else:
+    AbstractConnection.pack_command = _pack_command_hiredis  # type: ignore[method-assign]
 
 
 def _retry() -> Retry:

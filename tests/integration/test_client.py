@@ -263,6 +263,35 @@ async def test_plain_openai_server_without_extensions():
     assert streamed.content.strip() == plain.content and streamed.usage is None and streamed.cost is None
 
 
+async def test_cookies_a_gateway_sets_are_kept_and_sent_back():
+    """The client reads Set-Cookie only from answers that carry one (worker.client._Cookies): what
+    httpx keeps and sends back stays the same."""
+    seen: list[str | None] = []
+
+    async def completions(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("Cookie"))
+        answer = web.json_response(
+            {"model": "any", "choices": [{"index": 0, "message": {"content": "ok"}, "finish_reason": "stop"}]}
+        )
+        if len(seen) == 2:
+            answer.set_cookie("lb", "node-7")
+        return answer
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", completions)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        async with AIsaClient(f"http://127.0.0.1:{port}/v1", API_KEY) as c:
+            for _ in range(4):
+                assert (await c.chat({"model": "any", "messages": HELLO})).content == "ok"
+    finally:
+        await runner.cleanup()
+    assert seen == [None, None, "lb=node-7", "lb=node-7"]
+
+
 async def test_concurrent_calls_share_the_connection_pool(client, sim):
     results = await asyncio.gather(
         *(client.chat({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": f"n{i}"}]}) for i in range(40))
