@@ -256,9 +256,14 @@ def _refused(exc: BatchRejected) -> int:
         return 2
     for error in exc.errors:
         where = f"line {error.line}" if error.line else "the batch"
-        click.echo(f"llm-router: {where} ({error.param or error.code}): {error.message}", err=True)
+        flag = f"{OPTION_FLAGS[error.param]} " if error.param in OPTION_FLAGS else ""
+        click.echo(f"llm-router: {where} ({flag}{error.param or error.code}): {error.message}", err=True)
+    bad_lines = sum(1 for error in exc.errors if error.line)
+    if not bad_lines or bad_lines < len(exc.errors):  # the batch itself: --skip-invalid cannot help
+        click.echo("llm-router: batch refused. Nothing was enqueued: fix what is named above.", err=True)
+        return 2
     click.echo(
-        f"llm-router: batch refused ({len(exc.errors)} bad of {exc.lines} lines). Nothing was enqueued: "
+        f"llm-router: batch refused ({bad_lines} bad of {exc.lines} lines). Nothing was enqueued: "
         "fix them, or pass --skip-invalid to send the others.",
         err=True,
     )

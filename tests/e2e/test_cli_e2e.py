@@ -438,3 +438,11 @@ def test_the_worker_says_at_exit_what_became_of_its_jobs(env):
     arq = out.index("shutdown on SIGTERM")
     assert "0 failed" in out[arq:].splitlines()[0]
     assert out.index("jobs of this worker: 1 succeeded, 1 failed (1 dead-lettered), 0 requeued") > arq, out
+
+
+def test_a_batch_refused_as_a_whole_does_not_suggest_skip_invalid(env, tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    out = cli(env, "batch", "submit", str(empty))
+    assert out.returncode == 2 and "the input has no lines" in out.stderr
+    assert "--skip-invalid" not in out.stderr and "bad of" not in out.stderr, out.stderr
