@@ -149,7 +149,7 @@ def submit(
 @click.option("--follow", is_flag=True, help="follow it to the end with a progress bar")
 @click.option("--json", "as_json", is_flag=True, help="print the batch record as JSON")
 def status(batch_id: str, follow: bool, as_json: bool) -> None:
-    """A batch's status, counts and cost."""
+    """A batch's status, counts and cost (and, once it ended with failed lines, why they failed)."""
 
     async def main() -> int:
         async with Producer() as producer:
@@ -159,6 +159,8 @@ def status(batch_id: str, follow: bool, as_json: bool) -> None:
             if follow:
                 found = await _follow(producer, batch_id)
             click.echo(found.model_dump_json(indent=2) if as_json else _summary(found))
+            if found.final and found.request_counts.failed and not as_json:
+                await _why_failed(producer, found, None)
             return _exit(found) if follow or found.final else 0
 
     run(main(), lambda: keeps_running(batch_id))
