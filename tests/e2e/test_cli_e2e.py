@@ -201,7 +201,11 @@ def test_demo_runs_end_to_end():
     assert 'llm_router_spend_usd_total{kind="chat"' in out.stdout and "Dead letters: 1" in out.stdout
     assert "### batch: 6 prompts from a CSV" in out.stdout and "completed: 6/6 done, 0 failed" in out.stderr
     assert "p0: [gpt-4o-mini] You said: Summarise: The quarterly report" in out.stdout
-    assert "6 lines in summaries.jsonl, in input order" in out.stdout
+    assert "6 lines in summaries.jsonl, in input order: open demo-output/summaries.jsonl" in out.stdout
+    assert '      "name": "get_weather",' in out.stdout  # the tool call, as JSON
+    # the worker's and the api's logs go to files, not between the report's lines
+    assert "dead-lettered: Model" not in out.stdout + out.stderr and "Uvicorn running" not in out.stdout + out.stderr
+    assert "dead-lettered: Model 'no-such-model'" in (ROOT / "demo-output" / "worker.log").read_text()
     assert '202 {"id":"demo-http@hello-1","status":"queued"}' in out.stdout
     assert "succeeded: [gpt-4.1] You said: Hello from curl  (source demo-http, $0.0" in out.stdout
     assert "demo done" in out.stdout
