@@ -29,7 +29,7 @@ from typing import IO, Any
 import click
 
 from worker.batches import Batch
-from worker.cli import run
+from worker.cli import Verbs, run
 
 from .api import Producer
 from .batches import BatchRejected, prompt_lines
@@ -44,7 +44,7 @@ def cli() -> None:
     """Batch verbs."""
 
 
-@cli.group()
+@cli.group(cls=Verbs)
 def batch() -> None:
     """Batches in OpenAI's Batch format (JSONL): submit, status, results, cancel, list."""
 

@@ -4,6 +4,7 @@ verb runs its async body and turns configuration and Redis errors into one clear
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import math
 import signal
@@ -77,6 +78,21 @@ async def _interruptible(main: Coroutine[Any, Any, int]) -> int:
         raise
     finally:
         loop.remove_signal_handler(signal.SIGINT)
+
+
+class Verbs(click.Group):
+    """A verb with sub-verbs (`dlq`, `batch`...) whose --help lists each by the whole first
+    paragraph of its help, wrapped, never cut short at the terminal's width."""
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = []
+        for name in self.list_commands(ctx):
+            command = self.get_command(ctx, name)
+            if command is not None and not command.hidden:
+                rows.append((name, " ".join(inspect.cleandoc(command.help or "").split("\n\n")[0].split())))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
 
 
 class Finite(click.FloatRange):
@@ -173,7 +189,7 @@ def exporter(host: str, port: int | None) -> None:
         pass
 
 
-@cli.group()
+@cli.group(cls=Verbs)
 def dlq() -> None:
     """Dead-lettered jobs: list, show, replay, purge."""
 
@@ -301,7 +317,7 @@ def dlq_purge(yes: bool) -> None:
     _dead_letters(body)
 
 
-@cli.group()
+@cli.group(cls=Verbs)
 def quarantine() -> None:
     """Queue entries with no usable id (not UTF-8, or outside the job-id charset): list, purge."""
 

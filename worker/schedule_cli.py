@@ -16,7 +16,7 @@ from typing import Any, NoReturn
 
 import click
 
-from .cli import run
+from .cli import Verbs, run
 from .settings import load_settings
 
 
@@ -25,7 +25,7 @@ def cli() -> None:
     """Schedule verbs."""
 
 
-@cli.group()
+@cli.group(cls=Verbs)
 def schedule() -> None:
     """Scheduled batches (SCHEDULES_FILE): list, run."""
 

@@ -7,8 +7,9 @@ import importlib
 import inspect
 
 import click
+from click.testing import CliRunner
 
-from llm_router.cli import VERBS, cli
+from llm_router.cli import SECTIONS, VERBS, cli
 
 
 def parts() -> dict[str, click.Group]:
@@ -29,3 +30,30 @@ def test_each_summary_is_the_first_paragraph_of_the_verbs_help():
         assert inspect.cleandoc(command.help or "").split("\n\n")[0] == summary, name
         for limit in (30, 45, 74, 200):  # as --help shortens it, at any terminal width
             assert click.Command(name, help=summary).get_short_help_str(limit) == command.get_short_help_str(limit)
+
+
+def test_help_lists_every_verb_once_by_section_with_its_whole_summary():
+    listed = [verb for verbs in SECTIONS.values() for verb in verbs]
+    assert sorted(listed) == sorted(VERBS)
+    said = CliRunner().invoke(cli, ["-h"], prog_name="llm-router", terminal_width=60).output
+    for title in ("Jobs:", "Batches and schedules:", "Operations:", "Servers:"):
+        assert f"\n{title}\n" in said
+    assert "..." not in said.split("\n", 1)[1]  # no summary cut short, even 60 columns wide
+    flat = "".join(said.split())  # wrapped anywhere, hyphens included
+    for verb, (_, summary) in VERBS.items():
+        assert verb + "".join(summary.split()) in flat
+
+
+def test_version_and_short_help():
+    from importlib.metadata import version
+
+    out = CliRunner().invoke(cli, ["--version"], prog_name="llm-router")
+    assert out.exit_code == 0 and out.output == f"llm-router {version('llm-router')}\n"
+    sub = CliRunner().invoke(cli, ["dlq", "-h"], prog_name="llm-router")
+    assert sub.exit_code == 0 and "Dead-lettered jobs" in sub.output and "-h, --help" in sub.output
+
+
+def test_sub_verbs_are_listed_whole_at_any_width():
+    for group in ("batch", "dlq", "quarantine", "schedule"):
+        said = CliRunner().invoke(cli, [group, "-h"], prog_name="llm-router", terminal_width=60).output
+        assert "Commands:" in said and "..." not in said.split("\n", 1)[1], said
