@@ -16,7 +16,7 @@ import click
 from pydantic.fields import FieldInfo
 
 from worker.cli import Finite, run
-from worker.models import JOB_KINDS, Answer, ChatJob, Choice, CompareJob, JobBase, JobResult, VisionJob
+from worker.models import JOB_KINDS, Answer, ChatJob, ChatParams, Choice, CompareJob, JobBase, JobResult, VisionJob
 
 from .api import JobRejected, Producer, ResultTimeout
 
@@ -110,6 +110,38 @@ def conversation_options(f: Any) -> Any:
     return click.option("--message", help="the user message")(f)
 
 
+# A job verb's --help: its own flags, then the flags most calls use, then the rest of ours.
+OWN = ("model", "models", "image", "prompt", "message", "messages", "system")
+COMMON = ("source", "fallbacks", "no_wait", "timeout", "as_json", "job_id")
+
+
+class JobVerb(click.Command):
+    """A job verb (chat, vision, compare): its --help lists its own flags and the common ones
+    first, then the pass-through parameters of OpenAI's chat completions apart."""
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        passed = set(ChatParams.model_fields)
+        own: list[tuple[int, int, tuple[str, str]]] = []
+        openai: list[tuple[str, str]] = []
+        for i, param in enumerate(self.get_params(ctx)):
+            record = param.get_help_record(ctx)
+            if record is None:
+                continue
+            if param.name in passed:
+                openai.append(record)
+            elif param.name in OWN:
+                own.append((0, OWN.index(param.name), record))
+            elif param.name in COMMON:
+                own.append((1, COMMON.index(param.name), record))
+            else:
+                own.append((2, i, record))
+        with formatter.section("Options"):
+            formatter.write_dl([record for *_, record in sorted(own)])
+        if openai:
+            with formatter.section("OpenAI parameters (passed to the gateway as given)"):
+                formatter.write_dl(openai)
+
+
 @click.group()
 def cli() -> None:
     """Producer verbs."""
@@ -119,7 +151,7 @@ def cli() -> None:
 Submit = Callable[[Producer, str | None, dict[str, Any]], Awaitable[str]]
 
 
-@cli.command()
+@cli.command(cls=JobVerb)
 @click.option("--model", required=True, help="a model, or a route: route:cheap, route:code, ... (see ROUTES)")
 @conversation_options
 @job_options(ChatJob)
@@ -132,7 +164,7 @@ def chat(model: str, message: str | None, messages: Any, system: str | None, **f
     )
 
 
-@cli.command()
+@cli.command(cls=JobVerb)
 @click.option("--model", required=True, help="a model, or a route: route:vision, ... (see ROUTES)")
 @click.option("--image", required=True, help="http(s) URL, data URL or local file")
 @click.option("--prompt", required=True)
@@ -144,7 +176,7 @@ def vision(model: str, image: str, prompt: str, system: str | None, **flags: Any
     _enqueue(lambda p, job_id, params: p.vision(model, image, prompt, system=system, job_id=job_id, **params), flags)
 
 
-@cli.command()
+@cli.command(cls=JobVerb)
 @click.option("--models", required=True, help="comma-separated, e.g. gpt-4.1,claude-3-sonnet")
 @conversation_options
 @job_options(CompareJob)

@@ -57,3 +57,15 @@ def test_sub_verbs_are_listed_whole_at_any_width():
     for group in ("batch", "dlq", "quarantine", "schedule"):
         said = CliRunner().invoke(cli, [group, "-h"], prog_name="llm-router", terminal_width=60).output
         assert "Commands:" in said and "..." not in said.split("\n", 1)[1], said
+
+
+def test_a_job_verbs_help_lists_the_common_flags_before_the_openai_parameters():
+    common = ("--source", "--fallbacks", "--no-wait", "--timeout", "--json")
+    for verb, own in (("chat", "--message"), ("vision", "--image"), ("compare", "--models")):
+        said = CliRunner().invoke(cli, [verb, "--help"], prog_name="llm-router").output
+        flags = [own, *(f for f in common if verb != "compare" or f != "--fallbacks")]  # compare: no fallbacks
+        order = [said.index(f"  {flag} ") for flag in flags]
+        assert order == sorted(order), verb
+        openai = said.index("OpenAI parameters (passed to the gateway as given):")
+        assert order[-1] < openai < said.index("  --temperature ") and said.index("  --max-completion-tokens") > openai
+        assert said.index("  --callback-url") < openai
