@@ -205,9 +205,14 @@ def cancel(batch_id: str) -> None:
 
 
 @batch.command("list")
-@click.option("--limit", type=click.IntRange(1, 100), default=20, show_default=True)
+@click.option("--limit", type=click.IntRange(1, 100), default=20, show_default=True, help="at most this many batches")
 @click.option("--after", help="a batch id: the page after it")
-@click.option("--json", "as_json", is_flag=True)
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="print the page as JSON, as OpenAI's list (data, first_id, last_id, has_more)",
+)
 def list_(limit: int, after: str | None, as_json: bool) -> None:
     """Batches, newest first."""
 

@@ -167,7 +167,7 @@ def chat(model: str, message: str | None, messages: Any, system: str | None, **f
 @cli.command(cls=JobVerb)
 @click.option("--model", required=True, help="a model, or a route: route:vision, ... (see ROUTES)")
 @click.option("--image", required=True, help="http(s) URL, data URL or local file")
-@click.option("--prompt", required=True)
+@click.option("--prompt", required=True, help="the question about the image")
 @click.option("--system", help="system prompt")
 @job_options(VisionJob)
 @wait_options
@@ -193,7 +193,7 @@ def compare(models: str, message: str | None, messages: Any, system: str | None,
 @cli.command()
 @click.argument("job_id")
 @click.option("--wait", type=Finite(min=0), default=0, help="seconds to wait for it (default: don't)")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="print the whole result record as JSON")
 def result(job_id: str, wait: float, as_json: bool) -> None:
     """Print a job's result."""
 

@@ -218,8 +218,10 @@ def _dead_letters(body: Any) -> NoReturn:
 
 
 @dlq.command("list")
-@click.option("--limit", type=LIST_LIMIT, default=50, show_default=True)
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--limit", type=LIST_LIMIT, default=50, show_default=True, help="at most this many, newest first")
+@click.option(
+    "--json", "as_json", is_flag=True, help="print the dead letters as a JSON array (every attempt, the payload)"
+)
 def dlq_list(limit: int, as_json: bool) -> None:
     """Newest first."""
 
@@ -327,8 +329,8 @@ def _quarantine(body: Any) -> NoReturn:
 
 
 @quarantine.command("list")
-@click.option("--limit", type=LIST_LIMIT, default=50, show_default=True)
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--limit", type=LIST_LIMIT, default=50, show_default=True, help="at most this many, newest first")
+@click.option("--json", "as_json", is_flag=True, help="print the entries as a JSON array")
 def quarantine_list(limit: int, as_json: bool) -> None:
     """Newest first, with the reason and the start of the record."""
 
@@ -361,7 +363,7 @@ def quarantine_purge(yes: bool) -> None:
 
 
 @cli.command()
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="print the digests, their workers and what differs as JSON")
 def fleet(as_json: bool) -> None:
     """The live workers of the queue by config digest, and the settings in which digests differ
     (exit 1 if they do)."""
@@ -388,7 +390,7 @@ def fleet(as_json: bool) -> None:
 
 
 @cli.command()
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="print the rows as a JSON array")
 def sources(as_json: bool) -> None:
     """Fair share, per source: jobs waiting in its sub-queue, running, how long its front job has
     waited, its weight and quota (the sources with jobs waiting, and those the settings name)."""

@@ -46,7 +46,9 @@ def _on_producer(body: Any) -> NoReturn:
 
 
 @schedule.command("list")
-@click.option("--json", "as_json", is_flag=True)
+@click.option(
+    "--json", "as_json", is_flag=True, help="print the rows as a JSON array (last counts, last success and error too)"
+)
 def schedule_list(as_json: bool) -> None:
     """Every schedule: cron, time zone, next run, last batch and its status, last success."""
 

@@ -69,3 +69,26 @@ def test_a_job_verbs_help_lists_the_common_flags_before_the_openai_parameters():
         openai = said.index("OpenAI parameters (passed to the gateway as given):")
         assert order[-1] < openai < said.index("  --temperature ") and said.index("  --max-completion-tokens") > openai
         assert said.index("  --callback-url") < openai
+
+
+def test_every_flag_of_ours_says_what_it_does():
+    """--json everywhere, sim's flags...: every option has help, but OpenAI's pass-through
+    parameters (their meaning is OpenAI's; the model gives some a description)."""
+    from worker.models import ChatParams
+
+    def undescribed(command, path, parent):
+        ctx = click.Context(command, info_name=path[-1], parent=parent)
+        for param in command.params:
+            if isinstance(param, click.Option) and not param.help and param.name not in ChatParams.model_fields:
+                yield f"{' '.join(path)} {param.opts[0]}"
+        if isinstance(command, click.Group):
+            for name in command.list_commands(ctx):
+                yield from undescribed(command.get_command(ctx, name), [*path, name], ctx)
+
+    assert list(undescribed(cli, ["llm-router"], None)) == []
+    said = CliRunner().invoke(cli, ["sim", "-h"], prog_name="llm-router", terminal_width=200).output
+    assert (
+        "[default: 8700;" in said
+        and "--latency-ms FLOAT" in said
+        and "fixed delay before the answer  [default: 0]" in said
+    )
