@@ -33,6 +33,7 @@ from worker.cli import Verbs, run
 
 from .api import Producer
 from .batches import BatchRejected, prompt_lines
+from .cli import METADATA_HELP, metadata_pairs
 
 # How often progress is read, and how often a plain (not a terminal) progress line is printed.
 POLL_S = 0.5
@@ -57,7 +58,7 @@ def batch() -> None:
 )
 @click.option("--errors", type=click.Path(dir_okay=False), help="write the error JSONL here (implies --wait)")
 @click.option("--window", default="24h", show_default=True, help="completion window: 24h, 30m, 2h, 90s...")
-@click.option("--metadata", multiple=True, help="key=value (repeatable, at most 16)")
+@click.option("--metadata", multiple=True, metavar="KEY=VALUE|JSON", callback=metadata_pairs, help=METADATA_HELP)
 @click.option("--skip-invalid", is_flag=True, help="enqueue the valid lines, report and skip the others")
 @click.option(
     "--budget",
@@ -80,7 +81,7 @@ def submit(
     output: str | None,
     errors: str | None,
     window: str,
-    metadata: tuple[str, ...],
+    metadata: dict[str, Any] | None,
     skip_invalid: bool,
     budget: float | None,
     prompts: str | None,
@@ -96,12 +97,7 @@ def submit(
         raise click.UsageError("give a FILE of requests or --prompts FILE")
     if prompts and not model:
         raise click.UsageError("--prompts needs --model")
-    meta = {}
-    for pair in metadata:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            raise click.BadParameter(f"{pair!r} is not key=value", param_hint="--metadata")
-        meta[key] = value
+    meta = metadata
 
     submitted: list[str] = []
 

@@ -45,6 +45,29 @@ class _Json(click.ParamType):
             self.fail(f"not valid JSON ({exc})", param, ctx)
 
 
+METADATA_HELP = "key=value (repeatable), or a JSON object of them; at most 16 string pairs"
+
+
+def metadata_pairs(_ctx: Any, _param: Any, values: tuple[str, ...]) -> dict[str, Any] | None:
+    """--metadata of every verb: `key=value` (repeatable), or a JSON object, or both, merged in order."""
+    found: dict[str, Any] = {}
+    for value in values:
+        if value.lstrip().startswith("{"):
+            try:
+                pairs = json.loads(value)
+            except ValueError as exc:
+                raise click.BadParameter(f"{value!r} is not a JSON object ({exc})", param_hint="--metadata") from None
+            if not isinstance(pairs, dict):
+                raise click.BadParameter(f"{value!r} is not a JSON object", param_hint="--metadata")
+            found.update(pairs)
+            continue
+        key, sep, said = value.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{value!r} is neither key=value nor a JSON object", param_hint="--metadata")
+        found[key] = said
+    return found or None
+
+
 def flag(name: str, field: FieldInfo | None = None) -> str:
     """The command-line spelling of a job field, so errors name the flag the user typed."""
     if name == "messages":
@@ -57,6 +80,10 @@ def _option(name: str, field: FieldInfo) -> Callable[[Any], Any]:
     extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
     kinds = [_bare(a) for a in typing.get_args(field.annotation) or (field.annotation,) if a is not type(None)]
     options: dict[str, Any] = {"help": field.description, "default": None}
+    if name == "metadata":  # one form for every verb: key=value or JSON (see metadata_pairs)
+        return click.option(
+            "--metadata", name, multiple=True, metavar="KEY=VALUE|JSON", callback=metadata_pairs, help=METADATA_HELP
+        )
     if kinds == [bool] and field.default is None:
         # unset by default: --x sends true, --no-x sends false, neither sends nothing
         name_flag = flag(name, field)

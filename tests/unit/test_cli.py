@@ -92,3 +92,28 @@ def test_every_flag_of_ours_says_what_it_does():
         and "--latency-ms FLOAT" in said
         and "fixed delay before the answer  [default: 0]" in said
     )
+
+
+def test_metadata_is_key_value_or_json_on_every_verb_that_takes_it():
+    import pytest
+
+    from producers.cli import metadata_pairs
+
+    assert metadata_pairs(None, None, ("team=search", '{"run": "7"}', "a=b=c")) == {
+        "team": "search",
+        "run": "7",
+        "a": "b=c",
+    }
+    assert metadata_pairs(None, None, ()) is None
+    for bad in ("oops", "=x", "{not json", "[1]"):
+        with pytest.raises(click.BadParameter):
+            metadata_pairs(None, None, (bad,))
+    ctx = click.Context(cli)
+    batch = cli.get_command(ctx, "batch")
+    assert isinstance(batch, click.Group)
+    for command in (
+        *(cli.get_command(ctx, v) for v in ("chat", "vision", "compare")),
+        batch.get_command(ctx, "submit"),
+    ):
+        [option] = [p for p in command.params if p.name == "metadata"]
+        assert option.multiple and option.callback is metadata_pairs and option.metavar == "KEY=VALUE|JSON"
