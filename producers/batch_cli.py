@@ -52,7 +52,7 @@ def batch() -> None:
 
 @batch.command()
 @click.argument("file", required=False, type=click.Path(dir_okay=False))
-@click.option("--wait", is_flag=True, help="follow it to the end with a progress bar")
+@click.option("--wait", "--follow", "wait", is_flag=True, help="follow it to the end with a progress bar")
 @click.option(
     "-o", "--output", "output", type=click.Path(dir_okay=False), help="write the output JSONL here (implies --wait)"
 )
@@ -142,7 +142,7 @@ def submit(
 
 @batch.command()
 @click.argument("batch_id")
-@click.option("--follow", is_flag=True, help="follow it to the end with a progress bar")
+@click.option("--wait", "--follow", "follow", is_flag=True, help="follow it to the end with a progress bar")
 @click.option("--json", "as_json", is_flag=True, help="print the batch record as JSON")
 def status(batch_id: str, follow: bool, as_json: bool) -> None:
     """A batch's status, counts and cost (and, once it ended with failed lines, why they failed)."""

@@ -24,6 +24,8 @@ from .api import JobRejected, Producer, ResultTimeout
 _BY_HAND = {"kind", "enqueued_at", "model", "models", "messages", "image", "prompt", "system"}
 # Seconds of waiting after which the CLI checks that some worker consumes the queue.
 NO_WORKER_CHECK_S = 3.0
+# How long a verb waits for a result unless --timeout says (chat ..., result --wait).
+WAIT_S = 120
 
 
 class _Json(click.ParamType):
@@ -125,7 +127,7 @@ def job_options(cls: type[JobBase]) -> Callable[[Any], Any]:
 def wait_options(f: Any) -> Any:
     f = click.option("--json", "as_json", is_flag=True, help="print the whole result record as JSON")(f)
     f = click.option(
-        "--timeout", type=Finite(min=0), default=120, show_default=True, help="seconds to wait for the result"
+        "--timeout", type=Finite(min=0), default=WAIT_S, show_default=True, help="seconds to wait for the result"
     )(f)
     f = click.option("--no-wait", is_flag=True, help="print the job id and return")(f)
     return click.option("--job-id", help="your own id: enqueuing the same id twice runs the job once")(f)
@@ -217,17 +219,60 @@ def compare(models: str, message: str | None, messages: Any, system: str | None,
     )
 
 
-@cli.command()
+class WaitFlag(click.Command):
+    """A verb whose `--wait` is a flag, bounded by `--timeout S`, where it once took the seconds:
+    `--wait 30` (and `--wait=30`) still works, read as `--wait --timeout 30`, with a note."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        new: list[str] = []
+        rest = list(args)
+        while rest:
+            arg = rest.pop(0)
+            seconds = arg.partition("=")[2] if arg.startswith("--wait=") else None
+            if arg == "--wait" and rest and _number(rest[0]):
+                seconds = rest.pop(0)
+            if seconds is None or arg == "--":
+                new.append(arg)
+                if arg == "--":
+                    new += rest
+                    break
+                continue
+            click.echo(
+                f"llm-router: --wait {seconds} is read as --wait --timeout {seconds} (--wait is a flag now; "
+                "the old form keeps working)",
+                err=True,
+            )
+            new += ["--wait", "--timeout", seconds]
+        return super().parse_args(ctx, new)
+
+
+def _number(word: str) -> bool:
+    """Seconds, not a job id (ids are longer: a 32-digit hex id can parse as a number)."""
+    if len(word) > 12:
+        return False
+    try:
+        float(word)
+    except ValueError:
+        return False
+    return True
+
+
+@cli.command(cls=WaitFlag)
 @click.argument("job_id")
-@click.option("--wait", type=Finite(min=0), default=0, help="seconds to wait for it (default: don't)")
+@click.option("--wait", is_flag=True, help="wait for it to end (up to --timeout)")
+@click.option(
+    "--timeout",
+    type=Finite(min=0),
+    help=f"seconds --wait waits for it (giving it implies --wait)  [default: {WAIT_S:g}]",
+)
 @click.option("--json", "as_json", is_flag=True, help="print the whole result record as JSON")
-def result(job_id: str, wait: float, as_json: bool) -> None:
+def result(job_id: str, wait: bool, timeout: float | None, as_json: bool) -> None:
     """Print a job's result."""
 
     async def main() -> int:
         async with Producer() as producer:
-            if wait:
-                return await _wait_and_print(producer, job_id, wait, as_json)
+            if wait or timeout is not None:
+                return await _wait_and_print(producer, job_id, WAIT_S if timeout is None else timeout, as_json)
             found = await producer.result(job_id)
         if found is None:
             click.echo(f"llm-router: no result for {job_id} (queued, running, expired or unknown)", err=True)
@@ -287,7 +332,7 @@ def still_runs(job_id: str) -> str:
     """What Ctrl-C while waiting for a job leaves behind: the job, still running, and where its result will be."""
     return (
         f"job {job_id} was enqueued and still runs (a job cannot be called back once enqueued); "
-        f"its result: llm-router result {job_id} --wait 120"
+        f"its result: llm-router result {job_id} --wait"
     )
 
 

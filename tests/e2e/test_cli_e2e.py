@@ -90,8 +90,11 @@ def test_no_wait_then_result_and_json(env, worker_proc):
     out = cli(env, "chat", "--model", "qwen-max", "--message", "later", "--no-wait")
     job_id = out.stdout.strip()
     assert out.returncode == 0 and len(job_id) == 32
-    out = cli(env, "result", job_id, "--wait", "30", "--json")
+    out = cli(env, "result", job_id, "--wait", "30", "--json")  # the old form: --wait SECONDS
     assert out.returncode == 0, out.stderr
+    assert "--wait 30 is read as --wait --timeout 30" in out.stderr
+    again = cli(env, "result", job_id, "--wait", "--timeout", "30")
+    assert again.returncode == 0 and again.stdout.startswith("[qwen-max] You said: later") and again.stderr == ""
     assert '"content": "[qwen-max] You said: later"' in out.stdout and '"cost_source": "gateway"' in out.stdout
 
 

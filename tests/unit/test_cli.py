@@ -117,3 +117,15 @@ def test_metadata_is_key_value_or_json_on_every_verb_that_takes_it():
     ):
         [option] = [p for p in command.params if p.name == "metadata"]
         assert option.multiple and option.callback is metadata_pairs and option.metavar == "KEY=VALUE|JSON"
+
+
+def test_wait_is_a_flag_everywhere_and_follow_the_same_flag_on_batches():
+    ctx = click.Context(cli)
+    batch = cli.get_command(ctx, "batch")
+    assert isinstance(batch, click.Group)
+    for command in (cli.get_command(ctx, "result"), batch.get_command(ctx, "submit"), batch.get_command(ctx, "status")):
+        [wait] = [p for p in command.params if "--wait" in p.opts]
+        assert isinstance(wait, click.Option) and wait.is_flag
+    for verb in ("submit", "status"):
+        [wait] = [p for p in batch.get_command(ctx, verb).params if "--wait" in p.opts]
+        assert "--follow" in wait.opts
