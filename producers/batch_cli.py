@@ -10,8 +10,8 @@
 
 stdout carries what a script reads (the batch id, results, records with --json); progress goes
 to stderr: a live bar (rich) on a terminal, else a plain line every few seconds. Exit status:
-0 every line succeeded, 1 a line failed or the batch ended expired or cancelled (or is
-unknown), 2 refused input (nothing was enqueued), 130 Ctrl-C (the batch keeps running: the
+0 every line succeeded, 1 a line failed or the batch ended expired or cancelled, 2 refused
+input (nothing was enqueued), 4 no such batch, 130 Ctrl-C (the batch keeps running: the
 commands to follow, fetch or cancel it are printed).
 """
 
@@ -29,7 +29,7 @@ from typing import IO, Any
 import click
 
 from worker.batches import Batch
-from worker.cli import Verbs, run
+from worker.cli import NO_SUCH_ID, Verbs, run
 
 from .api import Producer
 from .batches import BatchRejected, prompt_lines
@@ -292,7 +292,7 @@ def _unreadable(what: str, exc: OSError) -> int:
 
 def _unknown(batch_id: str) -> int:
     click.echo(f"llm-router: no batch {batch_id} (unknown, or purged BATCH_TTL_S after its window)", err=True)
-    return 1
+    return NO_SUCH_ID
 
 
 def _exit(found: Batch) -> int:

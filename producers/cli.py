@@ -15,7 +15,7 @@ from typing import Any, Literal
 import click
 from pydantic.fields import FieldInfo
 
-from worker.cli import Finite, run
+from worker.cli import NO_SUCH_ID, Finite, run
 from worker.models import JOB_KINDS, Answer, ChatJob, ChatParams, Choice, CompareJob, JobBase, JobResult, VisionJob
 
 from .api import JobRejected, Producer, ResultTimeout
@@ -274,9 +274,8 @@ def result(job_id: str, wait: bool, timeout: float | None, as_json: bool) -> Non
             if wait or timeout is not None:
                 return await _wait_and_print(producer, job_id, WAIT_S if timeout is None else timeout, as_json)
             found = await producer.result(job_id)
-        if found is None:
-            click.echo(f"llm-router: no result for {job_id} (queued, running, expired or unknown)", err=True)
-            return 3
+            if found is None:
+                return await _no_result(producer, job_id)
         return _print(found, as_json)
 
     run(main(), lambda: f"stopped waiting; job {job_id} still runs if it was queued")
@@ -342,6 +341,25 @@ def _flag_of(field_path: str) -> str:
     return flag(name, fields.get(name)) if name in fields or name == "messages" else field_path
 
 
+async def _pending(producer: Producer, job_id: str) -> str | None:
+    """`running` (a worker holds it), `queued`, or None (no such job, or no longer)."""
+    from worker.keys import in_progress_key, job_key
+
+    if await producer.redis.exists(in_progress_key(job_id)):
+        return "running"
+    return "queued" if await producer.redis.exists(job_key(job_id)) else None
+
+
+async def _no_result(producer: Producer, job_id: str) -> int:
+    """No result for `job_id`: 3 if it is queued or running (not yet), else NO_SUCH_ID."""
+    state = await _pending(producer, job_id)
+    if state is None:
+        click.echo(f"llm-router: no job {job_id} (unknown, or its result expired after RESULT_TTL_S)", err=True)
+        return NO_SUCH_ID
+    click.echo(f"llm-router: job {job_id} is {state}: no result yet (llm-router result {job_id} --wait)", err=True)
+    return 3
+
+
 async def _wait_and_print(producer: Producer, job_id: str, timeout: float, as_json: bool) -> int:
     """Wait for the result; after a few seconds, say so if no worker consumes the queue."""
     first = min(timeout, NO_WORKER_CHECK_S)
@@ -357,6 +375,9 @@ async def _wait_and_print(producer: Producer, job_id: str, timeout: float, as_js
         try:
             found = await producer.wait(job_id, timeout - first)
         except ResultTimeout:
+            if not await _pending(producer, job_id):
+                click.echo(f"llm-router: no job {job_id} (unknown, or its result expired after RESULT_TTL_S)", err=True)
+                return NO_SUCH_ID
             click.echo(
                 f"llm-router: no result for job {job_id} within {timeout:g}s (it may still finish); "
                 f"fetch it later with: llm-router result {job_id}",

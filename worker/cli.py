@@ -18,13 +18,15 @@ from redis.exceptions import RedisError
 from . import logs
 from .settings import ConfigError, exit_on_config_error, load_settings
 
-# The exit status of a verb stopped by Ctrl-C (SIGINT), as a shell reports it.
+# The exit status of every verb given an id (a job, a batch, a dead letter, a schedule's name)
+# that names nothing, and of a verb stopped by Ctrl-C (SIGINT), as a shell reports it.
+NO_SUCH_ID = 4
 INTERRUPTED = 130
 
 
 def run(main: Coroutine[Any, Any, int], interrupted: Callable[[], str | None] | None = None) -> NoReturn:
     """Run a verb's body; exit with its status (0 ok, 1 failed, 2 refused input/settings, 3 timeout,
-    130 Ctrl-C). On Ctrl-C, `interrupted()` says what goes on without us (the job still runs...)."""
+    4 no such id, 130 Ctrl-C). On Ctrl-C, `interrupted()` says what goes on without us (the job still runs...)."""
     try:
         code = asyncio.run(_interruptible(main))
     except KeyboardInterrupt:
@@ -249,7 +251,7 @@ def dlq_show(job_id: str) -> None:
         letter = await letters.get(job_id)
         if letter is None:
             click.echo(f"llm-router: {job_id} is not in the dead-letter list", err=True)
-            return 1
+            return NO_SUCH_ID
         click.echo(letter.model_dump_json(indent=2, exclude_none=True))
         return 0
 
@@ -275,7 +277,7 @@ def dlq_replay(job_id: str | None, replay_all: bool) -> None:
             return 1
         if not replayed:
             click.echo(f"llm-router: {job_id} is not in the dead-letter list", err=True)
-            return 1
+            return NO_SUCH_ID
         click.echo(f"replayed {job_id}")
         return 0
 

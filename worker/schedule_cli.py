@@ -16,7 +16,7 @@ from typing import Any, NoReturn
 
 import click
 
-from .cli import Verbs, run
+from .cli import NO_SUCH_ID, Verbs, run
 from .settings import load_settings
 
 
@@ -125,7 +125,7 @@ def schedule_run(name: str) -> None:
         if name not in by_name:
             known = ", ".join(by_name) or "none"
             click.echo(f"llm-router: no schedule {name!r} in SCHEDULES_FILE (schedules: {known})", err=True)
-            return 2
+            return NO_SUCH_ID
         try:
             batch, created = await run_now(producer, settings, by_name[name])
         except BatchRejected as exc:

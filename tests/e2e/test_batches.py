@@ -324,7 +324,8 @@ def test_cli_submit_wait_status_results_cancel_list(env, batch_settings, sim, wo
     assert [json.loads(x)["custom_id"] for x in every.stdout.splitlines()] == [f"r{i}" for i in range(40)]
     assert cli(env, "batch", "cancel", batch_id).returncode == 1  # already ended
     assert batch_id in cli(env, "batch", "list").stdout
-    assert cli(env, "batch", "status", "batch_" + "0" * 32).returncode == 1
+    for verb in ("status", "results", "cancel"):  # no such id
+        assert cli(env, "batch", verb, "batch_" + "0" * 32).returncode == 4
 
 
 def test_cli_prompts_csv_with_a_template_and_cancel(env, batch_settings, sim, workers, tmp_path):

@@ -231,11 +231,11 @@ def test_dlq_list_show_replay_purge(env, sim):
     )
     show = cli(env, "dlq", "show", ids[0])
     assert show.returncode == 0 and '"content": "first"' in show.stdout and show.stdout.count('"model": "gpt-4.1"') >= 3
-    assert cli(env, "dlq", "show", "nope").returncode == 1
+    assert cli(env, "dlq", "show", "nope").returncode == 4  # no such id
 
     sim_admin(sim, "/_sim/config", {"model": "gpt-4.1", "down": False})
     assert cli(env, "dlq", "replay", ids[0]).stdout.strip() == f"replayed {ids[0]}"
-    assert cli(env, "dlq", "replay", ids[0]).returncode == 1  # no longer dead
+    assert cli(env, "dlq", "replay", ids[0]).returncode == 4  # no longer dead
     burst = subprocess.run([*CLI, "worker", "--burst"], env=env, capture_output=True, text=True, timeout=60)
     assert burst.returncode == 0 and "jobs of this worker: 1 succeeded, 0 failed (0 dead-lettered)" in burst.stderr
     assert cli(env, "result", ids[0]).stdout.startswith("[gpt-4.1] You said: first")
@@ -453,3 +453,26 @@ def test_a_batch_refused_as_a_whole_does_not_suggest_skip_invalid(env, tmp_path)
     out = cli(env, "batch", "submit", str(empty))
     assert out.returncode == 2 and "the input has no lines" in out.stderr
     assert "--skip-invalid" not in out.stderr and "bad of" not in out.stderr, out.stderr
+
+
+def test_no_such_id_is_exit_4_on_every_verb_given_one(env, tmp_path):
+    """One exit status for an id that names nothing; 3 stays "no result yet" for a job that exists."""
+    batch = "batch_" + "0" * 32
+    for args in (
+        ["result", "no-such-job"],
+        ["result", "no-such-job", "--timeout", "0"],
+        ["dlq", "show", "no-such-job"],
+        ["dlq", "replay", "no-such-job"],
+        ["batch", "status", batch],
+        ["batch", "results", batch],
+        ["batch", "cancel", batch],
+    ):
+        out = cli(env, *args)
+        assert out.returncode == 4 and "Traceback" not in out.stderr, (args, out.stderr)
+    schedules = tmp_path / "schedules.toml"
+    schedules.write_text('[[schedule]]\nname = "nightly"\ncron = "0 3 * * *"\ninput = "in.jsonl"\n')
+    out = cli({**env, "SCHEDULES_FILE": str(schedules)}, "schedule", "run", "nope")
+    assert out.returncode == 4 and "no schedule 'nope'" in out.stderr
+    job = cli(env, "chat", "--model", "gpt-4.1", "--message", "x", "--no-wait").stdout.strip()
+    queued = cli(env, "result", job)  # no worker: queued, no result yet
+    assert queued.returncode == 3 and f"job {job} is queued: no result yet" in queued.stderr
