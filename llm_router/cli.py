@@ -87,6 +87,8 @@ class Verbs(click.Group):
             return click.Command(cmd_name, help=summary)
         group: Any = importlib.import_module(f"llm_router.{module}").cli  # (a checkout's: the same module)
         command: click.Command | None = group.get_command(ctx, cmd_name)
+        if command is not None:
+            _short_help(command)
         return command
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
@@ -94,6 +96,24 @@ class Verbs(click.Group):
         for title, verbs in SECTIONS.items():
             with formatter.section(title):
                 formatter.write_dl([(verb, " ".join(VERBS[verb][1].split())) for verb in verbs])
+
+
+HELP_NAMES = ("-h", "--help")
+
+
+def _short_help(command: click.Command) -> None:
+    """`-h` beside `--help` on `command` and its sub-verbs, whatever context asks first. A context
+    passes its help names down to its children, but click creates a command's help option once,
+    for the first context that asks: a verb first reached under a bare `click.Context(cli)` (the
+    docs' generator, a test) would keep a lone `--help` for good."""
+
+    def names(ctx: click.Context, of: click.Command = command) -> list[str]:
+        taken = {name for param in of.params for name in (*param.opts, *param.secondary_opts)}
+        return [name for name in HELP_NAMES if name not in taken]
+
+    setattr(command, "get_help_option_names", names)  # noqa: B010  (an instance's own, not the class's)
+    for sub in getattr(command, "commands", {}).values():
+        _short_help(sub)
 
 
 def _version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
@@ -113,7 +133,7 @@ cli = Verbs(
     name="llm-router",
     help="Queue-driven LLM calls through the AIsa gateway. A verb enqueues, waits and prints the answer and "
     "its cost; --no-wait prints the job id, --json the whole result record. `llm-router VERB -h` says more.",
-    context_settings={"help_option_names": ["-h", "--help"]},
+    context_settings={"help_option_names": list(HELP_NAMES)},
     params=[
         click.Option(
             ["--version"],

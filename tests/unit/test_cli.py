@@ -77,7 +77,7 @@ def test_every_flag_of_ours_says_what_it_does():
     from worker.models import ChatParams
 
     def undescribed(command, path, parent):
-        ctx = click.Context(command, info_name=path[-1], parent=parent)
+        ctx = click.Context(command, info_name=path[-1], parent=parent)  # no help names: see _short_help
         for param in command.params:
             if isinstance(param, click.Option) and not param.help and param.name not in ChatParams.model_fields:
                 yield f"{' '.join(path)} {param.opts[0]}"
