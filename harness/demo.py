@@ -1,5 +1,8 @@
-"""`make demo` (`python -m harness.demo [--redis-url URL] [--console]`): the whole pipeline on the
-embedded default, then everything it started is stopped. `--console` (`make demo-console`)
+"""`make demo` (`python -m harness.demo [--redis-url URL] [--output DIR] [--console]`): the whole
+pipeline on the embedded default, then everything it started is stopped. Its files stay in
+`--output` (default `demo-output/`, in the working directory) for the user to open: the batch's
+prompts and results, the image it asked about, and the logs of the worker and the api (kept out
+of the report). `--console` (`make demo-console`)
 leaves the servers running and prints the operator console's URL and a token that opens it,
 with the demo's jobs, batch and dead letter on it, until Ctrl-C.
 
@@ -16,7 +19,7 @@ import json
 import secrets
 import signal
 import struct
-import tempfile
+import textwrap
 import zlib
 from contextlib import ExitStack
 from pathlib import Path
@@ -58,7 +61,8 @@ def show(title: str, result: JobResult) -> None:
             text = a.content if a.status == "succeeded" else f"failed: {a.error.type}"  # type: ignore[union-attr]
             print(f"  {a.model:<18} {text}  (${a.cost or 0:.6f}, {a.latency_s or 0:.3f}s)")
     elif result.status == "succeeded":
-        print(f"  {result.content or result.tool_calls}")
+        said = result.content if result.content is not None else json.dumps(result.tool_calls, indent=2)
+        print(textwrap.indent(said, "  "))
     if len(result.attempts) > 1 and not result.answers:
         steps = [
             f"{a.model} {'ok' if a.ok else a.error.type if a.error else 'failed'}"
@@ -127,12 +131,12 @@ PROMPTS = [
 ]
 
 
-def run_batch(scratch: Path, env: dict[str, str]) -> None:
+def run_batch(files: Path, env: dict[str, str]) -> None:
     """A small batch from a CSV of prompts, through the CLI as a user would run it: its live
-    progress (a bar on a terminal, plain lines otherwise), then its results file."""
-    prompts = scratch / "prompts.csv"
+    progress (a bar on a terminal, plain lines otherwise), then its results file (kept in `files`)."""
+    prompts = files / "prompts.csv"
     prompts.write_text("id,text\n" + "".join(f'p{i},"{text}"\n' for i, text in enumerate(PROMPTS)))
-    output = scratch / "summaries.jsonl"
+    output = files / "summaries.jsonl"
     print(f"\n### batch: {len(PROMPTS)} prompts from a CSV, one result line each")
     print(
         "  $ llm-router batch submit --prompts prompts.csv --template 'Summarise: {text}' --model gpt-4o-mini "
@@ -159,10 +163,10 @@ def run_batch(scratch: Path, env: dict[str, str]) -> None:
     for line in lines[:2]:
         body = line["response"]["body"]
         print(f"  {line['custom_id']}: {body['choices'][0]['message']['content']}  (${body['usage']['cost']:.6f})")
-    print(f"  ... {len(lines)} lines in summaries.jsonl, in input order")
+    print(f"  ... {len(lines)} lines in summaries.jsonl, in input order: open {output}")
 
 
-def run_http(env: dict[str, str], console: bool = False) -> None:
+def run_http(env: dict[str, str], files: Path, console: bool = False) -> None:
     """One job arriving over HTTP, as a service in any language would send it: `llm-router api`
     started with a token, the job POSTed, its result long-polled. `console`: the api (and, as
     the caller's stack stops them last, the worker and simulator) keep running until Ctrl-C."""
@@ -173,7 +177,9 @@ def run_http(env: dict[str, str], console: bool = False) -> None:
     if console:  # an operator token for the console; plain HTTP on loopback (no Secure cookie)
         tokens[operator] = {"role": "operator"}
         env = {**env, "CONSOLE_INSECURE_HTTP": "true"}
-    api = LLMRouterProcess("api", "--port", str(port), env={**env, "INGRESS_TOKENS": json.dumps(tokens)})
+    api = LLMRouterProcess(
+        "api", "--port", str(port), env={**env, "INGRESS_TOKENS": json.dumps(tokens)}, log_path=files / "api.log"
+    )
     try:
         api.wait_started(lambda: answers(f"{base}/healthz"), 30, "llm-router api")
         print(f"\n### over HTTP: `llm-router api --port {port}` (INGRESS_TOKENS maps {token} to source demo-http)")
@@ -223,7 +229,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--redis-url", help="use this Redis instead of starting a private redis-server")
     parser.add_argument("--console", action="store_true", help="keep the servers up for the console until Ctrl-C")
+    parser.add_argument(
+        "--output", default="demo-output", help="where its files go (results, logs): default %(default)s/"
+    )
     args = parser.parse_args()
+    files = Path(args.output)
+    files.mkdir(parents=True, exist_ok=True)
+    for old in ("worker.log", "api.log"):  # this run's logs only
+        (files / old).unlink(missing_ok=True)
     with ExitStack() as stack:
         redis_url = args.redis_url
         if redis_url is None:
@@ -245,18 +258,19 @@ def main() -> None:
             "BACKOFF_BASE_S": "0.2",
             "METRICS_PORT": str(metrics_port),
         }
-        worker = LLMRouterProcess("worker", env=env)
+        worker = LLMRouterProcess("worker", env=env, log_path=files / "worker.log")
         stack.callback(worker.wait, 30)
         stack.callback(worker.send, signal.SIGTERM)
-        scratch = Path(stack.enter_context(tempfile.TemporaryDirectory()))
-        asyncio.run(produce(redis_url, tiny_png(scratch / "red.png")))
-        run_batch(scratch, env)
+        asyncio.run(produce(redis_url, tiny_png(files / "red.png")))
+        run_batch(files, env)
         if args.console:  # the console's wait last: the metrics are shown before it
             show_metrics(metrics_port)
-            run_http(env, console=True)
+            run_http(env, files, console=True)
         else:
-            run_http(env)
+            run_http(env, files)
             show_metrics(metrics_port)
+    print(f"\nThe demo's files, in {files}/: prompts.csv and summaries.jsonl (the batch), red.png,")
+    print("  worker.log and api.log (what the worker and the api logged, e.g. the dead letter)")
     print("\ndemo done: worker, simulator and any private Redis stopped")
 
 

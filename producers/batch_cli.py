@@ -10,8 +10,8 @@
 
 stdout carries what a script reads (the batch id, results, records with --json); progress goes
 to stderr: a live bar (rich) on a terminal, else a plain line every few seconds. Exit status:
-0 every line succeeded, 1 a line failed or the batch ended expired or cancelled (or is
-unknown), 2 refused input (nothing was enqueued), 130 Ctrl-C (the batch keeps running: the
+0 every line succeeded, 1 a line failed or the batch ended expired or cancelled, 2 refused
+input (nothing was enqueued), 4 no such batch, 130 Ctrl-C (the batch keeps running: the
 commands to follow, fetch or cancel it are printed).
 """
 
@@ -29,10 +29,11 @@ from typing import IO, Any
 import click
 
 from worker.batches import Batch
-from worker.cli import run
+from worker.cli import NO_SUCH_ID, Verbs, run
 
 from .api import Producer
 from .batches import BatchRejected, prompt_lines
+from .cli import METADATA_HELP, metadata_pairs
 
 # How often progress is read, and how often a plain (not a terminal) progress line is printed.
 POLL_S = 0.5
@@ -44,20 +45,20 @@ def cli() -> None:
     """Batch verbs."""
 
 
-@cli.group()
+@cli.group(cls=Verbs)
 def batch() -> None:
     """Batches in OpenAI's Batch format (JSONL): submit, status, results, cancel, list."""
 
 
 @batch.command()
 @click.argument("file", required=False, type=click.Path(dir_okay=False))
-@click.option("--wait", is_flag=True, help="follow it to the end with a progress bar")
+@click.option("--wait", "--follow", "wait", is_flag=True, help="follow it to the end with a progress bar")
 @click.option(
     "-o", "--output", "output", type=click.Path(dir_okay=False), help="write the output JSONL here (implies --wait)"
 )
 @click.option("--errors", type=click.Path(dir_okay=False), help="write the error JSONL here (implies --wait)")
 @click.option("--window", default="24h", show_default=True, help="completion window: 24h, 30m, 2h, 90s...")
-@click.option("--metadata", multiple=True, help="key=value (repeatable, at most 16)")
+@click.option("--metadata", multiple=True, metavar="KEY=VALUE|JSON", callback=metadata_pairs, help=METADATA_HELP)
 @click.option("--skip-invalid", is_flag=True, help="enqueue the valid lines, report and skip the others")
 @click.option(
     "--budget",
@@ -80,7 +81,7 @@ def submit(
     output: str | None,
     errors: str | None,
     window: str,
-    metadata: tuple[str, ...],
+    metadata: dict[str, Any] | None,
     skip_invalid: bool,
     budget: float | None,
     prompts: str | None,
@@ -96,12 +97,7 @@ def submit(
         raise click.UsageError("give a FILE of requests or --prompts FILE")
     if prompts and not model:
         raise click.UsageError("--prompts needs --model")
-    meta = {}
-    for pair in metadata:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            raise click.BadParameter(f"{pair!r} is not key=value", param_hint="--metadata")
-        meta[key] = value
+    meta = metadata
 
     submitted: list[str] = []
 
@@ -146,10 +142,10 @@ def submit(
 
 @batch.command()
 @click.argument("batch_id")
-@click.option("--follow", is_flag=True, help="follow it to the end with a progress bar")
+@click.option("--wait", "--follow", "follow", is_flag=True, help="follow it to the end with a progress bar")
 @click.option("--json", "as_json", is_flag=True, help="print the batch record as JSON")
 def status(batch_id: str, follow: bool, as_json: bool) -> None:
-    """A batch's status, counts and cost."""
+    """A batch's status, counts and cost (and, once it ended with failed lines, why they failed)."""
 
     async def main() -> int:
         async with Producer() as producer:
@@ -159,6 +155,8 @@ def status(batch_id: str, follow: bool, as_json: bool) -> None:
             if follow:
                 found = await _follow(producer, batch_id)
             click.echo(found.model_dump_json(indent=2) if as_json else _summary(found))
+            if found.final and found.request_counts.failed and not as_json:
+                await _why_failed(producer, found, None)
             return _exit(found) if follow or found.final else 0
 
     run(main(), lambda: keeps_running(batch_id))
@@ -203,9 +201,14 @@ def cancel(batch_id: str) -> None:
 
 
 @batch.command("list")
-@click.option("--limit", type=click.IntRange(1, 100), default=20, show_default=True)
+@click.option("--limit", type=click.IntRange(1, 100), default=20, show_default=True, help="at most this many batches")
 @click.option("--after", help="a batch id: the page after it")
-@click.option("--json", "as_json", is_flag=True)
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="print the page as JSON, as OpenAI's list (data, first_id, last_id, has_more)",
+)
 def list_(limit: int, after: str | None, as_json: bool) -> None:
     """Batches, newest first."""
 
@@ -256,9 +259,14 @@ def _refused(exc: BatchRejected) -> int:
         return 2
     for error in exc.errors:
         where = f"line {error.line}" if error.line else "the batch"
-        click.echo(f"llm-router: {where} ({error.param or error.code}): {error.message}", err=True)
+        flag = f"{OPTION_FLAGS[error.param]} " if error.param in OPTION_FLAGS else ""
+        click.echo(f"llm-router: {where} ({flag}{error.param or error.code}): {error.message}", err=True)
+    bad_lines = sum(1 for error in exc.errors if error.line)
+    if not bad_lines or bad_lines < len(exc.errors):  # the batch itself: --skip-invalid cannot help
+        click.echo("llm-router: batch refused. Nothing was enqueued: fix what is named above.", err=True)
+        return 2
     click.echo(
-        f"llm-router: batch refused ({len(exc.errors)} bad of {exc.lines} lines). Nothing was enqueued: "
+        f"llm-router: batch refused ({bad_lines} bad of {exc.lines} lines). Nothing was enqueued: "
         "fix them, or pass --skip-invalid to send the others.",
         err=True,
     )
@@ -284,7 +292,7 @@ def _unreadable(what: str, exc: OSError) -> int:
 
 def _unknown(batch_id: str) -> int:
     click.echo(f"llm-router: no batch {batch_id} (unknown, or purged BATCH_TTL_S after its window)", err=True)
-    return 1
+    return NO_SUCH_ID
 
 
 def _exit(found: Batch) -> int:

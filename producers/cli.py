@@ -15,8 +15,8 @@ from typing import Any, Literal
 import click
 from pydantic.fields import FieldInfo
 
-from worker.cli import Finite, run
-from worker.models import JOB_KINDS, Answer, ChatJob, Choice, CompareJob, JobBase, JobResult, VisionJob
+from worker.cli import NO_SUCH_ID, Finite, run
+from worker.models import JOB_KINDS, Answer, ChatJob, ChatParams, Choice, CompareJob, JobBase, JobResult, VisionJob
 
 from .api import JobRejected, Producer, ResultTimeout
 
@@ -24,6 +24,8 @@ from .api import JobRejected, Producer, ResultTimeout
 _BY_HAND = {"kind", "enqueued_at", "model", "models", "messages", "image", "prompt", "system"}
 # Seconds of waiting after which the CLI checks that some worker consumes the queue.
 NO_WORKER_CHECK_S = 3.0
+# How long a verb waits for a result unless --timeout says (chat ..., result --wait).
+WAIT_S = 120
 
 
 class _Json(click.ParamType):
@@ -45,6 +47,29 @@ class _Json(click.ParamType):
             self.fail(f"not valid JSON ({exc})", param, ctx)
 
 
+METADATA_HELP = "key=value (repeatable), or a JSON object of them; at most 16 string pairs"
+
+
+def metadata_pairs(_ctx: Any, _param: Any, values: tuple[str, ...]) -> dict[str, Any] | None:
+    """--metadata of every verb: `key=value` (repeatable), or a JSON object, or both, merged in order."""
+    found: dict[str, Any] = {}
+    for value in values:
+        if value.lstrip().startswith("{"):
+            try:
+                pairs = json.loads(value)
+            except ValueError as exc:
+                raise click.BadParameter(f"{value!r} is not a JSON object ({exc})", param_hint="--metadata") from None
+            if not isinstance(pairs, dict):
+                raise click.BadParameter(f"{value!r} is not a JSON object", param_hint="--metadata")
+            found.update(pairs)
+            continue
+        key, sep, said = value.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{value!r} is neither key=value nor a JSON object", param_hint="--metadata")
+        found[key] = said
+    return found or None
+
+
 def flag(name: str, field: FieldInfo | None = None) -> str:
     """The command-line spelling of a job field, so errors name the flag the user typed."""
     if name == "messages":
@@ -57,6 +82,10 @@ def _option(name: str, field: FieldInfo) -> Callable[[Any], Any]:
     extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
     kinds = [_bare(a) for a in typing.get_args(field.annotation) or (field.annotation,) if a is not type(None)]
     options: dict[str, Any] = {"help": field.description, "default": None}
+    if name == "metadata":  # one form for every verb: key=value or JSON (see metadata_pairs)
+        return click.option(
+            "--metadata", name, multiple=True, metavar="KEY=VALUE|JSON", callback=metadata_pairs, help=METADATA_HELP
+        )
     if kinds == [bool] and field.default is None:
         # unset by default: --x sends true, --no-x sends false, neither sends nothing
         name_flag = flag(name, field)
@@ -98,7 +127,7 @@ def job_options(cls: type[JobBase]) -> Callable[[Any], Any]:
 def wait_options(f: Any) -> Any:
     f = click.option("--json", "as_json", is_flag=True, help="print the whole result record as JSON")(f)
     f = click.option(
-        "--timeout", type=Finite(min=0), default=120, show_default=True, help="seconds to wait for the result"
+        "--timeout", type=Finite(min=0), default=WAIT_S, show_default=True, help="seconds to wait for the result"
     )(f)
     f = click.option("--no-wait", is_flag=True, help="print the job id and return")(f)
     return click.option("--job-id", help="your own id: enqueuing the same id twice runs the job once")(f)
@@ -110,6 +139,38 @@ def conversation_options(f: Any) -> Any:
     return click.option("--message", help="the user message")(f)
 
 
+# A job verb's --help: its own flags, then the flags most calls use, then the rest of ours.
+OWN = ("model", "models", "image", "prompt", "message", "messages", "system")
+COMMON = ("source", "fallbacks", "no_wait", "timeout", "as_json", "job_id")
+
+
+class JobVerb(click.Command):
+    """A job verb (chat, vision, compare): its --help lists its own flags and the common ones
+    first, then the pass-through parameters of OpenAI's chat completions apart."""
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        passed = set(ChatParams.model_fields)
+        own: list[tuple[int, int, tuple[str, str]]] = []
+        openai: list[tuple[str, str]] = []
+        for i, param in enumerate(self.get_params(ctx)):
+            record = param.get_help_record(ctx)
+            if record is None:
+                continue
+            if param.name in passed:
+                openai.append(record)
+            elif param.name in OWN:
+                own.append((0, OWN.index(param.name), record))
+            elif param.name in COMMON:
+                own.append((1, COMMON.index(param.name), record))
+            else:
+                own.append((2, i, record))
+        with formatter.section("Options"):
+            formatter.write_dl([record for *_, record in sorted(own)])
+        if openai:
+            with formatter.section("OpenAI parameters (passed to the gateway as given)"):
+                formatter.write_dl(openai)
+
+
 @click.group()
 def cli() -> None:
     """Producer verbs."""
@@ -119,7 +180,7 @@ def cli() -> None:
 Submit = Callable[[Producer, str | None, dict[str, Any]], Awaitable[str]]
 
 
-@cli.command()
+@cli.command(cls=JobVerb)
 @click.option("--model", required=True, help="a model, or a route: route:cheap, route:code, ... (see ROUTES)")
 @conversation_options
 @job_options(ChatJob)
@@ -132,10 +193,10 @@ def chat(model: str, message: str | None, messages: Any, system: str | None, **f
     )
 
 
-@cli.command()
+@cli.command(cls=JobVerb)
 @click.option("--model", required=True, help="a model, or a route: route:vision, ... (see ROUTES)")
 @click.option("--image", required=True, help="http(s) URL, data URL or local file")
-@click.option("--prompt", required=True)
+@click.option("--prompt", required=True, help="the question about the image")
 @click.option("--system", help="system prompt")
 @job_options(VisionJob)
 @wait_options
@@ -144,7 +205,7 @@ def vision(model: str, image: str, prompt: str, system: str | None, **flags: Any
     _enqueue(lambda p, job_id, params: p.vision(model, image, prompt, system=system, job_id=job_id, **params), flags)
 
 
-@cli.command()
+@cli.command(cls=JobVerb)
 @click.option("--models", required=True, help="comma-separated, e.g. gpt-4.1,claude-3-sonnet")
 @conversation_options
 @job_options(CompareJob)
@@ -158,21 +219,63 @@ def compare(models: str, message: str | None, messages: Any, system: str | None,
     )
 
 
-@cli.command()
+class WaitFlag(click.Command):
+    """A verb whose `--wait` is a flag, bounded by `--timeout S`, where it once took the seconds:
+    `--wait 30` (and `--wait=30`) still works, read as `--wait --timeout 30`, with a note."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        new: list[str] = []
+        rest = list(args)
+        while rest:
+            arg = rest.pop(0)
+            seconds = arg.partition("=")[2] if arg.startswith("--wait=") else None
+            if arg == "--wait" and rest and _number(rest[0]):
+                seconds = rest.pop(0)
+            if seconds is None or arg == "--":
+                new.append(arg)
+                if arg == "--":
+                    new += rest
+                    break
+                continue
+            click.echo(
+                f"llm-router: --wait {seconds} is read as --wait --timeout {seconds} (--wait is a flag now; "
+                "the old form keeps working)",
+                err=True,
+            )
+            new += ["--wait", "--timeout", seconds]
+        return super().parse_args(ctx, new)
+
+
+def _number(word: str) -> bool:
+    """Seconds, not a job id (ids are longer: a 32-digit hex id can parse as a number)."""
+    if len(word) > 12:
+        return False
+    try:
+        float(word)
+    except ValueError:
+        return False
+    return True
+
+
+@cli.command(cls=WaitFlag)
 @click.argument("job_id")
-@click.option("--wait", type=Finite(min=0), default=0, help="seconds to wait for it (default: don't)")
-@click.option("--json", "as_json", is_flag=True)
-def result(job_id: str, wait: float, as_json: bool) -> None:
+@click.option("--wait", is_flag=True, help="wait for it to end (up to --timeout)")
+@click.option(
+    "--timeout",
+    type=Finite(min=0),
+    help=f"seconds --wait waits for it (giving it implies --wait)  [default: {WAIT_S:g}]",
+)
+@click.option("--json", "as_json", is_flag=True, help="print the whole result record as JSON")
+def result(job_id: str, wait: bool, timeout: float | None, as_json: bool) -> None:
     """Print a job's result."""
 
     async def main() -> int:
         async with Producer() as producer:
-            if wait:
-                return await _wait_and_print(producer, job_id, wait, as_json)
+            if wait or timeout is not None:
+                return await _wait_and_print(producer, job_id, WAIT_S if timeout is None else timeout, as_json)
             found = await producer.result(job_id)
-        if found is None:
-            click.echo(f"llm-router: no result for {job_id} (queued, running, expired or unknown)", err=True)
-            return 3
+            if found is None:
+                return await _no_result(producer, job_id)
         return _print(found, as_json)
 
     run(main(), lambda: f"stopped waiting; job {job_id} still runs if it was queued")
@@ -228,7 +331,7 @@ def still_runs(job_id: str) -> str:
     """What Ctrl-C while waiting for a job leaves behind: the job, still running, and where its result will be."""
     return (
         f"job {job_id} was enqueued and still runs (a job cannot be called back once enqueued); "
-        f"its result: llm-router result {job_id} --wait 120"
+        f"its result: llm-router result {job_id} --wait"
     )
 
 
@@ -236,6 +339,25 @@ def _flag_of(field_path: str) -> str:
     name = field_path.split(".")[0]
     fields = {n: f for cls in JOB_KINDS.values() for n, f in cls.model_fields.items()}
     return flag(name, fields.get(name)) if name in fields or name == "messages" else field_path
+
+
+async def _pending(producer: Producer, job_id: str) -> str | None:
+    """`running` (a worker holds it), `queued`, or None (no such job, or no longer)."""
+    from worker.keys import in_progress_key, job_key
+
+    if await producer.redis.exists(in_progress_key(job_id)):
+        return "running"
+    return "queued" if await producer.redis.exists(job_key(job_id)) else None
+
+
+async def _no_result(producer: Producer, job_id: str) -> int:
+    """No result for `job_id`: 3 if it is queued or running (not yet), else NO_SUCH_ID."""
+    state = await _pending(producer, job_id)
+    if state is None:
+        click.echo(f"llm-router: no job {job_id} (unknown, or its result expired after RESULT_TTL_S)", err=True)
+        return NO_SUCH_ID
+    click.echo(f"llm-router: job {job_id} is {state}: no result yet (llm-router result {job_id} --wait)", err=True)
+    return 3
 
 
 async def _wait_and_print(producer: Producer, job_id: str, timeout: float, as_json: bool) -> int:
@@ -253,6 +375,9 @@ async def _wait_and_print(producer: Producer, job_id: str, timeout: float, as_js
         try:
             found = await producer.wait(job_id, timeout - first)
         except ResultTimeout:
+            if not await _pending(producer, job_id):
+                click.echo(f"llm-router: no job {job_id} (unknown, or its result expired after RESULT_TTL_S)", err=True)
+                return NO_SUCH_ID
             click.echo(
                 f"llm-router: no result for job {job_id} within {timeout:g}s (it may still finish); "
                 f"fetch it later with: llm-router result {job_id}",

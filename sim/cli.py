@@ -33,17 +33,28 @@ def _error_rates(ctx: click.Context, param: click.Parameter, values: tuple[str, 
 cli = click.Group()
 
 
+def _fault(name: str) -> str:
+    """A fault flag's help: the description of its field (sim.faults.Faults), said once there."""
+    return str(Faults.model_fields[name].description)
+
+
 @cli.command("sim", help="Run the local AIsa simulator.")
-@click.option("--host", default="127.0.0.1")
-@click.option("--port", type=click.IntRange(0, 65535), default=8700)
-@click.option("--api-key", "api_keys", multiple=True, help="a key it accepts (repeatable; default $AISA_API_KEY)")
-@click.option("--credits", type=float, default=100.0, help="USD of credits per key (default 100)")
-@click.option("--seed", type=int, default=0, help="seed for random faults")
-@click.option("--latency-ms", type=float, default=0)
-@click.option("--latency-per-token-ms", type=float, default=0)
-@click.option("--rpm", type=int)
-@click.option("--tpm", type=int)
-@click.option("--rate-window-s", type=float, default=60)
+@click.option("--host", default="127.0.0.1", show_default=True, help="the address to listen on (0.0.0.0: all)")
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=8700,
+    show_default=True,
+    help="the port: AISA_BASE_URL is then http://HOST:PORT/v1",
+)
+@click.option("--api-key", "api_keys", multiple=True, help="a key it accepts (repeatable)  [default: $AISA_API_KEY]")
+@click.option("--credits", type=float, default=100.0, show_default=True, help="USD of credits per key")
+@click.option("--seed", type=int, default=0, show_default=True, help="seed for random faults")
+@click.option("--latency-ms", type=float, default=0, show_default=True, help=_fault("latency_ms"))
+@click.option("--latency-per-token-ms", type=float, default=0, show_default=True, help=_fault("latency_per_token_ms"))
+@click.option("--rpm", type=int, help=_fault("rpm") + "  [default: no limit]")
+@click.option("--tpm", type=int, help=_fault("tpm") + "  [default: no limit]")
+@click.option("--rate-window-s", type=float, default=60, show_default=True, help=_fault("rate_window_s"))
 @click.option(
     "--error-rate",
     "error_rates",
@@ -52,10 +63,10 @@ cli = click.Group()
     callback=_error_rates,
     help="inject this status at this rate (repeatable), e.g. 503=0.1",
 )
-@click.option("--down", is_flag=True)
-@click.option("--hang-s", type=float, default=0)
-@click.option("--cut-stream-after", type=int)
-@click.option("--malformed", is_flag=True)
+@click.option("--down", is_flag=True, help=_fault("down"))
+@click.option("--hang-s", type=float, default=0, show_default=True, help=_fault("hang_s"))
+@click.option("--cut-stream-after", type=int, help=_fault("cut_stream_after"))
+@click.option("--malformed", is_flag=True, help=_fault("malformed"))
 @click.option("--bill-at-bound", is_flag=True, help="bill each call up to the bound a budget reserves for")
 @click.option(
     "--bill-then",

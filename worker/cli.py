@@ -4,6 +4,7 @@ verb runs its async body and turns configuration and Redis errors into one clear
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import math
 import signal
@@ -17,13 +18,15 @@ from redis.exceptions import RedisError
 from . import logs
 from .settings import ConfigError, exit_on_config_error, load_settings
 
-# The exit status of a verb stopped by Ctrl-C (SIGINT), as a shell reports it.
+# The exit status of every verb given an id (a job, a batch, a dead letter, a schedule's name)
+# that names nothing, and of a verb stopped by Ctrl-C (SIGINT), as a shell reports it.
+NO_SUCH_ID = 4
 INTERRUPTED = 130
 
 
 def run(main: Coroutine[Any, Any, int], interrupted: Callable[[], str | None] | None = None) -> NoReturn:
     """Run a verb's body; exit with its status (0 ok, 1 failed, 2 refused input/settings, 3 timeout,
-    130 Ctrl-C). On Ctrl-C, `interrupted()` says what goes on without us (the job still runs...)."""
+    4 no such id, 130 Ctrl-C). On Ctrl-C, `interrupted()` says what goes on without us (the job still runs...)."""
     try:
         code = asyncio.run(_interruptible(main))
     except KeyboardInterrupt:
@@ -77,6 +80,21 @@ async def _interruptible(main: Coroutine[Any, Any, int]) -> int:
         raise
     finally:
         loop.remove_signal_handler(signal.SIGINT)
+
+
+class Verbs(click.Group):
+    """A verb with sub-verbs (`dlq`, `batch`...) whose --help lists each by the whole first
+    paragraph of its help, wrapped, never cut short at the terminal's width."""
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = []
+        for name in self.list_commands(ctx):
+            command = self.get_command(ctx, name)
+            if command is not None and not command.hidden:
+                rows.append((name, " ".join(inspect.cleandoc(command.help or "").split("\n\n")[0].split())))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
 
 
 class Finite(click.FloatRange):
@@ -173,7 +191,7 @@ def exporter(host: str, port: int | None) -> None:
         pass
 
 
-@cli.group()
+@cli.group(cls=Verbs)
 def dlq() -> None:
     """Dead-lettered jobs: list, show, replay, purge."""
 
@@ -202,8 +220,10 @@ def _dead_letters(body: Any) -> NoReturn:
 
 
 @dlq.command("list")
-@click.option("--limit", type=LIST_LIMIT, default=50, show_default=True)
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--limit", type=LIST_LIMIT, default=50, show_default=True, help="at most this many, newest first")
+@click.option(
+    "--json", "as_json", is_flag=True, help="print the dead letters as a JSON array (every attempt, the payload)"
+)
 def dlq_list(limit: int, as_json: bool) -> None:
     """Newest first."""
 
@@ -231,7 +251,7 @@ def dlq_show(job_id: str) -> None:
         letter = await letters.get(job_id)
         if letter is None:
             click.echo(f"llm-router: {job_id} is not in the dead-letter list", err=True)
-            return 1
+            return NO_SUCH_ID
         click.echo(letter.model_dump_json(indent=2, exclude_none=True))
         return 0
 
@@ -257,7 +277,7 @@ def dlq_replay(job_id: str | None, replay_all: bool) -> None:
             return 1
         if not replayed:
             click.echo(f"llm-router: {job_id} is not in the dead-letter list", err=True)
-            return 1
+            return NO_SUCH_ID
         click.echo(f"replayed {job_id}")
         return 0
 
@@ -301,7 +321,7 @@ def dlq_purge(yes: bool) -> None:
     _dead_letters(body)
 
 
-@cli.group()
+@cli.group(cls=Verbs)
 def quarantine() -> None:
     """Queue entries with no usable id (not UTF-8, or outside the job-id charset): list, purge."""
 
@@ -311,8 +331,8 @@ def _quarantine(body: Any) -> NoReturn:
 
 
 @quarantine.command("list")
-@click.option("--limit", type=LIST_LIMIT, default=50, show_default=True)
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--limit", type=LIST_LIMIT, default=50, show_default=True, help="at most this many, newest first")
+@click.option("--json", "as_json", is_flag=True, help="print the entries as a JSON array")
 def quarantine_list(limit: int, as_json: bool) -> None:
     """Newest first, with the reason and the start of the record."""
 
@@ -345,7 +365,7 @@ def quarantine_purge(yes: bool) -> None:
 
 
 @cli.command()
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="print the digests, their workers and what differs as JSON")
 def fleet(as_json: bool) -> None:
     """The live workers of the queue by config digest, and the settings in which digests differ
     (exit 1 if they do)."""
@@ -372,7 +392,7 @@ def fleet(as_json: bool) -> None:
 
 
 @cli.command()
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="print the rows as a JSON array")
 def sources(as_json: bool) -> None:
     """Fair share, per source: jobs waiting in its sub-queue, running, how long its front job has
     waited, its weight and quota (the sources with jobs waiting, and those the settings name)."""

@@ -401,7 +401,9 @@ class VisionJob(RoutedJob):
     image: ImageRef = Field(description="http(s) URL, data URL or local file")
     prompt: Text = Field(min_length=1)
     system: str | None = Field(None, description="system prompt")
-    detail: Literal["auto", "low", "high"] | None = None
+    detail: Literal["auto", "low", "high"] | None = Field(
+        None, description="how closely the model looks at the image (OpenAI's image_url.detail)"
+    )
 
     def build_messages(self) -> list[dict[str, Any]]:
         image_url: dict[str, Any] = {"url": self.image}

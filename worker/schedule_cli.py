@@ -16,7 +16,7 @@ from typing import Any, NoReturn
 
 import click
 
-from .cli import run
+from .cli import NO_SUCH_ID, Verbs, run
 from .settings import load_settings
 
 
@@ -25,7 +25,7 @@ def cli() -> None:
     """Schedule verbs."""
 
 
-@cli.group()
+@cli.group(cls=Verbs)
 def schedule() -> None:
     """Scheduled batches (SCHEDULES_FILE): list, run."""
 
@@ -46,7 +46,9 @@ def _on_producer(body: Any) -> NoReturn:
 
 
 @schedule.command("list")
-@click.option("--json", "as_json", is_flag=True)
+@click.option(
+    "--json", "as_json", is_flag=True, help="print the rows as a JSON array (last counts, last success and error too)"
+)
 def schedule_list(as_json: bool) -> None:
     """Every schedule: cron, time zone, next run, last batch and its status, last success."""
 
@@ -123,7 +125,7 @@ def schedule_run(name: str) -> None:
         if name not in by_name:
             known = ", ".join(by_name) or "none"
             click.echo(f"llm-router: no schedule {name!r} in SCHEDULES_FILE (schedules: {known})", err=True)
-            return 2
+            return NO_SUCH_ID
         try:
             batch, created = await run_now(producer, settings, by_name[name])
         except BatchRejected as exc:

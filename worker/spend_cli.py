@@ -27,7 +27,9 @@ def cli() -> None:
 
 @cli.command()
 @click.option("--days", type=click.IntRange(1, 3660), default=7, show_default=True, help="UTC days, today included")
-@click.option("--by", "by", type=click.Choice(SPEND_BY), default="model", show_default=True)
+@click.option(
+    "--by", "by", type=click.Choice(SPEND_BY), default="model", show_default=True, help="one row per model, source, ..."
+)
 @click.option("--json", "as_json", is_flag=True, help="the whole report as JSON")
 def spend(days: int, by: str, as_json: bool) -> None:
     """Spend, calls, tokens and cache savings per day, by model, source, batch or route."""

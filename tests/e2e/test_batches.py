@@ -316,12 +316,16 @@ def test_cli_submit_wait_status_results_cancel_list(env, batch_settings, sim, wo
     assert record["status"] == "completed" and record["request_counts"]["failed"] == 8
     assert record["metadata"] == {"team": "search", "run": "7"} and record["completion_window"] == "2h"
     assert record["cost_usd"] == pytest.approx(sim_admin(sim, "/_sim/stats")["charged_total"], abs=1e-6)
-    assert "40/40 done, 8 failed" in cli(env, "batch", "status", batch_id).stdout
+    status = cli(env, "batch", "status", batch_id)
+    assert "40/40 done, 8 failed" in status.stdout and status.returncode == 1
+    assert "llm-router: 8 lines failed:" in status.stderr and "(e.g. r0, r5, r10, ...)" in status.stderr
+    assert f"every failed line with its error: llm-router batch results {batch_id} --errors" in status.stderr
     every = cli(env, "batch", "results", batch_id)
     assert [json.loads(x)["custom_id"] for x in every.stdout.splitlines()] == [f"r{i}" for i in range(40)]
     assert cli(env, "batch", "cancel", batch_id).returncode == 1  # already ended
     assert batch_id in cli(env, "batch", "list").stdout
-    assert cli(env, "batch", "status", "batch_" + "0" * 32).returncode == 1
+    for verb in ("status", "results", "cancel"):  # no such id
+        assert cli(env, "batch", verb, "batch_" + "0" * 32).returncode == 4
 
 
 def test_cli_prompts_csv_with_a_template_and_cancel(env, batch_settings, sim, workers, tmp_path):

@@ -90,8 +90,11 @@ def test_no_wait_then_result_and_json(env, worker_proc):
     out = cli(env, "chat", "--model", "qwen-max", "--message", "later", "--no-wait")
     job_id = out.stdout.strip()
     assert out.returncode == 0 and len(job_id) == 32
-    out = cli(env, "result", job_id, "--wait", "30", "--json")
+    out = cli(env, "result", job_id, "--wait", "30", "--json")  # the old form: --wait SECONDS
     assert out.returncode == 0, out.stderr
+    assert "--wait 30 is read as --wait --timeout 30" in out.stderr
+    again = cli(env, "result", job_id, "--wait", "--timeout", "30")
+    assert again.returncode == 0 and again.stdout.startswith("[qwen-max] You said: later") and again.stderr == ""
     assert '"content": "[qwen-max] You said: later"' in out.stdout and '"cost_source": "gateway"' in out.stdout
 
 
@@ -201,7 +204,11 @@ def test_demo_runs_end_to_end():
     assert 'llm_router_spend_usd_total{kind="chat"' in out.stdout and "Dead letters: 1" in out.stdout
     assert "### batch: 6 prompts from a CSV" in out.stdout and "completed: 6/6 done, 0 failed" in out.stderr
     assert "p0: [gpt-4o-mini] You said: Summarise: The quarterly report" in out.stdout
-    assert "6 lines in summaries.jsonl, in input order" in out.stdout
+    assert "6 lines in summaries.jsonl, in input order: open demo-output/summaries.jsonl" in out.stdout
+    assert '      "name": "get_weather",' in out.stdout  # the tool call, as JSON
+    # the worker's and the api's logs go to files, not between the report's lines
+    assert "dead-lettered: Model" not in out.stdout + out.stderr and "Uvicorn running" not in out.stdout + out.stderr
+    assert "dead-lettered: Model 'no-such-model'" in (ROOT / "demo-output" / "worker.log").read_text()
     assert '202 {"id":"demo-http@hello-1","status":"queued"}' in out.stdout
     assert "succeeded: [gpt-4.1] You said: Hello from curl  (source demo-http, $0.0" in out.stdout
     assert "demo done" in out.stdout
@@ -224,11 +231,11 @@ def test_dlq_list_show_replay_purge(env, sim):
     )
     show = cli(env, "dlq", "show", ids[0])
     assert show.returncode == 0 and '"content": "first"' in show.stdout and show.stdout.count('"model": "gpt-4.1"') >= 3
-    assert cli(env, "dlq", "show", "nope").returncode == 1
+    assert cli(env, "dlq", "show", "nope").returncode == 4  # no such id
 
     sim_admin(sim, "/_sim/config", {"model": "gpt-4.1", "down": False})
     assert cli(env, "dlq", "replay", ids[0]).stdout.strip() == f"replayed {ids[0]}"
-    assert cli(env, "dlq", "replay", ids[0]).returncode == 1  # no longer dead
+    assert cli(env, "dlq", "replay", ids[0]).returncode == 4  # no longer dead
     burst = subprocess.run([*CLI, "worker", "--burst"], env=env, capture_output=True, text=True, timeout=60)
     assert burst.returncode == 0 and "jobs of this worker: 1 succeeded, 0 failed (0 dead-lettered)" in burst.stderr
     assert cli(env, "result", ids[0]).stdout.startswith("[gpt-4.1] You said: first")
@@ -438,3 +445,34 @@ def test_the_worker_says_at_exit_what_became_of_its_jobs(env):
     arq = out.index("shutdown on SIGTERM")
     assert "0 failed" in out[arq:].splitlines()[0]
     assert out.index("jobs of this worker: 1 succeeded, 1 failed (1 dead-lettered), 0 requeued") > arq, out
+
+
+def test_a_batch_refused_as_a_whole_does_not_suggest_skip_invalid(env, tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    out = cli(env, "batch", "submit", str(empty))
+    assert out.returncode == 2 and "the input has no lines" in out.stderr
+    assert "--skip-invalid" not in out.stderr and "bad of" not in out.stderr, out.stderr
+
+
+def test_no_such_id_is_exit_4_on_every_verb_given_one(env, tmp_path):
+    """One exit status for an id that names nothing; 3 stays "no result yet" for a job that exists."""
+    batch = "batch_" + "0" * 32
+    for args in (
+        ["result", "no-such-job"],
+        ["result", "no-such-job", "--timeout", "0"],
+        ["dlq", "show", "no-such-job"],
+        ["dlq", "replay", "no-such-job"],
+        ["batch", "status", batch],
+        ["batch", "results", batch],
+        ["batch", "cancel", batch],
+    ):
+        out = cli(env, *args)
+        assert out.returncode == 4 and "Traceback" not in out.stderr, (args, out.stderr)
+    schedules = tmp_path / "schedules.toml"
+    schedules.write_text('[[schedule]]\nname = "nightly"\ncron = "0 3 * * *"\ninput = "in.jsonl"\n')
+    out = cli({**env, "SCHEDULES_FILE": str(schedules)}, "schedule", "run", "nope")
+    assert out.returncode == 4 and "no schedule 'nope'" in out.stderr
+    job = cli(env, "chat", "--model", "gpt-4.1", "--message", "x", "--no-wait").stdout.strip()
+    queued = cli(env, "result", job)  # no worker: queued, no result yet
+    assert queued.returncode == 3 and f"job {job} is queued: no result yet" in queued.stderr

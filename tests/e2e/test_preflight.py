@@ -327,7 +327,7 @@ BAD_OPTIONS = [
     (["dlq", "list", "--limit", "0"], "--limit"),
     (["quarantine", "list", "--limit", "-5"], "--limit"),
     (["chat", "--model", "gpt-4.1", "--message", "hi", "--timeout", "nan"], "--timeout"),
-    (["result", "job-1", "--wait", "inf"], "--wait"),
+    (["result", "job-1", "--timeout", "inf"], "--timeout"),
     (["api", "--host", "203.0.113.9", "--port", "{port}"], "--host 203.0.113.9 --port"),
     (["sim", "--port", "99999"], "--port"),
     (["sim", "--rpm", "-1"], "--rpm"),

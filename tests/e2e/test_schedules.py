@@ -281,7 +281,7 @@ def test_schedule_run_and_list_through_the_cli(sched_settings, sim, workers, tmp
     listed = cli("schedule", "list")
     assert listed.returncode == 0 and "nightly  0 2 * * * (Europe/Berlin)  next " in listed.stdout
     assert "no batch yet" in listed.stdout
-    assert cli("schedule", "run", "nope").returncode == 2
+    assert cli("schedule", "run", "nope").returncode == 4  # no such name
     ran = cli("schedule", "run", "nightly")
     assert ran.returncode == 0, ran.stderr
     batch_id = ran.stdout.strip()

@@ -348,7 +348,10 @@ async def test_callback_urls_outside_the_allow_list_are_refused_at_enqueue(hooks
         text=True,
         timeout=60,
     )
-    assert submit.returncode == 2 and "callback_url" in submit.stderr and "WEBHOOK_ALLOWED_HOSTS" in submit.stderr
+    assert submit.returncode == 2 and "WEBHOOK_ALLOWED_HOSTS" in submit.stderr
+    # one line naming the flag and the fix: not "1 bad of 0 lines", nor --skip-invalid (which cannot help)
+    assert submit.stderr.startswith("llm-router: invalid --callback-url (callback_url): host")
+    assert "bad of" not in submit.stderr and "--skip-invalid" not in submit.stderr
 
     auth = {"Authorization": f"Bearer {TOKEN}"}
     with TestClient(create_app(hooks), headers=auth) as client:

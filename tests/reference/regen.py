@@ -43,7 +43,8 @@ def no_settings_from_env() -> Iterator[None]:
 
 
 def _help_tree(command: click.Command, path: list[str], parent: click.Context | None) -> Iterator[str]:
-    ctx = click.Context(command, info_name=path[-1], parent=parent, terminal_width=WIDTH, max_content_width=WIDTH)
+    settings = {**command.context_settings, "terminal_width": WIDTH, "max_content_width": WIDTH}
+    ctx = click.Context(command, info_name=path[-1], parent=parent, **settings)
     yield f"=== {' '.join(path)} ===\n{command.get_help(ctx)}\n"
     if isinstance(command, click.Group):
         for name in command.list_commands(ctx):
