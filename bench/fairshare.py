@@ -229,27 +229,40 @@ async def bulk_shares(
     )
 
 
-async def alone(fleet: Fleet, settings: Settings, sim_url: str, n: int) -> tuple[float, float]:
-    """(3): one source's `n` jobs, no rate limit: (jobs/s from the first start to the last end,
-    Redis commands per job from before the enqueue to the last job released, producer's included)."""
+def cpu_s(pids: Iterable[int]) -> float:
+    """CPU seconds (user + system) the processes have used so far (Linux /proc)."""
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+async def alone(fleet: Fleet, settings: Settings, sim_url: str, n: int, redis_pid: int) -> tuple[float, float, float]:
+    """(3): one source's `n` jobs, no rate limit: (jobs/s, the steady rate,
+    Redis commands per job from before the enqueue to the last job released, producer's included,
+    CPU ms per job of the workers and Redis meanwhile)."""
     await fleet.start(settings)
+    pids = [redis_pid, *(w.proc.pid for w in fleet.procs)]
     async with Producer(settings.redis_url, source="a", queue_name=settings.queue_name) as p:
         p.settings = settings
         await fresh(p, sim_url, None, 1)
-        before = int((await p.redis.info("stats"))["total_commands_processed"])
+        before, cpu_before = int((await p.redis.info("stats"))["total_commands_processed"]), cpu_s(pids)
         ids = await enqueue(p, jobs("a", n))
 
         async def all_released() -> bool:  # (a few commands a poll: nothing like a job's)
             return await p.queued() == 0
 
         await wait_until_async(all_released, 300, "the jobs", 0.1)
-        after = int((await p.redis.info("stats"))["total_commands_processed"])
+        after, cpu_after = int((await p.redis.info("stats"))["total_commands_processed"]), cpu_s(pids)
         got = await results(p, ids)
     if len(got) != n or any(r.status != "succeeded" for r in got.values()):
         raise RuntimeError(f"{n - len(got)} jobs without a result, or failed")
-    first = min(r.started_at.timestamp() for r in got.values() if r.started_at)
-    last = max(r.finished_at.timestamp() for r in got.values() if r.finished_at)
-    return n / (last - first), (after - before) / n
+    # the steady rate: jobs that ended between the 5th and the 95th percentile of the ends, over
+    # that time (a run's start and end, workers filling their slots and the last few, aside)
+    ends = sorted(r.finished_at.timestamp() for r in got.values() if r.finished_at)
+    lo, hi = ends[n // 20], ends[n - 1 - n // 20]
+    return (n - 1 - 2 * (n // 20)) / (hi - lo), (after - before) / n, (cpu_after - cpu_before) * 1000 / n
 
 
 def say(line: str) -> None:
@@ -283,7 +296,8 @@ async def run(args: argparse.Namespace) -> None:
                     )
                     say(f"(2) weights 3:1, {args.share_each} jobs each: {share}")
                 if 3 in only:
-                    say(await alone_rounds(fleet, bench_settings(base_url, redis.url), base_url, args))
+                    assert redis.proc is not None
+                    say(await alone_rounds(fleet, bench_settings(base_url, redis.url), base_url, args, redis.proc.pid))
                 if 4 in only:
                     bulk = await bulk_shares(
                         fleet, weighted, base_url, args.share_each, args.rpm, args.window, args.share_window
@@ -295,20 +309,23 @@ async def run(args: argparse.Namespace) -> None:
         sim.stop()
 
 
-async def alone_rounds(fleet: Fleet, free: Settings, sim_url: str, args: argparse.Namespace) -> str:
+async def alone_rounds(fleet: Fleet, free: Settings, sim_url: str, args: argparse.Namespace, redis_pid: int) -> str:
     """(3), on and off in turn (the machine's load moves): the median of each."""
-    runs: dict[bool, list[tuple[float, float]]] = {True: [], False: []}
+    runs: dict[bool, list[tuple[float, float, float]]] = {True: [], False: []}
     for _ in range(args.alone_rounds):
         for on in (True, False):
-            runs[on].append(await alone(fleet, free.model_copy(update={"fair_share": on}), sim_url, args.alone))
-    on_rate, off_rate = (statistics.median(r for r, _ in runs[on]) for on in (True, False))
-    on_cmds, off_cmds = (statistics.median(c for _, c in runs[on]) for on in (True, False))
-    each = ", ".join(f"{a:.0f}/{b:.0f}" for (a, _), (b, _) in zip(runs[True], runs[False], strict=True))
+            setting = free.model_copy(update={"fair_share": on})
+            runs[on].append(await alone(fleet, setting, sim_url, args.alone, redis_pid))
+    on_rate, off_rate = (statistics.median(r for r, _, _ in runs[on]) for on in (True, False))
+    on_cmds, off_cmds = (statistics.median(c for _, c, _ in runs[on]) for on in (True, False))
+    on_cpu, off_cpu = (statistics.median(c for _, _, c in runs[on]) for on in (True, False))
+    each = ", ".join(f"{a[0]:.0f}/{b[0]:.0f}" for a, b in zip(runs[True], runs[False], strict=True))
     return (
         f"(3) one source alone, {args.alone} jobs, no limit, median of {args.alone_rounds} rounds each"
-        f" (on/off: {each}):"
-        f" on {on_rate:6.1f} jobs/s, off {off_rate:6.1f} jobs/s, ratio {on_rate / off_rate:5.3f} (target >= 0.98);"
-        f" Redis commands/job on {on_cmds:5.2f}, off {off_cmds:5.2f} (+{on_cmds - off_cmds:4.2f}, target <= +1)"
+        f" (on/off: {each}): on {on_rate:6.1f} jobs/s, off {off_rate:6.1f} jobs/s, ratio {on_rate / off_rate:5.3f}"
+        f" (target >= 0.98); CPU (workers + Redis) a job on {on_cpu:5.2f} ms, off {off_cpu:5.2f} ms"
+        f" (off/on {off_cpu / on_cpu:5.3f}); Redis commands/job on {on_cmds:5.2f}, off {off_cmds:5.2f}"
+        f" (+{on_cmds - off_cmds:4.2f}, target <= +1)"
     )
 
 
