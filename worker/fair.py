@@ -16,8 +16,9 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
+from . import tokens
 from .keys import IN_PROGRESS_PREFIX, JOB_PREFIX, RESULT_PREFIX, RETRY_PREFIX, SOURCE_LIMIT_PREFIX, fair_key, wake_key
-from .settings import Settings
+from .settings import Settings, SourceLimit
 from .wake import WAKE_FUNCTION
 
 DEFAULT_SOURCE = "default"
@@ -34,6 +35,36 @@ def known_sources(settings: Settings) -> frozenset[str]:
 def weight(settings: Settings, source: str) -> float:
     """A source's share (SOURCE_WEIGHTS; 1 when not named)."""
     return settings.source_weights.get(source, 1.0)
+
+
+# "Far over" its quota (SOURCE_LIMITS): a source is refused new jobs (the ingress's 429, the
+# Python enqueue's SourceOverQuota) while more of its jobs wait than its quota clears in a
+# minute. What a quota clears in a minute, in jobs like the one being enqueued: `rpm` of them;
+# `tpm` / the job's tokens (its prompt's estimate plus its completion cap, 512 without one, as
+# the limiter books it); `concurrency` x 60, what it runs in a minute if each job takes a
+# second (LLM calls take longer: this refuses only a backlog of many minutes). With several,
+# the least.
+SECONDS_A_JOB = 1.0
+COMPLETION_ESTIMATE = 512  # worker.routing.DEFAULT_COMPLETION_ESTIMATE
+
+
+def job_tokens(payload: dict[str, Any]) -> int:
+    """What the limiter books for one call of an OpenAI-style payload: its prompt's estimate
+    plus its completion cap (COMPLETION_ESTIMATE without one) for each of its `n` choices."""
+    caps = [t for t in (payload.get("max_tokens"), payload.get("max_completion_tokens")) if t]
+    return tokens.input_estimate(payload) + (min(caps) if caps else COMPLETION_ESTIMATE) * (payload.get("n") or 1)
+
+
+def clears_in_a_minute(limit: SourceLimit | None, job_tokens: int) -> float:
+    """How many jobs of `job_tokens` tokens a source's quota clears in a minute (0: no quota)."""
+    if limit is None:
+        return 0.0
+    each = [
+        limit.rpm,
+        limit.tpm / max(job_tokens, 1) if limit.tpm else None,
+        limit.concurrency * 60 / SECONDS_A_JOB if limit.concurrency else None,
+    ]
+    return min((x for x in each if x), default=0.0)
 
 
 def waiting_key(queue_name: str, source: str) -> str:
