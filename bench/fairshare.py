@@ -8,12 +8,15 @@
   (2) weights 3:1, both saturating: the calls each source started over `--share-window` s while
       both had jobs waiting (target: within 5 % of 3:1).
   (3) one source alone, no rate limit: throughput with FAIR_SHARE on over off (target >= 0.98),
-      and Redis commands per job (INFO total_commands_processed) on and off (target: +1 at most).
+      and Redis commands per job (INFO total_commands_processed) on and off (target: +1 at most),
+      the median of `--alone-rounds` runs of each, in turn.
+  (4) weights 3:1, a batch from each source in the bulk lane (B's first): the lines each started
+      over `--share-window` s while both waited (target: within 5 % of 3:1).
 
 Against the simulator (enforcing R in a `--window` s sliding window, 50 ms a call); one private
 Redis; the workers restarted between scenarios with their settings.
 
-    python -m bench.fairshare [--flood 2400] [--rpm 1200] [--workers 4] [--alone 3000]
+    python -m bench.fairshare [--flood 2400] [--rpm 1200] [--workers 4] [--alone 5000] [--only 1,3]
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from harness.redis_server import PrivateRedis
 from harness.sim_admin import sim_admin
 from harness.wait import wait_until_async
 from producers.api import Producer
+from worker.batches import line_job_id
 from worker.keys import result_key
 from worker.models import ChatJob, JobResult
 from worker.settings import RateLimit, Settings
@@ -179,69 +183,148 @@ async def shares(
     )
 
 
-async def alone(fleet: Fleet, settings: Settings, sim_url: str, n: int) -> tuple[float, float]:
-    """(3): one source's `n` jobs, no rate limit: (jobs/s, Redis commands per job)."""
+def batch_lines(source: str, n: int) -> list[dict]:
+    return [
+        {
+            "custom_id": f"{source}{i}",
+            "method": "POST",
+            "url": "/v1/chat/completions",
+            "body": {"model": MODEL, "messages": [{"role": "user", "content": f"{source} line {i}"}]},
+        }
+        for i in range(n)
+    ]
+
+
+async def bulk_shares(
+    fleet: Fleet, settings: Settings, sim_url: str, each: int, rpm: float, window: float, span: float
+) -> str:
+    """(4): a batch from B (weight 1), then one from A (weight 3), in the bulk lane; lines each
+    started over `span` s while both waited."""
     await fleet.start(settings)
+    async with (
+        Producer(settings.redis_url, source="a", queue_name=settings.queue_name) as a,
+        Producer(settings.redis_url, source="b", queue_name=settings.queue_name) as b,
+    ):
+        a.settings = b.settings = settings
+        await fresh(a, sim_url, rpm, window)
+        b_batch = await b.batches.submit(batch_lines("b", each))
+        a_batch = await a.batches.submit(batch_lines("a", each))
+        t0 = time.time()
+        await asyncio.sleep(5 + span)
+        fleet.stop()
+        got = {}
+        for name, batch in (("a", a_batch), ("b", b_batch)):
+            ids = [line_job_id(batch.id, n) for n in range(1, each + 1)]
+            got[name] = await results(a, ids)
+    calls = {
+        name: sum(
+            1 for r in rs.values() if r.attempts and r.attempts[0].at and t0 + 5 <= r.attempts[0].at < t0 + 5 + span
+        )
+        for name, rs in got.items()
+    }
+    ratio = calls["a"] / max(calls["b"], 1)
+    return (
+        f"lines started in {span:g}s: A {calls['a']}, B {calls['b']}: {ratio:5.3f}:1"
+        f" (target 3:1 within 5 %: {abs(ratio / 3 - 1) <= 0.05})"
+    )
+
+
+def cpu_s(pids: Iterable[int]) -> float:
+    """CPU seconds (user + system) the processes have used so far (Linux /proc)."""
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+async def alone(fleet: Fleet, settings: Settings, sim_url: str, n: int, redis_pid: int) -> tuple[float, float, float]:
+    """(3): one source's `n` jobs, no rate limit: (jobs/s, the steady rate,
+    Redis commands per job from before the enqueue to the last job released, producer's included,
+    CPU ms per job of the workers and Redis meanwhile)."""
+    await fleet.start(settings)
+    pids = [redis_pid, *(w.proc.pid for w in fleet.procs)]
     async with Producer(settings.redis_url, source="a", queue_name=settings.queue_name) as p:
         p.settings = settings
         await fresh(p, sim_url, None, 1)
-        before = int((await p.redis.info("stats"))["total_commands_processed"])
-        started = time.perf_counter()
-        ids = set(await enqueue(p, jobs("a", n)))
-        seen: set[str] = set()
+        before, cpu_before = int((await p.redis.info("stats"))["total_commands_processed"]), cpu_s(pids)
+        ids = await enqueue(p, jobs("a", n))
 
-        async def all_done() -> bool:
-            if await p.queued() > 100:
-                return False
-            seen.update(await results(p, ids - seen))
-            return len(seen) == n
+        async def all_released() -> bool:  # (a few commands a poll: nothing like a job's)
+            return await p.queued() == 0
 
-        await wait_until_async(all_done, 300, "the jobs", 0.2)
-        elapsed = time.perf_counter() - started
-        after = int((await p.redis.info("stats"))["total_commands_processed"])
-    return n / elapsed, (after - before) / n
+        await wait_until_async(all_released, 300, "the jobs", 0.1)
+        after, cpu_after = int((await p.redis.info("stats"))["total_commands_processed"]), cpu_s(pids)
+        got = await results(p, ids)
+    if len(got) != n or any(r.status != "succeeded" for r in got.values()):
+        raise RuntimeError(f"{n - len(got)} jobs without a result, or failed")
+    # the steady rate: jobs that ended between the 5th and the 95th percentile of the ends, over
+    # that time (a run's start and end, workers filling their slots and the last few, aside)
+    ends = sorted(r.finished_at.timestamp() for r in got.values() if r.finished_at)
+    lo, hi = ends[n // 20], ends[n - 1 - n // 20]
+    return (n - 1 - 2 * (n // 20)) / (hi - lo), (after - before) / n, (cpu_after - cpu_before) * 1000 / n
+
+
+def say(line: str) -> None:
+    print(f"{line}  [load {os.getloadavg()[0]:.1f}]", flush=True)
 
 
 async def run(args: argparse.Namespace) -> None:
+    only = {int(x) for x in args.only.split(",")}
     sim, base_url = start_sim()
     limited = {MODEL: RateLimit(rpm=args.rpm)}
+    print(
+        f"R={args.rpm:g}/min (simulator: {round(args.rpm * args.window / 60)} per {args.window:g}s window,"
+        f" {LATENCY_MS} ms a call) workers={args.workers} cores={os.cpu_count()}",
+        flush=True,
+    )
     try:
         with PrivateRedis() as redis, tempfile.TemporaryDirectory() as logs:
             fleet = Fleet(Path(logs), args.workers)
             base = bench_settings(base_url, redis.url, rate_limits=limited, fair_share=True)
+            weighted = base.model_copy(update={"source_weights": {"a": 3, "b": 1}})
             try:
-                on = await contention(fleet, base, base_url, args.flood, args.rpm, args.window)
-                off = await contention(
-                    fleet,
-                    base.model_copy(update={"fair_share": False}),
-                    base_url,
-                    args.flood_off,
-                    args.rpm,
-                    args.window,
-                )
-                weighted = base.model_copy(update={"source_weights": {"a": 3, "b": 1}})
-                share = await shares(
-                    fleet, weighted, base_url, args.share_each, args.rpm, args.window, args.share_window
-                )
-                free = bench_settings(base_url, redis.url, fair_share=True)
-                on_rate, on_cmds = await alone(fleet, free, base_url, args.alone)
-                off_rate, off_cmds = await alone(
-                    fleet, free.model_copy(update={"fair_share": False}), base_url, args.alone
-                )
+                if 1 in only:
+                    on = await contention(fleet, base, base_url, args.flood, args.rpm, args.window)
+                    say(f"(1) contention, FAIR_SHARE on,  A floods {args.flood}:  {on}")
+                    off_settings = base.model_copy(update={"fair_share": False})
+                    off = await contention(fleet, off_settings, base_url, args.flood_off, args.rpm, args.window)
+                    say(f"(1) contention, FAIR_SHARE off, A floods {args.flood_off}:  {off}")
+                if 2 in only:
+                    share = await shares(
+                        fleet, weighted, base_url, args.share_each, args.rpm, args.window, args.share_window
+                    )
+                    say(f"(2) weights 3:1, {args.share_each} jobs each: {share}")
+                if 3 in only:
+                    assert redis.proc is not None
+                    say(await alone_rounds(fleet, bench_settings(base_url, redis.url), base_url, args, redis.proc.pid))
+                if 4 in only:
+                    bulk = await bulk_shares(
+                        fleet, weighted, base_url, args.share_each, args.rpm, args.window, args.share_window
+                    )
+                    say(f"(4) weights 3:1, a batch of {args.share_each} lines each in the bulk lane: {bulk}")
             finally:
                 fleet.stop()
     finally:
         sim.stop()
-    print(
-        f"R={args.rpm:g}/min (simulator: {round(args.rpm * args.window / 60)} per {args.window:g}s window,"
-        f" {LATENCY_MS} ms a call) workers={args.workers} cores={os.cpu_count()} load {os.getloadavg()[0]:.1f}"
-    )
-    print(f"(1) contention, FAIR_SHARE on,  A floods {args.flood}:  {on}")
-    print(f"(1) contention, FAIR_SHARE off, A floods {args.flood_off}:  {off}")
-    print(f"(2) weights 3:1, {args.share_each} jobs each: {share}")
-    print(
-        f"(3) one source alone, {args.alone} jobs, no limit: on {on_rate:6.1f} jobs/s, off {off_rate:6.1f} jobs/s,"
-        f" ratio {on_rate / off_rate:5.3f} (target >= 0.98); Redis commands/job on {on_cmds:5.2f}, off {off_cmds:5.2f}"
+
+
+async def alone_rounds(fleet: Fleet, free: Settings, sim_url: str, args: argparse.Namespace, redis_pid: int) -> str:
+    """(3), on and off in turn (the machine's load moves): the median of each."""
+    runs: dict[bool, list[tuple[float, float, float]]] = {True: [], False: []}
+    for _ in range(args.alone_rounds):
+        for on in (True, False):
+            setting = free.model_copy(update={"fair_share": on})
+            runs[on].append(await alone(fleet, setting, sim_url, args.alone, redis_pid))
+    on_rate, off_rate = (statistics.median(r for r, _, _ in runs[on]) for on in (True, False))
+    on_cmds, off_cmds = (statistics.median(c for _, c, _ in runs[on]) for on in (True, False))
+    on_cpu, off_cpu = (statistics.median(c for _, _, c in runs[on]) for on in (True, False))
+    each = ", ".join(f"{a[0]:.0f}/{b[0]:.0f}" for a, b in zip(runs[True], runs[False], strict=True))
+    return (
+        f"(3) one source alone, {args.alone} jobs, no limit, median of {args.alone_rounds} rounds each"
+        f" (on/off: {each}): on {on_rate:6.1f} jobs/s, off {off_rate:6.1f} jobs/s, ratio {on_rate / off_rate:5.3f}"
+        f" (target >= 0.98); CPU (workers + Redis) a job on {on_cpu:5.2f} ms, off {off_cpu:5.2f} ms"
+        f" (off/on {off_cpu / on_cpu:5.3f}); Redis commands/job on {on_cmds:5.2f}, off {off_cmds:5.2f}"
         f" (+{on_cmds - off_cmds:4.2f}, target <= +1)"
     )
 
@@ -255,7 +338,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--share-each", type=int, default=1500, help="jobs each source floods in (2)")
     parser.add_argument("--share-window", type=float, default=30, help="seconds (2) counts over")
-    parser.add_argument("--alone", type=int, default=3000, help="jobs of the one source in (3)")
+    parser.add_argument("--alone", type=int, default=5000, help="jobs of the one source in (3)")
+    parser.add_argument("--alone-rounds", type=int, default=3, help="runs of (3) on and off, in turn")
+    parser.add_argument("--only", default="1,2,3,4", help="the scenarios to run, e.g. 1,3")
     asyncio.run(run(parser.parse_args()))
 
 

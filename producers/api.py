@@ -55,12 +55,14 @@ J = TypeVar("J", bound=JobBase)
 # A caller's own id also keeps the digest of its job: the same id with another job is a
 # conflict (-1), not a silent no-op. With fair share (FAIR_SHARE, worker.fair) an interactive
 # job waits in its source's sub-queue instead of the queue.
-# A source with an rpm quota (SOURCE_LIMITS) that has more jobs waiting than the quota clears in a
-# minute is "far over" it: the job is refused, nothing written, answering -2 - (jobs waiting).
+# A source with a quota (SOURCE_LIMITS) that has more jobs waiting than the quota clears in a
+# minute (worker.fair.clears_in_a_minute) is "far over" it: the job is refused, nothing written,
+# answering -2 - (jobs waiting).
 # A created job wakes one idle worker (worker.wake).
 # KEYS: job record, arq result, our result, queue, digest, wake list[, fair share: passes, clock, seen]
 # ARGV: record, record TTL ms, score, job id, digest ('' for a generated id), digest TTL s
-#       [, fair share: source, known ('1'/'0'), sources bound, sub-queue prefix, rpm quota or 0]
+#       [, fair share: source, known ('1'/'0'), sources bound, sub-queue prefix, jobs its quota clears
+#       in a minute or 0]
 _ENQUEUE = (
     fair.ENQUEUE_FUNCTION
     + wake.WAKE_FUNCTION
@@ -108,9 +110,9 @@ class JobConflict(JobRejected):
 
 
 class SourceOverQuota(JobRejected):
-    """The job's source is far over its quota (SOURCE_LIMITS rpm): more of its jobs wait than the
-    quota clears in a minute. Nothing was enqueued; `retry_after` is the seconds until it would
-    be accepted again (at the quota's pace)."""
+    """The job's source is far over its quota (SOURCE_LIMITS: rpm, tpm or concurrency): more of its
+    jobs wait than the quota clears in a minute (worker.fair.clears_in_a_minute). Nothing was
+    enqueued; `retry_after` is the seconds until it would be accepted again (at the quota's pace)."""
 
     def __init__(self, field: str, message: str, retry_after: int) -> None:
         super().__init__(field, message)
@@ -261,7 +263,7 @@ class Producer:
             if self.settings.fair_share and not job.bulk:
                 keys += [fair.passes_key(queue), fair.clock_key(queue), fair.seen_key(queue)]
                 name = job.source or self.source or fair.DEFAULT_SOURCE
-                args += [*self._fair_source(name), fair.waiting_key(queue, ""), self._rpm_quota(name)]
+                args += [*self._fair_source(name), fair.waiting_key(queue, ""), self._minute_jobs(name, job)]
             calls.append((keys, args))
         if len(calls) == 1:  # one round trip: a script in a pipeline costs a SCRIPT EXISTS first
             created = [await self._enqueue_one(*calls[0])]
@@ -283,16 +285,26 @@ class Producer:
         return [(job_id, c == 1) for (job_id, _, _), c in zip(records, created, strict=True)]
 
     def _over_quota(self, job: JobBase, waiting: int) -> SourceOverQuota:
-        """The refusal of a job whose source is far over its rpm quota: `waiting` jobs wait."""
+        """The refusal of a job whose source is far over its quota: `waiting` jobs wait, more
+        than the quota clears in a minute (worker.fair.clears_in_a_minute)."""
         source = job.source or self.source or fair.DEFAULT_SOURCE
-        rpm = self._rpm_quota(source)
-        retry_after = max(1, math.ceil((waiting - rpm + 1) * 60 / rpm))  # until a minute's worth waits
+        minute = self._minute_jobs(source, job)
+        retry_after = max(1, math.ceil((waiting - minute + 1) * 60 / minute))  # until a minute's worth waits
+        quota = self.settings.source_limits[source].model_dump(exclude_none=True)
         return SourceOverQuota(
             "source",
-            f"{source} has {waiting} jobs waiting, more than its quota of {rpm:g} a minute (SOURCE_LIMITS) clears"
-            f" in a minute: retry in {retry_after} s",
+            f"{source} has {waiting} jobs waiting, more than its quota {json.dumps(quota)} (SOURCE_LIMITS) clears"
+            f" in a minute ({minute:.4g} jobs like this one): retry in {retry_after} s",
             retry_after,
         )
+
+    def _minute_jobs(self, source: str, job: JobBase) -> float:
+        """Jobs like `job` that `source`'s quota clears in a minute (0: no quota): more waiting is far over it."""
+        limit = self.settings.source_limits.get(source)
+        if limit is None:
+            return 0.0
+        size = fair.job_tokens({"messages": job.build_messages(), **job.request_params()}) if limit.tpm else 0
+        return fair.clears_in_a_minute(limit, size)
 
     def bulk_stride(self, source: str | None) -> float:
         """How far apart a batch's lines (bulk jobs) are placed in the bulk lane, from its front:
@@ -301,10 +313,6 @@ class Producer:
         if not self.settings.fair_share:
             return 1.0
         return 1 / fair.weight(self.settings, source or self.source or fair.DEFAULT_SOURCE)
-
-    def _rpm_quota(self, source: str) -> float:
-        limit = self.settings.source_limits.get(source)
-        return (limit.rpm or 0) if limit else 0
 
     def _fair_source(self, name: str) -> list[str | int]:
         """The enqueue script's fair-share arguments: the source, whether the settings name it, the bound."""

@@ -16,8 +16,9 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
+from . import tokens
 from .keys import IN_PROGRESS_PREFIX, JOB_PREFIX, RESULT_PREFIX, RETRY_PREFIX, SOURCE_LIMIT_PREFIX, fair_key, wake_key
-from .settings import Settings
+from .settings import Settings, SourceLimit
 from .wake import WAKE_FUNCTION
 
 DEFAULT_SOURCE = "default"
@@ -34,6 +35,36 @@ def known_sources(settings: Settings) -> frozenset[str]:
 def weight(settings: Settings, source: str) -> float:
     """A source's share (SOURCE_WEIGHTS; 1 when not named)."""
     return settings.source_weights.get(source, 1.0)
+
+
+# "Far over" its quota (SOURCE_LIMITS): a source is refused new jobs (the ingress's 429, the
+# Python enqueue's SourceOverQuota) while more of its jobs wait than its quota clears in a
+# minute. What a quota clears in a minute, in jobs like the one being enqueued: `rpm` of them;
+# `tpm` / the job's tokens (its prompt's estimate plus its completion cap, 512 without one, as
+# the limiter books it); `concurrency` x 60, what it runs in a minute if each job takes a
+# second (LLM calls take longer: this refuses only a backlog of many minutes). With several,
+# the least.
+SECONDS_A_JOB = 1.0
+COMPLETION_ESTIMATE = 512  # worker.routing.DEFAULT_COMPLETION_ESTIMATE
+
+
+def job_tokens(payload: dict[str, Any]) -> int:
+    """What the limiter books for one call of an OpenAI-style payload: its prompt's estimate
+    plus its completion cap (COMPLETION_ESTIMATE without one) for each of its `n` choices."""
+    caps = [t for t in (payload.get("max_tokens"), payload.get("max_completion_tokens")) if t]
+    return tokens.input_estimate(payload) + (min(caps) if caps else COMPLETION_ESTIMATE) * (payload.get("n") or 1)
+
+
+def clears_in_a_minute(limit: SourceLimit | None, job_tokens: int) -> float:
+    """How many jobs of `job_tokens` tokens a source's quota clears in a minute (0: no quota)."""
+    if limit is None:
+        return 0.0
+    each = [
+        limit.rpm,
+        limit.tpm / max(job_tokens, 1) if limit.tpm else None,
+        limit.concurrency * 60 / SECONDS_A_JOB if limit.concurrency else None,
+    ]
+    return min((x for x in each if x), default=0.0)
 
 
 def waiting_key(queue_name: str, source: str) -> str:
@@ -235,15 +266,16 @@ return out
 """
 
 
-def line_key(queue_name: str, model: str) -> str:
-    """Sorted set job id -> tag: the model's slot line, the jobs waiting for its next rate-limit slot."""
-    return fair_key(queue_name, "line", model)
+def line_key(queue_name: str, model: str, bulk: bool = False) -> str:
+    """Sorted set job id -> tag: the model's slot line, the interactive jobs waiting for its next
+    rate-limit slot (`bulk`: the bulk jobs' line, behind every one of them)."""
+    return fair_key(queue_name, "bulk-line" if bulk else "line", model)
 
 
-def line_state_key(queue_name: str, model: str) -> str:
-    """Hash: the slot line's virtual time (`vt`), each source's last tag (`s:<source>`) and each
+def line_state_key(queue_name: str, model: str, bulk: bool = False) -> str:
+    """Hash: a slot line's virtual time (`vt`), each source's last tag (`s:<source>`) and each
     member's deadline (`d:<job id>`, ms)."""
-    return fair_key(queue_name, "line-state", model)
+    return fair_key(queue_name, "bulk-line-state" if bulk else "line-state", model)
 
 
 # How late a member of a slot line may ask again (past the time it was told) before it is taken
@@ -254,33 +286,39 @@ LINE_GRACE_MS = 200
 @dataclass
 class LineTicket:
     """A job's place in a model's slot line (see LINE_FUNCTIONS): its source (bounded), the
-    stride its weight gives (negative: a bulk job, behind every member), and whether it may join
-    (a job that would give its worker slot back does not)."""
+    stride its weight gives, whether it is a bulk job (in the bulk line, behind every
+    interactive member), and whether it may join (a job that would give its worker slot back
+    does not, unless its turn is next). Keys: the interactive line and its state, then the bulk
+    line and its state."""
 
-    keys: tuple[str, str]
+    keys: tuple[str, str, str, str]
     job_id: str
     source: str
     stride: float
+    bulk: bool
     join: bool
 
     def args(self, r_ms: float, horizon_ms: int, recheck_ms: int) -> list[str]:
         """The admission's last ARGV: '@line', the job, its source, then the numbers in one."""
-        numbers = f"{self.stride!r},{int(self.join)},{LINE_GRACE_MS},{recheck_ms},{r_ms!r},{horizon_ms}"
+        numbers = (
+            f"{self.stride!r},{int(self.join)},{LINE_GRACE_MS},{recheck_ms},{r_ms!r},{horizon_ms},{int(self.bulk)}"
+        )
         return ["@line", self.job_id, self.source, numbers]
 
 
 def ticket(settings: Settings, model: str, job_id: str, source: str, bulk: bool, join: bool) -> LineTicket:
     q = settings.queue_name
-    stride = -1.0 if bulk else 1 / weight(settings, source)
-    return LineTicket((line_key(q, model), line_state_key(q, model)), job_id, source, stride, join and not bulk)
+    keys = (line_key(q, model), line_state_key(q, model), line_key(q, model, True), line_state_key(q, model, True))
+    return LineTicket(keys, job_id, source, 1 / weight(settings, source), bulk, join or bulk)
 
 
 async def leave_line(redis: Redis, t: LineTicket) -> None:
     """A member of a slot line that stops waiting without booking (it gave up, moved to another
     model, was cancelled): off the line, so the next one needs not wait out its deadline."""
+    line, state = t.keys[2:] if t.bulk else t.keys[:2]
     async with redis.pipeline(transaction=False) as pipe:
-        pipe.zrem(t.keys[0], t.job_id)
-        pipe.hdel(t.keys[1], "d:" + t.job_id)
+        pipe.zrem(line, t.job_id)
+        pipe.hdel(state, "d:" + t.job_id)
         await pipe.execute()
 
 
@@ -293,29 +331,36 @@ async def leave_line(redis: Redis, t: LineTicket) -> None:
 # turn (the slot's distance past the horizon, plus a request interval for each job ahead) and
 # join the line (unless they give their worker slot back instead). So the order jobs get slots
 # in is the sources' fair order, not whoever asks first, and a source that starts waiting goes
-# first, not behind the jobs another source has waiting. A bulk job books only while the line
-# is empty. A member that does not ask again within LINE_GRACE_MS of its time is taken off
-# (its worker died). Spliced into worker.limiter's admission: its ARGV ends with
-# '@line', job id, source, 'stride,join,grace ms,recheck cap ms,request interval ms,horizon ms'
-# and its KEYS with the line and its state (line_key, line_state_key).
+# first, not behind the jobs another source has waiting. Bulk jobs have a line of their own,
+# by the same weights, behind every interactive member: a bulk job books only while the
+# interactive line is empty and its turn in the bulk line has come. A member that does not ask
+# again within LINE_GRACE_MS of its time is taken off (its worker died). Spliced into
+# worker.limiter's admission: its ARGV ends with '@line', job id, source, 'stride,join,grace ms,
+# recheck cap ms,request interval ms,horizon ms,bulk' and its KEYS with LineTicket's four.
 LINE_FUNCTIONS = """
-local function line_open(now, lk, sk, id, src, spec)
-  local v = {}
-  for x in string.gmatch(spec, '[^,]+') do table.insert(v, tonumber(x)) end
-  local L = {lk = lk, sk = sk, id = id, src = src, stride = v[1], join = v[2] == 1, grace = v[3],
-             cap = v[4], r = v[5], horizon = v[6], now = now}
+local function line_purge(lk, sk, id, now)
   for _ = 1, 16 do  -- members whose worker did not come back in time: off
     local front = redis.call('ZRANGE', lk, 0, 0)
-    if #front == 0 or front[1] == id then break end
+    if #front == 0 or front[1] == id then return end
     local due = tonumber(redis.call('HGET', sk, 'd:' .. front[1]))
-    if due and due >= now then break end
+    if due and due >= now then return end
     redis.call('ZREM', lk, front[1])
     redis.call('HDEL', sk, 'd:' .. front[1])
   end
-  if L.stride < 0 then  -- a bulk job: behind every member
+end
+local function line_open(now, lk, sk, blk, bsk, id, src, spec)
+  local v = {}
+  for x in string.gmatch(spec, '[^,]+') do table.insert(v, tonumber(x)) end
+  local L = {id = id, src = src, stride = v[1], join = v[2] == 1, grace = v[3], cap = v[4], r = v[5],
+             horizon = v[6], now = now}
+  line_purge(lk, sk, id, now)
+  L.ahead = 0
+  if v[7] == 1 then  -- a bulk job: behind every interactive member, in its own line
     L.ahead = redis.call('ZCARD', lk)
-    return L
+    lk, sk = blk, bsk
+    line_purge(lk, sk, id, now)
   end
+  L.lk, L.sk = lk, sk
   local tag = redis.call('ZSCORE', lk, id)
   if tag then
     L.tag, L.member = tonumber(tag), true
@@ -324,14 +369,14 @@ local function line_open(now, lk, sk, id, src, spec)
     local s = redis.call('HMGET', sk, 'vt', 's:' .. src)
     L.tag = math.max(tonumber(s[1]) or 0, tonumber(s[2]) or 0) + L.stride
   end
-  L.ahead = redis.call('ZCOUNT', lk, '-inf', '(' .. string.format('%.17g', L.tag))
+  L.ahead = L.ahead + redis.call('ZCOUNT', lk, '-inf', '(' .. string.format('%.17g', L.tag))
   return L
 end
 -- not booked: the wait until its turn, and whether the job is in the line: it joins (or stays)
 -- if it may, or if its turn is next (no worker slot is held long for that)
 local function line_wait(L, wait)
   local est = math.max(wait, 0) + L.ahead * L.r
-  local joins = L.tag ~= nil and (L.join or L.ahead == 0 or L.member)
+  local joins = L.join or L.ahead == 0 or L.member
   if joins then
     if not L.member then
       redis.call('ZADD', L.lk, string.format('%.17g', L.tag), L.id)
@@ -347,7 +392,6 @@ end
 -- booked: off the line, the line's virtual time at its tag; a job that booked without joining
 -- while others wait counts as its source's last tag (its next one goes behind theirs)
 local function line_booked(L)
-  if not L.tag then return end
   if L.member then
     redis.call('ZREM', L.lk, L.id)
     redis.call('HDEL', L.sk, 'd:' .. L.id)

@@ -66,11 +66,11 @@ if gate then return {'gate', 0, gate} end
 --@budget:check
 local tokens = tonumber(ARGV[3])
 -- Fair share's slot line (worker.fair LINE_FUNCTIONS), when given: the last four ARGV ('@line',
--- job id, source, numbers) and the last two keys (the line, its state).
+-- job id, source, numbers) and the last four keys (the line and its state, the bulk line and its).
 local n, nk, line = #ARGV, #KEYS, nil
 if n >= 13 and ARGV[n - 3] == '@line' then
-  line = {KEYS[nk - 1], KEYS[nk], ARGV[n - 2], ARGV[n - 1], ARGV[n]}
-  n, nk = n - 4, nk - 2
+  line = {KEYS[nk - 3], KEYS[nk - 2], KEYS[nk - 1], KEYS[nk], ARGV[n - 2], ARGV[n - 1], ARGV[n]}
+  n, nk = n - 4, nk - 4
 end
 -- A source's quota (SOURCE_LIMITS, worker.fair), when given: the six ARGV before those ('@source',
 -- name, request interval ms, ms per token, TPM limit, horizon ms) and the key before those (its

@@ -67,7 +67,8 @@ class SlotTurn:
     line (worker.fair), fleet-wide, where turns go by the sources' weights: its ticket names its
     place, and the limiter books a slot only for the job whose turn it is. Counted in
     `Resources.slot_waiters` while waiting (a worker lets FAIR_SHARE_SLOT_WAITERS wait; another
-    job gives its worker slot back). A job that stops waiting without booking leaves the line."""
+    job gives its worker slot back). A bulk job waits in the bulk line, behind every interactive
+    job, holding its worker slot as before. A job that stops waiting without booking leaves the line."""
 
     def __init__(self, call: Call, model: str) -> None:
         self.call, self.model, self.counted, self.lined = call, model, False, False
@@ -89,7 +90,7 @@ class SlotTurn:
 
     def answered(self, admission: Admission) -> None:
         """Whether the job is in the line now: it joined (or stays: `line`, `retry`), or left by booking."""
-        if self._ticket is not None and self._ticket.stride > 0:
+        if self._ticket is not None:
             if admission.booked:
                 self.lined = False
             elif admission.status in ("line", "retry"):
@@ -351,7 +352,7 @@ async def _call_model(call: Call, model: str, tokens: int, turn: SlotTurn) -> St
         # not next
         join = turn.counted or not call.gives_slot_back()
         ticket = turn.ticket(join)
-        if ticket is not None and ticket.join and not turn.counted:
+        if ticket is not None and ticket.join and not ticket.bulk and not turn.counted:
             turn.take()  # its place among the worker's waiters, before it asks (others ask meanwhile)
         admission = await limiter.admit(model, tokens, max(reach, 0.0), call.budget_plan(model), call.source, ticket)
         turn.answered(admission)

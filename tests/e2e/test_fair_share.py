@@ -18,6 +18,10 @@ from worker.lease import Lease
 from worker.settings import SourceLimit
 
 
+def payload(j: ChatJob) -> dict:
+    return {"messages": j.build_messages(), **j.request_params()}
+
+
 def job(source: str, i: int) -> ChatJob:
     return ChatJob(model="gpt-4.1", messages=[{"role": "user", "content": f"{source} q{i}"}], source=source)
 
@@ -235,6 +239,30 @@ async def test_enqueue_far_over_the_rpm_quota_is_refused_with_retry_after(produc
     assert await producer.queued() == 3  # nothing of the refused job was written
 
 
+async def test_enqueue_far_over_the_tpm_quota_is_refused_by_what_it_clears_of_jobs_this_size(producer):
+    big = [job("search", i).model_copy(update={"max_tokens": 1000}) for i in range(4)]
+    size = fair.job_tokens(payload(big[3]))  # its prompt's estimate and its 1,000: what the limiter books
+    assert 1000 < size < 1100
+    with_limits(producer, {"search": {"tpm": 3 * size}})  # clears three such jobs a minute
+    await producer.enqueue_many(big[:3])
+    with pytest.raises(SourceOverQuota) as refused:
+        await producer.enqueue(big[3])
+    assert refused.value.retry_after == 20  # one over, at three a minute
+    assert f'"tpm": {3 * size}' in refused.value.message
+    small = job("search", 9).model_copy(update={"max_tokens": 10})  # about 20 tokens: far from a minute's worth
+    assert await producer.enqueue(small)
+    assert await producer.queued() == 4
+
+
+async def test_enqueue_far_over_the_concurrency_quota_is_refused(producer):
+    with_limits(producer, {"search": {"concurrency": 1}})  # clears 60 a minute (a job a second)
+    await producer.enqueue_many([job("search", i) for i in range(60)])
+    with pytest.raises(SourceOverQuota) as refused:
+        await producer.enqueue(job("search", 60))
+    assert refused.value.retry_after == 1  # one over: a second at a job a second
+    assert await producer.queued() == 60
+
+
 def test_the_ingress_answers_429_with_retry_after_far_over_quota(redis_url):
     from fastapi.testclient import TestClient
 
@@ -257,6 +285,41 @@ def test_the_ingress_answers_429_with_retry_after_far_over_quota(redis_url):
         assert refused.status_code == 429 and refused.json()["error"]["code"] == "source_quota"
         assert refused.headers["Retry-After"] == "60"
         assert client.post("/v1/jobs", json=body, headers={"Authorization": "Bearer tok-b"}).status_code == 202
+
+
+HI = [{"role": "user", "content": "hi"}]
+
+
+@pytest.mark.parametrize(
+    ("limit", "accepted", "retry_after"),
+    [
+        # a job without max_tokens books its prompt and 512: this tpm clears two a minute
+        ({"tpm": 2 * fair.job_tokens({"messages": HI})}, 2, "30"),
+        ({"concurrency": 1}, 60, "1"),
+    ],
+)
+def test_the_ingress_answers_429_far_over_a_tpm_or_concurrency_quota(redis_url, limit, accepted, retry_after):
+    from fastapi.testclient import TestClient
+
+    from producers.http import create_app
+    from tests.ingress import TOKENS
+    from worker.settings import Settings
+
+    settings = Settings(
+        redis_url=redis_url,
+        ingress_tokens=TOKENS,
+        fair_share=True,
+        source_limits={"team-a": SourceLimit(**limit)},
+        _env_file=None,
+    )
+    body = {"kind": "chat", "model": "gpt-4.1", "messages": HI}
+    with TestClient(create_app(settings)) as client:
+        a = {"Authorization": "Bearer tok-a"}
+        for _ in range(accepted):
+            assert client.post("/v1/jobs", json=body, headers=a).status_code == 202
+        refused = client.post("/v1/jobs", json=body, headers=a)
+        assert refused.status_code == 429 and refused.json()["error"]["code"] == "source_quota"
+        assert refused.headers["Retry-After"] == retry_after
 
 
 async def test_admission_sends_a_job_back_when_its_source_is_at_quota_and_gives_the_run_back(producer):

@@ -38,8 +38,8 @@ async def ask(limiter: Limiter, job_id: str, source: str, reach: float = FAR, **
     return (await limiter.admit("m", 0, reach, line=ticket(limiter, job_id, source, **kw))).status
 
 
-async def line(limiter: Limiter) -> list[str]:
-    key = fair.line_key(limiter.settings.queue_name, "m")
+async def line(limiter: Limiter, bulk: bool = False) -> list[str]:
+    key = fair.line_key(limiter.settings.queue_name, "m", bulk)
     return [m.decode() for m in await limiter.redis.zrange(key, 0, -1)]
 
 
@@ -92,14 +92,23 @@ async def test_a_job_that_would_give_its_slot_back_joins_only_when_its_turn_is_n
     assert await line(limiter) == ["a1"]
 
 
-async def test_a_bulk_job_books_only_while_nobody_waits_in_the_line(redis: Redis):
-    limiter = make(redis, source_weights={})
-    assert await ask(limiter, "a0", "a") == "ok"
-    assert await ask(limiter, "a1", "a", NEAR) == "line"
-    assert await ask(limiter, "bulk", "b", bulk=True) == "wait"  # a slot within reach, but a1 waits
-    assert await line(limiter) == ["a1"]  # and it does not join
-    assert await ask(limiter, "a1", "a") == "ok"
-    assert await ask(limiter, "bulk", "b", bulk=True) == "ok"
+async def test_bulk_jobs_book_only_while_no_interactive_job_waits_and_by_weight(redis: Redis):
+    limiter = make(redis)  # a: weight 3, b: 1
+    assert await ask(limiter, "i0", "a") == "ok"
+    assert await ask(limiter, "i1", "a", NEAR) == "line"
+    for i in range(2):
+        assert await ask(limiter, f"bulk-b{i}", "b", bulk=True) == "line"  # a slot within reach, but i1 waits
+    for i in range(6):
+        assert await ask(limiter, f"bulk-a{i}", "a", bulk=True) == "line"
+    assert await line(limiter) == ["i1"]  # the bulk jobs wait in a line of their own
+    bulk_order = await line(limiter, bulk=True)
+    assert [m[5] for m in bulk_order[:4]].count("a") == 3, bulk_order  # by weight there too
+    assert await ask(limiter, bulk_order[0], bulk_order[0][5], bulk=True) == "line"  # its turn, but i1 first
+    assert await ask(limiter, "i1", "a") == "ok"
+    for m in bulk_order[1:]:  # only the bulk line's front books
+        assert await ask(limiter, m, m[5], bulk=True) == "line"
+    assert await ask(limiter, bulk_order[0], bulk_order[0][5], bulk=True) == "ok"
+    assert await line(limiter, bulk=True) == bulk_order[1:]
 
 
 async def test_a_member_that_leaves_or_whose_worker_died_stops_holding_the_line(redis: Redis):

@@ -71,6 +71,21 @@ async def test_jobs_running_together_share_their_round_trips(producer, settings)
     assert per_job["round_trips"] <= 1.0, per_job
 
 
+async def test_fair_share_costs_a_job_at_most_one_command_more(producer, settings, redis):
+    """FAIR_SHARE on, one source alone: the same five scripts a job, and at most one command more a
+    job than off, counted on the wire and by Redis itself (commands inside scripts too)."""
+    per_job = {}
+    for on in (False, True):
+        producer.settings = settings.model_copy(update={"fair_share": on})
+        before = int((await redis.info("stats"))["total_commands_processed"])
+        counted = await run_counted(producer, producer.settings, 300)  # the enqueue included
+        after = int((await redis.info("stats"))["total_commands_processed"])
+        per_job[on] = counted | {"server": (after - before) / 300}
+    assert per_job[True]["job_scripts"] == per_job[False]["job_scripts"] == 5.0, per_job
+    assert per_job[True]["commands"] <= per_job[False]["commands"] + 1, per_job
+    assert per_job[True]["server"] <= per_job[False]["server"] + 1, per_job
+
+
 async def test_renewal_extends_running_leases_and_keeps_them_out_of_polls(redis):
     lease = Lease(redis, "q", lease_s=3)
     now = timestamp_ms()
