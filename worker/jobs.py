@@ -98,7 +98,7 @@ async def run_job(ctx: Ctx, kind: str, payload: Any, size: int = 0) -> str:
     try:
         result = await _run(resources, kind, payload, job_id, run, ctx.get("enqueue_time"), size, events)
     except Retry:
-        m.JOBS.labels(kind, "requeued").inc()
+        m.child(m.JOBS, kind, "requeued").inc()
         if events is not None:
             events.abandon()
         raise
@@ -144,9 +144,9 @@ async def finish(resources: Resources, kind: str, payload: Any, result: JobResul
 
 
 def _count(kind: str, result: JobResult) -> str:
-    m.JOBS.labels(kind, result.status).inc()
+    m.child(m.JOBS, kind, result.status).inc()
     if result.enqueued_at and result.finished_at:
-        m.JOB_DURATION.labels(kind).observe(max((result.finished_at - result.enqueued_at).total_seconds(), 0.0))
+        m.child(m.JOB_DURATION, kind).observe(max((result.finished_at - result.enqueued_at).total_seconds(), 0.0))
     return result.status
 
 
