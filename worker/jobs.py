@@ -252,12 +252,16 @@ async def _answer(call: Call, job: JobBase, base: dict[str, Any]) -> JobResult:
         model = answer.model if answer.status == "succeeded" else None
         if route is not None:
             m.ROUTE_CHOICES.labels(route, call.resources.labels.model(model) if model else "none").inc()
-        return JobResult(
-            **base, **answer.model_dump(exclude={"model"}), model=model, route=route, attempts=call.attempts
-        )
+        # the answer's own values, not a dump of them validated again
+        fields = {name: getattr(answer, name) for name in _ANSWER_FIELDS}
+        return JobResult(**base, **fields, model=model, route=route, attempts=call.attempts)
     if isinstance(job, CompareJob):
         return await _compare(call, job, base)
     raise TypeError(f"job kind {job.kind!r} must subclass RoutedJob or CompareJob")
+
+
+# What a routed job's result takes from the answer (its `model` is the answering one, or None).
+_ANSWER_FIELDS = tuple(name for name in ModelAnswer.model_fields if name != "model")
 
 
 def _refused(base: dict[str, Any], field: str, message: str) -> JobResult:

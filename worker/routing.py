@@ -627,7 +627,8 @@ def learned_pause(rate_limits: dict[str, float]) -> float:
 
 def succeeded(model: str, c: Completion, prices: dict) -> ModelAnswer:
     cost, source = cost_of(model, c.cost, c.usage, prices)
-    fields = c.model_dump(include=ANSWER_FIELDS) | {"cost": cost, "cost_source": source}
+    # the completion's own values (its usage, its choices), not a dump of them validated again
+    fields = {name: getattr(c, name) for name in ANSWER_FIELDS} | {"cost": cost, "cost_source": source}
     return ModelAnswer(**fields, model=model, status="succeeded")
 
 
