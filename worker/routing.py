@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
 import re
 import time
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -510,7 +510,7 @@ async def call_once(
         error=answer.error,
         cost=answer.cost,
         run=call.run,
-        call_id=uuid.uuid4().hex[:16],
+        call_id=os.urandom(8).hex(),  # 16 hex digits (uuid4's: 1.9 us, this: 0.35)
         at=started_at,
         waited_s=round(waited, 4),
     )
