@@ -34,6 +34,7 @@ PLACE = {
     "test_spacing.py": "unit",
     "test_redis_packing.py": "unit",
     "test_reference.py": "unit",
+    "test_redis_packing.py": "unit",
     # integration: a private redis-server, the simulator, workers and the app in this process
     "test_client.py": "integration",
     "test_console.py": "integration",

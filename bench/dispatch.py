@@ -7,8 +7,9 @@
 
 The simulator runs in its own process with zero latency, Redis is a private server, and
 the worker runs in this process (burst mode). Ratios are what matter on a noisy machine: the
-goal is (c) >= 0.8 x the serial bound 1/(1/a' + 1/b), what one event loop can do when it must
-both run the queue and make the HTTP call; (c)/(b) shows what the queue costs on top of HTTP.
+goal is (c) >= 0.9 x the serial bound 1/(1/a' + 1/b) by CPU time (issue 21; 0.8 by the wall
+clock before), what one event loop can do when it must both run the queue and make the HTTP
+call; (c)/(b) shows what the queue costs on top of HTTP.
 It also prints what the service sent to Redis per job (commands and round trips, client side).
 
     python -m bench.dispatch [--jobs 2000] [--concurrency 50]
@@ -161,7 +162,7 @@ async def run(n: int, concurrency: int) -> None:
     print(
         f"CPU a job: no-op {noop_cpu * 1000:.3f} ms, raw call {raw_cpu * 1000:.3f} ms, "
         f"service {service_cpu * 1000:.3f} ms; service / serial bound by CPU = "
-        f"{(noop_cpu + raw_cpu) / service_cpu:.2f}   (goal >= 0.80)"
+        f"{(noop_cpu + raw_cpu) / service_cpu:.2f}   (goal >= 0.90, issue 21)"
     )
     print(
         f"Redis per job: {traffic.commands / n:.2f} commands, {traffic.round_trips / n:.2f} round trips  ("

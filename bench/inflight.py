@@ -6,7 +6,7 @@
   ideal:           C / L jobs/s (every slot always busy, zero overhead)
 
 Printed: jobs/s, the ideal, the raw client, the worker process's peak RSS, the ratios (goals:
-service >= 0.9 x ideal and >= the raw client, RSS <= 300 MB), and what the service sent to Redis
+service >= 0.9 x ideal and >= 0.95 x the raw client, RSS <= 300 MB), and what the service sent to Redis
 per job (commands and round trips, counted client side; bytes in and out, commands run inside
 scripts included, and CPU, counted by Redis; the memory a finished job keeps, its result and
 call log, until RESULT_TTL_S).
@@ -104,7 +104,7 @@ async def run(n: int, concurrency: int, latency_s: float, service_only: bool = F
     print(f"raw client CPU a call   {raw_cpu * 1000:8.3f} ms")
     print(f"peak RSS (worker)       {rss:8.0f} MB      (goal <= 300)")
     print(f"service / ideal       = {rate / ideal:.2f}   (goal >= 0.90)")
-    print(f"service / raw client  = {rate / raw_rate:.2f}   (goal >= 1.00)")
+    print(f"service / raw client  = {rate / raw_rate:.2f}   (goal >= 0.95, issue 21)")
     print(
         f"Redis per job: {ours['commands']:.2f} commands, {ours['round_trips']:.2f} round trips, "
         f"{ours['bytes_in']:.0f} B in, {ours['bytes_out']:.0f} B out"

@@ -98,7 +98,7 @@ async def run_job(ctx: Ctx, kind: str, payload: Any, size: int = 0) -> str:
     try:
         result = await _run(resources, kind, payload, job_id, run, ctx.get("enqueue_time"), size, events)
     except Retry:
-        m.JOBS.labels(kind, "requeued").inc()
+        m.child(m.JOBS, kind, "requeued").inc()
         resources.outcomes["requeued"] += 1
         if events is not None:
             events.abandon()
@@ -147,10 +147,10 @@ async def finish(resources: Resources, kind: str, payload: Any, result: JobResul
 
 
 def _count(resources: Resources, kind: str, result: JobResult) -> str:
-    m.JOBS.labels(kind, result.status).inc()
+    m.child(m.JOBS, kind, result.status).inc()
     resources.outcomes[result.status] += 1
     if result.enqueued_at and result.finished_at:
-        m.JOB_DURATION.labels(kind).observe(max((result.finished_at - result.enqueued_at).total_seconds(), 0.0))
+        m.child(m.JOB_DURATION, kind).observe(max((result.finished_at - result.enqueued_at).total_seconds(), 0.0))
     return result.status
 
 
@@ -256,12 +256,16 @@ async def _answer(call: Call, job: JobBase, base: dict[str, Any]) -> JobResult:
         model = answer.model if answer.status == "succeeded" else None
         if route is not None:
             m.ROUTE_CHOICES.labels(route, call.resources.labels.model(model) if model else "none").inc()
-        return JobResult(
-            **base, **answer.model_dump(exclude={"model"}), model=model, route=route, attempts=call.attempts
-        )
+        # the answer's own values, not a dump of them validated again
+        fields = {name: getattr(answer, name) for name in _ANSWER_FIELDS}
+        return JobResult(**base, **fields, model=model, route=route, attempts=call.attempts)
     if isinstance(job, CompareJob):
         return await _compare(call, job, base)
     raise TypeError(f"job kind {job.kind!r} must subclass RoutedJob or CompareJob")
+
+
+# What a routed job's result takes from the answer (its `model` is the answering one, or None).
+_ANSWER_FIELDS = tuple(name for name in ModelAnswer.model_fields if name != "model")
 
 
 def _refused(base: dict[str, Any], field: str, message: str) -> JobResult:

@@ -35,7 +35,7 @@ every few hundred ms (`probing`), so they start as soon as the probe's success c
 from __future__ import annotations
 
 import json
-import uuid
+import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -390,7 +390,7 @@ class Limiter:
         # one (a second settlement of the same call, sent by any path, then adds nothing), else a
         # fresh one (a resent command still carries it)
         reservation_id = str(budget[1][0]) if budget else ""
-        mark = settled_key(reservation_id or uuid.uuid4().hex[:20])
+        mark = settled_key(reservation_id or os.urandom(10).hex())  # 20 hex digits, as uuid4's were
         keys = [model_key(model), GLOBAL_LIMIT, mark, *(budget[0] if budget else ())]
         quota_keys, quota_args = self.source_quota(source)
         if quota_keys:  # its tokens back on the source's schedule too

@@ -15,6 +15,7 @@ are fixed lists.
 from __future__ import annotations
 
 import logging
+from typing import Any, TypeVar
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -133,6 +134,22 @@ HTTP_CLOSED = Counter(
 )
 # Long-polls (`?wait=`, chat completions) and live-stream readers the ingress holds.
 HTTP_WAITING = Gauge("llm_router_http_waiting", "Result waits and stream readers the HTTP ingress holds")
+
+
+M = TypeVar("M", Counter, Gauge, Histogram)
+# The labelled children the job path asked for, by metric and label values (see `child`).
+_CHILDREN: dict[tuple[Any, tuple[str, ...]], Any] = {}
+
+
+def child(metric: M, *values: str) -> M:
+    """`metric.labels(*values)`, looked up once: prometheus_client's `labels` converts every value,
+    takes a lock and builds a tuple on each call (the job path asks for about eight a job). The
+    values are bounded sets (`Labels`), so this map stays small; a child is never removed."""
+    key = (metric, values)
+    found = _CHILDREN.get(key)
+    if found is None:
+        found = _CHILDREN[key] = metric.labels(*values)
+    return found
 
 
 class Labels:

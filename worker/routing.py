@@ -7,10 +7,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import random
 import re
 import time
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -373,7 +373,7 @@ async def _call_model(call: Call, model: str, tokens: int, turn: SlotTurn) -> St
         async with _given_back_if_cancelled(call, model, tokens, admission.reservation, sent=False):
             await asyncio.sleep(admission.wait_s)
         waited += admission.wait_s
-        m.RATE_LIMIT_WAIT.labels(call.resources.labels.model(model)).observe(slot_wait + admission.wait_s)
+        m.child(m.RATE_LIMIT_WAIT, call.resources.labels.model(model)).observe(slot_wait + admission.wait_s)
         slot_wait = 0.0
         payload = {**call.payload, "model": model}
         if admission.reservation is not None:  # a budget applies: the cap it assumed is sent
@@ -512,7 +512,7 @@ async def call_once(
     started_at, started = time.time(), time.perf_counter()
     exc: errors.AIsaError | None = None
     try:
-        with m.IN_FLIGHT.labels(label).track_inprogress():
+        with m.child(m.IN_FLIGHT, label).track_inprogress():
             async with _given_back_if_cancelled(call, model, tokens, reservation, sent=True):
                 completion = await send(call, payload)
     except errors.AIsaError as e:
@@ -535,7 +535,7 @@ async def call_once(
         error=answer.error,
         cost=answer.cost,
         run=call.run,
-        call_id=uuid.uuid4().hex[:16],
+        call_id=os.urandom(8).hex(),  # 16 hex digits (uuid4's: 1.9 us, this: 0.35)
         at=started_at,
         waited_s=round(waited, 4),
     )
@@ -561,19 +561,19 @@ async def send(call: Call, payload: dict[str, Any]) -> Completion:
 
 def observe(call: Call, label: str, answer: ModelAnswer, exc: errors.AIsaError | None, counted: bool) -> None:
     """The call's metrics; spend only when this call was newly recorded, so it matches Redis."""
-    m.UPSTREAM_LATENCY.labels(label).observe(answer.latency_s or 0.0)
+    m.child(m.UPSTREAM_LATENCY, label).observe(answer.latency_s or 0.0)
     if exc is not None:
         m.ERRORS.labels(label, exc.error_class).inc()
         if isinstance(exc, errors.RateLimitError):
             m.RATE_LIMITED.labels(label).inc()
         return
     if answer.ttft_s is not None:
-        m.TTFT.labels(label).observe(answer.ttft_s)
+        m.child(m.TTFT, label).observe(answer.ttft_s)
     if answer.usage:
-        m.TOKENS.labels(label, "prompt").inc(answer.usage.prompt_tokens)
-        m.TOKENS.labels(label, "completion").inc(answer.usage.completion_tokens)
+        m.child(m.TOKENS, label, "prompt").inc(answer.usage.prompt_tokens)
+        m.child(m.TOKENS, label, "completion").inc(answer.usage.completion_tokens)
     if counted and answer.cost:
-        m.SPEND.labels(label, call.kind, call.resources.labels.source(call.source)).inc(answer.cost)
+        m.child(m.SPEND, label, call.kind, call.resources.labels.source(call.source)).inc(answer.cost)
 
 
 async def _record(
@@ -652,7 +652,8 @@ def learned_pause(rate_limits: dict[str, float]) -> float:
 
 def succeeded(model: str, c: Completion, prices: dict) -> ModelAnswer:
     cost, source = cost_of(model, c.cost, c.usage, prices)
-    fields = c.model_dump(include=ANSWER_FIELDS) | {"cost": cost, "cost_source": source}
+    # the completion's own values (its usage, its choices), not a dump of them validated again
+    fields = {name: getattr(c, name) for name in ANSWER_FIELDS} | {"cost": cost, "cost_source": source}
     return ModelAnswer(**fields, model=model, status="succeeded")
 
 

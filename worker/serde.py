@@ -61,12 +61,12 @@ def loads(raw: bytes | str) -> dict[str, Any]:
 
 
 def _record_problem(record: dict[str, Any]) -> str | None:
-    kinds = ", ".join(JOB_KINDS)
-    f, a, k, t, et = (record.get(name) for name in ("f", "a", "k", "t", "et"))
+    get = record.get
+    f, a, k, t, et = get("f"), get("a"), get("k"), get("t"), get("et")
     if "f" not in record:
         return 'the job is not an arq job record ({"f": kind, "a": [job], ...}): it has no `f`'
     if not isinstance(f, str) or f not in JOB_KINDS:
-        return f"unknown job kind {shown(f)}: use one of {kinds}"
+        return f"unknown job kind {shown(f)}: use one of {', '.join(JOB_KINDS)}"
     if not isinstance(a, list) or len(a) != 1 or not isinstance(a[0], dict):
         return "`a` must be a list holding exactly one job object: [{...}]"
     if k not in (None, {}):

@@ -292,6 +292,68 @@ async def test_cookies_a_gateway_sets_are_kept_and_sent_back():
     assert seen == [None, None, "lb=node-7", "lb=node-7"]
 
 
+async def test_a_plain_chat_call_straight_to_aiohttp_is_the_call_httpx_makes(monkeypatch):
+    """A plain chat call skips httpx's objects (worker.client AIsaClient._post): the gateway sees
+    the same request, and the client reads the same answer (headers in any case, repeated ones,
+    a gzip-encoded body, an error's Retry-After) as through httpx."""
+    import gzip
+
+    for proxy in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+        monkeypatch.delenv(proxy, raising=False)  # a proxy from the environment: httpx sends every call
+    seen: list[tuple[dict[str, str], bytes]] = []
+    answer = {"model": "any", "choices": [{"index": 0, "message": {"content": "ok é"}, "finish_reason": "stop"}]}
+
+    async def completions(request: web.Request) -> web.Response:
+        body = await request.read()
+        seen.append(({k.lower(): v for k, v in request.headers.items()}, body))
+        ask = json.loads(body)["messages"][0]["content"]
+        if ask == "limited":
+            return web.json_response(
+                {"error": {"message": "slow down", "code": "rate_limit_exceeded"}},
+                status=429,
+                headers={"Retry-After": "3"},
+            )
+        headers = {"X-RateLimit-Remaining-Requests": "7", "x-ratelimit-limit-requests": "10"}
+        if ask == "gzip":
+            return web.Response(
+                body=gzip.compress(json.dumps(answer).encode()),
+                content_type="application/json",
+                headers={**headers, "Content-Encoding": "gzip"},
+            )
+        return web.json_response(answer, headers=headers)
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", completions)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    got: list[list[object]] = []
+    try:
+        for direct in (True, False):
+            async with AIsaClient(f"http://127.0.0.1:{port}/v1", API_KEY) as c:
+                assert c._direct is not None
+                if not direct:
+                    c._direct = None  # through httpx, as before
+                mine: list[object] = []
+                for ask in ("plain", "gzip"):
+                    done = await c.chat({"model": "any", "messages": [{"role": "user", "content": ask}], "n": 1})
+                    mine.append(done.model_dump(exclude={"latency_s"}))
+                with pytest.raises(errors.RateLimitError) as limited:
+                    await c.chat({"model": "any", "messages": [{"role": "user", "content": "limited"}]})
+                mine.append((limited.value.message, limited.value.code, limited.value.retry_after))
+                got.append(mine)
+    finally:
+        await runner.cleanup()
+    assert got[0] == got[1]
+    assert got[0][0]["content"] == "ok é" and got[0][0]["rate_limits"] == {
+        "remaining-requests": 7,
+        "limit-requests": 10,
+    }
+    assert got[0][2] == ("slow down", "rate_limit_exceeded", 3)
+    assert len(seen) == 6 and seen[:3] == seen[3:]
+
+
 async def test_concurrent_calls_share_the_connection_pool(client, sim):
     results = await asyncio.gather(
         *(client.chat({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": f"n{i}"}]}) for i in range(40))
