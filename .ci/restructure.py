@@ -32,7 +32,6 @@ PLACE = {
     "test_models.py": "unit",
     "test_policy.py": "unit",
     "test_spacing.py": "unit",
-    "test_redis_packing.py": "unit",
     "test_reference.py": "unit",
     "test_redis_packing.py": "unit",
     # integration: a private redis-server, the simulator, workers and the app in this process
