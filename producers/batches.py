@@ -360,7 +360,7 @@ class Batches:
         for number, item in lines:
             try:
                 custom_id, job = self._parse(item, checked, seen, number)
-                _payload, record = self.producer._record_bytes(job, now_ms)
+                _payload, record = self.producer.records.record(job, now_ms)
             except LineError as exc:
                 checked.errors.append(BatchError(code=exc.code, line=number, message=exc.message, param=exc.param))
                 continue

@@ -32,13 +32,14 @@ from starlette.responses import JSONResponse, RedirectResponse, Response, Stream
 from worker.dlq import DeadLetters
 from worker.keys import SPEND_BY, events_key, job_key, result_key
 from worker.quarantine import Quarantine
+from worker.records import owns
 
 from .api import Producer
 from .console_auth import BadCsrf, Forbidden, Sessions, SignIn, Viewer, check_csrf
 from .http import ApiError, Ingress
 from .http_batches import _batch, _output, source_batches
 from .http_events import SSE_HEADERS, _sse
-from .http_jobs import owns, pending
+from .http_jobs import pending
 from .streams import entry_id
 
 if TYPE_CHECKING:
@@ -125,9 +126,7 @@ class Console:
         """A Producer with no source, as the CLI verbs use (`batch`, `schedule run`): a batch it
         submits stamps no source on its lines; on the ingress's Redis and settings."""
         if self._producer is None:
-            self._producer = Producer(redis=self.ingress.redis, queue_name=self.settings.queue_name)
-            self._producer.settings = self.settings
-            self._producer.store = self.ingress.store
+            self._producer = Producer(settings=self.settings, redis=self.ingress.redis, store=self.ingress.store)
         return self._producer
 
     @property

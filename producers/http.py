@@ -50,7 +50,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from worker.connections import async_pool_redis, async_redis
 from worker.metrics import HTTP_DURATION, HTTP_REQUESTS, HTTP_WAITING
-from worker.models import JobBase
 from worker.settings import ConfigError, Settings, TokenGrant, exit_on_config_error, load_settings
 from worker.store import ResultStore
 
@@ -102,26 +101,6 @@ def not_found(what: str) -> ApiError:
     return ApiError(404, f"no {what} (or not yours)", code="not_found")
 
 
-class TenantProducer(Producer):
-    """A Producer whose source is a token's: a job naming another source is refused."""
-
-    script_batches: ScriptBatches
-
-    async def _enqueue_one(self, keys: list[str], args: list[bytes | str | int | float]) -> int:
-        return int(await self.script_batches.call(self._enqueue, keys, args))
-
-    async def submit(self, job: JobBase, job_id: str) -> bool:
-        """Enqueue under `job_id`: True if this call created the job (it is queued), False if
-        the id already named the same job (JobConflict if another)."""
-        [(_, created)] = await self._write([(job, job_id)])
-        return created
-
-    def _record_bytes(self, job: JobBase, now_ms: int) -> tuple[dict[str, Any], bytes]:
-        if job.source is not None and job.source != self.source:
-            raise JobRejected("source", f"is set by your token ({self.source}): leave it out")
-        return super()._record_bytes(job, now_ms)
-
-
 class Ingress:
     """What the app's requests share: Redis, the result waits, the files, a Producer per source."""
 
@@ -140,18 +119,22 @@ class Ingress:
             settings.upload_lease_s,
         )
         self.streams = JobStreams(self.redis, async_redis(settings.redis_url, socket_connect_timeout=2), self.store)
-        self._producers: dict[str, TenantProducer] = {}
+        self._producers: dict[str, Producer] = {}
         self.grants = settings.grants()
         self.script_batches = ScriptBatches(self.redis)
         self._depth, self._depth_at = 0, float("-inf")  # the last depth read, plus the jobs admitted since
 
-    def producer(self, source: str) -> TenantProducer:
+    def producer(self, source: str) -> Producer:
+        """The producer of a token's source: its jobs stamped with it, their ids in its namespace."""
         if source not in self._producers:
-            producer = TenantProducer(source=source, queue_name=self.settings.queue_name, redis=self.redis)
-            producer.settings = self.settings
-            producer.store = self.store
-            producer.script_batches = self.script_batches
-            self._producers[source] = producer
+            self._producers[source] = Producer(
+                source=source,
+                tenant=True,
+                settings=self.settings,
+                redis=self.redis,
+                store=self.store,
+                call=self.script_batches.call,
+            )
         return self._producers[source]
 
     def grant_of(self, token: str) -> TokenGrant | None:

@@ -24,10 +24,10 @@ from fastapi.sse import EventSourceResponse, format_sse_event
 from worker.events import DELTA, RESET, RESULT
 from worker.keys import events_key, job_key, result_key
 from worker.models import JobBase, JobResult
+from worker.records import owns
 
 from .batches import completion_body
 from .http import App, Tenant, not_found, tenant
-from .http_jobs import owns
 from .http_models import responses
 from .streams import Event, entry_id
 

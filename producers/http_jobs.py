@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import re
 import time
-import uuid
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request
@@ -17,8 +16,8 @@ from starlette.responses import Response
 from worker.keys import in_progress_key, job_key
 from worker.metrics import known_models
 from worker.models import JOB_KINDS, JobBase, JobResult
+from worker.records import owns, tenant_job_id, validate
 
-from .api import validate
 from .batches import LineError, completion_body, request_job, request_schema
 from .http import ApiError, App, Ingress, Tenant, check_job_body, not_found, parse_json, tenant, while_connected
 from .http_models import ChatCompletion, JobAccepted, JobPending, ModelList, responses
@@ -59,16 +58,6 @@ def _body_schema(schema: dict[str, Any]) -> dict[str, Any]:
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
 
-def owned_id(source: str, key: str | None) -> str:
-    """The job id for a token's key: `<source>@<key>` (a fresh key when none is given)."""
-    key = key or uuid.uuid4().hex
-    return key if key.startswith(f"{source}@") else f"{source}@{key}"
-
-
-def owns(source: str, job_id: str) -> bool:
-    return job_id.startswith(f"{source}@")
-
-
 async def pending(app: App, job_id: str) -> str | None:
     """`running` (a worker holds it), `queued`, or None (no such job)."""
     running, queued = await app.redis.exists(in_progress_key(job_id)), await app.redis.exists(job_key(job_id))
@@ -80,10 +69,9 @@ def accepted(job_id: str, status: str) -> JSONResponse:
 
 
 async def enqueue(app: App, source: str, job: JobBase, key: str | None) -> tuple[str, bool]:
-    """(the job id, whether this call created the job)."""
+    """(the job id, `<source>@<key>`, and whether this call created the job)."""
     await app.admit(source)
-    job_id = owned_id(source, key)
-    return job_id, await app.producer(source).submit(job, job_id)
+    return await app.producer(source).submit(job, key)
 
 
 @router.post(
@@ -178,7 +166,7 @@ async def answer_chat(request: Request, app: Ingress, source: str, idempotency_k
         return stream_completion(app, job_id, job)
     wait_s = app.settings.ingress_wait_s
     deadline = time.monotonic() + wait_s
-    job_id = owned_id(source, idempotency_key)
+    job_id = tenant_job_id(source, idempotency_key)
     await app.waits.subscribed(min(wait_s, 1.0))
     with app.waits.listening(job_id) as woken:  # before the enqueue: its done message cannot be missed
         _, created = await enqueue(app, source, job, job_id)

@@ -38,8 +38,7 @@ def _on_producer(body: Any) -> NoReturn:
     async def main() -> int:
         settings = load_settings()
         found = schedules.load(settings, check_files=False)
-        async with Producer(settings.redis_url, queue_name=settings.queue_name) as producer:
-            producer.settings = settings
+        async with Producer(settings=settings) as producer:
             return int(await body(producer, settings, found))
 
     run(main())

@@ -89,8 +89,7 @@ async def startup(ctx: dict[str, Any]) -> None:
     if ctx.get("schedules"):
         from producers.api import Producer
 
-        producer = Producer(settings.redis_url, queue_name=settings.queue_name)
-        producer.settings = settings
+        producer = Producer(settings=settings)
         ctx["schedule_producer"] = producer
         ctx["scheduler"] = asyncio.create_task(
             schedules.Scheduler(producer, settings, ctx["schedules"]).run(), name="llm-router-scheduler"
