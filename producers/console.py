@@ -36,9 +36,10 @@ from worker.records import owns
 
 from .api import Producer
 from .console_auth import BadCsrf, Forbidden, Sessions, SignIn, Viewer, check_csrf
-from .http import ApiError, Ingress
-from .http_batches import _batch, _output, source_batches
-from .http_events import SSE_HEADERS, _sse
+from .http_batches import batch_of, output_chunks, source_batches
+from .http_deps import Ingress
+from .http_errors import ApiError
+from .http_events import SSE_HEADERS, sse_chunks
 from .http_jobs import pending
 from .streams import entry_id
 
@@ -279,7 +280,7 @@ async def job_events(request: Request, con: Con, who: Who, id: str) -> Response:
         raise ApiError(404, f"no job {id} (or not yours)")
     last = request.headers.get("last-event-id")
     return StreamingResponse(
-        _sse(app.streams.events(id, entry_id(last))), media_type="text/event-stream", headers=SSE_HEADERS
+        sse_chunks(app.streams.events(id, entry_id(last))), media_type="text/event-stream", headers=SSE_HEADERS
     )
 
 
@@ -305,7 +306,7 @@ async def batches_page(
 
 async def _visible_batch(con: Console, who: Viewer, batch_id: str) -> Any:
     if who.source is not None:
-        return await _batch(con.ingress, who.source, batch_id)
+        return await batch_of(con.ingress, who.source, batch_id)
     found = await con.producer.batches.get(batch_id)
     if found is None:
         raise ApiError(404, f"no batch {batch_id}")
@@ -345,7 +346,7 @@ async def batch_file(request: Request, con: Con, who: Who, batch_id: str, which:
     if which not in ("output", "errors"):
         raise ApiError(404, f"no file {which}")
     found = await _visible_batch(con, who, batch_id)
-    body = _output(con.producer.batches, found.id, which)
+    body = output_chunks(con.producer.batches, found.id, which)
     disposition = f'attachment; filename="{found.id}_{which}.jsonl"'
     return StreamingResponse(body, media_type="application/jsonl", headers={"Content-Disposition": disposition})
 
@@ -463,7 +464,7 @@ async def schedules_page(request: Request, con: Con, who: Who) -> dict[str, Any]
 
     who.must_operate("schedules")
     found = schedule_config.load(con.settings, check_files=False)
-    rows = await schedule_rows(con.producer, found)
+    rows = await schedule_rows(con.producer.batches, found)
     return {"viewer": who, "schedules": rows}
 
 
@@ -485,7 +486,7 @@ async def schedule_run(
     if name not in by_name:
         raise ApiError(404, f"no schedule {name!r} in SCHEDULES_FILE")
     try:
-        batch, created = await run_now(con.producer, con.settings, by_name[name])
+        batch, created = await run_now(con.producer.batches, by_name[name])
     except (BatchRejected, ConfigError) as exc:
         raise ApiError(400, str(exc)) from None
     said = f"submitted {batch.id}" if created else f"{batch.id} was submitted this second already"

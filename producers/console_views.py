@@ -21,7 +21,7 @@ from worker.keys import DLQ, in_progress_key, model_key
 from worker.metrics import known_models
 from worker.quarantine import Quarantine
 
-from .http import Ingress
+from .http_deps import Ingress
 
 PAGE = 50  # rows of a list page
 

@@ -19,26 +19,34 @@ from worker.models import JOB_KINDS, JobBase, JobResult
 from worker.records import owns, tenant_job_id, validate
 
 from .batches import LineError, completion_body, request_job, request_schema
-from .http import ApiError, App, Ingress, Tenant, check_job_body, not_found, parse_json, tenant, while_connected
+from .http_deps import App, Ingress, Tenant, check_job_body, parse_json, tenant, while_connected
+from .http_errors import ApiError, not_found
 from .http_models import ChatCompletion, JobAccepted, JobPending, ModelList, responses
 
 router = APIRouter(prefix="/v1", dependencies=[Depends(tenant)])
 
+
 # The request bodies' schemas for /openapi.json: the job kinds' models (and what they use) go to
 # components.schemas, derived from JOB_KINDS like everything else about a kind.
-SCHEMA_DEFS: dict[str, Any] = {}
-for _kind, _cls in JOB_KINDS.items():
-    _schema = _cls.model_json_schema(ref_template="#/components/schemas/{model}")
-    SCHEMA_DEFS.update(_schema.pop("$defs", {}))
-    if _kind != "chat":  # a body without `kind` is a chat job
-        _schema["required"] = [*_schema.get("required", []), "kind"]
-    SCHEMA_DEFS[_cls.__name__] = _schema
+def schema_defs() -> dict[str, Any]:
+    """Each job kind's schema under its model's name, what they use, and the chat completion request."""
+    defs: dict[str, Any] = {}
+    for kind, cls in JOB_KINDS.items():
+        schema = cls.model_json_schema(ref_template="#/components/schemas/{model}")
+        defs.update(schema.pop("$defs", {}))
+        if kind != "chat":  # a body without `kind` is a chat job
+            schema["required"] = [*schema.get("required", []), "kind"]
+        defs[cls.__name__] = schema
+    defs["ChatCompletionRequest"] = request_schema("chat", "#/components/schemas/{model}")
+    defs["ChatCompletionRequest"].pop("$defs", None)  # the same as ChatJob's
+    return defs
+
+
+SCHEMA_DEFS = schema_defs()
 JOB_SCHEMA = {
     "oneOf": [{"$ref": f"#/components/schemas/{c.__name__}"} for c in JOB_KINDS.values()],
     "discriminator": {"propertyName": "kind"},
 }
-SCHEMA_DEFS["ChatCompletionRequest"] = request_schema("chat", "#/components/schemas/{model}")
-SCHEMA_DEFS["ChatCompletionRequest"].pop("$defs", None)  # the same as ChatJob's
 CHAT_SCHEMA = {"$ref": "#/components/schemas/ChatCompletionRequest"}
 IDEMPOTENCY_KEY = re.compile(r"^[A-Za-z0-9_.:@/+=-]{1,63}$")
 IdempotencyKey = Annotated[

@@ -36,7 +36,7 @@ class Resources:
     # the queue's gate as the keeper last read it (None: open); workers pick no jobs while closed
     paused: dict[str, Any] | None = None
     # jobs waiting for a rate-limit slot (fair share: FAIR_SHARE_SLOT_WAITERS at most), and their
-    # turn (worker.routing.SlotTurn: first come first served)
+    # turn (worker.call.SlotTurn: first come first served)
     slot_waiters: int = 0
     slot_turn: asyncio.Lock = field(default_factory=asyncio.Lock)
     # FAIR_SHARE off: jobs still wait in sources' sub-queues (queued while it was on; the keeper looks)

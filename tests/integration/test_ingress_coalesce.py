@@ -9,7 +9,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from producers.api import JobConflict
-from producers.http import Ingress
+from producers.http_deps import Ingress
 from worker.models import ChatJob
 from worker.settings import Settings
 
