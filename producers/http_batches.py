@@ -147,7 +147,7 @@ async def output_chunks(batches: Batches, batch_id: str, which: str) -> AsyncIte
 @router.post("/batches", tags=["batches"], responses=responses(400, 404, 429, _200=Batch))
 async def create_batch(request: Request, app: App, source: Tenant) -> dict[str, Any]:
     """`{input_file_id, endpoint, completion_window, metadata}` (and ours: `callback_url`, and
-    `budget_usd`, the batch's budget, worker.budgets; the OpenAI SDK sends them with `extra_body`):
+    `budget_usd`, the batch's budget (docs: Budgets); the OpenAI SDK sends them with `extra_body`):
     the file's lines, validated whole (a bad line refuses the batch: 400 naming it), then queued in
     the bulk lane."""
     body = await read_json(request)

@@ -151,7 +151,7 @@ async def get_job(
 async def chat_completions(request: Request, app: App, source: Tenant, idempotency_key: IdempotencyKey = None) -> Any:
     """OpenAI's chat completion: enqueued as a chat job and waited for (INGRESS_WAIT_S); past
     the wait, 202 `{id, status}` with a Location to fetch it. Our options ride under `llm_router`.
-    With `stream: true`, OpenAI's chunks as the worker streams them (SSE; producers.http_events)."""
+    With `stream: true`, OpenAI's chunks as the worker streams them (SSE)."""
     return await answer_chat(request, app, source, idempotency_key)
 
 

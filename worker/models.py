@@ -443,7 +443,7 @@ class Usage(BaseModel):
 
 
 class BudgetInfo(BaseModel):
-    """Why a call did not fit a budget (error class `budget`, worker.budgets), in USD."""
+    """Why a call did not fit a budget (error class `budget`; docs: Budgets), in USD."""
 
     scope: str = Field(description="global, source, model or batch")
     name: str = Field("", description="the source, model or batch id; '' for the global budget")
@@ -455,7 +455,7 @@ class BudgetInfo(BaseModel):
 
 
 class ErrorInfo(BaseModel):
-    """Why a job or an attempt failed. `type` is a bounded error class (see worker.errors)."""
+    """Why a job or an attempt failed. `type` is a bounded error class (docs: Resilience and errors)."""
 
     type: str
     message: str
