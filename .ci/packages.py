@@ -250,9 +250,9 @@ def rewrite_rows(text: str) -> str:
 
         def short(m: re.Match[str], old_folder: str = old_folder, new_folder: str = new_folder) -> str:
             full = f"{old_folder}/{m[1]}"
-            if full not in PATH_MOVES:
-                return m[0]
-            target = PATH_MOVES[full]
+            if not (ROOT / full).exists() and full not in PATH_MOVES:
+                return m[0]  # not a module of that folder (already new, or a file elsewhere)
+            target = PATH_MOVES.get(full, full)  # (a module that stays: its old folder, written in full)
             return f"`{target.rsplit('/', 1)[1]}`" if target.rsplit("/", 1)[0] == new_folder else f"`{target}`"
 
         head, tail = line[: first.end()], line[first.end() :]
