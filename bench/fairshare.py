@@ -108,10 +108,9 @@ async def contention(fleet: Fleet, settings: Settings, sim_url: str, flood: int,
     """(1): A's flood and B's 2/s until A's last job is done."""
     await fleet.start(settings)
     async with (
-        Producer(settings.redis_url, source="a", queue_name=settings.queue_name) as a,
-        Producer(settings.redis_url, source="b", queue_name=settings.queue_name) as b,
+        Producer(source="a", settings=settings) as a,
+        Producer(source="b", settings=settings) as b,
     ):
-        a.settings = b.settings = settings
         await fresh(a, sim_url, rpm, window)
         a_ids = set(await enqueue(a, jobs("a", flood)))
         b_ids: list[str] = []
@@ -163,8 +162,7 @@ async def shares(
 ) -> str:
     """(2): A (weight 3) and B (weight 1) both flood; calls started by each over `span` s."""
     await fleet.start(settings)
-    async with Producer(settings.redis_url, queue_name=settings.queue_name) as p:
-        p.settings = settings
+    async with Producer(settings=settings) as p:
         await fresh(p, sim_url, rpm, window)
         ids = await enqueue(p, [j for pair in zip(jobs("a", each), jobs("b", each), strict=True) for j in pair])
         t0 = time.time()
@@ -202,10 +200,9 @@ async def bulk_shares(
     started over `span` s while both waited."""
     await fleet.start(settings)
     async with (
-        Producer(settings.redis_url, source="a", queue_name=settings.queue_name) as a,
-        Producer(settings.redis_url, source="b", queue_name=settings.queue_name) as b,
+        Producer(source="a", settings=settings) as a,
+        Producer(source="b", settings=settings) as b,
     ):
-        a.settings = b.settings = settings
         await fresh(a, sim_url, rpm, window)
         b_batch = await b.batches.submit(batch_lines("b", each))
         a_batch = await a.batches.submit(batch_lines("a", each))
@@ -244,8 +241,7 @@ async def alone(fleet: Fleet, settings: Settings, sim_url: str, n: int, redis_pi
     CPU ms per job of the workers and Redis meanwhile)."""
     await fleet.start(settings)
     pids = [redis_pid, *(w.proc.pid for w in fleet.procs)]
-    async with Producer(settings.redis_url, source="a", queue_name=settings.queue_name) as p:
-        p.settings = settings
+    async with Producer(source="a", settings=settings) as p:
         await fresh(p, sim_url, None, 1)
         before, cpu_before = int((await p.redis.info("stats"))["total_commands_processed"]), cpu_s(pids)
         ids = await enqueue(p, jobs("a", n))

@@ -31,13 +31,15 @@ from starlette.responses import JSONResponse, RedirectResponse, Response, Stream
 from worker.dlq import DeadLetters
 from worker.keys import SPEND_BY, events_key, job_key, result_key
 from worker.quarantine import Quarantine
+from worker.records import owns
 
 from .api import Producer
 from .console_auth import BadCsrf, Forbidden, Sessions, SignIn, Viewer, check_csrf
-from .http import ApiError, Ingress
-from .http_batches import _batch, _output, source_batches
-from .http_events import SSE_HEADERS, _sse
-from .http_jobs import owns, pending
+from .http_batches import batch_of, output_chunks, source_batches
+from .http_deps import Ingress
+from .http_errors import ApiError
+from .http_events import SSE_HEADERS, sse_chunks
+from .http_jobs import pending
 from .streams import entry_id
 
 if TYPE_CHECKING:
@@ -136,9 +138,7 @@ class Console:
         """A Producer with no source, as the CLI verbs use (`batch`, `schedule run`): a batch it
         submits stamps no source on its lines; on the ingress's Redis and settings."""
         if self._producer is None:
-            self._producer = Producer(redis=self.ingress.redis, queue_name=self.settings.queue_name)
-            self._producer.settings = self.settings
-            self._producer.store = self.ingress.store
+            self._producer = Producer(settings=self.settings, redis=self.ingress.redis, store=self.ingress.store)
         return self._producer
 
     @property
@@ -312,7 +312,7 @@ async def job_events(request: Request, con: Con, who: Who, id: str) -> Response:
         raise ApiError(404, f"no job {id} (or not yours)")
     last = request.headers.get("last-event-id")
     return StreamingResponse(
-        _sse(app.streams.events(id, entry_id(last))), media_type="text/event-stream", headers=SSE_HEADERS
+        sse_chunks(app.streams.events(id, entry_id(last))), media_type="text/event-stream", headers=SSE_HEADERS
     )
 
 
@@ -338,7 +338,7 @@ async def batches_page(
 
 async def _visible_batch(con: Console, who: Viewer, batch_id: str) -> Any:
     if who.source is not None:
-        return await _batch(con.ingress, who.source, batch_id)
+        return await batch_of(con.ingress, who.source, batch_id)
     found = await con.producer.batches.get(batch_id)
     if found is None:
         raise ApiError(404, f"no batch {batch_id}")
@@ -378,7 +378,7 @@ async def batch_file(request: Request, con: Con, who: Who, batch_id: str, which:
     if which not in ("output", "errors"):
         raise ApiError(404, f"no file {which}")
     found = await _visible_batch(con, who, batch_id)
-    body = _output(con.producer.batches, found.id, which)
+    body = output_chunks(con.producer.batches, found.id, which)
     disposition = f'attachment; filename="{found.id}_{which}.jsonl"'
     return StreamingResponse(body, media_type="application/jsonl", headers={"Content-Disposition": disposition})
 
@@ -496,7 +496,7 @@ async def schedules_page(request: Request, con: Con, who: Who) -> dict[str, Any]
 
     who.must_operate("schedules")
     found = schedule_config.load(con.settings, check_files=False)
-    rows = await schedule_rows(con.producer, found)
+    rows = await schedule_rows(con.producer.batches, found)
     return {"viewer": who, "schedules": rows}
 
 
@@ -518,7 +518,7 @@ async def schedule_run(
     if name not in by_name:
         raise ApiError(404, f"no schedule {name!r} in SCHEDULES_FILE")
     try:
-        batch, created = await run_now(con.producer, con.settings, by_name[name])
+        batch, created = await run_now(con.producer.batches, by_name[name])
     except (BatchRejected, ConfigError) as exc:
         raise ApiError(400, str(exc)) from None
     said = f"submitted {batch.id}" if created else f"{batch.id} was submitted this second already"

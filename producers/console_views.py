@@ -22,7 +22,7 @@ from worker.metrics import known_models
 from worker.quarantine import Quarantine
 from worker.serde import as_text
 
-from .http import Ingress
+from .http_deps import Ingress
 
 PAGE = 50  # rows of a list page
 

@@ -25,7 +25,8 @@ from worker.keys import batch_key, source_batches_key
 
 from .batches import Batches, BatchRejected, check_options
 from .files import FileObject, QuotaExceeded, UploadLapsed
-from .http import ApiError, App, Ingress, Tenant, not_found, read_json, tenant
+from .http_deps import App, Ingress, Tenant, read_json, tenant
+from .http_errors import ApiError, not_found
 from .http_models import BatchList, FileDeleted, FileList, responses
 
 router = APIRouter(prefix="/v1", dependencies=[Depends(tenant)])
@@ -102,7 +103,7 @@ async def file_content(file_id: str, app: App, source: Tenant) -> StreamingRespo
     """The file's bytes; a batch's output or error file is built from its results, in input order."""
     await _file(app, source, file_id)
     output = OUTPUT_FILE.match(file_id)
-    chunks = _output(app.producer(source).batches, output[1], output[2]) if output else app.files.chunks(file_id)
+    chunks = output_chunks(app.producer(source).batches, output[1], output[2]) if output else app.files.chunks(file_id)
     return StreamingResponse(chunks, media_type="application/jsonl")
 
 
@@ -120,12 +121,12 @@ async def _file(app: App, source: str, file_id: str) -> FileObject:
         if found is None:
             raise not_found(f"file {file_id}")
         return found
-    batch = await _batch(app, source, output[1])
+    batch = await batch_of(app, source, output[1])
     view = _view(batch)
     if file_id not in (view.get("output_file_id"), view.get("error_file_id")):
         raise not_found(f"file {file_id} (yet)")
     size = 0
-    async for chunk in _output(app.producer(source).batches, batch.id, output[2]):
+    async for chunk in output_chunks(app.producer(source).batches, batch.id, output[2]):
         size += len(chunk)
     created = batch.finalizing_at or batch.created_at
     return FileObject(
@@ -133,7 +134,7 @@ async def _file(app: App, source: str, file_id: str) -> FileObject:
     )
 
 
-async def _output(batches: Batches, batch_id: str, which: str) -> AsyncIterator[bytes]:
+async def output_chunks(batches: Batches, batch_id: str, which: str) -> AsyncIterator[bytes]:
     """The output (succeeded lines) or error file (the others) as JSONL, in input order."""
     async for line in batches.results(batch_id):
         if (line["error"] is not None) == (which == "errors"):
@@ -146,7 +147,7 @@ async def _output(batches: Batches, batch_id: str, which: str) -> AsyncIterator[
 @router.post("/batches", tags=["batches"], responses=responses(400, 404, 429, _200=Batch))
 async def create_batch(request: Request, app: App, source: Tenant) -> dict[str, Any]:
     """`{input_file_id, endpoint, completion_window, metadata}` (and ours: `callback_url`, and
-    `budget_usd`, the batch's budget, worker.budgets; the OpenAI SDK sends them with `extra_body`):
+    `budget_usd`, the batch's budget (docs: Budgets); the OpenAI SDK sends them with `extra_body`):
     the file's lines, validated whole (a bad line refuses the batch: 400 naming it), then queued in
     the bulk lane."""
     body = await read_json(request)
@@ -188,20 +189,20 @@ async def create_batch(request: Request, app: App, source: Tenant) -> dict[str, 
         tx.zadd(source_batches_key(source), {batch.id: batch.created_at})
         tx.expireat(source_batches_key(source), (batch.expires_at or 0) + app.settings.batch_ttl_s + LIST_EXTRA_S)
         await tx.execute()
-    return _view(await _batch(app, source, batch.id))
+    return _view(await batch_of(app, source, batch.id))
 
 
 @router.get("/batches/{batch_id}", tags=["batches"], responses=responses(404, _200=Batch))
 async def get_batch(batch_id: str, app: App, source: Tenant) -> dict[str, Any]:
     """OpenAI's Batch object, with `webhook` (its delivery) once a batch with a callback_url ended."""
-    view = _view(await _batch(app, source, batch_id))
+    view = _view(await batch_of(app, source, batch_id))
     delivery = await app.producer(source).batches.webhook(batch_id)
     return {**view, "webhook": delivery.model_dump(mode="json")} if delivery else view
 
 
 @router.post("/batches/{batch_id}/cancel", tags=["batches"], responses=responses(404, _200=Batch))
 async def cancel_batch(batch_id: str, app: App, source: Tenant) -> dict[str, Any]:
-    await _batch(app, source, batch_id)
+    await batch_of(app, source, batch_id)
     batch = await app.producer(source).batches.cancel(batch_id)
     if batch is None:
         raise not_found(f"batch {batch_id}")
@@ -239,7 +240,7 @@ async def source_batches(app: Ingress, source: str, limit: int, after: str | Non
     return found, len(ids) > limit
 
 
-async def _batch(app: App, source: str, batch_id: str) -> Batch:
+async def batch_of(app: App, source: str, batch_id: str) -> Batch:
     batch = None
     if await app.redis.zscore(source_batches_key(source), batch_id) is not None:
         batch = await app.producer(source).batches.get(batch_id)

@@ -24,10 +24,11 @@ from fastapi.sse import EventSourceResponse, format_sse_event
 from worker.events import DELTA, RESET, RESULT
 from worker.keys import events_key, job_key, result_key
 from worker.models import JobBase, JobResult
+from worker.records import owns
 
 from .batches import completion_body
-from .http import App, Tenant, not_found, tenant
-from .http_jobs import owns
+from .http_deps import App, Tenant, tenant
+from .http_errors import not_found
 from .http_models import responses
 from .streams import Event, entry_id
 
@@ -53,10 +54,10 @@ async def job_events(
     result record, cost included). A finished or non-streaming job answers its whole story."""
     if not owns(source, job_id) or not await app.redis.exists(result_key(job_id), job_key(job_id), events_key(job_id)):
         raise not_found(f"job {job_id}")
-    return EventSourceResponse(_sse(app.streams.events(job_id, entry_id(last_event_id))), headers=SSE_HEADERS)
+    return EventSourceResponse(sse_chunks(app.streams.events(job_id, entry_id(last_event_id))), headers=SSE_HEADERS)
 
 
-async def _sse(events: AsyncIterator[Event | None]) -> AsyncIterator[bytes]:
+async def sse_chunks(events: AsyncIterator[Event | None]) -> AsyncIterator[bytes]:
     async for event in events:
         if event is None:
             yield KEEPALIVE

@@ -3,7 +3,7 @@ answered without FastAPI's routing, dependency solving and exception middleware 
 a request's CPU).
 
 `FastPath` is ASGI middleware inside `Guard` (so the body limit and request metrics hold).
-It runs the routes' own parts: the bearer scheme (`_bearer`), `tenant`, `submit_job` or
+It runs the routes' own parts: the bearer scheme (`bearer`), `tenant`, `submit_job` or
 `answer_chat`, and `error_response`; nothing is written twice. The FastAPI routes stay: they
 declare the routes in /openapi.json, and they answer whatever the fast path does not take on,
 an `Idempotency-Key` header its pattern refuses (the framework's 422 naming the header).
@@ -18,7 +18,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from .http import ANSWERED, Ingress, _bearer, error_response, tenant
+from .http_deps import Ingress, bearer, tenant
+from .http_errors import ANSWERED, error_response
 from .http_jobs import IDEMPOTENCY_KEY, answer_chat, router, submit_job
 
 PATH = "/v1/jobs"
@@ -55,7 +56,7 @@ class FastPath:
         path = scope["path"]
         scope["route"] = self.routes[path]
         try:
-            source = await tenant(request, await _bearer(request))
+            source = await tenant(request, await bearer(request))
             response = await ANSWERS[path](request, request.app.state.ingress, source, key)
         except ANSWERED as exc:
             response = error_response(exc)

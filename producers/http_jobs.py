@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import re
 import time
-import uuid
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request
@@ -17,29 +16,37 @@ from starlette.responses import Response
 from worker.keys import in_progress_key, job_key
 from worker.metrics import known_models
 from worker.models import JOB_KINDS, JobBase, JobResult
+from worker.records import owns, tenant_job_id, validate
 
-from .api import validate
 from .batches import LineError, completion_body, request_job, request_schema
-from .http import ApiError, App, Ingress, Tenant, check_job_body, not_found, parse_json, tenant, while_connected
+from .http_deps import App, Ingress, Tenant, check_job_body, parse_json, tenant, while_connected
+from .http_errors import ApiError, not_found
 from .http_models import ChatCompletion, JobAccepted, JobPending, ModelList, responses
 
 router = APIRouter(prefix="/v1", dependencies=[Depends(tenant)])
 
+
 # The request bodies' schemas for /openapi.json: the job kinds' models (and what they use) go to
 # components.schemas, derived from JOB_KINDS like everything else about a kind.
-SCHEMA_DEFS: dict[str, Any] = {}
-for _kind, _cls in JOB_KINDS.items():
-    _schema = _cls.model_json_schema(ref_template="#/components/schemas/{model}")
-    SCHEMA_DEFS.update(_schema.pop("$defs", {}))
-    if _kind != "chat":  # a body without `kind` is a chat job
-        _schema["required"] = [*_schema.get("required", []), "kind"]
-    SCHEMA_DEFS[_cls.__name__] = _schema
+def schema_defs() -> dict[str, Any]:
+    """Each job kind's schema under its model's name, what they use, and the chat completion request."""
+    defs: dict[str, Any] = {}
+    for kind, cls in JOB_KINDS.items():
+        schema = cls.model_json_schema(ref_template="#/components/schemas/{model}")
+        defs.update(schema.pop("$defs", {}))
+        if kind != "chat":  # a body without `kind` is a chat job
+            schema["required"] = [*schema.get("required", []), "kind"]
+        defs[cls.__name__] = schema
+    defs["ChatCompletionRequest"] = request_schema("chat", "#/components/schemas/{model}")
+    defs["ChatCompletionRequest"].pop("$defs", None)  # the same as ChatJob's
+    return defs
+
+
+SCHEMA_DEFS = schema_defs()
 JOB_SCHEMA = {
     "oneOf": [{"$ref": f"#/components/schemas/{c.__name__}"} for c in JOB_KINDS.values()],
     "discriminator": {"propertyName": "kind"},
 }
-SCHEMA_DEFS["ChatCompletionRequest"] = request_schema("chat", "#/components/schemas/{model}")
-SCHEMA_DEFS["ChatCompletionRequest"].pop("$defs", None)  # the same as ChatJob's
 CHAT_SCHEMA = {"$ref": "#/components/schemas/ChatCompletionRequest"}
 IDEMPOTENCY_KEY = re.compile(r"^[A-Za-z0-9_.:@/+=-]{1,63}$")
 IdempotencyKey = Annotated[
@@ -59,16 +66,6 @@ def _body_schema(schema: dict[str, Any]) -> dict[str, Any]:
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
 
-def owned_id(source: str, key: str | None) -> str:
-    """The job id for a token's key: `<source>@<key>` (a fresh key when none is given)."""
-    key = key or uuid.uuid4().hex
-    return key if key.startswith(f"{source}@") else f"{source}@{key}"
-
-
-def owns(source: str, job_id: str) -> bool:
-    return job_id.startswith(f"{source}@")
-
-
 async def pending(app: App, job_id: str) -> str | None:
     """`running` (a worker holds it), `queued`, or None (no such job)."""
     running, queued = await app.redis.exists(in_progress_key(job_id)), await app.redis.exists(job_key(job_id))
@@ -80,10 +77,9 @@ def accepted(job_id: str, status: str) -> JSONResponse:
 
 
 async def enqueue(app: App, source: str, job: JobBase, key: str | None) -> tuple[str, bool]:
-    """(the job id, whether this call created the job)."""
+    """(the job id, `<source>@<key>`, and whether this call created the job)."""
     await app.admit(source)
-    job_id = owned_id(source, key)
-    return job_id, await app.producer(source).submit(job, job_id)
+    return await app.producer(source).submit(job, key)
 
 
 @router.post(
@@ -155,7 +151,7 @@ async def get_job(
 async def chat_completions(request: Request, app: App, source: Tenant, idempotency_key: IdempotencyKey = None) -> Any:
     """OpenAI's chat completion: enqueued as a chat job and waited for (INGRESS_WAIT_S); past
     the wait, 202 `{id, status}` with a Location to fetch it. Our options ride under `llm_router`.
-    With `stream: true`, OpenAI's chunks as the worker streams them (SSE; producers.http_events)."""
+    With `stream: true`, OpenAI's chunks as the worker streams them (SSE)."""
     return await answer_chat(request, app, source, idempotency_key)
 
 
@@ -178,7 +174,7 @@ async def answer_chat(request: Request, app: Ingress, source: str, idempotency_k
         return stream_completion(app, job_id, job)
     wait_s = app.settings.ingress_wait_s
     deadline = time.monotonic() + wait_s
-    job_id = owned_id(source, idempotency_key)
+    job_id = tenant_job_id(source, idempotency_key)
     await app.waits.subscribed(min(wait_s, 1.0))
     with app.waits.listening(job_id) as woken:  # before the enqueue: its done message cannot be missed
         _, created = await enqueue(app, source, job, job_id)

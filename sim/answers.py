@@ -21,7 +21,7 @@ def count_tokens(text: str) -> int:
     return (ascii_chars + 3) // 4 + len(text) - ascii_chars
 
 
-def _parts(content: Any) -> list[dict[str, Any]]:
+def content_parts(content: Any) -> list[dict[str, Any]]:
     if isinstance(content, str):
         return [{"type": "text", "text": content}]
     return [p for p in content or [] if isinstance(p, dict)]
@@ -45,7 +45,7 @@ def prompt_tokens(body: dict[str, Any], messages: list[dict[str, Any]], image_to
     total = 0
     for message in messages:
         total += 4
-        for part in _parts(message.get("content")):
+        for part in content_parts(message.get("content")):
             if part.get("type") == "image_url":
                 total += image_tokens
             elif part.get("type") == "text":
@@ -94,7 +94,7 @@ def describe_image(url: str) -> str:
 def reply_text(model: str, messages: list[dict[str, Any]]) -> str:
     last_user = next((m for m in reversed(messages) if m.get("role") == "user"), None)
     texts, images = [], []
-    for part in _parts(last_user.get("content") if last_user else ""):
+    for part in content_parts(last_user.get("content") if last_user else ""):
         url = image_url_of(part)
         if url:
             images.append(describe_image(url))
@@ -132,7 +132,7 @@ def tool_call_for(body: dict[str, Any], messages: list[dict[str, Any]]) -> dict[
     params = _obj(fn.get("parameters"))
     arg = str((_list(params.get("required")) or list(_obj(params.get("properties"))) or ["input"])[0])
     last_user: dict[str, Any] = next((m for m in reversed(messages) if m.get("role") == "user"), {})
-    text = " ".join(str(p.get("text", "")) for p in _parts(last_user.get("content")) if p.get("type") == "text")
+    text = " ".join(str(p.get("text", "")) for p in content_parts(last_user.get("content")) if p.get("type") == "text")
     return {"name": fn.get("name", "function"), "arguments": json.dumps({arg: text})}
 
 

@@ -13,8 +13,6 @@ Routes:
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import json
 import threading
 import time
@@ -26,26 +24,12 @@ from typing import Any
 from aiohttp import web
 
 # the bound of `bill_at_bound` is the worker's own byte-walker (one implementation, not two)
-from worker.tokens import input_bound
-
-from . import answers
-from .catalog import IMAGE_TOKENS_MAX, MODELS, ModelSpec, image_tokens, price
+from .catalog import MODELS, ModelSpec, price
 from .faults import FaultBook, Faults
 from .limits import Window
+from .reply import Answer, stream_chunks, usage_of
+from .requests import ApiError, check_messages, check_params, json_body, spec_of
 
-_ERROR_CODES = {
-    400: ("invalid_request_error", "invalid_request"),
-    401: ("authentication_error", "invalid_api_key"),
-    402: ("invalid_request_error", "insufficient_credits"),
-    403: ("invalid_request_error", "model_not_allowed"),
-    404: ("invalid_request_error", "model_not_found"),
-    422: ("invalid_request_error", "unsupported_parameter"),
-    429: ("rate_limit_error", "rate_limit_exceeded"),
-    500: ("api_error", "internal_error"),
-    502: ("upstream_error", "gateway_error"),
-    503: ("upstream_error", "upstream_unavailable"),
-    504: ("upstream_error", "upstream_timeout"),
-}
 _GEMINI_STATUS = {
     400: "INVALID_ARGUMENT",
     401: "UNAUTHENTICATED",
@@ -61,29 +45,6 @@ _GEMINI_STATUS = {
 # Request bodies /_sim/requests keeps, newest last.
 RECORDED_REQUESTS = 20
 # OpenAI's enumerated parameters (openai.types.chat.completion_create_params).
-_CHOICES = {
-    "service_tier": ("auto", "default", "flex", "scale", "priority", "fast"),
-    "reasoning_effort": ("none", "minimal", "low", "medium", "high", "xhigh", "max"),
-    "verbosity": ("low", "medium", "high"),
-    "prompt_cache_retention": ("in_memory", "24h"),
-}
-_OBJECTS = ("audio", "prediction", "web_search_options", "prompt_cache_options", "moderation", "stream_options")
-
-
-class ApiError(Exception):
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        code: str | None = None,
-        param: str | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status, self.message, self.param = status, message, param
-        self.type, default_code = _ERROR_CODES.get(status, ("api_error", "error"))
-        self.code = code or default_code
-        self.headers = headers or {}
 
 
 class Simulator:
@@ -176,233 +137,6 @@ class Simulator:
 # ---------------------------------------------------------------- request checking
 
 
-def _check_messages(messages: Any) -> list[dict[str, Any]]:
-    if messages is None:
-        raise ApiError(400, "'messages' is required", "missing_parameter", "messages")
-    if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
-        raise ApiError(400, "'messages' must be a non-empty array of objects", "invalid_parameter_type", "messages")
-    for i, message in enumerate(messages):
-        for part in answers._parts(message.get("content")):
-            url = answers.image_url_of(part)
-            if url is not None:
-                _check_image(url, f"messages[{i}].content")
-    return messages
-
-
-def _check_image(url: Any, param: str) -> None:
-    if not isinstance(url, str) or not url.startswith(("https://", "http://", "data:")):
-        raise ApiError(400, "image_url must be an http(s) URL or a data URL", "invalid_request", param)
-    if url.startswith("data:"):
-        header, _, data = url.partition(",")
-        if not header.endswith(";base64") or header[5:].split(";")[0] not in (
-            "image/jpeg",
-            "image/png",
-            "image/gif",
-            "image/webp",
-        ):
-            raise ApiError(400, "data URL must be data:image/(jpeg|png|gif|webp);base64,...", "invalid_request", param)
-        try:
-            base64.b64decode(data, validate=True)
-        except (binascii.Error, ValueError):
-            raise ApiError(400, "Invalid base64 image data", "invalid_request", param) from None
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _bad(name: str, what: str) -> ApiError:
-    return ApiError(400, f"'{name}' must be {what}", "invalid_parameter_type", name)
-
-
-def _check_params(body: dict[str, Any]) -> None:
-    """OpenAI's parameter checks: a 400 naming the first parameter out of its type or range."""
-    ranges = {"temperature": (0, 2), "top_p": (0, 1), "frequency_penalty": (-2, 2), "presence_penalty": (-2, 2)}
-    for name, (low, high) in ranges.items():
-        value = body.get(name)
-        if value is not None and (
-            not isinstance(value, (int, float)) or isinstance(value, bool) or not low <= value <= high
-        ):
-            raise _bad(name, f"a number between {low} and {high}")
-    integers = {
-        "max_tokens": (1, 10**9, "an integer >= 1"),
-        "max_completion_tokens": (1, 10**9, "an integer >= 1"),
-        "n": (1, 128, "an integer between 1 and 128"),
-        "top_logprobs": (0, 20, "an integer between 0 and 20"),
-        "seed": (-(2**63), 2**63 - 1, "a 64-bit integer"),
-    }
-    for name, (low, high, what) in integers.items():
-        value = body.get(name)
-        if value is not None and (not _is_int(value) or not low <= value <= high):
-            raise _bad(name, what)
-    for name in ("stream", "logprobs", "parallel_tool_calls", "store"):
-        if body.get(name) is not None and not isinstance(body[name], bool):
-            raise _bad(name, "a boolean")
-    for name in ("user", "safety_identifier", "prompt_cache_key"):
-        if body.get(name) is not None and not isinstance(body[name], str):
-            raise _bad(name, "a string")
-    for name in _OBJECTS:
-        if body.get(name) is not None and not isinstance(body[name], dict):
-            raise _bad(name, "an object")
-    for name, allowed in _CHOICES.items():
-        if body.get(name) is not None and body[name] not in allowed:
-            raise _bad(name, "one of " + ", ".join(allowed))
-    if body.get("top_logprobs") is not None and body.get("logprobs") is not True:
-        raise ApiError(400, "'top_logprobs' requires 'logprobs' to be true", "invalid_request", "top_logprobs")
-    if body.get("stream_options") is not None and not body.get("stream"):
-        raise ApiError(
-            400, "'stream_options' is only allowed when 'stream' is true", "invalid_request", "stream_options"
-        )
-    bias = body.get("logit_bias")
-    if bias is not None and not (
-        isinstance(bias, dict) and all(_is_int(v) and -100 <= v <= 100 for v in bias.values())
-    ):
-        raise _bad("logit_bias", "an object of token ids to integers between -100 and 100")
-    metadata = body.get("metadata")
-    if metadata is not None and not (
-        isinstance(metadata, dict) and len(metadata) <= 16 and all(isinstance(v, str) for v in metadata.values())
-    ):
-        raise _bad("metadata", "an object of at most 16 string values")
-    modalities = body.get("modalities")
-    if modalities is not None and not (
-        isinstance(modalities, list) and all(m in ("text", "audio") for m in modalities)
-    ):
-        raise _bad("modalities", "an array of 'text' and 'audio'")
-    fmt = body.get("response_format")
-    if fmt is not None:
-        if not isinstance(fmt, dict) or fmt.get("type") not in ("text", "json_object", "json_schema"):
-            raise _bad("response_format", "an object whose type is text, json_object or json_schema")
-        if fmt["type"] == "json_schema" and not isinstance((fmt.get("json_schema") or {}).get("name"), str):
-            raise ApiError(
-                400, "'response_format.json_schema.name' is required", "missing_parameter", "response_format"
-            )
-
-
-def _spec(model: Any) -> ModelSpec:
-    if not model:
-        raise ApiError(400, "'model' is required", "missing_parameter", "model")
-    spec = MODELS.get(model) if isinstance(model, str) else None
-    if spec is None:
-        raise ApiError(404, f"Model '{model}' is not available", "model_not_found", "model")
-    return spec
-
-
-async def _json_body(request: web.Request) -> dict[str, Any]:
-    try:
-        body = await request.json(loads=json.loads)
-    except ValueError:
-        raise ApiError(400, "Request body is not valid JSON", "json_parse_error") from None
-    if not isinstance(body, dict):
-        raise ApiError(400, "Request body must be a JSON object", "json_parse_error")
-    return body
-
-
-# ---------------------------------------------------------------- answers
-
-
-class Answer:
-    """What the model says to one request: text (maybe cut at max_tokens or max_completion_tokens;
-    a JSON object under `response_format`) or a function call, `n` times (each choice the same,
-    each billed), with token log probabilities when asked (`logprobs`, `top_logprobs`). A choice
-    never has more tokens than the cap: the answer is cut there (`finish_reason` length)."""
-
-    def __init__(self, spec: ModelSpec, body: dict[str, Any], messages: list[dict[str, Any]]) -> None:
-        self.spec = spec
-        self.call = answers.tool_call_for(body, messages)
-        self.legacy = self.call is not None and not body.get("tools")
-        self.n = body.get("n") or 1
-        self.logprobs = body.get("logprobs") is True
-        self.top_logprobs = body.get("top_logprobs") or 0
-        self.prompt_tokens = answers.prompt_tokens(body, messages, image_tokens(spec))
-        caps = [t for t in (body.get("max_tokens"), body.get("max_completion_tokens")) if t is not None]
-        self.max_tokens = max_tokens = min(caps) if caps else None
-        if self.prompt_tokens + (max_tokens or 0) > spec.context:
-            raise ApiError(
-                400,
-                f"This model's maximum context length is {spec.context} tokens; "
-                f"the request needs {self.prompt_tokens + (max_tokens or 0)}",
-                "context_length_exceeded",
-                "messages",
-            )
-        text = answers.reply_text(spec.id, messages)
-        fmt = body.get("response_format") or {}
-        if fmt.get("type") in ("json_object", "json_schema"):
-            text = answers.json_reply(text, (fmt.get("json_schema") or {}).get("schema"))
-        self.finish_reason = "stop"
-        if self.call:
-            self.words: list[str] = []
-            self.choice_tokens = answers.count_tokens(self.call["name"] + self.call["arguments"])
-            self.finish_reason = "function_call" if self.legacy else "tool_calls"
-            if max_tokens is not None and self.choice_tokens > max_tokens:
-                kept = answers.prefix_within(self.call["name"] + self.call["arguments"], max_tokens)
-                self.call["arguments"] = kept[len(self.call["name"]) :]
-                self.choice_tokens, self.finish_reason = max_tokens, "length"
-        else:
-            if max_tokens is not None and answers.count_tokens(text) > max_tokens:
-                text, self.finish_reason = answers.words_within(text, max_tokens), "length"
-            self.words = text.split(" ")
-            self.choice_tokens = answers.count_tokens(text)
-        # OpenAI bills the tokens of every choice
-        self.completion_tokens = self.choice_tokens * self.n
-
-    def bill_at_bound(self, body: dict[str, Any]) -> None:
-        """Bill the most a budget's worst case allows (Faults.bill_at_bound): every byte of the
-        body a prompt token (worker.tokens.input_bound, the budgets' own bound), each image the
-        catalogue's most, each choice its cap (none: the context window)."""
-        self.prompt_tokens = input_bound(body, IMAGE_TOKENS_MAX)
-        self.completion_tokens = (self.max_tokens or self.spec.context) * self.n
-
-    def pieces(self) -> list[str]:
-        """The content as the stream sends it, one piece (token) a chunk."""
-        return [word if i == 0 else " " + word for i, word in enumerate(self.words)]
-
-    def message(self) -> dict[str, Any]:
-        if not self.call:
-            return {"role": "assistant", "content": " ".join(self.words)}
-        if self.legacy:
-            return {"role": "assistant", "content": None, "function_call": self.call}
-        return {
-            "role": "assistant",
-            "content": None,
-            "tool_calls": [{"id": "call_" + uuid.uuid4().hex[:24], "type": "function", "function": self.call}],
-        }
-
-    def choices(self) -> list[dict[str, Any]]:
-        logprobs = self.logprobs_of(self.pieces(), 0) if self.logprobs else None
-        return [
-            {"index": i, "message": self.message(), "logprobs": logprobs, "finish_reason": self.finish_reason}
-            for i in range(self.n)
-        ]
-
-    def logprobs_of(self, pieces: list[str], first: int) -> dict[str, Any]:
-        """OpenAI's `logprobs` for these pieces (the first at position `first`): deterministic
-        log probabilities, the piece itself the most likely of `top_logprobs` alternatives."""
-        if not pieces:
-            return {"content": None, "refusal": None}
-        content = []
-        for position, token in enumerate(pieces, first):
-            logprob = -round(0.01 * (1 + position % 7), 4)
-            top = [
-                {"token": token, "logprob": logprob, "bytes": list(token.encode())},
-                *(
-                    {"token": f"{token}~{k}", "logprob": logprob - k, "bytes": list(f"{token}~{k}".encode())}
-                    for k in range(1, self.top_logprobs)
-                ),
-            ][: self.top_logprobs]
-            content.append({"token": token, "logprob": logprob, "bytes": list(token.encode()), "top_logprobs": top})
-        return {"content": content, "refusal": None}
-
-
-def _usage(answer: Answer, cost: float, credits: float) -> dict[str, Any]:
-    return {
-        "prompt_tokens": answer.prompt_tokens,
-        "completion_tokens": answer.completion_tokens,
-        "total_tokens": answer.prompt_tokens + answer.completion_tokens,
-        "cost": cost,
-        "credits_remaining": credits,
-    }
-
-
 def _error_response(exc: ApiError, gemini: bool = False) -> web.Response:
     if gemini:
         error: dict[str, Any] = {
@@ -455,11 +189,11 @@ class Handlers:
         try:
             try:
                 key = sim.authenticate(request)
-                body = await _json_body(request)
+                body = await json_body(request)
                 sim.requests.append({"path": request.path, "body": body})
-                spec = _spec(body.get("model"))
-                messages = _check_messages(body.get("messages"))
-                _check_params(body)
+                spec = spec_of(body.get("model"))
+                messages = check_messages(body.get("messages"))
+                check_params(body)
                 if spec.refuses_max_tokens and body.get("max_tokens") is not None:
                     raise ApiError(
                         400,
@@ -520,7 +254,7 @@ class Handlers:
                 "created": int(time.time()),
                 "model": spec.id,
                 "choices": answer.choices(),
-                "usage": _usage(answer, cost, credits),
+                "usage": usage_of(answer, cost, credits),
             },
             headers=headers,
         )
@@ -539,7 +273,7 @@ class Handlers:
         }
         if faults.bill_then:  # billed up front, then cut (or stalled) after the first chunk
             self.sim.charge(key, spec.id, cost)
-        for sent, chunk in enumerate(_chunks(answer, call.body)):
+        for sent, chunk in enumerate(stream_chunks(answer, call.body)):
             if faults.bill_then and sent == 1:
                 return await _unanswered(request, faults.bill_then, response)
             if faults.cut_stream_after is not None and sent >= faults.cut_stream_after:
@@ -564,7 +298,7 @@ class Handlers:
             if faults.latency_per_token_ms and chunk.get("choices"):
                 await asyncio.sleep(faults.latency_per_token_ms / 1000)
             if chunk.get("usage") == "final":
-                chunk = {"choices": [], "usage": _usage(answer, cost, self.sim.charge(key, spec.id, cost))}
+                chunk = {"choices": [], "usage": usage_of(answer, cost, self.sim.charge(key, spec.id, cost))}
             await response.write(b"data: " + json.dumps({**base, **chunk}).encode() + b"\n\n")
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
@@ -591,9 +325,9 @@ class Handlers:
             key = self.sim.authenticate(request)
             if method != "generateContent":
                 raise ApiError(404, f"Unknown method {method!r}", "unknown_endpoint")
-            body = await _json_body(request)
+            body = await json_body(request)
             self.sim.requests.append({"path": request.path, "body": body})
-            spec = _spec(model)
+            spec = spec_of(model)
             messages = _gemini_messages(body)
             config = body.get("generationConfig") or {}
             openai_body: dict[str, Any] = {
@@ -609,8 +343,8 @@ class Handlers:
                     if schema
                     else {"type": "json_object"}
                 )
-            _check_params(openai_body)
-            answer = Answer(spec, openai_body, _check_messages(messages))
+            check_params(openai_body)
+            answer = Answer(spec, openai_body, check_messages(messages))
             # like chat/completions: TPM counts input plus output, every answer has the headers
             faults, headers = self.sim.admit(spec.id, answer.prompt_tokens + answer.completion_tokens)
             if faults.bill_at_bound:
@@ -684,52 +418,6 @@ async def _unanswered(request: web.Request, how: str, response: web.StreamRespon
         await asyncio.sleep(3600)
     request.transport.close()  # type: ignore[union-attr]
     return response or web.Response(status=200)
-
-
-def _chunks(answer: Answer, body: dict[str, Any]) -> list[dict[str, Any]]:
-    """The stream as chunk dicts: role, content pieces (or tool-call pieces), finish, usage; each
-    chunk carries one choice (its `index`), the `n` choices interleaved piece by piece."""
-    deltas: list[dict[str, Any]]
-    if answer.call and answer.legacy:
-        deltas = [
-            {"function_call": {"name": answer.call["name"], "arguments": ""}},
-            {"function_call": {"arguments": answer.call["arguments"]}},
-        ]
-    elif answer.call:
-        args = answer.call["arguments"]
-        half = len(args) // 2
-        deltas = [
-            {
-                "tool_calls": [
-                    {"index": 0, "type": "function", "function": {"name": answer.call["name"], "arguments": ""}}
-                ]
-            },
-            {"tool_calls": [{"index": 0, "function": {"arguments": args[:half]}}]},
-            {"tool_calls": [{"index": 0, "function": {"arguments": args[half:]}}]},
-        ]
-    else:
-        deltas = [{"content": piece} for piece in answer.pieces()]
-    ids = ["call_" + uuid.uuid4().hex[:24] for _ in range(answer.n)]
-
-    def chunk(
-        index: int, delta: dict[str, Any], position: int | None = None, finish: str | None = None
-    ) -> dict[str, Any]:
-        choice: dict[str, Any] = {"index": index, "delta": delta}
-        if answer.logprobs:
-            content = delta.get("content")
-            choice["logprobs"] = answer.logprobs_of([content], position) if content and position is not None else None
-        return {"choices": [choice | {"finish_reason": finish}], "usage": None}
-
-    chunks = [chunk(i, {"role": "assistant", "content": ""}) for i in range(answer.n)]
-    for position, delta in enumerate(deltas):
-        for i in range(answer.n):
-            if position == 0 and "tool_calls" in delta:  # each choice its own call id
-                delta = {"tool_calls": [{**delta["tool_calls"][0], "id": ids[i]}]}
-            chunks.append(chunk(i, delta, position))
-    chunks += [chunk(i, {}, finish=answer.finish_reason) for i in range(answer.n)]
-    if (body.get("stream_options") or {}).get("include_usage"):
-        chunks.append({"usage": "final"})
-    return chunks
 
 
 def _gemini_messages(body: dict[str, Any]) -> list[dict[str, Any]]:

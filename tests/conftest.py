@@ -112,10 +112,9 @@ async def make_producer() -> AsyncIterator[MakeProducer]:
     async with contextlib.AsyncExitStack() as stack:
 
         async def make(settings: Settings, *, source: str | None = None, own_settings: bool = False) -> Producer:
-            producer = Producer(settings.redis_url, queue_name=settings.queue_name, source=source)
+            own = settings if own_settings else None
+            producer = Producer(settings.redis_url, queue_name=settings.queue_name, source=source, settings=own)
             await stack.enter_async_context(producer)
-            if own_settings:
-                producer.settings = settings
             return producer
 
         yield make

@@ -193,7 +193,7 @@ class Batch(BaseModel):
     models: dict[str, ModelCounts] = {}
     invalid_lines: int = Field(0, description="input lines refused and skipped (--skip-invalid)")
     queue: str | None = Field(None, description="the queue its lines went to")
-    budget_usd: float | None = Field(None, description="the batch's budget (worker.budgets); None: none")
+    budget_usd: float | None = Field(None, description="the batch's budget (docs: Budgets); None: none")
     budget_spent_usd: float = Field(0.0, description="USD its lines' calls spent against its budget")
     budget_reserved_usd: float = Field(0.0, description="USD reserved by its lines' calls in flight")
     callback_url: str | None = Field(None, description="where its record is POSTed when it ends (webhooks)")

@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
 from . import metrics as m
@@ -53,7 +54,7 @@ from .scripts import run_scripts
 from .serde import as_text
 
 if TYPE_CHECKING:
-    from .routing import Call
+    from .call import Call
     from .settings import Settings
 
 log = logging.getLogger("llm_router.cache")
@@ -153,6 +154,11 @@ class ResponseCache:
         self._lookup = redis.register_script(_LOOKUP)
         self._finish = redis.register_script(_FINISH)
         self._renew = redis.register_script(_RENEW)
+
+    @property
+    def scripts(self) -> list[AsyncScript]:
+        """The scripts a cacheable call runs (lookup, store): preloaded at start-up."""
+        return [self._lookup, self._finish]
 
     async def lookup(self, digest: str, model: str, token: str, source: str = "none") -> Lookup:
         """A hit's saving is counted under `model` and under `source` and `model` together (the

@@ -234,7 +234,7 @@ def _retry() -> Retry:
     return SayingRetry(ExponentialBackoff(cap=2.0, base=0.05), retries=40)
 
 
-def _sentinel_kwargs(s: SentinelUrl) -> tuple[dict[str, Any], dict[str, Any]]:
+def sentinel_kwargs(s: SentinelUrl) -> tuple[dict[str, Any], dict[str, Any]]:
     """(the sentinels' connection options, the master's)."""
     tls = {"ssl": True, **s.tls_options} if s.tls else {}
     sentinels = {"socket_connect_timeout": 2, "socket_timeout": 2, "password": s.sentinel_password, **tls}
@@ -248,7 +248,7 @@ def async_redis(url: str, **kwargs: Any) -> Redis:
     s = sentinel_url(url)
     if s is None:
         return Redis.from_url(url, **{"socket_connect_timeout": CONNECT_TIMEOUT_S, **kwargs})
-    sentinels, master = _sentinel_kwargs(s)
+    sentinels, master = sentinel_kwargs(s)
     sentinel = Sentinel(s.hosts, sentinel_kwargs=sentinels, retry=_retry(), retry_on_error=RETRY_ON, **master)
     client: Redis = sentinel.master_for(s.service, connection_class=FollowMaster, **kwargs)
     return client
@@ -308,7 +308,7 @@ def sync_redis(url: str, **kwargs: Any) -> SyncRedis:
     s = sentinel_url(url)
     if s is None:
         return SyncRedis.from_url(url, **{"socket_connect_timeout": CONNECT_TIMEOUT_S, **kwargs})
-    sentinels, master = _sentinel_kwargs(s)
+    sentinels, master = sentinel_kwargs(s)
     retry = SyncRetry(ExponentialBackoff(cap=1.0, base=0.05), retries=3)  # a scrape is retried by the next
     sentinel = SyncSentinel(s.hosts, sentinel_kwargs=sentinels, retry=retry, retry_on_error=RETRY_ON, **master)
     client: SyncRedis = sentinel.master_for(s.service, connection_class=SyncFollowMaster, **kwargs)
@@ -347,7 +347,7 @@ def arq_pool(url: str) -> ArqRedis | None:
     s = sentinel_url(url)
     if s is None:
         return None
-    sentinels, master = _sentinel_kwargs(s)
+    sentinels, master = sentinel_kwargs(s)
     sentinel = Sentinel(s.hosts, sentinel_kwargs=sentinels, retry=_retry(), retry_on_error=RETRY_ON, **master)
     pool: ArqRedis = sentinel.master_for(s.service, redis_class=ArqRedis, connection_class=FollowMaster)
     return pool

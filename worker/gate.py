@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING, Any
 from redis.asyncio import Redis
 
 from . import errors
+from .call import Call
 from .keys import GATE, PROBE_LOCK
-from .routing import Call, call_once
+from .routing import call_once
 
 if TYPE_CHECKING:
     from .resources import Resources

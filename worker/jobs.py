@@ -21,6 +21,7 @@ from pydantic import ValidationError
 from . import batches, bounds, routes
 from . import events as ev
 from . import metrics as m
+from .call import Call, Deferred, QuotaDeferred, SlotGivenBack
 from .dlq import dead_letter
 from .models import (
     JOB_KINDS,
@@ -35,7 +36,7 @@ from .models import (
 )
 from .policy import chain
 from .resources import Resources
-from .routing import Call, Deferred, QuotaDeferred, SlotGivenBack, try_model, walk_chain
+from .routing import try_model, walk_chain
 from .serde import INVALID
 
 log = logging.getLogger("llm_router.jobs")

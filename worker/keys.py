@@ -37,7 +37,7 @@ results): the key table of docs/redis-keys.md is checked against this module by 
     llm-router:batch:done:<batch_id>    hash line -> outcome: each line counted once
     llm-router:batch:staged:<batch_id>  sorted set: lines written, not yet released to the queue
     llm-router:batches                  sorted set batch id -> created_at (the list)
-    llm-router:schedule:<name>          hash: a schedule's state (worker.schedules): since, last tick, batch, success
+    llm-router:schedule:<name>          hash (worker.schedules): since, last tick, last batch, last success
     llm-router:schedule:claim:<batch_id>    the worker submitting a tick's batch (a lease it renews)
     llm-router:schedule:output:<batch_id>   the worker writing a scheduled batch's output, then `done`
     llm-router:schedules:pending        sorted set: scheduled batches not yet seen final (output, success)
@@ -47,12 +47,12 @@ results): the key table of docs/redis-keys.md is checked against this module by 
     llm-router:budget:reservations      hash reservation id -> JSON {w: worst case USD, s: [[key, field prefix]...]}
     llm-router:budget:deadlines         sorted set reservation id -> deadline (ms): an expired one is released
     llm-router:budget:learned           hash <model>|in, <model>|out -> USD per token, an upper bound learned from bills
-    llm-router:settled:<id>             a limiter settlement applied (worker.limiter): one sent again adds nothing
+    llm-router:settled:<id>             a settlement applied (worker.limiter): one sent again adds nothing
     llm-router:file:<file_id>           hash: an uploaded file's record (producers.files): name, size, owner
     llm-router:file:data:<file_id>      string: its bytes, written and read in chunks
     llm-router:webhooks                 sorted set delivery -> when due: webhooks to send (worker.outbox)
     llm-router:webhook:<delivery>       hash: one delivery (`job:<id>`, `batch:<id>`): url, status, tries, last error
-    llm-router:events:<job_id>          stream: a streaming job's live events (worker.events): deltas, resets, result
+    llm-router:events:<job_id>          stream: a streaming job's events (worker.events): deltas, resets, result
     llm-router:events-posted:<job_id>   pub/sub channel: new entries in that stream (wakes the ingress's readers)
     llm-router:recent-jobs              stream: each job that ended (its id, status, model, cost, source), newest
                                         last, MAXLEN ~ RECENT_JOBS_MAX, expires RESULT_TTL_S after the last

@@ -258,6 +258,11 @@ class Limiter:
         self._admit = redis.register_script(LINE_FUNCTIONS + budgets.splice(_ADMIT))
         self._settle = redis.register_script(budgets.splice_settle(_SETTLE, keys=3, args=9))
 
+    @property
+    def scripts(self) -> list[AsyncScript]:
+        """The scripts every job runs here (admission, settle): preloaded at start-up."""
+        return [self._admit, self._settle]
+
     def intervals(self, model: str) -> tuple[float, float]:
         return _intervals(self.settings.rate_limits.get(model), self.settings.spacing_ms)
 

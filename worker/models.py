@@ -37,7 +37,7 @@ IMAGE_MIME_TYPES = ("image/jpeg", "image/png", "image/gif", "image/webp")
 DEFAULT_MAX_IMAGE_BYTES = 20 * 1024 * 1024
 _DATA_URL = re.compile(r"^data:(?P<mime>[\w/+.-]+);base64,(?P<data>.*)$", re.DOTALL)
 # Labels are for metrics and logs: keep them short and tame.
-_SOURCE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+SOURCE_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 # What reaches Redis keys, logs and metrics from a producer: a documented charset and length.
 JOB_ID_CHARS = "letters, digits and _ . : - @ / + ="
 JOB_ID = re.compile(r"^[A-Za-z0-9_.:@/+=-]{1,128}$")
@@ -327,7 +327,7 @@ class JobBase(ChatParams):
     @field_validator("source")
     @classmethod
     def _tame_source(cls, v: str | None) -> str | None:
-        if v is not None and not _SOURCE.match(v):
+        if v is not None and not SOURCE_NAME.match(v):
             raise ValueError("must be 1-64 characters of letters, digits and _ . : -")
         return v
 
@@ -445,7 +445,7 @@ class Usage(BaseModel):
 
 
 class BudgetInfo(BaseModel):
-    """Why a call did not fit a budget (error class `budget`, worker.budgets), in USD."""
+    """Why a call did not fit a budget (error class `budget`; docs: Budgets), in USD."""
 
     scope: str = Field(description="global, source, model or batch")
     name: str = Field("", description="the source, model or batch id; '' for the global budget")
@@ -457,7 +457,7 @@ class BudgetInfo(BaseModel):
 
 
 class ErrorInfo(BaseModel):
-    """Why a job or an attempt failed. `type` is a bounded error class (see worker.errors)."""
+    """Why a job or an attempt failed. `type` is a bounded error class (docs: Resilience and errors)."""
 
     type: str
     message: str

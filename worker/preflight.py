@@ -79,7 +79,7 @@ def _probe_client(url: str, timeout: float) -> Redis:
     s = connections.sentinel_url(url)
     if s is None:
         return Redis.from_url(url, **once)
-    sentinels, master = connections._sentinel_kwargs(s)
+    sentinels, master = connections.sentinel_kwargs(s)
     sentinel = Sentinel(s.hosts, sentinel_kwargs={**sentinels, **once}, **{**master, **once})
     client: Redis = sentinel.master_for(s.service)
     return client

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .models import CostSource, Usage
-from .settings import Price
+from .setting_types import Price
 
 
 def cost_of(

@@ -36,7 +36,7 @@ class Resources:
     # the queue's gate as the keeper last read it (None: open); workers pick no jobs while closed
     paused: dict[str, Any] | None = None
     # jobs waiting for a rate-limit slot (fair share: FAIR_SHARE_SLOT_WAITERS at most; they wait
-    # in the model's slot line, worker.routing.SlotTurn)
+    # in the model's slot line, worker.call.SlotTurn)
     slot_waiters: int = 0
     # FAIR_SHARE off: jobs still wait in sources' sub-queues (queued while it was on; the keeper looks)
     fair_leftovers: bool = False

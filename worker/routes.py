@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from pydantic import AfterValidator, Field, model_validator
 
 from .models import CompareJob, JobBase, ModelName, RoutedJob, shown
+from .pricing import PUBLISHED_PRICES
+from .setting_types import ConfigError
 from .strict import StrictModel
 
 if TYPE_CHECKING:
@@ -119,8 +121,6 @@ def route_name(model: str) -> str | None:
 def unit_price(model: str, settings: Settings) -> float | None:
     """USD per 1K tokens for ranking: PRICES (mean of input and output), else the skill's
     published price of the model itself (worker.pricing's table, by exact id here)."""
-    from .pricing import PUBLISHED_PRICES  # here: pricing imports settings, which imports this module
-
     price = settings.prices.get(model)
     if price is not None:
         return (price.input + price.output) / 2
@@ -130,8 +130,6 @@ def unit_price(model: str, settings: Settings) -> float | None:
 def check(settings: Settings) -> None:
     """What the settings' own validation cannot see (start-up): every model of a cost-ordered
     route must have a price. A ConfigError naming ROUTES and the fix."""
-    from .settings import ConfigError
-
     for name, route in table(settings).items():
         if route.order != "cost":
             continue

@@ -12,12 +12,15 @@ from __future__ import annotations
 import json
 import time
 from datetime import UTC, datetime
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
 from .cli import NO_SUCH_ID, Verbs, run
 from .settings import load_settings
+
+if TYPE_CHECKING:
+    from .batch_store import BatchStore
 
 
 @click.group()
@@ -30,17 +33,21 @@ def schedule() -> None:
     """Scheduled batches (SCHEDULES_FILE): list, run."""
 
 
-def _on_producer(body: Any) -> NoReturn:
-    from producers.api import Producer
-
+def _on_store(body: Any) -> NoReturn:
+    """Run `body(store, found)`: a batch store on the settings' Redis and queue, the schedules."""
     from . import schedules
+    from .batch_store import BatchStore
+    from .connections import async_redis
+    from .records import JobRecords
 
     async def main() -> int:
         settings = load_settings()
         found = schedules.load(settings, check_files=False)
-        async with Producer(settings.redis_url, queue_name=settings.queue_name) as producer:
-            producer.settings = settings
-            return int(await body(producer, settings, found))
+        redis = async_redis(settings.redis_url)
+        try:
+            return int(await body(BatchStore(JobRecords(redis, settings)), found))
+        finally:
+            await redis.aclose()
 
     run(main())
 
@@ -52,8 +59,8 @@ def _on_producer(body: Any) -> NoReturn:
 def schedule_list(as_json: bool) -> None:
     """Every schedule: cron, time zone, next run, last batch and its status, last success."""
 
-    async def body(producer: Any, settings: Any, found: list[Any]) -> int:
-        rows = await schedule_rows(producer, found)
+    async def body(store: Any, found: list[Any]) -> int:
+        rows = await schedule_rows(store, found)
         if as_json:
             click.echo(json.dumps(rows, indent=2))
             return 0
@@ -64,10 +71,10 @@ def schedule_list(as_json: bool) -> None:
             click.echo(f"{r['name']}  {r['cron']} ({r['timezone']})  next {r['next_run']}  last {last}")
         return 0
 
-    _on_producer(body)
+    _on_store(body)
 
 
-async def schedule_rows(producer: Any, found: list[Any]) -> list[dict[str, Any]]:
+async def schedule_rows(store: BatchStore, found: list[Any]) -> list[dict[str, Any]]:
     """Each schedule's row (`schedule list --json`, the console's Schedules page): cron, time
     zone, next run, last batch and its status, last success and error."""
     from .keys import schedule_key
@@ -75,9 +82,9 @@ async def schedule_rows(producer: Any, found: list[Any]) -> list[dict[str, Any]]
     now = time.time()
     rows = []
     for s in found:
-        state = {k.decode(): v.decode() for k, v in (await producer.redis.hgetall(schedule_key(s.name))).items()}
+        state = {k.decode(): v.decode() for k, v in (await store.redis.hgetall(schedule_key(s.name))).items()}  # type: ignore[misc]
         last = state.get("last_batch")
-        batch = await producer.batches.get(last) if last else None
+        batch = await store.get(last) if last else None
         success = state.get("last_success")
         rows.append(
             {
@@ -96,18 +103,17 @@ async def schedule_rows(producer: Any, found: list[Any]) -> list[dict[str, Any]]
     return rows
 
 
-async def run_now(producer: Any, settings: Any, s: Any) -> tuple[Any, bool]:
+async def run_now(store: BatchStore, s: Any) -> tuple[Any, bool]:
     """Submit a batch of schedule `s` now (`schedule run`, the console's Run now): the batch and
     whether this call created it. Raises BatchRejected, and ConfigError for an unreadable input."""
-    from producers.batches import BatchRejected
-
     from . import schedules
+    from .batch_format import BatchRejected
     from .settings import ConfigError
 
-    schedules.check_input(s, f"SCHEDULES_FILE {settings.schedules_file}: schedule {s.name!r}")
+    schedules.check_input(s, f"SCHEDULES_FILE {store.settings.schedules_file}: schedule {s.name!r}")
     tick = datetime.now(UTC).replace(microsecond=0)
     try:
-        return await schedules.submit(producer, s, s.batch_id(tick), tick)
+        return await schedules.submit(store, s, s.batch_id(tick), tick)
     except BatchRejected:
         raise
     except (OSError, ValueError) as exc:
@@ -118,16 +124,16 @@ async def run_now(producer: Any, settings: Any, s: Any) -> tuple[Any, bool]:
 @click.argument("name")
 def schedule_run(name: str) -> None:
     """Submit a batch of schedule NAME now; prints its id (batch_sched_<name>_<now, UTC>)."""
-    from producers.batches import BatchRejected
+    from .batch_format import BatchRejected
 
-    async def body(producer: Any, settings: Any, found: list[Any]) -> int:
+    async def body(store: Any, found: list[Any]) -> int:
         by_name = {s.name: s for s in found}
         if name not in by_name:
             known = ", ".join(by_name) or "none"
             click.echo(f"llm-router: no schedule {name!r} in SCHEDULES_FILE (schedules: {known})", err=True)
             return NO_SUCH_ID
         try:
-            batch, created = await run_now(producer, settings, by_name[name])
+            batch, created = await run_now(store, by_name[name])
         except BatchRejected as exc:
             click.echo(f"llm-router: {exc}", err=True)
             return 2
@@ -136,4 +142,4 @@ def schedule_run(name: str) -> None:
             click.echo(f"(a batch of {name} was submitted this second already: that one)", err=True)
         return 0
 
-    _on_producer(body)
+    _on_store(body)

@@ -21,12 +21,12 @@ and by the exporter and `llm-router schedule` (which read it without checking th
 How a tick becomes one batch, whatever the number of workers (each runs `Scheduler`):
 
 - The tick's batch id is derived from the schedule and the tick: `batch_sched_<name>_<yyyymmddThhmmssZ>`
-  (UTC), so creating it twice is a no-op (producers.batches creates the record atomically).
+  (UTC), so creating it twice is a no-op (worker.batch_store creates the record atomically).
 - A worker that sees the latest tick due and not yet fired claims it: `SET
   llm-router:schedule:claim:<batch_id> NX PX LEASE_S`, renewed while it validates and writes. If it
   dies, the claim expires and the next worker takes the tick over: a record left `validating` (lines
   written, none released) is dropped and submitted again; one already released is the tick's batch.
-  A stalled owner's late writes are fenced by the record's owner token (producers.batches).
+  A stalled owner's late writes are fenced by the record's owner token (worker.batch_store).
 - Only the latest tick is considered, and only within SCHEDULE_GRACE_S of its time: a tick missed
   while no worker ran is fired once at start-up, never once per missed tick nor once per worker.
 - When a scheduled batch is final, one worker (`SET llm-router:schedule:output:<batch_id> NX`)
@@ -56,6 +56,7 @@ from croniter import croniter
 from redis.asyncio import Redis
 
 from . import batches as wb
+from .batch_format import prompt_lines
 from .keys import (
     SCHEDULES_PENDING,
     batch_key,
@@ -66,7 +67,7 @@ from .keys import (
 from .settings import ConfigError, Settings
 
 if TYPE_CHECKING:
-    from producers.api import Producer
+    from .batch_store import BatchStore
 
 log = logging.getLogger("llm_router.schedules")
 
@@ -137,11 +138,9 @@ class Schedule:
         return f"batch_sched_{self.name}_{tick.astimezone(UTC).strftime(TICK_FORMAT)}"
 
     def source(self) -> Any:
-        """What `Batches.submit` reads: the JSONL path, or the lines made from the prompts file."""
+        """What `BatchStore.submit` reads: the JSONL path, or the lines made from the prompts file."""
         if self.input is not None:
             return Path(self.input)
-        from producers.batches import prompt_lines
-
         assert self.prompts is not None and self.template is not None and self.model is not None
         return prompt_lines(self.prompts, self.template, self.model, system=self.system, **self.params)
 
@@ -324,8 +323,6 @@ def check_input(schedule: Schedule, where: str) -> None:
             "put it at that path on every worker host (the image or a shared volume), or fix the path"
         )
     if schedule.prompts is not None:
-        from producers.batches import prompt_lines
-
         try:
             prompt_lines(schedule.prompts, schedule.template or "", schedule.model or "")
         except (ValueError, OSError, UnicodeDecodeError) as exc:
@@ -335,18 +332,18 @@ def check_input(schedule: Schedule, where: str) -> None:
 # ---------------------------------------------------------------- submitting
 
 
-async def submit(producer: Producer, schedule: Schedule, batch_id: str, tick: datetime) -> tuple[wb.Batch, bool]:
+async def submit(store: BatchStore, schedule: Schedule, batch_id: str, tick: datetime) -> tuple[wb.Batch, bool]:
     """Submit the schedule's input as the batch `batch_id` (a no-op if it exists) and record it
     as the schedule's last batch, pending its output. (batch, created by this call)."""
     metadata = {**schedule.metadata, "schedule": schedule.name, "scheduled_for": tick.astimezone(UTC).isoformat()}
-    batch, created = await producer.batches.create(
+    batch, created = await store.create(
         schedule.source(),
         completion_window=schedule.window,
         metadata=metadata,
         batch_id=batch_id,
         budget_usd=schedule.budget_usd,
     )
-    await _recorded(producer.redis, schedule.name, batch_id, None)
+    await _recorded(store.redis, schedule.name, batch_id, None)
     return batch, created
 
 
@@ -373,12 +370,12 @@ class Scheduler:
     """One per worker process: fires its schedules' ticks (exactly one batch per tick across all
     workers) and hands finished scheduled batches their output files."""
 
-    def __init__(self, producer: Producer, settings: Settings, schedules: list[Schedule]) -> None:
-        self.producer = producer
-        self.redis = producer.redis
-        self.settings = settings
+    def __init__(self, store: BatchStore, schedules: list[Schedule]) -> None:
+        self.store = store
+        self.redis = store.redis
+        self.settings = store.settings
         self.schedules = {s.name: s for s in schedules}
-        self.lease_ms = max(int(settings.lease_s * 1000), 1000)
+        self.lease_ms = max(int(self.settings.lease_s * 1000), 1000)
         self._handled: dict[str, float] = {}  # schedule -> the latest tick known fired (or skipped)
         self._claim = self.redis.register_script(_CLAIM)
 
@@ -437,11 +434,11 @@ class Scheduler:
         renew = asyncio.create_task(self._renew(claim, token))
         at = tick.timestamp()
         try:
-            existing = await self.producer.batches.get(batch_id)
+            existing = await self.store.get(batch_id)
             if existing is not None and (existing.status == "validating" or existing.interrupted):
                 # its submitter died (its claim expired, we hold it now): lines written, none queued
                 # (a reader may have reaped it already: `failed`, interrupted)
-                if await self.producer.batches.drop_unreleased(batch_id):
+                if await self.store.drop_unreleased(batch_id):
                     log.warning(
                         "schedule %s: batch %s left unfinished by a dead worker: submitting it again",
                         schedule.name,
@@ -453,7 +450,7 @@ class Scheduler:
                 self._handled[schedule.name] = at
                 return True
             try:
-                batch, created = await submit(self.producer, schedule, batch_id, tick)
+                batch, created = await submit(self.store, schedule, batch_id, tick)
             except (OSError, ValueError) as exc:  # unreadable or refused input (BatchRejected is a ValueError)
                 log.error("schedule %s: tick %s: no batch: %s", schedule.name, tick.isoformat(), exc)
                 await self.redis.hset(  # type: ignore[misc]
@@ -553,7 +550,7 @@ class Scheduler:
             t.parent.mkdir(parents=True, exist_ok=True)
         files = [t.open("w", encoding="utf-8") for t in temps]
         try:
-            counts = await self.producer.batches.write_results(batch_id, files[0], files[1] if errors else None)
+            counts = await self.store.write_results(batch_id, files[0], files[1] if errors else None)
         except BaseException:
             for f, t in zip(files, temps, strict=True):
                 f.close()

@@ -23,6 +23,7 @@ from arq.worker import func
 from redis.commands.core import AsyncScript
 
 from . import connections, jobs, logs, preflight, routes, schedules, scripts, serde, webhooks
+from .batch_store import BatchStore
 from .cache import ResponseCache
 from .client import AIsaClient
 from .fair import FairQueue
@@ -33,6 +34,7 @@ from .lease import Lease
 from .limiter import Limiter
 from .metrics import Labels, serve_metrics
 from .quarantine import Quarantine
+from .records import JobRecords
 from .resources import Resources
 from .runner import RouterWorker
 from .settings import ConfigError, Settings, exit_on_config_error, load_settings
@@ -87,14 +89,11 @@ async def startup(ctx: dict[str, Any]) -> None:
         preflight.check_gateway(client, settings.aisa_base_url, log), name="llm-router-gateway-check"
     )
     ctx["webhooks"] = asyncio.create_task(webhooks.Sender(redis, settings).run(), name="llm-router-webhooks")
-    if ctx.get("schedules"):
-        from producers.api import Producer
-
-        producer = Producer(settings.redis_url, queue_name=settings.queue_name)
-        producer.settings = settings
-        ctx["schedule_producer"] = producer
+    if ctx.get("schedules"):  # the schedules' batches, on a connection of their own
+        ctx["schedule_redis"] = schedule_redis = connections.async_redis(settings.redis_url)
+        store = BatchStore(JobRecords(schedule_redis, settings))
         ctx["scheduler"] = asyncio.create_task(
-            schedules.Scheduler(producer, settings, ctx["schedules"]).run(), name="llm-router-scheduler"
+            schedules.Scheduler(store, ctx["schedules"]).run(), name="llm-router-scheduler"
         )
     log.info(
         "llm-router worker up: gateway %s, queue %s, concurrency %d",
@@ -109,7 +108,7 @@ def job_path_scripts(resources: Resources) -> list[AsyncScript]:
     the response cache's lookup and store (cacheable calls)."""
     store, limiter, cache = resources.store, resources.limiter, resources.cache
     lease = resources.lease.scripts if resources.lease else []
-    return [*lease, limiter._admit, limiter._settle, store._record_call, store._save, cache._lookup, cache._finish]
+    return [*lease, *limiter.scripts, *store.scripts, *cache.scripts]
 
 
 def outcome_line(outcomes: Counter[str]) -> str:
@@ -137,8 +136,8 @@ async def shutdown(ctx: dict[str, Any]) -> None:
     if "fleet" in ctx:  # bounded: a Redis outage must not hold the exit for the retries' minute
         with contextlib.suppress(Exception):
             await asyncio.wait_for(ctx["fleet"].withdraw(ctx["worker_id"]), WITHDRAW_S)
-    if "schedule_producer" in ctx:
-        await ctx["schedule_producer"].aclose()
+    if "schedule_redis" in ctx:
+        await ctx["schedule_redis"].aclose()
     if "resources" in ctx:
         await ctx["resources"].client.aclose()
 

@@ -127,6 +127,11 @@ class ResultStore:
         self._record_call = redis.register_script(_RECORD_CALL)
         self._save = redis.register_script(_SAVE)
 
+    @property
+    def scripts(self) -> list[AsyncScript]:
+        """The scripts every job runs here (the call log, the save): preloaded at start-up."""
+        return [self._record_call, self._save]
+
     async def record_call(
         self,
         job_id: str,

@@ -57,7 +57,11 @@ def _default(field: Any) -> str:
     shown = value if isinstance(value, str) else json.dumps(value)
     if len(shown) > 60:
         count = len(value) if isinstance(value, (dict, list, tuple)) else 0
-        return f"built in: {count} entries (`worker/settings.py`)" if count else "built in (`worker/settings.py`)"
+        return (
+            f"built in: {count} entries (`worker/setting_types.py`)"
+            if count
+            else "built in (`worker/setting_types.py`)"
+        )
     return f"`{shown}`"
 
 

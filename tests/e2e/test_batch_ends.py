@@ -19,8 +19,8 @@ from redis.asyncio import Redis
 from harness.reply_cutter import ReplyCutter
 from harness.wait import wait_until_async
 from producers import Producer
-from producers import batches as pb
 from tests.helpers import run_worker, sim_admin
+from worker import batch_store as bs
 from worker import batches as wb
 from worker.connections import arq_settings
 from worker.keys import batch_staged_key, bulk_key, job_key
@@ -99,9 +99,9 @@ async def test_polling_a_cancelling_batch_does_not_read_every_line_each_time(pro
     ran = {k: n - before.get(k, 0) for k, n in (await calls(producer.redis)).items() if n != before.get(k, 0)}
     assert polls == [cancelling] * 20  # what a reader sees is the same
     assert not {"lrange", "mget", "evalsha", "eval"} & set(ran), ran  # only the record was read
-    assert 0 < await producer.redis.pttl(pb.batch_swept_key(batch.id)) <= pb.SWEEP_S * 1000
+    assert 0 < await producer.redis.pttl(bs.batch_swept_key(batch.id)) <= bs.SWEEP_S * 1000
 
-    await producer.redis.delete(pb.batch_swept_key(batch.id))  # SWEEP_S later: the next read sweeps
+    await producer.redis.delete(bs.batch_swept_key(batch.id))  # SWEEP_S later: the next read sweeps
     before = await calls(producer.redis)
     assert await producer.batches.get(batch.id) == cancelling
     assert (await calls(producer.redis))["lrange"] > before["lrange"]
@@ -129,13 +129,13 @@ async def test_past_its_window_with_no_worker_a_batch_reads_expired(producer):
 
 
 async def test_a_cancel_during_submission_ends_the_lines_once_released(producer, monkeypatch):
-    release = pb.Batches._release
+    release = bs.BatchStore._release
 
     async def cancelled_first(self, batch_id, owner):
         await self.cancel(batch_id)  # the batch is `validating`: nothing of it is queued yet
         return await release(self, batch_id, owner)
 
-    monkeypatch.setattr(pb.Batches, "_release", cancelled_first)
+    monkeypatch.setattr(bs.BatchStore, "_release", cancelled_first)
     batch = await producer.batches.submit([line(i) for i in range(8)])
     assert batch.status == "cancelled" and batch.request_counts.cancelled == 8 and await nothing_queued(producer)
 
@@ -206,7 +206,7 @@ async def cut_client(url: str, script: str, retrying: bool) -> tuple[ReplyCutter
 
 
 async def test_a_lost_answer_to_the_release_keeps_the_batch(settings):
-    cutter, client = await cut_client(settings.redis_url, pb._RELEASE, retrying=False)
+    cutter, client = await cut_client(settings.redis_url, bs._RELEASE, retrying=False)
     async with Producer(queue_name=settings.queue_name, redis=client) as producer:
         try:
             batch = await producer.batches.submit([line(i) for i in range(6)])  # was: ConnectionError
@@ -222,7 +222,7 @@ async def test_a_lost_answer_to_the_release_keeps_the_batch(settings):
 
 @pytest.mark.parametrize("script", ["create", "stage"])
 async def test_a_lost_answer_sent_again_creates_and_stages_once(settings, script):
-    cutter, client = await cut_client(settings.redis_url, {"create": pb._CREATE, "stage": pb._STAGE}[script], True)
+    cutter, client = await cut_client(settings.redis_url, {"create": bs._CREATE, "stage": bs._STAGE}[script], True)
     async with Producer(queue_name=settings.queue_name, redis=client) as producer:
         try:
             batch = await producer.batches.submit([line(i) for i in range(6)])

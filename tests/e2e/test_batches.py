@@ -214,8 +214,10 @@ BAD_LINES = [
 
 
 @pytest.mark.parametrize(("bad", "code", "param"), BAD_LINES, ids=[c for _, c, _ in BAD_LINES])
-async def test_a_bad_line_refuses_the_whole_batch_and_writes_nothing(producer, redis, tmp_path, bad, code, param):
-    producer.settings = producer.settings.model_copy(update={"batch_max_line_bytes": 2048})
+async def test_a_bad_line_refuses_the_whole_batch_and_writes_nothing(
+    make_producer, batch_settings, redis, tmp_path, bad, code, param
+):
+    producer = await make_producer(batch_settings.model_copy(update={"batch_max_line_bytes": 2048}), own_settings=True)
     path = tmp_path / "in.jsonl"
     path.write_text("\n".join([json.dumps(line(0)), bad, json.dumps(line(1))]) + "\n")
     with pytest.raises(BatchRejected) as refused:
@@ -230,12 +232,13 @@ async def test_a_bad_line_refuses_the_whole_batch_and_writes_nothing(producer, r
     assert await producer.queued() == 2
 
 
-async def test_over_the_file_limits_is_refused(producer, redis):
-    producer.settings = producer.settings.model_copy(update={"batch_max_lines": 3})
+async def test_over_the_file_limits_is_refused(make_producer, batch_settings, redis):
+    few = await make_producer(batch_settings.model_copy(update={"batch_max_lines": 3}), own_settings=True)
     with pytest.raises(BatchRejected) as refused:
-        await producer.batches.submit([line(i) for i in range(5)])
+        await few.batches.submit([line(i) for i in range(5)])
     assert refused.value.errors[0].code == "too_many_lines" and refused.value.errors[0].line == 4
-    producer.settings = producer.settings.model_copy(update={"batch_max_lines": 50_000, "batch_max_bytes": 1000})
+    small = batch_settings.model_copy(update={"batch_max_lines": 50_000, "batch_max_bytes": 1000})
+    producer = await make_producer(small, own_settings=True)
     with pytest.raises(BatchRejected) as refused:
         await producer.batches.submit([line(i) for i in range(50)])
     assert refused.value.errors[0].code == "file_too_large"

@@ -503,7 +503,7 @@ async def test_a_schedules_budget_is_read_checked_and_set_on_its_batches(setting
     [schedule] = schedules.load(settings.model_copy(update={"schedules_file": str(path)}))
     assert schedule.budget_usd == 1.5
     tick = schedule.latest_tick(time.time())
-    batch, created = await schedules.submit(producer, schedule, schedule.batch_id(tick), tick)
+    batch, created = await schedules.submit(producer.batches, schedule, schedule.batch_id(tick), tick)
     assert created and batch.budget_usd == 1.5
     path.write_text(entry + "budget_usd = -1\n")
     with pytest.raises(ConfigError, match="budget_usd: must be a number of USD"):
@@ -560,9 +560,10 @@ async def test_a_call_cancelled_after_its_answer_still_settles_its_reservation(s
 
     from tests.helpers import sim_admin
     from worker import connections, service
+    from worker.call import Call
     from worker.events import JobEvents
     from worker.keys import BUDGET_RESERVATIONS, calls_key
-    from worker.routing import Call, call_once
+    from worker.routing import call_once
 
     s = budgeted(settings, daily_usd=5.0).model_copy(update={"metrics_port": 0})
     pool = await create_pool(connections.arq_settings(s.redis_url))
@@ -605,7 +606,8 @@ async def test_a_call_cancelled_in_flight_keeps_its_reservation_spent(settings, 
     from arq import create_pool
 
     from worker import connections, service
-    from worker.routing import Call, call_once
+    from worker.call import Call
+    from worker.routing import call_once
 
     s = budgeted(settings, daily_usd=5.0).model_copy(update={"metrics_port": 0, "prices": {"gpt-4.1": SIM_GPT41}})
     pool = await create_pool(connections.arq_settings(s.redis_url))

@@ -11,6 +11,7 @@ import pytest
 
 from harness.wait import wait_until_async
 from producers import ChatJob, JobRejected, Producer, SourceOverQuota
+from tests.conftest import MakeProducer
 from tests.helpers import run_worker, sim_admin
 from worker import batches as wb
 from worker import fair
@@ -35,8 +36,7 @@ def fair_settings(settings):
 
 @pytest.fixture
 async def producer(fair_settings):
-    async with Producer(fair_settings.redis_url, queue_name=fair_settings.queue_name) as p:
-        p.settings = fair_settings
+    async with Producer(settings=fair_settings) as p:
         yield p
 
 
@@ -93,19 +93,19 @@ async def test_order_within_a_source_is_kept(producer, fair_settings):
         assert started == sorted(started)
 
 
-async def test_sources_past_the_bound_share_other(producer, fair_settings):
-    producer.settings = fair_settings.model_copy(update={"fair_share_max_sources": 2})
-    for name in ("s1", "s2", "s3", "s4", "billing"):
-        await producer.enqueue(job(name, 0))
-    depths = {d.source: d.waiting for d in await lease_for(producer).fair.depths(0)}
+async def test_sources_past_the_bound_share_other(fair_settings):
+    async with Producer(settings=fair_settings.model_copy(update={"fair_share_max_sources": 2})) as producer:
+        for name in ("s1", "s2", "s3", "s4", "billing"):
+            await producer.enqueue(job(name, 0))
+        depths = {d.source: d.waiting for d in await lease_for(producer).fair.depths(0)}
     assert depths == {"s1": 1, "s2": 1, "other": 2, "billing": 1}  # billing is named in SOURCE_WEIGHTS
 
 
-async def test_fair_share_off_keeps_one_queue(producer, fair_settings):
-    producer.settings = fair_settings.model_copy(update={"fair_share": False})
-    ids = await producer.enqueue_many([job("billing", i) for i in range(3)])
-    assert [r.decode() for r in await producer.redis.zrange(producer.queue_name, 0, -1)] == ids
-    assert await producer.redis.zcard(fair.passes_key(producer.queue_name)) == 0
+async def test_fair_share_off_keeps_one_queue(fair_settings):
+    async with Producer(settings=fair_settings.model_copy(update={"fair_share": False})) as producer:
+        ids = await producer.enqueue_many([job("billing", i) for i in range(3)])
+        assert [r.decode() for r in await producer.redis.zrange(producer.queue_name, 0, -1)] == ids
+        assert await producer.redis.zcard(fair.passes_key(producer.queue_name)) == 0
 
 
 async def test_deferred_job_goes_back_to_its_sources_sub_queue(producer):
@@ -161,8 +161,7 @@ def test_arq_s_own_worker_runs_jobs_from_the_sub_queues(fair_settings, redis_url
     from harness.processes import settings_env
 
     async def enqueue() -> str:
-        async with Producer(redis_url, queue_name=fair_settings.queue_name) as p:
-            p.settings = fair_settings
+        async with Producer(redis_url, settings=fair_settings) as p:
             return await p.enqueue(job("search", 0))
 
     job_id = asyncio.run(enqueue())
@@ -182,14 +181,15 @@ def test_arq_s_own_worker_runs_jobs_from_the_sub_queues(fair_settings, redis_url
 # ---------------------------------------------------------------- quotas (SOURCE_LIMITS)
 
 
-def with_limits(producer: Producer, limits: dict) -> None:
-    producer.settings = producer.settings.model_copy(
-        update={"source_limits": {k: SourceLimit(**v) for k, v in limits.items()}}
-    )
+async def with_limits(make_producer: MakeProducer, producer: Producer, limits: dict, **update: object) -> Producer:
+    """A producer like `producer` whose settings have these SOURCE_LIMITS (and `update`)."""
+    quotas = {k: SourceLimit(**v) for k, v in limits.items()}
+    limited = producer.settings.model_copy(update={"source_limits": quotas, **update})
+    return await make_producer(limited, own_settings=True)
 
 
-async def test_a_source_at_its_concurrency_leaves_the_slots_to_others(producer):
-    with_limits(producer, {"search": {"concurrency": 2}})
+async def test_a_source_at_its_concurrency_leaves_the_slots_to_others(producer, make_producer):
+    producer = await with_limits(make_producer, producer, {"search": {"concurrency": 2}})
     lease = lease_for(producer)
     await producer.enqueue_many([job("search", i) for i in range(10)] + [job("billing", i) for i in range(10)])
     claimed = await lease.claim_fair(10, int(time.time() * 1000))
@@ -202,18 +202,20 @@ async def test_a_source_at_its_concurrency_leaves_the_slots_to_others(producer):
     assert Counter(c.source for c in await lease.claim_fair(10, int(time.time() * 1000))) == {"search": 1}
 
 
-async def test_a_source_at_its_rpm_quota_is_given_no_more_than_its_schedule_starts(producer):
-    with_limits(producer, {"search": {"rpm": 60}})  # a request a second: one within the horizon
+async def test_a_source_at_its_rpm_quota_is_given_no_more_than_its_schedule_starts(producer, make_producer):
+    producer = await with_limits(
+        make_producer, producer, {"search": {"rpm": 60}}
+    )  # a request a second: one within the horizon
     lease = lease_for(producer)
     await producer.enqueue_many([job("search", i) for i in range(5)] + [job("billing", i) for i in range(5)])
     claimed = await lease.claim_fair(10, int(time.time() * 1000))
     assert Counter(c.source for c in claimed) == {"search": 1, "billing": 5}
 
 
-async def test_quota_jobs_wait_in_their_sub_queue_and_all_run_once(producer, fair_settings, sim):
+async def test_quota_jobs_wait_in_their_sub_queue_and_all_run_once(producer, make_producer, fair_settings, sim):
     limits = {"search": SourceLimit(rpm=120, tpm=100_000)}  # a request every half second
     s = fair_settings.model_copy(update={"source_limits": limits, "worker_concurrency": 4})
-    producer.settings = s
+    producer = await make_producer(s, own_settings=True)
     search = await producer.enqueue_many([job("search", i) for i in range(5)])
     billing = await producer.enqueue_many([job("billing", i) for i in range(5)])
     await run_worker(s)
@@ -227,8 +229,8 @@ async def test_quota_jobs_wait_in_their_sub_queue_and_all_run_once(producer, fai
     assert sim_admin(sim, "/_sim/stats")["calls"]["gpt-4.1"] == 10
 
 
-async def test_enqueue_far_over_the_rpm_quota_is_refused_with_retry_after(producer):
-    with_limits(producer, {"search": {"rpm": 2}})
+async def test_enqueue_far_over_the_rpm_quota_is_refused_with_retry_after(producer, make_producer):
+    producer = await with_limits(make_producer, producer, {"search": {"rpm": 2}})
     await producer.enqueue_many([job("search", i) for i in range(2)])  # a minute's worth waits
     with pytest.raises(SourceOverQuota) as refused:
         await producer.enqueue(job("search", 2))
@@ -239,11 +241,11 @@ async def test_enqueue_far_over_the_rpm_quota_is_refused_with_retry_after(produc
     assert await producer.queued() == 3  # nothing of the refused job was written
 
 
-async def test_enqueue_far_over_the_tpm_quota_is_refused_by_what_it_clears_of_jobs_this_size(producer):
+async def test_enqueue_far_over_the_tpm_quota_is_refused_by_what_it_clears_of_jobs_this_size(producer, make_producer):
     big = [job("search", i).model_copy(update={"max_tokens": 1000}) for i in range(4)]
     size = fair.job_tokens(payload(big[3]))  # its prompt's estimate and its 1,000: what the limiter books
     assert 1000 < size < 1100
-    with_limits(producer, {"search": {"tpm": 3 * size}})  # clears three such jobs a minute
+    producer = await with_limits(make_producer, producer, {"search": {"tpm": 3 * size}})  # three such jobs a minute
     await producer.enqueue_many(big[:3])
     with pytest.raises(SourceOverQuota) as refused:
         await producer.enqueue(big[3])
@@ -254,8 +256,9 @@ async def test_enqueue_far_over_the_tpm_quota_is_refused_by_what_it_clears_of_jo
     assert await producer.queued() == 4
 
 
-async def test_enqueue_far_over_the_concurrency_quota_is_refused(producer):
-    with_limits(producer, {"search": {"concurrency": 1}})  # clears 60 a minute (a job a second)
+async def test_enqueue_far_over_the_concurrency_quota_is_refused(producer, make_producer):
+    # clears 60 a minute (a job a second)
+    producer = await with_limits(make_producer, producer, {"search": {"concurrency": 1}})
     await producer.enqueue_many([job("search", i) for i in range(60)])
     with pytest.raises(SourceOverQuota) as refused:
         await producer.enqueue(job("search", 60))
@@ -322,10 +325,10 @@ def test_the_ingress_answers_429_far_over_a_tpm_or_concurrency_quota(redis_url, 
         assert refused.headers["Retry-After"] == retry_after
 
 
-async def test_admission_sends_a_job_back_when_its_source_is_at_quota_and_gives_the_run_back(producer):
+async def test_admission_sends_a_job_back_when_its_source_is_at_quota_and_gives_the_run_back(producer, make_producer):
     from worker.limiter import Limiter
 
-    with_limits(producer, {"search": {"rpm": 60, "tpm": 1000}})
+    producer = await with_limits(make_producer, producer, {"search": {"rpm": 60, "tpm": 1000}})
     limiter = Limiter(producer.redis, producer.settings)
     await producer.enqueue(job("search", 0))  # waiting, so that the claim below has it to pass over
     first = await limiter.admit("gpt-4.1", 10, 30, source="search")
@@ -348,7 +351,7 @@ async def test_admission_sends_a_job_back_when_its_source_is_at_quota_and_gives_
 # ---------------------------------------------------------------- visible
 
 
-async def test_the_exporter_and_the_sources_verb_show_each_source(producer, fair_settings):
+async def test_the_exporter_and_the_sources_verb_show_each_source(producer, make_producer, fair_settings):
     import json
     import os
     import subprocess
@@ -356,9 +359,8 @@ async def test_the_exporter_and_the_sources_verb_show_each_source(producer, fair
     from harness.processes import llm_router, settings_env
     from worker.exporter import QueueCollector
 
-    with_limits(producer, {"search": {"concurrency": 3}})
     # a lease that outlasts the CLI's start under load: the job it holds counts as running until then
-    producer.settings = producer.settings.model_copy(update={"lease_s": 120})
+    producer = await with_limits(make_producer, producer, {"search": {"concurrency": 3}}, lease_s=120)
     await producer.enqueue_many([job("billing", i) for i in range(4)] + [job("search", i) for i in range(2)])
     await lease_for(producer).claim_fair(1, int(time.time() * 1000))  # billing (3:1) runs one
     collector = QueueCollector(producer.settings)
@@ -401,7 +403,9 @@ async def test_two_worker_processes_share_three_to_one_while_both_sources_wait(p
     assert all(i in search for i in order[-10:])  # billing ran out first: search alone takes every slot
 
 
-async def test_jobs_past_the_slot_waiters_give_their_slot_back_and_still_run_once(producer, fair_settings, sim):
+async def test_jobs_past_the_slot_waiters_give_their_slot_back_and_still_run_once(
+    producer, make_producer, fair_settings, sim
+):
     """Under a shared rate limit a worker lets FAIR_SHARE_SLOT_WAITERS jobs wait for a slot; the
     others go back to their place in their sub-queue (not counted as runs) and run in their turn."""
     from worker.settings import RateLimit
@@ -413,7 +417,7 @@ async def test_jobs_past_the_slot_waiters_give_their_slot_back_and_still_run_onc
             "fair_share_slot_waiters": 1,
         }
     )
-    producer.settings = s
+    producer = await make_producer(s, own_settings=True)
     ids = await producer.enqueue_many([job("billing", i) for i in range(8)] + [job("search", i) for i in range(8)])
     worker = await run_worker(s)
     assert worker.jobs_retried > 0  # some gave their slot back

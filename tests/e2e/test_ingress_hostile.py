@@ -27,8 +27,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from harness.processes import answers, llm_router, settings_env
 from harness.redis_server import free_port
 from harness.wait import wait_until
-from producers.http import create_app, error_response
+from producers.http import create_app
 from producers.http_conns import OVERFLOW
+from producers.http_errors import error_response
 from tests.ingress import ingress_settings, running
 from worker.keys import batch_key, job_key
 from worker.settings import ConfigError, Settings

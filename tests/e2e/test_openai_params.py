@@ -16,8 +16,8 @@ from producers.api import JobRejected, Producer, validate
 from producers.cli import flag
 from tests.helpers import API_KEY, run_worker, sim_admin
 from worker import bounds, gemini
+from worker.call import DEFAULT_COMPLETION_ESTIMATE, Call
 from worker.models import ChatJob, ChatParams, JobResult
-from worker.routing import DEFAULT_COMPLETION_ESTIMATE, Call
 from worker.settings import Price
 
 HI = [{"role": "user", "content": "Hello there"}]

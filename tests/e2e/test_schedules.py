@@ -211,11 +211,11 @@ async def test_a_dead_workers_unfinished_submission_is_taken_over(producer, sche
     with pytest.MonkeyPatch.context() as patch, pytest.raises(KeyboardInterrupt):
         patch.setattr(Batches, "_release", die)
         patch.setattr(Batches, "drop_unreleased", die)
-        await schedules.submit(producer, every, batch_id, tick)
+        await schedules.submit(producer.batches, every, batch_id, tick)
     batches = producer.batches
     assert (await batches.get(batch_id)).status == "validating"
     # the dead worker's claim (it would have expired: LEASE_S)
-    scheduler = schedules.Scheduler(producer, sched_settings, [every])
+    scheduler = schedules.Scheduler(producer.batches, [every])
     await producer.redis.set(f"llm-router:schedule:claim:{batch_id}", "dead", px=300)
     assert not await scheduler.fire(every, tick)  # held: nobody else fires it
 

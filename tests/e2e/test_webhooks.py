@@ -115,8 +115,7 @@ def hooks(settings: Settings) -> Settings:
 
 @contextlib.asynccontextmanager
 async def producer_of(settings: Settings) -> AsyncIterator[Producer]:
-    async with Producer(settings.redis_url, queue_name=settings.queue_name) as producer:
-        producer.settings = settings
+    async with Producer(settings=settings) as producer:
         yield producer
 
 
@@ -324,9 +323,9 @@ async def test_callback_urls_outside_the_allow_list_are_refused_at_enqueue(hooks
             await producer.batches.submit([{**line, "body": {**body, "callback_url": "http://127.0.0.1/x"}}])
         assert batch_refused.value.errors[0].param == "body.callback_url"
         off = hooks.model_copy(update={"webhook_allowed_hosts": []})
-        producer.settings = off
         with pytest.raises(JobRejected) as refused:
-            await producer.chat("gpt-4.1", "Hi", callback_url="http://127.0.0.1/x")
+            async with producer_of(off) as webhooks_off:
+                await webhooks_off.chat("gpt-4.1", "Hi", callback_url="http://127.0.0.1/x")
         assert "webhooks are off" in refused.value.message
     assert await redis.zcard(hooks.queue_name) == 0 and await redis.dbsize() == 0  # nothing written
 

@@ -20,7 +20,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from producers import JobRejected
+from producers import JobRejected, Producer
 from producers.http import create_app
 from tests.helpers import run_worker, self_signed
 from worker import egress
@@ -279,8 +279,8 @@ async def test_image_urls_are_refused_over_http_and_by_the_worker_unless_allowed
 
     # a self-hosted upstream on the operator's own network: allowed
     own = settings.model_copy(update={"image_urls_allow_private": True})
-    producer.settings = own
-    job_id = await producer.vision("gpt-4o", url, "What is it?")
+    async with Producer(settings=own, source=producer.source) as trusting:
+        job_id = await trusting.vision("gpt-4o", url, "What is it?")
     await run_worker(own)
     result = await producer.result(job_id)
     assert result.status == "succeeded" and url in (result.content or "")

@@ -9,7 +9,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from producers.api import JobConflict
-from producers.http import Ingress
+from producers.http_deps import Ingress
 from worker.models import ChatJob
 from worker.settings import Settings
 
@@ -22,7 +22,11 @@ def job(i: int) -> ChatJob:
 
 async def submit_all(ingress: Ingress, jobs: list[tuple[ChatJob, str]]) -> list[bool | BaseException]:
     producer = ingress.producer("team-a")
-    return await asyncio.gather(*(producer.submit(j, job_id) for j, job_id in jobs), return_exceptions=True)
+
+    async def created(j: ChatJob, job_id: str) -> bool:
+        return (await producer.submit(j, job_id))[1]
+
+    return await asyncio.gather(*(created(j, job_id) for j, job_id in jobs), return_exceptions=True)
 
 
 async def test_a_batch_answers_each_job_its_own(redis_url: str) -> None:

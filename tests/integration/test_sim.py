@@ -215,10 +215,10 @@ def test_bill_at_bound_walks_the_body_with_the_workers_own_bound():
     # budgets' own (orjson-based), not a copy that could drift from it.
     import inspect
 
-    from sim import answers, server
+    from sim import answers, reply
     from worker import tokens
 
-    assert server.input_bound is tokens.input_bound
+    assert reply.input_bound is tokens.input_bound
     assert answers.NOT_INPUT is tokens.NOT_INPUT
     assert "_image_refs" not in vars(answers) and "bound_prompt_tokens" not in vars(answers)
     assert "orjson.dumps" in inspect.getsource(tokens.wire_json)

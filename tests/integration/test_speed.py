@@ -71,12 +71,12 @@ async def test_jobs_running_together_share_their_round_trips(producer, settings)
     assert per_job["round_trips"] <= 1.0, per_job
 
 
-async def test_fair_share_costs_a_job_at_most_one_command_more(producer, settings, redis):
+async def test_fair_share_costs_a_job_at_most_one_command_more(make_producer, settings, redis):
     """FAIR_SHARE on, one source alone: the same five scripts a job, and at most one command more a
     job than off, counted on the wire and by Redis itself (commands inside scripts too)."""
     per_job = {}
     for on in (False, True):
-        producer.settings = settings.model_copy(update={"fair_share": on})
+        producer = await make_producer(settings.model_copy(update={"fair_share": on}), own_settings=True)
         before = int((await redis.info("stats"))["total_commands_processed"])
         counted = await run_counted(producer, producer.settings, 300)  # the enqueue included
         after = int((await redis.info("stats"))["total_commands_processed"])

@@ -197,8 +197,7 @@ async def test_lone_surrogates_are_refused_by_the_producer_and_the_worker(produc
 )
 async def test_images_are_bounded_in_every_job(producer, settings, content):
     small = settings.model_copy(update={"max_image_bytes": 1000, "max_job_bytes": 8192})
-    async with Producer(small.redis_url, queue_name=small.queue_name) as p:
-        p.settings = small
+    async with Producer(settings=small) as p:
         with pytest.raises(JobRejected) as refused:
             await p.chat("gpt-4o", messages=[{"role": "user", "content": content}])
     assert refused.value.field in ("job", "image")
