@@ -15,8 +15,8 @@ came from. A run
    absolute and relative (`from . import batches as wb` in worker/batches/store.py is
    `from . import record as wb`), dotted names in strings, comments and docs (`worker.models`
    -> `worker.contract.models`, `"producers.http"` -> `"producers.http.app"`), paths
-   (`worker/models.py` -> `worker/contract/models.py`; a docs table row's short names
-   follow their folder), and the console's assets;
+   (`worker/models.py` -> `worker/contract/models.py`, `"worker" / "exporter.py"` in code; a
+   docs table row's short names follow their folder), and the console's assets;
 3. writes the worker/ and producers/ lines of docs/development.md's tree ("Where things live")
    from LAYOUT;
 4. formats what it rewrote (ruff, if the checkout's venv has it).
@@ -357,8 +357,23 @@ def binds_a_part(source: str) -> bool:
     )
 
 
+JOINED = re.compile(r"""(["'])(worker|producers)\1(\s*/\s*)(["'])(\w+\.py)\4""")
+
+
+def rewrite_joined(source: str) -> str:
+    """A path joined in code (`ROOT / "worker" / "exporter.py"`), at its new place."""
+
+    def one(m: re.Match[str]) -> str:
+        old = f"{m[2]}/{m[5]}"
+        if old not in PATH_MOVES:
+            return m[0]
+        return m[3].join(f"{m[1]}{part}{m[1]}" for part in PATH_MOVES[old].split("/"))
+
+    return JOINED.sub(one, source)
+
+
 def rewrite_python(source: str, path: str, origin: str) -> str:
-    source = rewrite_imports(source, path, origin)
+    source = rewrite_joined(rewrite_imports(source, path, origin))
     if binds_a_part(source):  # names in the code, too: `worker.settings.X` after `import worker.settings`
         return rewritten(source)
     # else only strings and comments (the code's `worker.x` is a variable's attribute)
