@@ -3,8 +3,8 @@ build holds, and the one install namespace of a wheel (issue 19).
 
 A wheel holds one top-level package, `llm_router`, with the checkout's top-level folders mapped
 into it (`worker/` -> `llm_router/worker/`, and `producers/`, `sim/`); their absolute imports
-(`from worker.settings import Settings`) are rewritten to the new names as the files are copied
-(`from llm_router.worker.settings import Settings`), so an installed copy never claims the
+(`from worker.contract.settings import Settings`) are rewritten to the new names as the files are copied
+(`from llm_router.worker.contract.settings import Settings`), so an installed copy never claims the
 generic top-level names a service may have itself. An editable install (`pip install -e .`,
 the Makefile's) keeps the checkout's bare names, which `llm_router/__init__.py` aliases.
 """
@@ -72,6 +72,6 @@ if __name__ == "__main__":
         packages=packages,
         package_dir=package_dir,
         # phase two's Lua files, beside the modules that load them; the console's templates and assets
-        package_data={"": ["*.lua", "console_assets/templates/*.html", "console_assets/static/*"]},
+        package_data={"": ["*.lua", "assets/templates/*.html", "assets/static/*"]},
         cmdclass={"build_py": NamespacedBuild},
     )

@@ -27,7 +27,7 @@ from arq.connections import RedisSettings, create_pool
 
 from harness.redis_server import PrivateRedis
 from producers import Producer
-from worker import serde
+from worker.contract import serde
 
 QUEUE = "llm-router:bench-batch"
 

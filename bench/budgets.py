@@ -29,9 +29,9 @@ from harness.redis_server import PrivateRedis
 from harness.sim_admin import sim_admin
 from harness.wait import wait_until_async
 from producers.api import Producer
-from worker.models import ChatJob
-from worker.settings import BudgetConfig, Price, Settings
-from worker.tokens import input_bound
+from worker.contract.models import ChatJob
+from worker.contract.settings import BudgetConfig, Price, Settings
+from worker.limits.tokens import input_bound
 
 MODEL = "gpt-4.1"
 # The simulator's own gpt-4.1 price: the worst case is then close to what a call costs.

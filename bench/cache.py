@@ -29,8 +29,8 @@ from typing import Literal
 from harness.processes import answers
 from harness.redis_server import PrivateRedis
 from producers.api import Producer
-from worker.models import ChatJob
-from worker.settings import Settings
+from worker.contract.models import ChatJob
+from worker.contract.settings import Settings
 
 from .dispatch import bench_settings, drain, start_sim
 
@@ -58,7 +58,7 @@ async def redis_cpu_s(producer: Producer) -> float:
 
 async def measure(settings: Settings, batch: list[ChatJob], mode: Mode) -> Run:
     """`batch` through the service with CACHE_MODE=`mode`."""
-    # a queue per mode: each mode's workers are a fleet of their own (worker.fleet would warn
+    # a queue per mode: each mode's workers are a fleet of their own (worker.process.fleet would warn
     # that CACHE_MODE differs from the previous round's workers, still live on a shared queue)
     run = settings.model_copy(update={"cache_mode": mode, "queue_name": f"bench-cache-{mode}"})
     async with Producer(run.redis_url, queue_name=run.queue_name) as producer:

@@ -30,10 +30,10 @@ from harness.command_count import RedisTraffic
 from harness.processes import LLMRouterProcess, answers
 from harness.redis_server import PrivateRedis, free_port
 from producers.api import Producer
-from worker.client import AIsaClient
-from worker.models import ChatJob
-from worker.service import create_worker, worker_kwargs
-from worker.settings import Settings
+from worker.calls.client import AIsaClient
+from worker.contract.models import ChatJob
+from worker.contract.settings import Settings
+from worker.process.service import create_worker, worker_kwargs
 
 KEY = "bench-key"
 

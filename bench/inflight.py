@@ -29,8 +29,8 @@ from bench.dispatch import jobs, raw_client, start_sim
 from harness.command_count import RedisTraffic
 from harness.redis_server import PrivateRedis
 from producers.api import Producer
-from worker.service import create_worker
-from worker.settings import Settings
+from worker.contract.settings import Settings
+from worker.process.service import create_worker
 
 
 def peak_rss_mb() -> float:

@@ -44,10 +44,10 @@ from bench.dispatch import bench_settings, start_sim
 from harness.processes import LLMRouterProcess, WorkerProcess, answers, settings_env
 from harness.redis_server import PrivateRedis, free_port
 from producers.api import Producer
-from worker.keys import job_key
-from worker.models import ChatJob, JobResult
-from worker.settings import Settings
-from worker.store import ResultStore
+from worker.contract.keys import job_key
+from worker.contract.models import ChatJob, JobResult
+from worker.contract.settings import Settings
+from worker.contract.store import ResultStore
 
 TOKEN = "bench-token"
 SOURCE = "bench"

@@ -33,9 +33,9 @@ from harness.redis_server import PrivateRedis
 from harness.sim_admin import sim_admin
 from harness.wait import wait_until_async
 from producers.api import Producer
-from worker.keys import result_key
-from worker.models import ChatJob, JobResult
-from worker.settings import RateLimit, Settings
+from worker.contract.keys import result_key
+from worker.contract.models import ChatJob, JobResult
+from worker.contract.settings import RateLimit, Settings
 
 MODEL = "gpt-4o-mini"
 CHUNK = 1000  # lines per enqueue_many call

@@ -31,10 +31,10 @@ from harness.redis_server import PrivateRedis
 from harness.sim_admin import sim_admin
 from harness.wait import wait_until_async
 from producers.api import Producer
-from worker import errors
-from worker.client import AIsaClient
-from worker.models import ChatJob
-from worker.settings import RateLimit, Settings
+from worker.calls import errors
+from worker.calls.client import AIsaClient
+from worker.contract.models import ChatJob
+from worker.contract.settings import RateLimit, Settings
 
 MODEL = "gpt-4o-mini"
 

@@ -45,8 +45,8 @@ from redis.asyncio import Redis
 from bench.ingress import rss_mb
 from harness.processes import LLMRouterProcess, answers, settings_env
 from harness.redis_server import PrivateRedis, free_port
-from worker.keys import job_key
-from worker.settings import Settings
+from worker.contract.keys import job_key
+from worker.contract.settings import Settings
 
 TOKEN = "bench-token"
 SOURCE = "bench"

@@ -1,6 +1,6 @@
 """What the per-day spend records cost on the job path and at a scrape, in one run:
 
-(a) recording a call: worker.store's call script with the per-day records by model,
+(a) recording a call: worker.contract.store's call script with the per-day records by model,
     source, batch and route (calls and tokens too) and by source and model together, next to
     (a') the same script without the by-source-and-model record (the console's per-source
     spend) and (b) the same call log, total and per-model day spend alone (the script before
@@ -21,12 +21,12 @@ from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 
 from harness.redis_server import PrivateRedis
-from worker.batches import line_job_id
-from worker.exporter import QueueCollector
-from worker.keys import CREDITS, SPEND_BY, SPEND_TOTAL, calls_key, spend_day_key
-from worker.models import Attempt, Usage
-from worker.settings import Settings
-from worker.store import ResultStore
+from worker.batches.record import line_job_id
+from worker.contract.keys import CREDITS, SPEND_BY, SPEND_TOTAL, calls_key, spend_day_key
+from worker.contract.models import Attempt, Usage
+from worker.contract.settings import Settings
+from worker.contract.store import ResultStore
+from worker.observe.exporter import QueueCollector
 
 # The call script before the per-day records by source, batch and route (the baseline).
 BASELINE = """

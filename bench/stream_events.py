@@ -1,4 +1,4 @@
-"""Live-event benchmark: what publishing a streaming job's deltas (worker.events) costs on the
+"""Live-event benchmark: what publishing a streaming job's deltas (worker.outputs.events) costs on the
 job path, in one run. N streamed chat jobs of a long answer (one chunk per word) through the
 whole service (Producer -> Redis -> RouterWorker -> simulator -> result store), three ways:
 
@@ -29,9 +29,9 @@ from typing import Any
 from bench.dispatch import bench_settings, drain, start_sim
 from harness.redis_server import PrivateRedis
 from producers.api import Producer
-from worker.keys import events_key
-from worker.models import ChatJob
-from worker.settings import Settings
+from worker.contract.keys import events_key
+from worker.contract.models import ChatJob
+from worker.contract.settings import Settings
 
 WAYS: dict[str, dict[str, Any]] = {
     "(a) no events": {"stream_events_ttl_s": 0},

@@ -29,7 +29,7 @@ import httpx
 from producers.api import Producer
 from sim.faults import Faults
 from sim.server import SimServer, Simulator
-from worker.models import JobResult
+from worker.contract.models import JobResult
 
 from .processes import LLMRouterProcess, answers
 from .redis_server import PrivateRedis, free_port

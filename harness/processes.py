@@ -18,7 +18,7 @@ import httpx
 from .wait import wait_until
 
 if TYPE_CHECKING:
-    from worker.settings import Settings
+    from worker.contract.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -4,7 +4,7 @@ API, operator verbs next to the worker, and `sim` next to the simulator.
 
     producers/cli.py   chat, vision, compare, result, models
     producers/batch_cli.py   batch submit | status | results | cancel | list
-    producers/http.py  api (the HTTP ingress)
+    producers/http/app.py  api (the HTTP ingress)
     worker/cli.py      worker, exporter, dlq, quarantine, fleet, sources
     worker/schedule_cli.py   schedule list | run
     worker/spend_cli.py      spend
@@ -36,7 +36,7 @@ VERBS: dict[str, tuple[str, str]] = {
         "Batches in OpenAI's Batch format (JSONL): submit, status, results, cancel, list.",
     ),
     "api": (
-        "producers.http",
+        "producers.http.app",
         "Serve the HTTP ingress (OpenAPI schema at /openapi.json); needs INGRESS_TOKENS and REDIS_URL.",
     ),
     "dlq": ("worker.cli", "Dead-lettered jobs: list, show, replay, purge."),

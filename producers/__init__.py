@@ -3,7 +3,7 @@
     from producers import ChatJob, Producer
 
 The whole public surface is `__all__` (a test pins it): the Producer, its errors, and the
-job and result models of the contract (worker.models), and batches (`producer.batches`).
+job and result models of the contract (worker.contract.models), and batches (`producer.batches`).
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from worker.batches import Batch, BatchError
-    from worker.models import ChatJob, CompareJob, JobResult, ModelAnswer, VisionJob
+    from worker.batches.record import Batch, BatchError
+    from worker.contract.models import ChatJob, CompareJob, JobResult, ModelAnswer, VisionJob
 
     from .api import JobConflict, JobRejected, Producer, ResultTimeout, SourceOverQuota
     from .batches import Batches, BatchRejected, prompt_lines
@@ -21,13 +21,13 @@ if TYPE_CHECKING:
 # Each name from its module when it is first used (PEP 562): `llm-router chat` imports
 # producers.cli, and with it this package, and must not pay for the batches' modules (~0.2 s).
 _WHERE = {
-    "Batch": "worker.batches",
-    "BatchError": "worker.batches",
-    "ChatJob": "worker.models",
-    "CompareJob": "worker.models",
-    "JobResult": "worker.models",
-    "ModelAnswer": "worker.models",
-    "VisionJob": "worker.models",
+    "Batch": "worker.batches.record",
+    "BatchError": "worker.batches.record",
+    "ChatJob": "worker.contract.models",
+    "CompareJob": "worker.contract.models",
+    "JobResult": "worker.contract.models",
+    "ModelAnswer": "worker.contract.models",
+    "VisionJob": "worker.contract.models",
     "JobConflict": "producers.api",
     "JobRejected": "producers.api",
     "Producer": "producers.api",

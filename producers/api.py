@@ -6,7 +6,7 @@
         print(result.content, result.cost)
 
 Jobs are validated here, before anything reaches Redis, and written in arq's job format
-(JSON, see worker.serde), so arq workers run them and any language can read them.
+(JSON, see worker.contract.serde), so arq workers run them and any language can read them.
 """
 
 from __future__ import annotations
@@ -16,14 +16,10 @@ from typing import TYPE_CHECKING, Any
 
 from redis.asyncio import Redis
 
-from worker import fair, outbox
-from worker.connections import async_redis
-from worker.dlq import DeadLetters
-from worker.keys import bulk_key
-from worker.lease import workers_alive
-from worker.models import ChatJob, CompareJob, JobBase, JobResult, Message, VisionJob
-from worker.outbox import Delivery
-from worker.records import (
+from worker.contract.connections import async_redis
+from worker.contract.keys import bulk_key
+from worker.contract.models import ChatJob, CompareJob, JobBase, JobResult, Message, VisionJob
+from worker.contract.records import (
     BULK_RECORD_TTL_MS,
     DIGEST_EXTRA_S,
     JobConflict,
@@ -34,8 +30,13 @@ from worker.records import (
     digest,
     validate,
 )
-from worker.settings import Settings, load_settings
-from worker.store import ResultStore
+from worker.contract.settings import Settings, load_settings
+from worker.contract.store import ResultStore
+from worker.limits import fair
+from worker.outputs import outbox
+from worker.outputs.dlq import DeadLetters
+from worker.outputs.outbox import Delivery
+from worker.process.lease import workers_alive
 
 from .images import ImageError, resolve_image
 
@@ -79,7 +80,7 @@ class Producer:
     arguments after it override theirs: `redis_url`, `queue_name`, `result_ttl_s`,
     `max_image_bytes`. `source`: stamped on each job that names none. `tenant`: the producer acts
     for that source alone (the ingress's bearer token): a job naming another source is refused,
-    and job ids are `<source>@<key>` (worker.records). `redis`, `store`, `call`: shared objects
+    and job ids are `<source>@<key>` (worker.contract.records). `redis`, `store`, `call`: shared objects
     to use instead of this producer's own (the ingress's connection pool, result store, and
     script batching)."""
 

@@ -28,7 +28,7 @@ from typing import IO, Any
 
 import click
 
-from worker.batches import Batch
+from worker.batches.record import Batch
 from worker.cli import NO_SUCH_ID, Verbs, run
 
 from .api import Producer
@@ -303,7 +303,7 @@ def _summary(b: Batch) -> str:
     c = b.request_counts
     created = datetime.fromtimestamp(b.created_at, UTC).strftime("%Y-%m-%d %H:%M:%S")
     extra = f" ({c.cancelled} cancelled)" if c.cancelled else f" ({c.expired} expired)" if c.expired else ""
-    if c.skipped:  # refused by a budget (worker.budgets), never sent
+    if c.skipped:  # refused by a budget (worker.limits.budgets), never sent
         extra += f" ({c.skipped} skipped: budget)"
     budget = f"  budget ${b.budget_spent_usd:.6f} of ${b.budget_usd:.6f}" if b.budget_usd is not None else ""
     return (

@@ -7,8 +7,8 @@
             print(line["custom_id"], line["error"] or line["response"]["body"]["choices"][0])
 
 The batch store itself (submit, follow, cancel, list, read the results) is the contract's, on
-the worker side, where the workers' schedules make batches too: worker.batch_store, and the lines'
-format (validation, the output shape, `prompt_lines`) worker.batch_format. This module names
+the worker side, where the workers' schedules make batches too: worker.batches.store, and the lines'
+format (validation, the output shape, `prompt_lines`) worker.batches.format. This module names
 them for producers (`from producers import Batches, BatchRejected, prompt_lines`).
 """
 
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from worker.batch_format import (
+from worker.batches.format import (
     EXTRAS,
     EXTRAS_KEY,
     MAX_CUSTOM_ID,
@@ -34,7 +34,7 @@ from worker.batch_format import (
     request_job,
     request_schema,
 )
-from worker.batch_store import CHUNK_BYTES, CHUNK_LINES, SWEEP_S, BatchStore, BatchTakenOver
+from worker.batches.store import CHUNK_BYTES, CHUNK_LINES, SWEEP_S, BatchStore, BatchTakenOver
 
 if TYPE_CHECKING:
     from .api import Producer

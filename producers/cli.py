@@ -1,7 +1,7 @@
 """The producer verbs of `llm-router`: chat, vision and compare (enqueue, wait, print the answer
 and its cost), result and models. `--no-wait` prints the job id; `--json` the whole record.
 
-A verb's job flags are derived from its job model (worker.models): a parameter added to the
+A verb's job flags are derived from its job model (worker.contract.models): a parameter added to the
 contract is a flag here with no change to this file.
 """
 
@@ -16,7 +16,17 @@ import click
 from pydantic.fields import FieldInfo
 
 from worker.cli import NO_SUCH_ID, Finite, run
-from worker.models import JOB_KINDS, Answer, ChatJob, ChatParams, Choice, CompareJob, JobBase, JobResult, VisionJob
+from worker.contract.models import (
+    JOB_KINDS,
+    Answer,
+    ChatJob,
+    ChatParams,
+    Choice,
+    CompareJob,
+    JobBase,
+    JobResult,
+    VisionJob,
+)
 
 from .api import JobRejected, Producer, ResultTimeout
 
@@ -284,9 +294,9 @@ def result(job_id: str, wait: bool, timeout: float | None, as_json: bool) -> Non
 @cli.command()
 def models() -> None:
     """The models the gateway lists."""
-    from worker.client import AIsaClient
-    from worker.errors import AIsaError
-    from worker.settings import load_settings
+    from worker.calls.client import AIsaClient
+    from worker.calls.errors import AIsaError
+    from worker.contract.settings import load_settings
 
     async def main() -> int:
         settings = load_settings()
@@ -343,7 +353,7 @@ def _flag_of(field_path: str) -> str:
 
 async def _pending(producer: Producer, job_id: str) -> str | None:
     """`running` (a worker holds it), `queued`, or None (no such job, or no longer)."""
-    from worker.keys import in_progress_key, job_key
+    from worker.contract.keys import in_progress_key, job_key
 
     if await producer.redis.exists(in_progress_key(job_id)):
         return "running"

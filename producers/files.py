@@ -1,7 +1,7 @@
 """Uploaded files (OpenAI's Files API, purpose `batch`) kept in Redis, so the ingress and the
 workers share no disk and any ingress host serves any file.
 
-A file is two keys (worker.keys): its record, a hash (`id`, `filename`, `bytes`, `purpose`,
+A file is two keys (worker.contract.keys): its record, a hash (`id`, `filename`, `bytes`, `purpose`,
 `created_at`, `owner`: the source name of the token that uploaded it), and its bytes, one
 string written with APPEND and read with GETRANGE a chunk at a time, so neither an upload nor
 a download is ever whole in the process's memory. Both expire after FILE_TTL_S. Each owner's
@@ -26,7 +26,7 @@ from typing import IO, Literal
 from pydantic import BaseModel
 from redis.asyncio import Redis
 
-from worker.keys import FILE_PREFIX, file_data_key, file_key, source_files_key, source_uploads_key
+from worker.contract.keys import FILE_PREFIX, file_data_key, file_key, source_files_key, source_uploads_key
 
 CHUNK = 1 << 20
 # A download's chunk: what a client that reads slowly (or not at all) makes the ingress hold (one

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 from pathlib import Path
 
-from worker.models import DEFAULT_MAX_IMAGE_BYTES, check_image_url
+from worker.contract.models import DEFAULT_MAX_IMAGE_BYTES, check_image_url
 
 # Magic numbers of the types the gateway takes.
 _SIGNATURES = (

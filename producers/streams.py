@@ -1,4 +1,4 @@
-"""Reading a job's live events (worker.events) for many HTTP clients in one process.
+"""Reading a job's live events (worker.outputs.events) for many HTTP clients in one process.
 
 A reader reads the job's stream from its start (or from a `Last-Event-ID`) with plain
 `XREAD` (no BLOCK), then waits for a wake-up: one pattern subscription of the process (a
@@ -26,10 +26,10 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from worker.events import DELTA, RESET, RESULT, Deltas, decode, deltas_of
-from worker.keys import DONE_PREFIX, EVENTS_POSTED_PREFIX, events_key, job_key
-from worker.models import JobResult
-from worker.store import ResultStore
+from worker.contract.keys import DONE_PREFIX, EVENTS_POSTED_PREFIX, events_key, job_key
+from worker.contract.models import JobResult
+from worker.contract.store import ResultStore
+from worker.outputs.events import DELTA, RESET, RESULT, Deltas, decode, deltas_of
 
 from .waits import ResultWaits
 

@@ -19,9 +19,9 @@ from collections.abc import Iterator
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from worker.keys import DONE_PREFIX
-from worker.models import JobResult
-from worker.store import ResultStore
+from worker.contract.keys import DONE_PREFIX
+from worker.contract.models import JobResult
+from worker.contract.store import ResultStore
 
 log = logging.getLogger("llm_router.http")
 

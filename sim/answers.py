@@ -11,7 +11,7 @@ import json
 from typing import Any
 
 # Every body field but these generation parameters is input, and billed: the worker's own list.
-from worker.tokens import NOT_INPUT
+from worker.limits.tokens import NOT_INPUT
 
 
 def count_tokens(text: str) -> int:

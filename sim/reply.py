@@ -7,7 +7,7 @@ import uuid
 from typing import Any
 
 # the bound of `bill_at_bound` is the worker's own byte-walker (one implementation, not two)
-from worker.tokens import input_bound
+from worker.limits.tokens import input_bound
 
 from . import answers
 from .catalog import IMAGE_TOKENS_MAX, ModelSpec, image_tokens
@@ -61,7 +61,7 @@ class Answer:
 
     def bill_at_bound(self, body: dict[str, Any]) -> None:
         """Bill the most a budget's worst case allows (Faults.bill_at_bound): every byte of the
-        body a prompt token (worker.tokens.input_bound, the budgets' own bound), each image the
+        body a prompt token (worker.limits.tokens.input_bound, the budgets' own bound), each image the
         catalogue's most, each choice its cap (none: the context window)."""
         self.prompt_tokens = input_bound(body, IMAGE_TOKENS_MAX)
         self.completion_tokens = (self.max_tokens or self.spec.context) * self.n

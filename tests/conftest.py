@@ -14,7 +14,7 @@ from redis.asyncio import Redis as AsyncRedis
 from harness.redis_server import PrivateRedis
 from producers.api import Producer
 from sim.server import SimServer, Simulator
-from worker.settings import Settings
+from worker.contract.settings import Settings
 
 from .helpers import API_KEY, sim_admin
 

@@ -11,9 +11,9 @@ import pytest
 
 from harness.redis_server import free_port  # noqa: F401 - re-exported for the tests
 from harness.sim_admin import sim_admin  # noqa: F401 - re-exported for the tests
-from worker.runner import RouterWorker
-from worker.service import create_worker
-from worker.settings import Settings
+from worker.contract.settings import Settings
+from worker.process.runner import RouterWorker
+from worker.process.service import create_worker
 
 API_KEY = "test-key-0123456789"
 

@@ -14,7 +14,7 @@ import openai
 
 from harness.processes import LLMRouterProcess, WorkerProcess, answers, settings_env
 from harness.redis_server import free_port
-from worker.settings import Settings
+from worker.contract.settings import Settings
 
 from .helpers import API_KEY
 

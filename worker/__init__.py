@@ -9,7 +9,7 @@ from typing import Any
 
 def __getattr__(name: str) -> Any:
     if name == "WorkerSettings":
-        from .service import settings_class
+        from .process.service import settings_class
 
         cls = settings_class()
         globals()["WorkerSettings"] = cls

@@ -15,8 +15,8 @@ from typing import Any, NoReturn
 import click
 from redis.exceptions import RedisError
 
-from . import logs
-from .settings import ConfigError, exit_on_config_error, load_settings
+from .contract.settings import ConfigError, exit_on_config_error, load_settings
+from .process import logs
 
 # The exit status of every verb given an id (a job, a batch, a dead letter, a schedule's name)
 # that names nothing, and of a verb stopped by Ctrl-C (SIGINT), as a shell reports it.
@@ -112,9 +112,9 @@ LIST_LIMIT = click.IntRange(1, 100_000)
 
 
 def _redis_failed(exc: BaseException) -> int:
-    """Say what is wrong with Redis (worker.preflight) and how to fix it: 2 if a setting must
+    """Say what is wrong with Redis (worker.process.preflight) and how to fix it: 2 if a setting must
     change (a password, the scheme), 1 if Redis could not be reached."""
-    from .preflight import explain
+    from .process.preflight import explain
 
     problem = explain(load_settings().redis_url, exc)
     click.echo(f"llm-router: REDIS_URL: {problem.text}", err=True)
@@ -138,8 +138,8 @@ def cli() -> None:
 )
 def worker(burst: bool, host: str, port: int | None) -> None:
     """Run a worker (settings from the environment)."""
-    from .metrics import serve_metrics
-    from .service import create_worker
+    from .observe.metrics import serve_metrics
+    from .process.service import create_worker
 
     try:
         settings = load_settings()
@@ -173,8 +173,8 @@ def use_uvloop() -> None:
 @click.option("--port", type=click.IntRange(1, 65535), help="the port of /metrics  [default: EXPORTER_PORT, 9465]")
 def exporter(host: str, port: int | None) -> None:
     """Serve the queue-level metrics (credits, queue, dead letters) on EXPORTER_PORT."""
-    from .exporter import log, serve
-    from .preflight import redis_problem
+    from .observe.exporter import log, serve
+    from .process.preflight import redis_problem
 
     try:
         settings = load_settings()
@@ -198,9 +198,9 @@ def dlq() -> None:
 
 def _on_redis(store: str, body: Any) -> NoReturn:
     """Run `body(store)` with `store` ("dead_letters" or "quarantine") on the configured Redis and queue."""
-    from .connections import async_redis
-    from .dlq import DeadLetters
-    from .quarantine import Quarantine
+    from .contract.connections import async_redis
+    from .outputs.dlq import DeadLetters
+    from .process.quarantine import Quarantine
 
     async def main() -> int:
         settings = load_settings()
@@ -369,8 +369,8 @@ def quarantine_purge(yes: bool) -> None:
 def fleet(as_json: bool) -> None:
     """The live workers of the queue by config digest, and the settings in which digests differ
     (exit 1 if they do)."""
-    from .connections import async_redis
-    from .fleet import report
+    from .contract.connections import async_redis
+    from .process.fleet import report
 
     async def main() -> int:
         settings = load_settings()
@@ -398,8 +398,8 @@ def sources(as_json: bool) -> None:
     waited, its weight and quota (the sources with jobs waiting, and those the settings name)."""
     import time
 
-    from .connections import async_redis
-    from .fair import report as source_report
+    from .contract.connections import async_redis
+    from .limits.fair import report as source_report
 
     async def main() -> int:
         settings = load_settings()

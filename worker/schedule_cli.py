@@ -1,4 +1,4 @@
-"""`llm-router schedule` (operator verbs, beside worker.schedules):
+"""`llm-router schedule` (operator verbs, beside worker.batches.schedules):
 
     llm-router schedule list [--json]   each schedule: cron, next run, last batch and its status
     llm-router schedule run NAME        a batch of it now (id: the name and the current second)
@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import click
 
 from .cli import NO_SUCH_ID, Verbs, run
-from .settings import load_settings
+from .contract.settings import load_settings
 
 if TYPE_CHECKING:
-    from .batch_store import BatchStore
+    from .batches.store import BatchStore
 
 
 @click.group()
@@ -35,10 +35,10 @@ def schedule() -> None:
 
 def _on_store(body: Any) -> NoReturn:
     """Run `body(store, found)`: a batch store on the settings' Redis and queue, the schedules."""
-    from . import schedules
-    from .batch_store import BatchStore
-    from .connections import async_redis
-    from .records import JobRecords
+    from .batches import schedules
+    from .batches.store import BatchStore
+    from .contract.connections import async_redis
+    from .contract.records import JobRecords
 
     async def main() -> int:
         settings = load_settings()
@@ -77,7 +77,7 @@ def schedule_list(as_json: bool) -> None:
 async def schedule_rows(store: BatchStore, found: list[Any]) -> list[dict[str, Any]]:
     """Each schedule's row (`schedule list --json`, the console's Schedules page): cron, time
     zone, next run, last batch and its status, last success and error."""
-    from .keys import schedule_key
+    from .contract.keys import schedule_key
 
     now = time.time()
     rows = []
@@ -106,9 +106,9 @@ async def schedule_rows(store: BatchStore, found: list[Any]) -> list[dict[str, A
 async def run_now(store: BatchStore, s: Any) -> tuple[Any, bool]:
     """Submit a batch of schedule `s` now (`schedule run`, the console's Run now): the batch and
     whether this call created it. Raises BatchRejected, and ConfigError for an unreadable input."""
-    from . import schedules
-    from .batch_format import BatchRejected
-    from .settings import ConfigError
+    from .batches import schedules
+    from .batches.format import BatchRejected
+    from .contract.settings import ConfigError
 
     schedules.check_input(s, f"SCHEDULES_FILE {store.settings.schedules_file}: schedule {s.name!r}")
     tick = datetime.now(UTC).replace(microsecond=0)
@@ -124,7 +124,7 @@ async def run_now(store: BatchStore, s: Any) -> tuple[Any, bool]:
 @click.argument("name")
 def schedule_run(name: str) -> None:
     """Submit a batch of schedule NAME now; prints its id (batch_sched_<name>_<now, UTC>)."""
-    from .batch_format import BatchRejected
+    from .batches.format import BatchRejected
 
     async def body(store: Any, found: list[Any]) -> int:
         by_name = {s.name: s for s in found}

@@ -1,4 +1,4 @@
-"""`llm-router spend` (an operator verb, beside worker.spend):
+"""`llm-router spend` (an operator verb, beside worker.observe.spend):
 
     llm-router spend [--days 7] [--by model|source|batch|route] [--json]
 
@@ -16,8 +16,8 @@ from typing import Any
 import click
 
 from .cli import run
-from .keys import SPEND_BY
-from .settings import load_settings
+from .contract.keys import SPEND_BY
+from .contract.settings import load_settings
 
 
 @click.group()
@@ -33,14 +33,14 @@ def cli() -> None:
 @click.option("--json", "as_json", is_flag=True, help="the whole report as JSON")
 def spend(days: int, by: str, as_json: bool) -> None:
     """Spend, calls, tokens and cache savings per day, by model, source, batch or route."""
-    from .connections import async_redis
-    from .spend import report
+    from .contract.connections import async_redis
+    from .observe.spend import report
 
     async def main() -> int:
         settings = load_settings()
         redis = async_redis(settings.redis_url)
         try:
-            # today's use of each daily budget, when BUDGETS sets any (worker.budgets)
+            # today's use of each daily budget, when BUDGETS sets any (worker.limits.budgets)
             budgets = settings.budgets if settings.budgets.configured else None
             found = await report(redis, days, by, budgets, settings.budget_tz)
         finally:

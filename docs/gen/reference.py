@@ -58,9 +58,9 @@ def _default(field: Any) -> str:
     if len(shown) > 60:
         count = len(value) if isinstance(value, (dict, list, tuple)) else 0
         return (
-            f"built in: {count} entries (`worker/setting_types.py`)"
+            f"built in: {count} entries (`worker/contract/setting_types.py`)"
             if count
-            else "built in (`worker/setting_types.py`)"
+            else "built in (`worker/contract/setting_types.py`)"
         )
     return f"`{shown}`"
 
@@ -80,7 +80,7 @@ def _kind(metric: object) -> str:
 
 
 def worker_metrics() -> list[tuple[str, str, list[str], str]]:
-    """(name, type, labels, help) of every metric `worker/metrics.py` defines."""
+    """(name, type, labels, help) of every metric `worker/observe/metrics.py` defines."""
     found = []
     for value in vars(sources.metrics).values():
         if isinstance(value, (Counter, Gauge, Histogram)):

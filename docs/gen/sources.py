@@ -3,7 +3,9 @@ their install names, `llm_router.*`): when a module moves, only these lines chan
 
 from __future__ import annotations
 
-from llm_router.worker import errors, exporter, metrics, policy, settings
+from llm_router.worker.calls import errors, policy
+from llm_router.worker.contract import settings
+from llm_router.worker.observe import exporter, metrics
 
 from llm_router.cli import cli
 

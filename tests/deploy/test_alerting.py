@@ -16,8 +16,8 @@ from harness.redis_server import free_port
 from harness.wait import wait_until_async
 from producers.api import Producer
 from tests.helpers import sim_admin
-from worker.batches import line_job_id
-from worker.exporter import QueueCollector
+from worker.batches.record import line_job_id
+from worker.observe.exporter import QueueCollector
 
 ALERT = "LLMRouterCreditsRunOutWithin24h"
 

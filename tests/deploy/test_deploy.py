@@ -149,7 +149,7 @@ def test_the_dashboard_is_well_formed():
 
 
 def test_dashboard_and_rules_use_only_metrics_that_exist():
-    from worker import metrics
+    from worker.observe import metrics
 
     exported = {c._name for c in vars(metrics).values() if hasattr(c, "_name") and hasattr(c, "_type")}
     exported |= {
@@ -163,8 +163,8 @@ def test_dashboard_and_rules_use_only_metrics_that_exist():
         "llm_router_queue_paused",
         "llm_router_exporter_redis_up",
     }
-    # and every gauge the exporter defines (batches, bulk lane, schedules), budgets' named in worker.metrics
-    exported |= set(re.findall(r'"(llm_router_[a-z_]+)"', (ROOT / "worker" / "exporter.py").read_text()))
+    # and every gauge the exporter defines (batches, bulk lane, schedules), budgets' named in worker.observe.metrics
+    exported |= set(re.findall(r'"(llm_router_[a-z_]+)"', (ROOT / "worker" / "observe" / "exporter.py").read_text()))
     exported |= {name for name, _doc in metrics.BUDGET_GAUGES.values()}
     text = (DEPLOY / "grafana" / "dashboards" / "llm-router.json").read_text()
     text += (DEPLOY / "prometheus" / "alerts.yml").read_text()
@@ -172,7 +172,7 @@ def test_dashboard_and_rules_use_only_metrics_that_exist():
     unknown = {u for u in used if re.sub(r"_(total|bucket|count|sum)$", "", u) not in exported}
     assert not unknown, unknown
     # ...and the exporter really exposes the gauges listed above
-    assert "llm_router_queue_oldest_job_age_seconds" in (ROOT / "worker" / "exporter.py").read_text()
+    assert "llm_router_queue_oldest_job_age_seconds" in (ROOT / "worker" / "observe" / "exporter.py").read_text()
 
 
 def test_compose_file_is_valid_compose():

@@ -18,8 +18,8 @@ import yaml
 from cloudcoil.models.keda.v1alpha1 import ScaledObject
 
 from llm_router.cli import cli
-from worker import health
-from worker.settings import Settings
+from worker.contract.settings import Settings
+from worker.process import health
 
 from .test_deploy import promtool  # noqa: F401 - the fixture
 
@@ -113,7 +113,7 @@ def test_the_scaled_object_is_keda_s_and_scales_the_workers_on_the_exported_back
     assert model.spec.min_replica_count >= 1  # a worker always runs: schedules and probes need one
     (trigger,) = model.spec.triggers
     assert trigger.type == "prometheus" and float(trigger.metadata["threshold"]) > 0
-    exported = set(re.findall(r'"(llm_router_[a-z_]+)"', (ROOT / "worker" / "exporter.py").read_text()))
+    exported = set(re.findall(r'"(llm_router_[a-z_]+)"', (ROOT / "worker" / "observe" / "exporter.py").read_text()))
     used = set(re.findall(r"llm_router_[a-z_]+", trigger.metadata["query"]))
     assert used == {"llm_router_queue_depth", "llm_router_bulk_depth"} and used <= exported
 
@@ -152,7 +152,7 @@ def test_what_the_manifests_name_exists(objects):
     assert worker["ports"][0]["containerPort"] == int(config["METRICS_PORT"])
     assert exporter["ports"][0]["containerPort"] == int(config["EXPORTER_PORT"])
     assert api["ports"][0]["containerPort"] == int(api["args"][api["args"].index("--port") + 1])
-    # probe paths: the worker's (worker.health), the ingress's routes, the exporter's metrics
+    # probe paths: the worker's (worker.process.health), the ingress's routes, the exporter's metrics
     assert {worker["readinessProbe"]["httpGet"]["path"], worker["livenessProbe"]["httpGet"]["path"]} == {
         "/readyz",
         "/healthz",
@@ -160,7 +160,7 @@ def test_what_the_manifests_name_exists(objects):
     for path in ("/readyz", "/healthz"):  # answered by a probe, not by the metrics exposition
         body = b"".join(health.app({"PATH_INFO": path}, lambda status, headers: None))
         assert re.match(rb"(ok|failing): ", body), path
-    from producers.http import create_app
+    from producers.http.app import create_app
 
     routes = {getattr(r, "path", None) for r in create_app(Settings(ingress_tokens={"t": "s"}, _env_file=None)).routes}
     assert {api["readinessProbe"]["httpGet"]["path"], api["livenessProbe"]["httpGet"]["path"]} <= routes
@@ -210,7 +210,7 @@ def test_every_secret_setting_comes_from_the_secret(objects):
     wired to the Secret, so none has to go into the settings ConfigMap: the workers' key and the
     webhook signing key (optional: webhooks are off without it), the ingress's tokens and its
     console's session key."""
-    from worker.fleet import is_secret
+    from worker.process.fleet import is_secret
 
     secret_settings = {
         n.upper() for n, f in Settings.model_fields.items() if is_secret(n, f.default) or "Secret" in str(f.annotation)

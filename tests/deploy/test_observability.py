@@ -19,7 +19,7 @@ from harness.redis_server import free_port
 from harness.wait import wait_until_async
 from producers.api import Producer
 from tests.helpers import API_KEY, sim_admin
-from worker.keys import CREDITS, schedule_key
+from worker.contract.keys import CREDITS, schedule_key
 
 sys.path.insert(0, str(DEPLOY.parent / "grafana"))
 from build_dashboard import FEATURE_METRICS, expressions

@@ -20,12 +20,12 @@ from harness.reply_cutter import ReplyCutter
 from harness.wait import wait_until_async
 from producers import Producer
 from tests.helpers import run_worker, sim_admin
-from worker import batch_store as bs
-from worker import batches as wb
-from worker.connections import arq_settings
-from worker.keys import batch_staged_key, bulk_key, job_key
-from worker.lease import Lease
-from worker.models import JobResult
+from worker.batches import record as wb
+from worker.batches import store as bs
+from worker.contract.connections import arq_settings
+from worker.contract.keys import batch_staged_key, bulk_key, job_key
+from worker.contract.models import JobResult
+from worker.process.lease import Lease
 
 
 def line(i: int) -> dict:
@@ -87,7 +87,7 @@ async def calls(redis: Redis) -> dict[str, int]:
 
 async def test_polling_a_cancelling_batch_does_not_read_every_line_each_time(producer, settings):
     # before: every read of a `cancelling` batch ran the reaper's script and read all its lines
-    # (worker.batches.end_waiting: LRANGE, MGET), for each reader, however often it polled
+    # (worker.batches.record.end_waiting: LRANGE, MGET), for each reader, however often it polled
     batch = await producer.batches.submit([line(i) for i in range(30)])
     lease = Lease(producer.redis, settings.queue_name, lease_s=30)
     await lease.promote(1, int(time.time() * 1000))  # a line running: the batch stays `cancelling`
@@ -188,7 +188,7 @@ async def test_a_submission_that_died_before_releasing_is_reaped(producer, setti
     assert not await producer.redis.exists(job_key(wb.line_job_id(batch_id, 1)))  # its records are gone
     # a submitter only stalled is fenced off: its record has no owner any more
     assert await producer.batches._release(batch_id, "its-old-owner") == -2
-    # a schedule taking the id over drops it and submits again (worker.schedules)
+    # a schedule taking the id over drops it and submits again (worker.batches.schedules)
     assert await producer.batches.drop_unreleased(batch_id) and await producer.batches.get(batch_id) is None
 
 

@@ -15,9 +15,9 @@ from harness.processes import llm_router
 from harness.wait import wait_until_async
 from producers import BatchRejected
 from tests.helpers import run_worker, sim_admin
-from worker import batches as wb
-from worker.keys import batch_done_key, batch_key, result_key
-from worker.models import JobResult, Usage
+from worker.batches import record as wb
+from worker.contract.keys import batch_done_key, batch_key, result_key
+from worker.contract.models import JobResult, Usage
 
 
 def line(i: int | str, model: str = "gpt-4.1", **extra: object) -> dict:
@@ -163,7 +163,7 @@ async def test_lines_not_started_within_the_window_expire(producer, batch_settin
 async def test_a_cancelled_batch_ends_in_process_without_a_call_and_is_exported(producer, batch_settings, sim):
     from prometheus_client import REGISTRY, CollectorRegistry
 
-    from worker.exporter import QueueCollector
+    from worker.observe.exporter import QueueCollector
 
     before = REGISTRY.get_sample_value("llm_router_batch_lines_total", {"outcome": "cancelled"}) or 0
     batch = await producer.batches.submit([line(i) for i in range(20)])

@@ -13,8 +13,8 @@ from harness.wait import wait_until_async
 from producers import Producer
 from sim.catalog import IMAGE_TOKENS_MAX, MODELS
 from tests.helpers import run_worker, sim_admin
-from worker import tokens
-from worker.settings import BudgetConfig, Price
+from worker.contract.settings import BudgetConfig, Price
+from worker.limits import tokens
 
 PNG = (
     "data:image/png;base64,"

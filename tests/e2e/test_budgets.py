@@ -1,4 +1,4 @@
-"""Budgets (worker.budgets) on a real redis-server: the reservation made with the rate-limit
+"""Budgets (worker.limits.budgets) on a real redis-server: the reservation made with the rate-limit
 booking in one script, settled once, reaped after a dead worker's lease; then end to end through
 workers (in-process and `llm-router worker` processes) with the simulator as the source of truth
 for the money charged."""
@@ -20,16 +20,17 @@ from harness.processes import llm_router, settings_env
 from harness.reply_cutter import ReplyCutter
 from harness.wait import wait_until_async
 from producers import batch_cli
-from producers.http import create_app
+from producers.http.app import create_app
 from tests.helpers import run_worker, sim_admin
-from worker import metrics as m
-from worker import schedules, tokens
-from worker.budgets import Budgets
-from worker.exporter import QueueCollector
-from worker.keys import BUDGET_LEARNED, BUDGET_RESERVATIONS, budget_day_key
-from worker.limiter import Limiter
-from worker.models import ModelAnswer, Usage
-from worker.settings import BudgetConfig, ConfigError, Price, Settings
+from worker.batches import schedules
+from worker.contract.keys import BUDGET_LEARNED, BUDGET_RESERVATIONS, budget_day_key
+from worker.contract.models import ModelAnswer, Usage
+from worker.contract.settings import BudgetConfig, ConfigError, Price, Settings
+from worker.limits import tokens
+from worker.limits.budgets import Budgets
+from worker.limits.limiter import Limiter
+from worker.observe import metrics as m
+from worker.observe.exporter import QueueCollector
 
 # USD per 1K tokens: 0.001 a token; a call of 100 prompt + 100 completion tokens has a worst case of $0.20.
 PER_TOKEN = 0.001
@@ -275,7 +276,7 @@ async def test_a_job_that_does_not_fit_fails_budget_unsent_and_is_dead_lettered(
 
 async def test_settled_after_success_and_failure_to_what_the_gateway_charged(producer, settings, sim, redis):
     # a success settles to its bill; a refusal (a 4xx: nothing can have been billed) to $0; a 5xx
-    # may come after the upstream ran and billed (worker.errors `billable`): to its worst case
+    # may come after the upstream ran and billed (worker.calls.errors `billable`): to its worst case
     claude = Price(input=0.003, output=0.015)
     s = settings.model_copy(
         update={
@@ -526,12 +527,12 @@ def test_the_cli_sets_a_batch_budget(settings, tmp_path):
 
 async def test_an_admission_sent_again_after_a_lost_answer_reserves_once(redis, settings):
     # The worker's Redis client retries a command whose answer a connection error cut (a restart,
-    # a failover: worker.connections); the admit script had run, so it runs twice with one
+    # a failover: worker.contract.connections); the admit script had run, so it runs twice with one
     # reservation id. The reservation must be made once, or `reserved` keeps the extra for the day.
     from redis.asyncio import Redis as AsyncRedis
 
-    from worker.connections import arq_settings
-    from worker.scripts import preload
+    from worker.contract.connections import arq_settings
+    from worker.process.scripts import preload
 
     cutter = ReplyCutter(settings.redis_url)
     url = await cutter.start()
@@ -553,17 +554,18 @@ async def test_an_admission_sent_again_after_a_lost_answer_reserves_once(redis, 
 
 async def test_a_call_cancelled_after_its_answer_still_settles_its_reservation(settings, sim, monkeypatch):
     # JOB_TIMEOUT_S (or SIGTERM past the grace) can cancel a job at any await: after a failed
-    # streamed attempt the worker publishes a reset (worker.events) before it records the call;
+    # streamed attempt the worker publishes a reset (worker.outputs.events) before it records the call;
     # cancelled there, the call must still be recorded and its reservation settled, not held
     # (renewed by the keeper) until it is too old.
     from arq import create_pool
 
     from tests.helpers import sim_admin
-    from worker import connections, service
-    from worker.call import Call
-    from worker.events import JobEvents
-    from worker.keys import BUDGET_RESERVATIONS, calls_key
-    from worker.routing import call_once
+    from worker.calls.call import Call
+    from worker.calls.routing import call_once
+    from worker.contract import connections
+    from worker.contract.keys import BUDGET_RESERVATIONS, calls_key
+    from worker.outputs.events import JobEvents
+    from worker.process import service
 
     s = budgeted(settings, daily_usd=5.0).model_copy(update={"metrics_port": 0})
     pool = await create_pool(connections.arq_settings(s.redis_url))
@@ -605,9 +607,10 @@ async def test_a_call_cancelled_in_flight_keeps_its_reservation_spent(settings, 
     # bill it, so its worst case stays spent; cancelled before it was sent, it gives all back.
     from arq import create_pool
 
-    from worker import connections, service
-    from worker.call import Call
-    from worker.routing import call_once
+    from worker.calls.call import Call
+    from worker.calls.routing import call_once
+    from worker.contract import connections
+    from worker.process import service
 
     s = budgeted(settings, daily_usd=5.0).model_copy(update={"metrics_port": 0, "prices": {"gpt-4.1": SIM_GPT41}})
     pool = await create_pool(connections.arq_settings(s.redis_url))

@@ -12,11 +12,11 @@ from prometheus_client import REGISTRY
 from harness.wait import wait_until_async
 from producers.api import Producer
 from tests.helpers import run_worker, sim_admin
-from worker import cache
-from worker.keys import CACHE_LOCK_PREFIX, CACHE_PREFIX, model_key, spend_saved_key
-from worker.limiter import Limiter
-from worker.models import ChatJob
-from worker.settings import RateLimit
+from worker.calls import cache
+from worker.contract.keys import CACHE_LOCK_PREFIX, CACHE_PREFIX, model_key, spend_saved_key
+from worker.contract.models import ChatJob
+from worker.contract.settings import RateLimit
+from worker.limits.limiter import Limiter
 
 
 def calls(sim, model: str = "gpt-4.1") -> int:

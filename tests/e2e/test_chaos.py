@@ -15,7 +15,7 @@ from harness.redis_server import PrivateRedis
 from harness.wait import wait_until_async
 from producers.api import Producer
 from tests.helpers import sim_admin
-from worker.settings import RateLimit
+from worker.contract.settings import RateLimit
 
 
 def in_flight(sim) -> int:

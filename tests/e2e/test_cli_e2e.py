@@ -353,7 +353,7 @@ def test_quarantine_purge_asks_or_needs_yes(env, redis_url):
 
     from redis import Redis
 
-    from worker.keys import QUARANTINE
+    from worker.contract.keys import QUARANTINE
 
     record = {"id": "bad id", "reason": "bad_id", "queue": "llm-router:e2e", "record": None}
     Redis.from_url(redis_url).lpush(QUARANTINE, json.dumps(record), json.dumps(record))

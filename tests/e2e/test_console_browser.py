@@ -30,8 +30,8 @@ from redis import Redis
 from harness.wait import wait_until
 from tests.helpers import sim_admin
 from tests.ingress import ingress_settings, running
-from worker.keys import DLQ, batch_key, job_key, result_key
-from worker.settings import TokenGrant
+from worker.contract.keys import DLQ, batch_key, job_key, result_key
+from worker.contract.settings import TokenGrant
 
 # Debian's build (`make test` installs the package): Playwright downloads no browser here
 CHROMIUM = "/usr/bin/chromium"

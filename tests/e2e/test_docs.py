@@ -26,9 +26,9 @@ import pytest
 from harness.processes import WorkerProcess
 from llm_router.cli import cli
 from tests import ingress
-from worker import keys
-from worker.errors import ERROR_CLASSES
-from worker.settings import Settings
+from worker.calls.errors import ERROR_CLASSES
+from worker.contract import keys
+from worker.contract.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -85,7 +85,7 @@ def test_metrics_page_is_every_metric(site):
     for metric, *_ in metrics:
         assert f"<code>{metric}</code>" in html, metric
     # the exporter's gauges are every family it names
-    exporter = set(re.findall(r'"(llm_router_[a-z_]+)"', (ROOT / "worker" / "exporter.py").read_text()))
+    exporter = set(re.findall(r'"(llm_router_[a-z_]+)"', (ROOT / "worker" / "observe" / "exporter.py").read_text()))
     assert exporter <= {m for m, *_ in exporter_metrics()}
 
 

@@ -24,7 +24,7 @@ from harness.wait import wait_until_async
 from producers.api import Producer
 from sim.server import SimServer, Simulator
 from tests.helpers import API_KEY
-from worker.settings import Settings
+from worker.contract.settings import Settings
 
 pytestmark = pytest.mark.failover
 

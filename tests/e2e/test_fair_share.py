@@ -1,4 +1,4 @@
-"""Fair share between sources (worker.fair, docs/fair-share.md): each source waits in its own
+"""Fair share between sources (worker.limits.fair, docs/fair-share.md): each source waits in its own
 sub-queue and workers take from them by weight. Real Redis, the simulator, worker processes."""
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from harness.wait import wait_until_async
 from producers import ChatJob, JobRejected, Producer, SourceOverQuota
 from tests.conftest import MakeProducer
 from tests.helpers import run_worker, sim_admin
-from worker import batches as wb
-from worker import fair
-from worker.lease import Lease
-from worker.settings import SourceLimit
+from worker.batches import record as wb
+from worker.contract.settings import SourceLimit
+from worker.limits import fair
+from worker.process.lease import Lease
 
 
 def payload(j: ChatJob) -> dict:
@@ -269,9 +269,9 @@ async def test_enqueue_far_over_the_concurrency_quota_is_refused(producer, make_
 def test_the_ingress_answers_429_with_retry_after_far_over_quota(redis_url):
     from fastapi.testclient import TestClient
 
-    from producers.http import create_app
+    from producers.http.app import create_app
     from tests.ingress import TOKENS
-    from worker.settings import Settings
+    from worker.contract.settings import Settings
 
     settings = Settings(
         redis_url=redis_url,
@@ -304,9 +304,9 @@ HI = [{"role": "user", "content": "hi"}]
 def test_the_ingress_answers_429_far_over_a_tpm_or_concurrency_quota(redis_url, limit, accepted, retry_after):
     from fastapi.testclient import TestClient
 
-    from producers.http import create_app
+    from producers.http.app import create_app
     from tests.ingress import TOKENS
-    from worker.settings import Settings
+    from worker.contract.settings import Settings
 
     settings = Settings(
         redis_url=redis_url,
@@ -326,7 +326,7 @@ def test_the_ingress_answers_429_far_over_a_tpm_or_concurrency_quota(redis_url, 
 
 
 async def test_admission_sends_a_job_back_when_its_source_is_at_quota_and_gives_the_run_back(producer, make_producer):
-    from worker.limiter import Limiter
+    from worker.limits.limiter import Limiter
 
     producer = await with_limits(make_producer, producer, {"search": {"rpm": 60, "tpm": 1000}})
     limiter = Limiter(producer.redis, producer.settings)
@@ -357,7 +357,7 @@ async def test_the_exporter_and_the_sources_verb_show_each_source(producer, make
     import subprocess
 
     from harness.processes import llm_router, settings_env
-    from worker.exporter import QueueCollector
+    from worker.observe.exporter import QueueCollector
 
     # a lease that outlasts the CLI's start under load: the job it holds counts as running until then
     producer = await with_limits(make_producer, producer, {"search": {"concurrency": 3}}, lease_s=120)
@@ -408,7 +408,7 @@ async def test_jobs_past_the_slot_waiters_give_their_slot_back_and_still_run_onc
 ):
     """Under a shared rate limit a worker lets FAIR_SHARE_SLOT_WAITERS jobs wait for a slot; the
     others go back to their place in their sub-queue (not counted as runs) and run in their turn."""
-    from worker.settings import RateLimit
+    from worker.contract.settings import RateLimit
 
     s = fair_settings.model_copy(
         update={

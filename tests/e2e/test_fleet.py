@@ -17,9 +17,9 @@ from redis import Redis
 from harness.processes import LLMRouterProcess, answers, llm_router, settings_env
 from harness.wait import wait_until
 from tests.helpers import API_KEY, free_port
-from worker import fleet, health
-from worker.keys import CONFIG_PREFIX, WORKER_CONFIG_PREFIX
-from worker.settings import RateLimit, Settings
+from worker.contract.keys import CONFIG_PREFIX, WORKER_CONFIG_PREFIX
+from worker.contract.settings import RateLimit, Settings
+from worker.process import fleet, health
 
 
 def gauges(port: int) -> dict[str, float]:
@@ -127,13 +127,14 @@ def test_probes_fail_when_their_signal_is_stale(monkeypatch):
 
 async def test_the_keeper_keeps_the_worker_live_while_redis_is_down(settings):
     # The worker's Redis client rides out an outage by retrying each command for about a minute
-    # (worker.connections): the keeper's Redis work hangs meanwhile, but the event loop turns, so
+    # (worker.contract.connections): the keeper's Redis work hangs meanwhile, but the event loop turns, so
     # /healthz must stay up (a restart would not bring Redis back); /readyz is what goes stale.
     from arq import create_pool
 
     from harness.redis_server import PrivateRedis
     from harness.wait import wait_until_async
-    from worker import connections, service
+    from worker.contract import connections
+    from worker.process import service
 
     with PrivateRedis() as server:
         s = settings.model_copy(update={"redis_url": server.url, "metrics_port": free_port()})

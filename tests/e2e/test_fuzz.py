@@ -12,7 +12,7 @@ from typing import Any
 from harness.processes import WorkerProcess
 from harness.wait import wait_until_async
 from producers import ChatJob, Producer
-from worker.keys import DLQ, QUARANTINE, result_key
+from worker.contract.keys import DLQ, QUARANTINE, result_key
 
 GOOD = {"kind": "chat", "model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
 # A field of the payload and values it may not take: wrong types, out of range, unsafe, huge.

@@ -13,9 +13,10 @@ import pytest
 from harness.processes import llm_router, settings_env
 from producers import BatchRejected
 from producers.api import JobRejected, validate
-from worker import bounds, schedules
-from worker.models import JOB_KINDS, ChatJob
-from worker.settings import ConfigError
+from worker.batches import schedules
+from worker.contract import bounds
+from worker.contract.models import JOB_KINDS, ChatJob
+from worker.contract.settings import ConfigError
 
 HELLO = [{"role": "user", "content": "hello"}]
 
@@ -51,7 +52,7 @@ async def test_json_nested_past_the_bound_is_refused_naming_the_field(producer, 
 async def test_json_within_the_bound_is_enqueued_and_workers_check_it_too(producer, settings):
     job = validate(ChatJob, model="gpt-4.1", messages=HELLO, tools=[{"type": "function", "x": nested(60)}])
     assert await producer.enqueue(job)
-    # a record another writer made is checked by the worker with the same rule (worker.jobs: bounds.problem)
+    # a record another writer made is checked by the worker with the same rule (worker.calls.jobs: bounds.problem)
     deep = validate(ChatJob, model="gpt-4.1", messages=HELLO, response_format={"type": "json_object", "x": nested(80)})
     assert bounds.problem(deep, settings, 100) == (
         "response_format",

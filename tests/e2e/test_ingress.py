@@ -23,13 +23,13 @@ from redis.asyncio import Redis as AsyncRedis
 from harness.redis_server import PrivateRedis
 from harness.wait import wait_until, wait_until_async
 from producers.api import JobRejected, validate
-from producers.http import create_app
+from producers.http.app import create_app
 from tests.helpers import sim_admin
 from tests.ingress import TOKENS, Ingress, ingress_settings, running
-from worker.keys import file_key, job_key, source_files_key
-from worker.models import ChatJob, JobResult
-from worker.settings import Settings
-from worker.store import ResultStore
+from worker.contract.keys import file_key, job_key, source_files_key
+from worker.contract.models import ChatJob, JobResult
+from worker.contract.settings import Settings
+from worker.contract.store import ResultStore
 
 HELLO = [{"role": "user", "content": "hello"}]
 

@@ -35,9 +35,9 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from producers.http import create_app
+from producers.http.app import create_app
 from tests.ingress import ingress_settings, running
-from worker.settings import Settings
+from worker.contract.settings import Settings
 
 TOKEN = "tok-fuzz"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

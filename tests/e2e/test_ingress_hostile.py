@@ -27,12 +27,12 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from harness.processes import answers, llm_router, settings_env
 from harness.redis_server import free_port
 from harness.wait import wait_until
-from producers.http import create_app
-from producers.http_conns import OVERFLOW
-from producers.http_errors import error_response
+from producers.http.app import create_app
+from producers.http.conns import OVERFLOW
+from producers.http.errors import error_response
 from tests.ingress import ingress_settings, running
-from worker.keys import batch_key, job_key
-from worker.settings import ConfigError, Settings
+from worker.contract.keys import batch_key, job_key
+from worker.contract.settings import ConfigError, Settings
 
 # Tokens of their own: the sources' keys (files, jobs) meet no other test's on the session's Redis.
 HOSTILE_TOKENS = {"tok-h1": "hostile-1", "tok-h2": "hostile-2", "tok-h3": "hostile-3"}

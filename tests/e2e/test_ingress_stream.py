@@ -20,8 +20,8 @@ from redis import Redis
 from harness.wait import wait_until
 from tests.helpers import sim_admin
 from tests.ingress import Ingress, ingress_settings, running
-from worker.keys import done_channel, events_key, job_key, result_key
-from worker.models import JobResult
+from worker.contract.keys import done_channel, events_key, job_key, result_key
+from worker.contract.models import JobResult
 
 PROMPT = "one two three four five six seven eight nine ten eleven twelve"
 

@@ -26,7 +26,7 @@ SERVICE_SCRIPT = """
 import asyncio, json, sys
 import producers, sim, worker
 from llm_router.producers import ChatJob, JobRejected, Producer, __all__ as public
-import llm_router.sim.server, llm_router.worker.service
+import llm_router.sim.server, llm_router.worker.process.service
 
 async def enqueue():
     async with Producer(queue_name=sys.argv[1]) as producer:
@@ -133,8 +133,8 @@ def test_an_installed_copy_runs_jobs_beside_a_service_with_its_own_worker_produc
 CONSOLE_SCRIPT = """
 import json
 from fastapi.testclient import TestClient
-from llm_router.producers.http import create_app
-from llm_router.worker.settings import Settings
+from llm_router.producers.http.app import create_app
+from llm_router.worker.contract.settings import Settings
 
 settings = Settings(
     _env_file=None, ingress_tokens={"tok": {"role": "operator"}}, console_secret="installed-console-0123456789"

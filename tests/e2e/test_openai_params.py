@@ -15,10 +15,11 @@ from harness.processes import llm_router
 from producers.api import JobRejected, Producer, validate
 from producers.cli import flag
 from tests.helpers import API_KEY, run_worker, sim_admin
-from worker import bounds, gemini
-from worker.call import DEFAULT_COMPLETION_ESTIMATE, Call
-from worker.models import ChatJob, ChatParams, JobResult
-from worker.settings import Price
+from worker.calls import gemini
+from worker.calls.call import DEFAULT_COMPLETION_ESTIMATE, Call
+from worker.contract import bounds
+from worker.contract.models import ChatJob, ChatParams, JobResult
+from worker.contract.settings import Price
 
 HI = [{"role": "user", "content": "Hello there"}]
 WEATHER_TOOL = {

@@ -21,9 +21,9 @@ from harness.redis_server import PrivateRedis, free_port, reachable, redis_serve
 from harness.wait import wait_until
 from producers.api import Producer
 from tests.helpers import API_KEY, self_signed
-from worker import errors
-from worker.client import AIsaClient
-from worker.settings import Settings
+from worker.calls import errors
+from worker.calls.client import AIsaClient
+from worker.contract.settings import Settings
 
 # "Within a few seconds", with room for a loaded machine: the old code said nothing for 73 s
 # (and retried for ~37 minutes); a wrong password or scheme never stopped it.
@@ -100,7 +100,7 @@ def test_a_redis_url_that_cannot_work_stops_every_verb_with_its_fix(url, said, v
 
 
 def test_what_is_wrong_with_a_tls_url_is_named(tls_port, password_port):
-    from worker.preflight import redis_problem
+    from worker.process.preflight import redis_problem
 
     port, ca = tls_port
     assert redis_problem(f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={ca}") is None
@@ -206,7 +206,7 @@ async def test_a_server_without_a_models_list_passes_the_gateway_check_if_it_has
     from aiohttp import web
 
     from tests.plain_openai import create_app
-    from worker.preflight import gateway_problem
+    from worker.process.preflight import gateway_problem
 
     runner = web.AppRunner(create_app())
     await runner.setup()

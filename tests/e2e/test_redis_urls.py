@@ -22,8 +22,8 @@ from harness.redis_sentinel import SentinelCluster
 from harness.redis_server import free_port, reachable, redis_server_binary
 from producers.api import Producer
 from tests.helpers import self_signed
-from worker import connections
-from worker.settings import ConfigError
+from worker.contract import connections
+from worker.contract.settings import ConfigError
 
 CLI = Path(sys.executable).parent / "llm-router"
 
@@ -122,7 +122,7 @@ async def test_arq_worker_settings_use_our_pool_on_a_sentinel_url(sentinel_url, 
     # connections, so a failover stopped the worker; it must run on ours, as `llm-router worker` does
     from arq.worker import Worker, get_kwargs
 
-    from worker.service import settings_class
+    from worker.process.service import settings_class
 
     s = settings.model_copy(update={"redis_url": sentinel_url})
     for name, value in settings_env(s).items():

@@ -14,9 +14,9 @@ from harness.processes import llm_router, settings_env
 from harness.wait import wait_until_async
 from producers.api import JobRejected, Producer
 from tests.helpers import run_worker, sim_admin
-from worker import routes
-from worker.keys import model_key
-from worker.settings import ConfigError, Price, load_settings
+from worker.contract import routes
+from worker.contract.keys import model_key
+from worker.contract.settings import ConfigError, Price, load_settings
 
 PNG_URL = "data:image/png;base64," + "iVBORw0KGgo" + "A" * 40 + "="
 

@@ -1,4 +1,4 @@
-"""Schedules (worker.schedules) against a real redis-server, the simulator and real `llm-router
+"""Schedules (worker.batches.schedules) against a real redis-server, the simulator and real `llm-router
 worker` processes: exactly one batch per tick through SIGTERM and SIGKILL around ticks, a missed
 tick run once at start-up within the grace (never outside it), a dead worker's unfinished
 submission taken over, start-up refusals, the output files written once, and the CLI."""
@@ -19,10 +19,10 @@ import pytest
 from harness.processes import WorkerProcess, llm_router, settings_env
 from harness.wait import wait_until, wait_until_async
 from producers import Batches
-from worker import batches as wb
-from worker import schedules
-from worker.keys import SCHEDULES_PENDING, batch_lines_key, schedule_key, schedule_output_key
-from worker.models import check_job_id
+from worker.batches import record as wb
+from worker.batches import schedules
+from worker.contract.keys import SCHEDULES_PENDING, batch_lines_key, schedule_key, schedule_output_key
+from worker.contract.models import check_job_id
 
 LINES = 5
 

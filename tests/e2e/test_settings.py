@@ -15,10 +15,10 @@ import pytest
 from pydantic import BaseModel
 
 from harness.processes import llm_router
-from worker.routes import Route, RouteRule
-from worker.service import worker_kwargs
-from worker.settings import BudgetConfig, ConfigError, Price, RateLimit, Settings, SourceLimit, load_settings
-from worker.strict import StrictModel
+from worker.contract.routes import Route, RouteRule
+from worker.contract.settings import BudgetConfig, ConfigError, Price, RateLimit, Settings, SourceLimit, load_settings
+from worker.contract.strict import StrictModel
+from worker.process.service import worker_kwargs
 
 
 def test_defaults_point_at_the_real_gateway(monkeypatch):
@@ -200,7 +200,7 @@ def unknown_key_values(annotation: Any, seen: frozenset[type] = frozenset()) -> 
                 yield {field.alias or name: value}, model
     else:
         assert not (dataclasses.is_dataclass(annotation) or typing.is_typeddict(annotation)), (
-            f"{annotation}: an object in a setting is a worker.strict.StrictModel (unknown keys refused)"
+            f"{annotation}: an object in a setting is a worker.contract.strict.StrictModel (unknown keys refused)"
         )
 
 

@@ -1,4 +1,4 @@
-"""The per-day spend records (by model, source, batch, route; worker.store's call script), the
+"""The per-day spend records (by model, source, batch, route; worker.contract.store's call script), the
 spend report (`llm-router spend`) against the metrics, the exporter and the simulator, and the
 credits gauge through a 402 outage."""
 
@@ -21,9 +21,7 @@ from harness.processes import settings_env
 from harness.wait import wait_until_async
 from producers.api import Producer
 from tests.helpers import run_worker, sim_admin
-from worker import budgets
-from worker.exporter import QueueCollector, month_days
-from worker.keys import (
+from worker.contract.keys import (
     BATCHES,
     CREDITS,
     SPEND_BY,
@@ -34,11 +32,13 @@ from worker.keys import (
     today,
     usage_key,
 )
-from worker.models import Attempt, Usage
-from worker.settings import BudgetConfig, Settings
-from worker.spend import days_back, read_day, report
+from worker.contract.models import Attempt, Usage
+from worker.contract.settings import BudgetConfig, Settings
+from worker.contract.store import ResultStore
+from worker.limits import budgets
+from worker.observe.exporter import QueueCollector, month_days
+from worker.observe.spend import days_back, read_day, report
 from worker.spend_cli import render
-from worker.store import ResultStore
 
 CLI = Path(sys.executable).parent / "llm-router"
 
@@ -294,7 +294,7 @@ def test_month_days_run_from_the_first_to_today():
 def test_a_call_is_kept_under_its_source_batch_and_route():
     from types import SimpleNamespace
 
-    from worker.routing import spend_tags
+    from worker.calls.routing import spend_tags
 
     line = SimpleNamespace(job_id="batch_" + "c" * 32 + ":0000007", source="nightly", route=None)
     assert spend_tags(line) == {"source": "nightly", "batch": "batch_" + "c" * 32, "route": None}

@@ -28,13 +28,13 @@ from harness.processes import llm_router, settings_env
 from harness.wait import wait_until, wait_until_async
 from producers import JobRejected, Producer
 from producers.batches import BatchRejected
-from producers.http import create_app
+from producers.http.app import create_app
 from tests.helpers import sim_admin
-from worker import metrics as m
-from worker import webhooks
-from worker.keys import WEBHOOKS, result_key
-from worker.service import create_worker
-from worker.settings import ConfigError, Settings, load_settings
+from worker.contract.keys import WEBHOOKS, result_key
+from worker.contract.settings import ConfigError, Settings, load_settings
+from worker.observe import metrics as m
+from worker.outputs import webhooks
+from worker.process.service import create_worker
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "whsec-test-7f3a9c0e1b2d4f6a8c0e"
@@ -468,17 +468,17 @@ def test_a_worker_with_an_allow_list_and_no_secret_does_not_start(hooks, tmp_pat
 
 async def test_a_result_saved_again_after_a_lost_answer_queues_one_delivery(redis, settings):
     # The result and the job's release go out in one pipeline (Lease.save_result); if its answers
-    # are lost the worker's client sends it again (worker.connections): the webhook is queued once.
+    # are lost the worker's client sends it again (worker.contract.connections): the webhook is queued once.
     from datetime import UTC, datetime
 
     from redis.asyncio import Redis as AsyncRedis
 
     from harness.reply_cutter import ReplyCutter
-    from worker.connections import arq_settings
-    from worker.keys import job_key, webhook_key
-    from worker.lease import Lease
-    from worker.models import JobResult
-    from worker.store import ResultStore
+    from worker.contract.connections import arq_settings
+    from worker.contract.keys import job_key, webhook_key
+    from worker.contract.models import JobResult
+    from worker.contract.store import ResultStore
+    from worker.process.lease import Lease
 
     cutter = ReplyCutter(settings.redis_url)
     url = await cutter.start()
@@ -504,8 +504,8 @@ async def test_a_result_saved_again_after_a_lost_answer_queues_one_delivery(redi
 async def queue_raw(redis: Redis, job_id: str, url: str, result: bytes | None = None) -> None:
     """A job's result and its pending delivery as another writer (or a producer of an older
     version) leaves them: through the outbox's own Lua, with no check of the URL."""
-    from worker.keys import webhook_key
-    from worker.outbox import QUEUE_LUA
+    from worker.contract.keys import webhook_key
+    from worker.outputs.outbox import QUEUE_LUA
 
     record = {"job_id": job_id, "status": "succeeded", "content": "hi", "runs": 1}
     await redis.set(result_key(job_id), orjson.dumps(record) if result is None else result)

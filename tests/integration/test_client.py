@@ -9,15 +9,15 @@ import pytest
 from aiohttp import web
 
 from tests.helpers import API_KEY, free_port, sim_admin
-from worker import errors, gemini
-from worker.client import AIsaClient, _status_error, _StreamAssembler
-from worker.policy import Action, action_for
+from worker.calls import errors, gemini
+from worker.calls.client import AIsaClient, _status_error, _StreamAssembler
+from worker.calls.policy import Action, action_for
 
 HELLO = [{"role": "user", "content": "Hello there"}]
 
 
 def retried(exc: errors.AIsaError) -> bool:
-    """The policy retries this error on the same model (worker.policy decides, not the error)."""
+    """The policy retries this error on the same model (worker.calls.policy decides, not the error)."""
     return action_for(exc.error_class) in (Action.RETRY_AFTER, Action.BACKOFF)
 
 
@@ -264,7 +264,7 @@ async def test_plain_openai_server_without_extensions():
 
 
 async def test_cookies_a_gateway_sets_are_kept_and_sent_back():
-    """The client reads Set-Cookie only from answers that carry one (worker.client._Cookies): what
+    """The client reads Set-Cookie only from answers that carry one (worker.calls.client._Cookies): what
     httpx keeps and sends back stays the same."""
     seen: list[str | None] = []
 
@@ -293,7 +293,7 @@ async def test_cookies_a_gateway_sets_are_kept_and_sent_back():
 
 
 async def test_a_plain_chat_call_straight_to_aiohttp_is_the_call_httpx_makes(monkeypatch):
-    """A plain chat call skips httpx's objects (worker.client AIsaClient._post): the gateway sees
+    """A plain chat call skips httpx's objects (worker.calls.client AIsaClient._post): the gateway sees
     the same request, and the client reads the same answer (headers in any case, repeated ones,
     a gzip-encoded body, an error's Retry-After) as through httpx."""
     import gzip
@@ -540,7 +540,7 @@ def test_only_a_connect_failure_counts_as_never_sent():
     # error behind it decides
     import aiohttp
 
-    from worker.client import _never_sent
+    from worker.calls.client import _never_sent
 
     def mapped(cause: BaseException) -> httpx.ConnectTimeout:
         exc = httpx.ConnectTimeout(str(cause))

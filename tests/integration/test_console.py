@@ -1,4 +1,4 @@
-"""The operator console (producers/console.py) in this process: the ingress app under
+"""The operator console (producers/console/pages.py) in this process: the ingress app under
 TestClient on a private Redis, the simulator and in-process workers. Roles in INGRESS_TOKENS,
 sign-in and its cookie, sessions checked against INGRESS_TOKENS on every request, CSRF,
 the Content-Security-Policy, tenancy, and each action changing Redis as its CLI verb does.
@@ -22,12 +22,12 @@ from pydantic import SecretStr
 from redis import Redis
 
 from harness.processes import settings_env
-from producers.http import check_console_secret, create_app
-from worker.dlq import DeadLetters
-from worker.gate import Gate
-from worker.keys import DLQ, GATE, QUARANTINE, batch_key, in_progress_key, job_key
-from worker.quarantine import Quarantine
-from worker.settings import ConfigError, Settings, load_settings
+from producers.http.app import check_console_secret, create_app
+from worker.contract.keys import DLQ, GATE, QUARANTINE, batch_key, in_progress_key, job_key
+from worker.contract.settings import ConfigError, Settings, load_settings
+from worker.limits.gate import Gate
+from worker.outputs.dlq import DeadLetters
+from worker.process.quarantine import Quarantine
 
 from ..conftest import MakeProducer
 from ..helpers import run_worker
@@ -318,8 +318,8 @@ def test_an_ingress_loads_the_templates_only_when_a_page_is_asked_for(console_se
     script = """
 import sys
 from fastapi.testclient import TestClient
-from producers.http import create_app
-from worker.settings import load_settings
+from producers.http.app import create_app
+from worker.contract.settings import load_settings
 with TestClient(create_app(load_settings(_env_file=None))) as client:
     assert client.get("/healthz").status_code == 200
     assert client.get("/console/static/console.css").status_code == 200
@@ -470,7 +470,7 @@ async def test_the_jobs_page_lists_the_jobs_that_ended_newest_first_by_source_an
     assert recent_rows(http.get("/console/jobs").text) == [mine[0], ("team-b@r1", "succeeded"), mine[1]]
     assert recent_rows(http.get("/console/jobs", params={"source": "team-b"}).text) == [("team-b@r1", "succeeded")]
     # paged: each page's Older link leads to the next, down to the first job that ended
-    monkeypatch.setattr("producers.console_views.PAGE", 1)
+    monkeypatch.setattr("producers.console.views.PAGE", 1)
     seen, path = [], "/console/jobs?source=team-a"
     while path:
         page = http.get(path).text
@@ -541,7 +541,7 @@ def walk(client: TestClient, path: str, link: str, pattern: str) -> list[str]:
 async def test_large_lists_are_paged_each_row_on_one_page(http, settings, make_producer, redis, monkeypatch):
     """A page of one row: each list's next link leads through every row once, in order (queue,
     dead letters, quarantine, batches, spend rows)."""
-    monkeypatch.setattr("producers.console_views.PAGE", 1)
+    monkeypatch.setattr("producers.console.views.PAGE", 1)
     a = await make_producer(settings, source="team-a")
     for i in range(2):
         await a.chat("no-such-model", "dead", fallbacks=[], job_id=f"team-a@dead-{i}")

@@ -9,9 +9,9 @@ from pydantic import Field
 import producers
 from producers import Producer
 from tests.helpers import run_worker, sim_admin
-from worker import serde
-from worker.jobs import functions
-from worker.models import JOB_KINDS, RoutedJob, job_kind
+from worker.calls.jobs import functions
+from worker.contract import serde
+from worker.contract.models import JOB_KINDS, RoutedJob, job_kind
 
 
 class SummaryJob(RoutedJob):

@@ -1,4 +1,4 @@
-"""Outbound requests a client can aim (worker.egress): which addresses are refused, a webhook
+"""Outbound requests a client can aim (worker.calls.egress): which addresses are refused, a webhook
 connection going to the address that was checked (a real TLS receiver, the name kept in SNI and
 Host), and image URLs naming this side's own network refused at enqueue (Python, HTTP) and by the
 worker, unless IMAGE_URLS_ALLOW_PRIVATE."""
@@ -21,10 +21,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from producers import JobRejected, Producer
-from producers.http import create_app
+from producers.http.app import create_app
 from tests.helpers import run_worker, self_signed
-from worker import egress
-from worker.settings import ConfigError, load_settings
+from worker.calls import egress
+from worker.contract.settings import ConfigError, load_settings
 
 TOKEN = "tok-egress"
 

@@ -1,4 +1,4 @@
-"""A streaming job's events (worker.events) against a real Redis: coalescing, the timer flush,
+"""A streaming job's events (worker.outputs.events) against a real Redis: coalescing, the timer flush,
 resets, the result entry, TTL and MAXLEN; and the ingress's compaction of what it reads
 (producers.streams)."""
 
@@ -10,10 +10,10 @@ from redis.asyncio import Redis
 from harness.redis_server import free_port
 from harness.wait import wait_until_async
 from producers.streams import compact
-from worker.events import Deltas, JobEvents, decode, streams
-from worker.keys import events_key, events_posted_channel
-from worker.models import ErrorInfo, JobResult
-from worker.settings import Settings
+from worker.contract.keys import events_key, events_posted_channel
+from worker.contract.models import ErrorInfo, JobResult
+from worker.contract.settings import Settings
+from worker.outputs.events import Deltas, JobEvents, decode, streams
 
 WORDS = [f" w{i}" for i in range(200)]
 
@@ -194,9 +194,9 @@ async def test_publishing_is_best_effort_when_redis_is_away():
 
 async def test_a_write_sent_again_after_a_lost_answer_is_published_once(redis, redis_url):
     # The worker's client sends a command again when a connection error cut its answer
-    # (worker.connections): a delta written twice would show its text twice to every reader.
+    # (worker.contract.connections): a delta written twice would show its text twice to every reader.
     from harness.reply_cutter import ReplyCutter
-    from worker.connections import arq_settings
+    from worker.contract.connections import arq_settings
 
     cutter = ReplyCutter(redis_url)
     url = await cutter.start()

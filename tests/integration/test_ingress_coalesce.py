@@ -9,9 +9,9 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from producers.api import JobConflict
-from producers.http_deps import Ingress
-from worker.models import ChatJob
-from worker.settings import Settings
+from producers.http.deps import Ingress
+from worker.contract.models import ChatJob
+from worker.contract.settings import Settings
 
 TOKENS = {"tok-a": "team-a"}
 

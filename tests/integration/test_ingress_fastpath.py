@@ -1,4 +1,4 @@
-"""`POST /v1/jobs` and `POST /v1/chat/completions` by producers.http_fastpath answer exactly what
+"""`POST /v1/jobs` and `POST /v1/chat/completions` by producers.http.fastpath answer exactly what
 the FastAPI routes answer.
 
 The same requests go to the app as served (fast path) and to the app without it (every request
@@ -17,11 +17,11 @@ from fastapi.testclient import TestClient
 from redis import Redis
 from redis.asyncio import Redis as AsyncRedis
 
-from producers.http import create_app
-from producers.http_fastpath import JobsFastPath
-from worker.models import ErrorInfo, JobResult
-from worker.settings import Settings
-from worker.store import ResultStore
+from producers.http.app import create_app
+from producers.http.fastpath import JobsFastPath
+from worker.contract.models import ErrorInfo, JobResult
+from worker.contract.settings import Settings
+from worker.contract.store import ResultStore
 
 TOKENS = {"tok-a": "team-a", "tok-b": "team-b"}
 JOB = {"kind": "chat", "model": "gpt-4.1", "messages": [{"role": "user", "content": "hello"}]}

@@ -7,10 +7,10 @@ import pytest
 from redis.asyncio import Redis
 
 from harness.wait import wait_until_async
-from worker.gate import Gate
-from worker.keys import GLOBAL_LIMIT, model_key
-from worker.limiter import Limiter
-from worker.settings import RateLimit, Settings
+from worker.contract.keys import GLOBAL_LIMIT, model_key
+from worker.contract.settings import RateLimit, Settings
+from worker.limits.gate import Gate
+from worker.limits.limiter import Limiter
 
 
 def make(redis, **kw):
@@ -207,11 +207,11 @@ async def test_a_probe_that_says_nothing_about_health_frees_the_probe_slot(redis
 
 async def test_a_settlement_sent_again_after_a_lost_answer_applies_once(redis: Redis, redis_url: str):
     # The worker's Redis client sends a command again when a connection error cut its answer
-    # (worker.connections); the settle had run. Run twice, it gave the unused tokens back twice
+    # (worker.contract.connections); the settle had run. Run twice, it gave the unused tokens back twice
     # (the next calls start early: over the TPM limit) and counted one failure as two.
     from harness.reply_cutter import ReplyCutter
-    from worker.connections import arq_settings
-    from worker.scripts import preload
+    from worker.contract.connections import arq_settings
+    from worker.process.scripts import preload
 
     cutter = ReplyCutter(redis_url)
     url = await cutter.start()
@@ -237,7 +237,7 @@ async def test_a_settlement_sent_again_after_a_lost_answer_applies_once(redis: R
 async def test_a_budget_reservation_settled_twice_gives_its_tokens_back_once(redis: Redis):
     # The mark of a settlement is the reservation's own id: a call settled by two paths (the
     # cancel path and the record path, or a resent settle built anew) applies once, not twice.
-    from worker.settings import BudgetConfig, Price
+    from worker.contract.settings import BudgetConfig, Price
 
     limiter = make(
         redis,

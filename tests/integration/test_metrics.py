@@ -10,10 +10,10 @@ from prometheus_client.registry import CollectorRegistry
 
 from producers.api import Producer
 from tests.helpers import run_worker, sim_admin
-from worker.exporter import QueueCollector
-from worker.keys import CREDITS, GATE
-from worker.metrics import OTHER, Labels
-from worker.settings import Settings
+from worker.contract.keys import CREDITS, GATE
+from worker.contract.settings import Settings
+from worker.observe.exporter import QueueCollector
+from worker.observe.metrics import OTHER, Labels
 
 
 def samples(name: str) -> dict[tuple, float]:

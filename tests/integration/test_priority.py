@@ -10,9 +10,9 @@ from arq.utils import timestamp_ms
 from harness.wait import wait_until_async
 from producers import ChatJob, Producer
 from tests.helpers import run_worker, sim_admin
-from worker.keys import bulk_key, in_progress_key, job_key
-from worker.lease import Lease
-from worker.settings import RateLimit
+from worker.contract.keys import bulk_key, in_progress_key, job_key
+from worker.contract.settings import RateLimit
+from worker.process.lease import Lease
 
 
 def lines(n: int, model: str = "gpt-4o-mini", tag: str = "line") -> list[ChatJob]:

@@ -10,8 +10,8 @@ import pytest
 
 from harness.wait import wait_until_async
 from tests.helpers import run_worker, sim_admin
-from worker.keys import GATE, model_key
-from worker.settings import RateLimit
+from worker.contract.keys import GATE, model_key
+from worker.contract.settings import RateLimit
 
 
 async def results(producer, ids):

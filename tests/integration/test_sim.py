@@ -216,7 +216,7 @@ def test_bill_at_bound_walks_the_body_with_the_workers_own_bound():
     import inspect
 
     from sim import answers, reply
-    from worker import tokens
+    from worker.limits import tokens
 
     assert reply.input_bound is tokens.input_bound
     assert answers.NOT_INPUT is tokens.NOT_INPUT

@@ -1,4 +1,4 @@
-"""Fair share in the rate limit (worker.fair LINE_FUNCTIONS, in worker.limiter's admission), on the
+"""Fair share in the rate limit (worker.limits.fair LINE_FUNCTIONS, in worker.limits.limiter's admission), on the
 real redis-server: the jobs waiting for a model's slot take it in the sources' fair order, not
 in the order they ask; a source that starts waiting goes before the jobs another has waiting; a
 bulk job waits behind every one of them; a member whose worker died is taken off."""
@@ -11,9 +11,9 @@ from typing import Any
 from redis.asyncio import Redis
 
 from harness.wait import wait_until_async
-from worker import fair
-from worker.limiter import Limiter
-from worker.settings import RateLimit, Settings
+from worker.contract.settings import RateLimit, Settings
+from worker.limits import fair
+from worker.limits.limiter import Limiter
 
 FAR = 3600.0  # a caller's reach that takes any slot: whether it books is the line's call alone
 NEAR = 1.0  # a reach short of the next slot (10 s apart): the caller must wait
@@ -128,7 +128,7 @@ async def test_a_member_that_leaves_or_whose_worker_died_stops_holding_the_line(
 
 
 async def test_without_fair_share_or_a_limit_there_is_no_line(redis: Redis):
-    from worker.routing import Call, SlotTurn
+    from worker.calls.routing import Call, SlotTurn
 
     for limiter, expected in (
         (make(redis), True),

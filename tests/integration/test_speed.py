@@ -3,7 +3,7 @@
 The budget is the docs' (docs/operations.md, Capacity guide): per chat job that answers at once, one admission,
 one round trip recording the call and settling the limits, one storing the result and
 releasing the job; the claim is one call per poll for every job it starts; jobs running
-together share round trips (worker.scripts.Batcher). A change that adds a command or a round
+together share round trips (worker.process.scripts.Batcher). A change that adds a command or a round
 trip to every job fails here."""
 
 from __future__ import annotations
@@ -17,12 +17,14 @@ from arq.utils import timestamp_ms
 
 from harness.command_count import RedisTraffic
 from tests.helpers import run_worker
-from worker import budgets, fair, lease, outbox, scripts
-from worker.keys import in_progress_key
-from worker.lease import Lease
-from worker.logs import JsonFormatter
-from worker.models import ChatJob
-from worker.scripts import preload, run_scripts
+from worker.contract.keys import in_progress_key
+from worker.contract.models import ChatJob
+from worker.limits import budgets, fair
+from worker.outputs import outbox
+from worker.process import lease, scripts
+from worker.process.lease import Lease
+from worker.process.logs import JsonFormatter
+from worker.process.scripts import preload, run_scripts
 
 # The docs' budget (docs/operations.md, Capacity guide): commands and round trips a job, counted on the wire
 # (client side), start-up, polls and the keeper included; measured 5.2 and 3.2.
@@ -45,7 +47,7 @@ async def run_counted(producer, settings, n: int) -> dict[str, float]:
     handshakes = names.pop("CLIENT", 0)  # CLIENT SETINFO on each new connection: not the jobs'
     per_job = {name: count / n for name, count in names.items()}
     commands, round_trips = traffic.commands - handshakes, traffic.round_trips - handshakes
-    # polls (claim, the sources' claim of worker.fair, promote), the lease keeper, the outbox and
+    # polls (claim, the sources' claim of worker.limits.fair, promote), the lease keeper, the outbox and
     # the budget reaper run on timers: their counts follow the run's length (longer on a loaded
     # machine), not the number of jobs
     timers = (lease.CLAIM, fair.CLAIM, lease.PROMOTE, lease.RENEW, outbox._CLAIM, budgets._KEEP)

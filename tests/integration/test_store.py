@@ -7,9 +7,9 @@ import fakeredis
 import pytest
 from redis.asyncio import Redis
 
-from worker.keys import CREDITS, SPEND_TOTAL, calls_key, recent_jobs_key, result_key, spend_day_key
-from worker.models import Attempt, JobResult, Usage
-from worker.store import ResultStore
+from worker.contract.keys import CREDITS, SPEND_TOTAL, calls_key, recent_jobs_key, result_key, spend_day_key
+from worker.contract.models import Attempt, JobResult, Usage
+from worker.contract.store import ResultStore
 
 
 @pytest.fixture(params=["fakeredis", "redis-server"])
@@ -81,7 +81,7 @@ async def test_wait_times_out_with_none(store):
 async def test_each_saved_result_is_listed_as_recent_kept_within_its_bound(store, monkeypatch):
     """Every job that ended goes on the every-source stream, a source's also on its own; each is
     trimmed (MAXLEN ~: whole nodes of 100 entries) and expires with the newest result."""
-    monkeypatch.setattr("worker.store.RECENT_JOBS_MAX", 5)
+    monkeypatch.setattr("worker.contract.store.RECENT_JOBS_MAX", 5)
     await store.save(chat_result("plain"))
     failed = JobResult(job_id="team-a@x", kind="chat", status="failed", source="team-a")
     await store.save(failed, dead_letter="{}")
@@ -102,7 +102,7 @@ async def test_each_saved_result_is_listed_as_recent_kept_within_its_bound(store
 
 
 async def test_a_calls_spend_is_kept_by_source_and_model_together(store):
-    from worker.spend import read_day, source_report
+    from worker.observe.spend import read_day, source_report
 
     usage = Usage(prompt_tokens=3, completion_tokens=4, total_tokens=7)
     attempt = Attempt(model="gpt-4.1", ok=True, latency_s=0.1, cost=0.25, call_id="c1", at=1.0)

@@ -12,8 +12,8 @@ import pytest
 from producers import Producer
 from producers.api import JobConflict, JobRejected
 from tests.helpers import run_worker, sim_admin
-from worker import logs
-from worker.keys import DLQ, QUARANTINE, job_key, retry_key
+from worker.contract.keys import DLQ, QUARANTINE, job_key, retry_key
+from worker.process import logs
 
 HELLO = [{"role": "user", "content": "hi"}]
 

@@ -13,7 +13,7 @@ import pytest
 
 from harness.wait import wait_until_async
 from producers.files import Files, QuotaExceeded, UploadLapsed
-from worker.keys import source_uploads_key
+from worker.contract.keys import source_uploads_key
 
 OWNER = "uploader"
 

@@ -1,4 +1,4 @@
-"""Idle workers wake on the queue's wake-up (worker.wake): a job that arrives starts without
+"""Idle workers wake on the queue's wake-up (worker.process.wake): a job that arrives starts without
 waiting for a poll; a deferred job starts at its due time; a lost wake-up costs only the
 fallback poll (IDLE_POLL_S); one enqueue wakes one idle worker, not all of them.
 
@@ -18,11 +18,11 @@ import pytest
 from arq.constants import job_key_prefix
 
 from producers.api import Producer
-from worker.keys import wake_key
-from worker.runner import RouterWorker
-from worker.service import create_worker
-from worker.settings import Settings
-from worker.wake import Wake
+from worker.contract.keys import wake_key
+from worker.contract.settings import Settings
+from worker.process.runner import RouterWorker
+from worker.process.service import create_worker
+from worker.process.wake import Wake
 
 FALLBACK_S = 60.0  # no test waits this long: what ends in time was woken
 
@@ -149,7 +149,7 @@ async def test_a_thousand_idle_waiters_one_enqueue_wakes_one(idle_settings, make
 
 
 def _job(i: int) -> Any:
-    from worker.models import ChatJob, Message
+    from worker.contract.models import ChatJob, Message
 
     return ChatJob(model="gpt-4.1", messages=[Message(role="user", content=f"job {i}")])
 

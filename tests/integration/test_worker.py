@@ -8,9 +8,9 @@ from arq.constants import job_key_prefix
 
 from producers.api import JobRejected
 from tests.helpers import API_KEY, free_port, run_worker, sim_admin
-from worker.keys import CREDITS, result_key
-from worker.models import ChatJob
-from worker.settings import Price
+from worker.contract.keys import CREDITS, result_key
+from worker.contract.models import ChatJob
+from worker.contract.settings import Price
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x01" * 64
 
@@ -265,8 +265,8 @@ async def test_two_workers_claiming_the_same_queue_run_each_job_once(producer, s
 async def test_the_claim_skips_jobs_not_due_or_in_progress(settings, redis):
     from arq.utils import timestamp_ms
 
-    from worker.keys import in_progress_key, job_key, result_key, retry_key
-    from worker.lease import Lease
+    from worker.contract.keys import in_progress_key, job_key, result_key, retry_key
+    from worker.process.lease import Lease
 
     now = timestamp_ms()
     await redis.zadd("q", {i: now - 5 for i in ("due", "busy", "done", "orphan")} | {"later": now + 60_000})
@@ -343,15 +343,15 @@ async def test_gemini_native_vision_inline_and_streams_on_chat_completions(produ
 
 async def test_a_claim_sent_again_after_a_lost_answer_still_hands_over_its_jobs(settings, redis, redis_url):
     # The worker's client sends a command again when a connection error cut its answer
-    # (worker.connections): the first run of the claim holds the job, the second must hand it
+    # (worker.contract.connections): the first run of the claim holds the job, the second must hand it
     # over (not leave it held by nobody for a lease), counting one run, not two.
     from arq.utils import timestamp_ms
     from redis.asyncio import Redis as AsyncRedis
 
     from harness.reply_cutter import ReplyCutter
-    from worker.connections import arq_settings
-    from worker.keys import job_key, retry_key
-    from worker.lease import Lease
+    from worker.contract.connections import arq_settings
+    from worker.contract.keys import job_key, retry_key
+    from worker.process.lease import Lease
 
     cutter = ReplyCutter(redis_url)
     url = await cutter.start()

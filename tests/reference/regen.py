@@ -27,7 +27,7 @@ WIDTH = 100  # help is wrapped to the terminal's width: a fixed one, so the file
 @contextlib.contextmanager
 def no_settings_from_env() -> Iterator[None]:
     """Render as a fresh install would: no setting taken from this process's environment or a .env file."""
-    from worker.settings import Settings
+    from worker.contract.settings import Settings
 
     names = {name.upper() for name in Settings.model_fields}
     saved = {k: v for k, v in os.environ.items() if k.upper() in names}
@@ -63,8 +63,8 @@ def cli_help() -> str:
 
 def openapi() -> str:
     """What the ingress serves at `/openapi.json` (its schema does not depend on the tokens)."""
-    from producers.http import create_app
-    from worker.settings import Settings
+    from producers.http.app import create_app
+    from worker.contract.settings import Settings
 
     with no_settings_from_env():
         schema = create_app(Settings(ingress_tokens={"reference-token": "reference"}, _env_file=None)).openapi()

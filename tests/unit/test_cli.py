@@ -74,7 +74,7 @@ def test_a_job_verbs_help_lists_the_common_flags_before_the_openai_parameters():
 def test_every_flag_of_ours_says_what_it_does():
     """--json everywhere, sim's flags...: every option has help, but OpenAI's pass-through
     parameters (their meaning is OpenAI's; the model gives some a description)."""
-    from worker.models import ChatParams
+    from worker.contract.models import ChatParams
 
     def undescribed(command, path, parent):
         ctx = click.Context(command, info_name=path[-1], parent=parent)  # no help names: see _short_help

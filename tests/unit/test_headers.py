@@ -4,7 +4,7 @@ from email.utils import formatdate
 
 import pytest
 
-from worker.headers import parse_duration, parse_wait, rate_limit_snapshot, retry_after
+from worker.calls.headers import parse_duration, parse_wait, rate_limit_snapshot, retry_after
 
 NOW = 1_745_012_000.0
 

@@ -48,7 +48,7 @@ def test_every_package_folder_is_in_the_tree():
 
 
 def test_every_module_of_the_table_exists():
-    """A row's paths are the root's or its first path's folder's: `worker/client.py`, then `errors.py`."""
+    """A row's paths are the root's or its first path's folder's: `worker/calls/client.py`, then `errors.py`."""
     missing = []
     for row in (line for line in TEXT.splitlines() if line.startswith("| `")):
         names = re.findall(r"`([\w./-]+(?:\.py|/))`", row)
@@ -69,9 +69,9 @@ def test_every_test_file_is_in_the_folder_of_its_kind():
 
 def test_a_module_has_one_object_under_both_names():
     import producers.api
-    import worker.settings
+    import worker.contract.settings
 
-    assert importlib.import_module("llm_router.worker.settings") is worker.settings
+    assert importlib.import_module("llm_router.worker.contract.settings") is worker.contract.settings
     assert importlib.import_module("llm_router.producers") is sys.modules["producers"]
     from llm_router.producers import Producer
 

@@ -6,7 +6,7 @@ import pytest
 
 from producers.api import JobRejected, build_messages, validate
 from producers.images import ImageError, file_to_data_url, resolve_image
-from worker.models import ChatJob, CompareJob, JobResult, ModelAnswer, VisionJob
+from worker.contract.models import ChatJob, CompareJob, JobResult, ModelAnswer, VisionJob
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 32
 

@@ -4,9 +4,9 @@ import random
 
 import pytest
 
-from worker.errors import ERROR_CLASSES
-from worker.policy import POLICY, Action, action_for, backoff_delay, chain
-from worker.settings import Settings
+from worker.calls.errors import ERROR_CLASSES
+from worker.calls.policy import POLICY, Action, action_for, backoff_delay, chain
+from worker.contract.settings import Settings
 
 
 def test_every_upstream_error_class_has_a_stated_action():

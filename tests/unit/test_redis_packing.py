@@ -1,4 +1,4 @@
-"""worker.connections packs commands with hiredis: the same bytes as redis-py's own packer."""
+"""worker.contract.connections packs commands with hiredis: the same bytes as redis-py's own packer."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 from redis.asyncio.connection import AbstractConnection, Connection
 from redis.exceptions import DataError
 
-from worker import connections
+from worker.contract import connections
 
 COMMANDS = [
     ("EVALSHA", "53f7da1aa58ed5c1a9ed59537d0ff37d784e2956", 3, "llm-router:gate", "k2", "k3", 0.0, 524, 1.5e-07, -3),

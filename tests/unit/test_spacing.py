@@ -2,7 +2,7 @@
 
 import pytest
 
-from worker.settings import ConfigError, Settings, load_settings
+from worker.contract.settings import ConfigError, Settings, load_settings
 
 
 def test_unknown_window_runs_the_headroom_fraction_under():

@@ -1,0 +1,8 @@
+"""worker.outputs: what a job sends on: dead letters, webhooks and their outbox, live events."""
+
+__all__ = [
+    "dlq",
+    "events",
+    "outbox",
+    "webhooks",
+]

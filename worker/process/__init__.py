@@ -1,0 +1,15 @@
+"""worker.process: a worker process: arq's wiring, the runner, leases, shared resources, health, the fleet."""
+
+__all__ = [
+    "fleet",
+    "health",
+    "lease",
+    "logs",
+    "preflight",
+    "quarantine",
+    "resources",
+    "runner",
+    "scripts",
+    "service",
+    "wake",
+]

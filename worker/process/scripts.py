@@ -1,0 +1,127 @@
+"""Lua scripts sent together: several EVALSHAs in one round trip, and all of a worker's scripts
+loaded once at start-up.
+
+redis-py's own way (a Script called on a pipeline) asks `SCRIPT EXISTS` first, a round trip of
+its own each time, and a plain Script call that meets a Redis without the script (restarted,
+or `SCRIPT FLUSH`) answers NOSCRIPT and loads it: a thousand jobs starting at once would load
+each script a thousand times. Here every script is loaded at start-up and a pipeline of
+EVALSHAs is sent as one write. A call Redis did not run, answering NOSCRIPT (it lost its
+scripts) or LOADING (it is reading its data back after a restart), is sent again through the
+Script (which loads the script, and retries LOADING as any single command does), and so is
+every call after it if `rerun_rest` (for scripts that only make sense after the one before, and
+are idempotent). A call that ran is never sent twice by this module; the client's own retry on a
+connection error (worker.contract.connections) does send again a pipeline whose answers were lost, so
+the job path's scripts take a second run: a claim hands over the same jobs, and a result,
+release, call record, budget reservation, limiter settlement or stream entry is written once
+(a second run of the admission books one more rate-limit slot).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
+from redis.exceptions import BusyLoadingError, NoScriptError
+
+# What Redis answers to a call it did not run.
+NOT_RUN = (NoScriptError, BusyLoadingError)
+ScriptCall = tuple[AsyncScript, Sequence[Any], Sequence[Any]]  # script, keys, args
+
+
+async def run_scripts(redis: Redis, calls: Sequence[ScriptCall], *, rerun_rest: bool = False) -> list[Any]:
+    """The answers of `calls`, in order, sent in one round trip (not atomically: each script is).
+    On a client given a `Batcher` (`batch_calls`), the calls go out with every other job's calls
+    of the same event-loop turn."""
+    batcher: Batcher | None = getattr(redis, BATCHER_ATTR, None)
+    if batcher is not None:
+        return await batcher.submit(calls, rerun_rest)
+    return await _finish(calls, await _send(redis, calls), rerun_rest)
+
+
+async def _send(redis: Redis, calls: Sequence[ScriptCall]) -> list[Any]:
+    async with redis.pipeline(transaction=False) as pipe:
+        for script, keys, args in calls:
+            pipe.evalsha(script.sha, len(keys), *keys, *args)
+        return list(await pipe.execute(raise_on_error=False))
+
+
+async def _finish(calls: Sequence[ScriptCall], answers: list[Any], rerun_rest: bool) -> list[Any]:
+    """Send again what Redis did not run; raise what it refused."""
+    rerun = False
+    for i, (answer, (script, keys, args)) in enumerate(zip(answers, calls, strict=True)):
+        if isinstance(answer, NOT_RUN) or (rerun and rerun_rest):
+            rerun = True
+            answers[i] = await script(keys=keys, args=args)
+        elif isinstance(answer, Exception):
+            raise answer
+    return answers
+
+
+BATCHER_ATTR = "_llm_router_batcher"
+
+
+class Batcher:
+    """Script calls of many jobs sent together: the calls made in one event-loop turn go out as
+    one pipeline (one write, one read, one connection) instead of a round trip and a connection
+    each. A worker with a thousand calls in flight finishes them in bursts: this turns a burst's
+    thousands of round trips into a few. Each call is still its own script (atomic), answered
+    to its caller alone, and sent exactly as `run_scripts` would."""
+
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+        self._pending: list[tuple[Sequence[ScriptCall], bool, asyncio.Future[list[Any]]]] = []
+
+    def submit(self, calls: Sequence[ScriptCall], rerun_rest: bool) -> asyncio.Future[list[Any]]:
+        loop = asyncio.get_running_loop()
+        if not self._pending:
+            loop.call_soon(self._flush)
+        future: asyncio.Future[list[Any]] = loop.create_future()
+        self._pending.append((calls, rerun_rest, future))
+        return future
+
+    def _flush(self) -> None:
+        batch, self._pending = self._pending, []
+        task = asyncio.ensure_future(self._send(batch))
+        _flushing.add(task)
+        task.add_done_callback(_flushing.discard)
+
+    async def _send(self, batch: list[tuple[Sequence[ScriptCall], bool, asyncio.Future[list[Any]]]]) -> None:
+        flat = [call for calls, _, _ in batch for call in calls]
+        try:
+            answers = await _send(self.redis, flat)
+        except BaseException as exc:
+            for _, _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        at = 0
+        for calls, rerun_rest, future in batch:
+            mine, at = answers[at : at + len(calls)], at + len(calls)
+            try:
+                result = await _finish(calls, mine, rerun_rest)
+            except Exception as exc:
+                if not future.done():
+                    future.set_exception(exc)
+            else:
+                if not future.done():
+                    future.set_result(result)
+
+
+# Flushes in flight (a task must be referenced until it ends).
+_flushing: set[asyncio.Task[None]] = set()
+
+
+def batch_calls(redis: Redis) -> None:
+    """Send this client's `run_scripts` calls through a Batcher from now on."""
+    setattr(redis, BATCHER_ATTR, Batcher(redis))
+
+
+async def preload(redis: Redis, scripts: Iterable[AsyncScript]) -> None:
+    """Load every script once (SCRIPT LOAD is idempotent), so no call meets NOSCRIPT at start-up."""
+    for script in scripts:
+        script.sha = await redis.script_load(script.script)
