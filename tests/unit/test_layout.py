@@ -1,5 +1,6 @@
 """The layout is what the docs say (docs/development.md): every path of "Where things live" exists, every package
-folder is in its tree, every test file is in the folder of its kind (.ci/restructure.py), and in
+folder is in its tree, every test file is in the folder of its kind (.ci/restructure.py), every
+module in its package (.ci/packages.py), and in
 a checkout a module has one object under its two names (`worker.x`, `llm_router.worker.x`)."""
 
 from __future__ import annotations
@@ -65,6 +66,24 @@ def test_every_test_file_is_in_the_folder_of_its_kind():
     moves, unplaced = restructure.plan()
     assert not unplaced, f"test files with no row in .ci/restructure.py's PLACE: {unplaced} (add one)"
     assert not moves, f"misplaced: {moves} (run python3 .ci/restructure.py)"
+
+
+def test_every_module_is_in_its_package():
+    """.ci/packages.py's LAYOUT names every module of worker/ and producers/, each is where it says,
+    and each sub-package's `__all__` names its modules."""
+    spec = importlib.util.spec_from_file_location("packages", ROOT / ".ci" / "packages.py")
+    assert spec and spec.loader
+    packages = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(packages)
+    assert not packages.unplaced(), "modules with no row in .ci/packages.py's LAYOUT (add one)"
+    assert not packages.pending(), "at an old path: run python3 .ci/packages.py"
+    for part, subs in packages.LAYOUT.items():
+        for sub, (_, modules) in subs.items():
+            if sub:
+                init = importlib.import_module(f"{part}.{sub}")
+                assert sorted(init.__all__) == sorted(modules), f"{part}.{sub}.__all__"
+                on_disk = {p.stem for p in (ROOT / part / sub).glob("*.py")} - {"__init__"}
+                assert on_disk == set(modules), f"{part}/{sub}/ holds {sorted(on_disk - set(modules))} too"
 
 
 def test_a_module_has_one_object_under_both_names():
