@@ -273,8 +273,9 @@ async def test_cookies_a_gateway_sets_are_kept_and_sent_back():
         answer = web.json_response(
             {"model": "any", "choices": [{"index": 0, "message": {"content": "ok"}, "finish_reason": "stop"}]}
         )
-        if len(seen) == 2:
+        if len(seen) == 2:  # two cookies, one with a date (a comma in it)
             answer.set_cookie("lb", "node-7")
+            answer.set_cookie("zone", "b", expires="Wed, 01 Jan 2099 00:00:00 GMT")
         return answer
 
     app = web.Application()
@@ -289,13 +290,14 @@ async def test_cookies_a_gateway_sets_are_kept_and_sent_back():
                 assert (await c.chat({"model": "any", "messages": HELLO})).content == "ok"
     finally:
         await runner.cleanup()
-    assert seen == [None, None, "lb=node-7", "lb=node-7"]
+    assert seen[:2] == [None, None]
+    assert [sorted(cookies.split("; ")) for cookies in seen[2:]] == [["lb=node-7", "zone=b"]] * 2
 
 
 async def test_a_plain_chat_call_straight_to_aiohttp_is_the_call_httpx_makes(monkeypatch):
     """A plain chat call skips httpx's objects (worker.calls.client AIsaClient._post): the gateway sees
     the same request, and the client reads the same answer (headers in any case, repeated ones,
-    a gzip-encoded body, an error's Retry-After) as through httpx."""
+    a gzip-encoded body, an error's Retry-After and body, gzip-encoded too) as through httpx."""
     import gzip
 
     for proxy in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
@@ -307,11 +309,14 @@ async def test_a_plain_chat_call_straight_to_aiohttp_is_the_call_httpx_makes(mon
         body = await request.read()
         seen.append(({k.lower(): v for k, v in request.headers.items()}, body))
         ask = json.loads(body)["messages"][0]["content"]
-        if ask == "limited":
-            return web.json_response(
-                {"error": {"message": "slow down", "code": "rate_limit_exceeded"}},
+        if ask.startswith("limited"):
+            error = json.dumps({"error": {"message": "slow down", "code": "rate_limit_exceeded"}}).encode()
+            zipped = {"Content-Encoding": "gzip"} if ask.endswith("gzip") else {}
+            return web.Response(
+                body=gzip.compress(error) if zipped else error,
                 status=429,
-                headers={"Retry-After": "3"},
+                content_type="application/json",
+                headers={"Retry-After": "3", **zipped},
             )
         headers = {"X-RateLimit-Remaining-Requests": "7", "x-ratelimit-limit-requests": "10"}
         if ask == "gzip":
@@ -339,9 +344,10 @@ async def test_a_plain_chat_call_straight_to_aiohttp_is_the_call_httpx_makes(mon
                 for ask in ("plain", "gzip"):
                     done = await c.chat({"model": "any", "messages": [{"role": "user", "content": ask}], "n": 1})
                     mine.append(done.model_dump(exclude={"latency_s"}))
-                with pytest.raises(errors.RateLimitError) as limited:
-                    await c.chat({"model": "any", "messages": [{"role": "user", "content": "limited"}]})
-                mine.append((limited.value.message, limited.value.code, limited.value.retry_after))
+                for ask in ("limited", "limited gzip"):
+                    with pytest.raises(errors.RateLimitError) as limited:
+                        await c.chat({"model": "any", "messages": [{"role": "user", "content": ask}]})
+                    mine.append((limited.value.message, limited.value.code, limited.value.retry_after))
                 got.append(mine)
     finally:
         await runner.cleanup()
@@ -350,8 +356,8 @@ async def test_a_plain_chat_call_straight_to_aiohttp_is_the_call_httpx_makes(mon
         "remaining-requests": 7,
         "limit-requests": 10,
     }
-    assert got[0][2] == ("slow down", "rate_limit_exceeded", 3)
-    assert len(seen) == 6 and seen[:3] == seen[3:]
+    assert got[0][2] == got[0][3] == ("slow down", "rate_limit_exceeded", 3)
+    assert len(seen) == 8 and seen[:4] == seen[4:]
 
 
 async def test_concurrent_calls_share_the_connection_pool(client, sim):

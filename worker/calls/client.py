@@ -119,7 +119,7 @@ class AIsaClient:
             status, content, headers, response = await self._post(payload)
         latency = time.perf_counter() - started
         if status != 200:
-            raise _status_error(response or self._response(status, content, headers))
+            raise _status_error(response or self._response(status, headers, content=content))
         with _reading("completion"):
             return _completion(_json(content, "completion"), payload["model"], latency, headers)
 
@@ -153,20 +153,25 @@ class AIsaClient:
                 timeout=self._post_timeout,
             ) as answer:
                 content = await answer.read()
-        raw = answer.raw_headers
+        # httpx's response, with the raw headers, only where it is read: an encoded answer (httpx
+        # decodes it), an error (`_status_error` reads it), a cookie (httpx's jar keeps it)
+        raw, made = answer.raw_headers, None
         if answer.headers.get("Content-Encoding", "identity") != "identity":
-            decoded = httpx.Response(answer.status, headers=raw, stream=httpx.ByteStream(content))
-            await decoded.aread()
-            content, headers = decoded.content, dict(decoded.headers.items())
+            made = self._response(answer.status, raw, stream=httpx.ByteStream(content))
+            await made.aread()
+            content, headers = made.content, dict(made.headers.items())
         else:
             headers = _headers(raw)
-        if "set-cookie" in headers or "set-cookie2" in headers:  # kept by httpx's jar, as before
-            self._http.cookies.extract_cookies(self._response(answer.status, content, headers))
-        return answer.status, content, headers, None
+        cookies = "set-cookie" in headers or "set-cookie2" in headers
+        if made is None and (answer.status != 200 or cookies):
+            made = self._response(answer.status, raw, content=content)
+        if cookies and made is not None:
+            self._http.cookies.extract_cookies(made)
+        return answer.status, content, headers, made
 
-    def _response(self, status: int, content: bytes, headers: Mapping[str, str]) -> httpx.Response:
-        """httpx's response for an answer `_post` read itself (an error's: `_status_error` reads it)."""
-        return httpx.Response(status, headers=headers, content=content, request=httpx.Request("POST", self._chat_url))
+    def _response(self, status: int, headers: Any, **body: Any) -> httpx.Response:
+        """httpx's response for an answer `_post` read itself."""
+        return httpx.Response(status, headers=headers, request=httpx.Request("POST", self._chat_url), **body)
 
     async def generate_content(self, model: str, payload: dict[str, Any]) -> Completion:
         """POST models/{model}:generateContent (Gemini native) for an OpenAI-style payload,
