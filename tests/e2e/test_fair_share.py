@@ -151,6 +151,43 @@ async def test_several_workers_one_killed_mid_run_lose_nothing_and_run_nothing_t
     assert await producer.redis.zcard(fair.passes_key(q)) == 0 and await producer.redis.zcard(q) == 0
 
 
+async def test_a_worker_killed_while_its_jobs_wait_in_the_slot_line_holds_nothing_up(
+    producer, fair_settings, sim, workers
+):
+    """Under a shared rate limit, jobs wait in the model's slot line; a worker SIGKILLed with jobs
+    there and in calls: the others still book every slot (the dead members are taken off), every
+    job ends once, none billed twice."""
+    from worker.settings import RateLimit
+
+    s = fair_settings.model_copy(
+        update={"worker_concurrency": 4, "poll_delay_s": 0.02, "rate_limits": {"gpt-4.1": RateLimit(rpm=300)}}
+    )
+    producer.settings = s
+    sim_admin(sim, "/_sim/config", {"latency_ms": 300})
+    ids = await producer.enqueue_many([job("billing", i) for i in range(12)] + [job("search", i) for i in range(12)])
+    a = workers(s)
+    workers(s)
+    line = fair.line_key(s.queue_name, "gpt-4.1")
+
+    async def a_waits_in_the_line() -> bool:
+        return await producer.redis.zcard(line) >= 2 and sim_admin(sim, "/_sim/stats")["in_flight"] >= 1
+
+    await wait_until_async(a_waits_in_the_line, 20, "jobs waiting in the slot line and in calls")
+    a.send(signal.SIGKILL)
+    workers(s)
+
+    async def done() -> bool:
+        return await producer.redis.exists(*[f"llm-router:result:{i}" for i in ids]) == len(ids)
+
+    await wait_until_async(done, 90, "every job's result")
+    results = [await producer.result(i) for i in ids]
+    assert all(r is not None and r.status == "succeeded" and len(r.attempts) == 1 for r in results), results
+    charged = sim_admin(sim, "/_sim/stats")["charged"]
+    assert await producer.store.spend() == pytest.approx({m: c for m, c in charged.items() if c})
+    q = producer.queue_name
+    assert await producer.redis.zcard(fair.passes_key(q)) == 0 and await producer.redis.zcard(q) == 0
+
+
 def test_arq_s_own_worker_runs_jobs_from_the_sub_queues(fair_settings, redis_url):
     """`arq worker.WorkerSettings` reads only the queue: its keeper moves jobs from the sub-queues."""
     import asyncio

@@ -381,8 +381,9 @@ class Settings(BaseSettings):
         ge=1,
         le=1000,
         description=(
-            "under fair share, jobs one worker lets wait for a rate-limit slot; another job that would wait "
-            "gives its worker slot back and waits its turn in its source's sub-queue (see Fair share)"
+            "under fair share, jobs one worker lets wait in a model's slot line for a rate-limit slot; another job "
+            "that would wait gives its worker slot back and waits its turn in its source's sub-queue, unless its "
+            "turn in the line is next (see Fair share)"
         ),
     )
     fair_share_max_sources: int = Field(
