@@ -157,7 +157,7 @@ async def test_a_worker_killed_while_its_jobs_wait_in_the_slot_line_holds_nothin
     """Under a shared rate limit, jobs wait in the model's slot line; a worker SIGKILLed with jobs
     there and in calls: the others still book every slot (the dead members are taken off), every
     job ends once, none billed twice."""
-    from worker.settings import RateLimit
+    from worker.contract.settings import RateLimit
 
     s = fair_settings.model_copy(
         update={"worker_concurrency": 4, "poll_delay_s": 0.02, "rate_limits": {"gpt-4.1": RateLimit(rpm=300)}}
