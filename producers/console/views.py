@@ -121,27 +121,43 @@ QUEUE_SCANNED = 5000
 
 
 async def queued_jobs(app: Ingress, source: str | None, number: int = 0) -> Page:
-    """Page `number` of the jobs in the queue (waiting, deferred or running under a lease), oldest
-    first, of `source` (ids `<source>@...`; None: every source's), among the first QUEUE_SCANNED
-    entries."""
-    if source is None:  # every entry is one: read the page alone
+    """Page `number` of the jobs in the queue (waiting, deferred or running under a lease) and, under
+    fair share, in the sources' sub-queues (`waiting its share` there: not yet picked), oldest first, of
+    `source` (ids `<source>@...`; None: every source's), among the first QUEUE_SCANNED entries of
+    each."""
+    if source is None and not await app.redis.exists(fair.passes_key(app.settings.queue_name)):
+        # no sub-queue holds a job: every entry of the queue is one, read the page alone
         entries = await app.redis.zrange(app.settings.queue_name, number * PAGE, (number + 1) * PAGE, withscores=True)
-        found = [(raw.decode(), score) for raw, score in entries]
+        found = [(raw.decode(), score, False) for raw, score in entries]
     else:
-        entries = await app.redis.zrange(app.settings.queue_name, 0, QUEUE_SCANNED - 1, withscores=True)
-        prefix = f"{source}@".encode()
-        found = [(raw.decode(), score) for raw, score in entries if raw.startswith(prefix)]
+        found = await _scanned(app, source)
         found = found[number * PAGE : (number + 1) * PAGE + 1]
     mine = found[:PAGE]
     async with app.redis.pipeline(transaction=False) as pipe:
-        for job_id, _ in mine:
+        for job_id, _, _ in mine:
             pipe.exists(in_progress_key(job_id))
         running = await pipe.execute() if mine else []
     rows = [
-        {"id": job_id, "status": "running" if on else "queued", "due": score / 1000}
-        for (job_id, score), on in zip(mine, running, strict=True)
+        {"id": job_id, "status": "waiting its share" if sub else "running" if on else "queued", "due": score / 1000}
+        for (job_id, score, sub), on in zip(mine, running, strict=True)
     ]
     return Page(rows, number, len(found) > PAGE)
+
+
+async def _scanned(app: Ingress, source: str | None) -> list[tuple[str, float, bool]]:
+    """(id, score, in a sub-queue) of the queue's first QUEUE_SCANNED entries and each sub-queue's
+    with jobs waiting, of `source` (None: all), oldest first."""
+    queue = app.settings.queue_name
+    subs = [as_text(s) for s in await app.redis.zrange(fair.passes_key(queue), 0, -1)]
+    async with app.redis.pipeline(transaction=False) as pipe:
+        for key in (queue, *(fair.waiting_key(queue, s) for s in subs)):
+            pipe.zrange(key, 0, QUEUE_SCANNED - 1, withscores=True)
+        queue_entries, *sub_entries = await pipe.execute()
+    found = [(raw.decode(), score, False) for raw, score in queue_entries]
+    found += [(raw.decode(), score, True) for entries in sub_entries for raw, score in entries]
+    if source is not None:
+        found = [f for f in found if f[0].startswith(f"{source}@")]
+    return sorted(found, key=lambda f: f[1])
 
 
 @dataclass

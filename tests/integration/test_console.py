@@ -358,6 +358,24 @@ async def test_the_jobs_page_lists_the_sources_queued_jobs_only(http, settings, 
     assert mine in page and theirs in page
 
 
+async def test_under_fair_share_the_jobs_page_lists_the_jobs_waiting_in_sub_queues(console_settings, make_producer):
+    fair = console_settings.model_copy(update={"fair_share": True})
+    mine = await (await make_producer(fair, source="team-a", own_settings=True)).chat(
+        "gpt-4.1", "hi", job_id="team-a@w1"
+    )
+    theirs = await (await make_producer(fair, source="team-b", own_settings=True)).chat(
+        "gpt-4.1", "hi", job_id="team-b@w1"
+    )
+    with TestClient(create_app(fair), base_url="https://testserver") as client:
+        sign_in(client, "tok-a")
+        page = client.get("/console/jobs").text
+        assert mine in page and "waiting its share" in page and theirs not in page
+        client.cookies.clear()
+        sign_in(client, "tok-op")
+        page = client.get("/console/jobs").text
+        assert mine in page and theirs in page and page.count("waiting its share") == 2
+
+
 async def test_run_now_submits_as_the_cli_does_with_no_source_stamped(http, console_settings, redis, tmp_path):
     line = {
         "custom_id": "n1",
