@@ -152,7 +152,7 @@ async def test_several_workers_one_killed_mid_run_lose_nothing_and_run_nothing_t
 
 
 async def test_a_worker_killed_while_its_jobs_wait_in_the_slot_line_holds_nothing_up(
-    producer, fair_settings, sim, workers
+    make_producer, fair_settings, sim, workers
 ):
     """Under a shared rate limit, jobs wait in the model's slot line; a worker SIGKILLed with jobs
     there and in calls: the others still book every slot (the dead members are taken off), every
@@ -162,7 +162,7 @@ async def test_a_worker_killed_while_its_jobs_wait_in_the_slot_line_holds_nothin
     s = fair_settings.model_copy(
         update={"worker_concurrency": 4, "poll_delay_s": 0.02, "rate_limits": {"gpt-4.1": RateLimit(rpm=300)}}
     )
-    producer.settings = s
+    producer = await make_producer(s, own_settings=True)
     sim_admin(sim, "/_sim/config", {"latency_ms": 300})
     ids = await producer.enqueue_many([job("billing", i) for i in range(12)] + [job("search", i) for i in range(12)])
     a = workers(s)
