@@ -29,6 +29,23 @@ def subpackages(part: str) -> list[str]:
     return sorted(".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / part).rglob("__init__.py"))
 
 
+def data_folders(part: str) -> list[str]:
+    """The folders under `part` that hold package data but no `__init__.py` (the console's
+    templates and static files), dotted: listed as packages of their own, as setuptools asks
+    (else every build warns that they are "absent from the packages configuration")."""
+    return sorted(
+        ".".join(p.relative_to(ROOT).parts)
+        for p in (ROOT / part).rglob("*")
+        if p.is_dir()
+        and p.name != "__pycache__"
+        and not (p / "__init__.py").exists()
+        and any(f.suffix in DATA_SUFFIXES for f in p.iterdir())
+    )
+
+
+DATA_SUFFIXES = (".lua", ".html", ".css", ".js")
+
+
 def namespaced(source: str, filename: str) -> str:
     """`source` with each absolute import of a part (`from worker.x import y`) naming it inside the
     namespace (`from llm_router.worker.x import y`); docstrings and strings are left alone."""
@@ -61,10 +78,10 @@ class NamespacedBuild(build_py):
 
 if "editable_wheel" in sys.argv:
     # `pip install -e .`: the checkout's names as they are (worker, producers, sim, llm_router)
-    packages = [NAMESPACE, *(p for part in PARTS for p in subpackages(part))]
+    packages = [NAMESPACE, *(p for part in PARTS for p in subpackages(part) + data_folders(part))]
     package_dir: dict[str, str] = {}
 else:
-    packages = [NAMESPACE, *(f"{NAMESPACE}.{p}" for part in PARTS for p in subpackages(part))]
+    packages = [NAMESPACE, *(f"{NAMESPACE}.{p}" for part in PARTS for p in subpackages(part) + data_folders(part))]
     package_dir = {NAMESPACE: NAMESPACE, **{f"{NAMESPACE}.{part}": part for part in PARTS}}
 
 if __name__ == "__main__":
@@ -72,6 +89,6 @@ if __name__ == "__main__":
         packages=packages,
         package_dir=package_dir,
         # phase two's Lua files, beside the modules that load them; the console's templates and assets
-        package_data={"": ["*.lua", "assets/templates/*.html", "assets/static/*"]},
+        package_data={"": [f"*{suffix}" for suffix in DATA_SUFFIXES]},
         cmdclass={"build_py": NamespacedBuild},
     )
