@@ -26,6 +26,7 @@ from ..contract.keys import (
     wake_key,
 )
 from ..contract.settings import Settings, SourceLimit
+from ..lua import registry as lua
 from ..process.wake import WAKE_FUNCTION
 from . import tokens
 
@@ -107,18 +108,7 @@ def seen_key(queue_name: str) -> str:
 # from now on, never credit for the time it sent nothing.
 # Lua, spliced into the enqueue script: `fair_enqueue(passes, clock, seen, source, known, bound,
 # waiting prefix, score, id)`; answers the source it used.
-ENQUEUE_FUNCTION = """
-local function fair_enqueue(passes, clock, seen, src, known, bound, prefix, score, id)
-  if known ~= '1' and redis.call('SISMEMBER', seen, src) == 0 then
-    if redis.call('SCARD', seen) < tonumber(bound) then redis.call('SADD', seen, src) else src = 'other' end
-  end
-  redis.call('ZADD', prefix .. src, score, id)
-  if not redis.call('ZSCORE', passes, src) then  -- (a flood: one command, not two, per job)
-    redis.call('ZADD', passes, tonumber(redis.call('GET', clock) or '0'), src)
-  end
-  return src
-end
-"""
+ENQUEUE_FUNCTION = lua.source("fair_enqueue")
 
 # Weighted fair queuing across the sources' sub-queues, by stride scheduling: each source with
 # jobs waiting has a pass (virtual time); a pick takes the front job of the source with the
@@ -255,23 +245,7 @@ return 1
 # What waits and runs, by source: for each source with jobs waiting (and each named in ARGV),
 # its name, jobs waiting, the score of its front job (-1: none) and jobs running now.
 # KEYS: passes; ARGV: now ms, waiting prefix, running prefix, then source names to report always
-DEPTH = """
-local seen, out = {}, {}
-local names = redis.call('ZRANGE', KEYS[1], 0, -1)
-for i = 4, #ARGV do table.insert(names, ARGV[i]) end
-for _, name in ipairs(names) do
-  if not seen[name] then
-    seen[name] = true
-    local w, r = ARGV[2] .. name, ARGV[3] .. name
-    local front = redis.call('ZRANGE', w, 0, 0, 'WITHSCORES')
-    table.insert(out, name)
-    table.insert(out, redis.call('ZCARD', w))
-    table.insert(out, front[2] or '-1')
-    table.insert(out, redis.call('ZCOUNT', r, ARGV[1], '+inf'))
-  end
-end
-return out
-"""
+DEPTH = lua.source("fair_depth")
 
 
 def line_key(queue_name: str, model: str, bulk: bool = False) -> str:

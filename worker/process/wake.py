@@ -24,34 +24,17 @@ from redis.asyncio.client import Pipeline
 from redis.commands.core import AsyncScript
 
 from ..contract.keys import wake_key
+from ..lua import registry as lua
 
 # How long a token waits for an idle worker before it expires (a worker that blocks later finds
 # the jobs by its own first poll anyway).
 TOKEN_TTL_MS = 60_000
 
-# Lua, spliced into the scripts that make a job due: `wake(key)` leaves one token on the list.
-# (LPUSH then LTRIM, not LLEN first: a blocked worker is handed the token when the script ends.)
-WAKE_FUNCTION = f"""
-local function wake(key)
-  redis.call('LPUSH', key, '1')
-  redis.call('LTRIM', key, 0, 0)
-  redis.call('PEXPIRE', key, {TOKEN_TTL_MS})
-end
-"""
-
-# The earliest due time (ms) of what an idle worker could take: the queue's front and each
-# waiting source's front (worker.limits.fair); the bulk lane's jobs are due at once (0). nil: nothing.
-# KEYS: queue, bulk lane, fair passes; ARGV: fair waiting prefix
-NEXT_DUE = """
-if redis.call('EXISTS', KEYS[2]) == 1 then return '0' end
-local best = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')[2]
-best = best and tonumber(best)
-for _, name in ipairs(redis.call('ZRANGE', KEYS[3], 0, -1)) do
-  local front = redis.call('ZRANGE', ARGV[1] .. name, 0, 0, 'WITHSCORES')[2]
-  if front and (not best or tonumber(front) < best) then best = tonumber(front) end
-end
-return best and string.format('%.17g', best) or false
-"""
+# The part `wake` (worker/lua/wake.lua) of every script that makes a job due, and its constants:
+# `lua.register(redis, "wake", "<script>", **wake.CONSTANTS)`.
+CONSTANTS = {"TOKEN_TTL_MS": TOKEN_TTL_MS}
+# (until every script that makes a job due joins the part by name)
+WAKE_FUNCTION = lua.join("wake", **CONSTANTS)
 
 # Redis reads a BLPOP timeout that rounds to 0 ms as "block forever": shorter waits sleep here.
 SHORTEST_BLOCK_S = 0.002
@@ -73,7 +56,7 @@ class Wake:
         self.key = wake_key(queue_name)
         self._keys = [queue_name, bulk_key, passes_key]
         self._prefix = waiting_prefix
-        self._next_due = redis.register_script(NEXT_DUE)
+        self._next_due = lua.register(redis, "wake_next_due")
 
     @property
     def scripts(self) -> list[AsyncScript]:
