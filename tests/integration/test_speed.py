@@ -19,7 +19,8 @@ from harness.command_count import RedisTraffic
 from tests.helpers import run_worker
 from worker.contract.keys import in_progress_key
 from worker.contract.models import ChatJob
-from worker.limits import budgets, fair
+from worker.limits import budgets
+from worker.lua import registry as lua
 from worker.outputs import outbox
 from worker.process import lease, scripts
 from worker.process.lease import Lease
@@ -50,7 +51,14 @@ async def run_counted(producer, settings, n: int) -> dict[str, float]:
     # polls (claim, the sources' claim of worker.limits.fair, promote), the lease keeper, the outbox and
     # the budget reaper run on timers: their counts follow the run's length (longer on a loaded
     # machine), not the number of jobs
-    timers = (lease.CLAIM, fair.CLAIM, lease.PROMOTE, lease.RENEW, outbox._CLAIM, budgets._KEEP)
+    timers = (
+        lease.CLAIM,
+        lua.join("fair_claim"),
+        lease.PROMOTE,
+        lease.RENEW,
+        outbox._CLAIM,
+        lua.join("budget_reap", "budget_keep", **budgets.CONSTANTS),
+    )
     timed = {hashlib.sha1(source.encode()).hexdigest() for source in timers}
     job_scripts = sum(count for sha, count in traffic.scripts.items() if sha not in timed)
     return per_job | {"commands": commands / n, "round_trips": round_trips / n, "job_scripts": job_scripts / n}

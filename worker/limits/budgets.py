@@ -11,8 +11,8 @@ Reserve, then settle. Before a call the worker reserves its worst case (the most
 its body can be billed, worker.limits.tokens, + the completion cap,
 `max_tokens`/`max_completion_tokens` or else BUDGET_DEFAULT_MAX_TOKENS, which is then sent with
 the call, times `n`, at the model's worst-case price) against every scope that applies, in the
-same Lua script that books the call's rate-limit slot (worker.limits.limiter splices the fragments
-below into its admit script): the scopes are checked (spent + reserved + worst case <= limit)
+same Lua script that books the call's rate-limit slot (worker/lua/budget_admit.lua, a part of
+worker.limits.limiter's admission): the scopes are checked (spent + reserved + worst case <= limit)
 and the reservation written with the booking, or nothing is (an admission sent again with the
 same reservation id, by a client retrying after a lost answer, reserves nothing more). After the
 call, `settle` releases the reservation and adds the real cost (`usage.cost`; a failed call
@@ -46,17 +46,19 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, overload
 from zoneinfo import ZoneInfo
 
 from prometheus_client.core import GaugeMetricFamily
 from redis.asyncio import Redis
+from redis.commands.core import AsyncScript, Script
 
 from ..batches import record as batches
 from ..contract.keys import BATCHES, BUDGET_DEADLINES, BUDGET_LEARNED, BUDGET_RESERVATIONS, batch_key, budget_day_key
 from ..contract.models import BudgetInfo, ErrorInfo, ModelAnswer
 from ..contract.pricing import table_price
 from ..contract.serde import as_text
+from ..lua import registry as lua
 from ..observe import metrics as m
 
 if TYPE_CHECKING:
@@ -73,200 +75,24 @@ REAP_BATCH = 100
 # Learned bounds are raised by this fraction: a bill rounded down never makes them too low.
 LEARN_MARGIN = 1e-6
 
-# ---------------------------------------------------------------- Lua, spliced into the admit script
+# ---------------------------------------------------------------- Lua (worker/lua/budget_*.lua)
 
-# KEYS[4] reservations, KEYS[5] deadlines, KEYS[6] learned prices, KEYS[7..] the scopes' hashes.
-# ARGV[10] scopes (0 or absent: no budget), [11] model, [12] prompt tokens, [13] completion tokens,
-# [14]/[15] table price in/out per token ('' none), [16]/[17] unknown price in/out, [18] reservation
-# id, [19] lease ms, [20] cap: refuse a worst case not below it ('' none), [21] daily hash TTL s;
-# per scope i: [20 + 2i] field prefix, [21 + 2i] limit ('' : the hash's `<prefix>limit`, a batch's).
-REAP_LUA = """
-local function budget_reap(now, res, deadlines, limit)
-  local due = redis.call('ZRANGEBYSCORE', deadlines, '-inf', now, 'LIMIT', 0, limit)
-  for _, id in ipairs(due) do
-    local raw = redis.call('HGET', res, id)
-    local r = raw and cjson.decode(raw)
-    if r and not r.x then
-      local w = tonumber(r.w)
-      if w > 0 then
-        for _, s in ipairs(r.s) do redis.call('HINCRBYFLOAT', s[1], s[2] .. 'reserved', -w) end
-      end
-      r.x = 1
-      redis.call('HSET', res, id, cjson.encode(r))
-      redis.call('ZADD', deadlines, now + TOMBSTONE_MS, id)
-    else
-      redis.call('HDEL', res, id)
-      redis.call('ZREM', deadlines, id)
-    end
-  end
-  return #due
-end
-""".replace("TOMBSTONE_MS", str(TOMBSTONE_MS))
-
-ADMIT_FUNCTIONS = (
-    REAP_LUA
-    + """
-local B = {n = tonumber(ARGV[10] or '0') or 0, worst = 0, applies = {}, booked = ''}
--- the table's price, unless a bill proved it low; else the learned bound; else the unknown price
-local function budget_price(table_price, learned, low, unknown)
-  local t, l = tonumber(table_price), tonumber(learned)
-  if t and not low then return t end
-  if l then return math.max(t or 0, l) end
-  return t or tonumber(unknown)
-end
-local function budget_check(now)
-  -- the same admission sent again (a client retrying a command whose answer a connection error
-  -- cut): its reservation is made already, never twice
-  local prior = redis.call('HGET', KEYS[4], ARGV[18])
-  if prior then
-    B.prior = cjson.decode(prior).w
-    return nil
-  end
-  local m = ARGV[11]
-  local learned = redis.call('HMGET', KEYS[6], m .. '|in', m .. '|out', m .. '|low')
-  local p_in = budget_price(ARGV[14], learned[1], learned[3], ARGV[16])
-  local p_out = budget_price(ARGV[15], learned[2], learned[3], ARGV[17])
-  B.worst = tonumber(ARGV[12]) * p_in + tonumber(ARGV[13]) * p_out
-  local cap = tonumber(ARGV[20])
-  if cap and B.worst > 0 and B.worst >= cap then
-    return {'budget', 0, '0', '0', '0', '0', string.format('%.17g', B.worst)}
-  end
-  budget_reap(now, KEYS[4], KEYS[5], REAP_BATCH)
-  local busy = false
-  for i = 1, B.n do
-    local key, prefix = KEYS[6 + i], ARGV[20 + 2 * i]
-    local f = redis.call('HMGET', key, prefix .. 'limit', prefix .. 'spent', prefix .. 'reserved')
-    local limit = tonumber(ARGV[21 + 2 * i]) or tonumber(f[1])
-    if limit then
-      local spent, reserved = tonumber(f[2]) or 0, math.max(tonumber(f[3]) or 0, 0)
-      if B.worst > 0 and spent + B.worst > limit + 1e-12 then
-        -- it cannot fit whatever the calls in flight cost: refused
-        return {'budget', 0, tostring(i), string.format('%.17g', limit), string.format('%.17g', spent),
-                string.format('%.17g', reserved), string.format('%.17g', B.worst)}
-      end
-      -- it fits what is spent, not what calls in flight hold: ask again when they settle
-      if B.worst > 0 and spent + reserved + B.worst > limit + 1e-12 then busy = true end
-      table.insert(B.applies, i)
-    end
-  end
-  if busy then return {'budget_wait', 0, string.format('%.17g', B.worst)} end
-  return nil
-end
-local function budget_book(now)
-  if B.prior then
-    B.booked = B.prior
-    return
-  end
-  if #B.applies == 0 then return end
-  local scopes, kept = {}, {}
-  for _, i in ipairs(B.applies) do
-    local key, prefix = KEYS[6 + i], ARGV[20 + 2 * i]
-    if B.worst > 0 then redis.call('HINCRBYFLOAT', key, prefix .. 'reserved', B.worst) end
-    if ARGV[21 + 2 * i] ~= '' and not kept[key] then
-      kept[key] = true
-      redis.call('EXPIRE', key, ARGV[21])
-    end
-    table.insert(scopes, {key, prefix})
-  end
-  B.booked = string.format('%.17g', B.worst)
-  redis.call('HSET', KEYS[4], ARGV[18], cjson.encode({w = B.booked, s = scopes}))
-  redis.call('ZADD', KEYS[5], now + tonumber(ARGV[19]), ARGV[18])
-end
-"""
-)
-ADMIT_FUNCTIONS = ADMIT_FUNCTIONS.replace("REAP_BATCH", str(REAP_BATCH))
-# After the gate: a call that cannot fit is refused before anything is booked.
-ADMIT_CHECK = """
-if B.n > 0 or (ARGV[20] or '') ~= '' then
-  local refused = budget_check(now)
-  if refused then return refused end
-end
-"""
-# With the rate-limit booking, in the same script: the reservation.
-ADMIT_BOOK = "budget_book(now)\n"
-
-# A reservation's settlement: KEYS res (reservations), deadlines, learned (prices); `a`: the arguments,
-# a[1] reservation id ('' none), a[2] cost ('' unknown: the worst case), a[3] model, a[4] prompt
-# tokens, a[5] completion tokens, a[6] learn (1: the cost is the gateway's bill), a[7] learn margin,
-# a[8]/a[9] table price in/out per token ('' none: a bill above the table's price flags it low,
-# `<model>|low`). Spliced into worker.limits.limiter's settle script: one round trip for both.
-SETTLE_FUNCTION = """
-local function budget_settle(res, deadlines, learned, a)
-  local settled = 0
-  local raw = a[1] ~= '' and redis.call('HGET', res, a[1])
-  if raw then
-    local r = cjson.decode(raw)
-    local w = tonumber(r.w)
-    local cost = tonumber(a[2]) or w
-    for _, s in ipairs(r.s) do
-      if not r.x and w > 0 then redis.call('HINCRBYFLOAT', s[1], s[2] .. 'reserved', -w) end
-      if cost > 0 then redis.call('HINCRBYFLOAT', s[1], s[2] .. 'spent', cost) end
-    end
-    redis.call('HDEL', res, a[1])
-    redis.call('ZREM', deadlines, a[1])
-    settled = 1
-  end
-  local p, c, cost, margin = tonumber(a[4]), tonumber(a[5]), tonumber(a[2]), 1 + tonumber(a[7])
-  local ti, to = tonumber(a[8]), tonumber(a[9])
-  -- a model priced by a table learns only from a bill above the table's price (then flagged low)
-  local low = ti and to and a[6] == '1' and (p * ti + c * to) * margin < cost
-  if low then redis.call('HSET', learned, a[3] .. '|low', 1) end
-  if a[6] == '1' and (low or not (ti and to)) then
-    local fin, fout = a[3] .. '|in', a[3] .. '|out'
-    local l = redis.call('HMGET', learned, fin, fout)
-    local li, lo = tonumber(l[1]), tonumber(l[2])
-    -- a bill the bounds cannot explain (the price rose): start again from this bill. A side with
-    -- tokens and no bound yet explains any bill.
-    local explained = (p > 0 and li == nil) or (c > 0 and lo == nil) or ((li or 0) * p + (lo or 0) * c) * margin >= cost
-    if (li ~= nil or lo ~= nil) and not explained then
-      redis.call('HDEL', learned, fin, fout)
-      li, lo = nil, nil
-    end
-    if p > 0 and (li == nil or cost / p * margin < li) then redis.call('HSET', learned, fin, cost / p * margin) end
-    if c > 0 and (lo == nil or cost / c * margin < lo) then redis.call('HSET', learned, fout, cost / c * margin) end
-  end
-  return settled
-end
-"""
+# The parts of worker.limits.limiter's admission and settle scripts (worker/lua/budget_admit.lua
+# and budget_settle.lua say what they read), and the constants they need.
+ADMIT_PARTS = ("budget_reap", "budget_admit")
+SETTLE_PARTS = ("budget_settle",)
+CONSTANTS = {"TOMBSTONE_MS": TOMBSTONE_MS, "REAP_BATCH": REAP_BATCH}
+# A settlement's arguments (budget_settle's `a`), after the limiter settle's own when it rides on it.
 SETTLE_ARGS = 9
-_SETTLE = SETTLE_FUNCTION + "return budget_settle(KEYS[1], KEYS[2], KEYS[3], ARGV)\n"
-
-# KEYS: reservations, deadlines; ARGV: lease ms, the ids to renew (this process's live reservations)
-_KEEP = (
-    REAP_LUA
-    + """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-for i = 2, #ARGV do redis.call('ZADD', KEYS[2], 'XX', now + tonumber(ARGV[1]), ARGV[i]) end
-return budget_reap(now, KEYS[1], KEYS[2], REAP_BATCH)
-""".replace("REAP_BATCH", str(REAP_BATCH))
-)
 
 
-def splice(admit: str) -> str:
-    """worker.limits.limiter's admit script with the budget's check and booking in it."""
-    for marker in ("--@budget:functions", "--@budget:check", "--@budget:book"):
-        if marker not in admit:
-            raise ValueError(f"the admit script lacks {marker}")
-    return (
-        admit.replace("--@budget:functions", ADMIT_FUNCTIONS)
-        .replace("--@budget:check", ADMIT_CHECK)
-        .replace("--@budget:book", ADMIT_BOOK)
-    )
-
-
-def splice_settle(settle: str, keys: int, args: int) -> str:
-    """worker.limits.limiter's settle script (`keys` KEYS, `args` ARGV of its own) settling a budget
-    reservation first when it is given the settlement's keys and arguments after its own."""
-    if "--@budget:settle" not in settle:
-        raise ValueError("the settle script lacks --@budget:settle")
-    call = (
-        # (a source's quota alone, worker.limits.limiter, adds one key and '@source' after the script's own)
-        f"if #KEYS > {keys} and ARGV[{args + 1}] ~= '@source' then "
-        f"budget_settle(KEYS[{keys + 1}], KEYS[{keys + 2}], KEYS[{keys + 3}], "
-        f"{{unpack(ARGV, {args + 1}, {args + SETTLE_ARGS})}}) end\n"
-    )
-    return settle.replace("--@budget:settle", SETTLE_FUNCTION + call)
+@overload
+def keeper(client: Redis) -> AsyncScript: ...
+@overload
+def keeper(client: redis.Redis) -> Script: ...
+def keeper(client: Any) -> Any:
+    """The keeper's script (worker/lua/budget_keep.lua): renew the given reservations, reap the overdue."""
+    return lua.register(client, "budget_reap", "budget_keep", **CONSTANTS)
 
 
 # ---------------------------------------------------------------- Python side
@@ -330,8 +156,8 @@ class Budgets:
         # no call outlives its job (JOB_TIMEOUT_S cancels it, and settles): one older was lost by
         # a bug, so it is no longer renewed and the reaper releases it
         self.max_age_s = settings.job_timeout_s + 60
-        self._settle = redis.register_script(_SETTLE)
-        self._keep = redis.register_script(_KEEP)
+        self._settle = lua.register(redis, "budget_settle", "budget_settle_alone")
+        self._keep = keeper(redis)
         self.lease_ms = int(settings.lease_s * 1000)
         # a day's figures are kept as long as the other per-day spend records
         self.day_ttl_s = settings.spend_retention_days * 24 * 3600
@@ -536,7 +362,7 @@ def families(redis: redis.Redis, settings: Settings, now: float | None = None) -
     """llm_router_budget_{limit,reserved,spent}_usd{scope,name} from Redis (one exporter: the
     same figures whatever number of workers). Daily scopes: today in BUDGET_TZ; `batch`: the sum
     over batches in progress with a budget (name '': batch ids are unbounded)."""
-    reap = redis.register_script(_KEEP)
+    reap = keeper(redis)
     reap(keys=[BUDGET_RESERVATIONS, BUDGET_DEADLINES], args=[int(settings.lease_s * 1000)])
     with redis.pipeline(transaction=False) as pipe:
         pipe.hgetall(budget_day_key(day_of(settings.budget_tz, now)))

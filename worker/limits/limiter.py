@@ -23,9 +23,10 @@ a model's schedule more than a window ahead. At most one request per window over
 the gateway's window known, RATE_LIMIT_WINDOW_S and RATE_LIMIT_JITTER_MS: Settings.spacing_ms)
 keeps network jitter from turning that into a 429.
 
-Budgets (worker.limits.budgets) ride on the same script: a call's worst case is checked against every
-budget that applies and reserved with its slot, or the call books nothing (`budget`: refused,
-`budget_wait`: calls in flight hold the rest); `settle` settles the reservation with the tokens.
+Budgets (worker.limits.budgets) ride on the same script (their parts are joined before it): a
+call's worst case is checked against every budget that applies and reserved with its slot, or
+the call books nothing (`budget`: refused, `budget_wait`: calls in flight hold the rest);
+`settle` settles the reservation with the tokens.
 
 The circuit breaker: K failures in a window open the circuit (`circuit`: callers skip the
 model); once the open period ends one caller probes (`probe`) while the others ask again
@@ -46,162 +47,22 @@ from ..contract.keys import GATE, GLOBAL_LIMIT, model_key, settled_key, source_l
 from ..contract.models import BudgetInfo
 from ..contract.serde import as_text
 from ..contract.settings import RateLimit, Settings
+from ..lua import registry as lua
 from ..process.scripts import run_scripts
 from . import budgets
-from .fair import LINE_FUNCTIONS, LineTicket
+from .fair import LineTicket
 
 if TYPE_CHECKING:
     from .budgets import Reservation
 
-# KEYS: gate (worker.limits.gate: a paused queue admits nothing), model hash, global hash
-# ARGV: request interval ms, ms per token, tokens, global request interval ms, global ms per token,
-#       max wait ms, probe lease ms, TPM limit, global TPM limit (0: none)
-# then the budget's KEYS[4..] and ARGV[10..] (worker.limits.budgets: its reservation is made here, with the booking)
-_ADMIT = """
---@budget:functions
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local gate = redis.call('GET', KEYS[1])
-if gate then return {'gate', 0, gate} end
---@budget:check
-local tokens = tonumber(ARGV[3])
--- Fair share's slot line (worker.limits.fair LINE_FUNCTIONS), when given: the last four ARGV ('@line',
--- job id, source, numbers) and the last four keys (the line and its state, the bulk line and its).
-local n, nk, line = #ARGV, #KEYS, nil
-if n >= 13 and ARGV[n - 3] == '@line' then
-  line = {KEYS[nk - 3], KEYS[nk - 2], KEYS[nk - 1], KEYS[nk], ARGV[n - 2], ARGV[n - 1], ARGV[n]}
-  n, nk = n - 4, nk - 4
-end
--- A source's quota (SOURCE_LIMITS, worker.limits.fair), when given: the six ARGV before those ('@source',
--- name, request interval ms, ms per token, TPM limit, horizon ms) and the key before those (its
--- hash r / t).
-local S = nil
-if n >= 15 and ARGV[n - 5] == '@source' then
-  S = {key = KEYS[nk], r = tonumber(ARGV[n - 3]), t = tonumber(ARGV[n - 2]), tpm = tonumber(ARGV[n - 1]),
-       horizon = tonumber(ARGV[n])}
-end
--- A booking moves the token schedule by tokens * ms-per-token. More tokens than the TPM limit
--- would move it more than a whole window: such a request can never fit the limit, and booking
--- it would hold every later caller of the model that long. Refuse it at once, book nothing.
-local function over(limit) return limit > 0 and tokens > limit end
-if over(tonumber(ARGV[8])) then return {'too_large', 0, 'model'} end
-if over(tonumber(ARGV[9])) then return {'too_large', 0, 'global'} end
-if S and over(S.tpm) then return {'too_large', 0, 'source'} end
-local m = redis.call('HMGET', KEYS[2], 'r', 't', 'open_until', 'probe', 'p')
-local open_until = tonumber(m[3]) or 0
-local probing = false
-if open_until > 0 then
-  if open_until > now then return {'circuit', open_until - now} end
-  -- half-open: one probe call at a time across all workers. The others ask again soon
-  -- ('probing', nothing booked): the probe's lease is only its worst case (the request
-  -- timeout), a healthy probe settles in well under a second and closes the circuit.
-  local probe = tonumber(m[4]) or 0
-  if probe > now then return {'probing', probe - now} end
-  probing = true
-end
-local g = redis.call('HMGET', KEYS[3], 'r', 't')
-local sr, st = 0, 0
-if S then
-  local v = redis.call('HMGET', S.key, 'r', 't')
-  sr, st = tonumber(v[1]) or 0, tonumber(v[2]) or 0
-  -- the source is at its quota: its job waits in its sub-queue, not in a worker slot ('quota')
-  local until_free = math.max(sr, st) - now
-  if until_free > S.horizon then return {'quota', math.ceil(until_free)} end
-end
-local start = math.max(now, tonumber(m[1]) or 0, tonumber(m[5]) or 0, tonumber(g[1]) or 0, sr)
-local wait = start - now
--- fair share: the slot goes to the job whose turn it is in the line; the others are told when theirs is
--- ('line': as 'wait', the job in the line; 'retry' always is)
-local L = line and line_open(now, unpack(line))
-if L and (L.ahead > 0 or wait > tonumber(ARGV[6])) then
-  local est, joined = line_wait(L, wait)
-  return {joined and 'line' or 'wait', math.ceil(est)}
-end
-if wait > tonumber(ARGV[6]) then return {'wait', math.ceil(wait)} end
--- Tokens are not booked ahead: an estimate booked far into the future could not benefit
--- from the unused tokens that `settle` gives back. Until the tokens booked so far are
--- paid for, the caller sleeps and asks again ('retry'), nothing booked.
-local tokens_free = math.max(tonumber(m[2]) or 0, tonumber(g[2]) or 0, st)
-if tokens_free > start then
-  local until_free = tokens_free - now
-  if L then line_wait(L, until_free) end
-  return {until_free > tonumber(ARGV[6]) and 'wait' or 'retry', math.ceil(until_free)}
-end
-if L then line_booked(L) end
--- book: the next request / token may start one interval after this one
-local function book(key, r_ms, t_ms)
-  local r_next = start + r_ms
-  local t_next = start + tokens * t_ms
-  if r_ms > 0 then redis.call('HSET', key, 'r', r_next) end
-  if t_ms > 0 then redis.call('HSET', key, 't', t_next) end
-  redis.call('PEXPIRE', key, math.ceil(math.max(r_next, t_next) - now) + 3600000)
-end
---@budget:book
-book(KEYS[2], tonumber(ARGV[1]), tonumber(ARGV[2]))
-if probing then redis.call('HSET', KEYS[2], 'probe', start + tonumber(ARGV[7])) end
-if tonumber(ARGV[4]) > 0 or tonumber(ARGV[5]) > 0 then book(KEYS[3], tonumber(ARGV[4]), tonumber(ARGV[5])) end
-if S then book(S.key, S.r, S.t) end
-return {probing and 'probe' or 'ok', math.ceil(wait), B.booked}
-"""
 
-# KEYS: model hash, global hash, the settlement's mark (keys.settled_key)
-# ARGV: tokens to give back, ms per token, global ms per token, outcome (ok|fail|neutral),
-#       pause ms, circuit failures, circuit window ms, circuit open ms, mark ms
-# then a budget settlement's KEYS[4..6] and ARGV[10..] (worker.limits.budgets), settled first.
-# A settlement sent again by the client after a lost answer (worker.process.scripts) finds its mark and
-# answers what its first run did: tokens are given back, a failure counted, once.
-# A source's quota (SOURCE_LIMITS), when the call booked on it: the last two ARGV ('@source', its
-# ms per token) and the last key (its hash) get their tokens back too.
-_SETTLE = """
-local seen = redis.call('GET', KEYS[3])
-if seen then return tonumber(seen) end
-redis.call('SET', KEYS[3], 0, 'PX', ARGV[9])
---@budget:settle
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local refund = tonumber(ARGV[1])
-if refund ~= 0 then
-  local tt = tonumber(redis.call('HGET', KEYS[1], 't'))
-  if tt then redis.call('HSET', KEYS[1], 't', tt - refund * tonumber(ARGV[2])) end
-  local gt = tonumber(redis.call('HGET', KEYS[2], 't'))
-  if gt and tonumber(ARGV[3]) > 0 then redis.call('HSET', KEYS[2], 't', gt - refund * tonumber(ARGV[3])) end
-  if ARGV[#ARGV - 1] == '@source' then
-    local st = tonumber(redis.call('HGET', KEYS[#KEYS], 't'))
-    if st then redis.call('HSET', KEYS[#KEYS], 't', st - refund * tonumber(ARGV[#ARGV])) end
-  end
-end
-local pause = tonumber(ARGV[5])
-if pause > 0 then
-  local p = tonumber(redis.call('HGET', KEYS[1], 'p')) or 0
-  if now + pause > p then redis.call('HSET', KEYS[1], 'p', now + pause) end
-  redis.call('PEXPIRE', KEYS[1], pause + 3600000)
-end
-local outcome = ARGV[4]
-if outcome == 'ok' then
-  redis.call('HDEL', KEYS[1], 'fails', 'fails_since', 'open_until', 'probe')
-elseif outcome == 'neutral' then
-  -- half-open and the call said nothing about the model's health (a 429, a 4xx): free the
-  -- probe slot, so the next caller probes instead of everyone waiting out the probe's lease
-  local open_until = tonumber(redis.call('HGET', KEYS[1], 'open_until')) or 0
-  if open_until > 0 and open_until <= now then redis.call('HDEL', KEYS[1], 'probe') end
-elseif outcome == 'fail' then
-  local open_until = tonumber(redis.call('HGET', KEYS[1], 'open_until')) or 0
-  local since = tonumber(redis.call('HGET', KEYS[1], 'fails_since')) or 0
-  if now - since > tonumber(ARGV[7]) then
-    redis.call('HSET', KEYS[1], 'fails', 0, 'fails_since', now)
-  end
-  local fails = redis.call('HINCRBY', KEYS[1], 'fails', 1)
-  -- a failed probe (half-open) re-opens at once
-  if fails >= tonumber(ARGV[6]) or open_until > 0 then
-    redis.call('HSET', KEYS[1], 'open_until', now + tonumber(ARGV[8]), 'fails', 0, 'fails_since', now)
-    redis.call('HDEL', KEYS[1], 'probe')
-    redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[8]) + 3600000)
-    redis.call('SET', KEYS[3], 1, 'PX', ARGV[9])
-    return 1
-  end
-end
-return 0
-"""
+# The admission and the settlement (worker/lua/limiter_admit.lua, limiter_settle.lua), each joined
+# after its parts. Their own KEYS and ARGV come first, a budget's after them: budget_admit.lua and
+# limiter_settle.lua read the budget's from these positions on (tests/unit/test_lua.py).
+ADMIT_PARTS = ("fair_line", *budgets.ADMIT_PARTS, "limiter_admit")
+SETTLE_PARTS = (*budgets.SETTLE_PARTS, "limiter_settle")
+ADMIT_KEYS, ADMIT_ARGS = 3, 9
+SETTLE_KEYS, SETTLE_ARGS = 3, 9
 
 
 # The longest a member of a slot line (worker.limits.fair) sleeps before it asks again: worker.calls.routing's
@@ -255,8 +116,8 @@ class Limiter:
         self.settings = settings
         self.budgets = budgets.Budgets(redis, settings)
         self._global = _intervals(settings.global_rate_limit, settings.spacing_ms)
-        self._admit = redis.register_script(LINE_FUNCTIONS + budgets.splice(_ADMIT))
-        self._settle = redis.register_script(budgets.splice_settle(_SETTLE, keys=3, args=9))
+        self._admit = lua.register(redis, *ADMIT_PARTS, **budgets.CONSTANTS)
+        self._settle = lua.register(redis, *SETTLE_PARTS)
 
     @property
     def scripts(self) -> list[AsyncScript]:

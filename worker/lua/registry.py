@@ -16,11 +16,12 @@ from __future__ import annotations
 import functools
 import re
 from importlib import resources
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, overload
 
 if TYPE_CHECKING:
-    from redis.asyncio import Redis
-    from redis.commands.core import AsyncScript
+    import redis
+    import redis.asyncio
+    from redis.commands.core import AsyncScript, Script
 
 __all__ = ["join", "names", "register", "source"]
 
@@ -57,6 +58,10 @@ def join(*parts: str, **constants: int) -> str:
     return "".join(head) + "\n".join(source(p) for p in parts)
 
 
-def register(redis: Redis, *parts: str, **constants: int) -> AsyncScript:
-    """`join(*parts, **constants)` as a redis-py Script of `redis` (EVALSHA, loaded on NOSCRIPT)."""
-    return redis.register_script(join(*parts, **constants))
+@overload
+def register(client: redis.asyncio.Redis, *parts: str, **constants: int) -> AsyncScript: ...
+@overload
+def register(client: redis.Redis, *parts: str, **constants: int) -> Script: ...
+def register(client: Any, *parts: str, **constants: int) -> Any:
+    """`join(*parts, **constants)` as a redis-py Script of `client` (EVALSHA, loaded on NOSCRIPT)."""
+    return client.register_script(join(*parts, **constants))
