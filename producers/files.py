@@ -27,74 +27,12 @@ from pydantic import BaseModel
 from redis.asyncio import Redis
 
 from worker.contract.keys import FILE_PREFIX, file_data_key, file_key, source_files_key, source_uploads_key
+from worker.lua import registry as lua
 
 CHUNK = 1 << 20
 # A download's chunk: what a client that reads slowly (or not at all) makes the ingress hold (one
 # chunk waits in the transport's buffer), against a GETRANGE per chunk.
 READ_CHUNK = 64 * 1024
-# The files an owner keeps (those whose record expired are dropped from its list), as Lua: `files`
-# and `bytes`. KEYS[1]: the owner's list; ARGV[1]: the record key prefix.
-_KEPT = """
-local files, bytes = 0, 0
-for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
-  local size = redis.call('HGET', ARGV[1] .. id, 'bytes')
-  if size then
-    files = files + 1
-    bytes = bytes + tonumber(size)
-  else
-    redis.call('ZREM', KEYS[1], id)
-  end
-end
-"""
-# Reserve room for `chunk` more bytes of an upload in progress (its first call, `start` 1, reserves
-# the file itself), next to the owner's kept files and its other uploads in progress, and renew the
-# upload's lease. A lapsed lease's reservation is dropped (its room returned). {1, files, bytes}
-# reserved, {0, ...} one file too many, {-1, ...} too many bytes, {-2, ...} this upload's lease
-# lapsed; `files` and `bytes` count the kept files and the uploads in progress.
-# KEYS: the owner's list, its uploads in progress; ARGV: the record key prefix, max files, max
-# bytes, upload id, chunk bytes, now ms, lease ms, start.
-_RESERVE = (
-    _KEPT
-    + """
-local now = tonumber(ARGV[6])
-local mine, found, live, reserved = 0, false, 0, 0
-local entries = redis.call('HGETALL', KEYS[2])
-for i = 1, #entries, 2 do
-  local size, ends = string.match(entries[i + 1], '^(%d+):(%d+)$')
-  if not size or tonumber(ends) < now then
-    redis.call('HDEL', KEYS[2], entries[i])
-  elseif entries[i] == ARGV[4] then
-    mine, found = tonumber(size), true
-  else
-    live, reserved = live + 1, reserved + tonumber(size)
-  end
-end
-files, bytes = files + live, bytes + reserved
-if not found and ARGV[8] ~= '1' then return {-2, files, bytes} end
-if files + 1 > tonumber(ARGV[2]) then return {0, files, bytes} end
-local want = mine + tonumber(ARGV[5])
-if bytes + want > tonumber(ARGV[3]) then return {-1, files, bytes} end
-redis.call('HSET', KEYS[2], ARGV[4], string.format('%d:%d', want, now + tonumber(ARGV[7])))
-redis.call('PEXPIRE', KEYS[2], ARGV[7])
-return {1, files + 1, bytes + want}
-"""
-)
-# Record an uploaded file whose reservation holds (its record, TTLs, the owner's list) and drop the
-# reservation: 1, or -2 when its lease lapsed (nothing recorded).
-# KEYS: the owner's list, its uploads in progress, the file's record, its data; ARGV: upload id,
-# now ms, TTL s, file id, then the record's fields.
-_RECORD = """
-local held = redis.call('HGET', KEYS[2], ARGV[1])
-redis.call('HDEL', KEYS[2], ARGV[1])
-local ends = held and string.match(held, ':(%d+)$')
-if not ends or tonumber(ends) < tonumber(ARGV[2]) then return -2 end
-redis.call('HSET', KEYS[3], unpack(ARGV, 5))
-redis.call('EXPIRE', KEYS[3], ARGV[3])
-redis.call('EXPIRE', KEYS[4], ARGV[3])
-redis.call('ZADD', KEYS[1], ARGV[2], ARGV[4])
-redis.call('EXPIRE', KEYS[1], ARGV[3])
-return 1
-"""
 # File ids read from an owner's list per round trip while listing.
 LIST_CHUNK = 500
 FILE_ID = re.compile(r"^file-[0-9a-f]{32}$")
@@ -131,8 +69,9 @@ class Files:
         self.ttl_s = ttl_s
         self.max_files, self.max_bytes = max_files, max_bytes
         self.lease_ms = max(1, int(lease_s * 1000))
-        self._reserve = redis.register_script(_RESERVE)
-        self._record = redis.register_script(_RECORD)
+        # reserve an upload's room (and renew its lease), record a stored file: worker/lua/files_<name>.lua
+        self._reserve = lua.register(redis, "files_reserve")
+        self._record = lua.register(redis, "files_record")
 
     async def put(self, read: Callable[[int], Awaitable[bytes]], filename: str, purpose: str, owner: str) -> FileObject:
         """Store what `read(n)` yields, a chunk at a time, as a new file of `owner`. Each chunk's

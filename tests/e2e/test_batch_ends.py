@@ -25,6 +25,8 @@ from worker.batches import store as bs
 from worker.contract.connections import arq_settings
 from worker.contract.keys import batch_staged_key, bulk_key, job_key
 from worker.contract.models import JobResult
+from worker.lua import registry as lua
+from worker.process import wake
 from worker.process.lease import Lease
 
 
@@ -206,7 +208,8 @@ async def cut_client(url: str, script: str, retrying: bool) -> tuple[ReplyCutter
 
 
 async def test_a_lost_answer_to_the_release_keeps_the_batch(settings):
-    cutter, client = await cut_client(settings.redis_url, bs._RELEASE, retrying=False)
+    release = lua.join("wake", "batch_store_release", **wake.CONSTANTS)
+    cutter, client = await cut_client(settings.redis_url, release, retrying=False)
     async with Producer(queue_name=settings.queue_name, redis=client) as producer:
         try:
             batch = await producer.batches.submit([line(i) for i in range(6)])  # was: ConnectionError
@@ -222,7 +225,7 @@ async def test_a_lost_answer_to_the_release_keeps_the_batch(settings):
 
 @pytest.mark.parametrize("script", ["create", "stage"])
 async def test_a_lost_answer_sent_again_creates_and_stages_once(settings, script):
-    cutter, client = await cut_client(settings.redis_url, {"create": bs._CREATE, "stage": bs._STAGE}[script], True)
+    cutter, client = await cut_client(settings.redis_url, lua.join(f"batch_store_{script}"), True)
     async with Producer(queue_name=settings.queue_name, redis=client) as producer:
         try:
             batch = await producer.batches.submit([line(i) for i in range(6)])

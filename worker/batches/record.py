@@ -26,6 +26,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
 
 from ..contract.keys import (
     DONE_PREFIX,
@@ -44,6 +45,7 @@ from ..contract.keys import (
     webhook_key,
 )
 from ..contract.models import ErrorInfo, JobResult
+from ..lua import registry as lua
 from ..outputs.outbox import QUEUE_LUA, delivery_of
 
 # `batch_<32 hex>` (submitted), or `batch_sched_<schedule>_<yyyymmddThhmmssZ>` (a schedule's tick:
@@ -302,61 +304,20 @@ def tokens(result: JobResult) -> tuple[int, int]:
     return (result.usage.prompt_tokens, result.usage.completion_tokens) if result.usage else (0, 0)
 
 
-# Store a line's result and count it, once. The result lives as long as its batch (`purge_at`).
-# The last line counted moves the batch through finalizing to its final status (nothing is left
-# to assemble: the output is read from the line results, so both timestamps are set at once).
-# A batch with a callback_url queues its webhook delivery as it ends (worker.outputs.outbox).
-# KEYS: result, batch record, done hash, webhook outbox, webhook delivery
-# ARGV: result JSON, line, outcome, cost ('' unknown), prompt tokens, completion tokens, model,
-#       now s, channel, result status, delivery
-# The batch's final status once every line is counted (not while its lines are being written):
-# cancelled if it was cancelling, expired if a line expired, else completed; its webhook queued.
-FINISH_LUA = """
-local function finish_batch(record, outbox, delivery_key, delivery, now, purge)
-  local c = redis.call('HMGET', record, 'total', 'completed', 'failed', 'expired', 'status')
-  if tonumber(c[2] or 0) + tonumber(c[3] or 0) < tonumber(c[1] or 0) or c[5] == 'validating' then return end
-  local final, at = 'completed', 'completed_at'
-  if c[5] == 'cancelling' then final, at = 'cancelled', 'cancelled_at'
-  elseif tonumber(c[4] or 0) > 0 then final, at = 'expired', 'expired_at' end
-  redis.call('HSET', record, 'finalizing_at', now, 'status', final, at, now)
-  local url = redis.call('HGET', record, 'callback_url')
-  if url then queue_delivery(outbox, delivery_key, delivery, url, now, tonumber(purge) - tonumber(now)) end
-end
-"""
-SAVE_LINE = (
-    QUEUE_LUA
-    + FINISH_LUA
-    + """
-local purge = redis.call('HGET', KEYS[2], 'purge_at')
-if not purge then return -1 end
-if redis.call('HSETNX', KEYS[3], ARGV[2], ARGV[3]) == 0 then return 0 end
-redis.call('EXPIREAT', KEYS[3], purge)
-redis.call('SET', KEYS[1], ARGV[1], 'EXAT', math.max(tonumber(purge), tonumber(ARGV[8]) + 60))
-local ok = ARGV[3] == 'succeeded'
-local per_model = 'm.' .. ARGV[7] .. '.'
-redis.call('HINCRBY', KEYS[2], ok and 'completed' or 'failed', 1)
-redis.call('HINCRBY', KEYS[2], per_model .. (ok and 'completed' or 'failed'), 1)
-if ARGV[3] == 'cancelled' or ARGV[3] == 'expired' or ARGV[3] == 'skipped' then
-  redis.call('HINCRBY', KEYS[2], ARGV[3], 1)
-end
-if ARGV[4] ~= '' then
-  redis.call('HINCRBYFLOAT', KEYS[2], 'cost_usd', ARGV[4])
-  redis.call('HINCRBYFLOAT', KEYS[2], per_model .. 'cost_usd', ARGV[4])
-end
-redis.call('HINCRBY', KEYS[2], 'prompt_tokens', ARGV[5])
-redis.call('HINCRBY', KEYS[2], 'completion_tokens', ARGV[6])
-finish_batch(KEYS[2], KEYS[4], KEYS[5], ARGV[11], ARGV[8], purge)
-redis.call('PUBLISH', ARGV[9], ARGV[10])
-return 1
-"""
-)
+def _counting(redis: Redis, script: str) -> AsyncScript:
+    """A script that counts a batch's lines (`batch_record_save_line`, `batch_record_end_waiting`,
+    files of worker/lua/) as a redis-py Script, after the parts it calls: the outbox's
+    (queue_delivery) and batch_record_finish (finish_batch)."""
+    # (the outbox's part is still its Python string, worker.outputs.outbox.QUEUE_LUA, until it is a
+    # file of worker/lua/: then `lua.register(redis, "<its part>", "batch_record_finish", script)`)
+    return redis.register_script(QUEUE_LUA + lua.join("batch_record_finish", script))
 
 
 async def save_line(redis: Redis, result: JobResult, batch_id: str, line: int, model: str) -> int:
     """Store a line's result and count it in its batch: 1 counted now, 0 counted before (a
     second run after a crash: nothing changes), -1 no such batch (store it as a plain job)."""
     prompt, completion = tokens(result)
-    script = redis.register_script(SAVE_LINE)  # EVALSHA: the script is sent once per connection pool
+    script = _counting(redis, "batch_record_save_line")  # EVALSHA: sent once per connection pool
     return int(
         await script(
             keys=[
@@ -385,48 +346,7 @@ async def save_line(redis: Redis, result: JobResult, batch_id: str, line: int, m
 
 # ---------------------------------------------------------------- lines no worker will take
 
-# A chunk of a cancelled batch's lines (or one past its window) that wait for a worker, ended
-# here and now: each still queued (in the bulk lane, or back in the queue, deferred), not held
-# by a worker (no in-progress mark) and not counted gets its result and is counted as a worker
-# picking it would count it (`save_line`: once, HSETNX), and leaves the queue with its record and
-# run count. A running line is left to its worker. Then the batch ends if every line is counted.
-# Nothing happens (-2) unless the batch is still in the state that ends its lines that way:
-# `cancelling` for `cancelled`, `in_progress` past `expires_at` for `expired`.
-# KEYS: batch record, done hash, bulk lane, queue, webhook outbox, webhook delivery
-# ARGV: outcome, now s, delivery, job / in-progress / retry / result prefixes, done channel prefix,
-#       then per line: number, job id, model, result JSON
-END_WAITING = (
-    QUEUE_LUA
-    + FINISH_LUA
-    + """
-local rec = redis.call('HMGET', KEYS[1], 'purge_at', 'status', 'expires_at')
-local purge, now = rec[1], tonumber(ARGV[2])
-if not purge then return -1 end
-if ARGV[1] == 'cancelled' and rec[2] ~= 'cancelling' then return -2 end
-if ARGV[1] == 'expired' and (rec[2] ~= 'in_progress' or now < tonumber(rec[3] or now + 1)) then return -2 end
-local field = ARGV[1] == 'cancelled' and 'cancelled' or 'expired'
-local ended = 0
-for i = 9, #ARGV, 4 do
-  local line, id, model = ARGV[i], ARGV[i + 1], ARGV[i + 2]
-  if redis.call('HEXISTS', KEYS[2], line) == 0 and redis.call('EXISTS', ARGV[5] .. id) == 0
-      and redis.call('ZREM', KEYS[3], id) + redis.call('ZREM', KEYS[4], id) > 0 then
-    redis.call('HSET', KEYS[2], line, ARGV[1])
-    redis.call('SET', ARGV[7] .. id, ARGV[i + 3], 'EXAT', math.max(tonumber(purge), now + 60))
-    redis.call('DEL', ARGV[4] .. id, ARGV[6] .. id)
-    redis.call('HINCRBY', KEYS[1], 'failed', 1)
-    redis.call('HINCRBY', KEYS[1], 'm.' .. model .. '.failed', 1)
-    redis.call('HINCRBY', KEYS[1], field, 1)
-    redis.call('PUBLISH', ARGV[8] .. id, 'failed')
-    ended = ended + 1
-  end
-end
-if ended > 0 then
-  redis.call('EXPIREAT', KEYS[2], purge)
-  finish_batch(KEYS[1], KEYS[5], KEYS[6], ARGV[3], now, purge)
-end
-return ended
-"""
-)
+# (worker/lua/batch_record_end_waiting.lua ends a chunk of the lines, `end_waiting`)
 # Lines read (and ended) per script call: Redis is never held for long.
 END_CHUNK = 1000
 
@@ -445,7 +365,7 @@ async def end_waiting(redis: Redis, batch_id: str, queue_name: str) -> int:
         outcome_, error = "expired", EXPIRED
     else:
         return 0
-    script = redis.register_script(END_WAITING)
+    script = _counting(redis, "batch_record_end_waiting")
     delivery = delivery_of("batch", batch_id)
     keys = [
         batch_key(batch_id),

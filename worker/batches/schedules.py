@@ -57,6 +57,7 @@ from redis.asyncio import Redis
 
 from ..contract.keys import SCHEDULES_PENDING, batch_key, schedule_claim_key, schedule_key, schedule_output_key
 from ..contract.settings import ConfigError, Settings
+from ..lua import registry as lua
 from . import record as wb
 from .format import prompt_lines
 
@@ -351,15 +352,6 @@ async def _recorded(redis: Redis, name: str, batch_id: str, tick: float | None) 
         await tx.execute()
 
 
-# Renew a claim still held by `token`; delete it if ARGV[2] == 'release'.
-# KEYS: claim; ARGV: token, 'renew'|'release', lease ms
-_CLAIM = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-if ARGV[2] == 'release' then return redis.call('DEL', KEYS[1]) end
-return redis.call('PEXPIRE', KEYS[1], ARGV[3])
-"""
-
-
 class Scheduler:
     """One per worker process: fires its schedules' ticks (exactly one batch per tick across all
     workers) and hands finished scheduled batches their output files."""
@@ -371,7 +363,7 @@ class Scheduler:
         self.schedules = {s.name: s for s in schedules}
         self.lease_ms = max(int(self.settings.lease_s * 1000), 1000)
         self._handled: dict[str, float] = {}  # schedule -> the latest tick known fired (or skipped)
-        self._claim = self.redis.register_script(_CLAIM)
+        self._claim = lua.register(self.redis, "schedules_claim")  # renew or release a tick's claim
 
     async def run(self) -> None:
         await self.apply()

@@ -60,6 +60,7 @@ from ..contract.keys import (
 from ..contract.models import JobResult
 from ..contract.records import JobRecords
 from ..limits import budgets
+from ..lua import registry as lua
 from ..outputs import outbox
 from ..outputs.outbox import Delivery
 from ..process import wake
@@ -89,142 +90,9 @@ CHUNK_BYTES = 8 * 1024 * 1024
 SWEEP_S = 5.0
 
 
-# Create a batch's record, unless one exists under its id: 1 created (or created by this very
-# submission: the same call sent again after its answer was lost), 0 the id is taken. The record
-# holds the submission's lease (`lease_until`, ms, Redis's clock): a submission that stops
-# renewing it (its process died) is reaped by the next reader (`_REAP`).
-# KEYS: batch record, the batch list
-# ARGV: purge_at, created_at, batch id, owner, lease ms, then field, value, ...
-_CREATE = """
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  return redis.call('HGET', KEYS[1], 'owner') == ARGV[4] and 1 or 0
-end
-local t = redis.call('TIME')
-redis.call('HSET', KEYS[1], 'owner', ARGV[4], 'lease_until', t[1] * 1000 + math.floor(t[2] / 1000) + ARGV[5])
-redis.call('HSET', KEYS[1], unpack(ARGV, 6))
-redis.call('EXPIREAT', KEYS[1], ARGV[1])
-redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
-return 1
-"""
-
-# The submission's lease renewed, while the record is still its own and not released: 1, else 0.
-# KEYS: batch record; ARGV: owner, lease ms
-_KEEP = """
-local rec = redis.call('HMGET', KEYS[1], 'owner', 'lease_until')
-if rec[1] ~= ARGV[1] or not rec[2] then return 0 end
-local t = redis.call('TIME')
-redis.call('HSET', KEYS[1], 'lease_until', t[1] * 1000 + math.floor(t[2] / 1000) + ARGV[2])
-return 1
-"""
-
-# A batch whose submission's lease ran out before it released the lines (its process died, or
-# lost Redis; `validating`, or `cancelling` if cancelled meanwhile): `failed`, with the error
-# saying so; its owner is forgotten, so a stalled submission that wakes up writes nothing more.
-# Nothing of it was queued. 1 reaped, 0 not.
-# KEYS: batch record, line list; ARGV: now s, errors JSON
-_REAP = """
-local rec = redis.call('HMGET', KEYS[1], 'status', 'lease_until')
-if not rec[2] or (rec[1] ~= 'validating' and rec[1] ~= 'cancelling') then return 0 end
-local t = redis.call('TIME')
-if t[1] * 1000 + math.floor(t[2] / 1000) <= tonumber(rec[2]) then return 0 end
-redis.call('HSET', KEYS[1], 'status', 'failed', 'failed_at', ARGV[1], 'errors', ARGV[2], 'interrupted', '1')
-redis.call('HDEL', KEYS[1], 'owner', 'lease_until')
-redis.call('DEL', KEYS[2])
-return 1
-"""
-
-# Up to ARGV[2] job records of a batch's staged (never released) lines deleted: how many.
-# KEYS: staged set; ARGV: job record prefix, how many
-_DROP_STAGED = """
-local ids = redis.call('ZRANGE', KEYS[1], 0, tonumber(ARGV[2]) - 1)
-for _, id in ipairs(ids) do
-  redis.call('DEL', ARGV[1] .. id)
-  redis.call('ZREM', KEYS[1], id)
-end
-return #ids
-"""
-
-# Stage a chunk of lines (job records, the staged set, the line list), if the record is still
-# this submission's (its `owner`): -1 it is not (taken over, or gone), else the lines staged.
-# KEYS: batch record, staged set, line list
-# ARGV: owner, record TTL ms, purge_at, then job key, record, job id, line entry, ...
-# A line already staged is not listed again: the same chunk sent again (after a lost answer)
-# stages nothing twice.
-_STAGE = """
-if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return -1 end
-local n = 0
-for i = 4, #ARGV, 4 do
-  redis.call('SET', ARGV[i], ARGV[i + 1], 'PX', ARGV[2])
-  if redis.call('ZADD', KEYS[2], 0, ARGV[i + 2]) == 1 then redis.call('RPUSH', KEYS[3], ARGV[i + 3]) end
-  n = n + 1
-end
-redis.call('EXPIREAT', KEYS[3], ARGV[3])
-redis.call('EXPIREAT', KEYS[2], ARGV[3])
-return n
-"""
-
-# Forget a batch that was never released (still `validating`, or reaped: `interrupted`), if
-# `owner` is '' or its owner: a failed submission taking itself back, or a schedule taking over a
-# dead worker's tick.
-# KEYS: batch record, line list, staged set, the batch list; ARGV: batch id, owner ('' any)
-_DROP_UNRELEASED = """
-local rec = redis.call('HMGET', KEYS[1], 'status', 'owner', 'interrupted')
-if not rec[1] then return 0 end
-if rec[1] ~= 'validating' and not (rec[1] == 'failed' and rec[3]) then return -1 end
-if ARGV[2] ~= '' and rec[2] ~= ARGV[2] then return -1 end
-redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
-redis.call('ZREM', KEYS[4], ARGV[1])
-return 1
-"""
-
-
 class BatchTakenOver(RuntimeError):
     """The batch record is no longer this submission's (another took over the id): nothing more
     was written."""
-
-
-# Move a batch's staged lines to the queue's bulk lane and start it (unless it was cancelled
-# meanwhile: its lines are queued all the same, and workers end them `batch_cancelled` without a call).
-# Released lines wake one idle worker (worker.process.wake).
-# KEYS: batch record, staged set, bulk lane, wake list
-# ARGV: now s, owner, the lines' stride (worker.contract.records.JobRecords.bulk_stride)
-_RELEASE = (
-    wake.WAKE_FUNCTION
-    + """
-local status = redis.call('HGET', KEYS[1], 'status')
-if not status then return -1 end
-if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[2] then return -2 end
-local ids = redis.call('ZRANGE', KEYS[2], 0, -1)
--- into the bulk lane from its front, in input order, a line every ARGV[3] (1; under fair share
--- 1/the weight of the batch's source): two batches interleave, by their sources' weights
-local front = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
-local base, stride = tonumber(front[2]) or 0, tonumber(ARGV[3])
-for i = 1, #ids, 1000 do
-  local args = {}
-  for j = i, math.min(i + 999, #ids) do
-    args[#args + 1] = string.format('%.17g', base + j * stride)
-    args[#args + 1] = ids[j]
-  end
-  redis.call('ZADD', KEYS[3], unpack(args))
-end
-redis.call('DEL', KEYS[2])
-if #ids > 0 then wake(KEYS[4]) end
-redis.call('HDEL', KEYS[1], 'lease_until')  -- released: the submission's lease is over
-if status == 'validating' then redis.call('HSET', KEYS[1], 'status', 'in_progress', 'in_progress_at', ARGV[1]) end
-return #ids
-"""
-)
-
-# KEYS: batch record; ARGV: now s. Returns the status after the call (nil: no such batch).
-_CANCEL = """
-local status = redis.call('HGET', KEYS[1], 'status')
-if not status then return false end
-if status == 'validating' or status == 'in_progress' then
-  redis.call('HSET', KEYS[1], 'status', 'cancelling', 'cancelling_at', ARGV[1])
-  return 'cancelling'
-end
-return status
-"""
 
 
 class BatchStore:
@@ -237,6 +105,15 @@ class BatchStore:
         self.redis = records.redis
         self.settings = records.settings
         self.queue_name = records.queue_name
+        # its scripts: worker/lua/batch_store_<name>.lua
+        self._lua_create = lua.register(self.redis, "batch_store_create")
+        self._lua_keep = lua.register(self.redis, "batch_store_keep")
+        self._lua_stage = lua.register(self.redis, "batch_store_stage")
+        self._lua_release = lua.register(self.redis, "wake", "batch_store_release", **wake.CONSTANTS)
+        self._lua_drop_unreleased = lua.register(self.redis, "batch_store_drop_unreleased")
+        self._lua_reap = lua.register(self.redis, "batch_store_reap")
+        self._lua_drop_staged = lua.register(self.redis, "batch_store_drop_staged")
+        self._lua_cancel = lua.register(self.redis, "batch_store_cancel")
 
     # ------------------------------------------------------------ submit
 
@@ -355,9 +232,8 @@ class BatchStore:
             kept = Errors(data=checked.errors[:MAX_ERRORS_KEPT])
             record["errors"] = kept.model_dump_json()
         fields = [str(x) for pair in record.items() for x in pair]
-        create = self.redis.register_script(_CREATE)
         lease_ms = int(self.settings.lease_s * 1000)
-        created = await create(
+        created = await self._lua_create(
             keys=[batch_key(batch_id), BATCHES], args=[purge_at, now, batch_id, owner, lease_ms, *fields]
         )
         if not created:
@@ -388,10 +264,9 @@ class BatchStore:
     async def _keep(self, batch_id: str, owner: str, lease_ms: int) -> None:
         """Renew the submission's lease while it writes (a third of the lease apart); a renewal
         Redis failed is tried again at the next (the writes fail too if Redis stays away)."""
-        keep = self.redis.register_script(_KEEP)
         while True:
             try:
-                if not await keep(keys=[batch_key(batch_id)], args=[owner, lease_ms]):
+                if not await self._lua_keep(keys=[batch_key(batch_id)], args=[owner, lease_ms]):
                     return
             except RedisError:
                 pass
@@ -408,9 +283,8 @@ class BatchStore:
     async def drop_unreleased(self, batch_id: str, owner: str = "") -> bool:
         """Forget a batch whose lines were never released (status `validating`, or reaped), if
         `owner` is its submission's (or ''): True if it was dropped. Its job records expire unqueued."""
-        drop = self.redis.register_script(_DROP_UNRELEASED)
         keys = [batch_key(batch_id), batch_lines_key(batch_id), batch_staged_key(batch_id), BATCHES]
-        return int(await drop(keys=keys, args=[batch_id, owner])) == 1
+        return int(await self._lua_drop_unreleased(keys=keys, args=[batch_id, owner])) == 1
 
     async def _write_lines(self, spool: IO[bytes], batch_id: str, window_s: float, purge_at: int, owner: str) -> None:
         """The job records and the line list, in pipelined chunks: the spool is read as a stream."""
@@ -443,18 +317,16 @@ class BatchStore:
             number, custom_id, _model = orjson.loads(head)
             job_id = wb.line_job_id(batch_id, number)
             args += [job_key(job_id), record, job_id, json.dumps([number, custom_id])]
-        stage = self.redis.register_script(_STAGE)
-        if int(await stage(keys=[batch_key(batch_id), staged, lines_key], args=args)) < 0:
+        if int(await self._lua_stage(keys=[batch_key(batch_id), staged, lines_key], args=args)) < 0:
             raise BatchTakenOver(f"batch {batch_id} is no longer this submission's: stopped writing its lines")
 
     async def _release(self, batch_id: str, owner: str) -> int:
         """Queue a batch's lines, all at once: the one place that decides where batch lines go.
         -1: no such batch, -2: not this submission's (`owner`), else the lines released."""
         now = time.time()
-        release = self.redis.register_script(_RELEASE)
         keys = [batch_key(batch_id), batch_staged_key(batch_id), bulk_key(self.queue_name)]
         keys.append(wake_key(self.queue_name))
-        return int(await release(keys=keys, args=[int(now), owner, repr(self.records.bulk_stride(None))]))
+        return int(await self._lua_release(keys=keys, args=[int(now), owner, repr(self.records.bulk_stride(None))]))
 
     # ------------------------------------------------------------ read, follow, cancel, list
 
@@ -496,12 +368,11 @@ class BatchStore:
         """Reap a batch whose submission's lease ran out before it released the lines: True if it was."""
         stopped = BatchError(code=wb.INTERRUPTED, message=wb.INTERRUPTED_MESSAGE)
         errors = Errors(data=[stopped, *(batch.errors.data if batch.errors else [])][:MAX_ERRORS_KEPT])
-        reap = self.redis.register_script(_REAP)
         keys = [batch_key(batch.id), batch_lines_key(batch.id)]
-        if not await reap(keys=keys, args=[int(time.time()), errors.model_dump_json()]):
+        if not await self._lua_reap(keys=keys, args=[int(time.time()), errors.model_dump_json()]):
             return False
-        drop = self.redis.register_script(_DROP_STAGED)  # their job records, a chunk at a time
-        while await drop(keys=[batch_staged_key(batch.id)], args=[JOB_PREFIX, CHUNK_LINES]):
+        # their job records, a chunk at a time
+        while await self._lua_drop_staged(keys=[batch_staged_key(batch.id)], args=[JOB_PREFIX, CHUNK_LINES]):
             pass
         return True
 
@@ -527,7 +398,7 @@ class BatchStore:
         counted; the batch shows `cancelling`, then `cancelled`. A final batch is left as it is."""
         if not wb.BATCH_ID.match(batch_id):
             return None
-        status = await self.redis.register_script(_CANCEL)(keys=[batch_key(batch_id)], args=[int(time.time())])
+        status = await self._lua_cancel(keys=[batch_key(batch_id)], args=[int(time.time())])
         return None if status is None else await self._get(batch_id, sweep_now=True)  # ends the lines waiting
 
     async def list(self, limit: int = 20, after: str | None = None) -> list[Batch]:
