@@ -20,8 +20,8 @@ from tests.helpers import run_worker
 from worker.contract.keys import in_progress_key
 from worker.contract.models import ChatJob
 from worker.limits import budgets, fair
-from worker.outputs import outbox
-from worker.process import lease, scripts
+from worker.lua import registry as lua
+from worker.process import scripts
 from worker.process.lease import Lease
 from worker.process.logs import JsonFormatter
 from worker.process.scripts import preload, run_scripts
@@ -50,7 +50,14 @@ async def run_counted(producer, settings, n: int) -> dict[str, float]:
     # polls (claim, the sources' claim of worker.limits.fair, promote), the lease keeper, the outbox and
     # the budget reaper run on timers: their counts follow the run's length (longer on a loaded
     # machine), not the number of jobs
-    timers = (lease.CLAIM, fair.CLAIM, lease.PROMOTE, lease.RENEW, outbox._CLAIM, budgets._KEEP)
+    timers = (
+        lua.join("lease_claim"),
+        fair.CLAIM,
+        lua.join("lease_promote"),
+        lua.join("lease_renew"),
+        lua.join("outbox_claim"),
+        budgets._KEEP,
+    )
     timed = {hashlib.sha1(source.encode()).hexdigest() for source in timers}
     job_scripts = sum(count for sha, count in traffic.scripts.items() if sha not in timed)
     return per_job | {"commands": commands / n, "round_trips": round_trips / n, "job_scripts": job_scripts / n}
