@@ -505,11 +505,12 @@ async def queue_raw(redis: Redis, job_id: str, url: str, result: bytes | None = 
     """A job's result and its pending delivery as another writer (or a producer of an older
     version) leaves them: through the outbox's own Lua, with no check of the URL."""
     from worker.contract.keys import webhook_key
-    from worker.outputs.outbox import QUEUE_LUA
+    from worker.lua import registry as lua
 
     record = {"job_id": job_id, "status": "succeeded", "content": "hi", "runs": 1}
     await redis.set(result_key(job_id), orjson.dumps(record) if result is None else result)
-    queue = redis.register_script(QUEUE_LUA + "queue_delivery(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], ARGV[4])")
+    call = "queue_delivery(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], ARGV[4])"
+    queue = redis.register_script(lua.join("outbox_queue_delivery") + call)
     await queue(keys=[WEBHOOKS, webhook_key(f"job:{job_id}")], args=[f"job:{job_id}", url, time.time(), 600])
 
 

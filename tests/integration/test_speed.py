@@ -19,10 +19,9 @@ from harness.command_count import RedisTraffic
 from tests.helpers import run_worker
 from worker.contract.keys import in_progress_key
 from worker.contract.models import ChatJob
-from worker.limits import budgets
+from worker.limits import budgets, fair
 from worker.lua import registry as lua
-from worker.outputs import outbox
-from worker.process import lease, scripts
+from worker.process import scripts
 from worker.process.lease import Lease
 from worker.process.logs import JsonFormatter
 from worker.process.scripts import preload, run_scripts
@@ -52,11 +51,11 @@ async def run_counted(producer, settings, n: int) -> dict[str, float]:
     # the budget reaper run on timers: their counts follow the run's length (longer on a loaded
     # machine), not the number of jobs
     timers = (
-        lease.CLAIM,
+        lua.join("lease_claim"),
         lua.join("fair_claim"),
-        lease.PROMOTE,
-        lease.RENEW,
-        outbox._CLAIM,
+        lua.join("lease_promote"),
+        lua.join("lease_renew"),
+        lua.join("outbox_claim"),
         lua.join("budget_reap", "budget_keep", **budgets.CONSTANTS),
     )
     timed = {hashlib.sha1(source.encode()).hexdigest() for source in timers}

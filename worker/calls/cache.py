@@ -56,6 +56,7 @@ from ..contract.keys import (
 )
 from ..contract.models import ModelAnswer
 from ..contract.serde import as_text
+from ..lua import registry as lua
 from ..observe import metrics as m
 from ..process.scripts import run_scripts
 from .gemini import is_gemini
@@ -85,42 +86,6 @@ NOT_IN_KEY = frozenset(
 STORED = {"content", "tool_calls", "function_call", "finish_reason", "choices", "usage", "cost", "cost_source"}
 # A waiter looks again at least this often, whatever it was told (a missed message costs this).
 RECHECK_S = 5.0
-
-# KEYS: entry, lock, saved-per-day hash (by model), saved-per-day hash by source and model
-# ARGV: token, lock ms, day TTL s, model, <source>|<model>
-# A hit adds the answer's original cost to the day's savings; a miss takes the lock if it is free.
-_LOOKUP = """
-local entry = redis.call('HMGET', KEYS[1], 'answer', 'cost')
-if entry[1] then
-  if entry[2] and entry[2] ~= '' then
-    redis.call('HINCRBYFLOAT', KEYS[3], ARGV[4], entry[2])
-    redis.call('EXPIRE', KEYS[3], ARGV[3])
-    redis.call('HINCRBYFLOAT', KEYS[4], ARGV[5], entry[2])
-    redis.call('EXPIRE', KEYS[4], ARGV[3])
-  end
-  return {'hit', entry[1], entry[2] or ''}
-end
-if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {'lead', '', ''} end
-return {'wait', tostring(redis.call('PTTL', KEYS[2])), ''}
-"""
-
-# KEYS: entry, lock
-# ARGV: token, answer JSON ('' none: the call failed), cost ('' unknown), TTL s, channel
-_FINISH = """
-if ARGV[2] ~= '' then
-  redis.call('HSET', KEYS[1], 'answer', ARGV[2], 'cost', ARGV[3])
-  redis.call('EXPIRE', KEYS[1], ARGV[4])
-end
-if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end
-redis.call('PUBLISH', ARGV[5], ARGV[2] ~= '' and 'kept' or 'released')
-return 1
-"""
-
-# KEYS: lock; ARGV: token, lock ms
-_RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-return 0
-"""
 
 
 def wanted(settings: Settings, job_cache: bool | None, payload: dict[str, Any]) -> bool:
@@ -158,9 +123,9 @@ class ResponseCache:
         self.redis = redis
         self.settings = settings
         self.lock_ms = int(settings.lease_s * 1000)
-        self._lookup = redis.register_script(_LOOKUP)
-        self._finish = redis.register_script(_FINISH)
-        self._renew = redis.register_script(_RENEW)
+        self._lookup = lua.register(redis, "cache_lookup")
+        self._finish = lua.register(redis, "cache_finish")
+        self._renew = lua.register(redis, "cache_renew")
 
     @property
     def scripts(self) -> list[AsyncScript]:

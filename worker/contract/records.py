@@ -26,6 +26,7 @@ from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
 from ..limits import fair
+from ..lua import registry as lua
 from ..outputs import webhooks
 from ..process import wake
 from . import bounds, serde
@@ -38,46 +39,6 @@ J = TypeVar("J", bound=JobBase)
 # scripts together: producers.coalesce.ScriptBatches.call)
 ScriptCall = Callable[[AsyncScript, list[str], list[Any]], Awaitable[Any]]
 
-# arq's enqueue_job checks "not queued, not running, no arq result" with WATCH and three
-# round trips. arq keeps no result of ours (keep_result=0), so the id must also be absent
-# from our result keys for a repeated id to be a no-op: one atomic script, one round trip.
-# A caller's own id also keeps the digest of its job: the same id with another job is a
-# conflict (-1), not a silent no-op. With fair share (FAIR_SHARE, worker.limits.fair) an interactive
-# job waits in its source's sub-queue instead of the queue.
-# A source with a quota (SOURCE_LIMITS) that has more jobs waiting than the quota clears in a
-# minute (worker.limits.fair.clears_in_a_minute) is "far over" it: the job is refused, nothing written,
-# answering -2 - (jobs waiting).
-# A created job wakes one idle worker (worker.process.wake).
-# KEYS: job record, arq result, our result, queue, digest, wake list[, fair share: passes, clock, seen]
-# ARGV: record, record TTL ms, score, job id, digest ('' for a generated id), digest TTL s
-#       [, fair share: source, known ('1'/'0'), sources bound, sub-queue prefix, jobs its quota clears
-#       in a minute or 0]
-_ENQUEUE = (
-    fair.ENQUEUE_FUNCTION
-    + wake.WAKE_FUNCTION
-    + """
-if redis.call('EXISTS', KEYS[1], KEYS[2], KEYS[3]) > 0 then
-  if ARGV[5] ~= '' then
-    local known = redis.call('GET', KEYS[5])
-    if known and known ~= ARGV[5] then return -1 end
-  end
-  return 0
-end
-if ARGV[11] and tonumber(ARGV[11]) > 0 then
-  local waiting = redis.call('ZCARD', ARGV[10] .. ARGV[7])
-  if waiting >= tonumber(ARGV[11]) then return -2 - waiting end
-end
-redis.call('PSETEX', KEYS[1], ARGV[2], ARGV[1])
-if ARGV[7] then
-  fair_enqueue(KEYS[7], KEYS[8], KEYS[9], ARGV[7], ARGV[8], ARGV[9], ARGV[10], ARGV[3], ARGV[4])
-else
-  redis.call('ZADD', KEYS[4], ARGV[3], ARGV[4])
-end
-wake(KEYS[6])
-if ARGV[5] ~= '' then redis.call('SET', KEYS[5], ARGV[5], 'EX', ARGV[6]) end
-return 1
-"""
-)
 # A digest outlives the result it guards by a day.
 DIGEST_EXTRA_S = 24 * 3600
 # A bulk job's record waits in Redis for a week at most (a batch's window is at most that).
@@ -155,7 +116,8 @@ class JobRecords:
         self.source = source
         self.tenant = tenant
         self.result_ttl_s = result_ttl_s or settings.result_ttl_s
-        self.enqueue_script = redis.register_script(_ENQUEUE)
+        # worker/lua/records_enqueue.lua, after fair share's part and the wake-up's
+        self.enqueue_script = lua.register(redis, "fair_enqueue", "wake", "records_enqueue", **wake.CONSTANTS)
         self._call = call
         self._last_score = 0.0  # the queue score of the last job written here (`_due`)
         self._known = fair.known_sources(settings)  # the sources the settings name

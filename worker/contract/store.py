@@ -15,7 +15,8 @@ from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.commands.core import AsyncScript
 
-from ..outputs.outbox import QUEUE_LUA, delivery_of
+from ..lua import registry as lua
+from ..outputs.outbox import delivery_of
 from .keys import (
     CREDITS,
     DLQ,
@@ -39,76 +40,6 @@ from .keys import (
 from .models import Attempt, JobResult, Usage
 from .serde import as_text
 
-# The call, its spend and usage per day by model, source, batch and route (and by source and
-# model together), and the credits, in one script: only the first write of a call id counts, so
-# each real call is counted exactly once.
-# KEYS: calls hash, spend total, credits, then per dimension of SPEND_RECORDS its spend-day and usage-day keys
-# ARGV: call id, attempt JSON, cost ('' unknown), credits remaining ('' unknown), calls TTL s, day TTL s,
-#       prompt tokens, completion tokens, then per dimension its name ('' none: not counted by it)
-_RECORD_CALL = """
-if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
-redis.call('EXPIRE', KEYS[1], ARGV[5])
-if ARGV[4] ~= '' then
-  redis.call('HSET', KEYS[3], 'remaining', ARGV[4], 'updated_at', redis.call('TIME')[1])
-end
-for i = 0, (#KEYS - 3) / 2 - 1 do
-  local name, spend, usage = ARGV[9 + i], KEYS[4 + 2 * i], KEYS[5 + 2 * i]
-  if name ~= '' then
-    -- a day's hash gets its expiry with its first field (a field's first increment): fewer writes per call
-    if ARGV[3] ~= '' then
-      if i == 0 then redis.call('HINCRBYFLOAT', KEYS[2], name, ARGV[3]) end
-      if tonumber(redis.call('HINCRBYFLOAT', spend, name, ARGV[3])) == tonumber(ARGV[3]) then
-        redis.call('EXPIRE', spend, ARGV[6])
-      end
-    end
-    if redis.call('HINCRBY', usage, 'calls|' .. name, 1) == 1 then redis.call('EXPIRE', usage, ARGV[6]) end
-    if ARGV[7] ~= '0' then redis.call('HINCRBY', usage, 'prompt|' .. name, ARGV[7]) end
-    if ARGV[8] ~= '0' then redis.call('HINCRBY', usage, 'completion|' .. name, ARGV[8]) end
-  end
-end
-return 1
-"""
-
-
-# The result, its dead letter if any, the dead-letter list kept within its bounds (oldest
-# first: past DLQ_TTL_S, then over DLQ_MAX; at most 100 a call), its webhook delivery if it has
-# a callback_url (worker.outputs.outbox), the job in the recent-jobs streams (every source's, and its
-# source's if it has one: XADD with MAXLEN ~ and EXPIRE, in this script, so no command or round
-# trip of its own), and the wake-up: one round trip.
-# KEYS: result, dlq hash, dlq index, webhook outbox, webhook delivery, then the recent-jobs streams
-# ARGV: result JSON, result TTL s, status, dead letter JSON ('' none), now s, dlq max, dlq TTL s, job id, channel,
-#       callback url ('' none), delivery, recent-jobs max, listed status, model, cost, source
-_SAVE = (
-    QUEUE_LUA
-    + """
-redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
-if ARGV[10] ~= '' then queue_delivery(KEYS[4], KEYS[5], ARGV[11], ARGV[10], ARGV[5], ARGV[2]) end
-local dropped = {}
-if ARGV[4] ~= '' then
-  redis.call('HSET', KEYS[2], ARGV[8], ARGV[4])
-  redis.call('ZADD', KEYS[3], ARGV[5], ARGV[8])
-  dropped = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', tonumber(ARGV[5]) - tonumber(ARGV[7]), 'LIMIT', 0, 100)
-  local over = redis.call('ZCARD', KEYS[3]) - #dropped - tonumber(ARGV[6])
-  if over > 0 then
-    for _, id in ipairs(redis.call('ZRANGE', KEYS[3], #dropped, #dropped + math.min(over, 100) - 1)) do
-      table.insert(dropped, id)
-    end
-  end
-  for _, id in ipairs(dropped) do
-    redis.call('HDEL', KEYS[2], id)
-    redis.call('ZREM', KEYS[3], id)
-  end
-end
-for i = 6, #KEYS do
-  redis.call('XADD', KEYS[i], 'MAXLEN', '~', ARGV[12], '*',
-    'id', ARGV[8], 'status', ARGV[13], 'model', ARGV[14], 'cost', ARGV[15], 'source', ARGV[16])
-  redis.call('EXPIRE', KEYS[i], ARGV[2])
-end
-redis.call('PUBLISH', ARGV[9], ARGV[3])
-return #dropped
-"""
-)
-
 
 class ResultStore:
     def __init__(
@@ -124,8 +55,9 @@ class ResultStore:
         self.spend_ttl_s = spend_ttl_s
         self.dlq_max = dlq_max
         self.dlq_ttl_s = dlq_ttl_s
-        self._record_call = redis.register_script(_RECORD_CALL)
-        self._save = redis.register_script(_SAVE)
+        self._record_call = lua.register(redis, "store_record_call")
+        # the result, after the outbox's part (its webhook delivery)
+        self._save = lua.register(redis, "outbox_queue_delivery", "store_save")
 
     @property
     def scripts(self) -> list[AsyncScript]:

@@ -42,6 +42,7 @@ from ..contract.keys import (
 )
 from ..contract.settings import ConfigError, Settings
 from ..limits import budgets, fair
+from ..lua import registry as lua
 from ..process.lease import HEARTBEAT_STALE_S
 from .metrics import Labels
 
@@ -51,28 +52,6 @@ log = logging.getLogger("llm_router.exporter")
 MAX_READY_SCANNED = 50_000
 READY_CHUNK = 5_000
 
-# A chunk of the ready part of the queue: how many entries, how many are batch lines (ids
-# `batch_...:<line>`), and the oldest other one's score (-1: none). A batch line leaves the bulk
-# lane for the queue when a worker has a free slot, and comes back to the queue when it is
-# deferred (a rate limit): counted as a job like any other, a normal overnight batch would look
-# like an interactive backlog. Past MAX_READY_SCANNED entries the rest count as interactive
-# (the alerts err on the side of paging).
-# KEYS: queue; ARGV: now ms, first rank, last rank (the ready jobs are the lowest ranks)
-INTERACTIVE = """
-local ready = redis.call('ZRANGE', KEYS[1], ARGV[2], ARGV[3], 'WITHSCORES')
-local lines, oldest, now = 0, -1, tonumber(ARGV[1])
-for i = 1, #ready, 2 do
-  local id = ready[i]
-  if tonumber(ready[i + 1]) > now then
-    break
-  elseif string.sub(id, 1, 6) == 'batch_' and string.find(id, ':', 7, true) then
-    lines = lines + 1
-  elseif oldest < 0 then
-    oldest = tonumber(ready[i + 1])
-  end
-end
-return {lines, tostring(oldest)}
-"""
 # The newest batches the exporter reads the status of at each scrape.
 MAX_BATCHES_READ = 10_000
 
@@ -83,8 +62,9 @@ class QueueCollector(Collector):
         self.redis = redis or sync_redis(settings.redis_url, socket_timeout=5)
         self.labels = Labels(settings)
         self.schedules = load_schedules(settings, check_files=False)
-        self._interactive = self.redis.register_script(INTERACTIVE)
-        self._fair_depth = self.redis.register_script(fair.DEPTH)
+        # (a sync client: its own register_script, of the registry's text)
+        self._interactive = self.redis.register_script(lua.join("exporter_interactive"))
+        self._fair_depth = self.redis.register_script(lua.join("fair_depth"))  # worker.limits.fair
         # the sources reported even with nothing waiting or running (the ones the settings name)
         self._sources = sorted(set(settings.source_weights) | set(settings.source_limits))
 

@@ -20,7 +20,8 @@ from redis.asyncio import Redis
 from ..contract import serde
 from ..contract.keys import DLQ, DLQ_INDEX, JOB_EXPIRES_EXTRA_MS, job_key, result_key, wake_key
 from ..contract.models import Attempt, ErrorInfo, JobResult
-from ..process.wake import WAKE_FUNCTION
+from ..lua import registry as lua
+from ..process import wake
 
 
 class DeadLetter(BaseModel):
@@ -53,30 +54,12 @@ def dead_letter(result: JobResult, kind: str, payload: Any, max_payload_bytes: i
     return letter.model_dump_json(exclude_none=True)
 
 
-# A replayed job wakes an idle worker (worker.process.wake).
-# KEYS: dlq hash, dlq index, result key, arq job key, queue, wake list
-# ARGV: job id, serialized arq job, job key TTL ms, score
-_REPLAY = (
-    WAKE_FUNCTION
-    + """
-if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return 0 end
-if redis.call('EXISTS', KEYS[4]) == 1 then return -1 end
-redis.call('HDEL', KEYS[1], ARGV[1])
-redis.call('ZREM', KEYS[2], ARGV[1])
-redis.call('DEL', KEYS[3])
-redis.call('PSETEX', KEYS[4], ARGV[3], ARGV[2])
-redis.call('ZADD', KEYS[5], ARGV[4], ARGV[1])
-wake(KEYS[6])
-return 1
-"""
-)
-
-
 class DeadLetters:
     def __init__(self, redis: Redis, queue_name: str) -> None:
         self.redis = redis
         self.queue_name = queue_name
-        self._replay = redis.register_script(_REPLAY)
+        # a replayed job wakes an idle worker (worker.process.wake)
+        self._replay = lua.register(redis, "wake", "dlq_replay", **wake.CONSTANTS)
 
     async def size(self) -> int:
         return int(await self.redis.hlen(DLQ))  # type: ignore[misc]  # redis-py types commands as sync-or-async

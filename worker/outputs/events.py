@@ -36,6 +36,7 @@ from redis.exceptions import RedisError
 
 from ..contract.keys import events_key, events_posted_channel
 from ..contract.models import JOB_KINDS, Choice, ErrorInfo, JobResult, RoutedJob
+from ..lua import registry as lua
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -51,25 +52,6 @@ FLUSH_CHARS = 1024
 _JOINED = ("content", "refusal", "reasoning_content")
 
 OnDelta = Callable[[list[dict[str, Any]]], Awaitable[None]]
-
-# One write: the entries, the stream's TTL and the wake-up, in one command (a pipeline of three
-# commands costs the worker about twice the CPU per write). Each entry carries its write's id
-# (`w`: run.sequence): a write sent again by the client after a lost answer (worker.contract.connections)
-# finds its id on the stream's last entry and adds nothing.
-# KEYS: stream; ARGV: maxlen, TTL s, channel, write id, then event name and data JSON for each entry
-_WRITE = """
-local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)[1]
-if last then
-  for i = 1, #last[2], 2 do
-    if last[2][i] == 'w' and last[2][i + 1] == ARGV[4] then return 0 end
-  end
-end
-for i = 5, #ARGV, 2 do
-  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'event', ARGV[i], 'data', ARGV[i + 1], 'w', ARGV[4])
-end
-redis.call('EXPIRE', KEYS[1], ARGV[2])
-redis.call('PUBLISH', ARGV[3], ARGV[#ARGV - 1])
-"""
 
 
 def merge_delta(into: dict[str, Any], piece: dict[str, Any]) -> int:
@@ -192,7 +174,8 @@ class JobEvents:
         self._flushed_at = float("-inf")
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = self._broken = False
-        self._script = redis.register_script(_WRITE)
+        # one write: the entries, the stream's TTL and the wake-up, in one command
+        self._script = lua.register(redis, "events_write")
 
     def on_delta(self, model: str) -> OnDelta:
         """The hook the client calls with each chunk's `choices` during one attempt at `model`."""

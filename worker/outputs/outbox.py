@@ -22,6 +22,7 @@ from pydantic import BaseModel, Field
 from redis.asyncio import Redis
 
 from ..contract.keys import WEBHOOKS, webhook_key
+from ..lua import registry as lua
 
 Subject = Literal["job", "batch"]
 # A delivery's status: waiting for a try (or being tried), sent (a 2xx), or given up.
@@ -32,50 +33,9 @@ def delivery_of(subject: Subject, subject_id: str) -> str:
     return f"{subject}:{subject_id}"
 
 
-# Defines queue_delivery(outbox, delivery key, delivery, url, now s, ttl s): prepended to the
-# scripts that store a result or end a batch. A pending delivery gets the url (it will send the
-# newest record); an ended one (or none) starts its next generation, due now.
-QUEUE_LUA = """
-local function queue_delivery(outbox, key, delivery, url, now, ttl)
-  if redis.call('HGET', key, 'status') ~= 'pending' then
-    redis.call('HINCRBY', key, 'n', 1)
-    redis.call('HDEL', key, 'last_error', 'last_status', 'last_try_at', 'next_try_at', 'ended_at')
-    redis.call('HSET', key, 'status', 'pending', 'tries', 0, 'created_at', now)
-    redis.call('ZADD', outbox, now, delivery)
-  end
-  redis.call('HSET', key, 'url', url)
-  redis.call('EXPIRE', key, math.max(math.floor(tonumber(ttl)), 60))
-end
-"""
-
-# Claim the due deliveries (at most ARGV[3]): each is pushed ARGV[2] s ahead, so only a sender
-# that dies before writing its outcome leaves it to be tried again.
-# KEYS: outbox; ARGV: now s, lease s, most
-_CLAIM = """
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
-for _, d in ipairs(due) do redis.call('ZADD', KEYS[1], tonumber(ARGV[1]) + tonumber(ARGV[2]), d) end
-return due
-"""
-
-# A try's outcome, if the delivery is still generation ARGV[2]: 'retry' (due again at ARGV[4]),
-# 'delivered' or 'failed' (out of the outbox). Returns the tries so far, 0 if fenced off.
-# KEYS: outbox, delivery; ARGV: delivery, n, outcome, due s, last error, last status, now s
-_OUTCOME = """
-if redis.call('HGET', KEYS[2], 'n') ~= ARGV[2] then return 0 end
-local tries = redis.call('HINCRBY', KEYS[2], 'tries', 1)
-redis.call('HSET', KEYS[2], 'last_try_at', ARGV[7])
-if ARGV[5] ~= '' then redis.call('HSET', KEYS[2], 'last_error', ARGV[5]) end
-if ARGV[6] ~= '' then redis.call('HSET', KEYS[2], 'last_status', ARGV[6]) end
-if ARGV[3] == 'retry' then
-  redis.call('HSET', KEYS[2], 'next_try_at', ARGV[4])
-  redis.call('ZADD', KEYS[1], ARGV[4], ARGV[1])
-else
-  redis.call('HSET', KEYS[2], 'status', ARGV[3], 'ended_at', ARGV[7])
-  redis.call('HDEL', KEYS[2], 'next_try_at')
-  redis.call('ZREM', KEYS[1], ARGV[1])
-end
-return tries
-"""
+# The part queue_delivery (worker/lua/outbox_queue_delivery.lua) of the scripts that store a
+# result or end a batch. (until worker.batches.record joins the part by name)
+QUEUE_LUA = lua.source("outbox_queue_delivery")
 
 
 class Delivery(BaseModel):
@@ -110,8 +70,8 @@ class Delivery(BaseModel):
 class Outbox:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
-        self._claim = redis.register_script(_CLAIM)
-        self._outcome = redis.register_script(_OUTCOME)
+        self._claim = lua.register(redis, "outbox_claim")
+        self._outcome = lua.register(redis, "outbox_outcome")
 
     async def claim(self, now: float, lease_s: float, most: int) -> list[str]:
         due = await self._claim(keys=[WEBHOOKS], args=[now, lease_s, most])

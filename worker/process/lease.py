@@ -31,6 +31,7 @@ from ..contract.keys import (
     workers_key,
 )
 from ..limits.fair import FairQueue, running_key
+from ..lua import registry as lua
 from . import wake
 from .scripts import run_scripts
 
@@ -38,143 +39,6 @@ if TYPE_CHECKING:
     from ..contract.models import JobResult
     from ..contract.store import ResultStore
 
-# arq's claim of one job, atomically, for every id a poll read: not in progress elsewhere, due
-# now. For each such job: its id, score and what to do: 'run' (held under the lease, at most
-# ARGV[3] of them: the worker's free slots), 'done' (it has a result already: a copy queued
-# again is dropped, never run or billed twice) or 'missing' (no record under the id: taken
-# off the queue; the caller fails it). Due jobs past the free slots stay queued, untouched.
-# A claimed job is scored at its lease's end: out of every worker's next reads while it runs
-# (so a poll sees the jobs that wait), due again if its worker dies. arq's Retry adds the
-# defer to the score it was given, so the job comes back at now + defer as usual.
-# A 'run' job also comes with what arq's run_job would fetch in a round trip of its own: its
-# record and its run count (arq's retry key, incremented); a count Redis cannot increment makes
-# it 'error' instead, with Redis's words (the caller fails the job).
-# The in-progress mark holds the claim's token: the same claim sent again (the client retrying
-# after a lost answer, worker.contract.connections) hands over the jobs its first run took, the same ones,
-# their run counted once.
-# KEYS: queue, then per job: in-progress key, job record key, result key, retry key
-# ARGV: now ms, lease ms, free slots, claim token, job ids (in KEYS order)
-CLAIM = """
-local now, lease, free, token, out = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]), ARGV[4], {}
-for i = 5, #ARGV do
-  local id, k = ARGV[i], 2 + (i - 5) * 4
-  local held = redis.call('GET', KEYS[k])
-  if held == token and free > 0 then
-    free = free - 1
-    local tries = tonumber(redis.call('GET', KEYS[k + 3])) or 0
-    local record = redis.call('GET', KEYS[k + 1])
-    table.insert(out, id)
-    table.insert(out, redis.call('ZSCORE', KEYS[1], id) or now + tonumber(lease))
-    table.insert(out, record and 'run' or 'missing')
-    table.insert(out, record or '')
-    table.insert(out, tries)
-  elseif not held then
-    local score = redis.call('ZSCORE', KEYS[1], id)
-    if score and tonumber(score) <= now then
-      local what, record, tries = nil, '', 0
-      if redis.call('EXISTS', KEYS[k + 2]) == 1 then
-        what = 'done'
-        redis.call('ZREM', KEYS[1], id)
-        redis.call('DEL', KEYS[k + 1])
-      elseif redis.call('EXISTS', KEYS[k + 1]) == 0 then
-        what = 'missing'
-        redis.call('ZREM', KEYS[1], id)
-      elseif free > 0 then
-        what = 'run'
-        free = free - 1
-        score = now + tonumber(lease)
-        redis.call('PSETEX', KEYS[k], lease, token)
-        redis.call('ZADD', KEYS[1], score, id)
-        record = redis.call('GET', KEYS[k + 1])
-        tries = redis.pcall('INCR', KEYS[k + 3])
-        if type(tries) == 'table' then
-          what, record, tries = 'error', tries.err, 0
-        else
-          redis.call('EXPIRE', KEYS[k + 3], 88400)
-        end
-      end
-      if what then
-        table.insert(out, id)
-        table.insert(out, score)
-        table.insert(out, what)
-        table.insert(out, record)
-        table.insert(out, tries)
-      end
-    end
-  end
-end
-return out
-"""
-
-# Bulk jobs from the bulk lane into the queue for this worker's free slots, claimed at once:
-# held under the lease and scored at the lease's end, so they stay out of other workers' reads
-# while they run and are due again if this worker dies. The same outcomes and answers as CLAIM;
-# the caller quarantines an id that cannot be one (the lane is written by others too).
-# KEYS: bulk lane, queue; ARGV: how many, now ms, lease ms, job record / in-progress / result /
-# retry prefixes
-PROMOTE = """
-local out, score = {}, tonumber(ARGV[2]) + tonumber(ARGV[3])
-local popped = redis.call('ZPOPMIN', KEYS[1], ARGV[1])
-for i = 1, #popped, 2 do
-  local id, what, record, tries = popped[i], 'run', '', 0
-  if redis.call('EXISTS', ARGV[6] .. id) == 1 then
-    what = 'done'
-    redis.call('DEL', ARGV[4] .. id)
-  elseif redis.call('EXISTS', ARGV[4] .. id) == 0 then
-    what = 'missing'
-  else
-    redis.call('ZADD', KEYS[2], score, id)
-    redis.call('PSETEX', ARGV[5] .. id, ARGV[3], '1')
-    record = redis.call('GET', ARGV[4] .. id)
-    tries = redis.pcall('INCR', ARGV[7] .. id)
-    if type(tries) == 'table' then
-      what, record, tries = 'error', tries.err, 0
-    else
-      redis.call('EXPIRE', ARGV[7] .. id, 88400)
-    end
-  end
-  table.insert(out, id)
-  table.insert(out, score)
-  table.insert(out, what)
-  table.insert(out, record)
-  table.insert(out, tries)
-end
-return out
-"""
-
-# The end of a job whose result is stored: off the queue, its record, run count and lease gone
-# (arq's finish_job), sent in the same round trip as the result. Nothing happens unless the
-# result is there: a result that was not stored never takes its job off the queue.
-# A job its source's sub-queue gave (worker.limits.fair) also stops counting as its source's running.
-# KEYS: result, queue, job record, in-progress, retry[, the source's running jobs]; ARGV: job id
-RELEASE = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-redis.call('ZREM', KEYS[2], ARGV[1])
-redis.call('DEL', KEYS[3], KEYS[4], KEYS[5])
-if KEYS[6] then redis.call('ZREM', KEYS[6], ARGV[1]) end
-return 1
-"""
-
-# The keeper's renewal of every lease this worker holds, in one call: each in-progress mark
-# gets LEASE_S more, and its queue entry is scored at the new lease's end (never earlier), so
-# a job running longer than a lease stays out of every poll's read. A job that has ended (no
-# mark) is left alone: its queue entry, if any, is its end's. A job a source's sub-queue gave
-# (worker.limits.fair) stays listed as its source's running for as long.
-# KEYS: queue; ARGV: lease ms, now ms, in-progress prefix, running prefix, then job id, source ('': none) pairs
-RENEW = """
-local lease, score, sources = tonumber(ARGV[1]), tonumber(ARGV[2]) + tonumber(ARGV[1]), {}
-for i = 5, #ARGV, 2 do
-  if redis.call('PEXPIRE', ARGV[3] .. ARGV[i], lease) == 1 then
-    redis.call('ZADD', KEYS[1], 'XX', 'GT', score, ARGV[i])
-    if ARGV[i + 1] ~= '' then
-      redis.call('ZADD', ARGV[4] .. ARGV[i + 1], 'XX', 'GT', score, ARGV[i])
-      sources[ARGV[i + 1]] = true
-    end
-  end
-end
-for source in pairs(sources) do redis.call('PEXPIRE', ARGV[4] .. source, lease) end
-return 0
-"""
 
 # A worker that has not beaten for this long is not consuming the queue.
 HEARTBEAT_STALE_S = 5.0
@@ -205,10 +69,10 @@ class Lease:
         # their scores there
         self.sources: dict[str, str] = {}
         self.dues: dict[str, bytes] = {}
-        self._claim = redis.register_script(CLAIM)
-        self._promote = redis.register_script(PROMOTE)
-        self._release = redis.register_script(RELEASE)
-        self._renew = redis.register_script(RENEW)
+        self._claim = lua.register(redis, "lease_claim")
+        self._promote = lua.register(redis, "lease_promote")
+        self._release = lua.register(redis, "lease_release")
+        self._renew = lua.register(redis, "lease_renew")
 
     @property
     def scripts(self) -> list[AsyncScript]:
@@ -250,7 +114,7 @@ class Lease:
         return _claimed(out)
 
     def release_call(self, job_id: str) -> tuple[AsyncScript, list[str], list[str]]:
-        """The RELEASE script call for a job whose result is being stored (see worker.process.scripts)."""
+        """The lease_release script call for a job whose result is being stored (see worker.process.scripts)."""
         keys = [result_key(job_id), self.queue_name, job_key(job_id), in_progress_key(job_id), retry_key(job_id)]
         if (source := self.sources.get(job_id)) is not None:
             keys.append(running_key(self.queue_name, source))
