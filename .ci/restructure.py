@@ -32,6 +32,7 @@ PLACE = {
     "test_models.py": "unit",
     "test_policy.py": "unit",
     "test_spacing.py": "unit",
+    "test_lua.py": "unit",
     "test_reference.py": "unit",
     "test_redis_packing.py": "unit",
     # integration: a private redis-server, the simulator, workers and the app in this process

@@ -1,4 +1,4 @@
-"""Fair share in the rate limit (worker.limits.fair LINE_FUNCTIONS, in worker.limits.limiter's admission), on the
+"""Fair share in the rate limit (worker/lua/fair_line.lua, a part of worker.limits.limiter's admission), on the
 real redis-server: the jobs waiting for a model's slot take it in the sources' fair order, not
 in the order they ask; a source that starts waiting goes before the jobs another has waiting; a
 bulk job waits behind every one of them; a member whose worker died is taken off."""

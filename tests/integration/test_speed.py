@@ -19,7 +19,7 @@ from harness.command_count import RedisTraffic
 from tests.helpers import run_worker
 from worker.contract.keys import in_progress_key
 from worker.contract.models import ChatJob
-from worker.limits import budgets, fair
+from worker.limits import budgets
 from worker.lua import registry as lua
 from worker.process import scripts
 from worker.process.lease import Lease

@@ -46,7 +46,7 @@ from ..contract.keys import (
 )
 from ..contract.models import ErrorInfo, JobResult
 from ..lua import registry as lua
-from ..outputs.outbox import QUEUE_LUA, delivery_of
+from ..outputs.outbox import delivery_of
 
 # `batch_<32 hex>` (submitted), or `batch_sched_<schedule>_<yyyymmddThhmmssZ>` (a schedule's tick:
 # worker.batches.schedules). Both, and their line ids `<batch_id>:<line>`, stay within the job-id charset
@@ -308,9 +308,7 @@ def _counting(redis: Redis, script: str) -> AsyncScript:
     """A script that counts a batch's lines (`batch_record_save_line`, `batch_record_end_waiting`,
     files of worker/lua/) as a redis-py Script, after the parts it calls: the outbox's
     (queue_delivery) and batch_record_finish (finish_batch)."""
-    # (the outbox's part is still its Python string, worker.outputs.outbox.QUEUE_LUA, until it is a
-    # file of worker/lua/: then `lua.register(redis, "<its part>", "batch_record_finish", script)`)
-    return redis.register_script(QUEUE_LUA + lua.join("batch_record_finish", script))
+    return lua.register(redis, "outbox_queue_delivery", "batch_record_finish", script)
 
 
 async def save_line(redis: Redis, result: JobResult, batch_id: str, line: int, model: str) -> int:

@@ -158,6 +158,8 @@ RECENT_JOBS_MAX = 1000
 JOB_PREFIX = _arq.job_key_prefix
 IN_PROGRESS_PREFIX = _arq.in_progress_key_prefix
 RETRY_PREFIX = _arq.retry_key_prefix
+# How long a job's run count (its retry key) is kept, as arq does (also in the claim scripts: RETRY_KEY_TTL_S).
+RETRY_KEY_TTL_S = 88400
 ARQ_RESULT_PREFIX = _arq.result_key_prefix
 # arq keeps a job record this long past its due time (a record outliving its queue entry is harmless).
 JOB_EXPIRES_EXTRA_MS = _arq.expires_extra_ms

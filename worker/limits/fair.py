@@ -20,6 +20,7 @@ from ..contract.keys import (
     IN_PROGRESS_PREFIX,
     JOB_PREFIX,
     RESULT_PREFIX,
+    RETRY_KEY_TTL_S,
     RETRY_PREFIX,
     SOURCE_LIMIT_PREFIX,
     fair_key,
@@ -101,22 +102,6 @@ def seen_key(queue_name: str) -> str:
     return fair_key(queue_name, "seen")
 
 
-# Where a job that starts waiting goes (inside the enqueue script, producers.api): the sub-queue
-# of its source, or of `other` when the source is not one the settings name and the fleet has
-# given FAIR_SHARE_MAX_SOURCES others a sub-queue already; a source that had nothing waiting
-# joins the claim's rotation at the clock (the virtual time of the last pick): it gets its share
-# from now on, never credit for the time it sent nothing.
-# Lua, spliced into the enqueue script: `fair_enqueue(passes, clock, seen, source, known, bound,
-# waiting prefix, score, id)`; answers the source it used.
-ENQUEUE_FUNCTION = lua.source("fair_enqueue")
-
-
-# What waits and runs, by source: for each source with jobs waiting (and each named in ARGV),
-# its name, jobs waiting, the score of its front job (-1: none) and jobs running now.
-# KEYS: passes; ARGV: now ms, waiting prefix, running prefix, then source names to report always
-DEPTH = lua.source("fair_depth")
-
-
 def line_key(queue_name: str, model: str, bulk: bool = False) -> str:
     """Sorted set job id -> tag: the model's slot line, the interactive jobs waiting for its next
     rate-limit slot (`bulk`: the bulk jobs' line, behind every one of them)."""
@@ -136,7 +121,7 @@ LINE_GRACE_MS = 200
 
 @dataclass
 class LineTicket:
-    """A job's place in a model's slot line (see LINE_FUNCTIONS): its source (bounded), the
+    """A job's place in a model's slot line (see worker/lua/fair_line.lua): its source (bounded), the
     stride its weight gives, whether it is a bulk job (in the bulk line, behind every
     interactive member), and whether it may join (a job that would give its worker slot back
     does not, unless its turn is next). Keys: the interactive line and its state, then the bulk
@@ -191,7 +176,7 @@ class FairQueue:
         self.redis = redis
         self.settings = settings
         self.queue_name = queue_name
-        self._claim = lua.register(redis, "fair_claim")
+        self._claim = lua.register(redis, "fair_claim", RETRY_KEY_TTL_S=RETRY_KEY_TTL_S)
         self._requeue = lua.register(redis, "wake", "fair_requeue", **wake.CONSTANTS)
         self._depth = lua.register(redis, "fair_depth")
         named = set(settings.source_weights) | set(settings.source_limits)

@@ -89,7 +89,7 @@ while free > 0 and pops > 0 do
       if type(tries) == 'table' then
         what, record, tries = 'error', tries.err, 0
       else
-        redis.call('EXPIRE', tp .. id, 88400)
+        redis.call('EXPIRE', tp .. id, RETRY_KEY_TTL_S)
       end
     end
     for _, v in ipairs({id, score, what, record, tries, best.name, front[2]}) do table.insert(out, v) end

@@ -49,7 +49,7 @@ for i = 5, #ARGV do
         if type(tries) == 'table' then
           what, record, tries = 'error', tries.err, 0
         else
-          redis.call('EXPIRE', KEYS[k + 3], 88400)
+          redis.call('EXPIRE', KEYS[k + 3], RETRY_KEY_TTL_S)
         end
       end
       if what then

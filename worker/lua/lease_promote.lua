@@ -22,7 +22,7 @@ for i = 1, #popped, 2 do
     if type(tries) == 'table' then
       what, record, tries = 'error', tries.err, 0
     else
-      redis.call('EXPIRE', ARGV[7] .. id, 88400)
+      redis.call('EXPIRE', ARGV[7] .. id, RETRY_KEY_TTL_S)
     end
   end
   table.insert(out, id)

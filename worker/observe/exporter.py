@@ -62,9 +62,8 @@ class QueueCollector(Collector):
         self.redis = redis or sync_redis(settings.redis_url, socket_timeout=5)
         self.labels = Labels(settings)
         self.schedules = load_schedules(settings, check_files=False)
-        # (a sync client: its own register_script, of the registry's text)
-        self._interactive = self.redis.register_script(lua.join("exporter_interactive"))
-        self._fair_depth = self.redis.register_script(lua.join("fair_depth"))  # worker.limits.fair
+        self._interactive = lua.register(self.redis, "exporter_interactive")
+        self._fair_depth = lua.register(self.redis, "fair_depth")  # worker.limits.fair's
         # the sources reported even with nothing waiting or running (the ones the settings name)
         self._sources = sorted(set(settings.source_weights) | set(settings.source_limits))
 

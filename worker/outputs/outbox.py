@@ -33,11 +33,6 @@ def delivery_of(subject: Subject, subject_id: str) -> str:
     return f"{subject}:{subject_id}"
 
 
-# The part queue_delivery (worker/lua/outbox_queue_delivery.lua) of the scripts that store a
-# result or end a batch. (until worker.batches.record joins the part by name)
-QUEUE_LUA = lua.source("outbox_queue_delivery")
-
-
 class Delivery(BaseModel):
     """A delivery as stored: what `GET /v1/jobs/{id}` shows as `webhook`."""
 

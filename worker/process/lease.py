@@ -22,6 +22,7 @@ from ..contract.keys import (
     IN_PROGRESS_PREFIX,
     JOB_PREFIX,
     RESULT_PREFIX,
+    RETRY_KEY_TTL_S,
     RETRY_PREFIX,
     bulk_key,
     in_progress_key,
@@ -69,8 +70,8 @@ class Lease:
         # their scores there
         self.sources: dict[str, str] = {}
         self.dues: dict[str, bytes] = {}
-        self._claim = lua.register(redis, "lease_claim")
-        self._promote = lua.register(redis, "lease_promote")
+        self._claim = lua.register(redis, "lease_claim", RETRY_KEY_TTL_S=RETRY_KEY_TTL_S)
+        self._promote = lua.register(redis, "lease_promote", RETRY_KEY_TTL_S=RETRY_KEY_TTL_S)
         self._release = lua.register(redis, "lease_release")
         self._renew = lua.register(redis, "lease_renew")
 

@@ -35,7 +35,7 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..calls import jobs
-from ..contract.keys import bulk_key
+from ..contract.keys import RETRY_KEY_TTL_S, bulk_key
 from ..limits.fair import passes_key, waiting_key
 from .health import HEALTH
 from .lease import Claimed, Lease
@@ -49,8 +49,6 @@ log = logging.getLogger("llm_router.worker")
 # A poll reads the worker's free slots plus this many queue entries more (at least): room for
 # entries that turn out not to be runnable (held elsewhere, finished copies, no record).
 READ_MARGIN = 16
-# How long arq keeps a job's run count (its retry key), as arq does.
-RETRY_KEY_TTL_S = 88400
 
 
 # The cyclic garbage collector's thresholds for a worker (Python's: 700, 10, 10). A job allocates

@@ -33,8 +33,6 @@ TOKEN_TTL_MS = 60_000
 # The part `wake` (worker/lua/wake.lua) of every script that makes a job due, and its constants:
 # `lua.register(redis, "wake", "<script>", **wake.CONSTANTS)`.
 CONSTANTS = {"TOKEN_TTL_MS": TOKEN_TTL_MS}
-# (until every script that makes a job due joins the part by name)
-WAKE_FUNCTION = lua.join("wake", **CONSTANTS)
 
 # Redis reads a BLPOP timeout that rounds to 0 ms as "block forever": shorter waits sleep here.
 SHORTEST_BLOCK_S = 0.002
