@@ -17,7 +17,7 @@ from arq.utils import timestamp_ms
 
 from harness.command_count import RedisTraffic
 from tests.helpers import run_worker
-from worker.contract.keys import in_progress_key
+from worker.contract.keys import RETRY_KEY_TTL_S, in_progress_key
 from worker.contract.models import ChatJob
 from worker.limits import budgets
 from worker.lua import registry as lua
@@ -51,9 +51,9 @@ async def run_counted(producer, settings, n: int) -> dict[str, float]:
     # the budget reaper run on timers: their counts follow the run's length (longer on a loaded
     # machine), not the number of jobs
     timers = (
-        lua.join("lease_claim"),
-        lua.join("fair_claim"),
-        lua.join("lease_promote"),
+        lua.join("lease_claim", RETRY_KEY_TTL_S=RETRY_KEY_TTL_S),
+        lua.join("fair_claim", RETRY_KEY_TTL_S=RETRY_KEY_TTL_S),
+        lua.join("lease_promote", RETRY_KEY_TTL_S=RETRY_KEY_TTL_S),
         lua.join("lease_renew"),
         lua.join("outbox_claim"),
         lua.join("budget_reap", "budget_keep", **budgets.CONSTANTS),
