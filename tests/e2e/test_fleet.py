@@ -171,3 +171,17 @@ def test_a_worker_that_stops_cleanly_withdraws_its_digest(fleet_settings, redis_
     assert out.returncode == 0, out.stdout + out.stderr
     assert [row["digest"] for row in json.loads(out.stdout)] == [fleet.digest(fleet.fleet_settings(new))]
     assert len(Redis.from_url(redis_url).keys(f"{WORKER_CONFIG_PREFIX}*")) == 1
+
+
+def test_a_worker_stops_on_sigterm_while_its_redis_is_gone(fleet_settings, workers):
+    # Redis gone for good (a node lost with the worker's pod being deleted): SIGTERM must still end
+    # the process within its grace, not after the Redis client's retries (about 75 s,
+    # worker.contract.connections) for each step of the shutdown that writes to Redis.
+    from harness.redis_server import PrivateRedis
+
+    with PrivateRedis() as server:
+        s = fleet_settings.model_copy(update={"redis_url": server.url, "metrics_port": free_port()})
+        w = workers(s).wait_started(lambda: answers(f"http://127.0.0.1:{s.metrics_port}/readyz"), 30, "worker")
+        server.kill()
+        w.send(signal.SIGTERM)
+        assert w.wait(30) == 0

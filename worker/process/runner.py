@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import signal
 from signal import Signals
 from typing import Any
 
@@ -49,6 +50,8 @@ log = logging.getLogger("llm_router.worker")
 # A poll reads the worker's free slots plus this many queue entries more (at least): room for
 # entries that turn out not to be runnable (held elsewhere, finished copies, no record).
 READ_MARGIN = 16
+# The longest a shutdown waits for one Redis write (the health key's delete) before it exits anyway.
+SHUTDOWN_REDIS_S = 2.0
 
 
 # The cyclic garbage collector's thresholds for a worker (Python's: 700, 10, 10). A job allocates
@@ -304,3 +307,19 @@ class RouterWorker(Worker):
     def handle_sig_wait_for_completion(self, signum: Signals) -> None:
         self._draining = True
         super().handle_sig_wait_for_completion(signum)
+
+    async def close(self) -> None:
+        """arq's `close`, with its Redis write bounded (SHUTDOWN_REDIS_S): with Redis gone, the
+        client's retries (about 75 s, worker.contract.connections) would hold the exit past any
+        grace a supervisor gives; the health key it deletes expires by itself."""
+        if not self._handle_signals:
+            self.handle_sig(signal.SIGUSR1)
+        if not self._pool:
+            return
+        await asyncio.gather(*self.tasks.values())
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.pool.delete(self.health_check_key), SHUTDOWN_REDIS_S)
+        if self.on_shutdown:
+            await self.on_shutdown(self.ctx)
+        await self.pool.close(close_connection_pool=True)
+        self._pool = None
