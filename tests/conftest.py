@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import hypothesis
@@ -25,6 +26,11 @@ from .helpers import API_KEY, sim_admin
 hypothesis.settings.register_profile("repeatable", derandomize=True, max_examples=50, database=None, deadline=None)
 hypothesis.settings.register_profile("explore", max_examples=500, database=None, deadline=None)
 hypothesis.settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "repeatable"))
+
+# A shell without job control (CI backgrounding `make test`, `nohup … &`) starts its children with
+# SIGINT ignored, and a child started from here inherits that: the CLI tests that stop a process
+# with Ctrl-C would then wait out their timeouts. Python's own handler, as in an interactive run.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # Unit tests start no server (.ci/restructure.py places the files by kind). Processes are the
 # e2e folder's: its conftest.py alone has the `workers` fixture.
