@@ -321,5 +321,5 @@ class RouterWorker(Worker):
             await asyncio.wait_for(self.pool.delete(self.health_check_key), SHUTDOWN_REDIS_S)
         if self.on_shutdown:
             await self.on_shutdown(self.ctx)
-        await self.pool.close(close_connection_pool=True)
+        await self.pool.aclose(close_connection_pool=True)
         self._pool = None
