@@ -1,5 +1,5 @@
 -- worker.batches.record: a chunk of a cancelled batch's lines (or one past its window) that wait for
--- a worker, ended here and now (after the parts queue_delivery and batch_record_finish): each still
+-- a worker, ended here and now (after the parts outbox_queue_delivery and batch_record_finish): each still
 -- queued (in the bulk lane, or back in the queue, deferred), not held by a worker (no in-progress
 -- mark) and not counted gets its result and is counted as a worker picking it would count it
 -- (batch_record_save_line: once, HSETNX), and leaves the queue with its record and run count. A

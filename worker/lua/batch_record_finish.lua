@@ -1,5 +1,5 @@
 -- worker.batches.record, a part of the scripts that count a batch's lines (batch_record_save_line,
--- batch_record_end_waiting), after the outbox's part (queue_delivery, worker.outputs.outbox):
+-- batch_record_end_waiting), after the outbox's part (outbox_queue_delivery, worker.outputs.outbox):
 -- `finish_batch(record, outbox, delivery key, delivery, now s, purge_at)` gives the batch its
 -- final status once every line is counted (not while its lines are being written): cancelled if it
 -- was cancelling, expired if a line expired, else completed; its webhook queued if it has a

@@ -1,4 +1,4 @@
--- worker.batches.record: store a line's result and count it, once (after the parts queue_delivery
+-- worker.batches.record: store a line's result and count it, once (after the parts outbox_queue_delivery
 -- and batch_record_finish). The result lives as long as its batch (`purge_at`). The last line
 -- counted moves the batch through finalizing to its final status (nothing is left to assemble: the
 -- output is read from the line results, so both timestamps are set at once). A batch with a

@@ -1,4 +1,4 @@
--- worker.contract.store: the result, after the part queue_delivery (worker.outputs.outbox).
+-- worker.contract.store: the result, after the part outbox_queue_delivery (worker.outputs.outbox).
 -- The result, its dead letter if any, the dead-letter list kept within its bounds (oldest
 -- first: past DLQ_TTL_S, then over DLQ_MAX; at most 100 a call), its webhook delivery if it has
 -- a callback_url (worker.outputs.outbox), the job in the recent-jobs streams (every source's, and its
