@@ -7,6 +7,7 @@ what crosses the wire from this process, for every redis-py asyncio connection i
     with RedisTraffic() as traffic:
         ...  # run jobs
     traffic.commands, traffic.round_trips, traffic.by_name
+    traffic.round_trips_with(shas)  # the round trips that carried one of these scripts
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ class RedisTraffic:
         self.round_trips = 0
         self.raw_names: Counter[Any] = Counter()
         self.scripts: Counter[str] = Counter()  # EVALSHA calls by the script's SHA1
+        self.sent: list[frozenset[str]] = []  # the scripts (SHA1s) each round trip carried
         self._saved: tuple[Any, Any] | None = None
 
     @property
@@ -38,19 +40,28 @@ class RedisTraffic:
             named[name.split()[0].upper()] += count
         return named
 
+    def round_trips_with(self, shas: set[str] | frozenset[str]) -> int:
+        """Round trips that carried at least one of these scripts: the jobs' own, when `shas` are
+        theirs, however many polls and timers ran beside them (a loaded machine runs more)."""
+        return sum(1 for carried in self.sent if carried & shas)
+
     def __enter__(self) -> RedisTraffic:
         pack, send = AbstractConnection.pack_command, AbstractConnection.send_packed_command
         self._saved = (pack, send)
         traffic = self
+        pending: dict[AbstractConnection, set[str]] = {}
 
         def pack_command(conn: AbstractConnection, *args: Any) -> Any:
             traffic.raw_names[args[0]] += 1  # cheap here: named when read (by_name)
             if args[0] in ("EVALSHA", b"EVALSHA"):
-                traffic.scripts[args[1].decode() if isinstance(args[1], bytes) else str(args[1])] += 1
+                sha = args[1].decode() if isinstance(args[1], bytes) else str(args[1])
+                traffic.scripts[sha] += 1
+                pending.setdefault(conn, set()).add(sha)  # sent with the connection's next write
             return pack(conn, *args)
 
         async def send_packed_command(conn: AbstractConnection, command: Any, check_health: bool = True) -> None:
             traffic.round_trips += 1
+            traffic.sent.append(frozenset(pending.pop(conn, ())))
             await send(conn, command, check_health)
 
         AbstractConnection.pack_command = pack_command  # type: ignore[method-assign,assignment]
@@ -65,3 +76,4 @@ class RedisTraffic:
         self.round_trips = 0
         self.raw_names.clear()
         self.scripts.clear()
+        self.sent.clear()

@@ -59,8 +59,14 @@ async def run_counted(producer, settings, n: int) -> dict[str, float]:
         lua.join("budget_reap", "budget_keep", **budgets.CONSTANTS),
     )
     timed = {hashlib.sha1(source.encode()).hexdigest() for source in timers}
-    job_scripts = sum(count for sha, count in traffic.scripts.items() if sha not in timed)
-    return per_job | {"commands": commands / n, "round_trips": round_trips / n, "job_scripts": job_scripts / n}
+    job_shas = set(traffic.scripts) - timed
+    job_scripts = sum(traffic.scripts[sha] for sha in job_shas)
+    return per_job | {
+        "commands": commands / n,
+        "round_trips": round_trips / n,
+        "job_scripts": job_scripts / n,
+        "job_round_trips": traffic.round_trips_with(job_shas) / n,  # timers' round trips aside
+    }
 
 
 async def test_a_job_costs_one_claim_share_one_admission_one_record_one_finish(producer, settings, monkeypatch):
@@ -75,9 +81,17 @@ async def test_a_job_costs_one_claim_share_one_admission_one_record_one_finish(p
 
 
 async def test_jobs_running_together_share_their_round_trips(producer, settings):
+    """Alone a job makes three round trips of its own scripts (admission; record and settlement;
+    result and release: 3.0 with batching off); 50 at a time share them: 0.4-0.6 a job on a quiet
+    machine. Counted by what each round trip carried, the polls and timers beside them aside
+    (they follow the run's length). How many jobs share a round trip depends on how close
+    together their answers come, which a loaded machine spreads (up to 1.3 a job measured at
+    load 2), so the bound is the one a loaded machine keeps: below two, where jobs that shared
+    nothing would make three. That calls made in one turn of the loop share one write is
+    tests/integration/test_scripts.py's, exactly."""
     per_job = await run_counted(producer, settings, 300)  # 50 at a time (WORKER_CONCURRENCY)
     assert per_job["commands"] <= COMMANDS_PER_JOB, per_job
-    assert per_job["round_trips"] <= 1.0, per_job
+    assert per_job["job_round_trips"] < 2.0, per_job
 
 
 async def test_fair_share_costs_a_job_at_most_one_command_more(make_producer, settings, redis):
