@@ -1,0 +1,104 @@
+"""Script calls batched (worker.process.scripts.Batcher): this process's CPU a call, in batches of
+`--batch` calls of the job path's size (a script of 4 keys and 11 arguments: 15 after EVALSHA),
+against a private redis-server, the client as the worker's (arq's pool, the connections module's
+retry), through the Batcher (a future a call, one flush a turn) and the sender alone. Two senders
+alternated in one run, so the machine's load moves both alike:
+
+  lean:      `scripts._send`: the batch packed as one write, replies read from the parser
+  pipeline:  redis-py's pipeline (`raise_on_error=False`), the sender before it
+
+Redis's own time is not this process's CPU.
+
+    python -m bench.script_calls [--batch 250] [--rounds 200] [--runs 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from arq.connections import create_pool
+from redis.asyncio import Redis
+
+from harness.redis_server import PrivateRedis
+from worker.contract.connections import arq_settings
+from worker.process import scripts
+from worker.process.scripts import ScriptCall, preload
+
+SCRIPT = "return #KEYS + #ARGV"
+Sender = Callable[[Redis, Sequence[ScriptCall]], Awaitable[list[Any]]]
+
+
+async def pipeline_send(redis: Redis, calls: Sequence[ScriptCall]) -> list[Any]:
+    async with redis.pipeline(transaction=False) as pipe:
+        for script, keys, args in calls:
+            pipe.evalsha(script.sha, len(keys), *keys, *args)
+        return list(await pipe.execute(raise_on_error=False))
+
+
+async def measure(redis: Redis, script: Any, batch: int, rounds: int) -> tuple[float, float]:
+    """(CPU µs a call, through the Batcher; CPU µs a call, the sender alone) over `rounds` batches
+    of `batch` calls each way."""
+    keys = [f"llm:job:{i}" for i in range(4)]
+    args: list[Any] = ["gpt-4o-mini", 1733450000123, 30000, "a" * 32, 1, 0, 12.5, "source", 7, "x" * 40, 0]
+    calls = [(script, keys, args)]
+    batcher: scripts.Batcher = getattr(redis, scripts.BATCHER_ATTR)
+    cpu = time.process_time()
+    for _ in range(rounds):  # as jobs submit: a future each, one flush a turn
+        answers = await asyncio.gather(*[batcher.submit(calls, False) for _ in range(batch)])
+        assert answers[-1] == [15], answers[-1]
+    batched = (time.process_time() - cpu) / (rounds * batch) * 1e6
+    flat = calls * batch
+    cpu = time.process_time()
+    for _ in range(rounds):
+        answers = await scripts._send(redis, flat)
+        assert answers[-1] == 15, answers[-1]
+    return batched, (time.process_time() - cpu) / (rounds * batch) * 1e6
+
+
+async def main(batch: int, rounds: int, runs: int) -> None:
+    server = PrivateRedis().start()
+    try:
+        redis = await create_pool(arq_settings(server.url))
+        scripts.batch_calls(redis)
+        script = redis.register_script(SCRIPT)
+        await preload(redis, [script])
+        lean: Sender = scripts._send
+        senders: dict[str, Sender] = {"lean": lean, "pipeline": pipeline_send}
+        figures: dict[str, list[tuple[float, float]]] = {name: [] for name in senders}
+        await measure(redis, script, batch, max(rounds // 10, 1))  # warm up
+        for _ in range(runs):
+            for name, send in senders.items():
+                scripts._send = send  # type: ignore[assignment]
+                figures[name].append(await measure(redis, script, batch, rounds))
+        scripts._send = lean  # type: ignore[assignment]
+        await redis.aclose()
+    finally:
+        server.stop()
+    print(f"batch={batch} rounds={rounds} runs={runs}: CPU µs a call, medians (runs)")
+    for name, runs_ in figures.items():
+        batched, alone = [b for b, _ in runs_], [a for _, a in runs_]
+        print(
+            f"{name:9s} through the Batcher {statistics.median(batched):5.2f} ({_list(batched)})"
+            f"  sender alone {statistics.median(alone):5.2f} ({_list(alone)})"
+        )
+    for i, what in enumerate(("through the Batcher", "sender alone")):
+        ratio = statistics.median(r[i] for r in figures["lean"]) / statistics.median(r[i] for r in figures["pipeline"])
+        print(f"lean / pipeline, {what}: {ratio:.2f}")
+
+
+def _list(figures: list[float]) -> str:
+    return ", ".join(f"{f:.2f}" for f in figures)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch", type=int, default=250)
+    parser.add_argument("--rounds", type=int, default=200)
+    parser.add_argument("--runs", type=int, default=3)
+    options = parser.parse_args()
+    asyncio.run(main(options.batch, options.rounds, options.runs))
