@@ -1,7 +1,10 @@
 """The batched script calls (worker.process.scripts) against a real redis-server: one write and one
 read for a turn's calls, each caller answered (or refused) alone with the exception redis-py's
 pipeline gives, NOSCRIPT run again, a connection killed mid-batch (CLIENT KILL) ridden out with
-the worker's retry, and a cancelled caller never leaving replies unread on a pooled connection.
+the worker's retry, a cancelled caller never leaving replies unread on a pooled connection, and
+the error replies a connection turns into connection errors (a Sentinel's master demoted,
+NOREPLICAS, "max number of clients"). Each test runs with the module's sender and with redis-py's
+pipeline, the sender before it: the same answers, errors and writes.
 
 A batch is held in the server with `CLIENT PAUSE ... WRITE`: a script that may write waits there
 (the connection `flags=b`, `cmd=evalsha` in CLIENT LIST) until CLIENT UNPAUSE, so the tests kill
@@ -16,20 +19,37 @@ from typing import Any
 import pytest
 from arq.connections import ArqRedis, create_pool
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import SentinelConnectionPool
+from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ReadOnlyError, ResponseError
 
 from harness.command_count import RedisTraffic
 from harness.wait import wait_until_async
-from worker.contract.connections import arq_settings
+from worker.contract.connections import RETRY_ON, FollowMaster, NoReplicas, arq_settings
 from worker.process import scripts
-from worker.process.scripts import preload, run_scripts
+from worker.process.scripts import ScriptCall, preload, run_scripts
 
 INCR = "return redis.call('INCR', KEYS[1])"
 ECHO = "return ARGV[1]"
 READ = "#!lua flags=no-writes\nreturn redis.call('GET', KEYS[1])"  # runs through a CLIENT PAUSE WRITE
 FAIL = "return redis.error_reply(ARGV[1])"
 WRONGTYPE = "return redis.call('LPUSH', KEYS[1], 'x')"
+
+
+async def pipeline_send(redis: Redis, calls: list[ScriptCall]) -> list[Any]:
+    """The sender before this module's own (bench/script_calls.py times both)."""
+    async with redis.pipeline(transaction=False) as pipe:
+        for script, keys, args in calls:
+            pipe.evalsha(script.sha, len(keys), *keys, *args)
+        return list(await pipe.execute(raise_on_error=False))
+
+
+@pytest.fixture(autouse=True, params=["lean", "pipeline"])
+def sender(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    if request.param == "pipeline":
+        monkeypatch.setattr(scripts, "_send", pipeline_send)
 
 
 @pytest.fixture
@@ -176,3 +196,56 @@ async def test_a_cancelled_caller_leaves_no_reply_unread_on_the_connection(redis
         assert await kept == [b"kept2"]
     assert (await run_scripts(client, [(echo, ["n"], ["second"])]))[0].startswith(b"second")
     await client.aclose()
+
+
+class OneMaster:
+    """A sentinel manager naming one master: the real redis-server of the test."""
+
+    def __init__(self, address: tuple[str, int]) -> None:
+        self.address = address
+
+    async def discover_master(self, service_name: str) -> tuple[str, int]:
+        return self.address
+
+
+async def test_error_replies_a_connection_makes_connection_errors_are_retried_then_raised(redis_url: str, redis: Redis):
+    """A Sentinel master's connection (FollowMaster, as a worker's) given READONLY or NOREPLICAS,
+    and any connection given "max number of clients": the whole batch again (one retry here),
+    then every caller the connection error."""
+    host, port = redis.connection_pool.connection_kwargs["host"], redis.connection_pool.connection_kwargs["port"]
+    retry = {"retry": Retry(NoBackoff(), 1), "retry_on_error": RETRY_ON}
+    pool = SentinelConnectionPool("mymaster", OneMaster((host, port)), connection_class=FollowMaster, **retry)
+    sentinel = Redis(connection_pool=pool)
+    plain = Redis.from_url(redis_url, **retry)
+    refuse = "redis.call('INCR', KEYS[1]) return redis.error_reply(ARGV[1])"
+    cases = [
+        (sentinel, "READONLY You can't write against a read only replica.", RedisConnectionError),
+        (sentinel, "NOREPLICAS Not enough good replicas to write.", NoReplicas),
+        (plain, "ERR max number of clients reached", RedisConnectionError),
+    ]
+    for client, reply, error in cases:
+        scripts.batch_calls(client)
+        incr, refusing = client.register_script(INCR), client.register_script(refuse)
+        await preload(client, [incr, refusing])
+        answers = await gather_in_one_turn(
+            run_scripts(client, [(incr, ["ok"], [])]), run_scripts(client, [(refusing, ["refused"], [reply])])
+        )
+        assert [type(a) for a in answers] == [error, error], (reply, answers)
+        assert await redis.mget("ok", "refused") == [b"2", b"2"], reply  # sent twice: one retry
+        await redis.delete("ok", "refused")
+    # any other error reply is its caller's alone, not retried; on a replica's pool, READONLY too
+    incr, refusing = sentinel.register_script(INCR), sentinel.register_script(refuse)
+    others: list[tuple[bool, str, type[Exception], str]] = [
+        (True, "ERR my own", ResponseError, "my own"),  # redis-py drops the "ERR "
+        (False, "READONLY x", ReadOnlyError, "x"),
+    ]
+    for is_master, reply, other, message in others:
+        pool.is_master = is_master
+        answers = await gather_in_one_turn(
+            run_scripts(sentinel, [(incr, ["ok"], [])]), run_scripts(sentinel, [(refusing, ["refused"], [reply])])
+        )
+        assert answers[0] == [1] and type(answers[1]) is other and str(answers[1]) == message, answers
+        assert await redis.mget("ok", "refused") == [b"1", b"1"], reply
+        await redis.delete("ok", "refused")
+    await sentinel.aclose()
+    await plain.aclose()

@@ -88,21 +88,19 @@ async def _exchange(connection: AbstractConnection, packed: bytes, n: int) -> li
     if not isinstance(parser, _AsyncHiredisParser) or type(connection).read_response not in _READS:
         return [await _read(connection) for _ in range(n)]
     answers: list[Any] = []
-    reader: Any = parser._reader  # the connection's since its connect: one a connection
+    reader: Any = parser._reader  # a new one at each connect; none can happen in this exchange
+    append, gets = answers.append, reader.gets
     for _ in range(n):
         # a reply hiredis has whole is taken from it; else the connection reads (its timeout,
         # closing on an error), as `read_response` would
-        reply = reader.gets() if parser._connected else NOT_ENOUGH_DATA
+        reply = gets() if parser._connected else NOT_ENOUGH_DATA
         if reply is NOT_ENOUGH_DATA:
             reply = await _read(connection)
-        elif isinstance(reply, ResponseError):
+        elif isinstance(reply, Exception):  # an error reply (the hiredis parser's parse_error)
             await _refused(connection, reply)
-        elif isinstance(reply, RedisConnectionError) or (
-            type(reply) is list and reply and isinstance(reply[0], RedisConnectionError)
-        ):
-            await connection.disconnect(nowait=True)  # as the hiredis parser and `read_response`
-            raise reply if isinstance(reply, RedisConnectionError) else reply[0]
-        answers.append(reply)
+        elif type(reply) is list and reply and isinstance(reply[0], RedisConnectionError):
+            await _refused(connection, reply[0])
+        append(reply)
     if connection.health_check_interval:
         connection.next_health_check = asyncio.get_running_loop().time() + connection.health_check_interval
     return answers
@@ -115,9 +113,14 @@ async def _read(connection: AbstractConnection) -> Any:
         return exc
 
 
-async def _refused(connection: AbstractConnection, error: ResponseError) -> None:
-    """What `read_response` of a Sentinel's connection makes of an error reply: a master demoted
-    (READONLY) and, on FollowMaster, NOREPLICAS become connection errors, retried."""
+async def _refused(connection: AbstractConnection, error: Exception) -> None:
+    """What the connection's `read_response` makes of an error reply: a connection error (the
+    hiredis parser's for "max number of clients") raised, the connection closed; on a Sentinel's
+    connection, a master demoted (READONLY) and, on FollowMaster, NOREPLICAS become connection
+    errors, retried. Any other stays the caller's answer."""
+    if isinstance(error, RedisConnectionError):
+        await connection.disconnect(nowait=True)
+        raise error
     if not isinstance(connection, SentinelManagedConnection):
         return
     if isinstance(error, ReadOnlyError) and connection.connection_pool.is_master:
