@@ -19,11 +19,12 @@ release, call record, budget reservation, limiter settlement or stream entry is 
 from __future__ import annotations
 
 import asyncio
+import inspect
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 from redis._parsers.hiredis import NOT_ENOUGH_DATA, _AsyncHiredisParser
-from redis.asyncio import Redis
+from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.sentinel import SentinelManagedConnection
 from redis.commands.core import AsyncScript
@@ -57,7 +58,7 @@ async def _send(redis: Redis, calls: Sequence[ScriptCall]) -> list[Any]:
     if not calls:
         return []
     pool = redis.connection_pool
-    connection = await pool.get_connection()
+    connection = await (pool.get_connection() if _NO_NAME else pool.get_connection("EVALSHA"))
     try:
         packed = pack_commands(connection, [("EVALSHA", s.sha, len(k), *k, *a) for s, k, a in calls])
         return await connection.retry.call_with_retry(
@@ -68,6 +69,10 @@ async def _send(redis: Redis, calls: Sequence[ScriptCall]) -> list[Any]:
         raise
     finally:
         await pool.release(connection)
+
+
+# redis-py >= 5.3 takes no command name (and warns at one); before, it must have one
+_NO_NAME = inspect.signature(ConnectionPool.get_connection).parameters["command_name"].default is None
 
 
 async def _drop(connection: AbstractConnection, error: BaseException) -> None:
