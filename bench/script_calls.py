@@ -1,8 +1,9 @@
 """Script calls batched (worker.process.scripts.Batcher): this process's CPU a call, in batches of
 `--batch` calls of the job path's size (a script of 4 keys and 11 arguments: 15 after EVALSHA),
 against a private redis-server, the client as the worker's (arq's pool, the connections module's
-retry), through the Batcher (a future a call, one flush a turn) and the sender alone. Two senders
-alternated in one run, so the machine's load moves both alike:
+retry): as a job calls (`run_scripts` awaited, one in five shielded as the call record is), through
+the Batcher (a future a call, one flush a turn) and the sender alone. Two senders alternated in
+one run, so the machine's load moves both alike:
 
   lean:      `scripts._send`: the batch packed as one write, replies read from the parser
   pipeline:  redis-py's pipeline (`raise_on_error=False`), the sender before it
@@ -27,7 +28,7 @@ from redis.asyncio import Redis
 from harness.redis_server import PrivateRedis
 from worker.contract.connections import arq_settings
 from worker.process import scripts
-from worker.process.scripts import ScriptCall, preload
+from worker.process.scripts import ScriptCall, preload, run_scripts
 
 SCRIPT = "return #KEYS + #ARGV"
 Sender = Callable[[Redis, Sequence[ScriptCall]], Awaitable[list[Any]]]
@@ -40,15 +41,25 @@ async def pipeline_send(redis: Redis, calls: Sequence[ScriptCall]) -> list[Any]:
         return list(await pipe.execute(raise_on_error=False))
 
 
-async def measure(redis: Redis, script: Any, batch: int, rounds: int) -> tuple[float, float]:
-    """(CPU µs a call, through the Batcher; CPU µs a call, the sender alone) over `rounds` batches
+async def measure(redis: Redis, script: Any, batch: int, rounds: int) -> tuple[float, float, float]:
+    """CPU µs a call (as jobs call, through the Batcher, the sender alone) over `rounds` batches
     of `batch` calls each way."""
     keys = [f"llm:job:{i}" for i in range(4)]
     args: list[Any] = ["gpt-4o-mini", 1733450000123, 30000, "a" * 32, 1, 0, 12.5, "source", 7, "x" * 40, 0]
     calls = [(script, keys, args)]
+
+    async def job() -> None:  # as a job's path: four calls awaited, one shielded (the call record)
+        for _ in range(4):
+            assert await run_scripts(redis, calls) == [15]
+        assert await asyncio.shield(run_scripts(redis, calls)) == [15]
+
+    cpu = time.process_time()
+    for _ in range(max(rounds // 5, 1)):
+        await asyncio.gather(*[job() for _ in range(batch)])
+    as_jobs = (time.process_time() - cpu) / (max(rounds // 5, 1) * 5 * batch) * 1e6
     batcher: scripts.Batcher = getattr(redis, scripts.BATCHER_ATTR)
     cpu = time.process_time()
-    for _ in range(rounds):  # as jobs submit: a future each, one flush a turn
+    for _ in range(rounds):  # a future a call, one flush a turn
         answers = await asyncio.gather(*[batcher.submit(calls, False) for _ in range(batch)])
         assert answers[-1] == [15], answers[-1]
     batched = (time.process_time() - cpu) / (rounds * batch) * 1e6
@@ -57,7 +68,7 @@ async def measure(redis: Redis, script: Any, batch: int, rounds: int) -> tuple[f
     for _ in range(rounds):
         answers = await scripts._send(redis, flat)
         assert answers[-1] == 15, answers[-1]
-    return batched, (time.process_time() - cpu) / (rounds * batch) * 1e6
+    return as_jobs, batched, (time.process_time() - cpu) / (rounds * batch) * 1e6
 
 
 async def main(batch: int, rounds: int, runs: int) -> None:
@@ -69,7 +80,7 @@ async def main(batch: int, rounds: int, runs: int) -> None:
         await preload(redis, [script])
         lean: Sender = scripts._send
         senders: dict[str, Sender] = {"lean": lean, "pipeline": pipeline_send}
-        figures: dict[str, list[tuple[float, float]]] = {name: [] for name in senders}
+        figures: dict[str, list[tuple[float, float, float]]] = {name: [] for name in senders}
         await measure(redis, script, batch, max(rounds // 10, 1))  # warm up
         for _ in range(runs):
             for name, send in senders.items():
@@ -80,15 +91,14 @@ async def main(batch: int, rounds: int, runs: int) -> None:
     finally:
         server.stop()
     print(f"batch={batch} rounds={rounds} runs={runs}: CPU µs a call, medians (runs)")
+    ways = ("as jobs call", "through the Batcher", "sender alone")
     for name, runs_ in figures.items():
-        batched, alone = [b for b, _ in runs_], [a for _, a in runs_]
-        print(
-            f"{name:9s} through the Batcher {statistics.median(batched):5.2f} ({_list(batched)})"
-            f"  sender alone {statistics.median(alone):5.2f} ({_list(alone)})"
-        )
-    for i, what in enumerate(("through the Batcher", "sender alone")):
+        print(f"{name}:")
+        for i, way in enumerate(ways):
+            print(f"  {way:20s} {statistics.median(r[i] for r in runs_):6.2f} ({_list([r[i] for r in runs_])})")
+    for i, way in enumerate(ways):
         ratio = statistics.median(r[i] for r in figures["lean"]) / statistics.median(r[i] for r in figures["pipeline"])
-        print(f"lean / pipeline, {what}: {ratio:.2f}")
+        print(f"lean / pipeline, {way}: {ratio:.2f}")
 
 
 def _list(figures: list[float]) -> str:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Iterable, Sequence
 from typing import Any
 
 from redis._parsers.hiredis import NOT_ENOUGH_DATA, _AsyncHiredisParser
@@ -38,13 +38,18 @@ NOT_RUN = (NoScriptError, BusyLoadingError)
 ScriptCall = tuple[AsyncScript, Sequence[Any], Sequence[Any]]  # script, keys, args
 
 
-async def run_scripts(redis: Redis, calls: Sequence[ScriptCall], *, rerun_rest: bool = False) -> list[Any]:
+def run_scripts(redis: Redis, calls: Sequence[ScriptCall], *, rerun_rest: bool = False) -> Awaitable[list[Any]]:
     """The answers of `calls`, in order, sent in one round trip (not atomically: each script is).
     On a client given a `Batcher` (`batch_calls`), the calls go out with every other job's calls
-    of the same event-loop turn."""
+    of the same event-loop turn, and this is the Batcher's future for them (sent from now on;
+    no coroutine of its own, and `asyncio.shield` of it makes no task); else a coroutine."""
     batcher: Batcher | None = getattr(redis, BATCHER_ATTR, None)
     if batcher is not None:
-        return await batcher.submit(calls, rerun_rest)
+        return batcher.submit(calls, rerun_rest)
+    return _run(redis, calls, rerun_rest)
+
+
+async def _run(redis: Redis, calls: Sequence[ScriptCall], rerun_rest: bool) -> list[Any]:
     return await _finish(calls, await _send(redis, calls), rerun_rest)
 
 
