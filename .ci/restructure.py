@@ -51,6 +51,7 @@ PLACE = {
     "test_resilience.py": "integration",
     "test_sim.py": "integration",
     "test_speed.py": "integration",
+    "test_scripts.py": "integration",
     "test_store.py": "integration",
     "test_trust.py": "integration",
     "test_upload_quota.py": "integration",

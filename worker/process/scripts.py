@@ -19,33 +19,125 @@ release, call record, budget reservation, limiter settlement or stream entry is 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Sequence
+import inspect
+from collections.abc import Awaitable, Iterable, Sequence
 from typing import Any
 
-from redis.asyncio import Redis
+from redis._parsers.hiredis import NOT_ENOUGH_DATA, _AsyncHiredisParser
+from redis.asyncio import ConnectionPool, Redis
+from redis.asyncio.connection import AbstractConnection
+from redis.asyncio.sentinel import SentinelManagedConnection
 from redis.commands.core import AsyncScript
-from redis.exceptions import BusyLoadingError, NoScriptError
+from redis.exceptions import BusyLoadingError, NoScriptError, ReadOnlyError, ResponseError
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from ..contract.connections import FollowMaster, NoReplicas, pack_commands
 
 # What Redis answers to a call it did not run.
 NOT_RUN = (NoScriptError, BusyLoadingError)
 ScriptCall = tuple[AsyncScript, Sequence[Any], Sequence[Any]]  # script, keys, args
 
 
-async def run_scripts(redis: Redis, calls: Sequence[ScriptCall], *, rerun_rest: bool = False) -> list[Any]:
+def run_scripts(redis: Redis, calls: Sequence[ScriptCall], *, rerun_rest: bool = False) -> Awaitable[list[Any]]:
     """The answers of `calls`, in order, sent in one round trip (not atomically: each script is).
     On a client given a `Batcher` (`batch_calls`), the calls go out with every other job's calls
-    of the same event-loop turn."""
+    of the same event-loop turn, and this is the Batcher's future for them (sent from now on;
+    no coroutine of its own, and `asyncio.shield` of it makes no task); else a coroutine."""
     batcher: Batcher | None = getattr(redis, BATCHER_ATTR, None)
     if batcher is not None:
-        return await batcher.submit(calls, rerun_rest)
+        return batcher.submit(calls, rerun_rest)
+    return _run(redis, calls, rerun_rest)
+
+
+async def _run(redis: Redis, calls: Sequence[ScriptCall], rerun_rest: bool) -> list[Any]:
     return await _finish(calls, await _send(redis, calls), rerun_rest)
 
 
 async def _send(redis: Redis, calls: Sequence[ScriptCall]) -> list[Any]:
-    async with redis.pipeline(transaction=False) as pipe:
-        for script, keys, args in calls:
-            pipe.evalsha(script.sha, len(keys), *keys, *args)
-        return list(await pipe.execute(raise_on_error=False))
+    """The answers of `calls` (an error reply as its exception, in its place), as redis-py's
+    pipeline (`raise_on_error=False`) answers them, without its command stack, response callbacks
+    and a parse call a reply: the calls packed as one write, sent on one connection of the pool
+    and their replies read from the connection's parser. A connection error is retried as the
+    connection's `retry` says (the whole write again, as the pipeline does); on any exception
+    (a cancellation included) the connection is closed, never handed back with replies unread."""
+    if not calls:
+        return []
+    pool = redis.connection_pool
+    connection = await (pool.get_connection() if _NO_NAME else pool.get_connection("EVALSHA"))
+    try:
+        packed = pack_commands(connection, [("EVALSHA", s.sha, len(k), *k, *a) for s, k, a in calls])
+        return await connection.retry.call_with_retry(
+            lambda: _exchange(connection, packed, len(calls)), lambda error: _drop(connection, error)
+        )
+    except BaseException:
+        await connection.disconnect(nowait=True)
+        raise
+    finally:
+        await pool.release(connection)
+
+
+# redis-py >= 5.3 takes no command name (and warns at one); before, it must have one
+_NO_NAME = inspect.signature(ConnectionPool.get_connection).parameters["command_name"].default is None
+
+
+async def _drop(connection: AbstractConnection, error: BaseException) -> None:
+    """Before a retry: the connection closed (as the pipeline's `_disconnect_raise_reset`), and an
+    error the connection does not retry raised."""
+    await connection.disconnect()
+    if connection.retry_on_error is None or not isinstance(error, tuple(connection.retry_on_error)):
+        raise error
+
+
+# Connection classes whose `read_response` this module repeats for a reply already parsed (below)
+_READS = {AbstractConnection.read_response, SentinelManagedConnection.read_response, FollowMaster.read_response}
+
+
+async def _exchange(connection: AbstractConnection, packed: bytes, n: int) -> list[Any]:
+    await connection.send_packed_command(packed)
+    parser = connection._parser
+    if not isinstance(parser, _AsyncHiredisParser) or type(connection).read_response not in _READS:
+        return [await _read(connection) for _ in range(n)]
+    answers: list[Any] = []
+    reader: Any = parser._reader  # a new one at each connect; none can happen in this exchange
+    append, gets = answers.append, reader.gets
+    for _ in range(n):
+        # a reply hiredis has whole is taken from it; else the connection reads (its timeout,
+        # closing on an error), as `read_response` would
+        reply = gets() if parser._connected else NOT_ENOUGH_DATA
+        if reply is NOT_ENOUGH_DATA:
+            reply = await _read(connection)
+        elif isinstance(reply, Exception):  # an error reply (the hiredis parser's parse_error)
+            await _refused(connection, reply)
+        elif type(reply) is list and reply and isinstance(reply[0], RedisConnectionError):
+            await _refused(connection, reply[0])
+        append(reply)
+    if connection.health_check_interval:
+        connection.next_health_check = asyncio.get_running_loop().time() + connection.health_check_interval
+    return answers
+
+
+async def _read(connection: AbstractConnection) -> Any:
+    try:
+        return await connection.read_response()
+    except ResponseError as exc:  # NoReplicas and the Sentinel's "now a slave" are connection errors
+        return exc
+
+
+async def _refused(connection: AbstractConnection, error: Exception) -> None:
+    """What the connection's `read_response` makes of an error reply: a connection error (the
+    hiredis parser's for "max number of clients") raised, the connection closed; on a Sentinel's
+    connection, a master demoted (READONLY) and, on FollowMaster, NOREPLICAS become connection
+    errors, retried. Any other stays the caller's answer."""
+    if isinstance(error, RedisConnectionError):
+        await connection.disconnect(nowait=True)
+        raise error
+    if not isinstance(connection, SentinelManagedConnection):
+        return
+    if isinstance(error, ReadOnlyError) and connection.connection_pool.is_master:
+        await connection.disconnect()
+        raise RedisConnectionError("The previous master is now a slave")
+    if isinstance(connection, FollowMaster) and str(error).startswith("NOREPLICAS"):
+        raise NoReplicas(str(error)) from error
 
 
 async def _finish(calls: Sequence[ScriptCall], answers: list[Any], rerun_rest: bool) -> list[Any]:
@@ -100,6 +192,12 @@ class Batcher:
                 raise
             return
         at = 0
+        if not any(isinstance(answer, Exception) for answer in answers):  # as `_finish` answers them
+            for calls, _, future in batch:
+                mine, at = answers[at : at + len(calls)], at + len(calls)
+                if not future.done():
+                    future.set_result(mine)
+            return
         for calls, rerun_rest, future in batch:
             mine, at = answers[at : at + len(calls)], at + len(calls)
             try:
