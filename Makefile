@@ -92,6 +92,7 @@ bench: $(BIN)/llm-router redis-server
 	$(BIN)/python -m bench.ratelimit
 	$(BIN)/python -m bench.batch
 	$(BIN)/python -m bench.priority
+	$(BIN)/python -m bench.script_calls
 	$(BIN)/python -m bench.spend_records
 	$(BIN)/python -m bench.stream_events
 	$(BIN)/python -m bench.cache
