@@ -51,6 +51,8 @@ log = logging.getLogger("llm_router.worker")
 # A poll reads the worker's free slots plus this many queue entries more (at least): room for
 # entries that turn out not to be runnable (held elsewhere, finished copies, no record).
 READ_MARGIN = 16
+# How often the worker looks for jobs past their backstop (arq's job_timeout: JOB_TIMEOUT_S + 30 s).
+BACKSTOP_SWEEP_S = 1.0
 # The longest a shutdown waits for one Redis write (the health key's delete) before it exits anyway.
 SHUTDOWN_REDIS_S = 2.0
 
@@ -85,6 +87,11 @@ class RouterWorker(Worker):
         self._wake: Wake | None = None
         self._starts = 0  # jobs started so far (a poll that started none found the worker idle)
         self._slot_freed = asyncio.Event()  # a full worker polls again when a job ends
+        # the backstop: a job's function cancelled at its deadline (the loop's time), by one sweep
+        # for all jobs, not a timer each (_backstop)
+        self._deadlines: dict[str, float] = {}
+        self._overdue: set[str] = set()
+        self._sweep: asyncio.TimerHandle | None = None
         # arq's loop sleeps poll_delay after every poll; here _poll_iteration itself waits
         # (_between_polls): POLL_DELAY_S while busy, the wake-up while idle
         self.busy_poll_s, self.poll_delay_s = self.poll_delay_s, 0.0
@@ -234,6 +241,7 @@ class RouterWorker(Worker):
     def _ended(self, job_id: str) -> None:
         """A job's task is over: its slot is free (arq's poll would find it done and drop it)."""
         self.tasks.pop(job_id, None)
+        self._overdue.discard(job_id)
         if self._lease is not None:
             self._lease.forget(job_id)
         self._release_sem_dec_counter_on_complete()
@@ -248,14 +256,19 @@ class RouterWorker(Worker):
         try:
             function, ctx, args, kwargs = await self._prepared(job_id, job)
             timeout_s = self.job_timeout_s if function.timeout_s is None else function.timeout_s
+            self._backstop(job_id, timeout_s)
             try:
-                async with asyncio.timeout(timeout_s):
+                try:
                     status = await function.coroutine(ctx, *args, **kwargs)
+                finally:
+                    self._deadlines.pop(job_id, None)
             except Retry as retry:
                 await self._requeue(job_id, retry)
                 return
-            except asyncio.CancelledError:  # shutdown past its grace (arq: "cancelled, will be run again")
-                await self._let_go(job_id)
+            except asyncio.CancelledError:
+                if self._past_backstop(job_id):
+                    raise TimeoutError(f"still running at its backstop, {timeout_s:g}s") from None
+                await self._let_go(job_id)  # shutdown past its grace (arq: "cancelled, will be run again")
                 return
             self.jobs_complete += 1
             if not ctx.get("released"):  # our job functions store their result and release the job
@@ -265,6 +278,35 @@ class RouterWorker(Worker):
             log.error("job %s: Redis went away under it (%s): its lease runs out and it runs again", job_id, exc)
         except Exception as exc:
             await self._cannot_run(job_id, exc)
+
+    def _backstop(self, job_id: str, timeout_s: float) -> None:
+        """Cancel the job's function if it still runs `timeout_s` from now: a job ends at its own
+        JOB_TIMEOUT_S (worker.calls.jobs) with a result; this guards against a function that ignores
+        its own. One sweep every BACKSTOP_SWEEP_S looks at every job's deadline, where a timer
+        each (asyncio.timeout) put a TimerHandle a job in the loop's heap and took it out again."""
+        self._deadlines[job_id] = self.loop.time() + timeout_s
+        if self._sweep is None:
+            self._sweep = self.loop.call_later(BACKSTOP_SWEEP_S, self._sweep_deadlines)
+
+    def _sweep_deadlines(self) -> None:
+        self._sweep = None
+        now = self.loop.time()
+        for job_id, deadline in self._deadlines.items():
+            task = self.tasks.get(job_id)
+            if deadline <= now and job_id not in self._overdue and task is not None:
+                self._overdue.add(job_id)
+                task.cancel()
+        if self._deadlines:
+            self._sweep = self.loop.call_later(BACKSTOP_SWEEP_S, self._sweep_deadlines)
+
+    def _past_backstop(self, job_id: str) -> bool:
+        """Whether the job was cancelled at its backstop (and by nothing else, as asyncio.timeout
+        tells its TimeoutError from a cancel): then it is a TimeoutError, not a cancel."""
+        if job_id not in self._overdue:
+            return False
+        self._overdue.discard(job_id)
+        task = asyncio.current_task()
+        return task is not None and task.uncancel() == 0
 
     async def _prepared(
         self, job_id: str, job: Claimed
@@ -331,6 +373,9 @@ class RouterWorker(Worker):
         if not self._pool:
             return
         await asyncio.gather(*self.tasks.values())
+        if self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep = None
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.pool.delete(self.health_check_key), SHUTDOWN_REDIS_S)
         if self.on_shutdown:
