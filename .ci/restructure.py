@@ -30,6 +30,7 @@ PLACE = {
     "test_layout.py": "unit",
     "test_cli.py": "unit",
     "test_models.py": "unit",
+    "test_keys.py": "unit",
     "test_policy.py": "unit",
     "test_spacing.py": "unit",
     "test_lua.py": "unit",

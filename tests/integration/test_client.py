@@ -295,7 +295,7 @@ async def test_cookies_a_gateway_sets_are_kept_and_sent_back():
 
 
 async def test_a_plain_chat_call_straight_to_aiohttp_is_the_call_httpx_makes(monkeypatch):
-    """A plain chat call skips httpx's objects (worker.calls.client AIsaClient._post): the gateway sees
+    """A plain chat call skips httpx's objects (worker.calls.client AIsaClient._chat): the gateway sees
     the same request, and the client reads the same answer (headers in any case, repeated ones,
     a gzip-encoded body, an error's Retry-After and body, gzip-encoded too) as through httpx."""
     import gzip

@@ -374,3 +374,37 @@ async def test_a_claim_sent_again_after_a_lost_answer_still_hands_over_its_jobs(
     finally:
         await client.aclose()
         cutter.server.close()
+
+
+async def test_a_job_past_job_timeout_ends_as_a_timeout(producer, settings, sim):
+    # the job's own deadline (JOB_TIMEOUT_S, worker.calls.jobs): a failed result naming it, long
+    # before the worker's backstop (JOB_TIMEOUT_S + 30 s)
+    sim_admin(sim, "/_sim/config", {"model": "gpt-4.1", "hang_s": 30})
+    s = settings.model_copy(update={"job_timeout_s": 0.5})
+    job_id = await producer.chat("gpt-4.1", "hi", fallbacks=[])
+    await run_worker(s)
+    result = await producer.result(job_id)
+    assert result.status == "failed" and result.error.type == "timeout"
+    assert "JOB_TIMEOUT_S=0.5" in result.error.message
+
+
+async def test_a_function_ignoring_its_timeout_is_stopped_at_the_backstop(producer, settings, sim):
+    # the worker's backstop (one sweep for every job, worker.process.runner) cancels a function
+    # that outlives its timeout: the job fails with a result naming it; the next job runs
+    import asyncio
+
+    from arq.worker import func
+
+    async def stuck(ctx, payload, size=0):
+        if payload["messages"][0]["content"] == "stuck":
+            await asyncio.Event().wait()  # ignores every deadline but a cancel
+        return "succeeded"
+
+    stuck_id = await producer.chat("gpt-4.1", "stuck")
+    next_id = await producer.chat("gpt-4.1", "next")
+    # (bounded: without the backstop the worker would wait for the stuck job for ever)
+    worker = await asyncio.wait_for(run_worker(settings, functions=[func(stuck, name="chat", timeout=0.2)]), 30)
+    result = await producer.result(stuck_id)
+    assert result.status == "failed" and result.error.type == "invalid_job"
+    assert "TimeoutError: still running at its backstop, 0.2s" in result.error.message
+    assert await producer.result(next_id) is None and worker.jobs_complete == 1  # ran, stored nothing

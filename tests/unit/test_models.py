@@ -183,3 +183,74 @@ def test_result_round_trips_through_json():
         answers=[ModelAnswer(model="a", status="succeeded", content="x", cost=0.5)],
     )
     assert JobResult.model_validate_json(result.model_dump_json()) == result
+
+
+PNG_URL = "data:image/png;base64," + base64.b64encode(b"\x89PNG").decode()
+
+
+@pytest.mark.parametrize(
+    "job",
+    [
+        ChatJob(model="m", messages=[{"role": "user", "content": "no image"}]),
+        ChatJob(
+            model="m",
+            messages=[
+                {"role": "system", "content": "s"},
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "text", "text": "look"},
+                        {"type": "image_url", "image_url": {"url": PNG_URL, "detail": "low"}},
+                        {"type": "image_url", "image_url": "https://example.com/a.png"},
+                    ],
+                },
+                {"role": "assistant", "content": None, "tool_calls": [{"id": "c", "type": "function"}]},
+            ],
+        ),
+        CompareJob(
+            models=["a", "b"],
+            messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": PNG_URL}}]}],
+        ),
+        VisionJob(model="m", image=PNG_URL, prompt="p", system="s", detail="high"),
+        VisionJob(model="m", image="https://example.com/b.png", prompt="p"),
+    ],
+)
+def test_the_bounds_read_the_images_a_job_sends(job):
+    """worker.contract.bounds reads images from the validated job, not a dump of its messages: the
+    same URLs, in the same order, as the messages sent."""
+    from worker.contract import bounds
+
+    assert bounds._images(job) == bounds._urls(job.build_messages())
+
+
+def _depth(value) -> int:
+    """How deep containers nest in `value` (0 for a scalar), recursively: the reference."""
+    from pydantic import BaseModel
+
+    if isinstance(value, BaseModel):
+        value = [*value.__dict__.values(), *(value.__pydantic_extra__ or {}).values()]
+    elif isinstance(value, dict):
+        value = list(value.values())
+    if not isinstance(value, (list, tuple)):
+        return 0
+    return 1 + max((_depth(v) for v in value), default=0)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        [],
+        {"a": 1},
+        [[[]]],
+        [1, [2, [3, {"x": [4]}]], "s"],
+        {"a": [{"b": {"c": []}}], "d": ({"e": 1},)},
+        ChatJob(model="m", messages=[{"role": "user", "content": [{"type": "text", "text": "t"}]}]).messages,
+        [{"role": "assistant", "tool_calls": [{"function": {"arguments": {"deep": [[["x"]]]}}}]}],
+    ],
+)
+def test_the_depth_walk_matches_the_nesting(value):
+    from worker.contract import bounds
+
+    depth = _depth(value)
+    for limit in range(max(depth - 2, 0), depth + 2):
+        assert bounds._deeper(value, limit) is (depth > limit), (limit, depth)

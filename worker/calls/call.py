@@ -227,11 +227,16 @@ class Call:
         context = self.settings.model_context.get(model)
         return cap if context is None else min(cap, context - self.estimate_prompt_tokens())
 
+    def may_lack_room(self, model: str) -> bool:
+        """Whether a call to `model` may find no room for a budget's cap (`no_room` says): the
+        job set no cap and the prompt's estimate leaves none in the model's window."""
+        return not self.own_cap(self.payload) and self.budget_max_tokens(model) <= 0
+
     async def no_room(self, model: str) -> ModelAnswer | None:
         """A `context_length` failure, unsent, when a budget applies to a call to `model` of a
         job that set no cap and the prompt's estimate leaves no room in the model's window for
         the cap a budget sends; None otherwise."""
-        if self.own_cap(self.payload) or self.budget_max_tokens(model) > 0:
+        if not self.may_lack_room(model):
             return None
         if not await self.resources.limiter.budgets.applies(model, self.source, self.job_id):
             return None  # no budget, no cap added: the call goes as the job asked

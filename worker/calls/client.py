@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -69,7 +69,7 @@ class AIsaClient:
         # setter would copy it into a plain Cookies)
         self._http._cookies = _Cookies()
         # A plain chat call goes straight to the aiohttp session under httpx's transport when
-        # httpx would send it there (our own transport, no proxy from the environment): see `_post`.
+        # httpx would send it there (our own transport, no proxy from the environment): see `_chat`.
         self._direct: AiohttpTransport | None = None
         if own is not None and self._http._transport_for_url(self._chat_url) is own:
             self._direct = own
@@ -107,58 +107,77 @@ class AIsaClient:
             response = await self._http.post(self._chat_url, json={})
         return response.status_code
 
-    async def chat(
+    def chat(
         self, payload: dict[str, Any], on_delta: Callable[[list[dict[str, Any]]], Awaitable[None]] | None = None
-    ) -> Completion:
-        """POST /chat/completions; streams when payload["stream"] is true, then awaits
-        `on_delta(choices)` with each chunk's choices as it arrives (worker.outputs.events)."""
+    ) -> Coroutine[Any, Any, Completion]:
+        """POST /chat/completions (its coroutine); streams when payload["stream"] is true, then
+        awaits `on_delta(choices)` with each chunk's choices as it arrives (worker.outputs.events)."""
         if payload.get("stream"):
-            return await self._chat_stream(payload, on_delta)
+            return self._chat_stream(payload, on_delta)
+        return self._chat(payload)
+
+    async def _chat(self, payload: dict[str, Any]) -> Completion:
+        """POST chat/completions, straight through the aiohttp session that httpx's transport
+        would use, the same request (headers, JSON body, timeouts, no redirects) and the same
+        exceptions (the transport's mapping of aiohttp's), without httpx's Request and Response
+        objects, its headers' copies and its body stream: about half of the client's CPU a call
+        (0.33 -> 0.17 ms at 50 concurrent calls). An encoded answer (Content-Encoding) is decoded
+        by httpx, as before; headers are read as httpx reads them (`_headers`); a cookie the
+        answer sets goes to httpx's jar, and once it holds one, httpx sends the calls (with their
+        cookies). With another transport (tests', a proxy's from the environment), httpx sends
+        every call. (One coroutine, awaiting aiohttp's request itself, not its context manager:
+        a frame is resumed at every await of the call.)"""
+        response: httpx.Response | None
+        headers: Mapping[str, str]
         started = time.perf_counter()
         with _transport_errors():
-            status, content, headers, response = await self._post(payload)
+            if self._direct is None or self._http.cookies:  # a gateway that set cookies gets them back from httpx
+                response = await self._http.post(self._chat_url, json=payload)
+                status, content, headers = response.status_code, response.content, response.headers
+            else:
+                body = json.dumps(payload, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+                with map_aiohttp_exceptions():
+                    answer = await self._session().request(
+                        "POST",
+                        self._chat_url_text,
+                        data=body,
+                        headers=self._post_headers,
+                        allow_redirects=False,
+                        auto_decompress=False,
+                        compress=False,
+                        timeout=self._post_timeout,
+                    )
+                    try:
+                        content = await answer.read()
+                    finally:  # what aiohttp's context manager does on leaving
+                        answer.release()
+                        await answer.wait_for_close()
+                status, content, headers, response = self._read(answer, content)
         latency = time.perf_counter() - started
         if status != 200:
             raise _status_error(response or self._response(status, headers, content=content))
         with _reading("completion"):
             return _completion(_json(content, "completion"), payload["model"], latency, headers)
 
-    async def _post(self, payload: dict[str, Any]) -> tuple[int, bytes, Mapping[str, str], httpx.Response | None]:
-        """POST chat/completions: (status, body, headers, httpx's response or None).
-
-        Straight through the aiohttp session that httpx's transport would use, the same request
-        (headers, JSON body, timeouts, no redirects) and the same exceptions (the transport's
-        mapping of aiohttp's), without httpx's Request and Response objects, its headers' copies
-        and its body stream: about half of the client's CPU a call (0.33 -> 0.17 ms at 50
-        concurrent calls). An encoded answer (Content-Encoding) is decoded by httpx, as before;
-        headers are read as httpx reads them (`_headers`); a cookie the answer sets goes to httpx's
-        jar, and once it holds one, httpx sends the calls (with their cookies). With another
-        transport (tests', a proxy's from the environment), httpx sends every call."""
-        if self._direct is None or self._http.cookies:  # a gateway that set cookies gets them back from httpx
-            response = await self._http.post(self._chat_url, json=payload)
-            return response.status_code, response.content, response.headers, response
+    def _session(self) -> aiohttp.ClientSession:
+        """The aiohttp session of httpx's transport (`_direct`), made as the transport makes it."""
         transport = self._direct
+        assert transport is not None
         if not isinstance(transport.client, aiohttp.ClientSession):
             transport.client = transport.get_client()
-        body = json.dumps(payload, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
-        with map_aiohttp_exceptions():
-            async with transport.client.request(
-                "POST",
-                self._chat_url_text,
-                data=body,
-                headers=self._post_headers,
-                allow_redirects=False,
-                auto_decompress=False,
-                compress=False,
-                timeout=self._post_timeout,
-            ) as answer:
-                content = await answer.read()
-        # httpx's response, with the raw headers, only where it is read: an encoded answer (httpx
-        # decodes it), an error (`_status_error` reads it), a cookie (httpx's jar keeps it)
+        return transport.client
+
+    def _read(
+        self, answer: aiohttp.ClientResponse, content: bytes
+    ) -> tuple[int, bytes, Mapping[str, str], httpx.Response | None]:
+        """An answer aiohttp read: (status, body, headers, httpx's response or None). httpx's
+        response, with the raw headers, only where it is read: an encoded answer (httpx decodes
+        it), an error (`_status_error` reads it), a cookie (httpx's jar keeps it)."""
         raw, made = answer.raw_headers, None
+        headers: Mapping[str, str]
         if answer.headers.get("Content-Encoding", "identity") != "identity":
             made = self._response(answer.status, raw, stream=httpx.ByteStream(content))
-            await made.aread()
+            made.read()  # (a ByteStream reads as well without awaiting)
             content, headers = made.content, dict(made.headers.items())
         else:
             headers = _headers(raw)
@@ -170,7 +189,7 @@ class AIsaClient:
         return answer.status, content, headers, made
 
     def _response(self, status: int, headers: Any, **body: Any) -> httpx.Response:
-        """httpx's response for an answer `_post` read itself."""
+        """httpx's response for an answer `_chat` read itself."""
         return httpx.Response(status, headers=headers, request=httpx.Request("POST", self._chat_url), **body)
 
     async def generate_content(self, model: str, payload: dict[str, Any]) -> Completion:
@@ -244,12 +263,19 @@ def _joined(raw: Any, encoding: str) -> dict[str, str]:
 class _Cookies(httpx.Cookies):
     """httpx's cookie jar, the same cookies kept and sent, which hands an answer to
     `http.cookiejar` only when it sets a cookie: httpx hands it every answer, about 30 µs of
-    CPU a call (a tenth of the call's) to find no Set-Cookie header in a gateway's answer."""
+    CPU a call (a tenth of the call's) to find no Set-Cookie header in a gateway's answer.
+    Empty until a cookie is set: a jar whose last cookie is gone may still say it holds one
+    (then httpx sends the calls, as with a cookie)."""
 
     def extract_cookies(self, response: httpx.Response) -> None:
         headers = response.headers
         if "set-cookie" in headers or "set-cookie2" in headers:
             super().extract_cookies(response)
+
+    def __bool__(self) -> bool:
+        """Whether the jar may hold a cookie: its domains' table not empty (httpx's walks every
+        cookie of the jar through a generator, asked on every call)."""
+        return bool(getattr(self.jar, "_cookies", True))
 
 
 def chat_body(payload: dict[str, Any]) -> dict[str, Any]:

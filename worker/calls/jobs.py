@@ -10,10 +10,11 @@ back to the queue instead of holding a slot.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from arq.worker import Retry
 from pydantic import ValidationError
@@ -40,6 +41,9 @@ from .call import Call, Deferred, QuotaDeferred, SlotGivenBack
 from .policy import chain
 from .routing import try_model, walk_chain
 
+if TYPE_CHECKING:
+    from ..contract.settings import Settings
+
 log = logging.getLogger("llm_router.jobs")
 
 Ctx = dict[str, Any]
@@ -52,13 +56,9 @@ def functions() -> dict[str, JobFunction]:
 
 
 def _job_function(kind: str) -> JobFunction:
-    async def run(ctx: Ctx, payload: Any, size: int = 0) -> str:  # size: worker.contract.serde
-        status = await run_job(ctx, kind, payload, size)
-        _released(ctx)
-        return status
-
-    run.__qualname__ = run.__name__ = kind
-    return run
+    """`run_job` for `kind`: the job's own coroutine, not one awaiting it (a frame fewer to
+    resume at every await of the job)."""
+    return functools.partial(run_job, kind=kind)
 
 
 async def invalid(ctx: Ctx, problem: str, record: str = "") -> str:
@@ -86,8 +86,9 @@ def failed_now(job_id: str, kind: str | None, error: ErrorInfo, runs: int = 1) -
     return JobResult(job_id=job_id, kind=kind, status="failed", runs=runs, started_at=now, finished_at=now, error=error)
 
 
-async def run_job(ctx: Ctx, kind: str, payload: Any, size: int = 0) -> str:
-    """Validate, call, store; returns the status (arq logs it)."""
+async def run_job(ctx: Ctx, payload: Any, size: int = 0, *, kind: str) -> str:
+    """Validate, call, store; returns the status (arq logs it). A job function: the job leaves
+    the queue with its result (`finish`, `_released`)."""
     resources: Resources = ctx["resources"]
     job_id, run = ctx["job_id"], ctx.get("job_try") or 1
     resources.running.add(job_id)  # the keeper keeps this job's lease while it runs
@@ -117,7 +118,9 @@ async def run_job(ctx: Ctx, kind: str, payload: Any, size: int = 0) -> str:
         result.cost = round(sum(costs), 10)
     if events is not None:  # before the result is stored: a reader that sees it finds this
         await events.close(result)
-    return await finish(resources, kind, payload, result)
+    status = await finish(resources, kind, payload, result)
+    _released(ctx)
+    return status
 
 
 async def finish(resources: Resources, kind: str, payload: Any, result: JobResult) -> str:
@@ -174,13 +177,9 @@ async def _run(
         "enqueued_at": enqueued_at,
         "runs": run,
     }
-    try:
-        job = JOB_KINDS[kind].model_validate(payload)
-    except ValidationError as exc:
-        return _refused(base, *describe_validation_error(exc))
-    out_of_bounds = bounds.problem(job, settings, size)
-    if out_of_bounds:
-        return _refused(base, *out_of_bounds)
+    job = _checked(kind, payload, settings, size, base)
+    if isinstance(job, JobResult):
+        return job
     base["source"] = job.source
     line = batches.line_of(job_id)
     if line is not None:
@@ -191,18 +190,43 @@ async def _run(
     if run > settings.max_job_runs:
         # earlier runs never finished (a worker killed, or cancelled past its grace, each time):
         # a poison job must not take down worker after worker
-        return _finish(
-            JobResult(
-                **base,
-                status="failed",
-                error=ErrorInfo(
-                    type="abandoned",
-                    message=f"started {run - 1} times without finishing (MAX_JOB_RUNS="
-                    f"{settings.max_job_runs}); not run again",
-                ),
-            )
-        )
-    call = Call(
+        message = f"started {run - 1} times without finishing (MAX_JOB_RUNS={settings.max_job_runs}); not run again"
+        return _finish(JobResult(**base, status="failed", error=ErrorInfo(type="abandoned", message=message)))
+    call = _call_of(resources, job, kind, job_id, run, events)
+    # the answer awaited here, not in a coroutine of its own: a frame fewer to resume at every await
+    try:
+        async with asyncio.timeout(settings.job_timeout_s):
+            if isinstance(job, RoutedJob):
+                route, models = _chain_of(call, job)
+                result = _routed(call, await walk_chain(call, models), route, base)
+            elif isinstance(job, CompareJob):
+                result = await _compare(call, job, base)
+            else:
+                raise TypeError(f"job kind {job.kind!r} must subclass RoutedJob or CompareJob")
+    except Deferred as d:
+        return _deferred(d, call, base, run, settings.max_job_runs)
+    except TimeoutError:
+        message = f"job took longer than JOB_TIMEOUT_S={settings.job_timeout_s:g}"
+        error = ErrorInfo(type="timeout", message=message)
+        return _finish(JobResult(**base, status="failed", attempts=call.attempts, error=error))
+    return _finish(result)
+
+
+def _checked(kind: str, payload: Any, settings: Settings, size: int, base: dict[str, Any]) -> JobBase | JobResult:
+    """The job, or its refusal: a payload the contract or the bounds refuse (another writer's)."""
+    try:
+        job = JOB_KINDS[kind].model_validate(payload)
+    except ValidationError as exc:
+        return _refused(base, *describe_validation_error(exc))
+    out_of_bounds = bounds.problem(job, settings, size)
+    if out_of_bounds:
+        return _refused(base, *out_of_bounds)
+    return job
+
+
+def _call_of(resources: Resources, job: JobBase, kind: str, job_id: str, run: int, events: ev.JobEvents | None) -> Call:
+    settings = resources.settings
+    return Call(
         resources,
         job_id,
         {"messages": job.build_messages(), **job.request_params()},
@@ -216,54 +240,36 @@ async def _run(
         cache=job.cache,
         route=routes.route_name(job.model) if isinstance(job, RoutedJob) else None,
     )
-    try:
-        async with asyncio.timeout(settings.job_timeout_s):
-            result = await _answer(call, job, base)
-    except Deferred as d:
-        if isinstance(d, QuotaDeferred):  # its source at its quota: this run is given back
-            retry = Retry(defer=d.wait_s)
-            retry.uncounted = True  # type: ignore[attr-defined]  # read by worker.process.runner
-            retry.in_place = isinstance(d, SlotGivenBack)  # type: ignore[attr-defined]
-            raise retry from None
-        if run >= settings.max_job_runs:
-            return _finish(
-                JobResult(
-                    **base,
-                    status="failed",
-                    attempts=call.attempts,
-                    error=d.error.model_copy(update={"message": f"gave up after {run} runs: {d.error.message}"}),
-                )
-            )
-        log.debug("job %s back to the queue for %.2fs: %s", job_id, d.wait_s, d.error.message)
-        raise Retry(defer=d.wait_s) from None
-    except TimeoutError:
-        return _finish(
-            JobResult(
-                **base,
-                status="failed",
-                attempts=call.attempts,
-                error=ErrorInfo(
-                    type="timeout", message=f"job took longer than JOB_TIMEOUT_S={settings.job_timeout_s:g}"
-                ),
-            )
-        )
-    return _finish(result)
 
 
-async def _answer(call: Call, job: JobBase, base: dict[str, Any]) -> JobResult:
-    if isinstance(job, RoutedJob):
-        default = chain(job.model, job.fallbacks, call.settings)
-        route, models = routes.chain_of(job, call.payload["messages"], call.settings, default)
-        answer = await walk_chain(call, models)
-        model = answer.model if answer.status == "succeeded" else None
-        if route is not None:
-            m.ROUTE_CHOICES.labels(route, call.resources.labels.model(model) if model else "none").inc()
-        # the answer's own values, not a dump of them validated again
-        fields = {name: getattr(answer, name) for name in _ANSWER_FIELDS}
-        return JobResult(**base, **fields, model=model, route=route, attempts=call.attempts)
-    if isinstance(job, CompareJob):
-        return await _compare(call, job, base)
-    raise TypeError(f"job kind {job.kind!r} must subclass RoutedJob or CompareJob")
+def _deferred(d: Deferred, call: Call, base: dict[str, Any], run: int, max_runs: int) -> JobResult:
+    """A job that cannot progress now: back to the queue (arq's Retry, raised here), or failed
+    on its last run (MAX_JOB_RUNS)."""
+    if isinstance(d, QuotaDeferred):  # its source at its quota: this run is given back
+        retry = Retry(defer=d.wait_s)
+        retry.uncounted = True  # type: ignore[attr-defined]  # read by worker.process.runner
+        retry.in_place = isinstance(d, SlotGivenBack)  # type: ignore[attr-defined]
+        raise retry from None
+    if run >= max_runs:
+        error = d.error.model_copy(update={"message": f"gave up after {run} runs: {d.error.message}"})
+        return _finish(JobResult(**base, status="failed", attempts=call.attempts, error=error))
+    log.debug("job %s back to the queue for %.2fs: %s", call.job_id, d.wait_s, d.error.message)
+    raise Retry(defer=d.wait_s) from None
+
+
+def _chain_of(call: Call, job: RoutedJob) -> tuple[str | None, list[str]]:
+    """(the route the job's model names, or None; the models to try, in order)."""
+    default = chain(job.model, job.fallbacks, call.settings)
+    return routes.chain_of(job, call.payload["messages"], call.settings, default)
+
+
+def _routed(call: Call, answer: ModelAnswer, route: str | None, base: dict[str, Any]) -> JobResult:
+    """A routed job's result: the answer's own values, not a dump of them validated again."""
+    model = answer.model if answer.status == "succeeded" else None
+    if route is not None:
+        m.ROUTE_CHOICES.labels(route, call.resources.labels.model(model) if model else "none").inc()
+    fields = {name: getattr(answer, name) for name in _ANSWER_FIELDS}
+    return JobResult(**base, **fields, model=model, route=route, attempts=call.attempts)
 
 
 # What a routed job's result takes from the answer (its `model` is the answering one, or None).

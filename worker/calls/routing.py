@@ -9,14 +9,14 @@ import logging
 import os
 import random
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any
+from collections.abc import Coroutine
+from typing import Any
 
 from ..batches.record import line_of
 from ..contract.models import ANSWER_FIELDS, Attempt, ErrorInfo, ModelAnswer
 from ..contract.pricing import cost_of
 from ..limits import budgets
+from ..limits.fair import LineTicket
 from ..limits.limiter import Admission
 from ..observe import metrics as m
 from ..process.scripts import run_scripts
@@ -24,9 +24,6 @@ from . import cache, errors
 from .call import Call, Deferred, QuotaDeferred, SlotGivenBack, SlotTurn, Step
 from .client import Completion
 from .policy import CIRCUIT_CLASSES, Action, action_for, backoff_delay
-
-if TYPE_CHECKING:
-    pass
 
 log = logging.getLogger("llm_router.routing")
 # How often a call short of tokens asks the limiter again (see worker.limits.limiter).
@@ -70,9 +67,17 @@ async def walk_chain(call: Call, chain: list[str]) -> ModelAnswer:
     return _exhausted(answers)
 
 
-async def try_model(call: Call, model: str) -> Step:
+def try_model(call: Call, model: str) -> Coroutine[Any, Any, Step]:
     """Call one model until it answers or the policy says stop/move on; a cacheable call is
-    answered from the response cache when it can be, before anything is booked (worker.calls.cache)."""
+    answered from the response cache when it can be, before anything is booked (worker.calls.cache).
+    (The coroutine of the one that applies, not a coroutine awaiting it: a frame fewer to resume
+    at every await of the call.)"""
+    if cache.wanted(call.settings, call.cache, call.payload):
+        return _cached(call, model)
+    return call_model(call, model)
+
+
+async def _cached(call: Call, model: str) -> Step:
     async with cache.flight(call, model) as flight:
         if flight.hit is not None:
             return Step("ok", flight.hit)
@@ -84,60 +89,78 @@ async def try_model(call: Call, model: str) -> Step:
 
 async def call_model(call: Call, model: str) -> Step:
     """Call one model until it answers or the policy says stop/move on."""
-    refused = await call.no_room(model)
+    refused = await call.no_room(model) if call.may_lack_room(model) else None
     if refused is not None:  # what a gateway would refuse is not sent: the larger-context model, or fail
         return Step("larger", refused)
-    tokens = call.estimate_tokens()
-    async with SlotTurn(call, model) as turn:
-        return await _call_model(call, model, tokens, turn)
-
-
-async def _call_model(call: Call, model: str, tokens: int, turn: SlotTurn) -> Step:
-    limiter = call.resources.limiter
+    limiter, tokens = call.resources.limiter, call.estimate_tokens()
     failures, waited, napped, slot_wait = 0, 0.0, 0.0, 0.0
-    while True:
-        budget = call.max_wait_s - napped
-        # a bulk job books only near the front of the schedule: interactive jobs go first
-        reach = min(budget, call.settings.bulk_horizon_s) if call.near_front else budget
-        # fair share: a job that would wait waits in the slot line, unless it gives its worker
-        # slot back (FAIR_SHARE_SLOT_WAITERS of this worker's jobs wait already) and its turn is
-        # not next
-        join = turn.counted or not call.gives_slot_back()
-        ticket = turn.ticket(join)
-        if ticket is not None and ticket.join and not ticket.bulk and not turn.counted:
-            turn.take()  # its place among the worker's waiters, before it asks (others ask meanwhile)
-        admission = await limiter.admit(model, tokens, max(reach, 0.0), call.budget_plan(model), call.source, ticket)
-        turn.answered(admission)
-        nap = _nap(admission, budget, call)
-        if nap and turn.wanted(admission) and not turn.counted:
-            if not (join or turn.lined):
-                raise SlotGivenBack(0, ErrorInfo(type="rate_limit", message="gave its worker slot back (fair share)"))
-            turn.take()
-        if nap:
-            # look again soon: tokens given back by calls that just finished, or a probe that
-            # closed the circuit, let this call start sooner than the admission's wait_s
-            await asyncio.sleep(nap)
-            waited, napped, slot_wait = waited + nap, napped + nap, slot_wait + nap
-            continue
-        turn.release()  # booked (or not admitted): no longer waiting
-        if not admission.booked:
-            return _not_admitted(call, model, tokens, admission)
-        async with _given_back_if_cancelled(call, model, tokens, admission.reservation, sent=False):
-            await asyncio.sleep(admission.wait_s)
-        waited += admission.wait_s
-        m.child(m.RATE_LIMIT_WAIT, call.resources.labels.model(model)).observe(slot_wait + admission.wait_s)
-        slot_wait = 0.0
-        payload = {**call.payload, "model": model}
-        if admission.reservation is not None:  # a budget applies: the cap it assumed is sent
-            payload = call.capped(payload, model)
-        answer, exc = await call_once(call, model, payload, tokens, waited, admission.reservation)
-        if exc is None:
-            return Step("ok", answer)
-        failures += 1
-        after = await apply_policy(call, model, answer, exc, failures)
-        if isinstance(after, Step):
-            return after
-        waited = after
+    async with SlotTurn(call, model) as turn:
+        while True:
+            budget = call.max_wait_s - napped
+            # a bulk job books only near the front of the schedule: interactive jobs go first
+            reach = min(budget, call.settings.bulk_horizon_s) if call.near_front else budget
+            join, ticket = _ticket(call, turn)
+            plan = call.budget_plan(model)
+            admission = await limiter.admit(model, tokens, max(reach, 0.0), plan, call.source, ticket)
+            turn.answered(admission)
+            nap = _nap(admission, budget, call)
+            if nap:
+                _wait_in_line(turn, admission, join)
+                # look again soon: tokens given back by calls that just finished, or a probe that
+                # closed the circuit, let this call start sooner than the admission's wait_s
+                await asyncio.sleep(nap)
+                waited, napped, slot_wait = waited + nap, napped + nap, slot_wait + nap
+                continue
+            turn.release()  # booked (or not admitted): no longer waiting
+            if not admission.booked:
+                return _not_admitted(call, model, tokens, admission)
+            if admission.wait_s > 0:  # (no sleep(0): a suspension of the whole job for nothing)
+                try:
+                    await asyncio.sleep(admission.wait_s)
+                except asyncio.CancelledError:
+                    await _give_back(call, model, tokens, admission.reservation, sent=False)
+                    raise
+            waited += admission.wait_s
+            m.child(m.RATE_LIMIT_WAIT, call.resources.labels.model(model)).observe(slot_wait + admission.wait_s)
+            slot_wait = 0.0
+            payload = _sent(call, model, admission)
+            answer, exc = await call_once(call, model, payload, tokens, waited, admission.reservation)
+            if exc is None:
+                return Step("ok", answer)
+            failures += 1
+            after = await apply_policy(call, model, answer, exc, failures)
+            if isinstance(after, Step):
+                return after
+            waited = after
+
+
+def _ticket(call: Call, turn: SlotTurn) -> tuple[bool, LineTicket | None]:
+    """Fair share: whether the job may wait in the slot line (it waits there unless it gives its
+    worker slot back: FAIR_SHARE_SLOT_WAITERS of this worker's jobs wait already, and its turn
+    is not next), and its ticket; its place among the worker's waiters is taken before it asks
+    (others ask meanwhile)."""
+    join = turn.counted or not call.gives_slot_back()
+    ticket = turn.ticket(join)
+    if ticket is not None and ticket.join and not ticket.bulk and not turn.counted:
+        turn.take()
+    return join, ticket
+
+
+def _wait_in_line(turn: SlotTurn, admission: Admission, join: bool) -> None:
+    """Before a nap: an interactive job that waits for a slot under fair share is counted among
+    the worker's waiters, or gives its worker slot back when it may not wait (SlotGivenBack)."""
+    if turn.wanted(admission) and not turn.counted:
+        if not (join or turn.lined):
+            raise SlotGivenBack(0, ErrorInfo(type="rate_limit", message="gave its worker slot back (fair share)"))
+        turn.take()
+
+
+def _sent(call: Call, model: str, admission: Admission) -> dict[str, Any]:
+    """The payload sent to `model`: with the cap a budget assumed, when one applies."""
+    payload = {**call.payload, "model": model}
+    if admission.reservation is not None:
+        payload = call.capped(payload, model)
+    return payload
 
 
 def _nap(admission: Admission, budget_s: float, call: Call) -> float:
@@ -155,30 +178,23 @@ def _nap(admission: Admission, budget_s: float, call: Call) -> float:
     return 0.0
 
 
-@asynccontextmanager
-async def _given_back_if_cancelled(
-    call: Call, model: str, tokens: int, reservation: budgets.Reservation | None, sent: bool
-) -> AsyncIterator[None]:
+async def _give_back(call: Call, model: str, tokens: int, reservation: budgets.Reservation | None, sent: bool) -> None:
     """A booking never outlives its call: a job cancelled (JOB_TIMEOUT_S, SIGTERM past the grace)
     while it waits for its slot or for the answer gives back what it booked, a probe slot and its
     budget reservation; a call cancelled in flight (`sent`) may have been billed: its
-    reservation stays spent (worker.limits.budgets)."""
-    try:
-        yield
-    except asyncio.CancelledError:
-        limiter = call.resources.limiter
-        budget = limiter.budgets.settlement(reservation, model, None, billable=sent)
-        refund = limiter.settle(
-            model,
-            booked_tokens=tokens,
-            used_tokens=None,
-            outcome="neutral",
-            pause_s=0,
-            budget=budget,
-            source=call.source,
-        )
-        await asyncio.shield(refund)
-        raise
+    reservation stays spent (worker.limits.budgets). Its caller raises the CancelledError again."""
+    limiter = call.resources.limiter
+    budget = limiter.budgets.settlement(reservation, model, None, billable=sent)
+    refund = limiter.settle(
+        model,
+        booked_tokens=tokens,
+        used_tokens=None,
+        outcome="neutral",
+        pause_s=0,
+        budget=budget,
+        source=call.source,
+    )
+    await asyncio.shield(refund)
 
 
 def _not_admitted(call: Call, model: str, tokens: int, admission: Admission) -> Step:
@@ -265,8 +281,10 @@ async def call_once(
     exc: errors.AIsaError | None = None
     try:
         with m.child(m.IN_FLIGHT, label).track_inprogress():
-            async with _given_back_if_cancelled(call, model, tokens, reservation, sent=True):
-                completion = await send(call, payload)
+            completion = await send(call, payload)
+    except asyncio.CancelledError:
+        await _give_back(call, model, tokens, reservation, sent=True)
+        raise
     except errors.AIsaError as e:
         exc = e
         answer = ModelAnswer(
@@ -302,13 +320,13 @@ async def call_once(
     return answer, exc
 
 
-async def send(call: Call, payload: dict[str, Any]) -> Completion:
-    """The upstream request: Gemini's native endpoint for a Gemini model of a `gemini_native`
-    job (unless streamed: the native stream is not served), else chat/completions."""
+def send(call: Call, payload: dict[str, Any]) -> Coroutine[Any, Any, Completion]:
+    """The upstream request (its coroutine): Gemini's native endpoint for a Gemini model of a
+    `gemini_native` job (unless streamed: the native stream is not served), else chat/completions."""
     client, model = call.resources.client, payload["model"]
     if call.native(model, payload):
-        return await client.generate_content(model, payload)
-    return await client.chat(payload, call.events.on_delta(model) if call.events is not None else None)
+        return client.generate_content(model, payload)
+    return client.chat(payload, call.events.on_delta(model) if call.events is not None else None)
 
 
 def observe(call: Call, label: str, answer: ModelAnswer, exc: errors.AIsaError | None, counted: bool) -> None:

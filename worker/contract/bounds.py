@@ -12,7 +12,7 @@ from pydantic import BaseModel
 
 from ..calls import egress
 from . import routes
-from .models import CompareJob, JobBase, RoutedJob, shown
+from .models import CompareJob, ImagePart, JobBase, RoutedJob, VisionJob, shown
 from .settings import Settings
 
 # Images a job may carry: each is bounded by MAX_IMAGE_BYTES, and they do not count towards
@@ -26,9 +26,27 @@ def inline_images(job: JobBase) -> list[str]:
 
 
 def _images(job: JobBase) -> list[str]:
-    """Every image of the job: data URLs and http(s) URLs."""
+    """Every image of the job: data URLs and http(s) URLs, read from the validated job (its
+    messages' content parts, a vision job's image), not from a dump of its messages."""
+    if isinstance(job, VisionJob):
+        return [job.image]
+    messages = getattr(job, "messages", None)
+    if not isinstance(messages, list):  # a kind that holds no `messages`: what it sends
+        return _urls(job.build_messages())
     urls = []
-    for message in job.build_messages():
+    for message in messages:
+        content = getattr(message, "content", None)
+        for part in content if isinstance(content, list) else []:
+            if isinstance(part, ImagePart):
+                ref = part.image_url
+                urls.append(ref if isinstance(ref, str) else ref.url)
+    return urls
+
+
+def _urls(messages: list[dict[str, Any]]) -> list[str]:
+    """The image URLs of messages as they are sent."""
+    urls = []
+    for message in messages:
         content = message.get("content")
         for part in content if isinstance(content, list) else []:
             ref = part.get("image_url") if isinstance(part, dict) else None
@@ -38,11 +56,11 @@ def _images(job: JobBase) -> list[str]:
     return urls
 
 
-def _image_url_problem(job: JobBase, settings: Settings) -> str | None:
+def _image_url_problem(urls: list[str], settings: Settings) -> str | None:
     """An image URL the upstream would fetch from this side's own network (worker.calls.egress)."""
     if settings.image_urls_allow_private:
         return None
-    for url in _images(job):
+    for url in urls:
         if not url.startswith("data:") and (why := egress.image_url_problem(url)):
             return (
                 f"the URL {shown(url)}: {why}: refused unless IMAGE_URLS_ALLOW_PRIVATE=true "
@@ -59,7 +77,8 @@ def problem(job: JobBase, settings: Settings, record_bytes: int, routes_known: b
     counted = count_problem(job, settings)
     if counted:
         return counted
-    images = inline_images(job)
+    urls = _images(job)  # (read once: every image check below takes them)
+    images = [url for url in urls if url.startswith("data:")]
     size = record_bytes - sum(len(u) for u in images)
     if size > settings.max_job_bytes:
         return "job", (
@@ -74,7 +93,7 @@ def problem(job: JobBase, settings: Settings, record_bytes: int, routes_known: b
         return route_problem
     if len(images) > MAX_IMAGES:
         return "job", f"carries {len(images)} images, over {MAX_IMAGES}: split it"
-    if why := _image_url_problem(job, settings):
+    if why := _image_url_problem(urls, settings):
         return "image", why
     for url in images:
         image_bytes = _decoded_size(url)
@@ -147,19 +166,23 @@ _LEAVES = frozenset({str, int, float, bool, type(None)})
 
 def _deeper(value: Any, limit: int) -> bool:
     """Whether `value` (JSON as pydantic holds it: models, dicts, lists, scalars) nests
-    containers more than `limit` deep; a loop, not recursion, whatever the depth."""
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, dict):
-            children: Any = item.values()
-        elif isinstance(item, (list, tuple)):
-            children = item
-        elif isinstance(item, BaseModel):
-            children = [*item.__dict__.values(), *(item.__pydantic_extra__ or {}).values()]
-        else:
-            continue  # a datetime, or another value with nothing inside
-        if depth > limit:
-            return True
-        stack.extend((child, depth + 1) for child in children if child.__class__ not in _LEAVES)
+    containers more than `limit` deep; a loop over its levels, not recursion, whatever the depth."""
+    level, depth = [value], 1
+    while level:
+        below: list[Any] = []
+        for item in level:
+            if isinstance(item, dict):
+                children: Any = item.values()
+            elif isinstance(item, (list, tuple)):
+                children = item
+            elif isinstance(item, BaseModel):
+                children = [*item.__dict__.values(), *(item.__pydantic_extra__ or {}).values()]
+            else:
+                continue  # a datetime, or another value with nothing inside
+            if depth > limit:
+                return True
+            for child in children:
+                if child.__class__ not in _LEAVES:
+                    below.append(child)
+        level, depth = below, depth + 1
     return False

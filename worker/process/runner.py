@@ -28,9 +28,10 @@ from signal import Signals
 from typing import Any
 
 from arq.constants import retry_key_prefix
+from arq.cron import CronJob
 from arq.jobs import deserialize_job_raw
 from arq.utils import ms_to_datetime, timestamp_ms
-from arq.worker import Retry, Worker
+from arq.worker import Function, Retry, Worker
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -50,6 +51,8 @@ log = logging.getLogger("llm_router.worker")
 # A poll reads the worker's free slots plus this many queue entries more (at least): room for
 # entries that turn out not to be runnable (held elsewhere, finished copies, no record).
 READ_MARGIN = 16
+# How often the worker looks for jobs past their backstop (arq's job_timeout: JOB_TIMEOUT_S + 30 s).
+BACKSTOP_SWEEP_S = 1.0
 # The longest a shutdown waits for one Redis write (the health key's delete) before it exits anyway.
 SHUTDOWN_REDIS_S = 2.0
 
@@ -84,6 +87,11 @@ class RouterWorker(Worker):
         self._wake: Wake | None = None
         self._starts = 0  # jobs started so far (a poll that started none found the worker idle)
         self._slot_freed = asyncio.Event()  # a full worker polls again when a job ends
+        # the backstop: a job's function cancelled at its deadline (the loop's time), by one sweep
+        # for all jobs, not a timer each (_backstop)
+        self._deadlines: dict[str, float] = {}
+        self._overdue: set[str] = set()
+        self._sweep: asyncio.TimerHandle | None = None
         # arq's loop sleeps poll_delay after every poll; here _poll_iteration itself waits
         # (_between_polls): POLL_DELAY_S while busy, the wake-up while idle
         self.busy_poll_s, self.poll_delay_s = self.poll_delay_s, 0.0
@@ -233,25 +241,77 @@ class RouterWorker(Worker):
     def _ended(self, job_id: str) -> None:
         """A job's task is over: its slot is free (arq's poll would find it done and drop it)."""
         self.tasks.pop(job_id, None)
+        self._overdue.discard(job_id)
         if self._lease is not None:
             self._lease.forget(job_id)
         self._release_sem_dec_counter_on_complete()
         self._slot_freed.set()
 
     async def run_claimed(self, job_id: str, job: Claimed) -> None:
-        """Run a claimed job, with a net: a record that cannot run fails as `invalid_job` and
-        leaves the queue, instead of killing the worker (and every worker after it). Redis going
-        away is not the record's fault: the lease runs out and another worker runs the job again."""
+        """arq's run_job for our job functions, with the record and run count the claim fetched,
+        and a net: a record that cannot run fails as `invalid_job` and leaves the queue, instead
+        of killing the worker (and every worker after it). Redis going away is not the record's
+        fault: the lease runs out and another worker runs the job again. The job's function is
+        awaited here, in the task's own coroutine: a frame fewer to resume at every await of the job."""
         try:
-            await self._run(job_id, job)
+            function, ctx, args, kwargs = await self._prepared(job_id, job)
+            timeout_s = self.job_timeout_s if function.timeout_s is None else function.timeout_s
+            self._backstop(job_id, timeout_s)
+            try:
+                try:
+                    status = await function.coroutine(ctx, *args, **kwargs)
+                finally:
+                    self._deadlines.pop(job_id, None)
+            except Retry as retry:
+                await self._requeue(job_id, retry)
+                return
+            except asyncio.CancelledError:
+                if self._past_backstop(job_id):
+                    raise TimeoutError(f"still running at its backstop, {timeout_s:g}s") from None
+                await self._let_go(job_id)  # shutdown past its grace (arq: "cancelled, will be run again")
+                return
+            self.jobs_complete += 1
+            if not ctx.get("released"):  # our job functions store their result and release the job
+                await asyncio.shield(self._lease_of(self.ctx["resources"]).release_done(job_id))
+            log.debug("job %s: %s", job_id, status)
         except (RedisConnectionError, RedisTimeoutError) as exc:
             log.error("job %s: Redis went away under it (%s): its lease runs out and it runs again", job_id, exc)
         except Exception as exc:
             await self._cannot_run(job_id, exc)
 
-    async def _run(self, job_id: str, job: Claimed) -> None:
-        """arq's run_job for our job functions, with the record and run count the claim fetched."""
-        lease = self._lease_of(self.ctx["resources"])
+    def _backstop(self, job_id: str, timeout_s: float) -> None:
+        """Cancel the job's function if it still runs `timeout_s` from now: a job ends at its own
+        JOB_TIMEOUT_S (worker.calls.jobs) with a result; this guards against a function that ignores
+        its own. One sweep every BACKSTOP_SWEEP_S looks at every job's deadline, where a timer
+        each (asyncio.timeout) put a TimerHandle a job in the loop's heap and took it out again."""
+        self._deadlines[job_id] = self.loop.time() + timeout_s
+        if self._sweep is None:
+            self._sweep = self.loop.call_later(BACKSTOP_SWEEP_S, self._sweep_deadlines)
+
+    def _sweep_deadlines(self) -> None:
+        self._sweep = None
+        now = self.loop.time()
+        for job_id, deadline in self._deadlines.items():
+            task = self.tasks.get(job_id)
+            if deadline <= now and job_id not in self._overdue and task is not None:
+                self._overdue.add(job_id)
+                task.cancel()
+        if self._deadlines:
+            self._sweep = self.loop.call_later(BACKSTOP_SWEEP_S, self._sweep_deadlines)
+
+    def _past_backstop(self, job_id: str) -> bool:
+        """Whether the job was cancelled at its backstop (and by nothing else, as asyncio.timeout
+        tells its TimeoutError from a cancel): then it is a TimeoutError, not a cancel."""
+        if job_id not in self._overdue:
+            return False
+        self._overdue.discard(job_id)
+        task = asyncio.current_task()
+        return task is not None and task.uncancel() == 0
+
+    async def _prepared(
+        self, job_id: str, job: Claimed
+    ) -> tuple[Function | CronJob, dict[str, Any], tuple[Any, ...], dict[str, Any]]:
+        """The job's function and its arguments, from the record (RecordError if it cannot run)."""
         name, args, kwargs, enqueue_tries, enqueue_ms = deserialize_job_raw(
             job.record, deserializer=self.job_deserializer
         )
@@ -266,30 +326,26 @@ class RouterWorker(Worker):
             raise RecordError(f"started {tries} times, over {self.max_tries}")
         ctx = {**self.ctx, "job_id": job_id, "job_try": tries, "enqueue_time": ms_to_datetime(enqueue_ms)}
         ctx["score"] = job.score
-        timeout_s = self.job_timeout_s if function.timeout_s is None else function.timeout_s
         log.debug(
             "job %s: %s, run %d, %.3fs after its enqueue", job_id, name, tries, (timestamp_ms() - enqueue_ms) / 1000
         )
-        try:
-            async with asyncio.timeout(timeout_s):
-                status = await function.coroutine(ctx, *args, **kwargs)
-        except Retry as retry:
-            self.jobs_retried += 1
-            log.debug("job %s: back to the queue for %.2fs", job_id, (retry.defer_score or 0) / 1000)
-            at = timestamp_ms() + (retry.defer_score or 0)
-            uncounted, in_place = getattr(retry, "uncounted", False), getattr(retry, "in_place", False)
-            await asyncio.shield(lease.requeue(job_id, at, uncounted=uncounted, in_place=in_place))
-            return
-        except asyncio.CancelledError:  # shutdown past its grace (arq: "cancelled, will be run again")
-            self.jobs_retried += 1
-            self.ctx["resources"].outcomes["requeued"] += 1
-            log.info("job %s: cancelled, it will run again", job_id)
-            await asyncio.shield(lease.let_go(job_id, timestamp_ms()))
-            return
-        self.jobs_complete += 1
-        if not ctx.get("released"):  # our job functions store their result and release the job
-            await asyncio.shield(lease.release_done(job_id))
-        log.debug("job %s: %s", job_id, status)
+        return function, ctx, args, kwargs
+
+    async def _requeue(self, job_id: str, retry: Retry) -> None:
+        """A job that waits goes back to the queue at now + its defer (arq's Retry)."""
+        self.jobs_retried += 1
+        log.debug("job %s: back to the queue for %.2fs", job_id, (retry.defer_score or 0) / 1000)
+        at = timestamp_ms() + (retry.defer_score or 0)
+        uncounted, in_place = getattr(retry, "uncounted", False), getattr(retry, "in_place", False)
+        lease = self._lease_of(self.ctx["resources"])
+        await asyncio.shield(lease.requeue(job_id, at, uncounted=uncounted, in_place=in_place))
+
+    async def _let_go(self, job_id: str) -> None:
+        """A job cancelled by a shutdown past its grace stays queued for another run."""
+        self.jobs_retried += 1
+        self.ctx["resources"].outcomes["requeued"] += 1
+        log.info("job %s: cancelled, it will run again", job_id)
+        await asyncio.shield(self._lease_of(self.ctx["resources"]).let_go(job_id, timestamp_ms()))
 
     async def _cannot_run(self, job_id: str, exc: BaseException) -> None:
         """A failed `invalid_job` result naming what went wrong (unless a result is stored), and
@@ -317,6 +373,9 @@ class RouterWorker(Worker):
         if not self._pool:
             return
         await asyncio.gather(*self.tasks.values())
+        if self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep = None
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.pool.delete(self.health_check_key), SHUTDOWN_REDIS_S)
         if self.on_shutdown:
