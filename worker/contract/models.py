@@ -141,7 +141,9 @@ CallbackURL = Annotated[str, AfterValidator(check_callback_url)]
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # defer_build: a model's validator is built when first used, not at import: a CLI verb
+    # imports every job kind and uses one (the worker builds them at start-up: worker.process.service)
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
 
 class ImageURL(_Model):
@@ -172,7 +174,7 @@ _CONTENT_REQUIRED: dict[str, Any] = {
 
 class Message(BaseModel):
     # Extra keys (name, tool_calls, tool_call_id, function_call) pass through to the gateway.
-    model_config = ConfigDict(extra="allow", json_schema_extra=_CONTENT_REQUIRED)
+    model_config = ConfigDict(extra="allow", json_schema_extra=_CONTENT_REQUIRED, defer_build=True)
 
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: str | list[ContentPart] | None = None

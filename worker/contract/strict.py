@@ -17,7 +17,8 @@ from pydantic import BaseModel, ConfigDict, model_validator
 
 class StrictModel(BaseModel):
     # forbid stays as the backstop (an object built from Python kwargs bypassing the check below)
-    model_config = ConfigDict(extra="forbid")
+    # defer_build: built when a setting first holds one, not at import (a CLI verb's start-up)
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     @model_validator(mode="before")
     @classmethod
