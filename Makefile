@@ -88,6 +88,7 @@ chaos: $(BIN)/llm-router redis-server
 bench: $(BIN)/llm-router redis-server
 	$(BIN)/python -m bench.dispatch
 	$(BIN)/python -m bench.inflight
+	$(BIN)/python -m bench.startup
 	$(BIN)/python -m bench.latency
 	$(BIN)/python -m bench.ratelimit
 	$(BIN)/python -m bench.batch
