@@ -223,6 +223,20 @@ def test_the_bounds_read_the_images_a_job_sends(job):
     assert bounds._images(job) == bounds._urls(job.build_messages())
 
 
+def test_the_bounds_read_what_another_kind_sends_not_what_it_holds():
+    """A kind other than chat and compare (here a subclass of ChatJob adding an image of its own
+    when it builds its messages) is read from its built messages: its image is counted and checked."""
+    from worker.contract import bounds
+
+    class WithLogo(ChatJob):
+        def build_messages(self):
+            logo = {"type": "image_url", "image_url": {"url": "http://127.0.0.1/logo.png"}}
+            return [*super().build_messages(), {"role": "user", "content": [logo]}]
+
+    job = WithLogo(model="m", messages=[{"role": "user", "content": "hi"}])
+    assert bounds._images(job) == ["http://127.0.0.1/logo.png"]
+
+
 def _depth(value) -> int:
     """How deep containers nest in `value` (0 for a scalar), recursively: the reference."""
     from pydantic import BaseModel

@@ -12,7 +12,7 @@ from pydantic import BaseModel
 
 from ..calls import egress
 from . import routes
-from .models import CompareJob, ImagePart, JobBase, RoutedJob, VisionJob, shown
+from .models import ChatJob, CompareJob, ImagePart, JobBase, Message, RoutedJob, VisionJob, shown
 from .settings import Settings
 
 # Images a job may carry: each is bounded by MAX_IMAGE_BYTES, and they do not count towards
@@ -30,9 +30,9 @@ def _images(job: JobBase) -> list[str]:
     messages' content parts, a vision job's image), not from a dump of its messages."""
     if isinstance(job, VisionJob):
         return [job.image]
-    messages = getattr(job, "messages", None)
-    if not isinstance(messages, list):  # a kind that holds no `messages`: what it sends
-        return _urls(job.build_messages())
+    if not isinstance(job, ChatJob | CompareJob) or type(job) not in (ChatJob, CompareJob):
+        return _urls(job.build_messages())  # another kind, a subclass too: what it sends
+    messages: list[Message] = job.messages  # what these two send: their messages, dumped
     urls = []
     for message in messages:
         content = getattr(message, "content", None)

@@ -12,8 +12,10 @@ every call after it if `rerun_rest` (for scripts that only make sense after the 
 are idempotent). A call that ran is never sent twice by this module; the client's own retry on a
 connection error (worker.contract.connections) does send again a pipeline whose answers were lost, so
 the job path's scripts take a second run: a claim hands over the same jobs, and a result,
-release, call record, budget reservation, limiter settlement or stream entry is written once
-(a second run of the admission books one more rate-limit slot).
+release, call record, budget reservation or limiter settlement is written once. Not quite all:
+a second run of the admission books one more rate-limit slot; of the result's store, adds a
+second entry to the recent-jobs stream and publishes its done message again; of a cache lookup
+that took the lead, finds its own lock and waits on it until it expires.
 """
 
 from __future__ import annotations
