@@ -180,6 +180,18 @@ async def test_a_dead_holders_lock_expires_and_a_waiter_takes_over(producer, set
     assert time.monotonic() - started >= 0.6  # it waited for the lock, then called
 
 
+async def test_a_lookup_sent_again_still_leads_and_another_caller_waits(settings, redis):
+    """A lookup whose answer was lost runs a second time (the client resends the batch after a
+    connection error): it finds its own lock and leads, where it waited on itself until the lock
+    expired; a lookup with another token waits."""
+    responses = cache.ResponseCache(redis, settings)
+    first = await responses.lookup("d" * 64, "gpt-4.1", "token-a")
+    again = await responses.lookup("d" * 64, "gpt-4.1", "token-a")
+    other = await responses.lookup("d" * 64, "gpt-4.1", "token-b")
+    assert (first.status, again.status, other.status) == ("lead", "lead", "wait")
+    assert other.wait_s > 0
+
+
 async def test_a_hit_takes_no_rate_limit_slot(producer, settings, sim, redis):
     limited = settings.model_copy(update={"rate_limits": {"gpt-4.1": RateLimit(rpm=1)}})
     first = await run_one(producer, limited, message="limited", temperature=0)

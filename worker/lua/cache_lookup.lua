@@ -14,4 +14,7 @@ if entry[1] then
   return {'hit', entry[1], entry[2] or ''}
 end
 if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {'lead', '', ''} end
+-- the lock is this caller's own (a token is one call's): this lookup ran before and its answer was
+-- lost, so the client sent it again (worker.process.scripts); it leads, not waits on itself
+if redis.call('GET', KEYS[2]) == ARGV[1] then return {'lead', '', ''} end
 return {'wait', tostring(redis.call('PTTL', KEYS[2])), ''}

@@ -14,8 +14,8 @@ connection error (worker.contract.connections) does send again a pipeline whose 
 the job path's scripts take a second run: a claim hands over the same jobs, and a result,
 release, call record, budget reservation or limiter settlement is written once. Not quite all:
 a second run of the admission books one more rate-limit slot; of the result's store, adds a
-second entry to the recent-jobs stream and publishes its done message again; of a cache lookup
-that took the lead, finds its own lock and waits on it until it expires.
+second entry to the recent-jobs stream and publishes its done message again; of a cache hit,
+counts its saving twice (a lookup that took the lead finds its own lock and leads again).
 """
 
 from __future__ import annotations
