@@ -7,7 +7,7 @@ import fakeredis
 import pytest
 from redis.asyncio import Redis
 
-from worker.contract.keys import CREDITS, SPEND_TOTAL, calls_key, recent_jobs_key, result_key, spend_day_key
+from worker.contract.keys import CREDITS, DLQ_INDEX, SPEND_TOTAL, calls_key, recent_jobs_key, result_key, spend_day_key
 from worker.contract.models import Attempt, JobResult, Usage
 from worker.contract.store import ResultStore
 
@@ -99,6 +99,19 @@ async def test_each_saved_result_is_listed_as_recent_kept_within_its_bound(store
     newest = await store.redis.xrevrange(recent_jobs_key(), count=1)
     assert newest[0][1][b"id"] == b"j299"
     assert await store.redis.xlen(recent_jobs_key("team-a")) == 1
+
+
+async def test_the_same_result_stored_again_adds_no_copy(store):
+    """A store sent again after its answer was lost (the client's resend) finds the same result and
+    adds nothing: one recent-jobs entry, one dead letter; a new result of the job is stored in full."""
+    failed = JobResult(job_id="team-a@r", kind="chat", status="failed", source="team-a")
+    for _ in range(2):
+        await store.save(failed, dead_letter="{}")
+    assert await store.redis.xlen(recent_jobs_key()) == await store.redis.xlen(recent_jobs_key("team-a")) == 1
+    assert await store.redis.zcard(DLQ_INDEX) == 1
+    await store.save(failed.model_copy(update={"runs": 2}), dead_letter="{}")
+    assert await store.redis.xlen(recent_jobs_key()) == 2
+    assert (await store.get("team-a@r")).runs == 2
 
 
 async def test_a_calls_spend_is_kept_by_source_and_model_together(store):

@@ -7,6 +7,10 @@
 -- KEYS: result, dlq hash, dlq index, webhook outbox, webhook delivery, then the recent-jobs streams
 -- ARGV: result JSON, result TTL s, status, dead letter JSON ('' none), now s, dlq max, dlq TTL s, job id, channel,
 --       callback url ('' none), delivery, recent-jobs max, listed status, model, cost, source
+-- the same result stored already (a result's JSON is its run's: its times, its calls' ids): this
+-- call ran before and its answer was lost, so the client sent it again (worker.process.scripts).
+-- Nothing more to do: a second stream entry, done message or webhook delivery would be a copy.
+if redis.call('GET', KEYS[1]) == ARGV[1] then return 0 end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 if ARGV[10] ~= '' then queue_delivery(KEYS[4], KEYS[5], ARGV[11], ARGV[10], ARGV[5], ARGV[2]) end
 local dropped = {}

@@ -12,10 +12,10 @@ every call after it if `rerun_rest` (for scripts that only make sense after the 
 are idempotent). A call that ran is never sent twice by this module; the client's own retry on a
 connection error (worker.contract.connections) does send again a pipeline whose answers were lost, so
 the job path's scripts take a second run: a claim hands over the same jobs, and a result,
-release, call record, budget reservation or limiter settlement is written once. Not quite all:
-a second run of the admission books one more rate-limit slot; of the result's store, adds a
-second entry to the recent-jobs stream and publishes its done message again; of a cache hit,
-counts its saving twice (a lookup that took the lead finds its own lock and leads again).
+release, call record, budget reservation, limiter settlement or recent-jobs entry is written
+once (a result's store finds the same result stored and does nothing more; a cache lookup that
+took the lead finds its own lock and leads again). Not quite all: a second run of the admission
+books one more rate-limit slot, and of a cache hit counts its saving twice.
 """
 
 from __future__ import annotations
