@@ -42,8 +42,10 @@ _GEMINI_STATUS = {
     503: "UNAVAILABLE",
     504: "UNAVAILABLE",
 }
-# Request bodies /_sim/requests keeps, newest last.
-RECORDED_REQUESTS = 20
+# Request bodies /_sim/requests keeps, newest last: every call of a test's run (the budget races
+# read every body they sent: with the last 20 of 42, whether a streamed one was among them was
+# chance), bounded.
+RECORDED_REQUESTS = 200
 # OpenAI's enumerated parameters (openai.types.chat.completion_create_params).
 
 
