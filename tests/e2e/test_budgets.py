@@ -45,7 +45,7 @@ def budgeted(settings, **config):
 
 
 def plan(limiter, model="m", source=None, job_id="j1", prompt=100, completion=100, cap=None):
-    return limiter.budgets.plan(model, source, job_id, prompt, completion, cap)
+    return limiter.budgets.plan(model, source, job_id, lambda: (prompt, completion), cap)
 
 
 async def day_figures(redis, budgets: Budgets, scope="global:"):

@@ -234,6 +234,30 @@ async def test_a_settlement_sent_again_after_a_lost_answer_applies_once(redis: R
         cutter.server.close()
 
 
+def test_a_budget_plan_asks_the_bounds_only_when_a_budget_can_apply(redis: Redis):
+    # The prompt's bound walks the body a call sends: a call no budget applies to (most) must
+    # not pay for it, and one a budget applies to must carry it.
+    from worker.contract.settings import BudgetConfig
+
+    asked: list[str] = []
+
+    def bounds(model: str):
+        def given() -> tuple[int, int]:
+            asked.append(model)
+            return 123, 45
+
+        return given
+
+    unbudgeted = make(redis)
+    assert unbudgeted.budgets.plan("m", None, "j1", bounds("m"), None) is None
+    budgeted = make(redis, budgets=BudgetConfig(models={"b": 1.0}))
+    assert budgeted.budgets.plan("m", None, "j1", bounds("m"), None) is None  # the budget is b's
+    assert budgeted.budgets.plan("b", None, "j1", bounds("b"), None) is not None
+    capped = unbudgeted.budgets.plan("m", None, "j1", bounds("c"), 0.5)  # a job's own budget cap
+    assert asked == ["b", "c"]
+    assert capped is not None and capped.args[2:4] == [123, 45]
+
+
 async def test_a_budget_reservation_settled_twice_gives_its_tokens_back_once(redis: Redis):
     # The mark of a settlement is the reservation's own id: a call settled by two paths (the
     # cancel path and the record path, or a resent settle built anew) applies once, not twice.
@@ -245,7 +269,7 @@ async def test_a_budget_reservation_settled_twice_gives_its_tokens_back_once(red
         budgets=BudgetConfig(daily_usd=10),
         prices={"m": Price(input=1, output=1)},
     )
-    plan = limiter.budgets.plan("m", None, "j1", 100, 100, None)
+    plan = limiter.budgets.plan("m", None, "j1", lambda: (100, 100), None)
     admission = await limiter.admit("m", 500, 5, plan)
     assert admission.booked and admission.reservation is not None
     booked = float(await redis.hget(model_key("m"), "t"))

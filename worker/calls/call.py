@@ -259,8 +259,7 @@ class Call:
             model,
             self.source,
             self.job_id,
-            self.prompt_bound(model),
-            self.completion_cap(max(self.budget_max_tokens(model), 1)),
+            lambda: (self.prompt_bound(model), self.completion_cap(max(self.budget_max_tokens(model), 1))),
             # a compare job's models are not fallbacks of each other
             None if self.kind == "compare" else self.budget_cap,
         )

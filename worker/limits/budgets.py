@@ -196,12 +196,15 @@ class Budgets:
         return False
 
     def plan(
-        self, model: str, source: str | None, job_id: str, prompt: int, completion: int, cap: float | None
+        self, model: str, source: str | None, job_id: str, bounds: Callable[[], tuple[int, int]], cap: float | None
     ) -> Plan | None:
-        """The budget part of a call's admission; None when no budget can apply (nothing to do)."""
+        """The budget part of a call's admission; None when no budget can apply (nothing to do).
+        `bounds` gives the call's (prompt, completion) token bounds: asked only when a budget can
+        apply, since the prompt's walks the body the call sends (most calls have no budget)."""
         scopes = self.scopes(model, source, job_id)
         if not scopes and cap is None:
             return None
+        prompt, completion = bounds()
         price, unknown = self.prices(model)
         plan = Plan(model, scopes, [], [])
         plan.keys = [BUDGET_RESERVATIONS, BUDGET_DEADLINES, BUDGET_LEARNED, *(s.key for s in scopes)]
