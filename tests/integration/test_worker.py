@@ -408,3 +408,17 @@ async def test_a_function_ignoring_its_timeout_is_stopped_at_the_backstop(produc
     assert result.status == "failed" and result.error.type == "invalid_job"
     assert "TimeoutError: still running at its backstop, 0.2s" in result.error.message
     assert await producer.result(next_id) is None and worker.jobs_complete == 1  # ran, stored nothing
+
+
+async def test_a_burst_worker_refills_a_slot_when_it_frees_not_at_its_next_poll(producer, settings, sim):
+    # A burst worker draining a queue (a cron job, the benchmarks) takes the next job as soon as
+    # a slot frees, as a long-running worker does; before, it slept POLL_DELAY_S after every poll:
+    # here three of those, 180 s, for three jobs of one slot each.
+    import asyncio
+
+    s = settings.model_copy(update={"worker_concurrency": 1, "poll_delay_s": 60.0})
+    ids = [await producer.chat("gpt-4.1", f"job {i}") for i in range(3)]
+    # (bounded: it would wait out the poll delay after each job)
+    worker = await asyncio.wait_for(run_worker(s), 30)
+    assert worker.jobs_complete == 3
+    assert [(await producer.result(i)).status for i in ids] == ["succeeded"] * 3

@@ -120,16 +120,29 @@ class RouterWorker(Worker):
         """arq's poll, reading no more entries than the free slots can take (and a margin)."""
         resources = self.ctx.get("resources")
         self.allow_pick_jobs = not self._draining and (resources is None or resources.paused is None)
-        if self.burst:
-            if self.max_burst_jobs >= 0:
-                await super()._poll_iteration()
-            else:
-                await self._poll(resources)
+        if self.burst and self.max_burst_jobs >= 0:
+            await super()._poll_iteration()
             await asyncio.sleep(self.busy_poll_s)
             return
         started = self._starts
         await self._poll(resources)
-        await self._between_polls(resources, started=self._starts - started)
+        if self.burst:
+            await self._between_burst_polls(started=self._starts - started)
+        else:
+            await self._between_polls(resources, started=self._starts - started)
+
+    async def _between_burst_polls(self, started: int) -> None:
+        """Burst mode's wait for the next poll (arq then looks whether the queue is empty): none
+        after a poll that started jobs while slots remain, until a slot is free when none is
+        (POLL_DELAY_S at most), else POLL_DELAY_S. A burst worker draining a queue refills a slot
+        when it frees, as a long-running one does, not at its next poll."""
+        free = self.max_jobs - self.job_counter
+        if started and free > 0:
+            return
+        if free <= 0:
+            await self._until_a_slot_frees()
+            return
+        await asyncio.sleep(self.busy_poll_s)
 
     async def _poll(self, resources: Resources | None) -> None:
         free = self.max_jobs - self.job_counter
@@ -151,10 +164,8 @@ class RouterWorker(Worker):
         if resources is None or not self.allow_pick_jobs:
             await asyncio.sleep(self.busy_poll_s)
             return
-        if free <= 0:  # until a job ends (its slot is free), POLL_DELAY_S at most
-            self._slot_freed.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._slot_freed.wait(), self.busy_poll_s)
+        if free <= 0:
+            await self._until_a_slot_frees()
             return
         wake = self._wake_of(resources)
         wait_s = resources.settings.idle_poll_s
@@ -164,6 +175,12 @@ class RouterWorker(Worker):
         # due already: a job that came after the poll (its token is there: at once), or one that
         # cannot be taken yet (a source at its limit: POLL_DELAY_S)
         await wake.wait(wait_s if wait_s > 0 else self.busy_poll_s)
+
+    async def _until_a_slot_frees(self) -> None:
+        """Until a job ends (its slot is free), POLL_DELAY_S at most."""
+        self._slot_freed.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._slot_freed.wait(), self.busy_poll_s)
 
     def _wake_of(self, resources: Resources) -> Wake:
         if self._wake is None:
