@@ -326,6 +326,17 @@ async def test_overlapping_batches_take_distinct_connections_and_at_most_a_few_s
     await client.aclose()
 
 
+async def test_a_held_connection_leaves_the_pool_one_for_the_clients_other_commands(redis_url: str):
+    client = Redis.from_url(redis_url, max_connections=1)  # a bound in REDIS_URL, at its least
+    scripts.batch_calls(client)
+    incr = client.register_script(INCR)
+    await preload(client, [incr])
+    assert await run_scripts(client, [(incr, ["n"], [])]) == [1]
+    assert await client.get("n") == b"1"  # held, the only connection: "Too many connections"
+    assert await run_scripts(client, [(incr, ["n"], [])]) == [2]
+    await client.aclose()
+
+
 async def test_nothing_is_held_after_the_workers_shutdown(redis_url: str):
     client = Redis.from_url(redis_url)
     scripts.batch_calls(client)

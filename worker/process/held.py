@@ -20,7 +20,8 @@ new one, where nothing ran. A `health_check_interval` still PINGs a connection i
 
 Held connections stay checked out of the pool, so they count against its `max_connections`
 as a batch in flight did. At most `most` are held idle (batches overlap: one in flight while the
-next is sent, sometimes three); any more go back to the pool. A connection comes back here only after a batch
+next is sent, sometimes three), and none that would leave the pool without one to give (a
+`max_connections` in REDIS_URL); any more go back to the pool. A connection comes back here only after a batch
 read every reply; on any exception it is closed and goes back to the pool (worker.process.scripts).
 `close` hands them all back (the worker's shutdown); after it, each goes back after its batch.
 """
@@ -64,8 +65,15 @@ class HeldConnections:
         return await from_pool(pool)
 
     async def give(self, connection: AbstractConnection) -> None:
-        """A connection whose batch read every reply: held, or back to the pool."""
-        if not self.closed and len(self.idle) < self.most and isinstance(connection._parser, _AsyncHiredisParser):
+        """A connection whose batch read every reply: held, or back to the pool (also when holding
+        it would leave the pool none to give: a client's other commands must still find one)."""
+        pool = self.pool
+        if (
+            not self.closed
+            and len(self.idle) < self.most
+            and len(pool._in_use_connections) < pool.max_connections
+            and isinstance(connection._parser, _AsyncHiredisParser)
+        ):
             self.idle.append(connection)
         else:
             await self.pool.release(connection)
