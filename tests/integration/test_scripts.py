@@ -26,9 +26,10 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ReadOnlyError, ResponseError
 
 from harness.command_count import RedisTraffic
+from harness.redis_server import PrivateRedis
 from harness.wait import wait_until_async
 from worker.contract.connections import RETRY_ON, FollowMaster, NoReplicas, arq_settings
-from worker.process import scripts
+from worker.process import held, scripts, service
 from worker.process.scripts import ScriptCall, preload, run_scripts
 
 INCR = "return redis.call('INCR', KEYS[1])"
@@ -249,3 +250,123 @@ async def test_error_replies_a_connection_makes_connection_errors_are_retried_th
         await redis.delete("ok", "refused")
     await sentinel.aclose()
     await plain.aclose()
+
+
+# The connections a Batcher holds between batches (worker.process.held): the same answers as
+# taking one from the pool each batch, which is what the pipeline sender still does.
+
+
+def checked_out(client: Redis) -> int:
+    """Connections of the client's pool not in it: held by the Batcher, or a batch's in flight."""
+    return len(client.connection_pool._in_use_connections)
+
+
+async def connections_named(admin: Redis, name: str) -> list[int]:
+    return [int(c["id"]) for c in await admin.client_list() if c["name"] == name]
+
+
+@pytest.mark.parametrize("closed_by", ["client kill", "server timeout"])
+async def test_a_held_connection_the_server_closed_is_not_used_for_the_next_batch(
+    redis_url: str, admin: Redis, closed_by: str
+):
+    """A connection Redis closed while it was idle (CLIENT KILL, its `timeout`, a restart) would
+    fail the next batch on a client without retries (a producer's); the pool would have
+    reconnected it, and so must the Batcher."""
+    client = Redis.from_url(redis_url, client_name="held")  # no retry: a dead connection would fail the batch
+    scripts.batch_calls(client)
+    incr = client.register_script(INCR)
+    await preload(client, [incr])
+    assert await run_scripts(client, [(incr, ["n"], [])]) == [1]
+    [held] = await connections_named(admin, "held")
+    if closed_by == "client kill":
+        assert await admin.execute_command("CLIENT", "KILL", "ID", held) == 1
+    else:
+        await admin.config_set("timeout", 1)
+        try:
+
+            async def closed() -> bool:
+                return held not in [int(c["id"]) for c in await admin.client_list()]
+
+            await wait_until_async(closed, 10, "Redis closing the idle connection")
+        finally:
+            await admin.config_set("timeout", 0)
+    assert await gather_in_one_turn(
+        run_scripts(client, [(incr, ["n"], [])]), run_scripts(client, [(incr, ["m"], [])])
+    ) == [[2], [1]]
+    assert held not in await connections_named(admin, "held")
+    await client.aclose()
+
+
+async def test_overlapping_batches_take_distinct_connections_and_at_most_a_few_stay_held(
+    redis_url: str, redis: Redis, admin: Redis
+):
+    client = Redis.from_url(redis_url)
+    scripts.batch_calls(client)
+    incr, read = client.register_script(INCR), client.register_script(READ)
+    await preload(client, [incr, read])
+    await redis.set("r", "v")
+    await admin.execute_command("CLIENT", "PAUSE", 60_000, "WRITE")
+    keys = [f"k{i}" for i in range(held.MOST + 1)]
+    waiting: list[asyncio.Future[list[Any]]] = []
+    for key in keys:  # one batch more than are held, each held in the server before the next is sent
+        waiting.append(asyncio.ensure_future(run_scripts(client, [(incr, [key], [])])))
+
+        async def paused(n: int = len(waiting)) -> bool:
+            clients = await admin.client_list()
+            return sum(1 for c in clients if "b" in c["flags"] and c["cmd"] == "evalsha") == n
+
+        await wait_until_async(paused, 10, f"{len(waiting)} batches held by CLIENT PAUSE")
+    # one more (no writes) is answered while they wait: a connection of its own
+    assert await run_scripts(client, [(read, ["r"], [])]) == [b"v"]
+    await admin.execute_command("CLIENT", "UNPAUSE")
+    assert await asyncio.gather(*waiting) == [[1]] * len(keys)
+    assert len(client.connection_pool._available_connections) + checked_out(client) == len(keys) + 1
+    assert checked_out(client) <= held.MOST  # the others back in the pool
+    assert await gather_in_one_turn(*(run_scripts(client, [(incr, [k], [])]) for k in keys)) == [[2]] * len(keys)
+    await client.aclose()
+
+
+async def test_a_held_connection_leaves_the_pool_one_for_the_clients_other_commands(redis_url: str):
+    client = Redis.from_url(redis_url, max_connections=1)  # a bound in REDIS_URL, at its least
+    scripts.batch_calls(client)
+    incr = client.register_script(INCR)
+    await preload(client, [incr])
+    assert await run_scripts(client, [(incr, ["n"], [])]) == [1]
+    assert await client.get("n") == b"1"  # held, the only connection: "Too many connections"
+    assert await run_scripts(client, [(incr, ["n"], [])]) == [2]
+    await client.aclose()
+
+
+async def test_nothing_is_held_after_the_workers_shutdown(redis_url: str):
+    client = Redis.from_url(redis_url)
+    scripts.batch_calls(client)
+    incr = client.register_script(INCR)
+    await preload(client, [incr])
+    assert await run_scripts(client, [(incr, ["n"], [])]) == [1]
+    await service.shutdown({"redis": client})  # as the worker's on_shutdown, before its pool closes
+    assert checked_out(client) == 0
+    assert await run_scripts(client, [(incr, ["n"], [])]) == [2]  # still answered, and given back
+    assert checked_out(client) == 0
+    await client.aclose()
+
+
+async def test_a_held_connection_to_a_master_the_sentinels_replaced_is_not_used(redis: Redis):
+    """After a failover the Sentinel pool closes its idle connections when it learns the new
+    master's address (a connection's connect asks the sentinels); a held one is not idle to the
+    pool, and without its own check would go on writing to the old master."""
+    host, port = redis.connection_pool.connection_kwargs["host"], redis.connection_pool.connection_kwargs["port"]
+    manager = OneMaster((host, port))
+    pool = SentinelConnectionPool("mymaster", manager, connection_class=FollowMaster)
+    client = Redis(connection_pool=pool)
+    scripts.batch_calls(client)
+    incr = client.register_script(INCR)
+    with PrivateRedis() as new_master:
+        new = Redis.from_url(new_master.url)
+        await preload(client, [incr])
+        assert await run_scripts(client, [(incr, ["n"], [])]) == [1]
+        manager.address = (host, new_master.port)
+        await pool.get_master_address()  # what the next connect does: the pool learns the new master
+        assert await run_scripts(client, [(incr, ["n"], [])]) == [1]  # loaded again there (NOSCRIPT)
+        assert await new.get("n") == b"1" and await redis.get("n") == b"1"
+        await new.aclose()
+    await client.aclose()

@@ -21,12 +21,11 @@ books one more rate-limit slot, and of a cache hit counts its saving twice.
 from __future__ import annotations
 
 import asyncio
-import inspect
 from collections.abc import Awaitable, Iterable, Sequence
 from typing import Any
 
 from redis._parsers.hiredis import NOT_ENOUGH_DATA, _AsyncHiredisParser
-from redis.asyncio import ConnectionPool, Redis
+from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.sentinel import SentinelManagedConnection
 from redis.commands.core import AsyncScript
@@ -34,6 +33,7 @@ from redis.exceptions import BusyLoadingError, NoScriptError, ReadOnlyError, Res
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from ..contract.connections import FollowMaster, NoReplicas, pack_commands
+from .held import HeldConnections, from_pool
 
 # What Redis answers to a call it did not run.
 NOT_RUN = (NoScriptError, BusyLoadingError)
@@ -58,28 +58,34 @@ async def _run(redis: Redis, calls: Sequence[ScriptCall], rerun_rest: bool) -> l
 async def _send(redis: Redis, calls: Sequence[ScriptCall]) -> list[Any]:
     """The answers of `calls` (an error reply as its exception, in its place), as redis-py's
     pipeline (`raise_on_error=False`) answers them, without its command stack, response callbacks
-    and a parse call a reply: the calls packed as one write, sent on one connection of the pool
-    and their replies read from the connection's parser. A connection error is retried as the
-    connection's `retry` says (the whole write again, as the pipeline does); on any exception
-    (a cancellation included) the connection is closed, never handed back with replies unread."""
+    and a parse call a reply: the calls packed as one write, sent on one connection and their
+    replies read from the connection's parser. The connection is one the client's Batcher holds
+    (worker.process.held) if it has a Batcher and a connection fit, else the pool's. A connection
+    error is retried as the connection's `retry` says (the whole write again, as the pipeline
+    does); on any exception (a cancellation included) the connection is closed and goes back to
+    the pool, never held or handed back with replies unread."""
     if not calls:
         return []
+    batcher: Batcher | None = getattr(redis, BATCHER_ATTR, None)
+    held = batcher.held if batcher is not None else None
     pool = redis.connection_pool
-    connection = await (pool.get_connection() if _NO_NAME else pool.get_connection("EVALSHA"))
+    connection = await (held.take() if held is not None else from_pool(pool))
+    answered = False
     try:
         packed = pack_commands(connection, [("EVALSHA", s.sha, len(k), *k, *a) for s, k, a in calls])
-        return await connection.retry.call_with_retry(
+        answers = await connection.retry.call_with_retry(
             lambda: _exchange(connection, packed, len(calls)), lambda error: _drop(connection, error)
         )
+        answered = True
+        return answers
     except BaseException:
         await connection.disconnect(nowait=True)
         raise
     finally:
-        await pool.release(connection)
-
-
-# redis-py >= 5.3 takes no command name (and warns at one); before, it must have one
-_NO_NAME = inspect.signature(ConnectionPool.get_connection).parameters["command_name"].default is None
+        if answered and held is not None:
+            await held.give(connection)
+        else:
+            await pool.release(connection)
 
 
 async def _drop(connection: AbstractConnection, error: BaseException) -> None:
@@ -166,6 +172,7 @@ class Batcher:
 
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
+        self.held = HeldConnections(redis.connection_pool)  # the batches' connections between batches
         self._pending: list[tuple[Sequence[ScriptCall], bool, asyncio.Future[list[Any]]]] = []
 
     def submit(self, calls: Sequence[ScriptCall], rerun_rest: bool) -> asyncio.Future[list[Any]]:
@@ -219,6 +226,14 @@ _flushing: set[asyncio.Task[None]] = set()
 def batch_calls(redis: Redis) -> None:
     """Send this client's `run_scripts` calls through a Batcher from now on."""
     setattr(redis, BATCHER_ATTR, Batcher(redis))
+
+
+async def release_held(redis: Redis | None) -> None:
+    """The connections this client's Batcher holds back to its pool, and none held from now on
+    (the worker's shutdown, before its pool is closed)."""
+    batcher: Batcher | None = getattr(redis, BATCHER_ATTR, None)
+    if batcher is not None:
+        await batcher.held.close()
 
 
 async def preload(redis: Redis, scripts: Iterable[AsyncScript]) -> None:

@@ -140,6 +140,7 @@ async def shutdown(ctx: dict[str, Any]) -> None:
     if "fleet" in ctx:  # bounded: a Redis outage must not hold the exit for the retries' minute
         with contextlib.suppress(Exception):
             await asyncio.wait_for(ctx["fleet"].withdraw(ctx["worker_id"]), WITHDRAW_S)
+    await scripts.release_held(ctx.get("redis"))  # before the worker closes its pool
     if "schedule_redis" in ctx:
         await ctx["schedule_redis"].aclose()
     if "resources" in ctx:
