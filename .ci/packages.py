@@ -99,6 +99,7 @@ LAYOUT: dict[str, dict[str, tuple[str, dict[str, str]]]] = {
                 "policy": "policy",
                 "cache": "cache",
                 "egress": "egress",
+                "pinned": "pinned",
             },
         ),
         "limits": (
@@ -107,7 +108,7 @@ LAYOUT: dict[str, dict[str, tuple[str, dict[str, str]]]] = {
         ),
         "outputs": (
             "what a job sends on: dead letters, webhooks and their outbox, live events",
-            {"dlq": "dlq", "webhooks": "webhooks", "outbox": "outbox", "events": "events"},
+            {"dlq": "dlq", "webhooks": "webhooks", "callbacks": "callbacks", "outbox": "outbox", "events": "events"},
         ),
         "observe": (
             "what is measured: metrics, the queue exporter, spend",

@@ -36,6 +36,7 @@ PLACE = {
     "test_lua.py": "unit",
     "test_reference.py": "unit",
     "test_redis_packing.py": "unit",
+    "test_setting_types.py": "unit",
     # integration: a private redis-server, the simulator, workers and the app in this process
     "test_client.py": "integration",
     "test_console.py": "integration",
@@ -66,6 +67,7 @@ PLACE = {
     "test_cache.py": "e2e",
     "test_chaos.py": "e2e",
     "test_cli_e2e.py": "e2e",
+    "test_startup.py": "e2e",
     "test_console_browser.py": "e2e",
     "test_failover.py": "e2e",
     "test_fair_share.py": "e2e",

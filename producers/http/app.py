@@ -25,6 +25,10 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import click
+
+# callback and image URLs are read with httpx (worker.outputs.callbacks, worker.calls.egress), which
+# those modules import at the first URL read: here it is loaded at start, not inside a request
+import httpx  # noqa: F401
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest

@@ -33,7 +33,7 @@ from tests.helpers import sim_admin
 from worker.contract.keys import WEBHOOKS, result_key
 from worker.contract.settings import ConfigError, Settings, load_settings
 from worker.observe import metrics as m
-from worker.outputs import webhooks
+from worker.outputs import callbacks
 from worker.process.service import create_worker
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -248,7 +248,7 @@ def test_allow_list_entries():
         ("http://[::1]:9001/", False),
         ("https://10.0.0.7:8443@evil.io/", False),
     ]:
-        assert webhooks.allowed(url, hosts) is ok, url
+        assert callbacks.allowed(url, hosts) is ok, url
     for entry in ("hooks.example.com/path", "user@hooks.example.com", "host:99999", " spaced"):
         with pytest.raises(ConfigError, match=f"WEBHOOK_ALLOWED_HOSTS: {entry!r} is not a host name"):
             load_settings(_env_file=None, webhook_allowed_hosts=[entry], webhook_secret=SecretStr(SECRET))

@@ -1,4 +1,4 @@
-"""Outbound requests a client can aim (worker.calls.egress): which addresses are refused, a webhook
+"""Outbound requests a client can aim (worker.calls.egress, worker.calls.pinned): which addresses are refused, a webhook
 connection going to the address that was checked (a real TLS receiver, the name kept in SNI and
 Host), and image URLs naming this side's own network refused at enqueue (Python, HTTP) and by the
 worker, unless IMAGE_URLS_ALLOW_PRIVATE."""
@@ -23,7 +23,7 @@ from fastapi.testclient import TestClient
 from producers import JobRejected, Producer
 from producers.http.app import create_app
 from tests.helpers import run_worker, self_signed
-from worker.calls import egress
+from worker.calls import egress, pinned
 from worker.contract.settings import ConfigError, load_settings
 
 TOKEN = "tok-egress"
@@ -132,19 +132,19 @@ async def test_a_webhook_connects_to_the_address_it_checked_with_the_name_in_sni
     port = tls_receiver["port"]
     url = f"https://hooks.test:{port}/hook"
     resolve, calls = dns(["127.0.0.1"], ["10.0.0.1"])  # rebinding: the next answer is private
-    async with egress.client(5, egress.networks(["127.0.0.0/8"]), resolve) as client:
+    async with pinned.client(5, egress.networks(["127.0.0.0/8"]), resolve) as client:
         assert (await client.post(url, content=b"{}")).status_code == 204
     assert calls == [("hooks.test", port)]  # resolved once; the connection went to that answer
     assert tls_receiver["sni"] == ["hooks.test"] and tls_receiver["hosts"] == [f"hooks.test:{port}"]
 
     # every address is checked: one refused among allowed ones refuses the name, before any connection
     resolve, calls = dns(["127.0.0.1", "10.0.0.1"])
-    async with egress.client(5, egress.networks(["127.0.0.0/8"]), resolve) as client:
+    async with pinned.client(5, egress.networks(["127.0.0.0/8"]), resolve) as client:
         with pytest.raises(egress.Refused, match=re.escape("hooks.test resolves to 10.0.0.1, a private address")):
             await client.post(url, content=b"{}")
     # by default loopback is refused too
     resolve, calls = dns(["127.0.0.1"])
-    async with egress.client(5, (), resolve) as client:
+    async with pinned.client(5, (), resolve) as client:
         with pytest.raises(egress.Refused, match=re.escape("hooks.test resolves to 127.0.0.1, a loopback address")):
             await client.post(url, content=b"{}")
     assert tls_receiver["sni"] == ["hooks.test"]  # neither was connected
@@ -165,11 +165,11 @@ async def test_a_webhook_connects_to_the_address_it_checked_with_the_name_in_sni
 )
 async def test_a_webhook_to_this_network_by_another_spelling_is_refused_unsent(host):
     # the system's own resolver (getaddrinfo, as httpx's connection would use) reads each form
-    async with egress.client(5, ()) as client:
+    async with pinned.client(5, ()) as client:
         with pytest.raises(egress.Refused, match="address"):
             await client.post(f"http://{host}:9/hook", content=b"{}")
     with pytest.raises(httpx.InvalidURL):  # octal (0177.0.0.1) is no URL to httpx: never called
-        async with egress.client(5, ()) as client:
+        async with pinned.client(5, ()) as client:
             await client.post("http://0177.0.0.1:9/hook", content=b"{}")
 
 

@@ -30,7 +30,7 @@ from pydantic import ValidationError
 
 from ..contract.models import JOB_KINDS, JobBase, JobResult, check_callback_url, describe_validation_error, shown
 from ..contract.records import JobRejected
-from ..outputs import webhooks
+from ..outputs import callbacks
 from . import record as wb
 from .record import BatchError
 
@@ -328,7 +328,7 @@ def url_error(url: Any) -> LineError:
 
 def check_callback(url: str, settings: Any) -> None:
     try:
-        problem = webhooks.refusal(check_callback_url(url), settings)
+        problem = callbacks.refusal(check_callback_url(url), settings)
     except ValueError as exc:
         problem = str(exc)
     if problem:

@@ -9,6 +9,7 @@ __all__ = [
     "gemini",
     "headers",
     "jobs",
+    "pinned",
     "policy",
     "routing",
 ]

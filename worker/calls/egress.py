@@ -9,14 +9,19 @@ multicast, also when an IPv6 address embeds one (IPv4-mapped `::ffff:a.b.c.d`, I
 
 Webhooks: the name is resolved when the request is sent, every address it resolves to is
 checked, and the connection goes to a checked address, the name kept in the Host header and TLS
-SNI (`client`): no second lookup, so no DNS answer can change between the check and the call.
-WEBHOOK_ALLOWED_NETWORKS allows networks (e.g. a cluster's service network).
+SNI (worker.calls.pinned): no second lookup, so no DNS answer can change between the check and
+the call. WEBHOOK_ALLOWED_NETWORKS allows networks (e.g. a cluster's service network).
 
 Image URLs are not fetched here, so not resolved: a host that is a non-public IP literal (in any
 form a resolver reads: `2130706433`, `0x7f.1`, `0177.0.0.1`, `127.1`, `[::ffff:127.0.0.1]`,
 `[64:ff9b::a00:1]`, full-width digits...) or a name of this side's own network (`internal_name`:
 `localhost`, `*.local`, `*.internal` such as `metadata.google.internal`, a single label...) is
 refused unless IMAGE_URLS_ALLOW_PRIVATE is set.
+
+The policy only, on the standard library: the settings check their entries with it and producers
+their jobs' URLs, so a producer's start-up imports no HTTP client. httpx is imported where a URL
+is read as it reads it (`_hosts`), when a job names an image URL: its import is ~40 ms (httpcore,
+and rich and click through httpx._main), more than a tenth of `llm-router chat`'s start-up.
 """
 
 from __future__ import annotations
@@ -24,13 +29,8 @@ from __future__ import annotations
 import ipaddress
 import re
 import socket
-from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import Any
+from collections.abc import Iterable, Sequence
 from urllib.parse import unquote, urlsplit
-
-import anyio
-import httpcore
-import httpx
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -56,10 +56,6 @@ INTERNAL_DOMAINS = (
 )
 # what inet_aton reads as an IPv4 address: 1-4 parts, decimal, octal (0...) or hex (0x...)
 _IPV4_ISH = re.compile(r"^[0-9a-fx.]+$")
-
-
-# anyio.getaddrinfo's signature: (host, port, *, type=...) -> [(family, type, proto, canonname, sockaddr)]
-Resolver = Callable[..., Awaitable[list[tuple[Any, Any, int, str, tuple[Any, ...]]]]]
 
 
 class Refused(Exception):
@@ -171,6 +167,8 @@ def _hosts(url: str) -> set[str]:
         found.add(urlsplit(url).hostname or "")
     except ValueError:
         pass
+    import httpx  # (here, not at the top: see the module's docstring)
+
     try:  # as httpx (this project's client, and many upstreams') reads it
         found.add(httpx.URL(url).host)
     except httpx.InvalidURL:
@@ -185,79 +183,3 @@ def _hosts(url: str) -> set[str]:
         pass
     found.add(host)
     return {re.sub(r"[\x00-\x20\x7f]", "", h).strip("[]").rstrip(".").lower() for h in found} - {""}
-
-
-# ---------------------------------------------------------------- webhooks: resolve, check, connect
-
-
-class CheckedBackend(httpcore.AsyncNetworkBackend):
-    """httpcore's network backend, resolving each name once, refusing it if any address it
-    resolves to is refused, and connecting to those addresses (in order, until one answers)."""
-
-    def __init__(self, allowed: Sequence[IPNetwork], resolver: Resolver = anyio.getaddrinfo) -> None:
-        self.allowed = tuple(allowed)
-        self.resolver = resolver
-        self.inner = httpcore.AnyIOBackend()
-
-    async def connect_tcp(
-        self,
-        host: str,
-        port: int,
-        timeout: float | None = None,
-        local_address: str | None = None,
-        socket_options: Iterable[Any] | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        addresses = await self.resolve(host, port, timeout)
-        for ip in addresses:
-            if why := problem(ip, self.allowed):
-                raise Refused(f"{host} is {why}" if literal(host) else f"{host} resolves to {ip}, {why}")
-        failed: httpcore.ConnectError | httpcore.ConnectTimeout | None = None
-        for ip in addresses:
-            try:
-                return await self.inner.connect_tcp(
-                    str(ip), port, timeout=timeout, local_address=local_address, socket_options=socket_options
-                )
-            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
-                failed = exc
-        assert failed is not None  # resolve() returns at least one address
-        raise failed
-
-    async def resolve(self, host: str, port: int, timeout: float | None) -> list[IPAddress]:
-        """Every address `host` resolves to (an IP literal: itself), deduplicated, in order."""
-        try:
-            with anyio.fail_after(timeout):
-                found = await self.resolver(host, port, type=socket.SOCK_STREAM)
-        except TimeoutError:
-            raise httpcore.ConnectTimeout(f"cannot resolve {host}: no answer within {timeout:g}s") from None
-        except OSError as exc:  # socket.gaierror: no such name, no DNS server...
-            raise httpcore.ConnectError(f"cannot resolve {host}: {exc}") from None
-        addresses = list(dict.fromkeys(ipaddress.ip_address(sockaddr[0]) for *_, sockaddr in found))
-        if not addresses:
-            raise httpcore.ConnectError(f"cannot resolve {host}: no address")
-        return addresses
-
-    async def connect_unix_socket(
-        self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None
-    ) -> httpcore.AsyncNetworkStream:
-        raise Refused("a Unix socket is never called")
-
-    async def sleep(self, seconds: float) -> None:
-        await self.inner.sleep(seconds)
-
-
-def client(timeout: float, allowed: Sequence[IPNetwork], resolver: Resolver = anyio.getaddrinfo) -> httpx.AsyncClient:
-    """An httpx client whose every connection goes through CheckedBackend. It uses no proxy from
-    the environment (the address called must be the one checked) and follows no redirect; its
-    certificates are httpx's (SSL_CERT_FILE / SSL_CERT_DIR, else certifi's)."""
-    transport = httpx.AsyncHTTPTransport()
-    # httpx builds its httpcore pool itself and takes no network backend: the pool is replaced
-    # (tests/e2e/test_webhooks.py sees a loopback receiver refused, so a change in httpx fails there)
-    limits = httpx.Limits()  # httpx's defaults, not httpcore's
-    transport._pool = httpcore.AsyncConnectionPool(
-        ssl_context=httpx.create_ssl_context(),
-        max_connections=limits.max_connections,
-        max_keepalive_connections=limits.max_keepalive_connections,
-        keepalive_expiry=limits.keepalive_expiry,
-        network_backend=CheckedBackend(allowed, resolver),
-    )
-    return httpx.AsyncClient(transport=transport, timeout=timeout, follow_redirects=False)

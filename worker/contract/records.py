@@ -27,7 +27,7 @@ from redis.commands.core import AsyncScript
 
 from ..limits import fair
 from ..lua import registry as lua
-from ..outputs import webhooks
+from ..outputs import callbacks
 from ..process import wake
 from . import bounds, serde
 from .keys import JOB_EXPIRES_EXTRA_MS, arq_result_key, bulk_key, digest_key, job_key, result_key, wake_key
@@ -198,7 +198,7 @@ class JobRecords:
         out_of_bounds = bounds.problem(job, self.settings, len(data), "routes" in self.settings.model_fields_set)
         if out_of_bounds:
             raise JobRejected(*out_of_bounds)
-        if job.callback_url is not None and (refused := webhooks.refusal(job.callback_url, self.settings)):
+        if job.callback_url is not None and (refused := callbacks.refusal(job.callback_url, self.settings)):
             raise JobRejected("callback_url", refused)
         return payload, data
 

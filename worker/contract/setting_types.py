@@ -1,9 +1,12 @@
 """The value types of the settings (worker.contract.settings): prices, rate limits, budgets, source
-quotas, token grants, the models' defaults, and ConfigError. Apart from the settings model, so
-what only needs a type (worker.contract.pricing, worker.contract.routes) does not import the settings."""
+quotas, token grants, the models' defaults, the check of AISA_BASE_URL, and ConfigError. Apart from
+the settings model, so what only needs a type (worker.contract.pricing, worker.contract.routes) does
+not import the settings."""
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field, model_validator
@@ -163,6 +166,47 @@ class TokenGrant(StrictModel):
         if self.role == "source" and self.source is None:
             raise ValueError('a token of role "source" needs a "source" (or give role "operator")')
         return self
+
+
+def base_url_problem(url: str) -> str | None:
+    """Why the client (httpx) cannot call AISA_BASE_URL, or None. httpx is imported only for a URL
+    that is not plainly fine (`plain_http_url`): its import is ~40 ms (httpcore, and rich and click
+    through httpx._main), the largest part of a producer's start-up, which has no other use for it."""
+    if plain_http_url(url):
+        return None
+    import httpx
+
+    try:
+        parsed = httpx.URL(url)
+        scheme, host = parsed.scheme, parsed.host
+    except (httpx.InvalidURL, UnicodeError) as exc:  # (UnicodeError: an A-label host that idna refuses)
+        return f"{url!r} is not a URL ({exc}): use e.g. https://api.aisa.one/v1"
+    if scheme not in ("http", "https") or not host:
+        return f"{url!r} needs http:// or https:// and a host: use e.g. https://api.aisa.one/v1"
+    return None
+
+
+# A URL plainly one httpx calls: http(s)://, a host of ASCII letters, digits and hyphens in
+# dot-separated labels, an optional port, a path of URL characters; no user, query or fragment.
+# Any other (an IPv6 literal, IDNA, an upper-case scheme...) is left to httpx itself.
+_PLAIN_URL = re.compile(
+    r"https?://(?P<host>[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)(?::[0-9]{1,5})?(?:/[A-Za-z0-9._~!$&'()*+,;=:@%/-]*)?"
+)
+_DOTTED_QUAD = re.compile(r"[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+")  # httpx reads such a host as IPv4 only
+
+
+def plain_http_url(url: str) -> bool:
+    """Whether `url` is a plain http(s) URL with a host, which httpx takes as it is: a subset of
+    what it takes (tests/unit/test_setting_types.py checks it against httpx.URL)."""
+    match = _PLAIN_URL.fullmatch(url) if len(url) <= 2048 else None
+    if match is None or "xn--" in match["host"].lower():  # (httpx decodes an A-label host: it may refuse it)
+        return False
+    if _DOTTED_QUAD.fullmatch(match["host"]):
+        try:
+            ipaddress.IPv4Address(match["host"])
+        except ValueError:
+            return False
+    return True
 
 
 class ConfigError(Exception):

@@ -15,7 +15,6 @@ import sys
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import httpx
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
@@ -38,6 +37,7 @@ from .setting_types import (
     Token,
     TokenGrant,
     Tokens,
+    base_url_problem,
 )
 
 # the settings model, reading it, and its value types (worker.contract.setting_types), named here too
@@ -669,13 +669,8 @@ class Settings(BaseSettings):
     @field_validator("aisa_base_url")
     @classmethod
     def _base_url(cls, v: str) -> str:
-        # read as the client (httpx) reads it: a URL it cannot call fails every job, not the start
-        try:
-            url = httpx.URL(v)
-        except httpx.InvalidURL as exc:
-            raise ValueError(f"{v!r} is not a URL ({exc}): use e.g. https://api.aisa.one/v1") from None
-        if url.scheme not in ("http", "https") or not url.host:
-            raise ValueError(f"{v!r} needs http:// or https:// and a host: use e.g. https://api.aisa.one/v1") from None
+        if why := base_url_problem(v):  # as the client reads it: one it cannot call fails every job, not the start
+            raise ValueError(why)
         return v
 
     @field_validator("budget_tz")

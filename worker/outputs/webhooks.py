@@ -15,9 +15,9 @@ WEBHOOK_BACKOFF_CAP_S; longer if a 429 or 503 asks so with Retry-After, up to th
 WEBHOOK_MAX_TRIES tries, then recorded `failed`: the record it reports is left as it is. A try
 that fails inside the worker counts as a try too, with its outcome. Only hosts of
 WEBHOOK_ALLOWED_HOSTS are called: producers refuse another at enqueue, and the sender checks
-again before every try, reading the URL as its HTTP client does. The host's addresses are
-checked when it is called (worker.calls.egress): one that is not public (loopback, private,
-link-local...) and outside WEBHOOK_ALLOWED_NETWORKS fails the delivery, unsent.
+again before every try, reading the URL as its HTTP client does (worker.outputs.callbacks). The
+host's addresses are checked when it is called (worker.calls.pinned): one that is not public
+(loopback, private, link-local...) and outside WEBHOOK_ALLOWED_NETWORKS fails the delivery, unsent.
 """
 
 from __future__ import annotations
@@ -29,19 +29,19 @@ import hmac
 import logging
 import time
 from typing import Any, NamedTuple
-from urllib.parse import urlsplit
 
 import httpx
 import orjson
 from redis.asyncio import Redis
 
 from ..batches import record as batches
-from ..calls import egress
+from ..calls import egress, pinned
 from ..calls.headers import parse_wait
 from ..calls.policy import backoff_delay
 from ..contract.keys import result_key
 from ..contract.settings import ConfigError, Settings
 from ..observe import metrics as m
+from .callbacks import NETWORKS_FIX, allowed, target
 from .outbox import Outbox
 
 log = logging.getLogger("llm_router.webhooks")
@@ -54,10 +54,9 @@ EVENT_HEADER = "LLM-Router-Event"
 CONCURRENCY = 16
 LEASE_EXTRA_S = 5
 IDLE_POLL_S = 0.5
-NETWORKS_FIX = "not called (WEBHOOK_ALLOWED_NETWORKS lists the non-public networks that may be)"
 
 
-# ---------------------------------------------------------------- settings and the allow-list
+# ---------------------------------------------------------------- settings (the allow-list: worker.outputs.callbacks)
 
 
 def check_settings(settings: Settings) -> None:
@@ -68,46 +67,6 @@ def check_settings(settings: Settings) -> None:
             "WEBHOOK_ALLOWED_HOSTS is set but WEBHOOK_SECRET is not: export WEBHOOK_SECRET=<a long random string> "
             "(receivers verify the signatures with it)"
         )
-
-
-def allowed(url: str, hosts: list[str]) -> bool:
-    """Whether `url`'s host is on the allow-list: `host` (any port), `host:port`, `*.domain` (its
-    subdomains, not the domain itself); case-insensitive. The URL is read as the sender's HTTP
-    client reads it: the host checked is the host called."""
-    try:
-        host, port = _target(url)
-    except httpx.InvalidURL:
-        return False
-    for entry in hosts:
-        try:
-            name, entry_port = egress.host_entry(entry)
-        except ValueError:
-            continue
-        if entry_port is not None and entry_port != port:
-            continue
-        if host == name or (name.startswith("*.") and host.endswith(name[1:])):
-            return True
-    return False
-
-
-def _target(url: str) -> tuple[str, int]:
-    """(host, port) httpx connects to for `url`; httpx.InvalidURL if it cannot send it."""
-    parsed = httpx.URL(url)
-    return parsed.host.lower(), parsed.port or (443 if parsed.scheme == "https" else 80)
-
-
-def refusal(url: str, settings: Settings) -> str | None:
-    """Why a producer must refuse this callback_url, or None: its host is not on the allow-list,
-    or is an IP address the network policy refuses (a name is resolved, and checked, when sent)."""
-    if not allowed(url, settings.webhook_allowed_hosts):
-        host = urlsplit(url).hostname
-        if not settings.webhook_allowed_hosts:
-            return "webhooks are off: no host is allowed (set WEBHOOK_ALLOWED_HOSTS, and WEBHOOK_SECRET on the workers)"
-        return f"host {host!r} is not on WEBHOOK_ALLOWED_HOSTS: add it there, or use an allowed host"
-    host, _port = _target(url)
-    ip = egress.literal(host)
-    why = None if ip is None else egress.problem(ip, egress.networks(settings.webhook_allowed_networks))
-    return f"host {host!r} is {why}: {NETWORKS_FIX}" if why else None
 
 
 def _secret(settings: Settings) -> bytes:
@@ -146,7 +105,7 @@ class Sender:
         self.redis = redis
         self.settings = settings
         self.outbox = Outbox(redis)
-        self.client = client or egress.client(
+        self.client = client or pinned.client(
             settings.webhook_timeout_s, egress.networks(settings.webhook_allowed_networks)
         )
         self.sending: set[asyncio.Task[None]] = set()
@@ -266,7 +225,7 @@ class Sender:
 
     def _problem(self, url: str) -> str | None:
         try:
-            _target(url)
+            target(url)
         except httpx.InvalidURL as exc:  # (producers refuse such a URL; another writer may not)
             return f"not a URL this worker can call ({exc})"
         if not allowed(url, self.settings.webhook_allowed_hosts):
