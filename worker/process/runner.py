@@ -104,10 +104,18 @@ class RouterWorker(Worker):
         tune_gc()
         if (settings := self.ctx.get("settings")) is not None:
             await await_redis(settings.redis_url, log, tick=HEALTH.tick)
-        while True:
-            await super().main()
-            if not self.burst or not await self._waiting_outside_the_queue():
-                return
+        # arq's main runs on_startup at every call: a worker starts up once, however many times a
+        # burst worker goes round (each start-up's keeper, webhook sender, held connections and
+        # HTTP client would otherwise outlive the shutdown, which sees only the last)
+        startup = self.on_startup
+        try:
+            while True:
+                await super().main()
+                if not self.burst or not await self._waiting_outside_the_queue():
+                    return
+                self.on_startup = None
+        finally:
+            self.on_startup = startup
 
     async def _waiting_outside_the_queue(self) -> bool:
         """Jobs wait in the bulk lane or a source's sub-queue (worker.limits.fair): arq sees neither."""
