@@ -116,3 +116,27 @@ async def test_the_bulk_lane_is_checked_like_the_queue(settings, redis, sim):
         assert (await producer.result(fine)).status == "succeeded"
     assert sim_admin(sim, "/_sim/stats")["calls"].get("gpt-4o-mini") == 1  # the finished job did not run again
     assert await redis.llen("llm-router:quarantine") == 1 and await redis.zcard(bulk_key(settings.queue_name)) == 0
+
+
+async def test_a_burst_worker_that_goes_round_for_the_bulk_lane_starts_up_once(settings, sim, monkeypatch):
+    """arq's `main` runs `on_startup` at every call, and a burst worker calls it again while the
+    bulk lane holds jobs (at one slot, after every job): each start-up made new resources, a
+    keeper, a webhook sender, a Batcher (whose held connections the shutdown never gave back)
+    and an HTTP client, none of which the shutdown, which sees only the last, closed."""
+    from worker.process import service
+
+    started: list[int] = []
+    startup = service.startup
+
+    async def counted(ctx: dict) -> None:
+        started.append(1)
+        await startup(ctx)
+
+    monkeypatch.setattr(service, "startup", counted)
+    async with Producer(settings.redis_url, queue_name=settings.queue_name) as producer:
+        ids = await producer.enqueue_many(lines(5))
+        await run_worker(settings.model_copy(update={"worker_concurrency": 1}))
+        assert all([(await producer.result(i)) is not None for i in ids])
+    assert len(started) == 1
+    left = {t.get_name() for t in asyncio.all_tasks() if not t.done()}
+    assert not left & {"llm-router-keeper", "llm-router-webhooks", "llm-router-gateway-check"}

@@ -422,3 +422,16 @@ async def test_a_burst_worker_refills_a_slot_when_it_frees_not_at_its_next_poll(
     worker = await asyncio.wait_for(run_worker(s), 30)
     assert worker.jobs_complete == 3
     assert [(await producer.result(i)).status for i in ids] == ["succeeded"] * 3
+
+
+async def test_a_burst_worker_stops_when_its_last_job_ends_not_at_its_next_poll(producer, settings, sim):
+    # With a slot to spare the worker polled, found nothing due (its job still running, in the
+    # queue under its lease) and slept POLL_DELAY_S before arq looked at the queue again: a
+    # burst run ended up to POLL_DELAY_S after its last job. It waits for a job's end instead.
+    import asyncio
+
+    s = settings.model_copy(update={"worker_concurrency": 2, "poll_delay_s": 60.0})
+    job = await producer.chat("gpt-4.1", "the only one")
+    # (bounded: it would wait out the poll delay after the job)
+    worker = await asyncio.wait_for(run_worker(s), 30)
+    assert worker.jobs_complete == 1 and (await producer.result(job)).status == "succeeded"

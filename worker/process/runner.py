@@ -86,6 +86,7 @@ class RouterWorker(Worker):
         self._lease: Lease | None = None
         self._wake: Wake | None = None
         self._starts = 0  # jobs started so far (a poll that started none found the worker idle)
+        self._ends = self._ends_seen = 0  # jobs ended so far; and when a burst poll last looked
         self._slot_freed = asyncio.Event()  # a full worker polls again when a job ends
         # the backstop: a job's function cancelled at its deadline (the loop's time), by one sweep
         # for all jobs, not a timer each (_backstop)
@@ -104,10 +105,18 @@ class RouterWorker(Worker):
         tune_gc()
         if (settings := self.ctx.get("settings")) is not None:
             await await_redis(settings.redis_url, log, tick=HEALTH.tick)
-        while True:
-            await super().main()
-            if not self.burst or not await self._waiting_outside_the_queue():
-                return
+        # arq's main runs on_startup at every call: a worker starts up once, however many times a
+        # burst worker goes round (each start-up's keeper, webhook sender, held connections and
+        # HTTP client would otherwise outlive the shutdown, which sees only the last)
+        startup = self.on_startup
+        try:
+            while True:
+                await super().main()
+                if not self.burst or not await self._waiting_outside_the_queue():
+                    return
+                self.on_startup = None
+        finally:
+            self.on_startup = startup
 
     async def _waiting_outside_the_queue(self) -> bool:
         """Jobs wait in the bulk lane or a source's sub-queue (worker.limits.fair): arq sees neither."""
@@ -133,13 +142,15 @@ class RouterWorker(Worker):
 
     async def _between_burst_polls(self, started: int) -> None:
         """Burst mode's wait for the next poll (arq then looks whether the queue is empty): none
-        after a poll that started jobs while slots remain, until a slot is free when none is
-        (POLL_DELAY_S at most), else POLL_DELAY_S. A burst worker draining a queue refills a slot
-        when it frees, as a long-running one does, not at its next poll."""
+        after a poll that started jobs while slots remain, or after a job ended (the queue may be
+        empty now); until a job ends while any runs (POLL_DELAY_S at most); else POLL_DELAY_S. A
+        burst worker draining a queue refills a slot when it frees, as a long-running one does,
+        not at its next poll, and stops when its last job ends, not up to POLL_DELAY_S later."""
         free = self.max_jobs - self.job_counter
-        if started and free > 0:
+        ended, self._ends_seen = self._ends != self._ends_seen, self._ends
+        if (started or ended) and free > 0:
             return
-        if free <= 0:
+        if self.job_counter > 0:
             await self._until_a_slot_frees()
             return
         await asyncio.sleep(self.busy_poll_s)
@@ -262,6 +273,7 @@ class RouterWorker(Worker):
         if self._lease is not None:
             self._lease.forget(job_id)
         self._release_sem_dec_counter_on_complete()
+        self._ends += 1
         self._slot_freed.set()
 
     async def run_claimed(self, job_id: str, job: Claimed) -> None:
