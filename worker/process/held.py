@@ -21,9 +21,11 @@ new one, where nothing ran. A `health_check_interval` still PINGs a connection i
 Held connections stay checked out of the pool, so they count against its `max_connections`
 as a batch in flight did. At most `most` are held idle (batches overlap: one in flight while the
 next is sent, sometimes three), and none that would leave the pool without one to give (a
-`max_connections` in REDIS_URL); any more go back to the pool. A connection comes back here only after a batch
-read every reply; on any exception it is closed and goes back to the pool (worker.process.scripts).
-`close` hands them all back (the worker's shutdown); after it, each goes back after its batch.
+client built with a finite `max_connections`: the worker's arq pool takes none from REDIS_URL, so
+this guards other clients given a Batcher); any more go back to the pool. A connection comes back
+here only after a batch read every reply; on any exception it is closed and goes back to the
+pool (worker.process.scripts). `close` hands them all back (the worker's shutdown); after it,
+each goes back after its batch.
 """
 
 from __future__ import annotations
