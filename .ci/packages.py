@@ -78,6 +78,7 @@ LAYOUT: dict[str, dict[str, tuple[str, dict[str, str]]]] = {
                 "lease": "lease",
                 "resources": "resources",
                 "scripts": "scripts",
+                "held": "held",
                 "health": "health",
                 "fleet": "fleet",
                 "quarantine": "quarantine",

@@ -3,6 +3,7 @@
 __all__ = [
     "fleet",
     "health",
+    "held",
     "lease",
     "logs",
     "preflight",
