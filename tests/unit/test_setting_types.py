@@ -1,5 +1,6 @@
 """AISA_BASE_URL's check (worker.contract.setting_types.base_url_problem): it refuses exactly the URLs
-httpx, the gateway client, cannot call, although it reads a plain URL without importing httpx."""
+httpx, the gateway client, cannot call, and those with a port no connection can use (httpx reads
+any number), although it reads a plain URL without importing httpx."""
 
 from __future__ import annotations
 
@@ -13,10 +14,11 @@ from worker.contract.setting_types import base_url_problem, plain_http_url
 
 
 def httpx_calls(url: str) -> bool:
-    """The reference: httpx reads `url` as an http(s) URL with a host (what the check did before)."""
+    """The reference: httpx reads `url` as an http(s) URL with a host, and a port in 1-65535 if any."""
     try:
         parsed = httpx.URL(url)
-        return parsed.scheme in ("http", "https") and bool(parsed.host)
+        port_ok = parsed.port is None or 0 < parsed.port <= 65535
+        return parsed.scheme in ("http", "https") and bool(parsed.host) and port_ok
     except (httpx.InvalidURL, UnicodeError):
         return False
 
@@ -29,7 +31,7 @@ PLAIN = [
     "https://gateway.example.com:443/",
     "http://10.0.0.1/openai/v1/",
     "https://a-b.c/v1/x@y:z/%41;p=1",
-    "https://api.aisa.one:99999/v1",  # httpx takes any port number
+    "https://api.aisa.one:65535/v1",
     "https://1.2.3/v1",  # not a dotted quad: a name to httpx
 ]
 # fine, but not plain: read by httpx itself
@@ -78,7 +80,16 @@ def test_an_undecodable_a_label_is_refused_with_a_reason():
 @given(st.from_regex(setting_types._PLAIN_URL, fullmatch=True))
 def test_every_url_the_plain_pattern_takes_httpx_takes(url):
     if plain_http_url(url):
-        assert httpx_calls(url), url
+        parsed = httpx.URL(url)
+        assert parsed.scheme in ("http", "https") and parsed.host, url
+
+
+@pytest.mark.parametrize(
+    "url", ["https://api.aisa.one:99999/v1", "http://127.0.0.1:0/v1", "https://[::1]:70000/v1", "HTTP://a:65536"]
+)
+def test_a_port_no_connection_can_use_is_refused_naming_it(url):
+    # httpx reads any port number: the client would fail every job, so the start fails instead
+    assert "outside 1-65535" in (base_url_problem(url) or "")
 
 
 URLISH = st.text(alphabet="aZ09-._~:/?#[]@!$&'()*+,;=% x\tÄ", max_size=40)

@@ -173,7 +173,7 @@ def base_url_problem(url: str) -> str | None:
     that is not plainly fine (`plain_http_url`): its import is ~40 ms (httpcore, and rich and click
     through httpx._main), the largest part of a producer's start-up, which has no other use for it."""
     if plain_http_url(url):
-        return None
+        return _port_problem(url, _PLAIN_URL.fullmatch(url)["port"])  # type: ignore[index]  # (plain: it matches)
     import httpx
 
     try:
@@ -183,14 +183,21 @@ def base_url_problem(url: str) -> str | None:
         return f"{url!r} is not a URL ({exc}): use e.g. https://api.aisa.one/v1"
     if scheme not in ("http", "https") or not host:
         return f"{url!r} needs http:// or https:// and a host: use e.g. https://api.aisa.one/v1"
-    return None
+    return _port_problem(url, parsed.port)
+
+
+def _port_problem(url: str, port: str | int | None) -> str | None:
+    """A port no connection can use (httpx reads any number, and every call would then fail)."""
+    if port is None or 0 < int(port) <= 65535:
+        return None
+    return f"{url!r} has port {int(port)}, outside 1-65535: use e.g. https://api.aisa.one/v1"
 
 
 # A URL plainly one httpx calls: http(s)://, a host of ASCII letters, digits and hyphens in
 # dot-separated labels, an optional port, a path of URL characters; no user, query or fragment.
 # Any other (an IPv6 literal, IDNA, an upper-case scheme...) is left to httpx itself.
 _PLAIN_URL = re.compile(
-    r"https?://(?P<host>[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)(?::[0-9]{1,5})?(?:/[A-Za-z0-9._~!$&'()*+,;=:@%/-]*)?"
+    r"https?://(?P<host>[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)(?::(?P<port>[0-9]{1,5}))?(?:/[A-Za-z0-9._~!$&'()*+,;=:@%/-]*)?"
 )
 _DOTTED_QUAD = re.compile(r"[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+")  # httpx reads such a host as IPv4 only
 
